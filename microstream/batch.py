@@ -1,0 +1,200 @@
+"""Columnar batches: the only way records travel through microstream.
+
+A `Batch` is a set of equal-length 1-D numpy arrays, one per column, plus the per-record watermark
+(`wm`, int64 ns) that was in force when each record left its source. Carrying the watermark per
+record (rather than per batch) makes every lateness decision independent of how records were cut
+into batches.
+
+A filter does not copy: it narrows the batch's selection mask, and columns are compacted only
+when someone reads them. Numba kernels read the uncompacted base arrays plus the mask instead.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
+import numpy as np
+
+
+class Batch(Mapping[str, np.ndarray]):
+    """Named columns of equal length, an optional selection mask, and per-record watermarks."""
+
+    __slots__ = ("_base", "_mask", "_wm", "_cache", "_len")
+
+    def __init__(self, columns: Mapping[str, np.ndarray], wm: np.ndarray | None = None,
+                 mask: np.ndarray | None = None) -> None:
+        base = {name: np.asarray(col) for name, col in columns.items()}
+        n = len(next(iter(base.values()))) if base else (len(wm) if wm is not None else 0)
+        for name, col in base.items():
+            if col.ndim != 1 or len(col) != n:
+                raise ValueError(f"column '{name}' has shape {col.shape}; every column must be 1-D of length {n}")
+        if mask is not None and (mask.dtype != np.bool_ or len(mask) != n):
+            raise ValueError("mask must be a boolean array as long as the columns")
+        if wm is not None and len(wm) != n:
+            raise ValueError("wm must be as long as the columns")
+        self._base = base
+        self._mask = mask
+        self._wm = wm
+        self._cache: dict[str, np.ndarray] = {}
+        self._len = n if mask is None else int(np.count_nonzero(mask))
+
+    # -- Mapping protocol: what user functions see ---------------------------------------------
+    def __getitem__(self, name: str) -> np.ndarray:
+        col = self._cache.get(name)
+        if col is not None:
+            return col
+        try:
+            base = self._base[name]
+        except KeyError:
+            close = difflib.get_close_matches(str(name), list(self._base), n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise KeyError(f"no column '{name}' in batch with columns {list(self._base)}{hint}") from None
+        col = base if self._mask is None else base[self._mask]
+        self._cache[name] = col
+        return col
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._base)
+
+    def __len__(self) -> int:  # number of columns, as a Mapping
+        return len(self._base)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._base
+
+    def __repr__(self) -> str:
+        return f"Batch({self.num_rows} rows: {', '.join(self._base)})"
+
+    @property
+    def num_rows(self) -> int:
+        return self._len
+
+    @property
+    def names(self) -> list[str]:
+        return list(self._base)
+
+    @property
+    def wm(self) -> np.ndarray | None:
+        """Per-record watermark of the selected records (int64 ns), or None without event time."""
+        if self._wm is None or self._mask is None:
+            return self._wm
+        return self._wm[self._mask]
+
+    # -- the uncompacted view, for kernels -------------------------------------------------------
+    @property
+    def mask(self) -> np.ndarray | None:
+        return self._mask
+
+    def base(self, name: str) -> np.ndarray:
+        return self._base[name]
+
+    @property
+    def base_wm(self) -> np.ndarray | None:
+        return self._wm
+
+    @property
+    def base_rows(self) -> int:
+        return len(self._wm) if self._wm is not None else (
+            len(next(iter(self._base.values()))) if self._base else 0)
+
+    def end_watermark(self) -> int | None:
+        """The watermark after the whole batch (including records a filter removed)."""
+        if self._wm is None or len(self._wm) == 0:
+            return None
+        return int(self._wm[-1])
+
+    # -- transformations -------------------------------------------------------------------------
+    def filter(self, keep: np.ndarray) -> Batch:
+        """Keep the records where `keep` is true, without copying any column."""
+        keep = np.asarray(keep)
+        if keep.dtype != np.bool_ or keep.shape != (self._len,):
+            raise ValueError(f"a filter must return a boolean array of length {self._len}, "
+                             f"got {keep.dtype} {keep.shape}")
+        if self._mask is None:
+            mask = keep
+        else:
+            mask = np.zeros_like(self._mask)
+            mask[self._mask] = keep
+        out = Batch.__new__(Batch)
+        out._base, out._mask, out._wm, out._cache = self._base, mask, self._wm, {}
+        out._len = int(np.count_nonzero(mask))
+        return out
+
+    def compact(self) -> Batch:
+        """The same records with no selection mask (columns copied once)."""
+        if self._mask is None:
+            return self
+        return Batch({n: self[n] for n in self._base}, self.wm)
+
+    def take(self, index: np.ndarray) -> Batch:
+        cols = {n: self[n][index] for n in self._base}
+        wm = self.wm
+        return Batch(cols, None if wm is None else wm[index])
+
+    def select(self, names: Iterable[str]) -> Batch:
+        return Batch({n: self[n] for n in names}, self.wm)
+
+    def with_columns(self, columns: Mapping[str, Any]) -> Batch:
+        cols = {n: self[n] for n in self._base}
+        for name, col in columns.items():
+            cols[name] = _as_column(col, self._len, name)
+        return Batch(cols, self.wm)
+
+    def replace_columns(self, columns: Mapping[str, Any]) -> Batch:
+        return Batch({n: _as_column(c, self._len, n) for n, c in columns.items()}, self.wm)
+
+    def with_wm(self, wm: np.ndarray | None) -> Batch:
+        return Batch({n: self[n] for n in self._base}, wm)
+
+    def to_dict(self) -> dict[str, np.ndarray]:
+        return {n: self[n] for n in self._base}
+
+    def to_records(self) -> list[dict[str, Any]]:
+        cols = {n: self[n].tolist() for n in self._base}
+        return [dict(zip(cols, row, strict=True)) for row in zip(*cols.values(), strict=True)]
+
+    @staticmethod
+    def concat(batches: list[Batch]) -> Batch:
+        batches = [b for b in batches if b.num_rows]
+        if not batches:
+            raise ValueError("nothing to concatenate")
+        if len(batches) == 1:
+            return batches[0]
+        names = batches[0].names
+        cols = {n: np.concatenate([b[n] for b in batches]) for n in names}
+        wms = [b.wm for b in batches]
+        wm = None if any(w is None for w in wms) else np.concatenate(wms)
+        return Batch(cols, wm)
+
+    @staticmethod
+    def from_records(records: Iterable[Mapping[str, Any]], dtypes: Mapping[str, Any] | None = None) -> Batch:
+        rows = list(records)
+        if not rows:
+            return Batch({n: np.empty(0, dtype=d) for n, d in (dtypes or {}).items()})
+        names = list(rows[0])
+        cols = {}
+        for n in names:
+            values = [r[n] for r in rows]
+            dtype = (dtypes or {}).get(n)
+            cols[n] = np.asarray(values, dtype=dtype) if dtype is not None else _infer_array(values)
+        return Batch(cols)
+
+
+def _infer_array(values: list[Any]) -> np.ndarray:
+    arr = np.asarray(values)
+    if arr.dtype.kind in "biufU":
+        return arr
+    out = np.empty(len(values), dtype=object)
+    out[:] = values
+    return out
+
+
+def _as_column(col: Any, n: int, name: str) -> np.ndarray:
+    arr = np.asarray(col)
+    if arr.ndim == 0:
+        return np.full(n, arr)
+    if arr.shape != (n,):
+        raise ValueError(f"column '{name}' has shape {arr.shape}, expected ({n},)")
+    return arr

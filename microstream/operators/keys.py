@@ -1,0 +1,132 @@
+"""Key interning: map key values (ints or strings) to dense slot numbers for numba state arrays.
+
+Per-key state lives in arrays indexed by slot. Small non-negative integer keys (sensor ids) go
+through a direct lookup table; other integers through a numba typed dict; strings are interned
+per *distinct* value in a batch (np.unique), never per record.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+from numba import types
+from numba.typed import Dict
+
+_TABLE_LIMIT = 1 << 20  # keys below this use a direct table (8 MB at most)
+
+
+@numba.njit(cache=True)
+def _intern_ints(keys, mask, has_mask, table, other, key_of_slot, n_slots, slots_out):
+    """Assign slots to keys in first-seen order; return the new number of slots."""
+    for i in range(len(keys)):
+        if has_mask and not mask[i]:
+            slots_out[i] = -1
+            continue
+        k = keys[i]
+        if 0 <= k < len(table):
+            s = table[k]
+            if s < 0:
+                s = n_slots
+                table[k] = s
+                key_of_slot[s] = k
+                n_slots += 1
+        else:
+            s = other.get(k, -1)
+            if s < 0:
+                s = n_slots
+                other[k] = s
+                key_of_slot[s] = k
+                n_slots += 1
+        slots_out[i] = s
+    return n_slots
+
+
+class KeyIndex:
+    """Dense slots for the keys of one keyed operator; `keys_of(slots)` maps back."""
+
+    def __init__(self, dtype: np.dtype) -> None:
+        self.dtype = np.dtype(dtype)
+        self.is_int = self.dtype.kind in "iub"
+        self.n_slots = 0
+        if self.is_int:
+            self._table = np.full(1024, -1, dtype=np.int64)
+            self._other = Dict.empty(key_type=types.int64, value_type=types.int64)
+            self._key_of_slot = np.empty(1024, dtype=np.int64)
+        else:
+            self._str_slots: dict[object, int] = {}
+            self._str_keys: list[object] = []
+
+    def slots(self, keys: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+        """Slot of every key (-1 where `mask` is false)."""
+        if self.is_int:
+            return self._int_slots(keys.astype(np.int64, copy=False), mask)
+        return self._obj_slots(keys, mask)
+
+    def _int_slots(self, keys: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+        if len(keys) == 0:
+            return np.empty(0, dtype=np.int64)
+        sel = keys if mask is None else keys[mask]
+        if len(sel):
+            top = int(sel.max())
+            if len(self._table) <= top < _TABLE_LIMIT:
+                grown = np.full(max(top + 1, 2 * len(self._table)), -1, dtype=np.int64)
+                grown[: len(self._table)] = self._table
+                self._table = grown
+        need = self.n_slots + len(keys)
+        if need > len(self._key_of_slot):
+            grown = np.empty(max(need, 2 * len(self._key_of_slot)), dtype=np.int64)
+            grown[: self.n_slots] = self._key_of_slot[: self.n_slots]
+            self._key_of_slot = grown
+        out = np.empty(len(keys), dtype=np.int64)
+        has_mask = mask is not None
+        m = mask if has_mask else np.empty(0, dtype=np.bool_)
+        self.n_slots = _intern_ints(keys, m, has_mask, self._table, self._other, self._key_of_slot,
+                                    self.n_slots, out)
+        return out
+
+    def _obj_slots(self, keys: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+        out = np.full(len(keys), -1, dtype=np.int64)
+        sel = keys if mask is None else keys[mask]
+        if len(sel) == 0:
+            return out
+        uniq, inverse = np.unique(sel, return_inverse=True)
+        uniq_slots = np.empty(len(uniq), dtype=np.int64)
+        for j, value in enumerate(uniq.tolist()):  # once per distinct key in the batch
+            slot = self._str_slots.get(value)
+            if slot is None:
+                slot = self.n_slots
+                self._str_slots[value] = slot
+                self._str_keys.append(value)
+                self.n_slots += 1
+            uniq_slots[j] = slot
+        if mask is None:
+            out[:] = uniq_slots[inverse]
+        else:
+            out[mask] = uniq_slots[inverse]
+        return out
+
+    def keys_of(self, slots: np.ndarray) -> np.ndarray:
+        if self.is_int:
+            return self._key_of_slot[slots].astype(self.dtype)
+        return np.asarray(self._str_keys, dtype=self.dtype if self.dtype.kind == "U" else object)[slots] \
+            if len(slots) else np.empty(0, dtype=self.dtype)
+
+    # -- state snapshot (for save/restore and migration) -----------------------------------------
+    def snapshot(self) -> dict:
+        if self.is_int:
+            return {"kind": "int", "keys": self._key_of_slot[: self.n_slots].copy()}
+        return {"kind": "obj", "keys": list(self._str_keys)}
+
+    def restore(self, state: dict) -> None:
+        self.n_slots = 0
+        if self.is_int:
+            self._table = np.full(1024, -1, dtype=np.int64)
+            self._other = Dict.empty(key_type=types.int64, value_type=types.int64)
+            self._key_of_slot = np.empty(1024, dtype=np.int64)
+            self._int_slots(np.asarray(state["keys"], dtype=np.int64), None)
+        else:
+            self._str_slots, self._str_keys = {}, []
+            for k in state["keys"]:
+                self._str_slots[k] = len(self._str_keys)
+                self._str_keys.append(k)
+            self.n_slots = len(self._str_keys)

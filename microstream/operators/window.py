@@ -1,0 +1,331 @@
+"""Keyed window aggregation: the operator around the numba kernels in `window_kernels`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numba
+import numpy as np
+
+from ..agg import Aggregate
+from ..batch import Batch
+from ..errors import PipelineError
+from ..schema import TIME_DTYPE, Schema
+from ..timeutil import MAX_TIME, human_duration
+from ..windows import WindowSpec
+from . import window_kernels as K
+from .base import DEAD, LATE, OUT, Emit, Operator
+from .keys import KeyIndex
+
+_FLAG_OF = {"sum": (K.F_SUM,), "mean": (K.F_SUM,), "var": (K.F_WELFORD,), "std": (K.F_WELFORD,),
+            "min": (K.F_MIN,), "max": (K.F_MAX,), "first": (K.F_FIRSTLAST,), "last": (K.F_FIRSTLAST,)}
+_OUT_CAP = 1 << 16
+_replay = numba.njit(K.replay_udf_log)
+
+
+def window_columns(key: str | None) -> list[tuple[str, Any]]:
+    cols: list[tuple[str, Any]] = []
+    if key:
+        cols.append((key, None))
+    cols += [("window_start", TIME_DTYPE), ("window_end", TIME_DTYPE), ("window_time", TIME_DTYPE)]
+    return cols
+
+
+class WindowAggregate(Operator):
+    """Per key and window, fold records into aggregates; emit when the watermark passes the end."""
+
+    kind = "window_aggregate"
+
+    def __init__(self, spec: WindowSpec, aggs: dict[str, Aggregate], lateness: int = 0,
+                 processing_time: bool = False) -> None:
+        if not aggs:
+            raise PipelineError(None, "aggregate() needs at least one aggregate",
+                                "e.g. .aggregate(n=ms.agg.count(), avg=ms.agg.mean('value'))")
+        self.spec = spec
+        self.aggs = dict(aggs)
+        self.lateness = int(lateness)
+        self.processing_time = processing_time
+        self.value_cols = sorted({a.column for a in aggs.values() if a.column and a.kind != "reduce"})
+        self.udfs = [(name, a) for name, a in aggs.items() if a.kind == "reduce"]
+
+    # -- build time -------------------------------------------------------------------------------
+    def output_ports(self) -> tuple[str, ...]:
+        return (OUT, LATE)
+
+    def side_ports(self) -> tuple[str, ...]:
+        return (LATE, DEAD)
+
+    def describe(self) -> str:
+        aggs = ", ".join(f"{n}={a.describe()}" for n, a in self.aggs.items())
+        late = f", lateness {human_duration(self.lateness)}" if self.lateness else ""
+        clock = ", processing time" if self.processing_time else ""
+        return f"{self.spec.describe()}{late}{clock} · {aggs}"
+
+    def output_schemas(self, inputs: list[Schema], name: str) -> dict[str, Schema]:
+        s = inputs[0]
+        if s.key is None:
+            raise PipelineError(name, "window on a stream with no key",
+                                "call .key_by('column') before .window(...)")
+        if s.time is None and not self.processing_time:
+            raise PipelineError(name, "event-time window on a stream without event time",
+                                "give the source a time column (time='...'), or opt in to processing time "
+                                "with .window(spec, time='processing')")
+        for agg in self.aggs.values():
+            if agg.column is not None:
+                dtype = s.require(agg.column, name, f"{agg.kind}() column")
+                if dtype.kind not in "biuf":
+                    raise PipelineError(name, f"{agg.kind}('{agg.column}') needs a numeric column, "
+                                              f"'{agg.column}' is {dtype}", "aggregate a numeric column")
+        fields: list[tuple[str, Any]] = [(s.key, s.dtype(s.key))]
+        fields += window_columns(None)
+        for out_name, agg in self.aggs.items():
+            if out_name in {f for f, _ in fields}:
+                raise PipelineError(name, f"aggregate name '{out_name}' clashes with an output column",
+                                    "choose another name")
+            fields.append((out_name, np.int64 if agg.kind == "count" else np.float64))
+        return {OUT: Schema.of(fields, time="window_time", key=s.key), LATE: s}
+
+    # -- run time --------------------------------------------------------------------------------
+    def open(self, ctx) -> None:
+        super().open(ctx)
+        s = ctx.input_schemas[0]
+        self.key_field, self.time_field = s.key, s.time
+        self.out_schema = ctx.output_schemas[OUT]
+        self.keys = KeyIndex(s.dtype(s.key))
+        nv = len(self.value_cols)
+        self.flags = np.zeros((nv, K.N_FLAGS), dtype=np.int64)
+        for agg in self.aggs.values():
+            if agg.column in self.value_cols:
+                for f in _FLAG_OF[agg.kind]:
+                    self.flags[self.value_cols.index(agg.column), f] = 1
+        self.session = self.spec.kind == "session"
+        self.ring = 4 if self.session else _pow2(max(2, -(-self.spec.size // self.spec.slide) + 1))
+        self.sc = np.array([np.iinfo(np.int64).min, MAX_TIME, 0, 0, 0], dtype=np.int64)
+        self._alloc_state(16)
+        self._alloc_out(_OUT_CAP)
+        self.use_log = bool(self.udfs)
+        self.udf_acc = [np.zeros(0) for _ in self.udfs]
+
+    def _alloc_state(self, n_slots: int) -> None:
+        cells = n_slots * self.ring
+        nacc = len(self.value_cols) * K.N_ACC
+        self.n_slot_cap = n_slots
+        self.win = np.full(cells, K.EMPTY, dtype=np.int64)
+        self.wend = np.zeros(cells, dtype=np.int64)  # session ends
+        self.fired = np.zeros(cells, dtype=np.uint8)
+        self.count = np.zeros(cells, dtype=np.int64)
+        self.acc = np.zeros((cells, nacc), dtype=np.float64)
+        self.tacc = np.zeros((cells, 2), dtype=np.int64)
+
+    def _alloc_out(self, cap: int) -> None:
+        nacc = len(self.value_cols) * K.N_ACC
+        self.out_slot = np.empty(cap, dtype=np.int64)
+        self.out_start = np.empty(cap, dtype=np.int64)
+        self.out_end = np.empty(cap, dtype=np.int64)
+        self.out_count = np.empty(cap, dtype=np.int64)
+        self.out_acc = np.empty((cap, nacc), dtype=np.float64)
+        self.out_tacc = np.empty((cap, 2), dtype=np.int64)
+        self.out_wm = np.empty(cap, dtype=np.int64)
+        self.log = np.empty((4 * cap if self.udfs_present() else 1, 3), dtype=np.int64)
+
+    def udfs_present(self) -> bool:
+        return bool(getattr(self, "udfs", None))
+
+    def _relayout(self, n_slots: int, ring: int) -> None:
+        """Grow the key capacity and/or the cells per key, moving open windows to their new cells."""
+        old = (self.win, self.wend, self.fired, self.count, self.acc, self.tacc, self.ring, self.udf_acc)
+        old_win, old_wend, old_fired, old_count, old_acc, old_tacc, old_ring, old_udf = old
+        self.ring = ring
+        self._alloc_state(n_slots)
+        self.udf_acc = [np.zeros(n_slots * ring) for _ in self.udfs]
+        live = np.flatnonzero(old_win != K.EMPTY)
+        if self.session:
+            slot, j = live // old_ring, live % old_ring
+            new = slot * ring + j
+        else:
+            slot = live // old_ring
+            w = (old_win[live] - self.spec.offset) // self.spec.slide
+            new = slot * ring + (w & (ring - 1))
+        self.win[new], self.wend[new], self.fired[new] = old_win[live], old_wend[live], old_fired[live]
+        self.count[new], self.acc[new], self.tacc[new] = old_count[live], old_acc[live], old_tacc[live]
+        for u in range(len(self.udfs)):
+            if len(old_udf[u]):
+                self.udf_acc[u][new] = old_udf[u][live]
+
+    def _ensure_slots(self) -> None:
+        if self.keys.n_slots > self.n_slot_cap:
+            self._relayout(_pow2(self.keys.n_slots), self.ring)
+        if self.udfs and len(self.udf_acc[0]) != len(self.win):
+            self.udf_acc = [np.zeros(len(self.win)) for _ in self.udfs]
+
+    def process(self, port: int, batch: Batch) -> Emit:
+        if batch.base_rows == 0:
+            return []
+        if self.processing_time:
+            batch = batch.compact()
+            now = self.ctx.clock()
+            t = np.full(batch.num_rows, now, dtype=np.int64)
+            wm = t
+        else:
+            t = batch.base(self.time_field)
+            wm = batch.base_wm
+        mask = batch.mask
+        slots = self.keys.slots(batch.base(self.key_field), mask)
+        self._ensure_slots()
+        vals = self._values(batch)
+        late = np.zeros(len(t), dtype=np.bool_)
+        has_mask = mask is not None
+        m = mask if has_mask else np.empty(0, dtype=np.bool_)
+        emitted: Emit = []
+        i = 0
+        while True:
+            if self.session:
+                i, status = K.session_kernel(
+                    i, t, slots, vals, m, has_mask, wm, self.spec.size, self.lateness, self.ring, self.win,
+                    self.wend, self.fired, self.count, self.acc, self.tacc, self.flags, self.sc, late,
+                    *self._outs(), self.log, self.use_log)
+            else:
+                i, status = K.ring_kernel(
+                    i, t, slots, vals, m, has_mask, wm, self.spec.size, self.spec.slide, self.spec.offset,
+                    self.lateness, self.ring, self.win, self.fired, self.count, self.acc, self.tacc,
+                    self.flags, self.sc, late, *self._outs(), self.log, self.use_log)
+            if status == K.DONE:
+                break
+            if status == K.GROW_CELLS:
+                self._relayout(self.n_slot_cap, self.ring * 2)
+            else:
+                self._drain(batch, emitted)
+                if self.sc[K.S_NOUT] == 0 and self.sc[K.S_OPEN] + 8 > len(self.out_slot):
+                    self._alloc_out(2 * len(self.out_slot))
+        self._drain(batch, emitted)
+        if late.any():
+            emitted.append((LATE, Batch({n: batch.base(n) for n in batch.names}, batch.base_wm).filter(late)
+                            if not has_mask else _late_rows(batch, late)))
+        return emitted
+
+    def on_watermark(self, wm: int) -> Emit:
+        return self._advance(wm)
+
+    def on_tick(self, now: int) -> Emit:
+        return self._advance(now) if self.processing_time else []
+
+    def close(self) -> Emit:
+        return self._advance(MAX_TIME)
+
+    @property
+    def wants_ticks(self) -> bool:  # type: ignore[override]
+        return self.processing_time
+
+    def _advance(self, wm: int) -> Emit:
+        emitted: Emit = []
+        while True:
+            if self.session:
+                status = K.fire_sessions_to(wm, self.lateness, self.ring, self.win, self.wend, self.fired,
+                                            self.count, self.acc, self.tacc, self.sc, *self._outs(), self.log,
+                                            self.use_log)
+            else:
+                status = K.fire_ring_to(wm, self.spec.size, self.lateness, self.ring, self.win, self.fired,
+                                        self.count, self.acc, self.tacc, self.sc, *self._outs(), self.log,
+                                        self.use_log)
+            if status == K.DONE:
+                break
+            self._drain(None, emitted)
+            if self.sc[K.S_OPEN] + 8 > len(self.out_slot):
+                self._alloc_out(2 * (self.sc[K.S_OPEN] + 8))
+        self._drain(None, emitted)
+        return emitted
+
+    def _outs(self) -> tuple[np.ndarray, ...]:
+        return (self.out_slot, self.out_start, self.out_end, self.out_count, self.out_acc, self.out_tacc,
+                self.out_wm)
+
+    def _values(self, batch: Batch) -> np.ndarray:
+        n = batch.base_rows
+        if not self.value_cols:
+            return np.empty((0, n), dtype=np.float64)
+        if len(self.value_cols) == 1:
+            col = batch.base(self.value_cols[0])
+            return np.ascontiguousarray(col, dtype=np.float64).reshape(1, n)
+        return np.stack([batch.base(c).astype(np.float64, copy=False) for c in self.value_cols])
+
+    def _drain(self, batch: Batch | None, emitted: Emit) -> None:
+        n = int(self.sc[K.S_NOUT])
+        nlog = int(self.sc[K.S_NLOG])
+        out_udf = []
+        for u, (_, agg) in enumerate(self.udfs):
+            res = np.empty(n, dtype=np.float64)
+            values = (batch.base(agg.column).astype(np.float64, copy=False) if batch is not None
+                      else np.empty(0, dtype=np.float64))
+            _replay(self.log, nlog, agg.fn, agg.init, agg.merge, values, self.udf_acc[u], res)
+            out_udf.append(res)
+        self.sc[K.S_NOUT] = 0
+        self.sc[K.S_NLOG] = 0
+        if n:
+            emitted.append((OUT, self._result_batch(n, out_udf)))
+
+    def _result_batch(self, n: int, out_udf: list[np.ndarray]) -> Batch:
+        count = self.out_count[:n].copy()
+        end = self.out_end[:n].copy()
+        cols: dict[str, np.ndarray] = {
+            self.key_field: self.keys.keys_of(self.out_slot[:n]),
+            "window_start": self.out_start[:n].copy(),
+            "window_end": end,
+            "window_time": end - 1,
+        }
+        acc = self.out_acc[:n]
+        udf_i = 0
+        with np.errstate(invalid="ignore", divide="ignore"):
+            for name, agg in self.aggs.items():
+                if agg.kind == "count":
+                    cols[name] = count
+                    continue
+                if agg.kind == "reduce":
+                    cols[name] = out_udf[udf_i]
+                    udf_i += 1
+                    continue
+                b = self.value_cols.index(agg.column) * K.N_ACC
+                cols[name] = _finish(agg, acc, b, count)
+        return Batch(cols, self.out_wm[:n].copy())
+
+    # -- state ------------------------------------------------------------------------------------
+    def snapshot(self) -> dict[str, Any]:
+        return {"keys": self.keys.snapshot(), "ring": self.ring, "win": self.win.copy(), "wend": self.wend.copy(),
+                "fired": self.fired.copy(), "count": self.count.copy(), "acc": self.acc.copy(),
+                "tacc": self.tacc.copy(), "sc": self.sc.copy(), "udf_acc": [a.copy() for a in self.udf_acc]}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.keys.restore(state["keys"])
+        self.ring = state["ring"]
+        self.win, self.wend, self.fired = state["win"], state["wend"], state["fired"]
+        self.count, self.acc, self.tacc, self.sc = state["count"], state["acc"], state["tacc"], state["sc"]
+        self.udf_acc = state["udf_acc"]
+        self.n_slot_cap = len(self.win) // self.ring
+
+
+def _finish(agg: Aggregate, acc: np.ndarray, b: int, count: np.ndarray) -> np.ndarray:
+    kind = agg.kind
+    if kind == "sum":
+        return acc[:, b + K.A_SUM].copy()
+    if kind == "mean":
+        return acc[:, b + K.A_SUM] / count
+    if kind in ("var", "std"):
+        dof = count - agg.ddof
+        var = np.where(dof > 0, acc[:, b + K.A_M2] / np.maximum(dof, 1), np.nan)
+        return np.sqrt(var) if kind == "std" else var
+    if kind in ("min", "max"):
+        col = acc[:, b + (K.A_MIN if kind == "min" else K.A_MAX)].copy()
+        col[np.isinf(col) & (col == (np.inf if kind == "min" else -np.inf))] = np.nan  # all values were NaN
+        return col
+    return acc[:, b + (K.A_FIRST if kind == "first" else K.A_LAST)].copy()
+
+
+def _late_rows(batch: Batch, late_base: np.ndarray) -> Batch:
+    keep = late_base[batch.mask]
+    return batch.filter(keep)
+
+
+def _pow2(n: int) -> int:
+    p = 1
+    while p < n:
+        p *= 2
+    return p

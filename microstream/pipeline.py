@@ -1,0 +1,400 @@
+"""The user API: a `Pipeline` holds sources; a `Stream` is a fluent handle on one operator output.
+
+Nothing runs while a pipeline is built. Every call checks what it can (columns, keys, event time,
+schemas of both sides of a union) and fails at the line that made the mistake.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .agg import Aggregate
+from .batch import Batch
+from .errors import PipelineError
+from .graph import DeadLetterHub, LogicalGraph, Node
+from .operators.base import LATE, OUT, Operator
+from .operators.sinks import Sink
+from .operators.sources import ArraySource, IterableSource, PollSource
+from .operators.stateless import FlatMap, Filter, KeyBy, Map, MapRecords, Split, Union
+from .operators.window import WindowAggregate
+from .schema import Schema
+from .timeutil import to_ns
+from .windows import WindowSpec
+
+if TYPE_CHECKING:
+    from .runtime.local import RunResult
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def _caller() -> str:
+    """'script.py:12' for the first stack frame outside microstream."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        filename = os.path.abspath(frame.f_code.co_filename)
+        if not filename.startswith(_PACKAGE_DIR):
+            return f"{os.path.basename(filename)}:{frame.f_lineno}"
+        frame = frame.f_back  # type: ignore[assignment]
+    return ""
+
+
+class Stream:
+    """One output of an operator. Every method adds an operator and returns the new stream."""
+
+    def __init__(self, pipeline: Pipeline, node: Node, port: str = OUT) -> None:
+        self.pipeline = pipeline
+        self.node = node
+        self.port = port
+
+    def __repr__(self) -> str:
+        return f"<Stream {self.node.name}{'' if self.port == OUT else '.' + self.port}: {self.schema.describe()}>"
+
+    @property
+    def schema(self) -> Schema:
+        return self.node.out_schemas[self.port]
+
+    @property
+    def columns(self) -> list[str]:
+        return self.schema.names
+
+    def _then(self, op: Operator, name: str | None, others: Iterable[Stream] = ()) -> Stream:
+        inputs = [(self.node.id, self.port)] + [(o.node.id, o.port) for o in others]
+        for o in others:
+            if o.pipeline is not self.pipeline:
+                raise PipelineError(name or op.kind, "streams from two different pipelines",
+                                    "build every stream of a job from the same Pipeline")
+        node = self.pipeline.graph.add(op, inputs, name, _caller())
+        return Stream(self.pipeline, node)
+
+    # -- stateless --------------------------------------------------------------------------------
+    def map(self, fn: Callable[[Batch], Mapping[str, Any]], name: str | None = None) -> Stream:
+        """Vectorised map: `fn(batch)` returns the new columns (the event-time column is kept).
+
+        >>> import microstream as ms
+        >>> p = ms.Pipeline("m"); out = ms.sinks.collect()
+        >>> p.from_iterable([{"c": 20.0}]).map(lambda b: {"f": b["c"] * 1.8 + 32}).sink(out)
+        >>> _ = p.run(); out.records()
+        [{'f': 68.0}]
+        """
+        return self._then(Map(fn), name)
+
+    def with_columns(self, name: str | None = None, **columns: Callable[[Batch], Any]) -> Stream:
+        """Add or replace columns, keeping the others: `.with_columns(f=lambda b: b["c"] * 1.8 + 32)`.
+
+        >>> import microstream as ms
+        >>> p = ms.Pipeline("w"); out = ms.sinks.collect()
+        >>> p.from_iterable([{"c": 10.0}]).with_columns(d=lambda b: b["c"] * 2).sink(out)
+        >>> _ = p.run(); out.records()
+        [{'c': 10.0, 'd': 20.0}]
+        """
+        fns = dict(columns)
+        return self._then(Map(lambda b: {k: f(b) for k, f in fns.items()}, keep=True), name or "with_columns")
+
+    def select(self, *columns: str, name: str | None = None) -> Stream:
+        """Keep only the named columns (and the event-time column)."""
+        for c in columns:
+            self.schema.require(c, name or "select", "column")
+        cols = list(columns)
+        return self._then(Map(lambda b: {c: b[c] for c in cols}), name or "select")
+
+    def filter(self, predicate: Callable[[Batch], np.ndarray], name: str | None = None) -> Stream:
+        """Keep the records where `predicate(batch)` (a boolean array) is true.
+
+        >>> import microstream as ms
+        >>> p = ms.Pipeline("f"); out = ms.sinks.collect()
+        >>> p.from_iterable([{"co2": 400.0}, {"co2": -1.0}]).filter(lambda b: b["co2"] > 0).sink(out)
+        >>> _ = p.run(); out.records()
+        [{'co2': 400.0}]
+        """
+        return self._then(Filter(predicate), name)
+
+    def flat_map(self, fn: Callable[[Batch], tuple[np.ndarray, Mapping[str, Any]]],
+                 name: str | None = None) -> Stream:
+        """Vectorised flat map: `fn(batch)` returns `(parent, columns)`, output row j coming from input
+        row `parent[j]` (whose event time it keeps).
+
+        >>> import microstream as ms, numpy as np
+        >>> p = ms.Pipeline("fm"); out = ms.sinks.collect()
+        >>> def melt(b):  # one record per gas
+        ...     n = len(b["co"]); parent = np.concatenate([np.arange(n), np.arange(n)])
+        ...     return parent, {"gas": np.repeat(["co", "no2"], n), "value": np.concatenate([b["co"], b["no2"]])}
+        >>> p.from_iterable([{"co": 1.0, "no2": 2.0}]).flat_map(melt).sink(out)
+        >>> _ = p.run(); out.records()
+        [{'gas': 'co', 'value': 1.0}, {'gas': 'no2', 'value': 2.0}]
+        """
+        return self._then(FlatMap(fn), name)
+
+    def map_records(self, fn: Callable[[dict[str, Any]], dict[str, Any] | None],
+                    schema: Mapping[str, Any] | None = None, name: str | None = None) -> Stream:
+        """Per-record escape hatch for object payloads; slow, so prefer `map`. A record whose call raises
+        goes to the dead-letter stream with the error; returning None drops it.
+
+        >>> import microstream as ms
+        >>> p = ms.Pipeline("mr"); out = ms.sinks.collect()
+        >>> p.from_iterable([{"raw": "21.5"}, {"raw": "oops"}]).map_records(
+        ...     lambda r: {"t": float(r["raw"])}).sink(out)
+        >>> result = p.run(); out.records(), result.dead_letter_count
+        ([{'t': 21.5}], 1)
+        """
+        return self._then(MapRecords(fn, schema), name)
+
+    def split(self, selector: Callable[[Batch], np.ndarray], n: int = 2, name: str | None = None) -> list[Stream]:
+        """Route records to `n` streams: `selector(batch)` gives each record's stream number (or a boolean
+        mask for n=2, True to the first).
+
+        >>> import microstream as ms
+        >>> p = ms.Pipeline("s"); hi, lo = ms.sinks.collect(), ms.sinks.collect()
+        >>> a, b = p.from_iterable([{"v": 5}, {"v": 50}]).split(lambda b: b["v"] > 10)
+        >>> a.sink(hi); b.sink(lo); _ = p.run(); (hi.records(), lo.records())
+        ([{'v': 50}], [{'v': 5}])
+        """
+        base = self._then(Split(selector, n), name)
+        return [Stream(self.pipeline, base.node, str(i)) for i in range(n)]
+
+    def split_on(self, column: str, values: Iterable[Any], name: str | None = None) -> dict[Any, Stream]:
+        """One stream per listed value of `column`, plus `None` for every other value.
+
+        >>> import microstream as ms
+        >>> p = ms.Pipeline("so"); a, rest = ms.sinks.collect(), ms.sinks.collect()
+        >>> by = p.from_iterable([{"room": "a", "v": 1}, {"room": "b", "v": 2}]).split_on("room", ["a"])
+        >>> by["a"].sink(a); by[None].sink(rest); _ = p.run(); (a.records(), rest.records())
+        ([{'room': 'a', 'v': 1}], [{'room': 'b', 'v': 2}])
+        """
+        self.schema.require(column, name or "split_on", "column")
+        vals = list(values)
+        lookup = np.asarray(vals)
+
+        def which(b: Batch) -> np.ndarray:
+            col = b[column]
+            idx = np.full(len(col), len(vals), dtype=np.int64)
+            for i, v in enumerate(lookup):  # once per listed value, vectorised over the batch
+                idx[col == v] = i
+            return idx
+
+        streams = self.split(which, len(vals) + 1, name or "split_on")
+        return {**dict(zip(vals, streams[:-1], strict=True)), None: streams[-1]}
+
+    def union(self, *others: Stream, name: str | None = None) -> Stream:
+        """Merge streams with identical columns; the watermark is the slowest input's.
+
+        >>> import microstream as ms
+        >>> p = ms.Pipeline("u"); out = ms.sinks.collect()
+        >>> a = p.from_iterable([{"v": 1}]); b = p.from_iterable([{"v": 2}])
+        >>> a.union(b).sink(out); _ = p.run(); sorted(r["v"] for r in out.records())
+        [1, 2]
+        """
+        return self._then(Union(1 + len(others)), name, others)
+
+    def key_by(self, key: str, name: str | None = None) -> Stream:
+        """Partition by `key` (an int or str column); windows and per-key state need a key.
+
+        >>> import microstream as ms
+        >>> p = ms.Pipeline("k")
+        >>> p.from_iterable([{"room": "a", "v": 1.0}]).key_by("room").schema.key
+        'room'
+        """
+        return self._then(KeyBy(key), name)
+
+    # -- stateful ---------------------------------------------------------------------------------
+    def stateful_map(self, step: Callable, column: str, out: str, state_size: int = 1,
+                     init: float | Iterable[float] = 0.0, name: str | None = None) -> Stream:
+        """Per-key state in numba: for each record, `out = step(state, t, x)` where `state` is this key's
+        float64 array of `state_size`, `t` the event time (ns) and `x` the value of `column`.
+        Built-in steps live in `ms.state` (`delta`, `ewma(alpha)`, `cumsum`, `rate`).
+
+        >>> import microstream as ms
+        >>> p = ms.Pipeline("sm"); out = ms.sinks.collect()
+        >>> src = p.from_iterable([{"k": 1, "v": 1.0}, {"k": 1, "v": 3.0}, {"k": 2, "v": 5.0}])
+        >>> src.key_by("k").stateful_map(ms.state.cumsum, "v", out="total").sink(out)
+        >>> _ = p.run(); [r["total"] for r in out.records()]
+        [1.0, 4.0, 5.0]
+        """
+        from .operators.state import StatefulMap
+
+        return self._then(StatefulMap(step, column, out, state_size, init), name)
+
+    def window(self, spec: WindowSpec, lateness: Any = 0, time: str = "event") -> WindowedStream:
+        """Group a keyed stream into windows (`ms.tumbling`, `ms.sliding`, `ms.session`); then `.aggregate(...)`.
+
+        `lateness` (ns, float seconds or timedelta) keeps windows open after the watermark passes their
+        end: a late record inside it re-emits the window's updated result; later records go to the
+        window's `.late` stream. `time="processing"` uses the arrival clock instead of event time.
+
+        >>> import microstream as ms
+        >>> p = ms.Pipeline("w"); out = ms.sinks.collect()
+        >>> recs = [{"s": 1, "t": t * 10**9, "v": float(t)} for t in range(25)]
+        >>> p.from_iterable(recs, time="t").key_by("s").window(ms.tumbling(seconds=10)).aggregate(
+        ...     n=ms.agg.count(), avg=ms.agg.mean("v")).sink(out)
+        >>> _ = p.run(); [(r["n"], r["avg"]) for r in out.records()]
+        [(10, 4.5), (10, 14.5), (5, 22.0)]
+        """
+        if time not in ("event", "processing"):
+            raise PipelineError("window", f"time must be 'event' or 'processing', got {time!r}")
+        return WindowedStream(self, spec, to_ns(lateness) or 0, time == "processing")
+
+    def join(self, other: Stream, window: WindowSpec, lateness: Any = 0, name: str | None = None) -> Stream:
+        """Windowed inner join of two keyed streams on their keys: every pair of records with the same key
+        in the same window. Columns of both sides are kept, prefixed `left_`/`right_` where names clash.
+
+        >>> import microstream as ms
+        >>> p = ms.Pipeline("j"); out = ms.sinks.collect()
+        >>> t = p.from_iterable([{"room": "a", "ts": 1, "temp": 21.0}], time="ts").key_by("room")
+        >>> h = p.from_iterable([{"room": "a", "ts": 2, "rh": 40.0}], time="ts").key_by("room")
+        >>> t.join(h, ms.tumbling(minutes=1)).select("room", "temp", "rh").sink(out)
+        >>> _ = p.run(); out.records()
+        [{'window_time': 59999999999, 'room': 'a', 'temp': 21.0, 'rh': 40.0}]
+        """
+        from .operators.join import WindowJoin
+
+        return self._then(WindowJoin(window, to_ns(lateness) or 0), name, [other])
+
+    # -- side outputs and sinks ---------------------------------------------------------------------
+    @property
+    def late(self) -> Stream:
+        """Records that arrived after their window's allowed lateness (windows and joins only)."""
+        if LATE not in self.node.out_schemas:
+            raise PipelineError(self.node.name, "only windowed operators have a late-records stream")
+        return Stream(self.pipeline, self.node, LATE)
+
+    def sink(self, sink: Sink, name: str | None = None) -> None:
+        """Send the stream to a sink from `ms.sinks`."""
+        if not isinstance(sink, Sink):
+            raise PipelineError(name or "sink", f"sink() needs a sink from ms.sinks, got {type(sink).__name__}",
+                                "e.g. .sink(ms.sinks.jsonl('out.jsonl')); for a function use ms.sinks.callback(fn)")
+        self._then(sink, name)
+
+
+class WindowedStream:
+    """A keyed stream cut into windows; `.aggregate(...)` turns it back into a stream of results."""
+
+    def __init__(self, stream: Stream, spec: WindowSpec, lateness: int, processing_time: bool) -> None:
+        self.stream, self.spec, self.lateness, self.processing_time = stream, spec, lateness, processing_time
+
+    def aggregate(self, name: str | None = None, **aggs: Aggregate) -> Stream:
+        """One record per key and window with the named aggregates, plus `window_start`, `window_end`
+        and `window_time` (= end - 1 ns, the result's event time)."""
+        for out_name, agg in aggs.items():
+            if not isinstance(agg, Aggregate):
+                raise PipelineError(name or "window_aggregate", f"'{out_name}' is not an aggregate",
+                                    "use ms.agg.count(), ms.agg.mean('col'), ...")
+        op = WindowAggregate(self.spec, aggs, self.lateness, self.processing_time)
+        return self.stream._then(op, name)
+
+
+class Pipeline:
+    """A streaming job: add sources, chain operators on their streams, add sinks, then `run()`.
+
+    >>> import microstream as ms
+    >>> p = ms.Pipeline("hello"); out = ms.sinks.collect()
+    >>> p.from_iterable([{"v": 1}, {"v": 2}]).map(lambda b: {"v2": b["v"] * 2}).sink(out)
+    >>> _ = p.run(); out.records()
+    [{'v2': 2}, {'v2': 4}]
+    """
+
+    def __init__(self, name: str = "pipeline") -> None:
+        self.name = name
+        self.graph = LogicalGraph(name)
+
+    def __repr__(self) -> str:
+        return f"<Pipeline {self.name}: {len(self.graph.nodes)} operators>"
+
+    def add_source(self, source: Operator, name: str | None = None, at: str | None = None) -> Stream:
+        node = self.graph.add(source, [], name, _caller(), at=at)
+        return Stream(self, node)
+
+    # -- sources ------------------------------------------------------------------------------------
+    def from_iterable(self, items: Iterable[Any], time: str | None = None, max_delay: Any = 0,
+                      batch_size: int = 1024, schema: Mapping[str, Any] | None = None,
+                      name: str | None = None, at: str | None = None) -> Stream:
+        """Records (dicts) or batches (dicts of arrays) from a list or generator. `time` names an int64
+        nanosecond event-time column; `max_delay` bounds how out of order it may be."""
+        return self.add_source(IterableSource(items, time, to_ns(max_delay) or 0, batch_size, schema), name, at)
+
+    def from_arrays(self, columns: Mapping[str, np.ndarray], time: str | None = None, max_delay: Any = 0,
+                    batch_size: int = 65536, speed: float | None = None, name: str | None = None,
+                    at: str | None = None) -> Stream:
+        """Columns already in memory, replayed in batches of `batch_size`."""
+        return self.add_source(ArraySource(columns, time, to_ns(max_delay) or 0, batch_size, speed), name, at)
+
+    def poll(self, fn: Callable[[], Any], every: Any, time: str = "time", max_delay: Any = 0,
+             limit: int | None = None, schema: Mapping[str, Any] | None = None, name: str | None = None,
+             at: str | None = None) -> Stream:
+        """Call `fn()` every `every` (seconds as float, ns as int, or a timedelta) and stamp each reading
+        with the clock in column `time`, as a polled sensor. `limit` stops after that many polls."""
+        return self.add_source(PollSource(fn, to_ns(every), time, to_ns(max_delay) or 0, limit, schema), name, at)
+
+    def read_csv(self, path: str | Path, time: str | tuple[str, str] | None = None, key: str | None = None,
+                 **options: Any) -> Stream:
+        """Replay a CSV file (optionally gzipped); see `microstream.io.CsvSource` for the options
+        (`time_format`, `utc_offset`, `delimiter`, `decimal`, `missing`, `columns`, `tags`, `speed`,
+        `max_delay`, `batch_size`). Malformed rows go to the dead-letter stream."""
+        from .io import CsvSource
+
+        name, at = options.pop("name", None), options.pop("at", None)
+        stream = self.add_source(CsvSource(path, time=time, **options), name, at)
+        return stream.key_by(key) if key else stream
+
+    def read_jsonl(self, path: str | Path, time: str | None = None, key: str | None = None,
+                   **options: Any) -> Stream:
+        """Replay a JSON-lines file of flat objects; see `microstream.io.JsonlSource`."""
+        from .io import JsonlSource
+
+        name, at = options.pop("name", None), options.pop("at", None)
+        stream = self.add_source(JsonlSource(path, time=time, **options), name, at)
+        return stream.key_by(key) if key else stream
+
+    def synthetic(self, **options: Any) -> Stream:
+        """A deterministic synthetic sensor stream; see `microstream.synthetic.SyntheticSource`."""
+        from .synthetic import SyntheticSource
+
+        name, at = options.pop("name", None), options.pop("at", None)
+        return self.add_source(SyntheticSource(**options), name, at)
+
+    def union(self, *streams: Stream, name: str | None = None) -> Stream:
+        if len(streams) < 2:
+            raise PipelineError(name or "union", "union needs at least two streams")
+        return streams[0].union(*streams[1:], name=name)
+
+    def dead_letters(self) -> Stream:
+        """The stream of every record refused anywhere in the pipeline: operator, position, row, reason."""
+        hub = self.graph.dead_letter_hub()
+        node = hub or self.graph.add(DeadLetterHub(), [], "dead_letters", _caller())
+        return Stream(self, node)
+
+    # -- inspecting and running -------------------------------------------------------------------------
+    def build(self) -> LogicalGraph:
+        """Validate the whole graph (cycles, unused streams, missing sinks) and return it."""
+        self.graph.validate()
+        return self.graph
+
+    def describe(self) -> str:
+        """A table of the operators and their output schemas."""
+        return self.graph.describe()
+
+    def to_dot(self) -> str:
+        return self.graph.to_dot()
+
+    def to_svg(self, path: str | Path | None = None) -> str:
+        """The DAG as an SVG picture; written to `path` if given."""
+        svg = self.graph.to_svg()
+        if path is not None:
+            Path(path).write_text(svg, encoding="utf-8")
+        return svg
+
+    def run(self, verbose: bool | None = None, **options: Any) -> RunResult:
+        """Run to completion on the local runtime (one process, full speed) and return a summary.
+
+        Under `microstream submit` the same call runs the job on the cluster instead."""
+        from .runtime.local import LocalRuntime, active_runner
+
+        self.build()
+        runner = active_runner()
+        if runner is not None:
+            return runner(self, **options)
+        return LocalRuntime(self.graph, verbose=verbose, **options).run()

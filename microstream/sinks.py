@@ -1,0 +1,37 @@
+"""Sinks for `stream.sink(...)`: `ms.sinks.collect()`, `csv(path)`, `jsonl(path)`, `callback(fn)`, `print()`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import TextIO
+
+from .batch import Batch
+from .operators.sinks import CallbackSink, Collect, CsvSink, JsonlSink, PrintSink, Sink
+
+__all__ = ["Sink", "Collect", "collect", "csv", "jsonl", "callback", "print"]
+
+
+def collect() -> Collect:
+    """Keep results in memory (tests, notebooks): `out.records()` or `out.batch()` after the run."""
+    return Collect()
+
+
+def csv(path: str | Path, iso_time: bool = True) -> CsvSink:
+    """Write a CSV file with a header row."""
+    return CsvSink(path, iso_time)
+
+
+def jsonl(path: str | Path, iso_time: bool = True) -> JsonlSink:
+    """Write one JSON object per line."""
+    return JsonlSink(path, iso_time)
+
+
+def callback(fn: Callable[[Batch], None]) -> CallbackSink:
+    """Call `fn(batch)` for each batch of results."""
+    return CallbackSink(fn)
+
+
+def print(prefix: str = "", file: TextIO | None = None) -> PrintSink:  # noqa: A001
+    """Print each record on a line."""
+    return PrintSink(prefix, file)

@@ -1,0 +1,59 @@
+"""Durations and timestamps. Event time is int64 nanoseconds since the Unix epoch (UTC)."""
+
+from __future__ import annotations
+
+import datetime as _dt
+
+import numpy as np
+
+NS = 1
+US = 1_000
+MS = 1_000_000
+SECOND = 1_000_000_000
+MINUTE = 60 * SECOND
+HOUR = 60 * MINUTE
+DAY = 24 * HOUR
+
+MIN_TIME = np.iinfo(np.int64).min
+MAX_TIME = np.iinfo(np.int64).max
+
+
+def duration(days: float = 0, hours: float = 0, minutes: float = 0, seconds: float = 0,
+             milliseconds: float = 0, microseconds: float = 0, nanoseconds: int = 0) -> int:
+    """Return a duration in nanoseconds; `duration(minutes=10) == 600_000_000_000`."""
+    total = (days * DAY + hours * HOUR + minutes * MINUTE + seconds * SECOND + milliseconds * MS
+             + microseconds * US + nanoseconds)
+    return int(round(total))
+
+
+def to_ns(value: int | float | _dt.timedelta | None) -> int | None:
+    """Accept nanoseconds (int), seconds (float) or a timedelta."""
+    if value is None:
+        return None
+    if isinstance(value, _dt.timedelta):
+        return int(round(value.total_seconds() * SECOND))
+    if isinstance(value, float):
+        return int(round(value * SECOND))
+    return int(value)
+
+
+def format_ns(t: int) -> str:
+    """ISO-8601 UTC text for an event time, e.g. '2015-02-04T17:50:00Z'."""
+    if t in (MIN_TIME, MAX_TIME):
+        return "-inf" if t == MIN_TIME else "+inf"
+    text = str(np.datetime64(int(t), "ns"))
+    text = text.rstrip("0").rstrip(".") if "." in text else text
+    return text + "Z"
+
+
+def human_duration(ns: int) -> str:
+    for unit, size in (("d", DAY), ("h", HOUR), ("min", MINUTE), ("s", SECOND), ("ms", MS), ("us", US)):
+        if ns >= size and ns % size == 0:
+            return f"{ns // size} {unit}"
+    return f"{ns} ns"
+
+
+def now_ns() -> int:
+    import time
+
+    return time.time_ns()
