@@ -257,10 +257,16 @@ class Stream:
     # -- side outputs and sinks ---------------------------------------------------------------------
     @property
     def late(self) -> Stream:
-        """Records that arrived after their window's allowed lateness (windows and joins only)."""
-        if LATE not in self.node.out_schemas:
-            raise PipelineError(self.node.name, "only windowed operators have a late-records stream")
-        return Stream(self.pipeline, self.node, LATE)
+        """Records that arrived after their window's allowed lateness (windows; the left side of joins)."""
+        return self.side(LATE)
+
+    def side(self, port: str) -> Stream:
+        """A side output of this stream's operator by name, e.g. `join.side("late_right")`."""
+        if port not in self.node.out_schemas or port == OUT:
+            ports = [p for p in self.node.out_schemas if p != OUT]
+            raise PipelineError(self.node.name, f"has no side output '{port}'; it has {ports}",
+                                "late records exist only for windows and joins")
+        return Stream(self.pipeline, self.node, port)
 
     def sink(self, sink: Sink, name: str | None = None) -> None:
         """Send the stream to a sink from `ms.sinks`."""

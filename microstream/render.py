@@ -8,10 +8,13 @@ The SVG layout is a small Sugiyama-style layered drawing, left to right:
 2. *dummy vertices* -- an edge spanning several layers gets one invisible vertex per crossed layer,
    so long edges take part in ordering and are drawn as one smooth chain of cubic Béziers;
 3. *ordering* -- alternate down/up sweeps sort each layer by the barycentre of its neighbours in the
-   previous layer (nodes of one group are kept together); the order with the fewest crossings wins;
+   previous layer; the order with the fewest crossings wins. With groups, a second round of sweeps
+   keeps every group in one global horizontal "band" (same relative order in every layer);
 4. *coordinates* -- columns are as wide as their widest node plus room for edge labels; vertical
    positions are pulled towards the neighbours' mean while keeping order and minimum spacing
-   (isotonic regression, so the result is the best placement in the least-squares sense).
+   (isotonic regression, so the result is the best placement in the least-squares sense);
+5. *group frames* -- bands are then moved down, in rank order, just far enough that group frames
+   are disjoint and no foreign node or long edge runs through a frame.
 
 Output is deterministic: no set/hash ordering is ever used, so equal input gives byte-equal output.
 
@@ -98,7 +101,6 @@ _LABEL_GAP_EXTRA = 36.0
 _GROUP_PAD = 10.0
 _GROUP_LABEL_H = 16.0
 _FRAME_CLEARANCE = 8.0
-_FRAME_ROUNDS = 4
 _MAX_LABEL_UNITS = 40
 _MAX_DETAIL_UNITS = 56
 _MAX_EDGE_LABEL_UNITS = 30
@@ -269,18 +271,22 @@ class _Vertex:
 
     @property
     def top(self) -> float:
+        """Upper edge of the box."""
         return self.y - self.height / 2
 
     @property
     def bottom(self) -> float:
+        """Lower edge of the box."""
         return self.y + self.height / 2
 
     @property
     def left(self) -> float:
+        """Left edge of the box."""
         return self.x - self.width / 2
 
     @property
     def right(self) -> float:
+        """Right edge of the box."""
         return self.x + self.width / 2
 
 
@@ -355,8 +361,14 @@ def _neighbours(count: int, chains: list[list[int]]) -> tuple[list[list[int]], l
     return up, down
 
 
-def _sort_layer(layer: list[int], fixed: list[int], nbrs: list[list[int]], groups: list[str]) -> list[int]:
-    """Order ``layer`` by barycentre of neighbours in the ``fixed`` layer, keeping groups contiguous."""
+def _sort_layer(
+    layer: list[int], fixed: list[int], nbrs: list[list[int]], groups: list[str], rank: dict[str, int] | None
+) -> list[int]:
+    """Order ``layer`` by barycentre of neighbours in the ``fixed`` layer.
+
+    Without ``rank`` the nodes of a group stay contiguous, placed at the group's mean barycentre;
+    with ``rank`` (group -> band number) the layer is sorted by band first, then by barycentre.
+    """
     pos = {v: i for i, v in enumerate(fixed)}
     bary: list[float] = []
     for i, v in enumerate(layer):
@@ -370,9 +382,11 @@ def _sort_layer(layer: list[int], fixed: list[int], nbrs: list[list[int]], group
             acc[1] += 1
     keys = []
     for i, (v, b) in enumerate(zip(layer, bary, strict=True)):
+        if rank is not None:
+            keys.append((float(rank[groups[v]]), "", b, i, v))
+            continue
         acc = group_sum.get(groups[v])
-        primary = acc[0] / acc[1] if acc else b
-        keys.append((primary, groups[v], b, i, v))
+        keys.append((acc[0] / acc[1] if acc else b, groups[v], b, i, v))
     return [key[-1] for key in sorted(keys)]
 
 
@@ -393,10 +407,14 @@ def _total_crossings(layers: list[list[int]], down: list[list[int]]) -> int:
     return sum(_crossings(a, b, down) for a, b in pairwise(layers))
 
 
-def _order_layers(
-    layers: list[list[int]], up: list[list[int]], down: list[list[int]], groups: list[str]
+def _sweep(
+    layers: list[list[int]],
+    up: list[list[int]],
+    down: list[list[int]],
+    groups: list[str],
+    rank: dict[str, int] | None,
 ) -> list[list[int]]:
-    """Barycentre heuristic with alternating sweeps; returns the ordering with the fewest crossings."""
+    """Alternating down/up barycentre sweeps; returns the ordering with the fewest crossings."""
     current = [list(layer) for layer in layers]
     best, best_count = [list(layer) for layer in current], _total_crossings(current, down)
     for sweep in range(_ORDER_SWEEPS):
@@ -404,14 +422,41 @@ def _order_layers(
             break
         if sweep % 2 == 0:
             for k in range(1, len(current)):
-                current[k] = _sort_layer(current[k], current[k - 1], up, groups)
+                current[k] = _sort_layer(current[k], current[k - 1], up, groups, rank)
         else:
             for k in range(len(current) - 2, -1, -1):
-                current[k] = _sort_layer(current[k], current[k + 1], down, groups)
+                current[k] = _sort_layer(current[k], current[k + 1], down, groups, rank)
         count = _total_crossings(current, down)
         if count < best_count:
             best, best_count = [list(layer) for layer in current], count
     return best
+
+
+def _band_ranks(layers: list[list[int]], groups: list[str]) -> dict[str, int]:
+    """Global top-to-bottom order of groups ("" = ungrouped) by their mean relative position."""
+    acc: dict[str, list[float]] = {}
+    for layer in layers:
+        for i, v in enumerate(layer):
+            entry = acc.setdefault(groups[v], [0.0, 0.0])
+            entry[0] += (i + 0.5) / len(layer)
+            entry[1] += 1
+    order = sorted(acc, key=lambda g: (acc[g][0] / acc[g][1], g))
+    return {group: number for number, group in enumerate(order)}
+
+
+def _order_layers(
+    layers: list[list[int]], up: list[list[int]], down: list[list[int]], groups: list[str]
+) -> tuple[list[list[int]], dict[str, int]]:
+    """Crossing reduction; with groups, a second phase keeps each group in one global band.
+
+    Returns the layer orders and the band rank of every group ("" for ungrouped vertices).
+    """
+    best = _sweep(layers, up, down, groups, None)
+    rank = _band_ranks(best, groups)
+    if len(rank) <= 1:
+        return best, rank
+    banded = [sorted(layer, key=lambda v: rank[groups[v]]) for layer in best]
+    return _sweep(banded, up, down, groups, rank), rank
 
 
 # --------------------------------------------------------------------------------------------------
@@ -474,56 +519,78 @@ def _assign_y(
             _place_layer(layer, targets, vertices)
 
 
-def _group_frames(vertices: list[_Vertex]) -> dict[str, tuple[int, int, float, float]]:
-    """Per group: first and last layer of its real nodes and the frame's top and bottom y."""
-    frames: dict[str, tuple[int, int, float, float]] = {}
-    for v in vertices:
-        if v.node is None or not v.group:
-            continue
-        top, bottom = _group_extent(v)
-        k1, k2, y1, y2 = frames.get(v.group, (v.layer, v.layer, top, bottom))
-        frames[v.group] = (min(k1, v.layer), max(k2, v.layer), min(y1, top), max(y2, bottom))
-    return frames
+def _frame_floor(boxes: list[tuple[int, int, float]], k1: int, k2: int) -> float:
+    """Lowest bottom (plus clearance) among placed boxes whose columns overlap ``k1..k2``."""
+    bottoms = [bottom for b1, b2, bottom in boxes if b1 <= k2 and k1 <= b2]
+    return max(bottoms) + _FRAME_CLEARANCE if bottoms else float("-inf")
 
 
-def _push_out(layer: list[int], group: str, y1: float, y2: float, vertices: list[_Vertex]) -> bool:
-    """Move the layer's non-members above/below the frame ``y1..y2``; return True if anything moved."""
-    members = [i for i, v in enumerate(layer) if vertices[v].group == group]
-    if members:
-        above, below = layer[: members[0]], layer[members[-1] + 1 :]
-    else:
-        middle = (y1 + y2) / 2
-        above = [v for v in layer if vertices[v].y < middle]
-        below = [v for v in layer if vertices[v].y >= middle]
-    moved = False
-    limit = y1 - _FRAME_CLEARANCE
-    for v in reversed(above):
+def _predecessor_need(
+    v: int, layers: list[list[int]], slot: dict[int, int], vertices: list[_Vertex]
+) -> float:
+    """How far ``v`` must move down to keep its spacing to the vertex above it (of another band)."""
+    layer = layers[vertices[v].layer]
+    i = slot[v]
+    if i == 0 or vertices[layer[i - 1]].group == vertices[v].group != "":
+        return 0.0
+    above, me = vertices[layer[i - 1]], vertices[v]
+    return above.y + _separation(above, me) - me.y
+
+
+def _place_group(
+    members: list[int],
+    boxes: list[tuple[int, int, float]],
+    layers: list[list[int]],
+    slot: dict[int, int],
+    vertices: list[_Vertex],
+) -> tuple[int, int, float]:
+    """Shift a whole group down (if needed) below everything of lower rank; return its frame box."""
+    real = [vertices[m] for m in members if vertices[m].node is not None]
+    k1, k2 = min(v.layer for v in real), max(v.layer for v in real)
+    top = min(_group_extent(v)[0] for v in real)
+    need = max(0.0, _frame_floor(boxes, k1, k2) - top)
+    for m in members:
+        need = max(need, _predecessor_need(m, layers, slot, vertices))
+    for m in members:
+        vertices[m].y += need
+    return k1, k2, max(_group_extent(v)[1] for v in real)
+
+
+def _place_loose(
+    loose: list[int],
+    boxes: list[tuple[int, int, float]],
+    layers: list[list[int]],
+    slot: dict[int, int],
+    vertices: list[_Vertex],
+) -> list[tuple[int, int, float]]:
+    """Move ungrouped vertices (top to bottom per layer) below lower-ranked frames; return their boxes."""
+    placed = []
+    for v in sorted(loose, key=lambda u: (vertices[u].layer, slot[u])):
         vertex = vertices[v]
-        excess = _group_extent(vertex)[1] - limit
-        if excess > 1e-6:
-            vertex.y -= excess
-            moved = True
-        limit = _group_extent(vertex)[0] - _V_GAP
-    limit = y2 + _FRAME_CLEARANCE
-    for v in below:
-        vertex = vertices[v]
-        excess = limit - _group_extent(vertex)[0]
-        if excess > 1e-6:
-            vertex.y += excess
-            moved = True
-        limit = _group_extent(vertex)[1] + _V_GAP
-    return moved
+        floor = _frame_floor(boxes, vertex.layer, vertex.layer) + vertex.height / 2
+        vertex.y += max(0.0, floor - vertex.y, _predecessor_need(v, layers, slot, vertices))
+        placed.append((vertex.layer, vertex.layer, vertex.bottom))
+    return placed
 
 
-def _clear_group_frames(vertices: list[_Vertex], layers: list[list[int]]) -> None:
-    """Keep vertices of other groups (and foreign edges) out of each group's frame."""
-    for _ in range(_FRAME_ROUNDS):
-        moved = False
-        for group, (k1, k2, y1, y2) in _group_frames(vertices).items():
-            for k in range(k1, k2 + 1):
-                moved = _push_out(layers[k], group, y1, y2, vertices) or moved
-        if not moved:
-            return
+def _separate_bands(vertices: list[_Vertex], layers: list[list[int]], rank: dict[str, int]) -> None:
+    """Make group frames disjoint and keep foreign vertices (and edges) out of them.
+
+    Bands (groups, and "" for ungrouped vertices) are handled in their global top-to-bottom rank; a
+    band only ever moves down, below the frames/vertices of lower rank in the columns it spans.
+    """
+    if len(rank) <= 1:
+        return
+    slot = {v: i for layer in layers for i, v in enumerate(layer)}
+    members: dict[str, list[int]] = {}
+    for i, vertex in enumerate(vertices):
+        members.setdefault(vertex.group, []).append(i)
+    boxes: list[tuple[int, int, float]] = []
+    for band in sorted(rank, key=rank.__getitem__):
+        if band:
+            boxes.append(_place_group(members[band], boxes, layers, slot, vertices))
+        else:
+            boxes += _place_loose(members[band], boxes, layers, slot, vertices)
 
 
 def _label_leg(chain: list[int]) -> int:
@@ -572,9 +639,9 @@ def _compute_layout(
     layers: list[list[int]] = [[] for _ in range(layer_count)]
     for i, vertex in enumerate(vertices):
         layers[vertex.layer].append(i)
-    layers = _order_layers(layers, up, down, [v.group for v in vertices])
+    layers, rank = _order_layers(layers, up, down, [v.group for v in vertices])
     _assign_y(vertices, layers, up, down)
-    _clear_group_frames(vertices, layers)
+    _separate_bands(vertices, layers, rank)
     col_left, col_right = _assign_x(vertices, layers, chains, edges)
     top = _MARGIN + (_TITLE_H if _clean(title) else 0.0)
     extents = [_group_extent(v) for v in vertices]

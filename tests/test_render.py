@@ -256,20 +256,86 @@ def test_node_box_width_follows_text() -> None:
     assert boxes["b"][2] >= 7 * len("a_much_longer_operator_label")
 
 
+def straight_runs(d: str) -> list[tuple[float, float, float]]:
+    """Horizontal ``L`` segments of a path (where a long edge passes a column) as (x1, x2, y)."""
+    runs = []
+    previous = (0.0, 0.0)
+    for command, args in re.findall(r"([MCL])([^MCL]*)", d):
+        numbers = [float(n) for n in re.findall(r"-?\d+(?:\.\d+)?", args)]
+        end = (numbers[-2], numbers[-1])
+        if command == "L":
+            runs.append((previous[0], end[0], end[1]))
+        previous = end
+    return runs
+
+
+def check_frames(root: ET.Element, nodes: list[DrawNode]) -> dict[str, Box]:
+    """Frames contain exactly their members, are pairwise disjoint, and no foreign long edge crosses one."""
+    boxes = node_boxes(root)
+    frames = {g.get("data-group"): rect_box(g.find(f"{NS}rect")) for g in by_class(root, "g", "group")}
+    assert set(frames) == {n.group for n in nodes if n.group}
+    for node in nodes:
+        for group, frame in frames.items():
+            if node.group == group:
+                x, y, w, h = boxes[node.id]
+                fx, fy, fw, fh = frame
+                assert fx < x and x + w < fx + fw and fy < y and y + h < fy + fh, (node.id, group)
+            else:
+                assert not overlaps(boxes[node.id], frame), (node.id, group)
+    names = sorted(frames)
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            assert not overlaps(frames[a], frames[b]), (a, b)
+    group_of = {n.id: n.group for n in nodes}
+    for path in by_class(root, "path", "edge"):
+        shared = group_of[path.get("data-src")]
+        if shared != group_of[path.get("data-dst")]:
+            shared = None
+        for x1, x2, y in straight_runs(path.get("d")):
+            for group, (fx, fy, fw, fh) in frames.items():
+                if group != shared:
+                    assert not (fy < y < fy + fh and x1 < fx + fw and fx < x2), (path.get("d"), group)
+    return frames
+
+
 def test_groups_enclose_their_nodes_and_keep_others_out() -> None:
     nodes, edges = demo_pipeline()
     edges = [*edges, DrawEdge("src", "sink", "bypass")]  # long edge past both groups
     root = check_geometry(to_svg(nodes, edges), nodes, edges)
-    boxes = node_boxes(root)
-    frames = {g.get("data-group"): rect_box(g.find(f"{NS}rect")) for g in by_class(root, "g", "group")}
+    frames = check_frames(root, nodes)
     assert list(frames) == ["pi-1", "pi-2"]
-    for node in nodes:
-        x, y, w, h = boxes[node.id]
-        for group, (fx, fy, fw, fh) in frames.items():
-            inside = fx < x and x + w < fx + fw and fy < y and y + h < fy + fh
-            assert inside == (node.group == group), (node.id, group)
-    for group_a, group_b in [("pi-1", "pi-2")]:
-        assert not overlaps(frames[group_a], frames[group_b])
+    assert texts(root, "group-label") == ["pi-1", "pi-2"]
+    bypass = by_class(root, "path", "edge")[-1].get("d")
+    assert len(straight_runs(bypass)) == 3  # passes three columns
+
+
+def test_groups_sharing_columns_get_disjoint_frames() -> None:
+    # pi-0 hosts the start and the end of the pipeline, the parallel windows run on pi-1..pi-3
+    nodes = [
+        DrawNode("s", "source", kind="source", group="pi-0"),
+        DrawNode("k", "key_by", "room", group="pi-0"),
+    ]
+    nodes += [DrawNode(f"w{i}", f"window[{i}]", "tumbling 10 min", group=f"pi-{i + 1}") for i in range(3)]
+    nodes += [
+        DrawNode("u", "union", group="pi-0"),
+        DrawNode("o", "sink", kind="sink", group="pi-0"),
+        DrawNode("l", "late_sink", kind="side"),
+    ]
+    edges = [DrawEdge("s", "k"), *[DrawEdge("k", f"w{i}", f"hash(room)={i}") for i in range(3)]]
+    edges += [DrawEdge(f"w{i}", "u") for i in range(3)]
+    edges += [DrawEdge("u", "o"), DrawEdge("w1", "l", "late", "dashed"), DrawEdge("s", "o", "direct")]
+    root = check_geometry(to_svg(nodes, edges, title="parallel windows"), nodes, edges)
+    check_frames(root, nodes)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_random_groups_never_tangle(seed: int) -> None:
+    rng = random.Random(seed)
+    nodes, edges = layered_random_dag(rng.randint(5, 30), seed)
+    names = [None, "pi-1", "pi-2", "pi-3"]
+    nodes = [DrawNode(n.id, n.label, n.detail, group=rng.choice(names)) for n in nodes]
+    root = check_geometry(to_svg(nodes, edges), nodes, edges)
+    check_frames(root, nodes)
 
 
 def test_source_left_of_sink_and_title_on_top() -> None:

@@ -16,13 +16,16 @@ _TABLE_LIMIT = 1 << 20  # keys below this use a direct table (8 MB at most)
 
 
 @numba.njit(cache=True)
-def _intern_ints(keys, mask, has_mask, table, other, key_of_slot, n_slots, slots_out):
-    """Assign slots to keys in first-seen order; return the new number of slots."""
-    for i in range(len(keys)):
+def _intern_ints(start, keys, mask, has_mask, table, limit, other, key_of_slot, n_slots, slots_out):
+    """Assign slots to keys in first-seen order. Returns (next record, slots so far, key needing a
+    bigger table or -1)."""
+    for i in range(start, len(keys)):
         if has_mask and not mask[i]:
             slots_out[i] = -1
             continue
         k = keys[i]
+        if len(table) <= k < limit:
+            return i, n_slots, k
         if 0 <= k < len(table):
             s = table[k]
             if s < 0:
@@ -38,7 +41,7 @@ def _intern_ints(keys, mask, has_mask, table, other, key_of_slot, n_slots, slots
                 key_of_slot[s] = k
                 n_slots += 1
         slots_out[i] = s
-    return n_slots
+    return len(keys), n_slots, -1
 
 
 class KeyIndex:
@@ -65,13 +68,6 @@ class KeyIndex:
     def _int_slots(self, keys: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
         if len(keys) == 0:
             return np.empty(0, dtype=np.int64)
-        sel = keys if mask is None else keys[mask]
-        if len(sel):
-            top = int(sel.max())
-            if len(self._table) <= top < _TABLE_LIMIT:
-                grown = np.full(max(top + 1, 2 * len(self._table)), -1, dtype=np.int64)
-                grown[: len(self._table)] = self._table
-                self._table = grown
         need = self.n_slots + len(keys)
         if need > len(self._key_of_slot):
             grown = np.empty(max(need, 2 * len(self._key_of_slot)), dtype=np.int64)
@@ -80,8 +76,14 @@ class KeyIndex:
         out = np.empty(len(keys), dtype=np.int64)
         has_mask = mask is not None
         m = mask if has_mask else np.empty(0, dtype=np.bool_)
-        self.n_slots = _intern_ints(keys, m, has_mask, self._table, self._other, self._key_of_slot,
-                                    self.n_slots, out)
+        i = 0
+        while i < len(keys):
+            i, self.n_slots, big = _intern_ints(i, keys, m, has_mask, self._table, _TABLE_LIMIT, self._other,
+                                                self._key_of_slot, self.n_slots, out)
+            if big >= 0:
+                grown = np.full(max(big + 1, 2 * len(self._table)), -1, dtype=np.int64)
+                grown[: len(self._table)] = self._table
+                self._table = grown
         return out
 
     def _obj_slots(self, keys: np.ndarray, mask: np.ndarray | None) -> np.ndarray:

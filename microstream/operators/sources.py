@@ -12,6 +12,7 @@ import itertools
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
+import numba
 import numpy as np
 
 from ..batch import Batch
@@ -19,6 +20,17 @@ from ..errors import PipelineError
 from ..schema import Schema, schema_of_columns
 from ..timeutil import MIN_TIME, SECOND
 from .base import OUT, Emit, Operator
+
+
+@numba.njit(cache=True)
+def _bounded_watermarks(t, max_seen, delay, out):
+    """out[i] = max(max_seen, t[0..i]) - delay; returns the new max."""
+    m = max_seen
+    for i in range(len(t)):
+        if t[i] > m:
+            m = t[i]
+        out[i] = m - delay
+    return m
 
 
 class Source(Operator):
@@ -40,6 +52,7 @@ class Source(Operator):
 
     def open(self, ctx) -> None:
         super().open(ctx)
+        self.finished = False
         self.max_seen = MIN_TIME
         self._pending: Batch | None = None
         self._pace_origin: tuple[int, int] | None = None  # (event time, wall clock) of the first record
@@ -111,10 +124,9 @@ class Source(Operator):
         t = batch[self.time]
         if len(t) == 0:
             return Batch(batch.to_dict(), np.empty(0, dtype=np.int64))
-        run = np.maximum.accumulate(t)
-        np.maximum(run, self.max_seen, out=run)
-        self.max_seen = int(run[-1])
-        return Batch(batch.to_dict(), run - self.max_delay if self.max_delay else run)
+        wm = np.empty(len(t), dtype=np.int64)
+        self.max_seen = _bounded_watermarks(t.astype(np.int64, copy=False), self.max_seen, self.max_delay, wm)
+        return Batch(batch.to_dict(), wm)
 
     def end_watermark(self) -> int:
         return self.max_seen - self.max_delay if self.max_seen != MIN_TIME else MIN_TIME

@@ -18,6 +18,8 @@ import numba
 import numpy as np
 
 EMPTY = np.iinfo(np.int64).min
+_TMAX = np.iinfo(np.int64).max
+_TMIN = np.iinfo(np.int64).min
 
 DONE = 0
 GROW_CELLS = 1  # the ring (or session list) of a key is full: double R (or S) and resume
@@ -47,20 +49,23 @@ def _init_cell(c, count, acc, tacc, nvals):
         acc[c, b + A_MAX] = -np.inf
         acc[c, b + A_FIRST] = np.nan
         acc[c, b + A_LAST] = np.nan
-    tacc[c, 0] = np.iinfo(np.int64).max
-    tacc[c, 1] = np.iinfo(np.int64).min
+    tacc[c, 0] = _TMAX
+    tacc[c, 1] = _TMIN
 
 
 @numba.njit(cache=True, inline="always")
-def _update_cell(c, i, t, vals, flags, count, acc, tacc):
+def _update_cell(c, i, t, vals, flags, count, acc, tacc, need_t):
     n = count[c] + 1
     count[c] = n
-    first = t < tacc[c, 0]
-    last = t >= tacc[c, 1]
-    if first:
-        tacc[c, 0] = t
-    if last:
-        tacc[c, 1] = t
+    first = False
+    last = False
+    if need_t:
+        first = t < tacc[c, 0]
+        last = t >= tacc[c, 1]
+        if first:
+            tacc[c, 0] = t
+        if last:
+            tacc[c, 1] = t
     for v in range(flags.shape[0]):
         x = vals[v, i]
         b = v * N_ACC
@@ -81,6 +86,14 @@ def _update_cell(c, i, t, vals, flags, count, acc, tacc):
                 acc[c, b + A_FIRST] = x
             if last:
                 acc[c, b + A_LAST] = x
+
+
+@numba.njit(cache=True)
+def _needs_times(flags):
+    for v in range(flags.shape[0]):
+        if flags[v, F_FIRSTLAST]:
+            return True
+    return False
 
 
 @numba.njit(cache=True)
@@ -123,7 +136,8 @@ def _emit(c, slot, start, end, count, acc, tacc, sc, out_slot, out_start, out_en
     out_start[k] = start
     out_end[k] = end
     out_count[k] = count[c]
-    out_acc[k, :] = acc[c, :]
+    for j in range(acc.shape[1]):  # an explicit loop: slice assignment would allocate a temporary
+        out_acc[k, j] = acc[c, j]
     out_tacc[k, 0] = tacc[c, 0]
     out_tacc[k, 1] = tacc[c, 1]
     out_wm[k] = emit_wm
@@ -146,7 +160,7 @@ def _fire_ring(size, lateness, R, win, fired, count, acc, tacc, sc, out_slot, ou
                out_acc, out_tacc, out_wm, emit_wm, log, use_log):
     """Emit every window whose end the watermark has passed; free those past their lateness."""
     wm = sc[S_WM]
-    nxt = np.iinfo(np.int64).max
+    nxt = _TMAX
     for c in range(len(win)):
         s = win[c]
         if s == EMPTY:
@@ -174,32 +188,72 @@ def _fire_ring(size, lateness, R, win, fired, count, acc, tacc, sc, out_slot, ou
 def ring_kernel(start_i, t, slots, vals, mask, has_mask, wm, size, slide, offset, lateness, R,
                 win, fired, count, acc, tacc, flags, sc, late, out_slot, out_start, out_end, out_count,
                 out_acc, out_tacc, out_wm, log, use_log):
-    """Tumbling (slide == size) and sliding windows. Returns (next record, status)."""
+    """Tumbling (slide == size) and sliding windows. Returns (next record, status).
+
+    The hot loop keeps the watermark and the next firing time in locals (the state arrays could
+    alias them otherwise) and has a one-window fast path for tumbling windows.
+    """
     cap = len(out_slot)
     logcap = log.shape[0]
     per_rec = (size + slide - 1) // slide
     nvals = flags.shape[0]
+    need_t = _needs_times(flags)
     mask_r = R - 1
+    cur = sc[S_WM]
+    nxt = sc[S_NEXT]
     for i in range(start_i, len(t)):
         w_i = wm[i]
-        if w_i > sc[S_WM]:
-            if w_i >= sc[S_NEXT]:
+        if w_i > cur:
+            if w_i >= nxt:
                 if sc[S_NOUT] + sc[S_OPEN] > cap or (use_log and sc[S_NLOG] + 2 * sc[S_OPEN] > logcap):
+                    sc[S_WM] = cur
                     return i, FLUSH
-                prev = sc[S_WM]
                 sc[S_WM] = w_i
                 _fire_ring(size, lateness, R, win, fired, count, acc, tacc, sc, out_slot, out_start, out_end,
-                           out_count, out_acc, out_tacc, out_wm, prev, log, use_log)
-            else:
-                sc[S_WM] = w_i
+                           out_count, out_acc, out_tacc, out_wm, cur, log, use_log)
+                nxt = sc[S_NEXT]
+            cur = w_i
         if has_mask and not mask[i]:
             continue
         if sc[S_NOUT] + per_rec > cap or (use_log and sc[S_NLOG] + 3 * per_rec > logcap):
+            sc[S_WM] = cur
+            sc[S_NEXT] = nxt
             return i, FLUSH
         ti = t[i]
         slot = slots[i]
-        cur = sc[S_WM]
         w_last = (ti - offset) // slide
+        if per_rec == 1:
+            # tumbling: exactly one window
+            s = w_last * slide + offset
+            e = s + size
+            if e + lateness <= cur:
+                late[i] = True
+                continue
+            c = slot * R + (w_last & mask_r)
+            ws = win[c]
+            if ws != s:
+                if ws != EMPTY:
+                    sc[S_WM] = cur
+                    sc[S_NEXT] = nxt
+                    return i, GROW_CELLS
+                win[c] = s
+                fired[c] = 0
+                _init_cell(c, count, acc, tacc, nvals)
+                sc[S_OPEN] += 1
+                if use_log:
+                    _log(log, sc, LOG_INIT, c, 0)
+                if e < nxt:
+                    nxt = e
+            _update_cell(c, i, ti, vals, flags, count, acc, tacc, need_t)
+            if use_log:
+                _log(log, sc, LOG_UPDATE, c, i)
+            if e <= cur:  # late but within the allowed lateness: emit the updated result now
+                _emit(c, slot, s, e, count, acc, tacc, sc, out_slot, out_start, out_end, out_count,
+                      out_acc, out_tacc, out_wm, cur, log, use_log)
+                fired[c] = 1
+                if e + lateness < nxt:
+                    nxt = e + lateness
+            continue
         # pass 1: every live window of this record must have a cell free or already its own
         w = w_last
         while True:
@@ -209,6 +263,8 @@ def ring_kernel(start_i, t, slots, vals, mask, has_mask, wm, size, slide, offset
             if s + size + lateness > cur:
                 c = slot * R + (w & mask_r)
                 if win[c] != EMPTY and win[c] != s:
+                    sc[S_WM] = cur
+                    sc[S_NEXT] = nxt
                     return i, GROW_CELLS
             w -= 1
         # pass 2: update
@@ -228,9 +284,9 @@ def ring_kernel(start_i, t, slots, vals, mask, has_mask, wm, size, slide, offset
                     sc[S_OPEN] += 1
                     if use_log:
                         _log(log, sc, LOG_INIT, c, 0)
-                    if e < sc[S_NEXT]:
-                        sc[S_NEXT] = e
-                _update_cell(c, i, ti, vals, flags, count, acc, tacc)
+                    if e < nxt:
+                        nxt = e
+                _update_cell(c, i, ti, vals, flags, count, acc, tacc, need_t)
                 if use_log:
                     _log(log, sc, LOG_UPDATE, c, i)
                 accepted = True
@@ -238,11 +294,13 @@ def ring_kernel(start_i, t, slots, vals, mask, has_mask, wm, size, slide, offset
                     _emit(c, slot, s, e, count, acc, tacc, sc, out_slot, out_start, out_end, out_count,
                           out_acc, out_tacc, out_wm, cur, log, use_log)
                     fired[c] = 1
-                    if e + lateness < sc[S_NEXT]:
-                        sc[S_NEXT] = e + lateness
+                    if e + lateness < nxt:
+                        nxt = e + lateness
             w -= 1
         if not accepted:
             late[i] = True
+    sc[S_WM] = cur
+    sc[S_NEXT] = nxt
     return len(t), DONE
 
 
@@ -270,7 +328,7 @@ def fire_ring_to(new_wm, size, lateness, R, win, fired, count, acc, tacc, sc, ou
 def _fire_sessions(lateness, S, sstart, send, fired, count, acc, tacc, sc, out_slot, out_start, out_end,
                    out_count, out_acc, out_tacc, out_wm, emit_wm, log, use_log):
     wm = sc[S_WM]
-    nxt = np.iinfo(np.int64).max
+    nxt = _TMAX
     for c in range(len(sstart)):
         s = sstart[c]
         if s == EMPTY:
@@ -302,6 +360,7 @@ def session_kernel(start_i, t, slots, vals, mask, has_mask, wm, gap, lateness, S
     cap = len(out_slot)
     logcap = log.shape[0]
     nvals = flags.shape[0]
+    need_t = _needs_times(flags)
     for i in range(start_i, len(t)):
         w_i = wm[i]
         if w_i > sc[S_WM]:
@@ -370,7 +429,7 @@ def session_kernel(start_i, t, slots, vals, mask, has_mask, wm, gap, lateness, S
             sstart[target] = lo
             send[target] = hi
             fired[target] = was_fired if not grew else 0
-        _update_cell(target, i, ti, vals, flags, count, acc, tacc)
+        _update_cell(target, i, ti, vals, flags, count, acc, tacc, need_t)
         if use_log:
             _log(log, sc, LOG_UPDATE, target, i)
         e = send[target]
