@@ -77,6 +77,11 @@ _DEAD_COLS = 10  # line, line start, line end, code, column, field start, field 
 # JSON value types
 _J_NONE, _J_STR, _J_NUM, _J_TRUE, _J_FALSE, _J_NULL, _J_NESTED = range(7)
 
+# Every kernel is compiled once and cached on disk; small helpers are inlined at the numba IR level (this
+# avoids call and reference-counting overhead per field). error_model="numpy" drops division-by-zero checks.
+_jit = numba.njit(cache=True, error_model="numpy")
+_inline = numba.njit(cache=True, error_model="numpy", inline="always")
+
 _TIME_UNITS = {"s": 9, "ms": 6, "us": 3, "ns": 0}
 
 # ----------------------------------------------------------------------------------------------------
@@ -111,17 +116,17 @@ _INT64_MAX = 9223372036854775807
 # numba helpers: numbers
 
 
-@numba.njit(cache=True)
+@_inline
 def _is_blank(c):
     return c == 32 or c == 9
 
 
-@numba.njit(cache=True)
+@_inline
 def _lower(c):
     return c + 32 if 65 <= c <= 90 else c
 
 
-@numba.njit(cache=True)
+@_inline
 def _match_word(buf, i, e, word):
     """True if buf[i:e] equals the lower-case ASCII `word` (int64 array), case-insensitively."""
     if e - i != word.shape[0]:
@@ -137,7 +142,7 @@ _W_INF = np.array([ord(c) for c in "inf"], dtype=np.int64)
 _W_INFINITY = np.array([ord(c) for c in "infinity"], dtype=np.int64)
 
 
-@numba.njit(cache=True)
+@_inline
 def _scan_number(buf, s, e, dec):
     """Scan a decimal number in buf[s:e] (blanks around it allowed).
 
@@ -227,21 +232,21 @@ def _scan_number(buf, s, e, dec):
     return 1, neg, m1, m2, n2, e10
 
 
-@numba.njit(cache=True)
+@_inline
 def _two_sum(a, b):
     s = a + b
     bb = s - a
     return s, (a - (s - bb)) + (b - bb)
 
 
-@numba.njit(cache=True)
+@_inline
 def _split(a):
     c = 134217729.0 * a
     hi = c - (c - a)
     return hi, a - hi
 
 
-@numba.njit(cache=True)
+@_inline
 def _dd_mul(ah, al, bh, bl):
     p = ah * bh
     a1, a2 = _split(ah)
@@ -252,12 +257,12 @@ def _dd_mul(ah, al, bh, bl):
     return s, err - (s - p)
 
 
-@numba.njit(cache=True)
+@_inline
 def _int_dd(m):
     return _two_sum(float(m >> 32) * 4294967296.0, float(m & 0xFFFFFFFF))
 
 
-@numba.njit(cache=True)
+@_inline
 def _number_value(neg, m1, m2, n2, e10):
     """The float64 nearest to (m1 * 10**n2 + m2) * 10**e10 (see module docstring for accuracy)."""
     if m1 == 0:
@@ -290,7 +295,7 @@ def _number_value(neg, m1, m2, n2, e10):
     return -v if neg else v
 
 
-@numba.njit(cache=True)
+@_jit
 def _parse_float(buf, s, e, dec):
     """(ok, value) for the float text in buf[s:e]; blank text gives (True, nan)."""
     i = s
@@ -308,7 +313,7 @@ def _parse_float(buf, s, e, dec):
     return True, _number_value(neg, m1, m2, n2, e10)
 
 
-@numba.njit(cache=True)
+@_jit
 def _parse_int(buf, s, e):
     """(ok, value) for a decimal int64 in buf[s:e] (blanks around it allowed)."""
     while s < e and _is_blank(np.int64(buf[s])):
@@ -342,7 +347,7 @@ def _parse_int(buf, s, e):
 # numba helpers: timestamps
 
 
-@numba.njit(cache=True)
+@_inline
 def _days_from_civil(y, m, d):
     """Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm)."""
     if m <= 2:
@@ -355,7 +360,7 @@ def _days_from_civil(y, m, d):
     return era * 146097 + doe - 719468
 
 
-@numba.njit(cache=True)
+@_inline
 def _days_in_month(y, m):
     if m == 2:
         leap = (y % 4 == 0 and y % 100 != 0) or y % 400 == 0
@@ -365,7 +370,7 @@ def _days_in_month(y, m):
     return 31
 
 
-@numba.njit(cache=True)
+@_inline
 def _compose(y, mo, d, h, mi, s, frac, off):
     """(error code, UTC epoch ns) of a civil date-time whose UTC offset is `off` seconds."""
     if mo < 1 or mo > 12:
@@ -386,7 +391,7 @@ def _compose(y, mo, d, h, mi, s, frac, off):
     return _T_OK, secs * 1000000000 + frac
 
 
-@numba.njit(cache=True)
+@_inline
 def _digits(buf, i, e, maxn):
     """Read 1..maxn digits from i: (value, count)."""
     v = 0
@@ -400,7 +405,7 @@ def _digits(buf, i, e, maxn):
     return v, n
 
 
-@numba.njit(cache=True)
+@_inline
 def _parse_offset(buf, i, e):
     """Parse `Z`, `±HH:MM`, `±HHMM` or `±HH` at i: (error code, seconds east of UTC, next index)."""
     if i >= e:
@@ -433,7 +438,7 @@ def _parse_offset(buf, i, e):
     return _T_OK, sign * (hh * 3600 + mm * 60), i
 
 
-@numba.njit(cache=True)
+@_inline
 def _fraction(buf, i, e):
     """Fraction digits at i (at least one): (nanoseconds, next index); digits beyond 9 are ignored."""
     v, n = _digits(buf, i, e, 9)
@@ -445,7 +450,7 @@ def _fraction(buf, i, e):
     return v * _INT_P10[9 - n], j
 
 
-@numba.njit(cache=True)
+@_inline
 def _parse_iso(buf, s, e, default_off):
     y, n = _digits(buf, s, e, 4)
     if n != 4 or s + 10 > e or buf[s + 4] != 45 or buf[s + 7] != 45:
@@ -488,7 +493,7 @@ def _parse_iso(buf, s, e, default_off):
     return _compose(y, mo, d, h, mi, sec, frac, off)
 
 
-@numba.njit(cache=True)
+@_jit
 def _parse_time(buf, s, e, prog, p0, p1, default_off):
     """(error code, UTC epoch ns) of buf[s:e] parsed with the format program prog[p0:p1]."""
     if p1 - p0 == 1 and prog[p0] >> 10 == _OP_ISO:
@@ -547,7 +552,7 @@ def _parse_time(buf, s, e, prog, p0, p1, default_off):
     return _compose(y, mo, d, h, mi, sec, frac, off)
 
 
-@numba.njit(cache=True)
+@_jit
 def _time_from_number(buf, s, e, unit_pow):
     """(ok, ns) of a JSON number of time units 10**(unit_pow - 9) s; decimals are exact, rounded half away."""
     st, neg, m1, m2, n2, e10 = _scan_number(buf, s, e, 46)
@@ -575,7 +580,7 @@ def _time_from_number(buf, s, e, unit_pow):
 # numba helpers: strings
 
 
-@numba.njit(cache=True)
+@_inline
 def _utf8(data, i, e):
     """Decode one UTF-8 sequence at i: (code point, next index); invalid bytes give U+FFFD."""
     b0 = np.int64(data[i])
@@ -611,7 +616,7 @@ def _utf8(data, i, e):
     return cp, i + n + 1
 
 
-@numba.njit(cache=True)
+@_inline
 def _hex4(data, i):
     v = 0
     for k in range(4):
@@ -628,7 +633,7 @@ def _hex4(data, i):
     return v
 
 
-@numba.njit(cache=True)
+@_jit
 def _decode_field(data, s, e, mode, quote, out, row, write):
     """Decode data[s:e] to code points (mode 0 raw, 1 CSV `""` escapes, 2 JSON escapes); returns the count."""
     j = 0
@@ -684,7 +689,7 @@ def _decode_field(data, s, e, mode, quote, out, row, write):
     return j
 
 
-@numba.njit(cache=True)
+@_jit
 def _build_str(data, starts, ends, modes, n, quote):
     """Decode n fields into a (n, width) uint32 array (UCS-4, viewable as numpy `U{width}`)."""
     dummy = np.zeros((1, 1), np.uint32)
@@ -703,7 +708,7 @@ def _build_str(data, starts, ends, modes, n, quote):
 # kernels
 
 
-@numba.njit(cache=True)
+@_inline
 def _line_end(data, pos, n):
     le = pos
     while le < n and data[le] != 10:
@@ -714,7 +719,7 @@ def _line_end(data, pos, n):
     return ce, le + 1
 
 
-@numba.njit(cache=True)
+@_inline
 def _dead(dead, nd, li, ls, le, code, col, fs, fe, aux, fs2, fe2):
     dead[nd, 0] = li
     dead[nd, 1] = ls
@@ -728,7 +733,7 @@ def _dead(dead, nd, li, ls, le, code, col, fs, fe, aux, fs2, fe2):
     dead[nd, 9] = fe2
 
 
-@numba.njit(cache=True)
+@_jit
 def _csv_kernel(data, pos, delim, quote, dec, n_required, allow_extra, kinds, slots, progs, prog_off,
                 default_off, miss_flag, miss_val, join_a, join_b, out_f, out_i, out_t, str_s, str_e, str_m,
                 line_idx, dead):
@@ -742,36 +747,30 @@ def _csv_kernel(data, pos, delim, quote, dec, n_required, allow_extra, kinds, sl
     ng = 0
     nd = 0
     while pos < n:
-        ce, nxt = _line_end(data, pos, n)
-        blank = True
-        for k in range(pos, ce):
-            c = data[k]
-            if c != delim and c != 32 and c != 9:
-                blank = False
-                break
-        if blank:
-            li += 1
-            pos = nxt
-            continue
-        # split the line into fields
+        # split the line into fields, up to its '\n'
         nf = 0
         err = 0
         errcol = 0
         extra_nonempty = False
+        content = False  # False while the line holds only delimiters and blanks
         k = pos
         while True:
-            if quote >= 0 and k < ce and data[k] == quote:
+            if quote >= 0 and k < n and data[k] == quote:
+                content = True
                 k += 1
                 st = k
                 esc = 0
                 closed = False
-                while k < ce:
-                    if data[k] == quote:
-                        if k + 1 < ce and data[k + 1] == quote:
+                while k < n:
+                    c = data[k]
+                    if c == quote:
+                        if k + 1 < n and data[k + 1] == quote:
                             esc = 1
                             k += 2
                             continue
                         closed = True
+                        break
+                    if c == 10:
                         break
                     k += 1
                 if not closed:
@@ -780,15 +779,29 @@ def _csv_kernel(data, pos, delim, quote, dec, n_required, allow_extra, kinds, sl
                     break
                 en = k
                 k += 1
-                if k < ce and data[k] != delim:
-                    err = _D_AFTER_QUOTE
-                    errcol = nf
-                    break
+                if k < n:
+                    c = data[k]
+                    if c == 13 and (k + 1 == n or data[k + 1] == 10):
+                        k += 1
+                    elif c != delim and c != 10:
+                        err = _D_AFTER_QUOTE
+                        errcol = nf
+                        break
             else:
                 st = k
-                while k < ce and data[k] != delim:
+                while k < n:
+                    c = data[k]
+                    if c == delim or c == 10:
+                        break
                     k += 1
                 en = k
+                if en > st and data[en - 1] == 13 and (en == n or data[en] == 10):
+                    en -= 1
+                if not content:
+                    for q in range(st, en):
+                        if data[q] != 32 and data[q] != 9:
+                            content = True
+                            break
                 esc = 0
             if nf < n_header:
                 fs[nf] = st
@@ -797,9 +810,19 @@ def _csv_kernel(data, pos, delim, quote, dec, n_required, allow_extra, kinds, sl
             elif en > st:
                 extra_nonempty = True
             nf += 1
-            if k >= ce:
+            if k >= n or data[k] != delim:
                 break
             k += 1
+        # the line's end (ce, without '\r') and the start of the next line
+        le = k
+        while le < n and data[le] != 10:
+            le += 1
+        nxt = le + 1
+        ce = le - 1 if le > pos and data[le - 1] == 13 else le
+        if err == 0 and not content:
+            li += 1  # blank line, or only delimiters
+            pos = nxt
+            continue
         if err == 0 and (nf < n_required or (nf > n_header and (extra_nonempty or not allow_extra))):
             err = _D_FIELDS
         if err != 0:
@@ -868,14 +891,14 @@ def _csv_kernel(data, pos, delim, quote, dec, n_required, allow_extra, kinds, sl
     return ng, nd, li
 
 
-@numba.njit(cache=True)
+@_inline
 def _skip_ws(data, i, ce):
     while i < ce and (data[i] == 32 or data[i] == 9):
         i += 1
     return i
 
 
-@numba.njit(cache=True)
+@_inline
 def _skip_string(data, i, ce):
     """i is just past an opening quote: (index of the closing quote or >= ce, had escapes)."""
     esc = 0
@@ -888,7 +911,7 @@ def _skip_string(data, i, ce):
     return i, esc
 
 
-@numba.njit(cache=True)
+@_jit
 def _jsonl_kernel(data, pos, keys, key_off, kinds, slots, progs, prog_off, default_off, unit_pow,
                   out_f, out_i, out_t, str_s, str_e, str_m, line_idx, dead):
     n = data.shape[0]
@@ -1093,7 +1116,7 @@ def _jsonl_kernel(data, pos, keys, key_off, kinds, slots, progs, prog_off, defau
     return ng, nd, li
 
 
-@numba.njit(cache=True)
+@_jit
 def _time_2d(arr, prog, default_off):
     n = arr.shape[0]
     w = arr.shape[1]
@@ -1109,7 +1132,7 @@ def _time_2d(arr, prog, default_off):
     return out, errs
 
 
-@numba.njit(cache=True)
+@_jit
 def _float_2d(arr, dec):
     n = arr.shape[0]
     w = arr.shape[1]

@@ -1,0 +1,29 @@
+# Set-up is part of every target: a fresh clone needs only Python 3.11.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test bench lint clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/microstream run examples/sensors/rooms.py --describe --graph out/rooms.svg
+
+test: $(STAMP)
+	$(BIN)/ruff check microstream tests bench examples
+	$(BIN)/pytest
+
+bench: $(STAMP)
+	$(BIN)/python bench/run.py
+
+lint: $(STAMP)
+	$(BIN)/ruff check microstream tests bench examples
+
+clean:
+	rm -rf $(VENV) out .pytest_cache
