@@ -11,11 +11,12 @@ when someone reads them. Numba kernels read the uncompacted base arrays plus the
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
+
+from .errors import suggest
 
 
 class Batch(Mapping[str, np.ndarray]):
@@ -48,8 +49,8 @@ class Batch(Mapping[str, np.ndarray]):
         try:
             base = self._base[name]
         except KeyError:
-            close = difflib.get_close_matches(str(name), list(self._base), n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else ""
+            close = suggest(str(name), list(self._base))
+            hint = f"; did you mean '{close}'?" if close else ""
             raise KeyError(f"no column '{name}' in batch with columns {list(self._base)}{hint}") from None
         col = base if self._mask is None else base[self._mask]
         self._cache[name] = col

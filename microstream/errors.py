@@ -28,3 +28,14 @@ class OperatorError(MicrostreamError):
         self.operator = operator
         self.cause = cause
         super().__init__(f"operator '{operator}' failed: {type(cause).__name__}: {cause}")
+
+
+def suggest(name: str, options: list[str]) -> str | None:
+    """The option closest to a mistyped `name` (case-insensitive first), or None."""
+    import difflib
+
+    lowered = {o.lower(): o for o in options}
+    if name.lower() in lowered:
+        return lowered[name.lower()]
+    close = difflib.get_close_matches(name.lower(), list(lowered), n=1, cutoff=0.6)
+    return lowered[close[0]] if close else None

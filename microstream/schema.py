@@ -6,13 +6,12 @@ reference to an unknown column fails before anything runs.
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 
 import numpy as np
 
-from .errors import PipelineError
+from .errors import PipelineError, suggest
 
 TIME_DTYPE = np.dtype(np.int64)  # event time: int64 nanoseconds since the Unix epoch, UTC
 
@@ -54,8 +53,8 @@ class Schema:
         """Return the dtype of `name`, or fail with a message that suggests the nearest column."""
         if name in self:
             return self.dtype(name)
-        close = difflib.get_close_matches(name, self.names, n=1)
-        hint = f"did you mean '{close[0]}'? " if close else ""
+        close = suggest(name, self.names)
+        hint = f"did you mean '{close}'? " if close else ""
         raise PipelineError(operator, f"{role} '{name}' is not in the stream; its columns are {self.names}",
                             f"{hint}use one of the stream's columns")
 

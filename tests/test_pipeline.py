@@ -1,0 +1,175 @@
+"""Building pipelines: build-time errors name the operator and the fix; describe and pictures."""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+
+import numpy as np
+import pytest
+
+import microstream as ms
+from microstream.graph import LogicalGraph
+from microstream.operators.stateless import KeyBy
+
+RECORDS = [{"room": "a", "t": i * 10**9, "co2": 400.0 + i} for i in range(5)]
+
+
+def test_unknown_column_in_filter_fails_at_build_time_with_suggestion():
+    p = ms.Pipeline("bad")
+    src = p.from_iterable(RECORDS, time="t")
+    with pytest.raises(ms.PipelineError) as err:
+        src.filter(lambda b: b["CO2"] > 0, name="co2_ok")
+    text = str(err.value)
+    assert "co2_ok" in text and "CO2" in text and "did you mean 'co2'" in text
+
+
+def test_window_without_event_time_names_operator_and_fix():
+    p = ms.Pipeline("bad")
+    src = p.from_iterable([{"room": "a", "v": 1.0}]).key_by("room")
+    with pytest.raises(ms.PipelineError) as err:
+        src.window(ms.tumbling(seconds=1)).aggregate(n=ms.agg.count(), name="w")
+    assert "'w'" in str(err.value) and "without event time" in str(err.value)
+    assert "time=" in str(err.value)
+
+
+def test_window_without_key():
+    p = ms.Pipeline("bad")
+    src = p.from_iterable(RECORDS, time="t")
+    with pytest.raises(ms.PipelineError, match="key_by"):
+        src.window(ms.tumbling(seconds=1)).aggregate(n=ms.agg.count())
+
+
+def test_key_on_missing_field():
+    p = ms.Pipeline("bad")
+    with pytest.raises(ms.PipelineError, match="(?s)key 'rom' is not in the stream.*did you mean 'room'"):
+        p.from_iterable(RECORDS, time="t").key_by("rom")
+
+
+def test_float_key_refused():
+    p = ms.Pipeline("bad")
+    with pytest.raises(ms.PipelineError, match="integers or strings"):
+        p.from_iterable(RECORDS, time="t").key_by("co2")
+
+
+def test_aggregate_on_unknown_column():
+    p = ms.Pipeline("bad")
+    keyed = p.from_iterable(RECORDS, time="t").key_by("room")
+    with pytest.raises(ms.PipelineError, match="mean\\(\\) column 'co3'"):
+        keyed.window(ms.tumbling(seconds=1)).aggregate(m=ms.agg.mean("co3"))
+
+
+def test_stream_used_by_nothing_fails_when_built():
+    p = ms.Pipeline("dangling")
+    src = p.from_iterable(RECORDS, time="t")
+    src.filter(lambda b: b["co2"] > 0, name="orphan")
+    src.sink(ms.sinks.collect())
+    with pytest.raises(ms.PipelineError) as err:
+        p.build()
+    assert "orphan" in str(err.value) and "used by nothing" in str(err.value) and "sink" in str(err.value)
+
+
+def test_pipeline_without_sink():
+    p = ms.Pipeline("nosink")
+    p.from_iterable(RECORDS)
+    with pytest.raises(ms.PipelineError, match="used by nothing"):
+        p.run()
+
+
+def test_cycle_is_detected():
+    graph = LogicalGraph("cyclic")
+    p = ms.Pipeline("x")
+    src = p.from_iterable(RECORDS, time="t")
+    graph.nodes[0] = src.node
+    a = graph.add(KeyBy("room"), [(0, "out")], "a")
+    b = graph.add(KeyBy("room"), [(a.id, "out")], "b")
+    a.inputs.append((b.id, "out"))  # feed b back into a
+    with pytest.raises(ms.PipelineError, match="cycle"):
+        graph.topo_order()
+
+
+def test_union_of_different_schemas():
+    p = ms.Pipeline("u")
+    a = p.from_iterable([{"v": 1.0}])
+    b = p.from_iterable([{"w": 1.0}])
+    with pytest.raises(ms.PipelineError, match="input 1 has columns"):
+        a.union(b)
+
+
+def test_filter_must_return_mask():
+    p = ms.Pipeline("f")
+    with pytest.raises(ms.PipelineError, match="boolean mask"):
+        p.from_iterable(RECORDS).filter(lambda b: b["co2"] * 2)
+
+
+def test_sink_requires_a_sink_object():
+    p = ms.Pipeline("s")
+    with pytest.raises(ms.PipelineError, match="ms.sinks.callback"):
+        p.from_iterable(RECORDS).sink(print)  # type: ignore[arg-type]
+
+
+def test_streams_from_two_pipelines_cannot_mix():
+    a = ms.Pipeline("a").from_iterable([{"v": 1}])
+    b = ms.Pipeline("b").from_iterable([{"v": 2}])
+    with pytest.raises(ms.PipelineError):
+        a.union(b)
+
+
+def test_schema_propagates_through_map_and_with_columns():
+    p = ms.Pipeline("m")
+    src = p.from_iterable(RECORDS, time="t")
+    f = src.with_columns(co2_pct=lambda b: b["co2"] / 1e4)
+    assert f.columns == ["room", "t", "co2", "co2_pct"]
+    m = f.map(lambda b: {"x": b["co2"].astype(np.float32)})
+    assert m.columns == ["t", "x"] and m.schema.time == "t"
+    assert m.schema.dtype("x") == np.float32
+
+
+def test_describe_lists_operators_and_schemas():
+    p = ms.Pipeline("rooms")
+    src = p.from_iterable(RECORDS, time="t", name="sensors")
+    src.key_by("room").window(ms.tumbling(minutes=10)).aggregate(co2=ms.agg.mean("co2"), name="ten_min").sink(
+        ms.sinks.collect())
+    table = p.describe()
+    for word in ("sensors", "key_by", "ten_min", "tumbling 10 min", "co2=mean(co2)", "room:str*"):
+        assert word in table
+
+
+def test_dot_and_svg_pictures(tmp_path):
+    p = ms.Pipeline("rooms")
+    w = p.from_iterable(RECORDS, time="t").key_by("room").window(ms.tumbling(minutes=1)).aggregate(
+        n=ms.agg.count())
+    w.sink(ms.sinks.collect())
+    w.late.sink(ms.sinks.collect())
+    dot = p.to_dot()
+    assert dot.count("->") == 4 and "hash(room)" in dot
+    svg_path = tmp_path / "p.svg"
+    p.to_svg(svg_path)
+    root = ET.parse(svg_path).getroot()
+    text = ET.tostring(root, encoding="unicode")
+    assert "window_aggregate" in text and "late" in text
+
+
+def test_operator_error_names_operator():
+    p = ms.Pipeline("boom")
+    calls = {"n": 0}
+
+    def explode(b):
+        calls["n"] += 1
+        if calls["n"] > 1:  # fine at build time, fails while running
+            raise ValueError("sensor offline")
+        return {"v": b["v"]}
+
+    p.from_iterable([{"v": 1.0}]).map(explode, name="calibrate").sink(ms.sinks.collect())
+    with pytest.raises(ms.OperatorError, match="calibrate.*sensor offline"):
+        p.run()
+
+
+def test_run_twice_gives_same_results():
+    p = ms.Pipeline("twice")
+    out = ms.sinks.collect()
+    p.from_arrays({"k": np.arange(100) % 3, "t": np.arange(100) * 10**8}, time="t").key_by("k").window(
+        ms.tumbling(seconds=1)).aggregate(n=ms.agg.count()).sink(out)
+    p.run()
+    first = out.records()
+    p.run()
+    assert out.records() == first and sum(r["n"] for r in first) == 100
