@@ -38,6 +38,8 @@ from fractions import Fraction
 
 import numba
 import numpy as np
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 __all__ = [
     "CsvResult",
@@ -81,6 +83,26 @@ _J_NONE, _J_STR, _J_NUM, _J_TRUE, _J_FALSE, _J_NULL, _J_NESTED = range(7)
 # avoids call and reference-counting overhead per field). error_model="numpy" drops division-by-zero checks.
 _jit = numba.njit(cache=True, error_model="numpy")
 _inline = numba.njit(cache=True, error_model="numpy", inline="always")
+
+
+@intrinsic
+def _borrow(typingctx, arr):
+    """A view of `arr` without a reference count (NULL meminfo).
+
+    Passing a counted array to a helper costs two atomic reference-count operations per call, which dominated
+    the per-field cost; the kernels borrow their array arguments once on entry instead. Only arrays that the
+    Python caller keeps alive for the whole call may be borrowed, and a borrowed view must never be returned.
+    """
+
+    def codegen(context, builder, sig, args):
+        src = context.make_array(sig.args[0])(context, builder, args[0])
+        dst = context.make_array(sig.return_type)(context, builder)
+        for name in ("parent", "nitems", "itemsize", "data", "shape", "strides"):
+            setattr(dst, name, getattr(src, name))
+        dst.meminfo = cgutils.get_null_value(dst.meminfo.type)
+        return dst._getvalue()
+
+    return arr(arr), codegen
 
 _TIME_UNITS = {"s": 9, "ms": 6, "us": 3, "ns": 0}
 
@@ -690,18 +712,25 @@ def _decode_field(data, s, e, mode, quote, out, row, write):
 
 
 @_jit
-def _build_str(data, starts, ends, modes, n, quote):
-    """Decode n fields into a (n, width) uint32 array (UCS-4, viewable as numpy `U{width}`)."""
-    dummy = np.zeros((1, 1), np.uint32)
+def _str_width(data, starts, ends, modes, n, quote, dummy):
+    """The largest number of code points among n fields (at least 1)."""
+    data = _borrow(data)
+    dummy = _borrow(dummy)
     width = 1
     for r in range(n):
         w = _decode_field(data, starts[r], ends[r], modes[r], quote, dummy, 0, False)
         if w > width:
             width = w
-    out = np.zeros((n, width), np.uint32)
+    return width
+
+
+@_jit
+def _str_fill(data, starts, ends, modes, n, quote, out):
+    """Decode n fields into the zeroed (n, width) uint32 array `out` (UCS-4, viewable as numpy `U{width}`)."""
+    data = _borrow(data)
+    out = _borrow(out)
     for r in range(n):
         _decode_field(data, starts[r], ends[r], modes[r], quote, out, r, True)
-    return out
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -735,14 +764,18 @@ def _dead(dead, nd, li, ls, le, code, col, fs, fe, aux, fs2, fe2):
 
 @_jit
 def _csv_kernel(data, pos, delim, quote, dec, n_required, allow_extra, kinds, slots, progs, prog_off,
-                default_off, miss_flag, miss_val, join_a, join_b, out_f, out_i, out_t, str_s, str_e, str_m,
-                line_idx, dead):
+                default_off, miss_flag, miss_val, join_a, join_b, scratch, out_f, out_i, out_t, str_s, str_e,
+                str_m, line_idx, dead):
+    """Parse CSV lines from data[pos:]; returns (good rows, dead rows, lines seen)."""
+    data = _borrow(data)
+    progs = _borrow(progs)
+    scratch = _borrow(scratch)  # for time_join: at least as long as the longest line + 1
+    dead = _borrow(dead)
     n = data.shape[0]
     n_header = kinds.shape[0]
     fs = np.zeros(n_header, np.int64)
     fe = np.zeros(n_header, np.int64)
     fq = np.zeros(n_header, np.int64)
-    scratch = np.empty(256, np.uint8)
     li = 0
     ng = 0
     nd = 0
@@ -863,8 +896,6 @@ def _csv_kernel(data, pos, delim, quote, dec, n_required, allow_extra, kinds, sl
                 if c == join_a:
                     la = fe[c] - fs[c]
                     lb = fe[join_b] - fs[join_b]
-                    if la + lb + 1 > scratch.shape[0]:
-                        scratch = np.empty(2 * (la + lb + 1), np.uint8)
                     for q in range(la):
                         scratch[q] = data[fs[c] + q]
                     scratch[la] = 32
@@ -914,6 +945,10 @@ def _skip_string(data, i, ce):
 @_jit
 def _jsonl_kernel(data, pos, keys, key_off, kinds, slots, progs, prog_off, default_off, unit_pow,
                   out_f, out_i, out_t, str_s, str_e, str_m, line_idx, dead):
+    """Parse JSON Lines from data[pos:]; returns (good rows, dead rows, lines seen)."""
+    data = _borrow(data)
+    progs = _borrow(progs)
+    dead = _borrow(dead)
     n = data.shape[0]
     nk = kinds.shape[0]
     vt = np.zeros(nk, np.int64)
@@ -1118,6 +1153,8 @@ def _jsonl_kernel(data, pos, keys, key_off, kinds, slots, progs, prog_off, defau
 
 @_jit
 def _time_2d(arr, prog, default_off):
+    arr = _borrow(arr)
+    prog = _borrow(prog)
     n = arr.shape[0]
     w = arr.shape[1]
     out = np.zeros(n, np.int64)
@@ -1134,6 +1171,7 @@ def _time_2d(arr, prog, default_off):
 
 @_jit
 def _float_2d(arr, dec):
+    arr = _borrow(arr)
     n = arr.shape[0]
     w = arr.shape[1]
     out = np.zeros(n, np.float64)
@@ -1151,8 +1189,8 @@ def _float_2d(arr, dec):
     return out, ok
 
 
-_KERNELS = (_scan_number, _number_value, _parse_float, _parse_int, _parse_time, _parse_iso, _compose,
-            _time_from_number, _decode_field, _build_str, _csv_kernel, _jsonl_kernel, _time_2d, _float_2d)
+# every compiled function of this module (all declared with cache=True); used by the tests
+_KERNELS = tuple(v for v in list(globals().values()) if isinstance(v, numba.core.dispatcher.Dispatcher))
 
 # ----------------------------------------------------------------------------------------------------
 # Python side
@@ -1387,7 +1425,9 @@ def _assemble(plan: _Plan, buf: np.ndarray, outs: tuple[np.ndarray, ...], ng: in
         elif kind == _K_TIME:
             cols[name] = out_t[slot, :ng]
         else:
-            mat = _build_str(buf, str_s[slot], str_e[slot], str_m[slot], ng, quote)
+            args = (buf, str_s[slot], str_e[slot], str_m[slot], ng, quote)
+            mat = np.zeros((ng, _str_width(*args, np.zeros((1, 1), np.uint32))), np.uint32)
+            _str_fill(*args, mat)
             cols[name] = mat.view(f"<U{mat.shape[1]}").reshape(ng)
     return cols, line_idx[:ng] + (start_line + 1)
 
@@ -1415,8 +1455,6 @@ def parse_csv(data: bytes | bytearray | memoryview, spec: CsvSpec, start_line: i
     delim = _single_char(spec.delimiter, "delimiter")
     dec = _single_char(spec.decimal, "decimal")
     quote = -1 if not spec.quote else _single_char(spec.quote, "quote")
-    if dec == delim:
-        raise ValueError(f"decimal and delimiter are both {spec.delimiter!r}")
     index: dict[str, int] = {}
     for i, name in enumerate(header):
         if name and name in index:
@@ -1466,9 +1504,10 @@ def parse_csv(data: bytes | bytearray | memoryview, spec: CsvSpec, start_line: i
     n_lines = _count_lines(data, n, buf)
     outs = _outputs(plan, n_lines)
     pos = 3 if start_line == 0 and n >= 3 and buf[:3].tobytes() == b"\xef\xbb\xbf" else 0
+    scratch = np.empty(n + 2 if join_a >= 0 else 1, np.uint8)
     ng, nd, used = _csv_kernel(buf, pos, delim, quote, dec, n_required, spec.allow_extra_empty_trailing,
                                kinds, slots, plan.progs, plan.prog_off, _offset_seconds(spec.utc_offset),
-                               miss_flag, miss_val, join_a, join_b, *outs)
+                               miss_flag, miss_val, join_a, join_b, scratch, *outs)
     cols, line_numbers = _assemble(plan, buf, outs, ng, quote, start_line)
 
     dead: list[tuple[int, str, str]] = []

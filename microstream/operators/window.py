@@ -104,6 +104,7 @@ class WindowAggregate(Operator):
         self._alloc_state(16)
         self._alloc_out(_OUT_CAP)
         self.use_log = bool(self.udfs)
+        self.need_t = K.needs_times(self.flags)
         self.udf_acc = [np.zeros(0) for _ in self.udfs]
 
     def _alloc_state(self, n_slots: int) -> None:
@@ -180,15 +181,15 @@ class WindowAggregate(Operator):
         i = 0
         while True:
             if self.session:
-                i, status = K.session_kernel(
-                    i, t, slots, vals, m, has_mask, wm, self.spec.size, self.lateness, self.ring, self.win,
+                i, status = K.session_kernel(has_mask, self.use_log, self.need_t)(
+                    i, t, slots, vals, m, wm, self.spec.size, self.lateness, self.ring, self.win,
                     self.wend, self.fired, self.count, self.acc, self.tacc, self.flags, self.sc, late,
-                    *self._outs(), self.log, self.use_log)
+                    *self._outs(), self.log)
             else:
-                i, status = K.ring_kernel(
-                    i, t, slots, vals, m, has_mask, wm, self.spec.size, self.spec.slide, self.spec.offset,
+                i, status = K.ring_kernel(has_mask, self.use_log, self.need_t)(
+                    i, t, slots, vals, m, wm, self.spec.size, self.spec.slide, self.spec.offset,
                     self.lateness, self.ring, self.win, self.fired, self.count, self.acc, self.tacc,
-                    self.flags, self.sc, late, *self._outs(), self.log, self.use_log)
+                    self.flags, self.sc, late, *self._outs(), self.log)
             if status == K.DONE:
                 break
             if status == K.GROW_CELLS:

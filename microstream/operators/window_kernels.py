@@ -14,6 +14,8 @@ the record where it stopped.
 
 from __future__ import annotations
 
+import functools
+
 import numba
 import numpy as np
 
@@ -88,12 +90,8 @@ def _update_cell(c, i, t, vals, flags, count, acc, tacc, need_t):
                 acc[c, b + A_LAST] = x
 
 
-@numba.njit(cache=True)
-def _needs_times(flags):
-    for v in range(flags.shape[0]):
-        if flags[v, F_FIRSTLAST]:
-            return True
-    return False
+def needs_times(flags: np.ndarray) -> bool:
+    return bool(flags[:, F_FIRSTLAST].any())
 
 
 @numba.njit(cache=True)
@@ -184,10 +182,24 @@ def _fire_ring(size, lateness, R, win, fired, count, acc, tacc, sc, out_slot, ou
     sc[S_NEXT] = nxt
 
 
-@numba.njit(cache=True)
-def ring_kernel(start_i, t, slots, vals, mask, has_mask, wm, size, slide, offset, lateness, R,
-                win, fired, count, acc, tacc, flags, sc, late, out_slot, out_start, out_end, out_count,
-                out_acc, out_tacc, out_wm, log, use_log):
+@functools.cache
+def ring_kernel(has_mask: bool, use_log: bool, need_t: bool):
+    """The tumbling/sliding kernel specialised (and cached by numba) for one combination of switches."""
+
+    @numba.njit(cache=True)
+    def kernel(start_i, t, slots, vals, mask, wm, size, slide, offset, lateness, R, win, fired, count, acc,
+               tacc, flags, sc, late, out_slot, out_start, out_end, out_count, out_acc, out_tacc, out_wm, log):
+        return _ring_body(start_i, t, slots, vals, mask, has_mask, wm, size, slide, offset, lateness, R, win,
+                          fired, count, acc, tacc, flags, sc, late, out_slot, out_start, out_end, out_count,
+                          out_acc, out_tacc, out_wm, log, use_log, need_t)
+
+    return kernel
+
+
+@numba.njit(cache=True, inline="always")
+def _ring_body(start_i, t, slots, vals, mask, has_mask, wm, size, slide, offset, lateness, R,
+               win, fired, count, acc, tacc, flags, sc, late, out_slot, out_start, out_end, out_count,
+               out_acc, out_tacc, out_wm, log, use_log, need_t):
     """Tumbling (slide == size) and sliding windows. Returns (next record, status).
 
     The hot loop keeps the watermark and the next firing time in locals (the state arrays could
@@ -197,7 +209,6 @@ def ring_kernel(start_i, t, slots, vals, mask, has_mask, wm, size, slide, offset
     logcap = log.shape[0]
     per_rec = (size + slide - 1) // slide
     nvals = flags.shape[0]
-    need_t = _needs_times(flags)
     mask_r = R - 1
     cur = sc[S_WM]
     nxt = sc[S_NEXT]
@@ -352,15 +363,28 @@ def _fire_sessions(lateness, S, sstart, send, fired, count, acc, tacc, sc, out_s
     sc[S_NEXT] = nxt
 
 
-@numba.njit(cache=True)
-def session_kernel(start_i, t, slots, vals, mask, has_mask, wm, gap, lateness, S, sstart, send, fired,
-                   count, acc, tacc, flags, sc, late, out_slot, out_start, out_end, out_count, out_acc,
-                   out_tacc, out_wm, log, use_log):
+@functools.cache
+def session_kernel(has_mask: bool, use_log: bool, need_t: bool):
+    """The session kernel specialised for one combination of switches."""
+
+    @numba.njit(cache=True)
+    def kernel(start_i, t, slots, vals, mask, wm, gap, lateness, S, sstart, send, fired, count, acc, tacc,
+               flags, sc, late, out_slot, out_start, out_end, out_count, out_acc, out_tacc, out_wm, log):
+        return _session_body(start_i, t, slots, vals, mask, has_mask, wm, gap, lateness, S, sstart, send,
+                             fired, count, acc, tacc, flags, sc, late, out_slot, out_start, out_end, out_count,
+                             out_acc, out_tacc, out_wm, log, use_log, need_t)
+
+    return kernel
+
+
+@numba.njit(cache=True, inline="always")
+def _session_body(start_i, t, slots, vals, mask, has_mask, wm, gap, lateness, S, sstart, send, fired,
+                  count, acc, tacc, flags, sc, late, out_slot, out_start, out_end, out_count, out_acc,
+                  out_tacc, out_wm, log, use_log, need_t):
     """Session windows: a record at t opens [t, t + gap) and merges every session it touches."""
     cap = len(out_slot)
     logcap = log.shape[0]
     nvals = flags.shape[0]
-    need_t = _needs_times(flags)
     for i in range(start_i, len(t)):
         w_i = wm[i]
         if w_i > sc[S_WM]:

@@ -1,0 +1,200 @@
+"""The canonical workload (issue 2): microstream's local runtime against a hand-written numba kernel
+(the ceiling) and a plain Python dict loop (the floor), on the same columnar arrays, in one run.
+
+2,000,000 synthetic records (1,000 sensors, ~1 ms apart, one float value, 1 % glitches), drop values
+outside [-50, 150], key by sensor, 10 s tumbling event-time windows, count/mean/min/max per key and
+window. All three must produce identical aggregates. Also: peak RSS and numba compile time on a cold
+and a warm cache (each measured in a fresh subprocess).
+
+    python bench/canonical.py [--records N] [--repeat R]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numba
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import best_of, table, write_json  # noqa: E402
+
+import microstream as ms  # noqa: E402
+from microstream.synthetic import generate  # noqa: E402
+
+WINDOW = 10 * 10**9
+LO, HI = -50.0, 150.0
+
+
+def make_data(n: int) -> dict[str, np.ndarray]:
+    return generate(0, n, seed=42, sensors=1000, rate=1000.0, glitch_rate=0.01)
+
+
+# -- (1) microstream -----------------------------------------------------------------------------
+
+def build_pipeline(cols: dict[str, np.ndarray]) -> tuple[ms.Pipeline, ms.sinks.Collect]:
+    p = ms.Pipeline("canonical")
+    out = ms.sinks.collect()
+    (p.from_arrays(cols, time="time", batch_size=65536)
+     .filter(lambda b: (b["value"] >= LO) & (b["value"] <= HI))
+     .key_by("sensor")
+     .window(ms.tumbling(seconds=10))
+     .aggregate(n=ms.agg.count(), mean=ms.agg.mean("value"), min=ms.agg.min("value"), max=ms.agg.max("value"))
+     .sink(out))
+    return p, out
+
+
+def run_microstream(p: ms.Pipeline, out: ms.sinks.Collect) -> dict:
+    p.run(verbose=False)
+    b = out.batch()
+    return _canon(b["sensor"], b["window_start"], b["n"], b["mean"], b["min"], b["max"])
+
+
+# -- (2) the ceiling: one hand-written numba loop over dense arrays ---------------------------------
+
+@numba.njit(cache=True)
+def _hand_kernel(sensor, t, v, size, n_sensors, lo, hi):
+    w0 = t.min() // size
+    n_win = t.max() // size - w0 + 1
+    cnt = np.zeros((n_win, n_sensors), np.int64)
+    tot = np.zeros((n_win, n_sensors))
+    mn = np.full((n_win, n_sensors), np.inf)
+    mx = np.full((n_win, n_sensors), -np.inf)
+    for i in range(len(t)):
+        x = v[i]
+        if x < lo or x > hi:
+            continue
+        w = t[i] // size - w0
+        k = sensor[i]
+        cnt[w, k] += 1
+        tot[w, k] += x
+        if x < mn[w, k]:
+            mn[w, k] = x
+        if x > mx[w, k]:
+            mx[w, k] = x
+    return w0, cnt, tot, mn, mx
+
+
+def run_hand(cols: dict[str, np.ndarray]) -> dict:
+    w0, cnt, tot, mn, mx = _hand_kernel(cols["sensor"], cols["time"], cols["value"], WINDOW, 1000, LO, HI)
+    w, k = np.nonzero(cnt)
+    return _canon(k, (w + w0) * WINDOW, cnt[w, k], tot[w, k] / cnt[w, k], mn[w, k], mx[w, k])
+
+
+# -- (3) the floor: a plain Python dict loop ----------------------------------------------------------
+
+def run_python(cols: dict[str, np.ndarray]) -> dict:
+    acc: dict[tuple[int, int], list] = {}
+    for s, t, x in zip(cols["sensor"].tolist(), cols["time"].tolist(), cols["value"].tolist(), strict=True):
+        if x < LO or x > HI:
+            continue
+        key = (s, t // WINDOW * WINDOW)
+        a = acc.get(key)
+        if a is None:
+            acc[key] = [1, x, x, x]
+        else:
+            a[0] += 1
+            a[1] += x
+            if x < a[2]:
+                a[2] = x
+            if x > a[3]:
+                a[3] = x
+    keys = list(acc)
+    vals = np.array([acc[k] for k in keys])
+    ks = np.array(keys)
+    return _canon(ks[:, 0], ks[:, 1], vals[:, 0].astype(np.int64), vals[:, 1] / vals[:, 0], vals[:, 2], vals[:, 3])
+
+
+def _canon(sensor, start, n, mean, lo, hi) -> dict:
+    order = np.lexsort((np.asarray(sensor), np.asarray(start)))
+    return {name: np.asarray(col)[order] for name, col in
+            (("sensor", sensor), ("start", start), ("n", n), ("mean", mean), ("min", lo), ("max", hi))}
+
+
+def identical(a: dict, b: dict) -> bool:
+    return all(np.array_equal(a[k], b[k]) for k in a)
+
+
+# -- compile time and RSS, each in a fresh process -----------------------------------------------------
+
+def child(records: int) -> None:
+    """Build and run the pipeline once; print compile+run time and peak RSS as JSON."""
+    cols = make_data(records)
+    start = time.perf_counter()
+    p, out = build_pipeline(cols)
+    run_microstream(p, out)
+    first = time.perf_counter() - start
+    start = time.perf_counter()
+    run_microstream(p, out)
+    second = time.perf_counter() - start
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"first_run_s": first, "second_run_s": second, "peak_rss_mb": rss}))
+
+
+def in_child(records: int, cache_dir: str) -> dict:
+    env = {**os.environ, "NUMBA_CACHE_DIR": cache_dir}
+    out = subprocess.run([sys.executable, __file__, "--child", "--records", str(records)], env=env,
+                         capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--records", type=int, default=2_000_000)
+    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        child(args.records)
+        return 0
+
+    n = args.records
+    print(f"canonical workload: {n:,} records, 1,000 sensors, filter, key_by, 10 s tumbling, count/mean/min/max")
+    cols = make_data(n)
+    p, out = build_pipeline(cols)
+    run_microstream(p, out)  # warm-up (compiles or loads numba's cache)
+    run_hand(cols)
+    t_ms, best_ms, r_ms = best_of(lambda: run_microstream(p, out), args.repeat)
+    t_hand, best_hand, r_hand = best_of(lambda: run_hand(cols), args.repeat)
+    t_py, best_py, r_py = best_of(lambda: run_python(cols), 1)
+    same = identical(r_ms, r_hand) and identical(r_ms, r_py)
+
+    with tempfile.TemporaryDirectory() as cache:
+        cold = in_child(n, cache)
+        warm = in_child(n, cache)
+    compile_cold = cold["first_run_s"] - cold["second_run_s"]
+    compile_warm = warm["first_run_s"] - warm["second_run_s"]
+
+    rows = [("", "records/s (median)", "seconds", "vs hand kernel", "vs python loop")]
+    for name, t in (("microstream local runtime", t_ms), ("hand-written numba kernel", t_hand),
+                    ("python dict loop", t_py)):
+        rows.append((name, f"{n / t:,.0f}", f"{t:.4f}", f"{t_hand / t:.2f}x", f"{t_py / t:.1f}x"))
+    print(table(rows))
+    print(f"identical aggregates: {same} ({len(r_ms['n']):,} windows)")
+    print(f"peak RSS of a process that generates the data and runs the pipeline: {warm['peak_rss_mb']:.0f} MB")
+    print(f"numba compile+load overhead of the first run: cold cache {compile_cold:.2f} s, "
+          f"warm cache {compile_warm:.2f} s")
+    target = t_hand / t_ms
+    print(f"target microstream >= 0.5x hand kernel: {'met' if target >= 0.5 else 'NOT met'} ({target:.2f}x)")
+    path = write_json("canonical", {
+        "records": n, "windows": int(len(r_ms["n"])), "identical": bool(same),
+        "records_per_s": {"microstream": n / t_ms, "hand_kernel": n / t_hand, "python_loop": n / t_py},
+        "seconds_median": {"microstream": t_ms, "hand_kernel": t_hand, "python_loop": t_py},
+        "seconds_min": {"microstream": best_ms, "hand_kernel": best_hand, "python_loop": best_py},
+        "ratio_vs_hand_kernel": target, "ratio_vs_python_loop": t_py / t_ms,
+        "peak_rss_mb": warm["peak_rss_mb"], "compile_s": {"cold_cache": compile_cold, "warm_cache": compile_warm},
+        "target_ratio_vs_hand_kernel": 0.5})
+    print(f"wrote {path}")
+    return 0 if same else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
