@@ -45,3 +45,14 @@ def table(rows: list[tuple[str, ...]]) -> str:
              for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set of this process (VmHWM; unlike ru_maxrss it is not inherited across exec)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
