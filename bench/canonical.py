@@ -195,7 +195,8 @@ def main() -> int:
         "seconds_min": {"microstream": best_ms, "hand_kernel": best_hand, "python_loop": best_py},
         "ratio_vs_hand_kernel": target, "ratio_vs_python_loop": t_py / t_ms,
         "peak_rss_mb": warm["peak_rss_mb"], "rss_after_import_mb": warm["rss_after_import_mb"],
-        "rss_after_data_mb": warm["rss_after_data_mb"], "compile_s": {"cold_cache": compile_cold, "warm_cache": compile_warm},
+        "rss_after_data_mb": warm["rss_after_data_mb"],
+        "compile_s": {"cold_cache": compile_cold, "warm_cache": compile_warm},
         "target_ratio_vs_hand_kernel": 0.5})
     print(f"wrote {path}")
     return 0 if same else 1

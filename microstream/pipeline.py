@@ -21,7 +21,7 @@ from .graph import DeadLetterHub, LogicalGraph, Node
 from .operators.base import LATE, OUT, Operator
 from .operators.sinks import Sink
 from .operators.sources import ArraySource, IterableSource, PollSource
-from .operators.stateless import FlatMap, Filter, KeyBy, Map, MapRecords, Split, Union
+from .operators.stateless import Filter, FlatMap, KeyBy, Map, MapRecords, Split, Union
 from .operators.window import WindowAggregate
 from .schema import Schema
 from .timeutil import to_ns

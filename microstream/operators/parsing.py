@@ -313,7 +313,16 @@ def _number_value(neg, m1, m2, n2, e10):
         ml = sl - (mh - sh)
     k = e10 - _P10_MIN
     rh, rl = _dd_mul(mh, ml, _P10_HI[k], _P10_LO[k])
-    v = math.ldexp(rh, _P10_EXP[k])
+    ex = _P10_EXP[k]
+    v = math.ldexp(rh, ex)
+    if v <= 2.2250738585072014e-308:
+        # subnormal: round the double-double once, in units of the smallest subnormal 2**-1074
+        q = math.ldexp(rh, ex + 1074)
+        fl = math.floor(q)
+        frac = (q - fl) + math.ldexp(rl, ex + 1074)
+        if frac > 0.5 or (frac == 0.5 and fl % 2.0 == 1.0):
+            fl += 1.0
+        v = math.ldexp(fl, -1074)
     return -v if neg else v
 
 
@@ -580,8 +589,12 @@ def _time_from_number(buf, s, e, unit_pow):
     st, neg, m1, m2, n2, e10 = _scan_number(buf, s, e, 46)
     if st != 1:
         return False, 0
-    k = e10 + n2 + unit_pow  # m2 (digits beyond the 18th) is below 1 ns here and dropped
-    m = m1
+    if n2 > 0 and m1 <= (_INT64_MAX - m2) // _INT_P10[n2]:
+        m = m1 * _INT_P10[n2] + m2
+        k = e10 + unit_pow
+    else:  # digits beyond the 18th do not fit in int64 anyway: dropped
+        m = m1
+        k = e10 + n2 + unit_pow
     if m == 0:
         return True, 0
     if k >= 0:

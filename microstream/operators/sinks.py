@@ -50,7 +50,7 @@ class Sink(Operator):
         """Columns with event-time columns as ISO-8601 UTC text."""
         cols = batch.to_dict()
         for name in self.time_columns:
-            text = np.datetime_as_string(cols[name].astype("datetime64[ns]"), unit="auto", timezone="UTC")
+            text = np.datetime_as_string(cols[name].astype("datetime64[ns]"), unit="ms", timezone="UTC")
             cols[name] = text
         return cols
 
