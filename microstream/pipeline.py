@@ -72,6 +72,22 @@ class Stream:
         node = self.pipeline.graph.add(op, inputs, name, _caller())
         return Stream(self.pipeline, node)
 
+    def with_parallelism(self, n: int) -> Stream:
+        """Run the operator that produced this stream as `n` parallel tasks on a cluster (keyed operators are
+        hash-partitioned by key). Locally everything runs in one task, with identical results.
+
+        >>> import microstream as ms
+        >>> p = ms.Pipeline("par")
+        >>> s = p.from_iterable([{"k": 1, "t": 0, "v": 1.0}], time="t").key_by("k")
+        >>> w = s.window(ms.tumbling(seconds=1)).aggregate(n=ms.agg.count()).with_parallelism(4)
+        >>> w.node.parallelism
+        4
+        """
+        if n < 1:
+            raise PipelineError(self.node.name, f"parallelism must be >= 1, got {n}")
+        self.node.parallelism = int(n)
+        return self
+
     # -- stateless --------------------------------------------------------------------------------
     def map(self, fn: Callable[[Batch], Mapping[str, Any]], name: str | None = None) -> Stream:
         """Vectorised map: `fn(batch)` returns the new columns (the event-time column is kept).

@@ -132,3 +132,42 @@ class KeyIndex:
                 self._str_slots[k] = len(self._str_keys)
                 self._str_keys.append(k)
             self.n_slots = len(self._str_keys)
+
+
+@numba.njit(cache=True)
+def _mix64(x, out):
+    """splitmix64 finaliser: a well-spread uint64 from each int64, identical in every process."""
+    for i in range(len(x)):
+        z = np.uint64(x[i]) + np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        out[i] = z ^ (z >> np.uint64(31))
+
+
+@numba.njit(cache=True)
+def _fnv_codepoints(cp, out):
+    """FNV-1a over each row of UTF-32 code points (trailing zeros are padding)."""
+    for i in range(cp.shape[0]):
+        h = np.uint64(0xCBF29CE484222325)
+        for j in range(cp.shape[1]):
+            c = cp[i, j]
+            if c == 0:
+                break
+            h = (h ^ np.uint64(c)) * np.uint64(0x100000001B3)
+        out[i] = h
+
+
+def stable_hash(keys: np.ndarray) -> np.ndarray:
+    """A uint64 hash of every key that is the same on every host (Python's hash() is salted per process)."""
+    keys = np.asarray(keys)
+    out = np.empty(len(keys), dtype=np.uint64)
+    if keys.dtype.kind in "iub":
+        _mix64(keys.astype(np.int64, copy=False), out)
+    elif keys.dtype.kind == "U":
+        width = max(keys.dtype.itemsize // 4, 1)
+        cp = np.ascontiguousarray(keys).view(np.uint32).reshape(len(keys), width) if len(keys) else \
+            np.empty((0, 1), np.uint32)
+        _fnv_codepoints(cp, out)
+    else:
+        _fnv_codepoints(np.asarray(keys, dtype=str).view(np.uint32).reshape(len(keys), -1), out)
+    return out

@@ -16,15 +16,19 @@ Numbers
     Floats are parsed in numba: Clinger's exact fast path when the decimal has at most 15 significant digits
     and a power of ten up to 1e22, otherwise a double-double (about 106-bit) product of the first 36
     significant digits with a double-double power of ten. The result equals Python's ``float()`` to within
-    1 ulp (in practice it is the correctly rounded value; only inputs within ~1e-31 relative of a rounding
-    tie, or subnormal results, can differ by 1 ulp). ``nan``, ``inf`` and ``infinity`` (any case, signed)
-    are accepted like ``float()``; digit-group underscores are not. An empty float field is NaN; an empty
-    int field is a bad row. Ints must be plain decimal integers that fit in int64 (``"3.0"`` is not an int).
+    1 ulp: it is the correctly rounded value except for decimals within ~1e-31 (relative) of a rounding tie,
+    which need 30+ significant digits to write, and which can come out 1 ulp off. ``nan``, ``inf`` and
+    ``infinity`` (any case, signed) are accepted like ``float()``; digit-group underscores are not. An empty
+    float field is NaN; an empty int field is a bad row. Ints must be plain decimal integers that fit in
+    int64 (``"3.0"`` is not an int).
 
 Limitations
     A quoted CSV field cannot span lines (the caller cuts chunks at newlines); such a row is a dead letter
     ("unterminated quoted field"). JSON keys are compared as raw bytes (a key written with escapes only
     matches a requested name spelled with the same escapes). Invalid UTF-8 in string fields becomes U+FFFD.
+    Numeric JSON times keep at most 18 significant digits (exact to the ns for epoch seconds with up to 9
+    decimals). The first compile of the kernels takes about 20 s; numba then caches them on disk
+    (``__pycache__`` or ``NUMBA_CACHE_DIR``) and later processes load them in a fraction of a second.
 """
 
 from __future__ import annotations
@@ -104,6 +108,7 @@ def _borrow(typingctx, arr):
 
     return arr(arr), codegen
 
+
 _TIME_UNITS = {"s": 9, "ms": 6, "us": 3, "ns": 0}
 
 # ----------------------------------------------------------------------------------------------------
@@ -164,7 +169,7 @@ _W_INF = np.array([ord(c) for c in "inf"], dtype=np.int64)
 _W_INFINITY = np.array([ord(c) for c in "infinity"], dtype=np.int64)
 
 
-@_inline
+@_jit
 def _scan_number(buf, s, e, dec):
     """Scan a decimal number in buf[s:e] (blanks around it allowed).
 
@@ -284,7 +289,7 @@ def _int_dd(m):
     return _two_sum(float(m >> 32) * 4294967296.0, float(m & 0xFFFFFFFF))
 
 
-@_inline
+@_jit
 def _number_value(neg, m1, m2, n2, e10):
     """The float64 nearest to (m1 * 10**n2 + m2) * 10**e10 (see module docstring for accuracy)."""
     if m1 == 0:
@@ -319,8 +324,9 @@ def _number_value(neg, m1, m2, n2, e10):
         # subnormal: round the double-double once, in units of the smallest subnormal 2**-1074
         q = math.ldexp(rh, ex + 1074)
         fl = math.floor(q)
-        frac = (q - fl) + math.ldexp(rl, ex + 1074)
-        if frac > 0.5 or (frac == 0.5 and fl % 2.0 == 1.0):
+        r = q - fl  # exact
+        ql = math.ldexp(rl, ex + 1074)
+        if r > 0.5 or (r == 0.5 and (ql > 0.0 or (ql == 0.0 and fl % 2.0 == 1.0))):
             fl += 1.0
         v = math.ldexp(fl, -1074)
     return -v if neg else v
@@ -401,7 +407,7 @@ def _days_in_month(y, m):
     return 31
 
 
-@_inline
+@_jit
 def _compose(y, mo, d, h, mi, s, frac, off):
     """(error code, UTC epoch ns) of a civil date-time whose UTC offset is `off` seconds."""
     if mo < 1 or mo > 12:
@@ -481,7 +487,7 @@ def _fraction(buf, i, e):
     return v * _INT_P10[9 - n], j
 
 
-@_inline
+@_jit
 def _parse_iso(buf, s, e, default_off):
     y, n = _digits(buf, s, e, 4)
     if n != 4 or s + 10 > e or buf[s + 4] != 45 or buf[s + 7] != 45:
@@ -776,10 +782,13 @@ def _dead(dead, nd, li, ls, le, code, col, fs, fe, aux, fs2, fe2):
 
 
 @_jit
-def _csv_kernel(data, pos, delim, quote, dec, n_required, allow_extra, kinds, slots, progs, prog_off,
+def _csv_kernel(data, pos, ng, li, delim, quote, dec, n_required, allow_extra, kinds, slots, progs, prog_off,
                 default_off, miss_flag, miss_val, join_a, join_b, scratch, out_f, out_i, out_t, str_s, str_e,
                 str_m, line_idx, dead):
-    """Parse CSV lines from data[pos:]; returns (good rows, dead rows, lines seen)."""
+    """Parse CSV lines from data[pos:] until the end or until `dead` is full.
+
+    `ng` and `li` are the good rows and lines already seen; returns (ng, dead rows, li, pos) to resume from.
+    """
     data = _borrow(data)
     progs = _borrow(progs)
     scratch = _borrow(scratch)  # for time_join: at least as long as the longest line + 1
@@ -789,10 +798,8 @@ def _csv_kernel(data, pos, delim, quote, dec, n_required, allow_extra, kinds, sl
     fs = np.zeros(n_header, np.int64)
     fe = np.zeros(n_header, np.int64)
     fq = np.zeros(n_header, np.int64)
-    li = 0
-    ng = 0
     nd = 0
-    while pos < n:
+    while pos < n and nd < dead.shape[0]:
         # split the line into fields, up to its '\n'
         nf = 0
         err = 0
@@ -932,7 +939,7 @@ def _csv_kernel(data, pos, delim, quote, dec, n_required, allow_extra, kinds, sl
             ng += 1
         li += 1
         pos = nxt
-    return ng, nd, li
+    return ng, nd, li, pos
 
 
 @_inline
@@ -956,9 +963,9 @@ def _skip_string(data, i, ce):
 
 
 @_jit
-def _jsonl_kernel(data, pos, keys, key_off, kinds, slots, progs, prog_off, default_off, unit_pow,
+def _jsonl_kernel(data, pos, ng, li, keys, key_off, kinds, slots, progs, prog_off, default_off, unit_pow,
                   out_f, out_i, out_t, str_s, str_e, str_m, line_idx, dead):
-    """Parse JSON Lines from data[pos:]; returns (good rows, dead rows, lines seen)."""
+    """Parse JSON Lines from data[pos:] like _csv_kernel: returns (ng, dead rows, li, pos) to resume from."""
     data = _borrow(data)
     progs = _borrow(progs)
     dead = _borrow(dead)
@@ -968,10 +975,8 @@ def _jsonl_kernel(data, pos, keys, key_off, kinds, slots, progs, prog_off, defau
     vs = np.zeros(nk, np.int64)
     ve = np.zeros(nk, np.int64)
     vesc = np.zeros(nk, np.int64)
-    li = 0
-    ng = 0
     nd = 0
-    while pos < n:
+    while pos < n and nd < dead.shape[0]:
         ce, nxt = _line_end(data, pos, n)
         i = _skip_ws(data, pos, ce)
         if i == ce:
@@ -1161,7 +1166,7 @@ def _jsonl_kernel(data, pos, keys, key_off, kinds, slots, progs, prog_off, defau
             ng += 1
         li += 1
         pos = nxt
-    return ng, nd, li
+    return ng, nd, li, pos
 
 
 @_jit
@@ -1423,12 +1428,27 @@ def _outputs(plan: _Plan, n_lines: int) -> tuple[np.ndarray, ...]:
     return (np.empty((plan.n_float, n_lines), np.float64), np.empty((plan.n_int, n_lines), np.int64),
             np.empty((plan.n_time, n_lines), np.int64), np.empty((plan.n_str, n_lines), np.int64),
             np.empty((plan.n_str, n_lines), np.int64), np.empty((plan.n_str, n_lines), np.int64),
-            np.empty(n_lines, np.int64), np.empty((n_lines, _DEAD_COLS), np.int64))
+            np.empty(n_lines, np.int64))
+
+
+_DEAD_BATCH = 4096
+
+
+def _run_kernel(call, n: int, pos: int, n_lines: int) -> tuple[int, int, list[list[int]]]:
+    """Run `call(pos, ng, li, dead)` until the chunk is consumed, collecting dead rows in bounded batches."""
+    dead_buf = np.empty((max(1, min(n_lines, _DEAD_BATCH)), _DEAD_COLS), np.int64)
+    ng = li = 0
+    rows: list[list[int]] = []
+    while True:
+        ng, nd, li, pos = call(pos, ng, li, dead_buf)
+        rows.extend(dead_buf[:nd].tolist())
+        if pos >= n or nd < len(dead_buf):
+            return int(ng), int(li), rows
 
 
 def _assemble(plan: _Plan, buf: np.ndarray, outs: tuple[np.ndarray, ...], ng: int, quote: int,
               start_line: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    out_f, out_i, out_t, str_s, str_e, str_m, line_idx, _ = outs
+    out_f, out_i, out_t, str_s, str_e, str_m, line_idx = outs
     cols: dict[str, np.ndarray] = {}
     for name, kind, slot in zip(plan.names, plan.kinds, plan.slots, strict=True):
         if kind == _K_FLOAT:
@@ -1518,13 +1538,16 @@ def parse_csv(data: bytes | bytearray | memoryview, spec: CsvSpec, start_line: i
     outs = _outputs(plan, n_lines)
     pos = 3 if start_line == 0 and n >= 3 and buf[:3].tobytes() == b"\xef\xbb\xbf" else 0
     scratch = np.empty(n + 2 if join_a >= 0 else 1, np.uint8)
-    ng, nd, used = _csv_kernel(buf, pos, delim, quote, dec, n_required, spec.allow_extra_empty_trailing,
-                               kinds, slots, plan.progs, plan.prog_off, _offset_seconds(spec.utc_offset),
-                               miss_flag, miss_val, join_a, join_b, scratch, *outs)
+    default_off = _offset_seconds(spec.utc_offset)
+    ng, used, dead_rows = _run_kernel(
+        lambda p, g, li, d: _csv_kernel(buf, p, g, li, delim, quote, dec, n_required,
+                                        spec.allow_extra_empty_trailing, kinds, slots, plan.progs,
+                                        plan.prog_off, default_off, miss_flag, miss_val, join_a, join_b,
+                                        scratch, *outs, d), n, pos, n_lines)
     cols, line_numbers = _assemble(plan, buf, outs, ng, quote, start_line)
 
     dead: list[tuple[int, str, str]] = []
-    for li, ls, le, code, col, fs, fe, aux, fs2, fe2 in outs[-1][:nd].tolist():
+    for li, ls, le, code, col, fs, fe, aux, fs2, fe2 in dead_rows:
         name = header[col] if 0 <= col < len(header) else ""
         if code == _D_FIELDS:
             want = f"{n_required}" if n_required == len(header) else f"{n_required} to {len(header)}"
@@ -1544,7 +1567,7 @@ def parse_csv(data: bytes | bytearray | memoryview, spec: CsvSpec, start_line: i
             fmt = plan.formats[plan.slots[plan.names.index(name)]]
             reason = _time_reason(name, value, fmt, aux)
         dead.append((start_line + li + 1, _text(buf, ls, le), reason))
-    return CsvResult(cols, line_numbers, dead, int(used))
+    return CsvResult(cols, line_numbers, dead, used)
 
 
 def parse_jsonl(data: bytes | bytearray | memoryview, fields: dict[str, str],
@@ -1575,12 +1598,15 @@ def parse_jsonl(data: bytes | bytearray | memoryview, fields: dict[str, str],
     n_lines = _count_lines(data, n, buf)
     outs = _outputs(plan, n_lines)
     pos = 3 if start_line == 0 and n >= 3 and buf[:3].tobytes() == b"\xef\xbb\xbf" else 0
-    ng, nd, used = _jsonl_kernel(buf, pos, keys, key_off, kinds, slots, plan.progs, plan.prog_off,
-                                 _offset_seconds(utc_offset), _TIME_UNITS[time_unit], *outs)
+    default_off = _offset_seconds(utc_offset)
+    ng, used, dead_rows = _run_kernel(
+        lambda p, g, li, d: _jsonl_kernel(buf, p, g, li, keys, key_off, kinds, slots, plan.progs,
+                                          plan.prog_off, default_off, _TIME_UNITS[time_unit], *outs, d),
+        n, pos, n_lines)
     cols, line_numbers = _assemble(plan, buf, outs, ng, -1, start_line)
 
     dead: list[tuple[int, str, str]] = []
-    for li, ls, le, code, col, fs, fe, aux, _vtype, _ in outs[-1][:nd].tolist():
+    for li, ls, le, code, col, fs, fe, aux, _vtype, _ in dead_rows:
         name = plan.names[col] if col >= 0 else ""
         value = _text(buf, fs, fe)
         if code == _D_NOT_OBJECT:
@@ -1605,4 +1631,4 @@ def parse_jsonl(data: bytes | bytearray | memoryview, fields: dict[str, str],
             fmt = plan.formats[plan.slots[col]]
             reason = _time_reason(name, value, fmt, aux).replace("column", "field", 1)
         dead.append((start_line + li + 1, _text(buf, ls, le), reason))
-    return CsvResult(cols, line_numbers, dead, int(used))
+    return CsvResult(cols, line_numbers, dead, used)

@@ -1,0 +1,271 @@
+"""The agent: one per physical node. Registers with the coordinator, starts and stops the hosts of
+virtual nodes, relays their progress, and exposes the node's Prometheus metrics.
+
+Talks to the coordinator over a CURVE-authenticated DEALER socket (it accepts only the coordinator's
+key), and to its hosts over a local IPC socket in a private directory.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from .protocol import ControlMessage, msg
+
+HEARTBEAT_EVERY = 1.0
+
+
+def capabilities() -> dict[str, Any]:
+    mem = 0
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    mem = int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return {"cores": os.cpu_count() or 1, "memory": mem, "arch": platform.machine(), "backends": ["process"],
+            "python": platform.python_version()}
+
+
+@dataclass
+class _Host:
+    job: str
+    vnode: str
+    proc: subprocess.Popen
+    spec: bytes
+    identity: bytes | None = None
+    stats: dict = field(default_factory=dict)
+    state: str = "starting"
+    started: float = field(default_factory=time.monotonic)
+
+
+class Agent:
+    def __init__(self, name: str, coordinator: str, keys: Any = None, coordinator_public: bytes | None = None,
+                 labels: dict[str, str] | None = None, data_host: str = "127.0.0.1", metrics_port: int | None = 0,
+                 workdir: Path | None = None, log=print) -> None:
+        self.name = name
+        self.coordinator = coordinator
+        self.keys = keys
+        self.coordinator_public = coordinator_public
+        self.labels = dict(labels or {})
+        self.data_host = data_host
+        self.log = log
+        self.workdir = Path(workdir or tempfile.mkdtemp(prefix=f"microstream-agent-{name}-"))
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.workdir, 0o700)  # the IPC socket lives here: only this user may talk to hosts
+        self.hosts: dict[tuple[str, str], _Host] = {}
+        self.trusted_data_keys: list[str] = []
+        self.metrics_port = metrics_port
+        self.metrics = None
+        self._stop = False
+
+    # -- sockets ----------------------------------------------------------------------------------
+    def _open(self) -> None:
+        self.ctx = zmq.Context()
+        self.up = self.ctx.socket(zmq.DEALER)
+        self.up.linger = 500
+        if self.keys is not None:
+            self.up.curve_publickey = self.keys.public
+            self.up.curve_secretkey = self.keys.secret
+            self.up.curve_serverkey = self.coordinator_public
+        self.up.connect(self.coordinator)
+        self.control = self.ctx.socket(zmq.ROUTER)
+        self.control_endpoint = f"ipc://{self.workdir}/hosts.sock"
+        self.control.bind(self.control_endpoint)
+        self._start_metrics()
+
+    def _start_metrics(self) -> None:
+        if self.metrics_port is None:
+            return
+        try:
+            from .metrics import Metrics, serve
+
+            self.metrics = Metrics()
+            self._metrics_server, self.metrics_port = serve(self.metrics, host="0.0.0.0", port=self.metrics_port)
+        except ImportError:  # pragma: no cover - metrics module always present in a full install
+            self.metrics = None
+
+    def _send_up(self, message: ControlMessage) -> None:
+        self.up.send_multipart(message.frames())
+
+    # -- life cycle -------------------------------------------------------------------------------
+    def register(self, timeout: float = 10.0) -> bool:
+        self._send_up(msg("register", name=self.name, labels=self.labels, data_host=self.data_host,
+                          metrics_port=self.metrics_port, public_key=self.keys.public.decode() if self.keys else None,
+                          **capabilities()))
+        if not self.up.poll(int(timeout * 1000)):
+            self.log(f"agent {self.name}: no answer from the coordinator at {self.coordinator} within {timeout:.0f} s: "
+                     "is it running, is its public key right, and is this agent's key trusted there "
+                     "(`microstream keys trust`)?")
+            return False
+        reply = ControlMessage.parse(self.up.recv_multipart())
+        if reply.kind != "registered":
+            self.log(f"agent {self.name}: registration refused: {reply.header.get('error', reply.kind)}")
+            return False
+        self.trusted_data_keys = reply.header.get("data_keys", [])
+        self.log(f"agent {self.name}: registered with {self.coordinator}"
+                 f"{f', metrics on :{self.metrics_port}' if self.metrics_port else ''}")
+        return True
+
+    def run(self) -> int:
+        self._open()
+        try:
+            if not self.register():
+                return 1
+            next_beat = 0.0
+            poller = zmq.Poller()
+            poller.register(self.up, zmq.POLLIN)
+            poller.register(self.control, zmq.POLLIN)
+            while not self._stop:
+                events = dict(poller.poll(200))
+                if self.up in events:
+                    self._on_coordinator(ControlMessage.parse(self.up.recv_multipart()))
+                if self.control in events:
+                    frames = self.control.recv_multipart()
+                    self._on_host(frames[0], ControlMessage.parse(frames[1:]))
+                self._check_hosts()
+                if time.monotonic() >= next_beat:
+                    self._heartbeat()
+                    next_beat = time.monotonic() + HEARTBEAT_EVERY
+            return 0
+        finally:
+            self.shutdown()
+
+    def stop(self) -> None:
+        self._stop = True
+
+    def shutdown(self) -> None:
+        for host in list(self.hosts.values()):
+            self._kill(host)
+        for sock in ("up", "control"):
+            if hasattr(self, sock):
+                getattr(self, sock).close(linger=0)
+        if hasattr(self, "ctx"):
+            self.ctx.term()
+        if getattr(self, "_metrics_server", None) is not None:
+            try:
+                self._metrics_server.shutdown()
+            except Exception:  # noqa: BLE001
+                pass
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    # -- coordinator -> agent -------------------------------------------------------------------------
+    def _on_coordinator(self, m: ControlMessage) -> None:
+        h = m.header
+        if m.kind == "deploy":
+            self.trusted_data_keys = h.get("data_keys", self.trusted_data_keys)
+            self._start_host(h["job"], h["vnode"], m.blob)
+        elif m.kind in ("connect", "start"):
+            for host in self._hosts_of(h["job"]):
+                if host.identity is not None:
+                    frames = [host.identity, *ControlMessage(m.kind, h).frames()]
+                    self.control.send_multipart(frames)
+        elif m.kind == "stop":
+            for host in self._hosts_of(h["job"]):
+                self._stop_host(host)
+        elif m.kind == "shutdown":
+            self._stop = True
+
+    def _hosts_of(self, job: str) -> list[_Host]:
+        return [host for (j, _), host in self.hosts.items() if j == job]
+
+    def _start_host(self, job: str, vnode: str, spec: bytes | None) -> None:
+        log = open(self.workdir / f"{job}-{vnode}.log", "wb")  # noqa: SIM115 - owned by the child
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "microstream.runtime.host_main", "--control", self.control_endpoint,
+             "--job", job, "--vnode", vnode], stdout=log, stderr=subprocess.STDOUT, cwd=os.getcwd())
+        self.hosts[(job, vnode)] = _Host(job, vnode, proc, spec or b"")
+        self.log(f"agent {self.name}: started {job}/{vnode} (pid {proc.pid})")
+
+    def _stop_host(self, host: _Host) -> None:
+        if host.identity is not None:
+            self.control.send_multipart([host.identity, *ControlMessage("stop", {}).frames()])
+        host.state = "stopping"
+        host.started = time.monotonic()
+
+    def _kill(self, host: _Host) -> None:
+        if host.proc.poll() is None:
+            host.proc.terminate()
+            try:
+                host.proc.wait(2)
+            except subprocess.TimeoutExpired:
+                host.proc.kill()
+
+    # -- host -> agent ----------------------------------------------------------------------------------
+    def _on_host(self, identity: bytes, m: ControlMessage) -> None:
+        h = m.header
+        host = self.hosts.get((h.get("job"), h.get("vnode")))
+        if host is None:
+            return
+        if m.kind == "hello":
+            host.identity = identity
+            spec = self._spec_for(host)
+            self.control.send_multipart([identity, *ControlMessage("spec", {}, spec).frames()])
+        elif m.kind == "ready":
+            host.state = "ready"
+            self._send_up(msg("vnode_ready", job=host.job, vnode=host.vnode, endpoint=h["endpoint"],
+                              public_key=self.keys.public.decode() if self.keys else None))
+        elif m.kind == "stats":
+            host.state = "running"
+            host.stats = h["stats"]
+            self._record_metrics(host)
+        elif m.kind == "done":
+            host.state = "done"
+            self._send_up(ControlMessage("vnode_done", {"job": host.job, "vnode": host.vnode}, m.blob))
+        elif m.kind == "failed":
+            host.state = "failed"
+            self._send_up(msg("vnode_failed", job=host.job, vnode=host.vnode, error=h.get("error", "?")))
+
+    def _spec_for(self, host: _Host) -> bytes:
+        import cloudpickle
+
+        spec = cloudpickle.loads(host.spec)
+        spec.update(bind_host=self.data_host, trusted=[k.encode() for k in self.trusted_data_keys] or None,
+                    public=self.keys.public if self.keys else None, secret=self.keys.secret if self.keys else None)
+        return cloudpickle.dumps(spec)
+
+    def _check_hosts(self) -> None:
+        for key, host in list(self.hosts.items()):
+            code = host.proc.poll()
+            if code is None:
+                if host.state == "stopping" and time.monotonic() - host.started > 3:
+                    self._kill(host)
+                continue
+            if host.state not in ("done", "failed", "stopping"):
+                self._send_up(msg("vnode_failed", job=host.job, vnode=host.vnode,
+                                  error=f"host process exited with code {code}; see {self.workdir}"))
+            del self.hosts[key]
+
+    def _heartbeat(self) -> None:
+        vnodes = {f"{h.job}/{h.vnode}": {"state": h.state, "pid": h.proc.pid, "stats": h.stats}
+                  for h in self.hosts.values()}
+        self._send_up(msg("heartbeat", name=self.name, vnodes=vnodes))
+
+    def _record_metrics(self, host: _Host) -> None:
+        if self.metrics is None:
+            return
+        try:
+            from .metrics import process_usage
+
+            for op in host.stats.get("operators", {}).values():
+                self.metrics.update_operator(host.job, op["operator"], op["records_in"], op["records_out"],
+                                             op["batches_in"], op["batches_out"])
+                if op.get("watermark_lag_s") is not None:
+                    self.metrics.set_watermark_lag(host.job, op["operator"], op["watermark_lag_s"])
+            for name, ch in host.stats.get("channels", {}).items():
+                self.metrics.set_backpressure(host.job, name, ch.get("blocked_seconds", 0.0))
+            cpu, rss = process_usage(host.proc.pid)
+            self.metrics.set_host_usage(self.name, f"{host.job}/{host.vnode}", cpu, rss)
+        except Exception as exc:  # noqa: BLE001 - metrics must never take the agent down
+            self.log(f"agent {self.name}: metrics update failed: {exc}")

@@ -1,0 +1,286 @@
+"""The coordinator: registers agents, plans and places jobs, deploys their virtual nodes, watches
+heartbeats, and answers clients (submit, status, stop).
+
+One ROUTER socket serves agents and clients alike; with keys it is a CURVE server that accepts
+only trusted public keys, so nobody else can reach the code that unpickles jobs.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import cloudpickle
+import zmq
+
+from ..errors import MicrostreamError
+from ..graph import LogicalGraph
+from ..plan import PhysicalPlan, build_plan
+from .protocol import ControlMessage, msg
+
+AGENT_TIMEOUT = 3.0
+
+
+@dataclass
+class AgentInfo:
+    name: str
+    identity: bytes
+    caps: dict[str, Any]
+    labels: dict[str, str]
+    public_key: str | None
+    metrics_port: int | None
+    last_seen: float = field(default_factory=time.monotonic)
+    up: bool = True
+    vnodes: dict[str, Any] = field(default_factory=dict)
+    down_reason: str = ""
+
+
+@dataclass
+class Job:
+    id: str
+    name: str
+    graph: LogicalGraph
+    plan: PhysicalPlan
+    placement: dict[str, str]                      # vnode -> agent name
+    client: bytes | None
+    state: str = "deploying"                       # deploying | running | finished | failed | stopped
+    reason: str = ""
+    endpoints: dict[str, dict] = field(default_factory=dict)
+    results: dict[str, Any] = field(default_factory=dict)
+    submitted: float = field(default_factory=time.time)
+    finished: float | None = None
+
+
+class Coordinator:
+    def __init__(self, bind: str = "tcp://127.0.0.1:7077", keys: Any = None, trusted: dict[bytes, str] | None = None,
+                 metrics_port: int | None = 0, agent_timeout: float = AGENT_TIMEOUT, log=print) -> None:
+        self.bind = bind
+        self.keys = keys
+        self.trusted = dict(trusted or {})
+        self.agent_timeout = agent_timeout
+        self.log = log
+        self.agents: dict[str, AgentInfo] = {}
+        self.jobs: dict[str, Job] = {}
+        self.metrics_port = metrics_port
+        self.metrics = None
+        self._stop = False
+        self._rr = itertools.count()
+
+    # -- sockets ------------------------------------------------------------------------------------
+    def open(self) -> str:
+        self.ctx = zmq.Context()
+        self.auth = None
+        self.sock = self.ctx.socket(zmq.ROUTER)
+        self.sock.linger = 500
+        if self.keys is not None:
+            from .security import Authenticator
+
+            self.auth = Authenticator(self.ctx, self.trusted, log=self.log)
+            self.sock.curve_server = True
+            self.sock.curve_publickey = self.keys.public
+            self.sock.curve_secretkey = self.keys.secret
+        self.sock.bind(self.bind)
+        self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
+        if self.metrics_port is not None:
+            from .metrics import Metrics, serve
+
+            self.metrics = Metrics()
+            self._metrics_server, self.metrics_port = serve(self.metrics, host="0.0.0.0", port=self.metrics_port)
+        return self.endpoint
+
+    def close(self) -> None:
+        for agent in self.agents.values():
+            if agent.up:
+                self._send(agent.identity, msg("shutdown"))
+        self.sock.close(linger=200)
+        if self.auth is not None:
+            self.auth.stop()
+        self.ctx.term()
+        if getattr(self, "_metrics_server", None) is not None:
+            self._metrics_server.shutdown()
+
+    def _send(self, identity: bytes, message: ControlMessage) -> None:
+        self.sock.send_multipart([identity, *message.frames()])
+
+    # -- loop -----------------------------------------------------------------------------------------
+    def run(self) -> None:
+        if not hasattr(self, "sock"):
+            self.open()
+        try:
+            while not self._stop:
+                if self.sock.poll(200):
+                    frames = self.sock.recv_multipart()
+                    try:
+                        self._on_message(frames[0], ControlMessage.parse(frames[1:]))
+                    except Exception as exc:  # noqa: BLE001 - one bad message must not stop the cluster
+                        self.log(f"coordinator: error handling a message: {type(exc).__name__}: {exc}")
+                self._check_agents()
+                self._update_metrics()
+        finally:
+            self.close()
+
+    def stop(self) -> None:
+        self._stop = True
+
+    def _on_message(self, identity: bytes, m: ControlMessage) -> None:
+        handler = getattr(self, f"_on_{m.kind}", None)
+        if handler is None:
+            self._send(identity, msg("error", error=f"unknown request '{m.kind}'"))
+            return
+        handler(identity, m)
+
+    # -- agents -----------------------------------------------------------------------------------------
+    def _on_register(self, identity: bytes, m: ControlMessage) -> None:
+        h = m.header
+        caps = {k: h.get(k) for k in ("cores", "memory", "arch", "backends", "python")}
+        info = AgentInfo(h["name"], identity, caps, h.get("labels", {}), h.get("public_key"), h.get("metrics_port"))
+        self.agents[info.name] = info
+        self._send(identity, msg("registered", data_keys=self._data_keys()))
+        self.log(f"coordinator: agent {info.name} registered ({caps['cores']} cores, {caps['arch']})")
+
+    def _data_keys(self) -> list[str]:
+        return [a.public_key for a in self.agents.values() if a.public_key and a.up]
+
+    def _on_heartbeat(self, identity: bytes, m: ControlMessage) -> None:
+        agent = self.agents.get(m.header["name"])
+        if agent is None or agent.identity != identity:
+            self._send(identity, msg("error", error="unknown agent: register first"))
+            return
+        agent.last_seen = time.monotonic()
+        agent.vnodes = m.header.get("vnodes", {})
+        if not agent.up:
+            agent.up = True
+            self.log(f"coordinator: agent {agent.name} is back")
+
+    def _check_agents(self) -> None:
+        now = time.monotonic()
+        for agent in self.agents.values():
+            if agent.up and now - agent.last_seen > self.agent_timeout:
+                agent.up = False
+                agent.down_reason = f"no heartbeat for {now - agent.last_seen:.1f} s"
+                self.log(f"coordinator: agent {agent.name} lost ({agent.down_reason})")
+                for job in self.jobs.values():
+                    if job.state in ("deploying", "running") and agent.name in job.placement.values():
+                        self._fail(job, f"agent {agent.name} lost ({agent.down_reason})")
+
+    # -- jobs -------------------------------------------------------------------------------------------
+    def _on_submit(self, identity: bytes, m: ControlMessage) -> None:
+        try:
+            graph: LogicalGraph = m.payload()
+            plan = build_plan(graph)
+            placement = self._place(plan)
+        except MicrostreamError as exc:
+            self._send(identity, msg("rejected", error=str(exc)))
+            return
+        job_id = f"{graph.name}-{uuid.uuid4().hex[:6]}"
+        job = Job(job_id, graph.name, graph, plan, placement, identity if m.header.get("wait") else None)
+        self.jobs[job_id] = job
+        blob = cloudpickle.dumps({"graph": graph, "plan": plan, "credits": m.header.get("credits", 8)})
+        for vnode, agent_name in placement.items():
+            agent = self.agents[agent_name]
+            self._send(agent.identity, ControlMessage("deploy", {"job": job_id, "vnode": vnode,
+                                                                 "data_keys": self._data_keys()}, blob))
+        self._send(identity, msg("accepted", job=job_id, placement=placement))
+        self.log(f"coordinator: job {job_id} placed: " + ", ".join(f"{v}->{a}" for v, a in placement.items()))
+
+    def _place(self, plan: PhysicalPlan) -> dict[str, str]:
+        """Round robin over live agents; a virtual node pinned with at= goes to that agent."""
+        live = sorted(a.name for a in self.agents.values() if a.up)
+        if not live:
+            raise MicrostreamError("no agents are up: start one with `microstream agent` or `microstream cluster up`")
+        placement = {}
+        for vn in plan.vnodes.values():
+            if vn.at is not None:
+                if vn.at not in live:
+                    raise MicrostreamError(f"virtual node {vn.id} is pinned to '{vn.at}', which is not an agent "
+                                           f"that is up (agents: {live})")
+                placement[vn.id] = vn.at
+            else:
+                placement[vn.id] = live[next(self._rr) % len(live)]
+        return placement
+
+    def _on_vnode_ready(self, identity: bytes, m: ControlMessage) -> None:
+        job = self.jobs.get(m.header["job"])
+        if job is None or job.state != "deploying":
+            return
+        job.endpoints[m.header["vnode"]] = {"endpoint": m.header["endpoint"], "public_key": m.header.get("public_key")}
+        if len(job.endpoints) == len(job.plan.vnodes):
+            for agent_name in set(job.placement.values()):
+                self._send(self.agents[agent_name].identity, msg("connect", job=job.id, endpoints=job.endpoints))
+            for agent_name in set(job.placement.values()):
+                self._send(self.agents[agent_name].identity, msg("start", job=job.id))
+            job.state = "running"
+
+    def _on_vnode_done(self, identity: bytes, m: ControlMessage) -> None:
+        job = self.jobs.get(m.header["job"])
+        if job is None:
+            return
+        job.results[m.header["vnode"]] = m.blob
+        if len(job.results) == len(job.plan.vnodes) and job.state == "running":
+            job.state = "finished"
+            job.finished = time.time()
+            self.log(f"coordinator: job {job.id} finished")
+            if job.client is not None:
+                self._send(job.client, ControlMessage("job_done", {"job": job.id, "state": job.state},
+                                                      cloudpickle.dumps(list(job.results.values()))))
+
+    def _on_vnode_failed(self, identity: bytes, m: ControlMessage) -> None:
+        job = self.jobs.get(m.header["job"])
+        if job is not None and job.state in ("deploying", "running"):
+            self._fail(job, f"virtual node {m.header['vnode']} failed: {m.header.get('error')}")
+
+    def _fail(self, job: Job, reason: str, state: str = "failed") -> None:
+        job.state = state
+        job.reason = reason
+        job.finished = time.time()
+        self.log(f"coordinator: job {job.id} {state}: {reason}")
+        for agent_name in set(job.placement.values()):
+            agent = self.agents.get(agent_name)
+            if agent is not None and agent.up:
+                self._send(agent.identity, msg("stop", job=job.id))
+        if job.client is not None:
+            self._send(job.client, msg("job_done", job=job.id, state=state, reason=reason))
+
+    def _on_stop(self, identity: bytes, m: ControlMessage) -> None:
+        job = self.jobs.get(m.header.get("job", ""))
+        if job is None:
+            self._send(identity, msg("error", error=f"no job '{m.header.get('job')}' (see `microstream status`)"))
+            return
+        if job.state in ("deploying", "running"):
+            self._fail(job, "stopped by a client", state="stopped")
+        self._send(identity, msg("stopped", job=job.id, state=job.state))
+
+    def _on_status(self, identity: bytes, m: ControlMessage) -> None:
+        self._send(identity, msg("status", **self.status()))
+
+    def status(self) -> dict[str, Any]:
+        now = time.monotonic()
+        agents = {a.name: {"up": a.up, "cores": a.caps.get("cores"), "arch": a.caps.get("arch"),
+                           "backends": a.caps.get("backends"), "labels": a.labels, "metrics_port": a.metrics_port,
+                           "last_seen_s": round(now - a.last_seen, 1), "reason": a.down_reason}
+                  for a in self.agents.values()}
+        jobs = {}
+        for job in self.jobs.values():
+            vnodes = {}
+            for vn, agent_name in job.placement.items():
+                live = self.agents[agent_name].vnodes.get(f"{job.id}/{vn}", {}) if agent_name in self.agents else {}
+                vnodes[vn] = {"agent": agent_name, "tasks": job.plan.vnodes[vn].tasks, "state": live.get("state"),
+                              "operators": live.get("stats", {}).get("operators", {})}
+            jobs[job.id] = {"name": job.name, "state": job.state, "reason": job.reason, "vnodes": vnodes}
+        return {"agents": agents, "jobs": jobs, "metrics_port": self.metrics_port}
+
+    def _update_metrics(self) -> None:
+        if self.metrics is None:
+            return
+        try:
+            for agent in self.agents.values():
+                self.metrics.set_node_up(agent.name, agent.up)
+            states: dict[str, int] = {}
+            for job in self.jobs.values():
+                states[job.state] = states.get(job.state, 0) + 1
+            self.metrics.set_jobs(states)
+        except Exception as exc:  # noqa: BLE001
+            self.log(f"coordinator: metrics update failed: {exc}")
