@@ -3,6 +3,9 @@
     microstream run script.py [--describe] [--graph out.svg]
     microstream describe script.py
     microstream graph script.py -o pipeline.svg   (or .dot)
+    microstream cluster up --nodes 3 [--detach] | cluster down
+    microstream coordinator | agent --coordinator tcp://HOST:PORT --name NAME
+    microstream submit script.py | status | stop JOB | keys create|trust|list
 
 Exit codes: 0 success, 1 the job failed while running, 2 the pipeline or the command line is wrong.
 """
@@ -125,6 +128,210 @@ def _write_graph(pipeline: Any, path: Path) -> None:
     print(f"wrote {path}", file=sys.stderr)
 
 
+# -- cluster verbs ---------------------------------------------------------------------------------------
+
+def _home(args: argparse.Namespace) -> Path:
+    from .runtime.cluster import home
+
+    return home(getattr(args, "home", None))
+
+
+def _stop_on_signals(component: Any) -> None:
+    import signal
+
+    def handler(signum: int, frame: Any) -> None:
+        component.stop()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+def _load_security(args: argparse.Namespace, own: str) -> tuple[Any, Any]:
+    """(our KeyPair, the KeyStore) unless --insecure."""
+    if args.insecure:
+        from .runtime.security import insecure_warning
+
+        print(insecure_warning(own), file=sys.stderr)
+        return None, None
+    from .runtime.security import KeyStore
+
+    store = KeyStore(Path(args.keys) if args.keys else _home(args) / "keys")
+    return store.pair(args.key or own), store
+
+
+def cmd_coordinator(args: argparse.Namespace) -> int:
+    from .runtime.coordinator import Coordinator
+
+    keys, store = _load_security(args, "coordinator")
+    trusted = store.trusted() if store else {}
+    coord = Coordinator(args.bind, keys, trusted, metrics_port=args.metrics_port,
+                        log=lambda text: print(text, file=sys.stderr, flush=True))
+    endpoint = coord.open()
+    if args.port_file:
+        Path(args.port_file).write_text(endpoint)
+    print(f"coordinator listening on {endpoint}; metrics on :{coord.metrics_port}; trusts {len(trusted)} keys",
+          file=sys.stderr, flush=True)
+    beacon = None
+    if args.beacon:
+        from .runtime.discovery import Beacon
+
+        beacon = Beacon(endpoint, keys.public if keys else None)
+        beacon.start()
+    _stop_on_signals(coord)
+    try:
+        coord.run()
+    finally:
+        if beacon:
+            beacon.stop()
+    return EXIT_OK
+
+
+def cmd_agent(args: argparse.Namespace) -> int:
+    from .runtime.agent import Agent
+
+    keys, store = _load_security(args, args.name)
+    server_key = None
+    if store is not None:
+        server_key = _public_from_file(args.coordinator_key) if args.coordinator_key else store.public("coordinator")
+    coordinator = args.coordinator
+    if coordinator is None:
+        from .runtime.discovery import discover
+
+        print("agent: looking for a coordinator on the LAN (multicast beacon)...", file=sys.stderr, flush=True)
+        found = discover(timeout=args.discover_timeout, trust_key=server_key)
+        if found is None:
+            print("agent: no coordinator found; pass --coordinator tcp://HOST:PORT", file=sys.stderr)
+            return EXIT_FAILED
+        coordinator = found.endpoint
+        server_key = server_key or found.public_key
+    labels = dict(item.split("=", 1) for item in args.label)
+    agent = Agent(args.name, coordinator, keys, server_key, labels, data_host=args.data_host,
+                  metrics_port=args.metrics_port, log=lambda text: print(text, file=sys.stderr, flush=True))
+    _stop_on_signals(agent)
+    return agent.run()
+
+
+def _public_from_file(path: str) -> bytes:
+    from .runtime.security import load
+
+    return load(Path(path)).public
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from .runtime.client import Client
+    from .runtime.cluster import address
+
+    addr = address(_home(args), args.coordinator, args.insecure)
+    outcome: dict[str, Any] = {}
+
+    def runner(pipeline: Any, **_: Any) -> Any:
+        with Client(addr) as client:
+            job, result = client.submit(pipeline, wait=not args.detach,
+                                        progress=lambda text: print(text, file=sys.stderr, flush=True))
+        outcome["job"] = job
+        if result is not None:
+            print(result.summary(), file=sys.stderr)
+            return result
+        from .runtime.local import RunResult
+
+        return RunResult(pipeline.name, 0.0)
+
+    code = run_script(args.script, runner)
+    if code == EXIT_OK and "job" in outcome:
+        print(outcome["job"])
+    return code
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    import json
+
+    from .runtime.client import Client
+    from .runtime.cluster import address
+
+    with Client(address(_home(args), args.coordinator, args.insecure)) as client:
+        status = client.status()
+    if args.json:
+        print(json.dumps(status, indent=2))
+        return EXIT_OK
+    print(format_status(status))
+    return EXIT_OK
+
+
+def format_status(status: dict[str, Any]) -> str:
+    lines = ["NODES"]
+    for name, a in sorted(status["agents"].items()):
+        state = "up" if a["up"] else f"DOWN ({a['reason']})"
+        backends = ",".join(a["backends"] or [])
+        lines.append(f"  {name:<12} {state:<24} {a['cores']} cores {a['arch']}  backends={backends}"
+                     f"  metrics=:{a['metrics_port']}")
+    lines.append("JOBS")
+    for job_id, job in status["jobs"].items():
+        reason = f" ({job['reason']})" if job["reason"] else ""
+        lines.append(f"  {job_id}  {job['state']}{reason}")
+        for vn, info in job["vnodes"].items():
+            lines.append(f"    {vn} on {info['agent']} [{info['state'] or '-'}]: {', '.join(info['tasks'])}")
+            for op in info["operators"].values():
+                wm = op["watermark"]
+                wm_text = "-" if wm is None or abs(wm) >= 2**62 else format_time(wm)
+                lines.append(f"      {op['operator']:<24} in {op['records_in']:>10,}  out {op['records_out']:>10,}"
+                             f"  watermark {wm_text}")
+    return "\n".join(lines)
+
+
+def format_time(ns: int) -> str:
+    from .timeutil import format_ns
+
+    return format_ns(ns)
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    from .runtime.client import Client
+    from .runtime.cluster import address
+
+    with Client(address(_home(args), args.coordinator, args.insecure)) as client:
+        reply = client.stop(args.job)
+    print(f"{reply['job']}: {reply['state']}")
+    return EXIT_OK
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from .runtime.security import keys_main
+
+    return keys_main(args.rest)
+
+
+def cmd_cluster(args: argparse.Namespace) -> int:
+    from .runtime import cluster
+
+    root = _home(args)
+    if args.action == "down":
+        return cluster.down(root, progress=lambda t: print(t, file=sys.stderr))
+    state = cluster.up(args.nodes, root, port=args.port, insecure=args.insecure,
+                       progress=lambda t: print(t, file=sys.stderr))
+    if args.detach:
+        return EXIT_OK
+    print("press Ctrl-C to stop the cluster", file=sys.stderr)
+    import time
+
+    try:
+        while True:
+            time.sleep(1)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        cluster.down(root, progress=lambda t: print(t, file=sys.stderr))
+    return EXIT_OK if state else EXIT_FAILED
+
+
+def _cluster_options(p: argparse.ArgumentParser, coordinator: bool = True) -> None:
+    if coordinator:
+        p.add_argument("--coordinator", metavar="tcp://HOST:PORT",
+                       help="coordinator address (default: the embedded cluster recorded in --home)")
+    p.add_argument("--home", metavar="DIR", help="cluster home with keys and state (default $MICROSTREAM_HOME or "
+                                                "~/.microstream)")
+    p.add_argument("--insecure", action="store_true", help="plaintext ZeroMQ, no authentication (unsafe)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="microstream", description="Stream processing for sensor networks.")
     parser.add_argument("--version", action="version", version=f"microstream {__version__}")
@@ -144,6 +351,59 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("script", type=Path)
     p.add_argument("-o", "--output", type=Path, default=Path("pipeline.svg"), help="output file (.svg or .dot)")
     p.set_defaults(fn=cmd_graph)
+
+    p = sub.add_parser("coordinator", help="run a coordinator")
+    p.add_argument("--bind", default="tcp://0.0.0.0:7077", help="address to listen on (default %(default)s)")
+    p.add_argument("--keys", metavar="DIR", help="key directory (default HOME/keys): coordinator.key_secret and "
+                                                 "trusted/ public keys of agents and clients")
+    p.add_argument("--key", help=argparse.SUPPRESS)
+    p.add_argument("--metrics-port", type=int, default=9464, help="Prometheus metrics port (0: any free port)")
+    p.add_argument("--port-file", help=argparse.SUPPRESS)
+    p.add_argument("--beacon", action="store_true", help="announce this coordinator on the LAN by multicast")
+    _cluster_options(p, coordinator=False)
+    p.set_defaults(fn=cmd_coordinator)
+
+    p = sub.add_parser("agent", help="run an agent on this physical node")
+    p.add_argument("--coordinator", metavar="tcp://HOST:PORT", help="coordinator address (default: discover by "
+                                                                     "multicast beacon)")
+    p.add_argument("--name", required=True, help="this node's name (used by at= placement hints)")
+    p.add_argument("--label", action="append", default=[], metavar="K=V", help="a label, e.g. site=library")
+    p.add_argument("--keys", metavar="DIR", help="key directory (default HOME/keys)")
+    p.add_argument("--key", help="this agent's key name in the key directory (default: --name)")
+    p.add_argument("--coordinator-key", metavar="FILE", help="the coordinator's public key file")
+    p.add_argument("--data-host", default="127.0.0.1", help="address other nodes reach this node's channels on")
+    p.add_argument("--metrics-port", type=int, default=0, help="Prometheus metrics port (0: any free port)")
+    p.add_argument("--discover-timeout", type=float, default=10.0, help=argparse.SUPPRESS)
+    _cluster_options(p, coordinator=False)
+    p.set_defaults(fn=cmd_agent)
+
+    p = sub.add_parser("submit", help="run a pipeline script on the cluster")
+    p.add_argument("script", type=Path)
+    p.add_argument("--detach", action="store_true", help="return once the job is deployed")
+    _cluster_options(p)
+    p.set_defaults(fn=cmd_submit)
+
+    p = sub.add_parser("status", help="show nodes, jobs and where their virtual nodes run")
+    p.add_argument("--json", action="store_true")
+    _cluster_options(p)
+    p.set_defaults(fn=cmd_status)
+
+    p = sub.add_parser("stop", help="stop a job")
+    p.add_argument("job")
+    _cluster_options(p)
+    p.set_defaults(fn=cmd_stop)
+
+    p = sub.add_parser("keys", help="create, trust and list CURVE keys (microstream keys --help)", add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(fn=cmd_keys)
+
+    p = sub.add_parser("cluster", help="an embedded cluster on this machine: cluster up --nodes N | cluster down")
+    p.add_argument("action", choices=["up", "down"])
+    p.add_argument("--nodes", type=int, default=3)
+    p.add_argument("--port", type=int, default=0, help="coordinator port (default: any free port)")
+    p.add_argument("--detach", action="store_true", help="start in the background and return")
+    _cluster_options(p, coordinator=False)
+    p.set_defaults(fn=cmd_cluster)
     return parser
 
 
@@ -155,6 +415,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         return int(args.fn(args))
+    except MicrostreamError as exc:
+        print(f"microstream: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     except KeyboardInterrupt:
         print("microstream: interrupted", file=sys.stderr)
         return 130

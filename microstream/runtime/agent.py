@@ -7,6 +7,7 @@ key), and to its hosts over a local IPC socket in a private directory.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import shutil
@@ -154,10 +155,8 @@ class Agent:
         if hasattr(self, "ctx"):
             self.ctx.term()
         if getattr(self, "_metrics_server", None) is not None:
-            try:
+            with contextlib.suppress(Exception):
                 self._metrics_server.shutdown()
-            except Exception:  # noqa: BLE001
-                pass
         shutil.rmtree(self.workdir, ignore_errors=True)
 
     # -- coordinator -> agent -------------------------------------------------------------------------

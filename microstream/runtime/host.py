@@ -248,8 +248,8 @@ class HostRuntime:
             for dst, idx in t.local_out.get(port, ()):
                 dst.records_in += batch.num_rows
                 dst.batches_in += 1
-                out = [(OUT, batch)] if isinstance(dst.op, DeadLetterHub) else self._call(dst, dst.op.process, idx, batch)
-                self._emit(dst, out)
+                hub = isinstance(dst.op, DeadLetterHub)
+                self._emit(dst, [(OUT, batch)] if hub else self._call(dst, dst.op.process, idx, batch))
             for r in t.remote_out.get(port, ()):
                 self._send(t, r, batch)
 

@@ -1,0 +1,633 @@
+"""Data channels: batches from producer tasks to one consumer host over ZeroMQ TCP.
+
+One `ChannelServer` per consumer host binds a ROUTER socket; every upstream task instance opens a
+`ChannelClient` (a DEALER) to it. The channel provides
+
+* **zero-copy columns.** A batch travels as one multipart message: a small header frame, then one
+  frame per column buffer (and one for the per-record watermark array). Frames are sent with
+  ``copy=False`` and received with ``copy=False``; the consumer's columns are ``np.frombuffer`` views
+  of the ZeroMQ frames, so no byte is copied on either side for large columns. (pyzmq copies frames
+  below ``zmq.COPY_THRESHOLD`` on send; a received frame whose address is not aligned for its dtype,
+  which only happens to small frames that libzmq packs into its shared receive buffer, is copied
+  once and counted in ``stats["copied_frames"]``.) Numeric, bool, datetime, fixed-width bytes (``S``)
+  and unicode (``U``) columns travel as raw buffers; ``object`` columns (and anything else) are
+  pickled into one frame, which leaves the fast path. Received columns are read-only.
+* **credit-based backpressure.** The server grants each producer ``credits`` messages up front (in
+  reply to the producer's hello) and returns one credit per `ChannelServer.ack`. A producer out of
+  credits blocks in `send_batch` until credit arrives (that wait is `ChannelClient.blocked_seconds`).
+  *Every* data-plane message (batch, watermark, end, barrier) consumes one credit and must be acked:
+  this keeps the consumer's memory bounded by ``credits`` messages per producer (about
+  ``credits x batch size``) whatever the mix, and keeps a single ordered sequence per channel.
+* **sequence numbers.** Each channel numbers its messages 0, 1, 2, ... (control messages included),
+  so the consumer can detect loss or duplication; `ChannelServer.stats` keeps the last seq, gaps
+  and duplicates per channel.
+* **CURVE authentication.** With ``keys`` the server is a CURVE server whose ZAP handler accepts only
+  the ``trusted`` producer public keys (replaceable at run time with `ChannelServer.set_trusted`;
+  the new set applies to new connections). A producer with any other key, or a plaintext producer,
+  fails the handshake: the server never sees a frame from it. With ``keys=None`` the channel is
+  plaintext; the runtime only allows that behind an explicit ``--insecure`` flag.
+
+Contexts and the ZAP authenticator: libzmq allows one ZAP handler per context. A `ChannelServer`
+without a ``context`` argument creates (and terminates on close) its own context. Servers that are
+given a context share one `zmq.auth.thread.ThreadAuthenticator` per context (reference-counted by
+this module): each server registers a callback under its own ZAP domain, so several CURVE servers can
+live in one context with different trusted sets. Do not start another authenticator on a context
+you pass in. Clients need no authenticator and default to ``zmq.Context.instance()``.
+
+Sockets are not thread-safe: use a server or a client from one thread at a time.
+
+Wire format (all little-endian). Producer -> consumer, one multipart message::
+
+    frame 0   fixed header  _HEADER (magic b"MC", version, kind, flags, ncols, target, seq,
+                            watermark, barrier, rows, meta length) + meta: compact JSON
+                            {"c": channel id, "s": [[name, dtype str, encoding], ...]}
+                            (encoding "r" = raw buffer of rows x itemsize bytes, "p" = pickle)
+    frame 1.. one per column, in schema order
+    last      the int64 wm array, when flags has _F_WM
+
+Consumer -> producer: one frame, _CREDIT (magic, version, kind=credit, count).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pickle
+import struct
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import zmq
+from zmq.auth.thread import ThreadAuthenticator
+
+from ..batch import Batch
+from ..errors import MicrostreamError
+
+__all__ = ["ChannelClient", "ChannelError", "ChannelServer", "CurveKeys", "Message", "generate_keys"]
+
+log = logging.getLogger(__name__)
+
+_MAGIC = b"MC"
+_VERSION = 1
+# magic, version, kind, flags, ncols, target, seq, watermark, barrier, rows, meta length
+_HEADER = struct.Struct("<2sBBHHIqqqQI")
+_CREDIT = struct.Struct("<2sBBI")
+
+_K_HELLO, _K_BATCH, _K_WATERMARK, _K_END, _K_BARRIER, _K_CREDIT = 0, 1, 2, 3, 4, 16
+_KIND_NAMES = {_K_BATCH: "batch", _K_WATERMARK: "watermark", _K_END: "end", _K_BARRIER: "barrier"}
+_F_WATERMARK, _F_BARRIER, _F_WM = 1, 2, 4
+_RAW_KINDS = frozenset("biufcmMSU")  # dtypes whose buffer is self-describing given dtype.str
+_META_CACHE_MAX = 256
+
+
+class ChannelError(MicrostreamError):
+    """A channel was misconfigured or received a malformed message."""
+
+
+@dataclass(frozen=True)
+class CurveKeys:
+    """A CURVE keypair, z85-encoded as returned by ``zmq.curve_keypair()``."""
+
+    public: bytes
+    secret: bytes
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "public", _key_bytes(self.public))
+        object.__setattr__(self, "secret", _key_bytes(self.secret))
+
+
+def generate_keys() -> CurveKeys:
+    """A fresh CURVE keypair."""
+    public, secret = zmq.curve_keypair()
+    return CurveKeys(public, secret)
+
+
+def _key_bytes(key: bytes | str) -> bytes:
+    key = key.encode("ascii") if isinstance(key, str) else bytes(key)
+    if len(key) != 40:
+        raise ChannelError(f"a CURVE key must be 40 z85 characters, got {len(key)}")
+    return key
+
+
+@dataclass
+class Message:
+    """One data-plane message as the consumer sees it. Ack it (`ChannelServer.ack`) when processed."""
+
+    kind: str                # "batch" | "watermark" | "end" | "barrier"
+    channel_id: str          # the producer's channel id (upstream task name + index)
+    target: int              # which input port/task of the consumer
+    seq: int                 # per-channel sequence number: 0, 1, 2, ...
+    watermark: int | None    # batch: the producer's watermark after the batch; watermark: the new one
+    batch: Batch | None = None    # for "batch"
+    barrier: int | None = None    # for "barrier"
+    nbytes: int = 0               # bytes on the wire (all frames)
+    _peer: bytes = field(default=b"", repr=False, compare=False)
+    _acked: bool = field(default=False, repr=False, compare=False)
+
+
+# -- encoding ----------------------------------------------------------------------------------------
+
+class _Encoder:
+    """Builds header frames for one channel; caches the JSON meta per schema."""
+
+    def __init__(self, channel_id: str) -> None:
+        self.channel_id = channel_id
+        self._control_meta = json.dumps({"c": channel_id}, separators=(",", ":")).encode()
+        self._meta: dict[tuple, bytes] = {}
+
+    def header(self, kind: int, flags: int, ncols: int, target: int, seq: int, watermark: int | None,
+               barrier: int | None, rows: int, meta: bytes) -> bytes:
+        if watermark is not None:
+            flags |= _F_WATERMARK
+        if barrier is not None:
+            flags |= _F_BARRIER
+        return _HEADER.pack(_MAGIC, _VERSION, kind, flags, ncols, target, seq,
+                            0 if watermark is None else watermark, 0 if barrier is None else barrier,
+                            rows, len(meta)) + meta
+
+    def control(self, kind: int, target: int, seq: int, watermark: int | None = None,
+                barrier: int | None = None) -> bytes:
+        return self.header(kind, 0, 0, target, seq, watermark, barrier, 0, self._control_meta)
+
+    def batch(self, batch: Batch, target: int, seq: int, watermark: int | None) -> list[Any]:
+        if batch.mask is not None:
+            batch = batch.compact()
+        names = batch.names
+        frames: list[Any] = [b""]
+        schema = []
+        for name in names:
+            col = batch[name]
+            if col.dtype.kind in _RAW_KINDS:
+                schema.append((name, col.dtype.str, "r"))
+                frames.append(np.ascontiguousarray(col).view(np.uint8))
+            else:
+                schema.append((name, col.dtype.str, "p"))
+                frames.append(pickle.dumps(col, protocol=pickle.HIGHEST_PROTOCOL))
+        flags = 0
+        wm = batch.wm
+        if wm is not None:
+            flags |= _F_WM
+            frames.append(np.ascontiguousarray(wm, dtype=np.int64).view(np.uint8))
+        key = tuple(schema)
+        meta = self._meta.get(key)
+        if meta is None:
+            meta = json.dumps({"c": self.channel_id, "s": schema}, separators=(",", ":")).encode()
+            if len(self._meta) >= _META_CACHE_MAX:
+                self._meta.clear()
+            self._meta[key] = meta
+        frames[0] = self.header(_K_BATCH, flags, len(names), target, seq, watermark, None, batch.num_rows, meta)
+        return frames
+
+
+def _frame_len(frame: Any) -> int:
+    return frame.nbytes if isinstance(frame, np.ndarray) else len(frame)
+
+
+# -- consumer side -----------------------------------------------------------------------------------
+
+@dataclass
+class _Producer:
+    channel_id: str
+    outstanding: int = 0
+    max_outstanding: int = 0
+    messages: int = 0
+    bytes: int = 0
+    last_seq: int = -1
+    gaps: int = 0
+    duplicates: int = 0
+    violations: int = 0   # messages beyond the granted credits (a misbehaving producer)
+    ended: bool = False
+
+
+class _SharedAuth:
+    """One ThreadAuthenticator per context, shared by the servers in it (one ZAP domain each)."""
+
+    _lock = threading.Lock()
+    _by_context: dict[int, tuple[ThreadAuthenticator, int]] = {}
+
+    @classmethod
+    def register(cls, context: zmq.Context, domain: str, provider: Any) -> None:
+        with cls._lock:
+            entry = cls._by_context.get(id(context))
+            if entry is None:
+                auth = ThreadAuthenticator(context, log=logging.getLogger(__name__ + ".auth"))
+                try:
+                    auth.start()
+                except zmq.ZMQError as e:
+                    raise ChannelError(
+                        "could not start a ZAP authenticator on this context (another one is already running?): "
+                        f"{e}; pass no context, or one without its own authenticator") from e
+                entry = (auth, 0)
+            auth, users = entry
+            auth.configure_curve_callback(domain=domain, credentials_provider=provider)
+            cls._by_context[id(context)] = (auth, users + 1)
+
+    @classmethod
+    def unregister(cls, context: zmq.Context, domain: str) -> None:
+        with cls._lock:
+            entry = cls._by_context.get(id(context))
+            if entry is None:
+                return
+            auth, users = entry
+            auth.credentials_providers.pop(domain, None)
+            if users <= 1:
+                del cls._by_context[id(context)]
+                auth.stop()
+            else:
+                cls._by_context[id(context)] = (auth, users - 1)
+
+
+class _TrustedKeys:
+    """ZAP credentials provider: accepts exactly the current trusted set (swapped atomically)."""
+
+    def __init__(self, keys: Iterable[bytes]) -> None:
+        self.keys = frozenset(_key_bytes(k) for k in keys)
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        return key in self.keys
+
+
+class ChannelServer:
+    """Consumer side: binds one ROUTER socket; any number of producers connect.
+
+    ``credits`` is the per-producer window: how many messages a producer may have sent and not yet
+    had acked. ``keys`` makes the server a CURVE server that admits only ``trusted`` client public
+    keys. ``allow_pickle`` controls whether pickled (object) columns are accepted; by default only on
+    CURVE-authenticated channels, since unpickling runs code chosen by the sender.
+    """
+
+    def __init__(self, bind: str = "tcp://127.0.0.1:*", keys: CurveKeys | None = None,
+                 trusted: Iterable[bytes] | None = None, credits: int = 8, context: zmq.Context | None = None,
+                 allow_pickle: bool | None = None) -> None:
+        if credits < 1:
+            raise ChannelError(f"credits must be at least 1, got {credits}")
+        self.credits = credits
+        self.curve = keys is not None
+        self.allow_pickle = self.curve if allow_pickle is None else allow_pickle
+        self._own_context = context is None
+        self._ctx = zmq.Context() if context is None else context
+        self._domain = f"microstream-channel-{os.getpid()}-{id(self):x}"
+        self._trusted = _TrustedKeys(trusted or ())
+        self._auth = False
+        self._sock: zmq.Socket | None = None
+        try:
+            sock = self._ctx.socket(zmq.ROUTER)
+            self._sock = sock
+            sock.linger = 0
+            sock.router_handover = 1
+            sock.rcvhwm = max(1000, 4 * credits)
+            sock.sndhwm = max(1000, 4 * credits)
+            if keys is not None:
+                # the ZAP handler must exist before the first handshake, i.e. before bind
+                _SharedAuth.register(self._ctx, self._domain, self._trusted)
+                self._auth = True
+                sock.zap_domain = self._domain.encode()
+                sock.curve_server = True
+                sock.curve_secretkey = keys.secret
+                sock.curve_publickey = keys.public
+            sock.bind(bind)
+            self.endpoint: str = sock.last_endpoint.decode()
+        except BaseException:
+            self.close()
+            raise
+        self.public_key: bytes | None = keys.public if keys is not None else None
+        self._poller = zmq.Poller()
+        self._poller.register(sock, zmq.POLLIN)
+        self._producers: dict[bytes, _Producer] = {}
+        self._schemas: dict[bytes, tuple[str, list[tuple[str, np.dtype, str]]]] = {}
+        self._credit_one = _CREDIT.pack(_MAGIC, _VERSION, _K_CREDIT, 1)
+        self._credit_all = _CREDIT.pack(_MAGIC, _VERSION, _K_CREDIT, credits)
+        self.messages = 0
+        self.bytes = 0
+        self.malformed = 0
+        self.copied_frames = 0
+
+    # -- public API ----------------------------------------------------------------------------
+    def recv(self, timeout: float | None = None) -> Message | None:
+        """The next data-plane message, or None if none arrived within ``timeout`` seconds."""
+        sock = self._require_open()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            if deadline is None:
+                wait = None
+            else:
+                left = deadline - time.monotonic()
+                wait = 0 if left <= 0 else max(1, int(left * 1000 + 0.999))
+            if not sock.poll(wait, zmq.POLLIN):
+                if deadline is not None and time.monotonic() >= deadline:
+                    return None
+                continue
+            frames = sock.recv_multipart(copy=False)
+            try:
+                msg = self._decode(frames)
+            except Exception as e:  # a malformed message from an authenticated peer: drop it, keep serving
+                self.malformed += 1
+                log.warning("dropping malformed channel message: %s", e)
+                continue
+            if msg is not None:
+                return msg
+
+    def ack(self, msg: Message) -> None:
+        """The message has been processed: return its credit to the producer (idempotent)."""
+        if msg._acked:
+            return
+        sock = self._require_open()
+        msg._acked = True
+        prod = self._producers.get(msg._peer)
+        if prod is None:
+            return
+        prod.outstanding -= 1
+        sock.send_multipart([msg._peer, self._credit_one], flags=zmq.NOBLOCK)
+
+    def set_trusted(self, keys: Iterable[bytes]) -> None:
+        """Replace the producer public keys allowed to connect (applies to new connections)."""
+        if not self.curve:
+            raise ChannelError("set_trusted() needs a CURVE server (keys=...)")
+        self._trusted.keys = frozenset(_key_bytes(k) for k in keys)
+
+    @property
+    def trusted(self) -> frozenset[bytes]:
+        return self._trusted.keys
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        """Counters: totals, and per channel id the outstanding credits, last seq, gaps and duplicates."""
+        producers: dict[str, dict[str, Any]] = {}
+        for p in self._producers.values():
+            producers[p.channel_id] = {
+                "outstanding": p.outstanding, "max_outstanding": p.max_outstanding, "messages": p.messages,
+                "bytes": p.bytes, "last_seq": p.last_seq, "gaps": p.gaps, "duplicates": p.duplicates,
+                "violations": p.violations, "ended": p.ended}
+        return {"messages": self.messages, "bytes": self.bytes, "credits": self.credits,
+                "outstanding": sum(p.outstanding for p in self._producers.values()),
+                "max_outstanding": max((p.max_outstanding for p in self._producers.values()), default=0),
+                "malformed": self.malformed, "copied_frames": self.copied_frames, "producers": producers}
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close(linger=0)
+            self._sock = None
+        if self._auth:
+            _SharedAuth.unregister(self._ctx, self._domain)
+            self._auth = False
+        if self._own_context and self._ctx is not None:
+            self._ctx.term()
+            self._ctx = None
+
+    def __enter__(self) -> ChannelServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- internals -----------------------------------------------------------------------------
+    def _require_open(self) -> zmq.Socket:
+        if self._sock is None:
+            raise ChannelError("the channel server is closed")
+        return self._sock
+
+    def _decode(self, frames: list[zmq.Frame]) -> Message | None:
+        if len(frames) < 2:
+            raise ChannelError(f"message with {len(frames)} frames")
+        peer = frames[0].bytes
+        head = frames[1].bytes
+        if len(head) < _HEADER.size:
+            raise ChannelError("short header")
+        (magic, version, kind, flags, ncols, target, seq, watermark, barrier, rows,
+         meta_len) = _HEADER.unpack_from(head)
+        if magic != _MAGIC or version != _VERSION:
+            raise ChannelError(f"bad magic/version {magic!r}/{version}")
+        meta_bytes = head[_HEADER.size:_HEADER.size + meta_len]
+        channel_id, schema = self._schema(meta_bytes)
+        prod = self._producers.get(peer)
+        if prod is None:
+            prod = self._producers[peer] = _Producer(channel_id)
+            self._sock.send_multipart([peer, self._credit_all], flags=zmq.NOBLOCK)
+        if kind == _K_HELLO:
+            return None
+        kind_name = _KIND_NAMES.get(kind)
+        if kind_name is None:
+            raise ChannelError(f"unknown message kind {kind}")
+        nbytes = sum(len(f) for f in frames[1:])
+        batch = None
+        if kind == _K_BATCH:
+            try:
+                batch = self._batch(frames, ncols, flags, rows, schema)
+            except Exception:
+                # the producer spent a credit on it: give it back, and keep the sequence in step
+                prod.last_seq = max(prod.last_seq, seq)
+                self._sock.send_multipart([peer, self._credit_one], flags=zmq.NOBLOCK)
+                raise
+        if seq == prod.last_seq + 1:
+            pass
+        elif seq > prod.last_seq:
+            prod.gaps += 1
+        else:
+            prod.duplicates += 1
+        prod.last_seq = max(prod.last_seq, seq)
+        prod.outstanding += 1
+        if prod.outstanding > self.credits:
+            prod.violations += 1
+        prod.max_outstanding = max(prod.max_outstanding, prod.outstanding)
+        prod.messages += 1
+        prod.bytes += nbytes
+        if kind == _K_END:
+            prod.ended = True
+        self.messages += 1
+        self.bytes += nbytes
+        return Message(kind_name, channel_id, target, seq, watermark if flags & _F_WATERMARK else None, batch,
+                       barrier if flags & _F_BARRIER else None, nbytes, peer)
+
+    def _schema(self, meta_bytes: bytes) -> tuple[str, list[tuple[str, np.dtype, str]]]:
+        cached = self._schemas.get(meta_bytes)
+        if cached is None:
+            meta = json.loads(meta_bytes)
+            cached = (str(meta["c"]), [(str(n), np.dtype(d), str(e)) for n, d, e in meta.get("s", ())])
+            if len(self._schemas) >= _META_CACHE_MAX:
+                self._schemas.clear()
+            self._schemas[meta_bytes] = cached
+        return cached
+
+    def _batch(self, frames: list[zmq.Frame], ncols: int, flags: int, rows: int,
+               schema: list[tuple[str, np.dtype, str]]) -> Batch:
+        expected = 2 + ncols + (1 if flags & _F_WM else 0)
+        if ncols != len(schema) or len(frames) != expected:
+            raise ChannelError(f"batch with {len(frames)} frames, expected {expected}")
+        cols = {}
+        for (name, dtype, enc), frame in zip(schema, frames[2:2 + ncols], strict=True):
+            if enc == "r":
+                cols[name] = self._view(frame, dtype, rows)
+            elif enc == "p":
+                if not self.allow_pickle:
+                    raise ChannelError(f"column '{name}' is pickled, and this server does not accept pickles")
+                col = pickle.loads(frame.buffer)
+                if not isinstance(col, np.ndarray) or col.shape != (rows,):
+                    raise ChannelError(f"pickled column '{name}' is not a 1-D array of {rows} rows")
+                cols[name] = col
+            else:
+                raise ChannelError(f"unknown column encoding {enc!r}")
+        wm = self._view(frames[-1], np.dtype(np.int64), rows) if flags & _F_WM else None
+        if not cols and wm is None and rows:
+            raise ChannelError("a batch without columns must have 0 rows")
+        return Batch(cols, wm)
+
+    def _view(self, frame: zmq.Frame, dtype: np.dtype, rows: int) -> np.ndarray:
+        buf = frame.buffer
+        if len(buf) != rows * dtype.itemsize:
+            raise ChannelError(f"column frame of {len(buf)} bytes, expected {rows} x {dtype.itemsize}")
+        arr = np.frombuffer(buf, dtype=dtype)
+        if not arr.flags.aligned:
+            self.copied_frames += 1
+            arr = arr.copy()
+            arr.flags.writeable = False
+        return arr
+
+
+# -- producer side -----------------------------------------------------------------------------------
+
+class ChannelClient:
+    """Producer side: a DEALER connected to a server; sends block while out of credits (backpressure).
+
+    Every send (batch, watermark, end, barrier) takes one credit, so all of them may block; each
+    takes a ``timeout`` (seconds, None = wait forever) and returns False if no credit arrived in time
+    (nothing was sent, no sequence number was used). Arrays are sent without copying: do not modify a
+    batch's columns after sending it.
+    """
+
+    def __init__(self, endpoint: str, channel_id: str, keys: CurveKeys | None = None,
+                 server_public: bytes | None = None, context: zmq.Context | None = None) -> None:
+        if (keys is None) != (server_public is None):
+            raise ChannelError("a CURVE client needs both keys (its own keypair) and server_public")
+        self.endpoint = endpoint
+        self.channel_id = channel_id
+        self._enc = _Encoder(channel_id)
+        ctx = zmq.Context.instance() if context is None else context
+        sock = ctx.socket(zmq.DEALER)
+        try:
+            ident = channel_id.encode()[:200] + b"/" + os.urandom(8).hex().encode()
+            sock.routing_id = ident
+            sock.sndhwm = 0  # credits bound what is queued
+            sock.rcvhwm = 0
+            sock.linger = 1000
+            if keys is not None:
+                sock.curve_secretkey = keys.secret
+                sock.curve_publickey = keys.public
+                sock.curve_serverkey = _key_bytes(server_public)
+            sock.connect(endpoint)
+            sock.send(self._enc.control(_K_HELLO, 0, 0))
+        except BaseException:
+            sock.close(linger=0)
+            raise
+        self._sock: zmq.Socket | None = sock
+        self._credits = 0
+        self._seq = 0
+        self.blocked_seconds = 0.0
+        self.sent_messages = 0
+        self.sent_bytes = 0
+
+    @property
+    def credits(self) -> int:
+        """Credits currently held (messages that may be sent without waiting)."""
+        self._drain()
+        return self._credits
+
+    @property
+    def seq(self) -> int:
+        """The sequence number the next message will carry."""
+        return self._seq
+
+    def send_batch(self, batch: Batch, target: int = 0, watermark: int | None = None,
+                   timeout: float | None = None) -> bool:
+        """Send a batch (compacted first if filtered). ``watermark`` defaults to the batch's end
+        watermark (its last wm entry, masked records included), None without a wm array."""
+        if watermark is None:
+            watermark = batch.end_watermark()
+        if not self._acquire(timeout):
+            return False
+        return self._send(self._enc.batch(batch, target, self._seq, watermark))
+
+    def send_watermark(self, watermark: int, target: int = 0, timeout: float | None = None) -> bool:
+        """A watermark advance (takes a credit, so it stays ordered with batches)."""
+        if not self._acquire(timeout):
+            return False
+        return self._send([self._enc.control(_K_WATERMARK, target, self._seq, watermark=watermark)])
+
+    def send_end(self, target: int = 0, timeout: float | None = None) -> bool:
+        """End of stream from this producer (takes a credit)."""
+        if not self._acquire(timeout):
+            return False
+        return self._send([self._enc.control(_K_END, target, self._seq)])
+
+    def send_barrier(self, barrier_id: int, target: int = 0, timeout: float | None = None) -> bool:
+        """A checkpoint/migration barrier (takes a credit)."""
+        if not self._acquire(timeout):
+            return False
+        return self._send([self._enc.control(_K_BARRIER, target, self._seq, barrier=barrier_id)])
+
+    def close(self, linger: float = 1.0) -> None:
+        """Close the socket, waiting up to ``linger`` seconds for queued messages to leave."""
+        if self._sock is not None:
+            self._sock.close(linger=max(0, int(linger * 1000)))
+            self._sock = None
+
+    def __enter__(self) -> ChannelClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- internals -----------------------------------------------------------------------------
+    def _drain(self) -> None:
+        sock = self._sock
+        if sock is None:
+            return
+        while True:
+            try:
+                frame = sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            if len(frame) == _CREDIT.size:
+                magic, version, kind, count = _CREDIT.unpack(frame)
+                if magic == _MAGIC and kind == _K_CREDIT:
+                    self._credits += count
+                    continue
+            log.warning("channel %s: ignoring unexpected frame of %d bytes", self.channel_id, len(frame))
+
+    def _acquire(self, timeout: float | None) -> bool:
+        sock = self._sock
+        if sock is None:
+            raise ChannelError("the channel client is closed")
+        if self._credits <= 0:
+            self._drain()
+        if self._credits > 0:
+            self._credits -= 1
+            return True
+        start = time.monotonic()
+        deadline = None if timeout is None else start + timeout
+        try:
+            while self._credits <= 0:
+                if deadline is None:
+                    wait = None
+                else:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        return False
+                    wait = max(1, int(left * 1000))
+                if sock.poll(wait, zmq.POLLIN):
+                    self._drain()
+        finally:
+            self.blocked_seconds += time.monotonic() - start
+        self._credits -= 1
+        return True
+
+    def _send(self, frames: list[Any]) -> bool:
+        self._sock.send_multipart(frames, copy=False)
+        self._seq += 1
+        self.sent_messages += 1
+        self.sent_bytes += sum(_frame_len(f) for f in frames)
+        return True

@@ -1,0 +1,164 @@
+"""Where the cluster is, and an embedded cluster on this machine (`microstream cluster up`).
+
+A cluster "home" directory (default `$MICROSTREAM_HOME` or `~/.microstream`) holds the keys and,
+for an embedded cluster, `cluster.json`: the coordinator's endpoint and the processes started.
+`submit`, `status` and `stop` read it when no `--coordinator` is given.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from .client import Client, ClusterAddress, ClusterError
+
+
+def home(path: str | Path | None = None) -> Path:
+    root = Path(path or os.environ.get("MICROSTREAM_HOME") or Path.home() / ".microstream")
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def state_file(root: Path) -> Path:
+    return root / "cluster.json"
+
+
+def read_state(root: Path) -> dict[str, Any] | None:
+    path = state_file(root)
+    if not path.exists():
+        return None
+    return json.loads(path.read_text())
+
+
+def address(root: Path, coordinator: str | None = None, insecure: bool = False,
+            key_name: str = "client") -> ClusterAddress:
+    """The coordinator to talk to: an explicit endpoint, or the embedded cluster recorded in `root`."""
+    from .security import KeyStore
+
+    state = read_state(root)
+    endpoint = coordinator or (state or {}).get("coordinator")
+    if endpoint is None:
+        raise ClusterError(f"no cluster: none recorded in {state_file(root)} and no --coordinator given; "
+                           "start one with `microstream cluster up --nodes 3`")
+    insecure = insecure or bool((state or {}).get("insecure")) and coordinator is None
+    if insecure:
+        return ClusterAddress(endpoint)
+    store = KeyStore(root / "keys")
+    try:
+        keys = store.pair(key_name)
+        server = store.public("coordinator")
+    except Exception as exc:
+        raise ClusterError(f"cannot load keys from {store.root}: {exc}") from exc
+    return ClusterAddress(endpoint, keys, server)
+
+
+def _spawn(args: list[str], log: Path) -> subprocess.Popen:
+    out = open(log, "ab")  # noqa: SIM115 - owned by the child
+    return subprocess.Popen([sys.executable, "-m", "microstream.cli", *args], stdout=out, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
+def up(nodes: int, root: Path, port: int = 0, insecure: bool = False, progress=print,
+       timeout: float = 60.0) -> dict[str, Any]:
+    """Start a coordinator and `nodes` agents as processes on this machine; wait until all registered."""
+    from .security import KeyStore
+
+    existing = read_state(root)
+    if existing and _alive(existing.get("pids", [])):
+        raise ClusterError(f"a cluster is already running (pids {existing['pids']}); "
+                           "stop it with `microstream cluster down`")
+    logs = root / "logs"
+    logs.mkdir(exist_ok=True)
+    keydir = root / "keys"
+    store = KeyStore(keydir)
+    names = ["coordinator", "client", *[f"node{i}" for i in range(1, nodes + 1)]]
+    if not insecure:
+        for name in names:
+            if not (keydir / f"{name}.key_secret").exists():
+                store.create(name)
+            if name != "coordinator":
+                store.trust(keydir / f"{name}.key")
+    sec = ["--insecure"] if insecure else ["--keys", str(keydir)]
+    port_file = root / "coordinator.port"
+    port_file.unlink(missing_ok=True)
+    coord = _spawn(["coordinator", "--bind", f"tcp://127.0.0.1:{port}", "--port-file", str(port_file), *sec],
+                   logs / "coordinator.log")
+    endpoint = _wait_for_port(port_file, coord, timeout)
+    pids = [coord.pid]
+    for i in range(1, nodes + 1):
+        agent = _spawn(["agent", "--coordinator", endpoint, "--name", f"node{i}", *sec,
+                        *([] if insecure else ["--key", f"node{i}"])], logs / f"node{i}.log")
+        pids.append(agent.pid)
+    state = {"coordinator": endpoint, "pids": pids, "insecure": insecure, "nodes": nodes, "logs": str(logs)}
+    state_file(root).write_text(json.dumps(state, indent=2))
+    _wait_for_agents(address(root), nodes, timeout)
+    progress(f"cluster up: coordinator {endpoint}, {nodes} agents (logs in {logs})")
+    return state
+
+
+def _wait_for_port(port_file: Path, proc: subprocess.Popen, timeout: float) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if port_file.exists() and port_file.read_text().strip():
+            return port_file.read_text().strip()
+        if proc.poll() is not None:
+            raise ClusterError(f"the coordinator exited with code {proc.returncode}; see its log")
+        time.sleep(0.05)
+    raise ClusterError("the coordinator did not start in time")
+
+
+def _wait_for_agents(addr: ClusterAddress, nodes: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    with Client(addr) as client:
+        while time.monotonic() < deadline:
+            agents = client.status()["agents"]
+            if sum(1 for a in agents.values() if a["up"]) >= nodes:
+                return
+            time.sleep(0.1)
+    raise ClusterError(f"only some of the {nodes} agents registered within {timeout:.0f} s; see the logs")
+
+
+def down(root: Path, progress=print) -> int:
+    state = read_state(root)
+    if state is None:
+        progress(f"no cluster recorded in {state_file(root)}")
+        return 0
+    pids = state.get("pids", [])
+    for pid in reversed(pids):
+        _signal(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 5
+    while _alive(pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for pid in pids:
+        _signal(pid, signal.SIGKILL)
+    state_file(root).unlink(missing_ok=True)
+    progress(f"cluster down ({len(pids)} processes stopped)")
+    return 0
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, sig)
+
+
+def _alive(pids: list[int]) -> bool:
+    alive = False
+    for pid in pids:
+        try:
+            os.kill(pid, 0)
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().split()[2] != "Z":
+                    alive = True
+        except (ProcessLookupError, PermissionError, FileNotFoundError):
+            pass
+    return alive
