@@ -192,7 +192,9 @@ def cmd_agent(args: argparse.Namespace) -> int:
     keys, store = _load_security(args, args.name)
     server_key = None
     if store is not None:
-        server_key = _public_from_file(args.coordinator_key) if args.coordinator_key else store.public("coordinator")
+        from .runtime.cluster import coordinator_public
+
+        server_key = _public_from_file(args.coordinator_key) if args.coordinator_key else coordinator_public(store.root)
     coordinator = args.coordinator
     if coordinator is None:
         from .runtime.discovery import discover

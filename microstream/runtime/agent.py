@@ -156,7 +156,7 @@ class Agent:
             self.ctx.term()
         if getattr(self, "_metrics_server", None) is not None:
             with contextlib.suppress(Exception):
-                self._metrics_server.shutdown()
+                self._metrics_server.stop()
         shutil.rmtree(self.workdir, ignore_errors=True)
 
     # -- coordinator -> agent -------------------------------------------------------------------------
@@ -221,6 +221,8 @@ class Agent:
             self._record_metrics(host)
         elif m.kind == "done":
             host.state = "done"
+            host.stats = m.payload().get("stats", host.stats)  # final counts, even for jobs shorter than a report
+            self._record_metrics(host)
             self._send_up(ControlMessage("vnode_done", {"job": host.job, "vnode": host.vnode}, m.blob))
         elif m.kind == "failed":
             host.state = "failed"
@@ -257,14 +259,8 @@ class Agent:
         try:
             from .metrics import process_usage
 
-            for op in host.stats.get("operators", {}).values():
-                self.metrics.update_operator(host.job, op["operator"], op["records_in"], op["records_out"],
-                                             op["batches_in"], op["batches_out"])
-                if op.get("watermark_lag_s") is not None:
-                    self.metrics.set_watermark_lag(host.job, op["operator"], op["watermark_lag_s"])
-            for name, ch in host.stats.get("channels", {}).items():
-                self.metrics.set_backpressure(host.job, name, ch.get("blocked_seconds", 0.0))
+            self.metrics.update_from_host_stats(host.job, host.stats, node=self.name)
             cpu, rss = process_usage(host.proc.pid)
-            self.metrics.set_host_usage(self.name, f"{host.job}/{host.vnode}", cpu, rss)
+            self.metrics.update_host(self.name, f"{host.job}/{host.vnode}", cpu, rss)
         except Exception as exc:  # noqa: BLE001 - metrics must never take the agent down
             self.log(f"agent {self.name}: metrics update failed: {exc}")

@@ -11,7 +11,10 @@ One `ChannelServer` per consumer host binds a ROUTER socket; every upstream task
   which only happens to small frames that libzmq packs into its shared receive buffer, is copied
   once and counted in ``stats["copied_frames"]``.) Numeric, bool, datetime, fixed-width bytes (``S``)
   and unicode (``U``) columns travel as raw buffers; ``object`` columns (and anything else) are
-  pickled into one frame, which leaves the fast path. Received columns are read-only.
+  pickled into one frame, which leaves the fast path. Received columns are aligned, C-contiguous and
+  writable (views of frames the consumer owns), i.e. the same numba array types as local batches, so
+  kernels compiled for the local runtime are reused rather than specialised for read-only or
+  unaligned arrays.
 * **credit-based backpressure.** The server grants each producer ``credits`` messages up front (in
   reply to the producer's hello) and returns one credit per `ChannelServer.ack`. A producer out of
   credits blocks in `send_batch` until credit arrives (that wait is `ChannelClient.blocked_seconds`).
@@ -45,7 +48,8 @@ Wire format (all little-endian). Producer -> consumer, one multipart message::
     frame 1.. one per column, in schema order
     last      the int64 wm array, when flags has _F_WM
 
-Consumer -> producer: one frame, _CREDIT (magic, version, kind=credit, count).
+Consumer -> producer: one frame, _CREDIT (magic, version, kind, count): kind _K_GRANT for the initial
+window (the reply to the hello), _K_CREDIT for credits returned by acks.
 """
 
 from __future__ import annotations
@@ -78,7 +82,8 @@ _VERSION = 1
 _HEADER = struct.Struct("<2sBBHHIqqqQI")
 _CREDIT = struct.Struct("<2sBBI")
 
-_K_HELLO, _K_BATCH, _K_WATERMARK, _K_END, _K_BARRIER, _K_CREDIT = 0, 1, 2, 3, 4, 16
+_K_HELLO, _K_BATCH, _K_WATERMARK, _K_END, _K_BARRIER = 0, 1, 2, 3, 4
+_K_GRANT, _K_CREDIT = 16, 17  # consumer -> producer: the initial window; credits returned by acks
 _KIND_NAMES = {_K_BATCH: "batch", _K_WATERMARK: "watermark", _K_END: "end", _K_BARRIER: "barrier"}
 _F_WATERMARK, _F_BARRIER, _F_WM = 1, 2, 4
 _RAW_KINDS = frozenset("biufcmMSU")  # dtypes whose buffer is self-describing given dtype.str
@@ -301,7 +306,7 @@ class ChannelServer:
         self._producers: dict[bytes, _Producer] = {}
         self._schemas: dict[bytes, tuple[str, list[tuple[str, np.dtype, str]]]] = {}
         self._credit_one = _CREDIT.pack(_MAGIC, _VERSION, _K_CREDIT, 1)
-        self._credit_all = _CREDIT.pack(_MAGIC, _VERSION, _K_CREDIT, credits)
+        self._credit_all = _CREDIT.pack(_MAGIC, _VERSION, _K_GRANT, credits)
         self.messages = 0
         self.bytes = 0
         self.malformed = 0
@@ -484,7 +489,6 @@ class ChannelServer:
         if not arr.flags.aligned:
             self.copied_frames += 1
             arr = arr.copy()
-            arr.flags.writeable = False
         return arr
 
 
@@ -525,6 +529,7 @@ class ChannelClient:
             raise
         self._sock: zmq.Socket | None = sock
         self._credits = 0
+        self._unacked = 0
         self._seq = 0
         self.blocked_seconds = 0.0
         self.sent_messages = 0
@@ -535,6 +540,31 @@ class ChannelClient:
         """Credits currently held (messages that may be sent without waiting)."""
         self._drain()
         return self._credits
+
+    @property
+    def unacked(self) -> int:
+        """Messages sent that the consumer has not acked yet."""
+        self._drain()
+        return self._unacked
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until the consumer has acked every message sent; False if ``timeout`` passed first."""
+        sock = self._sock
+        if sock is None:
+            raise ChannelError("the channel client is closed")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        self._drain()
+        while self._unacked > 0:
+            if deadline is None:
+                wait = None
+            else:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                wait = max(1, int(left * 1000))
+            if sock.poll(wait, zmq.POLLIN):
+                self._drain()
+        return True
 
     @property
     def seq(self) -> int:
@@ -570,9 +600,22 @@ class ChannelClient:
         return self._send([self._enc.control(_K_BARRIER, target, self._seq, barrier=barrier_id)])
 
     def close(self, linger: float = 1.0) -> None:
-        """Close the socket, waiting up to ``linger`` seconds for queued messages to leave."""
-        if self._sock is not None:
-            self._sock.close(linger=max(0, int(linger * 1000)))
+        """Close, first waiting up to ``linger`` seconds for the consumer to ack what was sent.
+
+        Waiting for the acks (rather than only relying on ZMQ_LINGER) matters: libzmq can drop
+        messages still queued on a socket closed right after sending them, even within the linger
+        period (e.g. libzmq issues #1264, #1922), and a producer process often exits right after
+        ``send_end()``. With ``linger=0`` anything not yet delivered is discarded.
+        """
+        if self._sock is None:
+            return
+        start = time.monotonic()
+        try:
+            if linger > 0 and self._unacked > 0:
+                self.flush(linger)
+        finally:
+            left = max(0.0, linger - (time.monotonic() - start))
+            self._sock.close(linger=int(left * 1000))
             self._sock = None
 
     def __enter__(self) -> ChannelClient:
@@ -593,8 +636,10 @@ class ChannelClient:
                 return
             if len(frame) == _CREDIT.size:
                 magic, version, kind, count = _CREDIT.unpack(frame)
-                if magic == _MAGIC and kind == _K_CREDIT:
+                if magic == _MAGIC and kind in (_K_GRANT, _K_CREDIT):
                     self._credits += count
+                    if kind == _K_CREDIT:
+                        self._unacked -= count
                     continue
             log.warning("channel %s: ignoring unexpected frame of %d bytes", self.channel_id, len(frame))
 
@@ -628,6 +673,7 @@ class ChannelClient:
     def _send(self, frames: list[Any]) -> bool:
         self._sock.send_multipart(frames, copy=False)
         self._seq += 1
+        self._unacked += 1
         self.sent_messages += 1
         self.sent_bytes += sum(_frame_len(f) for f in frames)
         return True

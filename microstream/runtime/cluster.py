@@ -53,10 +53,21 @@ def address(root: Path, coordinator: str | None = None, insecure: bool = False,
     store = KeyStore(root / "keys")
     try:
         keys = store.pair(key_name)
-        server = store.public("coordinator")
+        server = coordinator_public(store.root)
     except Exception as exc:
         raise ClusterError(f"cannot load keys from {store.root}: {exc}") from exc
     return ClusterAddress(endpoint, keys, server)
+
+
+def coordinator_public(keydir: Path) -> bytes:
+    """The coordinator's public key from a key directory: `coordinator.key`, or `trusted/coordinator.key`."""
+    from .security import KeyFileError, load
+
+    for path in (keydir / "coordinator.key", keydir / "trusted" / "coordinator.key"):
+        if path.exists():
+            return load(path).public
+    raise KeyFileError(keydir / "coordinator.key", "does not exist",
+                       "copy the coordinator's public key file here (or pass --coordinator-key FILE)")
 
 
 def _spawn(args: list[str], log: Path) -> subprocess.Popen:
@@ -75,7 +86,7 @@ def up(nodes: int, root: Path, port: int = 0, insecure: bool = False, progress=p
         raise ClusterError(f"a cluster is already running (pids {existing['pids']}); "
                            "stop it with `microstream cluster down`")
     logs = root / "logs"
-    logs.mkdir(exist_ok=True)
+    logs.mkdir(parents=True, exist_ok=True)
     keydir = root / "keys"
     store = KeyStore(keydir)
     names = ["coordinator", "client", *[f"node{i}" for i in range(1, nodes + 1)]]
@@ -88,7 +99,8 @@ def up(nodes: int, root: Path, port: int = 0, insecure: bool = False, progress=p
     sec = ["--insecure"] if insecure else ["--keys", str(keydir)]
     port_file = root / "coordinator.port"
     port_file.unlink(missing_ok=True)
-    coord = _spawn(["coordinator", "--bind", f"tcp://127.0.0.1:{port}", "--port-file", str(port_file), *sec],
+    coord = _spawn(["coordinator", "--bind", f"tcp://127.0.0.1:{port}", "--port-file", str(port_file),
+                    "--metrics-port", "0", *sec],
                    logs / "coordinator.log")
     endpoint = _wait_for_port(port_file, coord, timeout)
     pids = [coord.pid]

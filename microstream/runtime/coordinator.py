@@ -78,7 +78,7 @@ class Coordinator:
         if self.keys is not None:
             from .security import Authenticator
 
-            self.auth = Authenticator(self.ctx, self.trusted, log=self.log)
+            self.auth = Authenticator(self.ctx, self.trusted).start()
             self.sock.curve_server = True
             self.sock.curve_publickey = self.keys.public
             self.sock.curve_secretkey = self.keys.secret
@@ -100,7 +100,7 @@ class Coordinator:
             self.auth.stop()
         self.ctx.term()
         if getattr(self, "_metrics_server", None) is not None:
-            self._metrics_server.shutdown()
+            self._metrics_server.stop()
 
     def _send(self, identity: bytes, message: ControlMessage) -> None:
         self.sock.send_multipart([identity, *message.frames()])

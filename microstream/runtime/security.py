@@ -38,7 +38,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -319,6 +319,16 @@ class KeyStore:
                                + ("" if self.root == default_key_dir() else f" --dir {self.root}"))
         return load(path)
 
+    def public(self, name: str) -> bytes:
+        """Public key NAME: our own `NAME.key`, else the trusted `trusted/NAME.key` (e.g. the coordinator's)."""
+        for path in (self.root / f"{check_name(name)}{PUBLIC_SUFFIX}", self.trusted_file(name)):
+            if path.exists():
+                return load(path).public
+        dir_opt = "" if self.root == default_key_dir() else f" --dir {self.root}"
+        raise KeyFileError(self.root / f"{name}{PUBLIC_SUFFIX}", f"does not exist (nor {self.trusted_file(name)})",
+                           f"get {name}{PUBLIC_SUFFIX} from its owner and run `microstream keys trust "
+                           f"{name}{PUBLIC_SUFFIX}{dir_opt}`")
+
     def pairs(self) -> list[KeyPair]:
         """All our keypairs (files `NAME.key_secret` in the root), sorted by name."""
         if not self.root.is_dir():
@@ -424,17 +434,14 @@ class HandshakeWatch:
         from zmq.utils.monitor import recv_monitor_message
 
         deadline = time.monotonic() + timeout
-        seen = HANDSHAKE_NO_ANSWER
         while self._monitor is not None and (left := deadline - time.monotonic()) > 0:
             if not self._monitor.poll(int(left * 1000) + 1):
                 break
             event = recv_monitor_message(self._monitor)["event"]
             if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 return HANDSHAKE_OK
-            if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
-                return HANDSHAKE_NOT_TRUSTED
-            seen = HANDSHAKE_SERVER_KEY
-        return seen
+            return HANDSHAKE_NOT_TRUSTED if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH else HANDSHAKE_SERVER_KEY
+        return HANDSHAKE_NO_ANSWER
 
     def close(self) -> None:
         if self._monitor is not None:
@@ -500,17 +507,21 @@ class _ZapHandler(ThreadAuthenticator):
 class Authenticator:
     """ZAP handler for one zmq.Context: accept CURVE clients whose public key is trusted.
 
-    The trusted set can change while running (`allow`, `revoke`, `replace`); changes apply to new
+    It starts at once (unless `autostart=False`): an Authenticator that exists but is not running would
+    let every client in. The trusted set can change while running (`allow`, `revoke`, `replace`); changes apply to new
     handshakes, established connections stay up. Refused handshakes are counted, the last one is kept
-    (`last_rejection`) and logged on the `microstream.security` logger (first time per key, then at
-    most every `log_interval` seconds per key, since clients retry). Accepted messages carry the key's
+    (`last_rejection`) and reported through `log` (a print-like callable; default: a warning on the
+    `microstream.security` logger) the first time per key, then at most every `log_interval` seconds
+    per key, since clients retry. Accepted messages carry the key's
     name as the frame property "User-Id" (`frame.get("User-Id")` on a `copy=False` receive).
     """
 
     def __init__(self, context: zmq.Context, trusted: Mapping[bytes, str] | Iterable[bytes] | None = None,
-                 *, log_interval: float = 60.0) -> None:
+                 *, log: Callable[[str], None] | None = None, log_interval: float = 60.0,
+                 autostart: bool = True) -> None:
         self.context = context
         self.log_interval = log_interval
+        self._log = log
         self._lock = threading.Lock()
         self._trusted: dict[bytes, str] = {}
         self.replace(trusted or {})
@@ -519,9 +530,12 @@ class Authenticator:
         self._rejected_count = 0
         self._last_rejection: Rejection | None = None
         self._last_logged: dict[bytes, tuple[float, int]] = {}
+        if autostart:
+            self.start()
 
     # lifecycle
     def start(self) -> Authenticator:
+        """Install the ZAP handler on the context (idempotent); only one per context is possible."""
         if self._zap is None:
             zap = _ZapHandler(self.context, self)
             zap.start()
@@ -600,11 +614,16 @@ class Authenticator:
             self._last_rejection = rejection
             should_log, attempts = self._should_log(key, rejection.time)
         if should_log:
-            extra = f" ({attempts} attempts so far)" if attempts > 1 else ""
-            log.warning("%s%s", rejection.message(), extra)
+            text = rejection.message() + (f" ({attempts} attempts so far)" if attempts > 1 else "")
+            if self._log is not None:
+                self._log(text)
+            else:
+                log.warning("%s", text)
         return False
 
     def _should_log(self, key: bytes, now: float) -> tuple[bool, int]:
+        if len(self._last_logged) > 10_000:  # a flood of random keys must not grow memory without bound
+            self._last_logged.clear()
         last, attempts = self._last_logged.get(key, (float("-inf"), 0))
         attempts += 1
         due = now - last >= self.log_interval
@@ -627,8 +646,7 @@ def _keys_parser() -> argparse.ArgumentParser:
     trust.add_argument("files", metavar="FILE", nargs="+", type=Path)
     sub.add_parser("list", help="list our keypairs and the trusted public keys")
     for p in (create, trust, sub.choices["list"]):
-        p.add_argument("--dir", type=Path, default=None, help="key directory (default: %(default)s → "
-                       f"{default_key_dir()})")
+        p.add_argument("--dir", type=Path, default=None, help=f"key directory (default: {default_key_dir()})")
     return parser
 
 

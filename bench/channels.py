@@ -1,0 +1,225 @@
+"""Data-channel throughput between two processes, against raw pyzmq PUSH/PULL in the same run.
+
+A producer process sends batches of 3 float64 columns + an int64 time column (32 bytes per record)
+to a consumer (this process), for batch sizes of 1k, 4k, 16k and 64k records, plaintext and CURVE:
+
+* channel: `ChannelClient.send_batch` -> `ChannelServer.recv` + `ack` (credit-based backpressure,
+  per-message header encode/decode, Batch construction, seq/credit accounting);
+* raw: a PUSH socket sending the very same frames (header + one frame per column, ``copy=False``)
+  to a PULL socket that receives with ``copy=False`` and wraps each column with ``np.frombuffer``
+  (the same CURVE settings, no backpressure, no ZAP handler).
+
+The clock runs from the first message the consumer receives to the end-of-stream marker. Each
+configuration runs `--repeat` times, interleaved; the best run counts. Prints a side-by-side table
+(MB/s, records/s, channel/raw) and writes bench/results/channels.json.
+
+    python bench/channels.py [--mb 96] [--repeat 3] [--credits 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import zmq
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import table, write_json  # noqa: E402
+
+from microstream.batch import Batch  # noqa: E402
+from microstream.runtime.channels import (  # noqa: E402
+    ChannelClient,
+    ChannelServer,
+    CurveKeys,
+    _Encoder,
+    generate_keys,
+)
+
+SIZES = [1024, 4096, 16384, 65536]
+RECORD_BYTES = 32
+END = b"END"
+
+
+def make_batch(rows: int) -> Batch:
+    rng = np.random.default_rng(rows)
+    return Batch({"time": np.arange(rows, dtype=np.int64) * 1_000_000, "a": rng.random(rows),
+                  "b": rng.random(rows), "c": rng.random(rows)})
+
+
+# -- producer process ----------------------------------------------------------------------------------
+
+def producer(conn) -> None:
+    """Serve commands from the consumer: (mode, endpoint, rows, n, client keys, server public)."""
+    ctx = zmq.Context.instance()
+    batches: dict[int, Batch] = {}
+    while True:
+        cmd = conn.recv()
+        if cmd is None:
+            break
+        mode, endpoint, rows, n, keys, server_public = cmd
+        batch = batches.setdefault(rows, make_batch(rows))
+        keys = CurveKeys(*keys) if keys else None
+        if mode == "channel":
+            client = ChannelClient(endpoint, "bench[0]", keys=keys, server_public=server_public, context=ctx)
+            for _ in range(n):
+                client.send_batch(batch)
+            client.send_end()
+            blocked = client.blocked_seconds
+            client.close(linger=10)  # waits for the consumer to ack everything
+        else:
+            frames = _Encoder("bench[0]").batch(batch, 0, 0, None)  # the same frames the channel sends
+            sock = ctx.socket(zmq.PUSH)
+            if keys is not None:
+                sock.curve_secretkey, sock.curve_publickey = keys.secret, keys.public
+                sock.curve_serverkey = server_public
+            sock.connect(endpoint)
+            for _ in range(n):
+                sock.send_multipart(frames, copy=False)
+            sock.send(END)
+            # libzmq may drop messages still queued on a socket closed right after sending them:
+            # close only once the consumer has everything (ChannelClient.close waits for acks instead)
+            conn.send(0.0)
+            conn.recv()
+            sock.close(linger=0)
+            continue
+        conn.send(blocked)
+
+
+# -- consumer side -------------------------------------------------------------------------------------
+
+def run_channel(conn, rows: int, n: int, curve: bool, credits: int) -> dict:
+    server_keys, client_keys = (generate_keys(), generate_keys()) if curve else (None, None)
+    server = ChannelServer(keys=server_keys, trusted=[client_keys.public] if curve else None, credits=credits)
+    try:
+        conn.send(("channel", server.endpoint, rows, n,
+                   (client_keys.public, client_keys.secret) if curve else None,
+                   server_keys.public if curve else None))
+        got, start, nbytes = 0, None, 0
+        while True:
+            msg = server.recv(timeout=30)
+            if msg is None:
+                raise RuntimeError(f"channel benchmark timed out: {server.stats}")
+            if msg.kind == "end":
+                end = time.perf_counter()
+                server.ack(msg)
+                break
+            if start is None:
+                start = time.perf_counter()
+            else:
+                got += msg.batch.num_rows
+                nbytes += sum(msg.batch[c].nbytes for c in msg.batch.names)
+            server.ack(msg)
+        blocked = conn.recv()
+        stats = server.stats
+    finally:
+        server.close()
+    assert got == (n - 1) * rows and stats["max_outstanding"] <= credits
+    seconds = end - start
+    return {"seconds": seconds, "records_per_s": got / seconds, "mb_per_s": nbytes / seconds / 1e6,
+            "producer_blocked_s": blocked, "copied_frames": stats["copied_frames"]}
+
+
+def run_raw(conn, rows: int, n: int, curve: bool) -> dict:
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.PULL)
+    sock.linger = 0
+    server_keys, client_keys = (generate_keys(), generate_keys()) if curve else (None, None)
+    if curve:
+        sock.curve_server = True
+        sock.curve_secretkey, sock.curve_publickey = server_keys.secret, server_keys.public
+    port = sock.bind_to_random_port("tcp://127.0.0.1")
+    dtypes = [np.dtype(np.int64)] + [np.dtype(np.float64)] * 3
+    try:
+        conn.send(("raw", f"tcp://127.0.0.1:{port}", rows, n,
+                   (client_keys.public, client_keys.secret) if curve else None,
+                   server_keys.public if curve else None))
+        got, start, nbytes = 0, None, 0
+        while True:
+            if not sock.poll(30_000):
+                raise RuntimeError("raw benchmark timed out")
+            frames = sock.recv_multipart(copy=False)
+            if len(frames) == 1:
+                end = time.perf_counter()
+                break
+            cols = [np.frombuffer(f.buffer, dtype=d) for f, d in zip(frames[1:], dtypes, strict=True)]
+            if start is None:
+                start = time.perf_counter()
+            else:
+                got += len(cols[0])
+                nbytes += sum(c.nbytes for c in cols)
+        conn.recv()
+        conn.send("received")
+    finally:
+        sock.close()
+        ctx.term()
+    assert got == (n - 1) * rows
+    seconds = end - start
+    return {"seconds": seconds, "records_per_s": got / seconds, "mb_per_s": nbytes / seconds / 1e6}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--mb", type=float, default=96.0, help="payload per run, MB")
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--credits", type=int, default=8)
+    args, _ = ap.parse_known_args()  # bench/run.py passes every benchmark the same arguments
+
+    mp = multiprocessing.get_context("spawn")
+    parent, child = mp.Pipe()
+    proc = mp.Process(target=producer, args=(child,), daemon=True)
+    proc.start()
+    t0 = time.perf_counter()
+    results: dict[str, dict[str, dict]] = {}
+    try:
+        for rows in SIZES:
+            n = max(16, int(args.mb * 1e6 / (rows * RECORD_BYTES)))
+            best: dict[str, dict] = {}
+            for _ in range(args.repeat):
+                for curve in (False, True):
+                    sec = "curve" if curve else "plain"
+                    for kind in ("channel", "raw"):
+                        r = (run_channel(parent, rows, n, curve, args.credits) if kind == "channel"
+                             else run_raw(parent, rows, n, curve))
+                        key = f"{kind}_{sec}"
+                        if key not in best or r["mb_per_s"] > best[key]["mb_per_s"]:
+                            best[key] = r
+            best["messages"] = n
+            results[str(rows)] = best
+            print(f"  {rows:>6} records/batch done ({time.perf_counter() - t0:.1f} s)", file=sys.stderr, flush=True)
+    finally:
+        parent.send(None)
+        proc.join(10)
+        if proc.is_alive():
+            proc.terminate()
+            proc.join()
+
+    rows_out = [("batch", "security", "channel MB/s", "raw MB/s", "channel rec/s", "raw rec/s", "channel/raw",
+                 "blocked s")]
+    ratios = {}
+    for rows in SIZES:
+        res = results[str(rows)]
+        for sec in ("plain", "curve"):
+            ch, raw = res[f"channel_{sec}"], res[f"raw_{sec}"]
+            ratio = ch["mb_per_s"] / raw["mb_per_s"]
+            ratios[f"{rows}_{sec}"] = ratio
+            rows_out.append((f"{rows // 1024}k", sec, f"{ch['mb_per_s']:.0f}", f"{raw['mb_per_s']:.0f}",
+                             f"{ch['records_per_s'] / 1e6:.2f}M", f"{raw['records_per_s'] / 1e6:.2f}M",
+                             f"{ratio:.2f}x", f"{ch['producer_blocked_s']:.2f}"))
+    print(table(rows_out))
+    total = time.perf_counter() - t0
+    worst = min(ratios.values())
+    print(f"\nworst channel/raw ratio {worst:.2f}x (target >= 0.70x); total {total:.1f} s")
+    path = write_json("channels", {
+        "record_bytes": RECORD_BYTES, "columns": ["time:int64", "a:float64", "b:float64", "c:float64"],
+        "payload_mb_per_run": args.mb, "repeat": args.repeat, "credits": args.credits,
+        "results": results, "ratio_channel_vs_raw": ratios, "worst_ratio": worst, "total_seconds": total})
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

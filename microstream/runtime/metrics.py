@@ -1,0 +1,353 @@
+"""Prometheus metrics for the coordinator, agents and hosts.
+
+Hosts count records, batches and CPU time themselves and send *absolute totals* as plain dicts
+over ZeroMQ; the coordinator/agent feeds them into a `Metrics` object, which the Prometheus
+server scrapes over HTTP (`serve`). See docs/prometheus.md for what each metric means.
+
+Design choice: `Metrics` is a custom Collector on its own `CollectorRegistry` (never the global
+one, so several components can live in one process). It stores the latest totals per *source*
+(the host/subtask that reported them) and builds the exposition at scrape time:
+
+* counters (`*_total`) are the sum over sources. Each source's total is reset-aware: if a source
+  reports less than before (its host process restarted), the old total is kept as an offset, so
+  the exposed counter never goes down;
+* gauges are summed over sources (queue depth) or take the worst source (watermark lag);
+* watermark lag is computed at scrape time as wall clock minus the reported watermark, so a stalled
+  job shows a growing lag even when its host stops reporting.
+
+Series live until `forget_job` / `forget_node` is called (the coordinator does that when it
+drops a job from its history), so cardinality stays bounded.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from socketserver import ThreadingMixIn
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from prometheus_client import CollectorRegistry, make_wsgi_app
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+MIN_TIME = -(2**63)
+MAX_TIME = 2**63 - 1
+NS_PER_S = 1e9
+
+
+@dataclass(frozen=True)
+class _Spec:
+    name: str
+    kind: str  # "counter" | "gauge" | "watermark"
+    labels: tuple[str, ...]
+    help: str
+    combine: Callable[[list[float]], float] = sum
+
+
+_OP = ("job", "operator")
+_CH = ("job", "channel")
+_HOST = ("node", "vnode")
+SPECS: dict[str, _Spec] = {s.name: s for s in [
+    _Spec("microstream_records_in_total", "counter", _OP, "Records received by an operator."),
+    _Spec("microstream_records_out_total", "counter", _OP, "Records emitted by an operator."),
+    _Spec("microstream_batches_in_total", "counter", _OP, "Batches received by an operator."),
+    _Spec("microstream_batches_out_total", "counter", _OP, "Batches emitted by an operator."),
+    _Spec("microstream_dead_letters_total", "counter", _OP, "Records an operator sent to the dead-letter queue."),
+    _Spec("microstream_channel_queue_depth", "gauge", _CH, "Batches waiting in a channel between operators."),
+    _Spec("microstream_backpressure_seconds_total", "counter", _CH,
+          "Seconds senders spent blocked because a channel was full."),
+    _Spec("microstream_watermark_lag_seconds", "watermark", _OP,
+          "Wall clock minus the operator's event-time watermark (worst subtask)."),
+    _Spec("microstream_host_cpu_seconds_total", "counter", _HOST, "CPU seconds used by a vnode's host processes."),
+    _Spec("microstream_host_memory_bytes", "gauge", _HOST, "Resident memory of a vnode's host processes."),
+    _Spec("microstream_node_up", "gauge", ("node",), "1 if the agent on a node is connected, else 0."),
+    _Spec("microstream_jobs", "gauge", ("state",), "Jobs known to the coordinator, by state."),
+]}
+
+
+class _Total:
+    """A reported absolute total that survives resets of its source (value never decreases)."""
+
+    __slots__ = ("base", "last")
+
+    def __init__(self) -> None:
+        self.base = 0.0
+        self.last = 0.0
+
+    def set(self, value: float) -> None:
+        if value < self.last:  # the source restarted from zero
+            self.base += self.last
+        self.last = value
+
+    @property
+    def value(self) -> float:
+        return self.base + self.last
+
+
+# metric name -> label values -> source -> value (_Total for counters, float otherwise)
+_Store = dict[str, dict[tuple[str, ...], dict[str, Any]]]
+
+
+class Metrics:
+    """All microstream metrics of one component, on a private CollectorRegistry.
+
+    Update methods take absolute values (totals since the reporting process started), keyed by an
+    optional `source` (e.g. "vnode-3/task-7") so several subtasks of one operator add up.
+    Every reporting process must use its own `source`: two processes reporting under one source
+    look like counter resets to the reset-aware totals and inflate them.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self.clock = clock
+        self.registry = CollectorRegistry()
+        self._lock = threading.Lock()
+        self._store: _Store = {name: {} for name in SPECS}
+        self.registry.register(self)
+
+    # -- updates ----------------------------------------------------------------------------------------
+    def _set(self, name: str, labels: tuple[Any, ...], value: float | None, source: str = "") -> None:
+        if value is None:
+            return
+        key = tuple(str(v) for v in labels)
+        with self._lock:
+            sources = self._store[name].setdefault(key, {})
+            if SPECS[name].kind == "counter":
+                sources.setdefault(source, _Total()).set(float(value))
+            else:
+                sources[source] = float(value)
+
+    def update_operator(self, job: str, operator: str, records_in: int | None = None,
+                        records_out: int | None = None, batches_in: int | None = None,
+                        batches_out: int | None = None, *, dead_letters: int | None = None,
+                        watermark: int | None = None, source: str = "") -> None:
+        """Absolute record/batch totals of one operator (subtask `source`); None leaves a value as is.
+
+        `watermark` is the operator's output watermark in int64 ns since the epoch (MIN/MAX ignored).
+        """
+        labels = (job, operator)
+        self._set("microstream_records_in_total", labels, records_in, source)
+        self._set("microstream_records_out_total", labels, records_out, source)
+        self._set("microstream_batches_in_total", labels, batches_in, source)
+        self._set("microstream_batches_out_total", labels, batches_out, source)
+        self._set("microstream_dead_letters_total", labels, dead_letters, source)
+        if watermark is not None:
+            self.update_watermark(job, operator, watermark, source=source)
+
+    def update_watermark(self, job: str, operator: str, watermark_ns: int, *, source: str = "") -> None:
+        """Latest watermark (int64 ns); lag is wall clock minus it, computed when scraped.
+
+        An end-of-stream watermark (MAX) removes the series of that source: a finished operator has no lag.
+        """
+        if watermark_ns == MAX_TIME:
+            self._drop_source("microstream_watermark_lag_seconds", (job, operator), source)
+        elif watermark_ns != MIN_TIME:
+            self._set("microstream_watermark_lag_seconds", (job, operator), watermark_ns, source)
+
+    def update_watermark_lag(self, job: str, operator: str, lag_seconds: float, *, source: str = "") -> None:
+        """Like update_watermark, for reporters that send the lag instead of the watermark."""
+        self.update_watermark(job, operator, int((self.clock() - lag_seconds) * NS_PER_S), source=source)
+
+    def set_watermark_lag(self, job: str, operator: str, lag_seconds: float, *, source: str = "") -> None:
+        """Alias of update_watermark_lag."""
+        self.update_watermark_lag(job, operator, lag_seconds, source=source)
+
+    def update_dead_letters(self, job: str, operator: str, total: int, *, source: str = "") -> None:
+        self._set("microstream_dead_letters_total", (job, operator), total, source)
+
+    def update_channel(self, job: str, channel: str, queue_depth: int | None = None,
+                       backpressure_seconds: float | None = None, *, source: str = "") -> None:
+        """A channel's current queue depth and total seconds its senders were blocked."""
+        self._set("microstream_channel_queue_depth", (job, channel), queue_depth, source)
+        self._set("microstream_backpressure_seconds_total", (job, channel), backpressure_seconds, source)
+
+    def set_backpressure(self, job: str, channel: str, seconds: float, *, source: str = "") -> None:
+        """Total seconds the senders of `channel` were blocked (alias of update_channel(backpressure_seconds=))."""
+        self.update_channel(job, channel, backpressure_seconds=seconds, source=source)
+
+    def set_host_usage(self, node: str, vnode: str, cpu_seconds: float, memory_bytes: int) -> None:
+        """Alias of update_host."""
+        self.update_host(node, vnode, cpu_seconds, memory_bytes)
+
+    def update_host(self, node: str, vnode: str, cpu_seconds: float | None = None,
+                    memory_bytes: int | None = None) -> None:
+        """CPU seconds used (total) and resident memory now of the host processes of `vnode`."""
+        self._set("microstream_host_cpu_seconds_total", (node, vnode), cpu_seconds)
+        self._set("microstream_host_memory_bytes", (node, vnode), memory_bytes)
+
+    def set_node_up(self, node: str, up: bool) -> None:
+        self._set("microstream_node_up", (node,), 1.0 if up else 0.0)
+
+    def set_jobs(self, counts: Mapping[str, int]) -> None:
+        """Number of jobs per state; states missing from `counts` drop to 0."""
+        with self._lock:
+            series = self._store["microstream_jobs"]
+            for key in series:
+                series[key] = {"": 0.0}
+            for state, n in counts.items():
+                series[(str(state),)] = {"": float(n)}
+
+    def update_from_host_stats(self, job: str, stats: Mapping[str, Any], node: str = "") -> None:
+        """Feed one `HostRuntime.stats()` snapshot (as sent over ZeroMQ) for `job` on `node`."""
+        vnode = str(stats.get("vnode", ""))
+        for task_id, op in (stats.get("operators") or {}).items():
+            self.update_operator(job, op.get("operator", str(task_id)), op.get("records_in"), op.get("records_out"),
+                                 op.get("batches_in"), op.get("batches_out"), dead_letters=op.get("dead_letters"),
+                                 watermark=op.get("watermark"), source=f"{vnode}/{task_id}")
+        for name, ch in (stats.get("channels") or {}).items():
+            self.update_channel(job, name, ch.get("queue_depth"), ch.get("blocked_seconds"), source=vnode)
+        dead = stats.get("dead_letters")
+        if isinstance(dead, Mapping):
+            for operator, total in dead.items():
+                self.update_dead_letters(job, operator, total, source=vnode)
+        elif dead is not None:  # a per-host total, not attributed to an operator
+            self.update_dead_letters(job, "", dead, source=vnode)
+        if node and ("cpu_seconds" in stats or "memory_bytes" in stats):
+            self.update_host(node, vnode, stats.get("cpu_seconds"), stats.get("memory_bytes"))
+
+    # -- forgetting --------------------------------------------------------------------------------------
+    def _drop_source(self, name: str, labels: tuple[str, ...], source: str) -> None:
+        with self._lock:
+            sources = self._store[name].get(labels)
+            if sources is not None:
+                sources.pop(source, None)
+                if not sources:
+                    del self._store[name][labels]
+
+    def forget_job(self, job: str) -> None:
+        """Drop every series of `job` (call when the coordinator forgets the job)."""
+        self._forget("job", job)
+
+    def forget_node(self, node: str) -> None:
+        """Drop every series of `node` (call when a node is removed from the cluster)."""
+        self._forget("node", node)
+
+    def _forget(self, label: str, value: str) -> None:
+        with self._lock:
+            for name, spec in SPECS.items():
+                if label in spec.labels:
+                    i = spec.labels.index(label)
+                    self._store[name] = {k: v for k, v in self._store[name].items() if k[i] != value}
+
+    # -- Collector protocol ---------------------------------------------------------------------------------
+    def describe(self) -> list[Metric]:
+        return [_family(spec) for spec in SPECS.values()]
+
+    def collect(self) -> Iterator[Metric]:
+        now_ns = self.clock() * NS_PER_S
+        families = []
+        with self._lock:
+            for name, spec in SPECS.items():
+                family = _family(spec)
+                for labels, sources in sorted(self._store[name].items()):
+                    if sources:
+                        family.add_metric(list(labels), _combine(spec, sources, now_ns))
+                families.append(family)
+        yield from families
+
+    def exposition(self) -> bytes:
+        """The text exposition, as a scrape would return it."""
+        from prometheus_client import generate_latest
+
+        return generate_latest(self.registry)
+
+
+def _family(spec: _Spec) -> Metric:
+    if spec.kind == "counter":
+        return CounterMetricFamily(spec.name, spec.help, labels=spec.labels)
+    return GaugeMetricFamily(spec.name, spec.help, labels=spec.labels)
+
+
+def _combine(spec: _Spec, sources: dict[str, Any], now_ns: float) -> float:
+    if spec.kind == "counter":
+        return sum(t.value for t in sources.values())
+    if spec.kind == "watermark":  # the slowest subtask: smallest watermark
+        return (now_ns - min(sources.values())) / NS_PER_S
+    return spec.combine(list(sources.values()))
+
+
+# -- HTTP server --------------------------------------------------------------------------------------------
+
+
+class _ThreadingServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+class MetricsServer:
+    """A running /metrics HTTP endpoint; `stop()` closes it."""
+
+    def __init__(self, httpd: WSGIServer, thread: threading.Thread) -> None:
+        self.httpd = httpd
+        self.thread = thread
+        self.host = httpd.server_address[0]
+        self.port: int = httpd.server_address[1]
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in str(self.host) else self.host
+        return f"http://{host}:{self.port}/metrics"
+
+    def stop(self) -> None:
+        """Stop serving and close the port (idempotent)."""
+        if self.thread.is_alive():
+            self.httpd.shutdown()
+            self.thread.join()
+        self.httpd.server_close()
+
+    shutdown = stop
+
+
+def serve(metrics: Metrics, host: str = "127.0.0.1", port: int = 0) -> tuple[MetricsServer, int]:
+    """Serve `metrics` over HTTP on host:port (0 picks a free port); returns (server, actual port).
+
+    Bind to "0.0.0.0" (or the LAN address) for a Prometheus server on another machine to scrape it.
+    """
+    server_class = _ThreadingServer
+    if ":" in host:
+        server_class = type("_ThreadingServerV6", (_ThreadingServer,), {"address_family": socket.AF_INET6})
+    try:
+        httpd = make_server(host, port, make_wsgi_app(metrics.registry), server_class, handler_class=_QuietHandler)
+    except OSError as exc:
+        raise OSError(exc.errno, f"cannot serve Prometheus metrics on {host}:{port}: {exc.strerror or exc}; "
+                                 "choose another metrics port (0: any free port)") from exc
+    thread = threading.Thread(target=httpd.serve_forever, args=(0.1,), name="microstream-metrics", daemon=True)
+    thread.start()
+    server = MetricsServer(httpd, thread)
+    return server, server.port
+
+
+def stop(server: MetricsServer) -> None:
+    """Stop a server started by `serve`."""
+    server.stop()
+
+
+# -- process usage from /proc -------------------------------------------------------------------------------
+
+
+def process_usage(pid: int, include_children: bool = False) -> tuple[float, int]:
+    """(CPU seconds used, resident memory in bytes) of process `pid`, read from /proc (Linux).
+
+    `include_children` adds the CPU time of children that have exited and been waited for.
+    Raises ProcessLookupError if there is no such process.
+    """
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except (FileNotFoundError, ProcessLookupError):
+        raise ProcessLookupError(f"no process {pid}") from None
+    fields = data[data.rindex(b")") + 2:].split()  # the command name may contain spaces and ')'
+    # fields[0] is field 3 (state) of proc(5): utime=14, stime=15, cutime=16, cstime=17, rss=24
+    ticks = int(fields[11]) + int(fields[12])
+    if include_children:
+        ticks += int(fields[13]) + int(fields[14])
+    rss_pages = int(fields[21])
+    return ticks / os.sysconf("SC_CLK_TCK"), rss_pages * os.sysconf("SC_PAGE_SIZE")
