@@ -12,8 +12,15 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
+DEMO_HOME := .microstream
+
+# The demo: the smart-campus pipeline locally, then the same script on an embedded 3-node cluster.
 demo: $(STAMP)
 	$(BIN)/microstream run examples/sensors/rooms.py --describe --graph out/rooms.svg
+	$(BIN)/microstream cluster up --nodes 3 --detach --home $(DEMO_HOME)
+	$(BIN)/microstream submit examples/sensors/rooms.py --home $(DEMO_HOME); status=$$?; \
+	  $(BIN)/microstream status --home $(DEMO_HOME); \
+	  $(BIN)/microstream cluster down --home $(DEMO_HOME); exit $$status
 
 test: $(STAMP)
 	$(BIN)/ruff check microstream tests bench examples
@@ -26,4 +33,4 @@ lint: $(STAMP)
 	$(BIN)/ruff check microstream tests bench examples
 
 clean:
-	rm -rf $(VENV) out .pytest_cache
+	rm -rf $(VENV) out .pytest_cache $(DEMO_HOME)

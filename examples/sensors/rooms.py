@@ -4,7 +4,8 @@ Three recordings are replayed as three rooms. For every room and 10 minutes: mea
 range and how much of the time the room was occupied; an alert stream for stuffy air (CO2 over
 1000 ppm); malformed rows are kept in a dead-letter file.
 
-    microstream run examples/sensors/rooms.py
+    microstream run examples/sensors/rooms.py          # on this machine
+    microstream submit examples/sensors/rooms.py       # on a cluster (e.g. `microstream cluster up`)
 """
 
 from pathlib import Path
@@ -31,6 +32,7 @@ comfort = (
         occupied=ms.agg.mean("Occupancy"),
         n=ms.agg.count(),
     )
+    .with_parallelism(3)  # on a cluster: three window tasks, hash-partitioned by room
 )
 comfort.sink(ms.sinks.jsonl(OUT / "rooms.jsonl"))
 

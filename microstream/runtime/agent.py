@@ -66,6 +66,7 @@ class Agent:
         self.workdir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.workdir, 0o700)  # the IPC socket lives here: only this user may talk to hosts
         self.hosts: dict[tuple[str, str], _Host] = {}
+        self.ended: dict[str, dict] = {}  # "job/vnode" -> last state and stats of hosts that have exited
         self.trusted_data_keys: list[str] = []
         self.metrics_port = metrics_port
         self.metrics = None
@@ -246,11 +247,17 @@ class Agent:
             if host.state not in ("done", "failed", "stopping"):
                 self._send_up(msg("vnode_failed", job=host.job, vnode=host.vnode,
                                   error=f"host process exited with code {code}; see {self.workdir}"))
+                host.state = "failed"
+            self.ended[f"{host.job}/{host.vnode}"] = {"state": host.state if host.state != "stopping" else "stopped",
+                                                      "pid": host.proc.pid, "stats": host.stats}
+            while len(self.ended) > 200:
+                self.ended.pop(next(iter(self.ended)))
             del self.hosts[key]
 
     def _heartbeat(self) -> None:
-        vnodes = {f"{h.job}/{h.vnode}": {"state": h.state, "pid": h.proc.pid, "stats": h.stats}
-                  for h in self.hosts.values()}
+        vnodes = dict(self.ended)
+        vnodes.update({f"{h.job}/{h.vnode}": {"state": h.state, "pid": h.proc.pid, "stats": h.stats}
+                       for h in self.hosts.values()})
         self._send_up(msg("heartbeat", name=self.name, vnodes=vnodes))
 
     def _record_metrics(self, host: _Host) -> None:

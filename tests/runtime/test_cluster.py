@@ -62,7 +62,8 @@ def home(tmp_path_factory):
 
 
 def _lines(path: Path) -> list[dict]:
-    return sorted((json.loads(x) for x in path.read_text().splitlines()), key=lambda r: (r["sensor"], r["window_start"]))
+    records = (json.loads(x) for x in path.read_text().splitlines())
+    return sorted(records, key=lambda r: (r["sensor"], r["window_start"]))
 
 
 def test_submitted_job_matches_local_run(home, tmp_path):
