@@ -2,21 +2,50 @@
 
 >>> import microstream as ms
 >>> p = ms.Pipeline("rooms")
+
+Names are imported on first use, so the agent and the CLI start without loading numba.
 """
 
 from __future__ import annotations
 
-from . import agg, sinks, state
-from .batch import Batch
-from .errors import MicrostreamError, OperatorError, PipelineError
-from .pipeline import Pipeline, Stream, WindowedStream
-from .schema import Schema
-from .timeutil import duration
-from .windows import WindowSpec, session, sliding, tumbling
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
+_LAZY = {
+    "Batch": ".batch", "MicrostreamError": ".errors", "OperatorError": ".errors", "PipelineError": ".errors",
+    "Pipeline": ".pipeline", "Stream": ".pipeline", "WindowedStream": ".pipeline", "Schema": ".schema",
+    "duration": ".timeutil", "WindowSpec": ".windows", "session": ".windows", "sliding": ".windows",
+    "tumbling": ".windows",
+}
+_MODULES = {"agg", "sinks", "state"}
+
 __all__ = [
-    "Batch", "MicrostreamError", "OperatorError", "Pipeline", "PipelineError", "Schema", "Stream",
-    "WindowSpec", "WindowedStream", "agg", "duration", "session", "sinks", "sliding", "state", "tumbling",
+    "Batch", "MicrostreamError", "OperatorError", "Pipeline", "PipelineError", "Schema", "Stream", "WindowSpec",
+    "WindowedStream", "agg", "duration", "session", "sinks", "sliding", "state", "tumbling",
 ]
+
+if TYPE_CHECKING:
+    from . import agg, sinks, state
+    from .batch import Batch
+    from .errors import MicrostreamError, OperatorError, PipelineError
+    from .pipeline import Pipeline, Stream, WindowedStream
+    from .schema import Schema
+    from .timeutil import duration
+    from .windows import WindowSpec, session, sliding, tumbling
+
+
+def __getattr__(name: str) -> Any:
+    if name in _MODULES:
+        module = importlib.import_module(f".{name}", __name__)
+    elif name in _LAZY:
+        module = getattr(importlib.import_module(_LAZY[name], __name__), name)
+    else:
+        raise AttributeError(f"module 'microstream' has no attribute '{name}'")
+    globals()[name] = module
+    return module
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

@@ -210,8 +210,7 @@ class Agent:
             return
         if m.kind == "hello":
             host.identity = identity
-            spec = self._spec_for(host)
-            self.control.send_multipart([identity, *ControlMessage("spec", {}, spec).frames()])
+            self.control.send_multipart([identity, *ControlMessage("spec", self._host_settings(), host.spec).frames()])
         elif m.kind == "ready":
             host.state = "ready"
             self._send_up(msg("vnode_ready", job=host.job, vnode=host.vnode, endpoint=h["endpoint"],
@@ -222,20 +221,18 @@ class Agent:
             self._record_metrics(host)
         elif m.kind == "done":
             host.state = "done"
-            host.stats = m.payload().get("stats", host.stats)  # final counts, even for jobs shorter than a report
+            host.stats = h.get("stats", host.stats)  # final counts, even for jobs shorter than a report
             self._record_metrics(host)
             self._send_up(ControlMessage("vnode_done", {"job": host.job, "vnode": host.vnode}, m.blob))
         elif m.kind == "failed":
             host.state = "failed"
             self._send_up(msg("vnode_failed", job=host.job, vnode=host.vnode, error=h.get("error", "?")))
 
-    def _spec_for(self, host: _Host) -> bytes:
-        import cloudpickle
-
-        spec = cloudpickle.loads(host.spec)
-        spec.update(bind_host=self.data_host, trusted=[k.encode() for k in self.trusted_data_keys] or None,
-                    public=self.keys.public if self.keys else None, secret=self.keys.secret if self.keys else None)
-        return cloudpickle.dumps(spec)
+    def _host_settings(self) -> dict[str, Any]:
+        """What a host needs from its agent besides the job (which the agent never unpickles)."""
+        return {"bind_host": self.data_host, "trusted": self.trusted_data_keys,
+                "public": self.keys.public.decode() if self.keys else None,
+                "secret": self.keys.secret.decode() if self.keys else None}
 
     def _check_hosts(self) -> None:
         for key, host in list(self.hosts.items()):

@@ -88,6 +88,7 @@ _KIND_NAMES = {_K_BATCH: "batch", _K_WATERMARK: "watermark", _K_END: "end", _K_B
 _F_WATERMARK, _F_BARRIER, _F_WM = 1, 2, 4
 _RAW_KINDS = frozenset("biufcmMSU")  # dtypes whose buffer is self-describing given dtype.str
 _META_CACHE_MAX = 256
+_INT64 = np.dtype(np.int64)
 
 
 class ChannelError(MicrostreamError):
@@ -311,6 +312,8 @@ class ChannelServer:
         self.bytes = 0
         self.malformed = 0
         self.copied_frames = 0
+        self._pending: dict[bytes, int] = {}   # acked credits not yet sent back, per producer
+        self._ack_every = max(1, credits // 4)
 
     # -- public API ----------------------------------------------------------------------------
     def recv(self, timeout: float | None = None) -> Message | None:
@@ -318,15 +321,19 @@ class ChannelServer:
         sock = self._require_open()
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            if deadline is None:
-                wait = None
-            else:
-                left = deadline - time.monotonic()
-                wait = 0 if left <= 0 else max(1, int(left * 1000 + 0.999))
-            if not sock.poll(wait, zmq.POLLIN):
-                if deadline is not None and time.monotonic() >= deadline:
-                    return None
-                continue
+            if not sock.get(zmq.EVENTS) & zmq.POLLIN:
+                # about to wait: first hand back every credit acked so far
+                if self._pending:
+                    self.flush_credits()
+                if deadline is None:
+                    wait = None
+                else:
+                    left = deadline - time.monotonic()
+                    wait = 0 if left <= 0 else max(1, int(left * 1000 + 0.999))
+                if not sock.poll(wait, zmq.POLLIN):
+                    if deadline is not None and time.monotonic() >= deadline:
+                        return None
+                    continue
             frames = sock.recv_multipart(copy=False)
             try:
                 msg = self._decode(frames)
@@ -338,16 +345,34 @@ class ChannelServer:
                 return msg
 
     def ack(self, msg: Message) -> None:
-        """The message has been processed: return its credit to the producer (idempotent)."""
+        """The message has been processed: return its credit to the producer (idempotent).
+
+        Credits for batches go back in groups of ``max(1, credits // 4)``, and in any case before
+        `recv` waits for input (or on `flush_credits`); acking a control message (watermark, end,
+        barrier) sends every pending credit of that producer at once.
+        """
         if msg._acked:
             return
-        sock = self._require_open()
+        self._require_open()
         msg._acked = True
-        prod = self._producers.get(msg._peer)
+        peer = msg._peer
+        prod = self._producers.get(peer)
         if prod is None:
             return
         prod.outstanding -= 1
-        sock.send_multipart([msg._peer, self._credit_one], flags=zmq.NOBLOCK)
+        pending = self._pending.get(peer, 0) + 1
+        if pending >= self._ack_every or msg.kind != "batch":
+            self._pending.pop(peer, None)
+            self._send_credit(peer, pending)
+        else:
+            self._pending[peer] = pending
+
+    def flush_credits(self) -> None:
+        """Send every credit acked so far back to its producer now."""
+        self._require_open()
+        pending, self._pending = self._pending, {}
+        for peer, count in pending.items():
+            self._send_credit(peer, count)
 
     def set_trusted(self, keys: Iterable[bytes]) -> None:
         """Replace the producer public keys allowed to connect (applies to new connections)."""
@@ -391,6 +416,10 @@ class ChannelServer:
         self.close()
 
     # -- internals -----------------------------------------------------------------------------
+    def _send_credit(self, peer: bytes, count: int) -> None:
+        frame = self._credit_one if count == 1 else _CREDIT.pack(_MAGIC, _VERSION, _K_CREDIT, count)
+        self._sock.send_multipart([peer, frame], flags=zmq.NOBLOCK)
+
     def _require_open(self) -> zmq.Socket:
         if self._sock is None:
             raise ChannelError("the channel server is closed")
@@ -401,14 +430,14 @@ class ChannelServer:
             raise ChannelError(f"message with {len(frames)} frames")
         peer = frames[0].bytes
         head = frames[1].bytes
-        if len(head) < _HEADER.size:
-            raise ChannelError("short header")
-        (magic, version, kind, flags, ncols, target, seq, watermark, barrier, rows,
-         meta_len) = _HEADER.unpack_from(head)
+        try:
+            (magic, version, kind, flags, ncols, target, seq, watermark, barrier, rows,
+             meta_len) = _HEADER.unpack_from(head)
+        except struct.error:
+            raise ChannelError("short header") from None
         if magic != _MAGIC or version != _VERSION:
             raise ChannelError(f"bad magic/version {magic!r}/{version}")
-        meta_bytes = head[_HEADER.size:_HEADER.size + meta_len]
-        channel_id, schema = self._schema(meta_bytes)
+        channel_id, schema = self._schema(head[_HEADER.size:_HEADER.size + meta_len])
         prod = self._producers.get(peer)
         if prod is None:
             prod = self._producers[peer] = _Producer(channel_id)
@@ -418,27 +447,29 @@ class ChannelServer:
         kind_name = _KIND_NAMES.get(kind)
         if kind_name is None:
             raise ChannelError(f"unknown message kind {kind}")
-        nbytes = sum(len(f) for f in frames[1:])
+        nbytes = len(head)
         batch = None
         if kind == _K_BATCH:
             try:
-                batch = self._batch(frames, ncols, flags, rows, schema)
+                batch, payload = self._batch(frames, ncols, flags, rows, schema)
             except Exception:
                 # the producer spent a credit on it: give it back, and keep the sequence in step
                 prod.last_seq = max(prod.last_seq, seq)
-                self._sock.send_multipart([peer, self._credit_one], flags=zmq.NOBLOCK)
+                self._send_credit(peer, 1)
                 raise
-        if seq == prod.last_seq + 1:
-            pass
-        elif seq > prod.last_seq:
-            prod.gaps += 1
-        else:
-            prod.duplicates += 1
-        prod.last_seq = max(prod.last_seq, seq)
-        prod.outstanding += 1
-        if prod.outstanding > self.credits:
-            prod.violations += 1
-        prod.max_outstanding = max(prod.max_outstanding, prod.outstanding)
+            nbytes += payload
+        if seq != prod.last_seq + 1:
+            if seq > prod.last_seq:
+                prod.gaps += 1
+            else:
+                prod.duplicates += 1
+        if seq > prod.last_seq:
+            prod.last_seq = seq
+        out = prod.outstanding = prod.outstanding + 1
+        if out > prod.max_outstanding:
+            prod.max_outstanding = out
+            if out > self.credits:
+                prod.violations += 1
         prod.messages += 1
         prod.bytes += nbytes
         if kind == _K_END:
@@ -453,38 +484,48 @@ class ChannelServer:
         if cached is None:
             meta = json.loads(meta_bytes)
             cached = (str(meta["c"]), [(str(n), np.dtype(d), str(e)) for n, d, e in meta.get("s", ())])
+            for name, dtype, enc in cached[1]:
+                if enc not in ("r", "p") or (enc == "r" and (dtype.kind not in _RAW_KINDS or dtype.itemsize == 0)):
+                    raise ChannelError(f"column '{name}': cannot decode {dtype.str} as {enc!r}")
             if len(self._schemas) >= _META_CACHE_MAX:
                 self._schemas.clear()
             self._schemas[meta_bytes] = cached
         return cached
 
     def _batch(self, frames: list[zmq.Frame], ncols: int, flags: int, rows: int,
-               schema: list[tuple[str, np.dtype, str]]) -> Batch:
-        expected = 2 + ncols + (1 if flags & _F_WM else 0)
-        if ncols != len(schema) or len(frames) != expected:
-            raise ChannelError(f"batch with {len(frames)} frames, expected {expected}")
+               schema: list[tuple[str, np.dtype, str]]) -> tuple[Batch, int]:
+        has_wm = flags & _F_WM
+        if ncols != len(schema) or len(frames) != 2 + ncols + (1 if has_wm else 0):
+            raise ChannelError(f"batch with {len(frames)} frames for {len(schema)} columns")
         cols = {}
-        for (name, dtype, enc), frame in zip(schema, frames[2:2 + ncols], strict=True):
+        nbytes = 0
+        for i, (name, dtype, enc) in enumerate(schema):
+            buf = frames[2 + i].buffer
+            nbytes += buf.nbytes
             if enc == "r":
-                cols[name] = self._view(frame, dtype, rows)
-            elif enc == "p":
-                if not self.allow_pickle:
-                    raise ChannelError(f"column '{name}' is pickled, and this server does not accept pickles")
-                col = pickle.loads(frame.buffer)
-                if not isinstance(col, np.ndarray) or col.shape != (rows,):
-                    raise ChannelError(f"pickled column '{name}' is not a 1-D array of {rows} rows")
-                cols[name] = col
-            else:
-                raise ChannelError(f"unknown column encoding {enc!r}")
-        wm = self._view(frames[-1], np.dtype(np.int64), rows) if flags & _F_WM else None
-        if not cols and wm is None and rows:
+                cols[name] = self._view(buf, dtype, rows)
+                continue
+            if not self.allow_pickle:
+                raise ChannelError(f"column '{name}' is pickled, and this server does not accept pickles")
+            col = pickle.loads(buf)
+            if not isinstance(col, np.ndarray) or col.shape != (rows,):
+                raise ChannelError(f"pickled column '{name}' is not a 1-D array of {rows} rows")
+            cols[name] = col
+        wm = None
+        if has_wm:
+            buf = frames[-1].buffer
+            nbytes += buf.nbytes
+            wm = self._view(buf, _INT64, rows)
+        elif not cols and rows:
             raise ChannelError("a batch without columns must have 0 rows")
-        return Batch(cols, wm)
+        # every column was checked to be 1-D with `rows` entries: skip Batch.__init__'s re-validation
+        batch = Batch.__new__(Batch)
+        batch._base, batch._mask, batch._wm, batch._cache, batch._len = cols, None, wm, {}, rows
+        return batch, nbytes
 
-    def _view(self, frame: zmq.Frame, dtype: np.dtype, rows: int) -> np.ndarray:
-        buf = frame.buffer
-        if len(buf) != rows * dtype.itemsize:
-            raise ChannelError(f"column frame of {len(buf)} bytes, expected {rows} x {dtype.itemsize}")
+    def _view(self, buf: memoryview, dtype: np.dtype, rows: int) -> np.ndarray:
+        if buf.nbytes != rows * dtype.itemsize:
+            raise ChannelError(f"column frame of {buf.nbytes} bytes, expected {rows} x {dtype.itemsize}")
         arr = np.frombuffer(buf, dtype=dtype)
         if not arr.flags.aligned:
             self.copied_frames += 1
@@ -629,11 +670,8 @@ class ChannelClient:
         sock = self._sock
         if sock is None:
             return
-        while True:
-            try:
-                frame = sock.recv(zmq.NOBLOCK)
-            except zmq.Again:
-                return
+        while sock.get(zmq.EVENTS) & zmq.POLLIN:
+            frame = sock.recv(zmq.NOBLOCK)
             if len(frame) == _CREDIT.size:
                 magic, version, kind, count = _CREDIT.unpack(frame)
                 if magic == _MAGIC and kind in (_K_GRANT, _K_CREDIT):

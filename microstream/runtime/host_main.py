@@ -43,9 +43,12 @@ def serve(control: str, job: str, vnode: str) -> int:
     sock.connect(control)
     _send(sock, msg("hello", job=job, vnode=vnode, pid=os.getpid()))
     try:
-        spec = _expect(sock, "spec").payload()
-        keys = CurveKeys(spec["public"], spec["secret"]) if spec.get("secret") else None
-        server = ChannelServer(bind=f"tcp://{spec['bind_host']}:*", keys=keys, trusted=spec.get("trusted"),
+        message = _expect(sock, "spec")
+        spec, settings = message.payload(), message.header
+        secret = settings.get("secret")
+        keys = CurveKeys(settings["public"].encode(), secret.encode()) if secret else None
+        trusted = [k.encode() for k in settings.get("trusted") or []] or None
+        server = ChannelServer(bind=f"tcp://{settings['bind_host']}:*", keys=keys, trusted=trusted,
                                credits=spec.get("credits", 8))
         runtime = HostRuntime(spec["graph"], spec["plan"], vnode, server, lambda ep, cid: None)
         _send(sock, msg("ready", job=job, vnode=vnode, endpoint=server.endpoint))
@@ -67,7 +70,7 @@ def serve(control: str, job: str, vnode: str) -> int:
 
         result = runtime.run(report=lambda s: _send(sock, msg("stats", job=job, vnode=vnode, stats=s)),
                              should_stop=should_stop)
-        _send(sock, msg("done", result, job=job, vnode=vnode))
+        _send(sock, msg("done", result, job=job, vnode=vnode, stats=result["stats"]))
         server.close()
         return 0
     except InterruptedError:
