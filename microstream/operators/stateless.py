@@ -185,7 +185,8 @@ class MapRecords(Operator):
         if self.schema is not None:
             fields = dict(Schema.of(self.schema).fields)
         else:
-            sample = {n: (np.zeros(1, d)[0].item() if d.kind not in "UO" else "") for n, d in s.fields}
+            # "0" for text: parses as a number too, so typical per-record parsing functions work on it
+            sample = {n: (np.zeros(1, d)[0].item() if d.kind not in "UO" else "0") for n, d in s.fields}
             try:
                 out = self.fn(sample)
             except Exception as exc:

@@ -207,6 +207,7 @@ def test_object_columns_are_pickled_only_where_allowed() -> None:
             else:  # plaintext server refuses pickles by default: dropped, counted, credit returned
                 assert server.stats["malformed"] == 1
             assert msg.kind == "end" and msg.seq == 1
+            server.ack(msg)
 
 
 def test_receive_is_zero_copy(server: ChannelServer) -> None:
