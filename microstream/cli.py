@@ -175,7 +175,7 @@ def cmd_coordinator(args: argparse.Namespace) -> int:
     if args.beacon:
         from .runtime.discovery import Beacon
 
-        beacon = Beacon(endpoint, keys.public if keys else None)
+        beacon = Beacon(endpoint, keys.public if keys else None, interface=args.interface, port=args.beacon_port)
         beacon.start()
     _stop_on_signals(coord)
     try:
@@ -200,7 +200,8 @@ def cmd_agent(args: argparse.Namespace) -> int:
         from .runtime.discovery import discover
 
         print("agent: looking for a coordinator on the LAN (multicast beacon)...", file=sys.stderr, flush=True)
-        found = discover(timeout=args.discover_timeout, trust_key=server_key)
+        found = discover(timeout=args.discover_timeout, trust_key=server_key, interface=args.interface,
+                         port=args.beacon_port)
         if found is None:
             print("agent: no coordinator found; pass --coordinator tcp://HOST:PORT", file=sys.stderr)
             return EXIT_FAILED
@@ -325,6 +326,13 @@ def cmd_cluster(args: argparse.Namespace) -> int:
     return EXIT_OK if state else EXIT_FAILED
 
 
+def _discovery_options(p: argparse.ArgumentParser) -> None:
+    from .runtime.discovery import DEFAULT_PORT
+
+    p.add_argument("--interface", metavar="IP", help="network interface (its address) for the multicast beacon")
+    p.add_argument("--beacon-port", type=int, default=DEFAULT_PORT, help="UDP port of the beacon (default %(default)s)")
+
+
 def _cluster_options(p: argparse.ArgumentParser, coordinator: bool = True) -> None:
     if coordinator:
         p.add_argument("--coordinator", metavar="tcp://HOST:PORT",
@@ -362,6 +370,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics-port", type=int, default=9464, help="Prometheus metrics port (0: any free port)")
     p.add_argument("--port-file", help=argparse.SUPPRESS)
     p.add_argument("--beacon", action="store_true", help="announce this coordinator on the LAN by multicast")
+    _discovery_options(p)
     _cluster_options(p, coordinator=False)
     p.set_defaults(fn=cmd_coordinator)
 
@@ -375,7 +384,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--coordinator-key", metavar="FILE", help="the coordinator's public key file")
     p.add_argument("--data-host", default="127.0.0.1", help="address other nodes reach this node's channels on")
     p.add_argument("--metrics-port", type=int, default=0, help="Prometheus metrics port (0: any free port)")
-    p.add_argument("--discover-timeout", type=float, default=10.0, help=argparse.SUPPRESS)
+    p.add_argument("--discover-timeout", type=float, default=10.0, help="seconds to wait for a beacon")
+    _discovery_options(p)
     _cluster_options(p, coordinator=False)
     p.set_defaults(fn=cmd_agent)
 

@@ -170,3 +170,39 @@ def test_lost_agent_fails_its_job_and_shows_in_status(tmp_path):
         assert "DOWN" in cli("status", "--home", str(home)).stdout
     finally:
         cluster.down(home, progress=lambda _: None)
+
+
+def test_agent_without_address_finds_the_coordinator_by_beacon(tmp_path):
+    from microstream.runtime.discovery import multicast_problem
+
+    problem = multicast_problem("127.0.0.1")
+    if problem:
+        pytest.skip(f"multicast unavailable here: {problem}")
+    keys = KeyStore(tmp_path / "keys")
+    for name in ("coordinator", "client", "scout"):
+        keys.create(name)
+        if name != "coordinator":
+            keys.trust(tmp_path / "keys" / f"{name}.key")
+    port_file = tmp_path / "port"
+    beacon_port = str(47100 + os.getpid() % 500)
+    common = ["--keys", str(keys.root), "--interface", "127.0.0.1", "--beacon-port", beacon_port]
+    coord = subprocess.Popen([sys.executable, "-m", "microstream.cli", "coordinator", "--bind", "tcp://127.0.0.1:0",
+                              "--port-file", str(port_file), "--metrics-port", "0", "--beacon", *common],
+                             stderr=subprocess.DEVNULL, cwd=ROOT)
+    agent = None
+    try:
+        deadline = time.monotonic() + 30
+        while not (port_file.exists() and port_file.read_text()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        agent = subprocess.Popen([sys.executable, "-m", "microstream.cli", "agent", "--name", "scout",
+                                  "--metrics-port", "0", *common], stderr=subprocess.PIPE, text=True, cwd=ROOT)
+        addr = ClusterAddress(port_file.read_text().strip(), keys.pair("client"), keys.pair("coordinator").public)
+        with Client(addr) as client:
+            while time.monotonic() < deadline and "scout" not in client.status()["agents"]:
+                time.sleep(0.2)
+            assert "scout" in client.status()["agents"]
+    finally:
+        for proc in (agent, coord):
+            if proc is not None:
+                proc.terminate()
+                proc.wait(10)
