@@ -15,9 +15,11 @@ credit round trip, not the per-message cost, is what limits a window of 8 messag
 
 The clock runs from the first message the consumer receives to the end-of-stream marker. Each
 configuration runs `--repeat` times, interleaved; the best run counts (the machine is shared).
-Prints a side-by-side table (MB/s, records/s, channel/raw) and writes bench/results/channels.json.
+Also reports CPU time (both processes, all threads) per GB moved, which the shared machine's noise
+affects much less than wall-clock rates. Prints a side-by-side table (MB/s, records/s, channel/raw,
+CPU ms/GB) and writes bench/results/channels.json.
 
-    python bench/channels.py [--mb 64] [--repeat 5] [--credits 8] [--window-mb 2]
+    python bench/channels.py [--mb 160] [--repeat 5] [--credits 8] [--window-mb 2]
 """
 
 from __future__ import annotations
@@ -67,6 +69,7 @@ def producer(conn) -> None:
             break
         mode, endpoint, rows, n, keys, server_public = cmd
         batch = batches.setdefault(rows, make_batch(rows))
+        cpu0 = time.process_time()  # all threads of this process, zmq's I/O thread included
         keys = CurveKeys(*keys) if keys else None
         if mode == "channel":
             client = ChannelClient(endpoint, "bench[0]", keys=keys, server_public=server_public, context=ctx)
@@ -75,6 +78,7 @@ def producer(conn) -> None:
             client.send_end()
             blocked = client.blocked_seconds
             client.close(linger=10)  # waits for the consumer to ack everything
+            conn.send((blocked, time.process_time() - cpu0))
         else:
             frames = _Encoder("bench[0]").batch(batch, 0, 0, None)  # the same frames the channel sends
             sock = ctx.socket(zmq.PUSH)
@@ -87,17 +91,16 @@ def producer(conn) -> None:
             sock.send(END)
             # libzmq may drop messages still queued on a socket closed right after sending them:
             # close only once the consumer has everything (ChannelClient.close waits for acks instead)
-            conn.send(0.0)
             conn.recv()
+            conn.send((0.0, time.process_time() - cpu0))
             sock.close(linger=0)
-            continue
-        conn.send(blocked)
 
 
 # -- consumer side -------------------------------------------------------------------------------------
 
 def run_channel(conn, rows: int, n: int, curve: bool, credits: int) -> dict:
     server_keys, client_keys = (generate_keys(), generate_keys()) if curve else (None, None)
+    cpu0 = time.process_time()
     server = ChannelServer(keys=server_keys, trusted=[client_keys.public] if curve else None, credits=credits)
     try:
         conn.send(("channel", server.endpoint, rows, n,
@@ -118,13 +121,15 @@ def run_channel(conn, rows: int, n: int, curve: bool, credits: int) -> dict:
                 got += msg.batch.num_rows
                 nbytes += sum(msg.batch[c].nbytes for c in msg.batch.names)
             server.ack(msg)
-        blocked = conn.recv()
+        blocked, producer_cpu = conn.recv()
         stats = server.stats
     finally:
         server.close()
     assert got == (n - 1) * rows and stats["max_outstanding"] <= credits
     seconds = end - start
+    cpu = time.process_time() - cpu0 + producer_cpu
     return {"seconds": seconds, "records_per_s": got / seconds, "mb_per_s": nbytes / seconds / 1e6,
+            "cpu_ms_per_gb": cpu * 1e3 / (n * rows * RECORD_BYTES / 1e9),
             "producer_blocked_s": blocked, "copied_frames": stats["copied_frames"]}
 
 
@@ -138,6 +143,7 @@ def run_raw(conn, rows: int, n: int, curve: bool) -> dict:
         sock.curve_secretkey, sock.curve_publickey = server_keys.secret, server_keys.public
     port = sock.bind_to_random_port("tcp://127.0.0.1")
     dtypes = [np.dtype(np.int64)] + [np.dtype(np.float64)] * 3
+    cpu0 = time.process_time()
     try:
         conn.send(("raw", f"tcp://127.0.0.1:{port}", rows, n,
                    (client_keys.public, client_keys.secret) if curve else None,
@@ -156,14 +162,16 @@ def run_raw(conn, rows: int, n: int, curve: bool) -> dict:
             else:
                 got += len(cols[0])
                 nbytes += sum(c.nbytes for c in cols)
-        conn.recv()
         conn.send("received")
+        _, producer_cpu = conn.recv()
     finally:
         sock.close()
         ctx.term()
     assert got == (n - 1) * rows
     seconds = end - start
-    return {"seconds": seconds, "records_per_s": got / seconds, "mb_per_s": nbytes / seconds / 1e6}
+    cpu = time.process_time() - cpu0 + producer_cpu
+    return {"seconds": seconds, "records_per_s": got / seconds, "mb_per_s": nbytes / seconds / 1e6,
+            "cpu_ms_per_gb": cpu * 1e3 / (n * rows * RECORD_BYTES / 1e9)}
 
 
 def window_credits(rows: int, default: int, window_mb: float) -> int:
@@ -173,7 +181,7 @@ def window_credits(rows: int, default: int, window_mb: float) -> int:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--mb", type=float, default=64.0, help="payload per run, MB")
+    ap.add_argument("--mb", type=float, default=160.0, help="payload per run, MB")
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--credits", type=int, default=8, help="the default window, in messages")
     ap.add_argument("--window-mb", type=float, default=2.0, help="also run with credits covering this many MB")
@@ -211,7 +219,7 @@ def main() -> int:
             proc.join()
 
     header = ("batch", "security", "credits", "channel MB/s", "raw MB/s", "channel rec/s", "raw rec/s",
-              "channel/raw", "blocked s")
+              "channel/raw", "CPU ms/GB ch", "CPU ms/GB raw", "blocked s")
     rows_out = [header]
     ratios: dict[str, float] = {}
     for rows in SIZES:
@@ -224,7 +232,8 @@ def main() -> int:
                 ratios[f"{rows}_{sec}_c{c}"] = ratio
                 rows_out.append((f"{rows // 1024}k", sec, str(c), f"{ch['mb_per_s']:.0f}", f"{raw['mb_per_s']:.0f}",
                                  f"{ch['records_per_s'] / 1e6:.1f}M", f"{raw['records_per_s'] / 1e6:.1f}M",
-                                 f"{ratio:.2f}x", f"{ch['producer_blocked_s']:.2f}"))
+                                 f"{ratio:.2f}x", f"{ch['cpu_ms_per_gb']:.0f}", f"{raw['cpu_ms_per_gb']:.0f}",
+                                 f"{ch['producer_blocked_s']:.2f}"))
     print(table(rows_out))
     total = time.perf_counter() - t0
     default_worst = min(v for k, v in ratios.items() if k.endswith(f"_c{args.credits}"))

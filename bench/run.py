@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).parent
-BENCHMARKS = ["canonical.py"]
+BENCHMARKS = ["canonical.py", "channels.py", "cluster.py"]
 
 
 def main() -> int:

@@ -5,18 +5,19 @@ from __future__ import annotations
 import doctest
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-GUIDE = ROOT / "docs" / "guide.md"
 
 
-def test_guide_doctests(monkeypatch):
+def test_guide_doctests(monkeypatch, tmp_path):
     monkeypatch.chdir(ROOT)  # the guide's paths are relative to the repository root
-    result = doctest.testfile(str(GUIDE), module_relative=False, optionflags=doctest.ELLIPSIS
-                              | doctest.NORMALIZE_WHITESPACE, verbose=False)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the guide's tempfile.mkdtemp() lands here
+    result = doctest.testfile("docs/guide.md", module_relative=False,
+                              optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE, verbose=False)
     assert result.attempted > 100
     assert result.failed == 0, f"{result.failed} of {result.attempted} examples in docs/guide.md failed (see above)"
 

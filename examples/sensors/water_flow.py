@@ -30,6 +30,8 @@ SIGMAS = 4.0
 MIN_DELTAS = 12  # judge an hour only when at least 12 of the previous 24 hours have a delta
 
 p = ms.Pipeline("water_flow")
+# The file holds one pipe: the tag names it, and everything below is per pipe (keyed by "pipe"), so the
+# same pipeline serves a network whose files are read the same way and merged with p.union(...).
 flow = p.read_csv(DATA / "water-flow.csv", time="Time", tags={"pipe": "main"}, key="pipe")
 
 hourly = (

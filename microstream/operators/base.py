@@ -72,6 +72,10 @@ class Operator:
         return ""
 
     def open(self, ctx: OperatorContext) -> None:
+        # What exists before the first open() is configuration; what open() adds is run state, which is
+        # left out when the operator is shipped to another process (it may hold numba objects).
+        if "_config_names" not in self.__dict__:
+            self._config_names = tuple(self.__dict__)
         self.ctx = ctx
         self.name = ctx.name
         ctx.input_watermarks[:] = [MIN_TIME] * self.n_inputs
@@ -87,6 +91,12 @@ class Operator:
 
     def close(self) -> Emit:
         return []
+
+    def __getstate__(self) -> dict[str, Any]:
+        names = self.__dict__.get("_config_names")
+        if names is None:
+            return dict(self.__dict__)
+        return {k: v for k, v in self.__dict__.items() if k in names or k == "_config_names"}
 
     def snapshot(self) -> dict[str, Any]:
         return {}

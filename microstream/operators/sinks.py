@@ -105,8 +105,9 @@ class Collect(Sink):
         return sum(b.num_rows for b in self._batches)
 
     def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
+        state = super().__getstate__()
         state["_lock"] = None
+        state["_batches"] = []  # results travel back separately
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:

@@ -7,6 +7,7 @@ before anything runs.
 
 from __future__ import annotations
 
+import os
 import traceback
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -17,6 +18,8 @@ from ..batch import Batch
 from ..errors import OperatorError, PipelineError
 from ..schema import Schema, schema_of_columns
 from .base import DEAD, OUT, Emit, Operator, dead_letters
+
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def empty_batch(schema: Schema, rows: int = 0) -> Batch:
@@ -34,7 +37,7 @@ def empty_batch(schema: Schema, rows: int = 0) -> Batch:
 def trial_call(fn: Callable[[Batch], Any], schema: Schema, name: str, what: str) -> Any:
     """Call a user function on an empty (then a one-row) batch to check it and learn its output."""
     last: BaseException | None = None
-    for rows in (0, 1):
+    for rows in (0, 2):  # two rows, not one: `and`/`or` on one-element arrays would pass unnoticed
         try:
             return fn(empty_batch(schema, rows))
         except KeyError as exc:
@@ -44,15 +47,18 @@ def trial_call(fn: Callable[[Batch], Any], schema: Schema, name: str, what: str)
         except Exception as exc:  # noqa: BLE001 - any failure here is the user's function
             last = exc
     where = _user_frame(last)
-    raise PipelineError(name, f"{what} failed on an empty batch ({type(last).__name__}: {last}){where}",
-                        "functions get a batch of columns (numpy arrays) and must work for any length; "
-                        "use map_records for per-record Python") from None
+    fix = ("functions get a batch of columns (numpy arrays) and must work for any length; "
+           "use map_records for per-record Python")
+    if "truth value of an array" in str(last):
+        fix = "combine conditions on columns with & | ~ and parentheses, not `and`/`or`/`not`"
+    raise PipelineError(name, f"{what} failed on a test batch ({type(last).__name__}: {last}){where}", fix) from None
 
 
 def _user_frame(exc: BaseException | None) -> str:
     if exc is None:
         return ""
-    frames = [f for f in traceback.extract_tb(exc.__traceback__) if "microstream" not in f.filename]
+    frames = [f for f in traceback.extract_tb(exc.__traceback__)
+              if not os.path.abspath(f.filename).startswith(_PACKAGE_DIR)]
     return f" at {frames[-1].filename}:{frames[-1].lineno}" if frames else ""
 
 
@@ -163,6 +169,12 @@ class FlatMap(Operator):
             raise OperatorError(self.name, exc) from exc
         parent = np.asarray(parent, dtype=np.int64)
         cols = {k: np.asarray(v) for k, v in out.items()}
+        if len(parent) > 1 and np.any(parent[1:] < parent[:-1]):
+            # keep output rows in input order, as a record-at-a-time flat_map would: watermarks advance
+            # record by record, so rows out of order could look late depending on the batch size
+            order = np.argsort(parent, kind="stable")
+            parent = parent[order]
+            cols = {k: v[order] for k, v in cols.items()}
         if self.time and self.time not in cols:
             cols = {self.time: batch[self.time][parent], **cols}
         wm = batch.wm

@@ -193,6 +193,8 @@ class WindowAggregate(Operator):
             if status == K.DONE:
                 break
             if status == K.GROW_CELLS:
+                # replay the pending update log first: it names cells of the current layout
+                self._drain(batch, emitted)
                 self._relayout(self.n_slot_cap, self.ring * 2)
             else:
                 self._drain(batch, emitted)

@@ -218,6 +218,7 @@ def _ring_body(start_i, t, slots, vals, mask, has_mask, wm, size, slide, offset,
             if w_i >= nxt:
                 if sc[S_NOUT] + sc[S_OPEN] > cap or (use_log and sc[S_NLOG] + 2 * sc[S_OPEN] > logcap):
                     sc[S_WM] = cur
+                    sc[S_NEXT] = nxt  # records since the last save may have lowered it
                     return i, FLUSH
                 sc[S_WM] = w_i
                 _fire_ring(size, lateness, R, win, fired, count, acc, tacc, sc, out_slot, out_start, out_end,

@@ -21,6 +21,8 @@ One `ChannelServer` per consumer host binds a ROUTER socket; every upstream task
   *Every* data-plane message (batch, watermark, end, barrier) consumes one credit and must be acked:
   this keeps the consumer's memory bounded by ``credits`` messages per producer (about
   ``credits x batch size``) whatever the mix, and keeps a single ordered sequence per channel.
+  Acked credits go back in groups of ``max(1, credits // 4)`` (and always before `recv` waits, and
+  at once when a control message is acked), which saves wake-ups on both sides.
 * **sequence numbers.** Each channel numbers its messages 0, 1, 2, ... (control messages included),
   so the consumer can detect loss or duplication; `ChannelServer.stats` keeps the last seq, gaps
   and duplicates per channel.
@@ -262,9 +264,15 @@ class ChannelServer:
     """Consumer side: binds one ROUTER socket; any number of producers connect.
 
     ``credits`` is the per-producer window: how many messages a producer may have sent and not yet
-    had acked. ``keys`` makes the server a CURVE server that admits only ``trusted`` client public
-    keys. ``allow_pickle`` controls whether pickled (object) columns are accepted; by default only on
-    CURVE-authenticated channels, since unpickling runs code chosen by the sender.
+    had acked. The window should cover the credit round trip: 8 messages suffice for batches of
+    ~100 KB and more; for small batches give ``credits x batch bytes`` of a MB or two (see
+    bench/channels.py). ``keys`` makes the server a CURVE server that admits only ``trusted`` client
+    public keys. ``allow_pickle`` controls whether pickled (object) columns are accepted; by default
+    only on CURVE-authenticated channels, since unpickling runs code chosen by the sender.
+
+    The server does its work inside `recv`: a producer's hello is answered with its credits there,
+    so producers block until the consumer starts receiving (which is the point). ``endpoint`` is
+    the bound address (with a wildcard host, the runtime advertises its own host name instead).
     """
 
     def __init__(self, bind: str = "tcp://127.0.0.1:*", keys: CurveKeys | None = None,
@@ -302,8 +310,6 @@ class ChannelServer:
             self.close()
             raise
         self.public_key: bytes | None = keys.public if keys is not None else None
-        self._poller = zmq.Poller()
-        self._poller.register(sock, zmq.POLLIN)
         self._producers: dict[bytes, _Producer] = {}
         self._schemas: dict[bytes, tuple[str, list[tuple[str, np.dtype, str]]]] = {}
         self._credit_one = _CREDIT.pack(_MAGIC, _VERSION, _K_CREDIT, 1)

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cloudpickle
 import zmq
 
-from ..batch import Batch
 from ..errors import MicrostreamError
-from .local import RunResult
 from .protocol import ControlMessage, msg
+
+if TYPE_CHECKING:
+    from .local import RunResult
 
 
 class ClusterError(MicrostreamError):
@@ -90,7 +91,9 @@ class Client:
 
 
 def merge_results(pipeline: Any, results: list[dict], seconds: float) -> RunResult:
+    from ..batch import Batch
     from ..operators.sinks import Collect
+    from .local import RunResult
 
     out = RunResult(pipeline.name, seconds)
     sinks = {node.name: node.op for node in pipeline.graph.nodes.values() if isinstance(node.op, Collect)}

@@ -265,6 +265,8 @@ def assert_rows(got: list[dict], want: list[dict], key: str = "k") -> None:
     got, want = sorted(got, key=sort_key), sorted(want, key=sort_key)
     assert [sort_key(r) for r in got] == [sort_key(r) for r in want]
     for g, w in zip(got, want, strict=True):
+        if g == w:  # fast path: identical (no NaN)
+            continue
         assert set(g) == set(w), (g, w)
         bad = {name: (g[name], w[name]) for name in w if not _close(g[name], w[name])}
         assert not bad, f"window {sort_key(w)}: got/want {bad}"
@@ -440,7 +442,7 @@ KEY_SETS = [[0], [0, 1, 2], [5, 1 << 21, -3], ["a", "bb", "ccc"]]
 def streams(draw):
     keys = draw(st.sampled_from(KEY_SETS))
     steps = draw(st.lists(st.tuples(st.integers(0, len(keys) - 1), st.integers(0, 6),
-                                    st.one_of(st.just(0), st.integers(0, 45))), min_size=1, max_size=60))
+                                    st.one_of(st.just(0), st.integers(0, 45))), min_size=1, max_size=80))
     t = draw(st.integers(-40, 40))
     recs = []
     for ki, step, back in steps:
@@ -450,7 +452,7 @@ def streams(draw):
     return recs
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(recs=streams(), spec=st.sampled_from(SPECS), max_delay=st.sampled_from([0, 5, 20]),
        lateness=st.sampled_from([0, 10, 35]), use_filter=st.booleans())
 def test_any_batch_size_gives_the_reference_result(recs, spec, max_delay, lateness, use_filter):

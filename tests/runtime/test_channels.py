@@ -299,6 +299,52 @@ def test_send_times_out_without_credit(server: ChannelServer) -> None:
         client.close(0)
 
 
+def wait_for(predicate, timeout: float = 2.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.005)
+    return predicate()
+
+
+def test_credits_return_in_groups_and_close_waits_for_acks() -> None:
+    with ChannelServer(credits=8) as server:  # credits go back in groups of 8 // 4 = 2
+        client = ChannelClient(server.endpoint, "grp[0]")
+        try:
+            assert server.recv(timeout=0.2) is None
+            for i in range(8):
+                assert client.send_batch(make_batch(i), timeout=2)
+            msgs = [server.recv(timeout=2) for _ in range(8)]
+            assert client.unacked == 8 and client.credits == 0
+            server.ack(msgs[0])  # held back: half a group
+            time.sleep(0.05)
+            assert client.credits == 0 and server.stats["outstanding"] == 7
+            server.ack(msgs[1])  # a full group goes back
+            assert wait_for(lambda: client.credits == 2)
+            server.ack(msgs[2])
+            server.flush_credits()
+            assert wait_for(lambda: client.credits == 3) and client.unacked == 5
+            for m in msgs[3:]:
+                server.ack(m)  # four go back in two groups, one is held back ...
+            assert wait_for(lambda: client.credits == 7)
+            assert client.send_end(timeout=1)  # ... and goes back before recv waits, or with a control ack
+
+            closer = threading.Thread(target=client.close, kwargs={"linger": 3})
+            t0 = time.monotonic()
+            closer.start()
+            time.sleep(0.2)
+            assert closer.is_alive()  # close() waits for the consumer to ack what was sent
+            end = server.recv(timeout=1)
+            assert end.kind == "end" and end.seq == 8
+            server.ack(end)
+            closer.join(2)
+            assert not closer.is_alive() and time.monotonic() - t0 < 2
+            assert server.stats["outstanding"] == 0
+        finally:
+            client.close(0)
+
+
 # -- several producers, sequence numbers --------------------------------------------------------------
 
 def test_several_producers_contiguous_seq(server: ChannelServer) -> None:

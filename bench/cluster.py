@@ -1,0 +1,170 @@
+"""Cluster runtime figures (issue 3), in one run on an embedded cluster of real processes:
+
+1. end-to-end latency p50/p99 at 10 %, 50 % and 90 % of the measured maximum rate of a two-stage
+   pipeline whose records cross a channel between processes;
+2. idle agent RSS, against a bare Python process with pyzmq, and what importing numba would add;
+3. the canonical workload (2 M synthetic records, filter, key_by, 10 s tumbling, count/mean/min/max)
+   on a 3-agent embedded cluster against the local runtime.
+
+    python bench/cluster.py [--records N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import table, write_json  # noqa: E402
+
+import microstream as ms  # noqa: E402
+from microstream.operators.sinks import Sink  # noqa: E402
+from microstream.runtime import cluster  # noqa: E402
+from microstream.runtime.client import Client  # noqa: E402
+
+
+class LatencySink(Sink):
+    """Records, per record, wall clock now minus the wall clock stamped at the source."""
+
+    kind = "latency"
+
+    def __init__(self) -> None:
+        self.samples: list[np.ndarray] = []
+
+    def write(self, batch) -> None:
+        self.samples.append((time.time_ns() - batch["sent"]) / 1e6)
+
+    def close(self):
+        from microstream.batch import Batch
+
+        self._batches = [Batch({"latency_ms": np.concatenate(self.samples) if self.samples else np.empty(0)})]
+        return []
+
+    def batches(self):
+        return self._batches
+
+
+def latency_pipeline(count: int, rate: float | None) -> tuple[ms.Pipeline, ms.sinks.Collect]:
+    p = ms.Pipeline("latency")
+    out = ms.sinks.collect()
+    src = p.synthetic(count=count, sensors=100, rate=rate or 100_000.0, speed=1.0 if rate else None,
+                      batch_size=4096)
+    stamped = src.with_columns(sent=lambda b: np.full(b.num_rows, time.time_ns(), dtype=np.int64))
+    work = stamped.key_by("sensor").map(lambda b: {"sensor": b["sensor"], "sent": b["sent"],
+                                                   "v2": b["value"] * 2.0}).with_parallelism(2)
+    work.map(lambda b: {"latency_ms": (time.time_ns() - b["sent"]) / 1e6}).sink(out)
+    return p, out
+
+
+def measure_latency(client: Client) -> dict:
+    count = 200_000
+    p, _ = latency_pipeline(count, None)
+    start = time.perf_counter()
+    client.submit(p)
+    max_rate = count / (time.perf_counter() - start)
+    results = {"max_rate_records_per_s": max_rate, "levels": {}}
+    for share in (0.1, 0.5, 0.9):
+        rate = max_rate * share
+        n = int(min(rate * 4.0, 400_000))  # about four seconds of data at this rate
+        p, out = latency_pipeline(n, rate)
+        client.submit(p)
+        lat = out.batch()["latency_ms"]
+        results["levels"][f"{int(share * 100)}%"] = {
+            "rate": rate, "records": int(len(lat)), "p50_ms": float(np.percentile(lat, 50)),
+            "p99_ms": float(np.percentile(lat, 99))}
+    return results
+
+
+def rss_of(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def baseline_rss(code: str) -> float:
+    out = subprocess.run([sys.executable, "-c", code + "\nimport pathlib\nprint([l for l in pathlib.Path("
+                          "'/proc/self/status').read_text().splitlines() if l.startswith('VmRSS')][0].split()[1])"],
+                         capture_output=True, text=True, check=True)
+    return int(out.stdout.strip()) / 1024
+
+
+def canonical(records: int) -> tuple[ms.Pipeline, ms.sinks.Collect]:
+    p = ms.Pipeline("canonical")
+    out = ms.sinks.collect()
+    (p.synthetic(count=records, sensors=1000, rate=1000.0, glitch_rate=0.01, seed=42)
+     .filter(lambda b: (b["value"] >= -50) & (b["value"] <= 150))
+     .key_by("sensor").window(ms.tumbling(seconds=10))
+     .aggregate(n=ms.agg.count(), mean=ms.agg.mean("value"), min=ms.agg.min("value"), max=ms.agg.max("value"))
+     .with_parallelism(3).sink(out))
+    return p, out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--records", type=int, default=2_000_000)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        home = Path(tmp)
+        state = cluster.up(3, home, progress=lambda t: print(t, file=sys.stderr))
+        try:
+            time.sleep(2.0)  # let the agents settle before reading their idle memory
+            agent_rss = [rss_of(pid) for pid in state["pids"][1:]]
+            with Client(cluster.address(home), timeout=60) as client:
+                lat = measure_latency(client)
+                p, out = canonical(args.records)
+                p.run()  # local, warms numba's cache for this pipeline too
+                local_rows = sorted(map(tuple, zip(*[out.batch()[c].tolist() for c in ("sensor", "window_start",
+                                                                                       "n", "mean")], strict=True)))
+                start = time.perf_counter()
+                p.run()
+                t_local = time.perf_counter() - start
+                start = time.perf_counter()
+                client.submit(p)
+                t_cluster = time.perf_counter() - start
+                tiny, _ = canonical(1000)  # the same job on 1,000 records: the fixed cost of deploying it
+                start = time.perf_counter()
+                client.submit(tiny)
+                t_deploy = time.perf_counter() - start
+                cluster_rows = sorted(map(tuple, zip(*[out.batch()[c].tolist() for c in ("sensor", "window_start",
+                                                                                         "n", "mean")], strict=True)))
+        finally:
+            cluster.down(home, progress=lambda t: print(t, file=sys.stderr))
+    bare = baseline_rss("import zmq")
+    with_numba = baseline_rss("import zmq, numba, numpy")
+
+    print(f"\nend-to-end latency, source -> channel -> 2 parallel tasks -> channel -> sink (3 agents); "
+          f"max rate {lat['max_rate_records_per_s']:,.0f} records/s")
+    rows = [("load", "records/s", "records", "p50 ms", "p99 ms")]
+    for level, r in lat["levels"].items():
+        rows.append((level, f"{r['rate']:,.0f}", f"{r['records']:,}", f"{r['p50_ms']:.1f}", f"{r['p99_ms']:.1f}"))
+    print(table(rows))
+    print(f"\nidle agent RSS: {np.mean(agent_rss):.0f} MB (target <= 80 MB); a bare python+pyzmq process "
+          f"{bare:.0f} MB; importing numba+numpy would add {with_numba - bare:.0f} MB (agents never import it)")
+    same = local_rows == cluster_rows
+    print(f"\ncanonical workload, {args.records:,} records:")
+    print(table([("runtime", "seconds", "records/s", "vs local"),
+                 ("local runtime (1 process)", f"{t_local:.2f}", f"{args.records / t_local:,.0f}", "1.00x"),
+                 ("embedded cluster, 3 agents", f"{t_cluster:.2f}", f"{args.records / t_cluster:,.0f}",
+                  f"{t_local / t_cluster:.2f}x")]))
+    print(f"identical results: {same} ({len(local_rows):,} windows)")
+    print(f"of the cluster's {t_cluster:.2f} s, {t_deploy:.2f} s is the fixed cost of a job (the same job on 1,000 "
+          f"records: planning, starting host processes that import numba, connecting channels)")
+    path = write_json("cluster", {
+        "latency": lat, "idle_agent_rss_mb": agent_rss, "bare_python_zmq_rss_mb": bare,
+        "numba_import_adds_mb": with_numba - bare, "target_idle_agent_rss_mb": 80,
+        "canonical": {"records": args.records, "local_s": t_local, "cluster_s": t_cluster,
+                      "cluster_vs_local": t_local / t_cluster, "identical": same,
+                      "deploy_s_same_job_1000_records": t_deploy}})
+    print(f"wrote {path}")
+    return 0 if same else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
