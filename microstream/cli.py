@@ -136,6 +136,13 @@ def _home(args: argparse.Namespace) -> Path:
     return home(getattr(args, "home", None))
 
 
+def _log_to_stderr() -> None:
+    """Long-running components log (e.g. refused handshakes from untrusted keys) to stderr."""
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
+
+
 def _stop_on_signals(component: Any) -> None:
     import signal
 
@@ -162,6 +169,7 @@ def _load_security(args: argparse.Namespace, own: str) -> tuple[Any, Any]:
 def cmd_coordinator(args: argparse.Namespace) -> int:
     from .runtime.coordinator import Coordinator
 
+    _log_to_stderr()
     keys, store = _load_security(args, "coordinator")
     trusted = store.trusted() if store else {}
     coord = Coordinator(args.bind, keys, trusted, metrics_port=args.metrics_port,
@@ -189,6 +197,7 @@ def cmd_coordinator(args: argparse.Namespace) -> int:
 def cmd_agent(args: argparse.Namespace) -> int:
     from .runtime.agent import Agent
 
+    _log_to_stderr()
     keys, store = _load_security(args, args.name)
     server_key = None
     if store is not None:
@@ -276,8 +285,9 @@ def format_status(status: dict[str, Any]) -> str:
             for op in info["operators"].values():
                 wm = op["watermark"]
                 wm_text = "-" if wm is None or abs(wm) >= 2**62 else format_time(wm)
+                rate = f"  {op['rate']:>9,.0f}/s" if op.get("rate") is not None else ""
                 lines.append(f"      {op['operator']:<24} in {op['records_in']:>10,}  out {op['records_out']:>10,}"
-                             f"  watermark {wm_text}")
+                             f"{rate}  watermark {wm_text}")
     return "\n".join(lines)
 
 

@@ -149,8 +149,11 @@ class Coordinator:
         if agent is None or agent.identity != identity:
             self._send(identity, msg("error", error="unknown agent: register first"))
             return
-        agent.last_seen = time.monotonic()
-        agent.vnodes = m.header.get("vnodes", {})
+        now = time.monotonic()
+        vnodes = m.header.get("vnodes", {})
+        _add_rates(agent.vnodes, vnodes, now - agent.last_seen)
+        agent.last_seen = now
+        agent.vnodes = vnodes
         if not agent.up:
             agent.up = True
             self.log(f"coordinator: agent {agent.name} is back")
@@ -284,3 +287,15 @@ class Coordinator:
             self.metrics.set_jobs(states)
         except Exception as exc:  # noqa: BLE001
             self.log(f"coordinator: metrics update failed: {exc}")
+
+
+def _add_rates(before: dict[str, Any], after: dict[str, Any], seconds: float) -> None:
+    """Records per second into each operator since the previous heartbeat."""
+    if seconds <= 0:
+        return
+    for key, vn in after.items():
+        old_ops = before.get(key, {}).get("stats", {}).get("operators", {})
+        for task, op in vn.get("stats", {}).get("operators", {}).items():
+            old = old_ops.get(task)
+            if old is not None and not op.get("finished"):
+                op["rate"] = max(0.0, (op["records_in"] - old["records_in"]) / seconds)

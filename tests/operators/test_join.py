@@ -137,7 +137,8 @@ def sides(draw):
 
     def stream(make):
         steps = draw(st.lists(st.tuples(st.integers(0, len(keys) - 1), st.integers(0, 5),
-                                        st.one_of(st.just(0), st.integers(0, 30))), min_size=1, max_size=40))
+                                        st.one_of(st.just(0), st.integers(0, 20), st.integers(15, 50))),
+                                 min_size=1, max_size=40))
         t, out = 0, []
         for i, (ki, step, back) in enumerate(steps):
             t += step

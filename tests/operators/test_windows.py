@@ -441,8 +441,9 @@ KEY_SETS = [[0], [0, 1, 2], [5, 1 << 21, -3], ["a", "bb", "ccc"]]
 @st.composite
 def streams(draw):
     keys = draw(st.sampled_from(KEY_SETS))
-    steps = draw(st.lists(st.tuples(st.integers(0, len(keys) - 1), st.integers(0, 6),
-                                    st.one_of(st.just(0), st.integers(0, 45))), min_size=1, max_size=80))
+    behind = st.one_of(st.just(0), st.integers(0, 25), st.integers(20, 70))   # how far out of order
+    steps = draw(st.lists(st.tuples(st.integers(0, len(keys) - 1), st.integers(0, 6), behind),
+                          min_size=1, max_size=80))
     t = draw(st.integers(-40, 40))
     recs = []
     for ki, step, back in steps:

@@ -106,6 +106,9 @@ def test_untrusted_client_cannot_submit_or_query(home, tmp_path):
     addr = ClusterAddress(cluster.read_state(home)["coordinator"], stranger, server)
     with Client(addr, timeout=2) as client, pytest.raises(ClusterError, match="no answer"):
         client.status()
+    # the coordinator says why, with the key's fingerprint
+    log = (home / "logs" / "coordinator.log").read_text()
+    assert "untrusted key" in log and stranger.fingerprint in log
 
 
 def test_plaintext_client_cannot_reach_a_secure_coordinator(home):
