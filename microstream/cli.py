@@ -307,6 +307,42 @@ def cmd_stop(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from .runtime.client import Client
+    from .runtime.cluster import address
+
+    with Client(address(_home(args), args.coordinator, args.insecure)) as client:
+        r = client.migrate(args.job, args.vnode, args.to)
+    print(f"{args.job}/{args.vnode}: {r['from']} -> {r['to']} in {r['total_s']:.2f} s "
+          f"(paused {r['downtime_s'] * 1000:.0f} ms, state {r['state_bytes']:,} bytes)")
+    return EXIT_OK
+
+
+def cmd_save(args: argparse.Namespace) -> int:
+    from .runtime.client import Client
+    from .runtime.cluster import address
+
+    with Client(address(_home(args), args.coordinator, args.insecure)) as client:
+        _, snapshot = client.save(args.job, args.vnode)
+    args.file.write_bytes(snapshot)
+    print(f"saved {args.job}/{args.vnode} to {args.file} ({len(snapshot):,} bytes); its upstream holds new records "
+          f"until `microstream restore {args.job} {args.vnode} {args.file}`")
+    return EXIT_OK
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    from .runtime.client import Client
+    from .runtime.cluster import address
+
+    if not args.file.exists():
+        print(f"microstream: no such snapshot file: {args.file}", file=sys.stderr)
+        return EXIT_USAGE
+    with Client(address(_home(args), args.coordinator, args.insecure)) as client:
+        r = client.restore(args.job, args.vnode, args.file.read_bytes(), to=args.to)
+    print(f"restored {args.job}/{args.vnode} on {r['to']}")
+    return EXIT_OK
+
+
 def cmd_keys(args: argparse.Namespace) -> int:
     from .runtime.security import keys_main
 
@@ -414,6 +450,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("job")
     _cluster_options(p)
     p.set_defaults(fn=cmd_stop)
+
+    p = sub.add_parser("migrate", help="move a running virtual node to another node (no record lost or repeated)")
+    p.add_argument("job")
+    p.add_argument("vnode", help="virtual node id, e.g. vn3 (see `microstream status`)")
+    p.add_argument("--to", required=True, metavar="NODE", help="the agent to move it to")
+    _cluster_options(p)
+    p.set_defaults(fn=cmd_migrate)
+
+    p = sub.add_parser("save", help="stop a virtual node at a barrier and save its state to a file")
+    p.add_argument("job")
+    p.add_argument("vnode")
+    p.add_argument("file", type=Path)
+    _cluster_options(p)
+    p.set_defaults(fn=cmd_save)
+
+    p = sub.add_parser("restore", help="resume a saved virtual node from its file")
+    p.add_argument("job")
+    p.add_argument("vnode")
+    p.add_argument("file", type=Path)
+    p.add_argument("--to", metavar="NODE", help="the agent to resume it on (default: where it ran)")
+    _cluster_options(p)
+    p.set_defaults(fn=cmd_restore)
 
     p = sub.add_parser("keys", help="create, trust and list CURVE keys (microstream keys --help)", add_help=False)
     p.add_argument("rest", nargs=argparse.REMAINDER)

@@ -133,6 +133,15 @@ class _ChunkedFileSource(Source):
     def _parse(self, chunk: bytes, start_line: int) -> tuple[dict[str, np.ndarray], list[tuple[int, str, str]]]:
         raise NotImplementedError
 
+    def reader_state(self) -> Any:
+        return {"offset": self._file.tell(), "carry": self._carry, "line": self._line, "eof": self._eof,
+                "ready": [b.to_dict() for b in self._ready]}
+
+    def restore_reader(self, state: Any) -> None:
+        self._file.seek(state["offset"])
+        self._carry, self._line, self._eof = state["carry"], state["line"], state["eof"]
+        self._ready = [Batch(d) for d in state["ready"]]
+
     def _schema(self, kinds: Mapping[str, str], name: str) -> Schema:
         fields: dict[str, Any] = {c: _DTYPES[k] for c, k in kinds.items()}
         for tag, value in self.tags.items():
@@ -235,8 +244,6 @@ class CsvSource(_ChunkedFileSource):
             cols["time"] = cols.pop(self.time_join[0])
         return cols, result.dead
 
-    def snapshot(self) -> dict[str, Any]:
-        return {"line": self._line, "max_seen": self.max_seen}
 
 
 class JsonlSource(_ChunkedFileSource):

@@ -99,8 +99,8 @@ class SyntheticSource(Source):
         self._next += n
         return [(OUT, Batch(cols))]
 
-    def snapshot(self) -> dict[str, Any]:
-        return {"next": self._next, "max_seen": self.max_seen}
+    def reader_state(self) -> Any:
+        return self._next
 
-    def restore(self, state: dict[str, Any]) -> None:
-        self._next, self.max_seen = state["next"], state["max_seen"]
+    def restore_reader(self, state: Any) -> None:
+        self._next = state

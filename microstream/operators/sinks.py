@@ -83,6 +83,12 @@ class Collect(Sink):
         with self._lock:
             self._batches.append(batch.compact())
 
+    def snapshot(self) -> dict[str, Any]:
+        return {"batches": [b.to_dict() for b in self._batches]}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self._batches = [Batch(d) for d in state["batches"]]
+
     def extend(self, batches: list[Batch], schema: Schema | None) -> None:
         """Results gathered elsewhere (another process) land here."""
         with self._lock:
@@ -126,11 +132,27 @@ class _FileSink(Sink):
     def open(self, ctx) -> None:
         super().open(ctx)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file: TextIO = open(self.path, "w", encoding="utf-8", newline="")  # noqa: SIM115
+        # a restored sink continues its file (restore() trims it to the saved size); a new one starts it
+        self.restoring = bool(ctx.extra.get("restoring"))
+        mode = "a" if self.restoring else "w"
+        self._file: TextIO = open(self.path, mode, encoding="utf-8", newline="")  # noqa: SIM115
 
     def close(self) -> Emit:
         self._file.close()
         return []
+
+    def snapshot(self) -> dict[str, Any]:
+        self._file.flush()
+        return {"size": self._file.tell()}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Continue the file where the saved sink left it (same path; on a shared or copied disk)."""
+        self._file.close()
+        self._file = open(self.path, "r+", encoding="utf-8", newline="")  # noqa: SIM115
+        self._file.truncate(state["size"])
+        self._file.seek(state["size"])
+        if hasattr(self, "_writer"):
+            self._writer = csv.writer(self._file)
 
     def _columns(self, batch: Batch) -> dict[str, np.ndarray]:
         return self._iso(batch) if self.iso_time else batch.to_dict()
@@ -144,7 +166,8 @@ class CsvSink(_FileSink):
     def open(self, ctx) -> None:
         super().open(ctx)
         self._writer = csv.writer(self._file)
-        self._writer.writerow(ctx.input_schemas[0].names)
+        if not self.restoring:
+            self._writer.writerow(ctx.input_schemas[0].names)
 
     def write(self, batch: Batch) -> None:
         cols = self._columns(batch)

@@ -131,6 +131,25 @@ class Source(Operator):
     def end_watermark(self) -> int:
         return self.max_seen - self.max_delay if self.max_seen != MIN_TIME else MIN_TIME
 
+    # -- state: where the source is, so a virtual node can be saved, restored or migrated ---------------
+    def snapshot(self) -> dict[str, Any]:
+        pending = self._pending.to_dict() if self._pending is not None else None
+        return {"max_seen": self.max_seen, "position": self.position, "finished": self.finished,
+                "pending": pending, "pace_origin": self._pace_origin, "reader": self.reader_state()}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.max_seen, self.position, self.finished = state["max_seen"], state["position"], state["finished"]
+        self._pending = Batch(state["pending"]) if state["pending"] is not None else None
+        self._pace_origin = state["pace_origin"]
+        self.restore_reader(state["reader"])
+
+    def reader_state(self) -> Any:
+        """Subclasses: what it takes to continue reading exactly where the source is."""
+        raise NotImplementedError(f"source '{self.kind}' cannot be saved or migrated yet")
+
+    def restore_reader(self, state: Any) -> None:
+        raise NotImplementedError(f"source '{self.kind}' cannot be saved or migrated yet")
+
 
 # -- concrete sources ------------------------------------------------------------------------------
 
@@ -168,11 +187,11 @@ class ArraySource(Source):
         self._offset = hi
         return [(OUT, Batch({k: v[lo:hi] for k, v in self.columns.items()}))]
 
-    def snapshot(self) -> dict[str, Any]:
-        return {"offset": self._offset, "max_seen": self.max_seen}
+    def reader_state(self) -> Any:
+        return self._offset
 
-    def restore(self, state: dict[str, Any]) -> None:
-        self._offset, self.max_seen = state["offset"], state["max_seen"]
+    def restore_reader(self, state: Any) -> None:
+        self._offset = state
 
 
 class IterableSource(Source):
@@ -212,6 +231,20 @@ class IterableSource(Source):
         if isinstance(items[0], (Batch, dict)) and not _is_record(items[0]):
             return [(OUT, self._cast(self._to_batch([it]))) for it in items]
         return [(OUT, self._cast(self._to_batch(items)))]
+
+    def reader_state(self) -> Any:
+        import cloudpickle
+
+        try:
+            return cloudpickle.dumps((self._items, self._peeked))
+        except Exception as exc:  # generators cannot be pickled
+            raise NotImplementedError(f"from_iterable over a {type(self._items).__name__} cannot be saved or "
+                                      "migrated; pass a list") from exc
+
+    def restore_reader(self, state: Any) -> None:
+        import cloudpickle
+
+        self._items, self._peeked = cloudpickle.loads(state)
 
     def _to_batch(self, items: list[Any]) -> Batch:
         first = items[0]
@@ -276,6 +309,13 @@ class PollSource(Source):
 
     def next_due(self, now: int) -> int | None:
         return self._next
+
+    def reader_state(self) -> Any:
+        return {"next": self._next, "count": self._count}
+
+    def restore_reader(self, state: Any) -> None:
+        self._next, self._count = state["next"], state["count"]
+        self._first = None
 
     def poll(self, now: int) -> Emit:
         if now < self._next:

@@ -95,7 +95,8 @@ class WindowAggregate(Operator):
         nv = len(self.value_cols)
         self.flags = np.zeros((nv, K.N_FLAGS), dtype=np.int64)
         for agg in self.aggs.values():
-            if agg.kind != "reduce" and agg.column in self.value_cols:  # reduce() columns are replayed, not flagged
+            # reduce() is replayed from the update log; its column may also feed built-in aggregates
+            if agg.kind != "reduce" and agg.column in self.value_cols:
                 for f in _FLAG_OF[agg.kind]:
                     self.flags[self.value_cols.index(agg.column), f] = 1
         self.session = self.spec.kind == "session"

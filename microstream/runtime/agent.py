@@ -49,6 +49,7 @@ class _Host:
     stats: dict = field(default_factory=dict)
     state: str = "starting"
     started: float = field(default_factory=time.monotonic)
+    restoring: bool = False
 
 
 class Agent:
@@ -165,12 +166,12 @@ class Agent:
         h = m.header
         if m.kind == "deploy":
             self.trusted_data_keys = h.get("data_keys", self.trusted_data_keys)
-            self._start_host(h["job"], h["vnode"], m.blob)
-        elif m.kind in ("connect", "start"):
+            self._start_host(h["job"], h["vnode"], m.blob, restoring=bool(h.get("restoring")))
+        elif m.kind in ("connect", "start", "snapshot", "pause_to", "redirect"):
+            only = h.get("only")  # a message for one virtual node (a migration), else for the whole job
             for host in self._hosts_of(h["job"]):
-                if host.identity is not None:
-                    frames = [host.identity, *ControlMessage(m.kind, h).frames()]
-                    self.control.send_multipart(frames)
+                if host.identity is not None and (only is None or host.vnode == only):
+                    self.control.send_multipart([host.identity, *ControlMessage(m.kind, h, m.blob).frames()])
         elif m.kind == "stop":
             for host in self._hosts_of(h["job"]):
                 self._stop_host(host)
@@ -180,12 +181,12 @@ class Agent:
     def _hosts_of(self, job: str) -> list[_Host]:
         return [host for (j, _), host in self.hosts.items() if j == job]
 
-    def _start_host(self, job: str, vnode: str, spec: bytes | None) -> None:
+    def _start_host(self, job: str, vnode: str, spec: bytes | None, restoring: bool = False) -> None:
         log = open(self.workdir / f"{job}-{vnode}.log", "wb")  # noqa: SIM115 - owned by the child
         proc = subprocess.Popen(
             [sys.executable, "-m", "microstream.runtime.host_main", "--control", self.control_endpoint,
              "--job", job, "--vnode", vnode], stdout=log, stderr=subprocess.STDOUT, cwd=os.getcwd())
-        self.hosts[(job, vnode)] = _Host(job, vnode, proc, spec or b"")
+        self.hosts[(job, vnode)] = _Host(job, vnode, proc, spec or b"", restoring=restoring)
         self.log(f"agent {self.name}: started {job}/{vnode} (pid {proc.pid})")
 
     def _stop_host(self, host: _Host) -> None:
@@ -210,7 +211,8 @@ class Agent:
             return
         if m.kind == "hello":
             host.identity = identity
-            self.control.send_multipart([identity, *ControlMessage("spec", self._host_settings(), host.spec).frames()])
+            settings = {**self._host_settings(), "restoring": host.restoring}
+            self.control.send_multipart([identity, *ControlMessage("spec", settings, host.spec).frames()])
         elif m.kind == "ready":
             host.state = "ready"
             self._send_up(msg("vnode_ready", job=host.job, vnode=host.vnode, endpoint=h["endpoint"],
@@ -224,6 +226,9 @@ class Agent:
             host.stats = h.get("stats", host.stats)  # final counts, even for jobs shorter than a report
             self._record_metrics(host)
             self._send_up(ControlMessage("vnode_done", {"job": host.job, "vnode": host.vnode}, m.blob))
+        elif m.kind == "snapshot":
+            host.state = "migrated"
+            self._send_up(ControlMessage("vnode_snapshot", {"job": host.job, "vnode": host.vnode}, m.blob))
         elif m.kind == "failed":
             host.state = "failed"
             self._send_up(msg("vnode_failed", job=host.job, vnode=host.vnode, error=h.get("error", "?")))
@@ -241,7 +246,7 @@ class Agent:
                 if host.state == "stopping" and time.monotonic() - host.started > 3:
                     self._kill(host)
                 continue
-            if host.state not in ("done", "failed", "stopping"):
+            if host.state not in ("done", "failed", "stopping", "migrated"):
                 self._send_up(msg("vnode_failed", job=host.job, vnode=host.vnode,
                                   error=f"host process exited with code {code}; see {self.workdir}"))
                 host.state = "failed"

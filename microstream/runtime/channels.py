@@ -474,8 +474,8 @@ class ChannelServer:
         out = prod.outstanding = prod.outstanding + 1
         if out > prod.max_outstanding:
             prod.max_outstanding = out
-            if out > self.credits:
-                prod.violations += 1
+        if out > self.credits:
+            prod.violations += 1
         prod.messages += 1
         prod.bytes += nbytes
         if kind == _K_END:

@@ -71,6 +71,21 @@ class Client:
     def stop(self, job: str) -> dict[str, Any]:
         return self.request(msg("stop", job=job)).header
 
+    def migrate(self, job: str, vnode: str, to: str, timeout: float = 120.0) -> dict[str, Any]:
+        """Move a running virtual node to agent `to`; returns downtime and state size once it runs there."""
+        return self.request(msg("migrate", job=job, vnode=vnode, to=to), timeout=timeout).header
+
+    def save(self, job: str, vnode: str, timeout: float = 120.0) -> tuple[dict[str, Any], bytes]:
+        """Stop a virtual node at a barrier and return its snapshot (upstream holds its records meanwhile)."""
+        reply = self.request(msg("save", job=job, vnode=vnode), timeout=timeout)
+        return reply.header, reply.blob or b""
+
+    def restore(self, job: str, vnode: str, snapshot: bytes, to: str | None = None,
+                timeout: float = 120.0) -> dict[str, Any]:
+        """Resume a saved virtual node from its snapshot (on agent `to`, or where it ran before)."""
+        message = ControlMessage("restore", {"job": job, "vnode": vnode, "to": to}, snapshot)
+        return self.request(message, timeout=timeout).header
+
     def submit(self, pipeline: Any, wait: bool = True, progress=None) -> tuple[str, RunResult | None]:
         """Submit a built pipeline. With `wait`, block until it ends and return its merged result; the
         pipeline's `collect` sinks are filled with what the cluster collected."""

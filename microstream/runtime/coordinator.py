@@ -39,6 +39,22 @@ class AgentInfo:
 
 
 @dataclass
+class Migration:
+    """One virtual node on the move: `migrate` (to another agent), `save` (to a file) or `restore`."""
+
+    vnode: str
+    mode: str                      # migrate | save | restore
+    source: str | None             # agent it leaves (None for a restore)
+    target: str | None             # agent it goes to (None for a save)
+    barrier: int
+    client: bytes | None
+    snapshot: bytes | None = None
+    endpoint: dict | None = None
+    paused_at: float = 0.0
+    started: float = field(default_factory=time.monotonic)
+
+
+@dataclass
 class Job:
     id: str
     name: str
@@ -52,6 +68,10 @@ class Job:
     results: dict[str, Any] = field(default_factory=dict)
     submitted: float = field(default_factory=time.time)
     finished: float | None = None
+    blob: bytes = b""
+    migration: Migration | None = None
+    barriers: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
 
 
 class Coordinator:
@@ -182,6 +202,7 @@ class Coordinator:
         job = Job(job_id, graph.name, graph, plan, placement, identity if m.header.get("wait") else None)
         self.jobs[job_id] = job
         blob = cloudpickle.dumps({"graph": graph, "plan": plan, "credits": m.header.get("credits", 8)})
+        job.blob = blob
         for vnode, agent_name in placement.items():
             agent = self.agents[agent_name]
             self._send(agent.identity, ControlMessage("deploy", {"job": job_id, "vnode": vnode,
@@ -207,6 +228,14 @@ class Coordinator:
 
     def _on_vnode_ready(self, identity: bytes, m: ControlMessage) -> None:
         job = self.jobs.get(m.header["job"])
+        mig = job.migration if job is not None else None
+        if mig is not None and m.header["vnode"] == mig.vnode and self._agent_of(identity) == mig.target:
+            mig.endpoint = {"endpoint": m.header["endpoint"], "public_key": m.header.get("public_key")}
+            if mig.mode == "migrate":
+                self._cut(job, mig)
+            else:  # restore: the state is already here
+                self._resume(job, mig)
+            return
         if job is None or job.state != "deploying":
             return
         job.endpoints[m.header["vnode"]] = {"endpoint": m.header["endpoint"], "public_key": m.header.get("public_key")}
@@ -221,6 +250,9 @@ class Coordinator:
         job = self.jobs.get(m.header["job"])
         if job is None:
             return
+        mig = job.migration
+        if mig is not None and mig.vnode == m.header["vnode"] and mig.mode != "restore":
+            self._call_off(job, mig, "the virtual node finished before it could move")
         job.results[m.header["vnode"]] = m.blob
         if len(job.results) == len(job.plan.vnodes) and job.state == "running":
             job.state = "finished"
@@ -229,6 +261,129 @@ class Coordinator:
             if job.client is not None:
                 self._send(job.client, ControlMessage("job_done", {"job": job.id, "state": job.state},
                                                       cloudpickle.dumps(list(job.results.values()))))
+
+    # -- migration, save and restore (barrier-aligned) --------------------------------------------------
+    def _agent_of(self, identity: bytes) -> str | None:
+        return next((a.name for a in self.agents.values() if a.identity == identity), None)
+
+    def _job_agents(self, job: Job) -> list[AgentInfo]:
+        return [self.agents[n] for n in sorted(set(job.placement.values())) if n in self.agents and self.agents[n].up]
+
+    def _begin(self, identity: bytes, m: ControlMessage, mode: str) -> tuple[Job, Migration] | None:
+        h = m.header
+        job = self.jobs.get(h.get("job", ""))
+        problem = None
+        if job is None:
+            problem = f"no job '{h.get('job')}' (see `microstream status`)"
+        elif job.state not in ("running", "suspended"):
+            problem = f"job {job.id} is {job.state}"
+        elif h.get("vnode") not in job.plan.vnodes:
+            problem = f"job {job.id} has no virtual node '{h.get('vnode')}'; it has {sorted(job.plan.vnodes)}"
+        elif job.migration is not None:
+            problem = f"{job.migration.vnode} of job {job.id} is already moving; try again when it is done"
+        if problem:
+            self._send(identity, msg("error", error=problem))
+            return None
+        vnode = h["vnode"]
+        source = job.placement.get(vnode) if mode != "restore" else None
+        target = h.get("to")
+        if mode == "restore" and target is None:
+            target = job.placement.get(vnode)
+        if mode != "save":
+            agent = self.agents.get(target or "")
+            if agent is None or not agent.up:
+                live = sorted(a.name for a in self.agents.values() if a.up)
+                self._send(identity, msg("error", error=f"no agent '{target}' is up (agents: {live})"))
+                return None
+            if target == source:
+                self._send(identity, msg("error", error=f"{vnode} already runs on {target}"))
+                return None
+        job.barriers += 1
+        mig = Migration(vnode, mode, source, target, job.barriers, identity)
+        job.migration = mig
+        return job, mig
+
+    def _deploy_new_host(self, job: Job, mig: Migration) -> None:
+        agent = self.agents[mig.target]
+        self._send(agent.identity, ControlMessage("deploy", {"job": job.id, "vnode": mig.vnode, "restoring": True,
+                                                             "data_keys": self._data_keys()}, job.blob))
+
+    def _on_migrate(self, identity: bytes, m: ControlMessage) -> None:
+        begun = self._begin(identity, m, "migrate")
+        if begun:
+            self._deploy_new_host(*begun)
+
+    def _on_save(self, identity: bytes, m: ControlMessage) -> None:
+        begun = self._begin(identity, m, "save")
+        if begun:
+            self._cut(*begun)
+
+    def _on_restore(self, identity: bytes, m: ControlMessage) -> None:
+        begun = self._begin(identity, m, "restore")
+        if begun:
+            job, mig = begun
+            if job.state != "suspended" or job.placement.get(mig.vnode) is not None:
+                job.migration = None
+                self._send(identity, msg("error", error=f"{mig.vnode} of job {job.id} is not saved; save it first"))
+                return
+            mig.snapshot = m.blob
+            self._deploy_new_host(job, mig)
+
+    def _cut(self, job: Job, mig: Migration) -> None:
+        """Barrier: upstream tasks mark the cut on their channels into the vnode and hold what follows;
+        the vnode aligns on it, snapshots and stops."""
+        mig.paused_at = time.monotonic()
+        for agent in self._job_agents(job):
+            self._send(agent.identity, msg("pause_to", job=job.id, vnode=mig.vnode, barrier=mig.barrier))
+        self._send(self.agents[mig.source].identity,
+                   msg("snapshot", job=job.id, vnode=mig.vnode, only=mig.vnode, barrier=mig.barrier))
+
+    def _on_vnode_snapshot(self, identity: bytes, m: ControlMessage) -> None:
+        job = self.jobs.get(m.header["job"])
+        mig = job.migration if job is not None else None
+        if mig is None or mig.vnode != m.header["vnode"]:
+            return
+        mig.snapshot = m.blob
+        if mig.mode == "save":
+            job.placement.pop(mig.vnode, None)
+            job.endpoints.pop(mig.vnode, None)
+            job.state = "suspended"
+            self._finish_move(job, mig, {"saved_bytes": len(m.blob or b"")}, blob=m.blob)
+        else:
+            self._resume(job, mig)
+
+    def _resume(self, job: Job, mig: Migration) -> None:
+        """The new host restores the snapshot and starts; upstream channels are re-pointed at it and
+        release what they held."""
+        target = self.agents[mig.target]
+        job.endpoints[mig.vnode] = mig.endpoint
+        job.placement[mig.vnode] = mig.target
+        self._send(target.identity, msg("connect", job=job.id, endpoints=job.endpoints, only=mig.vnode))
+        self._send(target.identity, ControlMessage("start", {"job": job.id, "only": mig.vnode}, mig.snapshot))
+        for agent in self._job_agents(job):
+            self._send(agent.identity, msg("redirect", job=job.id, vnode=mig.vnode, peer=mig.endpoint))
+        if job.state == "suspended":
+            job.state = "running"
+        pause = time.monotonic() - mig.paused_at if mig.paused_at else 0.0
+        self._finish_move(job, mig, {"downtime_s": pause, "state_bytes": len(mig.snapshot or b"")})
+
+    def _finish_move(self, job: Job, mig: Migration, figures: dict[str, Any], blob: bytes | None = None) -> None:
+        record = {"vnode": mig.vnode, "mode": mig.mode, "from": mig.source, "to": mig.target,
+                  "total_s": time.monotonic() - mig.started, **figures}
+        job.history.append(record)
+        job.migration = None
+        self.log(f"coordinator: {mig.mode} of {job.id}/{mig.vnode} done: {record}")
+        if mig.client is not None:
+            self._send(mig.client, ControlMessage("moved", record, blob))
+
+    def _call_off(self, job: Job, mig: Migration, reason: str) -> None:
+        if mig.target and mig.target in self.agents and mig.mode == "migrate":
+            self._send(self.agents[mig.target].identity, msg("stop", job=job.id, only=mig.vnode))
+        for agent in self._job_agents(job):
+            self._send(agent.identity, msg("redirect", job=job.id, vnode=mig.vnode, peer=None))
+        job.migration = None
+        if mig.client is not None:
+            self._send(mig.client, msg("error", error=f"{mig.mode} of {mig.vnode} called off: {reason}"))
 
     def _on_vnode_failed(self, identity: bytes, m: ControlMessage) -> None:
         job = self.jobs.get(m.header["job"])
@@ -270,9 +425,12 @@ class Coordinator:
             vnodes = {}
             for vn, agent_name in job.placement.items():
                 live = self.agents[agent_name].vnodes.get(f"{job.id}/{vn}", {}) if agent_name in self.agents else {}
+                if live.get("state") == "migrated":
+                    live = {}
                 vnodes[vn] = {"agent": agent_name, "tasks": job.plan.vnodes[vn].tasks, "state": live.get("state"),
                               "operators": live.get("stats", {}).get("operators", {})}
-            jobs[job.id] = {"name": job.name, "state": job.state, "reason": job.reason, "vnodes": vnodes}
+            jobs[job.id] = {"name": job.name, "state": job.state, "reason": job.reason, "vnodes": vnodes,
+                            "migrations": job.history}
         return {"agents": agents, "jobs": jobs, "metrics_port": self.metrics_port}
 
     def _update_metrics(self) -> None:

@@ -72,8 +72,14 @@ class _HTask:
 
 class HostRuntime:
     def __init__(self, graph: LogicalGraph, plan: PhysicalPlan, vnode_id: str, server: Any,
-                 client_factory: Callable[[Any, str], Any], clock: Callable[[], int] = time.time_ns) -> None:
+                 client_factory: Callable[[Any, str], Any], clock: Callable[[], int] = time.time_ns,
+                 restoring: bool = False) -> None:
         self.graph, self.plan, self.vnode_id = graph, plan, vnode_id
+        self.restoring = restoring
+        self.paused: dict[str, list[tuple[str, str, tuple, dict]]] = {}  # vnode -> sends held for it
+        self.barrier: int | None = None          # the barrier this host is aligning on, if any
+        self.barriers_seen: dict[tuple[str, int, str], int] = {}  # (task, input, producer) -> last barrier
+        self.saved: dict | None = None           # the snapshot, once taken: the run ends with it
         self.server = server
         self.client_factory = client_factory
         self.clock = clock
@@ -94,7 +100,8 @@ class HostRuntime:
             node = graph.nodes[task.node_id]
             schemas = [graph.nodes[s].out_schemas[p] for s, p in node.inputs]
             ctx = OperatorContext(node.name, schemas, node.out_schemas, [], self.clock,
-                                  {"subtask": task.index, "parallelism": task.parallelism})
+                                  {"subtask": task.index, "parallelism": task.parallelism,
+                                   "restoring": self.restoring})
             node.op.open(ctx)
             self.tasks[task_id] = _HTask(task, node.name, node.op, ctx, node.is_source)
         for edge in plan.edges:
@@ -135,20 +142,26 @@ class HostRuntime:
 
     # -- main loop ----------------------------------------------------------------------------------
     def run(self, report: Callable[[dict], None] | None = None, should_stop: Callable[[], bool] = lambda: False,
-            report_every: float = 1.0) -> dict:
+            report_every: float = 1.0, control: Callable[[], list[Any]] | None = None) -> dict:
+        """Run until every task has finished (returns the result) or a snapshot was taken for a save or
+        a migration (returns {"snapshot": state}). `control()` yields control messages from the agent."""
         sources = [t for t in self.tasks.values() if t.is_source and isinstance(t.op, Source)]
         for t in self.tasks.values():
             if t.is_source and not isinstance(t.op, Source):   # the dead-letter hub: fed by channels
                 t.is_source = False
         next_report = time.monotonic() + report_every
-        while not all(t.finished for t in self.tasks.values()):
+        while not all(t.finished for t in self.tasks.values()) or self.paused:
             if should_stop():
                 raise InterruptedError("stopped")
+            for message in control() if control else ():
+                self.on_control(message.kind, message.header)
+            if self.saved is not None:
+                return {"snapshot": self.saved}
             now = self.clock()
             busy = False
             waits = []
             for t in sources:
-                if t.finished:
+                if t.finished or self.barrier is not None:  # sources hold still while a snapshot aligns
                     continue
                 src: Source = t.op
                 due = src.next_due(now)
@@ -168,6 +181,7 @@ class HostRuntime:
                 self.server.ack(msg)
                 msg = self.server.recv(timeout=0)
             self._maybe_close_tasks()
+            self._maybe_snapshot()
             if report and time.monotonic() >= next_report:
                 report(self.stats())
                 next_report = time.monotonic() + report_every
@@ -179,6 +193,9 @@ class HostRuntime:
         task_id, idx = self.task_of_target[msg.target]
         t = self.tasks[task_id]
         producer = msg.channel_id.split(">")[0]
+        if msg.kind == "barrier":  # may arrive before the snapshot request itself: remember it
+            self.barriers_seen[(task_id, idx, producer)] = int(msg.barrier)
+            return
         if msg.kind == "batch" and msg.batch is not None:
             t.records_in += msg.batch.num_rows
             t.batches_in += 1
@@ -224,7 +241,7 @@ class HostRuntime:
         for remotes in t.remote_out.values():
             for r in remotes:
                 for _, target, vn in r.targets:
-                    self.clients[(t.task.id, vn)].send_end(target=target)
+                    self._out(t.task.id, vn, "send_end", target=target)
         self._maybe_close_tasks()
 
     # -- moving data ----------------------------------------------------------------------------------
@@ -257,19 +274,19 @@ class HostRuntime:
         wm = t.out_wm if t.out_wm != MIN_TIME else None
         if len(r.targets) == 1:
             _, target, vn = r.targets[0]
-            self.clients[(t.task.id, vn)].send_batch(batch.compact(), target=target, watermark=wm)
+            self._out(t.task.id, vn, "send_batch", batch.compact(), target=target, watermark=wm)
             return
         if r.edge.partition == HASH:
             which = (stable_hash(batch[r.key]) % np.uint64(len(r.targets))).astype(np.int64)
             for i, (_, target, vn) in enumerate(r.targets):
                 part = batch.filter(which == i)
                 if part.num_rows:
-                    self.clients[(t.task.id, vn)].send_batch(part.compact(), target=target, watermark=wm)
+                    self._out(t.task.id, vn, "send_batch", part.compact(), target=target, watermark=wm)
             return
         if t.rr is None:
             t.rr = itertools.cycle(range(len(r.targets)))
         _, target, vn = r.targets[next(t.rr)]
-        self.clients[(t.task.id, vn)].send_batch(batch.compact(), target=target, watermark=wm)
+        self._out(t.task.id, vn, "send_batch", batch.compact(), target=target, watermark=wm)
 
     def _watermark(self, t: _HTask, wm: int) -> None:
         if wm <= t.out_wm:
@@ -283,7 +300,88 @@ class HostRuntime:
         for remotes in t.remote_out.values():
             for r in remotes:
                 for _, target, vn in r.targets:
-                    self.clients[(t.task.id, vn)].send_watermark(wm, target=target)
+                    self._out(t.task.id, vn, "send_watermark", wm, target=target)
+
+    def _out(self, task_id: str, vnode: str, method: str, *args: Any, **kwargs: Any) -> None:
+        """Send on the channel from `task_id` to `vnode`, or hold the send while that vnode migrates."""
+        held = self.paused.get(vnode)
+        if held is not None:
+            held.append((task_id, method, args, kwargs))
+            return
+        getattr(self.clients[(task_id, vnode)], method)(*args, **kwargs)
+
+    # -- barriers: save, restore and migrate a virtual node ----------------------------------------------
+    def on_control(self, kind: str, header: dict) -> None:
+        if kind == "snapshot" and header.get("vnode") == self.vnode_id:
+            self.barrier = int(header["barrier"])
+        elif kind == "pause_to" and header["vnode"] != self.vnode_id:
+            self.pause_to(header["vnode"], int(header["barrier"]))
+        elif kind == "redirect" and header["vnode"] != self.vnode_id:
+            self.redirect(header["vnode"], header.get("peer"))
+
+    def _remote_targets(self, vnode: str) -> list[tuple[str, int]]:
+        """(local task, target id) of every channel from here into `vnode`."""
+        out = []
+        for t in self.tasks.values():
+            for remotes in t.remote_out.values():
+                for r in remotes:
+                    out += [(t.task.id, target) for _, target, vn in r.targets if vn == vnode]
+        return sorted(set(out))
+
+    def pause_to(self, vnode: str, barrier: int) -> None:
+        """Upstream side: mark the cut with a barrier on every channel into `vnode`, then hold what follows."""
+        if vnode in self.paused:
+            return
+        for task_id, target in self._remote_targets(vnode):
+            self.clients[(task_id, vnode)].send_barrier(barrier, target=target)
+        self.paused[vnode] = []
+
+    def redirect(self, vnode: str, peer: Any | None) -> None:
+        """Upstream side: point the channels into `vnode` at its new host (or keep the old one if `peer` is
+        None: the migration was called off) and send what was held, in order."""
+        held = self.paused.pop(vnode, None)
+        if held is None:
+            return
+        if peer is not None:
+            for (task_id, vn), client in list(self.clients.items()):
+                if vn == vnode:
+                    client.close()
+                    self.clients[(task_id, vn)] = self.client_factory(peer, f"{task_id}>{vn}")
+        for task_id, method, args, kwargs in held:
+            getattr(self.clients[(task_id, vnode)], method)(*args, **kwargs)
+
+    def _expected_barriers(self) -> set[tuple[str, int, str]]:
+        return {(t.task.id, idx, producer) for t in self.tasks.values() for idx, ps in t.producers.items()
+                for producer in ps if producer not in self.tasks and (idx, producer) not in t.ended}
+
+    def _maybe_snapshot(self) -> None:
+        if self.barrier is None or self.saved is not None:
+            return
+        if any(self.barriers_seen.get(ch, -1) < self.barrier for ch in self._expected_barriers()):
+            return
+        for client in self.clients.values():  # everything sent before the cut is processed downstream first
+            client.flush()
+        self.saved = self.snapshot()
+
+    def snapshot(self) -> dict:
+        tasks = {}
+        for t in self.tasks.values():
+            tasks[t.task.id] = {
+                "op": t.op.snapshot(), "out_wm": t.out_wm, "producers": t.producers, "ended": sorted(t.ended),
+                "input_wms": list(t.ctx.input_watermarks), "finished": t.finished,
+                "counts": (t.records_in, t.records_out, t.batches_in, t.batches_out)}
+        return {"vnode": self.vnode_id, "barrier": self.barrier, "tasks": tasks, "dead": self.dead_count}
+
+    def restore(self, state: dict) -> None:
+        for task_id, s in state["tasks"].items():
+            t = self.tasks[task_id]
+            t.op.restore(s["op"])
+            t.out_wm, t.finished = s["out_wm"], s["finished"]
+            t.producers = {int(k): dict(v) for k, v in s["producers"].items()}
+            t.ended = {(int(i), p) for i, p in s["ended"]}
+            t.ctx.input_watermarks[:] = s["input_wms"]
+            t.records_in, t.records_out, t.batches_in, t.batches_out = s["counts"]
+        self.dead_count = state.get("dead", 0)
 
     def _dead(self, batch: Batch) -> None:
         self.dead_count += batch.num_rows

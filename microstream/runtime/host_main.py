@@ -22,15 +22,21 @@ def _send(sock: zmq.Socket, message: ControlMessage) -> None:
     sock.send_multipart(message.frames())
 
 
-def _expect(sock: zmq.Socket, kind: str, timeout_ms: int = 120_000) -> ControlMessage:
-    if not sock.poll(timeout_ms):
-        raise TimeoutError(f"no '{kind}' from the agent within {timeout_ms / 1000:.0f} s")
-    m = ControlMessage.parse(sock.recv_multipart())
-    if m.kind == "stop":
-        raise InterruptedError("stopped by the agent")
-    if m.kind != kind:
-        raise RuntimeError(f"expected '{kind}' from the agent, got '{m.kind}'")
-    return m
+_LATER = ("pause_to", "redirect", "snapshot")  # about other virtual nodes' moves: handled once running
+
+
+def _expect(sock: zmq.Socket, kind: str, later: list[ControlMessage], timeout_ms: int = 120_000) -> ControlMessage:
+    while True:
+        if not sock.poll(timeout_ms):
+            raise TimeoutError(f"no '{kind}' from the agent within {timeout_ms / 1000:.0f} s")
+        m = ControlMessage.parse(sock.recv_multipart())
+        if m.kind == kind:
+            return m
+        if m.kind == "stop":
+            raise InterruptedError("stopped by the agent")
+        if m.kind not in _LATER:
+            raise RuntimeError(f"expected '{kind}' from the agent, got '{m.kind}'")
+        later.append(m)
 
 
 def serve(control: str, job: str, vnode: str) -> int:
@@ -43,16 +49,18 @@ def serve(control: str, job: str, vnode: str) -> int:
     sock.connect(control)
     _send(sock, msg("hello", job=job, vnode=vnode, pid=os.getpid()))
     try:
-        message = _expect(sock, "spec")
+        later: list[ControlMessage] = []
+        message = _expect(sock, "spec", later)
         spec, settings = message.payload(), message.header
         secret = settings.get("secret")
         keys = CurveKeys(settings["public"].encode(), secret.encode()) if secret else None
         trusted = [k.encode() for k in settings.get("trusted") or []] or None
         server = ChannelServer(bind=f"tcp://{settings['bind_host']}:*", keys=keys, trusted=trusted,
                                credits=spec.get("credits", 8))
-        runtime = HostRuntime(spec["graph"], spec["plan"], vnode, server, lambda ep, cid: None)
+        runtime = HostRuntime(spec["graph"], spec["plan"], vnode, server, lambda ep, cid: None,
+                              restoring=bool(settings.get("restoring")))
         _send(sock, msg("ready", job=job, vnode=vnode, endpoint=server.endpoint))
-        peers = _expect(sock, "connect").header["endpoints"]
+        peers = _expect(sock, "connect", later).header["endpoints"]
 
         def client(peer: dict, channel_id: str) -> ChannelClient:
             server_public = peer["public_key"].encode() if keys and peer.get("public_key") else None
@@ -60,17 +68,28 @@ def serve(control: str, job: str, vnode: str) -> int:
 
         runtime.client_factory = client
         runtime.connect(peers)
-        _expect(sock, "start")
+        start = _expect(sock, "start", later)
+        if start.blob is not None:  # a saved or migrated virtual node resumes from its snapshot
+            runtime.restore(start.payload())
+        stopped = False
 
-        def should_stop() -> bool:
-            if sock.poll(0):
+        def control() -> list[ControlMessage]:
+            nonlocal stopped
+            messages, later[:] = list(later), []
+            while sock.poll(0):
                 m = ControlMessage.parse(sock.recv_multipart())
-                return m.kind == "stop"
-            return False
+                if m.kind == "stop":
+                    stopped = True
+                else:
+                    messages.append(m)
+            return messages
 
         result = runtime.run(report=lambda s: _send(sock, msg("stats", job=job, vnode=vnode, stats=s)),
-                             should_stop=should_stop)
-        _send(sock, msg("done", result, job=job, vnode=vnode, stats=result["stats"]))
+                             should_stop=lambda: stopped, control=control)
+        if "snapshot" in result:
+            _send(sock, msg("snapshot", result["snapshot"], job=job, vnode=vnode))
+        else:
+            _send(sock, msg("done", result, job=job, vnode=vnode, stats=result["stats"]))
         server.close()
         return 0
     except InterruptedError:

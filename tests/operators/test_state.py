@@ -141,8 +141,8 @@ def test_user_step_with_state_size_and_init():
 
 
 @settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(data=st.lists(st.tuples(st.sampled_from([0, 1, 2, 99, 5000]), st.integers(-30, 30), st.integers(-5, 5)),
-                     min_size=1, max_size=60),
+@given(data=st.lists(st.tuples(st.sampled_from([0, 1, 2, 99, 5000]), st.integers(-30, 30),
+                               st.integers(-5, 5)), min_size=1, max_size=60),
        batch_size=st.sampled_from([1, 2, 7, 1000]))
 def test_random_streams(data, batch_size):
     recs = [{"k": k, "t": i * 10 + dt, "v": float(v)} for i, (k, v, dt) in enumerate(data)]

@@ -48,7 +48,8 @@ AGGS = dict(
     last=ms.agg.last("v"), wavg=ms.agg.mean("w"), sq=ms.agg.reduce("v", sumsq, 0.0, merge=add),
     peak=ms.agg.reduce("w", absmax),
 )
-LIGHT_AGGS = dict(n=ms.agg.count(), total=ms.agg.sum("v"), hi=ms.agg.max("v"), sq=ms.agg.reduce("v", sumsq, merge=add))
+LIGHT_AGGS = dict(n=ms.agg.count(), total=ms.agg.sum("v"), hi=ms.agg.max("v"),
+                  sq=ms.agg.reduce("v", sumsq, merge=add))
 
 
 def full_aggs(recs: list[dict]) -> dict:
@@ -253,11 +254,17 @@ def _close(a, b) -> bool:
 
 
 def assert_rows(got: list[dict], want: list[dict], key: str = "k") -> None:
-    """Same multiset of window results; aggregates compared with a float tolerance."""
+    """Same multiset of window results; aggregates compared with a float tolerance. `got` is in emission
+    order: a window emitted again (late update) must come later with more records, so the later row
+    supersedes."""
+    seen: dict = {}
     for r in got:
         assert r["n"] >= 1, f"empty window emitted: {r}"
         assert r["window_time"] == r["window_end"] - 1
         assert r["window_start"] < r["window_end"]
+        w = (repr(r[key]), r["window_start"], r["window_end"])
+        assert r["n"] > seen.get(w, 0), f"re-emission of {w} is not an update of the earlier row"
+        seen[w] = r["n"]
 
     def sort_key(r):
         return (repr(r[key]), r["window_start"], r["window_end"], r["n"])
@@ -272,12 +279,11 @@ def assert_rows(got: list[dict], want: list[dict], key: str = "k") -> None:
         assert not bad, f"window {sort_key(w)}: got/want {bad}"
 
 
-def check_against_reference(records, spec, lateness=0, max_delay=0, batch_size=1024, **kw):
-    got, late = run_windows(records, spec, lateness, max_delay, batch_size, **kw)
-    aggs = kw.pop("aggs", AGGS)
-    ref = reference(records, spec, lateness, max_delay, aggregate=full_aggs if aggs is AGGS else light_aggs,
-                    **kw)
-    assert_rows(got, ref.out, kw.get("key", "k"))
+def check_against_reference(records, spec, lateness=0, max_delay=0, batch_size=1024, aggs=AGGS, key="k"):
+    got, late = run_windows(records, spec, lateness, max_delay, batch_size, aggs=aggs, key=key)
+    ref = reference(records, spec, lateness, max_delay, key=key,
+                    aggregate=full_aggs if aggs is AGGS else light_aggs)
+    assert_rows(got, ref.out, key)
     assert canon(late) == canon(ref.late)
     return got, late
 
@@ -301,7 +307,7 @@ def test_tumbling_out_of_order_within_and_beyond_max_delay():
     recs = [rec(1, t, t) for t in ts]
     got, late = check_against_reference(recs, ms.tumbling(10), max_delay=5)
     assert sorted(r["t"] for r in late) == [2, 8]
-    assert [(r["window_start"], r["n"], r["total"]) for r in sorted(got, key=lambda r: r["window_start"])] == [
+    assert sorted((r["window_start"], r["n"], r["total"]) for r in got) == [
         (0, 3, 9.0), (10, 1, 12.0), (20, 1, 25.0), (30, 1, 31.0)]
 
 
@@ -332,6 +338,34 @@ def test_late_data_within_lateness_is_re_emitted_and_beyond_goes_to_late():
     assert [r["t"] for r in late] == [9, 15]
     last = {(r["window_start"]): r for r in got}   # the later row supersedes
     assert last[0]["total"] == 12.0 and last[10]["total"] == 30.0
+
+
+def test_window_fires_when_the_watermark_reaches_its_end():
+    # max_delay 0: the record at 10 moves the watermark to 10 = end of [0, 10), which fires before 10 is added
+    got, late = check_against_reference([rec(1, t, t) for t in (9, 10, 9)], ms.tumbling(10))
+    assert [(r["window_start"], r["n"]) for r in got] == [(0, 1), (10, 1)] and [r["t"] for r in late] == [9]
+    recs = [rec(1, t, t) for t in (9, 10, 9, 11, 8)]
+    got, late = check_against_reference(recs, ms.tumbling(10), lateness=1)
+    assert [(r["window_start"], r["n"]) for r in got] == [(0, 1), (0, 2), (10, 2)]
+    assert [r["t"] for r in late] == [8]   # 10 + 1 <= 11
+    # sessions: [0, 10) fires at wm 10; within lateness the touching record 10 grows it to [0, 20), and so on
+    got, late = check_against_reference([rec(1, t, t) for t in (0, 10, 20, 9)], ms.session(10), lateness=5)
+    assert [(r["window_start"], r["window_end"], r["n"]) for r in got] == [(0, 10, 1), (0, 20, 2), (0, 30, 4)]
+    assert late == []
+    # no lateness: [0, 10) is gone at wm 10, so 10 opens [10, 20), which 9 then extends to [9, 20)
+    got, late = check_against_reference([rec(1, t, t) for t in (0, 10, 9, -5)], ms.session(10))
+    assert [(r["window_start"], r["window_end"], r["n"]) for r in got] == [(0, 10, 1), (9, 20, 2)]
+    assert [r["t"] for r in late] == [-5]   # [-5, 5) touches no live session and 5 <= wm 10
+
+
+def test_count_only_aggregate():
+    recs = [rec(i % 4, t, 0) for i, t in enumerate([5, 1, 17, 3, 40, 22, 8, 51, 60, 13, 2])]
+    for spec in (ms.tumbling(10), ms.sliding(20, 5), ms.session(6)):
+        got, late = run_windows(recs, spec, lateness=12, max_delay=3, batch_size=2,
+                                aggs={"n": ms.agg.count()})
+        ref = reference(recs, spec, 12, 3, aggregate=lambda rs: {"n": len(rs)})
+        assert_rows(got, ref.out)
+        assert canon(late) == canon(ref.late)
 
 
 def test_all_aggregates_and_first_last_ties():
@@ -365,7 +399,8 @@ def test_sliding_windows_and_no_empty_windows():
                                         max_delay=8)
     # 2 arrives at wm 33: both its windows have ended, so it is late
     assert [r["t"] for r in late] == [2]
-    assert sorted((r["window_start"], r["n"]) for r in got) == [(-5, 1), (0, 2), (5, 2), (10, 1), (35, 2), (40, 2)]
+    assert sorted((r["window_start"], r["n"]) for r in got) == [
+        (-5, 1), (0, 2), (5, 2), (10, 1), (35, 2), (40, 2)]
 
 
 def test_session_gap_merging_and_bridging_out_of_order_record():
@@ -458,7 +493,8 @@ def streams(draw):
        lateness=st.sampled_from([0, 10, 35]), use_filter=st.booleans())
 def test_any_batch_size_gives_the_reference_result(recs, spec, max_delay, lateness, use_filter):
     keep = (lambda b: b["w"] != 0) if use_filter else None
-    runs = [run_windows(recs, spec, lateness, max_delay, batch_size, keep=keep) for batch_size in (1, 7, 1000)]
+    runs = [run_windows(recs, spec, lateness, max_delay, batch_size, keep=keep)
+            for batch_size in (1, 7, 1000)]
     assert canon(runs[0][0]) == canon(runs[1][0]) == canon(runs[2][0])
     assert canon(runs[0][1]) == canon(runs[1][1]) == canon(runs[2][1])
     ref = reference(recs, spec, lateness, max_delay, keep=(lambda r: r["w"] != 0) if use_filter else None)
@@ -567,8 +603,10 @@ def test_union_windows_wait_for_the_slow_input():
 
 def test_union_lateness_follows_the_minimum_watermark():
     rng = np.random.default_rng(3)
-    fast = [rec(int(i % 4), int(t), i % 9) for i, t in enumerate(np.arange(300) - rng.integers(0, 25, 300))]
-    slow = [rec(int(i % 4), int(t), i % 5) for i, t in enumerate(np.arange(0, 300, 4) - rng.integers(0, 60, 75))]
+    fast_t = np.arange(300) - rng.integers(0, 25, 300)
+    slow_t = np.arange(0, 300, 4) - rng.integers(0, 60, 75)
+    fast = [rec(int(i % 4), int(t), i % 9) for i, t in enumerate(fast_t)]
+    slow = [rec(int(i % 4), int(t), i % 5) for i, t in enumerate(slow_t)]
     for spec, lateness in ((ms.tumbling(20), 0), (ms.sliding(20, 10), 15), (ms.session(5), 10)):
         for fb, sb, delays in ((7, 1, (10, 5)), (50, 3, (0, 20)), (1, 1, (5, 5))):
             got, late = _union_pipeline(fast, slow, fb, sb, spec, lateness, delays)
@@ -591,8 +629,9 @@ def test_uci_occupancy_ten_minute_mean_co2():
     cols = {"room": np.full(len(ts), "lab"), "t": np.asarray(ts, dtype=np.int64), "co2": np.asarray(co2)}
     p = ms.Pipeline("uci")
     out, late = ms.sinks.collect(), ms.sinks.collect()
-    res = p.from_arrays(cols, time="t", max_delay=ms.duration(minutes=5), batch_size=1000).key_by("room").window(
-        ms.tumbling(minutes=10)).aggregate(n=ms.agg.count(), avg=ms.agg.mean("co2"), peak=ms.agg.max("co2"))
+    src = p.from_arrays(cols, time="t", max_delay=ms.duration(minutes=5), batch_size=1000)
+    res = src.key_by("room").window(ms.tumbling(minutes=10)).aggregate(
+        n=ms.agg.count(), avg=ms.agg.mean("co2"), peak=ms.agg.max("co2"))
     res.sink(out)
     res.late.sink(late)
     p.run()
