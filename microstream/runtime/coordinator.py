@@ -81,6 +81,7 @@ class Coordinator:
         self.keys = keys
         self.trusted = dict(trusted or {})
         self.agent_timeout = agent_timeout
+        self.move_timeout = 60.0
         self.log = log
         self.agents: dict[str, AgentInfo] = {}
         self.jobs: dict[str, Job] = {}
@@ -138,6 +139,7 @@ class Coordinator:
                     except Exception as exc:  # noqa: BLE001 - one bad message must not stop the cluster
                         self.log(f"coordinator: error handling a message: {type(exc).__name__}: {exc}")
                 self._check_agents()
+                self._check_moves()
                 self._update_metrics()
         finally:
             self.close()
@@ -281,6 +283,8 @@ class Coordinator:
             problem = f"job {job.id} has no virtual node '{h.get('vnode')}'; it has {sorted(job.plan.vnodes)}"
         elif job.migration is not None:
             problem = f"{job.migration.vnode} of job {job.id} is already moving; try again when it is done"
+        elif h["vnode"] in job.results:
+            problem = f"{h['vnode']} of job {job.id} has finished; there is nothing left to move"
         if problem:
             self._send(identity, msg("error", error=problem))
             return None
@@ -375,6 +379,14 @@ class Coordinator:
         self.log(f"coordinator: {mig.mode} of {job.id}/{mig.vnode} done: {record}")
         if mig.client is not None:
             self._send(mig.client, ControlMessage("moved", record, blob))
+
+    def _check_moves(self) -> None:
+        """A move that makes no progress (a host that never answers) is called off rather than left hanging."""
+        now = time.monotonic()
+        for job in self.jobs.values():
+            mig = job.migration
+            if mig is not None and mig.mode != "save" and now - mig.started > self.move_timeout:
+                self._call_off(job, mig, f"no progress in {self.move_timeout:.0f} s")
 
     def _call_off(self, job: Job, mig: Migration, reason: str) -> None:
         if mig.target and mig.target in self.agents and mig.mode == "migrate":

@@ -1,0 +1,478 @@
+"""Solvers: where each virtual node should run.
+
+* **heuristic** (the default, for live clusters): *seeding* places pinned vnodes (sources with `at=` or
+  attached to a sensor) first, then every other vnode in topological order on the node that adds least cost
+  given what is already placed — in practice next to its heaviest upstream; then *local search* applies
+  improving single moves (each vnode to its best node) and pairwise swaps until no move gains. Deltas are
+  incremental: the network term from the vnode's neighbours, the load term from two nodes, the latency term
+  from longest paths to and from the vnode. Small instances also restart from random placements and keep the
+  best. 1,000 operators × 100 nodes take well under a second.
+* **exact**: depth-first branch and bound over vnodes in topological order, each partial placement's cost
+  (every term only grows as vnodes are added) bounding its completions, seeded with the heuristic's cost.
+  For checking the heuristic on small instances (up to ~8 vnodes × 5 nodes).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..graph import LogicalGraph
+from ..plan import PhysicalPlan
+from .cost import (
+    Cost,
+    EdgeKey,
+    Estimates,
+    Flows,
+    PlacementError,
+    Problem,
+    Weights,
+    as_array,
+    build_problem,
+    estimate_flows,
+    evaluate,
+    find_pins,
+)
+from .topology import Topology
+
+__all__ = ["MigrationGain", "Placement", "exact", "heuristic", "migration_gain", "place", "solve"]
+
+_TOL = 1e-12
+_OVERLOAD = 1e6          # cost per core of overload while searching from an infeasible start
+
+
+@dataclass
+class Placement:
+    """Where each virtual node goes, what that costs, and why."""
+
+    assignment: dict[str, str]
+    cost: Cost
+    explain: dict[str, str]
+    solver: str = "heuristic"
+    seconds: float = 0.0
+    flows: Flows | None = field(default=None, repr=False)
+    problem: Problem | None = field(default=None, repr=False)
+
+    @property
+    def feasible(self) -> bool:
+        return self.cost.feasible
+
+
+# -- incremental state for local search -------------------------------------------------------------------
+
+class _State:
+    """An assignment with what the deltas need: cores used per node, longest paths to and from each vnode."""
+
+    def __init__(self, p: Problem, assign: np.ndarray) -> None:
+        self.p = p
+        self.a = assign.astype(np.int64).copy()
+        v = p.n_vnodes
+        nb: list[dict[int, float]] = [{} for _ in range(v)]
+        preds: list[list[int]] = [[] for _ in range(v)]
+        succs: list[list[int]] = [[] for _ in range(v)]
+        for s, d, b in zip(p.src.tolist(), p.dst.tolist(), p.traffic.tolist(), strict=True):
+            nb[s][d] = nb[s].get(d, 0.0) + b
+            nb[d][s] = nb[d].get(s, 0.0) + b
+        for s, d in zip(p.lat_src.tolist(), p.lat_dst.tolist(), strict=True):
+            succs[s].append(d)
+            preds[d].append(s)
+        self.nb_idx = [np.fromiter(m.keys(), np.int64, len(m)) for m in nb]
+        self.nb_b = [np.fromiter(m.values(), float, len(m)) for m in nb]
+        self.preds = [np.asarray(x, dtype=np.int64) for x in preds]
+        self.succs = [np.asarray(x, dtype=np.int64) for x in succs]
+        self.cores2 = np.where(p.cores > 0, p.cores, 1.0) ** 2
+        self.refresh()
+
+    def refresh(self) -> None:
+        p, a = self.p, self.a
+        self.used = np.bincount(a, weights=p.cpu, minlength=p.n_nodes)
+        self.dsrc = p.longest_to(a)
+        self.dsink = p.longest_from(a)
+        self.L = float(self.dsrc.max()) if p.n_vnodes else 0.0
+
+    def objective(self) -> float:
+        p = self.p
+        net, lat, load, used = p.terms(self.a)
+        over = np.maximum(0.0, used - p.capacity).sum()
+        w = p.weights
+        return w.network * net + w.latency * lat + w.load * load + _OVERLOAD * over
+
+    def deltas(self, v: int, capacity: bool = True) -> np.ndarray:
+        """[N] change of the objective if vnode v moved to each node (inf where it may not go)."""
+        p, a, w = self.p, self.a, self.p.weights
+        cur = a[v]
+        total = w.network * self._net(v) + w.load * self._load(v) + w.latency * self._latency(v)
+        total += self._overload(v)
+        total[~p.allowed[v]] = np.inf
+        if capacity:
+            full = self.used + p.cpu[v] > p.capacity + 1e-9
+            full[cur] = False
+            total[full] = np.inf
+        total[cur] = 0.0
+        return total
+
+    def _net(self, v: int) -> np.ndarray:
+        idx = self.nb_idx[v]
+        if not len(idx):
+            return np.zeros(self.p.n_nodes)
+        d = self.nb_b[v] @ self.p.inv_bw[self.a[idx]]
+        return d - d[self.a[v]]
+
+    def _load(self, v: int) -> np.ndarray:
+        c, cur, used = self.p.cpu[v], self.a[v], self.used
+        gain = ((used + c) ** 2 - used ** 2) / self.cores2
+        gain += ((used[cur] - c) ** 2 - used[cur] ** 2) / self.cores2[cur]
+        gain[cur] = 0.0
+        return gain
+
+    def _overload(self, v: int) -> np.ndarray:
+        cur, p = self.a[v], self.p
+        before = max(0.0, self.used[cur] - p.capacity[cur])
+        after = max(0.0, self.used[cur] - p.cpu[v] - p.capacity[cur])
+        out = np.full(p.n_nodes, -_OVERLOAD * (before - after))
+        out[cur] = 0.0
+        return out
+
+    def _through(self, v: int) -> np.ndarray:
+        """[N] longest latency of a path through v, were v on each node (paths elsewhere unchanged)."""
+        p, a = self.p, self.a
+        pr, su = self.preds[v], self.succs[v]
+        n = p.n_nodes
+        din = (self.dsrc[pr][:, None] + p.latency_ms[a[pr]]).max(axis=0) if len(pr) else np.zeros(n)
+        dout = (p.latency_ms[:, a[su]] + self.dsink[su][None, :]).max(axis=1) if len(su) else np.zeros(n)
+        return din + dout
+
+    def _latency(self, v: int) -> np.ndarray:
+        if not len(self.preds[v]) and not len(self.succs[v]):
+            return np.zeros(self.p.n_nodes)
+        through = self._through(v)
+        cur = self.a[v]
+        if through[cur] >= self.L - 1e-9:      # v is on a critical path: what is left without it?
+            rest = float(self.p.longest_to(self.a, skip=v).max())
+        else:
+            rest = self.L
+        return np.maximum(rest, through) - self.L
+
+    def move(self, v: int, n: int) -> None:
+        p, cur = self.p, self.a[v]
+        self.used[cur] -= p.cpu[v]
+        self.used[n] += p.cpu[v]
+        self.a[v] = n
+        if len(self.preds[v]) or len(self.succs[v]):
+            self.dsrc = p.longest_to(self.a)
+            self.dsink = p.longest_from(self.a)
+            self.L = float(self.dsrc.max())
+
+
+# -- heuristic ----------------------------------------------------------------------------------------------
+
+def seed(problem: Problem) -> np.ndarray:
+    """Pinned vnodes first, then each vnode in topological order on the node adding least cost so far."""
+    p, w = problem, problem.weights
+    assign = np.where(p.pinned >= 0, p.pinned, -1)
+    used = np.bincount(assign[assign >= 0], weights=p.cpu[assign >= 0], minlength=p.n_nodes)
+    cores2 = np.where(p.cores > 0, p.cores, 1.0) ** 2
+    dist = np.zeros(p.n_vnodes)
+    nb: list[list[tuple[int, float]]] = [[] for _ in range(p.n_vnodes)]
+    for s, d, b in zip(p.src.tolist(), p.dst.tolist(), p.traffic.tolist(), strict=True):
+        nb[s].append((d, b))
+        nb[d].append((s, b))
+    preds: list[list[int]] = [[] for _ in range(p.n_vnodes)]
+    for s, d in zip(p.lat_src.tolist(), p.lat_dst.tolist(), strict=True):
+        preds[d].append(s)
+    latency = 0.0
+    for v in p.order.tolist():
+        din = np.zeros(p.n_nodes)
+        for u in preds[v]:
+            din = np.maximum(din, dist[u] + p.latency_ms[assign[u]])
+        if assign[v] < 0:
+            cost = w.latency * (np.maximum(latency, din) - latency)
+            cost += w.load * ((used + p.cpu[v]) ** 2 - used ** 2) / cores2
+            for u, b in nb[v]:
+                if assign[u] >= 0:
+                    cost += w.network * b * p.inv_bw[assign[u]]
+            cost[~p.allowed[v]] = np.inf
+            room = used + p.cpu[v] <= p.capacity + 1e-9
+            if (room & p.allowed[v]).any():
+                cost[~room] = np.inf
+                assign[v] = int(np.argmin(cost))
+            else:                                   # nothing fits: least overload
+                spare = np.where(p.allowed[v], p.capacity - used, -np.inf)
+                assign[v] = int(np.argmax(spare))
+            used[assign[v]] += p.cpu[v]
+        dist[v] = din[assign[v]]
+        latency = max(latency, dist[v])
+    return assign
+
+
+def _movable(p: Problem) -> list[int]:
+    counts = p.allowed.sum(axis=1)
+    return [v for v in p.order.tolist() if p.pinned[v] < 0 and counts[v] > 1]
+
+
+def _sweep(st: _State, movable: list[int]) -> bool:
+    """Move every vnode to its best node while that gains; True if anything moved."""
+    moved = False
+    for v in movable:
+        d = st.deltas(v)
+        n = int(np.argmin(d))
+        if d[n] < -_TOL * max(1.0, abs(st.L)) and n != st.a[v]:
+            st.move(v, n)
+            moved = True
+    return moved
+
+
+def _swap_candidates(st: _State, movable: list[int], exhaustive: bool) -> list[tuple[int, int]]:
+    if exhaustive:
+        return [(u, v) for i, u in enumerate(movable) for v in movable[i + 1:] if st.a[u] != st.a[v]]
+    pairs = []
+    by_node: dict[int, list[int]] = {}
+    for v in movable:
+        by_node.setdefault(int(st.a[v]), []).append(v)
+    for u in movable:
+        free = st.deltas(u, capacity=False)
+        n = int(np.argmin(free))
+        if n != st.a[u] and free[n] < 0 and st.deltas(u)[n] == np.inf:   # blocked by capacity only
+            pairs += [(u, v) for v in by_node.get(n, [])[:16]]
+    return pairs
+
+
+def _try_swap(st: _State, u: int, v: int) -> bool:
+    p = st.p
+    a, b = int(st.a[u]), int(st.a[v])
+    if not (p.allowed[u, b] and p.allowed[v, a]):
+        return False
+    before = st.objective()
+    st.a[u], st.a[v] = b, a
+    after = st.objective()
+    if after < before - _TOL * max(1.0, abs(before)):
+        st.refresh()
+        return True
+    st.a[u], st.a[v] = a, b
+    return False
+
+
+def _local_search(p: Problem, start: np.ndarray, deadline: float) -> np.ndarray:
+    st = _State(p, start)
+    movable = _movable(p)
+    exhaustive = len(movable) <= 40
+    while time.perf_counter() < deadline:
+        moved = _sweep(st, movable)
+        swapped = False
+        for u, v in _swap_candidates(st, movable, exhaustive):
+            swapped |= _try_swap(st, u, v)
+        if not moved and not swapped:
+            break
+    return st.a
+
+
+def _random_start(p: Problem, rng: np.random.Generator) -> np.ndarray:
+    assign = np.empty(p.n_vnodes, dtype=np.int64)
+    for v in range(p.n_vnodes):
+        choices = np.flatnonzero(p.allowed[v])
+        assign[v] = int(rng.choice(choices))
+    return assign
+
+
+def _search_objective(p: Problem, assign: np.ndarray) -> float:
+    net, lat, load, used = p.terms(assign)
+    w = p.weights
+    return (w.network * net + w.latency * lat + w.load * load
+            + _OVERLOAD * float(np.maximum(0.0, used - p.capacity).sum()))
+
+
+def heuristic(problem: Problem, start: np.ndarray | None = None, restarts: int | None = None,
+              time_limit: float = 10.0, rng_seed: int = 0) -> np.ndarray:
+    """Seeding (or `start`, e.g. the current placement) then local search; small instances also try
+    `restarts` random starts (default: 12 when vnodes × nodes ≤ 400) and keep the best."""
+    deadline = time.perf_counter() + time_limit
+    first = start.astype(np.int64) if start is not None else seed(problem)
+    best = _local_search(problem, first, deadline)
+    best_cost = _search_objective(problem, best)
+    if restarts is None:
+        restarts = 12 if problem.n_vnodes * problem.n_nodes <= 400 and start is None else 0
+    rng = np.random.default_rng(rng_seed)
+    for _ in range(restarts):
+        if time.perf_counter() > deadline:
+            break
+        cand = _local_search(problem, _random_start(problem, rng), deadline)
+        c = _search_objective(problem, cand)
+        if c < best_cost - 1e-12:
+            best, best_cost = cand, c
+    return best
+
+
+# -- exact ----------------------------------------------------------------------------------------------------
+
+def exact(problem: Problem, upper: np.ndarray | None = None, max_nodes: int = 5_000_000) -> np.ndarray:
+    """The optimal feasible placement by branch and bound (raises PlacementError if none exists or the
+    search exceeds `max_nodes` tree nodes)."""
+    p, w = problem, problem.weights
+    best_assign = upper if upper is not None else heuristic(p)
+    best = p.total(best_assign)
+    order = p.order.tolist()
+    pos = {v: i for i, v in enumerate(order)}
+    earlier: list[list[tuple[int, float]]] = [[] for _ in order]
+    preds: list[list[int]] = [[] for _ in order]
+    for s, d, b in zip(p.src.tolist(), p.dst.tolist(), p.traffic.tolist(), strict=True):
+        (earlier[d] if pos[s] < pos[d] else earlier[s]).append((s if pos[s] < pos[d] else d, b))
+    for s, d in zip(p.lat_src.tolist(), p.lat_dst.tolist(), strict=True):
+        preds[d].append(s)
+    inv = p.inv_bw.tolist()
+    lat = p.latency_ms.tolist()
+    cap = p.capacity.tolist()
+    cores2 = (np.where(p.cores > 0, p.cores, 1.0) ** 2).tolist()
+    domains = [np.flatnonzero(p.allowed[v]).tolist() for v in range(p.n_vnodes)]
+    cpu = p.cpu.tolist()
+    assign = [-1] * p.n_vnodes
+    dist = [0.0] * p.n_vnodes
+    used = [0.0] * p.n_nodes
+    state = {"best": best, "assign": best_assign.copy(), "nodes": 0}
+
+    def dfs(k: int, net: float, load: float, latency: float) -> None:
+        state["nodes"] += 1
+        if state["nodes"] > max_nodes:
+            raise PlacementError(f"exact search gave up after {max_nodes} nodes: use the heuristic")
+        if k == len(order):
+            total = w.network * net + w.load * load + w.latency * latency
+            if total < state["best"] - 1e-12:
+                state["best"], state["assign"] = total, np.array(assign, dtype=np.int64)
+            return
+        v = order[k]
+        options = []
+        for n in domains[v]:
+            u_new = used[n] + cpu[v]
+            if u_new > cap[n] + 1e-9:
+                continue
+            dn = sum(b * inv[n][assign[u]] for u, b in earlier[v])
+            dl = (u_new * u_new - used[n] * used[n]) / cores2[n]
+            dv = max((dist[u] + lat[assign[u]][n] for u in preds[v]), default=0.0)
+            lat_new = max(latency, dv)
+            bound = w.network * (net + dn) + w.load * (load + dl) + w.latency * lat_new
+            if bound < state["best"] - 1e-12:
+                options.append((bound, n, dn, dl, dv, lat_new))
+        options.sort()
+        for bound, n, dn, dl, dv, lat_new in options:
+            if bound >= state["best"] - 1e-12:
+                break
+            assign[v], dist[v] = n, dv
+            used[n] += cpu[v]
+            dfs(k + 1, net + dn, load + dl, lat_new)
+            used[n] -= cpu[v]
+            assign[v] = -1
+
+    dfs(0, 0.0, 0.0, 0.0)
+    if not math.isfinite(state["best"]):
+        raise PlacementError("no feasible placement: the vnodes' CPU demand exceeds what the nodes allowed to "
+                             "host them have")
+    return state["assign"]
+
+
+def solve(problem: Problem, solver: str = "heuristic", start: np.ndarray | None = None) -> np.ndarray:
+    """Node index per vnode, by the named solver."""
+    if solver == "heuristic":
+        return heuristic(problem, start)
+    if solver == "exact":
+        return exact(problem, heuristic(problem, start))
+    raise ValueError(f"unknown solver '{solver}': use 'heuristic' or 'exact'")
+
+
+# -- the public entry point -------------------------------------------------------------------------------------
+
+def place(plan: PhysicalPlan, graph: LogicalGraph, topology: Topology,
+          rates: Mapping[EdgeKey, float] | None = None, solver: str = "heuristic",
+          current: Mapping[str, str] | None = None, weights: Weights | None = None,
+          estimates: Estimates | None = None) -> Placement:
+    """Place a physical plan on a topology.
+
+    `rates` are measured bytes/s per (src_task, dst_task) (estimates otherwise); `current` (vnode → node)
+    starts the search from the running placement, so only moves that gain are proposed. Raises
+    `PlacementError` if the topology has errors or a pin/backend cannot be met; an overloaded result is
+    returned with `placement.feasible == False` and the reasons in `placement.cost.reasons`."""
+    from .explain import explain, vnode_labels
+
+    errors = topology.check()
+    if errors:
+        raise PlacementError(f"the topology {topology.source or topology.name} has errors:\n  " + "\n  ".join(errors))
+    started = time.perf_counter()
+    flows = estimate_flows(plan, graph, topology, rates, estimates)
+    problem = build_problem(plan, graph, topology, flows, weights)
+    start = None
+    if current is not None:
+        start = _start_from(problem, current)
+    assign = solve(problem, solver, start)
+    seconds = time.perf_counter() - started
+    assignment = {vn: problem.nodes[int(n)] for vn, n in zip(problem.vnodes, assign, strict=True)}
+    cost = evaluate(problem, assign)
+    pins = {vn: pin.reason for vn, pin in find_pins(plan, graph, topology).items()}
+    why = explain(problem, assign, vnode_labels(plan, graph), pins, current)
+    return Placement(assignment, cost, why, solver, seconds, flows, problem)
+
+
+def _start_from(problem: Problem, current: Mapping[str, str]) -> np.ndarray:
+    """The current placement as a start; vnodes it does not cover (or cannot keep) are seeded afresh."""
+    fresh = seed(problem)
+    index = {n: i for i, n in enumerate(problem.nodes)}
+    start = fresh.copy()
+    for v, vn in enumerate(problem.vnodes):
+        j = index.get(current.get(vn, ""), -1)
+        if j >= 0 and problem.allowed[v, j]:
+            start[v] = j
+    return start
+
+
+# -- re-placement support -----------------------------------------------------------------------------------------
+
+@dataclass
+class MigrationGain:
+    """Is moving from `current` to `proposed` worth it? Costs are per second (the cost model's units: one
+    fully used link for one second = `Weights.network`); the migration is a one-off price in the same units."""
+
+    current_cost: float
+    proposed_cost: float
+    saving_per_s: float           # current − proposed (inf when only the proposal is feasible)
+    migration_cost: float         # Weights.network × Σ state bytes × Σ 1/bandwidth on the route it travels
+    payback_s: float              # migration_cost / saving_per_s (inf when nothing is saved)
+    moved: dict[str, tuple[str, str]]
+
+    def worth(self, horizon_s: float = 300.0, min_relative_gain: float = 0.05) -> bool:
+        """Migrate if it pays back within `horizon_s` and saves at least `min_relative_gain` of the cost
+        (hysteresis: small or slow gains do not make vnodes flap between nodes)."""
+        if not self.moved or self.saving_per_s <= 0:
+            return False
+        if math.isinf(self.saving_per_s):
+            return True
+        relative = self.saving_per_s / self.current_cost if self.current_cost > 0 else math.inf
+        return self.payback_s <= horizon_s and relative >= min_relative_gain
+
+
+def migration_gain(plan: PhysicalPlan, graph: LogicalGraph, topology: Topology, current: Mapping[str, str],
+                   proposed: Mapping[str, str], state_bytes: Mapping[str, float] | float = 0.0,
+                   rates: Mapping[EdgeKey, float] | None = None, weights: Weights | None = None,
+                   per_vnode_cost: float = 0.0) -> MigrationGain:
+    """The predicted saving per second of `proposed` over `current` against the one-off cost of shipping
+    each moved vnode's state (`state_bytes`: per vnode, or one figure for all) over the network, plus
+    `per_vnode_cost` per moved vnode (e.g. the pause, in cost units)."""
+    flows = estimate_flows(plan, graph, topology, rates)
+    problem = build_problem(plan, graph, topology, flows, weights)
+    cur = evaluate(problem, as_array(problem, current)).total
+    new = evaluate(problem, as_array(problem, proposed)).total
+    routes = topology.routes()
+    moved = {vn: (current[vn], proposed[vn]) for vn in problem.vnodes if current[vn] != proposed[vn]}
+    price = 0.0
+    for vn, (a, b) in moved.items():
+        size = state_bytes.get(vn, 0.0) if isinstance(state_bytes, Mapping) else float(state_bytes)
+        price += problem.weights.network * size * float(routes.inv_bandwidth[routes.index[a], routes.index[b]])
+        price += per_vnode_cost
+    if math.isinf(cur) and math.isfinite(new):
+        saving = math.inf
+    elif math.isinf(new):
+        saving = -math.inf
+    else:
+        saving = cur - new
+    payback = price / saving if saving > 0 and math.isfinite(saving) else (0.0 if saving == math.inf else math.inf)
+    return MigrationGain(cur, new, saving, price, payback, moved)
