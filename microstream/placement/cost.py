@@ -42,6 +42,7 @@ __all__ = ["Cost", "Estimates", "Flows", "Pin", "PlacementError", "Problem", "We
            "cost_of", "estimate_flows", "evaluate", "find_pins", "record_bytes"]
 
 EdgeKey = tuple[str, str]
+_SMALL = 48              # longest paths over at most this many edges run in plain Python
 
 
 class PlacementError(MicrostreamError):
@@ -335,9 +336,14 @@ class Problem:
         back = np.argsort(-level[self.lat_dst], kind="stable")
         self._back = [(self.lat_src[back][m], self.lat_dst[back][m])
                       for m in _groups(-level[self.lat_dst][back])]
+        self._fwd_pairs = list(zip(self.lat_src[fwd].tolist(), self.lat_dst[fwd].tolist(), strict=True))
+        self._back_pairs = list(zip(self.lat_src[back].tolist(), self.lat_dst[back].tolist(), strict=True))
+        self._lat_rows = self.latency_ms.tolist()
 
     def longest_to(self, assign: np.ndarray, skip: int = -1) -> np.ndarray:
         """[V] longest latency of a path ending at each vnode (edges touching `skip` left out)."""
+        if len(self.lat_src) <= _SMALL:
+            return np.asarray(self._longest_small(assign.tolist(), skip, forward=True))
         dist = np.zeros(self.n_vnodes)
         for s, d in self._fwd:
             w = self.latency_ms[assign[s], assign[d]]
@@ -348,9 +354,28 @@ class Problem:
 
     def longest_from(self, assign: np.ndarray) -> np.ndarray:
         """[V] longest latency of a path starting at each vnode."""
+        if len(self.lat_src) <= _SMALL:
+            return np.asarray(self._longest_small(assign.tolist(), -1, forward=False))
         dist = np.zeros(self.n_vnodes)
         for s, d in self._back:
             np.maximum.at(dist, s, dist[d] + self.latency_ms[assign[s], assign[d]])
+        return dist
+
+    def _longest_small(self, a: list[int], skip: int, forward: bool) -> list[float]:
+        """The same in plain Python: faster for a few dozen edges."""
+        lat = self._lat_rows
+        dist = [0.0] * self.n_vnodes
+        if forward:
+            for s, d in self._fwd_pairs:
+                if s != skip and d != skip:
+                    x = dist[s] + lat[a[s]][a[d]]
+                    if x > dist[d]:
+                        dist[d] = x
+        else:
+            for s, d in self._back_pairs:
+                x = dist[d] + lat[a[s]][a[d]]
+                if x > dist[s]:
+                    dist[s] = x
         return dist
 
     def terms(self, assign: np.ndarray) -> tuple[float, float, float, np.ndarray]:

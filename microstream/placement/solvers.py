@@ -256,16 +256,100 @@ def _try_swap(st: _State, u: int, v: int) -> bool:
     return False
 
 
+def _components(st: _State, movable: list[int]) -> list[list[int]]:
+    """Groups of movable vnodes on the same node joined by traffic (a chain that should move as one)."""
+    ok = set(movable)
+    parent = {v: v for v in movable}
+
+    def find(x: int) -> int:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for s, d in zip(st.p.src.tolist(), st.p.dst.tolist(), strict=True):
+        if s in ok and d in ok and st.a[s] == st.a[d]:
+            parent[find(s)] = find(d)
+    groups: dict[int, list[int]] = {}
+    for v in movable:
+        groups.setdefault(find(v), []).append(v)
+    return list(groups.values())
+
+
+def _set(st: _State, changes: list[tuple[int, int]]) -> None:
+    for v, n in changes:
+        st.a[v] = n
+    st.refresh()
+
+
+def _try_group(st: _State, group: list[int], n: int, movable: set[int], limit: int) -> bool:
+    """Move `group` to node n, evicting one vnode of n to its best node if n lacks room; keep if better."""
+    p = st.p
+    if not p.allowed[group, n].all():
+        return False
+    before = st.objective()
+    undo = [(v, int(st.a[v])) for v in group]
+    _set(st, [(v, n) for v in group])
+    if st.used[n] > p.capacity[n] + 1e-9:
+        evict = _best_eviction(st, group, n, movable, limit)
+        if evict is None:
+            _set(st, undo)
+            return False
+        undo.append((evict[0], n))
+        _set(st, [evict])
+    if st.objective() < before - _TOL * max(1.0, abs(before)):
+        return True
+    _set(st, undo)
+    return False
+
+
+def _best_eviction(st: _State, group: list[int], n: int, movable: set[int], limit: int) -> tuple[int, int] | None:
+    p = st.p
+    best, best_d = None, np.inf
+    others = [w for w in np.flatnonzero(st.a == n).tolist() if w in movable and w not in group][:limit]
+    for w in others:
+        if st.used[n] - p.cpu[w] > p.capacity[n] + 1e-9:
+            continue
+        d = st.deltas(w)
+        d[n] = np.inf
+        m = int(np.argmin(d))
+        if d[m] < best_d:
+            best, best_d = (w, m), d[m]
+    return best
+
+
+def _group_moves(st: _State, movable: list[int], exhaustive: bool) -> bool:
+    moved = False
+    mov = set(movable)
+    for group in _components(st, movable):
+        if not exhaustive and len(group) > 6:
+            continue
+        here = int(st.a[group[0]])
+        targets = range(st.p.n_nodes) if exhaustive else _neighbour_nodes(st, group)
+        for n in targets:
+            if n != here and _try_group(st, group, n, mov, 1_000 if exhaustive else 8):
+                moved = True
+                break
+    return moved
+
+
+def _neighbour_nodes(st: _State, group: list[int]) -> list[int]:
+    nodes = {int(st.a[u]) for v in group for u in st.nb_idx[v].tolist()}
+    return sorted(nodes)
+
+
 def _local_search(p: Problem, start: np.ndarray, deadline: float) -> np.ndarray:
     st = _State(p, start)
     movable = _movable(p)
-    exhaustive = len(movable) <= 40
+    exhaustive = len(movable) * p.n_nodes <= 400
     while time.perf_counter() < deadline:
         moved = _sweep(st, movable)
         swapped = False
         for u, v in _swap_candidates(st, movable, exhaustive):
             swapped |= _try_swap(st, u, v)
-        if not moved and not swapped:
+        if moved or swapped:
+            continue
+        if not _group_moves(st, movable, exhaustive):
             break
     return st.a
 

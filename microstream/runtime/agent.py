@@ -174,7 +174,8 @@ class Agent:
                     self.control.send_multipart([host.identity, *ControlMessage(m.kind, h, m.blob).frames()])
         elif m.kind == "stop":
             for host in self._hosts_of(h["job"]):
-                self._stop_host(host)
+                if h.get("only") in (None, host.vnode):
+                    self._stop_host(host)
         elif m.kind == "shutdown":
             self._stop = True
 
