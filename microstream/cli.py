@@ -172,8 +172,12 @@ def cmd_coordinator(args: argparse.Namespace) -> int:
     _log_to_stderr()
     keys, store = _load_security(args, "coordinator")
     trusted = store.trusted() if store else {}
+    from .runtime.policy import PolicyParams
+
+    policy = None if args.no_auto_place else PolicyParams(every=args.replace_every, min_gain=args.min_gain,
+                                                            confirm=args.confirm, cooldown=args.cooldown)
     coord = Coordinator(args.bind, keys, trusted, metrics_port=args.metrics_port,
-                        log=lambda text: print(text, file=sys.stderr, flush=True))
+                        log=lambda text: print(text, file=sys.stderr, flush=True), policy=policy)
     endpoint = coord.open()
     if args.port_file:
         Path(args.port_file).write_text(endpoint)
@@ -372,6 +376,21 @@ def cmd_cluster(args: argparse.Namespace) -> int:
     return EXIT_OK if state else EXIT_FAILED
 
 
+def _policy_options(p: argparse.ArgumentParser) -> None:
+    from .runtime.policy import PolicyParams
+
+    d = PolicyParams()
+    p.add_argument("--no-auto-place", action="store_true", help="never move virtual nodes on its own")
+    p.add_argument("--replace-every", type=float, default=d.every, metavar="S",
+                   help="seconds between re-placement checks (default %(default)s)")
+    p.add_argument("--min-gain", type=float, default=d.min_gain, metavar="B/S",
+                   help="cross-node bytes/s a move must save (default %(default)s)")
+    p.add_argument("--confirm", type=int, default=d.confirm,
+                   help="checks in a row that must agree (default %(default)s)")
+    p.add_argument("--cooldown", type=float, default=d.cooldown, metavar="S",
+                   help="seconds before a virtual node may move again (default %(default)s)")
+
+
 def _discovery_options(p: argparse.ArgumentParser) -> None:
     from .runtime.discovery import DEFAULT_PORT
 
@@ -417,6 +436,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port-file", help=argparse.SUPPRESS)
     p.add_argument("--beacon", action="store_true", help="announce this coordinator on the LAN by multicast")
     _discovery_options(p)
+    _policy_options(p)
     _cluster_options(p, coordinator=False)
     p.set_defaults(fn=cmd_coordinator)
 

@@ -103,39 +103,60 @@ class _State:
 
     def deltas(self, v: int, capacity: bool = True) -> np.ndarray:
         """[N] change of the objective if vnode v moved to each node (inf where it may not go)."""
-        p, a, w = self.p, self.a, self.p.weights
-        cur = a[v]
-        total = w.network * self._net(v) + w.load * self._load(v) + w.latency * self._latency(v)
-        total += self._overload(v)
+        free = self.free_deltas(v)
+        return self.constrain(v, free) if capacity else free
+
+    def free_deltas(self, v: int) -> np.ndarray:
+        """Like `deltas`, ignoring the target's cores (pins and backends still hold)."""
+        p, w = self.p, self.p.weights
+        cur = self.a[v]
+        total = self._load(v)
+        total *= w.load
+        idx = self.nb_idx[v]
+        if len(idx):
+            d = self.nb_b[v] @ p.inv_bw[self.a[idx]]
+            total += w.network * (d - d[cur])
+        if len(self.preds[v]) or len(self.succs[v]):
+            total += w.latency * self._latency(v)
+        over = self.used[cur] - p.capacity[cur]
+        if over > 0:
+            total -= _OVERLOAD * min(over, p.cpu[v])
         total[~p.allowed[v]] = np.inf
-        if capacity:
-            full = self.used + p.cpu[v] > p.capacity + 1e-9
-            full[cur] = False
-            total[full] = np.inf
         total[cur] = 0.0
         return total
 
-    def _net(self, v: int) -> np.ndarray:
+    def constrain(self, v: int, free: np.ndarray) -> np.ndarray:
+        """`free` with the nodes that lack the room for v set to inf."""
+        p = self.p
+        out = np.where(self.used + p.cpu[v] > p.capacity + 1e-9, np.inf, free)
+        out[self.a[v]] = 0.0
+        return out
+
+    def delta_at(self, v: int, n: int) -> float:
+        """Estimated change of moving v to node n (latency: only an increase is counted)."""
+        p, w, a = self.p, self.p.weights, self.a
+        cur = int(a[v])
+        if n == cur:
+            return 0.0
+        out = 0.0
         idx = self.nb_idx[v]
-        if not len(idx):
-            return np.zeros(self.p.n_nodes)
-        d = self.nb_b[v] @ self.p.inv_bw[self.a[idx]]
-        return d - d[self.a[v]]
+        if len(idx):
+            out += w.network * float(self.nb_b[v] @ (p.inv_bw[n, a[idx]] - p.inv_bw[cur, a[idx]]))
+        c, used = p.cpu[v], self.used
+        out += w.load * (((used[n] + c) ** 2 - used[n] ** 2) / self.cores2[n]
+                         + ((used[cur] - c) ** 2 - used[cur] ** 2) / self.cores2[cur])
+        pr, su = self.preds[v], self.succs[v]
+        if len(pr) or len(su):
+            din = float((self.dsrc[pr] + p.latency_ms[a[pr], n]).max()) if len(pr) else 0.0
+            dout = float((p.latency_ms[n, a[su]] + self.dsink[su]).max()) if len(su) else 0.0
+            out += w.latency * max(0.0, din + dout - self.L)
+        return out
 
     def _load(self, v: int) -> np.ndarray:
         c, cur, used = self.p.cpu[v], self.a[v], self.used
         gain = ((used + c) ** 2 - used ** 2) / self.cores2
         gain += ((used[cur] - c) ** 2 - used[cur] ** 2) / self.cores2[cur]
-        gain[cur] = 0.0
         return gain
-
-    def _overload(self, v: int) -> np.ndarray:
-        cur, p = self.a[v], self.p
-        before = max(0.0, self.used[cur] - p.capacity[cur])
-        after = max(0.0, self.used[cur] - p.cpu[v] - p.capacity[cur])
-        out = np.full(p.n_nodes, -_OVERLOAD * (before - after))
-        out[cur] = 0.0
-        return out
 
     def _through(self, v: int) -> np.ndarray:
         """[N] longest latency of a path through v, were v on each node (paths elsewhere unchanged)."""
@@ -214,30 +235,49 @@ def _movable(p: Problem) -> list[int]:
     return [v for v in p.order.tolist() if p.pinned[v] < 0 and counts[v] > 1]
 
 
-def _sweep(st: _State, movable: list[int]) -> bool:
-    """Move every vnode to its best node while that gains; True if anything moved."""
+def _sweep(st: _State, movable: list[int], blocked: list[tuple[int, int]]) -> bool:
+    """Move every vnode to its best node while that gains; True if anything moved. Vnodes whose best node
+    lacks the room are appended to `blocked` as (vnode, that node)."""
     moved = False
     for v in movable:
-        d = st.deltas(v)
+        free = st.free_deltas(v)
+        d = st.constrain(v, free)
         n = int(np.argmin(d))
         if d[n] < -_TOL * max(1.0, abs(st.L)) and n != st.a[v]:
             st.move(v, n)
             moved = True
+            continue
+        m = int(np.argmin(free))
+        if free[m] < d[n] - 1e-12 and m != st.a[v]:
+            blocked.append((v, m))
     return moved
 
 
-def _swap_candidates(st: _State, movable: list[int], exhaustive: bool) -> list[tuple[int, int]]:
+def _swap_candidates(st: _State, movable: list[int], exhaustive: bool,
+                     blocked: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Every pair on small instances; otherwise, for each vnode kept off its best node only by that node's
+    cores, the vnode there whose move back is estimated to cost least."""
     if exhaustive:
         return [(u, v) for i, u in enumerate(movable) for v in movable[i + 1:] if st.a[u] != st.a[v]]
+    p = st.p
+    mov = set(movable)
     pairs = []
-    by_node: dict[int, list[int]] = {}
-    for v in movable:
-        by_node.setdefault(int(st.a[v]), []).append(v)
-    for u in movable:
-        free = st.deltas(u, capacity=False)
-        n = int(np.argmin(free))
-        if n != st.a[u] and free[n] < 0 and st.deltas(u)[n] == np.inf:   # blocked by capacity only
-            pairs += [(u, v) for v in by_node.get(n, [])[:16]]
+    for u, n in blocked:
+        a = int(st.a[u])
+        if a == n:
+            continue
+        gain = -st.delta_at(u, n)
+        best, best_d = None, gain
+        for w in np.flatnonzero(st.a == n).tolist():
+            if w not in mov or not p.allowed[w, a]:
+                continue
+            if st.used[n] - p.cpu[w] + p.cpu[u] > p.capacity[n] + 1e-9:
+                continue
+            dw = st.delta_at(w, a)
+            if dw < best_d:
+                best, best_d = w, dw
+        if best is not None:
+            pairs.append((u, best))
     return pairs
 
 
@@ -321,13 +361,16 @@ def _best_eviction(st: _State, group: list[int], n: int, movable: set[int], limi
 def _group_moves(st: _State, movable: list[int], exhaustive: bool) -> bool:
     moved = False
     mov = set(movable)
-    for group in _components(st, movable):
+    groups = _components(st, movable)
+    if exhaustive:        # also each edge's two ends together, wherever they are
+        groups += [[s, d] for s, d in zip(st.p.src.tolist(), st.p.dst.tolist(), strict=True)
+                   if s in mov and d in mov and st.a[s] != st.a[d]]
+    for group in groups:
         if not exhaustive and len(group) > 6:
             continue
-        here = int(st.a[group[0]])
         targets = range(st.p.n_nodes) if exhaustive else _neighbour_nodes(st, group)
         for n in targets:
-            if n != here and _try_group(st, group, n, mov, 1_000 if exhaustive else 8):
+            if not (st.a[group] == n).all() and _try_group(st, group, n, mov, 1_000 if exhaustive else 8):
                 moved = True
                 break
     return moved
@@ -343,11 +386,13 @@ def _local_search(p: Problem, start: np.ndarray, deadline: float) -> np.ndarray:
     movable = _movable(p)
     exhaustive = len(movable) * p.n_nodes <= 400
     while time.perf_counter() < deadline:
-        moved = _sweep(st, movable)
+        blocked: list[tuple[int, int]] = []
+        if _sweep(st, movable, blocked):
+            continue
         swapped = False
-        for u, v in _swap_candidates(st, movable, exhaustive):
+        for u, v in _swap_candidates(st, movable, exhaustive, blocked):
             swapped |= _try_swap(st, u, v)
-        if moved or swapped:
+        if swapped:
             continue
         if not _group_moves(st, movable, exhaustive):
             break
@@ -372,18 +417,25 @@ def _search_objective(p: Problem, assign: np.ndarray) -> float:
 def heuristic(problem: Problem, start: np.ndarray | None = None, restarts: int | None = None,
               time_limit: float = 10.0, rng_seed: int = 0) -> np.ndarray:
     """Seeding (or `start`, e.g. the current placement) then local search; small instances also try
-    `restarts` random starts (default: 12 when vnodes × nodes ≤ 400) and keep the best."""
+    `restarts` random starts (default: 8 when vnodes × nodes ≤ 400) and keep the best."""
     deadline = time.perf_counter() + time_limit
     first = start.astype(np.int64) if start is not None else seed(problem)
     best = _local_search(problem, first, deadline)
     best_cost = _search_objective(problem, best)
     if restarts is None:
-        restarts = 12 if problem.n_vnodes * problem.n_nodes <= 400 and start is None else 0
+        restarts = 8 if problem.n_vnodes * problem.n_nodes <= 400 and start is None else 0
     rng = np.random.default_rng(rng_seed)
-    for _ in range(restarts):
+    movable = _movable(problem)
+    for i in range(restarts):
         if time.perf_counter() > deadline:
             break
-        cand = _local_search(problem, _random_start(problem, rng), deadline)
+        if i % 2 == 0 or not movable:           # alternately a fresh random start, and a kick of the best
+            start_i = _random_start(problem, rng)
+        else:
+            start_i = best.copy()
+            for v in rng.choice(movable, size=min(3, len(movable)), replace=False).tolist():
+                start_i[v] = int(rng.choice(np.flatnonzero(problem.allowed[v])))
+        cand = _local_search(problem, start_i, deadline)
         c = _search_objective(problem, cand)
         if c < best_cost - 1e-12:
             best, best_cost = cand, c

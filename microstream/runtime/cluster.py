@@ -77,7 +77,7 @@ def _spawn(args: list[str], log: Path) -> subprocess.Popen:
 
 
 def up(nodes: int, root: Path, port: int = 0, insecure: bool = False, progress=print,
-       timeout: float = 60.0) -> dict[str, Any]:
+       timeout: float = 60.0, coordinator_args: list[str] | None = None) -> dict[str, Any]:
     """Start a coordinator and `nodes` agents as processes on this machine; wait until all registered."""
     from .security import KeyStore
 
@@ -100,7 +100,7 @@ def up(nodes: int, root: Path, port: int = 0, insecure: bool = False, progress=p
     port_file = root / "coordinator.port"
     port_file.unlink(missing_ok=True)
     coord = _spawn(["coordinator", "--bind", f"tcp://127.0.0.1:{port}", "--port-file", str(port_file),
-                    "--metrics-port", "0", *sec],
+                    "--metrics-port", "0", *sec, *(coordinator_args or [])],
                    logs / "coordinator.log")
     endpoint = _wait_for_port(port_file, coord, timeout)
     pids = [coord.pid]

@@ -19,9 +19,11 @@ import zmq
 from ..errors import MicrostreamError
 from ..graph import LogicalGraph
 from ..plan import PhysicalPlan, build_plan
+from .policy import Policy, PolicyParams
 from .protocol import ControlMessage, msg
 
 AGENT_TIMEOUT = 3.0
+DEFAULT_POLICY = PolicyParams()
 
 
 @dataclass
@@ -52,6 +54,7 @@ class Migration:
     endpoint: dict | None = None
     paused_at: float = 0.0
     started: float = field(default_factory=time.monotonic)
+    reason: str = "requested"
 
 
 @dataclass
@@ -72,16 +75,23 @@ class Job:
     migration: Migration | None = None
     barriers: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
+    pins: dict[str, str] = field(default_factory=dict)          # vnode -> node its sensor is attached to
+    traffic: dict[tuple[str, str], float] = field(default_factory=dict)   # (vnode, vnode) -> bytes/s measured
+    sent: dict[tuple[str, str], tuple[int, float]] = field(default_factory=dict)  # last (bytes, time) seen
+    policy: Policy | None = None
 
 
 class Coordinator:
     def __init__(self, bind: str = "tcp://127.0.0.1:7077", keys: Any = None, trusted: dict[bytes, str] | None = None,
-                 metrics_port: int | None = 0, agent_timeout: float = AGENT_TIMEOUT, log=print) -> None:
+                 metrics_port: int | None = 0, agent_timeout: float = AGENT_TIMEOUT, log=print,
+                 policy: PolicyParams | None = DEFAULT_POLICY) -> None:
         self.bind = bind
         self.keys = keys
         self.trusted = dict(trusted or {})
         self.agent_timeout = agent_timeout
         self.move_timeout = 60.0
+        self.policy_params = policy             # None: never move virtual nodes on its own
+        self._next_policy = 0.0
         self.log = log
         self.agents: dict[str, AgentInfo] = {}
         self.jobs: dict[str, Job] = {}
@@ -140,6 +150,7 @@ class Coordinator:
                         self.log(f"coordinator: error handling a message: {type(exc).__name__}: {exc}")
                 self._check_agents()
                 self._check_moves()
+                self._check_policy()
                 self._update_metrics()
         finally:
             self.close()
@@ -174,11 +185,63 @@ class Coordinator:
         now = time.monotonic()
         vnodes = m.header.get("vnodes", {})
         _add_rates(agent.vnodes, vnodes, now - agent.last_seen)
+        self._measure_traffic(vnodes, now)
         agent.last_seen = now
         agent.vnodes = vnodes
         if not agent.up:
             agent.up = True
             self.log(f"coordinator: agent {agent.name} is back")
+
+    def _measure_traffic(self, vnodes: dict[str, Any], now: float) -> None:
+        """Bytes/s between virtual nodes, from the channel byte counters hosts report."""
+        for key, info in vnodes.items():
+            job_id, _, vnode = key.partition("/")
+            job = self.jobs.get(job_id)
+            if job is None or info.get("state") in ("migrated", "done", "failed"):
+                continue
+            per_dst: dict[str, int] = {}
+            for ch in info.get("stats", {}).get("channels", {}).values():
+                if "to" in ch:
+                    per_dst[ch["to"]] = per_dst.get(ch["to"], 0) + int(ch.get("sent_bytes", 0))
+            for dst, total in per_dst.items():
+                last = job.sent.get((vnode, dst))
+                job.sent[(vnode, dst)] = (total, now)
+                if last is None or total < last[0] or now <= last[1]:
+                    continue  # first sight, or a new host whose counters restarted
+                rate = (total - last[0]) / (now - last[1])
+                old = job.traffic.get((vnode, dst))
+                job.traffic[(vnode, dst)] = rate if old is None else 0.5 * old + 0.5 * rate
+
+    def link_traffic(self, job: Job) -> list[dict[str, Any]]:
+        """Measured bytes/s per pair of virtual nodes, with the nodes they run on."""
+        rows = []
+        for (src, dst), rate in sorted(job.traffic.items()):
+            a, b = job.placement.get(src), job.placement.get(dst)
+            rows.append({"from": src, "to": dst, "from_node": a, "to_node": b, "bytes_per_s": rate,
+                         "crosses_link": a != b})
+        return rows
+
+    def _check_policy(self) -> None:
+        if self.policy_params is None or time.monotonic() < self._next_policy:
+            return
+        self._next_policy = time.monotonic() + self.policy_params.every
+        live = [a.name for a in self.agents.values() if a.up]
+        for job in self.jobs.values():
+            if job.state != "running" or job.migration is not None or job.policy is None:
+                continue
+            placement = {v: n for v, n in job.placement.items() if v not in job.results}
+            sizes = {h["vnode"]: float(h.get("state_bytes", 0) or 1_000_000) for h in job.history}
+            proposal = job.policy.evaluate(time.monotonic(), placement, job.traffic, live, job.pins, sizes)
+            if proposal is None:
+                continue
+            self.log(f"coordinator: re-placing {job.id}/{proposal.vnode} {proposal.source} -> {proposal.target}: "
+                     f"saves {proposal.gain:,.0f} B/s of cross-node traffic ({proposal.before:,.0f} -> "
+                     f"{proposal.after:,.0f})")
+            job.barriers += 1
+            job.migration = Migration(proposal.vnode, "migrate", proposal.source, proposal.target, job.barriers, None)
+            job.migration.reason = f"auto: saves {proposal.gain:,.0f} B/s"
+            job.policy.moved(proposal.vnode, time.monotonic())
+            self._deploy_new_host(job, job.migration)
 
     def _check_agents(self) -> None:
         now = time.monotonic()
@@ -205,6 +268,9 @@ class Coordinator:
         self.jobs[job_id] = job
         blob = cloudpickle.dumps({"graph": graph, "plan": plan, "credits": m.header.get("credits", 8)})
         job.blob = blob
+        job.pins = {vn.id: vn.at for vn in plan.vnodes.values() if vn.at}
+        if self.policy_params is not None:
+            job.policy = Policy(self.policy_params)
         for vnode, agent_name in placement.items():
             agent = self.agents[agent_name]
             self._send(agent.identity, ControlMessage("deploy", {"job": job_id, "vnode": vnode,
@@ -373,7 +439,11 @@ class Coordinator:
 
     def _finish_move(self, job: Job, mig: Migration, figures: dict[str, Any], blob: bytes | None = None) -> None:
         record = {"vnode": mig.vnode, "mode": mig.mode, "from": mig.source, "to": mig.target,
-                  "total_s": time.monotonic() - mig.started, **figures}
+                  "total_s": time.monotonic() - mig.started, "reason": mig.reason, **figures}
+        if mig.vnode in job.pins and mig.target and mig.reason == "requested":
+            job.pins[mig.vnode] = mig.target  # a pinned source moved by hand: its sensor is there now
+        if job.policy is not None:
+            job.policy.moved(mig.vnode, time.monotonic())
         job.history.append(record)
         job.migration = None
         self.log(f"coordinator: {mig.mode} of {job.id}/{mig.vnode} done: {record}")
@@ -442,7 +512,7 @@ class Coordinator:
                 vnodes[vn] = {"agent": agent_name, "tasks": job.plan.vnodes[vn].tasks, "state": live.get("state"),
                               "operators": live.get("stats", {}).get("operators", {})}
             jobs[job.id] = {"name": job.name, "state": job.state, "reason": job.reason, "vnodes": vnodes,
-                            "migrations": job.history}
+                            "migrations": job.history, "traffic": self.link_traffic(job), "pins": job.pins}
         return {"agents": agents, "jobs": jobs, "metrics_port": self.metrics_port}
 
     def _update_metrics(self) -> None:

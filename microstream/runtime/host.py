@@ -80,6 +80,7 @@ class HostRuntime:
         self.barrier: int | None = None          # the barrier this host is aligning on, if any
         self.barriers_seen: dict[tuple[str, int, str], int] = {}  # (task, input, producer) -> last barrier
         self.saved: dict | None = None           # the snapshot, once taken: the run ends with it
+        self.bytes_before: dict[tuple[str, str], int] = {}  # bytes sent on channels since replaced (redirects)
         self.server = server
         self.client_factory = client_factory
         self.clock = clock
@@ -345,6 +346,7 @@ class HostRuntime:
         if peer is not None:
             for (task_id, vn), client in list(self.clients.items()):
                 if vn == vnode:
+                    self.bytes_before[(task_id, vn)] = self.bytes_before.get((task_id, vn), 0) + client.sent_bytes
                     client.close()
                     self.clients[(task_id, vn)] = self.client_factory(peer, f"{task_id}>{vn}")
         for task_id, method, args, kwargs in held:
@@ -399,7 +401,9 @@ class HostRuntime:
                               "batches_in": t.batches_in, "batches_out": t.batches_out, "watermark": t.out_wm,
                               "watermark_lag_s": lag, "finished": t.finished}
         channels = {f"{k[0]}>{k[1]}": {"blocked_seconds": getattr(c, "blocked_seconds", 0.0),
-                                       "sent_messages": getattr(c, "sent_messages", 0)}
+                                       "sent_messages": getattr(c, "sent_messages", 0),
+                                       "sent_bytes": getattr(c, "sent_bytes", 0) + self.bytes_before.get(k, 0),
+                                       "to": k[1]}
                     for k, c in self.clients.items()}
         return {"vnode": self.vnode_id, "operators": ops, "channels": channels,
                 "dead_letters": self.dead_count, "server": getattr(self.server, "stats", {})}

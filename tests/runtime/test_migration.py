@@ -140,6 +140,5 @@ def test_save_to_file_then_restore_elsewhere(home, tmp_path):
 
 
 def test_migrate_errors_are_clear(home, tmp_path):
-    with Client(cluster.address(home)) as client:
-        with pytest.raises(ClusterError, match="no job 'nope'"):
-            client.migrate("nope", "vn0", "node1")
+    with Client(cluster.address(home)) as client, pytest.raises(ClusterError, match="no job 'nope'"):
+        client.migrate("nope", "vn0", "node1")
