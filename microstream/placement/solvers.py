@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -43,6 +44,8 @@ __all__ = ["MigrationGain", "Placement", "exact", "heuristic", "migration_gain",
 
 _TOL = 1e-12
 _OVERLOAD = 1e6          # cost per core of overload while searching from an infeasible start
+_MAX_BLOCKED = 64        # large instances: swaps tried per round for the vnodes most held back by capacity
+_MAX_PARTNERS = 12       # ... each with at most this many vnodes of the node it wants
 
 
 @dataclass
@@ -152,6 +155,14 @@ class _State:
             out += w.latency * max(0.0, din + dout - self.L)
         return out
 
+    def _net(self, v: int) -> np.ndarray:
+        """[N] change of the network term (unweighted) if v moved to each node."""
+        idx = self.nb_idx[v]
+        if not len(idx):
+            return np.zeros(self.p.n_nodes)
+        d = self.nb_b[v] @ self.p.inv_bw[self.a[idx]]
+        return d - d[self.a[v]]
+
     def _load(self, v: int) -> np.ndarray:
         c, cur, used = self.p.cpu[v], self.a[v], self.used
         gain = ((used + c) ** 2 - used ** 2) / self.cores2
@@ -235,26 +246,55 @@ def _movable(p: Problem) -> list[int]:
     return [v for v in p.order.tolist() if p.pinned[v] < 0 and counts[v] > 1]
 
 
-def _sweep(st: _State, movable: list[int], blocked: list[tuple[int, int]]) -> bool:
-    """Move every vnode to its best node while that gains; True if anything moved. Vnodes whose best node
-    lacks the room are appended to `blocked` as (vnode, that node)."""
-    moved = False
-    for v in movable:
-        free = st.free_deltas(v)
-        d = st.constrain(v, free)
-        n = int(np.argmin(d))
-        if d[n] < -_TOL * max(1.0, abs(st.L)) and n != st.a[v]:
-            st.move(v, n)
-            moved = True
-            continue
+def _try_move(st: _State, v: int, blocked: list[tuple[int, int]] | None = None) -> int:
+    """Move v to its best node if that gains; return the node it left (or -1). A vnode whose best node
+    lacks the room is appended to `blocked` as (vnode, that node, estimated gain)."""
+    free = st.free_deltas(v)
+    d = st.constrain(v, free)
+    n = int(np.argmin(d))
+    cur = int(st.a[v])
+    if d[n] < -_TOL * max(1.0, abs(st.L)) and n != cur:
+        st.move(v, n)
+        return cur
+    if blocked is not None:
         m = int(np.argmin(free))
-        if free[m] < d[n] - 1e-12 and m != st.a[v]:
-            blocked.append((v, m))
-    return moved
+        if free[m] < d[n] - 1e-12 and m != cur:
+            blocked.append((v, m, float(d[n] - free[m])))
+    return -1
+
+
+def _sweep(st: _State, movable: list[int], blocked: list[tuple[int, int, float]]) -> bool:
+    """Improving single moves until none is left: a full pass, then only the vnodes a move may have
+    changed (neighbours, and vnodes on the two nodes), then a full pass again. True if anything moved."""
+    moved = False
+    is_movable = np.zeros(st.p.n_vnodes, dtype=bool)
+    is_movable[movable] = True
+    while True:
+        queue = deque(movable)
+        queued = set(movable)
+        moved_now = False
+        while queue:
+            v = queue.popleft()
+            queued.discard(v)
+            left = _try_move(st, v)
+            if left < 0:
+                continue
+            moved_now = True
+            touched = set(st.nb_idx[v].tolist())
+            touched.update(np.flatnonzero(((st.a == left) | (st.a == st.a[v])) & is_movable).tolist())
+            for u in touched:
+                if u not in queued and is_movable[u]:
+                    queue.append(u)
+                    queued.add(u)
+        moved |= moved_now
+        blocked.clear()
+        if not any(_try_move(st, v, blocked) >= 0 for v in movable):
+            return moved
+        moved = True
 
 
 def _swap_candidates(st: _State, movable: list[int], exhaustive: bool,
-                     blocked: list[tuple[int, int]]) -> list[tuple[int, int]]:
+                     blocked: list[tuple[int, int, float]]) -> list[tuple[int, int]]:
     """Every pair on small instances; otherwise, for each vnode kept off its best node only by that node's
     cores, the vnode there whose move back is estimated to cost least."""
     if exhaustive:
@@ -262,13 +302,13 @@ def _swap_candidates(st: _State, movable: list[int], exhaustive: bool,
     p = st.p
     mov = set(movable)
     pairs = []
-    for u, n in blocked:
+    for u, n, _ in sorted(blocked, key=lambda b: -b[2])[:_MAX_BLOCKED]:
         a = int(st.a[u])
         if a == n:
             continue
         gain = -st.delta_at(u, n)
         best, best_d = None, gain
-        for w in np.flatnonzero(st.a == n).tolist():
+        for w in np.flatnonzero(st.a == n).tolist()[:_MAX_PARTNERS]:
             if w not in mov or not p.allowed[w, a]:
                 continue
             if st.used[n] - p.cpu[w] + p.cpu[u] > p.capacity[n] + 1e-9:
@@ -386,9 +426,8 @@ def _local_search(p: Problem, start: np.ndarray, deadline: float) -> np.ndarray:
     movable = _movable(p)
     exhaustive = len(movable) * p.n_nodes <= 400
     while time.perf_counter() < deadline:
-        blocked: list[tuple[int, int]] = []
-        if _sweep(st, movable, blocked):
-            continue
+        blocked: list[tuple[int, int, float]] = []
+        _sweep(st, movable, blocked)
         swapped = False
         for u, v in _swap_candidates(st, movable, exhaustive, blocked):
             swapped |= _try_swap(st, u, v)

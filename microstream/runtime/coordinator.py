@@ -447,6 +447,11 @@ class Coordinator:
         job.history.append(record)
         job.migration = None
         self.log(f"coordinator: {mig.mode} of {job.id}/{mig.vnode} done: {record}")
+        if self.metrics is not None:
+            self.metrics.migrations.labels(job.id, mig.mode, mig.reason.split(":")[0]).inc()
+            if "downtime_s" in figures:
+                self.metrics.migration_downtime.observe(figures["downtime_s"])
+            self.metrics.migration_state_bytes.inc(figures.get("state_bytes", figures.get("saved_bytes", 0)))
         if mig.client is not None:
             self._send(mig.client, ControlMessage("moved", record, blob))
 
@@ -525,6 +530,16 @@ class Coordinator:
             for job in self.jobs.values():
                 states[job.state] = states.get(job.state, 0) + 1
             self.metrics.set_jobs(states)
+            for job in self.jobs.values():
+                if job.state != "running":
+                    continue
+                per_link: dict[tuple[str, str], float] = {}
+                for row in self.link_traffic(job):
+                    if row["crosses_link"] and row["from_node"] and row["to_node"]:
+                        key = (row["from_node"], row["to_node"])
+                        per_link[key] = per_link.get(key, 0.0) + row["bytes_per_s"]
+                for (a, b), rate in per_link.items():
+                    self.metrics.link_traffic.labels(job.id, a, b, "measured").set(rate)
         except Exception as exc:  # noqa: BLE001
             self.log(f"coordinator: metrics update failed: {exc}")
 

@@ -107,6 +107,23 @@ class Metrics:
         self._lock = threading.Lock()
         self._store: _Store = {name: {} for name in SPECS}
         self.registry.register(self)
+        self._movement_metrics()
+
+    def _movement_metrics(self) -> None:
+        """Migrations and link traffic: plain prometheus_client objects on the same private registry."""
+        from prometheus_client import Counter, Gauge, Histogram
+
+        self.migrations = Counter("microstream_migrations", "Virtual nodes moved, saved or restored.",
+                                  ["job", "mode", "reason"], registry=self.registry)
+        self.migration_downtime = Histogram(
+            "microstream_migration_downtime_seconds",
+            "Time a virtual node's inputs were held during a move (barrier to redirect).",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0), registry=self.registry)
+        self.migration_state_bytes = Counter("microstream_migration_state_bytes",
+                                             "Operator state bytes shipped by moves.", registry=self.registry)
+        self.link_traffic = Gauge("microstream_link_traffic_bytes_per_second",
+                                  "Bytes/s between two physical nodes, measured or predicted by placement.",
+                                  ["job", "from_node", "to_node", "kind"], registry=self.registry)
 
     # -- updates ----------------------------------------------------------------------------------------
     def _set(self, name: str, labels: tuple[Any, ...], value: float | None, source: str = "") -> None:

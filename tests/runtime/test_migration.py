@@ -105,6 +105,14 @@ def test_random_migrations_lose_and_repeat_nothing(home, tmp_path):
     assert final["state"] == "finished", final
     assert moved >= 3, f"only {moved} migrations happened"
     assert len(final["migrations"]) == moved
+    # the coordinator's Prometheus endpoint counts the moves and their downtime
+    import json
+    import urllib.request
+
+    port = json.loads(cli("status", "--json", "--home", str(home)).stdout)["metrics_port"]
+    scraped = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    assert f'microstream_migrations_total{{job="{job}",mode="migrate",reason="requested"}} {float(moved)}' in scraped
+    assert "microstream_migration_downtime_seconds_bucket" in scraped
     expected, got = outputs(local_out), outputs(out)
     assert got == expected
     assert len(expected["windows.jsonl"]) > 500 and expected["late.jsonl"]
