@@ -317,8 +317,9 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
     with Client(address(_home(args), args.coordinator, args.insecure)) as client:
         r = client.migrate(args.job, args.vnode, args.to)
+    paused = f"{r['downtime_s'] * 1000:.0f} ms" if r.get("downtime_s") is not None else "n/a (no records followed)"
     print(f"{args.job}/{args.vnode}: {r['from']} -> {r['to']} in {r['total_s']:.2f} s "
-          f"(paused {r['downtime_s'] * 1000:.0f} ms, state {r['state_bytes']:,} bytes)")
+          f"(inputs held {paused}, state {r['state_bytes']:,} bytes)")
     return EXIT_OK
 
 

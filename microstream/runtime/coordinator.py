@@ -53,8 +53,10 @@ class Migration:
     snapshot: bytes | None = None
     endpoint: dict | None = None
     paused_at: float = 0.0
+    paused_wall: float = 0.0
     started: float = field(default_factory=time.monotonic)
     reason: str = "requested"
+    resuming: bool = False
 
 
 @dataclass
@@ -319,8 +321,11 @@ class Coordinator:
         if job is None:
             return
         mig = job.migration
-        if mig is not None and mig.vnode == m.header["vnode"] and mig.mode != "restore":
-            self._call_off(job, mig, "the virtual node finished before it could move")
+        if mig is not None and mig.vnode == m.header["vnode"]:
+            if mig.resuming:  # it moved, and had nothing left to process
+                self._finish_move(job, mig, {"downtime_s": None, "state_bytes": len(mig.snapshot or b"")})
+            elif mig.mode != "restore":
+                self._call_off(job, mig, "the virtual node finished before it could move")
         job.results[m.header["vnode"]] = m.blob
         if len(job.results) == len(job.plan.vnodes) and job.state == "running":
             job.state = "finished"
@@ -403,6 +408,7 @@ class Coordinator:
         """Barrier: upstream tasks mark the cut on their channels into the vnode and hold what follows;
         the vnode aligns on it, snapshots and stops."""
         mig.paused_at = time.monotonic()
+        mig.paused_wall = time.time()
         for agent in self._job_agents(job):
             self._send(agent.identity, msg("pause_to", job=job.id, vnode=mig.vnode, barrier=mig.barrier))
         self._send(self.agents[mig.source].identity,
@@ -434,8 +440,15 @@ class Coordinator:
             self._send(agent.identity, msg("redirect", job=job.id, vnode=mig.vnode, peer=mig.endpoint))
         if job.state == "suspended":
             job.state = "running"
-        pause = time.monotonic() - mig.paused_at if mig.paused_at else 0.0
-        self._finish_move(job, mig, {"downtime_s": pause, "state_bytes": len(mig.snapshot or b"")})
+        mig.resuming = True  # done when the new host has processed its first record (vnode_resumed)
+
+    def _on_vnode_resumed(self, identity: bytes, m: ControlMessage) -> None:
+        job = self.jobs.get(m.header["job"])
+        mig = job.migration if job is not None else None
+        if mig is None or not mig.resuming or mig.vnode != m.header["vnode"]:
+            return
+        downtime = float(m.header["at"]) - mig.paused_wall if mig.paused_wall else None
+        self._finish_move(job, mig, {"downtime_s": downtime, "state_bytes": len(mig.snapshot or b"")})
 
     def _finish_move(self, job: Job, mig: Migration, figures: dict[str, Any], blob: bytes | None = None) -> None:
         record = {"vnode": mig.vnode, "mode": mig.mode, "from": mig.source, "to": mig.target,
@@ -449,7 +462,7 @@ class Coordinator:
         self.log(f"coordinator: {mig.mode} of {job.id}/{mig.vnode} done: {record}")
         if self.metrics is not None:
             self.metrics.migrations.labels(job.id, mig.mode, mig.reason.split(":")[0]).inc()
-            if "downtime_s" in figures:
+            if figures.get("downtime_s") is not None:
                 self.metrics.migration_downtime.observe(figures["downtime_s"])
             self.metrics.migration_state_bytes.inc(figures.get("state_bytes", figures.get("saved_bytes", 0)))
         if mig.client is not None:

@@ -81,6 +81,7 @@ class HostRuntime:
         self.barriers_seen: dict[tuple[str, int, str], int] = {}  # (task, input, producer) -> last barrier
         self.saved: dict | None = None           # the snapshot, once taken: the run ends with it
         self.bytes_before: dict[tuple[str, str], int] = {}  # bytes sent on channels since replaced (redirects)
+        self.on_resumed: Callable[[], None] | None = None  # called once: the first record after a restore
         self.server = server
         self.client_factory = client_factory
         self.clock = clock
@@ -170,7 +171,10 @@ class HostRuntime:
                     waits.append(due)
                     continue
                 busy = True
-                self._emit(t, self._call(t, src.poll, now))
+                emitted = self._call(t, src.poll, now)
+                if emitted:
+                    self._resumed()
+                self._emit(t, emitted)
                 if src.time is not None or src.finished:
                     self._watermark(t, MAX_TIME if src.finished else src.end_watermark())
                 if src.finished:
@@ -198,6 +202,7 @@ class HostRuntime:
             self.barriers_seen[(task_id, idx, producer)] = int(msg.barrier)
             return
         if msg.kind == "batch" and msg.batch is not None:
+            self._resumed()
             t.records_in += msg.batch.num_rows
             t.batches_in += 1
             self._emit(t, self._call(t, t.op.process, idx, msg.batch) if not isinstance(t.op, DeadLetterHub)
@@ -302,6 +307,11 @@ class HostRuntime:
             for r in remotes:
                 for _, target, vn in r.targets:
                     self._out(t.task.id, vn, "send_watermark", wm, target=target)
+
+    def _resumed(self) -> None:
+        if self.on_resumed is not None:
+            callback, self.on_resumed = self.on_resumed, None
+            callback()
 
     def _out(self, task_id: str, vnode: str, method: str, *args: Any, **kwargs: Any) -> None:
         """Send on the channel from `task_id` to `vnode`, or hold the send while that vnode migrates."""

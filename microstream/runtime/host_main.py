@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 import traceback
 
 import zmq
@@ -71,6 +72,7 @@ def serve(control: str, job: str, vnode: str) -> int:
         start = _expect(sock, "start", later)
         if start.blob is not None:  # a saved or migrated virtual node resumes from its snapshot
             runtime.restore(start.payload())
+            runtime.on_resumed = lambda: _send(sock, msg("resumed", job=job, vnode=vnode, at=time.time()))
         stopped = False
 
         def control() -> list[ControlMessage]:
