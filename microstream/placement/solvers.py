@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import heapq
 import math
 import time
 from collections import deque
@@ -87,15 +88,21 @@ class _State:
         self.nb_b = [np.fromiter(m.values(), float, len(m)) for m in nb]
         self.preds = [np.asarray(x, dtype=np.int64) for x in preds]
         self.succs = [np.asarray(x, dtype=np.int64) for x in succs]
+        self.pred_l, self.succ_l = preds, succs
+        self.pos = np.empty(v, dtype=np.int64)
+        self.pos[p.order] = np.arange(v)
+        self.lat = p.latency_ms.tolist()
         self.cores2 = np.where(p.cores > 0, p.cores, 1.0) ** 2
         self.refresh()
 
     def refresh(self) -> None:
         p, a = self.p, self.a
+        self.al = a.tolist()
         self.used = np.bincount(a, weights=p.cpu, minlength=p.n_nodes)
         self.dsrc = p.longest_to(a)
         self.dsink = p.longest_from(a)
         self.L = float(self.dsrc.max()) if p.n_vnodes else 0.0
+        self.version = getattr(self, "version", 0) + 1
 
     def objective(self) -> float:
         p = self.p
@@ -119,7 +126,7 @@ class _State:
         if len(idx):
             d = self.nb_b[v] @ p.inv_bw[self.a[idx]]
             total += w.network * (d - d[cur])
-        if len(self.preds[v]) or len(self.succs[v]):
+        if self.pred_l[v] or self.succ_l[v]:
             total += w.latency * self._latency(v)
         over = self.used[cur] - p.capacity[cur]
         if over > 0:
@@ -179,25 +186,90 @@ class _State:
         return din + dout
 
     def _latency(self, v: int) -> np.ndarray:
-        if not len(self.preds[v]) and not len(self.succs[v]):
-            return np.zeros(self.p.n_nodes)
         through = self._through(v)
         cur = self.a[v]
-        if through[cur] >= self.L - 1e-9:      # v is on a critical path: what is left without it?
+        if through[cur] >= self.L - 1e-9 and self._essential(v):   # every critical path runs through v
             rest = float(self.p.longest_to(self.a, skip=v).max())
         else:
             rest = self.L
         return np.maximum(rest, through) - self.L
+
+    def _essential(self, v: int) -> bool:
+        """Does every path of the largest latency pass through v? (counts of such paths, cached per state)"""
+        if getattr(self, "_crit_version", -1) != self.version:
+            self._cin, self._cout, self._paths = self._critical_counts()
+            self._crit_version = self.version
+        through = self._cin[v] * self._cout[v]
+        return not np.isfinite(self._paths) or through >= self._paths * (1 - 1e-9)
+
+    def _critical_counts(self) -> tuple[np.ndarray, np.ndarray, float]:
+        """Numbers of largest-latency paths ending at and starting from each vnode (tight edges only)."""
+        p, a, eps = self.p, self.a, 1e-9 * max(1.0, self.L)
+        cin = ((self.dsrc <= eps) & (self.dsink >= self.L - eps)).astype(float)
+        cout = ((self.dsink <= eps) & (self.dsrc >= self.L - eps)).astype(float)
+        for s, d in p._fwd:
+            tight = self.dsrc[s] + p.latency_ms[a[s], a[d]] + self.dsink[d] >= self.L - eps
+            np.add.at(cin, d[tight], cin[s[tight]])
+        for s, d in p._back:
+            tight = self.dsrc[s] + p.latency_ms[a[s], a[d]] + self.dsink[d] >= self.L - eps
+            np.add.at(cout, s[tight], cout[d[tight]])
+        total = float(np.sum(cin * ((self.dsink <= eps) & (self.dsrc >= self.L - eps))))
+        return cin, cout, total
 
     def move(self, v: int, n: int) -> None:
         p, cur = self.p, self.a[v]
         self.used[cur] -= p.cpu[v]
         self.used[n] += p.cpu[v]
         self.a[v] = n
-        if len(self.preds[v]) or len(self.succs[v]):
-            self.dsrc = p.longest_to(self.a)
-            self.dsink = p.longest_from(self.a)
+        self.al[v] = n
+        if self.pred_l[v] or self.succ_l[v]:
+            self._forward([v, *self.succ_l[v]])
+            self._backward([v, *self.pred_l[v]])
             self.L = float(self.dsrc.max())
+            self.version += 1
+
+    def _forward(self, start: list[int]) -> None:
+        """Update longest paths to vnodes downstream of a move, in topological order, stopping where
+        nothing changes."""
+        dsrc, al, lat, pos = self.dsrc, self.al, self.lat, self.pos
+        heap = [(int(pos[x]), x) for x in start]
+        heapq.heapify(heap)
+        queued = set(start)
+        while heap:
+            _, x = heapq.heappop(heap)
+            row = al[x]
+            new = 0.0
+            for u in self.pred_l[x]:
+                val = dsrc[u] + lat[al[u]][row]
+                if val > new:
+                    new = val
+            if new != dsrc[x]:
+                dsrc[x] = new
+                for y in self.succ_l[x]:
+                    if y not in queued:
+                        queued.add(y)
+                        heapq.heappush(heap, (int(pos[y]), y))
+
+    def _backward(self, start: list[int]) -> None:
+        """The same upstream for the longest paths from each vnode."""
+        dsink, al, lat, pos = self.dsink, self.al, self.lat, self.pos
+        heap = [(-int(pos[x]), x) for x in start]
+        heapq.heapify(heap)
+        queued = set(start)
+        while heap:
+            _, x = heapq.heappop(heap)
+            row = lat[al[x]]
+            new = 0.0
+            for y in self.succ_l[x]:
+                val = dsink[y] + row[al[y]]
+                if val > new:
+                    new = val
+            if new != dsink[x]:
+                dsink[x] = new
+                for u in self.pred_l[x]:
+                    if u not in queued:
+                        queued.add(u)
+                        heapq.heappush(heap, (-int(pos[u]), u))
 
 
 # -- heuristic ----------------------------------------------------------------------------------------------
