@@ -98,6 +98,7 @@ class _State:
     def refresh(self) -> None:
         p, a = self.p, self.a
         self.al = a.tolist()
+        self.net = float(np.dot(p.traffic, p.inv_bw[a[p.src], a[p.dst]]))
         self.used = np.bincount(a, weights=p.cpu, minlength=p.n_nodes)
         self.dsrc = p.longest_to(a)
         self.dsink = p.longest_from(a)
@@ -105,11 +106,15 @@ class _State:
         self.version = getattr(self, "version", 0) + 1
 
     def objective(self) -> float:
-        p = self.p
-        net, lat, load, used = p.terms(self.a)
-        over = np.maximum(0.0, used - p.capacity).sum()
-        w = p.weights
-        return w.network * net + w.latency * lat + w.load * load + _OVERLOAD * over
+        """The search objective (cost plus a penalty per core of overload), from the tracked state."""
+        p, w = self.p, self.p.weights
+        over = float(np.maximum(0.0, self.used - p.capacity).sum())
+        return (w.network * self.net + w.latency * self.L + w.load * float(np.sum(self.used ** 2 / self.cores2))
+                + _OVERLOAD * over)
+
+    def objective_full(self) -> float:
+        """The same, recomputed from scratch (for checking the incremental bookkeeping)."""
+        return _search_objective(self.p, self.a)
 
     def deltas(self, v: int, capacity: bool = True) -> np.ndarray:
         """[N] change of the objective if vnode v moved to each node (inf where it may not go)."""
@@ -172,18 +177,29 @@ class _State:
 
     def _load(self, v: int) -> np.ndarray:
         c, cur, used = self.p.cpu[v], self.a[v], self.used
-        gain = ((used + c) ** 2 - used ** 2) / self.cores2
-        gain += ((used[cur] - c) ** 2 - used[cur] ** 2) / self.cores2[cur]
+        gain = (2.0 * c) * used
+        gain += c * c
+        gain /= self.cores2
+        gain += (c * c - 2.0 * c * used[cur]) / self.cores2[cur]
         return gain
 
     def _through(self, v: int) -> np.ndarray:
         """[N] longest latency of a path through v, were v on each node (paths elsewhere unchanged)."""
-        p, a = self.p, self.a
-        pr, su = self.preds[v], self.succs[v]
-        n = p.n_nodes
-        din = (self.dsrc[pr][:, None] + p.latency_ms[a[pr]]).max(axis=0) if len(pr) else np.zeros(n)
-        dout = (p.latency_ms[:, a[su]] + self.dsink[su][None, :]).max(axis=1) if len(su) else np.zeros(n)
-        return din + dout
+        p, a, lat = self.p, self.a, self.p.latency_ms
+        pr, su = self.pred_l[v], self.succ_l[v]
+        if len(pr) == 1:
+            din = lat[a[pr[0]]] + self.dsrc[pr[0]]
+        elif pr:
+            idx = self.preds[v]
+            din = (self.dsrc[idx][:, None] + lat[a[idx]]).max(axis=0)
+        else:
+            din = np.zeros(p.n_nodes)
+        if len(su) == 1:
+            din = din + (lat[a[su[0]]] + self.dsink[su[0]])      # latency is symmetric: column = row
+        elif su:
+            idx = self.succs[v]
+            din = din + (lat[a[idx]] + self.dsink[idx][:, None]).max(axis=0)
+        return din
 
     def _latency(self, v: int) -> np.ndarray:
         through = self._through(v)
@@ -218,6 +234,12 @@ class _State:
 
     def move(self, v: int, n: int) -> None:
         p, cur = self.p, self.a[v]
+        if n == cur:
+            return
+        idx = self.nb_idx[v]
+        if len(idx):
+            far = self.a[idx]
+            self.net += float(self.nb_b[v] @ (p.inv_bw[n, far] - p.inv_bw[cur, far]))
         self.used[cur] -= p.cpu[v]
         self.used[n] += p.cpu[v]
         self.a[v] = n
@@ -398,13 +420,19 @@ def _try_swap(st: _State, u: int, v: int) -> bool:
     a, b = int(st.a[u]), int(st.a[v])
     if not (p.allowed[u, b] and p.allowed[v, a]):
         return False
+    return _try_changes(st, [(u, b), (v, a)])
+
+
+def _try_changes(st: _State, changes: list[tuple[int, int]]) -> bool:
+    """Apply moves; keep them if the objective drops, else undo them."""
     before = st.objective()
-    st.a[u], st.a[v] = b, a
-    after = st.objective()
-    if after < before - _TOL * max(1.0, abs(before)):
-        st.refresh()
+    undo = [(v, int(st.a[v])) for v, _ in changes][::-1]
+    for v, n in changes:
+        st.move(v, n)
+    if st.objective() < before - _TOL * max(1.0, abs(before)):
         return True
-    st.a[u], st.a[v] = a, b
+    for v, n in undo:
+        st.move(v, n)
     return False
 
 
@@ -428,12 +456,6 @@ def _components(st: _State, movable: list[int]) -> list[list[int]]:
     return list(groups.values())
 
 
-def _set(st: _State, changes: list[tuple[int, int]]) -> None:
-    for v, n in changes:
-        st.a[v] = n
-    st.refresh()
-
-
 def _try_group(st: _State, group: list[int], n: int, movable: set[int], limit: int) -> bool:
     """Move `group` to node n, evicting one vnode of n to its best node if n lacks room; keep if better."""
     p = st.p
@@ -441,17 +463,17 @@ def _try_group(st: _State, group: list[int], n: int, movable: set[int], limit: i
         return False
     before = st.objective()
     undo = [(v, int(st.a[v])) for v in group]
-    _set(st, [(v, n) for v in group])
+    for v in group:
+        st.move(v, n)
     if st.used[n] > p.capacity[n] + 1e-9:
         evict = _best_eviction(st, group, n, movable, limit)
-        if evict is None:
-            _set(st, undo)
-            return False
-        undo.append((evict[0], n))
-        _set(st, [evict])
+        if evict is not None:
+            undo.insert(0, (evict[0], n))
+            st.move(*evict)
     if st.objective() < before - _TOL * max(1.0, abs(before)):
         return True
-    _set(st, undo)
+    for v, m in undo:
+        st.move(v, m)
     return False
 
 
@@ -482,7 +504,11 @@ def _group_moves(st: _State, movable: list[int], exhaustive: bool) -> bool:
             continue
         targets = range(st.p.n_nodes) if exhaustive else _neighbour_nodes(st, group)
         for n in targets:
-            if not (st.a[group] == n).all() and _try_group(st, group, n, mov, 1_000 if exhaustive else 8):
+            if (st.a[group] == n).all():
+                continue
+            if not exhaustive and len(group) == 1 and st.used[n] + st.p.cpu[group[0]] <= st.p.capacity[n]:
+                continue                       # a plain move, which the sweep has already declined
+            if _try_group(st, group, n, mov, 1_000 if exhaustive else 8):
                 moved = True
                 break
     return moved
