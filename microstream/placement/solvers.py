@@ -340,55 +340,46 @@ def _movable(p: Problem) -> list[int]:
     return [v for v in p.order.tolist() if p.pinned[v] < 0 and counts[v] > 1]
 
 
-def _try_move(st: _State, v: int, blocked: list[tuple[int, int]] | None = None) -> int:
-    """Move v to its best node if that gains; return the node it left (or -1). A vnode whose best node
-    lacks the room is appended to `blocked` as (vnode, that node, estimated gain)."""
+Blocked = dict[int, tuple[int, float]]      # vnode -> (the node it would rather be on, estimated gain)
+
+
+def _try_move(st: _State, v: int, blocked: Blocked) -> int:
+    """Move v to its best node if that gains; return the node it left (or -1). If its best node lacks the
+    room, note it in `blocked`."""
     free = st.free_deltas(v)
     d = st.constrain(v, free)
     n = int(np.argmin(d))
     cur = int(st.a[v])
+    blocked.pop(v, None)
     if d[n] < -_TOL * max(1.0, abs(st.L)) and n != cur:
         st.move(v, n)
         return cur
-    if blocked is not None:
-        m = int(np.argmin(free))
-        if free[m] < d[n] - 1e-12 and m != cur:
-            blocked.append((v, m, float(d[n] - free[m])))
+    m = int(np.argmin(free))
+    if free[m] < d[n] - 1e-12 and m != cur:
+        blocked[v] = (m, float(d[n] - free[m]))
     return -1
 
 
-def _sweep(st: _State, movable: list[int], blocked: list[tuple[int, int, float]]) -> bool:
-    """Improving single moves until none is left: a full pass, then only the vnodes a move may have
-    changed (neighbours, and vnodes on the two nodes), then a full pass again. True if anything moved."""
-    moved = False
-    is_movable = np.zeros(st.p.n_vnodes, dtype=bool)
-    is_movable[movable] = True
-    while True:
-        queue = deque(movable)
-        queued = set(movable)
-        moved_now = False
-        while queue:
-            v = queue.popleft()
-            queued.discard(v)
-            left = _try_move(st, v)
-            if left < 0:
-                continue
-            moved_now = True
-            touched = set(st.nb_idx[v].tolist())
-            touched.update(np.flatnonzero(((st.a == left) | (st.a == st.a[v])) & is_movable).tolist())
-            for u in touched:
-                if u not in queued and is_movable[u]:
-                    queue.append(u)
-                    queued.add(u)
-        moved |= moved_now
-        blocked.clear()
-        if not any(_try_move(st, v, blocked) >= 0 for v in movable):
-            return moved
-        moved = True
+def _sweep(st: _State, queue: list[int], is_movable: np.ndarray, blocked: Blocked) -> int:
+    """Improving single moves for the queued vnodes, re-queueing the neighbours of each vnode that moves,
+    until the queue is empty; returns the number of moves."""
+    todo = deque(queue)
+    queued = set(queue)
+    moves = 0
+    while todo:
+        v = todo.popleft()
+        queued.discard(v)
+        if _try_move(st, v, blocked) < 0:
+            continue
+        moves += 1
+        for u in st.nb_idx[v].tolist():
+            if u not in queued and is_movable[u]:
+                todo.append(u)
+                queued.add(u)
+    return moves
 
 
-def _swap_candidates(st: _State, movable: list[int], exhaustive: bool,
-                     blocked: list[tuple[int, int, float]]) -> list[tuple[int, int]]:
+def _swap_candidates(st: _State, movable: list[int], exhaustive: bool, blocked: Blocked) -> list[tuple[int, int]]:
     """Every pair on small instances; otherwise, for each vnode kept off its best node only by that node's
     cores, the vnode there whose move back is estimated to cost least."""
     if exhaustive:
@@ -396,12 +387,11 @@ def _swap_candidates(st: _State, movable: list[int], exhaustive: bool,
     p = st.p
     mov = set(movable)
     pairs = []
-    for u, n, _ in sorted(blocked, key=lambda b: -b[2])[:_MAX_BLOCKED]:
+    for u, (n, _) in sorted(blocked.items(), key=lambda b: -b[1][1])[:_MAX_BLOCKED]:
         a = int(st.a[u])
         if a == n:
             continue
-        gain = -st.delta_at(u, n)
-        best, best_d = None, gain
+        best, best_d = None, -st.delta_at(u, n)
         for w in np.flatnonzero(st.a == n).tolist()[:_MAX_PARTNERS]:
             if w not in mov or not p.allowed[w, a]:
                 continue
@@ -415,12 +405,15 @@ def _swap_candidates(st: _State, movable: list[int], exhaustive: bool,
     return pairs
 
 
-def _try_swap(st: _State, u: int, v: int) -> bool:
-    p = st.p
-    a, b = int(st.a[u]), int(st.a[v])
-    if not (p.allowed[u, b] and p.allowed[v, a]):
-        return False
-    return _try_changes(st, [(u, b), (v, a)])
+def _swaps(st: _State, movable: list[int], exhaustive: bool, blocked: Blocked) -> list[int]:
+    """Apply improving pairwise swaps; returns the vnodes that moved."""
+    touched = []
+    for u, v in _swap_candidates(st, movable, exhaustive, blocked):
+        p = st.p
+        a, b = int(st.a[u]), int(st.a[v])
+        if a != b and p.allowed[u, b] and p.allowed[v, a] and _try_changes(st, [(u, b), (v, a)]):
+            touched += [u, v]
+    return touched
 
 
 def _try_changes(st: _State, changes: list[tuple[int, int]]) -> bool:
@@ -456,25 +449,28 @@ def _components(st: _State, movable: list[int]) -> list[list[int]]:
     return list(groups.values())
 
 
-def _try_group(st: _State, group: list[int], n: int, movable: set[int], limit: int) -> bool:
-    """Move `group` to node n, evicting one vnode of n to its best node if n lacks room; keep if better."""
+def _try_group(st: _State, group: list[int], n: int, movable: set[int], limit: int) -> list[int]:
+    """Move `group` to node n, evicting one vnode of n to its best node if n lacks room; keep it if better.
+    Returns the vnodes that moved."""
     p = st.p
     if not p.allowed[group, n].all():
-        return False
+        return []
     before = st.objective()
     undo = [(v, int(st.a[v])) for v in group]
     for v in group:
         st.move(v, n)
+    moved = list(group)
     if st.used[n] > p.capacity[n] + 1e-9:
         evict = _best_eviction(st, group, n, movable, limit)
         if evict is not None:
             undo.insert(0, (evict[0], n))
             st.move(*evict)
+            moved.append(evict[0])
     if st.objective() < before - _TOL * max(1.0, abs(before)):
-        return True
+        return moved
     for v, m in undo:
         st.move(v, m)
-    return False
+    return []
 
 
 def _best_eviction(st: _State, group: list[int], n: int, movable: set[int], limit: int) -> tuple[int, int] | None:
@@ -492,13 +488,15 @@ def _best_eviction(st: _State, group: list[int], n: int, movable: set[int], limi
     return best
 
 
-def _group_moves(st: _State, movable: list[int], exhaustive: bool) -> bool:
-    moved = False
+def _group_moves(st: _State, movable: list[int], exhaustive: bool) -> list[int]:
+    """Move chains of co-located vnodes (and, on small instances, both ends of an edge) together to another
+    node; returns the vnodes that moved."""
     mov = set(movable)
     groups = _components(st, movable)
-    if exhaustive:        # also each edge's two ends together, wherever they are
+    if exhaustive:
         groups += [[s, d] for s, d in zip(st.p.src.tolist(), st.p.dst.tolist(), strict=True)
                    if s in mov and d in mov and st.a[s] != st.a[d]]
+    touched: list[int] = []
     for group in groups:
         if not exhaustive and len(group) > 6:
             continue
@@ -508,31 +506,37 @@ def _group_moves(st: _State, movable: list[int], exhaustive: bool) -> bool:
                 continue
             if not exhaustive and len(group) == 1 and st.used[n] + st.p.cpu[group[0]] <= st.p.capacity[n]:
                 continue                       # a plain move, which the sweep has already declined
-            if _try_group(st, group, n, mov, 1_000 if exhaustive else 8):
-                moved = True
+            moved = _try_group(st, group, n, mov, 1_000 if exhaustive else 8)
+            if moved:
+                touched += moved
                 break
-    return moved
+    return touched
 
 
 def _neighbour_nodes(st: _State, group: list[int]) -> list[int]:
-    nodes = {int(st.a[u]) for v in group for u in st.nb_idx[v].tolist()}
-    return sorted(nodes)
+    return sorted({int(st.a[u]) for v in group for u in st.nb_idx[v].tolist()})
 
 
 def _local_search(p: Problem, start: np.ndarray, deadline: float) -> np.ndarray:
+    """Single moves to a local optimum (certified by a full pass without a move), then swaps and group
+    moves; after those, only the vnodes they touched and their neighbours are re-examined."""
     st = _State(p, start)
     movable = _movable(p)
     exhaustive = len(movable) * p.n_nodes <= 400
+    is_movable = np.zeros(p.n_vnodes, dtype=bool)
+    is_movable[movable] = True
+    blocked: Blocked = {}
+    queue, full = list(movable), True
     while time.perf_counter() < deadline:
-        blocked: list[tuple[int, int, float]] = []
-        _sweep(st, movable, blocked)
-        swapped = False
-        for u, v in _swap_candidates(st, movable, exhaustive, blocked):
-            swapped |= _try_swap(st, u, v)
-        if swapped:
+        moves = _sweep(st, queue, is_movable, blocked)
+        if not full or moves:
+            queue, full = list(movable), True         # certify: a full pass with no move
             continue
-        if not _group_moves(st, movable, exhaustive):
+        touched = _swaps(st, movable, exhaustive, blocked) or _group_moves(st, movable, exhaustive)
+        if not touched:
             break
+        queue = sorted({u for v in touched for u in [v, *st.nb_idx[v].tolist()] if is_movable[u]})
+        full = False
     return st.a
 
 
