@@ -22,6 +22,7 @@ from typing import Any
 import zmq
 
 from .protocol import ControlMessage, msg
+from .security import curve_client
 
 HEARTBEAT_EVERY = 1.0
 
@@ -79,9 +80,7 @@ class Agent:
         self.up = self.ctx.socket(zmq.DEALER)
         self.up.linger = 500
         if self.keys is not None:
-            self.up.curve_publickey = self.keys.public
-            self.up.curve_secretkey = self.keys.secret
-            self.up.curve_serverkey = self.coordinator_public
+            curve_client(self.up, self.keys, self.coordinator_public)
         self.up.connect(self.coordinator)
         self.control = self.ctx.socket(zmq.ROUTER)
         self.control_endpoint = f"ipc://{self.workdir}/hosts.sock"

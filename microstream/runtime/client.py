@@ -11,6 +11,7 @@ import zmq
 
 from ..errors import MicrostreamError
 from .protocol import ControlMessage, msg
+from .security import curve_client
 
 if TYPE_CHECKING:
     from .local import RunResult
@@ -35,9 +36,7 @@ class Client:
         self.sock = self.ctx.socket(zmq.DEALER)
         self.sock.linger = 0
         if address.keys is not None:
-            self.sock.curve_publickey = address.keys.public
-            self.sock.curve_secretkey = address.keys.secret
-            self.sock.curve_serverkey = address.coordinator_public
+            curve_client(self.sock, address.keys, address.coordinator_public)
         self.sock.connect(address.endpoint)
 
     def close(self) -> None:

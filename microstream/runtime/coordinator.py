@@ -109,12 +109,10 @@ class Coordinator:
         self.sock = self.ctx.socket(zmq.ROUTER)
         self.sock.linger = 500
         if self.keys is not None:
-            from .security import Authenticator
+            from .security import Authenticator, curve_server
 
             self.auth = Authenticator(self.ctx, self.trusted).start()
-            self.sock.curve_server = True
-            self.sock.curve_publickey = self.keys.public
-            self.sock.curve_secretkey = self.keys.secret
+            curve_server(self.sock, self.keys, authenticator=self.auth)  # refuses to run without the ZAP check
         self.sock.bind(self.bind)
         self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
         if self.metrics_port is not None:
