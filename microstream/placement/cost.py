@@ -165,7 +165,8 @@ def _port_rates(node: Node, rate_in: float, est: Estimates) -> dict[str, float]:
 def estimate_flows(plan: PhysicalPlan, graph: LogicalGraph, topology: Topology | None = None,
                    rates: Mapping[EdgeKey, float] | None = None, estimates: Estimates | None = None) -> Flows:
     """Records/s and bytes/s on every task edge: estimates, replaced by `rates` (measured bytes/s per
-    (src_task, dst_task)) where given; CPU per task follows the measured bytes."""
+    (src_task, dst_task), or per (src_vnode, dst_vnode) as the coordinator measures them) where given; CPU
+    per task follows the measured bytes."""
     est = estimates or Estimates()
     out_rate: dict[tuple[int, str], float] = {}
     in_rate: dict[int, float] = defaultdict(float)
@@ -213,6 +214,7 @@ def _task_flows(plan: PhysicalPlan, graph: LogicalGraph, out_rate: dict[tuple[in
                 data.add(pair)
     records = {t: in_rate[task.node_id] / task.parallelism for t, task in plan.tasks.items()}
     if measured:
+        measured = _task_pairs(measured, plan, edges)
         _apply_measured(edges, records, per_record, data, measured, plan)
     cpu = {}
     for t, task in plan.tasks.items():
@@ -221,12 +223,32 @@ def _task_flows(plan: PhysicalPlan, graph: LogicalGraph, out_rate: dict[tuple[in
     return Flows(records, cpu, dict(edges), data, source_rates)
 
 
+def _task_pairs(measured: Mapping[EdgeKey, float], plan: PhysicalPlan,
+                edges: Mapping[EdgeKey, float]) -> dict[EdgeKey, float]:
+    """Measured rates keyed by task pairs; a (src vnode, dst vnode) pair — what the coordinator measures —
+    is shared over the task edges between the two vnodes in proportion to their estimates."""
+    out: dict[EdgeKey, float] = {}
+    vn_of = {t: vn.id for vn in plan.vnodes.values() for t in vn.tasks}
+    between: dict[EdgeKey, list[EdgeKey]] = defaultdict(list)
+    for s, d in edges:
+        between[(vn_of[s], vn_of[d])].append((s, d))
+    for (a, b), rate in measured.items():
+        if a in plan.tasks and b in plan.tasks:
+            out[(a, b)] = float(rate)
+        elif a in plan.vnodes and b in plan.vnodes and between.get((a, b)):
+            pairs = between[(a, b)]
+            total = sum(edges[k] for k in pairs)
+            for k in pairs:
+                out[k] = float(rate) * (edges[k] / total if total > 0 else 1.0 / len(pairs))
+    return out
+
+
 def _apply_measured(edges: dict[EdgeKey, float], records: dict[str, float], per_record: dict[EdgeKey, float],
                     data: set[EdgeKey], measured: Mapping[EdgeKey, float], plan: PhysicalPlan) -> None:
     """Replace estimated bytes/s by measured ones; scale each receiving task's records/s to match."""
     est_in: dict[str, float] = defaultdict(float)
     new_in: dict[str, float] = defaultdict(float)
-    for (s, d), b in edges.items():
+    for (_, d), b in edges.items():
         est_in[d] += b
     for (s, d), b in measured.items():
         if s not in plan.tasks or d not in plan.tasks:
@@ -234,7 +256,7 @@ def _apply_measured(edges: dict[EdgeKey, float], records: dict[str, float], per_
         if (s, d) not in edges:
             data.add((s, d))
         edges[(s, d)] = float(b)
-    for (s, d), b in edges.items():
+    for (_, d), b in edges.items():
         new_in[d] += b
     for t in {d for _, d in measured if d in plan.tasks}:
         if est_in[t] > 0:

@@ -79,31 +79,42 @@ def _because(st, v: int, labels: Mapping[str, str]) -> str:
         k = int(np.argmax(np.where(local, b, -1.0)))
         w = int(idx[k])
         role = "upstream" if _is_edge(p, w, v) else "downstream"
-        return (f"co-located with its {role} '{_name(labels, p, w)}' to avoid {format_bytes(b[k])}"
-                + _over(st, v, here))
+        alt, term = _next_best(st, v, here)
+        if term == "network" or alt < 0:
+            return (f"co-located with its {role} '{_name(labels, p, w)}' to avoid {format_bytes(b[k])}"
+                    + _over(st, v, here))
+        return f"co-located with its {role} '{_name(labels, p, w)}' ({format_bytes(b[k])})" + _versus(st, v, here)
     parts = ", ".join(f"'{_name(labels, p, int(u))}' ({p.nodes[a[u]]}, {format_bytes(x)})"
                       for u, x in sorted(zip(idx.tolist(), b.tolist(), strict=True), key=lambda t: -t[1])[:3])
     return f"on {p.nodes[here]}: the cheapest meeting point for {parts}" + _versus(st, v, here)
 
 
-def _versus(st, v: int, here: int) -> str:
-    """ "; on labs-pi1 the critical path would be 4 ms longer": what the next best node would cost more."""
-    p, w = st.p, st.p.weights
+def _next_best(st, v: int, here: int) -> tuple[int, str]:
+    """(the next best node or -1, the cost term that makes it worse: network, latency or load)."""
+    w = st.p.weights
     d = st.deltas(v)
     d[here] = np.inf
     alt = int(np.argmin(d))
     if not np.isfinite(d[alt]):
-        return " (no other node may host it)"
+        return -1, ""
     terms = {"network": w.network * st._net(v)[alt], "latency": w.latency * st._latency(v)[alt],
              "load": w.load * st._load(v)[alt]}
-    worst = max(terms, key=lambda k: terms[k])
-    if terms[worst] <= 0:
-        return f" (as cheap as {p.nodes[alt]})"
-    if worst == "latency":
+    return alt, max(terms, key=lambda k: terms[k])
+
+
+def _versus(st, v: int, here: int) -> str:
+    """ "; on labs-pi1 the critical path would be 4 ms longer": what the next best node would cost more."""
+    p = st.p
+    alt, term = _next_best(st, v, here)
+    if alt < 0:
+        return " (no other node may host it)"
+    if term == "latency" and st._latency(v)[alt] > 0:
         return f"; on {p.nodes[alt]} the critical path would be {st._latency(v)[alt]:.3g} ms longer"
-    if worst == "network":
+    if term == "network" and st._net(v)[alt] > 0:
         return f"; on {p.nodes[alt]} link use would grow by {st._net(v)[alt]:.2%} of a link"
-    return f"; {p.nodes[alt]} is busier"
+    if term == "load":
+        return f"; {p.nodes[alt]} is busier"
+    return f" (as cheap as {p.nodes[alt]})"
 
 
 def _over(st, v: int, here: int) -> str:
@@ -118,7 +129,8 @@ def _over(st, v: int, here: int) -> str:
     if not route:
         return ""
     slowest = min((p.links[li] for li in route), key=lambda lk: lk.bandwidth)
-    return f" over the {slowest.label} link ({format_bandwidth(slowest.bandwidth)}) to {p.nodes[alt]}, the next best node"
+    return (f" over the {slowest.label} link ({format_bandwidth(slowest.bandwidth)}) to {p.nodes[alt]}, "
+            "the next best node")
 
 
 def _is_edge(p: Problem, s: int, d: int) -> bool:

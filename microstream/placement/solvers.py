@@ -47,6 +47,7 @@ _TOL = 1e-12
 _OVERLOAD = 1e6          # cost per core of overload while searching from an infeasible start
 _MAX_BLOCKED = 64        # large instances: swaps tried per round for the vnodes most held back by capacity
 _MAX_PARTNERS = 12       # ... each with at most this many vnodes of the node it wants
+_GROUP_MIN_GAIN = 1e-3   # large instances: group-move rounds continue while a round gains this fraction
 
 
 @dataclass
@@ -518,25 +519,33 @@ def _neighbour_nodes(st: _State, group: list[int]) -> list[int]:
 
 
 def _local_search(p: Problem, start: np.ndarray, deadline: float) -> np.ndarray:
-    """Single moves to a local optimum (certified by a full pass without a move), then swaps and group
-    moves; after those, only the vnodes they touched and their neighbours are re-examined."""
+    """Single moves and swaps until none gains (certified by a full pass without a move), then a round of
+    group moves, and again. After a swap or group move only the vnodes it touched and their neighbours are
+    re-examined."""
     st = _State(p, start)
     movable = _movable(p)
     exhaustive = len(movable) * p.n_nodes <= 400
     is_movable = np.zeros(p.n_vnodes, dtype=bool)
     is_movable[movable] = True
     blocked: Blocked = {}
-    queue, full = list(movable), True
+    queue = list(movable)
+    groups = True
     while time.perf_counter() < deadline:
-        moves = _sweep(st, queue, is_movable, blocked)
-        if not full or moves:
-            queue, full = list(movable), True         # certify: a full pass with no move
-            continue
-        touched = _swaps(st, movable, exhaustive, blocked) or _group_moves(st, movable, exhaustive)
+        _sweep(st, queue, is_movable, blocked)
+        touched = _swaps(st, movable, exhaustive, blocked)
         if not touched:
-            break
+            if _sweep(st, movable, is_movable, blocked):    # certify: a full pass with no move
+                queue = []
+                continue
+            if not groups:
+                break
+            before = st.objective()
+            touched = _group_moves(st, movable, exhaustive)
+            if not touched:
+                break
+            # on large instances, stop group moves once a round of them gains under 0.1 %
+            groups = exhaustive or before - st.objective() >= _GROUP_MIN_GAIN * abs(before)
         queue = sorted({u for v in touched for u in [v, *st.nb_idx[v].tolist()] if is_movable[u]})
-        full = False
     return st.a
 
 

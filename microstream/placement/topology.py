@@ -44,7 +44,7 @@ from __future__ import annotations
 import math
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -118,7 +118,7 @@ def format_bytes(n: float, per_s: bool = True) -> str:
     """ "1.2 MB/s" style (decimal units, as network rates are usually quoted).
 
     >>> format_bytes(1_234_000), format_bytes(512), format_bytes(0)
-    ('1.2 MB/s', '512 B/s', '0 B/s')
+    ('1.23 MB/s', '512 B/s', '0 B/s')
     """
     suffix = "/s" if per_s else ""
     for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
@@ -433,6 +433,24 @@ class Topology:
         i, j = routes.index[a], routes.index[b]
         links = self.all_links()
         return [links[k] for k in routes.link_ids[i][j]], float(routes.latency_ms[i, j]), float(routes.bottleneck[i, j])
+
+    def link_cost(self, reference: float | None = None) -> Callable[[str, str], float]:
+        """A function (node a, node b) -> the cost of one byte sent from a to b, in bytes on a `reference`
+        link (default: this topology's LAN, 1 Gbit/s): Σ reference/bandwidth over the route's links. 0 on the
+        same node; 1 between two nodes on one LAN hop; 100 for a 10 Mbit/s link against 1 Gbit/s; a node
+        the topology does not know costs 1. For the coordinator's re-placement policy."""
+        ref = reference or self.lan.bandwidth
+        routes = self.routes()
+
+        def cost(a: str, b: str) -> float:
+            if a == b:
+                return 0.0
+            i, j = routes.index.get(a), routes.index.get(b)
+            if i is None or j is None or not math.isfinite(routes.inv_bandwidth[i, j]):
+                return 1.0
+            return float(routes.inv_bandwidth[i, j] * ref)
+
+        return cost
 
     # -- checking ---------------------------------------------------------------------------------------------
     def check(self) -> list[str]:

@@ -322,10 +322,16 @@ class ChannelServer:
         self._ack_every = max(1, credits // 4)
 
     # -- public API ----------------------------------------------------------------------------
-    def recv(self, timeout: float | None = None) -> Message | None:
-        """The next data-plane message, or None if none arrived within ``timeout`` seconds."""
+    def recv(self, timeout: float | None = None, wake: zmq.Socket | None = None) -> Message | None:
+        """The next data-plane message, or None if none arrived within ``timeout`` seconds — or as soon as
+        the optional ``wake`` socket (e.g. a control socket) has something to read."""
         sock = self._require_open()
         deadline = None if timeout is None else time.monotonic() + timeout
+        poller = None
+        if wake is not None:
+            poller = zmq.Poller()
+            poller.register(sock, zmq.POLLIN)
+            poller.register(wake, zmq.POLLIN)
         while True:
             if not sock.get(zmq.EVENTS) & zmq.POLLIN:
                 # about to wait: first hand back every credit acked so far
@@ -336,7 +342,15 @@ class ChannelServer:
                 else:
                     left = deadline - time.monotonic()
                     wait = 0 if left <= 0 else max(1, int(left * 1000 + 0.999))
-                if not sock.poll(wait, zmq.POLLIN):
+                if poller is not None:
+                    ready = dict(poller.poll(wait))
+                    if wake in ready:
+                        return None
+                    if sock not in ready:
+                        if deadline is not None and time.monotonic() >= deadline:
+                            return None
+                        continue
+                elif not sock.poll(wait, zmq.POLLIN):
                     if deadline is not None and time.monotonic() >= deadline:
                         return None
                     continue

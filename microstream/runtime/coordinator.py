@@ -57,6 +57,7 @@ class Migration:
     started: float = field(default_factory=time.monotonic)
     reason: str = "requested"
     resuming: bool = False
+    snapshot_at: float = 0.0
 
 
 @dataclass
@@ -418,6 +419,7 @@ class Coordinator:
         if mig is None or mig.vnode != m.header["vnode"]:
             return
         mig.snapshot = m.blob
+        mig.snapshot_at = time.monotonic()
         if mig.mode == "save":
             job.placement.pop(mig.vnode, None)
             job.endpoints.pop(mig.vnode, None)
@@ -446,7 +448,9 @@ class Coordinator:
         if mig is None or not mig.resuming or mig.vnode != m.header["vnode"]:
             return
         downtime = float(m.header["at"]) - mig.paused_wall if mig.paused_wall else None
-        self._finish_move(job, mig, {"downtime_s": downtime, "state_bytes": len(mig.snapshot or b"")})
+        align = mig.snapshot_at - mig.paused_at if mig.paused_at and mig.snapshot_at else None
+        self._finish_move(job, mig, {"downtime_s": downtime, "state_bytes": len(mig.snapshot or b""),
+                                     "align_and_snapshot_s": align})
 
     def _finish_move(self, job: Job, mig: Migration, figures: dict[str, Any], blob: bytes | None = None) -> None:
         record = {"vnode": mig.vnode, "mode": mig.mode, "from": mig.source, "to": mig.target,

@@ -144,7 +144,8 @@ class HostRuntime:
 
     # -- main loop ----------------------------------------------------------------------------------
     def run(self, report: Callable[[dict], None] | None = None, should_stop: Callable[[], bool] = lambda: False,
-            report_every: float = 1.0, control: Callable[[], list[Any]] | None = None) -> dict:
+            report_every: float = 1.0, control: Callable[[], list[Any]] | None = None,
+            control_socket: Any = None) -> dict:
         """Run until every task has finished (returns the result) or a snapshot was taken for a save or
         a migration (returns {"snapshot": state}). `control()` yields control messages from the agent."""
         sources = [t for t in self.tasks.values() if t.is_source and isinstance(t.op, Source)]
@@ -180,7 +181,7 @@ class HostRuntime:
                 if src.finished:
                     self._finish(t)
             timeout = 0.0 if busy else min(0.05, max(0.0, (min(waits) - now) / 1e9) if waits else 0.05)
-            msg = self.server.recv(timeout=timeout)
+            msg = self.server.recv(timeout=timeout, wake=control_socket)  # a control message ends the wait
             while msg is not None:
                 self._on_message(msg)
                 self.server.ack(msg)

@@ -87,7 +87,7 @@ def serve(control: str, job: str, vnode: str) -> int:
             return messages
 
         result = runtime.run(report=lambda s: _send(sock, msg("stats", job=job, vnode=vnode, stats=s)),
-                             should_stop=lambda: stopped, control=control)
+                             should_stop=lambda: stopped, control=control, control_socket=sock)
         if "snapshot" in result:
             _send(sock, msg("snapshot", result["snapshot"], job=job, vnode=vnode))
         else:

@@ -1,0 +1,42 @@
+"""The placement engine: which physical node runs each virtual node of a job.
+
+    >>> from pathlib import Path
+    >>> from microstream.placement import Topology
+    >>> campus = Topology.load(Path(__file__).parents[2] / "examples" / "topologies" / "campus.toml")
+    >>> campus.check()
+    []
+    >>> links, latency_ms, bottleneck = campus.path("lib-pi2", "dorm-pi2")
+    >>> [lk.label for lk in links], latency_ms
+    (['lib-pi1–lib-pi2', 'lib-pi1–core', 'dorm-pi1–core', 'dorm-pi1–dorm-pi2'], 10.8)
+
+Then `place(plan, graph, campus)` returns a `Placement` (assignment, cost breakdown, a reason per vnode);
+`report(...)` and `placement_svg(...)` show it; `migration_gain(...)` prices a re-placement against the
+cost of moving state. See docs/placement.md.
+"""
+
+from __future__ import annotations
+
+from .cli import plan_main, topology_main
+from .cost import (
+    Cost,
+    Estimates,
+    Flows,
+    PlacementError,
+    Problem,
+    Weights,
+    build_problem,
+    cost_of,
+    estimate_flows,
+    evaluate,
+    find_pins,
+)
+from .render import placement_svg, report
+from .solvers import MigrationGain, Placement, exact, heuristic, migration_gain, place, solve
+from .topology import Link, LinkSpec, PhysicalNode, Sensor, Topology, TopologyError
+
+__all__ = [
+    "Cost", "Estimates", "Flows", "Link", "LinkSpec", "MigrationGain", "PhysicalNode", "Placement", "PlacementError",
+    "Problem", "Sensor", "Topology", "TopologyError", "Weights", "build_problem", "cost_of", "estimate_flows",
+    "evaluate", "exact", "find_pins", "heuristic", "migration_gain", "place", "placement_svg", "plan_main",
+    "report", "solve", "topology_main",
+]
