@@ -176,8 +176,17 @@ def cmd_coordinator(args: argparse.Namespace) -> int:
 
     policy = None if args.no_auto_place else PolicyParams(every=args.replace_every, min_gain=args.min_gain,
                                                             confirm=args.confirm, cooldown=args.cooldown)
+    topology = None
+    if args.topology:
+        from .placement import Topology
+
+        topology = Topology.load(args.topology)
+        problems = topology.check()
+        if problems:
+            print("microstream: the topology has problems:\n  " + "\n  ".join(problems), file=sys.stderr)
+            return EXIT_USAGE
     coord = Coordinator(args.bind, keys, trusted, metrics_port=args.metrics_port,
-                        log=lambda text: print(text, file=sys.stderr, flush=True), policy=policy)
+                        log=lambda text: print(text, file=sys.stderr, flush=True), policy=policy, topology=topology)
     endpoint = coord.open()
     if args.port_file:
         Path(args.port_file).write_text(endpoint)
@@ -348,6 +357,18 @@ def cmd_restore(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    from .placement.cli import run_plan
+
+    return run_plan(args.script, args.topology, explain=args.explain, svg=args.svg, solver=args.solver)
+
+
+def cmd_topology(args: argparse.Namespace) -> int:
+    from .placement.cli import run_topology
+
+    return run_topology(args.action, args.file)
+
+
 def cmd_keys(args: argparse.Namespace) -> int:
     from .runtime.security import keys_main
 
@@ -438,6 +459,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--beacon", action="store_true", help="announce this coordinator on the LAN by multicast")
     _discovery_options(p)
     _policy_options(p)
+    p.add_argument("--topology", type=Path, metavar="FILE", help="a topology TOML file (links, sites, sensors) "
+                                                                 "for placement; agents add what they report")
     _cluster_options(p, coordinator=False)
     p.set_defaults(fn=cmd_coordinator)
 
@@ -471,6 +494,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("job")
     _cluster_options(p)
     p.set_defaults(fn=cmd_stop)
+
+    from .placement.cli import plan_parser, topology_parser
+
+    p = plan_parser(sub.add_parser("plan", help="show where a pipeline's operators would run on a topology, "
+                                                "with traffic per link, latency and load (--explain, --svg)"))
+    p.set_defaults(fn=cmd_plan)
+    p = topology_parser(sub.add_parser("topology", help="check or show a topology file (topology check FILE)"))
+    p.set_defaults(fn=cmd_topology)
 
     p = sub.add_parser("migrate", help="move a running virtual node to another node (no record lost or repeated)")
     p.add_argument("job")

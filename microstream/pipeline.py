@@ -63,13 +63,13 @@ class Stream:
     def columns(self) -> list[str]:
         return self.schema.names
 
-    def _then(self, op: Operator, name: str | None, others: Iterable[Stream] = ()) -> Stream:
+    def _then(self, op: Operator, name: str | None, others: Iterable[Stream] = (), at: str | None = None) -> Stream:
         inputs = [(self.node.id, self.port)] + [(o.node.id, o.port) for o in others]
         for o in others:
             if o.pipeline is not self.pipeline:
                 raise PipelineError(name or op.kind, "streams from two different pipelines",
                                     "build every stream of a job from the same Pipeline")
-        node = self.pipeline.graph.add(op, inputs, name, _caller())
+        node = self.pipeline.graph.add(op, inputs, name, _caller(), at=at)
         return Stream(self.pipeline, node)
 
     def with_parallelism(self, n: int) -> Stream:
@@ -284,12 +284,13 @@ class Stream:
                                 "late records exist only for windows and joins")
         return Stream(self.pipeline, self.node, port)
 
-    def sink(self, sink: Sink, name: str | None = None) -> None:
-        """Send the stream to a sink from `ms.sinks`."""
+    def sink(self, sink: Sink, name: str | None = None, at: str | None = None) -> None:
+        """Send the stream to a sink from `ms.sinks`; `at="node"` pins it to a physical node on a cluster
+        (where its file, display or actuator is)."""
         if not isinstance(sink, Sink):
             raise PipelineError(name or "sink", f"sink() needs a sink from ms.sinks, got {type(sink).__name__}",
                                 "e.g. .sink(ms.sinks.jsonl('out.jsonl')); for a function use ms.sinks.callback(fn)")
-        self._then(sink, name)
+        self._then(sink, name, at=at)
 
 
 class WindowedStream:

@@ -16,27 +16,52 @@ cost of moving state. See docs/placement.md.
 
 from __future__ import annotations
 
-from .cli import plan_main, topology_main
-from .cost import (
-    Cost,
-    Estimates,
-    Flows,
-    PlacementError,
-    Problem,
-    Weights,
-    build_problem,
-    cost_of,
-    estimate_flows,
-    evaluate,
-    find_pins,
-)
-from .render import placement_svg, report
-from .solvers import MigrationGain, Placement, exact, heuristic, migration_gain, place, solve
-from .topology import Link, LinkSpec, PhysicalNode, Sensor, Topology, TopologyError
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# Imported on first use: the CLI builds its parser (and agents start) without loading numpy.
+_WHERE = {
+    "plan_main": ".cli", "topology_main": ".cli",
+    **dict.fromkeys(("Cost", "Estimates", "Flows", "PlacementError", "Problem", "Weights", "build_problem",
+                     "cost_of", "estimate_flows", "evaluate", "find_pins"), ".cost"),
+    "placement_svg": ".render", "report": ".render",
+    **dict.fromkeys(("MigrationGain", "Placement", "exact", "heuristic", "migration_gain", "place",
+                     "place_on_agents", "solve"), ".solvers"),
+    **dict.fromkeys(("Link", "LinkSpec", "PhysicalNode", "Sensor", "Topology", "TopologyError"), ".topology"),
+}
+
+if TYPE_CHECKING:
+    from .cli import plan_main, topology_main
+    from .cost import (
+        Cost,
+        Estimates,
+        Flows,
+        PlacementError,
+        Problem,
+        Weights,
+        build_problem,
+        cost_of,
+        estimate_flows,
+        evaluate,
+        find_pins,
+    )
+    from .render import placement_svg, report
+    from .solvers import MigrationGain, Placement, exact, heuristic, migration_gain, place, place_on_agents, solve
+    from .topology import Link, LinkSpec, PhysicalNode, Sensor, Topology, TopologyError
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module 'microstream.placement' has no attribute '{name}'")
+    value = getattr(importlib.import_module(_WHERE[name], __name__), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "Cost", "Estimates", "Flows", "Link", "LinkSpec", "MigrationGain", "PhysicalNode", "Placement", "PlacementError",
     "Problem", "Sensor", "Topology", "TopologyError", "Weights", "build_problem", "cost_of", "estimate_flows",
-    "evaluate", "exact", "find_pins", "heuristic", "migration_gain", "place", "placement_svg", "plan_main",
+    "evaluate", "exact", "find_pins", "heuristic", "migration_gain", "place", "place_on_agents", "placement_svg",
+    "plan_main",
     "report", "solve", "topology_main",
 ]

@@ -13,8 +13,10 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .topology import Topology, TopologyError, format_bandwidth, format_bytes
+if TYPE_CHECKING:  # the CLI builds its parser without loading numpy; the functions import what they use
+    from .topology import Topology
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -80,6 +82,8 @@ def run_plan(script: Path, topology_file: Path, explain: bool = False, svg: Path
 
 
 def _load_checked(path: Path) -> tuple[Topology | None, int]:
+    from .topology import Topology, TopologyError
+
     try:
         topology = Topology.load(path)
     except TopologyError as exc:
@@ -109,6 +113,8 @@ def topology_main(argv: Sequence[str] | None = None) -> int:
 
 
 def run_topology(action: str, file: Path) -> int:
+    from .topology import Topology, TopologyError
+
     try:
         topology = Topology.load(file)
     except TopologyError as exc:
@@ -129,6 +135,8 @@ def run_topology(action: str, file: Path) -> int:
 
 
 def describe_topology(topology: Topology) -> str:
+    from .topology import format_bandwidth, format_bytes
+
     """Nodes, links and sensors, and the slowest route between any two sites."""
     lines = ["", "nodes:"]
     for n in topology.nodes:

@@ -296,7 +296,8 @@ def find_pins(plan: PhysicalPlan, graph: LogicalGraph, topology: Topology) -> di
 
 @dataclass
 class Problem:
-    """A placement instance as arrays: V virtual nodes, N physical nodes, E directed vnode edges."""
+    """A placement instance as arrays: V virtual nodes, N physical nodes, E directed vnode edges (a DAG).
+    `inv_bw` and `latency_ms` are symmetric, as links are bidirectional."""
 
     vnodes: list[str]
     nodes: list[str]

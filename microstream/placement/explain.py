@@ -58,14 +58,19 @@ def _name(labels: Mapping[str, str], problem: Problem, v: int) -> str:
 
 
 def _blocked(st, v: int) -> str | None:
-    """ "moved off X: it would exceed its N cores" when a cheaper node lacked the room."""
+    """ "moved off X: it would exceed its N cores" when a cheaper node, or the node of the vnode it exchanges
+    most data with, lacked the room."""
     p = st.p
-    free = st.deltas(v, capacity=False)
-    n = int(np.argmin(free))
-    if n == st.a[v] or free[n] >= -1e-12 or np.isfinite(st.deltas(v)[n]):
-        return None
-    return (f"moved off {p.nodes[n]}: it would exceed its {p.cores[n]:g} cores "
-            f"({st.used[n]:.2f} in use + {p.cpu[v]:.2f} needed)")
+    here = int(st.a[v])
+    free = st.free_deltas(v)
+    candidates = [int(np.argmin(free))] if free.min() < -1e-12 else []
+    if len(st.nb_idx[v]):
+        candidates.append(int(st.a[st.nb_idx[v][int(np.argmax(st.nb_b[v]))]]))
+    for n in candidates:
+        if n != here and p.allowed[v, n] and st.used[n] + p.cpu[v] > p.capacity[n] + 1e-9:
+            return (f"moved off {p.nodes[n]}: it would exceed its {p.cores[n]:g} cores "
+                    f"({st.used[n]:.2f} in use + {p.cpu[v]:.2f} needed)")
+    return None
 
 
 def _because(st, v: int, labels: Mapping[str, str]) -> str:
@@ -107,7 +112,7 @@ def _versus(st, v: int, here: int) -> str:
     p = st.p
     alt, term = _next_best(st, v, here)
     if alt < 0:
-        return " (no other node may host it)"
+        return " (no other node has the room)" if p.allowed[v].sum() > 1 else " (no other node may host it)"
     if term == "latency" and st._latency(v)[alt] > 0:
         return f"; on {p.nodes[alt]} the critical path would be {st._latency(v)[alt]:.3g} ms longer"
     if term == "network" and st._net(v)[alt] > 0:
@@ -124,7 +129,7 @@ def _over(st, v: int, here: int) -> str:
     d[here] = np.inf
     alt = int(np.argmin(d))
     if not np.isfinite(d[alt]) or p.routes is None:
-        return " (no other node may host it)"
+        return " (no other node has the room)" if p.allowed[v].sum() > 1 else " (no other node may host it)"
     route = p.routes.link_ids[here][alt]
     if not route:
         return ""

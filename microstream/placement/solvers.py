@@ -41,12 +41,13 @@ from .cost import (
 )
 from .topology import Topology
 
-__all__ = ["MigrationGain", "Placement", "exact", "heuristic", "migration_gain", "place", "solve"]
+__all__ = ["MigrationGain", "Placement", "exact", "heuristic", "migration_gain", "place", "place_on_agents", "solve"]
 
 _TOL = 1e-12
 _OVERLOAD = 1e6          # cost per core of overload while searching from an infeasible start
 _MAX_BLOCKED = 64        # large instances: swaps tried per round for the vnodes most held back by capacity
 _MAX_PARTNERS = 12       # ... each with at most this many vnodes of the node it wants
+_EXACT_MAX_VNODES = 20   # beyond this, branch and bound may take hours
 _GROUP_MIN_GAIN = 1e-3   # large instances: group-move rounds continue while a round gains this fraction
 
 
@@ -362,18 +363,20 @@ def _try_move(st: _State, v: int, blocked: Blocked) -> int:
 
 
 def _sweep(st: _State, queue: list[int], is_movable: np.ndarray, blocked: Blocked) -> int:
-    """Improving single moves for the queued vnodes, re-queueing the neighbours of each vnode that moves,
-    until the queue is empty; returns the number of moves."""
+    """Improving single moves for the queued vnodes, re-queueing the neighbours of each vnode that moves and
+    the vnodes on the two nodes whose load changed, until the queue is empty; returns the number of moves."""
     todo = deque(queue)
     queued = set(queue)
     moves = 0
     while todo:
         v = todo.popleft()
         queued.discard(v)
-        if _try_move(st, v, blocked) < 0:
+        left = _try_move(st, v, blocked)
+        if left < 0:
             continue
         moves += 1
-        for u in st.nb_idx[v].tolist():
+        near = np.flatnonzero((st.a == left) | (st.a == st.a[v])).tolist()   # their load changed
+        for u in [*st.nb_idx[v].tolist(), *near]:
             if u not in queued and is_movable[u]:
                 todo.append(u)
                 queued.add(u)
@@ -663,6 +666,9 @@ def solve(problem: Problem, solver: str = "heuristic", start: np.ndarray | None 
     if solver == "heuristic":
         return heuristic(problem, start)
     if solver == "exact":
+        if problem.n_vnodes > _EXACT_MAX_VNODES:
+            raise PlacementError(f"the exact solver is for small jobs (up to {_EXACT_MAX_VNODES} virtual nodes; "
+                                 f"this one has {problem.n_vnodes}): use the heuristic")
         return exact(problem, heuristic(problem, start))
     raise ValueError(f"unknown solver '{solver}': use 'heuristic' or 'exact'")
 
@@ -697,6 +703,18 @@ def place(plan: PhysicalPlan, graph: LogicalGraph, topology: Topology,
     pins = {vn: pin.reason for vn, pin in find_pins(plan, graph, topology).items()}
     why = explain(problem, assign, vnode_labels(plan, graph), pins, current)
     return Placement(assignment, cost, why, solver, seconds, flows, problem)
+
+
+def place_on_agents(plan: PhysicalPlan, graph: LogicalGraph, agents: Mapping[str, Mapping],
+                    topology: Topology | None = None, rates: Mapping[EdgeKey, float] | None = None,
+                    current: Mapping[str, str] | None = None, solver: str = "heuristic") -> Placement:
+    """`place` on a live cluster: `agents` as the coordinator knows them, `{name: {"up", "cores", "memory",
+    "arch", "backends", "labels"}}`, merged with `topology` (e.g. the cluster's TOML) if given. Raises
+    `PlacementError` when no agent is up or a pin/backend cannot be met."""
+    if not any(info.get("up", True) for info in agents.values()):
+        raise PlacementError("no agents are up: start one with `microstream agent` or `microstream cluster up`")
+    return place(plan, graph, Topology.from_agents(agents, base=topology), rates=rates, solver=solver,
+                 current=current)
 
 
 def _start_from(problem: Problem, current: Mapping[str, str]) -> np.ndarray:

@@ -524,7 +524,8 @@ class Topology:
         names = self.node_names()
         for s in self.sensors:
             if not s.node:
-                errors.append(f"sensor '{s.name}' is attached to no node: set node = \"<one of {names}>\"")
+                errors.append(f"sensor '{s.name}' is attached to no node: set node = \"...\", one of "
+                              f"{', '.join(names)}")
             elif s.node not in names:
                 close = suggest(s.node, names)
                 hint = f"did you mean '{close}'? " if close else ""

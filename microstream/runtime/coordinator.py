@@ -19,7 +19,7 @@ import zmq
 from ..errors import MicrostreamError
 from ..graph import LogicalGraph
 from ..plan import PhysicalPlan, build_plan
-from .policy import Policy, PolicyParams
+from .policy import Policy, PolicyParams, link_cost_uniform
 from .protocol import ControlMessage, msg
 
 AGENT_TIMEOUT = 3.0
@@ -87,13 +87,14 @@ class Job:
 class Coordinator:
     def __init__(self, bind: str = "tcp://127.0.0.1:7077", keys: Any = None, trusted: dict[bytes, str] | None = None,
                  metrics_port: int | None = 0, agent_timeout: float = AGENT_TIMEOUT, log=print,
-                 policy: PolicyParams | None = DEFAULT_POLICY) -> None:
+                 policy: PolicyParams | None = DEFAULT_POLICY, topology: Any = None) -> None:
         self.bind = bind
         self.keys = keys
         self.trusted = dict(trusted or {})
         self.agent_timeout = agent_timeout
         self.move_timeout = 60.0
         self.policy_params = policy             # None: never move virtual nodes on its own
+        self.topology = topology                # placement.Topology from a file, or None (agents only)
         self._next_policy = 0.0
         self.log = log
         self.agents: dict[str, AgentInfo] = {}
@@ -232,7 +233,9 @@ class Coordinator:
                 continue
             placement = {v: n for v, n in job.placement.items() if v not in job.results}
             sizes = {h["vnode"]: float(h.get("state_bytes", 0) or 1_000_000) for h in job.history}
-            proposal = job.policy.evaluate(time.monotonic(), placement, job.traffic, live, job.pins, sizes)
+            link_cost = self.topology.link_cost() if self.topology is not None else link_cost_uniform
+            proposal = job.policy.evaluate(time.monotonic(), placement, job.traffic, live, job.pins, sizes,
+                                           link_cost)
             if proposal is None:
                 continue
             self.log(f"coordinator: re-placing {job.id}/{proposal.vnode} {proposal.source} -> {proposal.target}: "
@@ -260,7 +263,7 @@ class Coordinator:
         try:
             graph: LogicalGraph = m.payload()
             plan = build_plan(graph)
-            placement = self._place(plan)
+            placement = self._place(plan, graph)
         except MicrostreamError as exc:
             self._send(identity, msg("rejected", error=str(exc)))
             return
@@ -279,21 +282,19 @@ class Coordinator:
         self._send(identity, msg("accepted", job=job_id, placement=placement))
         self.log(f"coordinator: job {job_id} placed: " + ", ".join(f"{v}->{a}" for v, a in placement.items()))
 
-    def _place(self, plan: PhysicalPlan) -> dict[str, str]:
-        """Round robin over live agents; a virtual node pinned with at= goes to that agent."""
-        live = sorted(a.name for a in self.agents.values() if a.up)
-        if not live:
+    def _place(self, plan: PhysicalPlan, graph: LogicalGraph) -> dict[str, str]:
+        """The placement engine over the live agents (and the topology file, if any): pins from `at=` and
+        sensors, required backends, node capacity, traffic per link."""
+        from ..placement import place_on_agents
+
+        if not any(a.up for a in self.agents.values()):
             raise MicrostreamError("no agents are up: start one with `microstream agent` or `microstream cluster up`")
-        placement = {}
-        for vn in plan.vnodes.values():
-            if vn.at is not None:
-                if vn.at not in live:
-                    raise MicrostreamError(f"virtual node {vn.id} is pinned to '{vn.at}', which is not an agent "
-                                           f"that is up (agents: {live})")
-                placement[vn.id] = vn.at
-            else:
-                placement[vn.id] = live[next(self._rr) % len(live)]
-        return placement
+        agents = {a.name: {**a.caps, "labels": a.labels, "up": a.up} for a in self.agents.values()}
+        placement = place_on_agents(plan, graph, agents, topology=self.topology)
+        if not placement.feasible:
+            self.log(f"coordinator: no placement fits every node's capacity; using the least overloaded one "
+                     f"({'; '.join(placement.cost.reasons)})")
+        return dict(placement.assignment)
 
     def _on_vnode_ready(self, identity: bytes, m: ControlMessage) -> None:
         job = self.jobs.get(m.header["job"])

@@ -177,3 +177,8 @@ def test_link_cost_in_lan_bytes():
     assert cost("lib-pi1", "lib-pi2") == pytest.approx(1.0)        # one 1 Gbit/s hop
     assert cost("lib-pi1", "core") == pytest.approx(100.0)         # the 10 Mbit/s uplink
     assert cost("lib-pi1", "unknown") == 1.0
+
+
+@pytest.mark.parametrize("path", sorted(CAMPUS.parent.glob("*.toml")), ids=lambda p: p.name)
+def test_every_example_topology_is_clean(path):
+    assert Topology.load(path).check() == []
