@@ -78,29 +78,33 @@ def test_preaggregation_follows_its_sensor(home, tmp_path, capsys):
                        capture_output=True, text=True, cwd=ROOT, timeout=300)
     job = r.stdout.strip().splitlines()[-1]
     with Client(cluster.address(home), timeout=120) as client:
-        status = _wait(client, job, lambda s: s["state"] == "running" and s["traffic"], 30)
-        status = _wait(client, job, lambda s: len(s["traffic"]) >= 2, 10)
-        start_traffic = _cross_node(status)
-        # 1. the pre-aggregating windows move next to the gateway they read from (node1)
-        status = _wait(client, job, lambda s: _windows_on(s) == {"node1"}, 20)
-        assert _windows_on(status) == {"node1"}, status["migrations"]
-        time.sleep(2.5)  # fresh measurements on the new placement
-        settled = _cross_node(client.status()["jobs"][job])
-        # 2. the sensor's gateway fails over to node2: its readings now arrive there
+        status = _wait(client, job, lambda s: s["state"] == "running" and len(s["traffic"]) >= 2, 30)
+        # 1. the placement engine put the pre-aggregating windows next to the gateway they read from
+        assert _windows_on(status) == {"node1"}, status["vnodes"]
+        time.sleep(1.5)
+        before = _cross_node(client.status()["jobs"][job])
+        # 2. the sensor's gateway fails over to node2: its readings now arrive there, and cross the network
         source = next(v for v, info in status["vnodes"].items() if "gateway" in info["tasks"])
         client.migrate(job, source, "node2")
-        status = _wait(client, job, lambda s: _windows_on(s) == {"node2"}, 20)
+        peak = 0.0
+        deadline = time.monotonic() + 25
+        while time.monotonic() < deadline:
+            status = client.status()["jobs"][job]
+            peak = max(peak, _cross_node(status))
+            if _windows_on(status) == {"node2"}:
+                break
+            time.sleep(0.25)
+        # 3. ... until the policy has moved the windows after it
         assert _windows_on(status) == {"node2"}, status["migrations"]
-        time.sleep(2.5)
-        final = client.status()["jobs"][job]
-        after_failover = _cross_node(final)
+        time.sleep(2.5)  # fresh measurements on the new placement
+        after = _cross_node(client.status()["jobs"][job])
         status = _wait(client, job, lambda s: s["state"] != "running", 60)
     assert status["state"] == "finished", status
     auto = [m for m in status["migrations"] if m["reason"].startswith("auto")]
-    assert len(auto) >= 4 and all(m["to"] in ("node1", "node2") for m in auto)
+    assert len(auto) >= 2 and all(m["to"] == "node2" for m in auto)
     with capsys.disabled():
-        print(f"\ncross-node traffic: at start {start_traffic:,.0f} B/s, after moving toward the gateway "
-              f"{settled:,.0f} B/s, after the gateway failover and the follow-up moves {after_failover:,.0f} B/s")
-    assert settled < start_traffic / 5 and after_failover < start_traffic / 5
+        print(f"\ncross-node traffic: {before:,.0f} B/s with the windows next to the gateway, up to {peak:,.0f} B/s "
+              f"after the gateway failed over, {after:,.0f} B/s once the windows followed it ({len(auto)} moves)")
+    assert peak > 100_000 and after < peak / 5 and before < peak / 5
     local = sorted((tmp_path / "local.jsonl").read_text().splitlines())
     assert sorted((tmp_path / "remote.jsonl").read_text().splitlines()) == local and len(local) > 100
