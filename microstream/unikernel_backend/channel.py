@@ -170,6 +170,15 @@ class Channel:
                 raise TimeoutError(f"no hello from the guest agent within {timeout} s")
             return dict(self.hello or {})
 
+    def export_state(self) -> dict[str, Any]:
+        """Sequence/acknowledgement state and the guest's hello, to continue this channel elsewhere."""
+        return {"session": self.session.export(), "hello": self.hello}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Continue a channel exported by `export_state` (before connecting to the restored guest)."""
+        self.session.load(state["session"])
+        self.hello = state.get("hello")
+
     @property
     def stats(self) -> dict[str, int]:
         return {**self.session.counts, "unacked": len(self.session.unacked), "delivered": self.session.delivered,

@@ -28,6 +28,7 @@ Reliability
 from __future__ import annotations
 
 import ast
+import base64
 import collections
 import contextlib
 import importlib
@@ -191,6 +192,21 @@ class Session:
             self.counts["resent"] += len(self.unacked)
             self.progress = time.monotonic()
             return [({**h, "ack": self.delivered}, b) for h, b in self.unacked.values()]
+
+    def export(self) -> dict[str, Any]:
+        """The session's state as JSON-able data (to continue it in another host process)."""
+        with self.cond:
+            return {"next_seq": self.next_seq, "delivered": self.delivered,
+                    "unacked": [[h, base64.b64encode(b).decode()] for h, b in self.unacked.values()]}
+
+    def load(self, state: dict[str, Any]) -> None:
+        """Continue a session exported by `export`."""
+        with self.cond:
+            self.next_seq, self.delivered = int(state["next_seq"]), int(state["delivered"])
+            self.acked_sent = self.delivered
+            self.unacked = collections.OrderedDict((int(h["seq"]), (h, base64.b64decode(b)))
+                                                   for h, b in state["unacked"])
+            self.progress = time.monotonic()
 
     def stalled(self, after: float = RESEND_AFTER) -> bool:
         """True when messages have waited `after` seconds for an acknowledgement that never came."""
@@ -365,7 +381,7 @@ class GuestAgent:
         """Say hello, then serve until told to shut down."""
         threading.Thread(target=self._work_loop, name="guest-work", daemon=True).start()
         self.send("hello", pid=os.getpid(), uptime=uptime(), python=sys.version.split()[0],
-                  agent_start_uptime=uptime() - (time.monotonic() - self.started))
+                  python_started=process_start_uptime())
         self._read_loop()
 
 
@@ -374,6 +390,16 @@ def module_info(name: str) -> dict[str, Any]:
     module = importlib.import_module(name)
     return {"module": name, "file": getattr(module, "__file__", None),
             "version": str(getattr(module, "__version__", "")) or None}
+
+
+def process_start_uptime() -> float:
+    """Guest uptime (seconds) at which this process started: the kernel + init part of boot-to-ready."""
+    try:
+        with open("/proc/self/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return -1.0
 
 
 def uptime() -> float:
