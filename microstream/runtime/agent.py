@@ -11,8 +11,6 @@ import contextlib
 import os
 import platform
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -21,6 +19,7 @@ from typing import Any
 
 import zmq
 
+from ..unikernel_backend.backend import HostHandle, available_backends
 from .protocol import ControlMessage, msg
 from .security import curve_client
 
@@ -36,15 +35,17 @@ def capabilities() -> dict[str, Any]:
                     mem = int(line.split()[1]) * 1024
     except OSError:
         pass
-    return {"cores": os.cpu_count() or 1, "memory": mem, "arch": platform.machine(), "backends": ["process"],
-            "python": platform.python_version()}
+    from ..unikernel_backend.backend import available_backends
+
+    return {"cores": os.cpu_count() or 1, "memory": mem, "arch": platform.machine(),
+            "backends": sorted(available_backends()), "python": platform.python_version()}
 
 
 @dataclass
 class _Host:
     job: str
     vnode: str
-    proc: subprocess.Popen
+    proc: HostHandle
     spec: bytes
     identity: bytes | None = None
     stats: dict = field(default_factory=dict)
@@ -72,6 +73,7 @@ class Agent:
         self.trusted_data_keys: list[str] = []
         self.metrics_port = metrics_port
         self.metrics = None
+        self.backends = available_backends()
         self._stop = False
 
     # -- sockets ----------------------------------------------------------------------------------
@@ -165,7 +167,8 @@ class Agent:
         h = m.header
         if m.kind == "deploy":
             self.trusted_data_keys = h.get("data_keys", self.trusted_data_keys)
-            self._start_host(h["job"], h["vnode"], m.blob, restoring=bool(h.get("restoring")))
+            self._start_host(h["job"], h["vnode"], m.blob, restoring=bool(h.get("restoring")),
+                             backend=h.get("backend", "process"))
         elif m.kind in ("connect", "start", "snapshot", "pause_to", "redirect"):
             only = h.get("only")  # a message for one virtual node (a migration), else for the whole job
             for host in self._hosts_of(h["job"]):
@@ -181,13 +184,17 @@ class Agent:
     def _hosts_of(self, job: str) -> list[_Host]:
         return [host for (j, _), host in self.hosts.items() if j == job]
 
-    def _start_host(self, job: str, vnode: str, spec: bytes | None, restoring: bool = False) -> None:
-        log = open(self.workdir / f"{job}-{vnode}.log", "wb")  # noqa: SIM115 - owned by the child
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "microstream.runtime.host_main", "--control", self.control_endpoint,
-             "--job", job, "--vnode", vnode], stdout=log, stderr=subprocess.STDOUT, cwd=os.getcwd())
-        self.hosts[(job, vnode)] = _Host(job, vnode, proc, spec or b"", restoring=restoring)
-        self.log(f"agent {self.name}: started {job}/{vnode} (pid {proc.pid})")
+    def _start_host(self, job: str, vnode: str, spec: bytes | None, restoring: bool = False,
+                    backend: str = "process") -> None:
+        chosen = self.backends.get(backend)
+        if chosen is None:
+            have = sorted(self.backends)
+            self._send_up(msg("vnode_failed", job=job, vnode=vnode,
+                              error=f"agent {self.name} has no '{backend}' host backend (it has {have})"))
+            return
+        handle = chosen.start(job, vnode, self.control_endpoint, self.workdir / f"{job}-{vnode}.log")
+        self.hosts[(job, vnode)] = _Host(job, vnode, handle, spec or b"", restoring=restoring)
+        self.log(f"agent {self.name}: started {job}/{vnode} on the {backend} backend (pid {handle.pid})")
 
     def _stop_host(self, host: _Host) -> None:
         if host.identity is not None:
@@ -196,12 +203,7 @@ class Agent:
         host.started = time.monotonic()
 
     def _kill(self, host: _Host) -> None:
-        if host.proc.poll() is None:
-            host.proc.terminate()
-            try:
-                host.proc.wait(2)
-            except subprocess.TimeoutExpired:
-                host.proc.kill()
+        host.proc.stop(grace=2.0)
 
     # -- host -> agent ----------------------------------------------------------------------------------
     def _on_host(self, identity: bytes, m: ControlMessage) -> None:

@@ -277,8 +277,9 @@ class Coordinator:
             job.policy = Policy(self.policy_params)
         for vnode, agent_name in placement.items():
             agent = self.agents[agent_name]
-            self._send(agent.identity, ControlMessage("deploy", {"job": job_id, "vnode": vnode,
-                                                                 "data_keys": self._data_keys()}, blob))
+            self._send(agent.identity, ControlMessage("deploy", {
+                "job": job_id, "vnode": vnode, "data_keys": self._data_keys(),
+                "backend": plan.vnodes[vnode].backend}, blob))
         self._send(identity, msg("accepted", job=job_id, placement=placement))
         self.log(f"coordinator: job {job_id} placed: " + ", ".join(f"{v}->{a}" for v, a in placement.items()))
 
@@ -380,8 +381,9 @@ class Coordinator:
 
     def _deploy_new_host(self, job: Job, mig: Migration) -> None:
         agent = self.agents[mig.target]
-        self._send(agent.identity, ControlMessage("deploy", {"job": job.id, "vnode": mig.vnode, "restoring": True,
-                                                             "data_keys": self._data_keys()}, job.blob))
+        self._send(agent.identity, ControlMessage("deploy", {
+            "job": job.id, "vnode": mig.vnode, "restoring": True, "data_keys": self._data_keys(),
+            "backend": job.plan.vnodes[mig.vnode].backend}, job.blob))
 
     def _on_migrate(self, identity: bytes, m: ControlMessage) -> None:
         begun = self._begin(identity, m, "migrate")
