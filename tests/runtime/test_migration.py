@@ -150,3 +150,52 @@ def test_save_to_file_then_restore_elsewhere(home, tmp_path):
 def test_migrate_errors_are_clear(home, tmp_path):
     with Client(cluster.address(home)) as client, pytest.raises(ClusterError, match="no job 'nope'"):
         client.migrate("nope", "vn0", "node1")
+
+
+SLOW_JOB = """
+import time
+import microstream as ms
+
+def slow_double(b):
+    time.sleep(0.03)  # a slow consumer: the source outruns it and blocks on credits (backpressure)
+    return b["value"] * 2
+
+p = ms.Pipeline("pressed")
+src = p.synthetic(count=40_000, sensors=40, rate=4000, jitter=0.2, max_delay=0.1, seed=12, batch_size=200)
+slow = src.key_by("sensor").with_columns(v2=slow_double).with_parallelism(2)
+slow.key_by("sensor").window(ms.tumbling(seconds=1)).aggregate(n=ms.agg.count(), s=ms.agg.sum("v2")) \\
+    .with_parallelism(2).sink(ms.sinks.jsonl("{out}/windows.jsonl"))
+p.run()
+"""
+
+
+def test_migrations_under_backpressure(home, tmp_path):
+    outs = {}
+    for name in ("local", "remote"):
+        outs[name] = tmp_path / name
+        outs[name].mkdir()
+        (tmp_path / f"{name}.py").write_text(textwrap.dedent(SLOW_JOB.format(out=outs[name])))
+    assert cli("run", str(tmp_path / "local.py")).returncode == 0
+    r = cli("submit", "--detach", str(tmp_path / "remote.py"), "--home", str(home))
+    assert r.returncode == 0, r.stderr
+    job = r.stdout.strip().splitlines()[-1]
+    rng = random.Random(3)
+    moved = 0
+    with Client(cluster.address(home), timeout=60) as client:
+        status = _running(client, job, time.monotonic() + 60)
+        while status["state"] == "running":
+            time.sleep(rng.uniform(0.1, 0.3))
+            movable = [v for v, info in status["vnodes"].items() if "with_columns" in " ".join(info["tasks"])
+                       or "window" in " ".join(info["tasks"])]
+            vnode = rng.choice(sorted(movable))
+            here = status["vnodes"][vnode]["agent"]
+            try:
+                client.migrate(job, vnode, rng.choice([a for a in ("node1", "node2", "node3") if a != here]))
+                moved += 1
+            except ClusterError as exc:
+                assert "finished" in str(exc), exc
+            status = client.status()["jobs"][job]
+        final = _wait_end(client, job)
+    assert final["state"] == "finished", final
+    assert moved >= 2
+    assert outputs(outs["remote"]) == outputs(outs["local"])
