@@ -132,12 +132,14 @@ class Agent:
             poller.register(self.up, zmq.POLLIN)
             poller.register(self.control, zmq.POLLIN)
             while not self._stop:
-                events = dict(poller.poll(200))
-                if self.up in events:
-                    self._on_coordinator(ControlMessage.parse(self.up.recv_multipart()))
-                if self.control in events:
-                    frames = self.control.recv_multipart()
-                    self._on_host(frames[0], ControlMessage.parse(frames[1:]))
+                poller.poll(200)
+                # relay everything waiting on both sides before the periodic work: moves are latency-bound
+                while self.up.poll(0) or self.control.poll(0):
+                    if self.up.poll(0):
+                        self._on_coordinator(ControlMessage.parse(self.up.recv_multipart()))
+                    if self.control.poll(0):
+                        frames = self.control.recv_multipart()
+                        self._on_host(frames[0], ControlMessage.parse(frames[1:]))
                 self._check_hosts()
                 if time.monotonic() >= next_beat:
                     self._heartbeat()

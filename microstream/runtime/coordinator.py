@@ -144,7 +144,8 @@ class Coordinator:
             self.open()
         try:
             while not self._stop:
-                if self.sock.poll(200):
+                self.sock.poll(200)
+                while self.sock.poll(0):  # every waiting message before the periodic checks
                     frames = self.sock.recv_multipart()
                     try:
                         self._on_message(frames[0], ControlMessage.parse(frames[1:]))
