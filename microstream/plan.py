@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from .errors import PipelineError
 from .graph import DeadLetterHub, LogicalGraph, Node
-from .operators.base import DEAD, OUT
+from .operators.base import DEAD
 
 FORWARD, HASH, REBALANCE = "forward", "hash", "rebalance"
 _KEYED_KINDS = {"window_aggregate", "window_join", "stateful_map"}
@@ -162,10 +162,4 @@ def graph_tasks(tasks: dict[str, Task], node_id: int) -> list[str]:
     return [t.id for t in sorted(tasks.values(), key=lambda t: t.index) if t.node_id == node_id]
 
 
-def partition_targets(keys_hash, parallelism: int):
-    """Subtask index for each record from a uint64 hash of its key (same on every host)."""
-    return (keys_hash % parallelism).astype("int64")
-
-
-__all__ = ["FORWARD", "HASH", "REBALANCE", "OUT", "PhysicalEdge", "PhysicalPlan", "Task", "VirtualNode",
-           "build_plan", "partition_targets"]
+__all__ = ["FORWARD", "HASH", "REBALANCE", "PhysicalEdge", "PhysicalPlan", "Task", "VirtualNode", "build_plan"]
