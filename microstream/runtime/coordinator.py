@@ -82,6 +82,7 @@ class Job:
     traffic: dict[tuple[str, str], float] = field(default_factory=dict)   # (vnode, vnode) -> bytes/s measured
     sent: dict[tuple[str, str], tuple[int, float]] = field(default_factory=dict)  # last (bytes, time) seen
     policy: Policy | None = None
+    predicted: dict[str, float] = field(default_factory=dict)  # link "a–b" -> bytes/s, from the placement engine
 
 
 class Coordinator:
@@ -273,6 +274,7 @@ class Coordinator:
         self.jobs[job_id] = job
         blob = cloudpickle.dumps({"graph": graph, "plan": plan, "credits": m.header.get("credits", 8)})
         job.blob = blob
+        job.predicted = getattr(self, "_last_prediction", {})
         job.pins = {vn.id: vn.at for vn in plan.vnodes.values() if vn.at}
         if self.policy_params is not None:
             job.policy = Policy(self.policy_params)
@@ -293,6 +295,7 @@ class Coordinator:
             raise MicrostreamError("no agents are up: start one with `microstream agent` or `microstream cluster up`")
         agents = {a.name: {**a.caps, "labels": a.labels, "up": a.up} for a in self.agents.values()}
         placement = place_on_agents(plan, graph, agents, topology=self.topology)
+        self._last_prediction = dict(placement.cost.link_traffic)  # "a–b" -> bytes/s the engine expects
         if not placement.feasible:
             self.log(f"coordinator: no placement fits every node's capacity; using the least overloaded one "
                      f"({'; '.join(placement.cost.reasons)})")
@@ -536,7 +539,8 @@ class Coordinator:
                 vnodes[vn] = {"agent": agent_name, "tasks": job.plan.vnodes[vn].tasks, "state": live.get("state"),
                               "operators": live.get("stats", {}).get("operators", {})}
             jobs[job.id] = {"name": job.name, "state": job.state, "reason": job.reason, "vnodes": vnodes,
-                            "migrations": job.history, "traffic": self.link_traffic(job), "pins": job.pins}
+                            "migrations": job.history, "traffic": self.link_traffic(job), "pins": job.pins,
+                            "predicted_traffic": job.predicted}
         return {"agents": agents, "jobs": jobs, "metrics_port": self.metrics_port}
 
     def _update_metrics(self) -> None:
@@ -559,6 +563,9 @@ class Coordinator:
                         per_link[key] = per_link.get(key, 0.0) + row["bytes_per_s"]
                 for (a, b), rate in per_link.items():
                     self.metrics.link_traffic.labels(job.id, a, b, "measured").set(rate)
+                for link, rate in job.predicted.items():
+                    a, _, b = link.partition("–")
+                    self.metrics.link_traffic.labels(job.id, a, b, "predicted").set(rate)
         except Exception as exc:  # noqa: BLE001
             self.log(f"coordinator: metrics update failed: {exc}")
 
