@@ -78,6 +78,24 @@ def _wait_end(client: Client, job: str) -> dict:
     raise AssertionError("job did not end")
 
 
+def _move_randomly(client: Client, job: str, rng: random.Random, pause: tuple[float, float],
+                   movable=lambda tasks: True) -> int:
+    """Move random virtual nodes to random other agents until the job ends; returns how many moves happened."""
+    moved = 0
+    status = _running(client, job, time.monotonic() + 60)
+    while status["state"] == "running":
+        time.sleep(rng.uniform(*pause))
+        vnode = rng.choice(sorted(v for v, info in status["vnodes"].items() if movable(" ".join(info["tasks"]))))
+        here = status["vnodes"][vnode]["agent"]
+        try:
+            client.migrate(job, vnode, rng.choice([a for a in ("node1", "node2", "node3") if a != here]))
+            moved += 1
+        except ClusterError as exc:  # the job (or that vnode) finished first
+            assert "finished" in str(exc), exc
+        status = client.status()["jobs"][job]
+    return moved
+
+
 def test_random_migrations_lose_and_repeat_nothing(home, tmp_path):
     count, speed = 60_000, 2.0   # about 7.5 s of replay: migrations land mid-window and mid-stream
     local_script, local_out = write_job(tmp_path, "local", count, None)
@@ -86,21 +104,8 @@ def test_random_migrations_lose_and_repeat_nothing(home, tmp_path):
     r = cli("submit", "--detach", str(script), "--home", str(home))
     assert r.returncode == 0, r.stderr
     job = r.stdout.strip().splitlines()[-1]
-    rng = random.Random(7)
-    moved = 0
     with Client(cluster.address(home), timeout=60) as client:
-        status = _running(client, job, time.monotonic() + 60)
-        while status["state"] == "running":
-            time.sleep(rng.uniform(0.0, 0.25))
-            vnode = rng.choice(sorted(status["vnodes"]))
-            here = status["vnodes"][vnode]["agent"]
-            there = rng.choice([a for a in ("node1", "node2", "node3") if a != here])
-            try:
-                client.migrate(job, vnode, there)
-                moved += 1
-            except ClusterError as exc:  # the job (or that vnode) finished first
-                assert "finished" in str(exc) or "is finished" in str(exc), exc
-            status = client.status()["jobs"][job]
+        moved = _move_randomly(client, job, random.Random(7), (0.0, 0.25))
         final = _wait_end(client, job)
     assert final["state"] == "finished", final
     assert moved >= 3, f"only {moved} migrations happened"
@@ -179,22 +184,9 @@ def test_migrations_under_backpressure(home, tmp_path):
     r = cli("submit", "--detach", str(tmp_path / "remote.py"), "--home", str(home))
     assert r.returncode == 0, r.stderr
     job = r.stdout.strip().splitlines()[-1]
-    rng = random.Random(3)
-    moved = 0
     with Client(cluster.address(home), timeout=60) as client:
-        status = _running(client, job, time.monotonic() + 60)
-        while status["state"] == "running":
-            time.sleep(rng.uniform(0.1, 0.3))
-            movable = [v for v, info in status["vnodes"].items() if "with_columns" in " ".join(info["tasks"])
-                       or "window" in " ".join(info["tasks"])]
-            vnode = rng.choice(sorted(movable))
-            here = status["vnodes"][vnode]["agent"]
-            try:
-                client.migrate(job, vnode, rng.choice([a for a in ("node1", "node2", "node3") if a != here]))
-                moved += 1
-            except ClusterError as exc:
-                assert "finished" in str(exc), exc
-            status = client.status()["jobs"][job]
+        moved = _move_randomly(client, job, random.Random(3), (0.1, 0.3),
+                               movable=lambda tasks: "with_columns" in tasks or "window" in tasks)
         final = _wait_end(client, job)
     assert final["state"] == "finished", final
     assert moved >= 2
