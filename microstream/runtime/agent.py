@@ -229,7 +229,8 @@ class Agent:
             host.state = "done"
             host.stats = h.get("stats", host.stats)  # final counts, even for jobs shorter than a report
             self._record_metrics(host)
-            self._send_up(ControlMessage("vnode_done", {"job": host.job, "vnode": host.vnode}, m.blob))
+            self._send_up(ControlMessage("vnode_done", {"job": host.job, "vnode": host.vnode, "stats": host.stats},
+                                         m.blob))
         elif m.kind == "resumed":
             self._send_up(msg("vnode_resumed", job=host.job, vnode=host.vnode, at=h["at"]))
         elif m.kind == "snapshot":

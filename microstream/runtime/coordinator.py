@@ -83,6 +83,7 @@ class Job:
     sent: dict[tuple[str, str], tuple[int, float]] = field(default_factory=dict)  # last (bytes, time) seen
     policy: Policy | None = None
     predicted: dict[str, float] = field(default_factory=dict)  # link "a–b" -> bytes/s, from the placement engine
+    final: dict[str, dict[str, Any]] = field(default_factory=dict)  # vnode -> last state and stats once done
 
 
 class Coordinator:
@@ -332,6 +333,7 @@ class Coordinator:
             elif mig.mode != "restore":
                 self._call_off(job, mig, "the virtual node finished before it could move")
         job.results[m.header["vnode"]] = m.blob
+        job.final[m.header["vnode"]] = {"state": "done", "stats": m.header.get("stats") or {}}
         if len(job.results) == len(job.plan.vnodes) and job.state == "running":
             job.state = "finished"
             job.finished = time.time()
@@ -536,6 +538,7 @@ class Coordinator:
                 live = self.agents[agent_name].vnodes.get(f"{job.id}/{vn}", {}) if agent_name in self.agents else {}
                 if live.get("state") == "migrated":
                     live = {}
+                live = job.final.get(vn, live)
                 vnodes[vn] = {"agent": agent_name, "tasks": job.plan.vnodes[vn].tasks, "state": live.get("state"),
                               "operators": live.get("stats", {}).get("operators", {})}
             jobs[job.id] = {"name": job.name, "state": job.state, "reason": job.reason, "vnodes": vnodes,

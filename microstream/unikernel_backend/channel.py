@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .guest import FrameDecoder, Session, encode_frame
+from .guest import Endpoint, FrameDecoder
 
 
 class GuestError(RuntimeError):
@@ -34,20 +34,19 @@ class ChannelClosed(ConnectionError):
     """The channel is not connected to a guest."""
 
 
-class Channel:
+class Channel(Endpoint):
     """Reliable, ordered messages with a guest agent over a virtio-serial unix socket.
 
     Thread-safe. One reader thread per connection delivers replies (`request`), the guest's hello
-    (`wait_hello`) and data streams (`recv_data`).
+    (`wait_hello`) and data streams (`recv_data`); one writer thread (from `Endpoint`) writes.
     """
 
     def __init__(self, path: str | Path, window: int = 256, log: Callable[[str], None] | None = None) -> None:
+        super().__init__(window)
         self.path = Path(path)
-        self.session = Session(window)
         self.log = log or (lambda _: None)
         self._sock: socket.socket | None = None
         self._reader: threading.Thread | None = None
-        self._write_lock = threading.Lock()
         self._cond = threading.Condition()
         self._replies: dict[int, dict[str, Any]] = {}
         self._streams: dict[str, collections.deque[bytes]] = collections.defaultdict(collections.deque)
@@ -56,7 +55,6 @@ class Channel:
         self.hello_at: float | None = None  # time.monotonic() when the hello arrived
         self.guest_logs: list[str] = []
         self.reconnects = 0
-        self.decoder = FrameDecoder()
 
     # -- connection -------------------------------------------------------------------------------
     @property
@@ -72,7 +70,7 @@ class Channel:
         self._sock = sock
         self._reader = threading.Thread(target=self._read_loop, args=(sock,), name="microvm-channel", daemon=True)
         self._reader.start()
-        self._write_control("sync", reply=True)
+        self.send_control("sync", reply=True)
 
     def detach(self) -> None:
         """Drop the connection but keep the session: unacknowledged messages wait for `connect`."""
@@ -92,29 +90,24 @@ class Channel:
         self.connect(path, timeout)
 
     def close(self) -> None:
+        """Detach and end the writer thread (the channel cannot be used afterwards)."""
         self.detach()
+        self.close_writer()
 
     # -- sending ----------------------------------------------------------------------------------
-    def _write(self, header: dict[str, Any], body: bytes = b"") -> bool:
-        data = encode_frame(header, body)
-        with self._write_lock:
-            sock = self._sock
-            if sock is None:
-                return False
-            try:
-                sock.sendall(data)
-                return True
-            except OSError:
-                return False  # the reader notices the broken connection; the message is resent later
-
-    def _write_control(self, kind: str, **fields: Any) -> None:
-        self._write(*self.session.control(kind, **fields))
+    def _raw_write(self, data: bytes) -> bool:
+        sock = self._sock
+        if sock is None:
+            return False  # sequenced messages stay unacknowledged and are resent after `connect`
+        try:
+            sock.sendall(data)
+            return True
+        except OSError:
+            return False  # the reader notices the broken connection
 
     def send(self, kind: str, body: bytes = b"", timeout: float | None = 60.0, **fields: Any) -> int:
         """Send a sequenced message; kept until acknowledged, resent after a reconnect. Returns its seq."""
-        header, body = self.session.stamp({"kind": kind, **fields}, body, timeout=timeout)
-        self._write(header, body)
-        return header["seq"]
+        return super().send(kind, body, timeout, **fields)
 
     def send_data(self, stream: str, data: bytes) -> int:
         """Stream bytes to the guest (`agent.handlers[stream]` or `agent.inbox[stream]` there)."""
@@ -191,37 +184,17 @@ class Channel:
             try:
                 chunk = sock.recv(65536)
             except TimeoutError:
-                self._tick()
+                self.tick()
                 continue
             except OSError:
                 chunk = b""
             if not chunk:
                 break
-            for header, body in self.decoder.feed(chunk):
-                self._on_frame(header, body)
-            if self.session.needs_ack():
-                self._write_control("ack")
+            self.on_bytes(chunk)
         if self._sock is sock:  # the other side went away (QEMU exited): wait for connect()
             self._sock = None
             with contextlib.suppress(OSError):
                 sock.close()
-
-    def _tick(self) -> None:
-        if self.session.stalled():
-            self._write_control("sync", reply=True)
-            self.session.progress = time.monotonic()
-
-    def _on_frame(self, header: dict[str, Any], body: bytes) -> None:
-        verdict, header, body = self.session.receive(header, body)
-        if verdict == "deliver":
-            self._deliver(header, body)
-        elif verdict == "gap":
-            self._write_control("sync", reply=True)
-        elif verdict == "control" and header.get("kind") == "sync":
-            if header.get("reply"):
-                self._write_control("sync")
-            for h, b in self.session.pending():
-                self._write(h, b)
 
     def _deliver(self, header: dict[str, Any], body: bytes) -> None:
         kind = header.get("kind")

@@ -251,82 +251,141 @@ def find_port(name: str = PORT_NAME, sysfs: str = "/sys/class/virtio-ports") -> 
     raise FileNotFoundError(f"no virtio-serial port named {name!r} under {sysfs}")
 
 
-class GuestAgent:
+class Endpoint:
+    """One end of the channel: a `Session` plus the rules that keep both ends from deadlocking.
+
+    Readers never block on a write: every frame goes through one writer thread's queue (a reader
+    blocked in a write while the peer's reader is blocked in its own write stalls both directions
+    once the virtio and socket buffers fill). Resends are coalesced (one queued at a time) and a gap
+    asks for a resync at most once per position, so a reconnect cannot start a resend storm.
+    Subclasses provide `_raw_write` and `_deliver`.
+    """
+
+    def __init__(self, window: int = 256) -> None:
+        self.session = Session(window)
+        self.decoder = FrameDecoder()
+        self._out: queue.Queue[Any] = queue.Queue()
+        self._send_lock = threading.Lock()
+        self._resend_queued = False
+        self._gap_sync: tuple[int, float] = (-1, 0.0)
+        self._writer = threading.Thread(target=self._write_loop, name="channel-writer", daemon=True)
+        self._writer.start()
+
+    def _raw_write(self, data: bytes) -> bool:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _deliver(self, header: dict[str, Any], body: bytes) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def send(self, kind: str, body: bytes = b"", timeout: float | None = None, **fields: Any) -> int:
+        """Queue a sequenced message (blocks while `window` messages are unacknowledged); returns its seq."""
+        with self._send_lock:  # stamp and queue together: the writer sees sequence numbers in order
+            header, body = self.session.stamp({"kind": kind, **fields}, body, timeout=timeout)
+            self._out.put((header, body))
+        return header["seq"]
+
+    def send_control(self, kind: str, **fields: Any) -> None:
+        self._out.put(("control", kind, fields))
+
+    def request_resend(self) -> None:
+        if not self._resend_queued:
+            self._resend_queued = True
+            self._out.put("resend")
+
+    def _write_loop(self) -> None:
+        while True:
+            item = self._out.get()
+            if item is None:
+                return
+            if item == "resend":
+                self._resend_queued = False
+                for header, body in self.session.pending():
+                    self._raw_write(encode_frame(header, body))
+            elif item[0] == "control":
+                self._raw_write(encode_frame(*self.session.control(item[1], **item[2])))
+            else:
+                header, body = item
+                self._raw_write(encode_frame({**header, "ack": self.session.delivered}, body))
+
+    def on_bytes(self, chunk: bytes) -> None:
+        """Feed bytes read from the peer (reader thread)."""
+        for header, body in self.decoder.feed(chunk):
+            self._on_frame(header, body)
+        if self.session.needs_ack():
+            self.send_control("ack")
+
+    def _on_frame(self, header: dict[str, Any], body: bytes) -> None:
+        verdict, header, body = self.session.receive(header, body)
+        if verdict == "deliver":
+            self._deliver(header, body)
+        elif verdict == "gap":
+            at, when = self._gap_sync
+            if at != self.session.delivered or time.monotonic() - when > RESEND_AFTER:
+                self._gap_sync = (self.session.delivered, time.monotonic())
+                self.send_control("sync", reply=True)
+        elif verdict == "control" and header.get("kind") == "sync":
+            if header.get("reply"):
+                self.send_control("sync")
+            self.request_resend()
+
+    def tick(self) -> None:
+        """Called when idle: ask for a resync when unacknowledged messages have stalled."""
+        if self.session.stalled():
+            self.session.progress = time.monotonic()
+            self.send_control("sync", reply=True)
+
+    def close_writer(self) -> None:
+        self._out.put(None)
+
+
+class GuestAgent(Endpoint):
     """Serves the host over the virtio-serial port: ping, exec, import, and byte streams both ways.
 
-    A reader thread parses frames and answers control messages; one worker thread runs the delivered
-    messages in order. Code run by `exec` sees `agent` (this object) in a namespace that persists
-    across calls, can register stream handlers in `agent.handlers` and send with `agent.send_data`.
+    A reader thread parses frames, a writer thread writes them, and one worker thread runs the
+    delivered messages in order. Code run by `exec` sees `agent` (this object) in a namespace that
+    persists across calls, can register stream handlers in `agent.handlers` and send with
+    `agent.send_data`.
     """
 
     def __init__(self, fd: int, window: int = 256) -> None:
+        super().__init__(window)
         self.fd = fd
-        self.session = Session(window)
-        self.decoder = FrameDecoder()
-        self.write_lock = threading.Lock()
         self.inbox: dict[str, collections.deque[bytes]] = collections.defaultdict(collections.deque)
         self.handlers: dict[str, Callable[[bytes], None]] = {"echo": lambda data: self.send_data("echo", data)}
         self.namespace: dict[str, Any] = {"__name__": "__guest__", "agent": self}
         self.work: queue.Queue[tuple[dict[str, Any], bytes] | None] = queue.Queue()
-        self.started = time.monotonic()
         self.running = True
 
-    # -- sending ----------------------------------------------------------------------------------
-    def _write(self, header: dict[str, Any], body: bytes = b"") -> None:
-        data = memoryview(encode_frame(header, body))
-        with self.write_lock:
-            while data:
-                try:
-                    data = data[os.write(self.fd, data):]
-                except (BlockingIOError, InterruptedError):
-                    time.sleep(0.01)
-                except OSError:  # host side gone: the frame goes out when it is back, or is resent
-                    time.sleep(0.1)
+    def _raw_write(self, data: bytes) -> bool:
+        view = memoryview(data)
+        while view:  # blocks while the host is not connected: the frame goes out when it is back
+            try:
+                view = view[os.write(self.fd, view):]
+            except (BlockingIOError, InterruptedError):
+                time.sleep(0.01)
+            except OSError:
+                time.sleep(0.1)
+        return True
 
-    def send(self, kind: str, body: bytes = b"", **fields: Any) -> None:
-        """Send a sequenced message (blocks while the window is full)."""
-        self._write(*self.session.stamp({"kind": kind, **fields}, body))
+    def _deliver(self, header: dict[str, Any], body: bytes) -> None:
+        self.work.put((header, body))
 
     def send_data(self, stream: str, data: bytes) -> None:
         """Stream bytes to the host."""
         self.send("data", bytes(data), stream=stream)
 
-    def _resend(self) -> None:
-        for header, body in self.session.pending():
-            self._write(header, body)
-
-    # -- receiving --------------------------------------------------------------------------------
     def _read_loop(self) -> None:
         poller = select.poll()
         poller.register(self.fd, select.POLLIN)
         while self.running:
             events = poller.poll(500)
             chunk = os.read(self.fd, 65536) if any(ev & select.POLLIN for _, ev in events) else b""
-            if not chunk:  # host not connected (POLLHUP / EOF) or idle: look after resends
-                if events:
-                    time.sleep(0.05)
-                self._tick()
+            if chunk:
+                self.on_bytes(chunk)
                 continue
-            for header, body in self.decoder.feed(chunk):
-                self._on_frame(header, body)
-            if self.session.needs_ack():
-                self._write(*self.session.control("ack"))
-
-    def _tick(self) -> None:
-        if self.session.stalled():
-            self._write(*self.session.control("sync", reply=True))
-            self.session.progress = time.monotonic()
-
-    def _on_frame(self, header: dict[str, Any], body: bytes) -> None:
-        verdict, header, body = self.session.receive(header, body)
-        if verdict == "deliver":
-            self.work.put((header, body))
-        elif verdict == "gap":
-            self._write(*self.session.control("sync", reply=True))
-        elif verdict == "control" and header.get("kind") == "sync":
-            if header.get("reply"):
-                self._write(*self.session.control("sync"))
-            self._resend()
+            if events:  # POLLHUP or EOF: the host is not connected
+                time.sleep(0.05)
+            self.tick()
 
     # -- handling ---------------------------------------------------------------------------------
     def _work_loop(self) -> None:
@@ -354,7 +413,10 @@ class GuestAgent:
         elif kind == "shutdown":
             self.send("bye", id=header.get("id"))
             self.running = False
-            time.sleep(0.2)
+            deadline = time.monotonic() + 2
+            while not self._out.empty() and time.monotonic() < deadline:  # let the writer send the bye
+                time.sleep(0.02)
+            time.sleep(0.1)
             os._exit(0)
         else:
             self.send("result", id=header.get("id"), ok=False, error=f"unknown message kind {kind!r}")

@@ -220,15 +220,23 @@ class MicroVM:
                 "rss_mb": self.rss_mb(), "channel": self.channel.stats}
 
     def stop(self, timeout: float = 15.0) -> None:
-        """Shut the guest down (agent exit -> PID 1 reboots -> QEMU exits), else quit QEMU, else kill it."""
-        if self.pid is not None and self.channel.connected and self.channel.hello is not None and self.qmp:
-            with contextlib.suppress(Exception):
-                if self.qmp("query-status")["status"] == "running":
-                    self.channel.request("shutdown", timeout=min(5.0, timeout))
-        if self.proc is not None and not _wait(self.proc, timeout / 2) and self.qmp is not None:
-            with contextlib.suppress(Exception):
-                self.qmp("quit")
+        """Shut the guest down (agent exits -> PID 1 reboots -> QEMU exits), else quit QEMU, else kill it."""
+        if self.proc is not None and self.pid is not None and self.qmp is not None:
+            if self.channel.connected and self.channel.hello is not None and self._state() == "running":
+                with contextlib.suppress(Exception):
+                    self.channel.request("shutdown", timeout=min(5.0, timeout / 2))
+                    _wait(self.proc, timeout / 2)
+            if self.proc.poll() is None:
+                with contextlib.suppress(Exception):
+                    self.qmp("quit")
+                _wait(self.proc, 3.0)
         self.kill()
+
+    def _state(self) -> str:
+        try:
+            return self.qmp("query-status")["status"] if self.qmp is not None else "unknown"
+        except Exception:  # noqa: BLE001 - QEMU going away
+            return "unknown"
 
     def kill(self) -> None:
         """End QEMU now (after stop's polite attempts) and release sockets; idempotent."""
@@ -246,6 +254,7 @@ class MicroVM:
     def cleanup(self) -> None:
         """Stop, and remove the working directory if this object created it."""
         self.stop()
+        self.channel.close()
         if self._own_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
