@@ -24,6 +24,8 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check microstream tests bench examples
+	@# QEMU and the image tools for the microVM backend's tests (apt-get, as root; a no-op once installed)
+	-$(BIN)/python -c "from microstream.unikernel_backend.image import ensure_host_tools; ensure_host_tools()"
 	$(BIN)/pytest
 
 bench: $(STAMP)

@@ -369,6 +369,12 @@ def cmd_topology(args: argparse.Namespace) -> int:
     return run_topology(args.action, args.file)
 
 
+def cmd_image(args: argparse.Namespace) -> int:
+    from .unikernel_backend.image import main as image_main
+
+    return int(image_main(args.rest) or 0)
+
+
 def cmd_keys(args: argparse.Namespace) -> int:
     from .runtime.security import keys_main
 
@@ -525,6 +531,11 @@ def build_parser() -> argparse.ArgumentParser:
     _cluster_options(p)
     p.set_defaults(fn=cmd_restore)
 
+    p = sub.add_parser("image", help="build the microVM image (microstream image build [--arch amd64|arm64])",
+                       add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(fn=cmd_image)
+
     p = sub.add_parser("keys", help="create, trust and list CURVE keys (microstream keys --help)", add_help=False)
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(fn=cmd_keys)
@@ -539,7 +550,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_DELEGATED = {"keys": ("runtime.security", "keys_main"), "image": ("unikernel_backend.image", "main")}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in _DELEGATED:  # verbs with their own parser (and --help)
+        import importlib
+
+        module, function = _DELEGATED[argv[0]]
+        return int(getattr(importlib.import_module(f".{module}", __package__), function)(argv[1:]) or 0)
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "fn", None):

@@ -133,7 +133,10 @@ class MicroVM:
         arch = ARCHES[self.image.arch]
         info = self.image.info()
         accel = self.accel or "tcg"
-        cmd = [shutil.which(arch.qemu) or arch.qemu, "-name", self.name, "-M", info.get("machine", arch.machine),
+        machine = info.get("machine", arch.machine)
+        if self.image.arch == "arm64" and accel == "kvm":
+            machine += ",gic-version=host"  # the Pi's own interrupt controller (GIC-400 on Pi 4 and 5)
+        cmd = [shutil.which(arch.qemu) or arch.qemu, "-name", self.name, "-M", machine,
                "-accel", accel, "-m", str(self.memory_mb), "-smp", str(self.cpus),
                "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
                "-kernel", str(self.image.kernel), "-initrd", str(self.image.initramfs), "-append", info["cmdline"],
@@ -146,8 +149,8 @@ class MicroVM:
                "-serial", f"file:{self.console_path}"]
         if accel == "kvm":
             cmd += ["-cpu", "host"]
-        if self.image.arch == "arm64":
-            cmd += ["-cpu", "host" if accel == "kvm" else "cortex-a72"]
+        elif self.image.arch == "arm64":
+            cmd += ["-cpu", "cortex-a72"]  # TCG on a non-arm host
         if incoming:
             cmd += ["-incoming", incoming]
         return [*cmd, *self.extra_args]
