@@ -266,16 +266,19 @@ class Coordinator:
         try:
             graph: LogicalGraph = m.payload()
             plan = build_plan(graph)
-            placement = self._place(plan, graph)
+            placement, predicted = self._place(plan, graph)
         except MicrostreamError as exc:
             self._send(identity, msg("rejected", error=str(exc)))
+            return
+        except Exception as exc:  # noqa: BLE001 - e.g. a job pickled against modules this machine lacks
+            self._send(identity, msg("rejected", error=f"cannot load the job: {type(exc).__name__}: {exc}"))
             return
         job_id = f"{graph.name}-{uuid.uuid4().hex[:6]}"
         job = Job(job_id, graph.name, graph, plan, placement, identity if m.header.get("wait") else None)
         self.jobs[job_id] = job
         blob = cloudpickle.dumps({"graph": graph, "plan": plan, "credits": m.header.get("credits", 8)})
         job.blob = blob
-        job.predicted = getattr(self, "_last_prediction", {})
+        job.predicted = predicted
         job.pins = {vn.id: vn.at for vn in plan.vnodes.values() if vn.at}
         if self.policy_params is not None:
             job.policy = Policy(self.policy_params)
@@ -287,20 +290,20 @@ class Coordinator:
         self._send(identity, msg("accepted", job=job_id, placement=placement))
         self.log(f"coordinator: job {job_id} placed: " + ", ".join(f"{v}->{a}" for v, a in placement.items()))
 
-    def _place(self, plan: PhysicalPlan, graph: LogicalGraph) -> dict[str, str]:
+    def _place(self, plan: PhysicalPlan, graph: LogicalGraph) -> tuple[dict[str, str], dict[str, float]]:
         """The placement engine over the live agents (and the topology file, if any): pins from `at=` and
-        sensors, required backends, node capacity, traffic per link."""
+        sensors, required backends, node capacity, traffic per link. Returns the assignment and the
+        predicted bytes/s per link."""
         from ..placement import place_on_agents
 
         if not any(a.up for a in self.agents.values()):
             raise MicrostreamError("no agents are up: start one with `microstream agent` or `microstream cluster up`")
         agents = {a.name: {**a.caps, "labels": a.labels, "up": a.up} for a in self.agents.values()}
         placement = place_on_agents(plan, graph, agents, topology=self.topology)
-        self._last_prediction = dict(placement.cost.link_traffic)  # "a–b" -> bytes/s the engine expects
         if not placement.feasible:
             self.log(f"coordinator: no placement fits every node's capacity; using the least overloaded one "
                      f"({'; '.join(placement.cost.reasons)})")
-        return dict(placement.assignment)
+        return dict(placement.assignment), dict(placement.cost.link_traffic)
 
     def _on_vnode_ready(self, identity: bytes, m: ControlMessage) -> None:
         job = self.jobs.get(m.header["job"])
