@@ -202,9 +202,8 @@ class WindowAggregate(Operator):
                 if self.sc[K.S_NOUT] == 0 and self.sc[K.S_OPEN] + 8 > len(self.out_slot):
                     self._alloc_out(2 * len(self.out_slot))
         self._drain(batch, emitted)
-        if late.any():
-            emitted.append((LATE, Batch({n: batch.base(n) for n in batch.names}, batch.base_wm).filter(late)
-                            if not has_mask else _late_rows(batch, late)))
+        if late.any():  # `late` is over the uncompacted records; the batch's filter is over the selected ones
+            emitted.append((LATE, batch.filter(late if mask is None else late[mask])))
         return emitted
 
     def on_watermark(self, wm: int) -> Emit:
@@ -321,11 +320,6 @@ def _finish(agg: Aggregate, acc: np.ndarray, b: int, count: np.ndarray) -> np.nd
         col[np.isinf(col) & (col == (np.inf if kind == "min" else -np.inf))] = np.nan  # all values were NaN
         return col
     return acc[:, b + (K.A_FIRST if kind == "first" else K.A_LAST)].copy()
-
-
-def _late_rows(batch: Batch, late_base: np.ndarray) -> Batch:
-    keep = late_base[batch.mask]
-    return batch.filter(keep)
 
 
 def _pow2(n: int) -> int:
