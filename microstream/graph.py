@@ -25,6 +25,7 @@ class Node:
     out_schemas: dict[str, Schema] = field(default_factory=dict)
     at: str | None = None                  # placement hint: the physical node a source is attached to
     parallelism: int = 1
+    backend: str = "process"               # the host backend its tasks need ("microvm": isolate untrusted code)
 
     @property
     def is_source(self) -> bool:

@@ -88,6 +88,25 @@ class Stream:
         self.node.parallelism = int(n)
         return self
 
+    def with_backend(self, backend: str) -> Stream:
+        """Require a host backend for the operator that produced this stream on a cluster: `"microvm"` runs it
+        in a single-application VM (e.g. untrusted code); `"process"` (the default) in a subprocess. The
+        placement engine only puts it on nodes whose agents offer that backend; locally it has no effect.
+
+        >>> import microstream as ms
+        >>> p = ms.Pipeline("isolated")
+        >>> s = p.from_iterable([{"v": 1.0}]).map(lambda b: {"v": b["v"] * 2}).with_backend("microvm")
+        >>> s.node.backend
+        'microvm'
+        """
+        from .unikernel_backend.backend import KNOWN_BACKENDS
+
+        if backend not in KNOWN_BACKENDS:
+            raise PipelineError(self.node.name, f"unknown host backend '{backend}'",
+                                f"use one of {sorted(KNOWN_BACKENDS)}")
+        self.node.backend = backend
+        return self
+
     # -- stateless --------------------------------------------------------------------------------
     def map(self, fn: Callable[[Batch], Mapping[str, Any]], name: str | None = None) -> Stream:
         """Vectorised map: `fn(batch)` returns the new columns (the event-time column is kept).

@@ -154,7 +154,9 @@ def _group(graph: LogicalGraph, order: list[Node], tasks: dict[str, Task],
             names = sorted(graph.nodes[tasks[t].node_id].name for t in members)
             raise PipelineError(names[0], f"operators {names} are chained together but pinned to different "
                                           f"nodes {sorted(pins)}", "pin only sources, or separate them")
-        vnodes[f"vn{i}"] = VirtualNode(f"vn{i}", members, next(iter(pins), None))
+        backends = {graph.nodes[tasks[t].node_id].backend for t in members}
+        backend = "microvm" if "microvm" in backends else "process"  # the strictest requirement wins
+        vnodes[f"vn{i}"] = VirtualNode(f"vn{i}", members, next(iter(pins), None), backend)
     return vnodes
 
 

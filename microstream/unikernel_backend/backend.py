@@ -75,6 +75,7 @@ class ProcessBackend(HostBackend):
 
 
 BACKENDS: dict[str, type[HostBackend]] = {"process": ProcessBackend}
+KNOWN_BACKENDS = ("process", "microvm")  # what a job may require; agents advertise what they can run
 
 
 def available_backends() -> dict[str, HostBackend]:

@@ -209,3 +209,15 @@ def test_agent_without_address_finds_the_coordinator_by_beacon(tmp_path):
             if proc is not None:
                 proc.terminate()
                 proc.wait(10)
+
+
+def test_a_job_needing_a_backend_no_agent_offers_is_refused(home, tmp_path):
+    job = script(tmp_path, "vm.py", """
+        import microstream as ms
+        p = ms.Pipeline("isolated")
+        p.synthetic(count=100).map(lambda b: {"v": b["value"]}).with_backend("microvm").sink(ms.sinks.collect())
+        p.run()
+    """)
+    r = cli("submit", str(job), "--home", str(home))
+    assert r.returncode == 1
+    assert "needs backend 'microvm'" in r.stderr and "process" in r.stderr
