@@ -166,7 +166,7 @@ def slow_double(b):
     return b["value"] * 2
 
 p = ms.Pipeline("pressed")
-src = p.synthetic(count=40_000, sensors=40, rate=4000, jitter=0.2, max_delay=0.1, seed=12, batch_size=200)
+src = p.synthetic(count=60_000, sensors=40, rate=4000, jitter=0.2, max_delay=0.1, seed=12, batch_size=200)
 slow = src.key_by("sensor").with_columns(v2=slow_double).with_parallelism(2)
 slow.key_by("sensor").window(ms.tumbling(seconds=1)).aggregate(n=ms.agg.count(), s=ms.agg.sum("v2")) \\
     .with_parallelism(2).sink(ms.sinks.jsonl("{out}/windows.jsonl"))
