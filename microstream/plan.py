@@ -78,6 +78,23 @@ class PhysicalPlan:
         return "\n".join(lines)
 
 
+class DisjointSets:
+    """Union-find over hashable items (path halving): which items have been joined together."""
+
+    def __init__(self, items) -> None:
+        self.parent = {x: x for x in items}
+
+    def find(self, x):
+        parent = self.parent
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    def union(self, a, b) -> None:
+        self.parent[self.find(a)] = self.find(b)
+
+
 def build_plan(graph: LogicalGraph) -> PhysicalPlan:
     graph.validate()
     order = graph.topo_order()
@@ -123,13 +140,8 @@ def _edges(graph: LogicalGraph, order: list[Node]) -> list[PhysicalEdge]:
 
 def _group(graph: LogicalGraph, order: list[Node], tasks: dict[str, Task],
            edges: list[PhysicalEdge]) -> dict[str, VirtualNode]:
-    parent = {t: t for t in tasks}
-
-    def find(x: str) -> str:
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
+    sets = DisjointSets(tasks)
+    find = sets.find
 
     n_inputs: dict[int, int] = defaultdict(int)
     for e in edges:
@@ -142,7 +154,7 @@ def _group(graph: LogicalGraph, order: list[Node], tasks: dict[str, Task],
         if src.at and dst.at and src.at != dst.at:
             continue
         for s, d in zip(graph_tasks(tasks, src.id), graph_tasks(tasks, dst.id), strict=True):
-            parent[find(d)] = find(s)
+            sets.union(d, s)
     groups: dict[str, list[str]] = defaultdict(list)
     for node in order:
         for t in graph_tasks(tasks, node.id):
@@ -164,4 +176,5 @@ def graph_tasks(tasks: dict[str, Task], node_id: int) -> list[str]:
     return [t.id for t in sorted(tasks.values(), key=lambda t: t.index) if t.node_id == node_id]
 
 
-__all__ = ["FORWARD", "HASH", "REBALANCE", "PhysicalEdge", "PhysicalPlan", "Task", "VirtualNode", "build_plan"]
+__all__ = ["FORWARD", "HASH", "REBALANCE", "DisjointSets", "PhysicalEdge", "PhysicalPlan", "Task", "VirtualNode",
+           "build_plan"]

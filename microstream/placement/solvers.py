@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..graph import LogicalGraph
-from ..plan import PhysicalPlan
+from ..plan import DisjointSets, PhysicalPlan
 from .cost import (
     Cost,
     EdgeKey,
@@ -436,17 +436,12 @@ def _try_changes(st: _State, changes: list[tuple[int, int]]) -> bool:
 def _components(st: _State, movable: list[int]) -> list[list[int]]:
     """Groups of movable vnodes on the same node joined by traffic (a chain that should move as one)."""
     ok = set(movable)
-    parent = {v: v for v in movable}
-
-    def find(x: int) -> int:
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
+    sets = DisjointSets(movable)
+    find = sets.find
 
     for s, d in zip(st.p.src.tolist(), st.p.dst.tolist(), strict=True):
         if s in ok and d in ok and st.a[s] == st.a[d]:
-            parent[find(s)] = find(d)
+            sets.union(s, d)
     groups: dict[int, list[int]] = {}
     for v in movable:
         groups.setdefault(find(v), []).append(v)

@@ -45,7 +45,7 @@ def capabilities() -> dict[str, Any]:
 class _Host:
     job: str
     vnode: str
-    proc: HostHandle
+    handle: HostHandle
     spec: bytes
     identity: bytes | None = None
     stats: dict = field(default_factory=dict)
@@ -205,7 +205,7 @@ class Agent:
         host.started = time.monotonic()
 
     def _kill(self, host: _Host) -> None:
-        host.proc.stop(grace=2.0)
+        host.handle.stop(grace=2.0)
 
     # -- host -> agent ----------------------------------------------------------------------------------
     def _on_host(self, identity: bytes, m: ControlMessage) -> None:
@@ -248,7 +248,7 @@ class Agent:
 
     def _check_hosts(self) -> None:
         for key, host in list(self.hosts.items()):
-            code = host.proc.poll()
+            code = host.handle.poll()
             if code is None:
                 if host.state == "stopping" and time.monotonic() - host.started > 3:
                     self._kill(host)
@@ -258,14 +258,14 @@ class Agent:
                                   error=f"host process exited with code {code}; see {self.workdir}"))
                 host.state = "failed"
             self.ended[f"{host.job}/{host.vnode}"] = {"state": host.state if host.state != "stopping" else "stopped",
-                                                      "pid": host.proc.pid, "stats": host.stats}
+                                                      "pid": host.handle.pid, "stats": host.stats}
             while len(self.ended) > 200:
                 self.ended.pop(next(iter(self.ended)))
             del self.hosts[key]
 
     def _heartbeat(self) -> None:
         vnodes = dict(self.ended)
-        vnodes.update({f"{h.job}/{h.vnode}": {"state": h.state, "pid": h.proc.pid, "stats": h.stats}
+        vnodes.update({f"{h.job}/{h.vnode}": {"state": h.state, "pid": h.handle.pid, "stats": h.stats}
                        for h in self.hosts.values()})
         self._send_up(msg("heartbeat", name=self.name, vnodes=vnodes))
 
@@ -276,7 +276,7 @@ class Agent:
             from .metrics import process_usage
 
             self.metrics.update_from_host_stats(host.job, host.stats, node=self.name)
-            cpu, rss = process_usage(host.proc.pid)
+            cpu, rss = process_usage(host.handle.pid)
             self.metrics.update_host(self.name, f"{host.job}/{host.vnode}", cpu, rss)
         except Exception as exc:  # noqa: BLE001 - metrics must never take the agent down
             self.log(f"agent {self.name}: metrics update failed: {exc}")

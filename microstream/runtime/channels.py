@@ -608,17 +608,12 @@ class ChannelClient:
         self._drain()
         return self._unacked
 
-    def flush(self, timeout: float | None = None) -> bool:
-        """Wait until the consumer has acked every message sent; False if ``timeout`` passed first."""
-        sock = self._sock
-        if sock is None:
-            raise ChannelError("the channel client is closed")
+    def _wait_until(self, done, sock: zmq.Socket, timeout: float | None) -> bool:
+        """Read credit frames until `done()` holds; False if `timeout` seconds pass first."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        self._drain()
-        while self._unacked > 0:
-            if deadline is None:
-                wait = None
-            else:
+        while not done():
+            wait = None
+            if deadline is not None:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False
@@ -626,6 +621,14 @@ class ChannelClient:
             if sock.poll(wait, zmq.POLLIN):
                 self._drain()
         return True
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until the consumer has acked every message sent; False if ``timeout`` passed first."""
+        sock = self._sock
+        if sock is None:
+            raise ChannelError("the channel client is closed")
+        self._drain()
+        return self._wait_until(lambda: self._unacked <= 0, sock, timeout)
 
     @property
     def seq(self) -> int:
@@ -711,18 +714,9 @@ class ChannelClient:
             self._credits -= 1
             return True
         start = time.monotonic()
-        deadline = None if timeout is None else start + timeout
         try:
-            while self._credits <= 0:
-                if deadline is None:
-                    wait = None
-                else:
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        return False
-                    wait = max(1, int(left * 1000))
-                if sock.poll(wait, zmq.POLLIN):
-                    self._drain()
+            if not self._wait_until(lambda: self._credits > 0, sock, timeout):
+                return False
         finally:
             self.blocked_seconds += time.monotonic() - start
         self._credits -= 1

@@ -425,8 +425,7 @@ class HostRuntime:
             if isinstance(t.op, Collect):
                 collected[t.name] = [b.to_dict() for b in t.op.batches()]
         records_in = {t.name: t.records_out for t in self.tasks.values() if t.is_source}
-        records_out = {t.name: t.records_in for t in self.tasks.values() if t.task.id and
-                       self.graph.nodes[t.task.node_id].is_sink}
+        records_out = {t.name: t.records_in for t in self.tasks.values() if self.graph.nodes[t.task.node_id].is_sink}
         return {"vnode": self.vnode_id, "collected": collected, "records_in": records_in,
                 "records_out": records_out, "dead_letter_count": self.dead_count,
                 "dead_letters": self.dead_samples, "stats": self.stats()}
