@@ -33,7 +33,7 @@ def data_lines(path: Path) -> list[str]:
 
 
 @pytest.mark.parametrize("name, outputs", [
-    ("air_quality.py", ["air_8h_means.csv", "co_alerts.csv", "air_daily_max.csv"]),
+    ("air_quality/recording.py", ["air_8h_means.csv", "co_alerts.csv", "air_daily_max.csv"]),
     ("water_flow.py", ["water_hourly.csv", "water_anomalies.csv"]),
 ])
 def test_example_script_runs_from_any_directory(tmp_path, name, outputs):

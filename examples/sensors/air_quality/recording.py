@@ -10,7 +10,7 @@ then, per gas:
 - an alert when the 8-hour mean of CO reaches CO_ALERT -> out/co_alerts.csv
 - the maximum of every local day -> out/air_daily_max.csv
 
-    microstream run examples/sensors/air_quality.py
+    microstream run examples/sensors/air_quality/recording.py
 """
 
 from pathlib import Path
@@ -19,7 +19,7 @@ import numpy as np
 
 import microstream as ms
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).resolve().parents[1] / "data"
 OUT = Path("out")
 
 # The EU limit value for carbon monoxide is 10 mg/m3 as the maximum daily 8-hour mean (Directive
