@@ -700,6 +700,20 @@ def place(plan: PhysicalPlan, graph: LogicalGraph, topology: Topology,
     return Placement(assignment, cost, why, solver, seconds, flows, problem)
 
 
+def placement_of(plan: PhysicalPlan, graph: LogicalGraph, topology: Topology, assignment: Mapping[str, str],
+                 rates: Mapping[EdgeKey, float] | None = None, solver: str = "as running") -> Placement:
+    """A given assignment (e.g. where a job runs now, after its moves) priced and explained like `place`'s
+    result, so that it can be reported and drawn the same way."""
+    from .explain import explain, vnode_labels
+
+    flows = estimate_flows(plan, graph, topology, rates)
+    problem = build_problem(plan, graph, topology, flows)
+    assign = as_array(problem, assignment)
+    pins = {vn: pin.reason for vn, pin in find_pins(plan, graph, topology).items()}
+    why = explain(problem, assign, vnode_labels(plan, graph), pins, dict(assignment))
+    return Placement(dict(assignment), evaluate(problem, assign), why, solver, 0.0, flows, problem)
+
+
 def place_on_agents(plan: PhysicalPlan, graph: LogicalGraph, agents: Mapping[str, Mapping],
                     topology: Topology | None = None, rates: Mapping[EdgeKey, float] | None = None,
                     current: Mapping[str, str] | None = None, solver: str = "heuristic") -> Placement:
