@@ -195,3 +195,18 @@ def test_place_on_live_agents():
     merged = place_on_agents(*plan_of(room_pipeline()), {"lib-pi1": {"cores": 4}, "core": {"cores": 8}},
                              topology=Topology.load(CAMPUS))
     assert set(merged.assignment.values()) <= {"lib-pi1", "core"}      # campus nodes without agents host nothing
+
+
+def test_placement_of_prices_a_running_assignment_like_place():
+    from microstream.placement.solvers import placement_of
+
+    plan, graph = plan_of(room_pipeline(par=1))
+    topology = two_nodes()
+    placed = place(plan, graph, topology)
+    again = placement_of(plan, graph, topology, placed.assignment)
+    assert again.assignment == placed.assignment
+    assert again.cost.total == pytest.approx(placed.cost.total)
+    moved = {vn: "b" for vn in placed.assignment}  # everything away from the sensor: dearer, and explained
+    worse = placement_of(plan, graph, topology, moved)
+    assert worse.cost.total > placed.cost.total
+    assert set(worse.explain) == set(moved)
