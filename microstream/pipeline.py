@@ -371,6 +371,62 @@ class Pipeline:
         with the clock in column `time`, as a polled sensor. `limit` stops after that many polls."""
         return self.add_source(PollSource(fn, to_ns(every), time, to_ns(max_delay) or 0, limit, schema), name, at)
 
+    def poll_file(self, path: str | Path, every: Any, column: str = "value", scale: float = 1.0,
+                  time: str = "time", limit: int | None = None, name: str | None = None,
+                  at: str | None = None) -> Stream:
+        """Read a number from a device file every `every` (e.g. a sensor under /sys) into `column`, times
+        `scale`; see `microstream.connectors.device.FilePollSource`. Unparsable readings go to dead letters.
+
+        >>> import microstream as ms, tempfile, pathlib
+        >>> f = pathlib.Path(tempfile.mkdtemp()) / "temp"; _ = f.write_text("42500\\n")  # like thermal_zone0/temp
+        >>> p = ms.Pipeline("cpu"); out = ms.sinks.collect()
+        >>> p.poll_file(f, every=0.01, column="temp", scale=0.001, limit=2).sink(out)
+        >>> _ = p.run(); out.batch()["temp"].tolist()
+        [42.5, 42.5]
+        """
+        from .connectors.device import FilePollSource
+
+        return self.add_source(FilePollSource(path, to_ns(every), column, scale, time, limit), name, at)
+
+    def read_mqtt(self, topic: str | Iterable[str], broker: str = "mqtt://127.0.0.1:1883", **options: Any) -> Stream:
+        """Subscribe to MQTT topic filters (`+`, `#`; several allowed) and decode the messages into batches.
+
+        Options (see `microstream.connectors.mqtt` for the decoding, the SenML layout and the delivery
+        guarantees): `format` ("json": one flat object per message, fields from `schema={"pm25": "float",
+        ...}`; "senml": RFC 8428 packs, long layout), `time` (the payload field with the event time, epoch
+        numbers in `time_unit` "s"|"ms"|"us"|"ns" or ISO text; None stamps the arrival time), `topic_columns`
+        (names for the `+` levels, in order), `qos` (1: persistent session, acknowledged after emission, no
+        loss or duplicates across migrations; 0: at most once), `client_id` (default: derived from the job
+        and operator names), `max_delay`, `limit` (stop after that many messages), `idle_timeout` (stop when
+        nothing arrived for that long after the first message), `batch_size`, `username`/`password`, `name`,
+        `at`. Malformed payloads go to the dead-letter stream as `topic#n` with the reason.
+
+        >>> import microstream as ms, json
+        >>> from paho.mqtt import publish
+        >>> from microstream.connectors.broker import Mosquitto
+        >>> broker = Mosquitto().start()   # a real broker on loopback (mosquitto)
+        >>> def job(limit):
+        ...     p = ms.Pipeline("air"); out = ms.sinks.collect()
+        ...     p.read_mqtt("aq/+/readings", broker.url, schema={"pm25": "float"}, topic_columns=("station",),
+        ...                 client_id="doc-air", limit=limit).sink(out)
+        ...     _ = p.run(); return out.records()
+        >>> job(limit=0)   # the first run creates the persistent session (and its subscription)
+        []
+        >>> publish.multiple([(f"aq/{s}/readings", json.dumps({"time": 1700000000, "pm25": v}), 1, False)
+        ...                   for s, v in (("st1", 12.5), ("st2", 30.0))], hostname=broker.host, port=broker.port)
+        >>> records = job(limit=2)   # what was published meanwhile was kept for the session
+        >>> records[0]
+        {'time': 1700000000000000000, 'station': 'st1', 'pm25': 12.5}
+        >>> [(r["station"], r["pm25"]) for r in records]
+        [('st1', 12.5), ('st2', 30.0)]
+        >>> broker.close()
+        """
+        from .connectors.mqtt import MqttSource
+
+        name, at = options.pop("name", None), options.pop("at", None)
+        return self.add_source(MqttSource(topic, broker, job=self.name, operator=name or "read_mqtt", **options),
+                               name, at)
+
     def read_csv(self, path: str | Path, time: str | tuple[str, str] | None = None, key: str | None = None,
                  **options: Any) -> Stream:
         """Replay a CSV file (optionally gzipped); see `microstream.io.CsvSource` for the options

@@ -1,15 +1,16 @@
-"""Sinks for `stream.sink(...)`: `ms.sinks.collect()`, `csv(path)`, `jsonl(path)`, `callback(fn)`, `print()`."""
+"""Sinks for `stream.sink(...)`: `ms.sinks.collect()`, `csv(path)`, `jsonl(path)`, `callback(fn)`, `print()`,
+`mqtt(topic)`."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from .batch import Batch
 from .operators.sinks import CallbackSink, Collect, CsvSink, JsonlSink, PrintSink, Sink
 
-__all__ = ["Sink", "Collect", "collect", "csv", "jsonl", "callback", "print"]
+__all__ = ["Sink", "Collect", "collect", "csv", "jsonl", "callback", "print", "mqtt"]
 
 
 def collect() -> Collect:
@@ -35,3 +36,14 @@ def callback(fn: Callable[[Batch], None]) -> CallbackSink:
 def print(prefix: str = "", file: TextIO | None = None) -> PrintSink:  # noqa: A001
     """Print each record on a line."""
     return PrintSink(prefix, file)
+
+
+def mqtt(topic: str, broker: str = "mqtt://127.0.0.1:1883", qos: int = 1, format: str = "json",  # noqa: A002
+         retain: bool = False, **options: Any) -> Sink:
+    """Publish each record as a JSON object to an MQTT topic filled from its columns, e.g. `"aq/{station}/aqi"`
+    (a column the stream lacks fails when the pipeline is built). Options: `client_id`, `username`,
+    `password`, `iso_time` (event times as ISO text instead of ns), `timeout` (for the final acks).
+    See `microstream.connectors.mqtt`."""
+    from .connectors.mqtt import MqttSink
+
+    return MqttSink(topic, broker, qos, format, retain, **options)
