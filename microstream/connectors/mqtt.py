@@ -257,11 +257,13 @@ class MqttSource(Source):
                         reason_code)
             return
         present = bool(flags.session_present)
+        dropped = 0
         with self._lock:
             self._gen += 1
             first = self._gen == 1
             if not first and self.qos == 1:
                 if present:  # the broker resends what was not acknowledged: drop our copies, expect the emitted
+                    dropped = len(self._buf)
                     self._buf = []
                     self._expect = set(self._to_ack) | set(self._recent)
                 else:
@@ -272,8 +274,8 @@ class MqttSource(Source):
                 self._to_ack = []
                 self._recent.clear()
         if not first:
-            log.warning("mqtt source %s: reconnected to %s:%d (session %s)", self.name, self.host, self.port,
-                        "kept" if present else "new")
+            log.warning("mqtt source %s: reconnected to %s:%d (session %s; %d buffered messages left for the "
+                        "broker to redeliver)", self.name, self.host, self.port, "kept" if present else "new", dropped)
         if not present or (first and not self._restored):
             client.subscribe([(t, self.qos) for t in self.topics])
         else:
