@@ -233,10 +233,13 @@ class MqttSource(Source):
         self._closed = False
         self._restored = bool(ctx.extra.get("restoring"))
         self._ready = threading.Event()
+        self._gone = threading.Event()
         self._id = self.client_id or _client_id_of("microstream", self.job, ctx.name,
                                                    str(ctx.extra.get("subtask", 0)))
         self._plus = [[i for i, lv in enumerate(t.split("/")) if lv == "+"] for t in self.topics]
-        self._connect()
+        self._client: Any = None
+        if not self._restored:  # a restored source connects in restore_reader, once the old one has let go
+            self._connect()
 
     def _connect(self) -> None:
         client = _new_client(self._id, self.qos == 0, self.qos == 1, self.username, self.password, self.tls)
@@ -297,7 +300,9 @@ class MqttSource(Source):
             self._buf.append((message.topic, message.payload, mid, time.time_ns()))
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
-        if not self._closed:
+        if self._closed:
+            self._gone.set()
+        else:
             log.warning("mqtt source %s: connection to %s:%d lost (%s); reconnecting with backoff",
                         self.name, self.host, self.port, reason_code)
 
@@ -315,14 +320,18 @@ class MqttSource(Source):
 
     def _shutdown(self) -> None:
         with self._lock:
-            if self._closed:
+            if self._closed or self._client is None:
                 return
             self._closed = True
-        self._client.disconnect()
+        self._client.disconnect()  # queued after the acknowledgements, on the same connection
+        if self._client.is_connected() and not self._gone.wait(5):  # sent (loop_stop alone may drop queued packets)
+            log.warning("mqtt source %s: the disconnect from %s:%d was not confirmed", self.name, self.host, self.port)
         self._client.loop_stop()
 
     # -- the runtime calls ----------------------------------------------------------------------------------
     def poll(self, now: int) -> Emit:
+        if self._client is None:  # restoring, but no state came: start a session here
+            self._connect()
         self._ack_emitted()
         return super().poll(now)
 
@@ -379,14 +388,18 @@ class MqttSource(Source):
         return {"client_id": self._id, "seen": self._seen, "last_arrival": self._last_arrival}
 
     def restore_reader(self, state: Any) -> None:
+        """In the new process: resume the saved session (same client id); the broker redelivers what the old
+        client had not acknowledged, then what was published meanwhile."""
         self._seen, self._last_arrival = state["seen"], state["last_arrival"]
         if self._last_arrival is not None:
             self._last_arrival = max(self._last_arrival, time.time_ns())  # the idle clock restarts here
-        if state["client_id"] != self._id:  # resume the saved session
+        if self._client is not None:
             self._shutdown()
-            self._id, self._closed = state["client_id"], False
+            self._closed = False
             self._ready.clear()
-            self._connect()
+            self._gone.clear()
+        self._id = state["client_id"]
+        self._connect()
 
     # -- decoding: whole buffers at once ----------------------------------------------------------------------
     def _topic_levels(self, topics: np.ndarray, rows: np.ndarray) -> dict[str, np.ndarray]:
