@@ -267,15 +267,22 @@ class WindowAggregate(Operator):
             emitted.append((OUT, self._result_batch(n, out_udf)))
 
     def _result_batch(self, n: int, out_udf: list[np.ndarray]) -> Batch:
-        count = self.out_count[:n].copy()
-        end = self.out_end[:n].copy()
+        # The kernels fire windows in state-cell order; downstream order-sensitive operators (stateful_map,
+        # alerts on changes) need each key's windows in time order, as they would see them one by one.
+        order = np.lexsort((self.out_end[:n], self.out_wm[:n]))
+        in_order = bool(np.all(order[1:] > order[:-1]))
+        pick = (lambda a: a[:n].copy()) if in_order else (lambda a: a[:n][order])
+        count = pick(self.out_count)
+        end = pick(self.out_end)
         cols: dict[str, np.ndarray] = {
-            self.key_field: self.keys.keys_of(self.out_slot[:n]),
-            "window_start": self.out_start[:n].copy(),
+            self.key_field: self.keys.keys_of(pick(self.out_slot)),
+            "window_start": pick(self.out_start),
             "window_end": end,
             "window_time": end - 1,
         }
-        acc = self.out_acc[:n]
+        acc = pick(self.out_acc)
+        if not in_order:
+            out_udf = [u[order] for u in out_udf]
         udf_i = 0
         with np.errstate(invalid="ignore", divide="ignore"):
             for name, agg in self.aggs.items():
@@ -288,7 +295,7 @@ class WindowAggregate(Operator):
                     continue
                 b = self.value_cols.index(agg.column) * K.N_ACC
                 cols[name] = _finish(agg, acc, b, count)
-        return Batch(cols, self.out_wm[:n].copy())
+        return Batch(cols, pick(self.out_wm))
 
     # -- state ------------------------------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:
