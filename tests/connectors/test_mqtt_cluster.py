@@ -18,13 +18,13 @@ from tests.connectors.conftest import connect, prime
 
 ROOT = Path(__file__).resolve().parents[2]
 T0 = 1_700_000_000
-N = 3000
+N = 6000
 
 JOB = """
 import microstream as ms
 p = ms.Pipeline("mqtt_moving")
 src = p.read_mqtt("aq/+/readings", "{broker}", schema={{"pm25": "float", "i": "int"}}, topic_columns=("station",),
-                  client_id="cluster-src", limit={n}, max_delay="1h", batch_size=64, name="mqtt_in")
+                  client_id="cluster-src", limit={n}, max_delay="1h", batch_size=16, name="mqtt_in")
 build(p, src, "{out}")
 p.run()
 """
@@ -78,7 +78,7 @@ def test_migrating_the_mqtt_source_loses_and_repeats_nothing(broker, tmp_path):
             for i in range(N):
                 infos.append(client.publish(f"aq/st{i % 3}/readings", json.dumps(reading(i)), qos=1))
                 published = i + 1
-                time.sleep(1 / 800)
+                time.sleep(1 / 3000)
             for info in infos:
                 info.wait_for_publish(30)
             client.disconnect()
