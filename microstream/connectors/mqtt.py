@@ -323,6 +323,7 @@ class MqttSource(Source):
             if self._closed or self._client is None:
                 return
             self._closed = True
+        self._client.disable_logger()  # paho logs an error for its last loop after a clean disconnect
         self._client.disconnect()  # queued after the acknowledgements, on the same connection
         if self._client.is_connected() and not self._gone.wait(5):  # sent (loop_stop alone may drop queued packets)
             log.warning("mqtt source %s: the disconnect from %s:%d was not confirmed", self.name, self.host, self.port)
@@ -640,6 +641,7 @@ class MqttSink(Sink):
             self.flush()
         finally:
             self._closing = True
+            self._client.disable_logger()
             self._client.disconnect()
             self._client.loop_stop()
         return []
