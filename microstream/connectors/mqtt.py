@@ -223,7 +223,11 @@ class MqttSource(Source):
                                 "drop with_parallelism() on the source; parallelise the operators after it")
         self.out_schema = ctx.output_schemas[OUT]
         self._lock = threading.Lock()
-        self._buf: list[tuple[str, bytes, int | None, int]] = []   # (topic, payload, mid or None, arrival ns)
+        # what paho's thread received and the source has not read yet, as parallel lists (sliced, never looped)
+        self._topics: list[str] = []
+        self._payloads: list[bytes] = []
+        self._mids: list[int] = []       # 0: nothing to acknowledge (QoS 0, or a session the broker lost)
+        self._arrivals: list[int] = []   # ns
         self._to_ack: list[int] = []       # mids handed downstream, acknowledged at the next poll
         self._expect: set[int] = set()     # mids the broker may redeliver although they were emitted
         self._recent: deque[int] = deque(maxlen=1024)  # the last acknowledged mids (their PUBACK may be lost)
@@ -266,13 +270,13 @@ class MqttSource(Source):
             first = self._gen == 1
             if not first and self.qos == 1:
                 if present:  # the broker resends what was not acknowledged: drop our copies, expect the emitted
-                    dropped = len(self._buf)
-                    self._buf = []
+                    dropped = len(self._mids)
+                    self._clear_buffer()
                     self._expect = set(self._to_ack) | set(self._recent)
                 else:
                     log.warning("mqtt source %s: the broker lost the session; messages published while "
                                 "disconnected are lost", self.name)
-                    self._buf = [(t, p, None, a) for t, p, _, a in self._buf]
+                    self._mids = [0] * len(self._mids)
                     self._expect = set()
                 self._to_ack = []
                 self._recent.clear()
@@ -284,6 +288,9 @@ class MqttSource(Source):
         else:
             self._ready.set()
 
+    def _clear_buffer(self) -> None:
+        self._topics, self._payloads, self._mids, self._arrivals = [], [], [], []
+
     def _on_subscribe(self, codes) -> None:
         bad = [str(c) for c in codes if getattr(c, "is_failure", False)]
         if bad:
@@ -291,13 +298,16 @@ class MqttSource(Source):
         self._ready.set()
 
     def _on_message(self, client, userdata, message) -> None:
-        mid = message.mid if message.qos else None
+        mid = message.mid if message.qos else 0
         with self._lock:
-            if mid is not None and message.dup and mid in self._expect:  # already emitted before a reconnect
+            if mid and message.dup and mid in self._expect:  # already emitted before a reconnect
                 self._expect.discard(mid)
                 client.ack(mid, 1)
                 return
-            self._buf.append((message.topic, message.payload, mid, time.time_ns()))
+            self._topics.append(message.topic)
+            self._payloads.append(message.payload)
+            self._mids.append(mid)
+            self._arrivals.append(time.time_ns())
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         if self._closed:
@@ -314,7 +324,8 @@ class MqttSource(Source):
             if self._closed:
                 return
             for mid in self._to_ack:
-                self._client.ack(mid, 1)
+                if mid:
+                    self._client.ack(mid, 1)
             self._recent.extend(self._to_ack)
             self._to_ack = []
 
@@ -337,14 +348,14 @@ class MqttSource(Source):
         return super().poll(now)
 
     def next_due(self, now: int) -> int | None:
-        if self._buf or self._to_ack or self._done():
+        if self._mids or self._to_ack or self._done():
             return None
         return now + _IDLE_WAIT
 
     def _done(self) -> bool:
         if self.limit is not None and self._seen >= self.limit:
             return True
-        return (self.idle_timeout is not None and self._last_arrival is not None and not self._buf
+        return (self.idle_timeout is not None and self._last_arrival is not None and not self._mids
                 and time.time_ns() - self._last_arrival > self.idle_timeout)
 
     def read(self) -> Emit | None:
@@ -352,16 +363,18 @@ class MqttSource(Source):
             return None
         room = self.batch_size if self.limit is None else min(self.batch_size, self.limit - self._seen)
         with self._lock:
-            taken, self._buf = self._buf[:room], self._buf[room:]
-            self._to_ack.extend(m for _, _, m, _ in taken if m is not None)
-        if not taken:
+            topics, self._topics = self._topics[:room], self._topics[room:]
+            payloads, self._payloads = self._payloads[:room], self._payloads[room:]
+            mids, self._mids = self._mids[:room], self._mids[room:]
+            arrivals_list, self._arrivals = self._arrivals[:room], self._arrivals[room:]
+            if self.qos:
+                self._to_ack.extend(mids)
+        if not mids:
             return []
-        topics = [t for t, _, _, _ in taken]
-        payloads = [p for _, p, _, _ in taken]
-        arrivals = np.fromiter((a for _, _, _, a in taken), np.int64, len(taken))
+        arrivals = np.array(arrivals_list, np.int64)
         self._last_arrival = int(arrivals[-1])
         first = self._seen + 1
-        self._seen += len(taken)
+        self._seen += len(mids)
         decode = self._decode_senml if self.format == "senml" else self._decode_json
         columns, rows, dead = decode(topics, payloads, arrivals)
         out: Emit = []
@@ -472,7 +485,10 @@ class MqttSource(Source):
         pos = np.arange(m) - start                                # its index within the pack
         is_rec = _of_type(recs, dict)
         original = recs
-        recs = [r if ok else {} for r, ok in zip(recs, is_rec.tolist(), strict=True)]
+        if not is_rec.all():
+            recs = list(recs)
+            for j in np.flatnonzero(~is_rec):
+                recs[j] = {}
         bad = ~is_rec
         why = np.where(bad, "record is not a JSON object", "").astype(object)
 
