@@ -266,7 +266,7 @@ class Coordinator:
         try:
             graph: LogicalGraph = m.payload()
             plan = build_plan(graph)
-            placement, predicted = self._place(plan, graph)
+            placement, predicted, pins = self._place(plan, graph)
         except MicrostreamError as exc:
             self._send(identity, msg("rejected", error=str(exc)))
             return
@@ -279,7 +279,7 @@ class Coordinator:
         blob = cloudpickle.dumps({"graph": graph, "plan": plan, "credits": m.header.get("credits", 8)})
         job.blob = blob
         job.predicted = predicted
-        job.pins = {vn.id: vn.at for vn in plan.vnodes.values() if vn.at}
+        job.pins = pins
         if self.policy_params is not None:
             job.policy = Policy(self.policy_params)
         for vnode, agent_name in placement.items():
@@ -290,10 +290,11 @@ class Coordinator:
         self._send(identity, msg("accepted", job=job_id, placement=placement))
         self.log(f"coordinator: job {job_id} placed: " + ", ".join(f"{v}->{a}" for v, a in placement.items()))
 
-    def _place(self, plan: PhysicalPlan, graph: LogicalGraph) -> tuple[dict[str, str], dict[str, float]]:
+    def _place(self, plan: PhysicalPlan, graph: LogicalGraph
+               ) -> tuple[dict[str, str], dict[str, float], dict[str, str]]:
         """The placement engine over the live agents (and the topology file, if any): pins from `at=` and
-        sensors, required backends, node capacity, traffic per link. Returns the assignment and the
-        predicted bytes/s per link."""
+        sensors, required backends, node capacity, traffic per link. Returns the assignment, the predicted
+        bytes/s per link and the pinned vnodes (vnode -> node: the re-placement policy leaves them there)."""
         from ..placement import place_on_agents
 
         if not any(a.up for a in self.agents.values()):
@@ -303,7 +304,9 @@ class Coordinator:
         if not placement.feasible:
             self.log(f"coordinator: no placement fits every node's capacity; using the least overloaded one "
                      f"({'; '.join(placement.cost.reasons)})")
-        return dict(placement.assignment), dict(placement.cost.link_traffic)
+        problem = placement.problem
+        pins = {vn: problem.nodes[int(n)] for vn, n in zip(problem.vnodes, problem.pinned, strict=True) if n >= 0}
+        return dict(placement.assignment), dict(placement.cost.link_traffic), pins
 
     def _on_vnode_ready(self, identity: bytes, m: ControlMessage) -> None:
         job = self.jobs.get(m.header["job"])
