@@ -156,11 +156,11 @@ readings = p.union(*gateways).filter(
     name="plausible")
 
 estimated = (
-    readings.key_by("room")
-    .stateful_map(lights, "Light", out="lights", state_size=1)
-    .stateful_map(ms.state.rate, "CO2", out="co2_rate")  # ppm/s since the room's previous reading
+    readings.key_by("room", name="by_room")
+    .stateful_map(lights, "Light", out="lights", state_size=1, name="lights")
+    .stateful_map(ms.state.rate, "CO2", out="co2_rate", name="co2_rate")  # ppm/s since the room's previous reading
     .with_columns(co2_rate=lambda b: np.nan_to_num(b["co2_rate"] * 60.0), name="ppm_per_min")
-    .stateful_map(ms.state.ewma(TREND_ALPHA), "co2_rate", out="co2_trend")
+    .stateful_map(ms.state.ewma(TREND_ALPHA), "co2_rate", out="co2_trend", name="co2_trend")
     .with_columns(
         name="occupancy_estimate",
         est=lambda b: ((b["lights"] > 0) & ((b["CO2"] > CO2_OCCUPIED) | (b["co2_trend"] > CO2_RISING))) * 1.0)
@@ -174,7 +174,7 @@ estimated = (
 
 rooms = (
     estimated.window(ms.tumbling(minutes=10))
-    .aggregate(n=ms.agg.count(), temp=ms.agg.mean("Temperature"), rh=ms.agg.mean("Humidity"),
+    .aggregate(name="per_room", n=ms.agg.count(), temp=ms.agg.mean("Temperature"), rh=ms.agg.mean("Humidity"),
                co2=ms.agg.mean("CO2"), co2_max=ms.agg.max("CO2"), light=ms.agg.mean("Light"),
                occupied=ms.agg.mean("est"), occupied_true=ms.agg.mean("Occupancy"),
                tp=ms.agg.sum("tp"), fp=ms.agg.sum("fp"), fn=ms.agg.sum("fn"), tn=ms.agg.sum("tn"))
@@ -192,14 +192,14 @@ rooms = (
                   comfortable=lambda b: (np.maximum(np.maximum(b["temp_cat"], b["rh_cat"]), b["co2_cat"]) <= 2) * 1.0)
 )
 floors = (
-    rooms.key_by("floor").window(ms.tumbling(minutes=10))
-    .aggregate(rooms=ms.agg.count(), occupied=ms.agg.sum("occ"), occupied_true=ms.agg.sum("occ_true"),
+    rooms.key_by("floor", name="by_floor").window(ms.tumbling(minutes=10))
+    .aggregate(name="per_floor", rooms=ms.agg.count(), occupied=ms.agg.sum("occ"), occupied_true=ms.agg.sum("occ_true"),
                comfortable=ms.agg.sum("comfortable"), co2=ms.agg.mean("co2"), worst=ms.agg.max("category"))
     .with_columns(building=lambda b: np.char.partition(b["floor"].astype(str), "-")[:, 0], name="floor_building")
 )
 buildings = (
-    floors.key_by("building").window(ms.tumbling(minutes=10))
-    .aggregate(floors=ms.agg.count(), rooms=ms.agg.sum("rooms"), occupied=ms.agg.sum("occupied"),
+    floors.key_by("building", name="by_building").window(ms.tumbling(minutes=10))
+    .aggregate(name="per_building", floors=ms.agg.count(), rooms=ms.agg.sum("rooms"), occupied=ms.agg.sum("occupied"),
                occupied_true=ms.agg.sum("occupied_true"), comfortable=ms.agg.sum("comfortable"),
                worst=ms.agg.max("worst"))
 )
