@@ -334,11 +334,23 @@ class MqttSource(Source):
             if self._closed or self._client is None:
                 return
             self._closed = True
-        self._client.disable_logger()  # paho logs an error for its last loop after a clean disconnect
-        self._client.disconnect()  # queued after the acknowledgements, on the same connection
-        if self._client.is_connected() and not self._gone.wait(5):  # sent (loop_stop alone may drop queued packets)
+        client = self._client
+        if self.qos and client.is_connected():
+            # A fence: the broker handles a client's packets in order, so once it answers this UNSUBSCRIBE (of a
+            # filter we never subscribed to) it has processed every acknowledgement sent before. Closing without
+            # it can lose the last ones: the broker keeps sending, and closing a socket with unread data resets
+            # the connection, which may discard what the broker had not read yet.
+            fenced = threading.Event()
+            client.on_unsubscribe = lambda *args: fenced.set()
+            client.unsubscribe(f"microstream/fence/{self._id}")
+            if not fenced.wait(5):
+                log.warning("mqtt source %s: %s:%d did not confirm the last acknowledgements; they may come again",
+                            self.name, self.host, self.port)
+        client.disable_logger()  # paho logs an error for its last loop after a clean disconnect
+        client.disconnect()
+        if client.is_connected() and not self._gone.wait(5):  # sent (loop_stop alone may drop queued packets)
             log.warning("mqtt source %s: the disconnect from %s:%d was not confirmed", self.name, self.host, self.port)
-        self._client.loop_stop()
+        client.loop_stop()
 
     # -- the runtime calls ----------------------------------------------------------------------------------
     def poll(self, now: int) -> Emit:
