@@ -22,8 +22,10 @@ Delivery guarantees. With `qos=1` the source keeps a **persistent session** (cle
 fixed client id (`client_id=`, else derived from the job and the operator name) and acknowledges a message
 (manual PUBACK) only after the batch holding it has been emitted downstream. When the runtime saves or
 migrates the source's virtual node, the snapshot is taken between two polls: the source acknowledges what it
-has emitted, stops acknowledging and disconnects; the snapshot holds the client id and the position, not the
-undecoded buffer. The new process connects with the same client id and the broker redelivers every
+has emitted, waits until the broker has processed those acknowledgements (an UNSUBSCRIBE round trip: closing a
+connection with unread messages resets it and could lose them), stops and disconnects; the snapshot holds the
+client id and the position, not the undecoded buffer. The new host is deployed before the old one stops, so a
+restored source connects only in `restore_reader`: with the same client id, and the broker redelivers every
 unacknowledged message, then what was published meanwhile (queued for the session): **no loss and no
 duplicates across a migration or a save/restore**. If the connection drops (broker restart, network), paho
 reconnects with backoff (0.5 s doubling to 30 s, logged); buffered messages the broker will redeliver are
@@ -31,7 +33,9 @@ discarded and redeliveries of messages already emitted are acknowledged and skip
 loses nothing (a message whose acknowledgement was lost in the crash and that is not recognised as a
 redelivery may come twice: at least once). A re-run with the same client id continues the session, receiving
 what was published while no job was running. `qos=0` is at most once: no session, no acknowledgements,
-messages buffered at a migration or published while disconnected are lost.
+messages buffered at a migration or published while disconnected are lost. The broker must keep sessions
+while their client is away and queue enough for them (mosquitto: `max_queued_messages`, 1000 by default;
+`persistence true` to survive its own restarts). An MQTT source runs as one task: parallelise what follows it.
 
 The sink (`ms.sinks.mqtt("aq/{station}/aqi")`) publishes one JSON object per record on a topic filled from
 the record's columns, waiting at the end (and before a snapshot) until the broker acknowledged every QoS 1
@@ -280,6 +284,8 @@ class MqttSource(Source):
                     self._expect = set()
                 self._to_ack = []
                 self._recent.clear()
+            if self._last_arrival is not None:
+                self._last_arrival = time.time_ns()  # the idle clock restarts: nothing could arrive while away
         if not first:
             log.warning("mqtt source %s: reconnected to %s:%d (session %s; %d buffered messages left for the "
                         "broker to redeliver)", self.name, self.host, self.port, "kept" if present else "new", dropped)
@@ -368,7 +374,8 @@ class MqttSource(Source):
         if self.limit is not None and self._seen >= self.limit:
             return True
         return (self.idle_timeout is not None and self._last_arrival is not None and not self._mids
-                and time.time_ns() - self._last_arrival > self.idle_timeout)
+                and time.time_ns() - self._last_arrival > self.idle_timeout
+                and self._client is not None and self._client.is_connected())  # idle while connected only
 
     def read(self) -> Emit | None:
         if self._done():
@@ -603,8 +610,15 @@ class MqttSink(Sink):
         return f"{self.topic} @ {self.host}:{self.port} (qos {self.qos})"
 
     def output_schemas(self, inputs: list[Schema], name: str) -> dict[str, Schema]:
+        from ..errors import suggest
+
         for f in self.template_fields:
-            inputs[0].require(f.split(".")[0].split("[")[0], name, f"topic template field in {self.topic!r}")
+            col = f.split(".")[0].split("[")[0]
+            if col not in inputs[0]:
+                close = suggest(col, inputs[0].names)
+                raise PipelineError(name, f"topic template {self.topic!r} names column '{col}', which the stream "
+                                          f"lacks; its columns are {inputs[0].names}",
+                                    f"did you mean '{close}'?" if close else "name one of its columns in the template")
         return {}
 
     def open(self, ctx) -> None:

@@ -211,7 +211,7 @@ def test_build_time_errors_name_the_fix(broker):
     with pytest.raises(ms.PipelineError, match="not an MQTT URL"):
         p.read_mqtt("a", "http://x", schema={"v": "float"})
     src = p.from_iterable([{"v": 1.0}])
-    with pytest.raises(ms.PipelineError, match="'station' is not in the stream"):
+    with pytest.raises(ms.PipelineError, match="names column 'station', which the stream lacks"):
         src.sink(ms.sinks.mqtt("aq/{station}/aqi", broker.url))
 
 
@@ -259,7 +259,7 @@ def test_reconnects_after_the_broker_restarts_and_loses_nothing(broker, caplog):
         got.extend(b["i"].tolist())
         time.sleep(0.01)
 
-    p.read_mqtt("r/+", broker.url, schema={"i": "int"}, client_id="restart", idle_timeout=1.0, batch_size=1) \
+    p.read_mqtt("r/+", broker.url, schema={"i": "int"}, client_id="restart", idle_timeout=1.5, batch_size=1) \
         .sink(ms.sinks.callback(slow))
     runner = threading.Thread(target=lambda: p.run())
     with caplog.at_level("WARNING", logger="microstream.connectors.mqtt"):
