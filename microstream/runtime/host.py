@@ -304,7 +304,9 @@ class HostRuntime:
                 self._producer_wm(dst, idx, t.task.id, wm)
         if wm == MAX_TIME:
             return  # the end-of-stream message carries it
-        for remotes in t.remote_out.values():
+        for port, remotes in t.remote_out.items():
+            if port == DEAD:  # dead letters have no event time: a watermark there is only traffic
+                continue
             for r in remotes:
                 for _, target, vn in r.targets:
                     self._out(t.task.id, vn, "send_watermark", wm, target=target)
