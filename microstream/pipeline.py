@@ -388,18 +388,24 @@ class Pipeline:
 
         return self.add_source(FilePollSource(path, to_ns(every), column, scale, time, limit), name, at)
 
-    def read_mqtt(self, topic: str | Iterable[str], broker: str = "mqtt://127.0.0.1:1883", **options: Any) -> Stream:
+    def read_mqtt(self, topic: str | Iterable[str], broker: str = "mqtt://127.0.0.1:1883", *, format: str = "json",  # noqa: A002
+                  schema: Mapping[str, Any] | None = None, time: str | None = "time", time_unit: str = "s",
+                  time_format: str = "iso", utc_offset: str | int | None = None, topic_columns: Iterable[str] = (),
+                  qos: int = 1, client_id: str | None = None, max_delay: Any = 0, limit: int | None = None,
+                  idle_timeout: Any = None, batch_size: int = 4096, username: str | None = None,
+                  password: str | None = None, name: str | None = None, at: str | None = None) -> Stream:
         """Subscribe to MQTT topic filters (`+`, `#`; several allowed) and decode the messages into batches.
 
         Options (see `microstream.connectors.mqtt` for the decoding, the SenML layout and the delivery
         guarantees): `format` ("json": one flat object per message, fields from `schema={"pm25": "float",
         ...}`; "senml": RFC 8428 packs, long layout), `time` (the payload field with the event time, epoch
-        numbers in `time_unit` "s"|"ms"|"us"|"ns" or ISO text; None stamps the arrival time), `topic_columns`
-        (names for the `+` levels, in order), `qos` (1: persistent session, acknowledged after emission, no
-        loss or duplicates across migrations; 0: at most once), `client_id` (default: derived from the job
-        and operator names), `max_delay`, `limit` (stop after that many messages), `idle_timeout` (stop when
-        nothing arrived for that long after the first message), `batch_size`, `username`/`password`, `name`,
-        `at`. Malformed payloads go to the dead-letter stream as `topic#n` with the reason.
+        numbers in `time_unit` "s"|"ms"|"us"|"ns" or ISO text in `time_format`, offsets from `utc_offset`;
+        None stamps the arrival time), `topic_columns` (names for the `+` levels, in order), `qos` (1:
+        persistent session, acknowledged after emission, no loss or duplicates across migrations; 0: at most
+        once), `client_id` (default: derived from the job and operator names), `max_delay`, `limit` (stop
+        after that many messages), `idle_timeout` (stop when nothing arrived for that long after the first
+        message), `batch_size`, `username`/`password`, `name`, `at`. Malformed payloads go to the
+        dead-letter stream as `topic#n` with the reason.
 
         >>> import microstream as ms, json
         >>> from paho.mqtt import publish
@@ -423,9 +429,12 @@ class Pipeline:
         """
         from .connectors.mqtt import MqttSource
 
-        name, at = options.pop("name", None), options.pop("at", None)
-        return self.add_source(MqttSource(topic, broker, job=self.name, operator=name or "read_mqtt", **options),
-                               name, at)
+        source = MqttSource(topic, broker, format=format, schema=schema, time=time, time_unit=time_unit,
+                            time_format=time_format, utc_offset=utc_offset, topic_columns=topic_columns, qos=qos,
+                            client_id=client_id, max_delay=max_delay, limit=limit, idle_timeout=idle_timeout,
+                            batch_size=batch_size, username=username, password=password, job=self.name,
+                            operator=name or "read_mqtt")
+        return self.add_source(source, name, at)
 
     def read_csv(self, path: str | Path, time: str | tuple[str, str] | None = None, key: str | None = None,
                  **options: Any) -> Stream:
