@@ -204,15 +204,30 @@ class HostRuntime:
             return
         if msg.kind == "batch" and msg.batch is not None:
             self._resumed()
-            t.records_in += msg.batch.num_rows
+            batch = self._held_back(t, idx, producer, msg.batch)
+            t.records_in += batch.num_rows
             t.batches_in += 1
-            self._emit(t, self._call(t, t.op.process, idx, msg.batch) if not isinstance(t.op, DeadLetterHub)
-                       else [(OUT, msg.batch)])
+            self._emit(t, self._call(t, t.op.process, idx, batch) if not isinstance(t.op, DeadLetterHub)
+                       else [(OUT, batch)])
         if msg.kind == "end":
             t.ended.add((idx, producer))
             self._producer_wm(t, idx, producer, MAX_TIME)
         elif msg.watermark is not None:
             self._producer_wm(t, idx, producer, msg.watermark)
+
+    @staticmethod
+    def _held_back(t: _HTask, idx: int, producer: str, batch: Batch) -> Batch:
+        """A batch from one of several producers of an input (parallel upstream tasks) carries that producer's
+        watermarks; hold them back to the slowest other producer, as `union` does across inputs, so that a
+        window downstream does not fire before the other producers' records for it have arrived."""
+        wms = t.producers.get(idx, {})
+        if batch.base_wm is None or len(wms) < 2:
+            return batch
+        others = min(wm for p, wm in wms.items() if p != producer)
+        held = np.minimum(batch.base_wm, others)
+        if np.array_equal(held, batch.base_wm):
+            return batch
+        return Batch({n: batch.base(n) for n in batch.names}, held, batch.mask)
 
     def _producer_wm(self, t: _HTask, idx: int, producer: str, wm: int) -> None:
         wms = t.producers.setdefault(idx, {})
@@ -273,7 +288,8 @@ class HostRuntime:
                 dst.records_in += batch.num_rows
                 dst.batches_in += 1
                 hub = isinstance(dst.op, DeadLetterHub)
-                self._emit(dst, [(OUT, batch)] if hub else self._call(dst, dst.op.process, idx, batch))
+                held = batch if hub else self._held_back(dst, idx, t.task.id, batch)
+                self._emit(dst, [(OUT, batch)] if hub else self._call(dst, dst.op.process, idx, held))
             for r in t.remote_out.get(port, ()):
                 self._send(t, r, batch)
 

@@ -1,11 +1,7 @@
-"""A known bug, kept as a strict xfail: a keyed window after a *parallel* window (room windows in 3 tasks,
-then a per-floor rollup) fires on the cluster as soon as one of the upstream subtasks' watermark passes
-the window's end, because window kernels advance on each batch's per-record watermarks, which are the
-sending subtask's own. Rooms of the other subtasks then arrive late, and floors count fewer rooms than the
-local run. (Holding a batch's watermarks back to the slowest other producer fixes this case but changes
-lateness decisions after parallel record-by-record operators, see test_migrations_under_backpressure; the
-fix has to keep judging a record's lateness by its own watermark.) The smart-campus example runs its room
-windows as one task until then."""
+"""A keyed window after a *parallel* window (room windows in 3 tasks, then a per-floor rollup) on a cluster:
+the rollup's input has three producers, and each batch carries its producer's own watermarks. The host holds
+them back to the slowest other producer (as `union` does across inputs), so a floor window fires only once
+every room window for it has arrived, and the floors count what the local run counts."""
 
 from __future__ import annotations
 
@@ -14,8 +10,6 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
-
-import pytest
 
 from microstream.runtime import cluster
 
@@ -42,7 +36,7 @@ with open("{out}", "w") as f:
 """
 
 
-@pytest.mark.xfail(strict=True, reason="windows after a parallel window fire on the first subtask's watermark")
+
 def test_rollup_after_parallel_windows_matches_local_run(tmp_path):
     results = {}
     home = tmp_path / "home"

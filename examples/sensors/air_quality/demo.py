@@ -24,6 +24,7 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import cloudpickle
@@ -161,6 +162,7 @@ def run(args, home: Path, broker: str, readings: dict) -> int:
         moved = _migrate(client, job, vnode, MOVE_TO)
         print(f"  moved: downtime {moved['downtime_s'] * 1000:.0f} ms, state {moved['state_bytes']:,} bytes")
         replay.join()
+        traffic = client.status()["jobs"][job]["traffic"]  # measured while the feeds still ran, for the picture
         print(f"replay done: {sum(s.published for s in replay.stats.values()):,} readings published")
         waiter.join(120)
         final = client.status()["jobs"][job]
@@ -171,11 +173,20 @@ def run(args, home: Path, broker: str, readings: dict) -> int:
     _report(sinks)
     _summary(final, outcome["result"], seconds)
     svg = args.out / "aq_placement.svg"
-    assignment = {v: info["agent"] for v, info in final["vnodes"].items()}
-    svg.write_text(placement_svg(plan, p.graph, Topology.load(TOPOLOGY),
-                                 placement_of(plan, p.graph, Topology.load(TOPOLOGY), assignment)), encoding="utf-8")
-    print(f"placement after the run drawn in {svg}")
+    _draw(svg, plan, p.graph, final, traffic)
+    print(f"placement after the run drawn in {svg} (edges labelled with the traffic measured at the end)")
     return _check(readings, sinks, args.out)
+
+
+def _draw(path: Path, plan, graph, final: dict, traffic: list[dict]) -> None:
+    """The job's operators framed by the node each ran on at the end, over the topology as it now is."""
+    topology = Topology.load(TOPOLOGY)
+    # the station's feed enters at its new gateway now
+    topology.sensors = [replace(s, node=MOVE_TO) if s.name == sensor(MOVING) else s for s in topology.sensors]
+    assignment = {v: info["agent"] for v, info in final["vnodes"].items()}
+    rates = {(t["from"], t["to"]): t["bytes_per_s"] for t in traffic}
+    path.write_text(placement_svg(plan, graph, topology, placement_of(plan, graph, topology, assignment, rates)),
+                    encoding="utf-8")
 
 
 def _migrate(client: Client, job: str, vnode: str, to: str, patience: float = 30.0) -> dict:
