@@ -120,6 +120,7 @@ def merge_results(pipeline: Any, results: list[dict], seconds: float) -> RunResu
         for k, v in r["records_out"].items():
             out.records_out[k] = out.records_out.get(k, 0) + v
         out.dead_letter_count += r["dead_letter_count"]
+        out.late_count += r.get("late_count", 0)
         out.dead_letters.extend(r["dead_letters"])
         for name, batches in r["collected"].items():
             if name in sinks:

@@ -22,7 +22,7 @@ import numpy as np
 from ..batch import Batch
 from ..errors import MicrostreamError, OperatorError
 from ..graph import DeadLetterHub, LogicalGraph
-from ..operators.base import DEAD, OUT, Emit, OperatorContext
+from ..operators.base import DEAD, LATE, OUT, Emit, OperatorContext
 from ..operators.keys import stable_hash
 from ..operators.sinks import Collect
 from ..operators.sources import Source
@@ -89,6 +89,7 @@ class HostRuntime:
         self.task_of_target = {v: k for k, v in self.target_of.items()}
         self.clients: dict[tuple[str, str], Any] = {}
         self.dead_count = 0
+        self.late_count = 0                      # records windows refused as late (all their .late ports)
         self.dead_samples: list[dict] = []
         self._build()
 
@@ -284,6 +285,8 @@ class HostRuntime:
                 continue
             t.records_out += batch.num_rows
             t.batches_out += 1
+            if port == LATE:
+                self.late_count += batch.num_rows
             for dst, idx in t.local_out.get(port, ()):
                 dst.records_in += batch.num_rows
                 dst.batches_in += 1
@@ -401,7 +404,8 @@ class HostRuntime:
                 "op": t.op.snapshot(), "out_wm": t.out_wm, "producers": t.producers, "ended": sorted(t.ended),
                 "input_wms": list(t.ctx.input_watermarks), "finished": t.finished,
                 "counts": (t.records_in, t.records_out, t.batches_in, t.batches_out)}
-        return {"vnode": self.vnode_id, "barrier": self.barrier, "tasks": tasks, "dead": self.dead_count}
+        return {"vnode": self.vnode_id, "barrier": self.barrier, "tasks": tasks, "dead": self.dead_count,
+                "late": self.late_count}
 
     def restore(self, state: dict) -> None:
         for task_id, s in state["tasks"].items():
@@ -413,6 +417,7 @@ class HostRuntime:
             t.ctx.input_watermarks[:] = s["input_wms"]
             t.records_in, t.records_out, t.batches_in, t.batches_out = s["counts"]
         self.dead_count = state.get("dead", 0)
+        self.late_count = state.get("late", 0)
 
     def _dead(self, batch: Batch) -> None:
         self.dead_count += batch.num_rows
@@ -445,5 +450,5 @@ class HostRuntime:
         records_in = {t.name: t.records_out for t in self.tasks.values() if t.is_source}
         records_out = {t.name: t.records_in for t in self.tasks.values() if self.graph.nodes[t.task.node_id].is_sink}
         return {"vnode": self.vnode_id, "collected": collected, "records_in": records_in,
-                "records_out": records_out, "dead_letter_count": self.dead_count,
+                "records_out": records_out, "dead_letter_count": self.dead_count, "late_count": self.late_count,
                 "dead_letters": self.dead_samples, "stats": self.stats()}

@@ -221,3 +221,21 @@ def test_a_job_needing_a_backend_no_agent_offers_is_refused(home, tmp_path):
     r = cli("submit", str(job), "--home", str(home))
     assert r.returncode == 1
     assert "needs backend 'microvm'" in r.stderr and "process" in r.stderr
+
+
+def test_cluster_result_counts_late_records_as_the_local_run_does(home):
+    import microstream as ms
+
+    def job() -> ms.Pipeline:
+        p = ms.Pipeline("late")
+        src = p.synthetic(count=20_000, sensors=10, rate=2000, jitter=0.3, max_delay=0.05, seed=9)
+        win = src.key_by("sensor").window(ms.tumbling(seconds=1)).aggregate(n=ms.agg.count()).with_parallelism(2)
+        win.sink(ms.sinks.collect())
+        win.late.sink(ms.sinks.collect())
+        return p
+
+    local = job().run(verbose=False)
+    with Client(cluster.address(home), timeout=120) as client:
+        _, remote = client.submit(job())
+    assert local.late_count > 100
+    assert remote.late_count == local.late_count
