@@ -20,7 +20,8 @@ def _group(topology: Topology, node: str) -> str:
 
 
 def placement_svg(plan: PhysicalPlan, graph: LogicalGraph, topology: Topology, placement: Placement) -> str:
-    """The plan's tasks, framed by physical node ("lib-pi1 (library)"), edges labelled with bytes/s."""
+    """The plan's tasks, framed by physical node ("lib-pi1 (library)"), edges labelled with bytes/s (dead-letter
+    edges only where records are expected to flow on them)."""
     task_vn = {t: vn.id for vn in plan.vnodes.values() for t in vn.tasks}
     nodes = []
     for task in sorted(plan.tasks.values(), key=lambda t: (t.node_id, t.index)):
@@ -35,6 +36,8 @@ def placement_svg(plan: PhysicalPlan, graph: LogicalGraph, topology: Topology, p
     dead = {(s, d) for (s, d) in flows} - (placement.flows.data_edges if placement.flows else set())
     edges = []
     for (s, d), rate in flows.items():
+        if (s, d) in dead and rate <= 0:
+            continue  # a dead-letter edge that carries nothing: drawing every operator's would hide the job
         crosses = placement.assignment[task_vn[s]] != placement.assignment[task_vn[d]]
         label = format_bytes(rate) + (" ⇄" if crosses else "")
         style = "dashed" if (s, d) in dead else "solid"
