@@ -625,22 +625,33 @@ class MqttSink(Sink):
         super().open(ctx)
         self._names = ctx.input_schemas[0].names
         self._pending: list[Any] = []
-        self._connected = threading.Event()
+        self._closing = False
+        self._client: Any = None
+        if not ctx.extra.get("restoring"):  # a restored sink connects once the old one has let go (same client id)
+            self._connect()
+
+    def _connect(self) -> None:
+        connected = threading.Event()
         client = _new_client(self.client_id or "", True, False, self.username, self.password, self.tls)
         client.max_inflight_messages_set(100)
-        client.on_connect = lambda c, u, f, rc, p: self._connected.set() if not rc.is_failure else None
+        client.on_connect = lambda c, u, f, rc, p: connected.set() if not rc.is_failure else None
         client.on_disconnect = lambda c, u, f, rc, p: log.warning(
-            "mqtt sink %s: connection to %s:%d lost (%s); reconnecting", ctx.name, self.host, self.port, rc) \
+            "mqtt sink %s: connection to %s:%d lost (%s); reconnecting", self.name, self.host, self.port, rc) \
             if not self._closing else None
-        self._closing = False
         client.connect_async(self.host, self.port, keepalive=30)
         client.loop_start()
         self._client = client
-        if not self._connected.wait(10):
-            log.warning("mqtt sink %s: not connected to %s:%d yet; publishing once connected", ctx.name,
+        if not connected.wait(10):
+            log.warning("mqtt sink %s: not connected to %s:%d yet; publishing once connected", self.name,
                         self.host, self.port)
 
+    def restore(self, state: dict[str, Any]) -> None:
+        if self._client is None:
+            self._connect()
+
     def write(self, batch: Batch) -> None:
+        if self._client is None:
+            self._connect()
         cols = self._iso(batch) if self.iso_time else batch.to_dict()
         lists = {}
         for c in self._names:
@@ -679,6 +690,8 @@ class MqttSink(Sink):
         self._pending = []
 
     def close(self) -> Emit:
+        if self._client is None:
+            return []
         try:
             self.flush()
         finally:
