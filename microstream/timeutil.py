@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import re
 
 import numpy as np
 
@@ -26,12 +27,28 @@ def duration(days: float = 0, hours: float = 0, minutes: float = 0, seconds: flo
     return int(round(total))
 
 
-def to_ns(value: int | float | _dt.timedelta | None) -> int | None:
-    """Accept nanoseconds (int), seconds (float) or a timedelta."""
+_UNITS = {"ns": NS, "us": US, "ms": MS, "s": SECOND, "min": MINUTE, "h": HOUR, "d": DAY}
+_DURATION = re.compile(r"\s*([0-9]*\.?[0-9]+)\s*(ns|us|ms|s|min|h|d)?\s*")
+
+
+def to_ns(value: int | float | str | _dt.timedelta | None, what: str = "duration") -> int | None:
+    """Nanoseconds from an int (ns), a float (seconds), a timedelta or text such as "500ms", "2.5 s", "3h".
+
+    >>> to_ns(1.5), to_ns("500ms"), to_ns("3h") == 3 * HOUR
+    (1500000000, 500000000, True)
+    """
     if value is None:
         return None
     if isinstance(value, _dt.timedelta):
         return int(round(value.total_seconds() * SECOND))
+    if isinstance(value, str):
+        m = _DURATION.fullmatch(value)
+        if not m:
+            from .errors import PipelineError
+
+            raise PipelineError(None, f"cannot read {what} {value!r}",
+                                "use seconds (2.5), a timedelta or text like '500ms', '10s', '3h'")
+        return int(round(float(m.group(1)) * _UNITS[m.group(2) or "s"]))
     if isinstance(value, float):
         return int(round(value * SECOND))
     return int(value)

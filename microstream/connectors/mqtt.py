@@ -44,7 +44,6 @@ message.
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import logging
 import re
@@ -66,6 +65,7 @@ from ..operators.base import DEAD, OUT, Emit, dead_letters
 from ..operators.sinks import Sink
 from ..operators.sources import Source
 from ..schema import Schema
+from ..timeutil import to_ns
 
 log = logging.getLogger(__name__)
 
@@ -74,28 +74,9 @@ _KINDS = {"float": "float", "float64": "float", "float32": "float", "double": "f
           "int": "int", "int64": "int", "int32": "int", "bool": "int",
           "str": "str", "string": "str", "U": "str", "<U": "str", "object": "str"}
 _DTYPE_OF = {"float": np.float64, "int": np.int64, "str": "U"}
-_UNITS = {"ns": 1, "us": 1_000, "ms": 1_000_000, "s": 1_000_000_000, "min": 60_000_000_000,
-          "h": 3_600_000_000_000, "d": 86_400_000_000_000}
 _RAW_KEEP = 1000          # characters of a bad payload kept in its dead letter
 _IDLE_WAIT = 5_000_000    # ns between polls when nothing is buffered
 _RELATIVE_SENML = 2 ** 28  # SenML times below this are relative to now (RFC 8428, 4.5.3)
-
-
-def duration_ns(value: Any, what: str = "duration") -> int | None:
-    """ns from an int (ns), a float (s), a timedelta or text such as "500ms", "2.5 s", "3h"."""
-    if value is None:
-        return None
-    if isinstance(value, _dt.timedelta):
-        return int(round(value.total_seconds() * 1e9))
-    if isinstance(value, str):
-        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(ns|us|ms|s|min|h|d)?\s*", value)
-        if not m:
-            raise PipelineError("read_mqtt", f"cannot read {what} {value!r}",
-                                "use seconds (2.5), a timedelta or text like '500ms', '10s', '3h'")
-        return int(round(float(m.group(1)) * _UNITS[m.group(2) or "s"]))
-    if isinstance(value, float):
-        return int(round(value * 1e9))
-    return int(value)
 
 
 def parse_broker(url: str, operator: str) -> tuple[str, int, bool]:
@@ -149,7 +130,7 @@ class MqttSource(Source):
                  idle_timeout: Any = None, batch_size: int = 4096, username: str | None = None,
                  password: str | None = None, job: str = "", connect_timeout: float = 10.0,
                  operator: str = "read_mqtt") -> None:
-        super().__init__(time or "time", duration_ns(max_delay, "max_delay") or 0, None, batch_size)
+        super().__init__(time or "time", to_ns(max_delay, "max_delay") or 0, None, batch_size)
         self.topics = [topics] if isinstance(topics, str) else list(topics)
         if not self.topics:
             raise PipelineError(operator, "no topic to subscribe to", "pass a topic filter such as 'aq/+/readings'")
@@ -171,7 +152,7 @@ class MqttSource(Source):
         self.time_unit, self.time_format, self.utc_offset = time_unit, time_format, utc_offset
         self.topic_columns = [topic_columns] if isinstance(topic_columns, str) else list(topic_columns)
         self.limit = limit
-        self.idle_timeout = duration_ns(idle_timeout, "idle_timeout")
+        self.idle_timeout = to_ns(idle_timeout, "idle_timeout")
         self.username, self.password = username, password
         self.connect_timeout = connect_timeout
         self.fields = self._fields(schema, operator)
