@@ -23,6 +23,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from ..sysdeps import apt_install
+
 _PACKAGE = "mosquitto"
 
 
@@ -39,22 +41,10 @@ def ensure_mosquitto(progress: Callable[[str], None] = print, install: bool = Tr
     found = mosquitto_path()
     if found:
         return found
-    if not install or os.geteuid() != 0 or shutil.which("apt-get") is None:
-        raise RuntimeError("mosquitto (the MQTT broker the MQTT tests and the demo start) is not installed: install "
-                           "it with `apt-get install -y --no-install-recommends mosquitto` (as root)")
-    progress("mqtt: installing mosquitto")
-    cmd = ["apt-get", "install", "-y", "--no-install-recommends", _PACKAGE]
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    if subprocess.run(cmd, env=env, capture_output=True).returncode != 0:
-        progress("mqtt: apt-get install failed; running apt-get update and trying again")
-        subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True)
-        done = subprocess.run(cmd, env=env, capture_output=True, text=True)
-        if done.returncode != 0:
-            raise RuntimeError(f"apt-get install {_PACKAGE} failed:\n{done.stderr[-2000:]}")
+    apt_install([_PACKAGE], "the MQTT broker the MQTT tests and the demo start", progress, install)
     found = mosquitto_path()
     if not found:
         raise RuntimeError("still no mosquitto binary after installing the mosquitto package")
-    progress(f"mqtt: installed mosquitto ({found})")
     return found
 
 

@@ -11,8 +11,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 from collections.abc import Callable, Iterable, Mapping
+
+from ..sysdeps import apt_install
 
 PACKAGE = "prometheus"
 
@@ -31,23 +32,10 @@ def ensure_prometheus(progress: Callable[[str], None] = print, install: bool = T
     found = prometheus_path()
     if found:
         return found
-    if not install or os.geteuid() != 0 or shutil.which("apt-get") is None:
-        raise RuntimeError("prometheus (the server the Prometheus test scrapes the cluster with) is not installed: "
-                           "install it with `apt-get install -y --no-install-recommends prometheus` (as root), "
-                           "or put a prometheus binary from prometheus.io on PATH")
-    progress("prometheus: installing the Debian package")
-    cmd = ["apt-get", "install", "-y", "--no-install-recommends", PACKAGE]
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    if subprocess.run(cmd, env=env, capture_output=True).returncode != 0:
-        progress("prometheus: apt-get install failed; running apt-get update and trying again")
-        subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True)
-        done = subprocess.run(cmd, env=env, capture_output=True, text=True)
-        if done.returncode != 0:
-            raise RuntimeError(f"apt-get install {PACKAGE} failed:\n{done.stderr[-2000:]}")
+    apt_install([PACKAGE], "the server the Prometheus test scrapes a cluster with", progress, install)
     found = prometheus_path()
     if not found:
         raise RuntimeError("still no prometheus binary after installing the prometheus package")
-    progress(f"prometheus: installed {found}")
     return found
 
 
