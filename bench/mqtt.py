@@ -68,11 +68,16 @@ def queue_messages(broker, client_id: str, msgs: list[bytes], stations: int = 4)
     sub.loop_stop()
     pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
     pub.max_inflight_messages_set(1000)
+    up = threading.Event()
+    pub.on_connect = lambda *_: up.set()
     pub.connect(broker.host, broker.port)
     pub.loop_start()
-    infos = [pub.publish(f"aq/st{i % stations}/readings", m, qos=1) for i, m in enumerate(msgs)]
-    for info in infos:
-        info.wait_for_publish(30)
+    up.wait(10)
+    for start in range(0, len(msgs), 5000):  # in chunks: paho refuses to queue without bound
+        infos = [pub.publish(f"aq/st{i % stations}/readings", msgs[i], qos=1)
+                 for i in range(start, min(start + 5000, len(msgs)))]
+        for info in infos:
+            info.wait_for_publish(30)
     pub.disconnect()
     pub.loop_stop()
 
