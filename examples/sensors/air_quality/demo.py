@@ -152,6 +152,8 @@ def run(args, home: Path, broker: str, readings: dict) -> int:
         job, status = _wait_running(client)
         print("\nplacement (the engine puts each station's pre-aggregation next to its gateway):")
         print(_where(status))
+        why = placement_of(plan, p.graph, Topology.load(TOPOLOGY), {v: i["agent"] for v, i in status["vnodes"].items()})
+        print("why:\n" + "\n".join(f"  {v:<5} {reason}" for v, reason in sorted(why.explain.items())))
         replay = stations.Replayer(broker, readings, args.rate).start()
         half = len(readings[MOVING]["time"]) // 2
         while replay.running and replay.stats[MOVING].published < half:
