@@ -162,7 +162,7 @@ def run(args, home: Path, broker: str, readings: dict) -> int:
         print(f"\nstation '{MOVING}' fails over from gateway {status['vnodes'][vnode]['agent']} to {MOVE_TO} after "
               f"{replay.stats[MOVING].published} readings: migrating its virtual node {vnode} while the stream runs")
         moved = _migrate(client, job, vnode, MOVE_TO)
-        print(f"  moved: downtime {moved['downtime_s'] * 1000:.0f} ms, state {moved['state_bytes']:,} bytes")
+        print(f"  moved: downtime {_ms(moved.get('downtime_s'))}, state {moved['state_bytes']:,} bytes")
         replay.join()
         traffic = client.status()["jobs"][job]["traffic"]  # measured while the feeds still ran, for the picture
         print(f"replay done: {sum(s.published for s in replay.stats.values()):,} readings published")
@@ -178,6 +178,12 @@ def run(args, home: Path, broker: str, readings: dict) -> int:
     _draw(svg, plan, p.graph, final, traffic)
     print(f"placement after the run drawn in {svg} (edges labelled with the traffic measured at the end)")
     return _check(readings, sinks, args.out)
+
+
+def _ms(seconds: float | None) -> str:
+    """Downtime lasts until the moved node processes a record; None: none arrived after the move (the feed had
+    ended while the new host started, and the old one processed everything before the cut)."""
+    return "n/a (nothing left to process after the move)" if seconds is None else f"{seconds * 1000:.0f} ms"
 
 
 def _draw(path: Path, plan, graph, final: dict, traffic: list[dict]) -> None:
@@ -245,8 +251,7 @@ def _summary(final: dict, result, seconds: float) -> None:
           f"{result.records_out.get('alerts_csv', 0):,} alerts out in {seconds:.1f} s "
           f"({readings / seconds:,.0f} readings/s end to end), {result.dead_letter_count} dead letters")
     for m in final["migrations"]:
-        down = f"{m['downtime_s'] * 1000:.0f} ms" if m.get("downtime_s") is not None else "n/a"
-        print(f"  move of {m['vnode']}: {m['from']} -> {m['to']} ({m['reason']}): downtime {down} "
+        print(f"  move of {m['vnode']}: {m['from']} -> {m['to']} ({m['reason']}): downtime {_ms(m.get('downtime_s'))} "
               f"(barrier alignment and snapshot {m.get('align_and_snapshot_s', 0) * 1000:.0f} ms), "
               f"{m.get('state_bytes', 0):,} bytes of state, {m['total_s']:.2f} s in all")
     print("where each operator ran at the end:")
