@@ -680,8 +680,6 @@ def place(plan: PhysicalPlan, graph: LogicalGraph, topology: Topology,
     starts the search from the running placement, so only moves that gain are proposed. Raises
     `PlacementError` if the topology has errors or a pin/backend cannot be met; an overloaded result is
     returned with `placement.feasible == False` and the reasons in `placement.cost.reasons`."""
-    from .explain import explain, vnode_labels
-
     errors = topology.check()
     if errors:
         raise PlacementError(f"the topology {topology.source or topology.name} has errors:\n  " + "\n  ".join(errors))
@@ -692,26 +690,27 @@ def place(plan: PhysicalPlan, graph: LogicalGraph, topology: Topology,
     if current is not None:
         start = _start_from(problem, current)
     assign = solve(problem, solver, start)
-    seconds = time.perf_counter() - started
-    assignment = {vn: problem.nodes[int(n)] for vn, n in zip(problem.vnodes, assign, strict=True)}
-    cost = evaluate(problem, assign)
-    pins = {vn: pin.reason for vn, pin in find_pins(plan, graph, topology).items()}
-    why = explain(problem, assign, vnode_labels(plan, graph), pins, current)
-    return Placement(assignment, cost, why, solver, seconds, flows, problem)
+    return _priced(plan, graph, topology, flows, problem, assign, solver, time.perf_counter() - started, current)
 
 
 def placement_of(plan: PhysicalPlan, graph: LogicalGraph, topology: Topology, assignment: Mapping[str, str],
                  rates: Mapping[EdgeKey, float] | None = None, solver: str = "as running") -> Placement:
     """A given assignment (e.g. where a job runs now, after its moves) priced and explained like `place`'s
     result, so that it can be reported and drawn the same way."""
-    from .explain import explain, vnode_labels
-
     flows = estimate_flows(plan, graph, topology, rates)
     problem = build_problem(plan, graph, topology, flows)
-    assign = as_array(problem, assignment)
+    return _priced(plan, graph, topology, flows, problem, as_array(problem, assignment), solver, 0.0,
+                   dict(assignment))
+
+
+def _priced(plan: PhysicalPlan, graph: LogicalGraph, topology: Topology, flows: Flows, problem: Problem,
+            assign: np.ndarray, solver: str, seconds: float, current: Mapping[str, str] | None) -> Placement:
+    from .explain import explain, vnode_labels
+
+    assignment = {vn: problem.nodes[int(n)] for vn, n in zip(problem.vnodes, assign, strict=True)}
     pins = {vn: pin.reason for vn, pin in find_pins(plan, graph, topology).items()}
-    why = explain(problem, assign, vnode_labels(plan, graph), pins, dict(assignment))
-    return Placement(dict(assignment), evaluate(problem, assign), why, solver, 0.0, flows, problem)
+    why = explain(problem, assign, vnode_labels(plan, graph), pins, current)
+    return Placement(assignment, evaluate(problem, assign), why, solver, seconds, flows, problem)
 
 
 def place_on_agents(plan: PhysicalPlan, graph: LogicalGraph, agents: Mapping[str, Mapping],
