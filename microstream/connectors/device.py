@@ -7,21 +7,20 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from ..batch import Batch
 from ..errors import PipelineError
 from ..operators.base import DEAD, OUT, Emit, dead_letters
-from ..operators.sources import Source
+from ..operators.sources import TickingSource
 from ..schema import Schema
 from ..timeutil import SECOND
 
 _NUMBER = re.compile(rb"\s*([-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?)\s*")
 
 
-class FilePollSource(Source):
+class FilePollSource(TickingSource):
     """Every `interval` ns, read the number in `path` (surrounding whitespace allowed), multiply by `scale`
     and emit it as `column` (float64) with the read time in `time` (int64 ns, the event time).
 
@@ -34,12 +33,12 @@ class FilePollSource(Source):
 
     def __init__(self, path: str | Path, interval: int | None, column: str = "value", scale: float = 1.0,
                  time: str = "time", limit: int | None = None) -> None:
-        super().__init__(time, 0, None, 1)
         if interval is None or interval <= 0:
             raise PipelineError("poll_file", f"every must be positive, got {interval}", "e.g. every=0.5 (seconds)")
         if column == time:
             raise PipelineError("poll_file", f"column and time are both {column!r}", "give the reading another name")
-        self.path, self.interval, self.column, self.scale, self.limit = Path(path), int(interval), column, scale, limit
+        super().__init__(time, interval, limit)
+        self.path, self.column, self.scale = Path(path), column, scale
 
     def describe(self) -> str:
         return f"{self.path} every {self.interval / SECOND:g} s"
@@ -51,22 +50,7 @@ class FilePollSource(Source):
                                 "pin the source there with at='node'")
         return {OUT: Schema.of({self.time: np.int64, self.column: np.float64}, time=self.time)}
 
-    def open(self, ctx) -> None:
-        super().open(ctx)
-        self._next = ctx.clock()
-        self._count = 0
-
-    def next_due(self, now: int) -> int | None:
-        return self._next
-
-    def poll(self, now: int) -> Emit:
-        if now < self._next:
-            return []
-        if self.limit is not None and self._count >= self.limit:
-            self.finished = True
-            return []
-        self._next = max(self._next + self.interval, now)  # skip missed ticks instead of bursting
-        self._count += 1
+    def read_now(self, now: int) -> Emit:
         try:
             raw = self.path.read_bytes()
         except OSError as exc:
@@ -80,9 +64,3 @@ class FilePollSource(Source):
                        self.column: np.array([float(m.group(1)) * self.scale], np.float64)})
         self.position += 1
         return [(OUT, self.stamp(batch))]
-
-    def reader_state(self) -> Any:
-        return {"next": self._next, "count": self._count}
-
-    def restore_reader(self, state: Any) -> None:
-        self._next, self._count = state["next"], state["count"]

@@ -266,7 +266,48 @@ def _is_record(item: Any) -> bool:
     return isinstance(item, Mapping) and not any(isinstance(v, (np.ndarray, list)) for v in item.values())
 
 
-class PollSource(Source):
+class TickingSource(Source):
+    """A source read on a clock: every `interval` ns, skipping missed ticks rather than bursting, at most
+    `limit` times. Subclasses implement `read_now(now)`."""
+
+    def __init__(self, time: str, interval: int, limit: int | None, max_delay: int = 0) -> None:
+        super().__init__(time, max_delay, None, 1)
+        self.interval = int(interval)
+        self.limit = limit
+
+    def describe(self) -> str:
+        return f"every {self.interval / SECOND:g} s"
+
+    def open(self, ctx) -> None:
+        super().open(ctx)
+        self.clock = ctx.clock
+        self._next = self.clock()
+        self._count = 0
+
+    def next_due(self, now: int) -> int | None:
+        return self._next
+
+    def reader_state(self) -> Any:
+        return {"next": self._next, "count": self._count}
+
+    def restore_reader(self, state: Any) -> None:
+        self._next, self._count = state["next"], state["count"]
+
+    def poll(self, now: int) -> Emit:
+        if now < self._next:
+            return []
+        if self.limit is not None and self._count >= self.limit:
+            self.finished = True
+            return []
+        self._next = max(self._next + self.interval, now)  # skip missed ticks instead of bursting
+        self._count += 1
+        return self.read_now(now)
+
+    def read_now(self, now: int) -> Emit:
+        raise NotImplementedError
+
+
+class PollSource(TickingSource):
     """Call `fn()` every `interval` ns, like reading a sensor; the reading is stamped with the clock.
 
     `fn` returns a dict (one reading), a dict of arrays (several), or None (nothing this time).
@@ -276,16 +317,11 @@ class PollSource(Source):
 
     def __init__(self, fn: Callable[[], Any], interval: int, time: str = "time", max_delay: int = 0,
                  limit: int | None = None, schema: Mapping[str, Any] | None = None) -> None:
-        super().__init__(time, max_delay, None, 1)
         if interval <= 0:
             raise PipelineError(None, f"poll interval must be positive, got {interval} ns")
+        super().__init__(time, interval, limit, max_delay)
         self.fn = fn
-        self.interval = int(interval)
-        self.limit = limit
         self.schema = schema
-
-    def describe(self) -> str:
-        return f"every {self.interval / SECOND:g} s"
 
     def output_schemas(self, inputs: list[Schema], name: str) -> dict[str, Schema]:
         if self.schema is not None:
@@ -302,32 +338,16 @@ class PollSource(Source):
 
     def open(self, ctx) -> None:
         super().open(ctx)
-        self.clock = ctx.clock
-        self._next = self.clock()
-        self._count = 0
         self.out_schema = ctx.output_schemas[OUT]
 
-    def next_due(self, now: int) -> int | None:
-        return self._next
-
-    def reader_state(self) -> Any:
-        return {"next": self._next, "count": self._count}
-
     def restore_reader(self, state: Any) -> None:
-        self._next, self._count = state["next"], state["count"]
+        super().restore_reader(state)
         self._first = None
 
-    def poll(self, now: int) -> Emit:
-        if now < self._next:
-            return []
-        if self.limit is not None and self._count >= self.limit:
-            self.finished = True
-            return []
-        self._next = max(self._next + self.interval, now)  # skip missed ticks instead of bursting
+    def read_now(self, now: int) -> Emit:
         first = getattr(self, "_first", None)
         reading = first if first is not None else self.fn()
         self._first = None
-        self._count += 1
         if reading is None:
             return []
         cols = _reading_columns(reading)
