@@ -325,10 +325,11 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     from .runtime.cluster import address
 
     with Client(address(_home(args), args.coordinator, args.insecure)) as client:
-        r = client.migrate(args.job, args.vnode, args.to)
+        r = client.migrate(args.job, args.vnode, args.to, whole=args.whole_vm)
     paused = f"{r['downtime_s'] * 1000:.0f} ms" if r.get("downtime_s") is not None else "n/a (no records followed)"
     print(f"{args.job}/{args.vnode}: {r['from']} -> {r['to']} in {r['total_s']:.2f} s "
-          f"(inputs held {paused}, state {r['state_bytes']:,} bytes)")
+          f"(inputs held {paused}, state {r.get('state_bytes') or 0:,} bytes"
+          f"{', whole VM' if r.get('tier') == 2 else ''})")
     return EXIT_OK
 
 
@@ -513,6 +514,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("job")
     p.add_argument("vnode", help="virtual node id, e.g. vn3 (see `microstream status`)")
     p.add_argument("--to", required=True, metavar="NODE", help="the agent to move it to")
+    p.add_argument("--whole-vm", action="store_true",
+                   help="microvm virtual nodes: move the VM itself, live, with QEMU's migration stream")
     _cluster_options(p)
     p.set_defaults(fn=cmd_migrate)
 

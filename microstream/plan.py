@@ -153,6 +153,8 @@ def _group(graph: LogicalGraph, order: list[Node], tasks: dict[str, Task],
             continue
         if src.at and dst.at and src.at != dst.at:
             continue
+        if src.backend != dst.backend:  # a VM holds only the operators that asked for one (and vice versa)
+            continue
         for s, d in zip(graph_tasks(tasks, src.id), graph_tasks(tasks, dst.id), strict=True):
             sets.union(d, s)
     groups: dict[str, list[str]] = defaultdict(list)

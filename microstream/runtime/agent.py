@@ -52,6 +52,7 @@ class _Host:
     state: str = "starting"
     started: float = field(default_factory=time.monotonic)
     restoring: bool = False
+    incoming: bool = False  # a microVM host that receives a whole VM (tier-2 migration)
 
 
 class Agent:
@@ -170,7 +171,7 @@ class Agent:
         if m.kind == "deploy":
             self.trusted_data_keys = h.get("data_keys", self.trusted_data_keys)
             self._start_host(h["job"], h["vnode"], m.blob, restoring=bool(h.get("restoring")),
-                             backend=h.get("backend", "process"))
+                             backend=h.get("backend", "process"), incoming=bool(h.get("incoming")))
         elif m.kind in ("connect", "start", "snapshot", "pause_to", "redirect"):
             only = h.get("only")  # a message for one virtual node (a migration), else for the whole job
             for host in self._hosts_of(h["job"]):
@@ -187,7 +188,7 @@ class Agent:
         return [host for (j, _), host in self.hosts.items() if j == job]
 
     def _start_host(self, job: str, vnode: str, spec: bytes | None, restoring: bool = False,
-                    backend: str = "process") -> None:
+                    backend: str = "process", incoming: bool = False) -> None:
         chosen = self.backends.get(backend)
         if chosen is None:
             have = sorted(self.backends)
@@ -195,7 +196,7 @@ class Agent:
                               error=f"agent {self.name} has no '{backend}' host backend (it has {have})"))
             return
         handle = chosen.start(job, vnode, self.control_endpoint, self.workdir / f"{job}-{vnode}.log")
-        self.hosts[(job, vnode)] = _Host(job, vnode, handle, spec or b"", restoring=restoring)
+        self.hosts[(job, vnode)] = _Host(job, vnode, handle, spec or b"", restoring=restoring, incoming=incoming)
         self.log(f"agent {self.name}: started {job}/{vnode} on the {backend} backend (pid {handle.pid})")
 
     def _stop_host(self, host: _Host) -> None:
@@ -215,12 +216,13 @@ class Agent:
             return
         if m.kind == "hello":
             host.identity = identity
-            settings = {**self._host_settings(), "restoring": host.restoring}
+            settings = {**self._host_settings(), "restoring": host.restoring, "incoming": host.incoming}
             self.control.send_multipart([identity, *ControlMessage("spec", settings, host.spec).frames()])
         elif m.kind == "ready":
             host.state = "ready"
             self._send_up(msg("vnode_ready", job=host.job, vnode=host.vnode, endpoint=h["endpoint"],
-                              public_key=self.keys.public.decode() if self.keys else None))
+                              public_key=self.keys.public.decode() if self.keys else None,
+                              incoming=h.get("incoming")))
         elif m.kind == "stats":
             host.state = "running"
             host.stats = h["stats"]
@@ -235,7 +237,8 @@ class Agent:
             self._send_up(msg("vnode_resumed", job=host.job, vnode=host.vnode, at=h["at"]))
         elif m.kind == "snapshot":
             host.state = "migrated"
-            self._send_up(ControlMessage("vnode_snapshot", {"job": host.job, "vnode": host.vnode}, m.blob))
+            self._send_up(ControlMessage("vnode_snapshot", {"job": host.job, "vnode": host.vnode,
+                                                            "whole": h.get("whole")}, m.blob))
         elif m.kind == "failed":
             host.state = "failed"
             self._send_up(msg("vnode_failed", job=host.job, vnode=host.vnode, error=h.get("error", "?")))

@@ -70,9 +70,10 @@ class Client:
     def stop(self, job: str) -> dict[str, Any]:
         return self.request(msg("stop", job=job)).header
 
-    def migrate(self, job: str, vnode: str, to: str, timeout: float = 120.0) -> dict[str, Any]:
-        """Move a running virtual node to agent `to`; returns downtime and state size once it runs there."""
-        return self.request(msg("migrate", job=job, vnode=vnode, to=to), timeout=timeout).header
+    def migrate(self, job: str, vnode: str, to: str, timeout: float = 120.0, whole: bool = False) -> dict[str, Any]:
+        """Move a running virtual node to agent `to`; returns downtime and state size once it runs there.
+        `whole` (microvm vnodes only): move the VM itself, live, with QEMU's migration stream (tier 2)."""
+        return self.request(msg("migrate", job=job, vnode=vnode, to=to, whole=whole), timeout=timeout).header
 
     def save(self, job: str, vnode: str, timeout: float = 120.0) -> tuple[dict[str, Any], bytes]:
         """Stop a virtual node at a barrier and return its snapshot (upstream holds its records meanwhile)."""

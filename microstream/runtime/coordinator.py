@@ -58,6 +58,9 @@ class Migration:
     reason: str = "requested"
     resuming: bool = False
     snapshot_at: float = 0.0
+    whole: bool = False            # tier 2: a microVM moved whole by QEMU's migration stream
+    incoming: str | None = None    # where the new host's QEMU waits for that stream
+    vm_figures: dict | None = None
 
 
 @dataclass
@@ -313,6 +316,7 @@ class Coordinator:
         mig = job.migration if job is not None else None
         if mig is not None and m.header["vnode"] == mig.vnode and self._agent_of(identity) == mig.target:
             mig.endpoint = {"endpoint": m.header["endpoint"], "public_key": m.header.get("public_key")}
+            mig.incoming = m.header.get("incoming")
             if mig.mode == "migrate":
                 self._cut(job, mig)
             else:  # restore: the state is already here
@@ -395,11 +399,19 @@ class Coordinator:
         agent = self.agents[mig.target]
         self._send(agent.identity, ControlMessage("deploy", {
             "job": job.id, "vnode": mig.vnode, "restoring": True, "data_keys": self._data_keys(),
-            "backend": job.plan.vnodes[mig.vnode].backend}, job.blob))
+            "backend": job.plan.vnodes[mig.vnode].backend, "incoming": mig.whole}, job.blob))
 
     def _on_migrate(self, identity: bytes, m: ControlMessage) -> None:
+        if m.header.get("whole"):
+            job = self.jobs.get(m.header.get("job", ""))
+            vn = job.plan.vnodes.get(m.header.get("vnode")) if job is not None else None
+            if vn is not None and vn.backend != "microvm":
+                self._send(identity, msg("error", error=f"{vn.id} runs in a {vn.backend} host: only a microvm "
+                                                         "virtual node can move whole (leave out --whole-vm)"))
+                return
         begun = self._begin(identity, m, "migrate")
         if begun:
+            begun[1].whole = bool(m.header.get("whole"))
             self._deploy_new_host(*begun)
 
     def _on_save(self, identity: bytes, m: ControlMessage) -> None:
@@ -425,8 +437,9 @@ class Coordinator:
         mig.paused_wall = time.time()
         for agent in self._job_agents(job):
             self._send(agent.identity, msg("pause_to", job=job.id, vnode=mig.vnode, barrier=mig.barrier))
+        whole = {"whole": {"uri": mig.incoming}} if mig.whole else {}
         self._send(self.agents[mig.source].identity,
-                   msg("snapshot", job=job.id, vnode=mig.vnode, only=mig.vnode, barrier=mig.barrier))
+                   msg("snapshot", job=job.id, vnode=mig.vnode, only=mig.vnode, barrier=mig.barrier, **whole))
 
     def _on_vnode_snapshot(self, identity: bytes, m: ControlMessage) -> None:
         job = self.jobs.get(m.header["job"])
@@ -435,6 +448,7 @@ class Coordinator:
             return
         mig.snapshot = m.blob
         mig.snapshot_at = time.monotonic()
+        mig.vm_figures = m.header.get("whole")
         if mig.mode == "save":
             job.placement.pop(mig.vnode, None)
             job.endpoints.pop(mig.vnode, None)
@@ -464,8 +478,10 @@ class Coordinator:
             return
         downtime = float(m.header["at"]) - mig.paused_wall if mig.paused_wall else None
         align = mig.snapshot_at - mig.paused_at if mig.paused_at and mig.snapshot_at else None
-        self._finish_move(job, mig, {"downtime_s": downtime, "state_bytes": len(mig.snapshot or b""),
-                                     "align_and_snapshot_s": align})
+        figures = {"downtime_s": downtime, "state_bytes": len(mig.snapshot or b""), "align_and_snapshot_s": align}
+        if mig.whole:  # the state moved in QEMU's stream; the snapshot was the control channel's position
+            figures.update(tier=2, vm=mig.vm_figures, state_bytes=(mig.vm_figures or {}).get("ram_bytes"))
+        self._finish_move(job, mig, figures)
 
     def _finish_move(self, job: Job, mig: Migration, figures: dict[str, Any], blob: bytes | None = None) -> None:
         record = {"vnode": mig.vnode, "mode": mig.mode, "from": mig.source, "to": mig.target,

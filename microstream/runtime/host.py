@@ -82,6 +82,8 @@ class HostRuntime:
         self.saved: dict | None = None           # the snapshot, once taken: the run ends with it
         self.bytes_before: dict[tuple[str, str], int] = {}  # bytes sent on channels since replaced (redirects)
         self.on_resumed: Callable[[], None] | None = None  # called once: the first record after a restore
+        self.on_aligned: Callable[[], None] | None = None  # whole-host moves (a microVM): called at the cut
+        self.whole = False                       # the barrier is for a whole-host move, not a snapshot
         self.server = server
         self.client_factory = client_factory
         self.clock = clock
@@ -347,6 +349,7 @@ class HostRuntime:
     def on_control(self, kind: str, header: dict) -> None:
         if kind == "snapshot" and header.get("vnode") == self.vnode_id:
             self.barrier = int(header["barrier"])
+            self.whole = bool(header.get("whole")) and self.on_aligned is not None
         elif kind == "pause_to" and header["vnode"] != self.vnode_id:
             self.pause_to(header["vnode"], int(header["barrier"]))
         elif kind == "redirect" and header["vnode"] != self.vnode_id:
@@ -395,6 +398,10 @@ class HostRuntime:
             return
         for client in self.clients.values():  # everything sent before the cut is processed downstream first
             client.flush()
+        if self.whole:  # nothing in flight either way: the host moves whole (memory included) and goes on
+            self.barrier, self.whole = None, False
+            self.on_aligned()
+            return
         self.saved = self.snapshot()
 
     def snapshot(self) -> dict:

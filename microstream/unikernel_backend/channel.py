@@ -55,6 +55,7 @@ class Channel(Endpoint):
         self.hello_at: float | None = None  # time.monotonic() when the hello arrived
         self.guest_logs: list[str] = []
         self.reconnects = 0
+        self.on_data: Callable[[], None] | None = None  # called (reader thread) when a data chunk arrives
 
     # -- connection -------------------------------------------------------------------------------
     @property
@@ -203,6 +204,8 @@ class Channel(Endpoint):
                 self.hello, self.hello_at = header, time.monotonic()
             elif kind == "data":
                 self._streams[header.get("stream", "")].append(body)
+                if self.on_data is not None:
+                    self.on_data()
             elif kind == "log":
                 self.guest_logs.append(body.decode(errors="replace"))
                 self.log(f"guest: {self.guest_logs[-1]}")

@@ -52,6 +52,10 @@ MAX_BODY = 64 << 20
 PORT_NAME = "microstream.0"
 CONTROL_KINDS = ("ack", "sync")
 RESEND_AFTER = 3.0  # seconds without progress on unacknowledged messages before asking for a resync
+# numba's on-disk cache of the operator kernels, compiled when the image is built for a generic CPU (portable
+# across x86-64 machines and QEMU's CPU models), so the guest loads machine code instead of compiling under TCG
+NUMBA_CACHE = "/opt/microstream/numba-cache"
+NUMBA_ENV = {"NUMBA_CACHE_DIR": NUMBA_CACHE, "NUMBA_CPU_NAME": "generic"}
 
 
 def encode_frame(header: dict[str, Any], body: bytes = b"") -> bytes:

@@ -45,7 +45,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-RECIPE = 1  # bump when the way an image is assembled changes
+from .guest import NUMBA_CACHE, NUMBA_ENV
+
+RECIPE = 2  # bump when the way an image is assembled changes
 Progress = Callable[[str], None]
 
 
@@ -71,16 +73,38 @@ ARCHES = {
 
 # The guest's userland: the interpreter, its standard library, numpy, and the shared libraries they load.
 ROOT_PACKAGES = (
-    "libc6", "libgcc-s1", "zlib1g", "libexpat1", "libssl3", "libffi8", "libbz2-1.0", "liblzma5", "libuuid1",
-    "libcrypt1", "python3.11-minimal", "libpython3.11-minimal", "libpython3.11-stdlib",
-    "python3-numpy", "libblas3", "liblapack3", "libgfortran5", "libquadmath0",
+    "libc6", "libgcc-s1", "libstdc++6", "zlib1g", "libexpat1", "libssl3", "libffi8", "libbz2-1.0", "liblzma5",
+    "libuuid1", "libcrypt1", "python3.11-minimal", "libpython3.11-minimal", "libpython3.11-stdlib",
 )
+# The Python packages the in-VM host runtime needs besides the standard library are copied from the host's
+# own environment rather than taken from Debian (see docs/microvm.md, "numba in the guest"): job specs,
+# batches and application-level snapshots are pickles that must load on both sides of a move, which holds
+# only with the same numpy and cloudpickle at both ends (Debian 12 has numpy 1.24, whose unpickler cannot
+# load numpy 2 arrays), and the numba kernels must behave the same in a VM as in a process host. All four
+# are pure Python or self-contained manylinux wheels (numpy and llvmlite bundle OpenBLAS and LLVM).
+HOST_PACKAGES = ("numpy", "numba", "llvmlite", "cloudpickle")
+SITE_DIR = "usr/lib/python3/dist-packages"
 BOOT_PACKAGES = ("busybox-static",)
 # Kernel modules the boot image loads (their dependencies are read from each module's modinfo).
 MODULES = ("virtio_pci", "virtio_blk", "virtio_console", "squashfs")
 MODULE_DIRS = ("drivers/virtio/", "drivers/block/virtio_blk", "drivers/char/virtio_console", "fs/squashfs/")
 # microstream files the guest needs, relative to the directory holding the `microstream` package.
-GUEST_FILES = ("microstream/unikernel_backend/guest.py",)
+# (all of microstream but the host-only parts: the CLI, placement, the ZeroMQ runtime, QEMU control)
+GUEST_EXCLUDE = ("microstream/cli.py", "microstream/placement/", "microstream/runtime/", "microstream/connectors/",
+                 "microstream/unikernel_backend/")
+GUEST_INCLUDE = ("microstream/runtime/__init__.py", "microstream/runtime/host.py", "microstream/runtime/local.py",
+                 "microstream/unikernel_backend/__init__.py", "microstream/unikernel_backend/backend.py",
+                 "microstream/unikernel_backend/guest.py", "microstream/unikernel_backend/vmhost.py")
+
+
+def _guest_files() -> tuple[str, ...]:
+    base = Path(__file__).resolve().parents[2]
+    found = [p.relative_to(base).as_posix() for p in (base / "microstream").rglob("*.py")
+             if "__pycache__" not in p.parts]
+    return tuple(sorted(rel for rel in found if rel in GUEST_INCLUDE or not rel.startswith(GUEST_EXCLUDE)))
+
+
+GUEST_FILES = _guest_files()
 GUEST_PREFIX = "/opt/microstream"
 GUEST_COMMAND = ("/usr/bin/python3.11", "-s", "-m", "microstream.unikernel_backend.guest")
 PRUNE = (
@@ -88,7 +112,10 @@ PRUNE = (
     "usr/share/gdb", "usr/share/python3", "usr/lib/python3.11/idlelib", "usr/lib/python3.11/tkinter",
     "usr/lib/python3.11/turtledemo", "usr/lib/python3.11/ensurepip", "usr/lib/python3.11/lib2to3",
     "usr/lib/python3.11/pydoc_data", "usr/lib/python3/dist-packages/numpy/f2py",
+    "usr/lib/python3/dist-packages/numpy/_pyinstaller", "usr/lib/python3/dist-packages/numba/cuda",
+    "usr/lib/python3/dist-packages/numba/tests", "usr/lib/python3/dist-packages/llvmlite/tests",
 )
+
 KERNEL_CMDLINE = ("quiet loglevel=3 panic=-1 mitigations=off nokaslr i8042.noaux i8042.nokbd i8042.nopnp "
                   "tsc=reliable no_timer_check cryptomgr.notests 8250.nr_uarts=1")
 
@@ -152,7 +179,7 @@ class _Plan:
     def key(self) -> str:
         recipe = {"recipe": RECIPE, "arch": self.arch.name, "versions": self.versions, "guest": self.guest_files,
                   "init": INIT_SCRIPT, "modules": MODULES, "cmdline": KERNEL_CMDLINE, "prune": PRUNE,
-                  "command": GUEST_COMMAND}
+                  "command": GUEST_COMMAND, "warm": WARM_SCRIPT, "numba": NUMBA_ENV, "host_packages": HOST_PACKAGES}
         return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -274,6 +301,9 @@ def _build(plan: _Plan, key: str, work: Path, debs: Path, progress: Progress) ->
     progress(f"  {compiled} .pyc precompiled in {time.perf_counter() - t:.1f} s")
     _smoke_test(root, plan.arch)
     t = time.perf_counter()
+    kernels = _warm_numba_cache(root, plan.arch)
+    progress(f"  {kernels} numba cache files for a generic CPU in {time.perf_counter() - t:.1f} s")
+    t = time.perf_counter()
     _mksquashfs(root, out / "rootfs.squashfs")
     progress(f"  squashfs root {(out / 'rootfs.squashfs').stat().st_size / 1e6:.1f} MB "
              f"in {time.perf_counter() - t:.1f} s")
@@ -329,7 +359,65 @@ def _plan(arch: Arch) -> _Plan:
         raise RuntimeError(f"apt has no candidate for {', '.join(missing)} ({arch.name})")
     base = Path(__file__).resolve().parents[2]
     guest = {rel: hashlib.sha256((base / rel).read_bytes()).hexdigest() for rel in GUEST_FILES}
+    guest.update({f"python:{name}": version for name, version in host_package_versions().items()})
     return _Plan(arch, kernel, {n: stanzas[n]["Version"] for n in names}, guest)
+
+
+def host_package_versions() -> dict[str, str]:
+    """The versions of `HOST_PACKAGES` installed here (what goes into the guest)."""
+    from importlib import metadata
+
+    found = {}
+    for name in HOST_PACKAGES:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError as exc:
+            raise RuntimeError(f"the microVM image needs the Python package {name!r} installed here "
+                               "(it is copied into the guest)") from exc
+    return found
+
+
+def _copy_host_packages(root: Path, arch: Arch) -> None:
+    """Copy `HOST_PACKAGES` (and the shared libraries their wheels bundle) from this interpreter's
+    environment into the guest's site directory. Binary wheels only fit a guest of this machine's type."""
+    import importlib.util
+
+    if arch.name != _native_arch():
+        raise RuntimeError(f"cannot put this machine's numpy/numba into an {arch.name} guest: build the "
+                           f"{arch.name} image on an {arch.name} machine (see docs/microvm.md)")
+    site = root / SITE_DIR
+    site.mkdir(parents=True, exist_ok=True)
+    skip = shutil.ignore_patterns("__pycache__", "*.pyc", "tests", "testing", "*.pyi", "*.h", "include")
+    for name in HOST_PACKAGES:
+        spec = importlib.util.find_spec(name)
+        if spec is None or not spec.submodule_search_locations:
+            raise RuntimeError(f"cannot find the Python package {name!r} to copy into the guest")
+        src = Path(next(iter(spec.submodule_search_locations)))
+        shutil.copytree(src, site / name, ignore=skip, dirs_exist_ok=True)
+        libs = src.parent / f"{name}.libs"
+        if libs.is_dir():
+            shutil.copytree(libs, site / libs.name, dirs_exist_ok=True)
+
+
+def find_built_image(arch: str = "amd64", cache_dir: Path | str | None = None) -> Path | None:
+    """A built image in the cache whose guest side matches this code (microstream's guest files and the
+    Python packages copied into it), without asking apt: cheap enough for an agent's start-up.
+    (`build_image` also checks the Debian package versions, and rebuilds if an apt update changed them.)"""
+    cache = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+    if not cache.is_dir():
+        return None
+    base = Path(__file__).resolve().parents[2]
+    try:
+        want = {rel: hashlib.sha256((base / rel).read_bytes()).hexdigest() for rel in GUEST_FILES}
+        want.update({f"python:{name}": version for name, version in host_package_versions().items()})
+    except (OSError, RuntimeError):
+        return None
+    for manifest in sorted(cache.glob(f"{arch}-*/manifest.json"), key=lambda p: p.stat().st_mtime, reverse=True):
+        with contextlib.suppress(OSError, ValueError):
+            info = json.loads(manifest.read_text())
+            if info.get("recipe") == RECIPE and info.get("guest_files") == want:
+                return manifest.parent
+    return None
 
 
 def _native_arch() -> str:
@@ -470,6 +558,7 @@ def _assemble_root(plan: _Plan, files: dict[str, Path], root: Path) -> None:
     for d in ("dev", "proc", "sys", "tmp", "run", "etc"):
         (root / d).mkdir(exist_ok=True)
     _alternatives(root, plan.arch)
+    _copy_host_packages(root, plan.arch)
     _install_guest_files(root)
     if plan.arch.name == _native_arch() and shutil.which("ldconfig"):
         subprocess.run(["ldconfig", "-r", str(root)], capture_output=True)
@@ -535,7 +624,8 @@ def _smoke_test(root: Path, arch: Arch) -> None:
     """Import what the guest needs with the guest's interpreter, where it can run here."""
     if arch.name != _native_arch() or os.geteuid() != 0:
         return
-    code = ("import numpy, json, ssl, ctypes, zlib, microstream.unikernel_backend.guest\n"
+    code = ("import numpy, json, ssl, ctypes, zlib, numba, cloudpickle, microstream.unikernel_backend.guest\n"
+            "import microstream.unikernel_backend.vmhost, microstream.runtime.host\n"
             "assert numpy.arange(10).sum() == 45")
     done = subprocess.run([_chroot(), str(root), "/usr/bin/python3.11", "-s", "-c", code], capture_output=True,
                           text=True, env=_guest_env())
@@ -543,9 +633,51 @@ def _smoke_test(root: Path, arch: Arch) -> None:
         raise RuntimeError(f"the guest root cannot run its Python: {done.stderr.strip()[-2000:]}")
 
 
+# What the build runs in the guest's root to fill numba's cache: the kernels a keyed, windowed job uses.
+WARM_SCRIPT = """
+import itertools, sys
+import microstream as ms
+# every specialisation the window kernels have without user-defined aggregates: tumbling/sliding/session
+# windows, x filtered or compacted input (a record mask or not), x with or without first/last (record times)
+specs = {"ring": (ms.tumbling(seconds=1), ms.sliding({"seconds": 2}, {"seconds": 1})),
+         "session": (ms.session(seconds=1),)}[sys.argv[1]]
+for spec, filtered, times in itertools.product(specs, (False, True), (False, True)):
+    p = ms.Pipeline("warm")
+    src = p.synthetic(count=3000, sensors=16, rate=4000, jitter=0.2, max_delay=0.1, seed=1, batch_size=400,
+                      glitch_rate=0.01)
+    if filtered:
+        src = src.filter(lambda b: (b["value"] > -50) & (b["value"] < 150))
+    aggs = dict(n=ms.agg.count(), mean=ms.agg.mean("value"), sd=ms.agg.std("value"), lo=ms.agg.min("value"),
+                hi=ms.agg.max("value"), total=ms.agg.sum("value"))
+    if times:
+        aggs.update(first=ms.agg.first("value"), last=ms.agg.last("value"))
+    src.key_by("sensor").window(spec, lateness=0.05).aggregate(**aggs).sink(ms.sinks.collect())
+    if spec.slide == spec.size and not filtered:
+        src.key_by("sensor").stateful_map(ms.state.ewma(0.2), "value", out="smooth").sink(ms.sinks.collect())
+    p.run()
+"""
+
+
+def _warm_numba_cache(root: Path, arch: Arch) -> int:
+    """Compile the operator kernels into `NUMBA_CACHE` with the guest's interpreter, for a generic CPU."""
+    if arch.name != _native_arch() or os.geteuid() != 0:
+        return 0
+    # two processes (ring and session kernels, the long compiles); numba writes its cache files atomically,
+    # and the few kernels both compile come out identical
+    procs = [subprocess.Popen([_chroot(), str(root), "/usr/bin/python3.11", "-s", "-c", WARM_SCRIPT, group],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                              env={**_guest_env(), **NUMBA_ENV}) for group in ("ring", "session")]
+    errors = [proc.communicate()[1] for proc in procs]
+    for proc, err in zip(procs, errors, strict=True):
+        if proc.returncode != 0:
+            raise RuntimeError(f"warming the guest's numba cache failed: {err.strip()[-2000:]}")
+    return sum(1 for _ in (root / NUMBA_CACHE.lstrip("/")).rglob("*.nbc"))
+
+
 def _mksquashfs(root: Path, out: Path) -> None:
-    cmd = ["mksquashfs", str(root), str(out), "-comp", "zstd", "-noappend", "-all-root", "-no-xattrs", "-quiet",
-           "-no-progress"]
+    # zstd level 6: 99 MB in ~4 s here; the default level 15 gave 91 MB in 29 s
+    cmd = ["mksquashfs", str(root), str(out), "-comp", "zstd", "-Xcompression-level", "6", "-noappend", "-all-root",
+           "-no-xattrs", "-quiet", "-no-progress"]
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"mksquashfs failed: {done.stderr.strip()[-2000:]}")

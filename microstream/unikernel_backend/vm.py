@@ -149,6 +149,8 @@ class MicroVM:
                "-serial", f"file:{self.console_path}"]
         if accel == "kvm":
             cmd += ["-cpu", "host"]
+        elif self.image.arch == "amd64":
+            cmd += ["-cpu", "max"]  # numpy 2's wheels need x86-64-v2 (SSE4.2, POPCNT); TCG's default qemu64 lacks it
         elif self.image.arch == "arm64":
             cmd += ["-cpu", "cortex-a72"]  # TCG on a non-arm host
         if incoming:
@@ -160,8 +162,9 @@ class MicroVM:
     def pid(self) -> int | None:
         return self.proc.pid if self.proc is not None and self.proc.poll() is None else None
 
-    def launch(self, incoming: str | None = None) -> None:
-        """Start QEMU and connect QMP and the control channel (does not wait for the guest)."""
+    def launch(self, incoming: str | None = None, connect_channel: bool = True) -> None:
+        """Start QEMU and connect QMP and the control channel (does not wait for the guest). With
+        `connect_channel=False` (a VM arriving by live migration) the channel waits for `finish_incoming`."""
         if self.pid is not None:
             raise VMError(f"{self.name} is already running (pid {self.pid})")
         if self.accel is None:
@@ -179,7 +182,8 @@ class MicroVM:
         try:
             self.qmp = _Qmp(self.qmp_path)
             self.channel.detach()
-            self.channel.connect(self.channel.path)
+            if connect_channel:
+                self.channel.connect(self.channel.path)
         except Exception as exc:
             self.kill()
             raise VMError(f"{self.name}: QEMU did not come up: {exc}\n{self.diagnostics()}") from exc
@@ -317,6 +321,40 @@ class MicroVM:
         if state != "running":
             self.qmp("cont")  # type: ignore[misc]
         return {"seconds": time.monotonic() - start, "state_before_cont": state}
+
+    def migrate_live(self, uri: str, timeout: float = 300.0, downtime_ms: int = 50) -> dict[str, Any]:
+        """Migrate the running VM live to a QEMU started with `launch(incoming=uri, connect_channel=False)`
+        (e.g. ``tcp:HOST:PORT``). On return the guest runs over there and this QEMU is paused
+        (``postmigrate``): export the channel with `channel.export_state()` before `kill()`.
+
+        Returns QEMU's figures: total and downtime (ms), RAM transferred (bytes)."""
+        if self.qmp is None or self.pid is None:
+            raise VMError(f"{self.name} is not running")
+        start = time.monotonic()
+        self.qmp("migrate-set-parameters", **{"max-bandwidth": 1 << 40, "downtime-limit": downtime_ms})
+        self.qmp("migrate", uri=uri)
+        status = self._wait_migration(timeout)
+        info = self.qmp("query-migrate")
+        if status != "completed":
+            raise VMError(f"{self.name}: live migration to {uri} {status}: {info}\n{self.diagnostics()}")
+        self.channel.detach()
+        ram = info.get("ram", {})
+        return {"seconds": time.monotonic() - start, "total_ms": info.get("total-time"),
+                "downtime_ms": info.get("downtime"), "ram_bytes": ram.get("transferred"),
+                "setup_ms": info.get("setup-time")}
+
+    def finish_incoming(self, channel_state: dict[str, Any], timeout: float = 120.0) -> str:
+        """After an incoming live migration: wait for it to land, take over the channel's sequence state,
+        connect it to this QEMU and let the guest run. Returns the state the VM arrived in."""
+        state = self._wait_state(lambda s: s != "inmigrate", timeout)
+        if state not in ("paused", "postmigrate", "running"):
+            self.kill()
+            raise VMError(f"{self.name}: the incoming migration ended in state {state!r}\n{self.diagnostics()}")
+        self.channel.load_state(channel_state)
+        self.channel.connect(self.channel.path)
+        if state != "running":
+            self.qmp("cont")  # type: ignore[misc]
+        return state
 
     def _wait_migration(self, timeout: float) -> str:
         deadline = time.monotonic() + timeout

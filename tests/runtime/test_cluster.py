@@ -56,7 +56,11 @@ def script(tmp: Path, name: str, body: str) -> Path:
 @pytest.fixture(scope="module")
 def home(tmp_path_factory):
     root = tmp_path_factory.mktemp("cluster-home")
-    cluster.up(3, root, progress=lambda _: None)
+    os.environ["MICROSTREAM_BACKENDS"] = "process"  # these agents offer no microVMs (tests/unikernel_backend do)
+    try:
+        cluster.up(3, root, progress=lambda _: None)
+    finally:
+        os.environ.pop("MICROSTREAM_BACKENDS")
     yield root
     cluster.down(root, progress=lambda _: None)
 

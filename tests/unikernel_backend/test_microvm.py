@@ -57,10 +57,10 @@ def test_image_is_built_then_found_in_the_cache(built: dict) -> None:
     assert any("cache hit" in m for m in built["warm_messages"])
     assert any("precompiled" in m for m in built["cold_messages"])
     sizes = warm.sizes
-    assert sizes["initramfs"] < 8e6 and sizes["rootfs"] < 60e6
+    assert sizes["initramfs"] < 8e6 and sizes["rootfs"] < 120e6  # numba + llvmlite: ~99 MB
     info = warm.info()
     assert info["kernel"]["format"].startswith("vmlinux") and info["pyc"] > 500
-    assert "python3-numpy" in info["packages"]
+    assert {"python:numpy", "python:numba", "python:cloudpickle"} <= set(info["guest_files"])
 
 
 def test_boot_ping_and_numpy_inside(vm: MicroVM) -> None:
