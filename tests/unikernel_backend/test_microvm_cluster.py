@@ -1,0 +1,106 @@
+"""A keyed windowed operator marked `backend="microvm"` runs inside a real QEMU VM (TCG here) on an embedded
+cluster, moves between two agents in the middle of the stream — first whole (tier 2: QEMU's live
+migration over TCP, the control channel re-attached), then as an application-level snapshot into a
+freshly booted VM (tier 1) — and its output equals an unmigrated local run's.
+
+At most two VMs at once (the one running and the one it moves to). Skipped, loudly, only where QEMU
+and the image tools cannot be installed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+import warnings
+
+import pytest
+
+import microstream as ms
+from microstream.runtime import cluster
+from microstream.runtime.client import Client
+from microstream.unikernel_backend.image import build_image, ensure_host_tools
+
+try:
+    ensure_host_tools()
+except Exception as exc:  # noqa: BLE001 - any reason QEMU is unavailable
+    reason = f"MICROVM CLUSTER TESTS SKIPPED: QEMU / image tools cannot be installed here: {exc}"
+    warnings.warn(reason, stacklevel=1)
+    print(f"\n{'!' * 100}\n{reason}\n{'!' * 100}")
+    pytest.skip(reason, allow_module_level=True)
+
+
+def pipeline(speed: float | None) -> ms.Pipeline:
+    p = ms.Pipeline("vmwindows")
+    src = p.synthetic(count=200_000, sensors=20, rate=4000, jitter=0.2, max_delay=0.1, seed=11, speed=speed,
+                      batch_size=400)
+    win = src.key_by("sensor").window(ms.tumbling(seconds=1), lateness=0.05).aggregate(
+        n=ms.agg.count(), mean=ms.agg.mean("value"), sd=ms.agg.std("value")).with_backend("microvm")
+    win.sink(ms.sinks.collect())
+    return p
+
+
+def rows(p: ms.Pipeline) -> list[str]:
+    out = []
+    for node in p.graph.nodes.values():
+        if type(node.op).__name__ == "Collect":
+            for batch in node.op.batches():
+                out += [json.dumps(r, sort_keys=True, default=str) for r in batch.to_records()]
+    return sorted(out)
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory):
+    build_image(progress=lambda _: None)  # the agents' image (cached by content hash)
+    root = tmp_path_factory.mktemp("vm-cluster")
+    private_tmp = tmp_path_factory.mktemp("vmtmp")  # the agents' work directories, away from other jobs
+    old = os.environ.get("TMPDIR")
+    os.environ["TMPDIR"] = str(private_tmp)
+    try:
+        cluster.up(2, root, progress=lambda _: None, coordinator_args=["--no-auto-place"])
+    finally:
+        if old is None:
+            os.environ.pop("TMPDIR")
+        else:
+            os.environ["TMPDIR"] = old
+    yield root
+    cluster.down(root, progress=lambda _: None)
+
+
+def test_a_vm_vnode_moves_whole_then_by_snapshot_and_the_output_is_unchanged(home):
+    local = pipeline(None)
+    local.run()
+    expected = rows(local)
+
+    p = pipeline(0.5)  # ~100 s of stream: both moves land in the middle of it
+    done: dict = {}
+    with Client(cluster.address(home), timeout=300) as submitter, Client(cluster.address(home), timeout=300) as c:
+        thread = threading.Thread(target=lambda: done.update(result=submitter.submit(p)))
+        thread.start()
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            jobs = c.status()["jobs"]
+            if jobs and next(iter(jobs.values()))["state"] == "running":
+                break
+            time.sleep(0.5)
+        job, status = next(iter(c.status()["jobs"].items()))
+        assert status["state"] == "running", status
+        vm = next(v for v, info in status["vnodes"].items() if info["tasks"] == ["window_aggregate"])
+        time.sleep(4)
+        moves = []
+        for whole in (True, False):
+            here = c.status()["jobs"][job]["vnodes"][vm]["agent"]
+            there = "node1" if here == "node2" else "node2"
+            moves.append(c.migrate(job, vm, there, timeout=240, whole=whole))
+            assert c.status()["jobs"][job]["vnodes"][vm]["agent"] == there
+            time.sleep(2)
+        thread.join(300)
+        assert "result" in done, "the job did not finish"
+        final = c.status()["jobs"][job]
+    assert final["state"] == "finished", final
+    tier2, tier1 = moves
+    assert tier2["tier"] == 2 and tier2["vm"]["ram_bytes"] > 1e6 and tier2["vm"]["downtime_ms"] < 5000, tier2
+    assert tier1.get("tier") is None and tier1["state_bytes"] > 0 and tier1["downtime_s"] is not None, tier1
+    assert len(final["migrations"]) == 2
+    assert rows(p) == expected
