@@ -6,8 +6,12 @@ guest agent's hello on virtio-serial) split into kernel+init and Python start, c
 `import numpy` in the guest, QEMU's RSS, and whole-VM save (QEMU migration stream through zstd -1)
 and restore (new QEMU -> guest answering again).
 Process: time until `python -c "import numpy"` reports ready, its RSS.
+Cluster (`--cluster`): a keyed tumbling-window operator on a 2-agent embedded cluster, once with
+`backend="microvm"` and once as a `process` host: time from submit to running, the host's RSS, and the
+inputs-held downtime and total time of a tier-1 move (barrier snapshot into a new host) and, for the VM,
+of a tier-2 move (QEMU live migration over TCP).
 
-    python bench/microvm.py [--boots N] [--cold]
+    python bench/microvm.py [--boots N] [--cold] [--cluster]
 """
 
 from __future__ import annotations
@@ -86,10 +90,53 @@ def save_restore(image: Any, accel: str, workdir: Path) -> dict[str, Any]:
         restored.cleanup()
 
 
+def cluster_moves(backend: str, tmpdir: Path) -> dict[str, Any]:
+    """One job on an embedded 2-agent cluster, its window vnode moved mid-stream (tier 2 then 1 for a VM)."""
+    import os
+    import threading
+
+    import microstream as ms
+    from microstream.runtime import cluster
+    from microstream.runtime.client import Client
+
+    p = ms.Pipeline("benchvm")
+    src = p.synthetic(count=200_000, sensors=20, rate=4000, seed=11, speed=0.5, batch_size=400)
+    win = src.key_by("sensor").window(ms.tumbling(seconds=1)).aggregate(n=ms.agg.count(), mean=ms.agg.mean("value"))
+    win.with_backend(backend).sink(ms.sinks.collect())
+    home = tmpdir / f"cluster-{backend}"
+    os.environ["TMPDIR"] = str(tmpdir)
+    cluster.up(2, home, progress=lambda _: None, coordinator_args=["--no-auto-place"])
+    out: dict[str, Any] = {}
+    try:
+        with Client(cluster.address(home), timeout=300) as sub, Client(cluster.address(home), timeout=300) as c:
+            start = time.perf_counter()
+            thread = threading.Thread(target=lambda: sub.submit(p))
+            thread.start()
+            while not c.status()["jobs"] or next(iter(c.status()["jobs"].values()))["state"] != "running":
+                time.sleep(0.2)
+            out["submit_to_running_s"] = time.perf_counter() - start
+            job, status = next(iter(c.status()["jobs"].items()))
+            vn = next(v for v, i in status["vnodes"].items() if "window_aggregate" in i["tasks"])
+            time.sleep(3)
+            stats = c.status()["jobs"][job]["vnodes"][vn]
+            out["host_stats"] = {k: stats.get(k) for k in ("state", "agent")}
+            for tier, whole in ((2, True), (1, False)) if backend == "microvm" else ((1, False),):
+                here = c.status()["jobs"][job]["vnodes"][vn]["agent"]
+                r = c.migrate(job, vn, "node1" if here == "node2" else "node2", timeout=300, whole=whole)
+                out[f"tier{tier}"] = {"downtime_s": r.get("downtime_s"), "total_s": r["total_s"],
+                                      "state_bytes": r.get("state_bytes"), "vm": r.get("vm")}
+                time.sleep(2)
+            thread.join(300)
+    finally:
+        cluster.down(home, progress=lambda _: None)
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--boots", type=int, default=3)
     ap.add_argument("--cold", action="store_true", help="also time a cold image build (into a temporary cache)")
+    ap.add_argument("--cluster", action="store_true", help="also move a window vnode on an embedded cluster")
     args = ap.parse_args()
     installed = ensure_host_tools()
     results: dict[str, Any] = {"host_packages_installed": installed}
@@ -107,6 +154,8 @@ def main() -> int:
         boots = [boot_once(image, accel, tmpdir / f"boot{i}") for i in range(args.boots)]
         results["boots"] = boots
         results["save_restore"] = save_restore(image, accel, tmpdir / "migrate")
+        if args.cluster:
+            results["cluster"] = {b: cluster_moves(b, tmpdir) for b in ("microvm", "process")}
     results["process"] = process_host(args.boots)
     vm_boot = statistics.median(b["boot_to_ready_s"] for b in boots)
     vm_numpy = statistics.median(b["boot_to_ready_s"] + b["import_numpy_s"] for b in boots)
@@ -128,6 +177,19 @@ def main() -> int:
              "n/a"),
             ("control ping (ms)", f"{statistics.median(b['ping_ms'] for b in boots):.1f}", "-")]
     print(table(rows))
+    if args.cluster:
+        vmc, prc = results["cluster"]["microvm"], results["cluster"]["process"]
+
+        def move(m: dict) -> str:
+            return f"held {m['downtime_s']:.2f} s, total {m['total_s']:.1f} s" if m else "-"
+
+        print(table([("cluster", "microVM", "process", "ratio"),
+                     ("submit -> running (s)", f"{vmc['submit_to_running_s']:.1f}", f"{prc['submit_to_running_s']:.1f}",
+                      f"{vmc['submit_to_running_s'] / prc['submit_to_running_s']:.0f}x"),
+                     ("tier 1 move", move(vmc["tier1"]), move(prc["tier1"]),
+                      f"{vmc['tier1']['total_s'] / prc['tier1']['total_s']:.0f}x total"),
+                     ("tier 2 move (whole VM)", move(vmc["tier2"]) + f", VM paused {vmc['tier2']['vm']['downtime_ms']} "
+                      f"ms, {vmc['tier2']['vm']['ram_bytes'] / 1e6:.0f} MB sent", "n/a", "-")]))
     print(f"KVM probe: {accel} ({results['probe_s']:.1f} s); cached image build {again.seconds:.2f} s")
     print(f"wrote {path}")
     return 0

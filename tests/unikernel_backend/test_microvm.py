@@ -17,7 +17,7 @@ import pytest
 from microstream.unikernel_backend import image as image_mod
 from microstream.unikernel_backend import vm as vm_mod
 from microstream.unikernel_backend.channel import GuestError
-from microstream.unikernel_backend.image import build_image, default_cache_dir, ensure_host_tools
+from microstream.unikernel_backend.image import build_image, default_cache_dir, ensure_host_tools, find_built_image
 from microstream.unikernel_backend.vm import MicroVM, probe_accel
 
 try:
@@ -31,8 +31,10 @@ except Exception as exc:  # noqa: BLE001 - any reason QEMU is unavailable
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """A cold build into a fresh cache (downloaded .debs are shared), then the same call again."""
-    cache = tmp_path_factory.mktemp("images")
+    """A cold build into a fresh cache (downloaded .debs are shared), then the same call again. The fresh
+    cache is the default one when it has no image for this code yet (a clean CI run), so the cluster
+    tests after this module find theirs built."""
+    cache = default_cache_dir() if find_built_image() is None else tmp_path_factory.mktemp("images")
     messages: list[str] = []
     debs = default_cache_dir() / "debs"
     cold = build_image(cache_dir=cache, deb_cache=debs, progress=messages.append)
