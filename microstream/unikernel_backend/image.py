@@ -202,22 +202,12 @@ def ensure_host_tools(arch: str = "amd64", progress: Progress = print, install: 
     missing = sorted(set(missing_host_tools(arch).values()))
     if not missing:
         return []
-    if not install or os.geteuid() != 0 or shutil.which("apt-get") is None:
-        raise RuntimeError(f"missing host packages {', '.join(missing)}: install them with "
-                           f"`apt-get install -y --no-install-recommends {' '.join(missing)}` (as root)")
-    progress(f"microvm: installing host packages: {' '.join(missing)}")
-    cmd = ["apt-get", "install", "-y", "--no-install-recommends", *missing]
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    if subprocess.run(cmd, env=env, capture_output=True).returncode != 0:
-        progress("microvm: apt-get install failed; running apt-get update and trying again")
-        subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True)
-        done = subprocess.run(cmd, env=env, capture_output=True, text=True)
-        if done.returncode != 0:
-            raise RuntimeError(f"apt-get install {' '.join(missing)} failed:\n{done.stderr[-2000:]}")
+    from ..sysdeps import apt_install
+
+    apt_install(missing, "the microVM host: QEMU and the image tools", progress, install)
     still = missing_host_tools(arch)
     if still:
         raise RuntimeError(f"still missing after installing: {', '.join(still)}")
-    progress(f"microvm: installed {' '.join(missing)}")
     return missing
 
 
