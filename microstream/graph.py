@@ -50,8 +50,9 @@ class DeadLetterHub(Operator):
 
 
 class LogicalGraph:
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, backend: str = "process") -> None:
         self.name = name
+        self.backend = backend  # the host backend operators get unless they ask for another
         self.nodes: dict[int, Node] = {}
         self._names: set[str] = set()
         self._counter: dict[str, int] = {}
@@ -77,6 +78,7 @@ class LogicalGraph:
         if DEAD in op.side_ports():
             out = {**out, DEAD: DEAD_LETTER_SCHEMA}
         node = Node(len(self.nodes), name, op, list(inputs), where, out, at, parallelism)
+        node.backend = self.backend
         self.nodes[node.id] = node
         self._names.add(name)
         return node

@@ -33,6 +33,13 @@ if TYPE_CHECKING:
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
+def _check_backend(backend: str, where: str) -> None:
+    from .unikernel_backend.backend import KNOWN_BACKENDS
+
+    if backend not in KNOWN_BACKENDS:
+        raise PipelineError(where, f"unknown host backend '{backend}'", f"use one of {sorted(KNOWN_BACKENDS)}")
+
+
 def _caller() -> str:
     """'script.py:12' for the first stack frame outside microstream."""
     frame = sys._getframe(1)
@@ -99,11 +106,7 @@ class Stream:
         >>> s.node.backend
         'microvm'
         """
-        from .unikernel_backend.backend import KNOWN_BACKENDS
-
-        if backend not in KNOWN_BACKENDS:
-            raise PipelineError(self.node.name, f"unknown host backend '{backend}'",
-                                f"use one of {sorted(KNOWN_BACKENDS)}")
+        _check_backend(backend, self.node.name)
         self.node.backend = backend
         return self
 
@@ -337,11 +340,18 @@ class Pipeline:
     >>> p.from_iterable([{"v": 1}, {"v": 2}]).map(lambda b: {"v2": b["v"] * 2}).sink(out)
     >>> _ = p.run(); out.records()
     [{'v2': 2}, {'v2': 4}]
+
+    `backend="microvm"` runs the whole job isolated in microVMs on a cluster (every operator, unless one asks
+    for another with `with_backend`); locally it has no effect:
+
+    >>> ms.Pipeline("untrusted", backend="microvm").from_iterable([{"v": 1}]).node.backend
+    'microvm'
     """
 
-    def __init__(self, name: str = "pipeline") -> None:
+    def __init__(self, name: str = "pipeline", backend: str = "process") -> None:
+        _check_backend(backend, name)
         self.name = name
-        self.graph = LogicalGraph(name)
+        self.graph = LogicalGraph(name, backend)
 
     def __repr__(self) -> str:
         return f"<Pipeline {self.name}: {len(self.graph.nodes)} operators>"

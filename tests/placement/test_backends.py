@@ -37,3 +37,20 @@ def test_unknown_backend_is_a_build_error():
     p = ms.Pipeline("x")
     with pytest.raises(ms.PipelineError, match="unknown host backend 'docker'"):
         p.from_iterable([{"v": 1}]).with_backend("docker")
+
+
+def test_a_whole_job_can_require_the_backend_and_one_operator_can_opt_out():
+    p = ms.Pipeline("untrusted_job", backend="microvm")
+    src = p.synthetic(count=100, sensors=4)
+    w = src.key_by("sensor").window(ms.tumbling(seconds=1)).aggregate(n=ms.agg.count())
+    w.map(lambda b: {"n": b["n"]}, name="trusted").with_backend("process").sink(ms.sinks.collect())
+    plan = build_plan(p.graph)
+    backends = {t: vn.backend for vn in plan.vnodes.values() for t in vn.tasks}
+    assert backends["trusted"] == "process"
+    assert {b for t, b in backends.items() if t != "trusted"} == {"microvm"}  # sources, windows, sinks
+    campus = Topology.load(CAMPUS)
+    placement = place(plan, p.graph, campus)
+    assert all("microvm" in campus.node(placement.assignment[vn.id]).backends
+               for vn in plan.vnodes.values() if vn.backend == "microvm")
+    with pytest.raises(ms.PipelineError, match="unknown host backend 'docker'"):
+        ms.Pipeline("x", backend="docker")
