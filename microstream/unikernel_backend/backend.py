@@ -67,11 +67,7 @@ class ProcessBackend(HostBackend):
     name = "process"
 
     def start(self, job: str, vnode: str, control_endpoint: str, log_path: Path) -> HostHandle:
-        with open(log_path, "wb") as log:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "microstream.runtime.host_main", "--control", control_endpoint,
-                 "--job", job, "--vnode", vnode], stdout=log, stderr=subprocess.STDOUT, cwd=os.getcwd())
-        return ProcessHandle(proc)
+        return _spawn("microstream.runtime.host_main", job, vnode, control_endpoint, log_path)
 
 
 class MicroVMBackend(HostBackend):
@@ -93,11 +89,15 @@ class MicroVMBackend(HostBackend):
         return find_built_image(arch) is not None or os.geteuid() == 0
 
     def start(self, job: str, vnode: str, control_endpoint: str, log_path: Path) -> HostHandle:
-        with open(log_path, "wb") as log:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "microstream.unikernel_backend.relay", "--control", control_endpoint,
-                 "--job", job, "--vnode", vnode], stdout=log, stderr=subprocess.STDOUT, cwd=os.getcwd())
-        return ProcessHandle(proc)
+        return _spawn("microstream.unikernel_backend.relay", job, vnode, control_endpoint, log_path)
+
+
+def _spawn(module: str, job: str, vnode: str, control_endpoint: str, log_path: Path) -> ProcessHandle:
+    """A Python subprocess running `module`'s host for `job`/`vnode`, wired to the agent's control endpoint."""
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", module, "--control", control_endpoint, "--job", job,
+                                 "--vnode", vnode], stdout=log, stderr=subprocess.STDOUT, cwd=os.getcwd())
+    return ProcessHandle(proc)
 
 
 BACKENDS: dict[str, type[HostBackend]] = {"process": ProcessBackend, "microvm": MicroVMBackend}
