@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import time
-import warnings
 from pathlib import Path
 
 import pytest
@@ -19,14 +18,9 @@ from microstream.unikernel_backend import vm as vm_mod
 from microstream.unikernel_backend.channel import GuestError
 from microstream.unikernel_backend.image import build_image, default_cache_dir, ensure_host_tools, find_built_image
 from microstream.unikernel_backend.vm import MicroVM, probe_accel
+from tests.unikernel_backend.helpers import require_qemu
 
-try:
-    ensure_host_tools()
-except Exception as exc:  # noqa: BLE001 - any reason QEMU is unavailable
-    reason = f"MICROVM TESTS SKIPPED: QEMU / image tools cannot be installed here: {exc}"
-    warnings.warn(reason, stacklevel=1)
-    print(f"\n{'!' * 100}\n{reason}\n{'!' * 100}")
-    pytest.skip(reason, allow_module_level=True)
+require_qemu("MICROVM TESTS")
 
 
 @pytest.fixture(scope="module")

@@ -13,22 +13,16 @@ import json
 import os
 import threading
 import time
-import warnings
 
 import pytest
 
 import microstream as ms
 from microstream.runtime import cluster
 from microstream.runtime.client import Client
-from microstream.unikernel_backend.image import build_image, ensure_host_tools
+from microstream.unikernel_backend.image import build_image
+from tests.unikernel_backend.helpers import require_qemu
 
-try:
-    ensure_host_tools()
-except Exception as exc:  # noqa: BLE001 - any reason QEMU is unavailable
-    reason = f"MICROVM CLUSTER TESTS SKIPPED: QEMU / image tools cannot be installed here: {exc}"
-    warnings.warn(reason, stacklevel=1)
-    print(f"\n{'!' * 100}\n{reason}\n{'!' * 100}")
-    pytest.skip(reason, allow_module_level=True)
+require_qemu("MICROVM CLUSTER TESTS")
 
 
 def pipeline(speed: float | None) -> ms.Pipeline:
