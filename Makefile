@@ -22,7 +22,7 @@ test: $(STAMP)
 	@# QEMU and the image tools for the microVM backend's tests (apt-get, as root; a no-op once installed)
 	-$(BIN)/python -c "from microstream.unikernel_backend.image import ensure_host_tools; ensure_host_tools()"
 	@# a Prometheus server for the metrics test (apt-get, as root; a no-op once installed)
-	-$(BIN)/python -c "from microstream.runtime.prometheus import ensure_prometheus; ensure_prometheus()"
+	-$(BIN)/python -c "from microstream.cluster.prometheus import ensure_prometheus; ensure_prometheus()"
 	@# mosquitto, the MQTT broker the connector tests start on loopback (apt-get, as root; a no-op once installed)
 	-$(BIN)/python -c "from microstream.connectors.broker import ensure_mosquitto; ensure_mosquitto()"
 	$(BIN)/pytest

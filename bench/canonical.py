@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import best_of, peak_rss_mb, table, write_json  # noqa: E402
 
 import microstream as ms  # noqa: E402
-from microstream.synthetic import generate  # noqa: E402
+from microstream.sources.synthetic import generate  # noqa: E402
 
 WINDOW = 10 * 10**9
 LO, HI = -50.0, 150.0

@@ -44,7 +44,7 @@ import zmq
 sys.path.insert(0, str(Path(__file__).parent))
 from common import table, write_json  # noqa: E402
 
-from microstream.batch import Batch  # noqa: E402
+from microstream.core.batch import Batch  # noqa: E402
 from microstream.runtime.channels import (  # noqa: E402
     ChannelClient,
     ChannelServer,

@@ -24,9 +24,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import table, write_json  # noqa: E402
 
 import microstream as ms  # noqa: E402
-from microstream.operators.sinks import Sink  # noqa: E402
-from microstream.runtime import cluster  # noqa: E402
-from microstream.runtime.client import Client  # noqa: E402
+from microstream.cluster import embedded as cluster  # noqa: E402
+from microstream.cluster.client import Client  # noqa: E402
+from microstream.sinks.base import Sink  # noqa: E402
 
 
 class LatencySink(Sink):
@@ -41,7 +41,7 @@ class LatencySink(Sink):
         self.samples.append((time.time_ns() - batch["sent"]) / 1e6)
 
     def close(self):
-        from microstream.batch import Batch
+        from microstream.core.batch import Batch
 
         self._batches = [Batch({"latency_ms": np.concatenate(self.samples) if self.samples else np.empty(0)})]
         return []

@@ -96,8 +96,8 @@ def cluster_moves(backend: str, tmpdir: Path) -> dict[str, Any]:
     import threading
 
     import microstream as ms
-    from microstream.runtime import cluster
-    from microstream.runtime.client import Client
+    from microstream.cluster import embedded as cluster
+    from microstream.cluster.client import Client
 
     p = ms.Pipeline("benchvm")
     src = p.synthetic(count=200_000, sensors=20, rate=4000, seed=11, speed=0.5, batch_size=400)

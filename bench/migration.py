@@ -23,8 +23,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import table, write_json  # noqa: E402
 
 import microstream as ms  # noqa: E402
-from microstream.runtime import cluster  # noqa: E402
-from microstream.runtime.client import Client  # noqa: E402
+from microstream.cluster import embedded as cluster  # noqa: E402
+from microstream.cluster.client import Client  # noqa: E402
 
 STATE_FLOATS = 128
 

@@ -39,7 +39,7 @@ def payloads(n: int) -> list[bytes]:
 
 
 def decode_batch(msgs: list[bytes]) -> dict[str, np.ndarray]:
-    from microstream.operators.parsing import parse_jsonl
+    from microstream.formats.parsing import parse_jsonl
 
     result = parse_jsonl(b"\n".join(msgs), {"time": "time", **FIELDS}, time_unit="s")
     return result.columns

@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _LAZY = {
-    "Batch": ".batch", "MicrostreamError": ".errors", "OperatorError": ".errors", "PipelineError": ".errors",
-    "Pipeline": ".pipeline", "Stream": ".pipeline", "WindowedStream": ".pipeline", "Schema": ".schema",
-    "duration": ".timeutil", "WindowSpec": ".windows", "session": ".windows", "sliding": ".windows",
-    "tumbling": ".windows",
+    "Batch": ".core.batch", "MicrostreamError": ".core.errors", "OperatorError": ".core.errors",
+    "PipelineError": ".core.errors", "Pipeline": ".pipeline", "Stream": ".pipeline", "WindowedStream": ".pipeline",
+    "Schema": ".core.schema", "duration": ".core.time", "WindowSpec": ".windows", "session": ".windows",
+    "sliding": ".windows", "tumbling": ".windows",
 }
 _MODULES = {"agg", "sinks", "state"}
 
@@ -28,11 +28,11 @@ __all__ = [
 
 if TYPE_CHECKING:
     from . import agg, sinks, state
-    from .batch import Batch
-    from .errors import MicrostreamError, OperatorError, PipelineError
+    from .core.batch import Batch
+    from .core.errors import MicrostreamError, OperatorError, PipelineError
+    from .core.schema import Schema
+    from .core.time import duration
     from .pipeline import Pipeline, Stream, WindowedStream
-    from .schema import Schema
-    from .timeutil import duration
     from .windows import WindowSpec, session, sliding, tumbling
 
 

@@ -15,16 +15,16 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .agg import Aggregate
-from .batch import Batch
-from .errors import PipelineError
-from .graph import DeadLetterHub, LogicalGraph, Node
+from .core.batch import Batch
+from .core.errors import PipelineError
+from .core.schema import Schema
+from .core.time import to_ns
+from .graph.logical import DeadLetterHub, LogicalGraph, Node
 from .operators.base import LATE, OUT, Operator
-from .operators.sinks import Sink
-from .operators.sources import ArraySource, IterableSource, PollSource
 from .operators.stateless import Filter, FlatMap, KeyBy, Map, MapRecords, Split, Union
 from .operators.window import WindowAggregate
-from .schema import Schema
-from .timeutil import to_ns
+from .sinks.base import Sink
+from .sources.memory import ArraySource, IterableSource, PollSource
 from .windows import WindowSpec
 
 if TYPE_CHECKING:
@@ -34,7 +34,7 @@ _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
 def _check_backend(backend: str, where: str) -> None:
-    from .unikernel_backend.backend import KNOWN_BACKENDS
+    from .runtime.backends import KNOWN_BACKENDS
 
     if backend not in KNOWN_BACKENDS:
         raise PipelineError(where, f"unknown host backend '{backend}'", f"use one of {sorted(KNOWN_BACKENDS)}")
@@ -253,7 +253,7 @@ class Stream:
         >>> _ = p.run(); [r["total"] for r in out.records()]
         [1.0, 4.0, 5.0]
         """
-        from .operators.state import StatefulMap
+        from .operators.stateful_map import StatefulMap
 
         return self._then(StatefulMap(step, column, out, state_size, init), name)
 
@@ -385,7 +385,7 @@ class Pipeline:
                   time: str = "time", limit: int | None = None, name: str | None = None,
                   at: str | None = None) -> Stream:
         """Read a number from a device file every `every` (e.g. a sensor under /sys) into `column`, times
-        `scale`; see `microstream.connectors.device.FilePollSource`. Unparsable readings go to dead letters.
+        `scale`; see `microstream.sources.device.FilePollSource`. Unparsable readings go to dead letters.
 
         >>> import microstream as ms, tempfile, pathlib
         >>> f = pathlib.Path(tempfile.mkdtemp()) / "temp"; _ = f.write_text("42500\\n")  # like thermal_zone0/temp
@@ -394,7 +394,7 @@ class Pipeline:
         >>> _ = p.run(); out.batch()["temp"].tolist()
         [42.5, 42.5]
         """
-        from .connectors.device import FilePollSource
+        from .sources.device import FilePollSource
 
         return self.add_source(FilePollSource(path, to_ns(every), column, scale, time, limit), name, at)
 
@@ -406,7 +406,7 @@ class Pipeline:
                   password: str | None = None, name: str | None = None, at: str | None = None) -> Stream:
         """Subscribe to MQTT topic filters (`+`, `#`; several allowed) and decode the messages into batches.
 
-        Options (see `microstream.connectors.mqtt` for the decoding, the SenML layout and the delivery
+        Options (see `microstream.sources.mqtt` for the decoding, the SenML layout and the delivery
         guarantees): `format` ("json": one flat object per message, fields from `schema={"pm25": "float",
         ...}`; "senml": RFC 8428 packs, long layout), `time` (the payload field with the event time, epoch
         numbers in `time_unit` "s"|"ms"|"us"|"ns" or ISO text in `time_format`, offsets from `utc_offset`;
@@ -437,7 +437,7 @@ class Pipeline:
         [('st1', 12.5), ('st2', 30.0)]
         >>> broker.close()
         """
-        from .connectors.mqtt import MqttSource
+        from .sources.mqtt import MqttSource
 
         source = MqttSource(topic, broker, format=format, schema=schema, time=time, time_unit=time_unit,
                             time_format=time_format, utc_offset=utc_offset, topic_columns=topic_columns, qos=qos,
@@ -448,10 +448,10 @@ class Pipeline:
 
     def read_csv(self, path: str | Path, time: str | tuple[str, str] | None = None, key: str | None = None,
                  **options: Any) -> Stream:
-        """Replay a CSV file (optionally gzipped); see `microstream.io.CsvSource` for the options
+        """Replay a CSV file (optionally gzipped); see `microstream.sources.files.CsvSource` for the options
         (`time_format`, `utc_offset`, `delimiter`, `decimal`, `missing`, `columns`, `tags`, `speed`,
         `max_delay`, `batch_size`). Malformed rows go to the dead-letter stream."""
-        from .io import CsvSource
+        from .sources.files import CsvSource
 
         name, at = options.pop("name", None), options.pop("at", None)
         stream = self.add_source(CsvSource(path, time=time, **options), name, at)
@@ -459,16 +459,16 @@ class Pipeline:
 
     def read_jsonl(self, path: str | Path, time: str | None = None, key: str | None = None,
                    **options: Any) -> Stream:
-        """Replay a JSON-lines file of flat objects; see `microstream.io.JsonlSource`."""
-        from .io import JsonlSource
+        """Replay a JSON-lines file of flat objects; see `microstream.sources.files.JsonlSource`."""
+        from .sources.files import JsonlSource
 
         name, at = options.pop("name", None), options.pop("at", None)
         stream = self.add_source(JsonlSource(path, time=time, **options), name, at)
         return stream.key_by(key) if key else stream
 
     def synthetic(self, **options: Any) -> Stream:
-        """A deterministic synthetic sensor stream; see `microstream.synthetic.SyntheticSource`."""
-        from .synthetic import SyntheticSource
+        """A deterministic synthetic sensor stream; see `microstream.sources.synthetic.SyntheticSource`."""
+        from .sources.synthetic import SyntheticSource
 
         name, at = options.pop("name", None), options.pop("at", None)
         return self.add_source(SyntheticSource(**options), name, at)
@@ -495,11 +495,15 @@ class Pipeline:
         return self.graph.describe()
 
     def to_dot(self) -> str:
-        return self.graph.to_dot()
+        from .viz.pipeline import graph_dot
+
+        return graph_dot(self.graph)
 
     def to_svg(self, path: str | Path | None = None) -> str:
         """The DAG as an SVG picture; written to `path` if given."""
-        svg = self.graph.to_svg()
+        from .viz.pipeline import graph_svg
+
+        svg = graph_svg(self.graph)
         if path is not None:
             Path(path).write_text(svg, encoding="utf-8")
         return svg

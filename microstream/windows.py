@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .timeutil import duration, human_duration
+from .core.time import duration, human_duration
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,8 @@ import textwrap
 SCRIPT = textwrap.dedent("""
     import json
     import microstream as ms
-    from microstream.operators import window_kernels as K, keys
-    from microstream.operators import sources
+    from microstream.operators.kernels import windows as K, keys
+    from microstream.sources import base as sources
 
     p = ms.Pipeline("cache")
     out = ms.sinks.collect()

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import microstream as ms
-from microstream.graph import LogicalGraph
+from microstream.graph.logical import LogicalGraph
 from microstream.operators.stateless import KeyBy
 
 RECORDS = [{"room": "a", "t": i * 10**9, "co2": 400.0 + i} for i in range(5)]

@@ -1,2 +1,2 @@
-"""Connectors to the world outside a pipeline, one job per module: `mqtt` (MQTT source and sink), `broker`
-(a local mosquitto for tests and demos), `device` (sensor files polled on the node)."""
+"""Connections to the world outside a pipeline that sources and sinks share: the MQTT broker URL and paho
+client (`mqtt`), and a local mosquitto broker for tests and demos (`broker`)."""

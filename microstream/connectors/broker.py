@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from ..sysdeps import apt_install
+from ..core.sysdeps import apt_install
 
 _PACKAGE = "mosquitto"
 

@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from ..batch import Batch
-from ..schema import Schema
-from ..timeutil import MIN_TIME
+from ..core.batch import Batch
+from ..core.schema import Schema
+from ..core.time import MIN_TIME
 
 Emit = list[tuple[str, Batch]]
 

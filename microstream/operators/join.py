@@ -13,13 +13,13 @@ from typing import Any
 
 import numpy as np
 
-from ..batch import Batch
-from ..errors import PipelineError
-from ..schema import TIME_DTYPE, Schema
-from ..timeutil import MAX_TIME, MIN_TIME
+from ..core.batch import Batch
+from ..core.errors import PipelineError
+from ..core.schema import TIME_DTYPE, Schema
+from ..core.time import MAX_TIME, MIN_TIME
 from ..windows import WindowSpec
 from .base import DEAD, LATE, OUT, Emit, Operator
-from .keys import KeyIndex
+from .kernels.keys import KeyIndex
 
 _WIN = "__window_start"
 _SLOT = "__slot"

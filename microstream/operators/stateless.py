@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from ..batch import Batch
-from ..errors import OperatorError, PipelineError
-from ..schema import Schema, schema_of_columns
+from ..core.batch import Batch
+from ..core.errors import OperatorError, PipelineError
+from ..core.schema import Schema, schema_of_columns
 from .base import DEAD, OUT, Emit, Operator, dead_letters
 
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -8,14 +8,14 @@ import numba
 import numpy as np
 
 from ..agg import Aggregate
-from ..batch import Batch
-from ..errors import PipelineError
-from ..schema import TIME_DTYPE, Schema
-from ..timeutil import MAX_TIME, human_duration
+from ..core.batch import Batch
+from ..core.errors import PipelineError
+from ..core.schema import TIME_DTYPE, Schema
+from ..core.time import MAX_TIME, human_duration
 from ..windows import WindowSpec
-from . import window_kernels as K
 from .base import DEAD, LATE, OUT, Emit, Operator
-from .keys import KeyIndex
+from .kernels import windows as K
+from .kernels.keys import KeyIndex
 
 _FLAG_OF = {"sum": (K.F_SUM,), "mean": (K.F_SUM,), "var": (K.F_WELFORD,), "std": (K.F_WELFORD,),
             "min": (K.F_MIN,), "max": (K.F_MAX,), "first": (K.F_FIRSTLAST,), "last": (K.F_FIRSTLAST,)}

@@ -10,8 +10,8 @@
     (['lib-pi1–lib-pi2', 'lib-pi1–core', 'dorm-pi1–core', 'dorm-pi1–dorm-pi2'], 10.8)
 
 Then `place(plan, graph, campus)` returns a `Placement` (assignment, cost breakdown, a reason per vnode);
-`report(...)` and `placement_svg(...)` show it; `migration_gain(...)` prices a re-placement against the
-cost of moving state. See docs/placement.md.
+`microstream.viz.placement` shows it (`report`, `placement_svg`); `migration_gain(...)` prices a
+re-placement against the cost of moving state. See docs/placement.md.
 """
 
 from __future__ import annotations
@@ -21,17 +21,14 @@ from typing import TYPE_CHECKING, Any
 
 # Imported on first use: the CLI builds its parser (and agents start) without loading numpy.
 _WHERE = {
-    "plan_main": ".cli", "topology_main": ".cli",
     **dict.fromkeys(("Cost", "Estimates", "Flows", "PlacementError", "Problem", "Weights", "build_problem",
                      "cost_of", "estimate_flows", "evaluate", "find_pins"), ".cost"),
-    "placement_svg": ".render", "report": ".render",
     **dict.fromkeys(("MigrationGain", "Placement", "exact", "heuristic", "migration_gain", "place",
                      "place_on_agents", "solve"), ".solvers"),
     **dict.fromkeys(("Link", "LinkSpec", "PhysicalNode", "Sensor", "Topology", "TopologyError"), ".topology"),
 }
 
 if TYPE_CHECKING:
-    from .cli import plan_main, topology_main
     from .cost import (
         Cost,
         Estimates,
@@ -45,7 +42,6 @@ if TYPE_CHECKING:
         evaluate,
         find_pins,
     )
-    from .render import placement_svg, report
     from .solvers import MigrationGain, Placement, exact, heuristic, migration_gain, place, place_on_agents, solve
     from .topology import Link, LinkSpec, PhysicalNode, Sensor, Topology, TopologyError
 
@@ -61,7 +57,5 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "Cost", "Estimates", "Flows", "Link", "LinkSpec", "MigrationGain", "PhysicalNode", "Placement", "PlacementError",
     "Problem", "Sensor", "Topology", "TopologyError", "Weights", "build_problem", "cost_of", "estimate_flows",
-    "evaluate", "exact", "find_pins", "heuristic", "migration_gain", "place", "place_on_agents", "placement_svg",
-    "plan_main",
-    "report", "solve", "topology_main",
+    "evaluate", "exact", "find_pins", "heuristic", "migration_gain", "place", "place_on_agents", "solve",
 ]

@@ -31,11 +31,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..errors import MicrostreamError
-from ..graph import DeadLetterHub, LogicalGraph, Node
+from ..core.errors import MicrostreamError
+from ..core.schema import Schema
+from ..graph.logical import DeadLetterHub, LogicalGraph, Node
+from ..graph.physical import PhysicalPlan
 from ..operators.base import DEAD
-from ..plan import PhysicalPlan
-from ..schema import Schema
 from .topology import Routes, Topology, format_bytes
 
 __all__ = ["Cost", "Estimates", "Flows", "Pin", "PlacementError", "Problem", "Weights", "build_problem",
@@ -101,7 +101,7 @@ class Flows:
 def record_bytes(schema: Schema, est: Estimates | None = None) -> float:
     """Estimated bytes per record of a schema, from its dtypes.
 
-    >>> from microstream.schema import Schema
+    >>> from microstream.core.schema import Schema
     >>> record_bytes(Schema.of({"t": "int64", "co2": "float64", "room": "U"}))
     32.0
     """

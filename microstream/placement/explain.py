@@ -9,11 +9,12 @@ trade-off that made its node the cheapest meeting point.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
-from ..graph import LogicalGraph
-from ..plan import PhysicalPlan
+from ..graph.logical import LogicalGraph
+from ..graph.physical import PhysicalPlan
 from .cost import Problem
 from .topology import format_bandwidth, format_bytes
 
@@ -31,12 +32,12 @@ def vnode_labels(plan: PhysicalPlan, graph: LogicalGraph) -> dict[str, str]:
     return labels
 
 
-def explain(problem: Problem, assign: np.ndarray, labels: Mapping[str, str], pins: Mapping[str, str],
+def explain(st: Any, labels: Mapping[str, str], pins: Mapping[str, str],
             current: Mapping[str, str] | None = None) -> dict[str, str]:
-    """vnode -> the reason it is on its node."""
-    from .solvers import _State
-
-    st = _State(problem, assign)
+    """vnode -> the reason it is on its node. `st` is the solvers' view of an assignment (`st.p` the problem,
+    `st.a` the node of each vnode, and the per-node loads and paths the explanations read), made by the caller
+    so that this module needs nothing from `solvers.py`."""
+    problem, assign = st.p, st.a
     out = {}
     for v, vn in enumerate(problem.vnodes):
         if problem.pinned[v] >= 0:

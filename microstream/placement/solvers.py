@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..graph import LogicalGraph
-from ..plan import DisjointSets, PhysicalPlan
+from ..graph.logical import LogicalGraph
+from ..graph.physical import DisjointSets, PhysicalPlan
 from .cost import (
     Cost,
     EdgeKey,
@@ -709,7 +709,7 @@ def _priced(plan: PhysicalPlan, graph: LogicalGraph, topology: Topology, flows: 
 
     assignment = {vn: problem.nodes[int(n)] for vn, n in zip(problem.vnodes, assign, strict=True)}
     pins = {vn: pin.reason for vn, pin in find_pins(plan, graph, topology).items()}
-    why = explain(problem, assign, vnode_labels(plan, graph), pins, current)
+    why = explain(_State(problem, assign), vnode_labels(plan, graph), pins, current)
     return Placement(assignment, evaluate(problem, assign), why, solver, seconds, flows, problem)
 
 

@@ -51,7 +51,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import MicrostreamError, suggest
+from ..core.errors import MicrostreamError, suggest
 
 __all__ = ["DEFAULT_LAN", "Link", "LinkSpec", "PhysicalNode", "Routes", "Sensor", "Topology", "TopologyError",
            "format_bandwidth", "format_bytes", "parse_bandwidth", "parse_memory"]

@@ -71,8 +71,8 @@ import numpy as np
 import zmq
 from zmq.auth.thread import ThreadAuthenticator
 
-from ..batch import Batch
-from ..errors import MicrostreamError
+from ..core.batch import Batch
+from ..core.errors import MicrostreamError
 
 __all__ = ["ChannelClient", "ChannelError", "ChannelServer", "CurveKeys", "Message", "generate_keys"]
 

@@ -19,15 +19,15 @@ from typing import Any
 
 import numpy as np
 
-from ..batch import Batch
-from ..errors import MicrostreamError, OperatorError
-from ..graph import DeadLetterHub, LogicalGraph
+from ..core.batch import Batch
+from ..core.errors import MicrostreamError, OperatorError
+from ..core.time import MAX_TIME, MIN_TIME
+from ..graph.logical import DeadLetterHub, LogicalGraph
+from ..graph.physical import FORWARD, HASH, PhysicalEdge, PhysicalPlan, Task
 from ..operators.base import DEAD, LATE, OUT, Emit, OperatorContext
-from ..operators.keys import stable_hash
-from ..operators.sinks import Collect
-from ..operators.sources import Source
-from ..plan import FORWARD, HASH, PhysicalEdge, PhysicalPlan, Task
-from ..timeutil import MAX_TIME, MIN_TIME
+from ..operators.kernels.keys import stable_hash
+from ..sinks.memory import Collect
+from ..sources.base import Source
 
 _KEEP_DEAD = 100
 

@@ -15,12 +15,12 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..batch import Batch
-from ..errors import MicrostreamError, OperatorError
-from ..graph import DeadLetterHub, LogicalGraph, Node
+from ..core.batch import Batch
+from ..core.errors import MicrostreamError, OperatorError
+from ..core.time import MAX_TIME, MIN_TIME
+from ..graph.logical import DeadLetterHub, LogicalGraph, Node
 from ..operators.base import DEAD, LATE, OUT, Emit, OperatorContext
-from ..operators.sources import Source
-from ..timeutil import MAX_TIME, MIN_TIME
+from ..sources.base import Source
 
 _RUNNER: ContextVar[Callable[..., Any] | None] = ContextVar("microstream_runner", default=None)
 _KEEP_DEAD = 1000  # dead letters kept in the result (all are counted)

@@ -89,11 +89,12 @@ BOOT_PACKAGES = ("busybox-static",)
 MODULES = ("virtio_pci", "virtio_blk", "virtio_console", "squashfs")
 MODULE_DIRS = ("drivers/virtio/", "drivers/block/virtio_blk", "drivers/char/virtio_console", "fs/squashfs/")
 # microstream files the guest needs, relative to the directory holding the `microstream` package.
-# (all of microstream but the host-only parts: the CLI, placement, the ZeroMQ runtime, QEMU control)
-GUEST_EXCLUDE = ("microstream/cli.py", "microstream/placement/", "microstream/runtime/", "microstream/connectors/",
-                 "microstream/unikernel_backend/")
-GUEST_INCLUDE = ("microstream/runtime/__init__.py", "microstream/runtime/host.py", "microstream/runtime/local.py",
-                 "microstream/unikernel_backend/__init__.py", "microstream/unikernel_backend/backend.py",
+# (all of microstream but the host-only parts: the CLI, the control plane, placement, the ZeroMQ runtime, QEMU
+# control)
+GUEST_EXCLUDE = ("microstream/cli/", "microstream/cluster/", "microstream/placement/", "microstream/runtime/",
+                 "microstream/connectors/", "microstream/unikernel_backend/")
+GUEST_INCLUDE = ("microstream/runtime/__init__.py", "microstream/runtime/backends.py", "microstream/runtime/host.py",
+                 "microstream/runtime/local.py", "microstream/unikernel_backend/__init__.py",
                  "microstream/unikernel_backend/guest.py", "microstream/unikernel_backend/vmhost.py")
 
 
@@ -202,7 +203,7 @@ def ensure_host_tools(arch: str = "amd64", progress: Progress = print, install: 
     missing = sorted(set(missing_host_tools(arch).values()))
     if not missing:
         return []
-    from ..sysdeps import apt_install
+    from ..core.sysdeps import apt_install
 
     apt_install(missing, "the microVM host: QEMU and the image tools", progress, install)
     still = missing_host_tools(arch)

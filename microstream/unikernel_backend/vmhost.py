@@ -93,7 +93,7 @@ class Item:
 
 
 def decode(data: bytes | bytearray) -> Item:
-    from ..batch import Batch
+    from ..core.batch import Batch
 
     buf = data if isinstance(data, bytearray) else bytearray(data)  # writable: numba's usual array type
     (n,) = _LEN.unpack_from(buf)

@@ -262,7 +262,7 @@ def test_reconnects_after_the_broker_restarts_and_loses_nothing(broker, caplog):
     p.read_mqtt("r/+", broker.url, schema={"i": "int"}, client_id="restart", idle_timeout=1.5, batch_size=1) \
         .sink(ms.sinks.callback(slow))
     runner = threading.Thread(target=lambda: p.run())
-    with caplog.at_level("WARNING", logger="microstream.connectors.mqtt"):
+    with caplog.at_level("WARNING", logger="microstream.sources.mqtt"):
         runner.start()
         pub = connect(broker, "restart-publisher", clean=False)
         pub.reconnect_delay_set(0.05, 0.5)

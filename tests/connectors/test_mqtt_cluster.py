@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 import microstream as ms
-from microstream.runtime import cluster
-from microstream.runtime.client import Client
+from microstream.cluster import embedded as cluster
+from microstream.cluster.client import Client
 from tests.connectors.conftest import connect, prime
 
 ROOT = Path(__file__).resolve().parents[2]

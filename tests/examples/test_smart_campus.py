@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from microstream.runtime import cluster
+from microstream.cluster import embedded as cluster
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "examples" / "sensors" / "smart_campus" / "pipeline.py"

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import microstream as ms
+from microstream.graph.physical import build_plan
 from microstream.placement.topology import Link, PhysicalNode, Sensor, Topology
-from microstream.plan import build_plan
 
 CAMPUS = Path(__file__).resolve().parents[2] / "examples" / "topologies" / "campus.toml"
 

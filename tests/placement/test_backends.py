@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 import microstream as ms
+from microstream.graph.physical import build_plan
 from microstream.placement import Topology, place
-from microstream.plan import build_plan
 
 CAMPUS = Path(__file__).resolve().parents[2] / "examples" / "topologies" / "campus.toml"
 

@@ -6,9 +6,9 @@ import math
 
 import pytest
 
+from microstream.core.schema import Schema
 from microstream.placement import Estimates, build_problem, cost_of, estimate_flows, evaluate
 from microstream.placement.cost import record_bytes
-from microstream.schema import Schema
 
 from .helpers import plan_of, room_pipeline, two_nodes
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import microstream as ms
+from microstream.graph.physical import build_plan
 from microstream.placement import (
     Estimates,
     PlacementError,
@@ -19,7 +20,6 @@ from microstream.placement import (
 from microstream.placement.solvers import _State, seed
 from microstream.placement.synthetic import random_problem
 from microstream.placement.topology import Link, PhysicalNode, Sensor
-from microstream.plan import build_plan
 
 from .helpers import CAMPUS, plan_of, room_pipeline, two_nodes
 

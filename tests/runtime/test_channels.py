@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import zmq
 
-from microstream.batch import Batch
+from microstream.core.batch import Batch
 from microstream.runtime.channels import (
     ChannelClient,
     ChannelError,

@@ -11,7 +11,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from microstream.runtime import cluster
+from microstream.cluster import embedded as cluster
 
 ROOT = Path(__file__).resolve().parents[2]
 

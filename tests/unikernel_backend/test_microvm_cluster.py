@@ -17,8 +17,8 @@ import time
 import pytest
 
 import microstream as ms
-from microstream.runtime import cluster
-from microstream.runtime.client import Client
+from microstream.cluster import embedded as cluster
+from microstream.cluster.client import Client
 from microstream.unikernel_backend.image import build_image
 from tests.unikernel_backend.helpers import require_qemu
 

@@ -37,13 +37,13 @@ import pipeline as aq  # noqa: E402 - the example's own modules, next to this fi
 import stations  # noqa: E402
 
 import microstream as ms  # noqa: E402
+from microstream.cluster import embedded as cluster  # noqa: E402
+from microstream.cluster.client import Client, ClusterError  # noqa: E402
 from microstream.connectors.broker import Mosquitto, ensure_mosquitto  # noqa: E402
+from microstream.graph.physical import build_plan  # noqa: E402
 from microstream.placement import Topology  # noqa: E402
-from microstream.placement.render import placement_svg  # noqa: E402
 from microstream.placement.solvers import placement_of  # noqa: E402
-from microstream.plan import build_plan  # noqa: E402
-from microstream.runtime import cluster  # noqa: E402
-from microstream.runtime.client import Client, ClusterError  # noqa: E402
+from microstream.viz.placement import placement_svg  # noqa: E402
 
 TOPOLOGY = HERE / "topology.toml"
 MOVING = "hospital"   # the station whose feed fails over ...

@@ -33,7 +33,7 @@ import numba
 import numpy as np
 
 import microstream as ms
-from microstream.operators.sources import ArraySource
+from microstream.sources.memory import ArraySource
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 OUT = Path("out") / "smart_campus"

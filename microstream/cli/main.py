@@ -1,0 +1,511 @@
+"""The `microstream` command line.
+
+    microstream run script.py [--describe] [--graph out.svg]
+    microstream describe script.py
+    microstream graph script.py -o pipeline.svg   (or .dot)
+    microstream cluster up --nodes 3 [--detach] | cluster down
+    microstream coordinator | agent --coordinator tcp://HOST:PORT --name NAME
+    microstream submit script.py | status | stop JOB | keys create|trust|list
+
+Exit codes: 0 success, 1 the job failed while running, 2 the pipeline or the command line is wrong.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .. import __version__
+from ..core.errors import MicrostreamError
+from .script import EXIT_FAILED, EXIT_OK, EXIT_USAGE, pipelines_of, run_script
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    if args.describe or args.graph:
+        code, pipelines = pipelines_of(args.script)
+        if code:
+            return code
+        for p in pipelines:
+            if args.describe:
+                print(p.describe())
+            if args.graph:
+                _write_graph(p, args.graph)
+    return run_script(args.script)
+
+
+def cmd_describe(args: argparse.Namespace) -> int:
+    code, pipelines = pipelines_of(args.script)
+    for p in pipelines:
+        print(f"pipeline {p.name}\n{p.describe()}\n")
+    return code
+
+
+def cmd_graph(args: argparse.Namespace) -> int:
+    code, pipelines = pipelines_of(args.script)
+    for p in pipelines:
+        _write_graph(p, args.output)
+    return code
+
+
+def _write_graph(pipeline: Any, path: Path) -> None:
+    text = pipeline.to_dot() if path.suffix == ".dot" else pipeline.to_svg()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    print(f"wrote {path}", file=sys.stderr)
+
+
+# -- cluster verbs ---------------------------------------------------------------------------------------
+
+def _home(args: argparse.Namespace) -> Path:
+    from ..cluster.embedded import home
+
+    return home(getattr(args, "home", None))
+
+
+def _log_to_stderr() -> None:
+    """Long-running components log (e.g. refused handshakes from untrusted keys) to stderr."""
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+def _stop_on_signals(component: Any) -> None:
+    import signal
+
+    def handler(signum: int, frame: Any) -> None:
+        component.stop()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+def _load_security(args: argparse.Namespace, own: str) -> tuple[Any, Any]:
+    """(our KeyPair, the KeyStore) unless --insecure."""
+    if args.insecure:
+        from ..cluster.security import insecure_warning
+
+        print(insecure_warning(own), file=sys.stderr)
+        return None, None
+    from ..cluster.security import KeyStore
+
+    store = KeyStore(Path(args.keys) if args.keys else _home(args) / "keys")
+    return store.pair(args.key or own), store
+
+
+def cmd_coordinator(args: argparse.Namespace) -> int:
+    from ..cluster.coordinator import Coordinator
+
+    _log_to_stderr()
+    keys, store = _load_security(args, "coordinator")
+    trusted = store.trusted() if store else {}
+    from ..placement.policy import PolicyParams
+
+    policy = None if args.no_auto_place else PolicyParams(every=args.replace_every, min_gain=args.min_gain,
+                                                            confirm=args.confirm, cooldown=args.cooldown)
+    topology = None
+    if args.topology:
+        from ..placement import Topology
+
+        topology = Topology.load(args.topology)
+        problems = topology.check()
+        if problems:
+            print("microstream: the topology has problems:\n  " + "\n  ".join(problems), file=sys.stderr)
+            return EXIT_USAGE
+    coord = Coordinator(args.bind, keys, trusted, metrics_port=args.metrics_port,
+                        log=lambda text: print(text, file=sys.stderr, flush=True), policy=policy, topology=topology)
+    endpoint = coord.open()
+    if args.port_file:
+        Path(args.port_file).write_text(endpoint)
+    print(f"coordinator listening on {endpoint}; metrics on :{coord.metrics_port}; trusts {len(trusted)} keys",
+          file=sys.stderr, flush=True)
+    beacon = None
+    if args.beacon:
+        from ..cluster.discovery import Beacon
+
+        beacon = Beacon(endpoint, keys.public if keys else None, interface=args.interface, port=args.beacon_port)
+        beacon.start()
+    _stop_on_signals(coord)
+    try:
+        coord.run()
+    finally:
+        if beacon:
+            beacon.stop()
+    return EXIT_OK
+
+
+def cmd_agent(args: argparse.Namespace) -> int:
+    from ..cluster.agent import Agent
+
+    _log_to_stderr()
+    keys, store = _load_security(args, args.name)
+    server_key = None
+    if store is not None:
+        from ..cluster.embedded import coordinator_public
+
+        server_key = _public_from_file(args.coordinator_key) if args.coordinator_key else coordinator_public(store.root)
+    coordinator = args.coordinator
+    if coordinator is None:
+        from ..cluster.discovery import discover
+
+        print("agent: looking for a coordinator on the LAN (multicast beacon)...", file=sys.stderr, flush=True)
+        found = discover(timeout=args.discover_timeout, trust_key=server_key, interface=args.interface,
+                         port=args.beacon_port)
+        if found is None:
+            print("agent: no coordinator found; pass --coordinator tcp://HOST:PORT", file=sys.stderr)
+            return EXIT_FAILED
+        coordinator = found.endpoint
+        server_key = server_key or found.public_key
+    labels = dict(item.split("=", 1) for item in args.label)
+    agent = Agent(args.name, coordinator, keys, server_key, labels, data_host=args.data_host,
+                  metrics_port=args.metrics_port, log=lambda text: print(text, file=sys.stderr, flush=True))
+    _stop_on_signals(agent)
+    return agent.run()
+
+
+def _public_from_file(path: str) -> bytes:
+    from ..cluster.security import load
+
+    return load(Path(path)).public
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from ..cluster.client import Client
+    from ..cluster.embedded import address
+
+    addr = address(_home(args), args.coordinator, args.insecure)
+    outcome: dict[str, Any] = {}
+
+    def runner(pipeline: Any, **_: Any) -> Any:
+        with Client(addr) as client:
+            job, result = client.submit(pipeline, wait=not args.detach,
+                                        progress=lambda text: print(text, file=sys.stderr, flush=True))
+        outcome["job"] = job
+        if result is not None:
+            print(result.summary(), file=sys.stderr)
+            return result
+        from ..runtime.local import RunResult
+
+        return RunResult(pipeline.name, 0.0)
+
+    code = run_script(args.script, runner)
+    if code == EXIT_OK and "job" in outcome:
+        print(outcome["job"])
+    return code
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    import json
+
+    from ..cluster.client import Client
+    from ..cluster.embedded import address
+
+    with Client(address(_home(args), args.coordinator, args.insecure)) as client:
+        status = client.status()
+    if args.json:
+        print(json.dumps(status, indent=2))
+        return EXIT_OK
+    print(format_status(status))
+    return EXIT_OK
+
+
+def format_status(status: dict[str, Any]) -> str:
+    lines = ["NODES"]
+    for name, a in sorted(status["agents"].items()):
+        state = "up" if a["up"] else f"DOWN ({a['reason']})"
+        backends = ",".join(a["backends"] or [])
+        lines.append(f"  {name:<12} {state:<24} {a['cores']} cores {a['arch']}  backends={backends}"
+                     f"  metrics=:{a['metrics_port']}")
+    lines.append("JOBS")
+    for job_id, job in status["jobs"].items():
+        reason = f" ({job['reason']})" if job["reason"] else ""
+        lines.append(f"  {job_id}  {job['state']}{reason}")
+        for vn, info in job["vnodes"].items():
+            lines.append(f"    {vn} on {info['agent']} [{info['state'] or '-'}]: {', '.join(info['tasks'])}")
+            for op in info["operators"].values():
+                wm = op["watermark"]
+                wm_text = "-" if wm is None or abs(wm) >= 2**62 else format_time(wm)
+                rate = f"  {op['rate']:>9,.0f}/s" if op.get("rate") is not None else ""
+                lines.append(f"      {op['operator']:<24} in {op['records_in']:>10,}  out {op['records_out']:>10,}"
+                             f"{rate}  watermark {wm_text}")
+    return "\n".join(lines)
+
+
+def format_time(ns: int) -> str:
+    from ..core.time import format_ns
+
+    return format_ns(ns)
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    from ..cluster.client import Client
+    from ..cluster.embedded import address
+
+    with Client(address(_home(args), args.coordinator, args.insecure)) as client:
+        reply = client.stop(args.job)
+    print(f"{reply['job']}: {reply['state']}")
+    return EXIT_OK
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from ..cluster.client import Client
+    from ..cluster.embedded import address
+
+    with Client(address(_home(args), args.coordinator, args.insecure)) as client:
+        r = client.migrate(args.job, args.vnode, args.to, whole=args.whole_vm)
+    paused = f"{r['downtime_s'] * 1000:.0f} ms" if r.get("downtime_s") is not None else "n/a (no records followed)"
+    print(f"{args.job}/{args.vnode}: {r['from']} -> {r['to']} in {r['total_s']:.2f} s "
+          f"(inputs held {paused}, state {r.get('state_bytes') or 0:,} bytes"
+          f"{', whole VM' if r.get('tier') == 2 else ''})")
+    return EXIT_OK
+
+
+def cmd_save(args: argparse.Namespace) -> int:
+    from ..cluster.client import Client
+    from ..cluster.embedded import address
+
+    with Client(address(_home(args), args.coordinator, args.insecure)) as client:
+        _, snapshot = client.save(args.job, args.vnode)
+    args.file.write_bytes(snapshot)
+    print(f"saved {args.job}/{args.vnode} to {args.file} ({len(snapshot):,} bytes); its upstream holds new records "
+          f"until `microstream restore {args.job} {args.vnode} {args.file}`")
+    return EXIT_OK
+
+
+def cmd_restore(args: argparse.Namespace) -> int:
+    from ..cluster.client import Client
+    from ..cluster.embedded import address
+
+    if not args.file.exists():
+        print(f"microstream: no such snapshot file: {args.file}", file=sys.stderr)
+        return EXIT_USAGE
+    with Client(address(_home(args), args.coordinator, args.insecure)) as client:
+        r = client.restore(args.job, args.vnode, args.file.read_bytes(), to=args.to)
+    print(f"restored {args.job}/{args.vnode} on {r['to']}")
+    return EXIT_OK
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from .placement import run_plan
+
+    return run_plan(args.script, args.topology, explain=args.explain, svg=args.svg, solver=args.solver)
+
+
+def cmd_topology(args: argparse.Namespace) -> int:
+    from .placement import run_topology
+
+    return run_topology(args.action, args.file)
+
+
+def cmd_image(args: argparse.Namespace) -> int:
+    from ..unikernel_backend.image import main as image_main
+
+    return int(image_main(args.rest) or 0)
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from ..cluster.security import keys_main
+
+    return keys_main(args.rest)
+
+
+def cmd_cluster(args: argparse.Namespace) -> int:
+    from ..cluster import embedded as cluster
+
+    root = _home(args)
+    if args.action == "down":
+        return cluster.down(root, progress=lambda t: print(t, file=sys.stderr))
+    state = cluster.up(args.nodes, root, port=args.port, insecure=args.insecure,
+                       progress=lambda t: print(t, file=sys.stderr))
+    if args.detach:
+        return EXIT_OK
+    print("press Ctrl-C to stop the cluster", file=sys.stderr)
+    import time
+
+    try:
+        while True:
+            time.sleep(1)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        cluster.down(root, progress=lambda t: print(t, file=sys.stderr))
+    return EXIT_OK if state else EXIT_FAILED
+
+
+def _policy_options(p: argparse.ArgumentParser) -> None:
+    from ..placement.policy import PolicyParams
+
+    d = PolicyParams()
+    p.add_argument("--no-auto-place", action="store_true", help="never move virtual nodes on its own")
+    p.add_argument("--replace-every", type=float, default=d.every, metavar="S",
+                   help="seconds between re-placement checks (default %(default)s)")
+    p.add_argument("--min-gain", type=float, default=d.min_gain, metavar="B/S",
+                   help="cross-node bytes/s a move must save (default %(default)s)")
+    p.add_argument("--confirm", type=int, default=d.confirm,
+                   help="checks in a row that must agree (default %(default)s)")
+    p.add_argument("--cooldown", type=float, default=d.cooldown, metavar="S",
+                   help="seconds before a virtual node may move again (default %(default)s)")
+
+
+def _discovery_options(p: argparse.ArgumentParser) -> None:
+    from ..cluster.discovery import DEFAULT_PORT
+
+    p.add_argument("--interface", metavar="IP", help="network interface (its address) for the multicast beacon")
+    p.add_argument("--beacon-port", type=int, default=DEFAULT_PORT, help="UDP port of the beacon (default %(default)s)")
+
+
+def _cluster_options(p: argparse.ArgumentParser, coordinator: bool = True) -> None:
+    if coordinator:
+        p.add_argument("--coordinator", metavar="tcp://HOST:PORT",
+                       help="coordinator address (default: the embedded cluster recorded in --home)")
+    p.add_argument("--home", metavar="DIR", help="cluster home with keys and state (default $MICROSTREAM_HOME or "
+                                                "~/.microstream)")
+    p.add_argument("--insecure", action="store_true", help="plaintext ZeroMQ, no authentication (unsafe)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="microstream", description="Stream processing for sensor networks.")
+    parser.add_argument("--version", action="version", version=f"microstream {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("run", help="run a pipeline script on the local runtime")
+    p.add_argument("script", type=Path)
+    p.add_argument("--describe", action="store_true", help="print the operator table first")
+    p.add_argument("--graph", type=Path, metavar="FILE", help="also write the DAG (.svg or .dot)")
+    p.set_defaults(fn=cmd_run)
+
+    p = sub.add_parser("describe", help="print a script's operators and schemas without running it")
+    p.add_argument("script", type=Path)
+    p.set_defaults(fn=cmd_describe)
+
+    p = sub.add_parser("graph", help="write a script's DAG as SVG or DOT without running it")
+    p.add_argument("script", type=Path)
+    p.add_argument("-o", "--output", type=Path, default=Path("pipeline.svg"), help="output file (.svg or .dot)")
+    p.set_defaults(fn=cmd_graph)
+
+    p = sub.add_parser("coordinator", help="run a coordinator")
+    p.add_argument("--bind", default="tcp://0.0.0.0:7077", help="address to listen on (default %(default)s)")
+    p.add_argument("--keys", metavar="DIR", help="key directory (default HOME/keys): coordinator.key_secret and "
+                                                 "trusted/ public keys of agents and clients")
+    p.add_argument("--key", help=argparse.SUPPRESS)
+    p.add_argument("--metrics-port", type=int, default=9464, help="Prometheus metrics port (0: any free port)")
+    p.add_argument("--port-file", help=argparse.SUPPRESS)
+    p.add_argument("--beacon", action="store_true", help="announce this coordinator on the LAN by multicast")
+    _discovery_options(p)
+    _policy_options(p)
+    p.add_argument("--topology", type=Path, metavar="FILE", help="a topology TOML file (links, sites, sensors) "
+                                                                 "for placement; agents add what they report")
+    _cluster_options(p, coordinator=False)
+    p.set_defaults(fn=cmd_coordinator)
+
+    p = sub.add_parser("agent", help="run an agent on this physical node")
+    p.add_argument("--coordinator", metavar="tcp://HOST:PORT", help="coordinator address (default: discover by "
+                                                                     "multicast beacon)")
+    p.add_argument("--name", required=True, help="this node's name (used by at= placement hints)")
+    p.add_argument("--label", action="append", default=[], metavar="K=V", help="a label, e.g. site=library")
+    p.add_argument("--keys", metavar="DIR", help="key directory (default HOME/keys)")
+    p.add_argument("--key", help="this agent's key name in the key directory (default: --name)")
+    p.add_argument("--coordinator-key", metavar="FILE", help="the coordinator's public key file")
+    p.add_argument("--data-host", default="127.0.0.1", help="address other nodes reach this node's channels on")
+    p.add_argument("--metrics-port", type=int, default=0, help="Prometheus metrics port (0: any free port)")
+    p.add_argument("--discover-timeout", type=float, default=10.0, help="seconds to wait for a beacon")
+    _discovery_options(p)
+    _cluster_options(p, coordinator=False)
+    p.set_defaults(fn=cmd_agent)
+
+    p = sub.add_parser("submit", help="run a pipeline script on the cluster")
+    p.add_argument("script", type=Path)
+    p.add_argument("--detach", action="store_true", help="return once the job is deployed")
+    _cluster_options(p)
+    p.set_defaults(fn=cmd_submit)
+
+    p = sub.add_parser("status", help="show nodes, jobs and where their virtual nodes run")
+    p.add_argument("--json", action="store_true")
+    _cluster_options(p)
+    p.set_defaults(fn=cmd_status)
+
+    p = sub.add_parser("stop", help="stop a job")
+    p.add_argument("job")
+    _cluster_options(p)
+    p.set_defaults(fn=cmd_stop)
+
+    from .placement import plan_parser, topology_parser
+
+    p = plan_parser(sub.add_parser("plan", help="show where a pipeline's operators would run on a topology, "
+                                                "with traffic per link, latency and load (--explain, --svg)"))
+    p.set_defaults(fn=cmd_plan)
+    p = topology_parser(sub.add_parser("topology", help="check or show a topology file (topology check FILE)"))
+    p.set_defaults(fn=cmd_topology)
+
+    p = sub.add_parser("migrate", help="move a running virtual node to another node (no record lost or repeated)")
+    p.add_argument("job")
+    p.add_argument("vnode", help="virtual node id, e.g. vn3 (see `microstream status`)")
+    p.add_argument("--to", required=True, metavar="NODE", help="the agent to move it to")
+    p.add_argument("--whole-vm", action="store_true",
+                   help="microvm virtual nodes: move the VM itself, live, with QEMU's migration stream")
+    _cluster_options(p)
+    p.set_defaults(fn=cmd_migrate)
+
+    p = sub.add_parser("save", help="stop a virtual node at a barrier and save its state to a file")
+    p.add_argument("job")
+    p.add_argument("vnode")
+    p.add_argument("file", type=Path)
+    _cluster_options(p)
+    p.set_defaults(fn=cmd_save)
+
+    p = sub.add_parser("restore", help="resume a saved virtual node from its file")
+    p.add_argument("job")
+    p.add_argument("vnode")
+    p.add_argument("file", type=Path)
+    p.add_argument("--to", metavar="NODE", help="the agent to resume it on (default: where it ran)")
+    _cluster_options(p)
+    p.set_defaults(fn=cmd_restore)
+
+    p = sub.add_parser("image", help="build the microVM image (microstream image build [--arch amd64|arm64])",
+                       add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(fn=cmd_image)
+
+    p = sub.add_parser("keys", help="create, trust and list CURVE keys (microstream keys --help)", add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(fn=cmd_keys)
+
+    p = sub.add_parser("cluster", help="an embedded cluster on this machine: cluster up --nodes N | cluster down")
+    p.add_argument("action", choices=["up", "down"])
+    p.add_argument("--nodes", type=int, default=3)
+    p.add_argument("--port", type=int, default=0, help="coordinator port (default: any free port)")
+    p.add_argument("--detach", action="store_true", help="start in the background and return")
+    _cluster_options(p, coordinator=False)
+    p.set_defaults(fn=cmd_cluster)
+    return parser
+
+
+_DELEGATED = {"keys": ("runtime.security", "keys_main"), "image": ("unikernel_backend.image", "main")}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in _DELEGATED:  # verbs with their own parser (and --help)
+        import importlib
+
+        module, function = _DELEGATED[argv[0]]
+        return int(getattr(importlib.import_module(f".{module}", __package__), function)(argv[1:]) or 0)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "fn", None):
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    try:
+        return int(args.fn(args))
+    except MicrostreamError as exc:
+        print(f"microstream: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("microstream: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

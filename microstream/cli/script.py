@@ -1,0 +1,84 @@
+"""Loading a user's pipeline script: run it as `__main__` with `Pipeline.run` replaced (dry runs, cluster
+submission), report its errors at the user's line, and the exit codes every command shares.
+"""
+
+from __future__ import annotations
+
+import os
+import runpy
+import sys
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ..core.errors import MicrostreamError, OperatorError, PipelineError
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def _script_error(exc: BaseException, script: Path) -> str:
+    """The error and the line of the user's script it came from, not a traceback from inside microstream."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    mine = [f for f in frames if os.path.abspath(f.filename) == str(script.resolve())]
+    where = f"{script.name}:{mine[-1].lineno}: " if mine else ""
+    line = f"\n    {mine[-1].line}" if mine and mine[-1].line else ""
+    return f"{where}{type(exc).__name__}: {exc}{line}"
+
+
+def run_script(script: Path, runner: Callable[..., Any] | None = None,
+               capture: list[Any] | None = None) -> int:
+    """Execute a pipeline script as `__main__`; `runner` replaces `Pipeline.run` (dry runs, cluster)."""
+    from ..runtime.local import set_runner
+
+    if not script.exists():
+        print(f"microstream: no such script: {script}", file=sys.stderr)
+        return EXIT_USAGE
+    token = set_runner(runner) if runner is not None else None
+    sys.path.insert(0, str(script.resolve().parent))
+    try:
+        runpy.run_path(str(script), run_name="__main__")
+    except _Captured:
+        pass
+    except PipelineError as exc:
+        print(f"microstream: pipeline error: {_script_error(exc, script)}", file=sys.stderr)
+        return EXIT_USAGE
+    except OperatorError as exc:
+        print(f"microstream: job failed: {_script_error(exc, script)}", file=sys.stderr)
+        return EXIT_FAILED
+    except MicrostreamError as exc:
+        print(f"microstream: {_script_error(exc, script)}", file=sys.stderr)
+        return EXIT_FAILED
+    except SystemExit as exc:
+        return int(exc.code or 0) if not isinstance(exc.code, str) else EXIT_FAILED
+    except Exception as exc:  # noqa: BLE001 - report the user's error at its line
+        print(f"microstream: error in {script.name}: {_script_error(exc, script)}", file=sys.stderr)
+        return EXIT_FAILED
+    finally:
+        sys.path.remove(str(script.resolve().parent))
+        if token is not None:
+            token.var.reset(token)
+    return EXIT_OK
+
+
+class _Captured(Exception):  # noqa: N818 - control flow, never shown
+    """Raised by the capturing runner: the script built its pipeline; stop before it runs."""
+
+
+def _capture_pipelines(found: list[Any]) -> Callable[..., Any]:
+    def runner(pipeline: Any, **_: Any) -> Any:
+        found.append(pipeline)
+        raise _Captured
+
+    return runner
+
+
+def pipelines_of(script: Path) -> tuple[int, list[Any]]:
+    """Run `script` up to its first `pipeline.run()` and return (exit code, the pipelines it built), without
+    running them (`describe`, `graph`, `plan`)."""
+    found: list[Any] = []
+    code = run_script(script, _capture_pipelines(found))
+    if code == EXIT_OK and not found:
+        print(f"microstream: {script.name} built no pipeline (it never called pipeline.run())", file=sys.stderr)
+        return EXIT_USAGE, []
+    return code, found

@@ -1,0 +1,1 @@
+"""The operators' numba hot paths: window kernels (`windows`) and key interning and hashing (`keys`)."""

@@ -1,0 +1,87 @@
+"""Per-key stateful map: a numba step function over per-key float64 state arrays."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import numba
+import numpy as np
+
+from ..core.batch import Batch
+from ..core.errors import PipelineError
+from ..core.schema import Schema
+from .base import OUT, Emit, Operator
+from .kernels.keys import KeyIndex
+
+
+def _run_steps(step, t, slots, x, mask, has_mask, state, out):
+    for i in range(len(x)):
+        if has_mask and not mask[i]:
+            continue
+        out[i] = step(state[slots[i]], t[i], x[i])
+
+
+_run = numba.njit(_run_steps)
+
+
+class StatefulMap(Operator):
+    kind = "stateful_map"
+
+    def __init__(self, step: Callable, column: str, out: str, state_size: int = 1,
+                 init: float | Iterable[float] = 0.0) -> None:
+        self.step = step if hasattr(step, "py_func") else numba.njit(step)
+        self.column, self.out = column, out
+        self.state_size = max(int(getattr(step, "state_size", state_size)), int(state_size))
+        init_arr = np.atleast_1d(np.asarray(init, dtype=np.float64))
+        self.init = np.resize(init_arr, self.state_size) if init_arr.size == 1 else init_arr
+        if len(self.init) != self.state_size:
+            raise PipelineError(None, f"init has {len(self.init)} values but state_size is {self.state_size}")
+
+    def describe(self) -> str:
+        return f"{self.out} = {getattr(self.step, '__name__', 'step')}({self.column})"
+
+    def output_schemas(self, inputs: list[Schema], name: str) -> dict[str, Schema]:
+        s = inputs[0]
+        if s.key is None:
+            raise PipelineError(name, "stateful_map on a stream with no key", "call .key_by('column') first")
+        dtype = s.require(self.column, name, "column")
+        if dtype.kind not in "biuf":
+            raise PipelineError(name, f"column '{self.column}' is {dtype}, not numeric", "use a numeric column")
+        fields = dict(s.fields)
+        fields[self.out] = np.float64
+        return {OUT: Schema.of(fields, time=s.time, key=s.key)}
+
+    def open(self, ctx) -> None:
+        super().open(ctx)
+        s = ctx.input_schemas[0]
+        self.key, self.time = s.key, s.time
+        self.keys = KeyIndex(s.dtype(s.key))
+        self.state = np.tile(self.init, (64, 1))
+
+    def process(self, port: int, batch: Batch) -> Emit:
+        n = batch.base_rows
+        if n == 0:
+            return []
+        mask = batch.mask
+        slots = self.keys.slots(batch.base(self.key), mask)
+        if self.keys.n_slots > len(self.state):
+            grown = np.tile(self.init, (max(self.keys.n_slots, 2 * len(self.state)), 1))
+            grown[: len(self.state)] = self.state
+            self.state = grown
+        x = batch.base(self.column).astype(np.float64, copy=False)
+        t = batch.base(self.time) if self.time else np.zeros(n, dtype=np.int64)
+        out = np.full(n, np.nan)
+        has_mask = mask is not None
+        _run(self.step, t, slots, x, mask if has_mask else np.empty(0, np.bool_), has_mask, self.state, out)
+        cols = {c: batch.base(c) for c in batch.names}
+        cols[self.out] = out
+        return [(OUT, Batch(cols, batch.base_wm, mask))]
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"keys": self.keys.snapshot(), "state": self.state[: self.keys.n_slots].copy()}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.keys.restore(state["keys"])
+        self.state = np.tile(self.init, (max(64, len(state["state"])), 1))
+        self.state[: len(state["state"])] = state["state"]

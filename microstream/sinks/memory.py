@@ -1,0 +1,111 @@
+"""Sinks that stay in the program: `Collect` (results in memory), callbacks, the terminal.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from collections.abc import Callable
+from typing import Any, TextIO
+
+from ..core.batch import Batch
+from ..core.schema import Schema
+from .base import Sink
+
+
+class Collect(Sink):
+    """Keep every batch in memory; read it back after the run with `.batch()` or `.records()`.
+
+    >>> import microstream as ms
+    >>> p = ms.Pipeline("demo")
+    >>> out = ms.sinks.collect()
+    >>> p.from_iterable([{"v": 1}, {"v": 2}]).sink(out)
+    >>> _ = p.run()
+    >>> out.records()
+    [{'v': 1}, {'v': 2}]
+    """
+
+    kind = "collect"
+
+    def __init__(self) -> None:
+        self._batches: list[Batch] = []
+        self._lock = threading.Lock()
+        self._schema: Schema | None = None
+
+    def open(self, ctx) -> None:
+        super().open(ctx)
+        self._schema = ctx.input_schemas[0]
+        self._batches = []
+
+    def write(self, batch: Batch) -> None:
+        with self._lock:
+            self._batches.append(batch.compact())
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"batches": [b.to_dict() for b in self._batches]}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self._batches = [Batch(d) for d in state["batches"]]
+
+    def extend(self, batches: list[Batch], schema: Schema | None) -> None:
+        """Results gathered elsewhere (another process) land here."""
+        with self._lock:
+            self._schema = schema or self._schema
+            self._batches.extend(batches)
+
+    def batches(self) -> list[Batch]:
+        return list(self._batches)
+
+    def batch(self) -> Batch:
+        if self._batches:
+            return Batch.concat(self._batches)
+        schema = self._schema
+        return Batch(schema.empty_columns() if schema else {})
+
+    def records(self) -> list[dict[str, Any]]:
+        return [r for b in self._batches for r in b.to_records()]
+
+    def __len__(self) -> int:
+        return sum(b.num_rows for b in self._batches)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state["_lock"] = None
+        state["_batches"] = []  # results travel back separately
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
+
+class CallbackSink(Sink):
+    """Call `fn(batch)` for every batch (a `Batch`, i.e. a mapping of column name to numpy array)."""
+
+    kind = "callback"
+
+    def __init__(self, fn: Callable[[Batch], None]) -> None:
+        self.fn = fn
+
+    def write(self, batch: Batch) -> None:
+        self.fn(batch.compact())
+
+
+class PrintSink(Sink):
+    """Print records as aligned rows (event times in ISO-8601) to stdout."""
+
+    kind = "print"
+
+    def __init__(self, prefix: str = "", file: TextIO | None = None) -> None:
+        self.prefix = prefix
+        self.file = file
+
+    def write(self, batch: Batch) -> None:
+        out = self.file or sys.stdout
+        for rec in Batch(self._iso(batch)).to_records():
+            body = "  ".join(f"{k}={_short(v)}" for k, v in rec.items())
+            print(f"{self.prefix}{body}", file=out)
+
+
+def _short(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)

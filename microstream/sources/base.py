@@ -1,0 +1,189 @@
+"""Sources: where records enter a pipeline, and where event time and watermarks are born.
+
+Every source is polled by the runtime: `poll(now)` returns what is ready, `next_due(now)` says when
+to ask again (None: ready now), `finished` says the source is exhausted. A source with event time
+stamps each record with the watermark `max(event time so far) - max_delay` (bounded
+out-of-orderness), computed vectorised per batch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numba
+import numpy as np
+
+from ..core.batch import Batch
+from ..core.errors import PipelineError
+from ..core.time import MIN_TIME, SECOND
+from ..operators.base import OUT, Emit, Operator
+
+
+@numba.njit(cache=True)
+def _bounded_watermarks(t, max_seen, delay, out):
+    """out[i] = max(max_seen, t[0..i]) - delay; returns the new max."""
+    m = max_seen
+    for i in range(len(t)):
+        if t[i] > m:
+            m = t[i]
+        out[i] = m - delay
+    return m
+
+
+class Source(Operator):
+    kind = "source"
+    n_inputs = 0
+
+    def __init__(self, time: str | None, max_delay: int = 0, speed: float | None = None,
+                 batch_size: int = 65536) -> None:
+        if max_delay < 0:
+            raise PipelineError(None, f"max_delay must be >= 0, got {max_delay}")
+        if speed is not None and speed <= 0:
+            raise PipelineError(None, f"speed must be positive (1.0 = real time), got {speed}",
+                                "leave speed=None to replay as fast as possible")
+        self.time = time
+        self.max_delay = int(max_delay)
+        self.speed = speed
+        self.batch_size = int(batch_size)
+        self.finished = False
+
+    def open(self, ctx) -> None:
+        super().open(ctx)
+        self.finished = False
+        self.max_seen = MIN_TIME
+        self._pending: Batch | None = None
+        self._pace_origin: tuple[int, int] | None = None  # (event time, wall clock) of the first record
+        self.position = 0  # records emitted so far (the source's offset, for snapshots)
+
+    def output_ports(self) -> tuple[str, ...]:
+        return (OUT,)
+
+    # -- subclasses implement ----------------------------------------------------------------------
+    def read(self) -> Emit | None:
+        """Next chunk: a list of (port, batch) with columns but no watermarks, or None at the end."""
+        raise NotImplementedError
+
+    # -- the runtime calls -------------------------------------------------------------------------
+    def poll(self, now: int) -> Emit:
+        if self.speed is None:
+            return self._next_chunk()
+        if self._pending is None:
+            chunk = self._next_chunk()
+            main = [b for p, b in chunk if p == OUT]
+            others = [(p, b) for p, b in chunk if p != OUT]
+            if main:
+                self._pending = Batch.concat(main) if len(main) > 1 else main[0]
+            if not self._pending or self._pending.num_rows == 0:
+                self._pending = None
+                return others
+            return others + self._release(now)
+        return self._release(now)
+
+    def next_due(self, now: int) -> int | None:
+        if self.speed is None or self._pending is None or self._pace_origin is None:
+            return None
+        t0, w0 = self._pace_origin
+        first = int(self._pending[self.time][0])
+        return w0 + int((first - t0) / self.speed)
+
+    def _release(self, now: int) -> Emit:
+        """Real-time replay: emit the pending records whose scaled event time has come."""
+        pending = self._pending
+        assert pending is not None
+        t = pending[self.time]
+        if self._pace_origin is None:
+            self._pace_origin = (int(t[0]), now)
+        t0, w0 = self._pace_origin
+        due = w0 + ((t - t0) / self.speed).astype(np.int64)
+        n = int(np.searchsorted(np.maximum.accumulate(due), now, side="right"))
+        if n == 0:
+            return []
+        out = pending.take(np.arange(n))
+        self._pending = pending.take(np.arange(n, len(t))) if n < len(t) else None
+        return [(OUT, self.stamp(out))]
+
+    def _next_chunk(self) -> Emit:
+        chunk = self.read()
+        if chunk is None:
+            self.finished = True
+            return []
+        out: Emit = []
+        for port, batch in chunk:
+            if port == OUT and self.time is not None and self.speed is None:
+                batch = self.stamp(batch)
+            if port == OUT:
+                self.position += batch.num_rows
+            out.append((port, batch))
+        return out
+
+    def stamp(self, batch: Batch) -> Batch:
+        """Attach per-record watermarks: running max of event time minus the allowed delay."""
+        t = batch[self.time]
+        if len(t) == 0:
+            return Batch(batch.to_dict(), np.empty(0, dtype=np.int64))
+        wm = np.empty(len(t), dtype=np.int64)
+        self.max_seen = _bounded_watermarks(t.astype(np.int64, copy=False), self.max_seen, self.max_delay, wm)
+        return Batch(batch.to_dict(), wm)
+
+    def end_watermark(self) -> int:
+        return self.max_seen - self.max_delay if self.max_seen != MIN_TIME else MIN_TIME
+
+    # -- state: where the source is, so a virtual node can be saved, restored or migrated ---------------
+    def snapshot(self) -> dict[str, Any]:
+        pending = self._pending.to_dict() if self._pending is not None else None
+        return {"max_seen": self.max_seen, "position": self.position, "finished": self.finished,
+                "pending": pending, "pace_origin": self._pace_origin, "reader": self.reader_state()}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.max_seen, self.position, self.finished = state["max_seen"], state["position"], state["finished"]
+        self._pending = Batch(state["pending"]) if state["pending"] is not None else None
+        self._pace_origin = state["pace_origin"]
+        self.restore_reader(state["reader"])
+
+    def reader_state(self) -> Any:
+        """Subclasses: what it takes to continue reading exactly where the source is."""
+        raise NotImplementedError(f"source '{self.kind}' cannot be saved or migrated yet")
+
+    def restore_reader(self, state: Any) -> None:
+        raise NotImplementedError(f"source '{self.kind}' cannot be saved or migrated yet")
+
+
+class TickingSource(Source):
+    """A source read on a clock: every `interval` ns, skipping missed ticks rather than bursting, at most
+    `limit` times. Subclasses implement `read_now(now)`."""
+
+    def __init__(self, time: str, interval: int, limit: int | None, max_delay: int = 0) -> None:
+        super().__init__(time, max_delay, None, 1)
+        self.interval = int(interval)
+        self.limit = limit
+
+    def describe(self) -> str:
+        return f"every {self.interval / SECOND:g} s"
+
+    def open(self, ctx) -> None:
+        super().open(ctx)
+        self.clock = ctx.clock
+        self._next = self.clock()
+        self._count = 0
+
+    def next_due(self, now: int) -> int | None:
+        return self._next
+
+    def reader_state(self) -> Any:
+        return {"next": self._next, "count": self._count}
+
+    def restore_reader(self, state: Any) -> None:
+        self._next, self._count = state["next"], state["count"]
+
+    def poll(self, now: int) -> Emit:
+        if now < self._next:
+            return []
+        if self.limit is not None and self._count >= self.limit:
+            self.finished = True
+            return []
+        self._next = max(self._next + self.interval, now)  # skip missed ticks instead of bursting
+        self._count += 1
+        return self.read_now(now)
+
+    def read_now(self, now: int) -> Emit:
+        raise NotImplementedError

@@ -1,0 +1,202 @@
+"""Sources of data the program already holds: numpy arrays, Python iterables, and a Python function
+polled on a timer (`Pipeline.from_arrays`, `from_iterable`, `poll`).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
+
+import numpy as np
+
+from ..core.batch import Batch
+from ..core.errors import PipelineError
+from ..core.schema import Schema, schema_of_columns
+from ..operators.base import OUT, Emit
+from .base import Source, TickingSource
+
+# -- concrete sources ------------------------------------------------------------------------------
+
+class ArraySource(Source):
+    """Columns already in memory, cut into batches: the fastest source (benchmarks, tests)."""
+
+    kind = "from_arrays"
+
+    def __init__(self, columns: Mapping[str, np.ndarray], time: str | None = None, max_delay: int = 0,
+                 batch_size: int = 65536, speed: float | None = None) -> None:
+        super().__init__(time, max_delay, speed, batch_size)
+        self.columns = {k: np.asarray(v) for k, v in columns.items()}
+        lengths = {len(v) for v in self.columns.values()}
+        if len(lengths) > 1:
+            raise PipelineError(None, f"from_arrays: columns have different lengths {sorted(lengths)}")
+
+    def describe(self) -> str:
+        n = len(next(iter(self.columns.values()))) if self.columns else 0
+        return f"{n:,} rows"
+
+    def output_schemas(self, inputs: list[Schema], name: str) -> dict[str, Schema]:
+        schema = schema_of_columns(self.columns, time=self.time)
+        _check_time(schema, self.time, name)
+        return {OUT: schema}
+
+    def open(self, ctx) -> None:
+        super().open(ctx)
+        self._offset = 0
+
+    def read(self) -> Emit | None:
+        n = len(next(iter(self.columns.values()))) if self.columns else 0
+        if self._offset >= n:
+            return None
+        lo, hi = self._offset, min(n, self._offset + self.batch_size)
+        self._offset = hi
+        return [(OUT, Batch({k: v[lo:hi] for k, v in self.columns.items()}))]
+
+    def reader_state(self) -> Any:
+        return self._offset
+
+    def restore_reader(self, state: Any) -> None:
+        self._offset = state
+
+
+class IterableSource(Source):
+    """Records (dicts) or batches (dicts of arrays, or `Batch`) from any iterable."""
+
+    kind = "from_iterable"
+
+    def __init__(self, items: Iterable[Any], time: str | None = None, max_delay: int = 0,
+                 batch_size: int = 1024, schema: Mapping[str, Any] | None = None) -> None:
+        super().__init__(time, max_delay, None, batch_size)
+        self._items: Iterator[Any] = iter(items)
+        self._peeked: list[Any] = []
+        self.schema = schema
+
+    def output_schemas(self, inputs: list[Schema], name: str) -> dict[str, Schema]:
+        if self.schema is not None:
+            schema = Schema.of(self.schema, time=self.time)
+        else:
+            first = next(self._items, None)
+            if first is None:
+                raise PipelineError(name, "from_iterable got an empty iterable, so its columns are unknown",
+                                    "pass schema={'col': 'float64', ...}")
+            self._peeked.append(first)
+            schema = schema_of_columns(self._to_batch([first]).to_dict(), time=self.time)
+        _check_time(schema, self.time, name)
+        return {OUT: schema}
+
+    def open(self, ctx) -> None:
+        super().open(ctx)
+        self.out_schema = ctx.output_schemas[OUT]
+
+    def read(self) -> Emit | None:
+        items = self._peeked + list(itertools.islice(self._items, self.batch_size - len(self._peeked)))
+        self._peeked = []
+        if not items:
+            return None
+        if isinstance(items[0], (Batch, dict)) and not _is_record(items[0]):
+            return [(OUT, self._cast(self._to_batch([it]))) for it in items]
+        return [(OUT, self._cast(self._to_batch(items)))]
+
+    def reader_state(self) -> Any:
+        import cloudpickle
+
+        try:
+            return cloudpickle.dumps((self._items, self._peeked))
+        except Exception as exc:  # generators cannot be pickled
+            raise NotImplementedError(f"from_iterable over a {type(self._items).__name__} cannot be saved or "
+                                      "migrated; pass a list") from exc
+
+    def restore_reader(self, state: Any) -> None:
+        import cloudpickle
+
+        self._items, self._peeked = cloudpickle.loads(state)
+
+    def _to_batch(self, items: list[Any]) -> Batch:
+        first = items[0]
+        if isinstance(first, Batch):
+            return first
+        if isinstance(first, Mapping) and not _is_record(first):
+            return Batch({k: np.asarray(v) for k, v in first.items()})
+        return Batch.from_records(items)
+
+    def _cast(self, batch: Batch) -> Batch:
+        cols = {}
+        for name, dtype in self.out_schema.fields:
+            col = batch[name]
+            cols[name] = col if col.dtype.kind == dtype.kind == "U" or col.dtype == dtype else col.astype(dtype)
+        return Batch(cols)
+
+
+def _is_record(item: Any) -> bool:
+    return isinstance(item, Mapping) and not any(isinstance(v, (np.ndarray, list)) for v in item.values())
+
+
+class PollSource(TickingSource):
+    """Call `fn()` every `interval` ns, like reading a sensor; the reading is stamped with the clock.
+
+    `fn` returns a dict (one reading), a dict of arrays (several), or None (nothing this time).
+    """
+
+    kind = "poll"
+
+    def __init__(self, fn: Callable[[], Any], interval: int, time: str = "time", max_delay: int = 0,
+                 limit: int | None = None, schema: Mapping[str, Any] | None = None) -> None:
+        if interval <= 0:
+            raise PipelineError(None, f"poll interval must be positive, got {interval} ns")
+        super().__init__(time, interval, limit, max_delay)
+        self.fn = fn
+        self.schema = schema
+
+    def output_schemas(self, inputs: list[Schema], name: str) -> dict[str, Schema]:
+        if self.schema is not None:
+            fields = dict(Schema.of(self.schema).fields)
+        else:
+            sample = self.fn()
+            if sample is None:
+                raise PipelineError(name, "the polled function returned None when sampled at build time",
+                                    "pass schema={'col': 'float64', ...}")
+            self._first = sample
+            fields = dict(schema_of_columns(_reading_columns(sample)).fields)
+        fields.setdefault(self.time, np.int64)
+        return {OUT: Schema.of(fields, time=self.time)}
+
+    def open(self, ctx) -> None:
+        super().open(ctx)
+        self.out_schema = ctx.output_schemas[OUT]
+
+    def restore_reader(self, state: Any) -> None:
+        super().restore_reader(state)
+        self._first = None
+
+    def read_now(self, now: int) -> Emit:
+        first = getattr(self, "_first", None)
+        reading = first if first is not None else self.fn()
+        self._first = None
+        if reading is None:
+            return []
+        cols = _reading_columns(reading)
+        n = len(next(iter(cols.values())))
+        if self.time not in cols:
+            cols[self.time] = np.full(n, now, dtype=np.int64)
+        cols = {name: np.asarray(cols[name], dtype=dtype if dtype.kind != "U" else str)
+                for name, dtype in self.out_schema.fields}
+        self.position += n
+        return [(OUT, self.stamp(Batch(cols)))]
+
+
+def _reading_columns(reading: Any) -> dict[str, np.ndarray]:
+    if isinstance(reading, Batch):
+        return reading.to_dict()
+    if not isinstance(reading, Mapping):
+        return {"value": np.atleast_1d(np.asarray(reading))}
+    return {k: np.atleast_1d(np.asarray(v)) for k, v in reading.items()}
+
+
+def _check_time(schema: Schema, time: str | None, name: str) -> None:
+    if time is None:
+        return
+    dtype = schema.require(time, name, "time column")
+    if dtype != np.int64:
+        raise PipelineError(name, f"time column '{time}' has dtype {dtype}; event time must be int64 "
+                                  "nanoseconds since the epoch",
+                            "convert it, e.g. np.asarray(times, 'datetime64[ns]').astype('int64')")

@@ -1,0 +1,94 @@
+"""The `microstream` command: run, describe, graph; exit codes; errors point at the script's line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "microstream.cli", *args], capture_output=True, text=True,
+                          cwd=cwd or ROOT, timeout=300)
+
+
+def write(tmp_path: Path, body: str) -> Path:
+    script = tmp_path / "job.py"
+    script.write_text(textwrap.dedent(body))
+    return script
+
+
+GOOD = """
+    import microstream as ms
+    p = ms.Pipeline("job")
+    out = ms.sinks.jsonl("{out}")
+    src = p.from_iterable([{{"room": "a", "t": i * 10**9, "v": float(i)}} for i in range(30)], time="t")
+    src.key_by("room").window(ms.tumbling(seconds=10)).aggregate(n=ms.agg.count()).sink(out)
+    p.run()
+"""
+
+
+def test_help_and_version():
+    r = cli("--help")
+    assert r.returncode == 0 and "run" in r.stdout and "describe" in r.stdout
+    assert cli("--version").stdout.startswith("microstream ")
+    assert cli().returncode == 2  # no command: usage on stderr, exit 2
+
+
+def test_run_writes_results(tmp_path):
+    out = tmp_path / "o.jsonl"
+    r = cli("run", str(write(tmp_path, GOOD.format(out=out))))
+    assert r.returncode == 0, r.stderr
+    assert len(out.read_text().splitlines()) == 3
+
+
+def test_describe_and_graph_do_not_run_the_job(tmp_path):
+    out = tmp_path / "o.jsonl"
+    script = write(tmp_path, GOOD.format(out=out))
+    r = cli("describe", str(script))
+    assert r.returncode == 0 and "window_aggregate" in r.stdout and "tumbling 10 s" in r.stdout
+    svg = tmp_path / "g.svg"
+    assert cli("graph", str(script), "-o", str(svg)).returncode == 0
+    ET.parse(svg)
+    dot = tmp_path / "g.dot"
+    assert cli("graph", str(script), "-o", str(dot)).returncode == 0 and "->" in dot.read_text()
+    assert not out.exists()
+
+
+def test_pipeline_error_exits_2_with_operator_and_line(tmp_path):
+    script = write(tmp_path, """
+        import microstream as ms
+        p = ms.Pipeline("bad")
+        src = p.from_iterable([{"v": 1.0}])
+        src.filter(lambda b: b["w"] > 0, name="check").sink(ms.sinks.collect())
+        p.run()
+    """)
+    r = cli("run", str(script))
+    assert r.returncode == 2
+    assert "job.py:5" in r.stderr and "check" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_script_error_reports_its_line_not_a_runtime_traceback(tmp_path):
+    script = write(tmp_path, """
+        import microstream as ms
+        p = ms.Pipeline("bad")
+        x = 1 / 0
+    """)
+    r = cli("run", str(script))
+    assert r.returncode == 1
+    assert "job.py:4" in r.stderr and "ZeroDivisionError" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_missing_script_is_a_usage_error(tmp_path):
+    r = cli("run", str(tmp_path / "missing.py"))
+    assert r.returncode == 2 and "no such script" in r.stderr
+
+
+def test_the_example_runs_from_a_clean_directory(tmp_path):
+    r = cli("run", str(ROOT / "examples" / "sensors" / "rooms.py"), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "out" / "rooms.jsonl").stat().st_size > 0

@@ -1,0 +1,110 @@
+"""The coordinator moves operators toward their data on its own: when a sensor's readings start arriving
+at another node, the virtual nodes that pre-aggregate it follow, and cross-node traffic drops."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from microstream.cluster import embedded as cluster
+from microstream.cluster.client import Client
+from microstream.placement.policy import PolicyParams, Proposal, best_move
+
+ROOT = Path(__file__).resolve().parents[2]
+
+JOB = """
+import microstream as ms
+p = ms.Pipeline("follow")
+readings = p.synthetic(count={count}, sensors=20, rate=20000, seed=4, speed={speed}, batch_size=1000,
+                       name="gateway", at="node1")
+per_sensor = readings.key_by("sensor").window(ms.tumbling(seconds=1)).aggregate(
+    n=ms.agg.count(), mean=ms.agg.mean("value")).with_parallelism(2)
+per_sensor.sink(ms.sinks.jsonl("{out}"))
+p.run()
+"""
+
+
+def test_best_move_prefers_the_heaviest_saving_and_respects_costs():
+    placement = {"src": "a", "agg": "b", "sink": "c"}
+    traffic = {("src", "agg"): 500_000.0, ("agg", "sink"): 1_000.0}
+    params = PolicyParams(min_gain=10_000, horizon=60, cost_factor=2)
+    move = best_move(placement, traffic, ["a", "b", "c"], pinned={"src"}, state_bytes={}, params=params)
+    assert move == Proposal("agg", "b", "a", 500_000.0, 501_000.0, 1_000.0)
+    # a huge state is not worth moving for this saving
+    assert best_move(placement, traffic, ["a", "b", "c"], {"src"}, {"agg": 1e9}, params) is None
+    # nothing to gain: nothing proposed
+    assert best_move({"src": "a", "agg": "a"}, {("src", "agg"): 1e6}, ["a", "b"], set(), {}, params) is None
+
+
+def _cross_node(status: dict) -> float:
+    return sum(t["bytes_per_s"] for t in status["traffic"] if t["crosses_link"])
+
+
+def _windows_on(status: dict) -> set[str]:
+    return {v["agent"] for v in status["vnodes"].values() if any("window" in t for t in v["tasks"])}
+
+
+def _wait(client: Client, job: str, check, timeout: float) -> dict:
+    deadline = time.monotonic() + timeout
+    status = client.status()["jobs"][job]
+    while time.monotonic() < deadline and not check(status):
+        time.sleep(0.25)
+        status = client.status()["jobs"][job]
+    return status
+
+
+@pytest.fixture
+def home(tmp_path):
+    root = tmp_path / "home"
+    cluster.up(3, root, progress=lambda _: None,
+               coordinator_args=["--replace-every", "0.5", "--min-gain", "5000", "--confirm", "2", "--cooldown", "3"])
+    yield root
+    cluster.down(root, progress=lambda _: None)
+
+
+def test_preaggregation_follows_its_sensor(home, tmp_path, capsys):
+    count = 20000 * 22  # 22 s of readings at 20,000/s
+    for name, speed in (("local", None), ("remote", 1.0)):
+        (tmp_path / f"{name}.py").write_text(textwrap.dedent(JOB.format(count=count, speed=speed,
+                                                                        out=tmp_path / f"{name}.jsonl")))
+    run = [sys.executable, "-m", "microstream.cli"]
+    assert subprocess.run([*run, "run", str(tmp_path / "local.py")], cwd=ROOT, timeout=300).returncode == 0
+    r = subprocess.run([*run, "submit", "--detach", str(tmp_path / "remote.py"), "--home", str(home)],
+                       capture_output=True, text=True, cwd=ROOT, timeout=300)
+    job = r.stdout.strip().splitlines()[-1]
+    with Client(cluster.address(home), timeout=120) as client:
+        status = _wait(client, job, lambda s: s["state"] == "running" and len(s["traffic"]) >= 2, 30)
+        # 1. the placement engine put the pre-aggregating windows next to the gateway they read from
+        assert _windows_on(status) == {"node1"}, status["vnodes"]
+        time.sleep(1.5)
+        before = _cross_node(client.status()["jobs"][job])
+        # 2. the sensor's gateway fails over to node2: its readings now arrive there, and cross the network
+        source = next(v for v, info in status["vnodes"].items() if "gateway" in info["tasks"])
+        client.migrate(job, source, "node2")
+        peak = 0.0
+        deadline = time.monotonic() + 25
+        while time.monotonic() < deadline:
+            status = client.status()["jobs"][job]
+            peak = max(peak, _cross_node(status))
+            if _windows_on(status) == {"node2"}:
+                break
+            time.sleep(0.25)
+        # 3. ... until the policy has moved the windows after it
+        assert _windows_on(status) == {"node2"}, status["migrations"]
+        time.sleep(2.5)  # fresh measurements on the new placement
+        after = _cross_node(client.status()["jobs"][job])
+        status = _wait(client, job, lambda s: s["state"] != "running", 60)
+    assert status["state"] == "finished", status
+    auto = [m for m in status["migrations"] if m["reason"].startswith("auto")]
+    assert len(auto) >= 2 and all(m["to"] == "node2" for m in auto)
+    with capsys.disabled():
+        print(f"\ncross-node traffic: {before:,.0f} B/s with the windows next to the gateway, up to {peak:,.0f} B/s "
+              f"after the gateway failed over, {after:,.0f} B/s once the windows followed it ({len(auto)} moves)")
+    assert peak > 100_000 and after < peak / 5 and before < peak / 5
+    local = sorted((tmp_path / "local.jsonl").read_text().splitlines())
+    assert sorted((tmp_path / "remote.jsonl").read_text().splitlines()) == local and len(local) > 100
