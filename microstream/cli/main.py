@@ -482,7 +482,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_DELEGATED = {"keys": ("runtime.security", "keys_main"), "image": ("unikernel_backend.image", "main")}
+_DELEGATED = {"keys": ("microstream.cluster.security", "keys_main"),
+              "image": ("microstream.unikernel_backend.image", "main")}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -491,7 +492,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         import importlib
 
         module, function = _DELEGATED[argv[0]]
-        return int(getattr(importlib.import_module(f".{module}", __package__), function)(argv[1:]) or 0)
+        return int(getattr(importlib.import_module(module), function)(argv[1:]) or 0)
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "fn", None):

@@ -1,4 +1,4 @@
-"""Keyed window aggregation: the operator around the numba kernels in `window_kernels`."""
+"""Keyed window aggregation: the operator around the numba kernels in `kernels/windows.py`."""
 
 from __future__ import annotations
 

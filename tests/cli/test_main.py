@@ -92,3 +92,12 @@ def test_the_example_runs_from_a_clean_directory(tmp_path):
     r = cli("run", str(ROOT / "examples" / "sensors" / "rooms.py"), cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "out" / "rooms.jsonl").stat().st_size > 0
+
+
+def test_verbs_with_their_own_parser_are_found(tmp_path):
+    # `keys` and `image` are handed to their modules by name: a moved module must not leave them dangling
+    r = cli("keys", "list", "--dir", str(tmp_path / "keys"))
+    assert r.returncode == 0, r.stderr
+    assert "own keypairs: none" in r.stdout
+    r = cli("image", "--help")
+    assert r.returncode == 0 and "usage: microstream image" in r.stdout, r.stderr
