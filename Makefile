@@ -17,8 +17,7 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/python examples/sensors/air_quality/demo.py
 
-test: $(STAMP)
-	$(BIN)/ruff check microstream tests bench examples
+test: lint
 	@# QEMU and the image tools for the microVM backend's tests (apt-get, as root; a no-op once installed)
 	-$(BIN)/python -c "from microstream.unikernel_backend.image import ensure_host_tools; ensure_host_tools()"
 	@# a Prometheus server for the metrics test (apt-get, as root; a no-op once installed)
@@ -32,6 +31,7 @@ bench: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check microstream tests bench examples
+	$(BIN)/lint-imports
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .microstream

@@ -29,11 +29,11 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import table, write_json  # noqa: E402
+from common import random_pipeline, table, write_json  # noqa: E402
 
 from microstream.graph.physical import build_plan  # noqa: E402
 from microstream.placement import Problem, exact, heuristic, place  # noqa: E402
-from microstream.placement.synthetic import random_pipeline, random_problem, random_topology  # noqa: E402
+from microstream.placement.synthetic import random_problem, random_topology  # noqa: E402
 
 
 def timed(fn, repeat: int = 1):

@@ -3,20 +3,20 @@
 * `random_topology`: sites of Pis on a LAN, each joined to a core node by an uplink of random speed, plus a
   few links between sites (a mesh), sensors on some nodes;
 * `random_problem`: a solver instance directly (a random DAG of vnodes with traffic and CPU demand, some
-  pinned, some needing the microvm backend) on a random topology;
-* `random_pipeline`: a real `Pipeline` of about `n_operators` operators over a topology's sensors.
+  pinned, some needing the microvm backend) on a random topology.
+
+(`bench/common.py` has `random_pipeline`: a real `Pipeline` of about `n_operators` operators over a topology's
+sensors, built through the public API, which this layer may not import.)
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 import numpy as np
 
 from .cost import Problem, Weights
 from .topology import Link, LinkSpec, PhysicalNode, Sensor, Site, Topology
 
-__all__ = ["random_pipeline", "random_problem", "random_topology"]
+__all__ = ["random_problem", "random_topology"]
 
 _UPLINKS_MBIT = (10, 20, 50, 100, 1000)
 
@@ -85,39 +85,3 @@ def random_problem(rng: np.random.Generator, n_vnodes: int, n_nodes: int, weight
                    np.array(src, dtype=np.int64), np.array(dst, dtype=np.int64), np.array(traffic),
                    np.ones(len(src), dtype=bool), routes.inv_bandwidth, routes.latency_ms, weights or Weights(), why,
                    routes, topo.all_links())
-
-
-def random_pipeline(rng: np.random.Generator, n_operators: int, topology: Topology) -> Any:
-    """A `Pipeline` of about `n_operators` operators: one source per sensor (named after it, so pinned there),
-    each followed by filters and maps, some keyed windows (parallelism 2), unions of a few streams, sinks."""
-    import microstream as ms
-
-    p = ms.Pipeline("random")
-    sensors = [s.name for s in topology.sensors] or ["src"]
-    rows = [{"t": 0, "k": 1, "v": 1.0}]
-    count = 0
-    streams: list[Any] = []
-    n_sources = 0
-    while count < n_operators:
-        name = sensors[n_sources] if n_sources < len(sensors) else f"src{n_sources}"
-        n_sources += 1
-        s = p.from_iterable(rows, time="t", name=name)
-        count += 1
-        for _ in range(int(rng.integers(1, 5))):
-            s = s.filter(lambda b: b["v"] > 0) if rng.random() < 0.5 else s.map(lambda b: {"k": b["k"], "v": b["v"]})
-            count += 1
-        if rng.random() < 0.3:
-            w = s.key_by("k").window(ms.tumbling(seconds=10)).aggregate(v=ms.agg.mean("v")).with_parallelism(2)
-            w.sink(ms.sinks.collect())
-            count += 3
-            continue
-        streams.append(s)
-        if len(streams) >= 3 and rng.random() < 0.4:
-            merged = p.union(*streams[-3:])
-            merged.sink(ms.sinks.collect())
-            count += 2
-    for s in streams:
-        if not any(True for _ in p.graph.consumers(s.node.id)):
-            s.sink(ms.sinks.collect())
-            count += 1
-    return p
