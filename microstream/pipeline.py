@@ -28,7 +28,7 @@ from .sources.memory import ArraySource, IterableSource, PollSource
 from .windows import WindowSpec
 
 if TYPE_CHECKING:
-    from .runtime.local import RunResult
+    from .runtime.results import RunResult
 
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 

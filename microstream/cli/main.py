@@ -186,7 +186,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
         if result is not None:
             print(result.summary(), file=sys.stderr)
             return result
-        from ..runtime.local import RunResult
+        from ..runtime.results import RunResult
 
         return RunResult(pipeline.name, 0.0)
 

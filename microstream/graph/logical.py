@@ -10,9 +10,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from ..core.batch import Batch
 from ..core.errors import PipelineError
 from ..core.schema import Schema
-from ..operators.base import DEAD, DEAD_LETTER_SCHEMA, OUT, Operator
+from ..operators.base import DEAD, DEAD_LETTER_SCHEMA, OUT, Emit, Operator
 
 
 @dataclass(eq=False)
@@ -40,6 +41,7 @@ class DeadLetterHub(Operator):
     """The pipeline-wide dead-letter stream: bad records from every operator, with the reason."""
 
     kind = "dead_letters"
+    cpu_us = 1.0
     n_inputs = 0
 
     def output_schemas(self, inputs: list[Schema], name: str) -> dict[str, Schema]:
@@ -47,6 +49,9 @@ class DeadLetterHub(Operator):
 
     def side_ports(self) -> tuple[str, ...]:
         return (OUT,)  # unused dead letters are still counted and kept in the run result
+
+    def process(self, port: int, batch: Batch) -> Emit:
+        return [(OUT, batch)]  # fed by every operator's dead-letter port (edges the physical plan adds)
 
 
 class LogicalGraph:
@@ -67,6 +72,9 @@ class LogicalGraph:
                                     "build every stream of a job from the same Pipeline")
             if port not in self.nodes[src].out_schemas:
                 raise PipelineError(name, f"'{self.nodes[src].name}' has no output '{port}'")
+        if op.__dict__.get("_frozen"):
+            raise PipelineError(name, f"this {op.kind} object is already part of a pipeline",
+                                f"create a new one for each use, e.g. a second ms.sinks.{op.kind}(...)")
         op.n_inputs = op.n_inputs if op.n_inputs == 0 else len(inputs)
         schemas = [self.nodes[s].out_schemas[p] for s, p in inputs]
         try:
@@ -79,6 +87,7 @@ class LogicalGraph:
             out = {**out, DEAD: DEAD_LETTER_SCHEMA}
         node = Node(len(self.nodes), name, op, list(inputs), where, out, at, parallelism)
         node.backend = self.backend
+        op.freeze()
         self.nodes[node.id] = node
         self._names.add(name)
         return node

@@ -21,7 +21,6 @@ from ..operators.base import DEAD
 from .logical import DeadLetterHub, LogicalGraph, Node
 
 FORWARD, HASH, REBALANCE = "forward", "hash", "rebalance"
-_KEYED_KINDS = {"window_aggregate", "window_join", "stateful_map"}
 
 
 @dataclass(frozen=True)
@@ -119,7 +118,7 @@ def _edges(graph: LogicalGraph, order: list[Node]) -> list[PhysicalEdge]:
     hub = graph.dead_letter_hub()
     for src, port, dst, idx in graph.edges():
         schema = src.out_schemas[port]
-        keyed_dst = dst.op.kind in _KEYED_KINDS
+        keyed_dst = dst.op.keyed
         if src.parallelism == dst.parallelism and not (keyed_dst and dst.parallelism > 1):
             part, key = FORWARD, None
         elif schema.key is not None:
@@ -174,9 +173,16 @@ def _group(graph: LogicalGraph, order: list[Node], tasks: dict[str, Task],
     return vnodes
 
 
+def single_vnode(plan: PhysicalPlan) -> PhysicalPlan:
+    """The same tasks and edges with every task in one virtual node: how the local runtime runs a plan."""
+    order = [t for vn in plan.vnodes.values() for t in vn.tasks]
+    by_node = sorted(order, key=lambda t: (plan.tasks[t].node_id, plan.tasks[t].index))
+    return PhysicalPlan(plan.job, plan.tasks, plan.edges, {"local": VirtualNode("local", by_node)})
+
+
 def graph_tasks(tasks: dict[str, Task], node_id: int) -> list[str]:
     return [t.id for t in sorted(tasks.values(), key=lambda t: t.index) if t.node_id == node_id]
 
 
 __all__ = ["FORWARD", "HASH", "REBALANCE", "DisjointSets", "PhysicalEdge", "PhysicalPlan", "Task", "VirtualNode",
-           "build_plan"]
+           "build_plan", "single_vnode"]

@@ -1,9 +1,14 @@
 """The operator contract between the logical graph and the runtime.
 
-An operator is configuration (set when the pipeline is built) plus state (created in `open`).
-The runtime calls `process` for every batch on an input port and `on_watermark` whenever the
-minimum watermark over its inputs rises. Each returns the batches it emits as (port, batch)
-pairs. Operators never touch sockets, threads or processes.
+An operator object in a graph is a *spec*: configuration set while the pipeline is built, frozen once it is
+added to the graph. A runtime never runs the spec: for every run it makes an *instance* (`instantiate()`)
+and only instances open, hold state, snapshot and restore. So a pipeline runs twice, is submitted twice and
+is described after running, with identical results; a job ships specs.
+
+The runtime calls `process` for every batch on an input port and `on_watermark` whenever the minimum
+watermark over its inputs rises. Each returns the batches it emits as (port, batch) pairs. Operators never
+touch sockets, threads or processes, and declare what the layers above need to know about them (`keyed`,
+`polled`, `collects`, cost hints) instead of being recognised by their kind.
 """
 
 from __future__ import annotations
@@ -56,6 +61,36 @@ class Operator:
     kind = "operator"
     n_inputs = 1
     wants_ticks = False
+    keyed = False        # keeps per-key state: a parallel instance needs its input partitioned by key
+    polled = False       # a source the runtime polls (`poll`, `next_due`, `finished`)
+    collects = False     # keeps results for the user (`results()` in the run, `deliver()` on the spec)
+    cpu_us = 0.5         # cost hint: CPU microseconds per input record (placement estimates, before measuring)
+    selectivity = 1.0    # cost hint: main-output records per input record
+
+    # -- spec and instance --------------------------------------------------------------------------
+    def __setattr__(self, name: str, value: Any) -> None:
+        if self.__dict__.get("_frozen"):
+            raise AttributeError(f"operator spec '{self.kind}' is frozen once it is in a pipeline (setting "
+                                 f"'{name}'); run state belongs to the instance a runtime makes with instantiate()")
+        object.__setattr__(self, name, value)
+
+    def freeze(self) -> None:
+        """Called when the spec joins a graph: from then on it is configuration only."""
+        self.__dict__["_frozen"] = True
+
+    def instantiate(self) -> Operator:
+        """A fresh instance for one run: the spec's configuration, none of its (or a previous run's) state."""
+        inst = self.__class__.__new__(self.__class__)
+        inst.__dict__.update(self.__dict__)
+        inst.__dict__["_frozen"] = False
+        return inst
+
+    def results(self) -> list[Any] | None:
+        """Instance: what this operator kept for the user during the run (see `collects`)."""
+        return None
+
+    def deliver(self, results: list[Any]) -> None:
+        """Spec: receive what the run's instances kept (from every virtual node), replacing an earlier run's."""
 
     def output_ports(self) -> tuple[str, ...]:
         return (OUT,)
@@ -72,10 +107,6 @@ class Operator:
         return ""
 
     def open(self, ctx: OperatorContext) -> None:
-        # What exists before the first open() is configuration; what open() adds is run state, which is
-        # left out when the operator is shipped to another process (it may hold numba objects).
-        if "_config_names" not in self.__dict__:
-            self._config_names = tuple(self.__dict__)
         self.ctx = ctx
         self.name = ctx.name
         ctx.input_watermarks[:] = [MIN_TIME] * self.n_inputs
@@ -91,12 +122,6 @@ class Operator:
 
     def close(self) -> Emit:
         return []
-
-    def __getstate__(self) -> dict[str, Any]:
-        names = self.__dict__.get("_config_names")
-        if names is None:
-            return dict(self.__dict__)
-        return {k: v for k, v in self.__dict__.items() if k in names or k == "_config_names"}
 
     def snapshot(self) -> dict[str, Any]:
         return {}

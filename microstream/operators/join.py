@@ -28,6 +28,9 @@ LATE_RIGHT = "late_right"
 
 class WindowJoin(Operator):
     kind = "window_join"
+    keyed = True
+    cpu_us = 1.5
+    selectivity = 0.5
     n_inputs = 2
 
     def __init__(self, spec: WindowSpec, lateness: int = 0) -> None:

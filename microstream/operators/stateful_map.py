@@ -27,6 +27,8 @@ _run = numba.njit(_run_steps)
 
 class StatefulMap(Operator):
     kind = "stateful_map"
+    keyed = True
+    cpu_us = 1.0
 
     def __init__(self, step: Callable, column: str, out: str, state_size: int = 1,
                  init: float | Iterable[float] = 0.0) -> None:

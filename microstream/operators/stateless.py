@@ -76,6 +76,7 @@ class Map(Operator):
     """Replace the columns by what `fn(batch)` returns; the event-time column is kept if not returned."""
 
     kind = "map"
+    cpu_us = 0.3
 
     def __init__(self, fn: Callable[[Batch], Mapping[str, Any]], keep: bool = False) -> None:
         self.fn = fn
@@ -116,6 +117,8 @@ class Filter(Operator):
     """Keep records where `fn(batch)` is true (a boolean mask); no column is copied."""
 
     kind = "filter"
+    cpu_us = 0.2
+    selectivity = 0.5
 
     def __init__(self, fn: Callable[[Batch], np.ndarray]) -> None:
         self.fn = fn
@@ -142,6 +145,7 @@ class FlatMap(Operator):
     """
 
     kind = "flat_map"
+    cpu_us = 0.6
 
     def __init__(self, fn: Callable[[Batch], tuple[np.ndarray, Mapping[str, Any]]]) -> None:
         self.fn = fn
@@ -186,6 +190,7 @@ class MapRecords(Operator):
     dead-letter output with the error; `None` drops the record."""
 
     kind = "map_records"
+    cpu_us = 5.0
 
     def __init__(self, fn: Callable[[dict[str, Any]], dict[str, Any] | None],
                  schema: Mapping[str, Any] | None = None) -> None:
@@ -262,6 +267,7 @@ class Split(Operator):
     True goes to output 0). Out-of-range indices go to the dead-letter output."""
 
     kind = "split"
+    cpu_us = 0.3
 
     def __init__(self, fn: Callable[[Batch], np.ndarray], n: int) -> None:
         if n < 2:
@@ -303,6 +309,7 @@ class Union(Operator):
     watermark is held back by the slowest input."""
 
     kind = "union"
+    cpu_us = 0.1
 
     def __init__(self, n_inputs: int) -> None:
         self.n_inputs = n_inputs
@@ -329,6 +336,7 @@ class KeyBy(Operator):
     """Mark `key` as the stream's key (no data moves in one process; across hosts it hash-partitions)."""
 
     kind = "key_by"
+    cpu_us = 0.1
 
     def __init__(self, key: str) -> None:
         self.key = key

@@ -35,6 +35,9 @@ class WindowAggregate(Operator):
     """Per key and window, fold records into aggregates; emit when the watermark passes the end."""
 
     kind = "window_aggregate"
+    keyed = True
+    cpu_us = 0.6
+    selectivity = 0.01
 
     def __init__(self, spec: WindowSpec, aggs: dict[str, Aggregate], lateness: int = 0,
                  processing_time: bool = False) -> None:

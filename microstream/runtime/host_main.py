@@ -2,8 +2,8 @@
 
     python -m microstream.runtime.host_main --control ipc:///tmp/agent.sock --job J --vnode vn0
 
-Life cycle: hello -> (spec) -> bind a channel server -> ready(endpoint) -> (connect) -> (start)
--> run, sending stats every second -> done(result) or failed(error). A `stop` ends it at once.
+hello -> (spec) -> bind a channel server, then the life cycle every host backend shares
+(`host_lifecycle.serve_vnode`) over this process's control socket. A `stop` ends it at once.
 """
 
 from __future__ import annotations
@@ -11,94 +11,87 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
-import traceback
+from typing import Any
 
 import zmq
 
+from .host_lifecycle import failure_report, serve_vnode
 from .protocol import ControlMessage, msg
-
-
-def _send(sock: zmq.Socket, message: ControlMessage) -> None:
-    sock.send_multipart(message.frames())
-
 
 _LATER = ("pause_to", "redirect", "snapshot")  # about other virtual nodes' moves: handled once running
 
 
-def _expect(sock: zmq.Socket, kind: str, later: list[ControlMessage], timeout_ms: int = 120_000) -> ControlMessage:
-    while True:
-        if not sock.poll(timeout_ms):
-            raise TimeoutError(f"no '{kind}' from the agent within {timeout_ms / 1000:.0f} s")
-        m = ControlMessage.parse(sock.recv_multipart())
-        if m.kind == kind:
-            return m
-        if m.kind == "stop":
-            raise InterruptedError("stopped by the agent")
-        if m.kind not in _LATER:
-            raise RuntimeError(f"expected '{kind}' from the agent, got '{m.kind}'")
-        later.append(m)
+class SocketControl:
+    """A process host's control link: a DEALER socket to its agent's IPC socket."""
+
+    def __init__(self, sock: zmq.Socket, job: str, vnode: str) -> None:
+        self.sock, self.job, self.vnode = sock, job, vnode
+        self.wake = sock
+        self.later: list[ControlMessage] = []
+        self._stopped = False
+
+    @property
+    def stopped(self) -> bool:
+        return self._stopped
+
+    def send(self, kind: str, payload: Any = None, **header: Any) -> None:
+        self.sock.send_multipart(msg(kind, payload, job=self.job, vnode=self.vnode, **header).frames())
+
+    def expect(self, kind: str, timeout_ms: int = 120_000) -> ControlMessage:
+        while True:
+            if not self.sock.poll(timeout_ms):
+                raise TimeoutError(f"no '{kind}' from the agent within {timeout_ms / 1000:.0f} s")
+            m = ControlMessage.parse(self.sock.recv_multipart())
+            if m.kind == kind:
+                return m
+            if m.kind == "stop":
+                raise InterruptedError("stopped by the agent")
+            if m.kind not in _LATER:
+                raise RuntimeError(f"expected '{kind}' from the agent, got '{m.kind}'")
+            self.later.append(m)
+
+    def poll(self) -> list[ControlMessage]:
+        messages, self.later = self.later, []
+        while self.sock.poll(0):
+            m = ControlMessage.parse(self.sock.recv_multipart())
+            if m.kind == "stop":
+                self._stopped = True
+            else:
+                messages.append(m)
+        return messages
 
 
 def serve(control: str, job: str, vnode: str) -> int:
     from .channels import ChannelClient, ChannelServer, CurveKeys
-    from .host import HostRuntime
 
     ctx = zmq.Context()
     sock = ctx.socket(zmq.DEALER)
     sock.linger = 2000
     sock.connect(control)
-    _send(sock, msg("hello", job=job, vnode=vnode, pid=os.getpid()))
+    link = SocketControl(sock, job, vnode)
+    link.send("hello", pid=os.getpid())
     try:
-        later: list[ControlMessage] = []
-        message = _expect(sock, "spec", later)
-        spec, settings = message.payload(), message.header
+        message = link.expect("spec")
+        spec, settings = message.payload(), {**message.header, "vnode": vnode}
         secret = settings.get("secret")
         keys = CurveKeys(settings["public"].encode(), secret.encode()) if secret else None
         trusted = [k.encode() for k in settings.get("trusted") or []] or None
         server = ChannelServer(bind=f"tcp://{settings['bind_host']}:*", keys=keys, trusted=trusted,
                                credits=spec.get("credits", 8))
-        runtime = HostRuntime(spec["graph"], spec["plan"], vnode, server, lambda ep, cid: None,
-                              restoring=bool(settings.get("restoring")))
-        _send(sock, msg("ready", job=job, vnode=vnode, endpoint=server.endpoint))
-        peers = _expect(sock, "connect", later).header["endpoints"]
 
         def client(peer: dict, channel_id: str) -> ChannelClient:
             server_public = peer["public_key"].encode() if keys and peer.get("public_key") else None
             return ChannelClient(peer["endpoint"], channel_id, keys=keys, server_public=server_public)
 
-        runtime.client_factory = client
-        runtime.connect(peers)
-        start = _expect(sock, "start", later)
-        if start.blob is not None:  # a saved or migrated virtual node resumes from its snapshot
-            runtime.restore(start.payload())
-            runtime.on_resumed = lambda: _send(sock, msg("resumed", job=job, vnode=vnode, at=time.time()))
-        stopped = False
-
-        def control() -> list[ControlMessage]:
-            nonlocal stopped
-            messages, later[:] = list(later), []
-            while sock.poll(0):
-                m = ControlMessage.parse(sock.recv_multipart())
-                if m.kind == "stop":
-                    stopped = True
-                else:
-                    messages.append(m)
-            return messages
-
-        result = runtime.run(report=lambda s: _send(sock, msg("stats", job=job, vnode=vnode, stats=s)),
-                             should_stop=lambda: stopped, control=control, control_socket=sock)
-        if "snapshot" in result:
-            _send(sock, msg("snapshot", result["snapshot"], job=job, vnode=vnode))
-        else:
-            _send(sock, msg("done", result, job=job, vnode=vnode, stats=result["stats"]))
-        server.close()
+        try:
+            serve_vnode(link, spec, settings, server, client, ready={"endpoint": server.endpoint})
+        finally:
+            server.close()
         return 0
     except InterruptedError:
         return 0
     except Exception as exc:  # noqa: BLE001 - reported to the agent, which tells the coordinator
-        detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-        _send(sock, msg("failed", job=job, vnode=vnode, error=detail, traceback=traceback.format_exc()))
+        link.send("failed", **failure_report(exc))
         return 1
     finally:
         sock.close(linger=2000)

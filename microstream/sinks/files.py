@@ -58,6 +58,7 @@ class CsvSink(_FileSink):
     """Write records as CSV with a header; event-time columns as ISO-8601 UTC."""
 
     kind = "csv"
+    cpu_us = 2.0
 
     def open(self, ctx) -> None:
         super().open(ctx)
@@ -75,6 +76,7 @@ class JsonlSink(_FileSink):
     """Write one JSON object per line; NaN becomes null; event-time columns as ISO-8601 UTC."""
 
     kind = "jsonl"
+    cpu_us = 3.0
 
     def write(self, batch: Batch) -> None:
         cols = self._columns(batch)

@@ -26,16 +26,22 @@ class Collect(Sink):
     """
 
     kind = "collect"
+    cpu_us = 0.5
+    collects = True
 
     def __init__(self) -> None:
-        self._batches: list[Batch] = []
+        self._batches: list[Batch] = []      # spec: the last run's results; instance: this run's
         self._lock = threading.Lock()
         self._schema: Schema | None = None
 
+    def output_schemas(self, inputs: list[Schema], name: str) -> dict[str, Schema]:
+        self._schema = inputs[0]
+        return {}
+
     def open(self, ctx) -> None:
         super().open(ctx)
-        self._schema = ctx.input_schemas[0]
         self._batches = []
+        self._lock = threading.Lock()
 
     def write(self, batch: Batch) -> None:
         with self._lock:
@@ -47,11 +53,13 @@ class Collect(Sink):
     def restore(self, state: dict[str, Any]) -> None:
         self._batches = [Batch(d) for d in state["batches"]]
 
-    def extend(self, batches: list[Batch], schema: Schema | None) -> None:
-        """Results gathered elsewhere (another process) land here."""
+    def results(self) -> list[Any]:
+        return [b.to_dict() for b in self._batches]
+
+    def deliver(self, results: list[Any]) -> None:
+        batches = [b if isinstance(b, Batch) else Batch(b) for b in results]
         with self._lock:
-            self._schema = schema or self._schema
-            self._batches.extend(batches)
+            self._batches[:] = batches
 
     def batches(self) -> list[Batch]:
         return list(self._batches)
@@ -69,20 +77,21 @@ class Collect(Sink):
         return sum(b.num_rows for b in self._batches)
 
     def __getstate__(self) -> dict[str, Any]:
-        state = super().__getstate__()
+        state = dict(self.__dict__)
         state["_lock"] = None
         state["_batches"] = []  # results travel back separately
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        self._lock = threading.Lock()
+        self.__dict__["_lock"] = threading.Lock()
 
 
 class CallbackSink(Sink):
     """Call `fn(batch)` for every batch (a `Batch`, i.e. a mapping of column name to numpy array)."""
 
     kind = "callback"
+    cpu_us = 2.0
 
     def __init__(self, fn: Callable[[Batch], None]) -> None:
         self.fn = fn
@@ -95,6 +104,7 @@ class PrintSink(Sink):
     """Print records as aligned rows (event times in ISO-8601) to stdout."""
 
     kind = "print"
+    cpu_us = 5.0
 
     def __init__(self, prefix: str = "", file: TextIO | None = None) -> None:
         self.prefix = prefix

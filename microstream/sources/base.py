@@ -33,6 +33,7 @@ def _bounded_watermarks(t, max_seen, delay, out):
 class Source(Operator):
     kind = "source"
     n_inputs = 0
+    polled = True
 
     def __init__(self, time: str | None, max_delay: int = 0, speed: float | None = None,
                  batch_size: int = 65536) -> None:

@@ -165,6 +165,7 @@ class CsvSource(_ChunkedFileSource):
     """
 
     kind = "read_csv"
+    cpu_us = 3.0
 
     def __init__(self, path: str | Path, time: str | tuple[str, str] | None = None, time_format: str = "iso",
                  utc_offset: str | int | None = None, delimiter: str | None = None, decimal: str = ".",
@@ -256,6 +257,7 @@ class JsonlSource(_ChunkedFileSource):
     """
 
     kind = "read_jsonl"
+    cpu_us = 4.0
 
     def __init__(self, path: str | Path, time: str | None = None, time_format: str = "iso",
                  time_unit: str = "s", utc_offset: str | int | None = None,

@@ -22,6 +22,7 @@ class ArraySource(Source):
     """Columns already in memory, cut into batches: the fastest source (benchmarks, tests)."""
 
     kind = "from_arrays"
+    cpu_us = 0.1
 
     def __init__(self, columns: Mapping[str, np.ndarray], time: str | None = None, max_delay: int = 0,
                  batch_size: int = 65536, speed: float | None = None) -> None:
@@ -63,23 +64,33 @@ class IterableSource(Source):
     """Records (dicts) or batches (dicts of arrays, or `Batch`) from any iterable."""
 
     kind = "from_iterable"
+    cpu_us = 2.0
 
-    def __init__(self, items: Iterable[Any], time: str | None = None, max_delay: int = 0,
-                 batch_size: int = 1024, schema: Mapping[str, Any] | None = None) -> None:
+    def __init__(self, items: Iterable[Any] | Callable[[], Iterable[Any]], time: str | None = None,
+                 max_delay: int = 0, batch_size: int = 1024, schema: Mapping[str, Any] | None = None) -> None:
         super().__init__(time, max_delay, None, batch_size)
-        self._items: Iterator[Any] = iter(items)
-        self._peeked: list[Any] = []
+        # A list (any re-iterable) or a function returning an iterable is read afresh by every run; a one-shot
+        # iterator (a generator) can be read by one run only, and its first item is peeked at build time.
+        self.factory = items if callable(items) and not isinstance(items, Iterable) else None
+        self.items = None if self.factory is not None else items
+        self.one_shot = self.items is not None and iter(self.items) is self.items
+        self.first: list[Any] = []          # a one-shot iterator's item consumed to learn the schema
+        self.runs = [0]                      # shared by the spec and its instances: runs of a one-shot iterator
         self.schema = schema
+
+    def _fresh(self) -> Iterator[Any]:
+        return iter(self.factory() if self.factory is not None else self.items)  # type: ignore[arg-type]
 
     def output_schemas(self, inputs: list[Schema], name: str) -> dict[str, Schema]:
         if self.schema is not None:
             schema = Schema.of(self.schema, time=self.time)
         else:
-            first = next(self._items, None)
+            first = next(self.items, None) if self.one_shot else next(self._fresh(), None)  # type: ignore[call-overload]
             if first is None:
                 raise PipelineError(name, "from_iterable got an empty iterable, so its columns are unknown",
                                     "pass schema={'col': 'float64', ...}")
-            self._peeked.append(first)
+            if self.one_shot:
+                self.first.append(first)
             schema = schema_of_columns(self._to_batch([first]).to_dict(), time=self.time)
         _check_time(schema, self.time, name)
         return {OUT: schema}
@@ -87,29 +98,50 @@ class IterableSource(Source):
     def open(self, ctx) -> None:
         super().open(ctx)
         self.out_schema = ctx.output_schemas[OUT]
+        self._read = 0
+        if self.one_shot:
+            self.runs[0] += 1
+            if self.runs[0] > 1 and not ctx.extra.get("restoring"):
+                raise PipelineError(ctx.name, "from_iterable was given a one-shot iterator (a generator), and an "
+                                              "earlier run has consumed it",
+                                    "pass a list, or a function that returns a fresh iterable: "
+                                    "from_iterable(lambda: make_records())")
+            self._items: Iterator[Any] = self.items  # type: ignore[assignment]
+            self._peeked = list(self.first)
+        else:
+            self._items, self._peeked = self._fresh(), []
 
     def read(self) -> Emit | None:
         items = self._peeked + list(itertools.islice(self._items, self.batch_size - len(self._peeked)))
         self._peeked = []
         if not items:
             return None
+        self._read += len(items)
         if isinstance(items[0], (Batch, dict)) and not _is_record(items[0]):
             return [(OUT, self._cast(self._to_batch([it]))) for it in items]
         return [(OUT, self._cast(self._to_batch(items)))]
 
     def reader_state(self) -> Any:
+        if not self.one_shot:
+            return ("offset", self._read)  # read afresh and skip what was read: nothing to ship
         import cloudpickle
 
         try:
-            return cloudpickle.dumps((self._items, self._peeked))
+            return ("pickle", cloudpickle.dumps((self._items, self._peeked)))
         except Exception as exc:  # generators cannot be pickled
             raise NotImplementedError(f"from_iterable over a {type(self._items).__name__} cannot be saved or "
-                                      "migrated; pass a list") from exc
+                                      "migrated; pass a list or a function that returns an iterable") from exc
 
     def restore_reader(self, state: Any) -> None:
-        import cloudpickle
+        how, value = state
+        if how == "offset":
+            self._items, self._peeked, self._read = self._fresh(), [], value
+            for _ in itertools.islice(self._items, value):
+                pass
+        else:
+            import cloudpickle
 
-        self._items, self._peeked = cloudpickle.loads(state)
+            self._items, self._peeked = cloudpickle.loads(value)
 
     def _to_batch(self, items: list[Any]) -> Batch:
         first = items[0]
@@ -138,6 +170,7 @@ class PollSource(TickingSource):
     """
 
     kind = "poll"
+    cpu_us = 2.0
 
     def __init__(self, fn: Callable[[], Any], interval: int, time: str = "time", max_delay: int = 0,
                  limit: int | None = None, schema: Mapping[str, Any] | None = None) -> None:

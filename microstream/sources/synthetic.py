@@ -67,6 +67,7 @@ class SyntheticSource(Source):
     """
 
     kind = "synthetic"
+    cpu_us = 0.2
 
     def __init__(self, count: int = 100_000, sensors: int = 1000, rate: float = 1000.0, seed: int = 0,
                  jitter: Any = 0, glitch_rate: float = 0.0, start: int = 1_700_000_000 * SECOND,

@@ -295,7 +295,8 @@ class Relay:
             self.to_agent("done", item.blob, stats=h.get("stats", {}))
             self.finished = True
         elif kind == "failed":
-            self.to_agent("failed", error=h.get("error", "?"), traceback=h.get("traceback", ""))
+            self.to_agent("failed", error=h.get("error", "?"), traceback=h.get("traceback", ""),
+                          **{k: h[k] for k in ("operator", "cause") if k in h})
             self.code, self.finished = 1, True
         elif kind == "exited":
             self.finished = True

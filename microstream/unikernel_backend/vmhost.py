@@ -32,7 +32,6 @@ import shutil
 import struct
 import threading
 import time
-import traceback
 from dataclasses import dataclass
 from typing import Any
 
@@ -343,73 +342,51 @@ def preload() -> float:
 
 
 def _serve(wire: Wire) -> None:
-    job = vnode = "?"
+    from ..runtime.host_lifecycle import failure_report
+
     try:
         _numba_cache()
         warm = preload()
         spec_item = wire.wait_for("spec")
-        settings = {**spec_item.header, "preload_s": warm}
-        job, vnode = settings["job"], settings["vnode"]
-        _run(wire, settings, spec_item.blob)
+        _run(wire, {**spec_item.header, "preload_s": warm}, spec_item.blob)
     except InterruptedError:
         wire.send("exited", {})
     except BaseException as exc:  # noqa: BLE001 - reported to the relay, which tells the agent
-        detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-        wire.send("failed", {"job": job, "vnode": vnode, "error": detail, "traceback": traceback.format_exc()})
+        wire.send("failed", failure_report(exc))
 
 
-def _run(wire: Wire, settings: dict[str, Any], blob: bytes | None) -> None:
-    import cloudpickle
+class WireControl:
+    """A microVM host's control link: agent messages arrive through the relay as ``ctl`` items on the wire."""
 
-    from ..runtime.host import HostRuntime
+    wake = None
 
-    t0 = time.monotonic()
-    spec = cloudpickle.loads(blob)
-    vnode = settings["vnode"]
-    server = ProxyServer(wire)
-    runtime = HostRuntime(spec["graph"], spec["plan"], vnode, server, lambda peer, cid: None,
-                          restoring=bool(settings.get("restoring")))
-    wire.send("ready", {"seconds": time.monotonic() - t0, "preload_s": settings.get("preload_s")})
-    stopped = False
-    clients: list[ProxyClient] = []
+    def __init__(self, wire: Wire) -> None:
+        self.wire = wire
+        self._stopped = False
 
-    def expect(kind: str) -> _Control:
+    @property
+    def stopped(self) -> bool:
+        return self._stopped
+
+    def send(self, kind: str, payload: Any = None, **header: Any) -> None:
+        import cloudpickle
+
+        blob = cloudpickle.dumps(payload) if payload is not None else None
+        self.wire.send(kind, header, blob=blob)
+
+    def expect(self, kind: str) -> _Control:
         while True:
-            item = wire.wait_for("ctl")
+            item = self.wire.wait_for("ctl")
             c = _Control(item.header["kind"], item.header.get("header", {}), item.blob)
             if c.kind == kind:
                 return c
             if c.kind == "stop":
                 raise InterruptedError("stopped by the agent")
-            wire.controls.append(c)  # about other vnodes' moves: handled once running
+            self.wire.controls.append(c)  # about other vnodes' moves: handled once running
 
-    def factory(peer: Any, cid: str) -> ProxyClient:
-        client = ProxyClient(wire, cid, peer)
-        clients.append(client)
-        return client
-
-    runtime.client_factory = factory
-    runtime.connect(expect("connect").header["endpoints"])
-    begin = expect("start")
-    if begin.blob is not None:  # a saved or migrated virtual node resumes from its snapshot
-        runtime.restore(cloudpickle.loads(begin.blob))
-        runtime.on_resumed = lambda: wire.send("resumed", {"at": time.time()})
-
-    def on_aligned() -> None:
-        """A whole-VM move: nothing is in flight now; wait (the VM moves meanwhile) until the relay on
-        the new machine says go on, then reopen this vnode's channels from there."""
-        wire.flush_acks()
-        wire.send("aligned", {})
-        wire.wait_for("continue")
-        for client in clients:
-            client.reopen()
-        runtime.on_resumed = lambda: wire.send("resumed", {"at": time.time()})
-
-    runtime.on_aligned = on_aligned
-
-    def control() -> list[_Control]:
+    def poll(self) -> list[_Control]:
         """Control messages waiting (without blocking); a `stop` ends the run."""
-        nonlocal stopped
+        wire = self.wire
         while True:
             item = wire.next(0)
             if item is None:
@@ -420,12 +397,37 @@ def _run(wire: Wire, settings: dict[str, Any], blob: bytes | None) -> None:
             wire.controls.append(_Control(item.header.get("kind", item.kind), item.header.get("header", {}),
                                           item.blob))
         pending, wire.controls = wire.controls, []
-        stopped = stopped or any(c.kind == "stop" for c in pending)
+        self._stopped = self._stopped or any(c.kind == "stop" for c in pending)
         return [c for c in pending if c.kind != "stop"]
 
-    result = runtime.run(report=lambda s: wire.send("stats", {"stats": s}), should_stop=lambda: stopped,
-                         control=control)
-    if "snapshot" in result:
-        wire.send("snapshot", {}, blob=cloudpickle.dumps(result["snapshot"]))
-    else:
-        wire.send("done", {"stats": result["stats"]}, blob=cloudpickle.dumps(result))
+
+def _run(wire: Wire, settings: dict[str, Any], blob: bytes | None) -> None:
+    import cloudpickle
+
+    from ..runtime.host_lifecycle import serve_vnode
+
+    t0 = time.monotonic()
+    spec = cloudpickle.loads(blob)
+    control = WireControl(wire)
+    clients: list[ProxyClient] = []
+
+    def factory(peer: Any, cid: str) -> ProxyClient:
+        client = ProxyClient(wire, cid, peer)
+        clients.append(client)
+        return client
+
+    def whole_vm_moves(runtime: Any) -> None:
+        def on_aligned() -> None:
+            """A whole-VM move: nothing is in flight now; wait (the VM moves meanwhile) until the relay on
+            the new machine says go on, then reopen this vnode's channels from there."""
+            wire.flush_acks()
+            wire.send("aligned", {})
+            wire.wait_for("continue")
+            for client in clients:
+                client.reopen()
+            runtime.on_resumed = lambda: wire.send("resumed", {"at": time.time()})
+
+        runtime.on_aligned = on_aligned
+
+    serve_vnode(control, spec, settings, ProxyServer(wire), factory, prepare=whole_vm_moves,
+                ready={"seconds": time.monotonic() - t0, "preload_s": settings.get("preload_s")})

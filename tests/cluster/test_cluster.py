@@ -243,3 +243,52 @@ def test_cluster_result_counts_late_records_as_the_local_run_does(home):
         _, remote = client.submit(job())
     assert local.late_count > 100
     assert remote.late_count == local.late_count
+
+
+def _union_of_twelve():
+    import numpy as np
+
+    import microstream as ms
+
+    p = ms.Pipeline("twelve")
+    streams = [p.from_arrays({"sensor": np.full(500, i, dtype=np.int64),
+                              "time": np.arange(500, dtype=np.int64) * 10**8 + i,
+                              "v": np.arange(500, dtype=np.float64) * (i + 1)}, time="time", batch_size=64)
+               for i in range(12)]
+    both = streams[0].union(*streams[1:])
+    out = ms.sinks.collect()
+    both.key_by("sensor").window(ms.tumbling(seconds=5)).aggregate(
+        n=ms.agg.count(), s=ms.agg.sum("v")).with_parallelism(2).sink(out)
+    return p, out
+
+
+def test_union_of_twelve_streams_runs_on_the_cluster_as_locally(home):
+    p, out = _union_of_twelve()
+    local = p.run(verbose=False)
+    local_rows = sorted(map(tuple, (r.values() for r in out.records())))
+    with Client(cluster.address(home), timeout=120) as client:
+        _, remote = client.submit(p)          # the same Pipeline object, after a local run
+    remote_rows = sorted(map(tuple, (r.values() for r in out.records())))
+    assert len(local_rows) == 12 * 10 and remote_rows == local_rows
+    assert remote.records_in == local.records_in and remote.records_out == local.records_out
+
+
+def _refuse(batch):
+    raise ValueError("sensor 7 is not calibrated")
+
+
+def test_a_failing_user_function_names_its_operator_on_the_cluster_too(home):
+    import microstream as ms
+    from microstream.core.errors import OperatorError
+
+    def job() -> ms.Pipeline:
+        p = ms.Pipeline("fails")
+        p.from_iterable([{"v": 1.0}, {"v": 0.0}]).filter(_refuse, name="calibrated").sink(ms.sinks.collect())
+        return p
+
+    with pytest.raises(OperatorError, match="calibrated.*ValueError: sensor 7") as local:
+        job().run(verbose=False)
+    with Client(cluster.address(home), timeout=120) as client, \
+            pytest.raises(OperatorError, match="calibrated.*ValueError: sensor 7") as remote:
+        client.submit(job())
+    assert remote.value.operator == local.value.operator == "calibrated"

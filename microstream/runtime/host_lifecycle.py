@@ -1,0 +1,80 @@
+"""A virtual node's host life cycle, written once for every host backend.
+
+    spec -> ready -> connect(endpoints) -> start(snapshot?) -> run, with stats every second
+         -> done(result) | snapshot(state) | failed(error);   stop ends it at any point
+
+The agent (or, in a microVM, the relay) speaks to the host through a `HostControl`: a ZeroMQ socket for a
+process host (`host_main.py`), the VM's virtio link for a microVM host (`unikernel_backend/vmhost.py`).
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import cloudpickle
+
+from ..core.errors import OperatorError
+from .host import HostRuntime
+
+
+class ControlItem(Protocol):
+    kind: str
+    header: dict[str, Any]
+    blob: bytes | None
+
+
+class HostControl(Protocol):
+    """The host's end of its control link."""
+
+    wake: Any   # something the channel server's recv can also wait on (a socket), or None
+
+    def send(self, kind: str, payload: Any = None, **header: Any) -> None:
+        """Tell the agent something; `payload` is cloudpickled."""
+
+    def expect(self, kind: str) -> ControlItem:
+        """Block until a message of `kind` arrives (raise InterruptedError on a stop); messages about other
+        virtual nodes' moves that come first are kept for `poll`."""
+
+    def poll(self) -> list[ControlItem]:
+        """Control messages waiting now, without blocking (a stop is remembered in `stopped`)."""
+
+    @property
+    def stopped(self) -> bool: ...
+
+
+def failure_report(exc: BaseException) -> dict[str, Any]:
+    """What a host tells its agent when its run fails: enough for the client to raise the same error a
+    local run raises (`OperatorError` naming the operator)."""
+    detail = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+    report: dict[str, Any] = {"error": detail, "traceback": traceback.format_exc()}
+    if isinstance(exc, OperatorError):
+        cause = exc.__cause__
+        report["operator"] = exc.operator
+        report["cause"] = "".join(traceback.format_exception_only(type(cause), cause)).strip() if cause else detail
+    return report
+
+
+def serve_vnode(control: HostControl, spec: dict[str, Any], settings: dict[str, Any], server: Any,
+                client_factory: Callable[[Any, str], Any], ready: dict[str, Any],
+                prepare: Callable[[HostRuntime], None] | None = None) -> None:
+    """Run one virtual node from its spec to its end, reporting to `control`. Exceptions propagate (the
+    caller reports them with `failure_report`, which also covers failures before the runtime exists)."""
+    runtime = HostRuntime(spec["graph"], spec["plan"], settings["vnode"], server, client_factory,
+                          restoring=bool(settings.get("restoring")))
+    if prepare is not None:
+        prepare(runtime)
+    control.send("ready", **ready)
+    runtime.connect(control.expect("connect").header["endpoints"])
+    start = control.expect("start")
+    if start.blob is not None:  # a saved or migrated virtual node resumes from its snapshot
+        runtime.restore(cloudpickle.loads(start.blob))
+        runtime.on_resumed = lambda: control.send("resumed", at=time.time())
+    result = runtime.run(report=lambda stats: control.send("stats", stats=stats),
+                         should_stop=lambda: control.stopped, control=control.poll, control_socket=control.wake)
+    if "snapshot" in result:
+        control.send("snapshot", result["snapshot"])
+    else:
+        control.send("done", result, stats=result["stats"])
