@@ -22,10 +22,17 @@ Numbers
     float field is NaN; an empty int field is a bad row. Ints must be plain decimal integers that fit in
     int64 (``"3.0"`` is not an int).
 
+Hostile input
+    Nothing in here recurses or raises on bad input: every bad row becomes a dead letter with its reason.
+    A quoted CSV field may span lines (RFC 4180); a row so spanning lines that turns out bad (an unbalanced
+    quote) is dead-lettered as its first line alone and reading resumes at the next line, so a stray quote
+    costs one line, not the rest of the file. Rows longer than ``max_row_bytes`` and JSON values nested deeper
+    than ``max_depth`` are dead letters; dead letters keep at most 1,000 characters of the row.
+
 Limitations
-    A quoted CSV field cannot span lines (the caller cuts chunks at newlines); such a row is a dead letter
-    ("unterminated quoted field"). JSON keys are compared as raw bytes (a key written with escapes only
-    matches a requested name spelled with the same escapes). Invalid UTF-8 in string fields becomes U+FFFD.
+    JSON keys are compared as raw bytes (a key written with escapes only matches a requested name spelled
+    with the same escapes). Invalid UTF-8 in string fields becomes U+FFFD here: the sources check the
+    encoding before parsing (see ``microstream.sources.files``).
     Numeric JSON times keep at most 18 significant digits (exact to the ns for epoch seconds with up to 9
     decimals). The first compile of the kernels takes about 20 s; numba then caches them on disk
     (``__pycache__`` or ``NUMBA_CACHE_DIR``) and later processes load them in a fraction of a second.
@@ -46,20 +53,24 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 __all__ = [
+    "KNOWN_SENTINELS",
     "CsvResult",
     "CsvSpec",
+    "Sniffed",
     "compile_time_format",
     "infer_csv_header",
     "parse_csv",
     "parse_floats",
     "parse_jsonl",
     "parse_timestamps",
+    "sniff_csv",
+    "sniff_jsonl",
 ]
 
 # ----------------------------------------------------------------------------------------------------
 # constants shared by Python and the kernels (module-level ints are frozen into the compiled code)
 
-_K_SKIP, _K_FLOAT, _K_INT, _K_STR, _K_TIME = 0, 1, 2, 3, 4
+_K_SKIP, _K_FLOAT, _K_INT, _K_STR, _K_TIME, _K_SNIFF = 0, 1, 2, 3, 4, 5
 _KIND_CODES = {"float": _K_FLOAT, "int": _K_INT, "str": _K_STR, "time": _K_TIME}
 
 # time-format program: one int64 per op = code * 1024 + argument
@@ -77,8 +88,14 @@ _TIME_ERRORS = {_T_MATCH: "", _T_MONTH: "month out of range", _T_DAY: "day out o
 
 # dead-letter codes
 (_D_FIELDS, _D_UNTERMINATED, _D_AFTER_QUOTE, _D_FLOAT, _D_INT, _D_TIME, _D_JSON, _D_NOT_OBJECT, _D_NESTED,
- _D_MISSING, _D_NULL, _D_BOOL_TIME, _D_TIME_NUMBER) = range(1, 14)
-_DEAD_COLS = 10  # line, line start, line end, code, column, field start, field end, aux, field2 start, end
+ _D_MISSING, _D_NULL, _D_BOOL_TIME, _D_TIME_NUMBER, _D_TOO_LONG, _D_HEADER, _D_DEPTH) = range(1, 17)
+# line, line start, line end, code, column, field start, field end, aux, field2 start, end, lines spanned
+_DEAD_COLS = 11
+
+_WS = -2  # the delimiter code of "whitespace": fields separated by runs of blanks
+
+# type-inference flags (a column's flags are the OR over its values)
+_S_EMPTY, _S_INT, _S_FLOAT, _S_TEXT, _S_BOOL, _S_NESTED = 1, 2, 4, 8, 16, 32
 
 # JSON value types
 _J_NONE, _J_STR, _J_NUM, _J_TRUE, _J_FALSE, _J_NULL, _J_NESTED = range(7)
@@ -768,7 +785,8 @@ def _line_end(data, pos, n):
 
 
 @_inline
-def _dead(dead, nd, li, ls, le, code, col, fs, fe, aux, fs2, fe2):
+def _dead(dead, nd, li, ls, le, code, col, fs, fe, aux, fs2, fe2, span):
+    dead[nd, 10] = span
     dead[nd, 0] = li
     dead[nd, 1] = ls
     dead[nd, 2] = le
@@ -781,92 +799,160 @@ def _dead(dead, nd, li, ls, le, code, col, fs, fe, aux, fs2, fe2):
     dead[nd, 9] = fe2
 
 
+@_inline
+def _sniff_field(data, s, e, dec, c, sniff, sent, hits, first):
+    """Classify data[s:e] for type inference: set bits of sniff[c] (_S_* flags), count sentinel hits."""
+    while s < e and _is_blank(np.int64(data[s])):
+        s += 1
+    if s == e:
+        sniff[c] |= _S_EMPTY
+        return
+    ok, iv = _parse_int(data, s, e)
+    if ok:
+        sniff[c] |= _S_INT
+        v = float(iv)
+    else:
+        ok, v = _parse_float(data, s, e, dec)
+        if not ok:
+            sniff[c] |= _S_TEXT
+            return
+        sniff[c] |= _S_FLOAT
+    for q in range(sent.shape[0]):
+        if v == sent[q]:
+            if hits[c] == 0:
+                first[c] = v
+            hits[c] += 1
+            break
+
+
 @_jit
 def _csv_kernel(data, pos, ng, li, delim, quote, dec, n_required, allow_extra, kinds, slots, progs, prog_off,
-                default_off, miss_flag, miss_val, join_a, join_b, scratch, out_f, out_i, out_t, str_s, str_e,
-                str_m, line_idx, dead):
-    """Parse CSV lines from data[pos:] until the end or until `dead` is full.
+                default_off, miss_flag, miss_val, join_a, join_b, scratch, hdr, final, max_row, sniff, sent, hits,
+                first, out_f, out_i, out_t, str_s, str_e, str_m, line_idx, dead):
+    """Parse CSV rows from data[pos:] until the end, until `dead` is full, or (if not `final`) until a quoted
+    field runs past the end of the data (the caller then calls again with more data).
 
     `ng` and `li` are the good rows and lines already seen; returns (ng, dead rows, li, pos) to resume from.
+    `delim` is a byte, or _WS for runs of blanks. A quoted field may span lines (RFC 4180); a row spanning
+    lines that turns out bad is dead-lettered as its first line alone, and reading resumes at the next line.
+    A line equal to `hdr` (the header line) is dead-lettered as a repeated header.
     """
     data = _borrow(data)
     progs = _borrow(progs)
     scratch = _borrow(scratch)  # for time_join: at least as long as the longest line + 1
     dead = _borrow(dead)
+    hdr = _borrow(hdr)
     n = data.shape[0]
     n_header = kinds.shape[0]
+    n_hdr = hdr.shape[0]
+    ws = delim == _WS
     fs = np.zeros(n_header, np.int64)
     fe = np.zeros(n_header, np.int64)
     fq = np.zeros(n_header, np.int64)
     nd = 0
     while pos < n and nd < dead.shape[0]:
-        # split the line into fields, up to its '\n'
+        # split the row into fields, up to its '\n' (or further, inside a quoted field)
         nf = 0
         err = 0
         errcol = 0
+        nl = 0  # newlines inside quoted fields
         extra_nonempty = False
         content = False  # False while the line holds only delimiters and blanks
         k = pos
-        while True:
-            if quote >= 0 and k < n and data[k] == quote:
-                content = True
+        if ws:
+            while k < n and (data[k] == 32 or data[k] == 9 or data[k] == 13):
                 k += 1
-                st = k
-                esc = 0
-                closed = False
-                while k < n:
-                    c = data[k]
-                    if c == quote:
-                        if k + 1 < n and data[k + 1] == quote:
-                            esc = 1
-                            k += 2
-                            continue
-                        closed = True
-                        break
-                    if c == 10:
-                        break
+        more = False
+        if not (ws and (k >= n or data[k] == 10)):  # not a blank line
+            while True:
+                if quote >= 0 and k < n and data[k] == quote:
+                    content = True
                     k += 1
-                if not closed:
-                    err = _D_UNTERMINATED
-                    errcol = nf
-                    break
-                en = k
-                k += 1
-                if k < n:
-                    c = data[k]
-                    if c == 13 and (k + 1 == n or data[k + 1] == 10):
+                    st = k
+                    esc = 0
+                    closed = False
+                    while k < n:
+                        c = data[k]
+                        if c == quote:
+                            if k + 1 < n and data[k + 1] == quote:
+                                esc = 1
+                                k += 2
+                                continue
+                            closed = True
+                            break
+                        if c == 10:
+                            nl += 1
+                            if k - pos > max_row:
+                                break
                         k += 1
-                    elif c != delim and c != 10:
-                        err = _D_AFTER_QUOTE
+                    if not closed:
+                        if k >= n and not final and n - pos <= max_row:
+                            more = True
+                        err = _D_UNTERMINATED
                         errcol = nf
                         break
-            else:
-                st = k
-                while k < n:
-                    c = data[k]
-                    if c == delim or c == 10:
+                    en = k
+                    k += 1
+                    if k < n:
+                        c = data[k]
+                        if ws:
+                            if c != 32 and c != 9 and c != 13 and c != 10:
+                                err = _D_AFTER_QUOTE
+                                errcol = nf
+                                break
+                        elif c == 13 and (k + 1 == n or data[k + 1] == 10):
+                            k += 1
+                        elif c != delim and c != 10:
+                            err = _D_AFTER_QUOTE
+                            errcol = nf
+                            break
+                elif ws:
+                    st = k
+                    while k < n:
+                        c = data[k]
+                        if c == 32 or c == 9 or c == 10 or c == 13:
+                            break
+                        k += 1
+                    en = k
+                    content = True
+                    esc = 0
+                else:
+                    st = k
+                    while k < n:
+                        c = data[k]
+                        if c == delim or c == 10:
+                            break
+                        k += 1
+                    en = k
+                    if en > st and data[en - 1] == 13 and (en == n or data[en] == 10):
+                        en -= 1
+                    if not content:
+                        for q in range(st, en):
+                            if data[q] != 32 and data[q] != 9:
+                                content = True
+                                break
+                    esc = 0
+                if nf < n_header:
+                    fs[nf] = st
+                    fe[nf] = en
+                    fq[nf] = esc
+                elif en > st:
+                    extra_nonempty = True
+                nf += 1
+                if ws:
+                    while k < n and (data[k] == 32 or data[k] == 9 or data[k] == 13):
+                        k += 1
+                    if k >= n or data[k] == 10:
+                        break
+                else:
+                    if k >= n or data[k] != delim:
                         break
                     k += 1
-                en = k
-                if en > st and data[en - 1] == 13 and (en == n or data[en] == 10):
-                    en -= 1
-                if not content:
-                    for q in range(st, en):
-                        if data[q] != 32 and data[q] != 9:
-                            content = True
-                            break
-                esc = 0
-            if nf < n_header:
-                fs[nf] = st
-                fe[nf] = en
-                fq[nf] = esc
-            elif en > st:
-                extra_nonempty = True
-            nf += 1
-            if k >= n or data[k] != delim:
-                break
-            k += 1
-        # the line's end (ce, without '\r') and the start of the next line
+        if more:
+            break  # the caller reads more and calls again from this row
+        # the row's end (ce, without '\r') and the start of the next row
+        if nl > 0 and err != 0:
+            k = pos  # a row that a quoted field carried over several lines is bad: only its first line is
         le = k
         while le < n and data[le] != 10:
             le += 1
@@ -876,10 +962,20 @@ def _csv_kernel(data, pos, ng, li, delim, quote, dec, n_required, allow_extra, k
             li += 1  # blank line, or only delimiters
             pos = nxt
             continue
-        if err == 0 and (nf < n_required or (nf > n_header and (extra_nonempty or not allow_extra))):
+        if err == 0 and ce - pos > max_row:
+            err = _D_TOO_LONG
+        elif err == 0 and (nf < n_required or (nf > n_header and (extra_nonempty or not allow_extra))):
             err = _D_FIELDS
+        elif err == 0 and n_hdr > 0 and ce - pos == n_hdr:
+            same = True
+            for q in range(n_hdr):
+                if data[pos + q] != hdr[q]:
+                    same = False
+                    break
+            if same:
+                err = _D_HEADER
         if err != 0:
-            _dead(dead, nd, li, pos, ce, err, errcol, 0, 0, nf, 0, 0)
+            _dead(dead, nd, li, pos, ce, err, errcol, 0, 0, nf, 0, 0, nl)
             nd += 1
             li += 1
             pos = nxt
@@ -910,6 +1006,8 @@ def _csv_kernel(data, pos, ng, li, delim, quote, dec, n_required, allow_extra, k
                 str_s[slot, ng] = fs[c]
                 str_e[slot, ng] = fe[c]
                 str_m[slot, ng] = fq[c]
+            elif kind == _K_SNIFF:
+                _sniff_field(data, fs[c], fe[c], dec, c, sniff, sent, hits, first)
             else:
                 p0 = prog_off[slot]
                 p1 = prog_off[slot + 1]
@@ -929,15 +1027,24 @@ def _csv_kernel(data, pos, ng, li, delim, quote, dec, n_required, allow_extra, k
                     errcol = terr
                 out_t[slot, ng] = t
             if err != 0:
-                fs2 = fs[join_b] if c == join_a else 0
-                fe2 = fe[join_b] if c == join_a else 0
-                _dead(dead, nd, li, pos, ce, err, c, fs[c], fe[c], errcol, fs2, fe2)
+                if nl > 0:  # a row spanning lines that does not convert: its first line alone is dead
+                    le = pos
+                    while le < n and data[le] != 10:
+                        le += 1
+                    nxt = le + 1
+                    ce = le - 1 if le > pos and data[le - 1] == 13 else le
+                    _dead(dead, nd, li, pos, ce, err, c, fs[c], fe[c], errcol, 0, 0, nl)
+                    nl = 0
+                else:
+                    fs2 = fs[join_b] if c == join_a else 0
+                    fe2 = fe[join_b] if c == join_a else 0
+                    _dead(dead, nd, li, pos, ce, err, c, fs[c], fe[c], errcol, fs2, fe2, 0)
                 nd += 1
                 break
         if err == 0:
             line_idx[ng] = li
             ng += 1
-        li += 1
+        li += 1 + nl
         pos = nxt
     return ng, nd, li, pos
 
@@ -964,8 +1071,13 @@ def _skip_string(data, i, ce):
 
 @_jit
 def _jsonl_kernel(data, pos, ng, li, keys, key_off, kinds, slots, progs, prog_off, default_off, unit_pow,
-                  out_f, out_i, out_t, str_s, str_e, str_m, line_idx, dead):
-    """Parse JSON Lines from data[pos:] like _csv_kernel: returns (ng, dead rows, li, pos) to resume from."""
+                  max_row, max_depth, sniff, sent, hits, first, out_f, out_i, out_t, str_s, str_e, str_m, line_idx,
+                  dead):
+    """Parse JSON Lines from data[pos:] like _csv_kernel: returns (ng, dead rows, li, pos) to resume from.
+
+    A UTF-8 BOM at the start of a line is skipped; lines longer than `max_row` bytes and nested values deeper
+    than `max_depth` are dead letters (nesting is counted, never recursed into).
+    """
     data = _borrow(data)
     progs = _borrow(progs)
     dead = _borrow(dead)
@@ -978,7 +1090,10 @@ def _jsonl_kernel(data, pos, ng, li, keys, key_off, kinds, slots, progs, prog_of
     nd = 0
     while pos < n and nd < dead.shape[0]:
         ce, nxt = _line_end(data, pos, n)
-        i = _skip_ws(data, pos, ce)
+        i = pos
+        if i + 3 <= ce and data[i] == 0xEF and data[i + 1] == 0xBB and data[i + 2] == 0xBF:
+            i += 3
+        i = _skip_ws(data, i, ce)
         if i == ce:
             li += 1
             pos = nxt
@@ -986,7 +1101,9 @@ def _jsonl_kernel(data, pos, ng, li, keys, key_off, kinds, slots, progs, prog_of
         vt[:] = _J_NONE
         err = 0
         aux = 0
-        if data[i] != 123:  # {
+        if ce - pos > max_row:
+            err = _D_TOO_LONG
+        elif data[i] != 123:  # {
             err = _D_NOT_OBJECT
         else:
             i = _skip_ws(data, i + 1, ce)
@@ -1033,12 +1150,17 @@ def _jsonl_kernel(data, pos, ng, li, keys, key_off, kinds, slots, progs, prog_of
                                 continue
                             if c2 == 123 or c2 == 91:
                                 depth += 1
+                                if depth > max_depth:
+                                    break
                             elif c2 == 125 or c2 == 93:
                                 depth -= 1
                                 if depth == 0:
                                     i += 1
                                     break
                             i += 1
+                        if depth > max_depth:
+                            err = _D_DEPTH
+                            break
                         if depth != 0:
                             err = _D_JSON
                             break
@@ -1098,7 +1220,7 @@ def _jsonl_kernel(data, pos, ng, li, keys, key_off, kinds, slots, progs, prog_of
             if err == _D_JSON:
                 aux = i - pos
         if err != 0:
-            _dead(dead, nd, li, pos, ce, err, -1, 0, 0, aux, 0, 0)
+            _dead(dead, nd, li, pos, ce, err, -1, 0, 0, aux, 0, 0, 0)
             nd += 1
             li += 1
             pos = nxt
@@ -1109,7 +1231,18 @@ def _jsonl_kernel(data, pos, ng, li, keys, key_off, kinds, slots, progs, prog_of
             t = vt[j]
             s = vs[j]
             e = ve[j]
-            if t == _J_NONE:
+            if kind == _K_SNIFF:
+                if t == _J_NUM:
+                    _sniff_field(data, s, e, 46, j, sniff, sent, hits, first)
+                elif t == _J_STR:
+                    sniff[j] |= _S_TEXT
+                elif t == _J_TRUE or t == _J_FALSE:  # noqa: SIM109
+                    sniff[j] |= _S_BOOL
+                elif t == _J_NULL:
+                    sniff[j] |= _S_EMPTY
+                elif t == _J_NESTED:
+                    sniff[j] |= _S_NESTED
+            elif t == _J_NONE:
                 err = _D_MISSING
             elif t == _J_NESTED and kind != _K_STR:
                 err = _D_NESTED
@@ -1158,7 +1291,7 @@ def _jsonl_kernel(data, pos, ng, li, keys, key_off, kinds, slots, progs, prog_of
                     err = _D_BOOL_TIME
                 out_t[slot, ng] = tv
             if err != 0:
-                _dead(dead, nd, li, pos, ce, err, j, s, e, aux, t, 0)
+                _dead(dead, nd, li, pos, ce, err, j, s, e, aux, t, 0, 0)
                 nd += 1
                 break
         if err == 0:
@@ -1324,14 +1457,37 @@ def infer_csv_header(first_line: str | bytes, delimiter: str = ",") -> list[str]
 
     Trailing empty names (from a header that ends with delimiters, like ``...;AH;;``) are dropped; rows with
     the matching extra empty fields are still accepted when ``CsvSpec.allow_extra_empty_trailing`` is set.
+    ``delimiter="whitespace"`` splits at runs of blanks.
+
+    >>> infer_csv_header('\\ufeff"date";CO2;T;;', ";"), infer_csv_header("  doy  hhmm ghi ", "whitespace")
+    (['date', 'CO2', 'T'], ['doy', 'hhmm', 'ghi'])
     """
     if isinstance(first_line, bytes | bytearray):
         first_line = bytes(first_line).decode("utf-8", "replace")
     line = first_line.lstrip("\ufeff").rstrip("\r\n")
-    names = [n.strip() for n in next(csv.reader([line], delimiter=delimiter, quotechar='"'), [])]
+    if delimiter == "whitespace":
+        names = [n.strip('"') for n in line.split()]
+    else:
+        _delimiter_code(delimiter)
+        names = [n.strip() for n in next(csv.reader([line], delimiter=delimiter, quotechar='"'), [])]
     while names and not names[-1]:
         names.pop()
     return names
+
+
+def _delimiter_code(delimiter: str | None) -> int:
+    if delimiter == "whitespace":
+        return _WS
+    if not isinstance(delimiter, str) or len(delimiter) != 1 or ord(delimiter) > 127:
+        raise ValueError(f"delimiter must be one ASCII character or 'whitespace', got {delimiter!r}")
+    return ord(delimiter)
+
+
+# values that stations write for "no reading"; hitting one without `missing=` gets a notice (see sniff_csv)
+KNOWN_SENTINELS = (-9999.0, -9999.9, -99999.0, -7999.0, -6999.0, -999.0, -999.9)
+
+_DEFAULT_MAX_ROW = 1 << 20
+_DEFAULT_MAX_DEPTH = 64
 
 
 @dataclass
@@ -1343,7 +1499,12 @@ class CsvSpec:
     (default ``"iso"``). ``utc_offset`` (seconds east of UTC, or text like ``"+01:00"``) applies to
     timestamps without an offset. ``time_join=(a, b)`` parses ``field_a + " " + field_b`` with the format of
     ``a`` into column ``a``; column ``b`` is consumed and not output. ``missing`` maps float columns (or
-    ``"*"`` for all of them) to a sentinel that becomes NaN. ``quote`` may be ``None`` for no quoting.
+    ``"*"`` for all of them) to a sentinel that becomes NaN. ``quote`` may be ``None`` for no quoting; a
+    quoted field may span lines (RFC 4180). ``delimiter="whitespace"`` separates fields by runs of blanks
+    (leading and trailing blanks ignored), as in NOAA station files. ``header_line`` is the header line as
+    written in the file (default: the names joined by the delimiter; none for whitespace): a data line equal
+    to it is a dead letter ("repeated header line"), not data; ``""`` turns the check off. Rows longer than
+    ``max_row_bytes`` are dead letters.
     """
 
     delimiter: str = ","
@@ -1356,20 +1517,67 @@ class CsvSpec:
     time_join: tuple[str, str] | None = None
     missing: dict[str, float] = field(default_factory=dict)
     allow_extra_empty_trailing: bool = True
+    header_line: str | bytes | None = None
+    max_row_bytes: int = _DEFAULT_MAX_ROW
 
 
 @dataclass
 class CsvResult:
     """Parsed columns of the good rows, their 1-based file line numbers, and the dead letters.
 
-    ``dead`` holds ``(line number, raw line text, reason)`` per malformed row; ``n_lines`` is how many lines
-    of the chunk were consumed (so the next chunk's ``start_line`` is ``start_line + n_lines``).
+    ``dead`` holds ``(line number, raw line text, reason)`` per malformed row (the text cut to 1,000
+    characters); ``n_lines`` is how many lines of the chunk were consumed (so the next chunk's
+    ``start_line`` is ``start_line + n_lines``) and ``n_bytes`` how many bytes: less than the chunk only when
+    ``final=False`` and its last row is a quoted field still open at the end (pass the rest again with more).
     """
 
     columns: dict[str, np.ndarray]
     line_numbers: np.ndarray
     dead: list[tuple[int, str, str]]
     n_lines: int = 0
+    n_bytes: int = 0
+
+
+@dataclass
+class Sniffed:
+    """What a type-inference pass saw per column: ``flags`` (OR of ``_S_*`` bits), sentinel ``hits`` and the
+    first sentinel value hit, plus the pass's ``n_lines``/``n_bytes`` and its dead letters (bad rows, which
+    do not count for the types)."""
+
+    names: list[str]
+    flags: np.ndarray
+    hits: np.ndarray
+    first: np.ndarray
+    dead: list[tuple[int, str, str]]
+    n_lines: int = 0
+    n_bytes: int = 0
+
+    def merge(self, other: Sniffed) -> Sniffed:
+        first = np.where(self.hits > 0, self.first, other.first)
+        return Sniffed(self.names, self.flags | other.flags, self.hits + other.hits, first, self.dead + other.dead,
+                       self.n_lines + other.n_lines, self.n_bytes + other.n_bytes, self._csv)
+
+    def kinds(self) -> dict[str, str | None]:
+        """The narrowest kind holding every value seen: ``"int"`` (ints only; JSON booleans count as ints),
+        ``"float"`` (numbers; empty CSV fields and JSON nulls are NaN), ``"str"`` (any text), or None for a
+        column with no value at all (CSV: empty everywhere is ``"float"``)."""
+        out: dict[str, str | None] = {}
+        for name, f in zip(self.names, self.flags.tolist(), strict=True):
+            if f & _S_TEXT:
+                out[name] = "str"
+            elif f & _S_FLOAT:
+                out[name] = "float"
+            elif f & (_S_INT | _S_BOOL):
+                out[name] = "float" if f & _S_EMPTY else "int"  # an empty int field would be a bad row
+            else:
+                out[name] = "float" if self._csv and f & _S_EMPTY else None
+        return out
+
+    def sentinels(self) -> dict[str, tuple[float, int]]:
+        """{column: (sentinel value, rows holding it)} for the columns where a KNOWN_SENTINELS value occurred."""
+        return {n: (float(v), int(h)) for n, v, h in zip(self.names, self.first, self.hits, strict=True) if h}
+
+    _csv: bool = True
 
 
 @dataclass
@@ -1431,11 +1639,17 @@ def _outputs(plan: _Plan, n_lines: int) -> tuple[np.ndarray, ...]:
             np.empty(n_lines, np.int64))
 
 
+def _sniff_arrays(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    return (np.zeros(n, np.int64), np.array(KNOWN_SENTINELS, np.float64), np.zeros(n, np.int64),
+            np.zeros(n, np.float64))
+
+
 _DEAD_BATCH = 4096
 
 
-def _run_kernel(call, n: int, pos: int, n_lines: int) -> tuple[int, int, list[list[int]]]:
-    """Run `call(pos, ng, li, dead)` until the chunk is consumed, collecting dead rows in bounded batches."""
+def _run_kernel(call, n: int, pos: int, n_lines: int) -> tuple[int, int, int, list[list[int]]]:
+    """Run `call(pos, ng, li, dead)` until the chunk is consumed (or the kernel stops for more data),
+    collecting dead rows in bounded batches: returns (good rows, lines consumed, bytes consumed, dead rows)."""
     dead_buf = np.empty((max(1, min(n_lines, _DEAD_BATCH)), _DEAD_COLS), np.int64)
     ng = li = 0
     rows: list[list[int]] = []
@@ -1443,7 +1657,7 @@ def _run_kernel(call, n: int, pos: int, n_lines: int) -> tuple[int, int, list[li
         ng, nd, li, pos = call(pos, ng, li, dead_buf)
         rows.extend(dead_buf[:nd].tolist())
         if pos >= n or nd < len(dead_buf):
-            return int(ng), int(li), rows
+            return int(ng), int(li), int(min(pos, n)), rows
 
 
 def _assemble(plan: _Plan, buf: np.ndarray, outs: tuple[np.ndarray, ...], ng: int, quote: int,
@@ -1465,8 +1679,15 @@ def _assemble(plan: _Plan, buf: np.ndarray, outs: tuple[np.ndarray, ...], ng: in
     return cols, line_idx[:ng] + (start_line + 1)
 
 
-def _text(buf: np.ndarray, s: int, e: int) -> str:
-    return buf[s:e].tobytes().decode("utf-8", "replace")
+_RAW_KEEP = 1000  # characters of a bad row kept in its dead letter (and of a bad value in its reason)
+
+
+def _text(buf: np.ndarray, s: int, e: int, keep: int = _RAW_KEEP) -> str:
+    """The text of buf[s:e] (invalid UTF-8 shown as U+FFFD), cut to `keep` characters with a note of the size."""
+    if e - s > 4 * keep:
+        return buf[s:s + keep].tobytes().decode("utf-8", "replace")[:keep] + f"... ({e - s:,} bytes)"
+    text = buf[s:e].tobytes().decode("utf-8", "replace")
+    return text if len(text) <= keep else text[:keep] + f"... ({e - s:,} bytes)"
 
 
 def _time_reason(name: str, value: str, fmt: str, code: int) -> str:
@@ -1474,18 +1695,43 @@ def _time_reason(name: str, value: str, fmt: str, code: int) -> str:
     return f"column {name!r}: {value!r} does not match format {fmt!r}" + (f" ({detail})" if detail else "")
 
 
-def parse_csv(data: bytes | bytearray | memoryview, spec: CsvSpec, start_line: int = 0) -> CsvResult:
-    """Parse a chunk of whole CSV lines (``\\n`` or ``\\r\\n``) into typed numpy columns.
+def _csv_reason(code: int, col: int, aux: int, fs: int, fe: int, fs2: int, fe2: int, span: int, buf: np.ndarray,
+                header: list[str], n_required: int, spec: CsvSpec, plan: _Plan | None, join_a: int,
+                start: int) -> str:
+    name = header[col] if 0 <= col < len(header) else ""
+    if code == _D_FIELDS:
+        want = f"{n_required}" if n_required == len(header) else f"{n_required} to {len(header)}"
+        reason = f"expected {want} fields, got {aux}"
+        if aux > len(header) and spec.allow_extra_empty_trailing:
+            reason += " (the extra fields are not empty)"
+    elif code == _D_UNTERMINATED:
+        reason = f"unterminated quoted field (field {col + 1})"
+    elif code == _D_AFTER_QUOTE:
+        reason = f"unexpected character after the closing quote of field {col + 1}"
+    elif code == _D_TOO_LONG:
+        reason = f"row longer than max_row_bytes ({spec.max_row_bytes:,} bytes)"
+    elif code == _D_HEADER:
+        reason = "repeated header line"
+    elif code == _D_FLOAT:
+        reason = f"column {name!r}: cannot parse {_text(buf, fs, fe, 100)!r} as float"
+    elif code == _D_INT:
+        reason = f"column {name!r}: cannot parse {_text(buf, fs, fe, 100)!r} as int"
+    else:  # _D_TIME
+        value = _text(buf, fs, fe, 100) + (" " + _text(buf, fs2, fe2, 100) if col == join_a else "")
+        assert plan is not None
+        fmt = plan.formats[plan.slots[plan.names.index(name)]]
+        reason = _time_reason(name, value, fmt, aux)
+    if span:
+        reason += (f" (a quoted field opened on this line runs over the next {span} line(s) into a bad row; this "
+                   f"line alone is dead-lettered and reading resumes at line {start + 1})")
+    return reason
 
-    ``start_line`` is the number of file lines before the chunk (1 if the header line preceded it), so good
-    rows get ``line_numbers = start_line + index in chunk + 1``. Blank lines and lines made only of delimiters
-    are skipped. Malformed rows go to ``dead`` and never stop parsing. Columns come out in ``spec.columns``
-    order: float64, int64, int64 epoch ns (time) and numpy ``U`` arrays (str, quotes and ``""`` unescaped).
-    """
+
+def _csv_setup(spec: CsvSpec, columns: dict[str, str], sniff: bool) -> tuple:
     header = list(spec.header)
     if not header:
         raise ValueError("CsvSpec.header is empty: give the column names (see infer_csv_header)")
-    delim = _single_char(spec.delimiter, "delimiter")
+    delim = _delimiter_code(spec.delimiter)
     dec = _single_char(spec.decimal, "decimal")
     quote = -1 if not spec.quote else _single_char(spec.quote, "quote")
     index: dict[str, int] = {}
@@ -1494,9 +1740,8 @@ def parse_csv(data: bytes | bytearray | memoryview, spec: CsvSpec, start_line: i
             index[name] = -1  # ambiguous
         elif name:
             index.setdefault(name, i)
-    columns = dict(spec.columns) if spec.columns else {n: "str" for n in header if n}
     join_a = join_b = -1
-    if spec.time_join is not None:
+    if spec.time_join is not None and not sniff:
         a, b = spec.time_join
         if columns.get(a, "time") != "time":
             raise ValueError(f"time_join column {a!r} must have kind 'time', not {columns[a]!r}")
@@ -1512,6 +1757,38 @@ def parse_csv(data: bytes | bytearray | memoryview, spec: CsvSpec, start_line: i
             raise ValueError(f"column {name!r} is not in the header {header}")
         if index[name] < 0:
             raise ValueError(f"column {name!r} appears more than once in the header")
+    n_required = len(header)
+    while n_required > 1 and not header[n_required - 1]:
+        n_required -= 1
+    hdr_text = spec.header_line
+    if hdr_text is None:  # a whitespace-separated header may be spaced in any way: the caller gives the line
+        hdr_text = "" if delim == _WS else spec.delimiter.join(header)
+    hdr_bytes = hdr_text.encode("utf-8") if isinstance(hdr_text, str) else bytes(hdr_text)
+    hdr = np.frombuffer(hdr_bytes.lstrip(b"\xef\xbb\xbf").rstrip(b"\r\n") or b"", np.uint8)
+    return header, delim, dec, quote, index, columns, join_a, join_b, n_required, hdr
+
+
+def parse_csv(data: bytes | bytearray | memoryview, spec: CsvSpec, start_line: int = 0,
+              final: bool = True) -> CsvResult:
+    """Parse a chunk of whole CSV lines (``\\n`` or ``\\r\\n``) into typed numpy columns.
+
+    ``start_line`` is the number of file lines before the chunk (1 if the header line preceded it), so good
+    rows get ``line_numbers = start_line + index in chunk + 1`` (a row whose quoted field spans lines has the
+    number of its first line). Blank lines and lines made only of delimiters are skipped. Malformed rows go
+    to ``dead`` and never stop parsing. Columns come out in ``spec.columns`` order: float64, int64, int64
+    epoch ns (time) and numpy ``U`` arrays (str, quotes and ``""`` unescaped). With ``final=False`` a
+    quoted field still open at the end of the chunk is left unparsed (``n_bytes`` says where it starts).
+
+    >>> spec = CsvSpec(header=["id", "note", "v"], columns={"id": "int", "note": "str", "v": "float"})
+    >>> r = parse_csv(b'1,"two\\nlines",2.5\\n2,plain,oops\\n3,x,4\\n', spec, start_line=1)
+    >>> r.columns["note"].tolist(), r.line_numbers.tolist(), r.dead
+    (['two\\nlines', 'x'], [2, 5], [(4, '2,plain,oops', "column 'v': cannot parse 'oops' as float")])
+    >>> ws = CsvSpec(delimiter="whitespace", header=["yr", "doy", "ghi"], columns={"doy": "int", "ghi": "float"})
+    >>> parse_csv(b" 2019  56   104.5\\n 2019  56 -9999.9\\n", ws).columns["ghi"].tolist()
+    [104.5, -9999.9]
+    """
+    columns = dict(spec.columns) if spec.columns else {n: "str" for n in spec.header if n}
+    header, delim, dec, quote, index, columns, join_a, join_b, n_required, hdr = _csv_setup(spec, columns, False)
     plan = _plan_columns(list(columns.items()), spec.time_formats)
     kinds = np.zeros(len(header), np.int64)
     slots = np.zeros(len(header), np.int64)
@@ -1528,10 +1805,6 @@ def parse_csv(data: bytes | bytearray | memoryview, spec: CsvSpec, start_line: i
                 raise ValueError(f"missing sentinel for {t!r}: only float columns can have one")
             miss_flag[plan.slots[plan.names.index(t)]] = True
             miss_val[plan.slots[plan.names.index(t)]] = float(sentinel)
-    n_required = len(header)
-    while n_required > 1 and not header[n_required - 1]:
-        n_required -= 1
-
     buf = _as_buffer(data)
     n = len(buf)
     n_lines = _count_lines(data, n, buf)
@@ -1539,40 +1812,78 @@ def parse_csv(data: bytes | bytearray | memoryview, spec: CsvSpec, start_line: i
     pos = 3 if start_line == 0 and n >= 3 and buf[:3].tobytes() == b"\xef\xbb\xbf" else 0
     scratch = np.empty(n + 2 if join_a >= 0 else 1, np.uint8)
     default_off = _offset_seconds(spec.utc_offset)
-    ng, used, dead_rows = _run_kernel(
+    sn = _sniff_arrays(len(header))
+    ng, used, n_bytes, dead_rows = _run_kernel(
         lambda p, g, li, d: _csv_kernel(buf, p, g, li, delim, quote, dec, n_required,
                                         spec.allow_extra_empty_trailing, kinds, slots, plan.progs,
                                         plan.prog_off, default_off, miss_flag, miss_val, join_a, join_b,
-                                        scratch, *outs, d), n, pos, n_lines)
+                                        scratch, hdr, final, spec.max_row_bytes, *sn, *outs, d), n, pos, n_lines)
     cols, line_numbers = _assemble(plan, buf, outs, ng, quote, start_line)
+    dead = [(start_line + li + 1, _text(buf, ls, le),
+             _csv_reason(code, col, aux, fs, fe, fs2, fe2, span, buf, header, n_required, spec, plan, join_a,
+                         start_line + li + 1))
+            for li, ls, le, code, col, fs, fe, aux, fs2, fe2, span in dead_rows]
+    return CsvResult(cols, line_numbers, dead, used, n_bytes)
 
-    dead: list[tuple[int, str, str]] = []
-    for li, ls, le, code, col, fs, fe, aux, fs2, fe2 in dead_rows:
-        name = header[col] if 0 <= col < len(header) else ""
-        if code == _D_FIELDS:
-            want = f"{n_required}" if n_required == len(header) else f"{n_required} to {len(header)}"
-            reason = f"expected {want} fields, got {aux}"
-            if aux > len(header) and spec.allow_extra_empty_trailing:
-                reason += " (the extra fields are not empty)"
-        elif code == _D_UNTERMINATED:
-            reason = f"unterminated quoted field (field {col + 1})"
-        elif code == _D_AFTER_QUOTE:
-            reason = f"unexpected character after the closing quote of field {col + 1}"
-        elif code == _D_FLOAT:
-            reason = f"column {name!r}: cannot parse {_text(buf, fs, fe)!r} as float"
-        elif code == _D_INT:
-            reason = f"column {name!r}: cannot parse {_text(buf, fs, fe)!r} as int"
-        else:  # _D_TIME
-            value = _text(buf, fs, fe) + (" " + _text(buf, fs2, fe2) if col == join_a else "")
-            fmt = plan.formats[plan.slots[plan.names.index(name)]]
-            reason = _time_reason(name, value, fmt, aux)
-        dead.append((start_line + li + 1, _text(buf, ls, le), reason))
-    return CsvResult(cols, line_numbers, dead, used)
+
+def sniff_csv(data: bytes | bytearray | memoryview, spec: CsvSpec, names: list[str] | None = None,
+              start_line: int = 0, final: bool = True) -> Sniffed:
+    """Type inference over a chunk of CSV rows, in the compiled parser: which of `names` (default: every
+    named column) hold ints, other numbers, text or nothing, and which hit a ``KNOWN_SENTINELS`` value.
+
+    Rows the parser would dead-letter (wrong field count, repeated header lines, ...) are not counted.
+
+    >>> spec = CsvSpec(header=["a", "b", "c"])
+    >>> s = sniff_csv(b"a,b,c\\n1,2,x\\n2,400.5,y\\n3,-9999,z\\n", spec)
+    >>> s.kinds(), s.sentinels(), [reason for _, _, reason in s.dead]
+    ({'a': 'int', 'b': 'float', 'c': 'str'}, {'b': (-9999.0, 1)}, ['repeated header line'])
+    """
+    header, delim, dec, quote, index, _, _, _, n_required, hdr = _csv_setup(spec, {}, True)
+    names = [h for h in header if h and index.get(h, -1) >= 0] if names is None else list(names)
+    kinds = np.zeros(len(header), np.int64)
+    for name in names:
+        if index.get(name, -1) < 0:
+            raise ValueError(f"column {name!r} is not (uniquely) in the header {header}")
+        kinds[index[name]] = _K_SNIFF
+    plan = _plan_columns([], {})
+    buf = _as_buffer(data)
+    n = len(buf)
+    n_lines = _count_lines(data, n, buf)
+    outs = _outputs(plan, n_lines)
+    pos = 3 if start_line == 0 and n >= 3 and buf[:3].tobytes() == b"\xef\xbb\xbf" else 0
+    sn = _sniff_arrays(len(header))
+    one = np.zeros(1, np.bool_)
+    _, used, n_bytes, dead_rows = _run_kernel(
+        lambda p, g, li, d: _csv_kernel(buf, p, g, li, delim, quote, dec, n_required,
+                                        spec.allow_extra_empty_trailing, kinds, kinds, plan.progs, plan.prog_off,
+                                        0, one, one.astype(np.float64), -1, -1, np.empty(1, np.uint8), hdr,
+                                        final, spec.max_row_bytes, *sn, *outs, d), n, pos, n_lines)
+    dead = [(start_line + li + 1, _text(buf, ls, le),
+             _csv_reason(code, col, aux, fs, fe, fs2, fe2, span, buf, header, n_required, spec, None, -1,
+                         start_line + li + 1))
+            for li, ls, le, code, col, fs, fe, aux, fs2, fe2, span in dead_rows]
+    pick = [index[nm] for nm in names]
+    flags, _, hits, first = sn
+    return Sniffed(names, flags[pick], hits[pick], first[pick], dead, used, n_bytes)
+
+
+def _jsonl_setup(fields: dict[str, str], time_formats: dict[str, str] | None, time_unit: str):
+    if time_unit not in _TIME_UNITS:
+        raise ValueError(f"time_unit must be one of {sorted(_TIME_UNITS)}, got {time_unit!r}")
+    plan = _plan_columns([(k, "str" if v == "sniff" else v) for k, v in fields.items()], time_formats or {})
+    key_bytes = [name.encode("utf-8") for name in plan.names]
+    keys = np.frombuffer(b"".join(key_bytes) or b"\0", np.uint8)
+    key_off = np.zeros(len(key_bytes) + 1, np.int64)
+    key_off[1:] = np.cumsum([len(k) for k in key_bytes]) if key_bytes else []
+    kinds = np.array([_K_SNIFF if v == "sniff" else k for v, k in zip(fields.values(), plan.kinds, strict=True)],
+                     np.int64)
+    return plan, keys, key_off, kinds, np.array(plan.slots, np.int64)
 
 
 def parse_jsonl(data: bytes | bytearray | memoryview, fields: dict[str, str],
                 time_formats: dict[str, str] | None = None, utc_offset: int | str | None = None,
-                start_line: int = 0, time_unit: str = "s") -> CsvResult:
+                start_line: int = 0, time_unit: str = "s", max_row_bytes: int = _DEFAULT_MAX_ROW,
+                max_depth: int = _DEFAULT_MAX_DEPTH) -> CsvResult:
     """Parse a chunk of JSON Lines (one flat JSON object per line) into typed numpy columns.
 
     ``fields`` maps the keys to extract to kinds ``"float" | "int" | "str" | "time"``; other keys are ignored
@@ -1581,38 +1892,42 @@ def parse_jsonl(data: bytes | bytearray | memoryview, fields: dict[str, str],
     the raw text of numbers/booleans/nested values, and null as ``""``; time takes strings parsed with
     ``time_formats[key]`` (default ``"iso"``) or numbers counted in ``time_unit`` (``"s"``, ``"ms"``,
     ``"us"``, ``"ns"``) since the epoch, converted exactly from the decimal text. Missing keys, nested values
-    for non-str fields and invalid JSON are dead letters; blank lines are skipped.
-    """
-    if time_unit not in _TIME_UNITS:
-        raise ValueError(f"time_unit must be one of {sorted(_TIME_UNITS)}, got {time_unit!r}")
-    plan = _plan_columns(list(fields.items()), time_formats or {})
-    key_bytes = [name.encode("utf-8") for name in plan.names]
-    keys = np.frombuffer(b"".join(key_bytes) or b"\0", np.uint8)
-    key_off = np.zeros(len(key_bytes) + 1, np.int64)
-    key_off[1:] = np.cumsum([len(k) for k in key_bytes]) if key_bytes else []
-    kinds = np.array(plan.kinds, np.int64)
-    slots = np.array(plan.slots, np.int64)
+    for non-str fields and invalid JSON are dead letters; blank lines are skipped. The literals ``NaN``,
+    ``Infinity`` and ``-Infinity`` (which Python's ``json`` writes) are read as float NaN and infinities; a
+    UTF-8 BOM starting a line is skipped. Lines longer than ``max_row_bytes`` and values nested deeper than
+    ``max_depth`` are dead letters (nesting is counted, never recursed into, so any depth is safe).
 
+    >>> r = parse_jsonl(b'{"v": NaN}\\n\\xef\\xbb\\xbf{"v": 2}\\n{"v": ' + b"[" * 5000 + b"]" * 5000 + b"}\\n",
+    ...                 {"v": "float"})
+    >>> r.columns["v"].tolist(), [reason for _, _, reason in r.dead]
+    ([nan, 2.0], ['nesting deeper than max_depth (64)'])
+    """
+    plan, keys, key_off, kinds, slots = _jsonl_setup(fields, time_formats, time_unit)
     buf = _as_buffer(data)
     n = len(buf)
     n_lines = _count_lines(data, n, buf)
     outs = _outputs(plan, n_lines)
-    pos = 3 if start_line == 0 and n >= 3 and buf[:3].tobytes() == b"\xef\xbb\xbf" else 0
     default_off = _offset_seconds(utc_offset)
-    ng, used, dead_rows = _run_kernel(
+    sn = _sniff_arrays(len(plan.names))
+    ng, used, n_bytes, dead_rows = _run_kernel(
         lambda p, g, li, d: _jsonl_kernel(buf, p, g, li, keys, key_off, kinds, slots, plan.progs,
-                                          plan.prog_off, default_off, _TIME_UNITS[time_unit], *outs, d),
-        n, pos, n_lines)
+                                          plan.prog_off, default_off, _TIME_UNITS[time_unit], max_row_bytes,
+                                          max_depth, *sn, *outs, d),
+        n, 0, n_lines)
     cols, line_numbers = _assemble(plan, buf, outs, ng, -1, start_line)
 
     dead: list[tuple[int, str, str]] = []
-    for li, ls, le, code, col, fs, fe, aux, _vtype, _ in dead_rows:
+    for li, ls, le, code, col, fs, fe, aux, _vtype, _, _ in dead_rows:
         name = plan.names[col] if col >= 0 else ""
-        value = _text(buf, fs, fe)
+        value = _text(buf, fs, fe, 100)
         if code == _D_NOT_OBJECT:
             reason = "line is not a JSON object"
         elif code == _D_JSON:
             reason = f"invalid JSON (expected a flat object) at character {aux + 1}"
+        elif code == _D_TOO_LONG:
+            reason = f"line longer than max_row_bytes ({max_row_bytes:,} bytes)"
+        elif code == _D_DEPTH:
+            reason = f"nesting deeper than max_depth ({max_depth})"
         elif code == _D_MISSING:
             reason = f"missing field {name!r}"
         elif code == _D_NESTED:
@@ -1631,4 +1946,27 @@ def parse_jsonl(data: bytes | bytearray | memoryview, fields: dict[str, str],
             fmt = plan.formats[plan.slots[col]]
             reason = _time_reason(name, value, fmt, aux).replace("column", "field", 1)
         dead.append((start_line + li + 1, _text(buf, ls, le), reason))
-    return CsvResult(cols, line_numbers, dead, used)
+    return CsvResult(cols, line_numbers, dead, used, n_bytes)
+
+
+def sniff_jsonl(data: bytes | bytearray | memoryview, names: list[str], start_line: int = 0,
+                max_row_bytes: int = _DEFAULT_MAX_ROW, max_depth: int = _DEFAULT_MAX_DEPTH) -> Sniffed:
+    """Type inference over a chunk of JSON Lines for the keys `names`, in the compiled parser (see
+    :class:`Sniffed`); lines that are not flat objects are not counted.
+
+    >>> s = sniff_jsonl(b'{"a": 1, "b": "x"}\\n{"a": 400.5, "b": null}\\n{"a": -9999}\\n', ["a", "b"])
+    >>> s.kinds(), s.sentinels()
+    ({'a': 'float', 'b': 'str'}, {'a': (-9999.0, 1)})
+    """
+    plan, keys, key_off, kinds, slots = _jsonl_setup({k: "sniff" for k in names}, None, "s")
+    buf = _as_buffer(data)
+    n = len(buf)
+    n_lines = _count_lines(data, n, buf)
+    outs = _outputs(_plan_columns([], {}), n_lines)
+    sn = _sniff_arrays(len(names))
+    _, used, n_bytes, dead_rows = _run_kernel(
+        lambda p, g, li, d: _jsonl_kernel(buf, p, g, li, keys, key_off, kinds, slots, plan.progs, plan.prog_off,
+                                          0, 9, max_row_bytes, max_depth, *sn, *outs, d), n, 0, n_lines)
+    dead = [(start_line + row[0] + 1, _text(buf, row[1], row[2]), "not a flat JSON object") for row in dead_rows]
+    flags, _, hits, first = sn
+    return Sniffed(list(names), flags, hits, first, dead, used, n_bytes, False)
