@@ -6,18 +6,23 @@
    `record_bytes`); each operator multiplies its input rate by a selectivity (filters 0.5, windows 0.01, ...);
    a partitioned edge splits a rate evenly over the subtasks — and then takes measured rates where the
    runtime supplies them (`{(src_task, dst_task): bytes_per_s}`).
-2. `build_problem` turns flows, pins and backends into arrays over virtual nodes × physical nodes, which the
-   solvers and `evaluate` share.
+2. `build_problem` turns flows, pins, backends, node speeds and memory into arrays over virtual nodes ×
+   physical nodes, which the solvers and `evaluate` share.
 3. `evaluate` prices a placement (vnode → node):
 
    * **network** = Σ over vnode edges of bytes/s × Σ 1/bandwidth over the links the route crosses — the sum
      of link utilisations (1.0 = one link fully busy);
    * **latency** = the largest sum of link latencies (ms) along any source → sink path (dead letters aside);
-   * **load** = Σ over nodes of (cores used / cores)², cores used = Σ records/s × a per-operator CPU cost;
+   * **load** = the imbalance of CPU use: Σ over nodes of (used / capacity)² minus its least possible value
+     (every node equally busy), so 0 = perfectly balanced; "used" is in Raspberry Pi 4 cores and a node's
+     capacity is its cores × its speed (a Pi 5 core does about twice a Pi 4 core's work);
+   * **moves** (re-placement only) = Σ `move_cost` of the vnodes not on their `current` node.
 
-   total = `Weights.network` × network + `Weights.latency` × latency + `Weights.load` × load. A placement that
-   overloads a node (more than `Weights.max_utilisation` of its cores), puts a vnode on a node without its
-   backend or with no live agent, or ignores a pin is infeasible: total = inf, with the reasons.
+   total = `Weights.network` × network + `Weights.latency` × latency + `Weights.load` × load + moves. A
+   placement is infeasible (total = inf, with the reasons) when a node would use more than
+   `Weights.max_utilisation` of its cores or `Weights.max_memory` of its memory, a link would carry more than
+   `Weights.max_link_utilisation` of its bandwidth (both directions together), a vnode is on a node without
+   its backend or with no live agent, or a pin is ignored.
 
 Everything here is a pure function of its arguments.
 """
@@ -39,9 +44,10 @@ from ..operators.base import DEAD
 from .topology import Routes, Topology, format_bytes
 
 __all__ = ["Cost", "Estimates", "Flows", "Pin", "PlacementError", "Problem", "Weights", "build_problem",
-           "cost_of", "estimate_flows", "evaluate", "find_pins", "record_bytes"]
+           "cost_of", "estimate_flows", "evaluate", "find_pins", "node_speed", "record_bytes"]
 
 EdgeKey = tuple[str, str]
+OVERLOAD_PENALTY = 1e6   # search objective per unit of overload (cores over, memory or link use over ÷ capacity)
 _SMALL = 48              # longest paths over at most this many edges run in plain Python
 
 
@@ -51,16 +57,19 @@ class PlacementError(MicrostreamError):
 
 @dataclass(frozen=True)
 class Weights:
-    """How the cost terms add up, and the capacity limit.
+    """How the cost terms add up, and the capacity limits.
 
-    With the defaults, one fully used link (network 1.0) costs as much as 100 ms on the critical path, or
-    as two nodes at 100 % of their cores (load 2 × 1.0² × 0.5): data volume first, then latency, then
-    balance — a node at 30 % contributes only 0.045, so balance matters only once loads are substantial."""
+    With the defaults, one fully used link (network 1.0) costs as much as 100 ms on the critical path, or as
+    four pairs of equal nodes each with one node full and the other idle (imbalance 1² − 2 × 0.5² = 0.5 per
+    pair, × 0.5): data volume first, then latency, then balance. The load term counts only imbalance — the
+    part a placement can change — so the unavoidable Σ load² of a busy cluster does not swamp the others."""
 
     network: float = 1.0          # per unit of link utilisation (Σ bytes/s ÷ bandwidth over links crossed)
     latency: float = 0.01         # per ms of link latency on the critical source → sink path
-    load: float = 0.5             # per unit of Σ_nodes (cores used / cores)²
-    max_utilisation: float = 1.0  # a node may use at most this fraction of its cores
+    load: float = 0.5             # per unit of imbalance: Σ_nodes (used / capacity)² − its least possible value
+    max_utilisation: float = 1.0  # a node may use at most this fraction of its cores (× speed)
+    max_link_utilisation: float = 1.0   # a link may carry at most this fraction of its bandwidth
+    max_memory: float = 0.8       # vnodes may use at most this fraction of a node's memory (the OS needs the rest)
 
 
 @dataclass
@@ -83,6 +92,34 @@ class Estimates:
     })                                       # µs of one Raspberry Pi 4 core per record in (sources: per record out)
     default_cpu_us: float = 0.5
     task_overhead: float = 0.01             # cores per task, whatever its rate (its loop, heartbeats, channels)
+    vnode_memory: float = 100e6             # bytes per vnode: its host process with numpy and numba loaded
+    state_bytes: dict[str, float] = field(default_factory=lambda: {
+        "window_aggregate": 2e6, "window_join": 8e6, "stateful_map": 2e6,
+    })                                       # bytes of state per task, by operator kind (else 0)
+    model_speed: dict[str, float] = field(default_factory=lambda: {
+        "zero": 0.1, "zero2": 0.35, "pi3": 0.5, "cm3": 0.5, "pi4": 1.0, "pi400": 1.0, "cm4": 1.0,
+        "pi5": 2.0, "cm5": 2.0,
+    })                                       # work per core relative to a Pi 4, by a node's `model` label
+
+
+def node_speed(node, est: Estimates | None = None) -> float:
+    """Work per core relative to a Raspberry Pi 4 core: the node's `speed` label if it has one, else its
+    `model` label looked up in `Estimates.model_speed`, else 1.
+
+    >>> from microstream.placement.topology import PhysicalNode
+    >>> node_speed(PhysicalNode("a", labels={"model": "pi5"})), node_speed(PhysicalNode("b", labels={"speed": "0.5"}))
+    (2.0, 0.5)
+    """
+    est = est or Estimates()
+    labels = getattr(node, "labels", {}) or {}
+    if "speed" in labels:
+        try:
+            value = float(labels["speed"])
+        except ValueError:
+            value = 0.0
+        if value > 0 and math.isfinite(value):
+            return value
+    return float(est.model_speed.get(str(labels.get("model", "")).lower(), 1.0))
 
 
 # -- flows ----------------------------------------------------------------------------------------------
@@ -297,11 +334,14 @@ def find_pins(plan: PhysicalPlan, graph: LogicalGraph, topology: Topology) -> di
 @dataclass
 class Problem:
     """A placement instance as arrays: V virtual nodes, N physical nodes, E directed vnode edges (a DAG).
-    `inv_bw` and `latency_ms` are symmetric, as links are bidirectional."""
+    `inv_bw` and `latency_ms` are symmetric, as links are bidirectional. CPU demand is in Raspberry Pi 4
+    cores; a node's capacity is its cores × `speed`. Optional: `mem` [V] and `memory` [N] bytes (no memory
+    limit when absent), `current` [V] node per vnode (-1: none) with `move_cost` [V] charged when a vnode
+    is placed elsewhere (re-placement)."""
 
     vnodes: list[str]
     nodes: list[str]
-    cpu: np.ndarray               # [V] cores
+    cpu: np.ndarray               # [V] Pi 4 cores
     cores: np.ndarray             # [N]
     allowed: np.ndarray           # [V, N] bool: backend present, node available, pin respected
     pinned: np.ndarray            # [V] node index or -1
@@ -315,9 +355,27 @@ class Problem:
     why_not: dict[int, str] = field(default_factory=dict)   # vnode -> why some nodes are not allowed
     routes: Routes | None = None
     links: list = field(default_factory=list)
+    speed: np.ndarray | None = None       # [N] work per core relative to a Pi 4 (default 1)
+    mem: np.ndarray | None = None         # [V] bytes
+    memory: np.ndarray | None = None      # [N] bytes
+    current: np.ndarray | None = None     # [V] node index or -1
+    move_cost: np.ndarray | None = None   # [V] cost (per second, the total's unit) of not staying on `current`
 
     def __post_init__(self) -> None:
-        self.capacity = self.cores * self.weights.max_utilisation
+        n, v, w = len(self.nodes), len(self.vnodes), self.weights
+        self.speed = np.ones(n) if self.speed is None else np.asarray(self.speed, dtype=float)
+        self.eff_cores = self.cores * self.speed
+        self.capacity = self.eff_cores * w.max_utilisation
+        self.cores2 = np.where(self.eff_cores > 0, self.eff_cores, 1.0) ** 2
+        hosts = self.eff_cores > 0
+        total_cpu = float(self.cpu.sum())
+        self.load_floor = total_cpu ** 2 / float(self.cores2[hosts].sum()) if hosts.any() else 0.0
+        self.mem = np.zeros(v) if self.mem is None else np.asarray(self.mem, dtype=float)
+        self.memory = np.full(n, np.inf) if self.memory is None else np.asarray(self.memory, dtype=float)
+        self.mem_capacity = self.memory * w.max_memory
+        self.current = np.full(v, -1, dtype=np.int64) if self.current is None else np.asarray(self.current, np.int64)
+        self.move_cost = np.zeros(v) if self.move_cost is None else np.asarray(self.move_cost, dtype=float)
+        self._link_incidence()
         self._levels()
 
     @property
@@ -327,6 +385,43 @@ class Problem:
     @property
     def n_nodes(self) -> int:
         return len(self.nodes)
+
+    def _link_incidence(self) -> None:
+        """`pair_links[i * N + j]`: the links of the route from node i to node j, as CSR arrays (`link_ptr`,
+        `link_idx`); `link_cap`: the bytes/s each link may carry. No links known: no bandwidth limits."""
+        n = self.n_nodes
+        ptr = np.zeros(n * n + 1, dtype=np.int64)
+        idx: list[int] = []
+        if self.routes is not None and self.links:
+            for i in range(n):
+                for j in range(n):
+                    ids = self.routes.link_ids[i][j] if i != j else []
+                    idx.extend(ids)
+                    ptr[i * n + j + 1] = len(idx)
+            self.link_cap = np.array([lk.bandwidth for lk in self.links], dtype=float) * \
+                self.weights.max_link_utilisation
+        else:
+            self.link_cap = np.zeros(0)
+        self.link_ptr, self.link_idx = ptr, np.asarray(idx, dtype=np.int64)
+
+    def route_links(self, i: int, j: int) -> np.ndarray:
+        """Indices of the links on the route from node i to node j."""
+        k = i * self.n_nodes + j
+        return self.link_idx[self.link_ptr[k]:self.link_ptr[k + 1]]
+
+    def link_loads(self, assign: np.ndarray) -> np.ndarray:
+        """[links] bytes/s each link carries (both directions together)."""
+        if not len(self.link_cap):
+            return np.zeros(0)
+        pair = assign[self.src] * self.n_nodes + assign[self.dst]
+        start, stop = self.link_ptr[pair], self.link_ptr[pair + 1]
+        counts = stop - start
+        if not counts.sum():
+            return np.zeros(len(self.link_cap))
+        rows = np.repeat(np.arange(len(pair)), counts)
+        offsets = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+        ids = self.link_idx[np.repeat(start, counts) + offsets]
+        return np.bincount(ids, weights=self.traffic[rows], minlength=len(self.link_cap))
 
     def _levels(self) -> None:
         """Vnode topological order, and latency edges grouped for level-by-level longest paths."""
@@ -402,11 +497,20 @@ class Problem:
         return dist
 
     def terms(self, assign: np.ndarray) -> tuple[float, float, float, np.ndarray]:
-        """(network, latency ms, load, cores used per node) of a complete assignment."""
+        """(network, latency ms, load imbalance, Pi 4 cores used per node) of a complete assignment."""
         network = float(np.dot(self.traffic, self.inv_bw[assign[self.src], assign[self.dst]]))
         latency = float(self.longest_to(assign).max()) if self.n_vnodes else 0.0
         used = np.bincount(assign, weights=self.cpu, minlength=self.n_nodes)
-        return network, latency, load_term(used, self.cores), used
+        return network, latency, self.imbalance(used), used
+
+    def imbalance(self, used: np.ndarray) -> float:
+        """Σ (used / capacity)² over nodes, less its least possible value for this demand (≥ 0)."""
+        return max(0.0, float(np.sum(used ** 2 / self.cores2)) - self.load_floor)
+
+    def moves(self, assign: np.ndarray) -> float:
+        """Σ move_cost of the vnodes placed off their `current` node."""
+        away = (self.current >= 0) & (assign != self.current)
+        return float(self.move_cost[away].sum())
 
     def total(self, assign: np.ndarray) -> float:
         """The weighted cost, inf when infeasible."""
@@ -414,15 +518,34 @@ class Problem:
             return math.inf
         network, latency, load, _ = self.terms(assign)
         w = self.weights
-        return w.network * network + w.latency * latency + w.load * load
+        return w.network * network + w.latency * latency + w.load * load + self.moves(assign)
+
+    def overload(self, assign: np.ndarray) -> float:
+        """How far a placement exceeds capacities: cores over + memory over ÷ memory + link traffic over ÷
+        bandwidth (0 when within every limit)."""
+        used = np.bincount(assign, weights=self.cpu, minlength=self.n_nodes)
+        over = float(np.maximum(0.0, used - self.capacity).sum())
+        if self.mem.any():
+            mem = np.bincount(assign, weights=self.mem, minlength=self.n_nodes)
+            fin = np.isfinite(self.mem_capacity)
+            over += float((np.maximum(0.0, mem - self.mem_capacity)[fin] / np.maximum(self.memory[fin], 1.0)).sum())
+        if len(self.link_cap):
+            bw = np.maximum(self.link_cap / self.weights.max_link_utilisation, 1e-12)
+            over += float((np.maximum(0.0, self.link_loads(assign) - self.link_cap) / bw).sum())
+        return over
+
+    def search_objective(self, assign: np.ndarray) -> float:
+        """The cost with capacity limits as penalties (`OVERLOAD_PENALTY` per unit of overload): what the
+        solvers minimise while a placement is overloaded. Pins and backends still hold."""
+        net, lat, load, _ = self.terms(assign)
+        w = self.weights
+        return (w.network * net + w.latency * lat + w.load * load + self.moves(assign)
+                + OVERLOAD_PENALTY * self.overload(assign))
 
     def feasible(self, assign: np.ndarray) -> bool:
         if not self.allowed[np.arange(self.n_vnodes), assign].all():
             return False
-        used = np.bincount(assign, weights=self.cpu, minlength=self.n_nodes)
-        return bool((used <= self.capacity + 1e-9).all())
-
-
+        return self.overload(assign) <= 1e-9
 def _groups(keys: np.ndarray) -> list[slice]:
     """Slices of equal consecutive values of a sorted array."""
     if len(keys) == 0:
@@ -432,24 +555,27 @@ def _groups(keys: np.ndarray) -> list[slice]:
     return [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
 
 
-def load_term(used: np.ndarray, cores: np.ndarray) -> float:
-    """Σ (cores used / cores)² over nodes that host anything."""
-    safe = np.where(cores > 0, cores, 1.0)
-    return float(np.sum((used / safe) ** 2))
-
-
 def build_problem(plan: PhysicalPlan, graph: LogicalGraph, topology: Topology, flows: Flows,
-                  weights: Weights | None = None) -> Problem:
-    """Arrays for the solvers; raises `PlacementError` when a vnode has no node it may go to."""
+                  weights: Weights | None = None, estimates: Estimates | None = None,
+                  state_bytes: Mapping[str, float] | None = None) -> Problem:
+    """Arrays for the solvers; raises `PlacementError` when a vnode has no node it may go to. A vnode's
+    memory is `Estimates.vnode_memory` plus its tasks' state (`Estimates.state_bytes` by operator kind, or
+    the measured `state_bytes[vnode]`)."""
     weights = weights or Weights()
+    est = estimates or Estimates()
     routes = topology.routes()
     nodes = routes.names
     vnodes = list(plan.vnodes)
     vindex = {vn: i for i, vn in enumerate(vnodes)}
     task_vn = {t: vindex[vn.id] for vn in plan.vnodes.values() for t in vn.tasks}
     cpu = np.array([sum(flows.cpu.get(t, 0.0) for t in plan.vnodes[vn].tasks) for vn in vnodes])
+    mem = np.array([est.vnode_memory + (state_bytes[vn] if state_bytes and vn in state_bytes else
+                                        sum(est.state_bytes.get(graph.nodes[plan.tasks[t].node_id].op.kind, 0.0)
+                                            for t in plan.vnodes[vn].tasks)) for vn in vnodes])
     phys = [topology.node(n) for n in nodes]
     cores = np.array([p.cores if p.available else 0.0 for p in phys], dtype=float)
+    speed = np.array([node_speed(p, est) for p in phys])
+    memory = np.array([p.memory for p in phys], dtype=float)
     allowed, pinned, why = _allowed(plan, graph, topology, vnodes, nodes, phys)
     traffic: dict[tuple[int, int], float] = defaultdict(float)
     on_path: dict[tuple[int, int], bool] = defaultdict(bool)
@@ -464,6 +590,7 @@ def build_problem(plan: PhysicalPlan, graph: LogicalGraph, topology: Topology, f
         np.array([k[0] for k in keys], dtype=np.int64), np.array([k[1] for k in keys], dtype=np.int64),
         np.array([traffic[k] for k in keys], dtype=float), np.array([on_path[k] for k in keys], dtype=bool),
         routes.inv_bandwidth, routes.latency_ms, weights, why, routes, topology.all_links(),
+        speed=speed, mem=mem, memory=memory,
     )
 
 
@@ -513,7 +640,7 @@ class Cost:
     total: float
     network: float                       # Σ link utilisation
     latency_ms: float                    # critical source → sink path
-    load: float                          # Σ (cores used / cores)²
+    load: float                          # imbalance: Σ (used / capacity)² less its least possible value
     feasible: bool = True
     reasons: list[str] = field(default_factory=list)
     node_load: dict[str, float] = field(default_factory=dict)      # cores used
@@ -521,14 +648,17 @@ class Cost:
     link_utilisation: dict[str, float] = field(default_factory=dict)
     cross_bytes: float = 0.0             # bytes/s sent between nodes (each edge counted once)
     critical_path: list[str] = field(default_factory=list)         # vnodes
-    warnings: list[str] = field(default_factory=list)              # e.g. a link used beyond its bandwidth
+    warnings: list[str] = field(default_factory=list)
+    node_memory: dict[str, float] = field(default_factory=dict)    # bytes
+    moves: float = 0.0                   # Σ move_cost of the vnodes not on their current node
 
     def describe(self, weights: Weights | None = None) -> str:
         w = weights or Weights()
         if not self.feasible:
             return "infeasible: " + "; ".join(self.reasons)
+        moves = f" + moves {self.moves:.3g}" if self.moves else ""
         return (f"{self.total:.4g} = network {self.network:.3g} × {w.network:g} + latency {self.latency_ms:.3g} ms × "
-                f"{w.latency:g} + load {self.load:.3g} × {w.load:g}")
+                f"{w.latency:g} + load imbalance {self.load:.3g} × {w.load:g}{moves}")
 
 
 def evaluate(problem: Problem, assignment: Mapping[str, str] | np.ndarray) -> Cost:
@@ -537,10 +667,15 @@ def evaluate(problem: Problem, assignment: Mapping[str, str] | np.ndarray) -> Co
     network, latency, load, used = problem.terms(assign)
     w = problem.weights
     reasons = _infeasibility(problem, assign, used)
-    total = w.network * network + w.latency * latency + w.load * load if not reasons else math.inf
+    moves = problem.moves(assign)
+    total = w.network * network + w.latency * latency + w.load * load + moves if not reasons else math.inf
+    mem = np.bincount(assign, weights=problem.mem, minlength=problem.n_nodes)
     cost = Cost(total, network, latency, load, not reasons, reasons,
-                {n: float(u) for n, u in zip(problem.nodes, used, strict=True) if u > 0})
+                {n: float(u / s) for n, u, s in zip(problem.nodes, used, problem.speed, strict=True) if u > 0},
+                node_memory={n: float(m) for n, m in zip(problem.nodes, mem, strict=True) if m > 0}, moves=moves)
     _link_details(problem, assign, cost)
+    if not cost.feasible:
+        cost.total = math.inf
     cost.critical_path = critical_path(problem, assign)
     return cost
 
@@ -564,9 +699,15 @@ def _infeasibility(problem: Problem, assign: np.ndarray, used: np.ndarray) -> li
         else:
             why = problem.why_not.get(int(i), "is not allowed there")
             reasons.append(f"{problem.vnodes[i]} {why}: {node} cannot host it")
+    speed = problem.speed
     for j in np.flatnonzero(used > problem.capacity + 1e-9):
-        reasons.append(f"{problem.nodes[j]} is overloaded: {used[j]:.2f} cores needed, "
-                       f"{problem.capacity[j]:.2f} available")
+        reasons.append(f"{problem.nodes[j]} is overloaded: {used[j] / speed[j]:.2f} cores needed, "
+                       f"{problem.capacity[j] / speed[j]:.2f} available")
+    mem = np.bincount(assign, weights=problem.mem, minlength=problem.n_nodes)
+    for j in np.flatnonzero(mem > problem.mem_capacity * (1 + 1e-9)):
+        reasons.append(f"{problem.nodes[j]} is out of memory: {format_bytes(mem[j], per_s=False)} needed, "
+                       f"{format_bytes(problem.mem_capacity[j], per_s=False)} available "
+                       f"({problem.weights.max_memory:.0%} of {format_bytes(problem.memory[j], per_s=False)})")
     return reasons
 
 
@@ -584,10 +725,12 @@ def _link_details(problem: Problem, assign: np.ndarray, cost: Cost) -> None:
     bw = {lk.label: lk.bandwidth for lk in problem.links}
     cost.link_traffic = dict(sorted(traffic.items(), key=lambda kv: -kv[1]))
     cost.link_utilisation = {k: v / bw[k] for k, v in cost.link_traffic.items()}
+    limit = problem.weights.max_link_utilisation
     for k, u in cost.link_utilisation.items():
-        if u > 1.0:
-            cost.warnings.append(f"link {k} would carry {format_bytes(cost.link_traffic[k])}, "
-                                f"{u:.0%} of its bandwidth")
+        if u > limit * (1 + 1e-9) and len(problem.link_cap):
+            cost.reasons.append(f"link {k} would carry {format_bytes(cost.link_traffic[k])}, {u:.0%} of its "
+                                f"bandwidth (at most {limit:.0%})")
+            cost.feasible = False
 
 
 def critical_path(problem: Problem, assign: np.ndarray) -> list[str]:
@@ -617,4 +760,4 @@ def cost_of(plan: PhysicalPlan, graph: LogicalGraph, topology: Topology, assignm
             estimates: Estimates | None = None) -> Cost:
     """Price any placement of a plan (e.g. the coordinator's round robin) with the same model."""
     flows = estimate_flows(plan, graph, topology, rates, estimates)
-    return evaluate(build_problem(plan, graph, topology, flows, weights), assignment)
+    return evaluate(build_problem(plan, graph, topology, flows, weights, estimates), assignment)

@@ -26,6 +26,7 @@ import numpy as np
 from ..graph.logical import LogicalGraph
 from ..graph.physical import DisjointSets, PhysicalPlan
 from .cost import (
+    OVERLOAD_PENALTY,
     Cost,
     EdgeKey,
     Estimates,
@@ -39,15 +40,20 @@ from .cost import (
     evaluate,
     find_pins,
 )
+from .milp import gap_text, milp_available, relative_gap, solve_milp
 from .topology import Topology
 
 __all__ = ["MigrationGain", "Placement", "exact", "heuristic", "migration_gain", "place", "place_on_agents", "solve"]
 
 _TOL = 1e-12
-_OVERLOAD = 1e6          # cost per core of overload while searching from an infeasible start
+_OVERLOAD = OVERLOAD_PENALTY   # per unit of overload while searching from an infeasible start
 _MAX_BLOCKED = 64        # large instances: swaps tried per round for the vnodes most held back by capacity
 _MAX_PARTNERS = 12       # ... each with at most this many vnodes of the node it wants
-_EXACT_MAX_VNODES = 20   # beyond this, branch and bound may take hours
+_LNS_MAX_FREE = 24       # vnodes freed per large-neighbourhood sub-problem
+_LNS_MAX_NODES = 4       # ... over at most this many nodes
+_LNS_STEP = 0.5          # seconds for one sub-problem at most
+_LNS_PATIENCE = 3        # stop after this many sub-problems per node in a row without a gain
+_WHOLE_MILP = 100        # movable vnodes × nodes up to which the heuristic solves the whole problem by MILP
 _GROUP_MIN_GAIN = 1e-3   # large instances: group-move rounds continue while a round gains this fraction
 
 
@@ -62,10 +68,17 @@ class Placement:
     seconds: float = 0.0
     flows: Flows | None = field(default=None, repr=False)
     problem: Problem | None = field(default=None, repr=False)
+    gap: float | None = None            # proven (cost − lower bound) / cost; None when unknown
+    bound: float | None = None          # the proven lower bound of the optimum's cost
 
     @property
     def feasible(self) -> bool:
         return self.cost.feasible
+
+    @property
+    def quality(self) -> str:
+        """ "optimal", "within 0.3 % of optimal" or "gap unknown"."""
+        return gap_text(self.gap if self.feasible else None)
 
 
 # -- incremental state for local search -------------------------------------------------------------------
@@ -94,7 +107,12 @@ class _State:
         self.pos = np.empty(v, dtype=np.int64)
         self.pos[p.order] = np.arange(v)
         self.lat = p.latency_ms.tolist()
-        self.cores2 = np.where(p.cores > 0, p.cores, 1.0) ** 2
+        self.cores2 = p.cores2
+        self.nb_total = np.array([float(b.sum()) for b in self.nb_b])
+        self.has_mem = bool(p.mem.any()) and bool(np.isfinite(p.mem_capacity).any())
+        self.has_links = bool(len(p.link_cap))
+        self.link_bw = p.link_cap / p.weights.max_link_utilisation if self.has_links else np.zeros(0)
+        self._incidence: np.ndarray | None = None
         self.refresh()
 
     def refresh(self) -> None:
@@ -102,21 +120,36 @@ class _State:
         self.al = a.tolist()
         self.net = float(np.dot(p.traffic, p.inv_bw[a[p.src], a[p.dst]]))
         self.used = np.bincount(a, weights=p.cpu, minlength=p.n_nodes)
+        self.mem_used = np.bincount(a, weights=p.mem, minlength=p.n_nodes)
+        self.link_load = p.link_loads(a)
         self.dsrc = p.longest_to(a)
         self.dsink = p.longest_from(a)
         self.L = float(self.dsrc.max()) if p.n_vnodes else 0.0
         self.version = getattr(self, "version", 0) + 1
 
     def objective(self) -> float:
-        """The search objective (cost plus a penalty per core of overload), from the tracked state."""
+        """The search objective (`Problem.search_objective`: cost plus a penalty per unit of overload), from
+        the tracked state."""
         p, w = self.p, self.p.weights
+        load = max(0.0, float(np.sum(self.used ** 2 / self.cores2)) - p.load_floor)
+        return (w.network * self.net + w.latency * self.L + w.load * load + p.moves(self.a)
+                + _OVERLOAD * self.overload())
+
+    def overload(self) -> float:
+        """Cores over + memory over ÷ memory + link traffic over ÷ bandwidth, from the tracked state."""
+        p = self.p
         over = float(np.maximum(0.0, self.used - p.capacity).sum())
-        return (w.network * self.net + w.latency * self.L + w.load * float(np.sum(self.used ** 2 / self.cores2))
-                + _OVERLOAD * over)
+        if self.has_mem:
+            fin = np.isfinite(p.mem_capacity)
+            over += float((np.maximum(0.0, self.mem_used - p.mem_capacity)[fin]
+                           / np.maximum(p.memory[fin], 1.0)).sum())
+        if self.has_links:
+            over += float((np.maximum(0.0, self.link_load - p.link_cap) / np.maximum(self.link_bw, 1e-12)).sum())
+        return over
 
     def objective_full(self) -> float:
         """The same, recomputed from scratch (for checking the incremental bookkeeping)."""
-        return _search_objective(self.p, self.a)
+        return self.p.search_objective(self.a)
 
     def deltas(self, v: int, capacity: bool = True) -> np.ndarray:
         """[N] change of the objective if vnode v moved to each node (inf where it may not go)."""
@@ -138,16 +171,61 @@ class _State:
         over = self.used[cur] - p.capacity[cur]
         if over > 0:
             total -= _OVERLOAD * min(over, p.cpu[v])
+        if self.has_mem:
+            over = self.mem_used[cur] - p.mem_capacity[cur]
+            if over > 0:
+                total -= _OVERLOAD * min(over, p.mem[v]) / max(p.memory[cur], 1.0)
+        if self.has_links and self.nb_total[v] > 0:
+            links = self._link_deltas(v)
+            if links is not None:
+                total += _OVERLOAD * links
+        cur0 = p.current[v]
+        if cur0 >= 0 and p.move_cost[v]:
+            total += p.move_cost[v] * ((np.arange(p.n_nodes) != cur0).astype(float) - float(cur != cur0))
         total[~p.allowed[v]] = np.inf
         total[cur] = 0.0
         return total
 
     def constrain(self, v: int, free: np.ndarray) -> np.ndarray:
-        """`free` with the nodes that lack the room for v set to inf."""
+        """`free` with the nodes that lack the room (cores or memory) for v set to inf."""
         p = self.p
-        out = np.where(self.used + p.cpu[v] > p.capacity + 1e-9, np.inf, free)
+        full = self.used + p.cpu[v] > p.capacity + 1e-9
+        if self.has_mem:
+            full |= self.mem_used + p.mem[v] > p.mem_capacity * (1 + 1e-12)
+        out = np.where(full, np.inf, free)
         out[self.a[v]] = 0.0
         return out
+
+    def incidence(self) -> np.ndarray:
+        """[N, N, links] float32: 1 where the route from node i to node j crosses the link (built on first use)."""
+        if self._incidence is None:
+            p = self.p
+            n, k = p.n_nodes, len(p.link_cap)
+            inc = np.zeros((n * n, k), dtype=np.float32)
+            counts = np.diff(p.link_ptr)
+            rows = np.repeat(np.arange(n * n), counts)
+            inc[rows, p.link_idx] = 1.0
+            self._incidence = inc.reshape(n, n, k)
+        return self._incidence
+
+    def _link_deltas(self, v: int) -> np.ndarray | None:
+        """[N] change of the link overload (Σ traffic over ÷ bandwidth) if v moved to each node; None when no
+        link can go over (the fast path: v's traffic fits in the smallest spare bandwidth)."""
+        p = self.p
+        spare = p.link_cap - self.link_load
+        if float(spare.min()) >= self.nb_total[v]:
+            return None
+        inc = self.incidence()
+        idx, b = self.nb_idx[v], self.nb_b[v]
+        far = self.a[idx]
+        cur = int(self.a[v])
+        mine = np.einsum("k,kl->l", b, inc[cur, far].astype(float))
+        base = self.link_load - mine
+        moved = np.einsum("k,nkl->nl", b, inc[:, far].astype(float))       # [N, links]
+        bw = np.maximum(self.link_bw, 1e-12)
+        over = (np.maximum(0.0, base[None, :] + moved - p.link_cap[None, :]) / bw).sum(axis=1)
+        now = float((np.maximum(0.0, self.link_load - p.link_cap) / bw).sum())
+        return over - now
 
     def delta_at(self, v: int, n: int) -> float:
         """Estimated change of moving v to node n (latency: only an increase is counted)."""
@@ -244,6 +322,14 @@ class _State:
             self.net += float(self.nb_b[v] @ (p.inv_bw[n, far] - p.inv_bw[cur, far]))
         self.used[cur] -= p.cpu[v]
         self.used[n] += p.cpu[v]
+        if self.has_mem:
+            self.mem_used[cur] -= p.mem[v]
+            self.mem_used[n] += p.mem[v]
+        if self.has_links and len(idx):
+            far = self.a[idx].tolist()
+            for u_node, b in zip(far, self.nb_b[v].tolist(), strict=True):
+                self.link_load[p.route_links(cur, u_node)] -= b
+                self.link_load[p.route_links(n, u_node)] += b
         self.a[v] = n
         self.al[v] = n
         if self.pred_l[v] or self.succ_l[v]:
@@ -516,7 +602,7 @@ def _neighbour_nodes(st: _State, group: list[int]) -> list[int]:
     return sorted({int(st.a[u]) for v in group for u in st.nb_idx[v].tolist()})
 
 
-def _local_search(p: Problem, start: np.ndarray, deadline: float) -> np.ndarray:
+def _local_search(p: Problem, start: np.ndarray, deadline: float, queue: list[int] | None = None) -> np.ndarray:
     """Single moves and swaps until none gains (certified by a full pass without a move), then a round of
     group moves, and again. After a swap or group move only the vnodes it touched and their neighbours are
     re-examined."""
@@ -526,7 +612,7 @@ def _local_search(p: Problem, start: np.ndarray, deadline: float) -> np.ndarray:
     is_movable = np.zeros(p.n_vnodes, dtype=bool)
     is_movable[movable] = True
     blocked: Blocked = {}
-    queue = list(movable)
+    queue = list(movable) if queue is None else queue
     groups = True
     while time.perf_counter() < deadline:
         _sweep(st, queue, is_movable, blocked)
@@ -555,23 +641,40 @@ def _random_start(p: Problem, rng: np.random.Generator) -> np.ndarray:
     return assign
 
 
-def _search_objective(p: Problem, assign: np.ndarray) -> float:
-    net, lat, load, used = p.terms(assign)
-    w = p.weights
-    return (w.network * net + w.latency * lat + w.load * load
-            + _OVERLOAD * float(np.maximum(0.0, used - p.capacity).sum()))
+@dataclass
+class Solution:
+    """A solver's answer: node index per vnode, and what is proven about it."""
+
+    assign: np.ndarray
+    bound: float = -math.inf      # proven lower bound of the optimum (-inf: none)
+    status: str = "heuristic"     # or the MILP's: "optimal", "time limit", ...
+
+    def gap(self, problem: Problem) -> float | None:
+        """(cost − bound) / cost, None when unknown (no bound, or an infeasible placement)."""
+        g = relative_gap(problem.total(self.assign), self.bound)
+        return g if math.isfinite(g) else None
 
 
 def heuristic(problem: Problem, start: np.ndarray | None = None, restarts: int | None = None,
-              time_limit: float = 10.0, rng_seed: int = 0) -> np.ndarray:
-    """Seeding (or `start`, e.g. the current placement) then local search; small instances also try
-    `restarts` random starts (default: 8 when vnodes × nodes ≤ 400) and keep the best."""
+              time_limit: float = 1.0, rng_seed: int = 0) -> np.ndarray:
+    """Node index per vnode: seeding (or `start`, e.g. the current placement), local search, then
+    large-neighbourhood search until `time_limit` seconds (see `improve`)."""
+    return improve(problem, start, restarts, time_limit, rng_seed).assign
+
+
+def improve(problem: Problem, start: np.ndarray | None = None, restarts: int | None = None,
+            time_limit: float = 1.0, rng_seed: int = 0) -> Solution:
+    """The heuristic, with what it proved: seeding (or `start`) then local search (single moves, pairwise
+    swaps, chain moves); small instances also try `restarts` random starts (default: 2 when vnodes × nodes ≤
+    400). Then large-neighbourhood search until `time_limit`: free the vnodes of a few nodes (or a connected
+    group of vnodes), re-solve that sub-problem exactly with the MILP, keep it if it gains, and polish with
+    local search. A problem small enough is solved whole by the MILP, which also proves the bound."""
     deadline = time.perf_counter() + time_limit
     first = start.astype(np.int64) if start is not None else seed(problem)
     best = _local_search(problem, first, deadline)
-    best_cost = _search_objective(problem, best)
+    best_cost = problem.search_objective(best)
     if restarts is None:
-        restarts = 8 if problem.n_vnodes * problem.n_nodes <= 400 and start is None else 0
+        restarts = 2 if problem.n_vnodes * problem.n_nodes <= 400 and start is None else 0
     rng = np.random.default_rng(rng_seed)
     movable = _movable(problem)
     for i in range(restarts):
@@ -584,87 +687,155 @@ def heuristic(problem: Problem, start: np.ndarray | None = None, restarts: int |
             for v in rng.choice(movable, size=min(3, len(movable)), replace=False).tolist():
                 start_i[v] = int(rng.choice(np.flatnonzero(problem.allowed[v])))
         cand = _local_search(problem, start_i, deadline)
-        c = _search_objective(problem, cand)
+        c = problem.search_objective(cand)
         if c < best_cost - 1e-12:
             best, best_cost = cand, c
-    return best
+    return _lns(problem, best, deadline, rng)
+
+
+def _lns(p: Problem, best: np.ndarray, deadline: float, rng: np.random.Generator) -> Solution:
+    """Large-neighbourhood search with exact sub-problems, until `deadline` or `_LNS_PATIENCE` × nodes
+    sub-problems in a row gain nothing."""
+    movable = _movable(p)
+    if not movable or time.perf_counter() >= deadline:
+        return Solution(best)
+    if not milp_available():
+        return Solution(best)
+    if len(movable) * p.n_nodes <= _WHOLE_MILP:
+        r = solve_milp(p, time_limit=deadline - time.perf_counter())
+        if r.assign is not None and p.total(r.assign) <= p.search_objective(best) + 1e-12:
+            best = r.assign
+        if r.status == "infeasible":
+            return Solution(best, math.inf, "infeasible")
+        if r.status == "optimal":
+            return Solution(best, r.bound, "optimal")
+    best_cost = p.search_objective(best)
+    feasible = p.feasible(best)
+    stale, patience, k = 0, max(_LNS_PATIENCE * p.n_nodes, 12), 0
+    while time.perf_counter() < deadline and stale < patience:
+        free, domains = _neighbourhood(p, best, movable, rng, k)
+        k += 1
+        if len(free) == 0:
+            stale += 1
+            continue
+        step = min(_LNS_STEP, deadline - time.perf_counter())
+        r = solve_milp(p, time_limit=step, free=free, assign=best, domains=domains, soft=not feasible)
+        if r.assign is None:
+            stale += 1
+            continue
+        cand = r.assign
+        cost = p.search_objective(cand)
+        if cost < best_cost - 1e-9 * max(1.0, abs(best_cost)):
+            touched = set(free.tolist())
+            queue = sorted({u for v in touched for u in [v, *np.flatnonzero((p.src == v) | (p.dst == v))]})
+            cand = _local_search(p, cand, deadline, queue=[u for u in queue if u in set(movable)])
+            best, best_cost = cand, p.search_objective(cand)
+            feasible = p.feasible(best)
+            stale = 0
+        else:
+            stale += 1
+    return Solution(best)
+
+
+def _neighbourhood(p: Problem, assign: np.ndarray, movable: list[int], rng: np.random.Generator,
+                   k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(vnodes to free, [V, N] nodes each may go to). Alternately: the vnodes of a random node and of the
+    nodes it exchanges most traffic with; or a connected group of vnodes grown from a random one, over
+    their nodes and their neighbours' nodes."""
+    n = p.n_nodes
+    mov = np.zeros(p.n_vnodes, dtype=bool)
+    mov[movable] = True
+    if k % 2 == 0:
+        hosts = np.unique(assign[movable])
+        first = int(rng.choice(hosts))
+        talk = np.zeros((n, n))
+        np.add.at(talk, (assign[p.src], assign[p.dst]), p.traffic * (1.0 + p.inv_bw[assign[p.src], assign[p.dst]]))
+        talk = talk + talk.T
+        row = talk[first].copy()
+        row[first] = -1.0
+        order = np.argsort(-row + rng.random(n) * 1e-9)
+        nodes = [first] + [int(j) for j in order[:_LNS_MAX_NODES - 1] if row[j] > 0]
+        if len(nodes) < 2:                              # nothing exchanged: the nearest nodes
+            near = np.argsort(p.latency_ms[first] + rng.random(n) * 1e-6)
+            nodes += [int(j) for j in near if j not in nodes and p.cores[j] > 0][:_LNS_MAX_NODES - len(nodes)]
+        free = np.flatnonzero(mov & np.isin(assign, nodes))
+        if len(free) > _LNS_MAX_FREE:
+            free = np.sort(rng.choice(free, size=_LNS_MAX_FREE, replace=False))
+    else:
+        start = int(rng.choice(movable))
+        adj = _adjacency(p)
+        seen, queue, group = {start}, [start], []
+        while queue and len(group) < _LNS_MAX_FREE // 2:
+            v = queue.pop(int(rng.integers(len(queue))))
+            if mov[v]:
+                group.append(v)
+            for u in adj[v]:
+                if u not in seen:
+                    seen.add(u)
+                    queue.append(u)
+        free = np.array(sorted(group), dtype=np.int64)
+        near = [int(assign[u]) for v in group for u in [v, *adj[v]]]
+        counts = np.bincount(near, minlength=n)
+        nodes = [int(j) for j in np.argsort(-counts)[:_LNS_MAX_NODES + 1] if counts[j] > 0]
+    domains = np.zeros((p.n_vnodes, n), dtype=bool)
+    if len(free):
+        domains[np.ix_(free, nodes)] = True
+    return free, domains
+
+
+def _adjacency(p: Problem) -> list[list[int]]:
+    cached = getattr(p, "_adjacency_cache", None)
+    if cached is None:
+        cached = [[] for _ in range(p.n_vnodes)]
+        for s, d in zip(p.src.tolist(), p.dst.tolist(), strict=True):
+            cached[s].append(d)
+            cached[d].append(s)
+        p._adjacency_cache = cached
+    return cached
 
 
 # -- exact ----------------------------------------------------------------------------------------------------
 
-def exact(problem: Problem, upper: np.ndarray | None = None, max_nodes: int = 5_000_000) -> np.ndarray:
-    """The optimal feasible placement by branch and bound (raises PlacementError if none exists or the
-    search exceeds `max_nodes` tree nodes)."""
-    p, w = problem, problem.weights
-    best_assign = upper if upper is not None else heuristic(p)
-    best = p.total(best_assign)
-    order = p.order.tolist()
-    pos = {v: i for i, v in enumerate(order)}
-    earlier: list[list[tuple[int, float]]] = [[] for _ in order]
-    preds: list[list[int]] = [[] for _ in order]
-    for s, d, b in zip(p.src.tolist(), p.dst.tolist(), p.traffic.tolist(), strict=True):
-        (earlier[d] if pos[s] < pos[d] else earlier[s]).append((s if pos[s] < pos[d] else d, b))
-    for s, d in zip(p.lat_src.tolist(), p.lat_dst.tolist(), strict=True):
-        preds[d].append(s)
-    inv = p.inv_bw.tolist()
-    lat = p.latency_ms.tolist()
-    cap = p.capacity.tolist()
-    cores2 = (np.where(p.cores > 0, p.cores, 1.0) ** 2).tolist()
-    domains = [np.flatnonzero(p.allowed[v]).tolist() for v in range(p.n_vnodes)]
-    cpu = p.cpu.tolist()
-    assign = [-1] * p.n_vnodes
-    dist = [0.0] * p.n_vnodes
-    used = [0.0] * p.n_nodes
-    state = {"best": best, "assign": best_assign.copy(), "nodes": 0}
-
-    def dfs(k: int, net: float, load: float, latency: float) -> None:
-        state["nodes"] += 1
-        if state["nodes"] > max_nodes:
-            raise PlacementError(f"exact search gave up after {max_nodes} nodes: use the heuristic")
-        if k == len(order):
-            total = w.network * net + w.load * load + w.latency * latency
-            if total < state["best"] - 1e-12:
-                state["best"], state["assign"] = total, np.array(assign, dtype=np.int64)
-            return
-        v = order[k]
-        options = []
-        for n in domains[v]:
-            u_new = used[n] + cpu[v]
-            if u_new > cap[n] + 1e-9:
-                continue
-            dn = sum(b * inv[n][assign[u]] for u, b in earlier[v])
-            dl = (u_new * u_new - used[n] * used[n]) / cores2[n]
-            dv = max((dist[u] + lat[assign[u]][n] for u in preds[v]), default=0.0)
-            lat_new = max(latency, dv)
-            bound = w.network * (net + dn) + w.load * (load + dl) + w.latency * lat_new
-            if bound < state["best"] - 1e-12:
-                options.append((bound, n, dn, dl, dv, lat_new))
-        options.sort()
-        for bound, n, dn, dl, dv, lat_new in options:
-            if bound >= state["best"] - 1e-12:
-                break
-            assign[v], dist[v] = n, dv
-            used[n] += cpu[v]
-            dfs(k + 1, net + dn, load + dl, lat_new)
-            used[n] -= cpu[v]
-            assign[v] = -1
-
-    dfs(0, 0.0, 0.0, 0.0)
-    if not math.isfinite(state["best"]):
-        raise PlacementError("no feasible placement: the vnodes' CPU demand exceeds what the nodes allowed to "
-                             "host them have")
-    return state["assign"]
+def exact(problem: Problem, upper: np.ndarray | None = None, time_limit: float = 10.0) -> np.ndarray:
+    """The optimal feasible placement by the MILP (`milp.solve_milp`), or the best found within `time_limit`
+    seconds (`certify` says how close it is proven to be). Raises `PlacementError` if no feasible placement
+    exists."""
+    return certify(problem, upper, time_limit).assign
 
 
-def solve(problem: Problem, solver: str = "heuristic", start: np.ndarray | None = None) -> np.ndarray:
+def certify(problem: Problem, upper: np.ndarray | None = None, time_limit: float = 10.0) -> Solution:
+    """The MILP on the whole problem for `time_limit` seconds: the better of its placement and `upper` (e.g.
+    the heuristic's, priced by the project's own cost function), with the proven lower bound. No warm start
+    is handed to HiGHS (see `milp`)."""
+    r = solve_milp(problem, time_limit=time_limit)
+    if r.status == "infeasible":
+        raise PlacementError("no feasible placement: the vnodes' CPU, memory or traffic exceed what the nodes "
+                             "and links allowed to carry them have")
+    best = r.assign
+    if upper is not None and (best is None or problem.total(upper) < problem.total(best)):
+        best = upper
+    if best is None:
+        best = heuristic(problem)
+    return Solution(best, r.bound, r.status)
+
+
+def solve(problem: Problem, solver: str = "heuristic", start: np.ndarray | None = None,
+          time_limit: float | None = None) -> np.ndarray:
     """Node index per vnode, by the named solver."""
+    return solve_with_bound(problem, solver, start, time_limit).assign
+
+
+def solve_with_bound(problem: Problem, solver: str = "heuristic", start: np.ndarray | None = None,
+                     time_limit: float | None = None) -> Solution:
+    """`solve`, with the proven lower bound when there is one. Time limits: the heuristic 1 s by default,
+    exact 10 s (plus the heuristic's second, whose placement it must beat)."""
     if solver == "heuristic":
-        return heuristic(problem, start)
+        return improve(problem, start, time_limit=1.0 if time_limit is None else time_limit)
     if solver == "exact":
-        if problem.n_vnodes > _EXACT_MAX_VNODES:
-            raise PlacementError(f"the exact solver is for small jobs (up to {_EXACT_MAX_VNODES} virtual nodes; "
-                                 f"this one has {problem.n_vnodes}): use the heuristic")
-        return exact(problem, heuristic(problem, start))
+        first = improve(problem, start, time_limit=1.0)
+        if first.status == "optimal":
+            return first
+        return certify(problem, first.assign, 10.0 if time_limit is None else time_limit)
     raise ValueError(f"unknown solver '{solver}': use 'heuristic' or 'exact'")
 
 
@@ -673,24 +844,46 @@ def solve(problem: Problem, solver: str = "heuristic", start: np.ndarray | None 
 def place(plan: PhysicalPlan, graph: LogicalGraph, topology: Topology,
           rates: Mapping[EdgeKey, float] | None = None, solver: str = "heuristic",
           current: Mapping[str, str] | None = None, weights: Weights | None = None,
-          estimates: Estimates | None = None) -> Placement:
+          estimates: Estimates | None = None, time_limit: float | None = None,
+          move_cost: Mapping[str, float] | float | None = None,
+          state_bytes: Mapping[str, float] | None = None) -> Placement:
     """Place a physical plan on a topology.
 
     `rates` are measured bytes/s per (src_task, dst_task) (estimates otherwise); `current` (vnode → node)
-    starts the search from the running placement, so only moves that gain are proposed. Raises
-    `PlacementError` if the topology has errors or a pin/backend cannot be met; an overloaded result is
-    returned with `placement.feasible == False` and the reasons in `placement.cost.reasons`."""
+    starts the search from the running placement, so only moves that gain are proposed; with `move_cost`
+    (per vnode, or one figure for all, in the cost's units per second: e.g. a move's one-off price ÷ the
+    horizon it must pay back in) the objective charges each vnode placed off its current node, so the solver
+    answers "is there an assignment whose saving repays the moves?". `state_bytes` (vnode → bytes, e.g.
+    measured snapshots) replace the estimated state in the memory limit. `time_limit`: seconds for the solver
+    (heuristic 1 s, exact 10 s by default). Raises `PlacementError` if the topology has errors or a
+    pin/backend cannot be met; an overloaded result is returned with `placement.feasible == False` and the
+    reasons in `placement.cost.reasons`."""
     errors = topology.check()
     if errors:
         raise PlacementError(f"the topology {topology.source or topology.name} has errors:\n  " + "\n  ".join(errors))
     started = time.perf_counter()
     flows = estimate_flows(plan, graph, topology, rates, estimates)
-    problem = build_problem(plan, graph, topology, flows, weights)
+    problem = build_problem(plan, graph, topology, flows, weights, estimates, state_bytes)
     start = None
     if current is not None:
         start = _start_from(problem, current)
-    assign = solve(problem, solver, start)
-    return _priced(plan, graph, topology, flows, problem, assign, solver, time.perf_counter() - started, current)
+        if move_cost is not None:
+            _charge_moves(problem, current, move_cost)
+    found = solve_with_bound(problem, solver, start, time_limit)
+    placement = _priced(plan, graph, topology, flows, problem, found.assign, solver,
+                        time.perf_counter() - started, current)
+    placement.gap = found.gap(problem)
+    placement.bound = found.bound if math.isfinite(found.bound) else None
+    return placement
+
+
+def _charge_moves(problem: Problem, current: Mapping[str, str], move_cost: Mapping[str, float] | float) -> None:
+    index = {n: i for i, n in enumerate(problem.nodes)}
+    for v, vn in enumerate(problem.vnodes):
+        j = index.get(current.get(vn, ""), -1)
+        if j >= 0:
+            problem.current[v] = j
+            problem.move_cost[v] = float(move_cost.get(vn, 0.0) if isinstance(move_cost, Mapping) else move_cost)
 
 
 def placement_of(plan: PhysicalPlan, graph: LogicalGraph, topology: Topology, assignment: Mapping[str, str],

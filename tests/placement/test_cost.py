@@ -65,7 +65,8 @@ def test_cost_of_a_split_placement_by_hand():
     assert cost.network == pytest.approx(1600 / 125_000)            # both hash edges cross the 1 Mbit/s link
     assert cost.latency_ms == pytest.approx(5.0)
     assert cost.node_load == {"a": pytest.approx(0.3), "b": pytest.approx(0.3)}
-    assert cost.load == pytest.approx((0.3 / 2) ** 2 + (0.3 / 4) ** 2)
+    # imbalance: Σ (used / cores)² less its least possible value for 0.6 cores on 2 + 4 cores, 0.6² / (2² + 4²)
+    assert cost.load == pytest.approx((0.3 / 2) ** 2 + (0.3 / 4) ** 2 - 0.6 ** 2 / (2 ** 2 + 4 ** 2))
     assert cost.total == pytest.approx(1600 / 125_000 + 0.01 * 5 + 0.5 * cost.load)
     assert cost.link_traffic == {"a–b": pytest.approx(1600)}
     assert cost.cross_bytes == pytest.approx(1600)
@@ -76,7 +77,7 @@ def test_all_on_one_node_costs_no_network():
     plan, graph = plan_of(room_pipeline())
     cost = cost_of(plan, graph, two_nodes(), {vn: "a" for vn in plan.vnodes}, estimates=NO_CPU)
     assert (cost.network, cost.latency_ms, cost.cross_bytes) == (0.0, 0.0, 0.0)
-    assert cost.load == pytest.approx((0.6 / 2) ** 2)
+    assert cost.load == pytest.approx((0.6 / 2) ** 2 - 0.6 ** 2 / (2 ** 2 + 4 ** 2))
 
 
 def test_ignoring_a_pin_is_infeasible():

@@ -1,0 +1,448 @@
+"""The cost model as a mixed-integer linear program, solved by HiGHS (through `scipy.optimize.milp`).
+
+The model is exact: at every integer point its objective equals `Problem.total` (tests check this against
+brute force and the project's own cost function). Variables and how each term is linearised:
+
+* **x[v, n]** ∈ {0, 1}: vnode v on node n (only for the nodes v may go to; a vnode with one choice — a pin,
+  or fixed by the caller — is a constant). Σ_n x[v, n] = 1.
+* **traffic across nodes**: an edge u → v is on the node pair (i, j) when x[u, i] · x[v, j] = 1. With both
+  ends free, the product is a continuous y[e, i, j] ∈ [0, 1] tied by Σ_j y[e, i, j] = x[u, i] and
+  Σ_i y[e, i, j] = x[v, j] (the Adams–Johnson linearisation: exact at integer x, and a much tighter
+  relaxation than y ≥ x + x − 1). With one end fixed, the indicator is the other end's x.
+  network = Σ traffic × Σ 1/bandwidth over the pair's route; a link's load = Σ traffic over the pairs
+  whose route crosses it, ≤ its bandwidth × `Weights.max_link_utilisation`.
+* **latency**: D[v] ≥ D[u] + Σ_ij latency(i, j) · indicator for every data edge u → v, D ≥ 0, L ≥ D[v];
+  minimising L makes it the longest path. Only vnodes downstream of a free vnode get a D; the others'
+  longest paths are constants.
+* **load**: U[n] = Σ_v cpu[v] · x[v, n] (≤ capacity: the core limit); U[n]² = U[n] · Σ_v cpu[v] x[v, n]
+  = Σ_v cpu[v] · g[v, n] with g[v, n] = x[v, n] · U[n], linearised exactly for binary x by
+  g ≥ U − M (1 − x), g ≥ (cpu[v] + fixed load) · x, g ≥ 0 (the objective pushes g down). s[n] ≥ U[n]² / C²
+  is also bounded below by tangents of u² (valid, and they tighten the relaxation).
+* **memory**: Σ_v mem[v] · x[v, n] ≤ memory × `Weights.max_memory`.
+* **moves**: move_cost[v] · (1 − x[v, current[v]]).
+
+`soft=True` turns the capacity limits into penalties (`OVERLOAD_PENALTY` per unit of overload, as
+`Problem.search_objective` counts it) so that a sub-problem of an overloaded placement still has a solution.
+
+No warm start is handed to HiGHS: with HiGHS 1.16 a feasible start once produced an "optimal" objective
+below the true optimum (confirmed by brute force). The solver starts from scratch; the caller compares the
+result with its own incumbent.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from .cost import OVERLOAD_PENALTY, Problem
+
+__all__ = ["MilpResult", "gap_text", "milp_available", "relative_gap", "solve_milp"]
+
+_TANGENTS = 9            # tangent cuts of u² per node, at utilisations 0 .. the capacity
+OPTIMAL_GAP = 1e-6       # a relative gap this small is reported as "optimal"
+
+
+@dataclass
+class MilpResult:
+    """The best placement HiGHS found and what it proved about it."""
+
+    assign: np.ndarray | None     # node index per vnode; None when no solution was found
+    cost: float                   # `Problem.total` of `assign` (or `search_objective` with soft=True); inf if none
+    bound: float                  # proven lower bound of the optimum (-inf when unknown)
+    status: str                   # "optimal", "time limit", "infeasible", "no solution"
+    seconds: float
+    variables: int = 0
+    constraints: int = 0
+
+    @property
+    def gap(self) -> float:
+        """(cost − bound) / cost: 0 = proven optimal; inf when unknown."""
+        return relative_gap(self.cost, self.bound)
+
+    @property
+    def optimal(self) -> bool:
+        return self.gap <= OPTIMAL_GAP
+
+
+def milp_available() -> bool:
+    """Is scipy (with HiGHS) installed? Without it the heuristic skips its large-neighbourhood search."""
+    try:
+        import scipy.optimize  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def relative_gap(cost: float, bound: float) -> float:
+    if not (math.isfinite(cost) and math.isfinite(bound)):
+        return math.inf
+    diff = max(0.0, cost - bound)
+    if diff <= 1e-12 * max(1.0, abs(cost)):
+        return 0.0
+    return diff / abs(cost) if cost != 0 else math.inf
+
+
+def gap_text(gap: float | None) -> str:
+    """ "optimal", "within 0.3 % of optimal" or "gap unknown"."""
+    if gap is None or not math.isfinite(gap):
+        return "gap unknown"
+    if gap <= OPTIMAL_GAP:
+        return "optimal"
+    return f"within {100 * gap:.2g} % of optimal"
+
+
+class _Model:
+    """Columns and sparse rows, appended in numpy blocks."""
+
+    def __init__(self) -> None:
+        self.lb: list[np.ndarray] = []
+        self.ub: list[np.ndarray] = []
+        self.c: list[np.ndarray] = []
+        self.integer: list[np.ndarray] = []
+        self.n = 0
+        self.r: list[np.ndarray] = []
+        self.k: list[np.ndarray] = []
+        self.v: list[np.ndarray] = []
+        self.lo: list[float] = []
+        self.hi: list[float] = []
+        self.infeasible = False          # a constraint among fixed vnodes alone is violated
+
+    def cols(self, count: int, lb: float | np.ndarray = 0.0, ub: float | np.ndarray = np.inf,
+             cost: float | np.ndarray = 0.0, integer: bool = False) -> np.ndarray:
+        idx = np.arange(self.n, self.n + count)
+        self.n += count
+        self.lb.append(np.broadcast_to(np.asarray(lb, dtype=float), (count,)).copy())
+        self.ub.append(np.broadcast_to(np.asarray(ub, dtype=float), (count,)).copy())
+        self.c.append(np.broadcast_to(np.asarray(cost, dtype=float), (count,)).copy())
+        self.integer.append(np.full(count, 1 if integer else 0, dtype=np.int8))
+        return idx
+
+    def row(self, cols, vals, lo: float = -np.inf, hi: float = np.inf) -> None:
+        i = len(self.lo)
+        cols = np.asarray(cols, dtype=np.int64)
+        self.r.append(np.full(len(cols), i, dtype=np.int64))
+        self.k.append(cols)
+        self.v.append(np.broadcast_to(np.asarray(vals, dtype=float), (len(cols),)))
+        self.lo.append(lo)
+        self.hi.append(hi)
+
+    def rows(self, row_of: np.ndarray, cols: np.ndarray, vals: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> None:
+        """Many rows at once: entry t goes to new row `row_of[t]` (0-based among the added rows)."""
+        base = len(self.lo)
+        self.r.append(base + np.asarray(row_of, dtype=np.int64))
+        self.k.append(np.asarray(cols, dtype=np.int64))
+        self.v.append(np.asarray(vals, dtype=float))
+        self.lo.extend(np.asarray(lo, dtype=float).tolist())
+        self.hi.extend(np.asarray(hi, dtype=float).tolist())
+
+    def add_cost(self, cols: np.ndarray, vals: np.ndarray) -> None:
+        c = np.concatenate(self.c) if len(self.c) > 1 else self.c[0]
+        np.add.at(c, np.asarray(cols, dtype=np.int64), vals)
+        self.c = [c]
+
+    def solve(self, time_limit: float, gap: float):
+        from scipy.optimize import Bounds, LinearConstraint, milp
+        from scipy.sparse import csr_array
+
+        c = np.concatenate(self.c)
+        bounds = Bounds(np.concatenate(self.lb), np.concatenate(self.ub))
+        integrality = np.concatenate(self.integer)
+        constraints = []
+        if self.lo:
+            a = csr_array((np.concatenate(self.v), (np.concatenate(self.r), np.concatenate(self.k))),
+                          shape=(len(self.lo), self.n))
+            constraints = [LinearConstraint(a, np.array(self.lo), np.array(self.hi))]
+        return milp(c, integrality=integrality, bounds=bounds, constraints=constraints,
+                    options={"time_limit": max(0.01, time_limit), "mip_rel_gap": gap, "disp": False})
+
+
+def solve_milp(problem: Problem, time_limit: float = 10.0, free: np.ndarray | None = None,
+               assign: np.ndarray | None = None, domains: np.ndarray | None = None, soft: bool = False,
+               gap: float = OPTIMAL_GAP) -> MilpResult:
+    """Solve the placement exactly (to a relative `gap`) within `time_limit` seconds.
+
+    With `free` (vnode indices) and `assign`, only the free vnodes move (each within `domains[v]` if given,
+    a [V, N] bool mask, plus its node in `assign`); the others stay as in `assign` — the sub-problems of
+    large-neighbourhood search. `soft`: capacity limits become penalties (for repairing an overloaded
+    placement). Returns the best placement found, its cost by the project's own cost function, and the
+    proven lower bound."""
+    started = time.perf_counter()
+    p, w = problem, problem.weights
+    v_count, n_count = p.n_vnodes, p.n_nodes
+    dom = p.allowed.copy()
+    if free is not None:
+        if assign is None:
+            raise ValueError("solve_milp(free=...) needs the assignment the other vnodes keep")
+        keep = np.ones(v_count, dtype=bool)
+        keep[np.asarray(free, dtype=np.int64)] = False
+        dom[keep] = False
+        dom[keep, assign[keep]] = True
+        if domains is not None:
+            sub = dom[~keep] & domains[~keep]
+            sub[np.arange(len(sub)), assign[~keep]] = True
+            dom[~keep] = sub
+    if not dom.any(axis=1).all():
+        return MilpResult(None, math.inf, -math.inf, "infeasible", time.perf_counter() - started)
+    counts = dom.sum(axis=1)
+    fixed = np.where(counts == 1, np.argmax(dom, axis=1), -1)
+    m = _Model()
+    const = 0.0
+
+    # -- x ------------------------------------------------------------------------------------------------
+    xcol = np.full((v_count, n_count), -1, dtype=np.int64)
+    movable = np.flatnonzero(counts > 1)
+    vv, nn = np.nonzero(dom[movable])
+    vv = movable[vv]
+    xcol[vv, nn] = m.cols(len(vv), 0.0, 1.0, integer=True)
+    for v in movable.tolist():
+        m.row(xcol[v, dom[v]], 1.0, 1.0, 1.0)
+
+    # -- edge indicators: (edge, i, j, column); constant pairs separately -------------------------------------
+    pe, pi, pj, pc = [], [], [], []
+    const_pairs = []                 # (edge, i, j)
+    for e, (s, d) in enumerate(zip(p.src.tolist(), p.dst.tolist(), strict=True)):
+        fs, fd = fixed[s], fixed[d]
+        if fs >= 0 and fd >= 0:
+            const_pairs.append((e, fs, fd))
+        elif fs >= 0:
+            js = np.flatnonzero(dom[d])
+            pe.append(np.full(len(js), e))
+            pi.append(np.full(len(js), fs))
+            pj.append(js)
+            pc.append(xcol[d, js])
+        elif fd >= 0:
+            is_ = np.flatnonzero(dom[s])
+            pe.append(np.full(len(is_), e))
+            pi.append(is_)
+            pj.append(np.full(len(is_), fd))
+            pc.append(xcol[s, is_])
+        else:
+            is_, js = np.flatnonzero(dom[s]), np.flatnonzero(dom[d])
+            ii, jj = np.repeat(is_, len(js)), np.tile(js, len(is_))
+            y = m.cols(len(ii), 0.0, 1.0)
+            pe.append(np.full(len(ii), e))
+            pi.append(ii)
+            pj.append(jj)
+            pc.append(y)
+            # Σ_j y[i, j] = x[s, i];  Σ_i y[i, j] = x[d, j]
+            ri = np.searchsorted(is_, ii)
+            m.rows(np.concatenate([ri, np.arange(len(is_))]), np.concatenate([y, xcol[s, is_]]),
+                   np.concatenate([np.ones(len(y)), -np.ones(len(is_))]), np.zeros(len(is_)), np.zeros(len(is_)))
+            rj = np.searchsorted(js, jj)
+            m.rows(np.concatenate([rj, np.arange(len(js))]), np.concatenate([y, xcol[d, js]]),
+                   np.concatenate([np.ones(len(y)), -np.ones(len(js))]), np.zeros(len(js)), np.zeros(len(js)))
+    cat = (lambda xs, dt: np.concatenate(xs).astype(dt) if xs else np.zeros(0, dtype=dt))
+    pe, pi, pj, pc = cat(pe, np.int64), cat(pi, np.int64), cat(pj, np.int64), cat(pc, np.int64)
+    ce = np.array([c[0] for c in const_pairs], dtype=np.int64)
+    ci = np.array([c[1] for c in const_pairs], dtype=np.int64)
+    cj = np.array([c[2] for c in const_pairs], dtype=np.int64)
+
+    # -- network ----------------------------------------------------------------------------------------------
+    if len(pc):
+        m.add_cost(pc, w.network * p.traffic[pe] * p.inv_bw[pi, pj])
+    const += w.network * float(np.dot(p.traffic[ce], p.inv_bw[ci, cj])) if len(ce) else 0.0
+
+    # -- links --------------------------------------------------------------------------------------------------
+    if len(p.link_cap):
+        _links(m, p, pe, pi, pj, pc, ce, ci, cj, soft)
+
+    # -- latency --------------------------------------------------------------------------------------------------
+    const += _latency(m, p, fixed, dom, pe, pi, pj, pc)
+
+    # -- load and memory -----------------------------------------------------------------------------------
+    const += _load(m, p, fixed, dom, xcol, soft)
+    _memory(m, p, fixed, dom, xcol, soft)
+
+    # -- moves ----------------------------------------------------------------------------------------------------
+    for v in np.flatnonzero((p.current >= 0) & (p.move_cost > 0)).tolist():
+        cur = int(p.current[v])
+        if fixed[v] >= 0:
+            const += p.move_cost[v] if fixed[v] != cur else 0.0
+        else:
+            const += p.move_cost[v]
+            if dom[v, cur]:
+                m.add_cost(np.array([xcol[v, cur]]), np.array([-p.move_cost[v]]))
+
+    m.cols(1, 1.0, 1.0, const)       # the constant, so HiGHS's relative gap is the gap of the true cost
+    if m.infeasible:
+        return MilpResult(None, math.inf, math.inf, "infeasible", time.perf_counter() - started, m.n, len(m.lo))
+    res = m.solve(time_limit - (time.perf_counter() - started), gap)
+    out = np.where(fixed >= 0, fixed, 0).astype(np.int64)
+    bound = getattr(res, "mip_dual_bound", None)
+    bound = float(bound) if bound is not None and np.isfinite(bound) else -math.inf
+    if res.x is None:
+        status = "infeasible" if res.status == 2 else "no solution"
+        return MilpResult(None, math.inf, math.inf if res.status == 2 else bound, status,
+                          time.perf_counter() - started, m.n, len(m.lo))
+    x = res.x
+    for v in movable.tolist():
+        nodes = np.flatnonzero(dom[v])
+        out[v] = int(nodes[np.argmax(x[xcol[v, nodes]])])
+    cost = p.search_objective(out) if soft else p.total(out)
+    status = "optimal" if res.status == 0 else "time limit"
+    if res.status == 0 and not math.isfinite(bound):
+        bound = float(res.fun)
+    return MilpResult(out, cost, min(bound, cost) if math.isfinite(cost) else bound, status,
+                      time.perf_counter() - started, m.n, len(m.lo))
+
+
+def _expand_links(p: Problem, pe: np.ndarray, pi: np.ndarray, pj: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For each (edge, i, j) entry, its route's links: (entry index, link index) pairs."""
+    pair = pi * p.n_nodes + pj
+    start, stop = p.link_ptr[pair], p.link_ptr[pair + 1]
+    counts = stop - start
+    entry = np.repeat(np.arange(len(pair)), counts)
+    offsets = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+    return entry, p.link_idx[np.repeat(start, counts) + offsets]
+
+
+def _links(m: _Model, p: Problem, pe, pi, pj, pc, ce, ci, cj, soft: bool) -> None:
+    """Σ traffic over the pairs whose route crosses a link ≤ its capacity (rows only for links a free vnode
+    can load)."""
+    fixed_load = np.zeros(len(p.link_cap))
+    if len(ce):
+        entry, link = _expand_links(p, ce, ci, cj)
+        np.add.at(fixed_load, link, p.traffic[ce[entry]])
+    entry, link = _expand_links(p, pe, pi, pj)
+    if not len(entry):
+        return
+    used = np.unique(link)
+    row_of = np.searchsorted(used, link)
+    bw = np.maximum(p.link_cap[used] / p.weights.max_link_utilisation, 1e-12)     # rows in units of bandwidth
+    cap = (p.link_cap[used] - fixed_load[used]) / bw
+    vals = p.traffic[pe[entry]] / bw[row_of]
+    lo = np.full(len(used), -np.inf)
+    if soft:
+        slack = m.cols(len(used), 0.0, np.inf, OVERLOAD_PENALTY)
+        m.rows(np.concatenate([row_of, np.arange(len(used))]), np.concatenate([pc[entry], slack]),
+               np.concatenate([vals, -np.ones(len(used))]), lo, cap)
+    else:
+        m.rows(row_of, pc[entry], vals, lo, cap)
+
+
+def _latency(m: _Model, p: Problem, fixed: np.ndarray, dom: np.ndarray, pe, pi, pj, pc) -> float:
+    """Longest-path rows; returns the constant part of the objective (the whole latency term when no free
+    vnode is on a data path)."""
+    w = p.weights
+    lat_e = np.flatnonzero(p.on_path)
+    if not len(lat_e) or w.latency == 0:
+        return 0.0
+    v_count = p.n_vnodes
+    # vnodes downstream of a free vnode (inclusive): their longest path to them varies
+    succ: list[list[int]] = [[] for _ in range(v_count)]
+    for e in lat_e.tolist():
+        succ[int(p.src[e])].append(int(p.dst[e]))
+    cone = np.zeros(v_count, dtype=bool)
+    stack = np.flatnonzero(fixed < 0).tolist()
+    while stack:
+        u = stack.pop()
+        if cone[u]:
+            continue
+        cone[u] = True
+        stack.extend(x for x in succ[u] if not cone[x])
+    probe = np.where(fixed >= 0, fixed, np.argmax(dom, axis=1))
+    dist = p.longest_to(probe)                       # exact for vnodes outside the cone
+    outside = float(dist[~cone].max()) if (~cone).any() else 0.0
+    if not cone.any():
+        return w.latency * float(dist.max())
+    dcol = np.full(v_count, -1, dtype=np.int64)
+    cone_v = np.flatnonzero(cone)
+    dcol[cone_v] = m.cols(len(cone_v), 0.0, np.inf)
+    lcol = m.cols(1, outside, np.inf, w.latency)[0]
+    # pair entries per latency edge
+    on = p.on_path[pe] if len(pe) else np.zeros(0, dtype=bool)
+    by_edge: dict[int, list[int]] = {}
+    for t in np.flatnonzero(on).tolist():
+        by_edge.setdefault(int(pe[t]), []).append(t)
+    has_succ = np.zeros(v_count, dtype=bool)
+    for e in lat_e.tolist():
+        s, d = int(p.src[e]), int(p.dst[e])
+        if not cone[d]:
+            continue
+        has_succ[s] = True
+        cols, vals, lo = [dcol[d]], [1.0], 0.0
+        if cone[s]:
+            cols.append(dcol[s])
+            vals.append(-1.0)
+        else:
+            lo += dist[s]
+        ts = by_edge.get(e)
+        if ts:
+            ts_a = np.asarray(ts)
+            cols.extend(pc[ts_a].tolist())
+            vals.extend((-p.latency_ms[pi[ts_a], pj[ts_a]]).tolist())
+        else:                                        # both ends fixed
+            lo += p.latency_ms[fixed[s], fixed[d]]
+        m.row(cols, vals, lo, np.inf)
+    for v in cone_v.tolist():
+        if not has_succ[v]:
+            m.row([lcol, dcol[v]], [1.0, -1.0], 0.0, np.inf)
+    return 0.0
+
+
+def _load(m: _Model, p: Problem, fixed: np.ndarray, dom: np.ndarray, xcol: np.ndarray, soft: bool) -> float:
+    """U[n], g[v, n] = x[v, n] U[n], s[n] ≥ U[n]² / C²; returns the constant part of the load term."""
+    w = p.weights
+    base = np.bincount(fixed[fixed >= 0], weights=p.cpu[fixed >= 0], minlength=p.n_nodes)
+    const = -w.load * p.load_floor
+    for n in range(p.n_nodes):
+        vs = np.flatnonzero(dom[:, n] & (fixed < 0))
+        c2 = p.cores2[n]
+        k = base[n]
+        if not len(vs):
+            const += w.load * k * k / c2
+            m.infeasible |= k > p.capacity[n] + 1e-9 and not soft      # a fixed overload
+            continue
+        cpu = p.cpu[vs]
+        top = k + float(cpu.sum())
+        hard_cap = min(top, p.capacity[n]) if not soft else top
+        m.infeasible |= k > p.capacity[n] + 1e-9 and not soft
+        u = m.cols(1, k, max(k, hard_cap))[0]
+        m.row(np.concatenate([[u], xcol[vs, n]]), np.concatenate([[1.0], -cpu]), k, k)
+        if soft and top > p.capacity[n]:
+            o = m.cols(1, 0.0, np.inf, OVERLOAD_PENALTY)[0]
+            m.row([u, o], [1.0, -1.0], -np.inf, p.capacity[n])
+        big = max(k, hard_cap)
+        g = m.cols(len(vs), 0.0, big)
+        # g ≥ U − M (1 − x)  ⇔  g − U − M x ≥ −M
+        rows = np.repeat(np.arange(len(vs)), 3)
+        cols = np.stack([g, np.full(len(vs), u), xcol[vs, n]], axis=1).ravel()
+        vals = np.stack([np.ones(len(vs)), -np.ones(len(vs)), -np.full(len(vs), big)], axis=1).ravel()
+        m.rows(rows, cols, vals, np.full(len(vs), -big), np.full(len(vs), np.inf))
+        # g ≥ (cpu[v] + k) x
+        rows = np.repeat(np.arange(len(vs)), 2)
+        cols = np.stack([g, xcol[vs, n]], axis=1).ravel()
+        vals = np.stack([np.ones(len(vs)), -(cpu + k)], axis=1).ravel()
+        m.rows(rows, cols, vals, np.zeros(len(vs)), np.full(len(vs), np.inf))
+        s = m.cols(1, 0.0, np.inf, w.load)[0]
+        # s ≥ (k U + Σ cpu g) / C²
+        m.row(np.concatenate([[s, u], g]), np.concatenate([[1.0, -k / c2], -cpu / c2]), 0.0, np.inf)
+        # tangents of (U / C)²: s ≥ 2 a (U / C) − a²
+        c = math.sqrt(c2)
+        for a in np.linspace(0.0, big / c, _TANGENTS)[1:].tolist():
+            m.row([s, u], [1.0, -2.0 * a / c], -a * a, np.inf)
+    return const
+
+
+def _memory(m: _Model, p: Problem, fixed: np.ndarray, dom: np.ndarray, xcol: np.ndarray, soft: bool) -> None:
+    if not p.mem.any():
+        return
+    base = np.bincount(fixed[fixed >= 0], weights=p.mem[fixed >= 0], minlength=p.n_nodes)
+    for n in np.flatnonzero(np.isfinite(p.mem_capacity)).tolist():
+        vs = np.flatnonzero(dom[:, n] & (fixed < 0))
+        room = p.mem_capacity[n] - base[n]
+        if not len(vs):
+            m.infeasible |= room < -1e-9 * p.memory[n] and not soft
+            continue
+        if float(p.mem[vs].sum()) <= room:
+            continue                                   # cannot bind
+        scale = max(p.memory[n], 1.0)
+        if soft:
+            o = m.cols(1, 0.0, np.inf, OVERLOAD_PENALTY)[0]
+            m.row(np.concatenate([xcol[vs, n], [o]]), np.concatenate([p.mem[vs] / scale, [-1.0]]),
+                  -np.inf, room / scale)
+        else:
+            m.row(xcol[vs, n], p.mem[vs] / scale, -np.inf, room / scale)
