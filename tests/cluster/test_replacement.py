@@ -13,7 +13,8 @@ import pytest
 
 from microstream.cluster import embedded as cluster
 from microstream.cluster.client import Client
-from microstream.placement.policy import PolicyParams, Proposal, best_move
+from microstream.placement import Topology
+from microstream.placement.policy import PolicyParams, best_move, measured_problem
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -29,16 +30,70 @@ p.run()
 """
 
 
-def test_best_move_prefers_the_heaviest_saving_and_respects_costs():
-    placement = {"src": "a", "agg": "b", "sink": "c"}
-    traffic = {("src", "agg"): 500_000.0, ("agg", "sink"): 1_000.0}
-    params = PolicyParams(min_gain=10_000, horizon=60, cost_factor=2)
-    move = best_move(placement, traffic, ["a", "b", "c"], pinned={"src"}, state_bytes={}, params=params)
-    assert move == Proposal("agg", "b", "a", 500_000.0, 501_000.0, 1_000.0)
-    # a huge state is not worth moving for this saving
-    assert best_move(placement, traffic, ["a", "b", "c"], {"src"}, {"agg": 1e9}, params) is None
-    # nothing to gain: nothing proposed
-    assert best_move({"src": "a", "agg": "a"}, {("src", "agg"): 1e6}, ["a", "b"], set(), {}, params) is None
+def _agents(**spec: tuple[float, list[str]]) -> dict[str, dict]:
+    """Live agents as the coordinator's registry reports them: name=(cores, backends)."""
+    return {name: {"up": True, "cores": cores, "memory": 4 * 2**30, "arch": "aarch64", "backends": backends,
+                   "labels": {}} for name, (cores, backends) in spec.items()}
+
+
+def _job(backend: str = "process"):
+    import microstream as ms
+    from microstream.graph.physical import build_plan
+
+    p = ms.Pipeline("policy")
+    src = p.synthetic(count=10, sensors=4, rate=10, name="gateway")
+    win = src.key_by("sensor").window(ms.tumbling(seconds=1)).aggregate(n=ms.agg.count(), name="windows")
+    win.with_parallelism(2).with_backend(backend).sink(ms.sinks.collect(), name="out")
+    p.build()
+    plan = build_plan(p.graph)
+
+    def vnode(task: str) -> str:
+        return next(v for v, vn in plan.vnodes.items() if task in vn.tasks)
+
+    return p.graph, plan, {"gateway": vnode("gateway"), "windows": vnode("windows[0]"),
+                           "windows[1]": vnode("windows[1]")}
+
+
+def _propose(agents, placement, traffic, state=None, backend="process", pinned=()):
+    graph, plan, vn = _job(backend)
+    placement = {v: "b" for v in plan.vnodes} | {vn[k]: v for k, v in placement.items()}
+    traffic = {(vn[a], vn[b]): rate for (a, b), rate in traffic.items()}
+    problem = measured_problem(plan, graph, Topology.from_agents(agents), traffic)
+    state_bytes = {vn[k]: v for k, v in (state or {}).items()}
+    return best_move(problem, placement, traffic, [vn[k] for k in pinned], state_bytes,
+                     PolicyParams(min_gain=10_000, horizon=60)), vn
+
+
+def test_the_policy_asks_the_placement_engine_with_measured_traffic():
+    agents = _agents(a=(4, ["process"]), b=(4, ["process"]))
+    move, vn = _propose(agents, {"gateway": "a", "windows": "b"}, {("gateway", "windows"): 2e6},
+                        pinned=["gateway"])
+    assert move is not None and (move.vnode, move.source, move.target) == (vn["windows"], "b", "a")
+    # what it reports is the measured traffic: 2 MB/s stops crossing, the window results start crossing
+    assert move.before == 2e6 and move.after == 0.0 and move.saved_bytes == 2e6
+    assert move.cost_after < move.cost_before and "2,000,000 B/s measured" in move.reason
+    # a huge state is not worth moving for this saving; nothing to gain, nothing proposed
+    assert _propose(agents, {"gateway": "a", "windows": "b"}, {("gateway", "windows"): 2e6},
+                    state={"windows": 1e13}, pinned=["gateway"])[0] is None
+    assert _propose(agents, {"gateway": "a", "windows": "a"}, {("gateway", "windows"): 2e6},
+                    pinned=["gateway"])[0] is None
+
+
+def test_an_automatic_move_never_targets_an_agent_without_the_backend_or_the_capacity():
+    traffic = {("gateway", "windows"): 5e6}
+    # the windows need a microVM: node a offers none, however much traffic they draw from it
+    agents = _agents(a=(4, ["process"]), b=(4, ["process", "microvm"]))
+    move, _ = _propose(agents, {"gateway": "a", "windows": "b"}, traffic, backend="microvm",
+                       pinned=["gateway"])
+    assert move is None
+    # node a has the backend but not the cores for 5 MB/s of windows on top of its gateway
+    agents = _agents(a=(0.05, ["process"]), b=(4, ["process"]))
+    move, _ = _propose(agents, {"gateway": "a", "windows": "b"}, traffic, pinned=["gateway"])
+    assert move is None
+    # with the cores, the same move is made
+    agents = _agents(a=(4, ["process"]), b=(4, ["process"]))
+    move, vn = _propose(agents, {"gateway": "a", "windows": "b"}, traffic, pinned=["gateway"])
+    assert move is not None and move.target == "a"
 
 
 def _cross_node(status: dict) -> float:
