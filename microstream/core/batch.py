@@ -165,8 +165,8 @@ class Batch(Mapping[str, np.ndarray]):
             return batches[0]
         names = batches[0].names
         cols = {n: np.concatenate([b[n] for b in batches]) for n in names}
-        wms = [b.wm for b in batches]
-        wm = None if any(w is None for w in wms) else np.concatenate(wms)
+        wms = [b.wm for b in batches if b.wm is not None]
+        wm = np.concatenate(wms) if len(wms) == len(batches) else None
         return Batch(cols, wm)
 
     @staticmethod

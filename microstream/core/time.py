@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import re
+from typing import overload
 
 import numpy as np
 
@@ -20,7 +21,7 @@ MAX_TIME = np.iinfo(np.int64).max
 
 
 def duration(days: float = 0, hours: float = 0, minutes: float = 0, seconds: float = 0,
-             milliseconds: float = 0, microseconds: float = 0, nanoseconds: int = 0) -> int:
+             milliseconds: float = 0, microseconds: float = 0, nanoseconds: float = 0) -> int:
     """Return a duration in nanoseconds; `duration(minutes=10) == 600_000_000_000`."""
     total = (days * DAY + hours * HOUR + minutes * MINUTE + seconds * SECOND + milliseconds * MS
              + microseconds * US + nanoseconds)
@@ -31,6 +32,10 @@ _UNITS = {"ns": NS, "us": US, "ms": MS, "s": SECOND, "min": MINUTE, "h": HOUR, "
 _DURATION = re.compile(r"\s*([0-9]*\.?[0-9]+)\s*(ns|us|ms|s|min|h|d)?\s*")
 
 
+@overload
+def to_ns(value: None, what: str = ...) -> None: ...
+@overload
+def to_ns(value: int | float | str | _dt.timedelta, what: str = ...) -> int: ...
 def to_ns(value: int | float | str | _dt.timedelta | None, what: str = "duration") -> int | None:
     """Nanoseconds from an int (ns), a float (seconds), a timedelta or text such as "500ms", "2.5 s", "3h".
 

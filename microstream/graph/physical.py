@@ -162,7 +162,7 @@ def _group(graph: LogicalGraph, order: list[Node], tasks: dict[str, Task],
             groups[find(t)].append(t)
     vnodes: dict[str, VirtualNode] = {}
     for i, members in enumerate(groups.values()):
-        pins = {graph.nodes[tasks[t].node_id].at for t in members} - {None}
+        pins = {at for t in members if (at := graph.nodes[tasks[t].node_id].at) is not None}
         if len(pins) > 1:
             names = sorted(graph.nodes[tasks[t].node_id].name for t in members)
             raise PipelineError(names[0], f"operators {names} are chained together but pinned to different "

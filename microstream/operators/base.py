@@ -21,7 +21,7 @@ import numpy as np
 
 from ..core.batch import Batch
 from ..core.schema import Schema
-from ..core.time import MIN_TIME
+from ..core.time import MIN_TIME, now_ns
 
 Emit = list[tuple[str, Batch]]
 
@@ -51,7 +51,7 @@ class OperatorContext:
     input_schemas: list[Schema]
     output_schemas: dict[str, Schema]
     input_watermarks: list[int] = field(default_factory=list)
-    clock: Callable[[], int] | None = None
+    clock: Callable[[], int] = now_ns  # the runtime's clock (ns); runtimes pass their own
     extra: dict[str, Any] = field(default_factory=dict)
 
 

@@ -51,6 +51,7 @@ class WindowJoin(Operator):
             raise PipelineError(name, "session windows cannot be used for a join",
                                 "join on tumbling or sliding windows")
         left, right = inputs
+        keys: list[str] = []
         for side, s in (("left", left), ("right", right)):
             if s.key is None:
                 raise PipelineError(name, f"the {side} stream of the join has no key",
@@ -58,12 +59,14 @@ class WindowJoin(Operator):
             if s.time is None:
                 raise PipelineError(name, f"the {side} stream of the join has no event time",
                                     "give its source a time column (time='...')")
-        if left.dtype(left.key).kind != right.dtype(right.key).kind:
-            raise PipelineError(name, f"join keys differ in type: '{left.key}' is {left.dtype(left.key)}, "
-                                      f"'{right.key}' is {right.dtype(right.key)}",
+            keys.append(s.key)
+        lkey, rkey = keys
+        if left.dtype(lkey).kind != right.dtype(rkey).kind:
+            raise PipelineError(name, f"join keys differ in type: '{lkey}' is {left.dtype(lkey)}, "
+                                      f"'{rkey}' is {right.dtype(rkey)}",
                                 "map one key to the other's type")
         self.left_names, self.right_names = self._output_names(left, right)
-        fields: list[tuple[str, Any]] = [(left.key, left.dtype(left.key)), ("window_start", TIME_DTYPE),
+        fields: list[tuple[str, Any]] = [(lkey, left.dtype(lkey)), ("window_start", TIME_DTYPE),
                                          ("window_end", TIME_DTYPE), ("window_time", TIME_DTYPE)]
         fields += [(out, left.dtype(col)) for col, out in self.left_names.items()]
         fields += [(out, right.dtype(col)) for col, out in self.right_names.items()]

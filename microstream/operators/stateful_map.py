@@ -50,7 +50,7 @@ class StatefulMap(Operator):
         dtype = s.require(self.column, name, "column")
         if dtype.kind not in "biuf":
             raise PipelineError(name, f"column '{self.column}' is {dtype}, not numeric", "use a numeric column")
-        fields = dict(s.fields)
+        fields: dict[str, object] = dict(s.fields)
         fields[self.out] = np.float64
         return {OUT: Schema.of(fields, time=s.time, key=s.key)}
 

@@ -200,7 +200,7 @@ class MapRecords(Operator):
     def output_schemas(self, inputs: list[Schema], name: str) -> dict[str, Schema]:
         s = inputs[0]
         if self.schema is not None:
-            fields = dict(Schema.of(self.schema).fields)
+            fields: dict[str, object] = dict(Schema.of(self.schema).fields)
         else:
             # "0" for text: parses as a number too, so typical per-record parsing functions work on it
             sample = {n: (np.zeros(1, d)[0].item() if d.kind not in "UO" else "0") for n, d in s.fields}

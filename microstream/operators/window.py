@@ -166,6 +166,8 @@ class WindowAggregate(Operator):
     def process(self, port: int, batch: Batch) -> Emit:
         if batch.base_rows == 0:
             return []
+        t: np.ndarray
+        wm: np.ndarray | None
         if self.processing_time:
             batch = batch.compact()
             now = self.ctx.clock()
@@ -241,7 +243,7 @@ class WindowAggregate(Operator):
         self._drain(None, emitted)
         return emitted
 
-    def _outs(self) -> tuple[np.ndarray, ...]:
+    def _outs(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         return (self.out_slot, self.out_start, self.out_end, self.out_count, self.out_acc, self.out_tacc,
                 self.out_wm)
 
@@ -259,6 +261,7 @@ class WindowAggregate(Operator):
         nlog = int(self.sc[K.S_NLOG])
         out_udf = []
         for u, (_, agg) in enumerate(self.udfs):
+            assert agg.column is not None  # reduce() always names its column
             res = np.empty(n, dtype=np.float64)
             values = (batch.base(agg.column).astype(np.float64, copy=False) if batch is not None
                       else np.empty(0, dtype=np.float64))
@@ -296,6 +299,7 @@ class WindowAggregate(Operator):
                     cols[name] = out_udf[udf_i]
                     udf_i += 1
                     continue
+                assert agg.column is not None  # every aggregate but count (handled above) names one
                 b = self.value_cols.index(agg.column) * K.N_ACC
                 cols[name] = _finish(agg, acc, b, count)
         return Batch(cols, pick(self.out_wm))
