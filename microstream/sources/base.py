@@ -84,14 +84,14 @@ class Source(Operator):
         if self.speed is None or self._pending is None or self._pace_origin is None:
             return None
         t0, w0 = self._pace_origin
-        first = int(self._pending[self.time][0])
+        first = int(self._times(self._pending)[0])
         return w0 + int((first - t0) / self.speed)
 
     def _release(self, now: int) -> Emit:
         """Real-time replay: emit the pending records whose scaled event time has come."""
         pending = self._pending
         assert pending is not None
-        t = pending[self.time]
+        t = self._times(pending)
         if self._pace_origin is None:
             self._pace_origin = (int(t[0]), now)
         t0, w0 = self._pace_origin
@@ -119,12 +119,19 @@ class Source(Operator):
 
     def stamp(self, batch: Batch) -> Batch:
         """Attach per-record watermarks: running max of event time minus the allowed delay."""
-        t = batch[self.time]
+        t = self._times(batch)
         if len(t) == 0:
             return Batch(batch.to_dict(), np.empty(0, dtype=np.int64))
         wm = np.empty(len(t), dtype=np.int64)
         self.max_seen = _bounded_watermarks(t.astype(np.int64, copy=False), self.max_seen, self.max_delay, wm)
         return Batch(batch.to_dict(), wm)
+
+    def _times(self, batch: Batch) -> np.ndarray:
+        """The event-time column (stamping and real-time replay need one)."""
+        if self.time is None:
+            raise PipelineError(self.kind, "this source has no event-time column to stamp or replay by",
+                                "give the source time=<column>")
+        return batch[self.time]
 
     def end_watermark(self) -> int:
         return self.max_seen - self.max_delay if self.max_seen != MIN_TIME else MIN_TIME
@@ -152,6 +159,8 @@ class Source(Operator):
 class TickingSource(Source):
     """A source read on a clock: every `interval` ns, skipping missed ticks rather than bursting, at most
     `limit` times. Subclasses implement `read_now(now)`."""
+
+    time: str  # a ticking source stamps its readings with the clock: it always has an event-time column
 
     def __init__(self, time: str, interval: int, limit: int | None, max_delay: int = 0) -> None:
         super().__init__(time, max_delay, None, 1)

@@ -71,15 +71,22 @@ class IterableSource(Source):
         super().__init__(time, max_delay, None, batch_size)
         # A list (any re-iterable) or a function returning an iterable is read afresh by every run; a one-shot
         # iterator (a generator) can be read by one run only, and its first item is peeked at build time.
-        self.factory = items if callable(items) and not isinstance(items, Iterable) else None
-        self.items = None if self.factory is not None else items
+        self.factory: Callable[[], Iterable[Any]] | None
+        self.items: Iterable[Any] | None
+        if isinstance(items, Iterable) or not callable(items):
+            self.factory, self.items = None, items
+        else:
+            self.factory, self.items = items, None
         self.one_shot = self.items is not None and iter(self.items) is self.items
         self.first: list[Any] = []          # a one-shot iterator's item consumed to learn the schema
         self.runs = [0]                      # shared by the spec and its instances: runs of a one-shot iterator
         self.schema = schema
 
     def _fresh(self) -> Iterator[Any]:
-        return iter(self.factory() if self.factory is not None else self.items)  # type: ignore[arg-type]
+        if self.factory is not None:
+            return iter(self.factory())
+        assert self.items is not None
+        return iter(self.items)
 
     def output_schemas(self, inputs: list[Schema], name: str) -> dict[str, Schema]:
         if self.schema is not None:
@@ -182,7 +189,7 @@ class PollSource(TickingSource):
 
     def output_schemas(self, inputs: list[Schema], name: str) -> dict[str, Schema]:
         if self.schema is not None:
-            fields = dict(Schema.of(self.schema).fields)
+            fields: dict[str, object] = dict(Schema.of(self.schema).fields)
         else:
             sample = self.fn()
             if sample is None:
