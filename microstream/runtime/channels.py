@@ -65,7 +65,7 @@ import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import zmq
@@ -284,13 +284,14 @@ class ChannelServer:
         self.curve = keys is not None
         self.allow_pickle = self.curve if allow_pickle is None else allow_pickle
         self._own_context = context is None
-        self._ctx = zmq.Context() if context is None else context
+        ctx = zmq.Context() if context is None else context
+        self._ctx: zmq.Context | None = ctx
         self._domain = f"microstream-channel-{os.getpid()}-{id(self):x}"
         self._trusted = _TrustedKeys(trusted or ())
         self._auth = False
         self._sock: zmq.Socket | None = None
         try:
-            sock = self._ctx.socket(zmq.ROUTER)
+            sock = ctx.socket(zmq.ROUTER)
             self._sock = sock
             sock.linger = 0
             sock.router_handover = 1
@@ -298,14 +299,15 @@ class ChannelServer:
             sock.sndhwm = max(1000, 4 * credits)
             if keys is not None:
                 # the ZAP handler must exist before the first handshake, i.e. before bind
-                _SharedAuth.register(self._ctx, self._domain, self._trusted)
+                _SharedAuth.register(ctx, self._domain, self._trusted)
                 self._auth = True
                 sock.zap_domain = self._domain.encode()
                 sock.curve_server = True
                 sock.curve_secretkey = keys.secret
                 sock.curve_publickey = keys.public
             sock.bind(bind)
-            self.endpoint: str = sock.last_endpoint.decode()
+            # pyzmq types socket options as int | bytes | str; LAST_ENDPOINT is bytes
+            self.endpoint: str = cast(bytes, sock.last_endpoint).decode()
         except BaseException:
             self.close()
             raise
@@ -333,7 +335,7 @@ class ChannelServer:
             poller.register(sock, zmq.POLLIN)
             poller.register(wake, zmq.POLLIN)
         while True:
-            if not sock.get(zmq.EVENTS) & zmq.POLLIN:
+            if not cast(int, sock.get(zmq.EVENTS)) & zmq.POLLIN:
                 # about to wait: first hand back every credit acked so far
                 if self._pending:
                     self.flush_credits()
@@ -422,7 +424,7 @@ class ChannelServer:
         if self._sock is not None:
             self._sock.close(linger=0)
             self._sock = None
-        if self._auth:
+        if self._auth and self._ctx is not None:
             _SharedAuth.unregister(self._ctx, self._domain)
             self._auth = False
         if self._own_context and self._ctx is not None:
@@ -438,7 +440,7 @@ class ChannelServer:
     # -- internals -----------------------------------------------------------------------------
     def _send_credit(self, peer: bytes, count: int) -> None:
         frame = self._credit_one if count == 1 else _CREDIT.pack(_MAGIC, _VERSION, _K_CREDIT, count)
-        self._sock.send_multipart([peer, frame], flags=zmq.NOBLOCK)
+        self._require_open().send_multipart([peer, frame], flags=zmq.NOBLOCK)
 
     def _require_open(self) -> zmq.Socket:
         if self._sock is None:
@@ -461,7 +463,7 @@ class ChannelServer:
         prod = self._producers.get(peer)
         if prod is None:
             prod = self._producers[peer] = _Producer(channel_id)
-            self._sock.send_multipart([peer, self._credit_all], flags=zmq.NOBLOCK)
+            self._require_open().send_multipart([peer, self._credit_all], flags=zmq.NOBLOCK)
         if kind == _K_HELLO:
             return None
         kind_name = _KIND_NAMES.get(kind)
@@ -579,7 +581,7 @@ class ChannelClient:
             sock.sndhwm = 0  # credits bound what is queued
             sock.rcvhwm = 0
             sock.linger = 1000
-            if keys is not None:
+            if keys is not None and server_public is not None:  # both or neither (checked above)
                 sock.curve_secretkey = keys.secret
                 sock.curve_publickey = keys.public
                 sock.curve_serverkey = _key_bytes(server_public)
@@ -693,7 +695,7 @@ class ChannelClient:
         sock = self._sock
         if sock is None:
             return
-        while sock.get(zmq.EVENTS) & zmq.POLLIN:
+        while cast(int, sock.get(zmq.EVENTS)) & zmq.POLLIN:
             frame = sock.recv(zmq.NOBLOCK)
             if len(frame) == _CREDIT.size:
                 magic, version, kind, count = _CREDIT.unpack(frame)
@@ -723,7 +725,10 @@ class ChannelClient:
         return True
 
     def _send(self, frames: list[Any]) -> bool:
-        self._sock.send_multipart(frames, copy=False)
+        sock = self._sock
+        if sock is None:
+            raise ChannelError("the channel client is closed")
+        sock.send_multipart(frames, copy=False)
         self._seq += 1
         self._unacked += 1
         self.sent_messages += 1

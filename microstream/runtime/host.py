@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from ..graph.logical import LogicalGraph
@@ -60,7 +60,7 @@ class HostRuntime:
 
     # -- main loop ----------------------------------------------------------------------------------
     def run(self, report: Callable[[dict], None] | None = None, should_stop: Callable[[], bool] = lambda: False,
-            report_every: float = 1.0, control: Callable[[], list[Any]] | None = None,
+            report_every: float = 1.0, control: Callable[[], Iterable[Any]] | None = None,
             control_socket: Any = None) -> dict:
         """Run until every task has finished (returns the result) or a snapshot was taken for a save or
         a migration (returns {"snapshot": state}). `control()` yields control messages from the agent."""
@@ -121,7 +121,7 @@ class HostRuntime:
 
     def _channels_to(self, vnode: str) -> list[tuple[str, int]]:
         """(local task, target address) of every channel from here into `vnode`."""
-        out = set()
+        out: set[tuple[str, int]] = set()
         for t in self.runner.tasks.values():
             for routes in t.routes.values():
                 for route in routes:

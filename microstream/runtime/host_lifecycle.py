@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import cloudpickle
@@ -21,9 +21,14 @@ from .host import HostRuntime
 
 
 class ControlItem(Protocol):
-    kind: str
-    header: dict[str, Any]
-    blob: bytes | None
+    """One control message as a host reads it (read-only: any object with these attributes)."""
+
+    @property
+    def kind(self) -> str: ...
+    @property
+    def header(self) -> dict[str, Any]: ...
+    @property
+    def blob(self) -> bytes | None: ...
 
 
 class HostControl(Protocol):
@@ -38,7 +43,7 @@ class HostControl(Protocol):
         """Block until a message of `kind` arrives (raise InterruptedError on a stop); messages about other
         virtual nodes' moves that come first are kept for `poll`."""
 
-    def poll(self) -> list[ControlItem]:
+    def poll(self) -> Sequence[ControlItem]:
         """Control messages waiting now, without blocking (a stop is remembered in `stopped`)."""
 
     @property

@@ -50,7 +50,7 @@ def _no_outbox(task_id: str, vnode: str, method: str, *args: Any, **kwargs: Any)
 def target_ids(graph: LogicalGraph, plan: PhysicalPlan) -> dict[tuple[str, int], int]:
     """A small integer for every (task, input) pair of the plan, identical on every host: the address a
     channel message carries. Derived from the plan, so an operator may have any number of inputs."""
-    pairs = set()
+    pairs: set[tuple[str, int]] = set()
     for task in plan.tasks.values():
         n_inputs = max(len(graph.nodes[task.node_id].inputs), 1)  # the dead-letter hub has one, fed by edges
         pairs.update((task.id, idx) for idx in range(n_inputs))
@@ -281,6 +281,7 @@ class TaskRunner:
         if len(targets) == 1:
             self._to(t, targets[0], batch)
         elif route.partition == HASH:
+            assert route.key is not None  # a hash-partitioned edge is partitioned by the stream's key
             which = (stable_hash(batch[route.key]) % np.uint64(len(targets))).astype(np.int64)
             for i, target in enumerate(targets):
                 part = batch.filter(which == i)

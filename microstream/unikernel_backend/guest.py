@@ -75,7 +75,7 @@ class FrameDecoder:
     def feed(self, data: bytes) -> list[tuple[dict[str, Any], bytes]]:
         """Add bytes; return the complete frames now available."""
         self.buffer += data
-        frames = []
+        frames: list[tuple[dict[str, Any], bytes]] = []
         while True:
             frame = self._next()
             if frame is None:
@@ -135,7 +135,7 @@ class Session:
         self.acked_sent = 0
         self.unacked: collections.OrderedDict[int, tuple[dict[str, Any], bytes]] = collections.OrderedDict()
         self.progress = time.monotonic()
-        self.counts = collections.Counter()
+        self.counts: collections.Counter[str] = collections.Counter()
         self.cond = threading.Condition()
 
     def stamp(self, header: dict[str, Any], body: bytes = b"", timeout: float | None = None) -> tuple[dict, bytes]:
@@ -239,7 +239,10 @@ def run_snippet(code: str, namespace: dict[str, Any]) -> Any:
     (42, 20)
     """
     tree = ast.parse(code, "<host>", "exec")
-    last = tree.body.pop() if tree.body and isinstance(tree.body[-1], ast.Expr) else None
+    tail = tree.body[-1] if tree.body else None
+    last = tail if isinstance(tail, ast.Expr) else None
+    if last is not None:
+        tree.body.pop()
     exec(compile(tree, "<host>", "exec"), namespace)  # noqa: S102 - running host code is the point
     if last is None:
         return None

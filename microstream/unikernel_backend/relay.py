@@ -146,6 +146,7 @@ class Relay:
             self.keys = CurveKeys(settings["public"].encode(), secret.encode()) if secret else None
             trusted = [k.encode() for k in settings.get("trusted") or []] or None
             spec_obj = spec.payload()
+            assert spec.blob is not None  # payload() has just read it
             self.server = ChannelServer(bind=f"tcp://{settings['bind_host']}:*", keys=self.keys, trusted=trusted,
                                         credits=spec_obj.get("credits", 8))
             image = build_image(progress=lambda line: print(line, flush=True))
