@@ -8,7 +8,7 @@ import io
 import json
 import math
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Literal, TextIO
 
 import numpy as np
 
@@ -30,7 +30,7 @@ class _FileSink(Sink):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # a restored sink continues its file (restore() trims it to the saved size); a new one starts it
         self.restoring = bool(ctx.extra.get("restoring"))
-        mode = "a" if self.restoring else "w"
+        mode: Literal["a", "w"] = "a" if self.restoring else "w"
         self._file: TextIO = open(self.path, mode, encoding="utf-8", newline="")  # noqa: SIM115
 
     def close(self) -> Emit:

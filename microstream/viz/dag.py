@@ -385,8 +385,8 @@ def _sort_layer(
         if rank is not None:
             keys.append((float(rank[groups[v]]), "", b, i, v))
             continue
-        acc = group_sum.get(groups[v])
-        keys.append((acc[0] / acc[1] if acc else b, groups[v], b, i, v))
+        total = group_sum.get(groups[v])
+        keys.append((total[0] / total[1] if total else b, groups[v], b, i, v))
     return [key[-1] for key in sorted(keys)]
 
 

@@ -4,6 +4,7 @@ and edges labelled with predicted traffic, and a text report of where everything
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 
 from ..graph.logical import DeadLetterHub, LogicalGraph
 from ..graph.physical import PhysicalPlan
@@ -48,7 +49,7 @@ def placement_svg(plan: PhysicalPlan, graph: LogicalGraph, topology: Topology, p
     return to_svg(nodes, edges, title=title)
 
 
-def _table(rows: list[tuple[str, ...]]) -> list[str]:
+def _table(rows: Sequence[tuple[str, ...]]) -> list[str]:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     out = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
     out.insert(1, "  ".join("-" * w for w in widths))
