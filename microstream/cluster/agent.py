@@ -2,7 +2,9 @@
 virtual nodes, relays their progress, and exposes the node's Prometheus metrics.
 
 Talks to the coordinator over a CURVE-authenticated DEALER socket (it accepts only the coordinator's
-key), and to its hosts over a local IPC socket in a private directory.
+key), and to its hosts over a local IPC socket in a private directory. Every send on either has a
+deadline: a coordinator that refuses this agent's key, or a host that is gone, costs a log line (or a
+failed registration), never a hung agent.
 """
 
 from __future__ import annotations
@@ -20,11 +22,49 @@ from typing import Any
 import zmq
 
 from ..runtime.backends import HostBackend, HostHandle, ProcessBackend
-from ..runtime.protocol import ControlMessage, msg
+from ..runtime.protocol import (
+    FROM_HOST,
+    Connect,
+    ControlSendError,
+    HostDone,
+    HostFailed,
+    HostHello,
+    HostReady,
+    HostResumed,
+    HostSnapshot,
+    HostStats,
+    Message,
+    PauseTo,
+    ProtocolError,
+    Redirect,
+    SnapshotRequest,
+    Spec,
+    Start,
+    StopHost,
+    control_socket,
+    send,
+)
 from ..unikernel_backend.backend import MicroVMBackend
-from .security import curve_client
+from .messages import (
+    TO_AGENT,
+    Deploy,
+    Error,
+    Heartbeat,
+    Register,
+    Registered,
+    Shutdown,
+    StopJob,
+    VnodeDone,
+    VnodeFailed,
+    VnodeReady,
+    VnodeResumed,
+    VnodeSnapshot,
+)
+from .security import HandshakeWatch, curve_client, explain_handshake
+from .states import VnodeState
 
 HEARTBEAT_EVERY = 1.0
+SEND_TIMEOUT = 2.0  # the agent's loop relays for every host: one stuck peer must not hold it long
 
 BACKENDS: dict[str, type[HostBackend]] = {"process": ProcessBackend, "microvm": MicroVMBackend}
 
@@ -64,7 +104,7 @@ class _Host:
     spec: bytes
     identity: bytes | None = None
     stats: dict = field(default_factory=dict)
-    state: str = "starting"
+    state: VnodeState = VnodeState.STARTING
     started: float = field(default_factory=time.monotonic)
     restoring: bool = False
     incoming: bool = False  # a microVM host that receives a whole VM (tier-2 migration)
@@ -91,16 +131,18 @@ class Agent:
         self.metrics = None
         self.backends = available_backends()
         self._stop = False
+        self._watch: HandshakeWatch | None = None
+        self._errors_seen: set[str] = set()
 
     # -- sockets ----------------------------------------------------------------------------------
     def _open(self) -> None:
         self.ctx = zmq.Context()
-        self.up = self.ctx.socket(zmq.DEALER)
-        self.up.linger = 500
+        self.up = control_socket(self.ctx, zmq.DEALER, send_timeout=SEND_TIMEOUT)
         if self.keys is not None:
             curve_client(self.up, self.keys, self.coordinator_public)
+            self._watch = HandshakeWatch(self.up)  # to say why, if the coordinator refuses us
         self.up.connect(self.coordinator)
-        self.control = self.ctx.socket(zmq.ROUTER)
+        self.control = control_socket(self.ctx, zmq.ROUTER, send_timeout=SEND_TIMEOUT)
         self.control_endpoint = f"ipc://{self.workdir}/hosts.sock"
         self.control.bind(self.control_endpoint)
         self._start_metrics()
@@ -116,27 +158,69 @@ class Agent:
         except ImportError:  # pragma: no cover - metrics module always present in a full install
             self.metrics = None
 
-    def _send_up(self, message: ControlMessage) -> None:
-        self.up.send_multipart(message.frames())
+    def _send_up(self, message: Message) -> bool:
+        """Send to the coordinator, or log why not (it will count this agent lost if that goes on)."""
+        try:
+            send(self.up, message, to=f"the coordinator at {self.coordinator}")
+            return True
+        except ControlSendError as exc:
+            self.log(f"agent {self.name}: {exc}")
+            return False
+
+    def _to_host(self, host: _Host, message: Message) -> None:
+        if host.identity is None:
+            return
+        try:
+            send(self.control, message, to=f"host {host.job}/{host.vnode}", identity=host.identity)
+        except ControlSendError as exc:
+            if not isinstance(message, StopHost):  # a host that is gone already needs no stop
+                self.log(f"agent {self.name}: {exc}")
 
     # -- life cycle -------------------------------------------------------------------------------
     def register(self, timeout: float = 10.0) -> bool:
-        self._send_up(msg("register", name=self.name, labels=self.labels, data_host=self.data_host,
-                          metrics_port=self.metrics_port, public_key=self.keys.public.decode() if self.keys else None,
-                          **capabilities()))
-        if not self.up.poll(int(timeout * 1000)):
-            self.log(f"agent {self.name}: no answer from the coordinator at {self.coordinator} within {timeout:.0f} s: "
-                     "is it running, is its public key right, and is this agent's key trusted there "
-                     "(`microstream keys trust`)?")
+        """Register with the coordinator; False (and a log line saying why) if that fails within `timeout` s."""
+        deadline = time.monotonic() + timeout
+        message = Register(name=self.name, labels=self.labels, data_host=self.data_host,
+                           metrics_port=self.metrics_port, public_key=self.keys.public.decode() if self.keys else None,
+                           **capabilities())
+        self.up.sndtimeo = int(timeout * 1000)
+        try:
+            send(self.up, message, to=f"the coordinator at {self.coordinator}")
+            answered = self.up.poll(max(0, int((deadline - time.monotonic()) * 1000)))
+        except ControlSendError:
+            answered = False
+        finally:
+            self.up.sndtimeo = int(SEND_TIMEOUT * 1000)
+        if not answered:
+            self.log(f"agent {self.name}: cannot register: {self._why_no_answer(timeout)}")
+            self._close_watch()
             return False
-        reply = ControlMessage.parse(self.up.recv_multipart())
-        if reply.kind != "registered":
-            self.log(f"agent {self.name}: registration refused: {reply.header.get('error', reply.kind)}")
+        self._close_watch()
+        try:
+            reply = TO_AGENT.decode(self.up.recv_multipart())
+        except ProtocolError as exc:
+            self.log(f"agent {self.name}: registration failed: {exc}")
             return False
-        self.trusted_data_keys = reply.header.get("data_keys", [])
+        if not isinstance(reply, Registered):
+            self.log(f"agent {self.name}: registration refused: {getattr(reply, 'error', reply.KIND)}")
+            return False
+        self.trusted_data_keys = reply.data_keys
         self.log(f"agent {self.name}: registered with {self.coordinator}"
                  f"{f', metrics on :{self.metrics_port}' if self.metrics_port else ''}")
         return True
+
+    def _why_no_answer(self, timeout: float) -> str:
+        if self._watch is not None:
+            why = explain_handshake(self._watch.wait(0.2), self.coordinator, self.keys)
+            if why:
+                return why
+        return (f"no answer from the coordinator at {self.coordinator} within {timeout:.0f} s: is it running, is "
+                "its public key right, and is this agent's key trusted there (`microstream keys trust`)?")
+
+    def _close_watch(self) -> None:
+        if self._watch is not None:
+            self._watch.close()
+            self._watch = None
 
     def run(self) -> int:
         self._open()
@@ -152,10 +236,10 @@ class Agent:
                 # relay everything waiting on both sides before the periodic work: moves are latency-bound
                 while self.up.poll(0) or self.control.poll(0):
                     if self.up.poll(0):
-                        self._on_coordinator(ControlMessage.parse(self.up.recv_multipart()))
+                        self._receive(self.up.recv_multipart())
                     if self.control.poll(0):
                         frames = self.control.recv_multipart()
-                        self._on_host(frames[0], ControlMessage.parse(frames[1:]))
+                        self._receive(frames[1:], host=frames[0])
                 self._check_hosts()
                 if time.monotonic() >= next_beat:
                     self._heartbeat()
@@ -170,6 +254,7 @@ class Agent:
     def shutdown(self) -> None:
         for host in list(self.hosts.values()):
             self._kill(host)
+        self._close_watch()
         for sock in ("up", "control"):
             if hasattr(self, sock):
                 getattr(self, sock).close(linger=0)
@@ -180,24 +265,37 @@ class Agent:
                 self._metrics_server.stop()
         shutil.rmtree(self.workdir, ignore_errors=True)
 
+    def _receive(self, frames: list[bytes], host: bytes | None = None) -> None:
+        """Decode and handle one message from the coordinator, or (with `host`, its identity) from a host; a
+        message that cannot be understood is logged and dropped."""
+        try:
+            if host is None:
+                self._on_coordinator(TO_AGENT.decode(frames))
+            else:
+                self._on_host(host, FROM_HOST.decode(frames))
+        except ProtocolError as exc:
+            self.log(f"agent {self.name}: dropped a message from {'a host' if host else 'the coordinator'}: {exc}")
+
     # -- coordinator -> agent -------------------------------------------------------------------------
-    def _on_coordinator(self, m: ControlMessage) -> None:
-        h = m.header
-        if m.kind == "deploy":
-            self.trusted_data_keys = h.get("data_keys", self.trusted_data_keys)
-            self._start_host(h["job"], h["vnode"], m.blob, restoring=bool(h.get("restoring")),
-                             backend=h.get("backend", "process"), incoming=bool(h.get("incoming")))
-        elif m.kind in ("connect", "start", "snapshot", "pause_to", "redirect"):
-            only = h.get("only")  # a message for one virtual node (a migration), else for the whole job
-            for host in self._hosts_of(h["job"]):
-                if host.identity is not None and (only is None or host.vnode == only):
-                    self.control.send_multipart([host.identity, *ControlMessage(m.kind, h, m.blob).frames()])
-        elif m.kind == "stop":
-            for host in self._hosts_of(h["job"]):
-                if h.get("only") in (None, host.vnode):
+    def _on_coordinator(self, m: Message) -> None:
+        if isinstance(m, Deploy):
+            self.trusted_data_keys = m.data_keys
+            self._start_host(m.job, m.vnode, m.blob, restoring=bool(m.restoring), backend=m.backend,
+                             incoming=bool(m.incoming))
+        elif isinstance(m, Connect | Start | SnapshotRequest | PauseTo | Redirect):
+            only = getattr(m, "only", None)  # a message for one virtual node (a migration), else for the whole job
+            for host in self._hosts_of(m.job):
+                if only is None or host.vnode == only:
+                    self._to_host(host, m)
+        elif isinstance(m, StopJob):
+            for host in self._hosts_of(m.job):
+                if m.only in (None, host.vnode):
                     self._stop_host(host)
-        elif m.kind == "shutdown":
+        elif isinstance(m, Shutdown):
             self._stop = True
+        elif isinstance(m, Error) and m.error not in self._errors_seen:  # once each: heartbeats repeat them
+            self._errors_seen.add(m.error)
+            self.log(f"agent {self.name}: the coordinator says: {m.error}")
 
     def _hosts_of(self, job: str) -> list[_Host]:
         return [host for (j, _), host in self.hosts.items() if j == job]
@@ -207,76 +305,73 @@ class Agent:
         chosen = self.backends.get(backend)
         if chosen is None:
             have = sorted(self.backends)
-            self._send_up(msg("vnode_failed", job=job, vnode=vnode,
-                              error=f"agent {self.name} has no '{backend}' host backend (it has {have})"))
+            self._send_up(VnodeFailed(job=job, vnode=vnode,
+                                      error=f"agent {self.name} has no '{backend}' host backend (it has {have})"))
             return
         handle = chosen.start(job, vnode, self.control_endpoint, self.workdir / f"{job}-{vnode}.log")
         self.hosts[(job, vnode)] = _Host(job, vnode, handle, spec or b"", restoring=restoring, incoming=incoming)
         self.log(f"agent {self.name}: started {job}/{vnode} on the {backend} backend (pid {handle.pid})")
 
     def _stop_host(self, host: _Host) -> None:
-        if host.identity is not None:
-            self.control.send_multipart([host.identity, *ControlMessage("stop", {}).frames()])
-        host.state = "stopping"
+        self._to_host(host, StopHost())
+        host.state = VnodeState.STOPPING
         host.started = time.monotonic()
 
     def _kill(self, host: _Host) -> None:
         host.handle.stop(grace=2.0)
 
     # -- host -> agent ----------------------------------------------------------------------------------
-    def _on_host(self, identity: bytes, m: ControlMessage) -> None:
-        h = m.header
-        host = self.hosts.get((h.get("job"), h.get("vnode")))
+    def _on_host(self, identity: bytes, m: Message) -> None:
+        host = self.hosts.get((getattr(m, "job", None), getattr(m, "vnode", None)))
         if host is None:
             return
-        if m.kind == "hello":
+        if isinstance(m, HostHello):
             host.identity = identity
-            settings = {**self._host_settings(), "restoring": host.restoring, "incoming": host.incoming}
-            self.control.send_multipart([identity, *ControlMessage("spec", settings, host.spec).frames()])
-        elif m.kind == "ready":
-            host.state = "ready"
-            self._send_up(msg("vnode_ready", job=host.job, vnode=host.vnode, endpoint=h["endpoint"],
-                              public_key=self.keys.public.decode() if self.keys else None,
-                              incoming=h.get("incoming")))
-        elif m.kind == "stats":
-            host.state = "running"
-            host.stats = h["stats"]
+            self._to_host(host, self._spec(host))
+        elif isinstance(m, HostReady):
+            host.state = VnodeState.READY
+            self._send_up(VnodeReady(job=host.job, vnode=host.vnode, endpoint=m.endpoint,
+                                     public_key=self.keys.public.decode() if self.keys else None,
+                                     incoming=m.incoming))
+        elif isinstance(m, HostStats):
+            host.state = VnodeState.RUNNING
+            host.stats = m.stats
             self._record_metrics(host)
-        elif m.kind == "done":
-            host.state = "done"
-            host.stats = h.get("stats", host.stats)  # final counts, even for jobs shorter than a report
+        elif isinstance(m, HostDone):
+            host.state = VnodeState.DONE
+            host.stats = m.stats if m.stats is not None else host.stats  # final counts, even for short jobs
             self._record_metrics(host)
-            self._send_up(ControlMessage("vnode_done", {"job": host.job, "vnode": host.vnode, "stats": host.stats},
-                                         m.blob))
-        elif m.kind == "resumed":
-            self._send_up(msg("vnode_resumed", job=host.job, vnode=host.vnode, at=h["at"]))
-        elif m.kind == "snapshot":
-            host.state = "migrated"
-            self._send_up(ControlMessage("vnode_snapshot", {"job": host.job, "vnode": host.vnode,
-                                                            "whole": h.get("whole")}, m.blob))
-        elif m.kind == "failed":
-            host.state = "failed"
-            self._send_up(msg("vnode_failed", job=host.job, vnode=host.vnode, error=h.get("error", "?")))
+            self._send_up(VnodeDone(job=host.job, vnode=host.vnode, stats=host.stats, blob=m.blob))
+        elif isinstance(m, HostResumed):
+            self._send_up(VnodeResumed(job=host.job, vnode=host.vnode, at=m.at))
+        elif isinstance(m, HostSnapshot):
+            host.state = VnodeState.MIGRATED
+            self._send_up(VnodeSnapshot(job=host.job, vnode=host.vnode, whole=m.whole, blob=m.blob))
+        elif isinstance(m, HostFailed):
+            host.state = VnodeState.FAILED
+            self._send_up(VnodeFailed(job=host.job, vnode=host.vnode, error=m.error, operator=m.operator,
+                                      cause=m.cause))
 
-    def _host_settings(self) -> dict[str, Any]:
+    def _spec(self, host: _Host) -> Spec:
         """What a host needs from its agent besides the job (which the agent never unpickles)."""
-        return {"bind_host": self.data_host, "trusted": self.trusted_data_keys,
-                "public": self.keys.public.decode() if self.keys else None,
-                "secret": self.keys.secret.decode() if self.keys else None}
+        return Spec(bind_host=self.data_host, blob=host.spec, trusted=self.trusted_data_keys,
+                    public=self.keys.public.decode() if self.keys else None,
+                    secret=self.keys.secret.decode() if self.keys else None,
+                    restoring=host.restoring, incoming=host.incoming)
 
     def _check_hosts(self) -> None:
         for key, host in list(self.hosts.items()):
             code = host.handle.poll()
             if code is None:
-                if host.state == "stopping" and time.monotonic() - host.started > 3:
+                if host.state is VnodeState.STOPPING and time.monotonic() - host.started > 3:
                     self._kill(host)
                 continue
-            if host.state not in ("done", "failed", "stopping", "migrated"):
-                self._send_up(msg("vnode_failed", job=host.job, vnode=host.vnode,
-                                  error=f"host process exited with code {code}; see {self.workdir}"))
-                host.state = "failed"
-            self.ended[f"{host.job}/{host.vnode}"] = {"state": host.state if host.state != "stopping" else "stopped",
-                                                      "pid": host.handle.pid, "stats": host.stats}
+            if not host.state.over and host.state is not VnodeState.STOPPING:
+                self._send_up(VnodeFailed(job=host.job, vnode=host.vnode,
+                                          error=f"host process exited with code {code}; see {self.workdir}"))
+                host.state = VnodeState.FAILED
+            state = VnodeState.STOPPED if host.state is VnodeState.STOPPING else host.state
+            self.ended[f"{host.job}/{host.vnode}"] = {"state": state, "pid": host.handle.pid, "stats": host.stats}
             while len(self.ended) > 200:
                 self.ended.pop(next(iter(self.ended)))
             del self.hosts[key]
@@ -285,7 +380,7 @@ class Agent:
         vnodes = dict(self.ended)
         vnodes.update({f"{h.job}/{h.vnode}": {"state": h.state, "pid": h.handle.pid, "stats": h.stats}
                        for h in self.hosts.values()})
-        self._send_up(msg("heartbeat", name=self.name, vnodes=vnodes))
+        self._send_up(Heartbeat(name=self.name, vnodes=vnodes))
 
     def _record_metrics(self, host: _Host) -> None:
         if self.metrics is None:

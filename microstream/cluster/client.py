@@ -1,20 +1,45 @@
-"""A client of the coordinator: submit a pipeline, ask for status, stop a job."""
+"""A client of the coordinator: submit a pipeline, ask for status, stop a job, move a virtual node.
+
+Every request has a deadline, its send included: a coordinator that refuses our key (the handshake fails
+and the socket has no connection to send on) makes a ClusterError, not a hang."""
 
 from __future__ import annotations
 
+import builtins
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import cloudpickle
 import zmq
 
-from ..core.errors import MicrostreamError
-from ..runtime.protocol import ControlMessage, msg
+from ..core.errors import MicrostreamError, OperatorError
+from ..runtime.protocol import ControlSendError, Message, ProtocolError, control_socket, send
+from ..runtime.results import merge_results
+from .messages import (
+    TO_CLIENT,
+    Accepted,
+    Error,
+    JobDone,
+    MigrateRequest,
+    Moved,
+    Rejected,
+    RestoreRequest,
+    SaveRequest,
+    StatusReply,
+    StatusRequest,
+    Stopped,
+    StopRequest,
+    Submit,
+)
 from .security import curve_client
+from .states import JobState
 
 if TYPE_CHECKING:
-    from ..runtime.local import RunResult
+    from ..runtime.results import RunResult
+
+
+M = TypeVar("M", bound=Message)
 
 
 class ClusterError(MicrostreamError):
@@ -33,8 +58,7 @@ class Client:
         self.address = address
         self.timeout = timeout
         self.ctx = zmq.Context()
-        self.sock = self.ctx.socket(zmq.DEALER)
-        self.sock.linger = 0
+        self.sock = control_socket(self.ctx, zmq.DEALER, send_timeout=timeout, linger=0)
         if address.keys is not None:
             curve_client(self.sock, address.keys, address.coordinator_public)
         self.sock.connect(address.endpoint)
@@ -49,81 +73,91 @@ class Client:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def request(self, message: ControlMessage, timeout: float | None = None) -> ControlMessage:
-        self.sock.send_multipart(message.frames())
-        return self.receive(timeout if timeout is not None else self.timeout)
+    def request(self, message: Message, expect: type[M], timeout: float | None = None) -> M:
+        """Send `message` and wait for its answer, which must be an `expect` (an `error` or `rejected` answer,
+        a send that cannot go out and a missing answer all raise ClusterError)."""
+        try:
+            send(self.sock, message, to=f"the coordinator at {self.address.endpoint}")
+        except ControlSendError as exc:
+            raise ClusterError(f"{exc} (do you have its public key, and is your key trusted there? "
+                               "`microstream keys trust`)") from exc
+        return self.receive(expect, timeout if timeout is not None else self.timeout)
 
-    def receive(self, timeout: float | None) -> ControlMessage:
+    def receive(self, expect: type[M], timeout: float | None) -> M:
         if not self.sock.poll(None if timeout is None else int(timeout * 1000)):
             raise ClusterError(
                 f"no answer from the coordinator at {self.address.endpoint} within {timeout:.0f} s: is it running, "
                 "do you have its public key, and is your key trusted there (`microstream keys trust`)?")
-        reply = ControlMessage.parse(self.sock.recv_multipart())
-        if reply.kind in ("error", "rejected"):
-            raise ClusterError(reply.header.get("error", reply.kind))
+        try:
+            reply = TO_CLIENT.decode(self.sock.recv_multipart())
+        except ProtocolError as exc:
+            raise ClusterError(f"the coordinator at {self.address.endpoint} answered something else: {exc}") from exc
+        if isinstance(reply, Error | Rejected):
+            raise ClusterError(reply.error)
+        if not isinstance(reply, expect):
+            raise ClusterError(f"expected '{expect.KIND}' from the coordinator, got '{reply.KIND}'")
         return reply
 
     # -- requests ---------------------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:
-        return self.request(msg("status")).header
+        return self.request(StatusRequest(), StatusReply).status
 
     def stop(self, job: str) -> dict[str, Any]:
-        return self.request(msg("stop", job=job)).header
+        return self.request(StopRequest(job=job), Stopped).header()
 
     def migrate(self, job: str, vnode: str, to: str, timeout: float = 120.0, whole: bool = False) -> dict[str, Any]:
         """Move a running virtual node to agent `to`; returns downtime and state size once it runs there.
         `whole` (microvm vnodes only): move the VM itself, live, with QEMU's migration stream (tier 2)."""
-        return self.request(msg("migrate", job=job, vnode=vnode, to=to, whole=whole), timeout=timeout).header
+        return self.request(MigrateRequest(job=job, vnode=vnode, to=to, whole=whole), Moved, timeout=timeout).record
 
     def save(self, job: str, vnode: str, timeout: float = 120.0) -> tuple[dict[str, Any], bytes]:
         """Stop a virtual node at a barrier and return its snapshot (upstream holds its records meanwhile)."""
-        reply = self.request(msg("save", job=job, vnode=vnode), timeout=timeout)
-        return reply.header, reply.blob or b""
+        reply = self.request(SaveRequest(job=job, vnode=vnode), Moved, timeout=timeout)
+        return reply.record, reply.blob or b""
 
     def restore(self, job: str, vnode: str, snapshot: bytes, to: str | None = None,
                 timeout: float = 120.0) -> dict[str, Any]:
         """Resume a saved virtual node from its snapshot (on agent `to`, or where it ran before)."""
-        message = ControlMessage("restore", {"job": job, "vnode": vnode, "to": to}, snapshot)
-        return self.request(message, timeout=timeout).header
+        return self.request(RestoreRequest(job=job, vnode=vnode, to=to, blob=snapshot), Moved, timeout=timeout).record
 
     def submit(self, pipeline: Any, wait: bool = True, progress=None) -> tuple[str, RunResult | None]:
         """Submit a built pipeline. With `wait`, block until it ends and return its merged result; the
         pipeline's `collect` sinks are filled with what the cluster collected."""
         pipeline.build()
         started = time.perf_counter()
-        reply = self.request(ControlMessage("submit", {"wait": wait}, cloudpickle.dumps(pipeline.graph)))
-        job = reply.header["job"]
+        reply = self.request(Submit(blob=cloudpickle.dumps(pipeline.graph), wait=wait), Accepted)
+        job = reply.job
         if progress:
-            progress(f"job {job} submitted: " + ", ".join(f"{v} on {a}" for v, a in reply.header["placement"].items()))
+            progress(f"job {job} submitted: " + ", ".join(f"{v} on {a}" for v, a in reply.placement.items()))
         if not wait:
             return job, None
-        done = self.receive(None)
-        if done.header.get("state") != "finished":
-            raise ClusterError(f"job {job} {done.header.get('state')}: {done.header.get('reason', '')}")
+        done = self.receive(JobDone, None)
+        if done.state != JobState.FINISHED:
+            raise _job_error(job, done)
         results = cloudpickle.loads(done.blob) if done.blob else []
-        return job, merge_results(pipeline, [cloudpickle.loads(r) if isinstance(r, bytes) else r for r in results],
-                                  time.perf_counter() - started)
+        results = [cloudpickle.loads(r) if isinstance(r, bytes) else r for r in results]
+        return job, merge_results(pipeline.graph, results, time.perf_counter() - started)
 
 
-def merge_results(pipeline: Any, results: list[dict], seconds: float) -> RunResult:
-    from ..core.batch import Batch
-    from ..runtime.local import RunResult
-    from ..sinks.memory import Collect
+class RemoteError(Exception):
+    """An exception raised on a cluster host whose type this process cannot rebuild; its text is the original's."""
 
-    out = RunResult(pipeline.name, seconds)
-    sinks = {node.name: node.op for node in pipeline.graph.nodes.values() if isinstance(node.op, Collect)}
-    for sink in sinks.values():
-        sink.extend([], None)
-        sink._batches = []
-    for r in results:
-        for k, v in r["records_in"].items():
-            out.records_in[k] = out.records_in.get(k, 0) + v
-        for k, v in r["records_out"].items():
-            out.records_out[k] = out.records_out.get(k, 0) + v
-        out.dead_letter_count += r["dead_letter_count"]
-        out.late_count += r.get("late_count", 0)
-        out.dead_letters.extend(r["dead_letters"])
-        for name, batches in r["collected"].items():
-            if name in sinks:
-                sinks[name].extend([Batch(b) for b in batches], None)
-    return out
+
+def _job_error(job: str, done: JobDone) -> MicrostreamError:
+    """Why a waited-for job did not finish: the `OperatorError` a local run raises when a user function failed
+    (rebuilt from the host's report), else a ClusterError with the coordinator's reason."""
+    if done.operator:
+        return OperatorError(done.operator, _remote_exception(done.cause or done.reason or "?"))
+    return ClusterError(f"job {job} {done.state}: {done.reason or ''}")
+
+
+def _remote_exception(text: str) -> BaseException:
+    """`ValueError: bad` as a ValueError('bad') when the type is a builtin one, else a RemoteError."""
+    name, sep, message = text.partition(": ")
+    cls = getattr(builtins, name, None) if sep else None
+    if isinstance(cls, type) and issubclass(cls, Exception):
+        try:
+            return cls(message)
+        except Exception:  # noqa: BLE001 - a builtin that takes other arguments
+            pass
+    return RemoteError(text)

@@ -1,0 +1,260 @@
+"""The coordinator's control messages: clients and agents to the coordinator, and its answers.
+
+The kinds it shares with hosts (connect, start, snapshot, pause_to, redirect), which an agent relays to
+its hosts as they are, live with the host link in `runtime/protocol.py`. The wire format is the same:
+[kind, JSON header, optional blob].
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from ..runtime.protocol import Connect, Message, PauseTo, Redirect, SnapshotRequest, Start, Vocabulary
+
+# -- client -> coordinator ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Submit(Message):
+    """A job: the blob is the cloudpickled logical graph. With `wait`, the client also gets `job_done`."""
+
+    KIND: ClassVar[str] = "submit"
+    blob: bytes
+    wait: bool = True
+    credits: int = 8
+
+
+@dataclass(frozen=True)
+class StatusRequest(Message):
+    KIND: ClassVar[str] = "status"
+
+
+@dataclass(frozen=True)
+class StopRequest(Message):
+    KIND: ClassVar[str] = "stop"
+    job: str
+
+
+@dataclass(frozen=True)
+class MigrateRequest(Message):
+    """Move `vnode` to agent `to` (`whole`: a microVM moves whole, with QEMU's migration stream)."""
+
+    KIND: ClassVar[str] = "migrate"
+    job: str
+    vnode: str
+    to: str
+    whole: bool = False
+
+
+@dataclass(frozen=True)
+class SaveRequest(Message):
+    KIND: ClassVar[str] = "save"
+    job: str
+    vnode: str
+
+
+@dataclass(frozen=True)
+class RestoreRequest(Message):
+    """Resume a saved `vnode` from the snapshot in the blob, on agent `to` (default: where it ran)."""
+
+    KIND: ClassVar[str] = "restore"
+    job: str
+    vnode: str
+    blob: bytes | None = None
+    to: str | None = None
+
+
+# -- agent -> coordinator ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Register(Message):
+    KIND: ClassVar[str] = "register"
+    name: str
+    labels: dict[str, str] = field(default_factory=dict)
+    data_host: str | None = None
+    metrics_port: int | None = None
+    public_key: str | None = None       # the agent's data-plane key, which hosts of other agents must trust
+    cores: int | None = None
+    memory: int | None = None
+    arch: str | None = None
+    backends: list[str] | None = None
+    python: str | None = None
+
+    def capabilities(self) -> dict[str, Any]:
+        return {"cores": self.cores, "memory": self.memory, "arch": self.arch, "backends": self.backends,
+                "python": self.python}
+
+
+@dataclass(frozen=True)
+class Heartbeat(Message):
+    """Every second: the agent's hosts, "job/vnode" -> {state, pid, stats}."""
+
+    KIND: ClassVar[str] = "heartbeat"
+    name: str
+    vnodes: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class VnodeReady(Message):
+    KIND: ClassVar[str] = "vnode_ready"
+    job: str
+    vnode: str
+    endpoint: str
+    public_key: str | None = None
+    incoming: str | None = None          # where a host waiting for a whole microVM listens for QEMU's stream
+
+    def peer(self) -> dict[str, Any]:
+        """How other hosts reach this one's channel server."""
+        return {"endpoint": self.endpoint, "public_key": self.public_key}
+
+
+@dataclass(frozen=True)
+class VnodeDone(Message):
+    """The blob is the host's pickled result, passed on to the client untouched."""
+
+    KIND: ClassVar[str] = "vnode_done"
+    job: str
+    vnode: str
+    blob: bytes | None = None
+    stats: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class VnodeSnapshot(Message):
+    KIND: ClassVar[str] = "vnode_snapshot"
+    job: str
+    vnode: str
+    blob: bytes | None = None
+    whole: dict[str, Any] | None = None   # a whole-VM move's figures (RAM moved, QEMU's downtime)
+
+
+@dataclass(frozen=True)
+class VnodeResumed(Message):
+    KIND: ClassVar[str] = "vnode_resumed"
+    job: str
+    vnode: str
+    at: float
+
+
+@dataclass(frozen=True)
+class VnodeFailed(Message):
+    KIND: ClassVar[str] = "vnode_failed"
+    job: str
+    vnode: str
+    error: str = "?"
+    operator: str | None = None
+    cause: str | None = None
+
+
+# -- coordinator -> agent ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Registered(Message):
+    """The public keys of the live agents' data planes, which this agent's hosts are to trust."""
+
+    KIND: ClassVar[str] = "registered"
+    data_keys: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Deploy(Message):
+    """Start a host for `vnode`; the blob is the job spec (graph, plan, credits) for the host, pickled."""
+
+    KIND: ClassVar[str] = "deploy"
+    job: str
+    vnode: str
+    blob: bytes
+    data_keys: list[str] = field(default_factory=list)
+    backend: str = "process"
+    restoring: bool | None = None        # it will start from a snapshot (a move)
+    incoming: bool | None = None         # it will receive a whole microVM
+
+
+@dataclass(frozen=True)
+class StopJob(Message):
+    """Stop the hosts of `job` (`only`: of that one virtual node)."""
+
+    KIND: ClassVar[str] = "stop"
+    job: str
+    only: str | None = None
+
+
+@dataclass(frozen=True)
+class Shutdown(Message):
+    KIND: ClassVar[str] = "shutdown"
+
+
+# -- coordinator -> client (and `error` to agents) --------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Error(Message):
+    KIND: ClassVar[str] = "error"
+    error: str
+
+
+@dataclass(frozen=True)
+class Rejected(Message):
+    """A submitted job the coordinator cannot run (it does not load, or nothing can place it)."""
+
+    KIND: ClassVar[str] = "rejected"
+    error: str
+
+
+@dataclass(frozen=True)
+class Accepted(Message):
+    KIND: ClassVar[str] = "accepted"
+    job: str
+    placement: dict[str, str]
+
+
+@dataclass(frozen=True)
+class StatusReply(Message):
+    """The cluster's status: {"agents": ..., "jobs": ..., "metrics_port": ...} (see Coordinator.status)."""
+
+    KIND: ClassVar[str] = "status"
+    RECORD: ClassVar[str | None] = "status"
+    status: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Stopped(Message):
+    KIND: ClassVar[str] = "stopped"
+    job: str
+    state: str
+
+
+@dataclass(frozen=True)
+class Moved(Message):
+    """A move is done: the record (vnode, mode, from, to, total_s, reason and the mode's figures); a save's
+    blob is the snapshot."""
+
+    KIND: ClassVar[str] = "moved"
+    RECORD: ClassVar[str | None] = "record"
+    record: dict[str, Any]
+    blob: bytes | None = None
+
+
+@dataclass(frozen=True)
+class JobDone(Message):
+    """A waited-for job ended; when it finished, the blob is the pickled list of the hosts' result blobs."""
+
+    KIND: ClassVar[str] = "job_done"
+    job: str
+    state: str
+    reason: str | None = None
+    operator: str | None = None
+    cause: str | None = None
+    blob: bytes | None = None
+
+
+TO_COORDINATOR = Vocabulary("to the coordinator", Submit, StatusRequest, StopRequest, MigrateRequest, SaveRequest,
+                            RestoreRequest, Register, Heartbeat, VnodeReady, VnodeDone, VnodeSnapshot, VnodeResumed,
+                            VnodeFailed)
+TO_AGENT = Vocabulary("from the coordinator to an agent", Registered, Deploy, Connect, Start, SnapshotRequest,
+                      PauseTo, Redirect, StopJob, Shutdown, Error)
+TO_CLIENT = Vocabulary("from the coordinator to a client", Accepted, StatusReply, Stopped, Moved, JobDone, Error,
+                       Rejected)

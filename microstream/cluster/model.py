@@ -1,0 +1,77 @@
+"""What the coordinator knows about a job, and about the move of one of its virtual nodes in flight.
+
+Plain records with their state machines (`states.py`); `jobs.py` and `moves.py` hold the logic that changes them.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from .states import JobState, MoveMode, MoveState
+
+if TYPE_CHECKING:
+    from ..graph.logical import LogicalGraph
+    from ..graph.physical import PhysicalPlan
+    from ..placement.policy import Policy
+
+
+@dataclass
+class Job:
+    id: str
+    name: str
+    graph: LogicalGraph
+    plan: PhysicalPlan
+    placement: dict[str, str]                      # vnode -> agent name
+    client: bytes | None                           # who waits for `job_done`
+    state: JobState = JobState.DEPLOYING
+    reason: str = ""
+    endpoints: dict[str, dict] = field(default_factory=dict)
+    results: dict[str, Any] = field(default_factory=dict)
+    submitted: float = field(default_factory=time.time)
+    finished: float | None = None
+    blob: bytes = b""                              # the hosts' spec: graph, plan, credits (pickled once)
+    move: Move | None = None                       # at most one virtual node moves at a time
+    barriers: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)  # finished moves
+    pins: dict[str, str] = field(default_factory=dict)          # vnode -> node its sensor is attached to
+    traffic: dict[tuple[str, str], float] = field(default_factory=dict)   # (vnode, vnode) -> bytes/s measured
+    sent: dict[tuple[str, str], tuple[int, float]] = field(default_factory=dict)  # last (bytes, time) seen
+    policy: Policy | None = None
+    predicted: dict[str, float] = field(default_factory=dict)  # link "a–b" -> bytes/s, from the placement engine
+    final: dict[str, dict[str, Any]] = field(default_factory=dict)  # vnode -> last state and stats once done
+
+    def advance(self, to: JobState) -> None:
+        """Go to state `to`; IllegalTransition if a job in this state cannot."""
+        self.state = self.state.to(to)
+
+
+@dataclass
+class Move:
+    """One virtual node on the move."""
+
+    vnode: str
+    mode: MoveMode
+    source: str | None             # agent it leaves (None for a restore)
+    target: str | None             # agent it goes to (None for a save)
+    barrier: int
+    client: bytes | None           # who asked (None: the re-placement policy)
+    started: float
+    reason: str = "requested"
+    state: MoveState = field(init=False)
+    snapshot: bytes | None = None
+    endpoint: dict | None = None   # the replacement's channel server
+    paused_at: float = 0.0
+    paused_wall: float = 0.0
+    snapshot_at: float = 0.0
+    whole: bool = False            # tier 2: a microVM moved whole by QEMU's migration stream
+    incoming: str | None = None    # where the new host's QEMU waits for that stream
+    vm_figures: dict | None = None
+
+    def __post_init__(self) -> None:
+        self.state = self.mode.steps[0]
+
+    def advance(self, to: MoveState) -> None:
+        """Go to state `to`; IllegalTransition if a move of this mode in this state cannot."""
+        self.state = self.state.to(to, self.mode)

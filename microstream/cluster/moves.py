@@ -1,0 +1,252 @@
+"""Moves of one virtual node, barrier-aligned: `migrate` (to another agent), `save` (to a file) and
+`restore` (from one), requested by a client or proposed by the re-placement policy.
+
+    migrate: preparing (the replacement host starts) -> aligning (barrier cut upstream; the vnode aligns,
+             snapshots, stops) -> resuming (the replacement restores and starts; upstream re-pointed) -> done
+    save:    aligning -> done (the job is suspended; the client gets the snapshot)
+    restore: preparing -> resuming -> done
+
+Any step may be called off (no progress within `timeout`, or the virtual node finished first). The states
+and their transitions are `states.MoveState`. A checkpoint coordinator (barriers injected at the sources)
+belongs beside this module. No sockets here: the coordinator hands in decoded messages and a `send`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from ..placement.policy import Proposal
+from ..runtime.protocol import Connect, PauseTo, Redirect, SnapshotRequest, Start
+from .jobs import JobLifecycle, Send
+from .messages import (
+    Deploy,
+    Error,
+    MigrateRequest,
+    Moved,
+    RestoreRequest,
+    SaveRequest,
+    StopJob,
+    VnodeReady,
+    VnodeResumed,
+    VnodeSnapshot,
+)
+from .model import Job, Move
+from .placing import Placer
+from .registry import AgentRegistry
+from .states import JobState, MoveMode, MoveState
+
+MOVE_TIMEOUT = 60.0
+
+
+class Moves:
+    def __init__(self, lifecycle: JobLifecycle, registry: AgentRegistry, send: Send, placer: Placer,
+                 log: Callable[[str], None] = print, timeout: float = MOVE_TIMEOUT,
+                 clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time) -> None:
+        self.lifecycle = lifecycle
+        self.registry = registry
+        self.send = send
+        self.placer = placer
+        self.log = log
+        self.timeout = timeout
+        self.clock = clock
+        self.wall = wall
+        self.metrics: Any = None
+
+    # -- requests ---------------------------------------------------------------------------------------------
+    def migrate(self, identity: bytes, m: MigrateRequest) -> None:
+        if m.whole:
+            job = self.lifecycle.get(m.job)
+            vn = job.plan.vnodes.get(m.vnode) if job is not None else None
+            if vn is not None and vn.backend != "microvm":
+                self.send(identity, Error(error=f"{vn.id} runs in a {vn.backend} host: only a microvm virtual node "
+                                                "can move whole (leave out --whole-vm)"))
+                return
+        begun = self._begin(identity, m.job, m.vnode, MoveMode.MIGRATE, m.to)
+        if begun:
+            begun[1].whole = m.whole
+            self._deploy_new_host(*begun)
+
+    def save(self, identity: bytes, m: SaveRequest) -> None:
+        begun = self._begin(identity, m.job, m.vnode, MoveMode.SAVE, None)
+        if begun:
+            self._cut(*begun)
+
+    def restore(self, identity: bytes, m: RestoreRequest) -> None:
+        begun = self._begin(identity, m.job, m.vnode, MoveMode.RESTORE, m.to)
+        if begun:
+            job, move = begun
+            if job.state is not JobState.SUSPENDED or job.placement.get(move.vnode) is not None:
+                job.move = None
+                self.send(identity, Error(error=f"{move.vnode} of job {job.id} is not saved; save it first"))
+                return
+            move.snapshot = m.blob
+            self._deploy_new_host(job, move)
+
+    def auto_migrate(self, job: Job, proposal: Proposal) -> None:
+        """A move the re-placement policy proposed."""
+        self.log(f"coordinator: re-placing {job.id}/{proposal.vnode} {proposal.source} -> {proposal.target}: "
+                 f"{proposal.reason} (measured bytes/s crossing machines to and from it: {proposal.before:,.0f} -> "
+                 f"{proposal.after:,.0f})")
+        job.barriers += 1
+        job.move = Move(proposal.vnode, MoveMode.MIGRATE, proposal.source, proposal.target, job.barriers, None,
+                        started=self.clock(), reason=proposal.reason)
+        self.placer.moved(job, proposal.vnode)
+        self._deploy_new_host(job, job.move)
+
+    def _begin(self, identity: bytes, job_id: str, vnode: str, mode: MoveMode,
+               target: str | None) -> tuple[Job, Move] | None:
+        job = self.lifecycle.get(job_id)
+        problem = None
+        if job is None:
+            problem = f"no job '{job_id}' (see `microstream status`)"
+        elif job.state not in (JobState.RUNNING, JobState.SUSPENDED):
+            problem = f"job {job.id} is {job.state}"
+        elif vnode not in job.plan.vnodes:
+            problem = f"job {job.id} has no virtual node '{vnode}'; it has {sorted(job.plan.vnodes)}"
+        elif job.move is not None:
+            problem = f"{job.move.vnode} of job {job.id} is already moving; try again when it is done"
+        elif vnode in job.results:
+            problem = f"{vnode} of job {job.id} has finished; there is nothing left to move"
+        if problem or job is None:
+            self.send(identity, Error(error=problem or "?"))
+            return None
+        source = job.placement.get(vnode) if mode is not MoveMode.RESTORE else None
+        if mode is MoveMode.RESTORE and target is None:
+            target = job.placement.get(vnode)
+        if mode is not MoveMode.SAVE:
+            if self.registry.live(target) is None:
+                self.send(identity, Error(error=f"no agent '{target}' is up (agents: {self.registry.names_up()})"))
+                return None
+            if target == source:
+                self.send(identity, Error(error=f"{vnode} already runs on {target}"))
+                return None
+        job.barriers += 1
+        job.move = Move(vnode, mode, source, target, job.barriers, identity, started=self.clock())
+        return job, job.move
+
+    # -- the steps --------------------------------------------------------------------------------------------
+    def _deploy_new_host(self, job: Job, move: Move) -> None:
+        """Preparing: the replacement host starts on the target agent and reports its endpoint (vnode_ready)."""
+        self.send(self.registry.agents[move.target or ""].identity,
+                  Deploy(job=job.id, vnode=move.vnode, blob=job.blob, data_keys=self.registry.data_keys(),
+                         backend=job.plan.vnodes[move.vnode].backend, restoring=True, incoming=move.whole))
+
+    def vnode_ready(self, identity: bytes, m: VnodeReady) -> bool:
+        """The replacement host of a move is up; False if this ready is not about a move (a deployment's)."""
+        job = self.lifecycle.get(m.job)
+        move = job.move if job is not None else None
+        if (job is None or move is None or move.state is not MoveState.PREPARING or m.vnode != move.vnode
+                or self.registry.name_of(identity) != move.target):
+            return False
+        move.endpoint = m.peer()
+        move.incoming = m.incoming
+        if move.mode is MoveMode.MIGRATE:
+            move.advance(MoveState.ALIGNING)
+            self._cut(job, move)
+        else:  # restore: the state is already here
+            self._resume(job, move)
+        return True
+
+    def _cut(self, job: Job, move: Move) -> None:
+        """Aligning: upstream tasks mark the cut on their channels into the vnode and hold what follows; the
+        vnode aligns on it, snapshots and stops."""
+        move.paused_at = self.clock()
+        move.paused_wall = self.wall()
+        for agent in self.lifecycle.agents_of(job):
+            self.send(agent.identity, PauseTo(job=job.id, vnode=move.vnode, barrier=move.barrier))
+        whole = {"uri": move.incoming} if move.whole else None
+        self.send(self.registry.agents[move.source or ""].identity,
+                  SnapshotRequest(job=job.id, vnode=move.vnode, only=move.vnode, barrier=move.barrier, whole=whole))
+
+    def vnode_snapshot(self, m: VnodeSnapshot) -> None:
+        job = self.lifecycle.get(m.job)
+        move = job.move if job is not None else None
+        if job is None or move is None or move.vnode != m.vnode or move.state is not MoveState.ALIGNING:
+            return
+        move.snapshot = m.blob
+        move.snapshot_at = self.clock()
+        move.vm_figures = m.whole
+        if move.mode is MoveMode.SAVE:
+            job.placement.pop(move.vnode, None)
+            job.endpoints.pop(move.vnode, None)
+            job.advance(JobState.SUSPENDED)
+            self._finish(job, move, {"saved_bytes": len(m.blob or b"")}, blob=m.blob)
+        else:
+            self._resume(job, move)
+
+    def _resume(self, job: Job, move: Move) -> None:
+        """Resuming: the new host restores the snapshot and starts; upstream channels are re-pointed at it and
+        release what they held. Done when the new host has processed its first record (vnode_resumed)."""
+        move.advance(MoveState.RESUMING)
+        target = self.registry.agents[move.target or ""]
+        job.endpoints[move.vnode] = move.endpoint or {}
+        job.placement[move.vnode] = target.name
+        self.send(target.identity, Connect(job=job.id, endpoints=job.endpoints, only=move.vnode))
+        self.send(target.identity, Start(job=job.id, only=move.vnode, blob=move.snapshot))
+        for agent in self.lifecycle.agents_of(job):
+            self.send(agent.identity, Redirect(job=job.id, vnode=move.vnode, peer=move.endpoint))
+        if job.state is JobState.SUSPENDED:
+            job.advance(JobState.RUNNING)
+
+    def vnode_resumed(self, m: VnodeResumed) -> None:
+        job = self.lifecycle.get(m.job)
+        move = job.move if job is not None else None
+        if job is None or move is None or move.state is not MoveState.RESUMING or move.vnode != m.vnode:
+            return
+        downtime = float(m.at) - move.paused_wall if move.paused_wall else None
+        align = move.snapshot_at - move.paused_at if move.paused_at and move.snapshot_at else None
+        figures: dict[str, Any] = {"downtime_s": downtime, "state_bytes": len(move.snapshot or b""),
+                                   "align_and_snapshot_s": align}
+        if move.whole:  # the state moved in QEMU's stream; the snapshot was the control channel's position
+            figures.update(tier=2, vm=move.vm_figures, state_bytes=(move.vm_figures or {}).get("ram_bytes"))
+        self._finish(job, move, figures)
+
+    def vnode_done(self, job: Job, vnode: str) -> None:
+        """`vnode` ran to its end: a move of it that resumed is done, one that had not is called off."""
+        move = job.move
+        if move is None or move.vnode != vnode:
+            return
+        if move.state is MoveState.RESUMING:  # it moved, and had nothing left to process
+            self._finish(job, move, {"downtime_s": None, "state_bytes": len(move.snapshot or b"")})
+        elif move.mode is not MoveMode.RESTORE:
+            self._call_off(job, move, "the virtual node finished before it could move")
+
+    def _finish(self, job: Job, move: Move, figures: dict[str, Any], blob: bytes | None = None) -> None:
+        move.advance(MoveState.DONE)
+        record = {"vnode": move.vnode, "mode": move.mode, "from": move.source, "to": move.target,
+                  "total_s": self.clock() - move.started, "reason": move.reason, **figures}
+        if move.vnode in job.pins and move.target and move.reason == "requested":
+            job.pins[move.vnode] = move.target  # a pinned source moved by hand: its sensor is there now
+        self.placer.moved(job, move.vnode)
+        job.history.append(record)
+        job.move = None
+        self.log(f"coordinator: {move.mode} of {job.id}/{move.vnode} done: {record}")
+        if self.metrics is not None:
+            self.metrics.migrations.labels(job.id, move.mode, move.reason.split(":")[0]).inc()
+            if figures.get("downtime_s") is not None:
+                self.metrics.migration_downtime.observe(figures["downtime_s"])
+            self.metrics.migration_state_bytes.inc(figures.get("state_bytes", figures.get("saved_bytes", 0)))
+        if move.client is not None:
+            self.send(move.client, Moved(record=record, blob=blob))
+
+    # -- moves that make no progress --------------------------------------------------------------------------
+    def check(self) -> None:
+        """A move that makes no progress (a host that never answers) is called off rather than left hanging."""
+        now = self.clock()
+        for job in self.lifecycle:
+            move = job.move
+            if move is not None and move.mode is not MoveMode.SAVE and now - move.started > self.timeout:
+                self._call_off(job, move, f"no progress in {self.timeout:.0f} s")
+
+    def _call_off(self, job: Job, move: Move, reason: str) -> None:
+        move.advance(MoveState.CALLED_OFF)
+        target = self.registry.get(move.target)
+        if target is not None and move.mode is MoveMode.MIGRATE:
+            self.send(target.identity, StopJob(job=job.id, only=move.vnode))
+        for agent in self.lifecycle.agents_of(job):
+            self.send(agent.identity, Redirect(job=job.id, vnode=move.vnode, peer=None))
+        job.move = None
+        if move.client is not None:
+            self.send(move.client, Error(error=f"{move.mode} of {move.vnode} called off: {reason}"))

@@ -1,0 +1,117 @@
+"""The coordinator's agent registry: who registered, from which socket identity, with which capabilities;
+their heartbeats (with the hosts they run), and which agents are lost (no heartbeat for `timeout` s).
+
+No sockets here: the coordinator hands in decoded messages, and the clock is injectable.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from .messages import Heartbeat, Register
+
+AGENT_TIMEOUT = 3.0
+
+
+@dataclass
+class AgentInfo:
+    name: str
+    identity: bytes
+    caps: dict[str, Any]
+    labels: dict[str, str]
+    public_key: str | None
+    metrics_port: int | None
+    last_seen: float
+    up: bool = True
+    vnodes: dict[str, Any] = field(default_factory=dict)   # "job/vnode" -> {state, pid, stats}, last heartbeat
+    down_reason: str = ""
+
+
+class AgentRegistry:
+    def __init__(self, timeout: float = AGENT_TIMEOUT, clock: Callable[[], float] = time.monotonic,
+                 log: Callable[[str], None] = print) -> None:
+        self.timeout = timeout
+        self.clock = clock
+        self.log = log
+        self.agents: dict[str, AgentInfo] = {}
+
+    def __iter__(self) -> Iterator[AgentInfo]:
+        return iter(self.agents.values())
+
+    def get(self, name: str | None) -> AgentInfo | None:
+        return self.agents.get(name or "")
+
+    def live(self, name: str | None) -> AgentInfo | None:
+        """The agent called `name` if it is registered and up."""
+        agent = self.get(name)
+        return agent if agent is not None and agent.up else None
+
+    def names_up(self) -> list[str]:
+        return sorted(a.name for a in self.agents.values() if a.up)
+
+    def name_of(self, identity: bytes) -> str | None:
+        return next((a.name for a in self.agents.values() if a.identity == identity), None)
+
+    def data_keys(self) -> list[str]:
+        """The data-plane public keys of the live agents (which every host is to trust)."""
+        return [a.public_key for a in self.agents.values() if a.public_key and a.up]
+
+    def register(self, identity: bytes, m: Register) -> AgentInfo:
+        """(Re-)register an agent; a new registration under a known name replaces the old one."""
+        info = AgentInfo(m.name, identity, m.capabilities(), dict(m.labels), m.public_key, m.metrics_port,
+                         last_seen=self.clock())
+        self.agents[info.name] = info
+        self.log(f"coordinator: agent {info.name} registered ({info.caps['cores']} cores, {info.caps['arch']})")
+        return info
+
+    def heartbeat(self, identity: bytes, m: Heartbeat) -> AgentInfo | None:
+        """Record a heartbeat; None if it comes from an agent that has not registered (from this identity)."""
+        agent = self.agents.get(m.name)
+        if agent is None or agent.identity != identity:
+            return None
+        now = self.clock()
+        _add_rates(agent.vnodes, m.vnodes, now - agent.last_seen)
+        agent.last_seen = now
+        agent.vnodes = m.vnodes
+        if not agent.up:
+            agent.up = True
+            self.log(f"coordinator: agent {agent.name} is back")
+        return agent
+
+    def check(self) -> list[AgentInfo]:
+        """Mark agents silent for longer than `timeout` as lost; returns those lost just now."""
+        now = self.clock()
+        lost = []
+        for agent in self.agents.values():
+            if agent.up and now - agent.last_seen > self.timeout:
+                agent.up = False
+                agent.down_reason = f"no heartbeat for {now - agent.last_seen:.1f} s"
+                self.log(f"coordinator: agent {agent.name} lost ({agent.down_reason})")
+                lost.append(agent)
+        return lost
+
+    def status(self) -> dict[str, dict[str, Any]]:
+        now = self.clock()
+        return {a.name: {"up": a.up, "cores": a.caps.get("cores"), "arch": a.caps.get("arch"),
+                         "backends": a.caps.get("backends"), "labels": a.labels, "metrics_port": a.metrics_port,
+                         "last_seen_s": round(now - a.last_seen, 1), "reason": a.down_reason}
+                for a in self.agents.values()}
+
+    def placement_view(self) -> dict[str, dict[str, Any]]:
+        """Every agent's capabilities, labels and liveness, as the placement engine takes them."""
+        return {a.name: {**a.caps, "labels": a.labels, "up": a.up} for a in self.agents.values()}
+
+
+def _add_rates(before: dict[str, Any], after: dict[str, Any], seconds: float) -> None:
+    """Records per second into each operator since the previous heartbeat."""
+    if seconds <= 0:
+        return
+    for key, vn in after.items():
+        old_ops = before.get(key, {}).get("stats", {}).get("operators", {})
+        for task, op in vn.get("stats", {}).get("operators", {}).items():
+            old = old_ops.get(task)
+            if old is not None and not op.get("finished"):
+                op["rate"] = max(0.0, (op["records_in"] - old["records_in"]) / seconds)

@@ -1,0 +1,372 @@
+"""The coordinator without processes or sockets: messages go in through `dispatch`, what it sends is read
+back from a fake socket and decoded, the clock is injected. Job lifecycle (two-phase deployment, finish,
+failure, stop, lost agents) and moves (migrate, save, restore, called off) step by step."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import cloudpickle
+import pytest
+import zmq
+
+from microstream.cluster import jobs as jobs_module
+from microstream.cluster import messages as cm
+from microstream.cluster.coordinator import Coordinator
+from microstream.cluster.placing import Placed
+from microstream.cluster.states import JobState, MoveState
+from microstream.placement.policy import Proposal
+from microstream.runtime import protocol as hp
+
+AGENTS = ("a1", "a2", "a3")
+CLIENT = b"client"
+
+
+class FakeSocket:
+    sndtimeo = 1000
+
+    def __init__(self) -> None:
+        self.sent: list[list[bytes]] = []
+        self.fail: BaseException | None = None
+
+    def send_multipart(self, frames: list[bytes]) -> None:
+        if self.fail is not None:
+            raise self.fail
+        self.sent.append(frames)
+
+
+class Harness:
+    def __init__(self, monkeypatch) -> None:
+        self.now = 1000.0
+        self.lines: list[str] = []
+        self.coord = Coordinator(metrics_port=None, log=self.lines.append, policy=None, clock=lambda: self.now,
+                                 wall=lambda: self.now + 1e9)
+        self.sock = FakeSocket()
+        self.coord.sock = self.sock  # type: ignore[assignment]
+        plan = SimpleNamespace(vnodes={vn: SimpleNamespace(id=vn, backend=backend, tasks=[f"{vn}.t0"])
+                                       for vn, backend in (("vn0", "process"), ("vn1", "process"), ("vn2", "microvm"))})
+        monkeypatch.setattr(jobs_module, "build_plan", lambda graph: plan)
+        self.coord.placer.place = lambda plan, graph, agents: Placed(  # type: ignore[method-assign]
+            {"vn0": "a1", "vn1": "a2", "vn2": "a2"}, {"a1–a2": 10.0}, {})
+        for name in AGENTS:
+            self.send(name, cm.Register(name=name, public_key=f"key-{name}", cores=2, arch="x86_64"))
+        self.take()
+
+    def send(self, sender: str | bytes, message: hp.Message) -> None:
+        identity = sender if isinstance(sender, bytes) else sender.encode()
+        self.coord.dispatch(identity, message.encode())
+
+    def take(self) -> list[tuple[str, hp.Message]]:
+        """What the coordinator sent since the last call: (agent name or 'client', message)."""
+        out = []
+        for identity, *frames in self.sock.sent:
+            agent = self.coord.registry.name_of(identity)
+            vocabulary = cm.TO_AGENT if agent else cm.TO_CLIENT
+            out.append((agent or "client", vocabulary.decode(frames)))
+        self.sock.sent.clear()
+        return out
+
+    def submit(self) -> str:
+        self.send(CLIENT, cm.Submit(blob=cloudpickle.dumps(SimpleNamespace(name="campus")), wait=True))
+        sent = self.take()
+        accepted = [m for _, m in sent if isinstance(m, cm.Accepted)]
+        return accepted[0].job
+
+    def run(self) -> str:
+        job = self.submit()
+        for vn, agent in (("vn0", "a1"), ("vn1", "a2"), ("vn2", "a2")):
+            self.send(agent, cm.VnodeReady(job=job, vnode=vn, endpoint=f"tcp://{agent}:{vn}", public_key=agent))
+        self.take()
+        return job
+
+    def job(self, job_id: str):
+        return self.coord.lifecycle.get(job_id)
+
+
+@pytest.fixture
+def h(monkeypatch) -> Harness:
+    return Harness(monkeypatch)
+
+
+def kinds(sent: list[tuple[str, hp.Message]]) -> list[tuple[str, str]]:
+    return [(to, m.KIND) for to, m in sent]
+
+
+# -- dispatch ---------------------------------------------------------------------------------------------------
+
+
+def test_every_kind_to_the_coordinator_has_a_handler(h):
+    assert set(h.coord._handlers) == set(cm.TO_COORDINATOR.kinds.values())
+
+
+def test_registration_is_answered_with_the_live_data_keys(h):
+    h.send("a4", cm.Register(name="a4", public_key="key-a4"))
+    [(to, reply)] = h.take()
+    assert to == "a4" and reply == cm.Registered(data_keys=["key-a1", "key-a2", "key-a3", "key-a4"])
+
+
+def test_unknown_and_malformed_messages_are_answered_and_logged(h):
+    h.coord.dispatch(b"someone", [b"sumbit", b"{}"])
+    [(_, reply)] = h.take()
+    assert isinstance(reply, cm.Error) and "unknown control message 'sumbit'" in reply.error
+    assert "refused a message from a client" in h.lines[-1]
+    h.coord.dispatch(b"a1", [b"heartbeat", b"{}"])
+    [(_, reply)] = h.take()
+    assert "'heartbeat' lacks name" in reply.error and "from agent a1" in h.lines[-1]
+
+
+def test_a_failing_handler_is_logged_not_raised(h, monkeypatch):
+    def boom(identity, m):
+        raise RuntimeError("bug")
+
+    h.coord._handlers[cm.StopRequest] = boom
+    h.send(CLIENT, cm.StopRequest(job="x"))
+    assert h.lines[-1] == "coordinator: error handling 'stop': RuntimeError: bug"
+
+
+def test_heartbeat_from_an_unknown_agent_is_told_to_register(h):
+    h.send("stranger", cm.Heartbeat(name="stranger"))
+    assert h.take() == [("client", cm.Error(error="unknown agent: register first"))]
+
+
+@pytest.mark.parametrize("error, text", [
+    (zmq.Again(), "could not send 'error' to a client within 1 s"),
+    (zmq.ZMQError(zmq.EHOSTUNREACH), "cannot send 'error' to a client: it is not connected"),
+])
+def test_a_send_that_fails_is_logged(h, error, text):
+    h.sock.fail = error
+    h.send(CLIENT, cm.StopRequest(job="nope"))
+    assert text in h.lines[-1]
+
+
+# -- job lifecycle --------------------------------------------------------------------------------------------------
+
+
+def test_submit_deploys_then_connects_and_starts_when_every_host_is_ready(h):
+    h.send(CLIENT, cm.Submit(blob=cloudpickle.dumps(SimpleNamespace(name="campus")), wait=True, credits=4))
+    sent = h.take()
+    assert kinds(sent) == [("a1", "deploy"), ("a2", "deploy"), ("a2", "deploy"), ("client", "accepted")]
+    job_id = sent[-1][1].job
+    deploy = sent[0][1]
+    assert deploy.vnode == "vn0" and deploy.backend == "process" and deploy.data_keys == ["key-a1", "key-a2", "key-a3"]
+    assert cloudpickle.loads(deploy.blob)["credits"] == 4
+    assert sent[2][1].backend == "microvm"
+    job = h.job(job_id)
+    assert job.state is JobState.DEPLOYING
+    h.send("a1", cm.VnodeReady(job=job_id, vnode="vn0", endpoint="tcp://a1:1", public_key="key-a1"))
+    h.send("a2", cm.VnodeReady(job=job_id, vnode="vn1", endpoint="tcp://a2:1"))
+    assert h.take() == [] and job.state is JobState.DEPLOYING
+    h.send("a2", cm.VnodeReady(job=job_id, vnode="vn2", endpoint="tcp://a2:2"))
+    sent = h.take()
+    assert kinds(sent) == [("a1", "connect"), ("a2", "connect"), ("a1", "start"), ("a2", "start")]
+    assert sent[0][1].endpoints == {"vn0": {"endpoint": "tcp://a1:1", "public_key": "key-a1"},
+                                    "vn1": {"endpoint": "tcp://a2:1", "public_key": None},
+                                    "vn2": {"endpoint": "tcp://a2:2", "public_key": None}}
+    assert job.state is JobState.RUNNING
+
+
+def test_job_finishes_when_every_vnode_is_done(h):
+    job_id = h.run()
+    for vn, agent in (("vn0", "a1"), ("vn1", "a2")):
+        h.send(agent, cm.VnodeDone(job=job_id, vnode=vn, blob=f"result-{vn}".encode(), stats={"n": 1}))
+    assert h.take() == [] and h.job(job_id).state is JobState.RUNNING
+    h.send("a2", cm.VnodeDone(job=job_id, vnode="vn2", blob=b"result-vn2"))
+    [(to, done)] = h.take()
+    assert to == "client" and done.state == "finished"
+    assert cloudpickle.loads(done.blob) == [b"result-vn0", b"result-vn1", b"result-vn2"]
+    status = h.coord.status()["jobs"][job_id]
+    assert status["state"] == "finished" and status["vnodes"]["vn0"] == {
+        "agent": "a1", "tasks": ["vn0.t0"], "state": "done", "operators": {}}
+
+
+def test_a_failed_vnode_fails_the_job_and_stops_its_hosts(h):
+    job_id = h.run()
+    h.send("a2", cm.VnodeFailed(job=job_id, vnode="vn1", error="ValueError: bad", operator="map", cause="bad"))
+    sent = h.take()
+    assert kinds(sent) == [("a1", "stop"), ("a2", "stop"), ("client", "job_done")]
+    assert sent[-1][1] == cm.JobDone(job=job_id, state="failed", reason="virtual node vn1 failed: ValueError: bad",
+                                     operator="map", cause="bad")
+    h.send("a1", cm.VnodeFailed(job=job_id, vnode="vn0", error="late"))  # a failed job fails once
+    assert h.take() == [] and h.job(job_id).reason.endswith("ValueError: bad")
+
+
+def test_a_lost_agent_fails_the_jobs_it_runs(h):
+    job_id = h.run()
+    h.now += 2.0
+    h.send("a1", cm.Heartbeat(name="a1"))
+    h.send("a3", cm.Heartbeat(name="a3"))
+    h.now += 1.5
+    h.coord.tick()
+    job = h.job(job_id)
+    assert job.state is JobState.FAILED and job.reason == "agent a2 lost (no heartbeat for 3.5 s)"
+    assert kinds(h.take()) == [("a1", "stop"), ("client", "job_done")]  # nothing to the lost agent
+    assert h.coord.status()["agents"]["a2"]["up"] is False
+
+
+def test_a_client_stops_a_job(h):
+    job_id = h.run()
+    h.send(b"other-client", cm.StopRequest(job=job_id))
+    sent = h.take()
+    assert sent[-1] == ("client", cm.Stopped(job=job_id, state="stopped"))
+    assert ("client", cm.JobDone(job=job_id, state="stopped", reason="stopped by a client")) in sent
+    h.send(CLIENT, cm.StopRequest(job=job_id))  # stopping a stopped job only says so
+    assert h.take() == [("client", cm.Stopped(job=job_id, state="stopped"))]
+    h.send(CLIENT, cm.StopRequest(job="nope"))
+    assert h.take() == [("client", cm.Error(error="no job 'nope' (see `microstream status`)"))]
+
+
+def test_a_job_that_cannot_be_loaded_is_rejected(h):
+    h.send(CLIENT, cm.Submit(blob=b"not a pickle"))
+    [(_, reply)] = h.take()
+    assert isinstance(reply, cm.Rejected) and reply.error.startswith("cannot load the job: UnpicklingError")
+
+
+# -- moves ------------------------------------------------------------------------------------------------------------
+
+
+def test_migrate_step_by_step(h):
+    job_id = h.run()
+    job = h.job(job_id)
+    h.send(CLIENT, cm.MigrateRequest(job=job_id, vnode="vn1", to="a3"))
+    [(to, deploy)] = h.take()
+    assert to == "a3" and deploy.vnode == "vn1" and deploy.restoring and deploy.incoming is False
+    move = job.move
+    assert move.state is MoveState.PREPARING and (move.source, move.target) == ("a2", "a3")
+
+    h.send("a1", cm.VnodeReady(job=job_id, vnode="vn1", endpoint="tcp://wrong:1"))  # not from the target: ignored
+    assert h.take() == [] and move.state is MoveState.PREPARING
+    h.send("a3", cm.VnodeReady(job=job_id, vnode="vn1", endpoint="tcp://a3:9", public_key="key-a3"))
+    sent = h.take()
+    assert kinds(sent) == [("a1", "pause_to"), ("a2", "pause_to"), ("a2", "snapshot")]
+    assert sent[-1][1] == hp.SnapshotRequest(job=job_id, vnode="vn1", barrier=1, only="vn1")
+    assert move.state is MoveState.ALIGNING
+
+    h.now += 0.5
+    h.send("a2", cm.VnodeSnapshot(job=job_id, vnode="vn1", blob=b"state"))
+    sent = h.take()
+    assert kinds(sent) == [("a3", "connect"), ("a3", "start"), ("a1", "redirect"), ("a2", "redirect"),
+                           ("a3", "redirect")]
+    assert sent[1][1] == hp.Start(job=job_id, only="vn1", blob=b"state")
+    assert sent[2][1].peer == {"endpoint": "tcp://a3:9", "public_key": "key-a3"}
+    assert move.state is MoveState.RESUMING and job.placement["vn1"] == "a3"
+
+    h.send("a3", cm.VnodeResumed(job=job_id, vnode="vn1", at=h.now + 1e9 + 0.25))
+    [(to, moved)] = h.take()
+    assert to == "client" and moved.record["from"] == "a2" and moved.record["to"] == "a3"
+    assert moved.record["downtime_s"] == pytest.approx(0.75) and moved.record["state_bytes"] == 5
+    assert job.move is None and move.state is MoveState.DONE and job.history == [moved.record]
+
+
+def test_save_suspends_and_restore_resumes(h):
+    job_id = h.run()
+    job = h.job(job_id)
+    h.send(CLIENT, cm.SaveRequest(job=job_id, vnode="vn0"))
+    assert kinds(h.take()) == [("a1", "pause_to"), ("a2", "pause_to"), ("a1", "snapshot")]
+    assert job.move.state is MoveState.ALIGNING
+    h.send("a1", cm.VnodeSnapshot(job=job_id, vnode="vn0", blob=b"saved"))
+    [(_, moved)] = h.take()
+    assert moved.blob == b"saved" and moved.record["saved_bytes"] == 5 and moved.record["mode"] == "save"
+    assert job.state is JobState.SUSPENDED and "vn0" not in job.placement
+
+    h.send(CLIENT, cm.RestoreRequest(job=job_id, vnode="vn0", blob=b"saved"))
+    [(to, reply)] = h.take()
+    assert isinstance(reply, cm.Error) and "no agent 'None' is up" in reply.error  # where it ran is forgotten
+    h.send(CLIENT, cm.RestoreRequest(job=job_id, vnode="vn0", blob=b"saved", to="a3"))
+    assert kinds(h.take()) == [("a3", "deploy")]
+    assert job.move.state is MoveState.PREPARING
+    h.send("a3", cm.VnodeReady(job=job_id, vnode="vn0", endpoint="tcp://a3:7"))
+    sent = h.take()
+    assert sent[1] == ("a3", hp.Start(job=job_id, only="vn0", blob=b"saved"))
+    assert job.state is JobState.RUNNING and job.move.state is MoveState.RESUMING
+    h.send("a3", cm.VnodeResumed(job=job_id, vnode="vn0", at=h.now + 1e9))
+    assert h.take()[0][1].record["mode"] == "restore" and job.move is None
+
+
+@pytest.mark.parametrize("request_, error", [
+    (cm.MigrateRequest(job="nope", vnode="vn0", to="a3"), "no job 'nope'"),
+    (cm.MigrateRequest(job="JOB", vnode="vn9", to="a3"), "has no virtual node 'vn9'; it has ['vn0', 'vn1', 'vn2']"),
+    (cm.MigrateRequest(job="JOB", vnode="vn0", to="a9"), "no agent 'a9' is up (agents: ['a1', 'a2', 'a3'])"),
+    (cm.MigrateRequest(job="JOB", vnode="vn0", to="a1"), "vn0 already runs on a1"),
+    (cm.MigrateRequest(job="JOB", vnode="vn0", to="a3", whole=True), "vn0 runs in a process host"),
+    (cm.RestoreRequest(job="JOB", vnode="vn0", blob=b"s", to="a3"), "vn0 of job JOB is not saved; save it first"),
+])
+def test_move_requests_that_cannot_be_done_are_refused(h, request_, error):
+    job_id = h.run()
+    fields = {k: (job_id if v == "JOB" else v) for k, v in request_.__dict__.items()}
+    h.send(CLIENT, type(request_)(**fields))
+    [(_, reply)] = h.take()
+    assert isinstance(reply, cm.Error) and error.replace("JOB", job_id) in reply.error
+    assert h.job(job_id).move is None
+
+
+def test_one_move_at_a_time_and_not_of_a_finished_vnode(h):
+    job_id = h.run()
+    h.send("a1", cm.VnodeDone(job=job_id, vnode="vn0", blob=b"r"))
+    h.send(CLIENT, cm.SaveRequest(job=job_id, vnode="vn0"))
+    assert "vn0 of job" in h.take()[-1][1].error
+    h.send(CLIENT, cm.MigrateRequest(job=job_id, vnode="vn1", to="a3"))
+    h.take()
+    h.send(CLIENT, cm.SaveRequest(job=job_id, vnode="vn2"))
+    assert h.take() == [("client", cm.Error(error=f"vn1 of job {job_id} is already moving; try again when it is done"))]
+
+
+def test_a_move_without_progress_is_called_off(h):
+    job_id = h.run()
+    h.send(CLIENT, cm.MigrateRequest(job=job_id, vnode="vn1", to="a3"))
+    h.take()
+    move = h.job(job_id).move
+    h.now += 30
+    for name in AGENTS:
+        h.send(name, cm.Heartbeat(name=name))
+    h.coord.tick()
+    assert move.state is MoveState.PREPARING
+    h.now += 31
+    for name in AGENTS:
+        h.send(name, cm.Heartbeat(name=name))
+    h.coord.tick()
+    sent = h.take()
+    assert kinds(sent) == [("a3", "stop"), ("a1", "redirect"), ("a2", "redirect"), ("client", "error")]
+    assert sent[0][1] == cm.StopJob(job=job_id, only="vn1") and sent[1][1].peer is None
+    assert sent[-1][1].error == "migrate of vn1 called off: no progress in 60 s"
+    assert move.state is MoveState.CALLED_OFF and h.job(job_id).move is None
+
+
+def test_a_vnode_that_finishes_before_it_moves_calls_the_move_off(h):
+    job_id = h.run()
+    h.send(CLIENT, cm.MigrateRequest(job=job_id, vnode="vn1", to="a3"))
+    h.take()
+    h.send("a2", cm.VnodeDone(job=job_id, vnode="vn1", blob=b"r"))
+    assert h.take()[-1][1].error == "migrate of vn1 called off: the virtual node finished before it could move"
+
+
+def test_stale_move_messages_are_ignored(h):
+    job_id = h.run()
+    h.send("a2", cm.VnodeSnapshot(job=job_id, vnode="vn1", blob=b"x"))   # no move
+    h.send("a3", cm.VnodeResumed(job=job_id, vnode="vn1", at=1.0))
+    h.send(CLIENT, cm.MigrateRequest(job=job_id, vnode="vn1", to="a3"))
+    h.take()
+    h.send("a2", cm.VnodeSnapshot(job=job_id, vnode="vn1", blob=b"x"))   # before the cut: not aligning yet
+    assert h.take() == [] and h.job(job_id).move.state is MoveState.PREPARING
+
+
+def test_the_policy_proposes_and_moves_start_from_its_proposal(h):
+    job_id = h.run()
+    calls = []
+
+    def propose(job, agents):
+        calls.append((job.id, sorted(n for n, a in agents.items() if a["up"])))
+        return Proposal("vn1", "a2", "a1", saved_bytes=50_000.0, before=60_000.0, after=10_000.0,
+                        cost_before=2.0, cost_after=1.0)
+
+    h.coord.placer.due = lambda: True  # type: ignore[method-assign]
+    h.coord.placer.propose = propose  # type: ignore[method-assign]
+    for name in AGENTS:
+        h.send(name, cm.Heartbeat(name=name))
+    h.coord.tick()
+    assert calls == [(job_id, ["a1", "a2", "a3"])]
+    [(to, deploy)] = h.take()
+    move = h.job(job_id).move
+    assert to == "a1" and deploy.restoring and move.client is None
+    assert move.reason == "auto: 50,000 B/s measured stop crossing machines"
+    h.coord.tick()  # a job already moving is not asked about again
+    assert len(calls) == 1
