@@ -33,7 +33,8 @@ def plan_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argum
     p.add_argument("--explain", action="store_true", help="say why each virtual node went where it did")
     p.add_argument("--svg", type=Path, help="write a picture of the placement here")
     p.add_argument("--solver", choices=("heuristic", "exact"), default="heuristic",
-                   help="heuristic (default, fast) or exact (branch and bound; small jobs only)")
+                   help="heuristic (default: local and large-neighbourhood search) or exact (the MILP; proves "
+                        "its gap)")
     return p
 
 

@@ -36,6 +36,7 @@ from .cost import (
     Weights,
     as_array,
     build_problem,
+    critical_path,
     estimate_flows,
     evaluate,
     find_pins,
@@ -49,10 +50,12 @@ _TOL = 1e-12
 _OVERLOAD = OVERLOAD_PENALTY   # per unit of overload while searching from an infeasible start
 _MAX_BLOCKED = 64        # large instances: swaps tried per round for the vnodes most held back by capacity
 _MAX_PARTNERS = 12       # ... each with at most this many vnodes of the node it wants
-_LNS_MAX_FREE = 24       # vnodes freed per large-neighbourhood sub-problem
+_LNS_FREE = (4, 10, 40)  # vnodes freed per large-neighbourhood sub-problem: least, first, most (adapts)
 _LNS_MAX_NODES = 4       # ... over at most this many nodes
-_LNS_STEP = 0.5          # seconds for one sub-problem at most
-_LNS_PATIENCE = 3        # stop after this many sub-problems per node in a row without a gain
+_LNS_STEP = 0.25         # seconds for one sub-problem at most
+_LNS_FAST = 0.05         # a sub-problem solved this fast grows the next one
+_LNS_PATIENCE = 5        # stop after this many sub-problems per node in a row without a gain
+_EXHAUSTIVE = 100        # movable vnodes × nodes up to which local search tries every swap and group move
 _WHOLE_MILP = 100        # movable vnodes × nodes up to which the heuristic solves the whole problem by MILP
 _GROUP_MIN_GAIN = 1e-3   # large instances: group-move rounds continue while a round gains this fraction
 
@@ -608,7 +611,7 @@ def _local_search(p: Problem, start: np.ndarray, deadline: float, queue: list[in
     re-examined."""
     st = _State(p, start)
     movable = _movable(p)
-    exhaustive = len(movable) * p.n_nodes <= 400
+    exhaustive = len(movable) * p.n_nodes <= _EXHAUSTIVE
     is_movable = np.zeros(p.n_vnodes, dtype=bool)
     is_movable[movable] = True
     blocked: Blocked = {}
@@ -669,6 +672,7 @@ def improve(problem: Problem, start: np.ndarray | None = None, restarts: int | N
     400). Then large-neighbourhood search until `time_limit`: free the vnodes of a few nodes (or a connected
     group of vnodes), re-solve that sub-problem exactly with the MILP, keep it if it gains, and polish with
     local search. A problem small enough is solved whole by the MILP, which also proves the bound."""
+    milp_available()                           # import scipy (once per process, ~1 s) before the clock starts
     deadline = time.perf_counter() + time_limit
     first = start.astype(np.int64) if start is not None else seed(problem)
     best = _local_search(problem, first, deadline)
@@ -711,15 +715,20 @@ def _lns(p: Problem, best: np.ndarray, deadline: float, rng: np.random.Generator
             return Solution(best, r.bound, "optimal")
     best_cost = p.search_objective(best)
     feasible = p.feasible(best)
-    stale, patience, k = 0, max(_LNS_PATIENCE * p.n_nodes, 12), 0
+    stale, patience, k = 0, max(_LNS_PATIENCE * p.n_nodes, 30), 0
+    size = _LNS_FREE[1]
     while time.perf_counter() < deadline and stale < patience:
-        free, domains = _neighbourhood(p, best, movable, rng, k)
+        free, domains = _neighbourhood(p, best, movable, rng, k, size)
         k += 1
         if len(free) == 0:
             stale += 1
             continue
         step = min(_LNS_STEP, deadline - time.perf_counter())
         r = solve_milp(p, time_limit=step, free=free, assign=best, domains=domains, soft=not feasible)
+        if r.status == "optimal" and r.seconds < _LNS_FAST:
+            size = min(_LNS_FREE[2], size + 2)
+        elif r.status != "optimal":
+            size = max(_LNS_FREE[0], size - 3)
         if r.assign is None:
             stale += 1
             continue
@@ -738,14 +747,17 @@ def _lns(p: Problem, best: np.ndarray, deadline: float, rng: np.random.Generator
 
 
 def _neighbourhood(p: Problem, assign: np.ndarray, movable: list[int], rng: np.random.Generator,
-                   k: int) -> tuple[np.ndarray, np.ndarray]:
-    """(vnodes to free, [V, N] nodes each may go to). Alternately: the vnodes of a random node and of the
-    nodes it exchanges most traffic with; or a connected group of vnodes grown from a random one, over
-    their nodes and their neighbours' nodes."""
+                   k: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(at most `size` vnodes to free, [V, N] nodes each may go to). Alternately: the vnodes of a random node
+    and of the nodes it exchanges most traffic with; or a connected group of vnodes grown from a random
+    one, over their nodes and their neighbours' nodes; or the vnodes of the critical (largest-latency) path
+    and their neighbours."""
     n = p.n_nodes
     mov = np.zeros(p.n_vnodes, dtype=bool)
     mov[movable] = True
-    if k % 2 == 0:
+    if k % 3 == 2 and len(p.lat_src):
+        return _critical_neighbourhood(p, assign, mov, rng, size)
+    if k % 3 == 0:
         hosts = np.unique(assign[movable])
         first = int(rng.choice(hosts))
         talk = np.zeros((n, n))
@@ -759,13 +771,13 @@ def _neighbourhood(p: Problem, assign: np.ndarray, movable: list[int], rng: np.r
             near = np.argsort(p.latency_ms[first] + rng.random(n) * 1e-6)
             nodes += [int(j) for j in near if j not in nodes and p.cores[j] > 0][:_LNS_MAX_NODES - len(nodes)]
         free = np.flatnonzero(mov & np.isin(assign, nodes))
-        if len(free) > _LNS_MAX_FREE:
-            free = np.sort(rng.choice(free, size=_LNS_MAX_FREE, replace=False))
+        if len(free) > size:
+            free = np.sort(rng.choice(free, size=size, replace=False))
     else:
         start = int(rng.choice(movable))
         adj = _adjacency(p)
         seen, queue, group = {start}, [start], []
-        while queue and len(group) < _LNS_MAX_FREE // 2:
+        while queue and len(group) < size:
             v = queue.pop(int(rng.integers(len(queue))))
             if mov[v]:
                 group.append(v)
@@ -778,6 +790,28 @@ def _neighbourhood(p: Problem, assign: np.ndarray, movable: list[int], rng: np.r
         counts = np.bincount(near, minlength=n)
         nodes = [int(j) for j in np.argsort(-counts)[:_LNS_MAX_NODES + 1] if counts[j] > 0]
     domains = np.zeros((p.n_vnodes, n), dtype=bool)
+    if len(free):
+        domains[np.ix_(free, nodes)] = True
+    return free, domains
+
+
+def _critical_neighbourhood(p: Problem, assign: np.ndarray, mov: np.ndarray, rng: np.random.Generator,
+                            size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The movable vnodes of a largest-latency path (and then their neighbours), over the nodes they and
+    their neighbours are on."""
+    path = [p.vnodes.index(v) for v in critical_path(p, assign)]
+    adj = _adjacency(p)
+    group = [v for v in path if mov[v]]
+    if len(group) > size:
+        group = sorted(rng.choice(group, size=size, replace=False).tolist())
+    extra = [u for v in path for u in adj[v] if mov[u] and u not in group]
+    rng.shuffle(extra)
+    group = list(dict.fromkeys(group + extra))[:size]
+    near = [int(assign[u]) for v in path for u in [v, *adj[v]]]
+    counts = np.bincount(near, minlength=p.n_nodes)
+    nodes = [int(j) for j in np.argsort(-counts)[:_LNS_MAX_NODES + 2] if counts[j] > 0]
+    free = np.array(sorted(group), dtype=np.int64)
+    domains = np.zeros((p.n_vnodes, p.n_nodes), dtype=bool)
     if len(free):
         domains[np.ix_(free, nodes)] = True
     return free, domains

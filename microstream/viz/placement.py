@@ -44,7 +44,7 @@ def placement_svg(plan: PhysicalPlan, graph: LogicalGraph, topology: Topology, p
         style = "dashed" if (s, d) in dead else "solid"
         edges.append(DrawEdge(s, d, label, style))
     cost = placement.cost
-    title = (f"{plan.job} on {topology.name}: {placement.solver}, cost {cost.total:.4g} "
+    title = (f"{plan.job} on {topology.name}: {placement.solver}, cost {cost.total:.4g}, {placement.quality} "
              f"(latency {cost.latency_ms:.3g} ms, {format_bytes(cost.cross_bytes)} between nodes)")
     return to_svg(nodes, edges, title=title)
 
@@ -67,7 +67,7 @@ def report(plan: PhysicalPlan, graph: LogicalGraph, topology: Topology, placemen
     labels = vnode_labels(plan, graph)
     cpu = _vnode_cpu(plan, placement)
     lines = [f"placement of '{plan.job}' on '{topology.name}' ({placement.solver} solver, "
-             f"{placement.seconds * 1000:.0f} ms): cost {cost.describe(weights)}", ""]
+             f"{placement.seconds * 1000:.0f} ms, {placement.quality}): cost {cost.describe(weights)}", ""]
     header = ("vnode", "node", "site", "cores", "operators") + (("why",) if explain else ())
     rows = [header]
     for vn, node in placement.assignment.items():

@@ -103,3 +103,40 @@ def test_overload_is_infeasible():
     cost = cost_of(plan, graph, two_nodes(cores_b=0.2), split_assignment(plan), estimates=NO_CPU)
     assert not cost.feasible
     assert any("b is overloaded: 0.30 cores needed, 0.20 available" in r for r in cost.reasons)
+
+
+def test_link_bandwidth_is_a_limit():
+    plan, graph = plan_of(room_pipeline(par=2))
+    slow = two_nodes()
+    slow.links[0] = type(slow.links[0])("a", "b", 5.0, 1000.0)     # 8 kbit/s: 1,600 B/s cannot cross it
+    slow.invalidate()
+    cost = cost_of(plan, graph, slow, split_assignment(plan), estimates=NO_CPU)
+    assert not cost.feasible and math.isinf(cost.total)
+    assert any("link a–b would carry 1.6 kB/s, 160% of its bandwidth" in r for r in cost.reasons)
+
+
+def test_memory_is_a_limit():
+    plan, graph = plan_of(room_pipeline(par=2))
+    topo = two_nodes()
+    topo.nodes[1].memory = 250e6                 # b: 80 % of 250 MB for 3 vnodes of 100 MB + two 2 MB windows
+    cost = cost_of(plan, graph, topo, split_assignment(plan), estimates=NO_CPU)
+    assert not cost.feasible
+    assert any(r.startswith("b is out of memory: 304 MB needed, 200 MB available") for r in cost.reasons)
+    # measured state replaces the estimate
+    flows = estimate_flows(plan, graph, topo, estimates=NO_CPU)
+    problem = build_problem(plan, graph, topo, flows, estimates=NO_CPU, state_bytes={plan.vnode_of("w[0]"): 0.0})
+    assert problem.mem[problem.vnodes.index(plan.vnode_of("w[0]"))] == pytest.approx(100e6)
+
+
+def test_node_speed_scales_capacity_and_load():
+    from microstream.placement.cost import node_speed
+    from microstream.placement.topology import PhysicalNode
+
+    assert node_speed(PhysicalNode("z", labels={"model": "zero2"})) == pytest.approx(0.35)
+    assert node_speed(PhysicalNode("x")) == 1.0
+    plan, graph = plan_of(room_pipeline(par=2))
+    topo = two_nodes()
+    topo.nodes[1].labels = {"speed": "0.5"}                          # b: 4 cores at half a Pi 4's speed
+    cost = cost_of(plan, graph, topo, split_assignment(plan), estimates=NO_CPU)
+    assert cost.node_load["b"] == pytest.approx(0.6)                 # 0.3 Pi 4 cores take 0.6 of b's cores
+    assert cost.load == pytest.approx((0.3 / 2) ** 2 + (0.3 / 2) ** 2 - 0.6 ** 2 / (2 ** 2 + 2 ** 2))

@@ -1,0 +1,161 @@
+"""The MILP against brute force, priced by the project's own cost function (`Problem.total`): its optimum must
+be the true optimum, with every term of the cost model switched on (bandwidth, memory and speed limits, re-placement
+move costs) and on the large-neighbourhood sub-problems."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+
+from microstream.placement.cost import Weights
+from microstream.placement.milp import gap_text, relative_gap, solve_milp
+from microstream.placement.solvers import certify, improve
+from microstream.placement.synthetic import random_problem
+
+
+def brute_force(problem, free=None, assign=None, domains=None) -> tuple[float, np.ndarray | None]:
+    """The cheapest feasible assignment by enumeration (only `free` vnodes move, within `domains`)."""
+    choices = []
+    for v in range(problem.n_vnodes):
+        if free is not None and v not in set(free.tolist()):
+            choices.append([int(assign[v])])
+            continue
+        ok = problem.allowed[v] & (domains[v] if domains is not None else True)
+        if assign is not None:
+            ok = ok.copy()
+            ok[assign[v]] = problem.allowed[v, assign[v]]
+        choices.append(np.flatnonzero(ok).tolist())
+    best, best_assign = math.inf, None
+    for combo in itertools.product(*choices):
+        a = np.array(combo, dtype=np.int64)
+        c = problem.total(a)
+        if c < best:
+            best, best_assign = c, a
+    return best, best_assign
+
+
+def tight(problem, rng):
+    """The same instance with limits that bind: slower links, less memory, mixed node speeds, and moves that
+    cost something."""
+    problem.link_cap *= 0.1
+    problem.mem = rng.uniform(100e6, 400e6, problem.n_vnodes)
+    problem.memory = np.full(problem.n_nodes, 1.0e9)
+    problem.mem_capacity = problem.memory * problem.weights.max_memory
+    problem.current = np.array([int(rng.choice(np.flatnonzero(problem.allowed[v]))) for v in range(problem.n_vnodes)])
+    problem.move_cost = rng.uniform(0.0, 0.05, problem.n_vnodes)
+    return problem
+
+
+def small(seed: int, limits: bool):
+    rng = np.random.default_rng(seed)
+    v, n = int(rng.integers(3, 7)), int(rng.integers(2, 5))
+    problem = random_problem(rng, v, n)
+    problem.speed = rng.choice([0.5, 1.0, 2.0], problem.n_nodes)
+    problem.__post_init__()
+    return tight(problem, rng) if limits else problem
+
+
+@pytest.mark.parametrize("limits", [False, True])
+def test_milp_optimum_equals_brute_force(limits):
+    checked = infeasible = 0
+    for seed in range(40):
+        problem = small(seed, limits)
+        truth, _ = brute_force(problem)
+        r = solve_milp(problem, time_limit=30.0)
+        if math.isinf(truth):
+            assert r.status == "infeasible", f"seed {seed}: brute force finds nothing feasible, the MILP {r.status}"
+            infeasible += 1
+            continue
+        assert r.status == "optimal", f"seed {seed}: {r.status}"
+        assert problem.total(r.assign) == pytest.approx(truth, rel=1e-6, abs=1e-12), f"seed {seed}"
+        assert r.bound <= truth + 1e-9 * max(1.0, truth)
+        assert r.optimal and gap_text(r.gap) == "optimal"
+        checked += 1
+    assert checked >= 20
+    if limits:
+        assert infeasible >= 1          # the tight limits do bind somewhere
+
+
+def test_milp_sub_problems_equal_brute_force():
+    """Large-neighbourhood search's sub-problems: only `free` vnodes move, each within `domains`."""
+    for seed in range(25):
+        rng = np.random.default_rng(500 + seed)
+        problem = tight(random_problem(rng, 9, 5), rng) if seed % 2 else random_problem(rng, 9, 5)
+        start = improve(problem, time_limit=0.2).assign
+        free = np.sort(rng.choice(problem.n_vnodes, size=4, replace=False))
+        domains = rng.random((problem.n_vnodes, problem.n_nodes)) < 0.6
+        truth, _ = brute_force(problem, free, start, domains)
+        r = solve_milp(problem, time_limit=30.0, free=free, assign=start, domains=domains)
+        if math.isinf(truth):
+            assert r.assign is None
+            continue
+        assert problem.total(r.assign) == pytest.approx(truth, rel=1e-6, abs=1e-12), f"seed {seed}"
+        fixed = np.setdiff1d(np.arange(problem.n_vnodes), free)
+        assert (r.assign[fixed] == start[fixed]).all()
+
+
+def test_soft_limits_price_overload_like_the_search_objective():
+    rng = np.random.default_rng(3)
+    problem = tight(random_problem(rng, 6, 3), rng)
+    problem.link_cap *= 0.01
+    r = solve_milp(problem, time_limit=30.0, soft=True)
+    assert r.assign is not None
+    best = min(problem.search_objective(np.array(a)) for a in itertools.product(
+        *[np.flatnonzero(problem.allowed[v]).tolist() for v in range(problem.n_vnodes)]))
+    assert r.cost == pytest.approx(best, rel=1e-6)
+
+
+def test_certify_reports_the_proven_gap():
+    problem = random_problem(np.random.default_rng(11), 8, 4)
+    found = certify(problem, time_limit=30.0)
+    assert found.status == "optimal" and found.gap(problem) == 0.0
+    truth, _ = brute_force(problem)
+    assert problem.total(found.assign) == pytest.approx(truth, rel=1e-6)
+
+
+def test_gap_text():
+    assert gap_text(0.0) == "optimal"
+    assert gap_text(0.003) == "within 0.3 % of optimal"
+    assert gap_text(None) == gap_text(math.inf) == "gap unknown"
+    assert relative_gap(1.0, 0.9) == pytest.approx(0.1)
+    assert relative_gap(1.0, -math.inf) == math.inf
+
+
+def test_heuristic_solves_small_problems_whole_and_proves_it():
+    problem = random_problem(np.random.default_rng(4), 6, 3, weights=Weights())
+    found = improve(problem, time_limit=5.0)
+    assert found.status == "optimal"
+    assert problem.total(found.assign) == pytest.approx(brute_force(problem)[0], rel=1e-6)
+
+
+def test_incremental_deltas_match_full_evaluation_under_binding_limits():
+    """The heuristic's incremental bookkeeping (link loads, memory, move costs) against a full recomputation."""
+    from microstream.placement.solvers import _State, seed
+
+    for s in range(10):
+        rng = np.random.default_rng(900 + s)
+        problem = tight(random_problem(rng, int(rng.integers(5, 30)), int(rng.integers(3, 8))), rng)
+        st = _State(problem, seed(problem))
+        for _ in range(25):
+            v, n = int(rng.integers(problem.n_vnodes)), int(rng.integers(problem.n_nodes))
+            predicted = st.deltas(v)[n]
+            if not np.isfinite(predicted):
+                continue
+            before = st.objective_full()
+            st.move(v, n)
+            assert st.objective_full() - before == pytest.approx(predicted, rel=1e-9, abs=1e-6)
+            assert st.objective() == pytest.approx(st.objective_full(), rel=1e-12, abs=1e-9)
+            np.testing.assert_allclose(st.link_load, problem.link_loads(st.a), atol=1e-6)
+
+
+def test_heuristic_is_feasible_whenever_a_feasible_placement_exists():
+    for seed in range(30):
+        problem = small(seed, limits=True)
+        truth, _ = brute_force(problem)
+        found = improve(problem, time_limit=0.5).assign
+        if math.isfinite(truth):
+            assert problem.feasible(found), f"seed {seed}: {problem.overload(found)}"
+            assert problem.total(found) >= truth - 1e-9
