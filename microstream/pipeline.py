@@ -403,7 +403,8 @@ class Pipeline:
                   time_format: str = "iso", utc_offset: str | int | None = None, topic_columns: Iterable[str] = (),
                   qos: int = 1, client_id: str | None = None, max_delay: Any = 0, limit: int | None = None,
                   idle_timeout: Any = None, batch_size: int = 4096, username: str | None = None,
-                  password: str | None = None, name: str | None = None, at: str | None = None) -> Stream:
+                  password: str | None = None, max_message_bytes: int = 1 << 20, max_depth: int = 64,
+                  name: str | None = None, at: str | None = None) -> Stream:
         """Subscribe to MQTT topic filters (`+`, `#`; several allowed) and decode the messages into batches.
 
         Options (see `microstream.sources.mqtt` for the decoding, the SenML layout and the delivery
@@ -414,8 +415,9 @@ class Pipeline:
         persistent session, acknowledged after emission, no loss or duplicates across migrations; 0: at most
         once), `client_id` (default: derived from the job and operator names), `max_delay`, `limit` (stop
         after that many messages), `idle_timeout` (stop when nothing arrived for that long after the first
-        message), `batch_size`, `username`/`password`, `name`, `at`. Malformed payloads go to the
-        dead-letter stream as `topic#n` with the reason.
+        message), `batch_size`, `username`/`password`, `max_message_bytes` (1 MiB) and `max_depth` (64): larger
+        or deeper messages are dead letters, `name`, `at`. Malformed payloads go to the dead-letter stream as
+        `topic#n` with the reason; no payload can fail the job.
 
         >>> import microstream as ms, json
         >>> from paho.mqtt import publish
@@ -443,14 +445,16 @@ class Pipeline:
                             time_format=time_format, utc_offset=utc_offset, topic_columns=topic_columns, qos=qos,
                             client_id=client_id, max_delay=max_delay, limit=limit, idle_timeout=idle_timeout,
                             batch_size=batch_size, username=username, password=password, job=self.name,
-                            operator=name or "read_mqtt")
+                            operator=name or "read_mqtt", max_message_bytes=max_message_bytes, max_depth=max_depth)
         return self.add_source(source, name, at)
 
-    def read_csv(self, path: str | Path, time: str | tuple[str, str] | None = None, key: str | None = None,
+    def read_csv(self, path: str | Path, time: str | tuple[str, ...] | None = None, key: str | None = None,
                  **options: Any) -> Stream:
         """Replay a CSV file (optionally gzipped); see `microstream.sources.files.CsvSource` for the options
-        (`time_format`, `utc_offset`, `delimiter`, `decimal`, `missing`, `columns`, `tags`, `speed`,
-        `max_delay`, `batch_size`). Malformed rows go to the dead-letter stream."""
+        (`time_format`, `utc_offset`, `delimiter` (or `"whitespace"`), `decimal`, `quote`, `missing`,
+        `columns`, `usecols`, `skip_rows`, `names`, `dedupe_columns`, `encoding`, `errors`, `infer_rows`,
+        `max_row_bytes`, `tags`, `speed`, `max_delay`, `batch_size`). Malformed rows, and lines that do not
+        decode, go to the dead-letter stream."""
         from .sources.files import CsvSource
 
         name, at = options.pop("name", None), options.pop("at", None)
@@ -459,7 +463,9 @@ class Pipeline:
 
     def read_jsonl(self, path: str | Path, time: str | None = None, key: str | None = None,
                    **options: Any) -> Stream:
-        """Replay a JSON-lines file of flat objects; see `microstream.sources.files.JsonlSource`."""
+        """Replay a JSON-lines file of flat objects; see `microstream.sources.files.JsonlSource` for the options
+        (`time_format`, `time_unit`, `utc_offset`, `fields`, `encoding`, `errors`, `infer_rows`,
+        `max_row_bytes`, `max_depth`, `tags`, `speed`, `max_delay`, `batch_size`)."""
         from .sources.files import JsonlSource
 
         name, at = options.pop("name", None), options.pop("at", None)

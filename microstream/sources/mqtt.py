@@ -18,6 +18,13 @@ whole buffer at once into a columnar batch:
 bad time) goes to the dead-letter stream with the reason and its position `topic#n` (n: the source's
 message number, from 1); nothing is dropped silently.
 
+Poison messages. No payload can fail the job, and so none can crash-loop it on QoS 1 redelivery: a message
+larger than `max_message_bytes` (1 MiB; it is not even kept in memory), one that is not valid UTF-8, and
+one nested deeper than `max_depth` (64; nesting is counted in a compiled pass before anything recurses)
+are dead letters with the reason; and if decoding a poll's messages together raises anyway, they are
+decoded one by one and the one that raises becomes a dead letter with the exception. A UTF-8 BOM starting a
+payload is skipped; `NaN` and `Infinity` (as Python's json writes them) are read as float NaN and infinity.
+
 Delivery guarantees. With `qos=1` the source keeps a **persistent session** (clean_session=False) under a
 fixed client id (`client_id=`, else derived from the job and the operator name) and acknowledges a message
 (manual PUBACK) only after the batch holding it has been emitted downstream. When the runtime saves or
@@ -72,6 +79,8 @@ _KINDS = {"float": "float", "float64": "float", "float32": "float", "double": "f
           "str": "str", "string": "str", "U": "str", "<U": "str", "object": "str"}
 _DTYPE_OF = {"float": np.float64, "int": np.int64, "str": "U"}
 _RAW_KEEP = 1000          # characters of a bad payload kept in its dead letter
+MAX_MESSAGE_BYTES = 1 << 20
+MAX_DEPTH = 64
 _IDLE_WAIT = 5_000_000    # ns between polls when nothing is buffered
 _RELATIVE_SENML = 2 ** 28  # SenML times below this are relative to now (RFC 8428, 4.5.3)
 
@@ -103,7 +112,8 @@ class MqttSource(Source):
                  client_id: str | None = None, max_delay: Any = 0, limit: int | None = None,
                  idle_timeout: Any = None, batch_size: int = 4096, username: str | None = None,
                  password: str | None = None, job: str = "", connect_timeout: float = 10.0,
-                 operator: str = "read_mqtt") -> None:
+                 operator: str = "read_mqtt", max_message_bytes: int = MAX_MESSAGE_BYTES,
+                 max_depth: int = MAX_DEPTH) -> None:
         super().__init__(time or "time", to_ns(max_delay, "max_delay") or 0, None, batch_size)
         self.topics = [topics] if isinstance(topics, str) else list(topics)
         if not self.topics:
@@ -121,6 +131,10 @@ class MqttSource(Source):
             raise PipelineError(operator, f"time_unit must be 's', 'ms', 'us' or 'ns', got {time_unit!r}")
         if limit is not None and limit < 0:
             raise PipelineError(operator, f"limit must be >= 0, got {limit}")
+        if max_message_bytes < 1 or max_depth < 1:
+            raise PipelineError(operator, f"max_message_bytes and max_depth must be >= 1, got {max_message_bytes} "
+                                          f"and {max_depth}")
+        self.max_message_bytes, self.max_depth = int(max_message_bytes), int(max_depth)
         self.format, self.qos, self.client_id, self.job = format, int(qos), client_id, job
         self.event_time = time  # None: stamp the arrival time
         self.time_unit, self.time_format, self.utc_offset = time_unit, time_format, utc_offset
@@ -266,7 +280,8 @@ class MqttSource(Source):
                 client.ack(mid, 1)
                 return
             self._topics.append(message.topic)
-            self._payloads.append(message.payload)
+            payload = message.payload
+            self._payloads.append(payload if len(payload) <= self.max_message_bytes else _Oversized(payload))
             self._mids.append(mid)
             self._arrivals.append(time.time_ns())
 
@@ -349,8 +364,7 @@ class MqttSource(Source):
         self._last_arrival = int(arrivals[-1])
         first = self._seen + 1
         self._seen += len(mids)
-        decode = self._decode_senml if self.format == "senml" else self._decode_json
-        columns, rows, dead = decode(topics, payloads, arrivals)
+        columns, rows, dead = self._decode(topics, payloads, arrivals)
         out: Emit = []
         if len(rows):
             topic_arr = np.asarray(topics)
@@ -390,6 +404,37 @@ class MqttSource(Source):
         self._connect()
 
     # -- decoding: whole buffers at once ----------------------------------------------------------------------
+    def _decode(self, topics: list[str], payloads: list[Any], arrivals: np.ndarray):
+        """(columns, message index of each row, dead letters (index, suffix, raw, reason)) of a poll's messages.
+
+        Oversized, non-UTF-8 and (SenML) too deeply nested payloads are set aside first; if decoding the rest
+        together still raises, each message is decoded alone and one that raises is a dead letter."""
+        payloads, early = _screen(payloads, self.max_message_bytes, self.max_depth if self.format == "senml" else 0)
+        decode = self._decode_senml if self.format == "senml" else self._decode_json
+        try:
+            columns, rows, dead = decode(topics, payloads, arrivals)
+        except Exception:  # noqa: BLE001 - a poison message must cost itself, never the job
+            columns, rows, dead = self._decode_each(decode, topics, payloads, arrivals)
+        if early:
+            dead = sorted([d for d in dead if d[0] not in early] + list(early.values()), key=lambda d: (d[0], d[1]))
+        return columns, rows, dead
+
+    def _decode_each(self, decode, topics: list[str], payloads: list[bytes], arrivals: np.ndarray):
+        parts, rows, dead = [], [], []
+        for i, payload in enumerate(payloads):
+            try:
+                cols, r, d = decode(topics[i:i + 1], [payload], arrivals[i:i + 1])
+            except Exception as exc:  # noqa: BLE001
+                dead.append((i, "", _raw(payload), f"could not decode: {type(exc).__name__}: {exc}"))
+                continue
+            parts.append(cols)
+            rows.append(np.full(len(r), i, np.int64))
+            dead += [(i, *rest) for _, *rest in d]
+        parts = [p for p, r in zip(parts, rows, strict=True) if len(r)]
+        columns = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]} if parts else \
+            {k: v for k, v in self.out_schema.empty_columns().items() if k not in self.topic_columns}
+        return columns, np.concatenate(rows) if rows else np.zeros(0, np.int64), dead
+
     def _topic_levels(self, topics: np.ndarray, rows: np.ndarray) -> dict[str, np.ndarray]:
         if not self.topic_columns:
             return {}
@@ -417,7 +462,8 @@ class MqttSource(Source):
         if self.event_time is not None:
             kinds = {self.event_time: "time", **kinds}
             formats[self.event_time] = self.time_format
-        result = parse_jsonl(data, kinds, formats, self.utc_offset, time_unit=self.time_unit)
+        result = parse_jsonl(data, kinds, formats, self.utc_offset, time_unit=self.time_unit,
+                             max_row_bytes=self.max_message_bytes + 3, max_depth=self.max_depth)
         rows = result.line_numbers.astype(np.int64) - 1
         columns = dict(result.columns)
         if self.event_time is None:
@@ -438,12 +484,12 @@ class MqttSource(Source):
             packs = json.loads(b"[" + b",".join(payloads) + b"]")
             if len(packs) != n:
                 raise ValueError("payloads are not one JSON value each")
-        except ValueError:
+        except (ValueError, RecursionError):
             packs = []
             for i, p in enumerate(payloads):  # find the bad ones (only when some are bad)
                 try:
                     packs.append(json.loads(p))
-                except ValueError as exc:
+                except (ValueError, RecursionError) as exc:
                     packs.append(None)
                     dead.append((i, "", _raw(p), f"invalid JSON: {exc}"))
         is_pack = _of_type(packs, list)
@@ -525,6 +571,53 @@ def _of_type(values: list[Any], *types: type) -> np.ndarray:
     """values[i] has exactly one of `types` (bool is not an int here), without a Python loop per value."""
     allowed = frozenset(types)
     return np.fromiter(map(allowed.__contains__, map(type, values)), bool, len(values))
+
+
+class _Oversized:
+    """Stands for a payload larger than max_message_bytes: its size and first bytes, not the whole of it."""
+
+    def __init__(self, payload: bytes) -> None:
+        self.size, self.head = len(payload), payload[:4 * _RAW_KEEP]
+
+
+def _screen(payloads: list[Any], max_bytes: int, max_depth: int) -> tuple[list[bytes], dict[int, tuple]]:
+    """Payloads with the oversized, the non-UTF-8 and (if max_depth) the too deeply nested ones emptied, and
+    the dead letters of those, by message index. One pass over all of them; Python per message only for the
+    bad ones."""
+    from ..formats.parsing import find_invalid_utf8, json_depths
+
+    dead: dict[int, tuple] = {}
+    big = np.flatnonzero(_of_type(payloads, _Oversized))
+    if len(big):
+        payloads = list(payloads)
+        for i in big.tolist():
+            p = payloads[i]
+            dead[i] = (i, "", _raw(p.head) + f"... ({p.size:,} bytes)",
+                       f"message of {p.size:,} bytes is larger than max_message_bytes ({max_bytes:,})")
+            payloads[i] = b""
+    data = b"\n".join(payloads)
+    if b"\xef\xbb\xbf" in data:  # a UTF-8 BOM starting a payload: dropped
+        payloads = [p.removeprefix(b"\xef\xbb\xbf") for p in payloads]
+        data = b"\n".join(payloads)
+    if not data.isascii():
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError:
+            payloads = list(payloads)
+            lens = np.fromiter(map(len, payloads), np.int64, len(payloads)) + 1
+            starts = np.cumsum(lens) - lens
+            for _, _, offset in find_invalid_utf8(data):
+                i = int(np.searchsorted(starts, offset, side="right")) - 1
+                if i not in dead:
+                    p = payloads[i]
+                    column = len(p[:offset - starts[i]].decode("utf-8", "replace")) + 1
+                    dead[i] = (i, "", _raw(p), f"not valid UTF-8: byte 0x{data[offset]:02x} at character {column}")
+                    payloads[i] = b""
+    if max_depth:
+        for i in np.flatnonzero(json_depths(payloads) > max_depth).tolist():
+            dead[i] = (i, "", _raw(payloads[i]), f"nesting deeper than max_depth ({max_depth})")
+            payloads[i] = b""
+    return payloads, dead
 
 
 def _raw(payload: bytes | str) -> str:
