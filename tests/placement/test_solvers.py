@@ -42,10 +42,17 @@ def test_heuristic_is_within_10_percent_of_the_optimum():
     assert np.mean(np.isclose(ratios, 1.0)) >= 0.9, ratios
 
 
-def test_incremental_deltas_match_full_evaluation():
-    for s in range(15):
-        rng = np.random.default_rng(100 + s)
-        problem = random_problem(rng, int(rng.integers(5, 40)), int(rng.integers(3, 10)))
+@pytest.mark.parametrize("limits", [False, True])
+def test_incremental_deltas_match_full_evaluation(limits):
+    """The heuristic's incremental bookkeeping against a full recomputation; with `limits`, bandwidth, memory
+    and move costs bind (link loads, memory and overload penalties tracked too)."""
+    from .test_milp import tight
+
+    for s in range(15 if not limits else 10):
+        rng = np.random.default_rng(100 + s + 800 * limits)
+        problem = random_problem(rng, int(rng.integers(5, 40 if not limits else 30)), int(rng.integers(3, 10)))
+        if limits:
+            problem = tight(problem, rng)
         st = _State(problem, seed(problem))
         for _ in range(20):
             v, n = int(rng.integers(problem.n_vnodes)), int(rng.integers(problem.n_nodes))
@@ -54,10 +61,11 @@ def test_incremental_deltas_match_full_evaluation():
                 continue
             before = st.objective_full()
             st.move(v, n)
-            assert st.objective_full() - before == pytest.approx(predicted, abs=1e-9)
+            assert st.objective_full() - before == pytest.approx(predicted, rel=1e-9, abs=1e-6 if limits else 1e-9)
             assert st.objective() == pytest.approx(st.objective_full())
             np.testing.assert_allclose(st.dsrc, problem.longest_to(st.a))
             np.testing.assert_allclose(st.dsink, problem.longest_from(st.a))
+            np.testing.assert_allclose(st.link_load, problem.link_loads(st.a), atol=1e-6)
 
 
 def test_heuristic_on_a_larger_instance_is_feasible_and_beats_its_seed():
