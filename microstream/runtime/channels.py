@@ -84,9 +84,10 @@ _VERSION = 1
 _HEADER = struct.Struct("<2sBBHHIqqqQI")
 _CREDIT = struct.Struct("<2sBBI")
 
-_K_HELLO, _K_BATCH, _K_WATERMARK, _K_END, _K_BARRIER = 0, 1, 2, 3, 4
+_K_HELLO, _K_BATCH, _K_WATERMARK, _K_END, _K_BARRIER, _K_CHECKPOINT = 0, 1, 2, 3, 4, 5
 _K_GRANT, _K_CREDIT = 16, 17  # consumer -> producer: the initial window; credits returned by acks
-_KIND_NAMES = {_K_BATCH: "batch", _K_WATERMARK: "watermark", _K_END: "end", _K_BARRIER: "barrier"}
+_KIND_NAMES = {_K_BATCH: "batch", _K_WATERMARK: "watermark", _K_END: "end", _K_BARRIER: "barrier",
+               _K_CHECKPOINT: "checkpoint"}
 _F_WATERMARK, _F_BARRIER, _F_WM = 1, 2, 4
 _RAW_KINDS = frozenset("biufcmMSU")  # dtypes whose buffer is self-describing given dtype.str
 _META_CACHE_MAX = 256
@@ -126,13 +127,13 @@ def _key_bytes(key: bytes | str) -> bytes:
 class Message:
     """One data-plane message as the consumer sees it. Ack it (`ChannelServer.ack`) when processed."""
 
-    kind: str                # "batch" | "watermark" | "end" | "barrier"
+    kind: str                # "batch" | "watermark" | "end" | "barrier" | "checkpoint"
     channel_id: str          # the producer's channel id (upstream task name + index)
     target: int              # which input port/task of the consumer
     seq: int                 # per-channel sequence number: 0, 1, 2, ...
     watermark: int | None    # batch: the producer's watermark after the batch; watermark: the new one
     batch: Batch | None = None    # for "batch"
-    barrier: int | None = None    # for "barrier"
+    barrier: int | None = None    # for "barrier" (a move's cut) and "checkpoint" (a checkpoint's barrier)
     nbytes: int = 0               # bytes on the wire (all frames)
     _peer: bytes = field(default=b"", repr=False, compare=False)
     _acked: bool = field(default=False, repr=False, compare=False)
@@ -660,10 +661,16 @@ class ChannelClient:
         return self._send([self._enc.control(_K_END, target, self._seq)])
 
     def send_barrier(self, barrier_id: int, target: int = 0, timeout: float | None = None) -> bool:
-        """A checkpoint/migration barrier (takes a credit)."""
+        """A move's barrier: the cut before which the consumer's state is taken (takes a credit)."""
         if not self._acquire(timeout):
             return False
         return self._send([self._enc.control(_K_BARRIER, target, self._seq, barrier=barrier_id)])
+
+    def send_checkpoint(self, checkpoint_id: int, target: int = 0, timeout: float | None = None) -> bool:
+        """A checkpoint barrier: everything before it is in the checkpoint, nothing after (takes a credit)."""
+        if not self._acquire(timeout):
+            return False
+        return self._send([self._enc.control(_K_CHECKPOINT, target, self._seq, barrier=checkpoint_id)])
 
     def close(self, linger: float = 1.0) -> None:
         """Close, first waiting up to ``linger`` seconds for the consumer to ack what was sent.

@@ -37,6 +37,8 @@ class HostRuntime:
         self.clients: dict[tuple[str, str], Any] = {}
         self.bytes_before: dict[tuple[str, str], int] = {}  # bytes sent on channels since replaced (redirects)
         self.refused = 0                         # messages for no task of this vnode (counted, logged once)
+        self.held: list[Any] = []                # messages after a checkpoint barrier, until aligned (not acked)
+        self.on_checkpoint: Callable[[int, dict], None] | None = None  # a checkpoint's snapshot of this vnode
 
     @property
     def on_resumed(self) -> Callable[[], None] | None:
@@ -64,33 +66,52 @@ class HostRuntime:
             control_socket: Any = None) -> dict:
         """Run until every task has finished (returns the result) or a snapshot was taken for a save or
         a migration (returns {"snapshot": state}). `control()` yields control messages from the agent."""
-        runner = self.runner
         next_report = time.monotonic() + report_every
-        while not runner.finished or self.paused:
+        while not self.done:
             if should_stop():
                 raise InterruptedError("stopped")
             for message in control() if control else ():
                 self.on_control(message.kind, message.header)
             if self.saved is not None:
                 return {"snapshot": self.saved}
-            now = self.clock()
-            busy, due = runner.poll_sources(now)
-            next_tick = runner.tick(now)
-            wakes = [x for x in (due, next_tick) if x is not None]
-            timeout = 0.0 if busy else min(_IDLE_WAIT, max(0.0, (min(wakes) - now) / 1e9)) if wakes else _IDLE_WAIT
-            msg = self.server.recv(timeout=timeout, wake=control_socket)  # a control message ends the wait
-            while msg is not None:
-                self._on_message(msg)
-                self.server.ack(msg)
-                msg = self.server.recv(timeout=0)
-            runner.close_finished_inputs()
-            self._maybe_snapshot()
+            self.step(_IDLE_WAIT, control_socket)
             if report and time.monotonic() >= next_report:
                 report(self.stats())
                 next_report = time.monotonic() + report_every
         for client in self.clients.values():
             client.close()
         return self.result()
+
+    @property
+    def done(self) -> bool:
+        """Every task has finished and nothing is held for a virtual node on the move."""
+        return self.runner.finished and not self.paused
+
+    def step(self, max_wait: float = _IDLE_WAIT, wake: Any = None) -> None:
+        """One round: poll the sources that are due, take what has arrived (waiting up to `max_wait` seconds
+        when nothing is due sooner, or until `wake` is readable), then close, checkpoint or snapshot."""
+        runner = self.runner
+        now = self.clock()
+        busy, due = runner.poll_sources(now)
+        next_tick = runner.tick(now)
+        wakes = [x for x in (due, next_tick) if x is not None]
+        timeout = 0.0 if busy else min(max_wait, max(0.0, (min(wakes) - now) / 1e9)) if wakes else max_wait
+        msg = self.server.recv(timeout=timeout, wake=wake)  # a control message ends the wait
+        while msg is not None:
+            self._receive(msg)
+            msg = self.server.recv(timeout=0)
+        runner.close_finished_inputs()
+        self._maybe_checkpoint()
+        self._maybe_snapshot()
+
+    def _receive(self, msg: Any) -> None:
+        """Process and ack a message, or hold it (unacked: its producer's credits run down) while this virtual
+        node aligns on a checkpoint whose barrier has already come on that channel."""
+        if self.runner.holds(msg.target, msg.channel_id.split(">")[0]):
+            self.held.append(msg)
+            return
+        self._on_message(msg)
+        self.server.ack(msg)
 
     def _on_message(self, msg: Any) -> None:
         producer = msg.channel_id.split(">")[0]
@@ -111,7 +132,9 @@ class HostRuntime:
 
     # -- barriers: save, restore and migrate a virtual node ----------------------------------------------
     def on_control(self, kind: str, header: dict) -> None:
-        if kind == "snapshot" and header.get("vnode") == self.vnode_id:
+        if kind == "checkpoint":
+            self.runner.start_checkpoint(int(header["checkpoint"]))
+        elif kind == "snapshot" and header.get("vnode") == self.vnode_id:
             self.runner.barrier = int(header["barrier"])
             self.whole = bool(header.get("whole")) and self.on_aligned is not None
         elif kind == "pause_to" and header["vnode"] != self.vnode_id:
@@ -151,6 +174,29 @@ class HostRuntime:
                     self.clients[(task_id, vn)] = self.client_factory(peer, f"{task_id}>{vn}")
         for task_id, method, args, kwargs in held:
             getattr(self.clients[(task_id, vnode)], method)(*args, **kwargs)
+
+    # -- checkpoints: a consistent cut of the whole job, taken while it runs ------------------------------------
+    def _maybe_checkpoint(self) -> None:
+        """Aligned on a checkpoint: snapshot every task, pass the barrier on along every channel leaving this
+        virtual node (before anything processed after it), hand the snapshot over, release what was held."""
+        runner = self.runner
+        if not runner.checkpoint_aligned():
+            return
+        checkpoint = runner.checkpoint
+        assert checkpoint is not None
+        state = runner.snapshot()
+        for t in runner.tasks.values():
+            for routes in t.routes.values():
+                for route in routes:
+                    for target in route.targets:
+                        if target.local is None:
+                            self._out(t.task.id, target.vnode, "send_checkpoint", checkpoint, target=target.address)
+        runner.last_checkpoint, runner.checkpoint = checkpoint, None
+        if self.on_checkpoint is not None:
+            self.on_checkpoint(checkpoint, state)
+        held, self.held = self.held, []
+        for msg in held:
+            self._receive(msg)
 
     def _maybe_snapshot(self) -> None:
         runner = self.runner

@@ -118,8 +118,11 @@ class TaskRunner:
         self.dead_count = 0
         self.late_count = 0          # records windows refused as late (every .late port)
         self.dead_samples: list[dict[str, Any]] = []
-        self.barrier: int | None = None                          # the barrier being aligned on, if any
+        self.barrier: int | None = None                          # a move's barrier being aligned on, if any
         self.barriers_seen: dict[tuple[str, int, str], int] = {}  # (task, input, producer) -> last barrier
+        self.checkpoint: int | None = None                       # the checkpoint being aligned on, if any
+        self.checkpoints_seen: dict[tuple[str, int, str], int] = {}  # (task, input, producer) -> last one
+        self.last_checkpoint = -1                                # the last checkpoint this runner took
         self.on_resumed: Callable[[], None] | None = None  # called once, at the first record after a restore
         self.tasks: dict[str, RunningTask] = {}
         self._instantiate()
@@ -170,7 +173,7 @@ class TaskRunner:
     def poll_sources(self, now: int) -> tuple[bool, int | None]:
         """Poll every source that is due. Returns (whether any was polled, the earliest time one is due)."""
         busy, due_next = False, None
-        if self.barrier is not None:  # sources hold still while a snapshot aligns
+        if self.barrier is not None or self.checkpoint is not None:  # sources hold still while a snapshot aligns
             return False, None
         for t in self.sources:
             if t.finished:
@@ -213,6 +216,10 @@ class TaskRunner:
         t = self.tasks[task_id]
         if kind == "barrier":  # may arrive before the snapshot request itself: remember it
             self.barriers_seen[(task_id, idx, producer)] = int(barrier if barrier is not None else -1)
+            return
+        if kind == "checkpoint":  # the first checkpoint barrier to arrive starts the alignment here
+            self.checkpoints_seen[(task_id, idx, producer)] = int(barrier if barrier is not None else -1)
+            self.start_checkpoint(int(barrier if barrier is not None else -1))
             return
         if kind == "batch" and batch is not None:
             self._resumed()
@@ -362,6 +369,25 @@ class TaskRunner:
         return {(t.task.id, idx, producer) for t in self.tasks.values() for idx, ps in t.producers.items()
                 for producer in ps if producer not in self.tasks and (idx, producer) not in t.ended}
 
+    def start_checkpoint(self, checkpoint: int) -> None:
+        """Align on `checkpoint` (asked by the coordinator, or a barrier arrived on an input)."""
+        if self.checkpoint is None and checkpoint > self.last_checkpoint:
+            self.checkpoint = checkpoint
+
+    def holds(self, address: int, producer: str) -> bool:
+        """Whether what arrives from `producer` for `address` must wait: its checkpoint barrier has come and
+        the others have not (processing it now would put records after the barrier into the checkpoint)."""
+        if self.checkpoint is None:
+            return False
+        pair = self.task_of_address.get(address)
+        return pair is not None and self.checkpoints_seen.get((*pair, producer), -1) >= self.checkpoint
+
+    def checkpoint_aligned(self) -> bool:
+        """The checkpoint barrier has arrived from every producer in another virtual node that has not ended."""
+        if self.checkpoint is None:
+            return False
+        return all(self.checkpoints_seen.get(ch, -1) >= self.checkpoint for ch in self.expected_barriers())
+
     def aligned(self) -> bool:
         """The barrier being aligned on has arrived from every producer in another virtual node."""
         if self.barrier is None:
@@ -375,8 +401,8 @@ class TaskRunner:
                 "op": t.op.snapshot(), "out_wm": t.out_wm, "producers": t.producers, "ended": sorted(t.ended),
                 "input_wms": list(t.ctx.input_watermarks), "finished": t.finished,
                 "counts": (t.records_in, t.records_out, t.batches_in, t.batches_out)}
-        return {"vnode": self.vnode_id, "barrier": self.barrier, "tasks": tasks, "dead": self.dead_count,
-                "late": self.late_count, "dead_samples": self.dead_samples}
+        return {"vnode": self.vnode_id, "barrier": self.barrier, "checkpoint": self.checkpoint, "tasks": tasks,
+                "dead": self.dead_count, "late": self.late_count, "dead_samples": self.dead_samples}
 
     def restore(self, state: dict[str, Any]) -> None:
         for task_id, s in state["tasks"].items():
@@ -390,6 +416,8 @@ class TaskRunner:
         self.dead_count = state.get("dead", 0)
         self.late_count = state.get("late", 0)
         self.dead_samples = list(state.get("dead_samples", []))
+        if state.get("checkpoint") is not None:
+            self.last_checkpoint = int(state["checkpoint"])
 
     # -- reporting ---------------------------------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:

@@ -265,6 +265,8 @@ class Relay:
                 client.send_end(target=h["target"])
             elif method == "barrier":
                 client.send_barrier(int(h["barrier"]), target=h["target"])
+            elif method == "checkpoint":
+                client.send_checkpoint(int(h["barrier"]), target=h["target"])
             return 1
         if kind == "ack":
             for token in h["tokens"]:

@@ -291,6 +291,9 @@ class ProxyClient:
     def send_barrier(self, barrier_id: int, target: int = 0, timeout: float | None = None) -> bool:
         return self._send("barrier", target=target, barrier=barrier_id)
 
+    def send_checkpoint(self, checkpoint_id: int, target: int = 0, timeout: float | None = None) -> bool:
+        return self._send("checkpoint", target=target, barrier=checkpoint_id)
+
     def flush(self, timeout: float | None = None) -> bool:
         self.wire.flush()
         return True
