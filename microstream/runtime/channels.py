@@ -63,7 +63,7 @@ import pickle
 import struct
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -92,6 +92,7 @@ _F_WATERMARK, _F_BARRIER, _F_WM = 1, 2, 4
 _RAW_KINDS = frozenset("biufcmMSU")  # dtypes whose buffer is self-describing given dtype.str
 _META_CACHE_MAX = 256
 _INT64 = np.dtype(np.int64)
+_ABORT_CHECK_MS = 500  # how often a blocked producer asks whether it should stop waiting
 
 
 class ChannelError(MicrostreamError):
@@ -568,11 +569,13 @@ class ChannelClient:
     """
 
     def __init__(self, endpoint: str, channel_id: str, keys: CurveKeys | None = None,
-                 server_public: bytes | None = None, context: zmq.Context | None = None) -> None:
+                 server_public: bytes | None = None, context: zmq.Context | None = None,
+                 should_abort: Callable[[], bool] | None = None) -> None:
         if (keys is None) != (server_public is None):
             raise ChannelError("a CURVE client needs both keys (its own keypair) and server_public")
         self.endpoint = endpoint
         self.channel_id = channel_id
+        self.should_abort = should_abort  # asked every half second while blocked: True ends the wait (stop)
         self._enc = _Encoder(channel_id)
         ctx = zmq.Context.instance() if context is None else context
         sock = ctx.socket(zmq.DEALER)
@@ -621,8 +624,12 @@ class ChannelClient:
                 if left <= 0:
                     return False
                 wait = max(1, int(left * 1000))
+            if self.should_abort is not None:
+                wait = _ABORT_CHECK_MS if wait is None else min(wait, _ABORT_CHECK_MS)
             if sock.poll(wait, zmq.POLLIN):
                 self._drain()
+            elif self.should_abort is not None and self.should_abort():
+                raise InterruptedError(f"channel {self.channel_id}: stopped while waiting for its consumer")
         return True
 
     def flush(self, timeout: float | None = None) -> bool:

@@ -9,6 +9,7 @@ process host (`host_main.py`), the VM's virtio link for a microVM host (`unikern
 
 from __future__ import annotations
 
+import os
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -48,6 +49,26 @@ class HostControl(Protocol):
 
     @property
     def stopped(self) -> bool: ...
+
+
+class ParentWatch:
+    """Tells a host that its agent is gone (the host was re-parented), so that no host outlives its agent.
+
+    Polled rather than a parent-death signal: PR_SET_PDEATHSIG fires when the *thread* that started the
+    process ends, and it cannot see an agent that exited between fork and exec."""
+
+    def __init__(self, every: float = 0.5, clock: Callable[[], float] = time.monotonic) -> None:
+        self.parent = os.getppid()
+        self.every = every
+        self.clock = clock
+        self._next = 0.0
+
+    def gone(self) -> bool:
+        now = self.clock()
+        if now < self._next:
+            return False
+        self._next = now + self.every
+        return os.getppid() != self.parent
 
 
 def failure_report(exc: BaseException) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from typing import Any
 
 import zmq
 
-from .host_lifecycle import failure_report, serve_vnode
+from .host_lifecycle import ParentWatch, failure_report, serve_vnode
 from .protocol import ControlMessage, msg
 
 _LATER = ("pause_to", "redirect", "snapshot")  # about other virtual nodes' moves: handled once running
@@ -29,18 +29,30 @@ class SocketControl:
         self.wake = sock
         self.later: list[ControlMessage] = []
         self._stopped = False
+        self.parent = ParentWatch()
 
     @property
     def stopped(self) -> bool:
+        if not self._stopped and self.parent.gone():
+            self._stopped = True  # the agent is gone (kill -9, crash): nobody will read what this host sends
         return self._stopped
 
     def send(self, kind: str, payload: Any = None, **header: Any) -> None:
         self.sock.send_multipart(msg(kind, payload, job=self.job, vnode=self.vnode, **header).frames())
 
     def expect(self, kind: str, timeout_ms: int = 120_000) -> ControlMessage:
+        for m in self.later:
+            if m.kind == kind:
+                self.later.remove(m)
+                return m
         while True:
-            if not self.sock.poll(timeout_ms):
-                raise TimeoutError(f"no '{kind}' from the agent within {timeout_ms / 1000:.0f} s")
+            waited = 0
+            while not self.sock.poll(min(500, timeout_ms - waited)):
+                waited += 500
+                if self.stopped:
+                    raise InterruptedError("the agent is gone")
+                if waited >= timeout_ms:
+                    raise TimeoutError(f"no '{kind}' from the agent within {timeout_ms / 1000:.0f} s")
             m = ControlMessage.parse(self.sock.recv_multipart())
             if m.kind == kind:
                 return m
@@ -51,14 +63,23 @@ class SocketControl:
             self.later.append(m)
 
     def poll(self) -> list[ControlMessage]:
+        self._take_waiting()
         messages, self.later = self.later, []
+        return messages
+
+    def should_abort(self) -> bool:
+        """For a host blocked on a channel (its consumer is gone or stuck): has it been told to stop, or is its
+        agent gone? Other messages are kept for `poll`."""
+        self._take_waiting()
+        return self.stopped
+
+    def _take_waiting(self) -> None:
         while self.sock.poll(0):
             m = ControlMessage.parse(self.sock.recv_multipart())
             if m.kind == "stop":
                 self._stopped = True
             else:
-                messages.append(m)
-        return messages
+                self.later.append(m)
 
 
 def serve(control: str, job: str, vnode: str) -> int:
@@ -81,7 +102,8 @@ def serve(control: str, job: str, vnode: str) -> int:
 
         def client(peer: dict, channel_id: str) -> ChannelClient:
             server_public = peer["public_key"].encode() if keys and peer.get("public_key") else None
-            return ChannelClient(peer["endpoint"], channel_id, keys=keys, server_public=server_public)
+            return ChannelClient(peer["endpoint"], channel_id, keys=keys, server_public=server_public,
+                                 should_abort=link.should_abort)
 
         try:
             serve_vnode(link, spec, settings, server, client, ready={"endpoint": server.endpoint})
