@@ -954,8 +954,6 @@ def _csv_kernel(data, pos, ng, li, delim, quote, dec, n_required, allow_extra, k
         if more:
             break  # the caller reads more and calls again from this row
         # the row's end (ce, without '\r') and the start of the next row
-        if nl > 0 and err != 0:
-            k = pos  # a row that a quoted field carried over several lines is bad: only its first line is
         le = k
         while le < n and data[le] != 10:
             le += 1
@@ -978,6 +976,8 @@ def _csv_kernel(data, pos, ng, li, delim, quote, dec, n_required, allow_extra, k
             if same:
                 err = _D_HEADER
         if err != 0:
+            if nl > 0:  # a row that a quoted field carried over several lines is bad: its first line alone is
+                ce, nxt = _line_end(data, pos, n)
             _dead(dead, nd, li, pos, ce, err, errcol, 0, 0, nf, 0, 0, nl)
             nd += 1
             li += 1
@@ -1032,11 +1032,7 @@ def _csv_kernel(data, pos, ng, li, delim, quote, dec, n_required, allow_extra, k
                 out_t[slot, ng] = t
             if err != 0:
                 if nl > 0:  # a row spanning lines that does not convert: its first line alone is dead
-                    le = pos
-                    while le < n and data[le] != 10:
-                        le += 1
-                    nxt = le + 1
-                    ce = le - 1 if le > pos and data[le - 1] == 13 else le
+                    ce, nxt = _line_end(data, pos, n)
                     _dead(dead, nd, li, pos, ce, err, c, fs[c], fe[c], errcol, 0, 0, nl)
                     nl = 0
                 else:
