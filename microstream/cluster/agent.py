@@ -17,7 +17,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import zmq
 
@@ -30,6 +30,7 @@ from ..runtime.protocol import (
     HostFailed,
     HostHello,
     HostReady,
+    HostReport,
     HostResumed,
     HostSnapshot,
     HostStats,
@@ -62,6 +63,9 @@ from .messages import (
 )
 from .security import HandshakeWatch, curve_client, explain_handshake
 from .states import VnodeState
+
+if TYPE_CHECKING:
+    from .metrics import Metrics
 
 HEARTBEAT_EVERY = 1.0
 SEND_TIMEOUT = 2.0  # the agent's loop relays for every host: one stuck peer must not hold it long
@@ -128,7 +132,7 @@ class Agent:
         self.ended: dict[str, dict] = {}  # "job/vnode" -> last state and stats of hosts that have exited
         self.trusted_data_keys: list[str] = []
         self.metrics_port = metrics_port
-        self.metrics = None
+        self.metrics: Metrics | None = None
         self.backends = available_backends()
         self._stop = False
         self._watch: HandshakeWatch | None = None
@@ -139,6 +143,8 @@ class Agent:
         self.ctx = zmq.Context()
         self.up = control_socket(self.ctx, zmq.DEALER, send_timeout=SEND_TIMEOUT)
         if self.keys is not None:
+            if self.coordinator_public is None:
+                raise ValueError(f"agent {self.name}: with keys, it needs the coordinator's public key too")
             curve_client(self.up, self.keys, self.coordinator_public)
             self._watch = HandshakeWatch(self.up)  # to say why, if the coordinator refuses us
         self.up.connect(self.coordinator)
@@ -153,8 +159,8 @@ class Agent:
         try:
             from .metrics import Metrics, serve
 
-            self.metrics = Metrics()
-            self._metrics_server, self.metrics_port = serve(self.metrics, host="0.0.0.0", port=self.metrics_port)
+            metrics = self.metrics = Metrics()
+            self._metrics_server, self.metrics_port = serve(metrics, host="0.0.0.0", port=self.metrics_port)
         except ImportError:  # pragma: no cover - metrics module always present in a full install
             self.metrics = None
 
@@ -322,7 +328,7 @@ class Agent:
 
     # -- host -> agent ----------------------------------------------------------------------------------
     def _on_host(self, identity: bytes, m: Message) -> None:
-        host = self.hosts.get((getattr(m, "job", None), getattr(m, "vnode", None)))
+        host = self.hosts.get((m.job, m.vnode)) if isinstance(m, HostReport) else None
         if host is None:
             return
         if isinstance(m, HostHello):

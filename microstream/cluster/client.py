@@ -60,6 +60,8 @@ class Client:
         self.ctx = zmq.Context()
         self.sock = control_socket(self.ctx, zmq.DEALER, send_timeout=timeout, linger=0)
         if address.keys is not None:
+            if address.coordinator_public is None:
+                raise ClusterError("with a client key, the coordinator's public key is needed too")
             curve_client(self.sock, address.keys, address.coordinator_public)
         self.sock.connect(address.endpoint)
 

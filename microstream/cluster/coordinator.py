@@ -66,7 +66,7 @@ class Coordinator:
         self.placer = Placer(topology, policy, clock=clock, log=log)
         self.lifecycle = JobLifecycle(self.registry, self._send, self.placer, log=log, wall=wall)
         self.moves = Moves(self.lifecycle, self.registry, self._send, self.placer, log=log, clock=clock, wall=wall)
-        self._handlers: dict[type[Message], Callable[[bytes, Any], None]] = {
+        self._handlers: dict[type[Message], Callable[[bytes, Any], object]] = {
             Register: self._on_register,
             Heartbeat: self._on_heartbeat,
             Submit: self.lifecycle.submit,

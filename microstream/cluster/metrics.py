@@ -272,7 +272,7 @@ class Metrics:
         return generate_latest(self.registry)
 
 
-def _family(spec: _Spec) -> Metric:
+def _family(spec: _Spec) -> CounterMetricFamily | GaugeMetricFamily:
     if spec.kind == "counter":
         return CounterMetricFamily(spec.name, spec.help, labels=spec.labels)
     return GaugeMetricFamily(spec.name, spec.help, labels=spec.labels)
@@ -305,7 +305,8 @@ class MetricsServer:
     def __init__(self, httpd: WSGIServer, thread: threading.Thread) -> None:
         self.httpd = httpd
         self.thread = thread
-        self.host = httpd.server_address[0]
+        host = httpd.server_address[0]
+        self.host = host.decode() if isinstance(host, bytes) else host
         self.port: int = httpd.server_address[1]
 
     @property
@@ -328,7 +329,7 @@ def serve(metrics: Metrics, host: str = "127.0.0.1", port: int = 0) -> tuple[Met
 
     Bind to "0.0.0.0" (or the LAN address) for a Prometheus server on another machine to scrape it.
     """
-    server_class = _ThreadingServer
+    server_class: type[WSGIServer] = _ThreadingServer
     if ":" in host:
         server_class = type("_ThreadingServerV6", (_ThreadingServer,), {"address_family": socket.AF_INET6})
     try:

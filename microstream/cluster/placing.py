@@ -49,6 +49,8 @@ class Placer:
             self.log(f"coordinator: no placement fits every node's capacity; using the least overloaded one "
                      f"({'; '.join(placement.cost.reasons)})")
         problem = placement.problem
+        if problem is None:
+            return Placed(dict(placement.assignment), dict(placement.cost.link_traffic), {})
         pins = {vn: problem.nodes[int(n)] for vn, n in zip(problem.vnodes, problem.pinned, strict=True) if n >= 0}
         return Placed(dict(placement.assignment), dict(placement.cost.link_traffic), pins)
 

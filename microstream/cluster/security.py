@@ -562,12 +562,13 @@ class Authenticator:
     def allow(self, key: bytes | str | KeyPair, name: str | None = None) -> None:
         """Trust a public key (z85) from now on."""
         if isinstance(key, KeyPair):
-            key, name = key.public, name or key.name
-        key = _as_key(key)
-        if not _valid_z85_key(key):
+            name = name or key.name
+            key = key.public
+        public = _as_key(key)
+        if not _valid_z85_key(public):
             raise ValueError("not a 40-character z85 CURVE public key")
         with self._lock:
-            self._trusted[key] = name or fingerprint(key)
+            self._trusted[public] = name or fingerprint(public)
 
     def revoke(self, key: bytes | str | KeyPair) -> bool:
         """Stop trusting a key for new connections; True if it was trusted."""

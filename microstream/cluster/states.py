@@ -100,7 +100,7 @@ _STEPS: dict[MoveMode, tuple[MoveState, ...]] = {
 
 def _move_table(steps: tuple[MoveState, ...]) -> dict[MoveState, frozenset[MoveState]]:
     """Each step may go to the next one, or be called off; the ends go nowhere."""
-    table = {state: frozenset() for state in MoveState}
+    table: dict[MoveState, frozenset[MoveState]] = {state: frozenset() for state in MoveState}
     for here, after in zip(steps, steps[1:], strict=False):
         table[here] = frozenset({after, MoveState.CALLED_OFF})
     return table

@@ -254,51 +254,49 @@ class StopHost(Message):
 
 
 @dataclass(frozen=True)
-class HostHello(Message):
-    KIND: ClassVar[str] = "hello"
+class HostReport(Message):
+    """What a host says about itself: every kind from a host names its job and virtual node."""
+
     job: str
     vnode: str
+
+
+@dataclass(frozen=True)
+class HostHello(HostReport):
+    KIND: ClassVar[str] = "hello"
     pid: int | None = None
 
 
 @dataclass(frozen=True)
-class HostReady(Message):
+class HostReady(HostReport):
     """The host's channel server is bound (`incoming`: a microVM host waits for a whole VM there)."""
 
     KIND: ClassVar[str] = "ready"
-    job: str
-    vnode: str
     endpoint: str
     incoming: str | None = None
     boot_s: float | None = None
 
 
 @dataclass(frozen=True)
-class HostStats(Message):
+class HostStats(HostReport):
     KIND: ClassVar[str] = "stats"
-    job: str
-    vnode: str
     stats: dict[str, Any]
 
 
 @dataclass(frozen=True)
-class HostDone(Message):
+class HostDone(HostReport):
     """The virtual node ran to its end; the blob is its pickled result."""
 
     KIND: ClassVar[str] = "done"
-    job: str
-    vnode: str
     blob: bytes
     stats: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
-class HostFailed(Message):
+class HostFailed(HostReport):
     """The run failed; `operator` and `cause` name the user function at fault, when it was one."""
 
     KIND: ClassVar[str] = "failed"
-    job: str
-    vnode: str
     error: str = "?"
     traceback: str | None = None
     operator: str | None = None
@@ -306,23 +304,19 @@ class HostFailed(Message):
 
 
 @dataclass(frozen=True)
-class HostSnapshot(Message):
+class HostSnapshot(HostReport):
     """The virtual node aligned on the barrier and stopped; the blob is its snapshot."""
 
     KIND: ClassVar[str] = "snapshot"
-    job: str
-    vnode: str
     blob: bytes | None = None
     whole: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
-class HostResumed(Message):
+class HostResumed(HostReport):
     """A restored virtual node processed its first record, at wall-clock time `at`."""
 
     KIND: ClassVar[str] = "resumed"
-    job: str
-    vnode: str
     at: float
 
 
@@ -354,7 +348,7 @@ def send(sock: zmq.Socket, message: Message | ControlMessage, to: str, identity:
     try:
         sock.send_multipart(frames if identity is None else [identity, *frames])
     except zmq.Again as exc:
-        seconds = sock.sndtimeo / 1000
+        seconds = int(sock.getsockopt(zmq.SNDTIMEO)) / 1000
         raise ControlSendError(f"could not send '{control.kind}' to {to} within {seconds:g} s: the connection is "
                                "not up (refused, e.g. an untrusted key or a wrong server key; or nothing listens "
                                "there) or the peer stopped reading") from exc

@@ -29,6 +29,10 @@ class FakeSocket:
         self.sent: list[list[bytes]] = []
         self.fail: BaseException | None = None
 
+    def getsockopt(self, option: int) -> int:
+        assert option == zmq.SNDTIMEO
+        return self.sndtimeo
+
     def send_multipart(self, frames: list[bytes]) -> None:
         if self.fail is not None:
             raise self.fail
