@@ -398,10 +398,10 @@ class Problem:
                     ids = self.routes.link_ids[i][j] if i != j else []
                     idx.extend(ids)
                     ptr[i * n + j + 1] = len(idx)
-            self.link_cap = np.array([lk.bandwidth for lk in self.links], dtype=float) * \
-                self.weights.max_link_utilisation
+            self.link_bw = np.array([lk.bandwidth for lk in self.links], dtype=float)
         else:
-            self.link_cap = np.zeros(0)
+            self.link_bw = np.zeros(0)
+        self.link_cap = self.link_bw * self.weights.max_link_utilisation
         self.link_ptr, self.link_idx = ptr, np.asarray(idx, dtype=np.int64)
 
     def route_links(self, i: int, j: int) -> np.ndarray:
@@ -530,7 +530,7 @@ class Problem:
             fin = np.isfinite(self.mem_capacity)
             over += float((np.maximum(0.0, mem - self.mem_capacity)[fin] / np.maximum(self.memory[fin], 1.0)).sum())
         if len(self.link_cap):
-            bw = np.maximum(self.link_cap / self.weights.max_link_utilisation, 1e-12)
+            bw = np.maximum(self.link_bw, 1e-12)
             over += float((np.maximum(0.0, self.link_loads(assign) - self.link_cap) / bw).sum())
         return over
 

@@ -311,7 +311,7 @@ def _links(m: _Model, p: Problem, pe, pi, pj, pc, ce, ci, cj, soft: bool) -> Non
         return
     used = np.unique(link)
     row_of = np.searchsorted(used, link)
-    bw = np.maximum(p.link_cap[used] / p.weights.max_link_utilisation, 1e-12)     # rows in units of bandwidth
+    bw = np.maximum(p.link_bw[used], 1e-12)                    # rows in units of bandwidth
     cap = (p.link_cap[used] - fixed_load[used]) / bw
     vals = p.traffic[pe[entry]] / bw[row_of]
     lo = np.full(len(used), -np.inf)

@@ -114,7 +114,7 @@ class _State:
         self.nb_total = np.array([float(b.sum()) for b in self.nb_b])
         self.has_mem = bool(p.mem.any()) and bool(np.isfinite(p.mem_capacity).any())
         self.has_links = bool(len(p.link_cap))
-        self.link_bw = p.link_cap / p.weights.max_link_utilisation if self.has_links else np.zeros(0)
+        self.link_bw = p.link_bw
         self._incidence: np.ndarray | None = None
         self.refresh()
 
@@ -213,21 +213,21 @@ class _State:
 
     def _link_deltas(self, v: int) -> np.ndarray | None:
         """[N] change of the link overload (Σ traffic over ÷ bandwidth) if v moved to each node; None when no
-        link can go over (the fast path: v's traffic fits in the smallest spare bandwidth)."""
+        link can go over. Only the links whose spare bandwidth is below v's traffic are looked at."""
         p = self.p
-        spare = p.link_cap - self.link_load
-        if float(spare.min()) >= self.nb_total[v]:
+        tight = np.flatnonzero(p.link_cap - self.link_load < self.nb_total[v])
+        if not len(tight):
             return None
         inc = self.incidence()
         idx, b = self.nb_idx[v], self.nb_b[v]
         far = self.a[idx]
         cur = int(self.a[v])
-        mine = np.einsum("k,kl->l", b, inc[cur, far].astype(float))
-        base = self.link_load - mine
-        moved = np.einsum("k,nkl->nl", b, inc[:, far].astype(float))       # [N, links]
-        bw = np.maximum(self.link_bw, 1e-12)
-        over = (np.maximum(0.0, base[None, :] + moved - p.link_cap[None, :]) / bw).sum(axis=1)
-        now = float((np.maximum(0.0, self.link_load - p.link_cap) / bw).sum())
+        sub = inc[:, far][:, :, tight].astype(float)                     # [N, k, tight links]
+        base = self.link_load[tight] - b @ sub[cur]
+        moved = np.einsum("k,nkl->nl", b, sub)
+        cap, bw = p.link_cap[tight], np.maximum(self.link_bw[tight], 1e-12)
+        over = (np.maximum(0.0, base[None, :] + moved - cap[None, :]) / bw).sum(axis=1)
+        now = float((np.maximum(0.0, self.link_load[tight] - cap) / bw).sum())
         return over - now
 
     def delta_at(self, v: int, n: int) -> float:
