@@ -1,13 +1,18 @@
-"""Shared test helpers: where the real datasets are, and small result utilities."""
+"""Shared test helpers: where the real datasets are, waiting for a condition, and small result utilities."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 EXAMPLE_DATA = Path(__file__).resolve().parents[1] / "examples" / "sensors" / "data"
+
+T = TypeVar("T")
 
 
 def dataset(relative: str) -> Path:
@@ -24,3 +29,16 @@ def dataset(relative: str) -> Path:
 
 def sorted_records(records: list[dict]) -> list[tuple]:
     return sorted(tuple(sorted(r.items())) for r in records)
+
+
+def wait_for(condition: Callable[[], T], timeout: float, what: str, interval: float = 0.05) -> T:
+    """Poll `condition` until it returns something truthy, and return that: synchronise on the state you need, not
+    on a sleep long enough on your machine. Fails the test, naming `what` and the last value, after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            pytest.fail(f"timed out after {timeout:g} s waiting for {what}; last: {value!r}")
+        time.sleep(interval)

@@ -8,6 +8,10 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
+pytestmark = pytest.mark.slow  # two fresh processes, each compiling the kernels from a cold cache
+
 SCRIPT = textwrap.dedent("""
     import json
     import microstream as ms

@@ -19,8 +19,11 @@ from microstream.cluster import embedded as cluster
 from microstream.cluster.agent import Agent
 from microstream.cluster.client import Client, ClusterAddress, ClusterError
 from microstream.cluster.security import KeyStore
+from tests.helpers import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.slow  # clusters of real processes and sockets
 
 JOB = """
 import microstream as ms
@@ -163,7 +166,8 @@ def test_lost_agent_fails_its_job_and_shows_in_status(tmp_path):
         r = cli("submit", "--detach", str(script(tmp_path, "f.py", FOREVER)), "--home", str(home))
         assert r.returncode == 0, r.stderr
         job = r.stdout.strip().splitlines()[-1]
-        time.sleep(1.0)
+        with Client(cluster.address(home)) as client:  # deployed on node2 before node2 goes
+            wait_for(lambda: client.status()["jobs"][job]["state"] == "running", 60, f"{job} to run")
         os.killpg(state["pids"][2], signal.SIGKILL)  # node2 and its hosts vanish
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:

@@ -17,6 +17,8 @@ from microstream.cluster.client import Client, ClusterError
 
 ROOT = Path(__file__).resolve().parents[2]
 
+pytestmark = pytest.mark.slow  # a cluster of real processes, jobs of 15 to 40 s each
+
 # stateful, keyed, windowed, out of order (jitter within max_delay plus late records), several stages
 JOB = """
 import microstream as ms

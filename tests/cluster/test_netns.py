@@ -40,7 +40,8 @@ def _can_make_namespaces() -> str | None:
     return None
 
 
-pytestmark = pytest.mark.skipif(_can_make_namespaces() is not None, reason=str(_can_make_namespaces()))
+pytestmark = [pytest.mark.skipif(_can_make_namespaces() is not None, reason=str(_can_make_namespaces())),
+              pytest.mark.slow]  # namespaces, a bridge and a cluster of real processes
 
 
 @pytest.fixture(scope="module")

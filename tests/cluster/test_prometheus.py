@@ -22,6 +22,8 @@ from microstream.cluster.prometheus import ensure_prometheus, file_sd, scrape_co
 
 ROOT = Path(__file__).resolve().parents[2]
 
+pytestmark = pytest.mark.slow  # a real Prometheus server (apt-get) and a cluster of real processes
+
 JOB = """
 import microstream as ms
 p = ms.Pipeline("scraped")

@@ -122,6 +122,7 @@ def home(tmp_path):
     cluster.down(root, progress=lambda _: None)
 
 
+@pytest.mark.slow  # a cluster of real processes and a 22 s job
 def test_preaggregation_follows_its_sensor(home, tmp_path, capsys):
     count = 20000 * 22  # 22 s of readings at 20,000/s
     for name, speed in (("local", None), ("remote", 1.0)):

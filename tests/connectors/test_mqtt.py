@@ -247,6 +247,7 @@ def test_sink_then_source_round_trip_through_the_broker(broker):
     assert b["time"].tolist() == [(T0 + i) * 10**9 for i in range(30)]
 
 
+@pytest.mark.slow  # stops and restarts the broker mid-stream
 def test_reconnects_after_the_broker_restarts_and_loses_nothing(broker, caplog):
     """QoS 1 through a broker restart mid-stream: the source reconnects (with a log line) and, with its persistent
     session, receives every message exactly once: those published before, during and after the restart."""

@@ -20,6 +20,8 @@ from microstream.cluster.client import Client
 from tests.connectors.conftest import connect, prime
 
 ROOT = Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.slow  # a broker and a cluster of real processes, a move mid-stream
 T0 = 1_700_000_000
 N = 6000
 

@@ -13,6 +13,8 @@ import pytest
 from microstream.connectors.broker import ensure_mosquitto
 
 ROOT = Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.slow  # the whole demo: a broker, a cluster of real processes, a migration
 DEMO = ROOT / "examples" / "sensors" / "air_quality" / "demo.py"
 
 

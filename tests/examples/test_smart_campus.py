@@ -192,6 +192,7 @@ def test_comfort_categories_follow_en16798_bands(local):
     assert {r["category"] for r in rooms} >= {2.0, 3.0, 4.0}  # the data spans several categories
 
 
+@pytest.mark.slow  # a cluster of real processes
 def test_submitted_to_a_cluster_gives_the_same_windows(local, tmp_path):
     out, _ = local
     home = tmp_path / "home"

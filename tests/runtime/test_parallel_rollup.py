@@ -11,9 +11,13 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 from microstream.cluster import embedded as cluster
 
 ROOT = Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.slow  # a cluster of real processes
 
 JOB = """
 import json

@@ -20,7 +20,14 @@ from microstream.unikernel_backend.image import build_image, default_cache_dir, 
 from microstream.unikernel_backend.vm import MicroVM, probe_accel
 from tests.unikernel_backend.helpers import require_qemu
 
-require_qemu("MICROVM TESTS")
+# The first test pays a cold image build (debs downloaded on a fresh machine) and a TCG boot: 600 s, not 300.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _qemu() -> None:
+    """In a fixture, not at import: collecting the fast lane (`-m "not slow"`) must not install QEMU."""
+    require_qemu("MICROVM TESTS")
 
 
 @pytest.fixture(scope="module")

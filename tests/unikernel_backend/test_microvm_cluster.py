@@ -22,7 +22,15 @@ from microstream.cluster.client import Client
 from microstream.unikernel_backend.image import build_image
 from tests.unikernel_backend.helpers import require_qemu
 
-require_qemu("MICROVM CLUSTER TESTS")
+# About 140 s here: a ~100 s stream under TCG emulation and two moves, whose own waits allow minutes on a loaded
+# machine: 600 s, not 300.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _qemu() -> None:
+    """In a fixture, not at import: collecting the fast lane (`-m "not slow"`) must not install QEMU."""
+    require_qemu("MICROVM CLUSTER TESTS")
 
 
 def pipeline(speed: float | None) -> ms.Pipeline:
