@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _LAZY = {
-    "Batch": ".core.batch", "MicrostreamError": ".core.errors", "OperatorError": ".core.errors",
+    "Batch": ".core.batch", "DataWarning": ".core.errors", "MicrostreamError": ".core.errors",
+    "OperatorError": ".core.errors",
     "PipelineError": ".core.errors", "Pipeline": ".pipeline", "Stream": ".pipeline", "WindowedStream": ".pipeline",
     "Schema": ".core.schema", "duration": ".core.time", "WindowSpec": ".windows", "session": ".windows",
     "sliding": ".windows", "tumbling": ".windows",
@@ -22,14 +23,14 @@ _LAZY = {
 _MODULES = {"agg", "sinks", "state"}
 
 __all__ = [
-    "Batch", "MicrostreamError", "OperatorError", "Pipeline", "PipelineError", "Schema", "Stream", "WindowSpec",
-    "WindowedStream", "agg", "duration", "session", "sinks", "sliding", "state", "tumbling",
+    "Batch", "DataWarning", "MicrostreamError", "OperatorError", "Pipeline", "PipelineError", "Schema", "Stream",
+    "WindowSpec", "WindowedStream", "agg", "duration", "session", "sinks", "sliding", "state", "tumbling",
 ]
 
 if TYPE_CHECKING:
     from . import agg, sinks, state
     from .core.batch import Batch
-    from .core.errors import MicrostreamError, OperatorError, PipelineError
+    from .core.errors import DataWarning, MicrostreamError, OperatorError, PipelineError
     from .core.schema import Schema
     from .core.time import duration
     from .pipeline import Pipeline, Stream, WindowedStream

@@ -21,6 +21,11 @@ class PipelineError(MicrostreamError):
         super().__init__(text)
 
 
+class DataWarning(UserWarning):
+    """A notice about a source's data, given while the pipeline is built: e.g. a file column whose values hit a
+    common "no reading" sentinel (-9999) that no `missing=` turns into NaN. The data is still read as it is."""
+
+
 class OperatorError(MicrostreamError):
     """A user function failed while the pipeline ran; names the operator and the cause."""
 

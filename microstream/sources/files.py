@@ -25,7 +25,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from ..core.batch import Batch
-from ..core.errors import PipelineError
+from ..core.errors import DataWarning, PipelineError
 from ..core.schema import Schema
 from ..formats.parsing import (
     CsvSpec,
@@ -49,10 +49,6 @@ MAX_ROW_BYTES = 1 << 20
 MAX_DEPTH = 64
 
 Dead = tuple[int, str, str]  # (line number, raw text, reason)
-
-
-class DataWarning(UserWarning):
-    """A notice about a file's data, given while the pipeline is built (e.g. a column holding -9999)."""
 
 
 def _open(path: Path) -> BinaryIO:
