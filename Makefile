@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench lint clean
+.PHONY: demo test test-fast bench lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,13 @@ test: lint
 	@# mosquitto, the MQTT broker the connector tests start on loopback (apt-get, as root; a no-op once installed)
 	-$(BIN)/python -c "from microstream.connectors.broker import ensure_mosquitto; ensure_mosquitto()"
 	$(BIN)/pytest
+
+# The day-to-day lane: the tests not marked `slow` (no real-process clusters, microVMs, demo, Prometheus), under
+# 3 minutes on 2 cores; no lint. Only mosquitto to install. `make test` (CI) runs everything.
+test-fast: $(STAMP)
+	@# mosquitto, the MQTT broker the connector tests start on loopback (apt-get, as root; a no-op once installed)
+	-$(BIN)/python -c "from microstream.connectors.broker import ensure_mosquitto; ensure_mosquitto()"
+	$(BIN)/pytest -m "not slow"
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
