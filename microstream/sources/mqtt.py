@@ -206,6 +206,7 @@ class MqttSource(Source):
         self._recent: deque[int] = deque(maxlen=1024)  # the last acknowledged mids (their PUBACK may be lost)
         self._gen = 0                      # connections so far
         self._seen = 0                     # messages consumed (good and dead): the source's message number
+        self._oversized = 0                # oversized payloads in the buffer (replaced by _Oversized)
         self._last_arrival: int | None = None
         self._closed = False
         self._restored = bool(ctx.extra.get("restoring"))
@@ -265,6 +266,7 @@ class MqttSource(Source):
 
     def _clear_buffer(self) -> None:
         self._topics, self._payloads, self._mids, self._arrivals = [], [], [], []
+        self._oversized = 0
 
     def _on_subscribe(self, codes) -> None:
         bad = [str(c) for c in codes if getattr(c, "is_failure", False)]
@@ -281,7 +283,10 @@ class MqttSource(Source):
                 return
             self._topics.append(message.topic)
             payload = message.payload
-            self._payloads.append(payload if len(payload) <= self.max_message_bytes else _Oversized(payload))
+            if len(payload) > self.max_message_bytes:
+                payload = _Oversized(payload)
+                self._oversized += 1
+            self._payloads.append(payload)
             self._mids.append(mid)
             self._arrivals.append(time.time_ns())
 
@@ -409,7 +414,12 @@ class MqttSource(Source):
 
         Oversized, non-UTF-8 and (SenML) too deeply nested payloads are set aside first; if decoding the rest
         together still raises, each message is decoded alone and one that raises is a dead letter."""
-        payloads, early = _screen(payloads, self.max_message_bytes, self.max_depth if self.format == "senml" else 0)
+        big = self._oversized > 0
+        depth = self.max_depth if self.format == "senml" else 0  # the JSON parser counts nesting itself
+        payloads, early = _screen(payloads, self.max_message_bytes, depth, big)
+        if big:
+            with self._lock:
+                self._oversized -= sum(1 for d in early.values() if d[3].startswith("message of "))
         decode = self._decode_senml if self.format == "senml" else self._decode_json
         try:
             columns, rows, dead = decode(topics, payloads, arrivals)
@@ -580,14 +590,15 @@ class _Oversized:
         self.size, self.head = len(payload), payload[:4 * _RAW_KEEP]
 
 
-def _screen(payloads: list[Any], max_bytes: int, max_depth: int) -> tuple[list[bytes], dict[int, tuple]]:
+def _screen(payloads: list[Any], max_bytes: int, max_depth: int,
+            oversized: bool = True) -> tuple[list[bytes], dict[int, tuple]]:
     """Payloads with the oversized, the non-UTF-8 and (if max_depth) the too deeply nested ones emptied, and
     the dead letters of those, by message index. One pass over all of them; Python per message only for the
     bad ones."""
     from ..formats.parsing import find_invalid_utf8, json_depths
 
     dead: dict[int, tuple] = {}
-    big = np.flatnonzero(_of_type(payloads, _Oversized))
+    big = np.flatnonzero(_of_type(payloads, _Oversized)) if oversized else ()
     if len(big):
         payloads = list(payloads)
         for i in big.tolist():
@@ -596,10 +607,10 @@ def _screen(payloads: list[Any], max_bytes: int, max_depth: int) -> tuple[list[b
                        f"message of {p.size:,} bytes is larger than max_message_bytes ({max_bytes:,})")
             payloads[i] = b""
     data = b"\n".join(payloads)
-    if b"\xef\xbb\xbf" in data:  # a UTF-8 BOM starting a payload: dropped
-        payloads = [p.removeprefix(b"\xef\xbb\xbf") for p in payloads]
-        data = b"\n".join(payloads)
     if not data.isascii():
+        if b"\xef\xbb\xbf" in data:  # a UTF-8 BOM starting a payload: dropped
+            payloads = [p.removeprefix(b"\xef\xbb\xbf") for p in payloads]
+            data = b"\n".join(payloads)
         try:
             data.decode("utf-8")
         except UnicodeDecodeError:
