@@ -586,6 +586,15 @@ class JsonlSource(_ChunkedFileSource):
     `max_delay`, `batch_size`. A line that is not a flat JSON object, or lacks a field, goes to the
     dead-letter stream. `NaN` and `Infinity` (as Python writes them) are read as float NaN and infinity; a
     BOM starting a line is skipped.
+
+    >>> import microstream as ms, pathlib, tempfile
+    >>> f = pathlib.Path(tempfile.mkdtemp()) / "r.jsonl"
+    >>> deep = b"[" * 5000 + b"]" * 5000
+    >>> _ = f.write_bytes(b'{"t": 1, "v": 1}\\n{"t": 2, "v": ' + deep + b'}\\n{"t": 3, "v": 2.5}\\n')
+    >>> p = ms.Pipeline("j"); out = ms.sinks.collect()
+    >>> p.read_jsonl(f, time="t").sink(out)   # 5,000-deep nesting in the sampled lines: no RecursionError
+    >>> result = p.run(verbose=False); out.batch()["v"].tolist(), [d["reason"] for d in result.dead_letters]
+    ([1.0, 2.5], ['nesting deeper than max_depth (64)'])
     """
 
     kind = "read_jsonl"
