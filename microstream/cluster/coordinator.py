@@ -105,7 +105,7 @@ class Coordinator:
     def close(self) -> None:
         for agent in self.registry:
             if agent.up:
-                self._send(agent.identity, Shutdown())
+                self._send(agent.identity, Shutdown(), quiet=True)  # agents shut down first are gone: fine
         self.sock.close(linger=200)
         if self.auth is not None:
             self.auth.stop()
@@ -113,12 +113,13 @@ class Coordinator:
         if getattr(self, "_metrics_server", None) is not None:
             self._metrics_server.stop()
 
-    def _send(self, identity: bytes, message: Message) -> None:
+    def _send(self, identity: bytes, message: Message, quiet: bool = False) -> None:
         """Send, or log why not: a peer that is gone or not reading must not stop the coordinator."""
         try:
             send(self.sock, message, to=self._peer(identity), identity=identity)
         except ControlSendError as exc:
-            self.log(f"coordinator: {exc}")
+            if not quiet:
+                self.log(f"coordinator: {exc}")
 
     def _peer(self, identity: bytes) -> str:
         name = self.registry.name_of(identity)
