@@ -346,12 +346,31 @@ class Pipeline:
 
     >>> ms.Pipeline("untrusted", backend="microvm").from_iterable([{"v": 1}]).node.backend
     'microvm'
+
+    On a cluster a job takes a checkpoint every `checkpoint_every` (a duration: "10s", seconds as a float, a
+    timedelta; None for none) and, when a host, an agent or a node is lost, restarts every virtual node from the
+    last one, at most `restarts` times (see docs/faults.md):
+
+    >>> ms.Pipeline("campus", checkpoint_every="30s", restarts=5).graph.checkpoint_every
+    30.0
     """
 
-    def __init__(self, name: str = "pipeline", backend: str = "process") -> None:
+    def __init__(self, name: str = "pipeline", backend: str = "process", checkpoint_every: Any = "10s",
+                 restarts: int = 3) -> None:
         _check_backend(backend, name)
         self.name = name
         self.graph = LogicalGraph(name, backend)
+        if isinstance(checkpoint_every, int):  # a bare int would be nanoseconds: surely not what was meant
+            raise PipelineError(None, f"checkpoint_every={checkpoint_every} has no unit",
+                                f'write checkpoint_every="{checkpoint_every}s" (or {float(checkpoint_every)} seconds)')
+        every = to_ns(checkpoint_every) if checkpoint_every is not None else None
+        if every is not None and every <= 0:
+            raise PipelineError(None, f"checkpoint_every must be positive, got {checkpoint_every!r}",
+                                'write it as a duration, e.g. checkpoint_every="10s", or None for no checkpoints')
+        if restarts < 0:
+            raise PipelineError(None, f"restarts must be >= 0, got {restarts}")
+        self.graph.checkpoint_every = every / 1e9 if every is not None else None
+        self.graph.max_restarts = int(restarts)
 
     def __repr__(self) -> str:
         return f"<Pipeline {self.name}: {len(self.graph.nodes)} operators>"

@@ -115,7 +115,8 @@ def cmd_coordinator(args: argparse.Namespace) -> int:
             print("microstream: the topology has problems:\n  " + "\n  ".join(problems), file=sys.stderr)
             return EXIT_USAGE
     coord = Coordinator(args.bind, keys, trusted, metrics_port=args.metrics_port,
-                        log=lambda text: print(text, file=sys.stderr, flush=True), policy=policy, topology=topology)
+                        log=lambda text: print(text, file=sys.stderr, flush=True), policy=policy, topology=topology,
+                        agent_timeout=args.agent_timeout, checkpoint_dir=args.checkpoint_dir)
     endpoint = coord.open()
     if args.port_file:
         Path(args.port_file).write_text(endpoint)
@@ -385,6 +386,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", type=Path, default=Path("pipeline.svg"), help="output file (.svg or .dot)")
     p.set_defaults(fn=cmd_graph)
 
+    from ..cluster.registry import AGENT_TIMEOUT
+
     p = sub.add_parser("coordinator", help="run a coordinator")
     p.add_argument("--bind", default="tcp://0.0.0.0:7077", help="address to listen on (default %(default)s)")
     p.add_argument("--keys", metavar="DIR", help="key directory (default HOME/keys): coordinator.key_secret and "
@@ -397,6 +400,11 @@ def build_parser() -> argparse.ArgumentParser:
     _policy_options(p)
     p.add_argument("--topology", type=Path, metavar="FILE", help="a topology TOML file (links, sites, sensors) "
                                                                  "for placement; agents add what they report")
+    p.add_argument("--agent-timeout", type=float, default=AGENT_TIMEOUT, metavar="S",
+                   help="seconds without a heartbeat after which an agent counts as lost and its jobs recover "
+                        "(default %(default)s: rides out Wi-Fi hiccups and SD-card stalls)")
+    p.add_argument("--checkpoint-dir", type=Path, metavar="DIR",
+                   help="also write every completed checkpoint here (e.g. an NFS mount); kept in memory anyway")
     _cluster_options(p, coordinator=False)
     p.set_defaults(fn=cmd_coordinator)
 

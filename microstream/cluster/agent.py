@@ -24,8 +24,10 @@ import zmq
 from ..runtime.backends import HostBackend, HostHandle, ProcessBackend
 from ..runtime.protocol import (
     FROM_HOST,
+    CheckpointRequest,
     Connect,
     ControlSendError,
+    HostCheckpointed,
     HostDone,
     HostFailed,
     HostHello,
@@ -55,6 +57,7 @@ from .messages import (
     Registered,
     Shutdown,
     StopJob,
+    VnodeCheckpointed,
     VnodeDone,
     VnodeFailed,
     VnodeReady,
@@ -112,6 +115,7 @@ class _Host:
     started: float = field(default_factory=time.monotonic)
     restoring: bool = False
     incoming: bool = False  # a microVM host that receives a whole VM (tier-2 migration)
+    epoch: int = 0          # the job's deployment it belongs to: what it reports carries it (fencing)
 
 
 class Agent:
@@ -287,15 +291,15 @@ class Agent:
         if isinstance(m, Deploy):
             self.trusted_data_keys = m.data_keys
             self._start_host(m.job, m.vnode, m.blob, restoring=bool(m.restoring), backend=m.backend,
-                             incoming=bool(m.incoming))
-        elif isinstance(m, Connect | Start | SnapshotRequest | PauseTo | Redirect):
+                             incoming=bool(m.incoming), epoch=m.epoch)
+        elif isinstance(m, Connect | Start | SnapshotRequest | PauseTo | Redirect | CheckpointRequest):
             only = getattr(m, "only", None)  # a message for one virtual node (a migration), else for the whole job
             for host in self._hosts_of(m.job):
                 if only is None or host.vnode == only:
                     self._to_host(host, m)
         elif isinstance(m, StopJob):
             for host in self._hosts_of(m.job):
-                if m.only in (None, host.vnode):
+                if m.only in (None, host.vnode) and (m.before is None or host.epoch < m.before):
                     self._stop_host(host)
         elif isinstance(m, Shutdown):
             self._stop = True
@@ -307,15 +311,21 @@ class Agent:
         return [host for (j, _), host in self.hosts.items() if j == job]
 
     def _start_host(self, job: str, vnode: str, spec: bytes | None, restoring: bool = False,
-                    backend: str = "process", incoming: bool = False) -> None:
+                    backend: str = "process", incoming: bool = False, epoch: int = 0) -> None:
         chosen = self.backends.get(backend)
         if chosen is None:
             have = sorted(self.backends)
-            self._send_up(VnodeFailed(job=job, vnode=vnode,
+            self._send_up(VnodeFailed(job=job, vnode=vnode, epoch=epoch,
                                       error=f"agent {self.name} has no '{backend}' host backend (it has {have})"))
             return
+        old = self.hosts.get((job, vnode))
+        if old is not None:  # an earlier deployment's host (a recovery replaced it; a move came back): end it first
+            self._to_host(old, StopHost())
+            self._kill(old)
+            self.log(f"agent {self.name}: ended the epoch-{old.epoch} host of {job}/{vnode} before its replacement")
         handle = chosen.start(job, vnode, self.control_endpoint, self.workdir / f"{job}-{vnode}.log")
-        self.hosts[(job, vnode)] = _Host(job, vnode, handle, spec or b"", restoring=restoring, incoming=incoming)
+        self.hosts[(job, vnode)] = _Host(job, vnode, handle, spec or b"", restoring=restoring, incoming=incoming,
+                                         epoch=epoch)
         self.log(f"agent {self.name}: started {job}/{vnode} on the {backend} backend (pid {handle.pid})")
 
     def _stop_host(self, host: _Host) -> None:
@@ -338,7 +348,7 @@ class Agent:
             host.state = VnodeState.READY
             self._send_up(VnodeReady(job=host.job, vnode=host.vnode, endpoint=m.endpoint,
                                      public_key=self.keys.public.decode() if self.keys else None,
-                                     incoming=m.incoming))
+                                     incoming=m.incoming, epoch=host.epoch))
         elif isinstance(m, HostStats):
             host.state = VnodeState.RUNNING
             host.stats = m.stats
@@ -347,16 +357,19 @@ class Agent:
             host.state = VnodeState.DONE
             host.stats = m.stats if m.stats is not None else host.stats  # final counts, even for short jobs
             self._record_metrics(host)
-            self._send_up(VnodeDone(job=host.job, vnode=host.vnode, stats=host.stats, blob=m.blob))
+            self._send_up(VnodeDone(job=host.job, vnode=host.vnode, stats=host.stats, blob=m.blob, epoch=host.epoch))
         elif isinstance(m, HostResumed):
-            self._send_up(VnodeResumed(job=host.job, vnode=host.vnode, at=m.at))
+            self._send_up(VnodeResumed(job=host.job, vnode=host.vnode, at=m.at, epoch=host.epoch))
         elif isinstance(m, HostSnapshot):
             host.state = VnodeState.MIGRATED
-            self._send_up(VnodeSnapshot(job=host.job, vnode=host.vnode, whole=m.whole, blob=m.blob))
+            self._send_up(VnodeSnapshot(job=host.job, vnode=host.vnode, whole=m.whole, blob=m.blob, epoch=host.epoch))
+        elif isinstance(m, HostCheckpointed):
+            self._send_up(VnodeCheckpointed(job=host.job, vnode=host.vnode, checkpoint=m.checkpoint, blob=m.blob,
+                                            epoch=host.epoch))
         elif isinstance(m, HostFailed):
             host.state = VnodeState.FAILED
             self._send_up(VnodeFailed(job=host.job, vnode=host.vnode, error=m.error, operator=m.operator,
-                                      cause=m.cause))
+                                      cause=m.cause, epoch=host.epoch))
 
     def _spec(self, host: _Host) -> Spec:
         """What a host needs from its agent besides the job (which the agent never unpickles)."""
@@ -373,7 +386,7 @@ class Agent:
                     self._kill(host)
                 continue
             if not host.state.over and host.state is not VnodeState.STOPPING:
-                self._send_up(VnodeFailed(job=host.job, vnode=host.vnode,
+                self._send_up(VnodeFailed(job=host.job, vnode=host.vnode, epoch=host.epoch,
                                           error=f"host process exited with code {code}; see {self.workdir}"))
                 host.state = VnodeState.FAILED
             state = VnodeState.STOPPED if host.state is VnodeState.STOPPING else host.state
@@ -384,7 +397,8 @@ class Agent:
 
     def _heartbeat(self) -> None:
         vnodes = dict(self.ended)
-        vnodes.update({f"{h.job}/{h.vnode}": {"state": h.state, "pid": h.handle.pid, "stats": h.stats}
+        vnodes.update({f"{h.job}/{h.vnode}": {"state": h.state, "pid": h.handle.pid, "stats": h.stats,
+                                              "epoch": h.epoch}
                        for h in self.hosts.values()})
         self._send_up(Heartbeat(name=self.name, vnodes=vnodes))
 

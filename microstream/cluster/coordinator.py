@@ -4,6 +4,7 @@ the part that owns it:
 - `registry.AgentRegistry`: registration, heartbeats, lost agents;
 - `jobs.JobLifecycle`: submit, the two-phase deployment, results, failure, stop, status;
 - `moves.Moves`: barrier-aligned migrate, save and restore of one virtual node;
+- `checkpoints.Checkpoints`: periodic checkpoints (barriers injected at the sources), which recovery restarts from;
 - `placing.Placer`: the placement engine at submit, the re-placement policy every few seconds.
 
 With keys the socket is a CURVE server that accepts only trusted public keys, so nobody else can reach the
@@ -15,12 +16,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import zmq
 
 from ..placement.policy import PolicyParams
 from ..runtime.protocol import ControlSendError, Message, ProtocolError, control_socket, send
+from .checkpoints import Checkpoints
 from .jobs import JobLifecycle
 from .messages import (
     TO_COORDINATOR,
@@ -36,6 +39,7 @@ from .messages import (
     StatusRequest,
     StopRequest,
     Submit,
+    VnodeCheckpointed,
     VnodeDone,
     VnodeFailed,
     VnodeReady,
@@ -54,7 +58,8 @@ class Coordinator:
     def __init__(self, bind: str = "tcp://127.0.0.1:7077", keys: Any = None, trusted: dict[bytes, str] | None = None,
                  metrics_port: int | None = 0, agent_timeout: float = AGENT_TIMEOUT, log=print,
                  policy: PolicyParams | None = DEFAULT_POLICY, topology: Any = None,
-                 clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time,
+                 checkpoint_dir: Path | None = None) -> None:
         self.bind = bind
         self.keys = keys
         self.trusted = dict(trusted or {})
@@ -66,6 +71,7 @@ class Coordinator:
         self.placer = Placer(topology, policy, clock=clock, log=log)
         self.lifecycle = JobLifecycle(self.registry, self._send, self.placer, log=log, wall=wall)
         self.moves = Moves(self.lifecycle, self.registry, self._send, self.placer, log=log, clock=clock, wall=wall)
+        self.checkpoints = Checkpoints(self.lifecycle, self._send, log=log, clock=clock, directory=checkpoint_dir)
         self._handlers: dict[type[Message], Callable[[bytes, Any], object]] = {
             Register: self._on_register,
             Heartbeat: self._on_heartbeat,
@@ -80,6 +86,7 @@ class Coordinator:
             RestoreRequest: self.moves.restore,
             VnodeSnapshot: lambda _, m: self.moves.vnode_snapshot(m),
             VnodeResumed: lambda _, m: self.moves.vnode_resumed(m),
+            VnodeCheckpointed: lambda _, m: self.checkpoints.vnode_checkpointed(m),
         }
 
     # -- sockets ------------------------------------------------------------------------------------------------
@@ -99,6 +106,7 @@ class Coordinator:
 
             self.metrics = Metrics()
             self.moves.metrics = self.metrics
+            self.checkpoints.metrics = self.metrics
             self._metrics_server, self.metrics_port = serve(self.metrics, host="0.0.0.0", port=self.metrics_port)
         return self.endpoint
 
@@ -156,10 +164,12 @@ class Coordinator:
             self.log(f"coordinator: error handling '{message.KIND}': {type(exc).__name__}: {exc}")
 
     def tick(self) -> None:
-        """The periodic work: lost agents, stuck moves, re-placement, metrics."""
+        """The periodic work: lost agents (recovery), stuck moves, checkpoints, re-placement, metrics."""
         for agent in self.registry.check():
             self.lifecycle.agent_lost(agent)
+        self.lifecycle.retry()
         self.moves.check()
+        self.checkpoints.tick()
         self._replace()
         self._update_metrics()
 
@@ -173,6 +183,7 @@ class Coordinator:
         if agent is None:
             self._send(identity, Error(error="unknown agent: register first"))
             return
+        self.lifecycle.fence(agent, m.vnodes)
         self.lifecycle.measure_traffic(m.vnodes, agent.last_seen)
 
     def _on_vnode_ready(self, identity: bytes, m: VnodeReady) -> None:
@@ -194,7 +205,7 @@ class Coordinator:
             return
         agents = self.registry.placement_view()
         for job in self.lifecycle:
-            if job.state is JobState.RUNNING and job.move is None:
+            if job.state is JobState.RUNNING and job.move is None and job.pending is None:
                 proposal = self.placer.propose(job, agents)
                 if proposal is not None:
                     self.moves.auto_migrate(job, proposal)

@@ -10,7 +10,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from ..runtime.protocol import Connect, Message, PauseTo, Redirect, SnapshotRequest, Start, Vocabulary
+from ..runtime.protocol import (
+    CheckpointRequest,
+    Connect,
+    Message,
+    PauseTo,
+    Redirect,
+    SnapshotRequest,
+    Start,
+    Vocabulary,
+)
 
 # -- client -> coordinator ---------------------------------------------------------------------------------------
 
@@ -104,6 +113,7 @@ class VnodeReady(Message):
     endpoint: str
     public_key: str | None = None
     incoming: str | None = None          # where a host waiting for a whole microVM listens for QEMU's stream
+    epoch: int = 0                       # the deployment of the job this host belongs to (fencing)
 
     def peer(self) -> dict[str, Any]:
         """How other hosts reach this one's channel server."""
@@ -119,6 +129,7 @@ class VnodeDone(Message):
     vnode: str
     blob: bytes | None = None
     stats: dict[str, Any] | None = None
+    epoch: int = 0
 
 
 @dataclass(frozen=True)
@@ -128,6 +139,19 @@ class VnodeSnapshot(Message):
     vnode: str
     blob: bytes | None = None
     whole: dict[str, Any] | None = None   # a whole-VM move's figures (RAM moved, QEMU's downtime)
+    epoch: int = 0
+
+
+@dataclass(frozen=True)
+class VnodeCheckpointed(Message):
+    """A virtual node's part of checkpoint `checkpoint`: the blob is its snapshot (the host goes on)."""
+
+    KIND: ClassVar[str] = "vnode_checkpointed"
+    job: str
+    vnode: str
+    checkpoint: int
+    blob: bytes
+    epoch: int = 0
 
 
 @dataclass(frozen=True)
@@ -136,6 +160,7 @@ class VnodeResumed(Message):
     job: str
     vnode: str
     at: float
+    epoch: int = 0
 
 
 @dataclass(frozen=True)
@@ -146,6 +171,7 @@ class VnodeFailed(Message):
     error: str = "?"
     operator: str | None = None
     cause: str | None = None
+    epoch: int = 0
 
 
 # -- coordinator -> agent ------------------------------------------------------------------------------------
@@ -171,15 +197,18 @@ class Deploy(Message):
     backend: str = "process"
     restoring: bool | None = None        # it will start from a snapshot (a move)
     incoming: bool | None = None         # it will receive a whole microVM
+    epoch: int = 0                       # which deployment of the job (a recovery starts a new one)
 
 
 @dataclass(frozen=True)
 class StopJob(Message):
-    """Stop the hosts of `job` (`only`: of that one virtual node)."""
+    """Stop the hosts of `job` (`only`: of that one virtual node; `before`: only hosts of deployments older than
+    that epoch, which a recovery has replaced)."""
 
     KIND: ClassVar[str] = "stop"
     job: str
     only: str | None = None
+    before: int | None = None
 
 
 @dataclass(frozen=True)
@@ -253,8 +282,8 @@ class JobDone(Message):
 
 TO_COORDINATOR = Vocabulary("to the coordinator", Submit, StatusRequest, StopRequest, MigrateRequest, SaveRequest,
                             RestoreRequest, Register, Heartbeat, VnodeReady, VnodeDone, VnodeSnapshot, VnodeResumed,
-                            VnodeFailed)
+                            VnodeFailed, VnodeCheckpointed)
 TO_AGENT = Vocabulary("from the coordinator to an agent", Registered, Deploy, Connect, Start, SnapshotRequest,
-                      PauseTo, Redirect, StopJob, Shutdown, Error)
+                      PauseTo, Redirect, CheckpointRequest, StopJob, Shutdown, Error)
 TO_CLIENT = Vocabulary("from the coordinator to a client", Accepted, StatusReply, Stopped, Moved, JobDone, Error,
                        Rejected)

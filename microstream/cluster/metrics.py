@@ -121,6 +121,15 @@ class Metrics:
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0), registry=self.registry)
         self.migration_state_bytes = Counter("microstream_migration_state_bytes",
                                              "Operator state bytes shipped by moves.", registry=self.registry)
+        self.checkpoints = Counter("microstream_checkpoints", "Checkpoints completed.", ["job"],
+                                   registry=self.registry)
+        self.checkpoint_bytes = Gauge("microstream_checkpoint_bytes", "Size of the job's last checkpoint.", ["job"],
+                                      registry=self.registry)
+        self.checkpoint_seconds = Histogram(
+            "microstream_checkpoint_seconds", "Time from a checkpoint's barrier to its last snapshot.",
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0), registry=self.registry)
+        self.recoveries = Counter("microstream_recoveries", "Jobs restarted from a checkpoint after a fault.",
+                                  ["job"], registry=self.registry)
         self.link_traffic = Gauge("microstream_link_traffic_bytes_per_second",
                                   "Bytes/s between two physical nodes, measured or predicted by placement.",
                                   ["job", "from_node", "to_node", "kind"], registry=self.registry)

@@ -41,10 +41,34 @@ class Job:
     policy: Policy | None = None
     predicted: dict[str, float] = field(default_factory=dict)  # link "a–b" -> bytes/s, from the placement engine
     final: dict[str, dict[str, Any]] = field(default_factory=dict)  # vnode -> last state and stats once done
+    epoch: int = 0                                 # deployments so far - 1: a recovery starts a new one (fencing)
+    checkpoint_every: float | None = 10.0          # seconds between checkpoints (None: none)
+    max_restarts: int = 3                          # recoveries before a fault fails the job
+    restarts: int = 0
+    checkpoint: Checkpoint | None = None           # the last completed one
+    pending: Checkpoint | None = None              # the one being taken
+    next_checkpoint: float = 0.0
+    checkpoints: list[dict[str, Any]] = field(default_factory=list)   # completed ones (figures), newest last
+    recoveries: list[dict[str, Any]] = field(default_factory=list)    # what went wrong, from where it went on
+    waiting: list[Any] = field(default_factory=list)  # requests held until the checkpoint being taken is done
 
     def advance(self, to: JobState) -> None:
         """Go to state `to`; IllegalTransition if a job in this state cannot."""
         self.state = self.state.to(to)
+
+
+@dataclass
+class Checkpoint:
+    """A consistent cut of a running job: every virtual node's snapshot at one barrier."""
+
+    id: int
+    started: float
+    snapshots: dict[str, bytes] = field(default_factory=dict)   # vnode -> its snapshot (pickled)
+    completed: float | None = None
+
+    @property
+    def bytes(self) -> int:
+        return sum(len(b) for b in self.snapshots.values())
 
 
 @dataclass

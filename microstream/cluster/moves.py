@@ -7,8 +7,8 @@
     restore: preparing -> resuming -> done
 
 Any step may be called off (no progress within `timeout`, or the virtual node finished first). The states
-and their transitions are `states.MoveState`. A checkpoint coordinator (barriers injected at the sources)
-belongs beside this module. No sockets here: the coordinator hands in decoded messages and a `send`.
+and their transitions are `states.MoveState`. A move asked for while a checkpoint is being taken waits for it
+(`checkpoints.py`, beside this module). No sockets here: the coordinator hands in decoded messages and a `send`.
 """
 
 from __future__ import annotations
@@ -55,7 +55,17 @@ class Moves:
         self.metrics: Any = None
 
     # -- requests ---------------------------------------------------------------------------------------------
+    def _after_checkpoint(self, job_id: str, request: Callable[[], None]) -> bool:
+        """A checkpoint of the job is being taken: hold the request until it is done (True)."""
+        job = self.lifecycle.get(job_id)
+        if job is None or job.pending is None:
+            return False
+        job.waiting.append(request)
+        return True
+
     def migrate(self, identity: bytes, m: MigrateRequest) -> None:
+        if self._after_checkpoint(m.job, lambda: self.migrate(identity, m)):
+            return
         if m.whole:
             job = self.lifecycle.get(m.job)
             vn = job.plan.vnodes.get(m.vnode) if job is not None else None
@@ -69,11 +79,15 @@ class Moves:
             self._deploy_new_host(*begun)
 
     def save(self, identity: bytes, m: SaveRequest) -> None:
+        if self._after_checkpoint(m.job, lambda: self.save(identity, m)):
+            return
         begun = self._begin(identity, m.job, m.vnode, MoveMode.SAVE, None)
         if begun:
             self._cut(*begun)
 
     def restore(self, identity: bytes, m: RestoreRequest) -> None:
+        if self._after_checkpoint(m.job, lambda: self.restore(identity, m)):
+            return
         begun = self._begin(identity, m.job, m.vnode, MoveMode.RESTORE, m.to)
         if begun:
             job, move = begun
@@ -131,14 +145,15 @@ class Moves:
         """Preparing: the replacement host starts on the target agent and reports its endpoint (vnode_ready)."""
         self.send(self.registry.agents[move.target or ""].identity,
                   Deploy(job=job.id, vnode=move.vnode, blob=job.blob, data_keys=self.registry.data_keys(),
-                         backend=job.plan.vnodes[move.vnode].backend, restoring=True, incoming=move.whole))
+                         backend=job.plan.vnodes[move.vnode].backend, restoring=True, incoming=move.whole,
+                         epoch=job.epoch))
 
     def vnode_ready(self, identity: bytes, m: VnodeReady) -> bool:
         """The replacement host of a move is up; False if this ready is not about a move (a deployment's)."""
         job = self.lifecycle.get(m.job)
         move = job.move if job is not None else None
         if (job is None or move is None or move.state is not MoveState.PREPARING or m.vnode != move.vnode
-                or self.registry.name_of(identity) != move.target):
+                or self.registry.name_of(identity) != move.target or m.epoch != job.epoch):
             return False
         move.endpoint = m.peer()
         move.incoming = m.incoming
@@ -163,7 +178,8 @@ class Moves:
     def vnode_snapshot(self, m: VnodeSnapshot) -> None:
         job = self.lifecycle.get(m.job)
         move = job.move if job is not None else None
-        if job is None or move is None or move.vnode != m.vnode or move.state is not MoveState.ALIGNING:
+        if (job is None or move is None or move.vnode != m.vnode or move.state is not MoveState.ALIGNING
+                or m.epoch != job.epoch):
             return
         move.snapshot = m.blob
         move.snapshot_at = self.clock()
@@ -193,7 +209,8 @@ class Moves:
     def vnode_resumed(self, m: VnodeResumed) -> None:
         job = self.lifecycle.get(m.job)
         move = job.move if job is not None else None
-        if job is None or move is None or move.state is not MoveState.RESUMING or move.vnode != m.vnode:
+        if (job is None or move is None or move.state is not MoveState.RESUMING or move.vnode != m.vnode
+                or m.epoch != job.epoch):
             return
         downtime = float(m.at) - move.paused_wall if move.paused_wall else None
         align = move.snapshot_at - move.paused_at if move.paused_at and move.snapshot_at else None

@@ -77,7 +77,7 @@ class Placer:
         sizes = {h["vnode"]: float(h.get("state_bytes", 0) or 1_000_000) for h in job.history}
         try:
             topology = Topology.from_agents(agents, base=self.topology)
-            problem = measured_problem(job.plan, job.graph, topology, job.traffic, sizes)
+            problem = measured_problem(job.plan, job.graph, topology, job.traffic, sizes, pins=job.pins)
         except PlacementError as exc:  # e.g. a vnode's backend is offered by no live agent: nowhere to go
             self.log(f"coordinator: no re-placement for {job.id}: {exc}")
             return None

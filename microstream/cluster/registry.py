@@ -13,7 +13,8 @@ from typing import Any
 
 from .messages import Heartbeat, Register
 
-AGENT_TIMEOUT = 3.0
+AGENT_TIMEOUT = 10.0   # seconds without a heartbeat: lost, its jobs recover elsewhere (Wi-Fi and SD cards stall)
+SUSPECT_AFTER = 3.0    # seconds without a heartbeat: shown as suspect, nothing done yet
 
 
 @dataclass
@@ -97,8 +98,16 @@ class AgentRegistry:
         now = self.clock()
         return {a.name: {"up": a.up, "cores": a.caps.get("cores"), "arch": a.caps.get("arch"),
                          "backends": a.caps.get("backends"), "labels": a.labels, "metrics_port": a.metrics_port,
-                         "last_seen_s": round(now - a.last_seen, 1), "reason": a.down_reason}
+                         "last_seen_s": round(now - a.last_seen, 1), "health": self.health(a, now),
+                         "reason": a.down_reason if not a.up else
+                         (f"no heartbeat for {now - a.last_seen:.1f} s" if self.health(a, now) == "suspect" else "")}
                 for a in self.agents.values()}
+
+    def health(self, agent: AgentInfo, now: float) -> str:
+        """up, suspect (silent for a while: a stall or a cut link, nothing done yet) or lost."""
+        if not agent.up:
+            return "lost"
+        return "suspect" if now - agent.last_seen > min(SUSPECT_AFTER, self.timeout / 2) else "up"
 
     def placement_view(self) -> dict[str, dict[str, Any]]:
         """Every agent's capabilities, labels and liveness, as the placement engine takes them."""

@@ -30,6 +30,7 @@ def _check(what: str, table: dict, current: StrEnum, to: StrEnum) -> None:
 class JobState(StrEnum):
     DEPLOYING = "deploying"    # hosts start and report their endpoints (phase one of the deployment)
     RUNNING = "running"        # everyone has every endpoint and was told to start (phase two)
+    RECOVERING = "recovering"  # a host or an agent was lost: every virtual node restarts from the last checkpoint
     SUSPENDED = "suspended"    # a virtual node was saved to a file; upstream holds its records
     FINISHED = "finished"      # every virtual node ran to its end
     FAILED = "failed"          # a virtual node failed, or an agent running one was lost
@@ -37,8 +38,9 @@ class JobState(StrEnum):
 
     @property
     def active(self) -> bool:
-        """Deploying or running: an agent lost, a host failed or a client's stop ends it."""
-        return self in (JobState.DEPLOYING, JobState.RUNNING)
+        """Deploying, running or recovering: an agent lost or a host failed starts a recovery (or ends it, once
+        its restarts are spent); a client's stop ends it."""
+        return self in (JobState.DEPLOYING, JobState.RUNNING, JobState.RECOVERING)
 
     @property
     def terminal(self) -> bool:
@@ -53,8 +55,10 @@ class JobState(StrEnum):
 _ENDS = frozenset({JobState.FAILED, JobState.STOPPED})
 
 JOB_TRANSITIONS: dict[JobState, frozenset[JobState]] = {
-    JobState.DEPLOYING: frozenset({JobState.RUNNING}) | _ENDS,
-    JobState.RUNNING: frozenset({JobState.FINISHED, JobState.SUSPENDED}) | _ENDS,
+    JobState.DEPLOYING: frozenset({JobState.RUNNING, JobState.RECOVERING}) | _ENDS,
+    JobState.RUNNING: frozenset({JobState.FINISHED, JobState.SUSPENDED, JobState.RECOVERING}) | _ENDS,
+    # another fault while recovering starts the recovery again
+    JobState.RECOVERING: frozenset({JobState.RUNNING, JobState.RECOVERING}) | _ENDS,
     # another virtual node saved too, or one restored (or migrated) resumes the job
     JobState.SUSPENDED: frozenset({JobState.SUSPENDED, JobState.RUNNING}),
     JobState.FINISHED: frozenset(),

@@ -58,6 +58,8 @@ class LogicalGraph:
     def __init__(self, name: str, backend: str = "process") -> None:
         self.name = name
         self.backend = backend  # the host backend operators get unless they ask for another
+        self.checkpoint_every: float | None = 10.0  # seconds between a cluster job's checkpoints (None: none)
+        self.max_restarts = 3                        # recoveries from a checkpoint before a fault fails the job
         self.nodes: dict[int, Node] = {}
         self._names: set[str] = set()
         self._counter: dict[str, int] = {}

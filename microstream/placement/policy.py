@@ -65,11 +65,21 @@ class Proposal:
 
 def measured_problem(plan: PhysicalPlan, graph: LogicalGraph, topology: Topology,
                      traffic: Mapping[tuple[str, str], float],
-                     state_bytes: Mapping[str, float] | None = None) -> Problem:
+                     state_bytes: Mapping[str, float] | None = None,
+                     pins: Mapping[str, str] | None = None) -> Problem:
     """The engine's problem for a running job: its measured bytes/s between virtual nodes (estimates where
-    nothing was measured yet) and measured state sizes."""
+    nothing was measured yet), measured state sizes, and the job's current pins (a pinned source moved by hand
+    because its sensor's gateway failed over is pinned where it is now, not where the script said)."""
     flows = estimate_flows(plan, graph, topology, rates=traffic or None)
-    return build_problem(plan, graph, topology, flows, state_bytes=state_bytes)
+    problem = build_problem(plan, graph, topology, flows, state_bytes=state_bytes)
+    index = {n: j for j, n in enumerate(problem.nodes)}
+    for vnode, node in (pins or {}).items():
+        if vnode in problem.vnodes and node in index:
+            i, j = problem.vnodes.index(vnode), index[node]
+            problem.allowed[i, :] = False
+            problem.allowed[i, j] = True
+            problem.pinned[i] = j
+    return problem
 
 
 def crossing_bytes(vnode: str, node: str, placement: Mapping[str, str],

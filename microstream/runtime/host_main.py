@@ -18,7 +18,7 @@ import zmq
 from .host_lifecycle import ParentWatch, failure_report, serve_vnode
 from .protocol import ControlMessage, msg
 
-_LATER = ("pause_to", "redirect", "snapshot")  # about other virtual nodes' moves: handled once running
+_LATER = ("pause_to", "redirect", "snapshot", "checkpoint")  # others' moves, checkpoints: handled once running
 
 
 class SocketControl:

@@ -244,6 +244,16 @@ class Redirect(Message):
 
 
 @dataclass(frozen=True)
+class CheckpointRequest(Message):
+    """Take checkpoint `checkpoint`: a virtual node with sources snapshots at once and sends the barrier on;
+    any other aligns on the barrier as it arrives from upstream (asking it too is harmless)."""
+
+    KIND: ClassVar[str] = "checkpoint"
+    job: str
+    checkpoint: int
+
+
+@dataclass(frozen=True)
 class StopHost(Message):
     """End the host now."""
 
@@ -313,6 +323,15 @@ class HostSnapshot(HostReport):
 
 
 @dataclass(frozen=True)
+class HostCheckpointed(HostReport):
+    """The virtual node aligned on checkpoint `checkpoint`, snapshotted and went on; the blob is the snapshot."""
+
+    KIND: ClassVar[str] = "checkpointed"
+    checkpoint: int
+    blob: bytes
+
+
+@dataclass(frozen=True)
 class HostResumed(HostReport):
     """A restored virtual node processed its first record, at wall-clock time `at`."""
 
@@ -320,9 +339,10 @@ class HostResumed(HostReport):
     at: float
 
 
-TO_HOST = Vocabulary("from an agent to its host", Spec, Connect, Start, SnapshotRequest, PauseTo, Redirect, StopHost)
+TO_HOST = Vocabulary("from an agent to its host", Spec, Connect, Start, SnapshotRequest, PauseTo, Redirect,
+                     CheckpointRequest, StopHost)
 FROM_HOST = Vocabulary("from a host to its agent", HostHello, HostReady, HostStats, HostDone, HostFailed,
-                       HostSnapshot, HostResumed)
+                       HostSnapshot, HostResumed, HostCheckpointed)
 
 
 # -- sending with a deadline -----------------------------------------------------------------------------------

@@ -294,6 +294,8 @@ class Relay:
         elif kind == "snapshot":
             self.to_agent("snapshot", item.blob)
             self.finished = True
+        elif kind == "checkpointed":  # the guest goes on; the snapshot is for the coordinator
+            self.to_agent("checkpointed", item.blob, checkpoint=h["checkpoint"])
         elif kind == "done":
             self.to_agent("done", item.blob, stats=h.get("stats", {}))
             self.finished = True

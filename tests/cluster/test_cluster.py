@@ -159,9 +159,9 @@ def test_stop_a_running_job(home, tmp_path):
     assert status["jobs"][job]["state"] == "stopped"
 
 
-def test_lost_agent_fails_its_job_and_shows_in_status(tmp_path):
+def test_a_lost_agent_shows_in_status_and_its_pinned_job_waits_for_its_node(tmp_path):
     home = tmp_path / "home"
-    state = cluster.up(2, home, progress=lambda _: None)
+    state = cluster.up(2, home, progress=lambda _: None, coordinator_args=["--agent-timeout", "3"])
     try:
         r = cli("submit", "--detach", str(script(tmp_path, "f.py", FOREVER)), "--home", str(home))
         assert r.returncode == 0, r.stderr
@@ -172,12 +172,13 @@ def test_lost_agent_fails_its_job_and_shows_in_status(tmp_path):
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
             status = json.loads(cli("status", "--json", "--home", str(home)).stdout)
-            if status["jobs"][job]["state"] == "failed":
+            if status["jobs"][job]["state"] == "recovering":
                 break
             time.sleep(0.5)
         assert not status["agents"]["node2"]["up"]
-        assert status["jobs"][job]["state"] == "failed"
-        assert "node2 lost" in status["jobs"][job]["reason"]
+        # its source is pinned to node2 (at="node2"): the job cannot run elsewhere, and says what it waits for
+        assert status["jobs"][job]["state"] == "recovering"
+        assert "waiting to recover" in status["jobs"][job]["reason"] and "node2" in status["jobs"][job]["reason"]
         assert "DOWN" in cli("status", "--home", str(home)).stdout
     finally:
         cluster.down(home, progress=lambda _: None)

@@ -44,7 +44,7 @@ class Harness:
         self.now = 1000.0
         self.lines: list[str] = []
         self.coord = Coordinator(metrics_port=None, log=self.lines.append, policy=None, clock=lambda: self.now,
-                                 wall=lambda: self.now + 1e9)
+                                 wall=lambda: self.now + 1e9, agent_timeout=3.0)
         self.sock = FakeSocket()
         self.coord.sock = self.sock  # type: ignore[assignment]
         plan = SimpleNamespace(vnodes={vn: SimpleNamespace(id=vn, backend=backend, tasks=[f"{vn}.t0"])
@@ -194,17 +194,103 @@ def test_a_failed_vnode_fails_the_job_and_stops_its_hosts(h):
     assert h.take() == [] and h.job(job_id).reason.endswith("ValueError: bad")
 
 
-def test_a_lost_agent_fails_the_jobs_it_runs(h):
-    job_id = h.run()
+def _lose_a2(h) -> None:
     h.now += 2.0
     h.send("a1", cm.Heartbeat(name="a1"))
     h.send("a3", cm.Heartbeat(name="a3"))
     h.now += 1.5
     h.coord.tick()
+
+
+def test_a_lost_agent_starts_a_recovery_on_the_live_agents_in_a_new_epoch(h):
+    job_id = h.run()
+    h.coord.placer.place = lambda plan, graph, agents: Placed(  # type: ignore[method-assign]
+        {"vn0": "a1", "vn1": "a3", "vn2": "a3"}, {}, {}) if not agents["a2"]["up"] else None
+    _lose_a2(h)
+    job = h.job(job_id)
+    assert job.state is JobState.RECOVERING and job.epoch == 1 and job.restarts == 1
+    assert job.recoveries[-1]["reason"] == "agent a2 lost (no heartbeat for 3.5 s)"
+    sent = h.take()
+    assert ("a1", cm.StopJob(job=job_id, before=1)) in sent and ("a3", cm.StopJob(job=job_id, before=1)) in sent
+    deploys = [(to, m) for to, m in sent if isinstance(m, cm.Deploy)]
+    assert sorted((to, m.vnode, m.epoch) for to, m in deploys) == [("a1", "vn0", 1), ("a3", "vn1", 1), ("a3", "vn2", 1)]
+    assert not any(to == "a2" for to, _ in sent)  # nothing to the lost agent
+    assert h.coord.status()["agents"]["a2"]["up"] is False
+    # an old host's report is ignored (fencing); the new epoch's hosts start the job again
+    h.send("a1", cm.VnodeReady(job=job_id, vnode="vn0", endpoint="tcp://old", epoch=0))
+    for vn, agent in (("vn0", "a1"), ("vn1", "a3"), ("vn2", "a3")):
+        h.send(agent, cm.VnodeReady(job=job_id, vnode=vn, endpoint=f"tcp://{agent}:{vn}", epoch=1))
+    assert job.state is JobState.RUNNING and job.endpoints["vn0"]["endpoint"] == "tcp://a1:vn0"
+    assert ("a3", "start") in kinds(h.take())
+
+
+def test_a_job_out_of_restarts_fails(h):
+    job_id = h.run()
+    h.job(job_id).max_restarts = 0
+    _lose_a2(h)
     job = h.job(job_id)
     assert job.state is JobState.FAILED and job.reason == "agent a2 lost (no heartbeat for 3.5 s)"
-    assert kinds(h.take()) == [("a1", "stop"), ("client", "job_done")]  # nothing to the lost agent
-    assert h.coord.status()["agents"]["a2"]["up"] is False
+    assert kinds(h.take()) == [("a1", "stop"), ("client", "job_done")]
+
+
+def test_a_host_that_crashed_is_recovered_but_a_failing_user_function_is_not(h):
+    job_id = h.run()
+    h.send("a2", cm.VnodeFailed(job=job_id, vnode="vn1", error="host process exited with code -9"))
+    assert h.job(job_id).state is JobState.RECOVERING
+    h.take()
+    h.send("a2", cm.VnodeFailed(job=job_id, vnode="vn1", error="late", epoch=0))  # the old epoch: ignored
+    assert h.job(job_id).state is JobState.RECOVERING and h.take() == []
+
+
+def later(h, seconds: float) -> None:
+    """Time passes; every agent keeps up its heartbeats; the coordinator does its periodic work."""
+    for _ in range(int(seconds)):
+        h.now += 1.0
+        for name in AGENTS:
+            h.send(name, cm.Heartbeat(name=name))
+        h.coord.tick()
+    h.now += seconds - int(seconds)
+    h.coord.tick()
+
+
+def test_checkpoints_are_taken_on_time_and_a_recovery_starts_from_the_last(h):
+    job_id = h.run()
+    job = h.job(job_id)
+    job.checkpoint_every = 10.0
+    h.coord.tick()                     # the first tick sets the clock going
+    later(h, 10.5)
+    sent = h.take()
+    assert sorted(to for to, m in sent if isinstance(m, hp.CheckpointRequest)) == ["a1", "a2"]
+    cp = job.pending.id
+    for vn, agent in (("vn0", "a1"), ("vn1", "a2")):
+        h.send(agent, cm.VnodeCheckpointed(job=job_id, vnode=vn, checkpoint=cp, blob=f"state-{vn}".encode()))
+    assert job.checkpoint is None      # not until every virtual node's snapshot is in
+    h.send("a2", cm.VnodeCheckpointed(job=job_id, vnode="vn2", checkpoint=cp, blob=b"state-vn2"))
+    assert job.checkpoint.id == cp and job.pending is None and job.checkpoints[-1]["bytes"] == 27
+    # a move asked for while a checkpoint is taken waits for it
+    later(h, 10.5)
+    h.take()
+    h.send(CLIENT, cm.MigrateRequest(job=job_id, vnode="vn0", to="a3"))
+    assert h.take() == [] and len(job.waiting) == 1
+    for vn, agent in (("vn0", "a1"), ("vn1", "a2"), ("vn2", "a2")):
+        h.send(agent, cm.VnodeCheckpointed(job=job_id, vnode=vn, checkpoint=job.pending.id, blob=b"x"))
+    assert kinds(h.take()) == [("a3", "deploy")]  # the move went ahead once the checkpoint was complete
+    # recovery: every virtual node from its snapshot of the last checkpoint
+    job.move = None
+    h.send("a2", cm.VnodeFailed(job=job_id, vnode="vn1", error="host process exited with code -9"))
+    h.take()
+    for vn, agent in (("vn0", "a1"), ("vn1", "a2"), ("vn2", "a2")):
+        h.send(agent, cm.VnodeReady(job=job_id, vnode=vn, endpoint=f"tcp://{agent}:{vn}", epoch=1))
+    starts = {m.only: m.blob for _, m in h.take() if isinstance(m, hp.Start)}
+    assert starts == {"vn0": b"x", "vn1": b"x", "vn2": b"x"}
+
+
+def test_an_agent_that_comes_back_with_replaced_hosts_is_told_to_stop_them(h):
+    job_id = h.run()
+    _lose_a2(h)
+    h.take()
+    h.send("a2", cm.Heartbeat(name="a2", vnodes={f"{job_id}/vn1": {"state": "running", "epoch": 0}}))
+    assert ("a2", cm.StopJob(job=job_id, only="vn1", before=1)) in h.take()
 
 
 def test_a_client_stops_a_job(h):

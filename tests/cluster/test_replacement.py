@@ -36,12 +36,12 @@ def _agents(**spec: tuple[float, list[str]]) -> dict[str, dict]:
                    "labels": {}} for name, (cores, backends) in spec.items()}
 
 
-def _job(backend: str = "process"):
+def _job(backend: str = "process", at: str | None = None):
     import microstream as ms
     from microstream.graph.physical import build_plan
 
     p = ms.Pipeline("policy")
-    src = p.synthetic(count=10, sensors=4, rate=10, name="gateway")
+    src = p.synthetic(count=10, sensors=4, rate=10, name="gateway", at=at)
     win = src.key_by("sensor").window(ms.tumbling(seconds=1)).aggregate(n=ms.agg.count(), name="windows")
     win.with_parallelism(2).with_backend(backend).sink(ms.sinks.collect(), name="out")
     p.build()
@@ -54,11 +54,12 @@ def _job(backend: str = "process"):
                            "windows[1]": vnode("windows[1]")}
 
 
-def _propose(agents, placement, traffic, state=None, backend="process", pinned=()):
-    graph, plan, vn = _job(backend)
+def _propose(agents, placement, traffic, state=None, backend="process", pinned=(), at=None, pins=None):
+    graph, plan, vn = _job(backend, at)
     placement = {v: "b" for v in plan.vnodes} | {vn[k]: v for k, v in placement.items()}
     traffic = {(vn[a], vn[b]): rate for (a, b), rate in traffic.items()}
-    problem = measured_problem(plan, graph, Topology.from_agents(agents), traffic)
+    problem = measured_problem(plan, graph, Topology.from_agents(agents), traffic,
+                               pins={vn[k]: v for k, v in (pins or {}).items()})
     state_bytes = {vn[k]: v for k, v in (state or {}).items()}
     return best_move(problem, placement, traffic, [vn[k] for k in pinned], state_bytes,
                      PolicyParams(min_gain=10_000, horizon=60)), vn
@@ -77,6 +78,14 @@ def test_the_policy_asks_the_placement_engine_with_measured_traffic():
                     state={"windows": 1e13}, pinned=["gateway"])[0] is None
     assert _propose(agents, {"gateway": "a", "windows": "a"}, {("gateway", "windows"): 2e6},
                     pinned=["gateway"])[0] is None
+
+
+def test_a_source_moved_by_hand_is_pinned_where_it_runs_now_and_its_windows_follow():
+    agents = _agents(a=(4, ["process"]), b=(4, ["process"]))
+    # the script pins the gateway to a; its sensor's gateway failed over and the source was moved to b by hand
+    move, vn = _propose(agents, {"gateway": "b", "windows": "a"}, {("gateway", "windows"): 2e6}, at="a",
+                        pins={"gateway": "b"})
+    assert move is not None and (move.vnode, move.target) == (vn["windows"], "b")
 
 
 def test_an_automatic_move_never_targets_an_agent_without_the_backend_or_the_capacity():

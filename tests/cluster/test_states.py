@@ -19,8 +19,10 @@ from microstream.cluster.states import (
 J, M = JobState, MoveState
 
 LEGAL_JOB = {
-    (J.DEPLOYING, J.RUNNING), (J.DEPLOYING, J.FAILED), (J.DEPLOYING, J.STOPPED),
+    (J.DEPLOYING, J.RUNNING), (J.DEPLOYING, J.FAILED), (J.DEPLOYING, J.STOPPED), (J.DEPLOYING, J.RECOVERING),
     (J.RUNNING, J.FINISHED), (J.RUNNING, J.SUSPENDED), (J.RUNNING, J.FAILED), (J.RUNNING, J.STOPPED),
+    (J.RUNNING, J.RECOVERING),
+    (J.RECOVERING, J.RUNNING), (J.RECOVERING, J.RECOVERING), (J.RECOVERING, J.FAILED), (J.RECOVERING, J.STOPPED),
     (J.SUSPENDED, J.SUSPENDED), (J.SUSPENDED, J.RUNNING),
 }
 
@@ -36,7 +38,7 @@ def test_job_transitions(here, there):
 
 def test_job_state_properties():
     assert {s for s in JobState if s.terminal} == {J.FINISHED, J.FAILED, J.STOPPED}
-    assert {s for s in JobState if s.active} == {J.DEPLOYING, J.RUNNING}
+    assert {s for s in JobState if s.active} == {J.DEPLOYING, J.RUNNING, J.RECOVERING}
     assert set(JOB_TRANSITIONS) == set(JobState)
 
 
