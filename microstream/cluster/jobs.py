@@ -268,7 +268,7 @@ class JobLifecycle:
                     live = {}  # moved away, or a host a recovery replaced: not what runs this vnode now
                 live = job.final.get(vn, live)
                 vnodes[vn] = {"agent": agent_name, "tasks": job.plan.vnodes[vn].tasks, "state": live.get("state"),
-                              "operators": live.get("stats", {}).get("operators", {})}
+                              "pid": live.get("pid"), "operators": live.get("stats", {}).get("operators", {})}
             jobs[job.id] = {"name": job.name, "state": job.state, "reason": job.reason, "vnodes": vnodes,
                             "migrations": job.history, "traffic": self.link_traffic(job), "pins": job.pins,
                             "predicted_traffic": job.predicted, "epoch": job.epoch, "restarts": job.restarts,

@@ -1,0 +1,99 @@
+"""Faults are normal: while a job with keyed windows and a file sink runs on an embedded cluster, a host is
+killed, an agent is killed, an agent freezes past the loss limit. Each time the coordinator restarts every
+virtual node from the last checkpoint on the live agents, and the file holds exactly what a run without a fault
+writes: nothing lost, nothing twice. Afterwards no host of the old deployment is left running."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from microstream.cluster import embedded as cluster
+from microstream.cluster.client import Client
+from tests.cluster.test_cluster import cli
+from tests.helpers import wait_for
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
+
+JOB = """
+import microstream as ms
+p = ms.Pipeline("chaos", checkpoint_every="1s", restarts=3)
+src = p.synthetic(count=24_000, sensors=20, rate=2000, jitter=0.05, max_delay=0.2, seed=8, speed={speed},
+                  batch_size=200)
+win = src.key_by("sensor").window(ms.tumbling(seconds=1)).aggregate(
+    n=ms.agg.count(), mean=ms.agg.mean("value"), hi=ms.agg.max("value")).with_parallelism(2)
+win.sink(ms.sinks.jsonl("{out}"))
+p.run()
+"""
+
+
+def _rows(path: Path) -> list[tuple]:
+    return sorted(tuple(sorted(json.loads(line).items())) for line in path.read_text().splitlines())
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as f:  # a zombie is not alive
+        return f.read().split()[2] != "Z"
+
+
+@pytest.fixture(scope="module")
+def expected(tmp_path_factory) -> list[tuple]:
+    tmp = tmp_path_factory.mktemp("local")
+    script = tmp / "local.py"
+    script.write_text(textwrap.dedent(JOB.format(speed=None, out=tmp / "local.jsonl")))
+    assert cli("run", str(script)).returncode == 0
+    return _rows(tmp / "local.jsonl")
+
+
+@pytest.mark.parametrize("fault", ["kill the window host", "kill the window agent", "freeze the window agent"])
+def test_the_job_recovers_from_the_last_checkpoint_with_exactly_the_fault_free_output(fault, expected, tmp_path):
+    home = tmp_path / "home"
+    state = cluster.up(3, home, progress=lambda _: None, coordinator_args=["--agent-timeout", "3"])
+    agent_pids = {f"node{i}": pid for i, pid in enumerate(state["pids"][1:], start=1)}
+    out = tmp_path / "cluster.jsonl"
+    script = tmp_path / "job.py"
+    script.write_text(textwrap.dedent(JOB.format(speed=1.0, out=out)))  # 12 s of real-time readings
+    frozen = None
+    try:
+        r = cli("submit", "--detach", str(script), "--home", str(home))
+        assert r.returncode == 0, r.stderr
+        job = r.stdout.strip().splitlines()[-1]
+        with Client(cluster.address(home), timeout=30) as client:
+            status = wait_for(lambda: (s := client.status()["jobs"][job])["state"] == "running"
+                              and len(s["checkpoints"]) >= 2 and s, 60, "two checkpoints")
+            windows = next(v for v in status["vnodes"].values() if any(t.startswith("window") for t in v["tasks"]))
+            old_hosts = [v["pid"] for v in status["vnodes"].values() if v["pid"]]
+            if fault == "kill the window host":
+                os.kill(windows["pid"], signal.SIGKILL)
+            elif fault == "kill the window agent":
+                os.kill(agent_pids[windows["agent"]], signal.SIGKILL)  # its hosts must not outlive it
+            else:
+                frozen = agent_pids[windows["agent"]]
+                os.kill(frozen, signal.SIGSTOP)
+            status = wait_for(lambda: (s := client.status()["jobs"][job])["recoveries"] and s, 30, "a recovery")
+            recovery = status["recoveries"][0]
+            assert recovery["checkpoint"] is not None, recovery
+            if frozen is not None:
+                wait_for(lambda: client.status()["jobs"][job]["state"] == "running", 60, "the job to run again")
+                os.kill(frozen, signal.SIGCONT)  # it comes back: its hosts of the old epoch are stopped
+                frozen = None
+            final = wait_for(lambda: (s := client.status()["jobs"][job])["state"] in ("finished", "failed") and s,
+                             120, "the job to end")
+        assert final["state"] == "finished", final["reason"]
+        assert final["restarts"] == 1 and final["epoch"] == 1
+        assert _rows(out) == expected and len(expected) > 200  # exactly once: nothing lost, nothing twice
+        # nothing of the old deployment is left running (a killed agent's hosts end on their own)
+        wait_for(lambda: not [pid for pid in old_hosts if _alive(pid)], 15, "the old hosts to end")
+    finally:
+        if frozen is not None:
+            os.kill(frozen, signal.SIGCONT)
+        cluster.down(home, progress=lambda _: None)
