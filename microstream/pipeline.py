@@ -40,6 +40,33 @@ def _check_backend(backend: str, where: str) -> None:
         raise PipelineError(where, f"unknown host backend '{backend}'", f"use one of {sorted(KNOWN_BACKENDS)}")
 
 
+def _delay(value: Any, where: str) -> int:
+    ns = to_ns(value, "max_delay", operator=where)
+    if ns < 0:
+        raise PipelineError(where, f"max_delay must not be negative, got {value!r}", "e.g. max_delay='5s'")
+    return ns
+
+
+def _lateness(value: Any, where: str) -> int:
+    ns = to_ns(value, "lateness", operator=where)
+    if ns < 0:
+        raise PipelineError(where, f"lateness must not be negative, got {value!r}", "e.g. lateness='1min'")
+    return ns
+
+
+def _interval(value: Any, where: str) -> int:
+    ns = to_ns(value, "every", operator=where)
+    if ns <= 0:
+        raise PipelineError(where, f"every must be positive, got {value!r}", "e.g. every='500ms' or every=0.5")
+    return ns
+
+
+def _check_spec(spec: Any, where: str) -> None:
+    if not isinstance(spec, WindowSpec):
+        raise PipelineError(where, f"{spec!r} is not a window", "build one with ms.tumbling('10min'), "
+                                                                "ms.sliding('8h', '1h') or ms.session('5min')")
+
+
 def _caller() -> str:
     """'script.py:12' for the first stack frame outside microstream."""
     frame = sys._getframe(1)
@@ -260,9 +287,10 @@ class Stream:
     def window(self, spec: WindowSpec, lateness: Any = 0, time: str = "event") -> WindowedStream:
         """Group a keyed stream into windows (`ms.tumbling`, `ms.sliding`, `ms.session`); then `.aggregate(...)`.
 
-        `lateness` (ns, float seconds or timedelta) keeps windows open after the watermark passes their
-        end: a late record inside it re-emits the window's updated result; later records go to the
-        window's `.late` stream. `time="processing"` uses the arrival clock instead of event time.
+        `lateness` (a duration: "30s", float seconds, a timedelta; default none) keeps windows open after the
+        watermark passes their end: a late record inside it re-emits the window's updated result; later
+        records go to the window's `.late` stream. `time="processing"` uses the arrival clock instead of
+        event time.
 
         >>> import microstream as ms
         >>> p = ms.Pipeline("w"); out = ms.sinks.collect()
@@ -274,7 +302,8 @@ class Stream:
         """
         if time not in ("event", "processing"):
             raise PipelineError("window", f"time must be 'event' or 'processing', got {time!r}")
-        return WindowedStream(self, spec, to_ns(lateness) or 0, time == "processing")
+        _check_spec(spec, "window")
+        return WindowedStream(self, spec, _lateness(lateness, "window"), time == "processing")
 
     def join(self, other: Stream, window: WindowSpec, lateness: Any = 0, name: str | None = None) -> Stream:
         """Windowed inner join of two keyed streams on their keys: every pair of records with the same key
@@ -290,7 +319,8 @@ class Stream:
         """
         from .operators.join import WindowJoin
 
-        return self._then(WindowJoin(window, to_ns(lateness) or 0), name, [other])
+        _check_spec(window, name or "join")
+        return self._then(WindowJoin(window, _lateness(lateness, name or "join")), name, [other])
 
     # -- side outputs and sinks ---------------------------------------------------------------------
     @property
@@ -360,10 +390,7 @@ class Pipeline:
         _check_backend(backend, name)
         self.name = name
         self.graph = LogicalGraph(name, backend)
-        if isinstance(checkpoint_every, int):  # a bare int would be nanoseconds: surely not what was meant
-            raise PipelineError(None, f"checkpoint_every={checkpoint_every} has no unit",
-                                f'write checkpoint_every="{checkpoint_every}s" (or {float(checkpoint_every)} seconds)')
-        every = to_ns(checkpoint_every) if checkpoint_every is not None else None
+        every = to_ns(checkpoint_every, "checkpoint_every")
         if every is not None and every <= 0:
             raise PipelineError(None, f"checkpoint_every must be positive, got {checkpoint_every!r}",
                                 'write it as a duration, e.g. checkpoint_every="10s", or None for no checkpoints')
@@ -382,23 +409,41 @@ class Pipeline:
     # -- sources ------------------------------------------------------------------------------------
     def from_iterable(self, items: Iterable[Any], time: str | None = None, max_delay: Any = 0,
                       batch_size: int = 1024, schema: Mapping[str, Any] | None = None,
-                      name: str | None = None, at: str | None = None) -> Stream:
-        """Records (dicts) or batches (dicts of arrays) from a list or generator. `time` names an int64
-        nanosecond event-time column; `max_delay` bounds how out of order it may be."""
-        return self.add_source(IterableSource(items, time, to_ns(max_delay) or 0, batch_size, schema), name, at)
+                      name: str | None = None, at: str | None = None, *, time_unit: str | None = None) -> Stream:
+        """Records (dicts) or batches (dicts of arrays) from a list or generator.
+
+        `time` names the event-time column: int64 nanoseconds since the epoch, numbers counted in `time_unit`
+        ("s", "ms", "us" or "ns"), `datetime64` values, or datetime / `pandas.Timestamp` objects (naive ones
+        are UTC). Integers that look like epoch seconds or milliseconds without a `time_unit` are refused when
+        the pipeline is built. `max_delay` (a duration) bounds how out of order event time may be.
+
+        >>> import microstream as ms
+        >>> p = ms.Pipeline("ms"); out = ms.sinks.collect()
+        >>> p.from_iterable([{"t": 1_700_000_000_250, "v": 1.0}], time="t", time_unit="ms").sink(out)
+        >>> _ = p.run(); out.records()
+        [{'t': 1700000000250000000, 'v': 1.0}]
+        """
+        source = IterableSource(items, time, _delay(max_delay, name or "from_iterable"), batch_size, schema,
+                                time_unit)
+        return self.add_source(source, name, at)
 
     def from_arrays(self, columns: Mapping[str, np.ndarray], time: str | None = None, max_delay: Any = 0,
                     batch_size: int = 65536, speed: float | None = None, name: str | None = None,
-                    at: str | None = None) -> Stream:
-        """Columns already in memory, replayed in batches of `batch_size`."""
-        return self.add_source(ArraySource(columns, time, to_ns(max_delay) or 0, batch_size, speed), name, at)
+                    at: str | None = None, *, time_unit: str | None = None) -> Stream:
+        """Columns already in memory, replayed in batches of `batch_size`. `time`, `time_unit` and `max_delay`
+        as for `from_iterable` (a `datetime64` column needs no unit); `speed` replays in scaled real time."""
+        source = ArraySource(columns, time, _delay(max_delay, name or "from_arrays"), batch_size, speed, time_unit)
+        return self.add_source(source, name, at)
 
     def poll(self, fn: Callable[[], Any], every: Any, time: str = "time", max_delay: Any = 0,
              limit: int | None = None, schema: Mapping[str, Any] | None = None, name: str | None = None,
-             at: str | None = None) -> Stream:
-        """Call `fn()` every `every` (seconds as float, ns as int, or a timedelta) and stamp each reading
-        with the clock in column `time`, as a polled sensor. `limit` stops after that many polls."""
-        return self.add_source(PollSource(fn, to_ns(every), time, to_ns(max_delay) or 0, limit, schema), name, at)
+             at: str | None = None, *, time_unit: str | None = None) -> Stream:
+        """Call `fn()` every `every` (a duration: "500ms", float seconds, a timedelta) and stamp each reading
+        with the clock in column `time`, as a polled sensor. `limit` stops after that many polls. A reading
+        that carries its own `time` keeps it (counted in `time_unit`, as for `from_iterable`)."""
+        where = name or "poll"
+        source = PollSource(fn, _interval(every, where), time, _delay(max_delay, where), limit, schema, time_unit)
+        return self.add_source(source, name, at)
 
     def poll_file(self, path: str | Path, every: Any, column: str = "value", scale: float = 1.0,
                   time: str = "time", limit: int | None = None, name: str | None = None,
@@ -415,7 +460,8 @@ class Pipeline:
         """
         from .sources.device import FilePollSource
 
-        return self.add_source(FilePollSource(path, to_ns(every), column, scale, time, limit), name, at)
+        source = FilePollSource(path, _interval(every, name or "poll_file"), column, scale, time, limit)
+        return self.add_source(source, name, at)
 
     def read_mqtt(self, topic: str | Iterable[str], broker: str = "mqtt://127.0.0.1:1883", *, format: str = "json",  # noqa: A002
                   schema: Mapping[str, Any] | None = None, time: str | None = "time", time_unit: str = "s",

@@ -42,3 +42,10 @@ def wait_for(condition: Callable[[], T], timeout: float, what: str, interval: fl
         if time.monotonic() >= deadline:
             pytest.fail(f"timed out after {timeout:g} s waiting for {what}; last: {value!r}")
         time.sleep(interval)
+
+
+def ns(n: int) -> int:
+    """`n` nanoseconds as a duration option takes them (a bare int is refused): for tests that work in ns."""
+    from microstream.core.time import duration
+
+    return duration(nanoseconds=n)

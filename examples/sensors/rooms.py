@@ -24,7 +24,7 @@ readings = p.union(*rooms).filter(lambda b: (b["CO2"] > 0) & (b["CO2"] < 5000), 
 
 comfort = (
     readings.key_by("room")
-    .window(ms.tumbling(minutes=10), lateness=ms.duration(minutes=1))
+    .window(ms.tumbling(minutes=10), lateness="1min")
     .aggregate(
         co2=ms.agg.mean("CO2"),
         t_min=ms.agg.min("Temperature"),

@@ -42,7 +42,7 @@ hourly = (
 deltas = hourly.filter(lambda b: ~np.isnan(b["delta"]), name="has_delta")  # NaN would poison the std
 
 past_24h = (
-    deltas.window(ms.sliding({"hours": 24}, {"hours": 1}))
+    deltas.window(ms.sliding("24h", "1h"))
     .aggregate(delta_std=ms.agg.std("delta"), n_deltas=ms.agg.count(), name="stats_24h")
     # the window [h - 24 h, h) describes the hour [h, h + 1 h): move its event time into that hour
     .with_columns(window_time=lambda b: b["window_time"] + HOUR, name="to_next_hour")

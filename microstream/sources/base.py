@@ -15,7 +15,7 @@ import numpy as np
 
 from ..core.batch import Batch
 from ..core.errors import PipelineError
-from ..core.time import MIN_TIME, SECOND
+from ..core.time import MIN_TIME, SECOND, check_time_unit, event_times, format_ns, suspect_time_unit, time_unit_fix
 from ..operators.base import OUT, Emit, Operator
 
 
@@ -28,6 +28,49 @@ def _bounded_watermarks(t, max_seen, delay, out):
             m = t[i]
         out[i] = m - delay
     return m
+
+
+_LONG = {"s": "seconds", "ms": "milliseconds", "us": "microseconds", "ns": "nanoseconds"}
+
+
+def time_column(values: Any, unit: str | None, *, column: str, operator: str | None) -> np.ndarray:
+    """A source's event-time column as int64 nanoseconds, checked while the pipeline is built.
+
+    Integers count `unit` (None: nanoseconds, and then values that look like epoch seconds, milliseconds or
+    microseconds are refused with the fix); floats need a unit; `datetime64` columns and datetime or
+    `pandas.Timestamp` objects carry their own. Text is refused: parse it first (or let `read_csv` do it).
+    """
+    check_time_unit(unit, operator)
+    v = np.asarray(values)
+    kind = v.dtype.kind
+    if kind in "US" or kind == "b":
+        what = "text" if kind in "US" else "booleans"
+        raise PipelineError(operator, f"time column '{column}' holds {what} ({v.dtype}); event time is int64 "
+                                      "nanoseconds since the epoch",
+                            "convert it, e.g. np.asarray(texts, 'datetime64[ns]') for ISO text in UTC, or pass "
+                            "numbers with time_unit='s'|'ms'|'us'|'ns'")
+    if kind == "f" and unit is None:
+        guess = suspect_time_unit(np.floor(v[np.isfinite(v)]).astype(np.int64)) or "s"
+        raise PipelineError(operator, f"time column '{column}' holds floats ({v.dtype}), so its unit is unknown",
+                            f"pass time_unit='{guess}' if the numbers count {_LONG[guess]} since the epoch "
+                            "('s', 'ms', 'us' or 'ns': the unit they count)")
+    if kind in "iu" and unit is None:
+        unit_seen = suspect_time_unit(v)
+        if unit_seen is not None:
+            lo, hi = int(v.min()), int(v.max())
+            long = _LONG[unit_seen]
+            raise PipelineError(operator, f"time column '{column}' looks like epoch {long} ({lo:,} .. {hi:,}; "
+                                          f"as nanoseconds that is {format_ns(lo)}), but event time is "
+                                          "nanoseconds",
+                                time_unit_fix(column, unit_seen))
+    try:
+        return event_times(v, unit)
+    except (TypeError, ValueError) as exc:
+        sample = next((x for x in v.ravel()[:1]), None)
+        raise PipelineError(operator, f"time column '{column}' holds {type(sample).__name__} values that are not "
+                                      f"times ({exc})",
+                            "give int64 nanoseconds, numbers with time_unit=, datetime64 values or datetimes"
+                            ) from None
 
 
 class Source(Operator):

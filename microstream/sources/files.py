@@ -407,7 +407,9 @@ class CsvSource(_ChunkedFileSource):
     types are inferred from every row in one compiled pass at build time; N: from the first N rows, later
     values that do not fit are dead letters), `max_row_bytes` (longer rows are dead letters; 1 MiB), `tags`
     (constant columns, e.g. {"room": "lab-1"}), `speed` (None = as fast as possible, 1.0 = real time, 60 = a
-    minute per second), `max_delay`, `batch_size`.
+    minute per second), `max_delay` (a duration, e.g. "30s"), `batch_size`, `time_unit` ("s"|"ms"|"us"|"ns":
+    the time column holds numbers counted in that unit since the epoch instead of text; an empty one is a
+    dead letter).
 
     A NOAA SOLRAD station file: a station-name line and a location line, then whitespace-separated values
     with no header:
@@ -434,15 +436,21 @@ class CsvSource(_ChunkedFileSource):
                  batch_size: int = 65536, *, sep: str | None = None, quote: str | None = '"',
                  skip_rows: int = 0, names: list[str] | None = None, dedupe_columns: bool = False,
                  encoding: str = "utf-8", errors: str = "strict", infer_rows: int | None = None,
-                 max_row_bytes: int = MAX_ROW_BYTES) -> None:
-        from ..core.time import to_ns
+                 max_row_bytes: int = MAX_ROW_BYTES, time_unit: str | None = None) -> None:
+        from ..core.time import check_time_unit, to_ns
 
+        check_time_unit(time_unit, "read_csv")
         self.time_join = tuple(time) if isinstance(time, (tuple, list)) else None
+        if time_unit is not None and self.time_join is not None:
+            raise PipelineError("read_csv", "time_unit= is for a column of numbers; a tuple of columns is text",
+                                "pass time='column' with time_unit=, or time_format= for the joined columns")
+        self.time_unit = time_unit
         if self.time_join is not None and len(self.time_join) < 2:
             raise PipelineError("read_csv", f"time={time!r}: a tuple joins two or more columns",
                                 "pass time='column' for one column")
-        super().__init__(path, "time" if self.time_join else time, to_ns(max_delay) or 0, speed, batch_size, tags,
-                         encoding, errors, max_row_bytes, infer_rows)
+        time_name = "time" if self.time_join else (time if isinstance(time, str) else None)
+        super().__init__(path, time_name, to_ns(max_delay, "max_delay", operator="read_csv"),
+                         speed, batch_size, tags, encoding, errors, max_row_bytes, infer_rows)
         if sep is not None and delimiter is not None and sep != delimiter:
             raise PipelineError("read_csv", f"sep={sep!r} and delimiter={delimiter!r} disagree",
                                 "sep is another name for delimiter: pass one of them")
@@ -487,6 +495,8 @@ class CsvSource(_ChunkedFileSource):
                     raise PipelineError(name, f"column '{col}' is not in the header of {self.path.name}: {header}",
                                         "check the column name (case matters)")
             infer = [c for c in wanted if c not in time_cols and c not in self.columns]
+            if self.time and not self.time_join and (self.time_unit is not None or self.time_format == "iso"):
+                infer.append(self.time)  # numbers since the epoch: parsed as int or float, then scaled to ns
             spec = CsvSpec(delimiter=delim, decimal=self.decimal, quote=self.quote, header=header,
                            header_line=header_line, max_row_bytes=self.max_row_bytes)
             try:
@@ -511,6 +521,18 @@ class CsvSource(_ChunkedFileSource):
             if kinds[col] == "int" and self._has_missing(col) and col not in self.columns:
                 kinds[col] = "float"  # a missing-value sentinel becomes NaN, which needs floats
         self.notices = _notice_sentinels(seen, kinds, self._has_missing, self.path)
+        if self.time_unit is None and self.time and not self.time_join and self.time_format == "iso" \
+                and sniffed.get(self.time) in ("int", "float"):
+            raise PipelineError(name, f"time column '{self.time}' of {self.path.name} holds numbers, not ISO text",
+                                "pass time_unit='s' (or 'ms', 'us', 'ns': what the numbers count since the epoch), "
+                                "or time_format= for digits such as 202401011200 ('%Y%m%d%H%M')")
+        if self.time_unit is not None and self.time:
+            number = sniffed.get(self.time)
+            if number not in ("int", "float"):
+                raise PipelineError(name, f"time column '{self.time}' of {self.path.name} does not hold numbers "
+                                          f"(time_unit={self.time_unit!r})",
+                                    "leave out time_unit= for text times (see time_format=)")
+            self._time_number = number
         if time_cols:
             kinds = {"time": "time", **kinds} if self.time_join else {time_cols[0]: "time", **kinds}
         self.kinds = kinds
@@ -556,6 +578,8 @@ class CsvSource(_ChunkedFileSource):
             for col in rest:
                 cols[col] = "str"
             formats[first] = self.time_format
+        elif self.time and self.time_unit is not None:
+            cols[self.time] = self._time_number
         elif self.time:
             formats[self.time] = self.time_format
         missing = self.missing
@@ -570,9 +594,28 @@ class CsvSource(_ChunkedFileSource):
             self._spec_cache = self._spec()
         result = parse_csv(chunk, self._spec_cache, start_line=start_line, final=final)
         cols = dict(result.columns)
+        dead = result.dead
         if self.time_join:
             cols["time"] = cols.pop(self.time_join[0])
-        return cols, result.dead, result.n_bytes, result.n_lines
+        elif self.time and self.time_unit is not None:
+            cols, dead = self._scale_times(cols, result.line_numbers, dead)
+        return cols, dead, result.n_bytes, result.n_lines
+
+    def _scale_times(self, cols: dict[str, np.ndarray], lines: np.ndarray,
+                     dead: list[Dead]) -> tuple[dict[str, np.ndarray], list[Dead]]:
+        """Numbers since the epoch in `time_unit` to ns, vectorised; an empty time field is a dead letter."""
+        from ..core.time import event_times
+
+        assert self.time is not None
+        t = cols[self.time]
+        if t.dtype.kind == "f":
+            bad = ~np.isfinite(t)
+            if bad.any():
+                dead = sorted(dead + [(int(ln), "", f"column '{self.time}': no time") for ln in lines[bad]])
+                cols = {k: v[~bad] for k, v in cols.items()}
+                t = cols[self.time]
+        cols[self.time] = event_times(t, self.time_unit)
+        return cols, dead
 
 
 class JsonlSource(_ChunkedFileSource):
@@ -605,10 +648,11 @@ class JsonlSource(_ChunkedFileSource):
                  speed: float | None = None, max_delay: Any = 0, batch_size: int = 65536, *,
                  encoding: str = "utf-8", errors: str = "strict", infer_rows: int | None = None,
                  max_row_bytes: int = MAX_ROW_BYTES, max_depth: int = MAX_DEPTH) -> None:
-        from ..core.time import to_ns
+        from ..core.time import check_time_unit, to_ns
 
-        super().__init__(path, time, to_ns(max_delay) or 0, speed, batch_size, tags, encoding, errors, max_row_bytes,
-                         infer_rows)
+        check_time_unit(time_unit, "read_jsonl")
+        super().__init__(path, time, to_ns(max_delay, "max_delay", operator="read_jsonl"), speed, batch_size, tags,
+                         encoding, errors, max_row_bytes, infer_rows)
         self.time_format, self.time_unit, self.utc_offset = time_format, time_unit, utc_offset
         self.fields = dict(fields or {})
         self.max_depth = int(max_depth)

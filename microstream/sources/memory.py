@@ -13,21 +13,28 @@ import numpy as np
 from ..core.batch import Batch
 from ..core.errors import PipelineError
 from ..core.schema import Schema, schema_of_columns
+from ..core.time import check_time_unit, event_times
 from ..operators.base import OUT, Emit
-from .base import Source, TickingSource
+from .base import Source, TickingSource, time_column
 
 # -- concrete sources ------------------------------------------------------------------------------
 
 class ArraySource(Source):
-    """Columns already in memory, cut into batches: the fastest source (benchmarks, tests)."""
+    """Columns already in memory, cut into batches: the fastest source (benchmarks, tests).
+
+    The time column may be int64 nanoseconds, numbers in `time_unit`, or `datetime64`; it is converted to
+    nanoseconds once, vectorised, when the pipeline is built.
+    """
 
     kind = "from_arrays"
     cpu_us = 0.1
 
     def __init__(self, columns: Mapping[str, np.ndarray], time: str | None = None, max_delay: int = 0,
-                 batch_size: int = 65536, speed: float | None = None) -> None:
+                 batch_size: int = 65536, speed: float | None = None, time_unit: str | None = None) -> None:
         super().__init__(time, max_delay, speed, batch_size)
         self.columns = {k: np.asarray(v) for k, v in columns.items()}
+        self.time_unit = time_unit
+        self._time_ready = False
         lengths = {len(v) for v in self.columns.values()}
         if len(lengths) > 1:
             raise PipelineError(None, f"from_arrays: columns have different lengths {sorted(lengths)}")
@@ -37,6 +44,10 @@ class ArraySource(Source):
         return f"{n:,} rows"
 
     def output_schemas(self, inputs: list[Schema], name: str) -> dict[str, Schema]:
+        if self.time is not None and self.time in self.columns and not self._time_ready:
+            self.columns[self.time] = time_column(self.columns[self.time], self.time_unit, column=self.time,
+                                                  operator=name)
+            self._time_ready = True
         schema = schema_of_columns(self.columns, time=self.time)
         _check_time(schema, self.time, name)
         return {OUT: schema}
@@ -67,8 +78,10 @@ class IterableSource(Source):
     cpu_us = 2.0
 
     def __init__(self, items: Iterable[Any] | Callable[[], Iterable[Any]], time: str | None = None,
-                 max_delay: int = 0, batch_size: int = 1024, schema: Mapping[str, Any] | None = None) -> None:
+                 max_delay: int = 0, batch_size: int = 1024, schema: Mapping[str, Any] | None = None,
+                 time_unit: str | None = None) -> None:
         super().__init__(time, max_delay, None, batch_size)
+        self.time_unit = time_unit
         # A list (any re-iterable) or a function returning an iterable is read afresh by every run; a one-shot
         # iterator (a generator) can be read by one run only, and its first item is peeked at build time.
         self.factory: Callable[[], Iterable[Any]] | None
@@ -89,8 +102,12 @@ class IterableSource(Source):
         return iter(self.items)
 
     def output_schemas(self, inputs: list[Schema], name: str) -> dict[str, Schema]:
+        check_time_unit(self.time_unit, name)
         if self.schema is not None:
-            schema = Schema.of(self.schema, time=self.time)
+            fields: dict[str, Any] = dict(Schema.of(self.schema).fields)
+            if self.time in fields:  # declared as datetime64, float seconds...: converted to ns as records come
+                fields[self.time] = np.int64
+            schema = Schema.of(fields, time=self.time)
         else:
             first = next(self.items, None) if self.one_shot else next(self._fresh(), None)  # type: ignore[call-overload]
             if first is None:
@@ -98,7 +115,14 @@ class IterableSource(Source):
                                     "pass schema={'col': 'float64', ...}")
             if self.one_shot:
                 self.first.append(first)
-            schema = schema_of_columns(self._to_batch([first]).to_dict(), time=self.time)
+            cols = self._to_batch([first]).to_dict()
+            if self.time is not None and self.time in cols:
+                # the first batch's worth of records (only the first item of a one-shot iterator) shows the unit
+                sample = cols if self.one_shot or not _is_record(first) else self._to_batch(
+                    list(itertools.islice(self._fresh(), self.batch_size))).to_dict()
+                time_column(sample[self.time], self.time_unit, column=self.time, operator=name)
+                cols[self.time] = event_times(cols[self.time], self.time_unit)
+            schema = schema_of_columns(cols, time=self.time)
         _check_time(schema, self.time, name)
         return {OUT: schema}
 
@@ -162,6 +186,9 @@ class IterableSource(Source):
         cols = {}
         for name, dtype in self.out_schema.fields:
             col = batch[name]
+            if name == self.time and (col.dtype != dtype or self.time_unit not in (None, "ns")):
+                cols[name] = event_times(col, self.time_unit)  # seconds, datetime64, datetimes: to ns, vectorised
+                continue
             cols[name] = col if col.dtype.kind == dtype.kind == "U" or col.dtype == dtype else col.astype(dtype)
         return Batch(cols)
 
@@ -180,12 +207,14 @@ class PollSource(TickingSource):
     cpu_us = 2.0
 
     def __init__(self, fn: Callable[[], Any], interval: int, time: str = "time", max_delay: int = 0,
-                 limit: int | None = None, schema: Mapping[str, Any] | None = None) -> None:
+                 limit: int | None = None, schema: Mapping[str, Any] | None = None,
+                 time_unit: str | None = None) -> None:
         if interval <= 0:
-            raise PipelineError(None, f"poll interval must be positive, got {interval} ns")
+            raise PipelineError(None, f"poll every= must be positive, got {interval} ns")
         super().__init__(time, interval, limit, max_delay)
         self.fn = fn
         self.schema = schema
+        self.time_unit = time_unit  # of a time column fn returns itself (else the clock's ns stamp it)
 
     def output_schemas(self, inputs: list[Schema], name: str) -> dict[str, Schema]:
         if self.schema is not None:
@@ -196,8 +225,12 @@ class PollSource(TickingSource):
                 raise PipelineError(name, "the polled function returned None when sampled at build time",
                                     "pass schema={'col': 'float64', ...}")
             self._first = sample
-            fields = dict(schema_of_columns(_reading_columns(sample)).fields)
-        fields.setdefault(self.time, np.int64)
+            cols = _reading_columns(sample)
+            if self.time in cols:
+                cols[self.time] = time_column(cols[self.time], self.time_unit, column=self.time, operator=name)
+            fields = dict(schema_of_columns(cols).fields)
+        check_time_unit(self.time_unit, name)
+        fields[self.time] = np.int64
         return {OUT: Schema.of(fields, time=self.time)}
 
     def open(self, ctx) -> None:
@@ -218,6 +251,8 @@ class PollSource(TickingSource):
         n = len(next(iter(cols.values())))
         if self.time not in cols:
             cols[self.time] = np.full(n, now, dtype=np.int64)
+        else:
+            cols[self.time] = event_times(cols[self.time], self.time_unit)
         cols = {name: np.asarray(cols[name], dtype=dtype if dtype.kind != "U" else str)
                 for name, dtype in self.out_schema.fields}
         self.position += n
@@ -239,4 +274,5 @@ def _check_time(schema: Schema, time: str | None, name: str) -> None:
     if dtype != np.int64:
         raise PipelineError(name, f"time column '{time}' has dtype {dtype}; event time must be int64 "
                                   "nanoseconds since the epoch",
-                            "convert it, e.g. np.asarray(times, 'datetime64[ns]').astype('int64')")
+                            "convert it, e.g. np.asarray(texts, 'datetime64[ns]'), or give numbers with "
+                            "time_unit='s'|'ms'|'us'|'ns'")

@@ -62,8 +62,9 @@ def _block(block: int, seed: int, sensors: int, rate: float, start: int, jitter:
 class SyntheticSource(Source):
     """`p.synthetic(count=2_000_000, sensors=1000, rate=1000, jitter=0.05, glitch_rate=0.01, seed=1)`.
 
-    `rate` is records per second of event time over all sensors; `jitter` (float seconds or int ns)
-    is the largest out-of-order delay; `max_delay` defaults to `jitter`, so no record is late.
+    `rate` is records per second of event time over all sensors; `jitter` (a duration: float seconds, "50ms",
+    a timedelta) is the largest out-of-order delay; `max_delay` defaults to `jitter`, so no record is late;
+    `period` (a duration, 1 h) is that of each sensor's sine; `start` is the first event time (int64 ns).
     """
 
     kind = "synthetic"
@@ -73,13 +74,14 @@ class SyntheticSource(Source):
                  jitter: Any = 0, glitch_rate: float = 0.0, start: int = 1_700_000_000 * SECOND,
                  period: Any = 3600.0, max_delay: Any = None, batch_size: int = 65536,
                  speed: float | None = None) -> None:
-        jitter_ns = to_ns(jitter) or 0
-        super().__init__("time", to_ns(max_delay) if max_delay is not None else jitter_ns, speed, batch_size)
+        jitter_ns = to_ns(jitter, "jitter", operator="synthetic")
+        max_delay_ns = to_ns(max_delay, "max_delay", operator="synthetic")
+        super().__init__("time", max_delay_ns if max_delay_ns is not None else jitter_ns, speed, batch_size)
         if count < 0 or sensors <= 0 or rate <= 0:
             raise PipelineError(None, "synthetic: count >= 0, sensors > 0 and rate > 0 are required")
         self.count, self.sensors, self.rate, self.seed = int(count), int(sensors), float(rate), int(seed)
         self.jitter, self.glitch_rate, self.start = jitter_ns, float(glitch_rate), int(start)
-        self.period = to_ns(period) or 3600 * SECOND
+        self.period = to_ns(period, "period", operator="synthetic") or 3600 * SECOND
 
     def describe(self) -> str:
         return f"{self.count:,} records, {self.sensors} sensors, {self.rate:g}/s"

@@ -72,7 +72,7 @@ def run_moving(broker, tmp_path, home, move, client_id: str) -> tuple[dict, dict
     p = ms.Pipeline("reference")
     recs = [{"time": round((T0 + i * 0.05) * 1e9), "station": f"st{i % 3}", "pm25": (i % 50) * 0.5, "i": i}
             for i in range(N)]
-    build(p, p.from_iterable(recs, time="time", max_delay=3600 * 10**9), local)
+    build(p, p.from_iterable(recs, time="time", max_delay="1h"), local)
     p.run()
 
     script = tmp_path / "job.py"  # the same operators (build) on the MQTT source

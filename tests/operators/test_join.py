@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import microstream as ms
+from tests.helpers import ns
 from tests.operators.test_windows import interleaved_events, windows_of
 
 ROW = ("room", "window_start", "window_end", "window_time", "left_t", "temp", "right_t", "rh")
@@ -32,9 +33,9 @@ def R(site, t, rh=None):  # noqa: N802 - a right record
 def run_join(left, right, spec, lateness=0, delays=(0, 0), batches=(1024, 1024)):
     p = ms.Pipeline("join")
     out, late_l, late_r = ms.sinks.collect(), ms.sinks.collect(), ms.sinks.collect()
-    a = p.from_iterable(left, time="t", max_delay=delays[0], batch_size=batches[0]).key_by("room")
-    b = p.from_iterable(right, time="t", max_delay=delays[1], batch_size=batches[1]).key_by("site")
-    j = a.join(b, spec, lateness=lateness)
+    a = p.from_iterable(left, time="t", max_delay=ns(delays[0]), batch_size=batches[0]).key_by("room")
+    b = p.from_iterable(right, time="t", max_delay=ns(delays[1]), batch_size=batches[1]).key_by("site")
+    j = a.join(b, spec, lateness=ns(lateness))
     j.sink(out)
     j.late.sink(late_l)
     j.side("late_right").sink(late_r)
@@ -87,7 +88,7 @@ def test_pairs_exactly_once_with_late_records_inside_and_beyond_lateness():
     # batch size 1 on both sides: the runtime alternates left, right, left, right, ...
     left = [L("a", t) for t in (1, 20, 3, 50, 5)]
     right = [R("a", t) for t in (2, 21, 4, 51, 6)]
-    pairs, late_l, late_r = check(left, right, ms.tumbling(10), lateness=15, batches=(1, 1))
+    pairs, late_l, late_r = check(left, right, ms.tumbling(ns(10)), lateness=15, batches=(1, 1))
     assert [(p[1], p[4], p[6]) for p in pairs] == [
         (0, 1, 2), (0, 1, 4),     # 4 is late (wm 20) but within lateness: paired with the buffered 1 and 3
         (0, 3, 2), (0, 3, 4),     # 3 likewise (paired with 2 at once, with 4 when 4 arrives)
@@ -98,7 +99,7 @@ def test_pairs_exactly_once_with_late_records_inside_and_beyond_lateness():
 def test_keys_must_match_and_sliding_windows_pair_once_per_window():
     left = [L("a", 1), L("b", 2), L("a", 12), L("c", 14)]
     right = [R("a", 3), R("b", 11), R("a", 13), R("d", 1)]
-    pairs, late_l, late_r = check(left, right, ms.sliding(10, 5), delays=(20, 20))
+    pairs, late_l, late_r = check(left, right, ms.sliding(ns(10), ns(5)), delays=(20, 20))
     assert late_l == [] == late_r
     assert [(p[0], p[1], p[4], p[6]) for p in pairs] == [
         ("a", -5, 1, 3), ("a", 0, 1, 3), ("a", 5, 12, 13), ("a", 10, 12, 13)]   # b: 2 and 11 share no window
@@ -109,7 +110,7 @@ def test_clashing_column_names_get_prefixes():
     out = ms.sinks.collect()
     a = p.from_iterable([{"k": 1, "t": 1, "v": 1.0, "only_left": 5}], time="t").key_by("k")
     b = p.from_iterable([{"k": 1, "t": 2, "v": 2.0, "window_start": 7}], time="t").key_by("k")
-    a.join(b, ms.tumbling(10)).sink(out)
+    a.join(b, ms.tumbling(ns(10))).sink(out)
     p.run()
     assert out.records() == [{"k": 1, "window_start": 0, "window_end": 10, "window_time": 9, "left_t": 1,
                               "left_v": 1.0, "only_left": 5, "right_t": 2, "right_v": 2.0,
@@ -120,7 +121,7 @@ def test_join_waits_for_the_slow_side():
     # the left side runs far ahead in event time; its watermark alone would make every right record late
     left = [L(k, t) for t in range(0, 200) for k in ("x", "y")]
     right = [R(k, t) for t in range(0, 40, 4) for k in ("x", "y")]
-    pairs, late_l, late_r = check(left, right, ms.tumbling(10), batches=(50, 1))
+    pairs, late_l, late_r = check(left, right, ms.tumbling(ns(10)), batches=(50, 1))
     assert late_l == [] == late_r
     assert len(pairs) == sum(1 for lr in left for rr in right
                              if lr["room"] == rr["site"] and lr["t"] // 10 == rr["t"] // 10)
@@ -129,7 +130,7 @@ def test_join_waits_for_the_slow_side():
 def test_many_keys_join():
     left = [L(k, t) for t in range(0, 60, 7) for k in range(3000)]
     right = [R(k, t) for t in range(3, 60, 11) for k in range(0, 3000, 2)]
-    pairs, _, _ = check(left, right, ms.sliding(20, 10), lateness=5, delays=(5, 5), batches=(4096, 999))
+    pairs, _, _ = check(left, right, ms.sliding(ns(20), ns(10)), lateness=5, delays=(5, 5), batches=(4096, 999))
     assert len(pairs) > 10_000
 
 
@@ -151,7 +152,7 @@ def sides(draw):
 
 
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(lr=sides(), spec=st.sampled_from([ms.tumbling(10), ms.sliding(20, 10), ms.sliding(10, 4)]),
+@given(lr=sides(), spec=st.sampled_from([ms.tumbling(ns(10)), ms.sliding(ns(20), ns(10)), ms.sliding(ns(10), ns(4))]),
        lateness=st.sampled_from([0, 8, 25]), delays=st.sampled_from([(0, 0), (5, 0), (0, 12)]),
        batches=st.sampled_from([(1, 1), (3, 1), (1, 7), (1000, 1000)]))
 def test_random_streams_match_the_reference(lr, spec, lateness, delays, batches):

@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import microstream as ms
-from tests.helpers import dataset
+from tests.helpers import dataset, ns
 
 MIN = int(np.iinfo(np.int64).min)
 MAX = int(np.iinfo(np.int64).max)
@@ -226,10 +226,10 @@ def reference(records, spec, lateness=0, max_delay=0, key="k", aggregate=full_ag
 def run_windows(records, spec, lateness=0, max_delay=0, batch_size=1024, aggs=AGGS, key="k", keep=None):
     p = ms.Pipeline("windows")
     out, late = ms.sinks.collect(), ms.sinks.collect()
-    src = p.from_iterable(records, time="t", max_delay=max_delay, batch_size=batch_size)
+    src = p.from_iterable(records, time="t", max_delay=ns(max_delay), batch_size=batch_size)
     if keep is not None:
         src = src.filter(keep)
-    res = src.key_by(key).window(spec, lateness=lateness).aggregate(**aggs)
+    res = src.key_by(key).window(spec, lateness=ns(lateness)).aggregate(**aggs)
     res.sink(out)
     res.late.sink(late)
     p.run()
@@ -305,7 +305,7 @@ def by_window(rows):
 def test_tumbling_out_of_order_within_and_beyond_max_delay():
     ts = [1, 5, 12, 3, 25, 8, 31, 2]          # wm = max so far - 5: 8 and 2 arrive at wm 20 and 26
     recs = [rec(1, t, t) for t in ts]
-    got, late = check_against_reference(recs, ms.tumbling(10), max_delay=5)
+    got, late = check_against_reference(recs, ms.tumbling(ns(10)), max_delay=5)
     assert sorted(r["t"] for r in late) == [2, 8]
     assert sorted((r["window_start"], r["n"], r["total"]) for r in got) == [
         (0, 3, 9.0), (10, 1, 12.0), (20, 1, 25.0), (30, 1, 31.0)]
@@ -317,7 +317,7 @@ def test_out_of_order_within_max_delay_is_a_plain_groupby():
     ts = base - rng.integers(0, 30, size=len(base))          # never more than 30 ns behind the maximum
     keys = ["north", "s", "east-wing-long-name"]
     recs = [rec(keys[i % 3], int(t), int(rng.integers(-9, 10))) for i, t in enumerate(ts)]
-    got, late = check_against_reference(recs, ms.tumbling(25), max_delay=30, batch_size=13)
+    got, late = check_against_reference(recs, ms.tumbling(ns(25)), max_delay=30, batch_size=13)
     assert late == []
     groups: dict = {}
     for r in recs:
@@ -333,7 +333,7 @@ def test_late_data_within_lateness_is_re_emitted_and_beyond_goes_to_late():
     # wm = max so far (max_delay 0); lateness 10
     ts = [1, 4, 12, 7, 25, 9, 18, 31, 15]
     recs = [rec(1, t, t) for t in ts]
-    got, late = check_against_reference(recs, ms.tumbling(10), lateness=10)
+    got, late = check_against_reference(recs, ms.tumbling(ns(10)), lateness=10)
     assert by_window(got) == {(1, 0, 10): [2, 3], (1, 10, 20): [1, 2], (1, 20, 30): [1], (1, 30, 40): [1]}
     assert [r["t"] for r in late] == [9, 15]
     last = {(r["window_start"]): r for r in got}   # the later row supersedes
@@ -342,25 +342,25 @@ def test_late_data_within_lateness_is_re_emitted_and_beyond_goes_to_late():
 
 def test_window_fires_when_the_watermark_reaches_its_end():
     # max_delay 0: the record at 10 moves the watermark to 10 = end of [0, 10), which fires before 10 is added
-    got, late = check_against_reference([rec(1, t, t) for t in (9, 10, 9)], ms.tumbling(10))
+    got, late = check_against_reference([rec(1, t, t) for t in (9, 10, 9)], ms.tumbling(ns(10)))
     assert [(r["window_start"], r["n"]) for r in got] == [(0, 1), (10, 1)] and [r["t"] for r in late] == [9]
     recs = [rec(1, t, t) for t in (9, 10, 9, 11, 8)]
-    got, late = check_against_reference(recs, ms.tumbling(10), lateness=1)
+    got, late = check_against_reference(recs, ms.tumbling(ns(10)), lateness=1)
     assert [(r["window_start"], r["n"]) for r in got] == [(0, 1), (0, 2), (10, 2)]
     assert [r["t"] for r in late] == [8]   # 10 + 1 <= 11
     # sessions: [0, 10) fires at wm 10; within lateness the touching record 10 grows it to [0, 20), and so on
-    got, late = check_against_reference([rec(1, t, t) for t in (0, 10, 20, 9)], ms.session(10), lateness=5)
+    got, late = check_against_reference([rec(1, t, t) for t in (0, 10, 20, 9)], ms.session(ns(10)), lateness=5)
     assert [(r["window_start"], r["window_end"], r["n"]) for r in got] == [(0, 10, 1), (0, 20, 2), (0, 30, 4)]
     assert late == []
     # no lateness: [0, 10) is gone at wm 10, so 10 opens [10, 20), which 9 then extends to [9, 20)
-    got, late = check_against_reference([rec(1, t, t) for t in (0, 10, 9, -5)], ms.session(10))
+    got, late = check_against_reference([rec(1, t, t) for t in (0, 10, 9, -5)], ms.session(ns(10)))
     assert [(r["window_start"], r["window_end"], r["n"]) for r in got] == [(0, 10, 1), (9, 20, 2)]
     assert [r["t"] for r in late] == [-5]   # [-5, 5) touches no live session and 5 <= wm 10
 
 
 def test_count_only_aggregate():
     recs = [rec(i % 4, t, 0) for i, t in enumerate([5, 1, 17, 3, 40, 22, 8, 51, 60, 13, 2])]
-    for spec in (ms.tumbling(10), ms.sliding(20, 5), ms.session(6)):
+    for spec in (ms.tumbling(ns(10)), ms.sliding(ns(20), ns(5)), ms.session(ns(6))):
         got, late = run_windows(recs, spec, lateness=12, max_delay=3, batch_size=2,
                                 aggs={"n": ms.agg.count()})
         ref = reference(recs, spec, 12, 3, aggregate=lambda rs: {"n": len(rs)})
@@ -371,7 +371,7 @@ def test_count_only_aggregate():
 def test_all_aggregates_and_first_last_ties():
     recs = [rec(1, 5, 1.0), rec(1, 5, 2.0), rec(1, 50, 3.0), rec(1, 50, 4.0), rec(1, 3, 5.0), rec(1, 3, 6.0),
             rec(1, 20, -7.5)]
-    got, _ = check_against_reference(recs, ms.tumbling(100))
+    got, _ = check_against_reference(recs, ms.tumbling(ns(100)))
     (row,) = got
     vs = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, -7.5]
     assert row["n"] == 7 and row["total"] == sum(vs) and row["lo"] == -7.5 and row["hi"] == 6.0
@@ -379,23 +379,23 @@ def test_all_aggregates_and_first_last_ties():
     assert row["var"] == pytest.approx(np.var(vs, ddof=1)) and row["pvar"] == pytest.approx(np.var(vs))
     assert row["sd"] == pytest.approx(np.std(vs, ddof=1))
     assert row["sq"] == sum(x * x for x in vs)
-    single, _ = run_windows([rec(2, 1, 4.0)], ms.tumbling(10))
+    single, _ = run_windows([rec(2, 1, 4.0)], ms.tumbling(ns(10)))
     assert math.isnan(single[0]["var"]) and math.isnan(single[0]["sd"]) and single[0]["pvar"] == 0.0
 
 
 def test_reduce_on_a_column_also_used_by_builtin_aggregates():
     recs = [rec(1, t, t % 4) for t in range(30)]
     aggs = dict(n=ms.agg.count(), total=ms.agg.sum("v"), hi=ms.agg.max("v"), sq=LIGHT_AGGS["sq"])
-    got, _ = run_windows(recs, ms.tumbling(10), aggs=aggs)
+    got, _ = run_windows(recs, ms.tumbling(ns(10)), aggs=aggs)
     want = [[t % 4 for t in range(s, s + 10)] for s in (0, 10, 20)]
     assert [(r["n"], r["total"], r["sq"]) for r in got] == [(10, sum(w), sum(x * x for x in w)) for w in want]
 
 
 def test_sliding_windows_and_no_empty_windows():
     recs = [rec(1, 0, 1), rec(2, 503, 3), rec(1, 1000, 2)]
-    got, late = check_against_reference(recs, ms.sliding(100, 10))
+    got, late = check_against_reference(recs, ms.sliding(ns(100), ns(10)))
     assert late == [] and len(got) == 30 and all(r["n"] == 1 for r in got)
-    got, late = check_against_reference([rec(1, t, t) for t in (7, 3, 12, 40, 41, 2)], ms.sliding(10, 5),
+    got, late = check_against_reference([rec(1, t, t) for t in (7, 3, 12, 40, 41, 2)], ms.sliding(ns(10), ns(5)),
                                         max_delay=8)
     # 2 arrives at wm 33: both its windows have ended, so it is late
     assert [r["t"] for r in late] == [2]
@@ -406,7 +406,7 @@ def test_sliding_windows_and_no_empty_windows():
 def test_session_gap_merging_and_bridging_out_of_order_record():
     # nothing fires before the end (max_delay 100): 15 and 20 bridge [15,25) and [30,40); 8 bridges the rest
     recs = [rec(1, t, t) for t in (0, 30, 15, 20, 8)] + [rec(2, t, t) for t in (0, 10, 100)]
-    got, late = check_against_reference(recs, ms.session(10), max_delay=100)
+    got, late = check_against_reference(recs, ms.session(ns(10)), max_delay=100)
     assert late == []
     assert sorted((r["k"], r["window_start"], r["window_end"], r["n"]) for r in got) == [
         (1, 0, 40, 5), (2, 0, 20, 2), (2, 100, 110, 1)]   # sessions that only touch (10 == 0 + gap) merge
@@ -415,7 +415,7 @@ def test_session_gap_merging_and_bridging_out_of_order_record():
 def test_session_late_bridging_after_firing():
     # max_delay 0, lateness 50, gap 10
     recs = [rec(1, t, t) for t in (0, 30, 15, 22, 9, 100, 5)]
-    got, late = check_against_reference(recs, ms.session(10), lateness=50)
+    got, late = check_against_reference(recs, ms.session(ns(10)), lateness=50)
     assert [(r["window_start"], r["window_end"], r["n"]) for r in got] == [
         (0, 10, 1),     # fired at wm 30
         (15, 25, 1),    # late but within lateness: emitted at once
@@ -426,7 +426,7 @@ def test_session_late_bridging_after_firing():
 
 def test_session_record_inside_a_fired_session_re_emits():
     recs = [rec(1, t, t) for t in (0, 8, 30, 3, 70, 4)]
-    got, late = check_against_reference(recs, ms.session(10), lateness=15)
+    got, late = check_against_reference(recs, ms.session(ns(10)), lateness=15)
     assert [(r["window_start"], r["window_end"], r["n"]) for r in got] == [
         (0, 18, 2), (0, 18, 3), (30, 40, 1), (70, 80, 1)]
     assert [r["t"] for r in late] == [4]
@@ -436,17 +436,17 @@ def test_session_capacity_growth_many_open_sessions_per_key():
     recs = [rec(k, j * 100 + k, j) for j in range(12) for k in range(3)]
     recs += [rec(k, j * 100 + 50 + k, 1) for j in range(0, 12, 3) for k in range(3)]   # no bridge (gap 20)
     recs += [rec(0, j * 100 + 10, 2) for j in range(12)]                                   # extends, no merge
-    check_against_reference(recs, ms.session(20), max_delay=10_000)
+    check_against_reference(recs, ms.session(ns(20)), max_delay=10_000)
     # out of order, each offset first opens new sessions, then later ones bridge them into one
     bridge = recs + [rec(0, j * 100 + off, 3) for off in (65, 25, 85, 45) for j in range(11)]
-    got, _ = check_against_reference(bridge, ms.session(20), max_delay=10_000)
+    got, _ = check_against_reference(bridge, ms.session(ns(20)), max_delay=10_000)
     assert [(r["window_start"], r["window_end"]) for r in got if r["k"] == 0] == [(0, 1130)]
 
 
 def test_str_keys_of_different_lengths():
     names = ["a", "bb", "a-much-longer-room-name", "ü-ñ"]
     recs = [rec(names[i % 4], i * 3, i) for i in range(40)]
-    for spec in (ms.tumbling(10), ms.sliding(20, 10), ms.session(4)):
+    for spec in (ms.tumbling(ns(10)), ms.sliding(ns(20), ns(10)), ms.session(ns(4))):
         got, _ = check_against_reference(recs, spec, batch_size=3)
         assert {r["k"] for r in got} == set(names)
 
@@ -458,7 +458,7 @@ def test_filtered_records_still_move_the_watermark():
     def keep(r):
         return r["v"] % 2 == 0
 
-    for spec in (ms.tumbling(10), ms.sliding(10, 5), ms.session(6)):
+    for spec in (ms.tumbling(ns(10)), ms.sliding(ns(10), ns(5)), ms.session(ns(6))):
         for batch_size in (1, 4, 100):
             got, late = run_windows(recs, spec, lateness=5, max_delay=2, batch_size=batch_size,
                                     keep=lambda b: b["v"] % 2 == 0)
@@ -469,7 +469,8 @@ def test_filtered_records_still_move_the_watermark():
 
 # -- property: any out-of-order stream, any batch size ------------------------------------------------------
 
-SPECS = [ms.tumbling(10), ms.tumbling(10, offset=3), ms.sliding(20, 5), ms.sliding(15, 10), ms.session(7)]
+SPECS = [ms.tumbling(ns(10)), ms.tumbling(ns(10), offset=ns(3)), ms.sliding(ns(20), ns(5)), ms.sliding(ns(15), ns(10)),
+         ms.session(ns(7))]
 KEY_SETS = [[0], [0, 1, 2], [5, 1 << 21, -3], ["a", "bb", "ccc"]]
 
 
@@ -513,8 +514,8 @@ def _arrays(keys, ts):
 def _run_arrays(cols, spec, lateness, max_delay, batch_size, aggs=LIGHT_AGGS):
     p = ms.Pipeline("big")
     out, late = ms.sinks.collect(), ms.sinks.collect()
-    res = p.from_arrays(cols, time="t", max_delay=max_delay, batch_size=batch_size).key_by("k").window(
-        spec, lateness=lateness).aggregate(**aggs)
+    res = p.from_arrays(cols, time="t", max_delay=ns(max_delay), batch_size=batch_size).key_by("k").window(
+        spec, lateness=ns(lateness)).aggregate(**aggs)
     res.sink(out)
     res.late.sink(late)
     p.run()
@@ -541,7 +542,7 @@ def test_many_keys_many_open_windows_and_output_buffer_flushes():
     cols = _arrays(keys, ts)
     recs = [dict(k=int(k), t=int(t), v=float(v), w=0.0) for k, t, v in zip(cols["k"], cols["t"], cols["v"],
                                                                         strict=True)]
-    spec, lateness = ms.sliding(100, 5), 100
+    spec, lateness = ms.sliding(ns(100), ns(5)), 100
     ref = reference(recs, spec, lateness, aggregate=light_aggs)
     assert len(ref.out) > 150_000 and len(ref.late) == len(range(0, nk, 3))
     results = [_run_arrays(cols, spec, lateness, 0, bs) for bs in (65536, 1000)]
@@ -567,7 +568,7 @@ def test_many_keys_many_sessions_and_late_bridges():
     cols = _arrays(keys, ts)
     recs = [dict(k=int(k), t=int(t), v=float(v), w=0.0) for k, t, v in zip(cols["k"], cols["t"], cols["v"],
                                                                         strict=True)]
-    spec, lateness = ms.session(60), 5_000
+    spec, lateness = ms.session(ns(60)), 5_000
     ref = reference(recs, spec, lateness, max_delay=10_000, aggregate=light_aggs)
     assert len(ref.out) >= 70_000 + nk // 2 and len(ref.late) == len(range(0, nk, 7))
     for bs in (65536, 999):
@@ -581,9 +582,9 @@ def test_many_keys_many_sessions_and_late_bridges():
 def _union_pipeline(fast, slow, fast_batch, slow_batch, spec, lateness, delays=(0, 0)):
     p = ms.Pipeline("union")
     out, late = ms.sinks.collect(), ms.sinks.collect()
-    a = p.from_iterable(fast, time="t", max_delay=delays[0], batch_size=fast_batch)
-    b = p.from_iterable(slow, time="t", max_delay=delays[1], batch_size=slow_batch)
-    res = a.union(b).key_by("k").window(spec, lateness=lateness).aggregate(**AGGS)
+    a = p.from_iterable(fast, time="t", max_delay=ns(delays[0]), batch_size=fast_batch)
+    b = p.from_iterable(slow, time="t", max_delay=ns(delays[1]), batch_size=slow_batch)
+    res = a.union(b).key_by("k").window(spec, lateness=ns(lateness)).aggregate(**AGGS)
     res.sink(out)
     res.late.sink(late)
     p.run()
@@ -593,11 +594,11 @@ def _union_pipeline(fast, slow, fast_batch, slow_batch, spec, lateness, delays=(
 def test_union_windows_wait_for_the_slow_input():
     fast = [rec("room", t, 1) for t in range(100)]            # 5 records a round
     slow = [rec("room", t, 100) for t in range(0, 60, 2)]     # 1 record a round: far behind in event time
-    got, late = _union_pipeline(fast, slow, 5, 1, ms.tumbling(10), 0)
+    got, late = _union_pipeline(fast, slow, 5, 1, ms.tumbling(ns(10)), 0)
     assert late == []   # with the fast input's watermark alone, most slow records would be late
     assert sorted((r["window_start"], r["n"], r["total"]) for r in got) == [
         (s, 10 + (5 if s < 60 else 0), 10.0 + (500.0 if s < 60 else 0.0)) for s in range(0, 100, 10)]
-    ref = reference(None, ms.tumbling(10), sources=[(fast, 0, 5), (slow, 0, 1)])
+    ref = reference(None, ms.tumbling(ns(10)), sources=[(fast, 0, 5), (slow, 0, 1)])
     assert_rows(got, ref.out)
 
 
@@ -607,7 +608,7 @@ def test_union_lateness_follows_the_minimum_watermark():
     slow_t = np.arange(0, 300, 4) - rng.integers(0, 60, 75)
     fast = [rec(int(i % 4), int(t), i % 9) for i, t in enumerate(fast_t)]
     slow = [rec(int(i % 4), int(t), i % 5) for i, t in enumerate(slow_t)]
-    for spec, lateness in ((ms.tumbling(20), 0), (ms.sliding(20, 10), 15), (ms.session(5), 10)):
+    for spec, lateness in ((ms.tumbling(ns(20)), 0), (ms.sliding(ns(20), ns(10)), 15), (ms.session(ns(5)), 10)):
         for fb, sb, delays in ((7, 1, (10, 5)), (50, 3, (0, 20)), (1, 1, (5, 5))):
             got, late = _union_pipeline(fast, slow, fb, sb, spec, lateness, delays)
             ref = reference(None, spec, lateness, sources=[(fast, delays[0], fb), (slow, delays[1], sb)])

@@ -77,7 +77,7 @@ def build(p: ms.Pipeline, source: Callable[[str], ms.Stream], stations, out: Pat
                     .with_columns(name=f"clean_{station}", co=missing_as_nan("co"), no2=missing_as_nan("no2"))
                     .key_by("station", name=f"by_station_{station}"))
         co_8h = (readings.filter(lambda b: ~np.isnan(b["co"]), name=f"co_measured_{station}")
-                 .window(ms.sliding({"hours": 8}, {"hours": 1}))
+                 .window(ms.sliding("8h", "1h"))
                  .aggregate(co_8h=ms.agg.mean("co"), hours=ms.agg.count(), name=f"co_8h_{station}")
                  .filter(lambda b: b["hours"] >= MIN_HOURS, name=f"co_enough_hours_{station}")
                  .with_columns(aqi=co_index, name=f"co_index_{station}")

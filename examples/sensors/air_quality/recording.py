@@ -76,7 +76,7 @@ measured = gases.filter(lambda b: ~np.isnan(b["value"]), name="drop_missing").ke
 
 rolling = (
     measured.filter(lambda b: (b["gas"] == "CO") | (b["gas"] == "NO2"), name="co_and_no2")
-    .window(ms.sliding({"hours": 8}, {"hours": 1}))
+    .window(ms.sliding("8h", "1h"))
     .aggregate(mean_8h=ms.agg.mean("value"), hours=ms.agg.count(), name="rolling_8h")
     .filter(lambda b: b["hours"] >= MIN_HOURS, name="enough_hours")
 )
@@ -88,7 +88,7 @@ alert_list = ms.sinks.collect()
 alerts.sink(alert_list, name="alerts_mem")
 
 daily = (
-    measured.window(ms.tumbling(days=1, offset=-HOUR))  # local days: 23:00 UTC to 23:00 UTC
+    measured.window(ms.tumbling(days=1, offset="-1h"))  # local days: 23:00 UTC to 23:00 UTC
     .aggregate(daily_max=ms.agg.max("value"), hours=ms.agg.count(), name="daily_max")
     .with_columns(day=local_day)
     .select("gas", "day", "daily_max", "hours")
