@@ -5,7 +5,7 @@
     microstream graph script.py -o pipeline.svg   (or .dot)
     microstream cluster up --nodes 3 [--detach] | cluster down
     microstream coordinator | agent --coordinator tcp://HOST:PORT --name NAME
-    microstream submit script.py | status | stop JOB | keys create|trust|list
+    microstream submit script.py | status [JOB [--wait]] | stop JOB | keys create|trust|list
 
 Exit codes: 0 success, 1 the job failed while running, 2 the pipeline or the command line is wrong.
 """
@@ -114,13 +114,16 @@ def cmd_coordinator(args: argparse.Namespace) -> int:
         if problems:
             print("microstream: the topology has problems:\n  " + "\n  ".join(problems), file=sys.stderr)
             return EXIT_USAGE
+    state_dir = None if args.no_state else Path(args.state_dir) if args.state_dir else _home(args) / "state"
     coord = Coordinator(args.bind, keys, trusted, metrics_port=args.metrics_port,
                         log=lambda text: print(text, file=sys.stderr, flush=True), policy=policy, topology=topology,
-                        agent_timeout=args.agent_timeout, checkpoint_dir=args.checkpoint_dir)
+                        agent_timeout=args.agent_timeout, checkpoint_dir=args.checkpoint_dir, state_dir=state_dir,
+                        adopt_grace=args.adopt_grace, keep_jobs=args.keep_jobs)
     endpoint = coord.open()
     if args.port_file:
         Path(args.port_file).write_text(endpoint)
-    print(f"coordinator listening on {endpoint}; metrics on :{coord.metrics_port}; trusts {len(trusted)} keys",
+    print(f"coordinator listening on {endpoint}; metrics on :{coord.metrics_port}; trusts {len(trusted)} keys; "
+          + (f"state in {state_dir}" if state_dir else "no state directory (jobs are lost if it stops)"),
           file=sys.stderr, flush=True)
     beacon = None
     if args.beacon:
@@ -161,7 +164,8 @@ def cmd_agent(args: argparse.Namespace) -> int:
         server_key = server_key or found.public_key
     labels = dict(item.split("=", 1) for item in args.label)
     agent = Agent(args.name, coordinator, keys, server_key, labels, data_host=args.data_host,
-                  metrics_port=args.metrics_port, log=lambda text: print(text, file=sys.stderr, flush=True))
+                  metrics_port=args.metrics_port, log=lambda text: print(text, file=sys.stderr, flush=True),
+                  **({"coordinator_timeout": args.coordinator_timeout} if args.coordinator_timeout else {}))
     _stop_on_signals(agent)
     return agent.run()
 
@@ -177,13 +181,14 @@ def cmd_submit(args: argparse.Namespace) -> int:
     from ..cluster.embedded import address
 
     addr = address(_home(args), args.coordinator, args.insecure)
-    outcome: dict[str, Any] = {}
+
+    def accepted(job: str) -> None:  # the id first, on stdout: to re-attach with, whatever happens to this wait
+        print(job, flush=True)
 
     def runner(pipeline: Any, **_: Any) -> Any:
         with Client(addr) as client:
-            job, result = client.submit(pipeline, wait=not args.detach,
+            job, result = client.submit(pipeline, wait=not args.detach, timeout=args.timeout, accepted=accepted,
                                         progress=lambda text: print(text, file=sys.stderr, flush=True))
-        outcome["job"] = job
         if result is not None:
             print(result.summary(), file=sys.stderr)
             return result
@@ -191,10 +196,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
         return RunResult(pipeline.name, 0.0)
 
-    code = run_script(args.script, runner)
-    if code == EXIT_OK and "job" in outcome:
-        print(outcome["job"])
-    return code
+    return run_script(args.script, runner)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -204,17 +206,39 @@ def cmd_status(args: argparse.Namespace) -> int:
     from ..cluster.embedded import address
 
     with Client(address(_home(args), args.coordinator, args.insecure)) as client:
-        status = client.status()
+        if args.wait:
+            if args.job is None:
+                print("microstream: status --wait needs a JOB", file=sys.stderr)
+                return EXIT_USAGE
+            return _attach(client, args.job, args.timeout)
+        status = client.status(args.job)
     if args.json:
         print(json.dumps(status, indent=2))
         return EXIT_OK
-    print(format_status(status))
+    print(format_status(status, nodes=args.job is None))
     return EXIT_OK
 
 
-def format_status(status: dict[str, Any]) -> str:
-    lines = ["NODES"]
-    for name, a in sorted(status["agents"].items()):
+def _attach(client: Any, job: str, timeout: float | None) -> int:
+    """Wait for `job`'s end (`status JOB --wait`): print how it ended; exit 0 if it finished."""
+    from types import SimpleNamespace
+
+    from ..cluster.client import results_of
+    from ..runtime.results import merge_results
+
+    done = client.attach(job, timeout=timeout, progress=lambda text: print(text, file=sys.stderr, flush=True))
+    print(f"{job}: {done.state}{f' ({done.reason})' if done.reason else ''}")
+    if done.state != "finished":
+        return EXIT_FAILED
+    no_sinks: Any = SimpleNamespace(name=job, nodes={})  # the counts only: the pipeline's sinks are not here
+    total = merge_results(no_sinks, results_of(done), 0.0)
+    print(total.summary(), file=sys.stderr)
+    return EXIT_OK
+
+
+def format_status(status: dict[str, Any], nodes: bool = True) -> str:
+    lines = ["NODES"] if nodes else []
+    for name, a in sorted(status["agents"].items()) if nodes else []:
         state = "up" if a["up"] else f"DOWN ({a['reason']})"
         backends = ",".join(a["backends"] or [])
         lines.append(f"  {name:<12} {state:<24} {a['cores']} cores {a['arch']}  backends={backends}"
@@ -223,6 +247,8 @@ def format_status(status: dict[str, Any]) -> str:
     for job_id, job in status["jobs"].items():
         reason = f" ({job['reason']})" if job["reason"] else ""
         lines.append(f"  {job_id}  {job['state']}{reason}")
+        if nodes and job["state"] in ("finished", "failed", "stopped"):
+            continue  # an ended job in the cluster's list: one line (`microstream status JOB` shows the rest)
         for vn, info in job["vnodes"].items():
             lines.append(f"    {vn} on {info['agent']} [{info['state'] or '-'}]: {', '.join(info['tasks'])}")
             for op in info["operators"].values():
@@ -405,6 +431,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default %(default)s: rides out Wi-Fi hiccups and SD-card stalls)")
     p.add_argument("--checkpoint-dir", type=Path, metavar="DIR",
                    help="also write every completed checkpoint here (e.g. an NFS mount); kept in memory anyway")
+    p.add_argument("--state-dir", metavar="DIR",
+                   help="where jobs, placements, epochs and the last checkpoints persist (SQLite), so that a "
+                        "restarted coordinator carries on with its agents (default HOME/state)")
+    p.add_argument("--no-state", action="store_true", help="persist nothing: a restart forgets every job")
+    p.add_argument("--keep-jobs", type=int, default=100, metavar="N",
+                   help="ended jobs kept in memory for `status` (default %(default)s; older ones stay in the state "
+                        "directory: `microstream status JOB`)")
+    p.add_argument("--adopt-grace", type=float, metavar="S",
+                   help="after a restart, seconds a job's hosts have to be reported by their agents before the job "
+                        "recovers from its last checkpoint (default: --agent-timeout)")
     _cluster_options(p, coordinator=False)
     p.set_defaults(fn=cmd_coordinator)
 
@@ -419,18 +455,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-host", default="127.0.0.1", help="address other nodes reach this node's channels on")
     p.add_argument("--metrics-port", type=int, default=0, help="Prometheus metrics port (0: any free port)")
     p.add_argument("--discover-timeout", type=float, default=10.0, help="seconds to wait for a beacon")
+    p.add_argument("--coordinator-timeout", type=float, metavar="S",
+                   help="seconds without a word from the coordinator before registering again (default 10); the "
+                        "agent and its hosts never stop because the coordinator is gone")
     _discovery_options(p)
     _cluster_options(p, coordinator=False)
     p.set_defaults(fn=cmd_agent)
 
-    p = sub.add_parser("submit", help="run a pipeline script on the cluster")
+    p = sub.add_parser("submit", help="run a pipeline script on the cluster (prints the job id first)")
     p.add_argument("script", type=Path)
     p.add_argument("--detach", action="store_true", help="return once the job is deployed")
+    p.add_argument("--timeout", type=float, metavar="S", help="stop waiting after S seconds (the job goes on; "
+                                                                "`microstream status JOB --wait` waits again)")
     _cluster_options(p)
     p.set_defaults(fn=cmd_submit)
 
-    p = sub.add_parser("status", help="show nodes, jobs and where their virtual nodes run")
+    p = sub.add_parser("status", help="show nodes, jobs and where their virtual nodes run (JOB: that job; "
+                                      "--wait: wait for its end)")
+    p.add_argument("job", nargs="?", help="a job id (as `submit` printed it); an ended one too")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--wait", action="store_true", help="re-attach to JOB: wait for its end and say how it ended")
+    p.add_argument("--timeout", type=float, metavar="S", help="with --wait: stop waiting after S seconds")
     _cluster_options(p)
     p.set_defaults(fn=cmd_status)
 

@@ -5,6 +5,12 @@ Talks to the coordinator over a CURVE-authenticated DEALER socket (it accepts on
 key), and to its hosts over a local IPC socket in a private directory. Every send on either has a
 deadline: a coordinator that refuses this agent's key, or a host that is gone, costs a log line (or a
 failed registration), never a hung agent.
+
+An agent never exits because the coordinator went away: its hosts run on. When the coordinator says it does not
+know this agent (it restarted) or has been silent for `coordinator_timeout` seconds (its heartbeats go
+unacknowledged), the agent registers again, on a fresh socket, with capped exponential backoff, reporting the
+hosts it runs (job, virtual node, epoch, endpoint) so that the coordinator can adopt them. What it sent up that
+the coordinator has not acknowledged yet (a host done, failed, ready...) is kept and sent again once registered.
 """
 
 from __future__ import annotations
@@ -53,8 +59,10 @@ from .messages import (
     Deploy,
     Error,
     Heartbeat,
+    HeartbeatAck,
     Register,
     Registered,
+    RegisterFirst,
     Shutdown,
     StopJob,
     VnodeCheckpointed,
@@ -72,6 +80,9 @@ if TYPE_CHECKING:
 
 HEARTBEAT_EVERY = 1.0
 SEND_TIMEOUT = 2.0  # the agent's loop relays for every host: one stuck peer must not hold it long
+COORDINATOR_TIMEOUT = 10.0  # seconds without a word from the coordinator (heartbeats unacknowledged): register again
+BACKOFF = (0.5, 5.0)        # seconds between registration attempts: the first, and the cap (doubling in between)
+OUTBOX = 1000               # messages kept until the coordinator has acknowledged them
 
 BACKENDS: dict[str, type[HostBackend]] = {"process": ProcessBackend, "microvm": MicroVMBackend}
 
@@ -116,12 +127,15 @@ class _Host:
     restoring: bool = False
     incoming: bool = False  # a microVM host that receives a whole VM (tier-2 migration)
     epoch: int = 0          # the job's deployment it belongs to: what it reports carries it (fencing)
+    endpoint: str | None = None  # its channel server (a restarted coordinator re-learns it)
 
 
 class Agent:
+    up: zmq.Socket          # to the coordinator (replaced by a fresh one to register again)
+
     def __init__(self, name: str, coordinator: str, keys: Any = None, coordinator_public: bytes | None = None,
                  labels: dict[str, str] | None = None, data_host: str = "127.0.0.1", metrics_port: int | None = 0,
-                 workdir: Path | None = None, log=print) -> None:
+                 workdir: Path | None = None, log=print, coordinator_timeout: float = COORDINATOR_TIMEOUT) -> None:
         self.name = name
         self.coordinator = coordinator
         self.keys = keys
@@ -141,17 +155,23 @@ class Agent:
         self._stop = False
         self._watch: HandshakeWatch | None = None
         self._errors_seen: set[str] = set()
+        self._caps: dict[str, Any] | None = None
+        self.coordinator_timeout = coordinator_timeout
+        self.registered = False
+        self.registrations = 0                       # successful ones (the first and every re-registration)
+        self._heard = 0.0                            # when the coordinator last said anything
+        self._beats = 0                              # heartbeats sent (their `seq`)
+        self._outbox: list[tuple[int, Message]] = []  # (heartbeats sent before it, message) until acknowledged
+        self._backoff = BACKOFF[0]
+        self._next_attempt = 0.0
+        self._lost_at: float | None = None           # when this agent found the coordinator gone
 
     # -- sockets ----------------------------------------------------------------------------------
     def _open(self) -> None:
         self.ctx = zmq.Context()
-        self.up = control_socket(self.ctx, zmq.DEALER, send_timeout=SEND_TIMEOUT)
+        self._connect_up()
         if self.keys is not None:
-            if self.coordinator_public is None:
-                raise ValueError(f"agent {self.name}: with keys, it needs the coordinator's public key too")
-            curve_client(self.up, self.keys, self.coordinator_public)
             self._watch = HandshakeWatch(self.up)  # to say why, if the coordinator refuses us
-        self.up.connect(self.coordinator)
         self.control = control_socket(self.ctx, zmq.ROUTER, send_timeout=SEND_TIMEOUT)
         self.control_endpoint = f"ipc://{self.workdir}/hosts.sock"
         self.control.bind(self.control_endpoint)
@@ -168,8 +188,27 @@ class Agent:
         except ImportError:  # pragma: no cover - metrics module always present in a full install
             self.metrics = None
 
+    def _connect_up(self) -> None:
+        """A fresh socket to the coordinator: whatever the old one still held is dropped (what matters is in the
+        outbox), and the coordinator sees a new peer, which must register."""
+        if hasattr(self, "up"):
+            self.up.close(linger=0)
+        self.up = control_socket(self.ctx, zmq.DEALER, send_timeout=SEND_TIMEOUT)
+        if self.keys is not None:
+            if self.coordinator_public is None:
+                raise ValueError(f"agent {self.name}: with keys, it needs the coordinator's public key too")
+            curve_client(self.up, self.keys, self.coordinator_public)
+        self.up.connect(self.coordinator)
+
     def _send_up(self, message: Message) -> bool:
-        """Send to the coordinator, or log why not (it will count this agent lost if that goes on)."""
+        """Send to the coordinator, or log why not (it will count this agent lost if that goes on). Everything
+        but heartbeats stays in the outbox until a later heartbeat is acknowledged, and is sent again after a
+        re-registration: a host that finished while the coordinator was away still delivers its result."""
+        if not isinstance(message, Heartbeat):
+            self._outbox.append((self._beats, message))
+            del self._outbox[:-OUTBOX]
+        if not self.registered:
+            return False
         try:
             send(self.up, message, to=f"the coordinator at {self.coordinator}")
             return True
@@ -187,12 +226,17 @@ class Agent:
                 self.log(f"agent {self.name}: {exc}")
 
     # -- life cycle -------------------------------------------------------------------------------
+    def _registration(self) -> Register:
+        if self._caps is None:
+            self._caps = capabilities()
+        return Register(name=self.name, labels=self.labels, data_host=self.data_host, metrics_port=self.metrics_port,
+                        public_key=self.keys.public.decode() if self.keys else None, vnodes=self._report(),
+                        **self._caps)
+
     def register(self, timeout: float = 10.0) -> bool:
         """Register with the coordinator; False (and a log line saying why) if that fails within `timeout` s."""
         deadline = time.monotonic() + timeout
-        message = Register(name=self.name, labels=self.labels, data_host=self.data_host,
-                           metrics_port=self.metrics_port, public_key=self.keys.public.decode() if self.keys else None,
-                           **capabilities())
+        message = self._registration()
         self.up.sndtimeo = int(timeout * 1000)
         try:
             send(self.up, message, to=f"the coordinator at {self.coordinator}")
@@ -214,10 +258,55 @@ class Agent:
         if not isinstance(reply, Registered):
             self.log(f"agent {self.name}: registration refused: {getattr(reply, 'error', reply.KIND)}")
             return False
-        self.trusted_data_keys = reply.data_keys
-        self.log(f"agent {self.name}: registered with {self.coordinator}"
-                 f"{f', metrics on :{self.metrics_port}' if self.metrics_port else ''}")
+        self._registered(reply)
         return True
+
+    def _registered(self, reply: Registered) -> None:
+        self.trusted_data_keys = reply.data_keys
+        self.registered = True
+        self.registrations += 1
+        self._heard = time.monotonic()
+        self._backoff = BACKOFF[0]
+        if self._lost_at is None:
+            self.log(f"agent {self.name}: registered with {self.coordinator}"
+                     f"{f', metrics on :{self.metrics_port}' if self.metrics_port else ''}")
+        else:
+            self.log(f"agent {self.name}: registered again with {self.coordinator} after "
+                     f"{time.monotonic() - self._lost_at:.1f} s, with {len(self.hosts)} hosts running; sending again "
+                     f"{len(self._outbox)} reports it had not acknowledged")
+            self._lost_at = None
+        for _, message in self._outbox:  # what it may not have seen (the coordinator ignores what it has)
+            self._send_again(message)
+
+    def _send_again(self, message: Message) -> None:
+        try:
+            send(self.up, message, to=f"the coordinator at {self.coordinator}")
+        except ControlSendError as exc:
+            self.log(f"agent {self.name}: {exc}")
+
+    def _keep_registered(self) -> None:
+        """Register again when the coordinator has been silent too long, with capped exponential backoff between
+        attempts (each on a fresh socket; the answer arrives in the loop like any message)."""
+        now = time.monotonic()
+        if self.registered:
+            if now - self._heard > self.coordinator_timeout:
+                self._lost(f"no word from the coordinator for {now - self._heard:.0f} s")
+            return
+        if now < self._next_attempt:
+            return
+        self._connect_up()
+        self._send_again(self._registration())
+        self._next_attempt = now + self._backoff
+        if self._backoff < BACKOFF[1] <= self._backoff * 2 and self._lost_at is not None:
+            self.log(f"agent {self.name}: still no answer from the coordinator at {self.coordinator} after "
+                     f"{now - self._lost_at:.0f} s; trying every {BACKOFF[1]:g} s (its hosts run on)")
+        self._backoff = min(self._backoff * 2, BACKOFF[1])
+
+    def _lost(self, why: str) -> None:
+        self.registered = False
+        self._lost_at = time.monotonic()
+        self._next_attempt = 0.0
+        self.log(f"agent {self.name}: {why}: registering again ({len(self.hosts)} hosts run on)")
 
     def _why_no_answer(self, timeout: float) -> str:
         if self._watch is not None:
@@ -233,15 +322,22 @@ class Agent:
             self._watch = None
 
     def run(self) -> int:
+        """Serve until stopped (SIGTERM, or the coordinator's `shutdown`): never because the coordinator is gone."""
         self._open()
         try:
             if not self.register():
-                return 1
+                self._lost_at = time.monotonic()
+                self._next_attempt = self._lost_at + self._backoff
             next_beat = 0.0
             poller = zmq.Poller()
-            poller.register(self.up, zmq.POLLIN)
             poller.register(self.control, zmq.POLLIN)
+            polled = None
             while not self._stop:
+                if polled is not self.up:  # a fresh socket since (a re-registration)
+                    if polled is not None:
+                        poller.unregister(polled)
+                    poller.register(self.up, zmq.POLLIN)
+                    polled = self.up
                 poller.poll(200)
                 # relay everything waiting on both sides before the periodic work: moves are latency-bound
                 while self.up.poll(0) or self.control.poll(0):
@@ -251,7 +347,8 @@ class Agent:
                         frames = self.control.recv_multipart()
                         self._receive(frames[1:], host=frames[0])
                 self._check_hosts()
-                if time.monotonic() >= next_beat:
+                self._keep_registered()
+                if self.registered and time.monotonic() >= next_beat:
                     self._heartbeat()
                     next_beat = time.monotonic() + HEARTBEAT_EVERY
             return 0
@@ -288,7 +385,19 @@ class Agent:
 
     # -- coordinator -> agent -------------------------------------------------------------------------
     def _on_coordinator(self, m: Message) -> None:
-        if isinstance(m, Deploy):
+        self._heard = time.monotonic()
+        if isinstance(m, Registered):
+            if not self.registered:
+                self._registered(m)
+            else:
+                self.trusted_data_keys = m.data_keys
+        elif isinstance(m, RegisterFirst):
+            if self.registered:  # while a registration is on its way, earlier heartbeats' answers are no news
+                self._lost(f"the coordinator does not know this agent ({m.reason}; it restarted?)")
+        elif isinstance(m, HeartbeatAck):
+            if m.seq is not None:  # what was sent before that heartbeat has been handled
+                self._outbox = [(before, message) for before, message in self._outbox if before >= m.seq]
+        elif isinstance(m, Deploy):
             self.trusted_data_keys = m.data_keys
             self._start_host(m.job, m.vnode, m.blob, restoring=bool(m.restoring), backend=m.backend,
                              incoming=bool(m.incoming), epoch=m.epoch)
@@ -329,6 +438,8 @@ class Agent:
         self.log(f"agent {self.name}: started {job}/{vnode} on the {backend} backend (pid {handle.pid})")
 
     def _stop_host(self, host: _Host) -> None:
+        if host.state is VnodeState.STOPPING:
+            return  # asked again (each heartbeat that still shows it): the first ask's deadline stands
         self._to_host(host, StopHost())
         host.state = VnodeState.STOPPING
         host.started = time.monotonic()
@@ -346,6 +457,7 @@ class Agent:
             self._to_host(host, self._spec(host))
         elif isinstance(m, HostReady):
             host.state = VnodeState.READY
+            host.endpoint = m.endpoint
             self._send_up(VnodeReady(job=host.job, vnode=host.vnode, endpoint=m.endpoint,
                                      public_key=self.keys.public.decode() if self.keys else None,
                                      incoming=m.incoming, epoch=host.epoch))
@@ -390,17 +502,24 @@ class Agent:
                                           error=f"host process exited with code {code}; see {self.workdir}"))
                 host.state = VnodeState.FAILED
             state = VnodeState.STOPPED if host.state is VnodeState.STOPPING else host.state
-            self.ended[f"{host.job}/{host.vnode}"] = {"state": state, "pid": host.handle.pid, "stats": host.stats}
+            self.ended[f"{host.job}/{host.vnode}"] = {"state": state, "pid": host.handle.pid, "stats": host.stats,
+                                                     "epoch": host.epoch}
             while len(self.ended) > 200:
                 self.ended.pop(next(iter(self.ended)))
             del self.hosts[key]
 
-    def _heartbeat(self) -> None:
+    def _report(self) -> dict[str, dict[str, Any]]:
+        """Its hosts, "job/vnode" -> state, pid, epoch, stats, endpoint (and those that have exited lately)."""
         vnodes = dict(self.ended)
+        public_key = self.keys.public.decode() if self.keys else None
         vnodes.update({f"{h.job}/{h.vnode}": {"state": h.state, "pid": h.handle.pid, "stats": h.stats,
-                                              "epoch": h.epoch}
+                                              "epoch": h.epoch, "endpoint": h.endpoint, "public_key": public_key}
                        for h in self.hosts.values()})
-        self._send_up(Heartbeat(name=self.name, vnodes=vnodes))
+        return vnodes
+
+    def _heartbeat(self) -> None:
+        self._beats += 1
+        self._send_up(Heartbeat(name=self.name, vnodes=self._report(), seq=self._beats))
 
     def _record_metrics(self, host: _Host) -> None:
         if self.metrics is None:

@@ -9,7 +9,8 @@ is complete: it is what a recovery restarts the job from (`jobs.JobLifecycle.rec
 One thing happens to a job's virtual nodes at a time: no checkpoint starts while a virtual node moves, and a
 move asked for while a checkpoint is being taken waits for it (`Job.waiting`). A checkpoint that does not
 complete in time (a host that died mid-way: recovery will see to it) is abandoned. Completed checkpoints are
-kept in memory (the last `keep`) and, with a `directory`, written there (one file per virtual node).
+kept in memory (the last `keep`), the last one in the coordinator's store (so that a restarted coordinator can
+recover from it) and, with a `directory`, written there (one file per virtual node).
 Once a virtual node has finished, the job takes no more checkpoints: a recovery then restarts from the last one
 (finished virtual nodes included, which replay what they sent after it).
 
@@ -91,6 +92,7 @@ class Checkpoints:
                    "at": time.time(), "epoch": job.epoch}
         job.checkpoints.append(figures)
         del job.checkpoints[:-self.keep]
+        self.lifecycle.persist_checkpoint(job, checkpoint)
         if self.directory is not None:
             self._write(job, checkpoint)
         if self.metrics is not None:
@@ -106,6 +108,7 @@ class Checkpoints:
         self.log(f"coordinator: checkpoint {job.pending.id} of {job.id} abandoned: {reason}")
         job.pending = None
         job.next_checkpoint = self.clock() + (job.checkpoint_every or 0.0)
+        self.lifecycle.persist(job)  # its barrier counter: ids only grow
         self._release(job)
 
     def _release(self, job: Job) -> None:
@@ -130,8 +133,8 @@ class Checkpoints:
                 part.rename(target / f"{vnode}.snapshot")
             (target / "COMPLETE").touch()
             for old in sorted(root.glob("checkpoint-*"))[:-self.keep]:
-                for f in old.iterdir():
-                    f.unlink()
+                for path in old.iterdir():
+                    path.unlink()
                 old.rmdir()
         except OSError as exc:
             self.log(f"coordinator: checkpoint {checkpoint.id} of {job.id} not written to {target}: {exc}")

@@ -1,11 +1,17 @@
-"""A client of the coordinator: submit a pipeline, ask for status, stop a job, move a virtual node.
+"""A client of the coordinator: submit a pipeline, ask for status, stop a job, move a virtual node, wait for a
+job's end (attach), shut the cluster down.
 
 Every request has a deadline, its send included: a coordinator that refuses our key (the handshake fails
-and the socket has no connection to send on) makes a ClusterError, not a hang."""
+and the socket has no connection to send on) makes a ClusterError, not a hang.
+
+Waiting for a job's end survives a coordinator restart: while it waits, the client asks the coordinator about the
+job every few seconds (`watch`); when no answer comes, it reconnects and asks again until the coordinator is
+back (a restarted one, with its state directory, knows the job), within the wait's own deadline if it has one."""
 
 from __future__ import annotations
 
 import builtins
+import contextlib
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -26,11 +32,15 @@ from .messages import (
     Rejected,
     RestoreRequest,
     SaveRequest,
+    ShutDown,
+    ShutdownRequest,
     StatusReply,
     StatusRequest,
     Stopped,
     StopRequest,
     Submit,
+    Watch,
+    Watching,
 )
 from .security import curve_client
 from .states import JobState
@@ -40,6 +50,8 @@ if TYPE_CHECKING:
 
 
 M = TypeVar("M", bound=Message)
+
+WATCH_EVERY = 5.0   # seconds of silence while waiting for a job's end before the client asks about it again
 
 
 class ClusterError(MicrostreamError):
@@ -54,16 +66,24 @@ class ClusterAddress:
 
 
 class Client:
+    sock: zmq.Socket
+
     def __init__(self, address: ClusterAddress, timeout: float = 10.0) -> None:
         self.address = address
         self.timeout = timeout
         self.ctx = zmq.Context()
-        self.sock = control_socket(self.ctx, zmq.DEALER, send_timeout=timeout, linger=0)
-        if address.keys is not None:
-            if address.coordinator_public is None:
-                raise ClusterError("with a client key, the coordinator's public key is needed too")
-            curve_client(self.sock, address.keys, address.coordinator_public)
-        self.sock.connect(address.endpoint)
+        if address.keys is not None and address.coordinator_public is None:
+            raise ClusterError("with a client key, the coordinator's public key is needed too")
+        self._connect()
+
+    def _connect(self) -> None:
+        """A (fresh) socket to the coordinator: answers meant for the old one are not read by mistake."""
+        if hasattr(self, "sock"):
+            self.sock.close(linger=0)
+        self.sock = control_socket(self.ctx, zmq.DEALER, send_timeout=self.timeout, linger=0)
+        if self.address.keys is not None and self.address.coordinator_public is not None:
+            curve_client(self.sock, self.address.keys, self.address.coordinator_public)
+        self.sock.connect(self.address.endpoint)
 
     def close(self) -> None:
         self.sock.close(linger=0)
@@ -101,8 +121,13 @@ class Client:
         return reply
 
     # -- requests ---------------------------------------------------------------------------------------
-    def status(self) -> dict[str, Any]:
-        return self.request(StatusRequest(), StatusReply).status
+    def status(self, job: str | None = None) -> dict[str, Any]:
+        """The cluster's status (agents, jobs); with `job`, only that job (an ended one too)."""
+        return self.request(StatusRequest(job=job), StatusReply).status
+
+    def shutdown(self) -> dict[str, Any]:
+        """Shut the cluster down: every job stopped, every agent told to exit, the coordinator exits."""
+        return self.request(ShutdownRequest(), ShutDown).header()
 
     def stop(self, job: str) -> dict[str, Any]:
         return self.request(StopRequest(job=job), Stopped).header()
@@ -122,23 +147,85 @@ class Client:
         """Resume a saved virtual node from its snapshot (on agent `to`, or where it ran before)."""
         return self.request(RestoreRequest(job=job, vnode=vnode, to=to, blob=snapshot), Moved, timeout=timeout).record
 
-    def submit(self, pipeline: Any, wait: bool = True, progress=None) -> tuple[str, RunResult | None]:
-        """Submit a built pipeline. With `wait`, block until it ends and return its merged result; the
-        pipeline's `collect` sinks are filled with what the cluster collected."""
+    def submit(self, pipeline: Any, wait: bool = True, progress=None, timeout: float | None = None,
+               accepted=None) -> tuple[str, RunResult | None]:
+        """Submit a built pipeline. With `wait`, block until it ends (at most `timeout` s, if given) and return its
+        merged result; the pipeline's `collect` sinks are filled with what the cluster collected. `accepted` is
+        called with the job's id as soon as the coordinator has it (to re-attach with, should this wait end)."""
         pipeline.build()
         started = time.perf_counter()
         reply = self.request(Submit(blob=cloudpickle.dumps(pipeline.graph), wait=wait), Accepted)
         job = reply.job
+        if accepted:
+            accepted(job)
         if progress:
             progress(f"job {job} submitted: " + ", ".join(f"{v} on {a}" for v, a in reply.placement.items()))
         if not wait:
             return job, None
-        done = self.receive(JobDone, None)
+        done = self.wait(job, timeout=timeout, progress=progress, watching=True)
         if done.state != JobState.FINISHED:
             raise _job_error(job, done)
-        results = cloudpickle.loads(done.blob) if done.blob else []
-        results = [cloudpickle.loads(r) if isinstance(r, bytes) else r for r in results]
-        return job, merge_results(pipeline.graph, results, time.perf_counter() - started)
+        return job, merge_results(pipeline.graph, results_of(done), time.perf_counter() - started)
+
+    def attach(self, job: str, timeout: float | None = None, progress=None) -> JobDone:
+        """Wait for the end of a job submitted earlier (by anyone): its `job_done` (at once if it has ended)."""
+        return self.wait(job, timeout=timeout, progress=progress, watching=False)
+
+    def wait(self, job: str, timeout: float | None = None, progress=None, watching: bool = False) -> JobDone:
+        """Wait for `job`'s end, asking the coordinator about it after every `WATCH_EVERY` s of silence; if it
+        does not answer, reconnect and ask again (a restarted coordinator knows the job from its state
+        directory). `watching`: the coordinator already knows this client waits (it submitted with `wait`).
+        A ClusterError if `timeout` s pass first (the job goes on), or if the coordinator does not know the job."""
+        now = time.monotonic()
+        deadline = None if timeout is None else now + timeout
+        asked: float | None = None if watching else now - WATCH_EVERY   # when the last `watch` went out
+        heard = now
+        lost: float | None = None
+        state = None
+        while True:
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                raise ClusterError(f"job {job} has not ended within {timeout:g} s (it goes on: "
+                                   f"`microstream status {job}`, or wait again with `microstream status {job} --wait`)")
+            if asked is not None and now - asked > self.timeout:  # no answer: the coordinator is gone or restarting
+                if lost is None:
+                    lost = now
+                    if progress:
+                        progress(f"no answer from the coordinator at {self.address.endpoint}: waiting for it to "
+                                 f"come back, then re-attaching to job {job}")
+                self._connect()
+                asked = None
+            if asked is None and (now - heard >= WATCH_EVERY or lost is not None):
+                with contextlib.suppress(ControlSendError):  # not connected (yet): counts as no answer
+                    send(self.sock, Watch(job=job), to=f"the coordinator at {self.address.endpoint}")
+                asked = now
+            wait_ms = 200 if deadline is None else max(0, min(200, int((deadline - now) * 1000)))
+            if not self.sock.poll(wait_ms):
+                continue
+            try:
+                reply = TO_CLIENT.decode(self.sock.recv_multipart())
+            except ProtocolError:
+                continue
+            heard, asked = time.monotonic(), None
+            if lost is not None:
+                if progress:
+                    progress(f"re-attached to job {job} after {heard - lost:.1f} s")
+                lost = None
+            if isinstance(reply, JobDone) and reply.job == job:
+                return reply
+            if isinstance(reply, Error | Rejected):
+                raise ClusterError(f"{reply.error} (the coordinator at {self.address.endpoint} may have restarted "
+                                   "without its state directory)")
+            if isinstance(reply, Watching) and reply.state != state:
+                state = reply.state
+                if progress and reply.reason:
+                    progress(f"job {job} is {reply.state}: {reply.reason}")
+
+
+def results_of(done: JobDone) -> list[dict[str, Any]]:
+    """The virtual nodes' results a finished job's `job_done` carries."""
+    results = cloudpickle.loads(done.blob) if done.blob else []
+    return [cloudpickle.loads(r) if isinstance(r, bytes) else r for r in results]
 
 
 class RemoteError(Exception):

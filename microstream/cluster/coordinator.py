@@ -5,7 +5,12 @@ the part that owns it:
 - `jobs.JobLifecycle`: submit, the two-phase deployment, results, failure, stop, status;
 - `moves.Moves`: barrier-aligned migrate, save and restore of one virtual node;
 - `checkpoints.Checkpoints`: periodic checkpoints (barriers injected at the sources), which recovery restarts from;
-- `placing.Placer`: the placement engine at submit, the re-placement policy every few seconds.
+- `placing.Placer`: the placement engine at submit, the re-placement policy every few seconds;
+- `store.Store` (with a state directory): what a restarted coordinator needs back, in SQLite.
+
+Stopping the coordinator (`stop`, SIGTERM, a crash) leaves the agents and their hosts running: a coordinator
+started again on the same address, keys and state directory adopts them. Only a client's `shutdown` request (what
+`microstream cluster down` sends) stops every job and tells every agent to exit.
 
 With keys the socket is a CURVE server that accepts only trusted public keys, so nobody else can reach the
 code that unpickles jobs. Every send has a deadline (`protocol.control_socket`): a peer that is gone or not
@@ -24,17 +29,22 @@ import zmq
 from ..placement.policy import PolicyParams
 from ..runtime.protocol import ControlSendError, Message, ProtocolError, control_socket, send
 from .checkpoints import Checkpoints
-from .jobs import JobLifecycle
+from .jobs import KEEP, JobLifecycle
 from .messages import (
+    FROM_AGENTS,
     TO_COORDINATOR,
     Error,
     Heartbeat,
+    HeartbeatAck,
     MigrateRequest,
     Register,
     Registered,
+    RegisterFirst,
     RestoreRequest,
     SaveRequest,
+    ShutDown,
     Shutdown,
+    ShutdownRequest,
     StatusReply,
     StatusRequest,
     StopRequest,
@@ -45,11 +55,13 @@ from .messages import (
     VnodeReady,
     VnodeResumed,
     VnodeSnapshot,
+    Watch,
 )
 from .moves import Moves
 from .placing import DEFAULT_POLICY, Placer
 from .registry import AGENT_TIMEOUT, AgentRegistry
 from .states import JobState
+from .store import Store
 
 ROUTER_SEND_TIMEOUT = 1.0  # the coordinator's loop serves everyone: it never waits long for one peer
 
@@ -59,7 +71,8 @@ class Coordinator:
                  metrics_port: int | None = 0, agent_timeout: float = AGENT_TIMEOUT, log=print,
                  policy: PolicyParams | None = DEFAULT_POLICY, topology: Any = None,
                  clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time,
-                 checkpoint_dir: Path | None = None) -> None:
+                 checkpoint_dir: Path | None = None, state_dir: Path | None = None,
+                 adopt_grace: float | None = None, keep_jobs: int = KEEP) -> None:
         self.bind = bind
         self.keys = keys
         self.trusted = dict(trusted or {})
@@ -67,20 +80,26 @@ class Coordinator:
         self.metrics_port = metrics_port
         self.metrics: Any = None
         self._stop = False
+        self.store = Store(state_dir) if state_dir is not None else None
         self.registry = AgentRegistry(agent_timeout, clock=clock, log=log)
         self.placer = Placer(topology, policy, clock=clock, log=log)
-        self.lifecycle = JobLifecycle(self.registry, self._send, self.placer, log=log, wall=wall)
+        self.lifecycle = JobLifecycle(self.registry, self._send, self.placer, log=log, wall=wall, store=self.store,
+                                      clock=clock, grace=agent_timeout if adopt_grace is None else adopt_grace,
+                                      keep=keep_jobs)
+        self.lifecycle.forget = self._forget_job
         self.moves = Moves(self.lifecycle, self.registry, self._send, self.placer, log=log, clock=clock, wall=wall)
         self.checkpoints = Checkpoints(self.lifecycle, self._send, log=log, clock=clock, directory=checkpoint_dir)
         self._handlers: dict[type[Message], Callable[[bytes, Any], object]] = {
             Register: self._on_register,
             Heartbeat: self._on_heartbeat,
             Submit: self.lifecycle.submit,
+            Watch: self.lifecycle.watch,
+            ShutdownRequest: self._on_shutdown,
             VnodeReady: self._on_vnode_ready,
             VnodeDone: self._on_vnode_done,
             VnodeFailed: lambda _, m: self.lifecycle.vnode_failed(m),
             StopRequest: self.lifecycle.stop,
-            StatusRequest: lambda identity, _: self._send(identity, StatusReply(status=self.status())),
+            StatusRequest: self._on_status,
             MigrateRequest: self.moves.migrate,
             SaveRequest: self.moves.save,
             RestoreRequest: self.moves.restore,
@@ -88,6 +107,7 @@ class Coordinator:
             VnodeResumed: lambda _, m: self.moves.vnode_resumed(m),
             VnodeCheckpointed: lambda _, m: self.checkpoints.vnode_checkpointed(m),
         }
+        self.lifecycle.restore()
 
     # -- sockets ------------------------------------------------------------------------------------------------
     def open(self) -> str:
@@ -111,15 +131,17 @@ class Coordinator:
         return self.endpoint
 
     def close(self) -> None:
-        for agent in self.registry:
-            if agent.up:
-                self._send(agent.identity, Shutdown(), quiet=True)  # agents shut down first are gone: fine
-        self.sock.close(linger=200)
-        if self.auth is not None:
-            self.auth.stop()
-        self.ctx.term()
+        """Close the sockets and the store. The agents and their hosts go on: a coordinator started again on the
+        same address, keys and state directory adopts them (`shutdown` is the way to stop them)."""
+        if hasattr(self, "sock"):
+            self.sock.close(linger=200)
+            if self.auth is not None:
+                self.auth.stop()
+            self.ctx.term()
         if getattr(self, "_metrics_server", None) is not None:
             self._metrics_server.stop()
+        if self.store is not None:
+            self.store.close()
 
     def _send(self, identity: bytes, message: Message, quiet: bool = False) -> None:
         """Send, or log why not: a peer that is gone or not reading must not stop the coordinator."""
@@ -158,13 +180,18 @@ class Coordinator:
             self.log(f"coordinator: refused a message from {self._peer(identity)}: {exc}")
             self._send(identity, Error(error=str(exc)))
             return
+        if isinstance(message, FROM_AGENTS) and self.registry.name_of(identity) is None:
+            # an agent this coordinator does not know (it restarted): it registers, then sends what matters again
+            self._send(identity, RegisterFirst(reason=f"unknown agent: register first (sent '{message.KIND}')"))
+            return
         try:
             self._handlers[type(message)](identity, message)
         except Exception as exc:  # noqa: BLE001 - one bad message must not stop the cluster
             self.log(f"coordinator: error handling '{message.KIND}': {type(exc).__name__}: {exc}")
 
     def tick(self) -> None:
-        """The periodic work: lost agents (recovery), stuck moves, checkpoints, re-placement, metrics."""
+        """The periodic work: lost agents (recovery), jobs to recover (not placed yet, or not adopted within the
+        grace period), stuck moves, checkpoints, re-placement, metrics."""
         for agent in self.registry.check():
             self.lifecycle.agent_lost(agent)
         self.lifecycle.retry()
@@ -175,16 +202,40 @@ class Coordinator:
 
     # -- messages that concern more than one part ----------------------------------------------------------------
     def _on_register(self, identity: bytes, m: Register) -> None:
-        self.registry.register(identity, m)
+        agent = self.registry.register(identity, m)
         self._send(identity, Registered(data_keys=self.registry.data_keys()))
+        self.lifecycle.agent_registered(agent)
 
     def _on_heartbeat(self, identity: bytes, m: Heartbeat) -> None:
         agent = self.registry.heartbeat(identity, m)
-        if agent is None:
-            self._send(identity, Error(error="unknown agent: register first"))
+        if agent is None:  # registered under another socket (it re-registered since): the newer one counts
+            self._send(identity, RegisterFirst(reason="unknown agent: register first"))
             return
+        self._send(identity, HeartbeatAck(seq=m.seq))
         self.lifecycle.fence(agent, m.vnodes)
         self.lifecycle.measure_traffic(m.vnodes, agent.last_seen)
+        self.lifecycle.adopt()
+
+    def _on_status(self, identity: bytes, m: StatusRequest) -> None:
+        if m.job is None:
+            self._send(identity, StatusReply(status=self.status()))
+            return
+        job = self.lifecycle.status_of(m.job)
+        if job is None:
+            self._send(identity, Error(error=f"no job '{m.job}' (see `microstream status`)"))
+            return
+        self._send(identity, StatusReply(status={**self.status(jobs=False), "jobs": {m.job: job}}))
+
+    def _on_shutdown(self, identity: bytes, _: ShutdownRequest) -> None:
+        """Shut the cluster down: stop every job, tell every agent to exit (they stop their hosts), then exit."""
+        jobs = self.lifecycle.stop_all("the cluster was shut down")
+        agents = [agent.name for agent in self.registry if agent.up]
+        for agent in self.registry:
+            if agent.up:
+                self._send(agent.identity, Shutdown(), quiet=True)
+        self.log(f"coordinator: shutting the cluster down ({len(jobs)} jobs stopped, {len(agents)} agents told)")
+        self._send(identity, ShutDown(jobs=jobs, agents=agents))
+        self._stop = True
 
     def _on_vnode_ready(self, identity: bytes, m: VnodeReady) -> None:
         if self.moves.vnode_ready(identity, m):
@@ -211,8 +262,14 @@ class Coordinator:
                     self.moves.auto_migrate(job, proposal)
 
     # -- status and metrics ----------------------------------------------------------------------------------------
-    def status(self) -> dict[str, Any]:
-        return {"agents": self.registry.status(), "jobs": self.lifecycle.status(), "metrics_port": self.metrics_port}
+    def status(self, jobs: bool = True) -> dict[str, Any]:
+        return {"agents": self.registry.status(), "jobs": self.lifecycle.status() if jobs else {},
+                "metrics_port": self.metrics_port}
+
+    def _forget_job(self, job_id: str) -> None:
+        """A job left the history: its metric series go (the coordinator does not grow per finished job)."""
+        if self.metrics is not None:
+            self.metrics.forget_job(job_id)
 
     def _update_metrics(self) -> None:
         if self.metrics is None:

@@ -1,8 +1,13 @@
 """Where the cluster is, and an embedded cluster on this machine (`microstream cluster up`).
 
-A cluster "home" directory (default `$MICROSTREAM_HOME` or `~/.microstream`) holds the keys and,
-for an embedded cluster, `cluster.json`: the coordinator's endpoint and the processes started.
+A cluster "home" directory (default `$MICROSTREAM_HOME` or `~/.microstream`) holds the keys, the coordinator's
+state directory (`state/`: its jobs and checkpoints in SQLite, so that a restarted coordinator carries on) and,
+for an embedded cluster, `cluster.json`: the coordinator's endpoint, how it was started and the processes started.
 `submit`, `status` and `stop` read it when no `--coordinator` is given.
+
+`cluster up` when only the coordinator has died starts it again on the same port: the agents re-register and
+their jobs go on. `cluster down` asks the coordinator to shut the cluster down (every job stopped, every agent
+exits), then signals whatever is left.
 """
 
 from __future__ import annotations
@@ -28,6 +33,11 @@ def home(path: str | Path | None = None) -> Path:
 
 def state_file(root: Path) -> Path:
     return root / "cluster.json"
+
+
+def state_dir(root: Path) -> Path:
+    """Where the coordinator of the cluster in `root` keeps its state (jobs, checkpoints)."""
+    return root / "state"
 
 
 def read_state(root: Path) -> dict[str, Any] | None:
@@ -83,6 +93,8 @@ def up(nodes: int, root: Path, port: int = 0, insecure: bool = False, progress=p
 
     existing = read_state(root)
     if existing and _alive(existing.get("pids", [])):
+        if not _alive(existing["pids"][:1]) and existing.get("coordinator_args"):
+            return restart_coordinator(root, progress=progress, timeout=timeout)
         raise ClusterError(f"a cluster is already running (pids {existing['pids']}); "
                            "stop it with `microstream cluster down`")
     logs = root / "logs"
@@ -99,19 +111,42 @@ def up(nodes: int, root: Path, port: int = 0, insecure: bool = False, progress=p
     sec = ["--insecure"] if insecure else ["--keys", str(keydir)]
     port_file = root / "coordinator.port"
     port_file.unlink(missing_ok=True)
-    coord = _spawn(["coordinator", "--bind", f"tcp://127.0.0.1:{port}", "--port-file", str(port_file),
-                    "--metrics-port", "0", *sec, *(coordinator_args or [])],
-                   logs / "coordinator.log")
+    args = ["coordinator", "--port-file", str(port_file), "--metrics-port", "0", "--state-dir", str(state_dir(root)),
+            *sec, *(coordinator_args or [])]
+    coord = _spawn([*args, "--bind", f"tcp://127.0.0.1:{port}"], logs / "coordinator.log")
     endpoint = _wait_for_port(port_file, coord, timeout)
     pids = [coord.pid]
     for i in range(1, nodes + 1):
         agent = _spawn(["agent", "--coordinator", endpoint, "--name", f"node{i}", *sec,
                         *([] if insecure else ["--key", f"node{i}"])], logs / f"node{i}.log")
         pids.append(agent.pid)
-    state = {"coordinator": endpoint, "pids": pids, "insecure": insecure, "nodes": nodes, "logs": str(logs)}
+    state = {"coordinator": endpoint, "pids": pids, "insecure": insecure, "nodes": nodes, "logs": str(logs),
+             "coordinator_args": args}
     state_file(root).write_text(json.dumps(state, indent=2))
     _wait_for_agents(address(root), nodes, timeout)
     progress(f"cluster up: coordinator {endpoint}, {nodes} agents (logs in {logs})")
+    return state
+
+
+def restart_coordinator(root: Path, progress=print, timeout: float = 60.0, wait_for_agents: bool = True,
+                        ) -> dict[str, Any]:
+    """Start the embedded cluster's coordinator again (it died, or was killed) on the same address, keys and state
+    directory; with `wait_for_agents`, wait until the agents that are still running have registered again."""
+    state = read_state(root)
+    if state is None or not state.get("coordinator_args"):
+        raise ClusterError(f"no cluster recorded in {state_file(root)} that could be restarted")
+    if _alive(state["pids"][:1]):
+        raise ClusterError(f"the coordinator (pid {state['pids'][0]}) is running")
+    port_file = root / "coordinator.port"
+    port_file.unlink(missing_ok=True)
+    log = Path(state["logs"]) / "coordinator.log"
+    coord = _spawn([*state["coordinator_args"], "--bind", state["coordinator"]], log)
+    _wait_for_port(port_file, coord, timeout)
+    state["pids"][0] = coord.pid
+    state_file(root).write_text(json.dumps(state, indent=2))
+    if wait_for_agents:
+        _wait_for_agents(address(root), sum(1 for pid in state["pids"][1:] if _alive([pid])), timeout)
+    progress(f"coordinator restarted on {state['coordinator']} (pid {coord.pid})")
     return state
 
 
@@ -138,11 +173,22 @@ def _wait_for_agents(addr: ClusterAddress, nodes: int, timeout: float) -> None:
 
 
 def down(root: Path, progress=print) -> int:
+    """Shut the cluster down: the coordinator stops every job and tells every agent to exit (its jobs are then
+    over, not resumed by the next `cluster up`); whatever is still running after that is signalled."""
     state = read_state(root)
     if state is None:
         progress(f"no cluster recorded in {state_file(root)}")
         return 0
     pids = state.get("pids", [])
+    if _alive(pids[:1]):
+        try:
+            with Client(address(root), timeout=5) as client:
+                client.shutdown()
+            deadline = time.monotonic() + 10
+            while _alive(pids) and time.monotonic() < deadline:
+                time.sleep(0.05)
+        except ClusterError as exc:
+            progress(f"the coordinator did not shut the cluster down ({exc}); stopping its processes")
     for pid in reversed(pids):
         _signal(pid, signal.SIGTERM)
     deadline = time.monotonic() + 5

@@ -5,7 +5,14 @@ epoch), failure (a user function failed, or the restarts are spent), a client's 
 each job's status.
 
 Fencing: every deployment of a job has an epoch; what a host of an older epoch reports is ignored, and its
-agent is told to stop it.
+agent is told to stop it. So are hosts of a job that has ended, or that this coordinator does not know.
+
+A coordinator that crashes: with a `store` (`store.py`, SQLite) every change that matters is written before the
+coordinator goes on. A restarted coordinator `restore`s the jobs that had not ended as *adopting*: when the
+agents re-register and report the job's hosts running in its epoch, it runs again where it ran; if some have not
+come back within `grace` seconds, it recovers from its last persisted checkpoint. Ended jobs are kept in a
+bounded `history` (the newest `keep`; older ones only in the store), as their last status: the coordinator does
+not grow per finished job.
 
 States and their transitions are `states.JobState`; a move of one virtual node is `moves.py`'s business.
 No sockets here: the coordinator hands in decoded messages and a `send(identity, message)`.
@@ -13,8 +20,10 @@ No sockets here: the coordinator hands in decoded messages and a `send(identity,
 
 from __future__ import annotations
 
+import sqlite3
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -37,30 +46,73 @@ from .messages import (
     VnodeDone,
     VnodeFailed,
     VnodeReady,
+    Watch,
+    Watching,
 )
-from .model import Job
+from .model import Checkpoint, Job
 from .placing import Placer
 from .registry import AgentInfo, AgentRegistry
 from .states import JobState, VnodeState
+from .store import EndedJob, Store, StoredJob
 
 Send = Callable[[bytes, Message], None]
+
+KEEP = 100             # ended jobs kept in memory (their status); older ones are only in the store
+BARRIER_GAP = 100      # a restored job's barriers start this far above the last persisted one (ids only grow)
 
 
 class JobLifecycle:
     def __init__(self, registry: AgentRegistry, send: Send, placer: Placer, log: Callable[[str], None] = print,
-                 wall: Callable[[], float] = time.time) -> None:
+                 wall: Callable[[], float] = time.time, store: Store | None = None,
+                 clock: Callable[[], float] = time.monotonic, grace: float = 10.0, keep: int = KEEP) -> None:
         self.registry = registry
         self.send = send
         self.placer = placer
         self.log = log
         self.wall = wall
-        self.jobs: dict[str, Job] = {}
+        self.store = store
+        self.clock = clock
+        self.grace = grace
+        self.keep = keep
+        self.jobs: dict[str, Job] = {}                            # jobs that have not ended
+        self.history: OrderedDict[str, EndedJob] = OrderedDict()  # the newest `keep` ended jobs, oldest first
+        self.forget: Callable[[str], None] | None = None          # a job left the history (its metric series go)
 
     def __iter__(self) -> Iterator[Job]:
-        return iter(self.jobs.values())
+        return iter(list(self.jobs.values()))
 
     def get(self, job_id: str | None) -> Job | None:
+        """A job that has not ended."""
         return self.jobs.get(job_id or "")
+
+    def ended(self, job_id: str, result: bool = False) -> EndedJob | None:
+        """A job that has ended: from the history, else from the store (with `result`: its result too)."""
+        known = self.history.get(job_id)
+        if known is not None and (not result or known.result is not None or self.store is None):
+            return known
+        if self.store is None:
+            return None
+        try:
+            return self.store.ended(job_id, result=result)
+        except sqlite3.Error as exc:
+            self.log(f"coordinator: cannot read job {job_id} from the state directory: {exc}")
+            return known
+
+    # -- the store ----------------------------------------------------------------------------------------------
+    def persist(self, job: Job, spec: bool = False) -> None:
+        """Write the job's row (a crash must not lose what changed); a failing disk costs a log line."""
+        self._write(lambda store: store.save_job(job, spec=spec), job)
+
+    def persist_checkpoint(self, job: Job, checkpoint: Checkpoint) -> None:
+        self._write(lambda store: store.save_checkpoint(job, checkpoint), job)
+
+    def _write(self, write: Callable[[Store], None], job: Job) -> None:
+        if self.store is None:
+            return
+        try:
+            write(self.store)
+        except sqlite3.Error as exc:
+            self.log(f"coordinator: cannot write job {job.id} to the state directory {self.store.directory}: {exc}")
 
     def agents_of(self, job: Job) -> list[AgentInfo]:
         """The live agents that run a virtual node of `job`."""
@@ -79,12 +131,13 @@ class JobLifecycle:
             self.send(identity, Rejected(error=f"cannot load the job: {type(exc).__name__}: {exc}"))
             return None
         job_id = f"{graph.name}-{uuid.uuid4().hex[:6]}"
-        job = Job(job_id, graph.name, graph, plan, placed.assignment, identity if m.wait else None,
+        job = Job(job_id, graph.name, graph, plan, placed.assignment, watchers={identity} if m.wait else set(),
                   submitted=self.wall(), predicted=placed.predicted, pins=placed.pins, policy=self.placer.policy(),
                   checkpoint_every=getattr(graph, "checkpoint_every", 10.0),
                   max_restarts=getattr(graph, "max_restarts", 3))
         job.blob = cloudpickle.dumps({"graph": graph, "plan": plan, "credits": m.credits})
         self.jobs[job_id] = job
+        self.persist(job, spec=True)
         self._deploy(job)
         self.send(identity, Accepted(job=job_id, placement=placed.assignment))
         self.log(f"coordinator: job {job_id} placed: " + ", ".join(f"{v}->{a}" for v, a in placed.assignment.items()))
@@ -121,20 +174,28 @@ class JobLifecycle:
             self.log(f"coordinator: job {job.id} runs again (epoch {job.epoch}) from "
                      f"{'checkpoint ' + str(job.checkpoint.id) if job.checkpoint else 'its start'}")
         job.advance(JobState.RUNNING)
+        job.reason = ""
+        self.persist(job)
 
     # -- the end of a job ---------------------------------------------------------------------------------------
     def vnode_done(self, job: Job, m: VnodeDone) -> None:
-        if m.epoch != job.epoch or job.state is not JobState.RUNNING:
+        """A virtual node ran to its end (an adopting job's too: its agent held the report while the coordinator
+        was away)."""
+        if m.epoch != job.epoch or job.state not in (JobState.RUNNING, JobState.ADOPTING):
             return
+        if m.vnode in job.results:
+            return  # sent again after a re-registration
         job.results[m.vnode] = m.blob
         job.final[m.vnode] = {"state": VnodeState.DONE, "stats": m.stats or {}}
+        self._write(lambda store: store.save_result(job, m.vnode), job)
+        self._maybe_finished(job)
+
+    def _maybe_finished(self, job: Job) -> None:
         if len(job.results) == len(job.plan.vnodes) and job.state is JobState.RUNNING:
             job.advance(JobState.FINISHED)
             job.finished = self.wall()
             self.log(f"coordinator: job {job.id} finished")
-            if job.client is not None:
-                self.send(job.client, JobDone(job=job.id, state=job.state,
-                                              blob=cloudpickle.dumps(list(job.results.values()))))
+            self._end(job, JobDone(job=job.id, state=job.state, blob=cloudpickle.dumps(list(job.results.values()))))
 
     def vnode_failed(self, m: VnodeFailed) -> None:
         job = self.get(m.job)
@@ -147,7 +208,7 @@ class JobLifecycle:
             self.recover(job, reason)
 
     def agent_lost(self, agent: AgentInfo) -> None:
-        for job in self.jobs.values():
+        for job in self:
             if job.state.active and agent.name in job.placement.values():
                 self.recover(job, f"agent {agent.name} lost ({agent.down_reason})")
 
@@ -169,12 +230,15 @@ class JobLifecycle:
         for agent in self.registry:
             if agent.up:  # the old hosts that are still there, wherever they are
                 self.send(agent.identity, StopJob(job=job.id, before=job.epoch))
-        job.move, job.pending, job.waiting = None, None, []
+        job.move, job.pending, job.waiting, job.adopt_until, job.moving = None, None, [], None, None
+        if job.results:
+            self._write(lambda store: store.forget_results(job), job)
         job.results.clear()
         job.final.clear()
         job.endpoints.clear()
         job.sent.clear()
-        self.place_again(job)
+        if not self.place_again(job):
+            self.persist(job)
 
     def place_again(self, job: Job) -> bool:
         """Place a recovering job on the live agents and deploy it; False if it cannot be placed yet (a pinned
@@ -187,32 +251,60 @@ class JobLifecycle:
             return False
         job.placement = dict(placed.assignment)
         job.reason = job.recoveries[-1]["reason"] if job.recoveries else ""
+        self.persist(job)
         self._deploy(job)
         return True
 
     def retry(self) -> None:
-        """Recovering jobs that could not be placed: try again (a node may be back)."""
-        for job in self.jobs.values():
+        """Recovering jobs that could not be placed: try again (a node may be back). Adopting jobs whose hosts
+        have not all come back within the grace period: recover them."""
+        now = self.clock()
+        for job in self:
             if job.state is JobState.RECOVERING and not job.placement:
                 self.place_again(job)
+            elif job.state is JobState.ADOPTING and job.adopt_until is not None and now >= job.adopt_until:
+                missing = [vn for vn in job.plan.vnodes if vn not in job.results and self._host_of(job, vn) is None]
+                why = (f"a move of {job.moving} was under way" if job.moving else
+                       f"{', '.join(missing)} did not come back within {self.grace:g} s")
+                self.recover(job, f"the coordinator restarted and {why}")
 
     def fence(self, agent: AgentInfo, vnodes: dict[str, Any]) -> None:
-        """An agent reports hosts of an epoch a recovery has replaced (it was frozen or cut off): stop them."""
+        """An agent reports hosts that must not run: of an epoch a recovery has replaced (the agent was frozen or
+        cut off), of a job that has ended, or of one this coordinator does not know. Stop them."""
         for key, info in vnodes.items():
-            job = self.jobs.get(key.partition("/")[0])
+            job_id, _, vnode = key.partition("/")
             epoch = info.get("epoch")
-            if job is None or epoch is None or epoch >= job.epoch or VnodeState(info.get("state", "done")).over:
+            state = info.get("state", VnodeState.DONE)
+            if epoch is None or VnodeState(state).over or state in (VnodeState.STOPPING, VnodeState.STOPPED):
                 continue
-            self.send(agent.identity, StopJob(job=job.id, only=key.partition("/")[2], before=job.epoch))
+            job = self.jobs.get(job_id)
+            if job is None:
+                ended = self.ended(job_id)
+                what = f"job {job_id}, which has {ended.state}" if ended else "a job this coordinator does not know"
+                self.log(f"coordinator: agent {agent.name} runs {key} of {what}: stopping it")
+                self.send(agent.identity, StopJob(job=job_id, only=vnode))
+            elif epoch < job.epoch:
+                self.send(agent.identity, StopJob(job=job.id, only=vnode, before=job.epoch))
 
     def stop(self, identity: bytes, m: StopRequest) -> None:
         job = self.get(m.job)
         if job is None:
-            self.send(identity, Error(error=f"no job '{m.job}' (see `microstream status`)"))
+            ended = self.ended(m.job)
+            if ended is None:
+                self.send(identity, Error(error=f"no job '{m.job}' (see `microstream status`)"))
+            else:
+                self.send(identity, Stopped(job=ended.id, state=ended.state))
             return
-        if job.state.active:
-            self.fail(job, "stopped by a client", state=JobState.STOPPED)
+        self.fail(job, "stopped by a client", state=JobState.STOPPED)
         self.send(identity, Stopped(job=job.id, state=job.state))
+
+    def stop_all(self, reason: str) -> list[str]:
+        """Stop every job that has not ended (the cluster shuts down); returns their ids."""
+        stopped = []
+        for job in self:
+            self.fail(job, reason, state=JobState.STOPPED)
+            stopped.append(job.id)
+        return stopped
 
     def fail(self, job: Job, reason: str, state: JobState = JobState.FAILED, operator: str | None = None,
              cause: str | None = None) -> None:
@@ -222,8 +314,132 @@ class JobLifecycle:
         self.log(f"coordinator: job {job.id} {state}: {reason}")
         for agent in self.agents_of(job):
             self.send(agent.identity, StopJob(job=job.id))
-        if job.client is not None:
-            self.send(job.client, JobDone(job=job.id, state=state, reason=reason, operator=operator, cause=cause))
+        self._end(job, JobDone(job=job.id, state=state, reason=reason, operator=operator, cause=cause))
+
+    def _end(self, job: Job, done: JobDone) -> None:
+        """The job ended: persist its last status and result, tell whoever waits, and keep only its status (in
+        the bounded history): the graph, the plan, the results and the traffic figures go."""
+        status = self._status_of(job)
+        end = {"operator": done.operator, "cause": done.cause}
+        self._write(lambda store: store.end_job(job, status, end, done.blob), job)
+        for client in job.watchers:
+            self.send(client, done)
+        self.jobs.pop(job.id, None)
+        self.history[job.id] = EndedJob(job.id, str(job.state), job.reason, job.finished, status, end,
+                                        result=done.blob if self.store is None else None)
+        while len(self.history) > self.keep:
+            old, _ = self.history.popitem(last=False)
+            if self.forget is not None:
+                self.forget(old)
+
+    # -- clients that wait ----------------------------------------------------------------------------------------
+    def watch(self, identity: bytes, m: Watch) -> None:
+        """A client attaches to a job (again, after it lost its coordinator): `job_done` when it ends (at once if
+        it has)."""
+        job = self.get(m.job)
+        if job is not None:
+            job.watchers.add(identity)
+            self.send(identity, Watching(job=job.id, state=job.state, reason=job.reason or None))
+            return
+        ended = self.ended(m.job, result=True)
+        if ended is None:
+            self.send(identity, Error(error=f"no job '{m.job}' (see `microstream status`)"))
+            return
+        self.send(identity, JobDone(job=ended.id, state=ended.state, reason=ended.reason or None,
+                                    operator=ended.end.get("operator"), cause=ended.end.get("cause"),
+                                    blob=ended.result))
+
+    # -- a restarted coordinator ----------------------------------------------------------------------------------
+    def restore(self) -> int:
+        """Read back the jobs that had not ended (as adopting: their hosts are to report within `grace` seconds)
+        and the newest ended ones; returns how many jobs are adopting."""
+        if self.store is None:
+            return 0
+        for ended in self.store.history(self.keep):
+            self.history[ended.id] = ended
+        adopting = 0
+        for stored in self.store.load():
+            try:
+                job = self._rebuild(stored)
+            except Exception as exc:  # noqa: BLE001 - e.g. a job pickled against modules this machine lacks now
+                self.log(f"coordinator: cannot restore job {stored.id}: {type(exc).__name__}: {exc}")
+                continue
+            self.jobs[job.id] = job
+            if job.state is JobState.ADOPTING:
+                adopting += 1
+        if self.jobs:
+            self.log(f"coordinator: restored {len(self.jobs)} jobs from {self.store.directory}; waiting up to "
+                     f"{self.grace:g} s for the agents to report their hosts")
+        return adopting
+
+    def _rebuild(self, s: StoredJob) -> Job:
+        spec = cloudpickle.loads(s.spec)
+        info = s.info
+        job = Job(s.id, s.name, spec["graph"], spec["plan"], dict(s.placement), submitted=s.submitted,
+                  reason=s.reason, endpoints=dict(s.endpoints), pins=dict(info.get("pins", {})),
+                  predicted=dict(info.get("predicted", {})), policy=self.placer.policy(),
+                  checkpoint_every=info.get("checkpoint_every"), max_restarts=int(info.get("max_restarts", 3)),
+                  epoch=s.epoch, restarts=s.restarts, barriers=s.barriers + BARRIER_GAP,
+                  checkpoints=list(info.get("checkpoints", [])), recoveries=list(info.get("recoveries", [])),
+                  history=list(info.get("history", [])), moving=s.moving)
+        job.blob = s.spec
+        for vnode, (blob, final) in s.results.items():
+            job.results[vnode] = blob
+            job.final[vnode] = final
+        if s.checkpoint is not None:
+            job.checkpoint = Checkpoint(s.checkpoint.id, s.checkpoint.started, dict(s.checkpoint.snapshots),
+                                        s.checkpoint.completed)
+        if s.state == JobState.SUSPENDED:
+            job.state = JobState.SUSPENDED  # nothing runs but upstream hosts holding records: nothing to adopt
+        else:
+            job.state = JobState.ADOPTING
+            job.adopt_until = self.clock() + self.grace
+            job.reason = "the coordinator restarted: waiting for the agents to report the job's hosts"
+        return job
+
+    def agent_registered(self, agent: AgentInfo) -> None:
+        """An agent (re-)registered with the hosts it runs: stop those that must not run, adopt what it can."""
+        self.fence(agent, agent.vnodes)
+        self.adopt()
+
+    def adopt(self) -> None:
+        """Every adopting job whose hosts have all reported, running (or done) in its epoch, runs again."""
+        for job in self:
+            if job.state is not JobState.ADOPTING or job.moving:
+                continue
+            found = {}
+            for vnode in job.plan.vnodes:
+                if vnode in job.results:
+                    continue
+                host = self._host_of(job, vnode)
+                if host is None:
+                    break
+                found[vnode] = host
+            else:
+                self._adopted(job, found)
+
+    def _host_of(self, job: Job, vnode: str) -> tuple[AgentInfo, dict[str, Any]] | None:
+        """The live agent that runs `vnode` of `job` in its epoch, running or done, with what it reports."""
+        key = f"{job.id}/{vnode}"
+        for agent in self.registry:
+            info = agent.vnodes.get(key) if agent.up else None
+            if (info is not None and info.get("epoch") == job.epoch
+                    and info.get("state") in (VnodeState.RUNNING, VnodeState.DONE)):
+                return agent, info
+        return None
+
+    def _adopted(self, job: Job, found: dict[str, tuple[AgentInfo, dict[str, Any]]]) -> None:
+        for vnode, (agent, info) in found.items():
+            job.placement[vnode] = agent.name
+            if info.get("endpoint"):  # re-learned: what a later move or recovery connects to
+                job.endpoints[vnode] = {"endpoint": info["endpoint"], "public_key": info.get("public_key")}
+        job.advance(JobState.RUNNING)
+        job.adopt_until = None
+        job.reason = ""
+        self.log(f"coordinator: job {job.id} adopted: every host reported in epoch {job.epoch} ("
+                 + ", ".join(f"{v}->{a}" for v, a in sorted(job.placement.items())) + ")")
+        self.persist(job)
+        self._maybe_finished(job)
 
     # -- traffic and status -------------------------------------------------------------------------------------
     def measure_traffic(self, vnodes: dict[str, Any], now: float) -> None:
@@ -258,26 +474,38 @@ class JobLifecycle:
         return rows
 
     def status(self) -> dict[str, dict[str, Any]]:
-        jobs = {}
-        for job in self.jobs.values():
-            vnodes = {}
-            for vn, agent_name in job.placement.items():
-                agent = self.registry.get(agent_name)
-                live = agent.vnodes.get(f"{job.id}/{vn}", {}) if agent is not None else {}
-                if live.get("state") == VnodeState.MIGRATED or live.get("epoch", job.epoch) != job.epoch:
-                    live = {}  # moved away, or a host a recovery replaced: not what runs this vnode now
-                live = job.final.get(vn, live)
-                vnodes[vn] = {"agent": agent_name, "tasks": job.plan.vnodes[vn].tasks, "state": live.get("state"),
-                              "pid": live.get("pid"), "operators": live.get("stats", {}).get("operators", {})}
-            jobs[job.id] = {"name": job.name, "state": job.state, "reason": job.reason, "vnodes": vnodes,
-                            "migrations": job.history, "traffic": self.link_traffic(job), "pins": job.pins,
-                            "predicted_traffic": job.predicted, "epoch": job.epoch, "restarts": job.restarts,
-                            "checkpoints": job.checkpoints, "recoveries": job.recoveries}
+        """Every job that has not ended, and the ended ones in the history (newest last)."""
+        jobs = {job_id: ended.status for job_id, ended in self.history.items()}
+        jobs.update((job.id, self._status_of(job)) for job in self)
         return jobs
 
+    def status_of(self, job_id: str) -> dict[str, Any] | None:
+        """One job's status (an ended one from the store too); None if there is no such job."""
+        job = self.get(job_id)
+        if job is not None:
+            return self._status_of(job)
+        ended = self.ended(job_id)
+        return ended.status if ended is not None else None
+
+    def _status_of(self, job: Job) -> dict[str, Any]:
+        vnodes = {}
+        for vn, agent_name in job.placement.items():
+            agent = self.registry.get(agent_name)
+            live = agent.vnodes.get(f"{job.id}/{vn}", {}) if agent is not None else {}
+            if live.get("state") == VnodeState.MIGRATED or live.get("epoch", job.epoch) != job.epoch:
+                live = {}  # moved away, or a host a recovery replaced: not what runs this vnode now
+            live = job.final.get(vn, live)
+            vnodes[vn] = {"agent": agent_name, "tasks": job.plan.vnodes[vn].tasks, "state": live.get("state"),
+                          "pid": live.get("pid"), "operators": live.get("stats", {}).get("operators", {})}
+        return {"name": job.name, "state": job.state, "reason": job.reason, "vnodes": vnodes,
+                "migrations": job.history, "traffic": self.link_traffic(job), "pins": job.pins,
+                "predicted_traffic": job.predicted, "epoch": job.epoch, "restarts": job.restarts,
+                "checkpoints": job.checkpoints, "recoveries": job.recoveries, "submitted": job.submitted,
+                "finished": job.finished}
+
     def counts(self) -> dict[str, int]:
-        """How many jobs are in each state."""
+        """How many jobs are in each state (the ended ones in the history)."""
         states: dict[str, int] = {}
-        for job in self.jobs.values():
-            states[job.state] = states.get(job.state, 0) + 1
+        for state in [job.state for job in self] + [ended.state for ended in self.history.values()]:
+            states[state] = states.get(state, 0) + 1
         return states

@@ -36,13 +36,32 @@ class Submit(Message):
 
 @dataclass(frozen=True)
 class StatusRequest(Message):
+    """The cluster's status; with `job`, that job's only (an ended one included, from the coordinator's store)."""
+
     KIND: ClassVar[str] = "status"
+    job: str | None = None
 
 
 @dataclass(frozen=True)
 class StopRequest(Message):
     KIND: ClassVar[str] = "stop"
     job: str
+
+
+@dataclass(frozen=True)
+class Watch(Message):
+    """Attach to a job: the coordinator answers `watching` (and `job_done` when it ends) or, if it has ended,
+    `job_done` at once. A client that lost its coordinator sends it again to the new one."""
+
+    KIND: ClassVar[str] = "watch"
+    job: str
+
+
+@dataclass(frozen=True)
+class ShutdownRequest(Message):
+    """Shut the cluster down: every job is stopped, every agent told to exit, then the coordinator exits."""
+
+    KIND: ClassVar[str] = "shutdown"
 
 
 @dataclass(frozen=True)
@@ -90,6 +109,9 @@ class Register(Message):
     arch: str | None = None
     backends: list[str] | None = None
     python: str | None = None
+    # the hosts it runs, "job/vnode" -> {state, pid, epoch, endpoint, public_key}: a restarted coordinator
+    # adopts them, and stops those of jobs it has ended or replaced
+    vnodes: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def capabilities(self) -> dict[str, Any]:
         return {"cores": self.cores, "memory": self.memory, "arch": self.arch, "backends": self.backends,
@@ -98,11 +120,13 @@ class Register(Message):
 
 @dataclass(frozen=True)
 class Heartbeat(Message):
-    """Every second: the agent's hosts, "job/vnode" -> {state, pid, stats}."""
+    """Every second: the agent's hosts, "job/vnode" -> {state, pid, epoch, stats}. The coordinator acknowledges
+    `seq`: what the agent sent before it has been handled."""
 
     KIND: ClassVar[str] = "heartbeat"
     name: str
     vnodes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    seq: int | None = None
 
 
 @dataclass(frozen=True)
@@ -186,6 +210,22 @@ class Registered(Message):
 
 
 @dataclass(frozen=True)
+class HeartbeatAck(Message):
+    """Heartbeat `seq` and everything the agent sent before it have been handled (and the coordinator is there)."""
+
+    KIND: ClassVar[str] = "ack"
+    seq: int | None = None
+
+
+@dataclass(frozen=True)
+class RegisterFirst(Message):
+    """The coordinator does not know this agent (it restarted, or counted the agent lost): register again."""
+
+    KIND: ClassVar[str] = "register_first"
+    reason: str = "unknown agent"
+
+
+@dataclass(frozen=True)
 class Deploy(Message):
     """Start a host for `vnode`; the blob is the job spec (graph, plan, credits) for the host, pickled."""
 
@@ -250,6 +290,25 @@ class StatusReply(Message):
 
 
 @dataclass(frozen=True)
+class Watching(Message):
+    """The job is still going (in `state`); `job_done` follows when it ends."""
+
+    KIND: ClassVar[str] = "watching"
+    job: str
+    state: str
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class ShutDown(Message):
+    """The cluster shuts down: these jobs were stopped, these agents told to exit."""
+
+    KIND: ClassVar[str] = "shut_down"
+    jobs: list[str] = field(default_factory=list)
+    agents: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
 class Stopped(Message):
     KIND: ClassVar[str] = "stopped"
     job: str
@@ -280,10 +339,12 @@ class JobDone(Message):
     blob: bytes | None = None
 
 
-TO_COORDINATOR = Vocabulary("to the coordinator", Submit, StatusRequest, StopRequest, MigrateRequest, SaveRequest,
-                            RestoreRequest, Register, Heartbeat, VnodeReady, VnodeDone, VnodeSnapshot, VnodeResumed,
-                            VnodeFailed, VnodeCheckpointed)
-TO_AGENT = Vocabulary("from the coordinator to an agent", Registered, Deploy, Connect, Start, SnapshotRequest,
-                      PauseTo, Redirect, CheckpointRequest, StopJob, Shutdown, Error)
-TO_CLIENT = Vocabulary("from the coordinator to a client", Accepted, StatusReply, Stopped, Moved, JobDone, Error,
-                       Rejected)
+TO_COORDINATOR = Vocabulary("to the coordinator", Submit, StatusRequest, StopRequest, Watch, ShutdownRequest,
+                            MigrateRequest, SaveRequest, RestoreRequest, Register, Heartbeat, VnodeReady, VnodeDone,
+                            VnodeSnapshot, VnodeResumed, VnodeFailed, VnodeCheckpointed)
+TO_AGENT = Vocabulary("from the coordinator to an agent", Registered, HeartbeatAck, RegisterFirst, Deploy, Connect,
+                      Start, SnapshotRequest, PauseTo, Redirect, CheckpointRequest, StopJob, Shutdown, Error)
+TO_CLIENT = Vocabulary("from the coordinator to a client", Accepted, StatusReply, Stopped, Watching, ShutDown, Moved,
+                       JobDone, Error, Rejected)
+# what only a registered agent sends: from a socket the coordinator does not know, it is refused (register first)
+FROM_AGENTS = (Heartbeat, VnodeReady, VnodeDone, VnodeSnapshot, VnodeResumed, VnodeFailed, VnodeCheckpointed)

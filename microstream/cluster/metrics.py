@@ -21,6 +21,7 @@ drops a job from its history), so cardinality stays bounded.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import threading
@@ -244,8 +245,11 @@ class Metrics:
                     del self._store[name][labels]
 
     def forget_job(self, job: str) -> None:
-        """Drop every series of `job` (call when the coordinator forgets the job)."""
+        """Drop every series of `job` (call when the coordinator forgets the job), the movement and checkpoint
+        families' included."""
         self._forget("job", job)
+        for family in (self.migrations, self.checkpoints, self.checkpoint_bytes, self.recoveries, self.link_traffic):
+            _remove_series(family, "job", job)
 
     def forget_node(self, node: str) -> None:
         """Drop every series of `node` (call when a node is removed from the cluster)."""
@@ -279,6 +283,16 @@ class Metrics:
         from prometheus_client import generate_latest
 
         return generate_latest(self.registry)
+
+
+def _remove_series(family: Any, label: str, value: str) -> None:
+    """Remove every series of a labelled prometheus_client metric whose `label` is `value` (its label sets as
+    `collect()` shows them, in the order the metric declares its labels)."""
+    found = {tuple(sample.labels.items()) for metric in family.collect() for sample in metric.samples
+             if sample.labels.get(label) == value}
+    for labels in found:
+        with contextlib.suppress(KeyError):
+            family.remove(*(v for _, v in labels))
 
 
 def _family(spec: _Spec) -> CounterMetricFamily | GaugeMetricFamily:

@@ -24,7 +24,7 @@ class Job:
     graph: LogicalGraph
     plan: PhysicalPlan
     placement: dict[str, str]                      # vnode -> agent name
-    client: bytes | None                           # who waits for `job_done`
+    watchers: set[bytes] = field(default_factory=set)  # clients waiting for `job_done` (submit, watch)
     state: JobState = JobState.DEPLOYING
     reason: str = ""
     endpoints: dict[str, dict] = field(default_factory=dict)
@@ -51,6 +51,8 @@ class Job:
     checkpoints: list[dict[str, Any]] = field(default_factory=list)   # completed ones (figures), newest last
     recoveries: list[dict[str, Any]] = field(default_factory=list)    # what went wrong, from where it went on
     waiting: list[Any] = field(default_factory=list)  # requests held until the checkpoint being taken is done
+    adopt_until: float | None = None               # restored by a restarted coordinator: its hosts must report by
+    moving: str | None = None                      # restored while this vnode was moving: it cannot be adopted
 
     def advance(self, to: JobState) -> None:
         """Go to state `to`; IllegalTransition if a job in this state cannot."""

@@ -107,6 +107,7 @@ class Moves:
         job.move = Move(proposal.vnode, MoveMode.MIGRATE, proposal.source, proposal.target, job.barriers, None,
                         started=self.clock(), reason=proposal.reason)
         self.placer.moved(job, proposal.vnode)
+        self.lifecycle.persist(job)  # a coordinator restarted mid-move cannot adopt the job: it recovers it
         self._deploy_new_host(job, job.move)
 
     def _begin(self, identity: bytes, job_id: str, vnode: str, mode: MoveMode,
@@ -114,7 +115,8 @@ class Moves:
         job = self.lifecycle.get(job_id)
         problem = None
         if job is None:
-            problem = f"no job '{job_id}' (see `microstream status`)"
+            ended = self.lifecycle.ended(job_id)
+            problem = f"job {job_id} is {ended.state}" if ended else f"no job '{job_id}' (see `microstream status`)"
         elif job.state not in (JobState.RUNNING, JobState.SUSPENDED):
             problem = f"job {job.id} is {job.state}"
         elif vnode not in job.plan.vnodes:
@@ -138,6 +140,7 @@ class Moves:
                 return None
         job.barriers += 1
         job.move = Move(vnode, mode, source, target, job.barriers, identity, started=self.clock())
+        self.lifecycle.persist(job)
         return job, job.move
 
     # -- the steps --------------------------------------------------------------------------------------------
@@ -239,6 +242,7 @@ class Moves:
         self.placer.moved(job, move.vnode)
         job.history.append(record)
         job.move = None
+        self.lifecycle.persist(job)
         self.log(f"coordinator: {move.mode} of {job.id}/{move.vnode} done: {record}")
         if self.metrics is not None:
             self.metrics.migrations.labels(job.id, move.mode, move.reason.split(":")[0]).inc()
@@ -265,5 +269,6 @@ class Moves:
         for agent in self.lifecycle.agents_of(job):
             self.send(agent.identity, Redirect(job=job.id, vnode=move.vnode, peer=None))
         job.move = None
+        self.lifecycle.persist(job)
         if move.client is not None:
             self.send(move.client, Error(error=f"{move.mode} of {move.vnode} called off: {reason}"))

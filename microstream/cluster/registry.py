@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .messages import Heartbeat, Register
+from .states import VnodeState
 
 AGENT_TIMEOUT = 10.0   # seconds without a heartbeat: lost, its jobs recover elsewhere (Wi-Fi and SD cards stall)
 SUSPECT_AFTER = 3.0    # seconds without a heartbeat: shown as suspect, nothing done yet
@@ -61,11 +62,16 @@ class AgentRegistry:
         return [a.public_key for a in self.agents.values() if a.public_key and a.up]
 
     def register(self, identity: bytes, m: Register) -> AgentInfo:
-        """(Re-)register an agent; a new registration under a known name replaces the old one."""
+        """(Re-)register an agent with the hosts it reports; a new registration under a known name replaces the old
+        one (the agent reconnected: to this coordinator after a stall, or to a restarted one)."""
         info = AgentInfo(m.name, identity, m.capabilities(), dict(m.labels), m.public_key, m.metrics_port,
-                         last_seen=self.clock())
+                         last_seen=self.clock(), vnodes=dict(m.vnodes))
+        again = self.agents.get(info.name)
         self.agents[info.name] = info
-        self.log(f"coordinator: agent {info.name} registered ({info.caps['cores']} cores, {info.caps['arch']})")
+        running = sum(1 for v in m.vnodes.values()
+                      if v.get("epoch") is not None and not VnodeState(v.get("state", "done")).over)
+        self.log(f"coordinator: agent {info.name} {'registered again' if again else 'registered'} "
+                 f"({info.caps['cores']} cores, {info.caps['arch']}{f', {running} hosts running' if running else ''})")
         return info
 
     def heartbeat(self, identity: bytes, m: Heartbeat) -> AgentInfo | None:

@@ -31,6 +31,7 @@ class JobState(StrEnum):
     DEPLOYING = "deploying"    # hosts start and report their endpoints (phase one of the deployment)
     RUNNING = "running"        # everyone has every endpoint and was told to start (phase two)
     RECOVERING = "recovering"  # a host or an agent was lost: every virtual node restarts from the last checkpoint
+    ADOPTING = "adopting"      # the coordinator restarted: waiting for the agents to report the job's hosts
     SUSPENDED = "suspended"    # a virtual node was saved to a file; upstream holds its records
     FINISHED = "finished"      # every virtual node ran to its end
     FAILED = "failed"          # a virtual node failed, or an agent running one was lost
@@ -38,9 +39,9 @@ class JobState(StrEnum):
 
     @property
     def active(self) -> bool:
-        """Deploying, running or recovering: an agent lost or a host failed starts a recovery (or ends it, once
-        its restarts are spent); a client's stop ends it."""
-        return self in (JobState.DEPLOYING, JobState.RUNNING, JobState.RECOVERING)
+        """Deploying, running, recovering or adopting: an agent lost or a host failed starts a recovery (or ends
+        it, once its restarts are spent); a client's stop ends it."""
+        return self in (JobState.DEPLOYING, JobState.RUNNING, JobState.RECOVERING, JobState.ADOPTING)
 
     @property
     def terminal(self) -> bool:
@@ -59,8 +60,10 @@ JOB_TRANSITIONS: dict[JobState, frozenset[JobState]] = {
     JobState.RUNNING: frozenset({JobState.FINISHED, JobState.SUSPENDED, JobState.RECOVERING}) | _ENDS,
     # another fault while recovering starts the recovery again
     JobState.RECOVERING: frozenset({JobState.RUNNING, JobState.RECOVERING}) | _ENDS,
-    # another virtual node saved too, or one restored (or migrated) resumes the job
-    JobState.SUSPENDED: frozenset({JobState.SUSPENDED, JobState.RUNNING}),
+    # every host reported (running again), or some did not within the grace period (recovering)
+    JobState.ADOPTING: frozenset({JobState.RUNNING, JobState.RECOVERING}) | _ENDS,
+    # another virtual node saved too, or one restored (or migrated) resumes the job; a client may stop it
+    JobState.SUSPENDED: frozenset({JobState.SUSPENDED, JobState.RUNNING}) | _ENDS,
     JobState.FINISHED: frozenset(),
     JobState.FAILED: frozenset(),
     JobState.STOPPED: frozenset(),

@@ -199,7 +199,7 @@ def test_agent_without_address_finds_the_coordinator_by_beacon(tmp_path):
     beacon_port = str(47100 + os.getpid() % 500)
     common = ["--keys", str(keys.root), "--interface", "127.0.0.1", "--beacon-port", beacon_port]
     coord = subprocess.Popen([sys.executable, "-m", "microstream.cli", "coordinator", "--bind", "tcp://127.0.0.1:0",
-                              "--port-file", str(port_file), "--metrics-port", "0", "--beacon", *common],
+                              "--port-file", str(port_file), "--metrics-port", "0", "--beacon", "--no-state", *common],
                              stderr=subprocess.DEVNULL, cwd=ROOT)
     agent = None
     try:

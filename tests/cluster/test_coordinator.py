@@ -40,11 +40,11 @@ class FakeSocket:
 
 
 class Harness:
-    def __init__(self, monkeypatch) -> None:
+    def __init__(self, monkeypatch, state_dir=None, register: bool = True, **options) -> None:
         self.now = 1000.0
         self.lines: list[str] = []
         self.coord = Coordinator(metrics_port=None, log=self.lines.append, policy=None, clock=lambda: self.now,
-                                 wall=lambda: self.now + 1e9, agent_timeout=3.0)
+                                 wall=lambda: self.now + 1e9, agent_timeout=3.0, state_dir=state_dir, **options)
         self.sock = FakeSocket()
         self.coord.sock = self.sock  # type: ignore[assignment]
         plan = SimpleNamespace(vnodes={vn: SimpleNamespace(id=vn, backend=backend, tasks=[f"{vn}.t0"])
@@ -52,7 +52,7 @@ class Harness:
         monkeypatch.setattr(jobs_module, "build_plan", lambda graph: plan)
         self.coord.placer.place = lambda plan, graph, agents: Placed(  # type: ignore[method-assign]
             {"vn0": "a1", "vn1": "a2", "vn2": "a2"}, {"a1–a2": 10.0}, {})
-        for name in AGENTS:
+        for name in AGENTS if register else ():
             self.send(name, cm.Register(name=name, public_key=f"key-{name}", cores=2, arch="x86_64"))
         self.take()
 
@@ -60,13 +60,16 @@ class Harness:
         identity = sender if isinstance(sender, bytes) else sender.encode()
         self.coord.dispatch(identity, message.encode())
 
-    def take(self) -> list[tuple[str, hp.Message]]:
-        """What the coordinator sent since the last call: (agent name or 'client', message)."""
+    def take(self, acks: bool = False) -> list[tuple[str, hp.Message]]:
+        """What the coordinator sent since the last call: (agent name or 'client', message); heartbeat acks only
+        with `acks`. What goes to a peer that has not registered is decoded as for a client, else for an agent."""
         out = []
         for identity, *frames in self.sock.sent:
             agent = self.coord.registry.name_of(identity)
-            vocabulary = cm.TO_AGENT if agent else cm.TO_CLIENT
-            out.append((agent or "client", vocabulary.decode(frames)))
+            vocabulary = cm.TO_AGENT if agent or frames[0].decode() not in cm.TO_CLIENT else cm.TO_CLIENT
+            message = vocabulary.decode(frames)
+            if acks or not isinstance(message, cm.HeartbeatAck):
+                out.append((agent or "client", message))
         self.sock.sent.clear()
         return out
 
@@ -130,7 +133,14 @@ def test_a_failing_handler_is_logged_not_raised(h, monkeypatch):
 
 def test_heartbeat_from_an_unknown_agent_is_told_to_register(h):
     h.send("stranger", cm.Heartbeat(name="stranger"))
-    assert h.take() == [("client", cm.Error(error="unknown agent: register first"))]
+    assert h.take() == [("client", cm.RegisterFirst(reason="unknown agent: register first (sent 'heartbeat')"))]
+    h.send("stranger", cm.VnodeDone(job="j", vnode="vn0", blob=b"r"))  # nothing an unknown agent says is taken
+    assert kinds(h.take()) == [("client", "register_first")]
+
+
+def test_heartbeats_are_acknowledged(h):
+    h.send("a1", cm.Heartbeat(name="a1", seq=7))
+    assert h.take(acks=True) == [("a1", cm.HeartbeatAck(seq=7))]
 
 
 @pytest.mark.parametrize("error, text", [
@@ -192,7 +202,7 @@ def test_a_failed_vnode_fails_the_job_and_stops_its_hosts(h):
     assert sent[-1][1] == cm.JobDone(job=job_id, state="failed", reason="virtual node vn1 failed: ValueError: bad",
                                      operator="map", cause="bad")
     h.send("a1", cm.VnodeFailed(job=job_id, vnode="vn0", error="late"))  # a failed job fails once
-    assert h.take() == [] and h.job(job_id).reason.endswith("ValueError: bad")
+    assert h.take() == [] and h.coord.lifecycle.ended(job_id).reason.endswith("ValueError: bad")
 
 
 def _lose_a2(h) -> None:
@@ -227,9 +237,9 @@ def test_a_lost_agent_starts_a_recovery_on_the_live_agents_in_a_new_epoch(h):
 
 def test_a_job_out_of_restarts_fails(h):
     job_id = h.run()
-    h.job(job_id).max_restarts = 0
-    _lose_a2(h)
     job = h.job(job_id)
+    job.max_restarts = 0
+    _lose_a2(h)
     assert job.state is JobState.FAILED and job.reason == "agent a2 lost (no heartbeat for 3.5 s)"
     assert kinds(h.take()) == [("a1", "stop"), ("client", "job_done")]
 

@@ -100,7 +100,8 @@ def test_job_runs_across_namespaces_with_identical_results(network, tmp_path):
             keys.trust(tmp_path / "keys" / f"{name}.key")
     port_file = tmp_path / "port"
     procs = [_spawn(["coordinator", "--bind", f"tcp://{SUBNET}.1:0", "--port-file", str(port_file),
-                     "--metrics-port", "0", "--keys", str(keys.root)], tmp_path / "coordinator.log")]
+                     "--metrics-port", "0", "--keys", str(keys.root), "--state-dir", str(tmp_path / "state")],
+                    tmp_path / "coordinator.log")]
     try:
         deadline = time.monotonic() + 30
         while not (port_file.exists() and port_file.read_text()) and time.monotonic() < deadline:

@@ -23,7 +23,8 @@ LEGAL_JOB = {
     (J.RUNNING, J.FINISHED), (J.RUNNING, J.SUSPENDED), (J.RUNNING, J.FAILED), (J.RUNNING, J.STOPPED),
     (J.RUNNING, J.RECOVERING),
     (J.RECOVERING, J.RUNNING), (J.RECOVERING, J.RECOVERING), (J.RECOVERING, J.FAILED), (J.RECOVERING, J.STOPPED),
-    (J.SUSPENDED, J.SUSPENDED), (J.SUSPENDED, J.RUNNING),
+    (J.ADOPTING, J.RUNNING), (J.ADOPTING, J.RECOVERING), (J.ADOPTING, J.FAILED), (J.ADOPTING, J.STOPPED),
+    (J.SUSPENDED, J.SUSPENDED), (J.SUSPENDED, J.RUNNING), (J.SUSPENDED, J.FAILED), (J.SUSPENDED, J.STOPPED),
 }
 
 
@@ -38,7 +39,7 @@ def test_job_transitions(here, there):
 
 def test_job_state_properties():
     assert {s for s in JobState if s.terminal} == {J.FINISHED, J.FAILED, J.STOPPED}
-    assert {s for s in JobState if s.active} == {J.DEPLOYING, J.RUNNING, J.RECOVERING}
+    assert {s for s in JobState if s.active} == {J.DEPLOYING, J.RUNNING, J.RECOVERING, J.ADOPTING}
     assert set(JOB_TRANSITIONS) == set(JobState)
 
 
