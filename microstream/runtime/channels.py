@@ -23,9 +23,16 @@ One `ChannelServer` per consumer host binds a ROUTER socket; every upstream task
   ``credits x batch size``) whatever the mix, and keeps a single ordered sequence per channel.
   Acked credits go back in groups of ``max(1, credits // 4)`` (and always before `recv` waits, and
   at once when a control message is acked), which saves wake-ups on both sides.
-* **sequence numbers.** Each channel numbers its messages 0, 1, 2, ... (control messages included),
-  so the consumer can detect loss or duplication; `ChannelServer.stats` keeps the last seq, gaps
-  and duplicates per channel.
+* **sequence numbers, and links that heal.** Each channel numbers its messages 0, 1, 2, ... (control
+  messages included). The consumer delivers them in order, exactly once: a duplicate is dropped, and a
+  message after a gap (what was in flight on a TCP connection that died) is dropped and the producer is
+  told where to resume. Credit frames carry the consumer's cumulative position (acked through seq *a*,
+  received through seq *r*), so a lost credit frame costs nothing. The producer keeps every message until
+  it is acked (at most its window, so memory stays bounded) and replays from *r* + 1 when told; while it
+  waits for credit it re-sends its hello every `RESYNC_EVERY` seconds, which the consumer answers with its
+  position. ZMTP heartbeats and TCP keepalive make a dead connection fail (and reconnect) instead of
+  hanging. No reconnect, however late, loses, duplicates or deadlocks a channel. `ChannelServer.stats`
+  keeps the last seq, gaps, duplicates and resend requests per channel.
 * **CURVE authentication.** With ``keys`` the server is a CURVE server whose ZAP handler accepts only
   the ``trusted`` producer public keys (replaceable at run time with `ChannelServer.set_trusted`;
   the new set applies to new connections). A producer with any other key, or a plaintext producer,
@@ -50,12 +57,15 @@ Wire format (all little-endian). Producer -> consumer, one multipart message::
     frame 1.. one per column, in schema order
     last      the int64 wm array, when flags has _F_WM
 
-Consumer -> producer: one frame, _CREDIT (magic, version, kind, count): kind _K_GRANT for the initial
-window (the reply to the hello), _K_CREDIT for credits returned by acks.
+Consumer -> producer: one frame, _CREDIT (magic, version, kind, count, acked through, received through):
+kind _K_GRANT for the window (the reply to a hello, and a request to resume after a gap), _K_CREDIT for
+credits returned by acks.
 """
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import json
 import logging
 import os
@@ -79,10 +89,10 @@ __all__ = ["ChannelClient", "ChannelError", "ChannelServer", "CurveKeys", "Messa
 log = logging.getLogger(__name__)
 
 _MAGIC = b"MC"
-_VERSION = 1
+_VERSION = 2
 # magic, version, kind, flags, ncols, target, seq, watermark, barrier, rows, meta length
 _HEADER = struct.Struct("<2sBBHHIqqqQI")
-_CREDIT = struct.Struct("<2sBBI")
+_CREDIT = struct.Struct("<2sBBIqq")
 
 _K_HELLO, _K_BATCH, _K_WATERMARK, _K_END, _K_BARRIER, _K_CHECKPOINT = 0, 1, 2, 3, 4, 5
 _K_GRANT, _K_CREDIT = 16, 17  # consumer -> producer: the initial window; credits returned by acks
@@ -93,6 +103,9 @@ _RAW_KINDS = frozenset("biufcmMSU")  # dtypes whose buffer is self-describing gi
 _META_CACHE_MAX = 256
 _INT64 = np.dtype(np.int64)
 _ABORT_CHECK_MS = 500  # how often a blocked producer asks whether it should stop waiting
+RESYNC_EVERY = 1.0     # seconds a blocked producer waits before asking the consumer where it is
+MAX_MESSAGE_BYTES = 256 << 20  # a frame larger than this is refused before it is read (pre-authentication too)
+HEARTBEAT_MS, HEARTBEAT_TIMEOUT_MS = 1000, 5000  # ZMTP PING every second; no answer in 5 s: the connection is dead
 
 
 class ChannelError(MicrostreamError):
@@ -208,8 +221,11 @@ class _Producer:
     messages: int = 0
     bytes: int = 0
     last_seq: int = -1
+    last_acked: int = -1
     gaps: int = 0
     duplicates: int = 0
+    resends: int = 0          # times the producer was asked to resume after a gap
+    asked_from: int = -1      # the seq a resend was last asked from (one request per gap)
     violations: int = 0   # messages beyond the granted credits (a misbehaving producer)
     ended: bool = False
 
@@ -279,7 +295,7 @@ class ChannelServer:
 
     def __init__(self, bind: str = "tcp://127.0.0.1:*", keys: CurveKeys | None = None,
                  trusted: Iterable[bytes] | None = None, credits: int = 8, context: zmq.Context | None = None,
-                 allow_pickle: bool | None = None) -> None:
+                 allow_pickle: bool | None = None, max_message_bytes: int = MAX_MESSAGE_BYTES) -> None:
         if credits < 1:
             raise ChannelError(f"credits must be at least 1, got {credits}")
         self.credits = credits
@@ -299,6 +315,8 @@ class ChannelServer:
             sock.router_handover = 1
             sock.rcvhwm = max(1000, 4 * credits)
             sock.sndhwm = max(1000, 4 * credits)
+            sock.maxmsgsize = max_message_bytes  # a peer (authenticated or not) cannot make us buffer more
+            _keep_alive(sock)
             if keys is not None:
                 # the ZAP handler must exist before the first handshake, i.e. before bind
                 _SharedAuth.register(ctx, self._domain, self._trusted)
@@ -316,8 +334,6 @@ class ChannelServer:
         self.public_key: bytes | None = keys.public if keys is not None else None
         self._producers: dict[bytes, _Producer] = {}
         self._schemas: dict[bytes, tuple[str, list[tuple[str, np.dtype, str]]]] = {}
-        self._credit_one = _CREDIT.pack(_MAGIC, _VERSION, _K_CREDIT, 1)
-        self._credit_all = _CREDIT.pack(_MAGIC, _VERSION, _K_GRANT, credits)
         self.messages = 0
         self.bytes = 0
         self.malformed = 0
@@ -384,6 +400,8 @@ class ChannelServer:
         if prod is None:
             return
         prod.outstanding -= 1
+        if msg.seq > prod.last_acked:
+            prod.last_acked = msg.seq
         pending = self._pending.get(peer, 0) + 1
         if pending >= self._ack_every or msg.kind != "batch":
             self._pending.pop(peer, None)
@@ -416,7 +434,7 @@ class ChannelServer:
             producers[p.channel_id] = {
                 "outstanding": p.outstanding, "max_outstanding": p.max_outstanding, "messages": p.messages,
                 "bytes": p.bytes, "last_seq": p.last_seq, "gaps": p.gaps, "duplicates": p.duplicates,
-                "violations": p.violations, "ended": p.ended}
+                "resends": p.resends, "violations": p.violations, "ended": p.ended}
         return {"messages": self.messages, "bytes": self.bytes, "credits": self.credits,
                 "outstanding": sum(p.outstanding for p in self._producers.values()),
                 "max_outstanding": max((p.max_outstanding for p in self._producers.values()), default=0),
@@ -440,9 +458,14 @@ class ChannelServer:
         self.close()
 
     # -- internals -----------------------------------------------------------------------------
-    def _send_credit(self, peer: bytes, count: int) -> None:
-        frame = self._credit_one if count == 1 else _CREDIT.pack(_MAGIC, _VERSION, _K_CREDIT, count)
-        self._require_open().send_multipart([peer, frame], flags=zmq.NOBLOCK)
+    def _send_credit(self, peer: bytes, count: int, kind: int = _K_CREDIT) -> None:
+        """Credit back to a producer, with where this consumer is (acked through, received through); a GRANT
+        gives the whole window (the reply to a hello, or a request to resume after a gap)."""
+        prod = self._producers.get(peer)
+        acked, received = (prod.last_acked, prod.last_seq) if prod is not None else (-1, -1)
+        frame = _CREDIT.pack(_MAGIC, _VERSION, kind, count, acked, received)
+        with contextlib.suppress(zmq.Again):  # the producer is gone or full: it asks again (hello) when it must
+            self._require_open().send_multipart([peer, frame], flags=zmq.NOBLOCK)
 
     def _require_open(self) -> zmq.Socket:
         if self._sock is None:
@@ -465,30 +488,36 @@ class ChannelServer:
         prod = self._producers.get(peer)
         if prod is None:
             prod = self._producers[peer] = _Producer(channel_id)
-            self._require_open().send_multipart([peer, self._credit_all], flags=zmq.NOBLOCK)
+            self._send_credit(peer, self.credits, _K_GRANT)
+        elif kind == _K_HELLO:  # a producer that waited too long asks where we are (a lost credit, a reconnect)
+            self._send_credit(peer, self.credits, _K_GRANT)
         if kind == _K_HELLO:
             return None
         kind_name = _KIND_NAMES.get(kind)
         if kind_name is None:
             raise ChannelError(f"unknown message kind {kind}")
+        if seq <= prod.last_seq:  # a replay of what arrived already: exactly once
+            prod.duplicates += 1
+            return None
+        if seq > prod.last_seq + 1:  # what came before it was lost with a connection: resume from there
+            prod.gaps += 1
+            if prod.asked_from != prod.last_seq + 1:
+                prod.asked_from = prod.last_seq + 1
+                prod.resends += 1
+                self._send_credit(peer, self.credits, _K_GRANT)
+            return None
         nbytes = len(head)
         batch = None
         if kind == _K_BATCH:
             try:
                 batch, payload = self._batch(frames, ncols, flags, rows, schema)
             except Exception:
-                # the producer spent a credit on it: give it back, and keep the sequence in step
-                prod.last_seq = max(prod.last_seq, seq)
+                # the producer spent a credit on it: count it received and acked, and keep the sequence in step
+                prod.last_seq = prod.last_acked = seq
                 self._send_credit(peer, 1)
                 raise
             nbytes += payload
-        if seq != prod.last_seq + 1:
-            if seq > prod.last_seq:
-                prod.gaps += 1
-            else:
-                prod.duplicates += 1
-        if seq > prod.last_seq:
-            prod.last_seq = seq
+        prod.last_seq = seq
         out = prod.outstanding = prod.outstanding + 1
         if out > prod.max_outstanding:
             prod.max_outstanding = out
@@ -585,6 +614,7 @@ class ChannelClient:
             sock.sndhwm = 0  # credits bound what is queued
             sock.rcvhwm = 0
             sock.linger = 1000
+            _keep_alive(sock)
             if keys is not None and server_public is not None:  # both or neither (checked above)
                 sock.curve_secretkey = keys.secret
                 sock.curve_publickey = keys.public
@@ -595,9 +625,13 @@ class ChannelClient:
             sock.close(linger=0)
             raise
         self._sock: zmq.Socket | None = sock
-        self._credits = 0
-        self._unacked = 0
-        self._seq = 0
+        self._window = 0                # messages that may be unacked at once (the consumer's grant)
+        self._acked_through = -1        # the consumer has processed every message up to this seq
+        self._seq = 0                   # the seq of the next message
+        self._replay: collections.deque[tuple[int, list[Any]]] = collections.deque()  # sent, not acked yet
+        self._last_heard = time.monotonic()
+        self._resent_after, self._resent_at = -2, 0.0  # the position last resent from, and when
+        self.resent_messages = 0
         self.blocked_seconds = 0.0
         self.sent_messages = 0
         self.sent_bytes = 0
@@ -606,13 +640,17 @@ class ChannelClient:
     def credits(self) -> int:
         """Credits currently held (messages that may be sent without waiting)."""
         self._drain()
-        return self._credits
+        return max(0, self._window - self._outstanding)
 
     @property
     def unacked(self) -> int:
         """Messages sent that the consumer has not acked yet."""
         self._drain()
-        return self._unacked
+        return self._outstanding
+
+    @property
+    def _outstanding(self) -> int:
+        return self._seq - 1 - self._acked_through
 
     def _wait_until(self, done, sock: zmq.Socket, timeout: float | None) -> bool:
         """Read credit frames until `done()` holds; False if `timeout` seconds pass first."""
@@ -624,12 +662,16 @@ class ChannelClient:
                 if left <= 0:
                     return False
                 wait = max(1, int(left * 1000))
-            if self.should_abort is not None:
-                wait = _ABORT_CHECK_MS if wait is None else min(wait, _ABORT_CHECK_MS)
+            wait = _ABORT_CHECK_MS if wait is None else min(wait, _ABORT_CHECK_MS)
             if sock.poll(wait, zmq.POLLIN):
                 self._drain()
-            elif self.should_abort is not None and self.should_abort():
+                continue
+            if self.should_abort is not None and self.should_abort():
                 raise InterruptedError(f"channel {self.channel_id}: stopped while waiting for its consumer")
+            if time.monotonic() - self._last_heard >= RESYNC_EVERY:  # a lost credit, or a connection that died
+                with contextlib.suppress(zmq.Again):  # not connected (yet, or refused): the next round asks again
+                    sock.send(self._enc.control(_K_HELLO, 0, 0), flags=zmq.NOBLOCK)
+                self._last_heard = time.monotonic()
         return True
 
     def flush(self, timeout: float | None = None) -> bool:
@@ -638,7 +680,7 @@ class ChannelClient:
         if sock is None:
             raise ChannelError("the channel client is closed")
         self._drain()
-        return self._wait_until(lambda: self._unacked <= 0, sock, timeout)
+        return self._wait_until(lambda: self._outstanding <= 0, sock, timeout)
 
     @property
     def seq(self) -> int:
@@ -691,7 +733,7 @@ class ChannelClient:
             return
         start = time.monotonic()
         try:
-            if linger > 0 and self._unacked > 0:
+            if linger > 0 and self._outstanding > 0:
                 self.flush(linger)
         finally:
             left = max(0.0, linger - (time.monotonic() - start))
@@ -712,30 +754,47 @@ class ChannelClient:
         while cast(int, sock.get(zmq.EVENTS)) & zmq.POLLIN:
             frame = sock.recv(zmq.NOBLOCK)
             if len(frame) == _CREDIT.size:
-                magic, version, kind, count = _CREDIT.unpack(frame)
-                if magic == _MAGIC and kind in (_K_GRANT, _K_CREDIT):
-                    self._credits += count
-                    if kind == _K_CREDIT:
-                        self._unacked -= count
+                magic, version, kind, count, acked, received = _CREDIT.unpack(frame)
+                if magic == _MAGIC and version == _VERSION and kind in (_K_GRANT, _K_CREDIT):
+                    self._on_credit(kind, count, acked, received)
                     continue
             log.warning("channel %s: ignoring unexpected frame of %d bytes", self.channel_id, len(frame))
+
+    def _on_credit(self, kind: int, count: int, acked: int, received: int) -> None:
+        """The consumer's position: forget what it has processed; after a grant, resend what it never got."""
+        self._last_heard = time.monotonic()
+        if acked > self._acked_through:
+            self._acked_through = acked
+        replay = self._replay
+        while replay and replay[0][0] <= self._acked_through:
+            replay.popleft()
+        if kind != _K_GRANT:
+            return
+        self._window = count
+        now = time.monotonic()
+        if received == self._resent_after and now - self._resent_at < 2 * RESYNC_EVERY:
+            return  # another answer to the same question (hellos queued while the link was down): resent already
+        missing = [(seq, frames) for seq, frames in replay if seq > received]
+        if missing and self._sock is not None:
+            self._resent_after, self._resent_at = received, now
+            for _, frames in missing:  # in order, as first sent: the consumer takes them from `received + 1`
+                self._sock.send_multipart(frames, copy=False)
+            self.resent_messages += len(missing)
 
     def _acquire(self, timeout: float | None) -> bool:
         sock = self._sock
         if sock is None:
             raise ChannelError("the channel client is closed")
-        if self._credits <= 0:
+        if self._outstanding >= self._window:
             self._drain()
-        if self._credits > 0:
-            self._credits -= 1
+        if self._outstanding < self._window:
             return True
         start = time.monotonic()
         try:
-            if not self._wait_until(lambda: self._credits > 0, sock, timeout):
+            if not self._wait_until(lambda: self._outstanding < self._window, sock, timeout):
                 return False
         finally:
             self.blocked_seconds += time.monotonic() - start
-        self._credits -= 1
         return True
 
     def _send(self, frames: list[Any]) -> bool:
@@ -743,8 +802,20 @@ class ChannelClient:
         if sock is None:
             raise ChannelError("the channel client is closed")
         sock.send_multipart(frames, copy=False)
+        self._replay.append((self._seq, frames))
         self._seq += 1
-        self._unacked += 1
         self.sent_messages += 1
         self.sent_bytes += sum(_frame_len(f) for f in frames)
         return True
+
+
+def _keep_alive(sock: zmq.Socket) -> None:
+    """ZMTP heartbeats and TCP keepalive: a connection whose peer is gone fails (and a DEALER reconnects) instead
+    of waiting for TCP's retransmissions to give up, which takes a quarter of an hour."""
+    sock.heartbeat_ivl = HEARTBEAT_MS
+    sock.heartbeat_timeout = HEARTBEAT_TIMEOUT_MS
+    sock.heartbeat_ttl = HEARTBEAT_TIMEOUT_MS
+    sock.tcp_keepalive = 1
+    sock.tcp_keepalive_idle = 10
+    sock.tcp_keepalive_intvl = 5
+    sock.tcp_keepalive_cnt = 3

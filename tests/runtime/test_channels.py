@@ -380,21 +380,51 @@ def test_several_producers_contiguous_seq(server: ChannelServer) -> None:
     assert stats["messages"] == producers * (n + 1)
 
 
-def test_gaps_and_duplicates_are_detected(server: ChannelServer) -> None:
+def test_a_gap_is_refused_and_resent_and_a_duplicate_dropped_exactly_once(server: ChannelServer) -> None:
+    """What was in flight on a connection that died leaves a gap: the consumer delivers nothing after it, asks the
+    producer to resume where it is (a grant with its position), and drops what it already has."""
+    from microstream.runtime.channels import _CREDIT, _K_GRANT
+
     sock = zmq.Context.instance().socket(zmq.DEALER)
     try:
         sock.connect(server.endpoint)
         enc = _Encoder("raw[0]")
         sock.send(enc.control(0, 0, 0))  # hello
-        for seq in (0, 1, 3, 3, 4):
+        for seq in (0, 1, 3, 4):         # 2 was lost
             sock.send(enc.control(2, 0, seq, watermark=seq))
-        seqs = [server.recv(timeout=2).seq for _ in range(5)]
-        assert seqs == [0, 1, 3, 3, 4]
+        got = [server.recv(timeout=2) for _ in range(2)]
+        assert [m.seq for m in got] == [0, 1] and server.recv(timeout=0.3) is None
+        grants = []
+        while sock.poll(500):
+            _, _, kind, count, acked, received = _CREDIT.unpack(sock.recv())
+            if kind == _K_GRANT:
+                grants.append(received)
+        assert grants == [-1, 1]          # the window at hello; then "I have everything up to 1"
+        for seq in (2, 3, 4, 3):          # the producer resumes from 2; a late copy of 3 arrives too
+            sock.send(enc.control(2, 0, seq, watermark=seq))
+        assert [server.recv(timeout=2).seq for _ in range(3)] == [2, 3, 4]
+        assert server.recv(timeout=0.3) is None
         p = server.stats["producers"]["raw[0]"]
-        assert p["gaps"] == 1 and p["duplicates"] == 1 and p["last_seq"] == 4
-        assert p["violations"] == 1  # 5 messages on 4 credits
+        assert p["gaps"] == 2 and p["resends"] == 1 and p["duplicates"] == 1 and p["last_seq"] == 4
     finally:
         sock.close(0)
+
+
+def test_a_lost_credit_frame_costs_nothing() -> None:
+    """A producer blocked on a credit that never came asks where the consumer is and goes on."""
+    with ChannelServer(credits=1) as server, ChannelClient(server.endpoint, "lossy[0]") as client:
+        assert server.recv(timeout=0.5) is None   # the server answers the hello with the window inside recv
+        assert client.send_batch(make_batch(0), timeout=5)
+        m = server.recv(timeout=2)
+        prod = server._producers[m._peer]
+        prod.outstanding -= 1
+        prod.last_acked = m.seq           # processed, but its credit frame is "lost": never sent
+        m._acked = True
+        sent = threading.Thread(target=lambda: client.send_batch(make_batch(1), timeout=10))
+        sent.start()                      # blocked on the lost credit: a resync within RESYNC_EVERY answers it
+        got = server.recv(timeout=8)
+        sent.join(10)
+        assert got is not None and got.seq == 1 and client.resent_messages == 0
 
 
 # -- control messages ---------------------------------------------------------------------------------
