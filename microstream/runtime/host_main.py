@@ -9,6 +9,7 @@ hello -> (spec) -> bind a channel server, then the life cycle every host backend
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from typing import Any
@@ -16,7 +17,7 @@ from typing import Any
 import zmq
 
 from .host_lifecycle import ParentWatch, failure_report, serve_vnode
-from .protocol import ControlMessage, msg
+from .protocol import ControlMessage, ControlSendError, control_socket, msg, send
 
 _LATER = ("pause_to", "redirect", "snapshot", "checkpoint")  # others' moves, checkpoints: handled once running
 
@@ -38,7 +39,14 @@ class SocketControl:
         return self._stopped
 
     def send(self, kind: str, payload: Any = None, **header: Any) -> None:
-        self.sock.send_multipart(msg(kind, payload, job=self.job, vnode=self.vnode, **header).frames())
+        """Tell the agent; a send that cannot go out within the control deadline means the agent is gone or
+        stuck: the host stops rather than block forever (recovery runs its work elsewhere)."""
+        try:
+            send(self.sock, msg(kind, payload, job=self.job, vnode=self.vnode, **header), to="the agent")
+        except ControlSendError:
+            self._stopped = True
+            if kind not in ("stats", "resumed"):
+                raise
 
     def expect(self, kind: str, timeout_ms: int = 120_000) -> ControlMessage:
         for m in self.later:
@@ -86,8 +94,7 @@ def serve(control: str, job: str, vnode: str) -> int:
     from .channels import ChannelClient, ChannelServer, CurveKeys
 
     ctx = zmq.Context()
-    sock = ctx.socket(zmq.DEALER)
-    sock.linger = 2000
+    sock = control_socket(ctx, zmq.DEALER, linger=2.0)
     sock.connect(control)
     link = SocketControl(sock, job, vnode)
     link.send("hello", pid=os.getpid())
@@ -113,7 +120,8 @@ def serve(control: str, job: str, vnode: str) -> int:
     except InterruptedError:
         return 0
     except Exception as exc:  # noqa: BLE001 - reported to the agent, which tells the coordinator
-        link.send("failed", **failure_report(exc))
+        with contextlib.suppress(ControlSendError):  # an agent that is gone hears nothing; recovery sees to it
+            link.send("failed", **failure_report(exc))
         return 1
     finally:
         sock.close(linger=2000)
