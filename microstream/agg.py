@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import numba
 
+from .core.calls import public
+
 
 @dataclass(frozen=True)
 class Aggregate:
@@ -25,6 +27,7 @@ class Aggregate:
         return f"{self.kind}({self.column or ''})"
 
 
+@public(call="ms.agg.count")
 def count() -> Aggregate:
     """Number of records in the window.
 
@@ -34,49 +37,58 @@ def count() -> Aggregate:
     return Aggregate("count")
 
 
+@public(call="ms.agg.sum")
 def sum(column: str) -> Aggregate:  # noqa: A001 - mirrors the aggregate's name
     """Sum of `column`."""
     return Aggregate("sum", column)
 
 
+@public(call="ms.agg.mean")
 def mean(column: str) -> Aggregate:
     """Arithmetic mean of `column`."""
     return Aggregate("mean", column)
 
 
+@public(call="ms.agg.min")
 def min(column: str) -> Aggregate:  # noqa: A001
     """Smallest value of `column` (NaN skipped)."""
     return Aggregate("min", column)
 
 
+@public(call="ms.agg.max")
 def max(column: str) -> Aggregate:  # noqa: A001
     """Largest value of `column` (NaN skipped)."""
     return Aggregate("max", column)
 
 
-def var(column: str, ddof: int = 1) -> Aggregate:
+@public(call="ms.agg.var")
+def var(column: str, *, ddof: int = 1) -> Aggregate:
     """Variance of `column` (sample variance by default, `ddof=0` for population); Welford-stable."""
     return Aggregate("var", column, ddof)
 
 
-def std(column: str, ddof: int = 1) -> Aggregate:
-    """Standard deviation of `column`."""
+@public(call="ms.agg.std")
+def std(column: str, *, ddof: int = 1) -> Aggregate:
+    """Standard deviation of `column` (`ddof` as for `var`)."""
     return Aggregate("std", column, ddof)
 
 
+@public(call="ms.agg.first")
 def first(column: str) -> Aggregate:
     """Value of `column` at the earliest event time in the window."""
     return Aggregate("first", column)
 
 
+@public(call="ms.agg.last")
 def last(column: str) -> Aggregate:
     """Value of `column` at the latest event time in the window."""
     return Aggregate("last", column)
 
 
-def reduce(column: str, fn: Callable[[float, float], float], init: float = 0.0,
+@public(call="ms.agg.reduce")
+def reduce(column: str, fn: Callable[[float, float], float], *, init: float = 0.0,
            merge: Callable[[float, float], float] | None = None) -> Aggregate:
-    """A user-defined reducer `fn(acc, x) -> acc`, compiled with numba.
+    """A user-defined reducer `fn(acc, x) -> acc`, compiled with numba, starting from `init`.
 
     `merge(acc_a, acc_b)` combines two partial results; session windows need it when sessions
     merge (it defaults to `fn`, which is right for max-, min- and sum-like reducers).

@@ -6,8 +6,6 @@ schemas of both sides of a union) and fails at the line that made the mistake.
 
 from __future__ import annotations
 
-import os
-import sys
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -16,7 +14,8 @@ import numpy as np
 
 from .agg import Aggregate
 from .core.batch import Batch
-from .core.errors import PipelineError
+from .core.calls import check_options, options_of, public, unknown_option, user_line
+from .core.errors import PipelineError, suggest
 from .core.schema import Schema
 from .core.time import to_ns
 from .graph.logical import DeadLetterHub, LogicalGraph, Node
@@ -30,7 +29,6 @@ from .windows import WindowSpec
 if TYPE_CHECKING:
     from .runtime.results import RunResult
 
-_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
 def _check_backend(backend: str, where: str) -> None:
@@ -67,19 +65,16 @@ def _check_spec(spec: Any, where: str) -> None:
                                                                 "ms.sliding('8h', '1h') or ms.session('5min')")
 
 
-def _caller() -> str:
-    """'script.py:12' for the first stack frame outside microstream."""
-    frame = sys._getframe(1)
-    while frame is not None:
-        filename = os.path.abspath(frame.f_code.co_filename)
-        if not filename.startswith(_PACKAGE_DIR):
-            return f"{os.path.basename(filename)}:{frame.f_lineno}"
-        frame = frame.f_back  # type: ignore[assignment]
-    return ""
+_caller = user_line
 
 
 class Stream:
-    """One output of an operator. Every method adds an operator and returns the new stream."""
+    """One output of an operator. Every method adds an operator and returns the new stream.
+
+    What a method works on (a function, a column, a window, a sink) is positional; its options are keyword-only,
+    and every operator takes `name=`: the operator's name in messages, `describe()`, the DAG and metrics (unique
+    per pipeline; by default its kind, numbered). A keyword a method does not have is a `PipelineError` naming
+    your line and the option meant."""
 
     def __init__(self, pipeline: Pipeline, node: Node, port: str = OUT) -> None:
         self.pipeline = pipeline
@@ -106,6 +101,7 @@ class Stream:
         node = self.pipeline.graph.add(op, inputs, name, _caller(), at=at)
         return Stream(self.pipeline, node)
 
+    @public
     def with_parallelism(self, n: int) -> Stream:
         """Run the operator that produced this stream as `n` parallel tasks on a cluster (keyed operators are
         hash-partitioned by key). Locally everything runs in one task, with identical results.
@@ -122,6 +118,7 @@ class Stream:
         self.node.parallelism = int(n)
         return self
 
+    @public
     def with_backend(self, backend: str) -> Stream:
         """Require a host backend for the operator that produced this stream on a cluster: `"microvm"` runs it
         in a single-application VM (e.g. untrusted code); `"process"` (the default) in a subprocess. The
@@ -138,8 +135,10 @@ class Stream:
         return self
 
     # -- stateless --------------------------------------------------------------------------------
-    def map(self, fn: Callable[[Batch], Mapping[str, Any]], name: str | None = None) -> Stream:
-        """Vectorised map: `fn(batch)` returns the new columns (the event-time column is kept).
+    @public
+    def map(self, fn: Callable[[Batch], Mapping[str, Any]], *, name: str | None = None) -> Stream:
+        """Vectorised map: `fn(batch)` returns the new columns (the event-time column is kept). `name` names
+        the operator (in messages, `describe()`, metrics; every operator takes it).
 
         >>> import microstream as ms
         >>> p = ms.Pipeline("m"); out = ms.sinks.collect()
@@ -149,8 +148,10 @@ class Stream:
         """
         return self._then(Map(fn), name)
 
-    def with_columns(self, name: str | None = None, **columns: Callable[[Batch], Any]) -> Stream:
-        """Add or replace columns, keeping the others: `.with_columns(f=lambda b: b["c"] * 1.8 + 32)`.
+    @public
+    def with_columns(self, *, name: str | None = None, **columns: Callable[[Batch], Any]) -> Stream:
+        """Add or replace columns, keeping the others: `.with_columns(f=lambda b: b["c"] * 1.8 + 32)` (every
+        keyword but `name` is a column and the function computing it from the batch).
 
         >>> import microstream as ms
         >>> p = ms.Pipeline("w"); out = ms.sinks.collect()
@@ -161,6 +162,7 @@ class Stream:
         fns = dict(columns)
         return self._then(Map(lambda b: {k: f(b) for k, f in fns.items()}, keep=True), name or "with_columns")
 
+    @public
     def select(self, *columns: str, name: str | None = None) -> Stream:
         """Keep only the named columns (and the event-time column)."""
         for c in columns:
@@ -168,7 +170,8 @@ class Stream:
         cols = list(columns)
         return self._then(Map(lambda b: {c: b[c] for c in cols}), name or "select")
 
-    def filter(self, predicate: Callable[[Batch], np.ndarray], name: str | None = None) -> Stream:
+    @public
+    def filter(self, predicate: Callable[[Batch], np.ndarray], *, name: str | None = None) -> Stream:
         """Keep the records where `predicate(batch)` (a boolean array) is true.
 
         >>> import microstream as ms
@@ -179,7 +182,8 @@ class Stream:
         """
         return self._then(Filter(predicate), name)
 
-    def flat_map(self, fn: Callable[[Batch], tuple[np.ndarray, Mapping[str, Any]]],
+    @public
+    def flat_map(self, fn: Callable[[Batch], tuple[np.ndarray, Mapping[str, Any]]], *,
                  name: str | None = None) -> Stream:
         """Vectorised flat map: `fn(batch)` returns `(parent, columns)`, output row j coming from input
         row `parent[j]` (whose event time it keeps).
@@ -195,10 +199,12 @@ class Stream:
         """
         return self._then(FlatMap(fn), name)
 
-    def map_records(self, fn: Callable[[dict[str, Any]], dict[str, Any] | None],
+    @public
+    def map_records(self, fn: Callable[[dict[str, Any]], dict[str, Any] | None], *,
                     schema: Mapping[str, Any] | None = None, name: str | None = None) -> Stream:
         """Per-record escape hatch for object payloads; slow, so prefer `map`. A record whose call raises
-        goes to the dead-letter stream with the error; returning None drops it.
+        goes to the dead-letter stream with the error; returning None drops it. `schema` declares the output
+        columns (`{"temp": "float64"}`); without it they are learned by calling `fn` on a sample record.
 
         >>> import microstream as ms
         >>> p = ms.Pipeline("mr"); out = ms.sinks.collect()
@@ -209,7 +215,8 @@ class Stream:
         """
         return self._then(MapRecords(fn, schema), name)
 
-    def split(self, selector: Callable[[Batch], np.ndarray], n: int = 2, name: str | None = None) -> list[Stream]:
+    @public
+    def split(self, selector: Callable[[Batch], np.ndarray], *, n: int = 2, name: str | None = None) -> list[Stream]:
         """Route records to `n` streams: `selector(batch)` gives each record's stream number (or a boolean
         mask for n=2, True to the first).
 
@@ -222,7 +229,8 @@ class Stream:
         base = self._then(Split(selector, n), name)
         return [Stream(self.pipeline, base.node, str(i)) for i in range(n)]
 
-    def split_on(self, column: str, values: Iterable[Any], name: str | None = None) -> dict[Any, Stream]:
+    @public
+    def split_on(self, column: str, values: Iterable[Any], *, name: str | None = None) -> dict[Any, Stream]:
         """One stream per listed value of `column`, plus `None` for every other value.
 
         >>> import microstream as ms
@@ -242,9 +250,10 @@ class Stream:
                 idx[col == v] = i
             return idx
 
-        streams = self.split(which, len(vals) + 1, name or "split_on")
+        streams = self.split(which, n=len(vals) + 1, name=name or "split_on")
         return {**dict(zip(vals, streams[:-1], strict=True)), None: streams[-1]}
 
+    @public
     def union(self, *others: Stream, name: str | None = None) -> Stream:
         """Merge streams with identical columns; the watermark is the slowest input's.
 
@@ -256,7 +265,8 @@ class Stream:
         """
         return self._then(Union(1 + len(others)), name, others)
 
-    def key_by(self, key: str, name: str | None = None) -> Stream:
+    @public
+    def key_by(self, key: str, *, name: str | None = None) -> Stream:
         """Partition by `key` (an int or str column); windows and per-key state need a key.
 
         >>> import microstream as ms
@@ -267,10 +277,12 @@ class Stream:
         return self._then(KeyBy(key), name)
 
     # -- stateful ---------------------------------------------------------------------------------
-    def stateful_map(self, step: Callable, column: str, out: str, state_size: int = 1,
+    @public
+    def stateful_map(self, step: Callable, column: str, *, out: str, state_size: int = 1,
                      init: float | Iterable[float] = 0.0, name: str | None = None) -> Stream:
         """Per-key state in numba: for each record, `out = step(state, t, x)` where `state` is this key's
-        float64 array of `state_size`, `t` the event time (ns) and `x` the value of `column`.
+        float64 array of `state_size` (starting at `init`, a number or one per slot), `t` the event time (ns)
+        and `x` the value of `column`; `out` names the result column (float64).
         Built-in steps live in `ms.state` (`delta`, `ewma(alpha)`, `cumsum`, `rate`).
 
         >>> import microstream as ms
@@ -284,7 +296,8 @@ class Stream:
 
         return self._then(StatefulMap(step, column, out, state_size, init), name)
 
-    def window(self, spec: WindowSpec, lateness: Any = 0, time: str = "event") -> WindowedStream:
+    @public
+    def window(self, spec: WindowSpec, *, lateness: Any = 0, time: str = "event") -> WindowedStream:
         """Group a keyed stream into windows (`ms.tumbling`, `ms.sliding`, `ms.session`); then `.aggregate(...)`.
 
         `lateness` (a duration: "30s", float seconds, a timedelta; default none) keeps windows open after the
@@ -305,9 +318,11 @@ class Stream:
         _check_spec(spec, "window")
         return WindowedStream(self, spec, _lateness(lateness, "window"), time == "processing")
 
-    def join(self, other: Stream, window: WindowSpec, lateness: Any = 0, name: str | None = None) -> Stream:
+    @public
+    def join(self, other: Stream, window: WindowSpec, *, lateness: Any = 0, name: str | None = None) -> Stream:
         """Windowed inner join of two keyed streams on their keys: every pair of records with the same key
         in the same window. Columns of both sides are kept, prefixed `left_`/`right_` where names clash.
+        `lateness` (a duration) as for `window`: later records go to `.late` (left) and `.side("late_right")`.
 
         >>> import microstream as ms
         >>> p = ms.Pipeline("j"); out = ms.sinks.collect()
@@ -328,6 +343,7 @@ class Stream:
         """Records that arrived after their window's allowed lateness (windows; the left side of joins)."""
         return self.side(LATE)
 
+    @public
     def side(self, port: str) -> Stream:
         """A side output of this stream's operator by name, e.g. `join.side("late_right")`."""
         if port not in self.node.out_schemas or port == OUT:
@@ -336,7 +352,8 @@ class Stream:
                                 "late records exist only for windows and joins")
         return Stream(self.pipeline, self.node, port)
 
-    def sink(self, sink: Sink, name: str | None = None, at: str | None = None) -> None:
+    @public
+    def sink(self, sink: Sink, *, name: str | None = None, at: str | None = None) -> None:
         """Send the stream to a sink from `ms.sinks`; `at="node"` pins it to a physical node on a cluster
         (where its file, display or actuator is)."""
         if not isinstance(sink, Sink):
@@ -351,11 +368,16 @@ class WindowedStream:
     def __init__(self, stream: Stream, spec: WindowSpec, lateness: int, processing_time: bool) -> None:
         self.stream, self.spec, self.lateness, self.processing_time = stream, spec, lateness, processing_time
 
-    def aggregate(self, name: str | None = None, **aggs: Aggregate) -> Stream:
-        """One record per key and window with the named aggregates, plus `window_start`, `window_end`
-        and `window_time` (= end - 1 ns, the result's event time)."""
+    @public
+    def aggregate(self, *, name: str | None = None, **aggs: Aggregate) -> Stream:
+        """One record per key and window with the named aggregates (every keyword but `name` is an output
+        column and its `ms.agg` aggregate), plus `window_start`, `window_end` and `window_time` (= end - 1 ns,
+        the result's event time)."""
         for out_name, agg in aggs.items():
             if not isinstance(agg, Aggregate):
+                meant = suggest(out_name, ["name"]) if isinstance(agg, str) else None
+                if meant:
+                    raise unknown_option("aggregate", out_name, ["name"])
                 raise PipelineError(name or "window_aggregate", f"'{out_name}' is not an aggregate",
                                     "use ms.agg.count(), ms.agg.mean('col'), ...")
         op = WindowAggregate(self.spec, aggs, self.lateness, self.processing_time)
@@ -385,7 +407,8 @@ class Pipeline:
     30.0
     """
 
-    def __init__(self, name: str = "pipeline", backend: str = "process", checkpoint_every: Any = "10s",
+    @public(call="ms.Pipeline")
+    def __init__(self, name: str = "pipeline", *, backend: str = "process", checkpoint_every: Any = "10s",
                  restarts: int = 3) -> None:
         _check_backend(backend, name)
         self.name = name
@@ -402,15 +425,22 @@ class Pipeline:
     def __repr__(self) -> str:
         return f"<Pipeline {self.name}: {len(self.graph.nodes)} operators>"
 
-    def add_source(self, source: Operator, name: str | None = None, at: str | None = None) -> Stream:
+    @public
+    def add_source(self, source: Operator, *, name: str | None = None, at: str | None = None) -> Stream:
+        """Add a source operator of your own (a `microstream.sources.base.Source`); `name` names it and `at`
+        pins it to a physical node on a cluster (where its device or file is), as for every source."""
         node = self.graph.add(source, [], name, _caller(), at=at)
         return Stream(self, node)
 
     # -- sources ------------------------------------------------------------------------------------
-    def from_iterable(self, items: Iterable[Any], time: str | None = None, max_delay: Any = 0,
-                      batch_size: int = 1024, schema: Mapping[str, Any] | None = None,
-                      name: str | None = None, at: str | None = None, *, time_unit: str | None = None) -> Stream:
-        """Records (dicts) or batches (dicts of arrays) from a list or generator.
+    @public
+    def from_iterable(self, items: Iterable[Any], *, time: str | None = None, time_unit: str | None = None,
+                      max_delay: Any = 0, batch_size: int = 1024, schema: Mapping[str, Any] | None = None,
+                      name: str | None = None, at: str | None = None) -> Stream:
+        """Records (dicts) or batches (dicts of arrays) from a list, a generator, or a function returning a
+        fresh iterable (read afresh by every run). `schema` ({"col": "float64", ...}) gives the columns when
+        the iterable may be empty; `batch_size` records are read per batch; `name` and `at` as for every
+        source (the operator's name; the physical node it must run on, on a cluster).
 
         `time` names the event-time column: int64 nanoseconds since the epoch, numbers counted in `time_unit`
         ("s", "ms", "us" or "ns"), `datetime64` values, or datetime / `pandas.Timestamp` objects (naive ones
@@ -425,31 +455,38 @@ class Pipeline:
         """
         source = IterableSource(items, time, _delay(max_delay, name or "from_iterable"), batch_size, schema,
                                 time_unit)
-        return self.add_source(source, name, at)
+        return self.add_source(source, name=name, at=at)
 
-    def from_arrays(self, columns: Mapping[str, np.ndarray], time: str | None = None, max_delay: Any = 0,
-                    batch_size: int = 65536, speed: float | None = None, name: str | None = None,
-                    at: str | None = None, *, time_unit: str | None = None) -> Stream:
-        """Columns already in memory, replayed in batches of `batch_size`. `time`, `time_unit` and `max_delay`
-        as for `from_iterable` (a `datetime64` column needs no unit); `speed` replays in scaled real time."""
+    @public
+    def from_arrays(self, columns: Mapping[str, np.ndarray], *, time: str | None = None,
+                    time_unit: str | None = None, max_delay: Any = 0, batch_size: int = 65536,
+                    speed: float | None = None, name: str | None = None, at: str | None = None) -> Stream:
+        """Columns already in memory, replayed in batches of `batch_size`. `time`, `time_unit`, `max_delay`,
+        `name` and `at` as for `from_iterable` (a `datetime64` column needs no unit); `speed` replays in scaled
+        real time (None: as fast as possible; 1.0 real time; 60: a minute of event time per second)."""
         source = ArraySource(columns, time, _delay(max_delay, name or "from_arrays"), batch_size, speed, time_unit)
-        return self.add_source(source, name, at)
+        return self.add_source(source, name=name, at=at)
 
-    def poll(self, fn: Callable[[], Any], every: Any, time: str = "time", max_delay: Any = 0,
-             limit: int | None = None, schema: Mapping[str, Any] | None = None, name: str | None = None,
-             at: str | None = None, *, time_unit: str | None = None) -> Stream:
+    @public
+    def poll(self, fn: Callable[[], Any], *, every: Any, time: str = "time", time_unit: str | None = None,
+             max_delay: Any = 0, limit: int | None = None, schema: Mapping[str, Any] | None = None,
+             name: str | None = None, at: str | None = None) -> Stream:
         """Call `fn()` every `every` (a duration: "500ms", float seconds, a timedelta) and stamp each reading
-        with the clock in column `time`, as a polled sensor. `limit` stops after that many polls. A reading
-        that carries its own `time` keeps it (counted in `time_unit`, as for `from_iterable`)."""
+        with the clock in column `time`, as a polled sensor. `fn` returns a dict (one reading), a dict of
+        arrays (several) or None (nothing this time); `limit` stops after that many polls; `schema` gives the
+        columns without sampling `fn` at build time. A reading that carries its own `time` keeps it (counted
+        in `time_unit`, as for `from_iterable`). `max_delay`, `name` and `at` as for every source."""
         where = name or "poll"
         source = PollSource(fn, _interval(every, where), time, _delay(max_delay, where), limit, schema, time_unit)
-        return self.add_source(source, name, at)
+        return self.add_source(source, name=name, at=at)
 
-    def poll_file(self, path: str | Path, every: Any, column: str = "value", scale: float = 1.0,
+    @public
+    def poll_file(self, path: str | Path, *, every: Any, column: str = "value", scale: float = 1.0,
                   time: str = "time", limit: int | None = None, name: str | None = None,
                   at: str | None = None) -> Stream:
-        """Read a number from a device file every `every` (e.g. a sensor under /sys) into `column`, times
-        `scale`; see `microstream.sources.device.FilePollSource`. Unparsable readings go to dead letters.
+        """Read a number from a device file every `every` (a duration; e.g. a sensor under /sys) into `column`,
+        times `scale`, stamped with the clock in column `time`; `limit` stops after that many reads; see
+        `microstream.sources.device.FilePollSource`. Unparsable readings go to dead letters.
 
         >>> import microstream as ms, tempfile, pathlib
         >>> f = pathlib.Path(tempfile.mkdtemp()) / "temp"; _ = f.write_text("42500\\n")  # like thermal_zone0/temp
@@ -461,8 +498,9 @@ class Pipeline:
         from .sources.device import FilePollSource
 
         source = FilePollSource(path, _interval(every, name or "poll_file"), column, scale, time, limit)
-        return self.add_source(source, name, at)
+        return self.add_source(source, name=name, at=at)
 
+    @public
     def read_mqtt(self, topic: str | Iterable[str], broker: str = "mqtt://127.0.0.1:1883", *, format: str = "json",  # noqa: A002
                   schema: Mapping[str, Any] | None = None, time: str | None = "time", time_unit: str = "s",
                   time_format: str = "iso", utc_offset: str | int | None = None, topic_columns: Iterable[str] = (),
@@ -511,39 +549,51 @@ class Pipeline:
                             client_id=client_id, max_delay=max_delay, limit=limit, idle_timeout=idle_timeout,
                             batch_size=batch_size, username=username, password=password, job=self.name,
                             operator=name or "read_mqtt", max_message_bytes=max_message_bytes, max_depth=max_depth)
-        return self.add_source(source, name, at)
+        return self.add_source(source, name=name, at=at)
 
-    def read_csv(self, path: str | Path, time: str | tuple[str, ...] | None = None, key: str | None = None,
-                 **options: Any) -> Stream:
-        """Replay a CSV file (optionally gzipped); see `microstream.sources.files.CsvSource` for the options
-        (`time_format`, `utc_offset`, `delimiter` (or `"whitespace"`), `decimal`, `quote`, `missing`,
-        `columns`, `usecols`, `skip_rows`, `names`, `dedupe_columns`, `encoding`, `errors`, `infer_rows`,
-        `max_row_bytes`, `tags`, `speed`, `max_delay`, `batch_size`). Malformed rows, and lines that do not
-        decode, go to the dead-letter stream."""
+    @public
+    def read_csv(self, path: str | Path, *, time: str | tuple[str, ...] | None = None, key: str | None = None,
+                 name: str | None = None, at: str | None = None, **options: Any) -> Stream:
+        """Replay a CSV file (optionally gzipped). `time` names the event-time column (or a tuple of columns
+        joined into one named `time`), `key` is shorthand for `.key_by(key)`, `name` and `at` as for every
+        source. The other options are declared and documented by `microstream.sources.files.CsvSource`
+        (`time_format`, `time_unit`, `utc_offset`, `delimiter` (or `"whitespace"`), `decimal`, `quote`,
+        `missing`, `columns`, `usecols`, `skip_rows`, `names`, `dedupe_columns`, `encoding`, `errors`,
+        `infer_rows`, `max_row_bytes`, `tags`, `speed`, `max_delay`, `batch_size`); any other keyword is refused
+        with the one meant. Malformed rows, and lines that do not decode, go to the dead-letter stream."""
         from .sources.files import CsvSource
 
-        name, at = options.pop("name", None), options.pop("at", None)
-        stream = self.add_source(CsvSource(path, time=time, **options), name, at)
+        check_options("read_csv", options, ["time", "key", "name", "at",
+                                            *options_of(CsvSource, skip=("path", "time"))])
+        stream = self.add_source(CsvSource(path, time=time, **options), name=name, at=at)
         return stream.key_by(key) if key else stream
 
-    def read_jsonl(self, path: str | Path, time: str | None = None, key: str | None = None,
-                   **options: Any) -> Stream:
-        """Replay a JSON-lines file of flat objects; see `microstream.sources.files.JsonlSource` for the options
-        (`time_format`, `time_unit`, `utc_offset`, `fields`, `encoding`, `errors`, `infer_rows`,
-        `max_row_bytes`, `max_depth`, `tags`, `speed`, `max_delay`, `batch_size`)."""
+    @public
+    def read_jsonl(self, path: str | Path, *, time: str | None = None, key: str | None = None,
+                   name: str | None = None, at: str | None = None, **options: Any) -> Stream:
+        """Replay a JSON-lines file of flat objects. `time`, `key`, `name` and `at` as for `read_csv`; the other
+        options are declared and documented by `microstream.sources.files.JsonlSource` (`time_format`,
+        `time_unit`, `utc_offset`, `fields`, `encoding`, `errors`, `infer_rows`, `max_row_bytes`, `max_depth`,
+        `tags`, `speed`, `max_delay`, `batch_size`)."""
         from .sources.files import JsonlSource
 
-        name, at = options.pop("name", None), options.pop("at", None)
-        stream = self.add_source(JsonlSource(path, time=time, **options), name, at)
+        check_options("read_jsonl", options, ["time", "key", "name", "at",
+                                              *options_of(JsonlSource, skip=("path", "time"))])
+        stream = self.add_source(JsonlSource(path, time=time, **options), name=name, at=at)
         return stream.key_by(key) if key else stream
 
-    def synthetic(self, **options: Any) -> Stream:
-        """A deterministic synthetic sensor stream; see `microstream.sources.synthetic.SyntheticSource`."""
+    @public
+    def synthetic(self, *, name: str | None = None, at: str | None = None, **options: Any) -> Stream:
+        """A deterministic synthetic sensor stream; its options are declared and documented by
+        `microstream.sources.synthetic.SyntheticSource` (`count`, `sensors`, `rate`, `seed`, `jitter`,
+        `glitch_rate`, `start`, `period`, `max_delay`, `batch_size`, `speed`); `name` and `at` as for every
+        source."""
         from .sources.synthetic import SyntheticSource
 
-        name, at = options.pop("name", None), options.pop("at", None)
-        return self.add_source(SyntheticSource(**options), name, at)
+        check_options("synthetic", options, ["name", "at", *options_of(SyntheticSource)])
+        return self.add_source(SyntheticSource(**options), name=name, at=at)
 
+    @public
     def union(self, *streams: Stream, name: str | None = None) -> Stream:
         if len(streams) < 2:
             raise PipelineError(name or "union", "union needs at least two streams")
@@ -579,8 +629,10 @@ class Pipeline:
             Path(path).write_text(svg, encoding="utf-8")
         return svg
 
-    def run(self, verbose: bool | None = None, **options: Any) -> RunResult:
-        """Run to completion on the local runtime (one process, full speed) and return a summary.
+    @public
+    def run(self, *, verbose: bool | None = None) -> RunResult:
+        """Run to completion on the local runtime (one process, full speed) and return a summary (`verbose`:
+        print it on stderr; by default only when there were dead letters).
 
         Under `microstream submit` the same call runs the job on the cluster instead."""
         from .runtime.local import LocalRuntime, active_runner
@@ -588,5 +640,5 @@ class Pipeline:
         self.build()
         runner = active_runner()
         if runner is not None:
-            return runner(self, **options)
-        return LocalRuntime(self.graph, verbose=verbose, **options).run()
+            return runner(self)
+        return LocalRuntime(self.graph, verbose=verbose).run()

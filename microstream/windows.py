@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from .core.calls import public, user_line
 from .core.errors import PipelineError, suggest
 from .core.time import Duration, duration, human_duration, to_ns
 
@@ -43,16 +44,22 @@ def _units(call: str, units: Mapping[str, Any]) -> int | None:
         return None
     for key in units:
         if key not in _UNIT_KEYWORDS:
-            close = suggest(key, [*_UNIT_KEYWORDS, "offset"])
-            raise PipelineError(None, f"ms.{call}() got an unexpected keyword '{key}'" +
-                                (f"; did you mean '{close}'?" if close else ""),
-                                f"give the duration as text (ms.{call}('10min')) or with units: "
-                                f"{', '.join(_UNIT_KEYWORDS)}")
+            close = suggest(key, [*_UNIT_KEYWORDS, *(("offset", "every") if call == "sliding" else ("offset",))])
+            raise PipelineError(None, f"ms.{call}() has no option '{key}'{_at()}" +
+                                (f"; did you mean {close}=?" if close else ""),
+                                ("e.g. ms.sliding('8h', '1h') or ms.sliding(hours=8, every='1h'); "
+                                 if call == "sliding" else f"give the duration as text (ms.{call}('10min')) or ")
+                                + f"with units: {', '.join(_UNIT_KEYWORDS)}")
         value = units[key]
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise PipelineError(None, f"ms.{call}({key}={value!r}): a unit keyword takes a number",
                                 f"e.g. ms.{call}({key}=10)")
     return int(duration(**units))
+
+
+def _at() -> str:
+    line = user_line()
+    return f" (at {line})" if line else ""
 
 
 def _span(call: str, value: Any, units: Mapping[str, Any], what: str) -> int:
@@ -90,6 +97,7 @@ def _offset(call: str, offset: Any) -> int:
                                        f"ms.{call}(days=1, offset='-1h')") or 0
 
 
+@public(call="ms.tumbling")
 def tumbling(size: Any = None, /, *, offset: Any = 0, **units: float) -> WindowSpec:
     """Fixed, non-overlapping windows, aligned to the epoch: `tumbling("10min")`, `tumbling(minutes=10)`,
     `tumbling(600.0)` (float seconds) or `tumbling(timedelta(minutes=10))`.
@@ -110,6 +118,7 @@ def tumbling(size: Any = None, /, *, offset: Any = 0, **units: float) -> WindowS
     return WindowSpec("tumbling", ns, ns, _offset("tumbling", offset))
 
 
+@public(call="ms.sliding")
 def sliding(size: Any = None, every: Any = None, *, offset: Any = 0, **units: float) -> WindowSpec:
     """Overlapping windows of `size`, one starting every `every`: `sliding("8h", "1h")`, or
     `sliding(hours=8, every="1h")`; each record is in `size / every` windows. Both take the same forms as
@@ -132,6 +141,7 @@ def sliding(size: Any = None, every: Any = None, *, offset: Any = 0, **units: fl
     return WindowSpec("sliding", size_ns, every_ns, _offset("sliding", offset))
 
 
+@public(call="ms.session")
 def session(gap: Any = None, /, **units: float) -> WindowSpec:
     """Per key, a window that closes after `gap` with no record: `session("5min")`, `session(minutes=5)`,
     `session(2.005)` (float seconds) or `session(timedelta(minutes=5))`.

@@ -23,7 +23,8 @@ def _script_error(exc: BaseException, script: Path) -> str:
     mine = [f for f in frames if os.path.abspath(f.filename) == str(script.resolve())]
     where = f"{script.name}:{mine[-1].lineno}: " if mine else ""
     line = f"\n    {mine[-1].line}" if mine and mine[-1].line else ""
-    return f"{where}{type(exc).__name__}: {exc}{line}"
+    text = str(exc).replace(f" (at {where[:-2]})", "") if where else str(exc)  # said once, in front
+    return f"{where}{type(exc).__name__}: {text}{line}"
 
 
 def run_script(script: Path, runner: Callable[..., Any] | None = None,

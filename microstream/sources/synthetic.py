@@ -62,9 +62,12 @@ def _block(block: int, seed: int, sensors: int, rate: float, start: int, jitter:
 class SyntheticSource(Source):
     """`p.synthetic(count=2_000_000, sensors=1000, rate=1000, jitter=0.05, glitch_rate=0.01, seed=1)`.
 
-    `rate` is records per second of event time over all sensors; `jitter` (a duration: float seconds, "50ms",
-    a timedelta) is the largest out-of-order delay; `max_delay` defaults to `jitter`, so no record is late;
-    `period` (a duration, 1 h) is that of each sensor's sine; `start` is the first event time (int64 ns).
+    `count` readings in all from `sensors` sensors (columns `sensor`, `time`, `value`); `rate` is records per
+    second of event time over all sensors; `seed` fixes them (the same seed gives the same records whatever the
+    batch size); `jitter` (a duration: float seconds, "50ms", a timedelta) is the largest out-of-order delay;
+    `max_delay` defaults to `jitter`, so no record is late; `glitch_rate` is the share of readings of ±999 (as
+    broken sensors give); `period` (a duration, 1 h) is that of each sensor's sine; `start` is the first event
+    time (int64 ns); `batch_size` and `speed` as for every replayed source.
     """
 
     kind = "synthetic"

@@ -45,7 +45,7 @@ def absmax(acc, x):
 AGGS = dict(
     n=ms.agg.count(), total=ms.agg.sum("v"), avg=ms.agg.mean("v"), lo=ms.agg.min("v"), hi=ms.agg.max("v"),
     var=ms.agg.var("v"), pvar=ms.agg.var("v", ddof=0), sd=ms.agg.std("v"), first=ms.agg.first("v"),
-    last=ms.agg.last("v"), wavg=ms.agg.mean("w"), sq=ms.agg.reduce("v", sumsq, 0.0, merge=add),
+    last=ms.agg.last("v"), wavg=ms.agg.mean("w"), sq=ms.agg.reduce("v", sumsq, init=0.0, merge=add),
     peak=ms.agg.reduce("w", absmax),
 )
 LIGHT_AGGS = dict(n=ms.agg.count(), total=ms.agg.sum("v"), hi=ms.agg.max("v"),
