@@ -263,8 +263,11 @@ class Coordinator:
 
     # -- status and metrics ----------------------------------------------------------------------------------------
     def status(self, jobs: bool = True) -> dict[str, Any]:
+        store = self.store
+        state = None if store is None else {"dir": str(store.directory), "writes": store.writes,
+                                            "write_ms": round(1000 * store.write_seconds / max(1, store.writes), 2)}
         return {"agents": self.registry.status(), "jobs": self.lifecycle.status() if jobs else {},
-                "metrics_port": self.metrics_port}
+                "metrics_port": self.metrics_port, "state": state}
 
     def _forget_job(self, job_id: str) -> None:
         """A job left the history: its metric series go (the coordinator does not grow per finished job)."""

@@ -345,7 +345,10 @@ class JobLifecycle:
         if ended is None:
             self.send(identity, Error(error=f"no job '{m.job}' (see `microstream status`)"))
             return
-        self.send(identity, JobDone(job=ended.id, state=ended.state, reason=ended.reason or None,
+        reason = ended.reason or None
+        if ended.state == JobState.FINISHED and ended.result is None:
+            reason = "its result is no longer kept (only the newest jobs' are)"
+        self.send(identity, JobDone(job=ended.id, state=ended.state, reason=reason,
                                     operator=ended.end.get("operator"), cause=ended.end.get("cause"),
                                     blob=ended.result))
 

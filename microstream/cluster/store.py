@@ -1,7 +1,8 @@
 """What the coordinator must not forget when it crashes, in SQLite (the standard library's `sqlite3`, WAL mode)
 in its state directory: the job table (state, epoch, restarts, placement, the hosts' endpoints, the job spec),
 each virtual node's result as it finishes, the checkpoint catalogue (the last completed checkpoint's snapshots
-per job) and the jobs that have ended (their last status and result; the newest `keep_ended`).
+per job) and the jobs that have ended (their last status, the newest `keep_ended`; their result, the newest
+`keep_results`: a Pi's SD card does not fill up with results nobody fetched).
 
 Every write is one small transaction, made before the coordinator goes on (it is synchronous): a job submitted,
 placed, changing state or epoch, a virtual node done, a checkpoint completed, a job ended. A restarted
@@ -32,7 +33,8 @@ from ..core.errors import MicrostreamError
 if TYPE_CHECKING:
     from .model import Checkpoint, Job
 
-KEEP_ENDED = 1000       # ended jobs kept in the database (status and result); older ones are deleted
+KEEP_ENDED = 1000       # ended jobs kept in the database (their status); older ones are deleted
+KEEP_RESULTS = 100      # ... of which the newest keep their result too (what a client re-attaching gets)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -125,9 +127,11 @@ class EndedJob:
 
 
 class Store:
-    def __init__(self, directory: Path, keep_ended: int = KEEP_ENDED, durable: bool = True) -> None:
+    def __init__(self, directory: Path, keep_ended: int = KEEP_ENDED, keep_results: int = KEEP_RESULTS,
+                 durable: bool = True) -> None:
         self.directory = Path(directory)
         self.keep_ended = keep_ended
+        self.keep_results = keep_results
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -200,7 +204,8 @@ class Store:
 
     def end_job(self, job: Job, status: dict[str, Any], end: dict[str, Any], result: bytes | None) -> None:
         """The job ended: keep its status and result, drop what only a running job needs (its spec, virtual
-        nodes' results, checkpoint); delete the oldest ended jobs beyond `keep_ended`."""
+        nodes' results, checkpoint); delete the oldest ended jobs beyond `keep_ended`, and the results of those
+        beyond `keep_results`."""
         with self._transaction() as db:
             db.execute("""UPDATE jobs SET state=?, reason=?, finished=?, moving=NULL, status=?, result=?, spec=NULL,
                           info=? WHERE id=?""",
@@ -212,6 +217,9 @@ class Store:
             db.execute("""DELETE FROM jobs WHERE status IS NOT NULL AND id NOT IN
                           (SELECT id FROM jobs WHERE status IS NOT NULL ORDER BY finished DESC LIMIT ?)""",
                        (self.keep_ended,))
+            db.execute("""UPDATE jobs SET result=NULL WHERE result IS NOT NULL AND status IS NOT NULL AND id NOT IN
+                          (SELECT id FROM jobs WHERE status IS NOT NULL ORDER BY finished DESC LIMIT ?)""",
+                       (self.keep_results,))
 
     # -- reads ----------------------------------------------------------------------------------------------
     def load(self) -> list[StoredJob]:

@@ -49,9 +49,8 @@ def first(monkeypatch, tmp_path) -> Harness:
 def _checkpoint(h: Harness, job_id: str) -> None:
     job = h.job(job_id)
     job.checkpoint_every = 1.0
-    h.coord.tick()
-    h.now += 1.5
-    h.coord.tick()
+    _beat(h, 0.0, *AGENTS)
+    _beat(h, 1.5, *AGENTS)
     for vn, agent in PLACED.items():
         h.send(agent, cm.VnodeCheckpointed(job=job_id, vnode=vn, checkpoint=job.pending.id, blob=f"cp-{vn}".encode()))
     assert job.checkpoint is not None
@@ -182,3 +181,21 @@ def test_shutdown_stops_every_job_and_tells_every_agent(h):
 @pytest.fixture
 def h(monkeypatch) -> Harness:
     return Harness(monkeypatch)
+
+
+def test_a_job_leaving_the_history_takes_its_metric_series_along(monkeypatch, tmp_path):
+    from microstream.cluster.metrics import Metrics
+
+    h = Harness(monkeypatch, keep_jobs=1)
+    h.coord.metrics = h.coord.checkpoints.metrics = Metrics()
+    ids = []
+    for _ in range(3):
+        job_id = h.run()
+        _checkpoint(h, job_id)
+        h.coord._update_metrics()
+        for vn, agent in PLACED.items():
+            h.send(agent, cm.VnodeDone(job=job_id, vnode=vn, blob=b"r"))
+        ids.append(job_id)
+    text = h.coord.metrics.exposition().decode()
+    assert f'job="{ids[2]}"' in text  # still in the history: its series stay (a last scrape sees its figures)
+    assert f'job="{ids[0]}"' not in text and f'job="{ids[1]}"' not in text

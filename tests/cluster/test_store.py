@@ -87,7 +87,7 @@ def test_an_ended_job_keeps_its_status_and_result_and_nothing_else(store):
 
 
 def test_only_the_newest_ended_jobs_are_kept(tmp_path):
-    store = Store(tmp_path / "state", keep_ended=3)
+    store = Store(tmp_path / "state", keep_ended=3, keep_results=2)
     try:
         for i in range(5):
             job = _job(f"j{i}", submitted=float(i))
@@ -100,6 +100,7 @@ def test_only_the_newest_ended_jobs_are_kept(tmp_path):
         assert [e.id for e in store.history(2)] == ["j3", "j4"]
         assert store.ended("j0") is None and store.ended("j4").result is None
         assert cloudpickle.loads(store.ended("j4", result=True).result) == [b"r4"]
+        assert store.ended("j2", result=True).result is None  # its status stays, its result went
     finally:
         store.close()
 
