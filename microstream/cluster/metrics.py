@@ -23,14 +23,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import selectors
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from socketserver import ThreadingMixIn
 from typing import Any
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -311,26 +311,52 @@ def _combine(spec: _Spec, sources: dict[str, Any], now_ns: float) -> float:
 
 # -- HTTP server --------------------------------------------------------------------------------------------
 
-
-class _ThreadingServer(ThreadingMixIn, WSGIServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
-
-class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
+REQUEST_TIMEOUT = 10.0   # seconds a connection has to send its request, and a worker to send the answer
+MAX_PENDING = 64         # connections waiting for their request; a new one beyond closes the oldest
+WORKERS = 2              # threads that build and send answers (scrapes are quick; Prometheus sends one at a time)
+MAX_QUEUED = 16          # complete requests waiting for a worker; beyond, 503 at once
+MAX_REQUEST_BYTES = 16 << 10
+_ACCEPT_AT_ONCE = 64
 
 
 class MetricsServer:
-    """A running /metrics HTTP endpoint; `stop()` closes it."""
+    """A running /metrics HTTP endpoint; `stop()` closes it.
 
-    def __init__(self, httpd: WSGIServer, thread: threading.Thread) -> None:
-        self.httpd = httpd
-        self.thread = thread
-        host = httpd.server_address[0]
-        self.host = host.decode() if isinstance(host, bytes) else host
-        self.port: int = httpd.server_address[1]
+    One thread reads requests with a selector (a connection that sends nothing costs a file descriptor, never a
+    thread, and is closed after `request_timeout` s; with more than `max_pending` waiting, the oldest is closed),
+    and a pool of `workers` threads answers complete ones. So however many connections are opened, the server uses
+    1 + `workers` threads and bounded memory, and a scraper that sends its request gets an answer.
+    """
+
+    def __init__(self, app: Callable[..., Any], host: str = "127.0.0.1", port: int = 0, *,
+                 workers: int = WORKERS, request_timeout: float = REQUEST_TIMEOUT, max_pending: int = MAX_PENDING,
+                 max_queued: int = MAX_QUEUED) -> None:
+        self.app = app
+        self.request_timeout = request_timeout
+        self.max_pending = max_pending
+        self.max_queued = max_queued
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        try:
+            self._listener = socket.create_server((host, port), family=family, backlog=128)
+        except OSError as exc:
+            raise OSError(exc.errno, f"cannot serve Prometheus metrics on {host}:{port}: {exc.strerror or exc}; "
+                                     "choose another metrics port (0: any free port)") from exc
+        self._listener.setblocking(False)
+        self.host: str = host
+        self.port: int = self._listener.getsockname()[1]
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(self._listener, selectors.EVENT_READ)
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._selector.register(self._wake_r, selectors.EVENT_READ)
+        self._pending: dict[socket.socket, tuple[float, bytearray]] = {}  # in the order accepted: (deadline, bytes)
+        self._queued = 0
+        self._queued_lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="microstream-metrics-worker")
+        self._stopping = False
+        self.closed_idle = 0       # connections closed for sending no complete request in time, or evicted
+        self.thread = threading.Thread(target=self._loop, name="microstream-metrics", daemon=True)
+        self.thread.start()
 
     @property
     def url(self) -> str:
@@ -339,30 +365,166 @@ class MetricsServer:
 
     def stop(self) -> None:
         """Stop serving and close the port (idempotent)."""
-        if self.thread.is_alive():
-            self.httpd.shutdown()
+        if not self._stopping:
+            self._stopping = True
+            with contextlib.suppress(OSError):
+                self._wake_w.send(b"x")
+        if self.thread.is_alive() and self.thread is not threading.current_thread():
             self.thread.join()
-        self.httpd.server_close()
+        self._pool.shutdown(wait=True, cancel_futures=True)
 
     shutdown = stop
 
+    # -- the selector thread ----------------------------------------------------------------------------------
+    def _loop(self) -> None:
+        try:
+            while not self._stopping:
+                for key, _ in self._selector.select(timeout=min(1.0, self.request_timeout)):
+                    sock = key.fileobj
+                    if sock is self._listener:
+                        self._accept()
+                    elif sock is self._wake_r:
+                        with contextlib.suppress(OSError):
+                            self._wake_r.recv(64)
+                    else:
+                        assert isinstance(sock, socket.socket)
+                        self._read(sock)
+                self._expire(time.monotonic())
+        finally:
+            for sock in list(self._pending):
+                self._close(sock)
+            self._selector.close()
+            for s in (self._listener, self._wake_r, self._wake_w):
+                s.close()
 
-def serve(metrics: Metrics, host: str = "127.0.0.1", port: int = 0) -> tuple[MetricsServer, int]:
+    def _accept(self) -> None:
+        for _ in range(_ACCEPT_AT_ONCE):
+            try:
+                conn, _addr = self._listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:  # e.g. out of file descriptors: the oldest waiting connections make room
+                self._evict(max(1, len(self._pending) // 4))
+                return
+            conn.setblocking(False)
+            if len(self._pending) >= self.max_pending:
+                self._evict(1)
+            self._pending[conn] = (time.monotonic() + self.request_timeout, bytearray())
+            self._selector.register(conn, selectors.EVENT_READ)
+
+    def _read(self, conn: socket.socket) -> None:
+        entry = self._pending.get(conn)
+        if entry is None:
+            return
+        try:
+            data = conn.recv(4096)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._close(conn)
+            return
+        buffer = entry[1]
+        buffer += data
+        end = buffer.find(b"\r\n\r\n")
+        if end < 0:
+            if len(buffer) > MAX_REQUEST_BYTES:
+                self._close(conn)
+            return
+        self._selector.unregister(conn)
+        del self._pending[conn]
+        with self._queued_lock:
+            busy = self._queued >= self.max_queued
+            if not busy:
+                self._queued += 1
+        if busy:
+            _respond(conn, "503 Service Unavailable", [("Retry-After", "1")], b"busy\n", self.request_timeout)
+            return
+        try:
+            self._pool.submit(self._answer, conn, bytes(buffer[:end]))
+        except RuntimeError:  # shutting down
+            conn.close()
+
+    def _expire(self, now: float) -> None:
+        for conn, (deadline, _) in list(self._pending.items()):
+            if deadline > now:
+                break  # in the order accepted, so in the order of their deadlines
+            self.closed_idle += 1
+            self._close(conn)
+
+    def _evict(self, n: int) -> None:
+        for conn in list(self._pending)[:n]:
+            self.closed_idle += 1
+            self._close(conn)
+
+    def _close(self, conn: socket.socket) -> None:
+        self._pending.pop(conn, None)
+        with contextlib.suppress(KeyError, ValueError):
+            self._selector.unregister(conn)
+        conn.close()
+
+    # -- a worker ------------------------------------------------------------------------------------------------
+    def _answer(self, conn: socket.socket, head: bytes) -> None:
+        try:
+            status, headers, body = self._call_app(head)
+            _respond(conn, status, headers, body, self.request_timeout)
+        finally:
+            with self._queued_lock:
+                self._queued -= 1
+
+    def _call_app(self, head: bytes) -> tuple[str, list[tuple[str, str]], bytes]:
+        lines = head.decode("latin-1").split("\r\n")
+        parts = lines[0].split()
+        if len(parts) != 3 or not parts[2].startswith("HTTP/"):
+            return "400 Bad Request", [], b"bad request\n"
+        method, target, _ = parts
+        if method not in ("GET", "HEAD"):
+            return "405 Method Not Allowed", [("Allow", "GET, HEAD")], b"GET /metrics\n"
+        path, _, query = target.partition("?")
+        environ: dict[str, Any] = {"REQUEST_METHOD": method, "PATH_INFO": path, "QUERY_STRING": query,
+                                   "SERVER_NAME": self.host, "SERVER_PORT": str(self.port),
+                                   "SERVER_PROTOCOL": "HTTP/1.1", "wsgi.url_scheme": "http"}
+        for line in lines[1:]:
+            name, sep, value = line.partition(":")
+            if sep:
+                environ["HTTP_" + name.strip().upper().replace("-", "_")] = value.strip()
+        answer: dict[str, Any] = {}
+
+        def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> None:
+            answer["status"], answer["headers"] = status, headers
+
+        try:
+            chunks = self.app(environ, start_response)
+            body = b"".join(chunks)
+        except Exception as exc:  # noqa: BLE001 - a broken collector must not take the server down
+            return "500 Internal Server Error", [], f"error collecting metrics: {type(exc).__name__}\n".encode()
+        return answer.get("status", "500 Internal Server Error"), answer.get("headers", []), \
+            b"" if method == "HEAD" else body
+
+
+def _respond(conn: socket.socket, status: str, headers: list[tuple[str, str]], body: bytes, timeout: float) -> None:
+    """Send one HTTP/1.1 answer and close the connection (one request per connection: nothing to keep idle)."""
+    head = [f"HTTP/1.1 {status}"]
+    head += [f"{name}: {value}" for name, value in headers if name.lower() not in ("content-length", "connection")]
+    head += [f"Content-Length: {len(body)}", "Connection: close", "", ""]
+    try:
+        conn.settimeout(timeout)
+        conn.sendall("\r\n".join(head).encode("latin-1") + body)
+        conn.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass
+    finally:
+        conn.close()
+
+
+def serve(metrics: Metrics, host: str = "127.0.0.1", port: int = 0, **options: Any) -> tuple[MetricsServer, int]:
     """Serve `metrics` over HTTP on host:port (0 picks a free port); returns (server, actual port).
 
-    Bind to "0.0.0.0" (or the LAN address) for a Prometheus server on another machine to scrape it.
+    Loopback by default: bind to "0.0.0.0" (or the LAN address) for a Prometheus server on another machine to
+    scrape it. `options`: `workers`, `request_timeout`, `max_pending`, `max_queued` (see MetricsServer).
     """
-    server_class: type[WSGIServer] = _ThreadingServer
-    if ":" in host:
-        server_class = type("_ThreadingServerV6", (_ThreadingServer,), {"address_family": socket.AF_INET6})
-    try:
-        httpd = make_server(host, port, make_wsgi_app(metrics.registry), server_class, handler_class=_QuietHandler)
-    except OSError as exc:
-        raise OSError(exc.errno, f"cannot serve Prometheus metrics on {host}:{port}: {exc.strerror or exc}; "
-                                 "choose another metrics port (0: any free port)") from exc
-    thread = threading.Thread(target=httpd.serve_forever, args=(0.1,), name="microstream-metrics", daemon=True)
-    thread.start()
-    server = MetricsServer(httpd, thread)
+    server = MetricsServer(make_wsgi_app(metrics.registry), host, port, **options)
     return server, server.port
 
 

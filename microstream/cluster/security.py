@@ -17,6 +17,13 @@ Conventional layout (`KeyStore`)::
         NAME.key            our public key(s)
         NAME.key_secret     our keypair(s), mode 0600
         trusted/OTHER.key   public keys a coordinator accepts (clients and agents)
+        trusted/OTHER.role  what that key may do: agent, client or read-only (see ROLES); a trusted key
+                            without a role file may do everything, as before roles existed
+
+Roles (least privilege): the ZAP handler tags every accepted connection with its key's name ("User-Id"),
+role ("X-Role") and public key ("X-Key") as ZeroMQ message properties (`peer_of(frame)`), and the
+coordinator checks the role on every control message before handling it (`RoleGuard`): an agent key
+cannot submit code, a client key cannot register as an agent, a read-only key can only ask for status.
 
 Important: a CURVE server socket on a context *without* a running ZAP handler accepts every
 client that knows the server's public key. Start an `Authenticator` on the context before the
@@ -55,6 +62,8 @@ log = logging.getLogger("microstream.security")
 PUBLIC_SUFFIX = ".key"
 SECRET_SUFFIX = ".key_secret"
 TRUSTED_DIR = "trusted"
+ROLE_SUFFIX = ".role"
+MAX_MESSAGE_BYTES = 256 << 20  # a control socket's largest message (a pickled job, a checkpoint): refused beyond
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]*$")
 _Z85_KEY_LEN = 40
 
@@ -281,6 +290,106 @@ def load_public_keys(source: Path | str | Iterable[Path | str]) -> dict[bytes, s
     return keys
 
 
+# -- roles ------------------------------------------------------------------------------------------------
+
+AGENT = "agent"
+CLIENT = "client"
+READ_ONLY = "read-only"
+UNRESTRICTED = "unrestricted"   # a trusted key without a role file: everything, as before roles existed
+ROLES = (AGENT, CLIENT, READ_ONLY)
+
+# what each role may send to the coordinator, by message kind (cluster/messages.py); a kind in no list is
+# refused to every role but UNRESTRICTED (a test checks that every kind the coordinator knows is in one)
+PERMISSIONS: dict[str, frozenset[str]] = {
+    AGENT: frozenset({"register", "heartbeat", "vnode_ready", "vnode_done", "vnode_snapshot", "vnode_resumed",
+                      "vnode_failed", "vnode_checkpointed"}),
+    CLIENT: frozenset({"submit", "status", "watch", "stop", "migrate", "save", "restore", "shutdown"}),
+    READ_ONLY: frozenset({"status"}),
+}
+_ROLE_DOES = {AGENT: "agents register, send heartbeats and report their hosts",
+              CLIENT: "clients submit, watch, stop, move, save and restore jobs, ask for status and shut down",
+              READ_ONLY: "read-only keys only ask for status"}
+
+
+def check_role(role: str) -> str:
+    """Return `role` if it is one of ROLES, else raise ValueError naming them."""
+    if role not in ROLES:
+        raise ValueError(f"unknown role {role!r}: use one of {', '.join(ROLES)}")
+    return role
+
+
+def allowed(role: str, kind: str) -> bool:
+    """May a connection with `role` send a message of `kind` to the coordinator?"""
+    return role == UNRESTRICTED or kind in PERMISSIONS.get(role, ())
+
+
+ROLE_PROPERTY = "X-Role"   # message properties the ZAP handler sets on every accepted connection
+KEY_PROPERTY = "X-Key"
+
+
+@dataclass(frozen=True)
+class Peer:
+    """Who sent a message, as this process's ZAP handler authenticated it: key name, role and public key (z85)."""
+
+    name: str
+    role: str
+    key: str
+
+    @property
+    def fingerprint(self) -> str:
+        return fingerprint(self.key)
+
+
+def peer_of(frame: zmq.Frame) -> Peer | None:
+    """The authenticated peer of a message frame received with `copy=False`; None if it carries no tags (no
+    ZAP handler of ours accepted the connection: plaintext, or a server without `Authenticator`).
+
+    The ZAP handler's properties take precedence over any the peer declares itself (ZMTP metadata), and it
+    sets all three on every connection it accepts, so a peer cannot choose its own role."""
+    try:
+        name, role, key = (frame.get(p) for p in ("User-Id", ROLE_PROPERTY, KEY_PROPERTY))
+    except zmq.ZMQError:
+        return None
+    if not (name and role and key):
+        return None
+    return Peer(str(name), str(role), str(key))
+
+
+class RoleGuard:
+    """Checks every control message's kind against its sender's role; refusals are logged once per key."""
+
+    def __init__(self, log: Callable[[str], None] | None = None, component: str = "coordinator") -> None:
+        self._log = log
+        self.component = component
+        self.refused = 0
+        self._logged: set[str] = set()   # keys (z85) refused before: bounded by the trusted set
+
+    def refusal(self, peer: Peer | None, kind: str) -> str | None:
+        """None if `peer` may send `kind`, else the error to answer with (and a log line, the first time)."""
+        if peer is not None and allowed(peer.role, kind):
+            return None
+        self.refused += 1
+        if peer is None:
+            error = (f"refused '{kind}': the connection carries no authenticated key and role (it was not "
+                     "accepted by this coordinator's authenticator)")
+            who = ""
+        else:
+            need = [r for r in ROLES if kind in PERMISSIONS[r]]
+            fix = (f"it needs a key with role {' or '.join(need)} (on the coordinator: `microstream keys trust "
+                   f"KEYFILE --role {need[0]}`)") if need else "no role may send it"
+            error = (f"key '{peer.name}' (fingerprint {peer.fingerprint}) has role {peer.role} and may not send "
+                     f"'{kind}' ({_ROLE_DOES.get(peer.role, 'unknown role')}); {fix}")
+            who = peer.key
+        if who not in self._logged:
+            self._logged.add(who)
+            text = f"{self.component}: {error}; further refusals of this key are not logged"
+            if self._log is not None:
+                self._log(text)
+            else:
+                log.warning("%s", text)
+        return error
+
+
 # -- key store ----------------------------------------------------------------------------------------
 
 
@@ -338,22 +447,55 @@ class KeyStore:
     def trusted_file(self, name: str) -> Path:
         return self.trusted_dir / f"{check_name(name)}{PUBLIC_SUFFIX}"
 
-    def trust(self, public_key_file: Path | str, name: str | None = None) -> KeyPair:
-        """Copy the public half of a key file into `trusted/` (replacing a key of the same name)."""
+    def role_file(self, name: str) -> Path:
+        return self.trusted_dir / f"{check_name(name)}{ROLE_SUFFIX}"
+
+    def trust(self, public_key_file: Path | str, name: str | None = None, role: str | None = None) -> KeyPair:
+        """Copy the public half of a key file into `trusted/` (replacing a key of the same name), with `role`
+        (one of ROLES) in `trusted/NAME.role`; without `role`, a role the name had already stays."""
         pair = load(public_key_file).public_only()
         if name is not None:
             pair = KeyPair(check_name(name), pair.public, None)
+        if role is not None:
+            check_role(role)
         self._ensure_root()
         self.trusted_dir.mkdir(exist_ok=True, mode=0o700)
         save_public(pair, self.trusted_file(pair.name))
+        if role is not None:
+            _write_file(self.role_file(pair.name), role + "\n", 0o644)
         return pair
 
     def untrust(self, name: str) -> bool:
-        """Remove a trusted key by name; True if there was one."""
+        """Remove a trusted key (and its role) by name; True if there was one."""
         path = self.trusted_file(name)
         existed = path.exists()
         path.unlink(missing_ok=True)
+        self.role_file(name).unlink(missing_ok=True)
         return existed
+
+    def role(self, name: str) -> str:
+        """The role of trusted key `name`: its role file's, or UNRESTRICTED without one."""
+        path = self.role_file(name)
+        try:
+            text = path.read_text(encoding="utf-8").strip()
+        except FileNotFoundError:
+            return UNRESTRICTED
+        except OSError as exc:
+            raise KeyFileError(path, f"cannot be read ({exc.strerror or exc})", "check its owner and permissions") \
+                from None
+        if text not in ROLES:
+            raise KeyFileError(path, f"holds an unknown role {text[:40]!r}",
+                               f"write one of {', '.join(ROLES)} into it, or run `microstream keys trust "
+                               f"{name}{PUBLIC_SUFFIX} --role ROLE`")
+        return text
+
+    def roles(self) -> dict[bytes, str]:
+        """Public key -> role of every trusted key (UNRESTRICTED for those without a role file): the role file
+        beside each `trusted/NAME.key` file."""
+        if not self.trusted_dir.is_dir():
+            return {}
+        return {load(path).public: self.role(_name_from_path(path))
+                for path in sorted(self.trusted_dir.glob(f"*{PUBLIC_SUFFIX}"))}
 
     def trusted(self) -> dict[bytes, str]:
         """Public key -> name of every key in `trusted/` (empty if there is none)."""
@@ -485,23 +627,46 @@ class Rejection:
     def message(self) -> str:
         where = f" at {self.address}" if self.address else ""
         return (f"rejected connection from untrusted key {self.fingerprint}{where}; "
-                "if it should be allowed, run `microstream keys trust ITS_KEY_FILE` and restart/reload")
+                "if it should be allowed, run `microstream keys trust ITS_KEY_FILE --role ROLE` and restart/reload")
 
 
 class _ZapHandler(ThreadAuthenticator):
-    """pyzmq's ZAP thread, telling its owner the peer address and naming users by key name."""
+    """pyzmq's ZAP thread, telling its owner the peer address, naming users by key name and tagging every
+    accepted connection with the key's role and public key (ZAP metadata, see `peer_of`)."""
 
     def __init__(self, context: zmq.Context, owner: Authenticator) -> None:
         super().__init__(context, log=logging.getLogger("microstream.security.zap"))
         self._owner = owner
+        self._metadata = b""
 
     def handle_zap_message(self, msg: list[bytes]) -> Any:  # sync or async depending on pyzmq version
         self._owner._peer_address = msg[3].decode("utf-8", "replace") if len(msg) > 3 else ""
+        self._metadata = b""
         return super().handle_zap_message(msg)
 
     def curve_user_id(self, client_public_key: bytes) -> str:
         key = z85.encode(client_public_key)
-        return self._owner.name_of(key) or key.decode("ascii")
+        name, role = self._owner.identify(key)
+        self._metadata = _zap_metadata({ROLE_PROPERTY: role, KEY_PROPERTY: key.decode("ascii")})
+        return name or key.decode("ascii")
+
+    def _send_zap_reply(self, request_id: bytes, status_code: bytes, status_text: bytes,
+                        user_id: str = "anonymous") -> None:
+        if status_code != b"200" or not self._metadata:
+            super()._send_zap_reply(request_id, status_code, status_text, user_id)
+            return
+        user = user_id.encode("utf-8", "replace") if isinstance(user_id, str) else user_id
+        self.zap_socket.send_multipart([b"1.0", request_id, status_code, status_text, user, self._metadata])
+        self._metadata = b""
+
+
+def _zap_metadata(properties: Mapping[str, str]) -> bytes:
+    """ZMTP metadata encoding (RFC 23/37): a name length byte, the name, a 4-byte value length, the value."""
+    out = bytearray()
+    for name, value in properties.items():
+        raw = value.encode("utf-8")
+        out += bytes([len(name)]) + name.encode("ascii") + len(raw).to_bytes(4, "big") + raw
+    return bytes(out)
 
 
 class Authenticator:
@@ -509,27 +674,34 @@ class Authenticator:
 
     It starts at once (unless `autostart=False`): an Authenticator that exists but is not running would
     let every client in. The trusted set can change while running (`allow`, `revoke`, `replace`); changes apply to new
-    handshakes, established connections stay up. Refused handshakes are counted, the last one is kept
-    (`last_rejection`) and reported through `log` (a print-like callable; default: a warning on the
-    `microstream.security` logger) the first time per key, then at most every `log_interval` seconds
-    per key, since clients retry. Accepted messages carry the key's
-    name as the frame property "User-Id" (`frame.get("User-Id")` on a `copy=False` receive).
+    handshakes, established connections stay up. Accepted messages carry the key's name as the frame property
+    "User-Id", its role (`roles`, default UNRESTRICTED) as "X-Role" and the public key as "X-Key" (`peer_of(frame)`
+    on a `copy=False` receive).
+
+    Refused handshakes are counted and the last one is kept (`last_rejection`). They are reported through `log` (a
+    print-like callable; default: a warning on the `microstream.security` logger) with a *global* limit, since
+    clients retry and anyone can make up keys: at most `log_burst` keys are named per `log_interval` seconds (a key
+    at most once), then one line says the rest are counted, and a summary line follows when the interval ends (or
+    at `stop()`). A flood of handshakes with random keys costs a few lines a minute, and memory stays bounded.
     """
 
     def __init__(self, context: zmq.Context, trusted: Mapping[bytes, str] | Iterable[bytes] | None = None,
-                 *, log: Callable[[str], None] | None = None, log_interval: float = 60.0,
-                 autostart: bool = True) -> None:
+                 *, roles: Mapping[bytes, str] | None = None, log: Callable[[str], None] | None = None,
+                 log_interval: float = 60.0, log_burst: int = 5, autostart: bool = True) -> None:
         self.context = context
         self.log_interval = log_interval
+        self.log_burst = log_burst
         self._log = log
         self._lock = threading.Lock()
         self._trusted: dict[bytes, str] = {}
-        self.replace(trusted or {})
+        self._roles: dict[bytes, str] = {}
+        self.replace(trusted or {}, roles)
         self._zap: _ZapHandler | None = None
         self._peer_address = ""
         self._rejected_count = 0
         self._last_rejection: Rejection | None = None
-        self._last_logged: dict[bytes, tuple[float, int]] = {}
+        self._window: _LogWindow | None = None
+        self._timer: threading.Timer | None = None
         if autostart:
             self.start()
 
@@ -547,6 +719,7 @@ class Authenticator:
         if self._zap is not None:
             self._zap.stop()
             self._zap = None
+        self.flush_log()
 
     @property
     def is_running(self) -> bool:
@@ -559,29 +732,40 @@ class Authenticator:
         self.stop()
 
     # trusted set
-    def allow(self, key: bytes | str | KeyPair, name: str | None = None) -> None:
-        """Trust a public key (z85) from now on."""
+    def allow(self, key: bytes | str | KeyPair, name: str | None = None, role: str | None = None) -> None:
+        """Trust a public key (z85) from now on, with `role` (one of ROLES; default UNRESTRICTED)."""
         if isinstance(key, KeyPair):
             name = name or key.name
             key = key.public
         public = _as_key(key)
         if not _valid_z85_key(public):
             raise ValueError("not a 40-character z85 CURVE public key")
+        if role is not None:
+            check_role(role)
         with self._lock:
             self._trusted[public] = name or fingerprint(public)
+            self._roles[public] = role or UNRESTRICTED
 
     def revoke(self, key: bytes | str | KeyPair) -> bool:
         """Stop trusting a key for new connections; True if it was trusted."""
         key = key.public if isinstance(key, KeyPair) else _as_key(key)
         with self._lock:
+            self._roles.pop(key, None)
             return self._trusted.pop(key, None) is not None
 
-    def replace(self, trusted: Mapping[bytes, str] | Iterable[bytes]) -> None:
-        """Replace the whole trusted set, e.g. with `KeyStore.trusted()` after a reload."""
+    def replace(self, trusted: Mapping[bytes, str] | Iterable[bytes], roles: Mapping[bytes, str] | None = None
+                ) -> None:
+        """Replace the whole trusted set, e.g. with `KeyStore.trusted()` and `KeyStore.roles()` after a reload;
+        keys missing from `roles` are UNRESTRICTED."""
         items = trusted.items() if isinstance(trusted, Mapping) else ((k, None) for k in trusted)
         new = {_as_key(k): (n or fingerprint(k)) for k, n in items}
+        given = {_as_key(k): r for k, r in (roles or {}).items()}
+        for role in given.values():
+            if role != UNRESTRICTED:
+                check_role(role)
         with self._lock:
             self._trusted = new
+            self._roles = {k: given.get(k, UNRESTRICTED) for k in new}
 
     @property
     def trusted(self) -> dict[bytes, str]:
@@ -592,6 +776,17 @@ class Authenticator:
     def name_of(self, key: bytes | str) -> str | None:
         with self._lock:
             return self._trusted.get(_as_key(key))
+
+    def role_of(self, key: bytes | str) -> str | None:
+        """The role of a trusted key; None if it is not trusted."""
+        with self._lock:
+            return self._roles.get(_as_key(key))
+
+    def identify(self, key: bytes | str) -> tuple[str | None, str]:
+        """(name, role) of a key, in one look-up (the ZAP thread tags a connection with both)."""
+        key = _as_key(key)
+        with self._lock:
+            return self._trusted.get(key), self._roles.get(key, UNRESTRICTED)
 
     # rejections
     @property
@@ -607,29 +802,87 @@ class Authenticator:
     def callback(self, domain: str, key: bytes) -> bool:
         """pyzmq credentials-provider hook, called in the ZAP thread for each CURVE handshake."""
         key = _as_key(key)
+        lines: list[str] = []
         with self._lock:
             if key in self._trusted:
                 return True
             rejection = Rejection(key, fingerprint(key), self._peer_address, time.time())
             self._rejected_count += 1
             self._last_rejection = rejection
-            should_log, attempts = self._should_log(key, rejection.time)
-        if should_log:
-            text = rejection.message() + (f" ({attempts} attempts so far)" if attempts > 1 else "")
+            now = time.monotonic()
+            window = self._window
+            if window is not None and now - window.start >= self.log_interval:
+                lines += window.summary(now)
+                window = None
+                if self._timer is not None:
+                    self._timer.cancel()
+                    self._timer = None
+            if window is None:
+                window = self._window = _LogWindow(now)
+            lines += window.add(rejection, self.log_burst, self.log_interval)
+            if window.suppressed == 1 and self._timer is None:  # the summary is due at the end of the interval
+                self._timer = threading.Timer(max(0.0, window.start + self.log_interval - now), self.flush_log)
+                self._timer.daemon = True
+                self._timer.start()
+        self._emit(lines)
+        return False
+
+    def flush_log(self) -> None:
+        """Log the summary of the handshakes counted but not logged, and start a new interval (the timer calls
+        it when the interval ends, `stop()` calls it too)."""
+        with self._lock:
+            window, self._window = self._window, None
+            timer, self._timer = self._timer, None
+            lines = window.summary(time.monotonic()) if window is not None else []
+        if timer is not None and timer is not threading.current_thread():
+            timer.cancel()
+        self._emit(lines)
+
+    def _emit(self, lines: list[str]) -> None:
+        for text in lines:
             if self._log is not None:
                 self._log(text)
             else:
                 log.warning("%s", text)
-        return False
 
-    def _should_log(self, key: bytes, now: float) -> tuple[bool, int]:
-        if len(self._last_logged) > 10_000:  # a flood of random keys must not grow memory without bound
-            self._last_logged.clear()
-        last, attempts = self._last_logged.get(key, (float("-inf"), 0))
-        attempts += 1
-        due = now - last >= self.log_interval
-        self._last_logged[key] = (now if due else last, attempts)
-        return due, attempts
+
+class _LogWindow:
+    """The rejected handshakes of one log interval: which keys were named, how many were only counted."""
+
+    MAX_KEYS = 10_000  # distinct keys counted exactly; beyond, a flood of random keys is "at least" so many
+
+    def __init__(self, start: float) -> None:
+        self.start = start
+        self.logged: set[bytes] = set()
+        self.suppressed = 0
+        self.keys: set[bytes] = set()
+        self.addresses: set[str] = set()
+        self.last: Rejection | None = None
+
+    def add(self, rejection: Rejection, burst: int, interval: float) -> list[str]:
+        if rejection.public_key not in self.logged and len(self.logged) < burst:
+            self.logged.add(rejection.public_key)
+            return [rejection.message()]
+        self.suppressed += 1
+        self.last = rejection
+        if len(self.keys) < self.MAX_KEYS:
+            self.keys.add(rejection.public_key)
+        if len(self.addresses) < 100:
+            self.addresses.add(rejection.address)
+        if self.suppressed == 1 and len(self.logged) >= burst:
+            return [f"more handshakes from untrusted keys are being rejected: at most {burst} keys are named every "
+                    f"{interval:g} s; the rest are counted and summarised"]
+        return []
+
+    def summary(self, now: float) -> list[str]:
+        if not self.suppressed or self.last is None:
+            return []
+        keys = f"{len(self.keys):,}{'+' if len(self.keys) >= self.MAX_KEYS else ''}"
+        where = ", ".join(sorted(a for a in self.addresses if a)[:5]) or "unknown addresses"
+        return [f"rejected {self.suppressed:,} more handshakes from {keys} untrusted keys in the last "
+                f"{now - self.start:.0f} s (from {where}{' and others' if len(self.addresses) > 5 else ''}; the "
+                f"last: key {self.last.fingerprint}); if one should be allowed, run `microstream keys trust "
+                "ITS_KEY_FILE --role ROLE` and restart the coordinator"]
 
 
 # -- CLI: microstream keys ... ----------------------------------------------------------------------------------
@@ -643,8 +896,12 @@ def _keys_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     create = sub.add_parser("create", help="create a keypair NAME.key (public) + NAME.key_secret (0600)")
     create.add_argument("name", metavar="NAME")
-    trust = sub.add_parser("trust", help="trust public key files (on the coordinator: clients and agents)")
+    trust = sub.add_parser("trust", help="trust public key files (on the coordinator: clients and agents) with a "
+                                          "role: what the key may do")
     trust.add_argument("files", metavar="FILE", nargs="+", type=Path)
+    trust.add_argument("--role", choices=ROLES, default=None,
+                       help="agent: register and report hosts; client: submit, stop, move, save, restore jobs and "
+                            "status; read-only: status only (default: asked for on a terminal, else client)")
     sub.add_parser("list", help="list our keypairs and the trusted public keys")
     for p in (create, trust, sub.choices["list"]):
         p.add_argument("--dir", type=Path, default=None, help=f"key directory (default: {default_key_dir()})")
@@ -674,6 +931,20 @@ def _cmd_create(store: KeyStore, args: argparse.Namespace) -> int:
     return 0
 
 
+def _ask_role(name: str) -> str:
+    """The role for key `name`: asked for on a terminal (default client), else client."""
+    if not sys.stdin.isatty():
+        return CLIENT
+    while True:
+        try:
+            answer = input(f"role of '{name}': agent, client or read-only? [client] ").strip() or CLIENT
+        except EOFError:
+            return CLIENT
+        if answer in ROLES:
+            return answer
+        print(f"  one of {', '.join(ROLES)}", file=sys.stderr)
+
+
 def _cmd_trust(store: KeyStore, args: argparse.Namespace) -> int:
     status = 0
     for f in args.files:
@@ -681,7 +952,8 @@ def _cmd_trust(store: KeyStore, args: argparse.Namespace) -> int:
             new = load(f)
             old_path = store.trusted_file(new.name)
             old = load(old_path) if old_path.exists() else None
-            store.trust(f)
+            role = args.role or _ask_role(new.name)
+            store.trust(f, role=role)
         except (KeyFileError, ValueError, OSError) as exc:
             print(f"microstream keys: {exc}", file=sys.stderr)
             status = 2
@@ -689,7 +961,8 @@ def _cmd_trust(store: KeyStore, args: argparse.Namespace) -> int:
         note = ""
         if old is not None and old.public != new.public:
             note = f" (replaces the previous '{new.name}' key {old.fingerprint})"
-        print(f"trusted '{new.name}' (fingerprint {new.fingerprint}){note}", file=sys.stderr)
+        hint = "" if args.role else f"; for another role: --role {'|'.join(r for r in ROLES if r != role)}"
+        print(f"trusted '{new.name}' as {role} (fingerprint {new.fingerprint}){note}{hint}", file=sys.stderr)
     return status
 
 
@@ -700,7 +973,10 @@ def _cmd_list(store: KeyStore, args: argparse.Namespace) -> int:
     for pair in pairs:
         print(f"    {pair.name:<24} {pair.fingerprint}")
     trusted = sorted(store.trusted().items(), key=lambda kv: kv[1])
+    roles = store.roles()
     print("  trusted public keys:" if trusted else "  trusted public keys: none")
     for key, name in trusted:
-        print(f"    {name:<24} {fingerprint(key)}")
+        role = roles.get(key, UNRESTRICTED)
+        note = " (no role file: may do everything; set one with `keys trust --role`)" if role == UNRESTRICTED else ""
+        print(f"    {name:<24} {fingerprint(key)}  {role}{note}")
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -131,7 +132,7 @@ def test_rejections_go_to_a_log_callable(ctx):
     key = sec.generate("x").public
     auth.callback("*", key)
     assert lines == [f"rejected connection from untrusted key {sec.fingerprint(key)}; if it should be allowed, "
-                     "run `microstream keys trust ITS_KEY_FILE` and restart/reload"]
+                     "run `microstream keys trust ITS_KEY_FILE --role ROLE` and restart/reload"]
 
 
 def test_handshake_watch_explains_failures(ctx, server, server_pair, auth):
@@ -153,9 +154,9 @@ def test_handshake_watch_explains_failures(ctx, server, server_pair, auth):
 
 
 def test_handshake_watch_no_answer(ctx):
-    probe = ctx.socket(zmq.ROUTER)
-    port = probe.bind_to_random_port("tcp://127.0.0.1")
-    probe.close(linger=0)  # nothing listens on this port any more
+    with socket.socket() as probe:  # closed at once (a zmq socket closes in its I/O thread, later)
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # nothing listens on this port any more
     pair = sec.generate("c")
     sock = ctx.socket(zmq.DEALER)
     sec.curve_client(sock, pair, sec.generate("s").public)
@@ -320,7 +321,7 @@ def test_keys_cli_create_trust_list(tmp_path, capsys):
     capsys.readouterr()
     assert sec.keys_main(["trust", f"{agent}/pi-1.key", "--dir", coord]) == 0
     fp = KeyStore(agent).pair("pi-1").fingerprint
-    assert f"trusted 'pi-1' (fingerprint {fp})" in capsys.readouterr().err
+    assert f"trusted 'pi-1' as client (fingerprint {fp})" in capsys.readouterr().err
 
     assert sec.keys_main(["list", "--dir", coord]) == 0
     out = capsys.readouterr().out
