@@ -72,7 +72,7 @@ from .messages import (
     VnodeResumed,
     VnodeSnapshot,
 )
-from .security import HandshakeWatch, curve_client, explain_handshake
+from .security import MAX_MESSAGE_BYTES, HandshakeWatch, curve_client, explain_handshake
 from .states import VnodeState
 
 if TYPE_CHECKING:
@@ -135,8 +135,11 @@ class Agent:
 
     def __init__(self, name: str, coordinator: str, keys: Any = None, coordinator_public: bytes | None = None,
                  labels: dict[str, str] | None = None, data_host: str = "127.0.0.1", metrics_port: int | None = 0,
-                 workdir: Path | None = None, log=print, coordinator_timeout: float = COORDINATOR_TIMEOUT) -> None:
+                 workdir: Path | None = None, log=print, coordinator_timeout: float = COORDINATOR_TIMEOUT,
+                 metrics_bind: str = "127.0.0.1", max_message: int = MAX_MESSAGE_BYTES) -> None:
         self.name = name
+        self.metrics_bind = metrics_bind
+        self.max_message = max_message
         self.coordinator = coordinator
         self.keys = keys
         self.coordinator_public = coordinator_public
@@ -173,6 +176,7 @@ class Agent:
         if self.keys is not None:
             self._watch = HandshakeWatch(self.up)  # to say why, if the coordinator refuses us
         self.control = control_socket(self.ctx, zmq.ROUTER, send_timeout=SEND_TIMEOUT)
+        self.control.maxmsgsize = self.max_message  # hosts send snapshots; nothing larger is read
         self.control_endpoint = f"ipc://{self.workdir}/hosts.sock"
         self.control.bind(self.control_endpoint)
         self._start_metrics()
@@ -184,7 +188,8 @@ class Agent:
             from .metrics import Metrics, serve
 
             metrics = self.metrics = Metrics()
-            self._metrics_server, self.metrics_port = serve(metrics, host="0.0.0.0", port=self.metrics_port)
+            self._metrics_server, self.metrics_port = serve(metrics, host=self.metrics_bind,
+                                                                port=self.metrics_port)
         except ImportError:  # pragma: no cover - metrics module always present in a full install
             self.metrics = None
 
@@ -269,7 +274,7 @@ class Agent:
         self._backoff = BACKOFF[0]
         if self._lost_at is None:
             self.log(f"agent {self.name}: registered with {self.coordinator}"
-                     f"{f', metrics on :{self.metrics_port}' if self.metrics_port else ''}")
+                     f"{f', metrics on {self.metrics_bind}:{self.metrics_port}' if self.metrics_port else ''}")
         else:
             self.log(f"agent {self.name}: registered again with {self.coordinator} after "
                      f"{time.monotonic() - self._lost_at:.1f} s, with {len(self.hosts)} hosts running; sending again "

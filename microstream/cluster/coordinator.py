@@ -13,7 +13,10 @@ started again on the same address, keys and state directory adopts them. Only a 
 `microstream cluster down` sends) stops every job and tells every agent to exit.
 
 With keys the socket is a CURVE server that accepts only trusted public keys, so nobody else can reach the
-code that unpickles jobs. Every send has a deadline (`protocol.control_socket`): a peer that is gone or not
+code that unpickles jobs, and every message is checked against its key's role before it is handled
+(`security.RoleGuard`: an agent key cannot submit, a client key cannot register, a read-only key only asks for
+status). The socket refuses frames larger than `max_message` bytes before reading them (before authentication
+too). Every send has a deadline (`protocol.control_socket`): a peer that is gone or not
 reading costs a log line, never a stuck coordinator.
 """
 
@@ -59,7 +62,8 @@ from .messages import (
 )
 from .moves import Moves
 from .placing import DEFAULT_POLICY, Placer
-from .registry import AGENT_TIMEOUT, AgentRegistry
+from .registry import AGENT_TIMEOUT, AgentRegistry, NameTaken
+from .security import MAX_MESSAGE_BYTES, Peer, RoleGuard, peer_of
 from .states import JobState
 from .store import Store
 
@@ -72,10 +76,16 @@ class Coordinator:
                  policy: PolicyParams | None = DEFAULT_POLICY, topology: Any = None,
                  clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time,
                  checkpoint_dir: Path | None = None, state_dir: Path | None = None,
-                 adopt_grace: float | None = None, keep_jobs: int = KEEP) -> None:
+                 adopt_grace: float | None = None, keep_jobs: int = KEEP, roles: dict[bytes, str] | None = None,
+                 metrics_bind: str = "127.0.0.1", max_message: int = MAX_MESSAGE_BYTES) -> None:
         self.bind = bind
         self.keys = keys
         self.trusted = dict(trusted or {})
+        self.roles = dict(roles or {})          # public key -> role; a trusted key missing here is unrestricted
+        self.guard = RoleGuard(log)
+        self._sender: Peer | None = None        # who sent the message being handled (with keys)
+        self.metrics_bind = metrics_bind
+        self.max_message = max_message
         self.log = log
         self.metrics_port = metrics_port
         self.metrics: Any = None
@@ -114,10 +124,11 @@ class Coordinator:
         self.ctx = zmq.Context()
         self.auth = None
         self.sock = control_socket(self.ctx, zmq.ROUTER, send_timeout=ROUTER_SEND_TIMEOUT)
+        self.sock.maxmsgsize = self.max_message  # a larger frame is refused before it is read, authenticated or not
         if self.keys is not None:
             from .security import Authenticator, curve_server
 
-            self.auth = Authenticator(self.ctx, self.trusted).start()
+            self.auth = Authenticator(self.ctx, self.trusted, roles=self.roles).start()
             curve_server(self.sock, self.keys, authenticator=self.auth)  # refuses to run without the ZAP check
         self.sock.bind(self.bind)
         self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
@@ -127,7 +138,8 @@ class Coordinator:
             self.metrics = Metrics()
             self.moves.metrics = self.metrics
             self.checkpoints.metrics = self.metrics
-            self._metrics_server, self.metrics_port = serve(self.metrics, host="0.0.0.0", port=self.metrics_port)
+            self._metrics_server, self.metrics_port = serve(self.metrics, host=self.metrics_bind,
+                                                                port=self.metrics_port)
         return self.endpoint
 
     def close(self) -> None:
@@ -163,8 +175,9 @@ class Coordinator:
             while not self._stop:
                 self.sock.poll(200)
                 while self.sock.poll(0):  # every waiting message before the periodic checks
-                    frames = self.sock.recv_multipart()
-                    self.dispatch(frames[0], frames[1:])
+                    frames = self.sock.recv_multipart(copy=False)  # frames carry the key's name and role (ZAP)
+                    peer = peer_of(frames[1]) if self.auth is not None and len(frames) > 1 else None
+                    self.dispatch(frames[0].bytes, [f.bytes for f in frames[1:]], peer)
                 self.tick()
         finally:
             self.close()
@@ -172,8 +185,15 @@ class Coordinator:
     def stop(self) -> None:
         self._stop = True
 
-    def dispatch(self, identity: bytes, frames: list[bytes]) -> None:
-        """Decode one message and hand it to its part; a bad message is answered and logged, never fatal."""
+    def dispatch(self, identity: bytes, frames: list[bytes], peer: Peer | None = None) -> None:
+        """Decode one message and hand it to its part; a bad message is answered and logged, never fatal. With keys,
+        the kind must be one `peer`'s role may send (checked before anything is decoded)."""
+        if self.keys is not None:
+            refusal = self.guard.refusal(peer, frames[0].decode("ascii", "replace") if frames else "")
+            if refusal is not None:
+                self._send(identity, Error(error=refusal))
+                return
+        self._sender = peer
         try:
             message = TO_COORDINATOR.decode(frames)
         except ProtocolError as exc:
@@ -202,7 +222,11 @@ class Coordinator:
 
     # -- messages that concern more than one part ----------------------------------------------------------------
     def _on_register(self, identity: bytes, m: Register) -> None:
-        agent = self.registry.register(identity, m)
+        try:
+            agent = self.registry.register(identity, m, key=self._sender.key if self._sender else None)
+        except NameTaken as exc:
+            self._send(identity, Error(error=str(exc)))
+            return
         self._send(identity, Registered(data_keys=self.registry.data_keys()))
         self.lifecycle.agent_registered(agent)
 

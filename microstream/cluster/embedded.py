@@ -106,8 +106,8 @@ def up(nodes: int, root: Path, port: int = 0, insecure: bool = False, progress=p
         for name in names:
             if not (keydir / f"{name}.key_secret").exists():
                 store.create(name)
-            if name != "coordinator":
-                store.trust(keydir / f"{name}.key")
+            if name != "coordinator":  # with its role (also for a key directory from before roles)
+                store.trust(keydir / f"{name}.key", role="client" if name == "client" else "agent")
     sec = ["--insecure"] if insecure else ["--keys", str(keydir)]
     port_file = root / "coordinator.port"
     port_file.unlink(missing_ok=True)

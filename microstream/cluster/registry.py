@@ -11,7 +11,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..core.errors import MicrostreamError
 from .messages import Heartbeat, Register
+from .security import fingerprint
 from .states import VnodeState
 
 AGENT_TIMEOUT = 10.0   # seconds without a heartbeat: lost, its jobs recover elsewhere (Wi-Fi and SD cards stall)
@@ -30,6 +32,11 @@ class AgentInfo:
     up: bool = True
     vnodes: dict[str, Any] = field(default_factory=dict)   # "job/vnode" -> {state, pid, stats}, last heartbeat
     down_reason: str = ""
+    key: str | None = None   # the CURVE public key (z85) it registered with; None without keys
+
+
+class NameTaken(MicrostreamError):
+    """A registration under a name that a live agent registered with another key holds."""
 
 
 class AgentRegistry:
@@ -39,6 +46,7 @@ class AgentRegistry:
         self.clock = clock
         self.log = log
         self.agents: dict[str, AgentInfo] = {}
+        self._takeovers_logged: set[tuple[str, str]] = set()
 
     def __iter__(self) -> Iterator[AgentInfo]:
         return iter(self.agents.values())
@@ -61,12 +69,23 @@ class AgentRegistry:
         """The data-plane public keys of the live agents (which every host is to trust)."""
         return [a.public_key for a in self.agents.values() if a.public_key and a.up]
 
-    def register(self, identity: bytes, m: Register) -> AgentInfo:
+    def register(self, identity: bytes, m: Register, key: str | None = None) -> AgentInfo:
         """(Re-)register an agent with the hosts it reports; a new registration under a known name replaces the old
-        one (the agent reconnected: to this coordinator after a stall, or to a restarted one)."""
+        one (the agent reconnected: to this coordinator after a stall, or to a restarted one). `key` is the CURVE key
+        it connected with: a live agent's name cannot be taken over with another key (NameTaken, logged once)."""
+        again = self.agents.get(m.name)
+        if again is not None and again.up and again.key is not None and key is not None and again.key != key:
+            silent = self.clock() - again.last_seen
+            reason = (f"name '{m.name}' is held by a live agent that registered with another key (fingerprint "
+                      f"{fingerprint(again.key)}, heard from {silent:.1f} s ago); key {fingerprint(key)} cannot take "
+                      f"it over: the same key may register again, another one once that agent is lost (no heartbeat "
+                      f"for {self.timeout:g} s)")
+            if (m.name, key) not in self._takeovers_logged and len(self._takeovers_logged) < 10_000:
+                self._takeovers_logged.add((m.name, key))
+                self.log(f"coordinator: refused a registration: {reason}")
+            raise NameTaken(reason)
         info = AgentInfo(m.name, identity, m.capabilities(), dict(m.labels), m.public_key, m.metrics_port,
-                         last_seen=self.clock(), vnodes=dict(m.vnodes))
-        again = self.agents.get(info.name)
+                         last_seen=self.clock(), vnodes=dict(m.vnodes), key=key)
         self.agents[info.name] = info
         running = sum(1 for v in m.vnodes.values()
                       if v.get("epoch") is not None and not VnodeState(v.get("state", "done")).over)
