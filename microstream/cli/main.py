@@ -101,6 +101,8 @@ def cmd_coordinator(args: argparse.Namespace) -> int:
     _log_to_stderr()
     keys, store = _load_security(args, "coordinator")
     trusted = store.trusted() if store else {}
+    roles = store.roles() if store else {}
+    _warn_about_trust(trusted, roles, args)
     from ..placement.policy import PolicyParams
 
     policy = None if args.no_auto_place else PolicyParams(every=args.replace_every, min_gain=args.min_gain,
@@ -118,11 +120,13 @@ def cmd_coordinator(args: argparse.Namespace) -> int:
     coord = Coordinator(args.bind, keys, trusted, metrics_port=args.metrics_port,
                         log=lambda text: print(text, file=sys.stderr, flush=True), policy=policy, topology=topology,
                         agent_timeout=args.agent_timeout, checkpoint_dir=args.checkpoint_dir, state_dir=state_dir,
-                        adopt_grace=args.adopt_grace, keep_jobs=args.keep_jobs)
+                        adopt_grace=args.adopt_grace, keep_jobs=args.keep_jobs, roles=roles,
+                        metrics_bind=args.metrics_bind, max_message=int(args.max_message * (1 << 20)))
     endpoint = coord.open()
     if args.port_file:
         Path(args.port_file).write_text(endpoint)
-    print(f"coordinator listening on {endpoint}; metrics on :{coord.metrics_port}; trusts {len(trusted)} keys; "
+    print(f"coordinator listening on {endpoint}; metrics on {args.metrics_bind}:{coord.metrics_port}; trusts "
+          f"{len(trusted)} keys; "
           + (f"state in {state_dir}" if state_dir else "no state directory (jobs are lost if it stops)"),
           file=sys.stderr, flush=True)
     beacon = None
@@ -138,6 +142,18 @@ def cmd_coordinator(args: argparse.Namespace) -> int:
         if beacon:
             beacon.stop()
     return EXIT_OK
+
+
+def _warn_about_trust(trusted: dict[bytes, str], roles: dict[bytes, str], args: argparse.Namespace) -> None:
+    """Say which trusted keys have no role (they may do everything), and when a beacon announces a loopback address."""
+    unrestricted = sorted(name for key, name in trusted.items() if roles.get(key, "unrestricted") == "unrestricted")
+    if unrestricted:
+        print(f"coordinator: {len(unrestricted)} trusted keys have no role and may do everything (submit jobs too): "
+              f"{', '.join(unrestricted[:10])}{' ...' if len(unrestricted) > 10 else ''}; give each one with "
+              "`microstream keys trust KEYFILE --role agent|client|read-only`", file=sys.stderr, flush=True)
+    if args.beacon and ("127.0.0.1" in args.bind or "localhost" in args.bind or "[::1]" in args.bind):
+        print(f"coordinator: --beacon with --bind {args.bind}: agents on other machines cannot reach a loopback "
+              "address; for a cluster of several machines pass --bind tcp://0.0.0.0:7077", file=sys.stderr, flush=True)
 
 
 def cmd_agent(args: argparse.Namespace) -> int:
@@ -165,6 +181,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
     labels = dict(item.split("=", 1) for item in args.label)
     agent = Agent(args.name, coordinator, keys, server_key, labels, data_host=args.data_host,
                   metrics_port=args.metrics_port, log=lambda text: print(text, file=sys.stderr, flush=True),
+                  metrics_bind=args.metrics_bind,
                   **({"coordinator_timeout": args.coordinator_timeout} if args.coordinator_timeout else {}))
     _stop_on_signals(agent)
     return agent.run()
@@ -383,6 +400,12 @@ def _discovery_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--beacon-port", type=int, default=DEFAULT_PORT, help="UDP port of the beacon (default %(default)s)")
 
 
+def _metrics_bind_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--metrics-bind", default="127.0.0.1", metavar="ADDRESS",
+                   help="address the metrics port listens on (default %(default)s: this machine only; 0.0.0.0 or the "
+                        "LAN address for a Prometheus server on another machine)")
+
+
 def _cluster_options(p: argparse.ArgumentParser, coordinator: bool = True) -> None:
     if coordinator:
         p.add_argument("--coordinator", metavar="tcp://HOST:PORT",
@@ -415,11 +438,17 @@ def build_parser() -> argparse.ArgumentParser:
     from ..cluster.registry import AGENT_TIMEOUT
 
     p = sub.add_parser("coordinator", help="run a coordinator")
-    p.add_argument("--bind", default="tcp://0.0.0.0:7077", help="address to listen on (default %(default)s)")
+    p.add_argument("--bind", default="tcp://127.0.0.1:7077",
+                   help="address to listen on (default %(default)s: this machine only; for agents and clients on other "
+                        "machines: --bind tcp://0.0.0.0:7077 or the LAN address)")
     p.add_argument("--keys", metavar="DIR", help="key directory (default HOME/keys): coordinator.key_secret and "
                                                  "trusted/ public keys of agents and clients")
     p.add_argument("--key", help=argparse.SUPPRESS)
     p.add_argument("--metrics-port", type=int, default=9464, help="Prometheus metrics port (0: any free port)")
+    _metrics_bind_option(p)
+    p.add_argument("--max-message", type=float, default=256, metavar="MB",
+                   help="largest message accepted (a submitted job, a checkpoint); larger frames are refused before "
+                        "they are read, authenticated or not (default %(default)g MB)")
     p.add_argument("--port-file", help=argparse.SUPPRESS)
     p.add_argument("--beacon", action="store_true", help="announce this coordinator on the LAN by multicast")
     _discovery_options(p)
@@ -454,6 +483,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--coordinator-key", metavar="FILE", help="the coordinator's public key file")
     p.add_argument("--data-host", default="127.0.0.1", help="address other nodes reach this node's channels on")
     p.add_argument("--metrics-port", type=int, default=0, help="Prometheus metrics port (0: any free port)")
+    _metrics_bind_option(p)
     p.add_argument("--discover-timeout", type=float, default=10.0, help="seconds to wait for a beacon")
     p.add_argument("--coordinator-timeout", type=float, metavar="S",
                    help="seconds without a word from the coordinator before registering again (default 10); the "
