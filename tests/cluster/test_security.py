@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import socket
 import stat
 from collections.abc import Iterator
@@ -14,6 +15,7 @@ import zmq.auth
 
 from microstream.cluster import security as sec
 from microstream.cluster.security import Authenticator, KeyFileError, KeyPair, KeyStore
+from tests.helpers import wait_for
 
 TIMEOUT_MS = 400  # how long an untrusted client waits for the reply that never comes
 
@@ -347,3 +349,219 @@ def test_keys_cli_errors_and_help(tmp_path, capsys):
 def test_load_public_keys_from_missing_dir_is_an_error(tmp_path: Path):
     with pytest.raises(KeyFileError):
         sec.load_public_keys(tmp_path / "nope")
+
+
+# -- roles ---------------------------------------------------------------------------------------------------------
+
+
+def test_trust_store_roles(tmp_path):
+    store, other = KeyStore(tmp_path / "coord"), KeyStore(tmp_path / "other")
+    for name in ("pi-1", "laptop", "grafana", "old"):
+        other.create(name)
+    store.trust(other.root / "pi-1.key", role=sec.AGENT)
+    store.trust(other.root / "laptop.key", role=sec.CLIENT)
+    store.trust(other.root / "grafana.key", role=sec.READ_ONLY)
+    store.trust(other.root / "old.key")  # a key trusted before roles existed: no role file
+    assert (store.trusted_dir / "pi-1.role").read_text() == "agent\n"
+    assert not (store.trusted_dir / "old.role").exists()
+    keys = {name: other.pair(name).public for name in ("pi-1", "laptop", "grafana", "old")}
+    assert store.roles() == {keys["pi-1"]: "agent", keys["laptop"]: "client", keys["grafana"]: "read-only",
+                             keys["old"]: sec.UNRESTRICTED}
+    store.trust(other.root / "pi-1.key")  # trusted again (e.g. a renewed key) without a role: it keeps its role
+    assert store.role("pi-1") == "agent"
+    with pytest.raises(ValueError, match="unknown role 'admin'"):
+        store.trust(other.root / "laptop.key", role="admin")
+    (store.trusted_dir / "grafana.role").write_text("root\n")
+    with pytest.raises(KeyFileError, match=r"unknown role 'root'[\s\S]*--role ROLE"):
+        store.roles()
+    assert store.untrust("grafana") and not (store.trusted_dir / "grafana.role").exists()
+
+
+def test_keys_cli_trust_with_a_role(tmp_path, capsys):
+    coord, other = str(tmp_path / "coord"), tmp_path / "other"
+    KeyStore(other).create("pi-1")
+    KeyStore(other).create("laptop")
+    assert sec.keys_main(["trust", str(other / "pi-1.key"), "--role", "agent", "--dir", coord]) == 0
+    assert "trusted 'pi-1' as agent" in capsys.readouterr().err
+    assert sec.keys_main(["trust", str(other / "laptop.key"), "--dir", coord]) == 0  # not a terminal: client
+    err = capsys.readouterr().err
+    assert "trusted 'laptop' as client" in err and "for another role: --role agent|read-only" in err
+    assert sec.keys_main(["trust", str(other / "laptop.key"), "--role", "admin", "--dir", coord]) == 2
+    capsys.readouterr()
+    assert sec.keys_main(["list", "--dir", coord]) == 0
+    out = capsys.readouterr().out
+    assert "pi-1" in out and " agent" in out and " client" in out
+
+
+def test_every_coordinator_message_kind_belongs_to_a_role():
+    from microstream.cluster.messages import TO_COORDINATOR
+
+    kinds = set(TO_COORDINATOR.kinds)
+    agent, client, read_only = (sec.PERMISSIONS[r] for r in sec.ROLES)
+    assert agent | client == kinds, "a message kind no role may send (or a role naming a kind that does not exist)"
+    assert not agent & client and read_only == {"status"} <= client
+    assert sec.allowed(sec.UNRESTRICTED, "submit") and not sec.allowed(sec.AGENT, "submit")
+    assert not sec.allowed(sec.CLIENT, "register") and not sec.allowed("nonsense", "status")
+
+
+def test_connections_are_tagged_with_name_role_and_key(ctx, server_pair, auth):
+    sock = ctx.socket(zmq.ROUTER)
+    sec.curve_server(sock, server_pair, authenticator=auth)
+    port = sock.bind_to_random_port("tcp://127.0.0.1")
+    agent, old, forger = sec.generate("pi-1"), sec.generate("old"), sec.generate("forger")
+    auth.allow(agent, role=sec.AGENT)
+    auth.allow(old)  # no role: unrestricted
+    auth.allow(forger, role=sec.READ_ONLY)
+    seen = {}
+    for pair in (agent, old, forger):
+        client = ctx.socket(zmq.DEALER)
+        if pair is forger:  # a peer's own metadata cannot override what the ZAP handler says
+            client.setsockopt(zmq.METADATA, b"X-Role:client")
+        sec.curve_client(client, pair, server_pair.public)
+        client.connect(f"tcp://127.0.0.1:{port}")
+        client.send(b"hi")
+        assert sock.poll(2000)
+        frames = sock.recv_multipart(copy=False)
+        seen[pair.name] = sec.peer_of(frames[1])
+        client.close(linger=0)
+    sock.close(linger=0)
+    assert seen == {"pi-1": sec.Peer("pi-1", "agent", agent.public.decode()),
+                    "old": sec.Peer("old", sec.UNRESTRICTED, old.public.decode()),
+                    "forger": sec.Peer("forger", "read-only", forger.public.decode())}
+    assert seen["pi-1"].fingerprint == agent.fingerprint
+
+
+def test_plaintext_frames_carry_no_peer(ctx):
+    a, b = ctx.socket(zmq.PAIR), ctx.socket(zmq.PAIR)
+    b.setsockopt(zmq.METADATA, b"X-Role:client")  # self-declared: not a ZAP handler's word
+    port = a.bind_to_random_port("tcp://127.0.0.1")
+    b.connect(f"tcp://127.0.0.1:{port}")
+    b.send(b"x")
+    assert a.poll(2000)
+    assert sec.peer_of(a.recv(copy=False)) is None
+    a.close(linger=0)
+    b.close(linger=0)
+
+
+def test_role_guard_refuses_with_the_fix_and_logs_once_per_key():
+    lines: list[str] = []
+    guard = sec.RoleGuard(lines.append)
+    agent = sec.Peer("pi-1", sec.AGENT, sec.generate("pi-1").public.decode())
+    reader = sec.Peer("grafana", sec.READ_ONLY, sec.generate("grafana").public.decode())
+    assert guard.refusal(agent, "heartbeat") is None and guard.refusal(reader, "status") is None
+    error = guard.refusal(agent, "submit")
+    assert error == (f"key 'pi-1' (fingerprint {agent.fingerprint}) has role agent and may not send 'submit' (agents "
+                     "register, send heartbeats and report their hosts); it needs a key with role client (on the "
+                     "coordinator: `microstream keys trust KEYFILE --role client`)")
+    assert guard.refusal(agent, "stop") is not None and guard.refusal(agent, "submit") is not None
+    assert "role agent" in guard.refusal(reader, "register")  # type: ignore[operator]
+    assert "no authenticated key" in guard.refusal(None, "status")  # type: ignore[operator]
+    assert guard.refused == 5
+    assert len(lines) == 3 and lines[0] == f"coordinator: {error}; further refusals of this key are not logged"
+
+
+# -- rejected handshakes: a global log limit ----------------------------------------------------------------------
+
+
+def test_a_flood_of_random_keys_is_logged_in_a_few_lines_and_a_summary(ctx):
+    lines: list[str] = []
+    auth = Authenticator(ctx, {}, log=lines.append, autostart=False)
+    auth._peer_address = "10.0.0.9"
+    for _ in range(2000):
+        assert auth.callback("*", sec.generate("x").public) is False
+    assert auth.rejected_count == 2000
+    assert len(lines) == 6  # 5 keys named, then one line saying the rest are counted
+    assert lines[5].startswith("more handshakes from untrusted keys are being rejected: at most 5 keys are named")
+    auth.stop()  # or the end of the interval: the summary
+    assert len(lines) == 7
+    assert lines[6].startswith("rejected 1,995 more handshakes from 1,995 untrusted keys in the last ")
+    assert "(from 10.0.0.9; the last: key " in lines[6]
+
+
+def test_the_summary_comes_when_the_interval_ends_and_a_new_one_starts(ctx):
+    lines: list[str] = []
+    auth = Authenticator(ctx, {}, log=lines.append, log_interval=0.3, log_burst=2, autostart=False)
+    same = sec.generate("retrying").public
+    for _ in range(4):  # a client that retries: named once, then counted
+        auth.callback("*", same)
+    assert len(lines) == 1
+    wait_for(lambda: len(lines) == 2, 3, "the summary at the end of the interval")
+    assert re.match(r"rejected 3 more handshakes from 1 untrusted keys in the last \d+ s", lines[1])
+    auth.callback("*", same)  # a new interval: named again
+    assert len(lines) == 3 and lines[2].startswith("rejected connection from untrusted key")
+    auth.stop()
+    assert len(lines) == 3  # nothing counted since: no summary
+
+
+# -- no name takeover -----------------------------------------------------------------------------------------------
+
+
+def test_a_live_agents_name_cannot_be_taken_with_another_key():
+    from microstream.cluster.messages import Register
+    from microstream.cluster.registry import AgentRegistry, NameTaken
+
+    now = [0.0]
+    lines: list[str] = []
+    registry = AgentRegistry(timeout=10.0, clock=lambda: now[0], log=lines.append)
+    real, other = sec.generate("node2").public.decode(), sec.generate("node3").public.decode()
+    registry.register(b"id-1", Register(name="node2", cores=4), key=real)
+    for _ in range(2):
+        with pytest.raises(NameTaken, match=r"name 'node2' is held by a live agent .* cannot take it over"):
+            registry.register(b"id-evil", Register(name="node2", cores=64), key=other)
+    assert registry.get("node2").identity == b"id-1" and registry.get("node2").caps["cores"] == 4
+    assert sum("refused a registration" in line for line in lines) == 1  # logged once per name and key
+    registry.register(b"id-2", Register(name="node2", cores=4), key=real)  # the same key: an agent restart
+    assert registry.get("node2").identity == b"id-2"
+    now[0] = 11.0
+    assert [a.name for a in registry.check()] == ["node2"]  # lost: its name is free again
+    registry.register(b"id-3", Register(name="node2", cores=2), key=other)
+    assert registry.get("node2").key == other
+    # without keys (plaintext clusters) nothing changes
+    registry.register(b"id-4", Register(name="plain"))
+    registry.register(b"id-5", Register(name="plain"))
+    assert registry.get("plain").identity == b"id-5"
+
+
+# -- metrics: loopback, bounded threads, time-outs -------------------------------------------------------------------
+
+
+def test_metrics_server_bounds_threads_and_times_out_idle_connections():
+    import threading
+    import urllib.request
+
+    from microstream.cluster.metrics import Metrics, serve
+
+    metrics = Metrics()
+    metrics.set_node_up("n1", True)
+    server, port = serve(metrics, request_timeout=0.5, max_pending=50)
+    try:
+        assert server.host == "127.0.0.1"
+        url = f"http://127.0.0.1:{port}/metrics"
+        assert b"microstream_node_up" in urllib.request.urlopen(url, timeout=5).read()
+        before = threading.active_count()
+        idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(300)]
+        assert b"microstream_node_up" in urllib.request.urlopen(url, timeout=5).read()  # served all the same
+        assert threading.active_count() <= before + 1
+        wait_for(lambda: server.closed_idle >= 300, 5, "idle connections closed")
+        assert all(s.recv(1) == b"" for s in idle)  # closed by the server
+        for s in idle:
+            s.close()
+        with socket.create_connection(("127.0.0.1", port)) as s:
+            s.sendall(b"POST /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert s.recv(100).startswith(b"HTTP/1.1 405")
+        with socket.create_connection(("127.0.0.1", port)) as s:
+            s.sendall(b"GET /metrics HTTP/1.1\r\n" + b"X-Junk: " + b"a" * 20_000)  # no end of headers, too long
+            assert s.recv(100) == b""
+    finally:
+        server.stop()
+    assert not server.thread.is_alive()
+
+
+def test_cli_defaults_bind_to_loopback():
+    from microstream.cli.main import build_parser
+
+    coordinator = build_parser().parse_args(["coordinator"])
+    assert coordinator.bind == "tcp://127.0.0.1:7077" and coordinator.metrics_bind == "127.0.0.1"
+    assert coordinator.max_message == 256
+    agent = build_parser().parse_args(["agent", "--name", "pi1"])
+    assert agent.metrics_bind == "127.0.0.1"
