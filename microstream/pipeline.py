@@ -6,6 +6,7 @@ schemas of both sides of a union) and fails at the line that made the mistake.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -630,15 +631,39 @@ class Pipeline:
         return svg
 
     @public
-    def run(self, *, verbose: bool | None = None) -> RunResult:
-        """Run to completion on the local runtime (one process, full speed) and return a summary (`verbose`:
-        print it on stderr; by default only when there were dead letters).
+    def run(self, *, verbose: bool | None = None, progress: bool | None = None) -> RunResult:
+        """Run to completion on the local runtime (one process, full speed) and return what it did (a
+        `RunResult`: records in and out, dead letters, late records, files written, time).
+
+        In a terminal the run talks: a progress line while it lasts (records, rate, event-time position, and the
+        share read and an ETA when the input's size is known), then a report table on stderr. Elsewhere (a pipe,
+        a log, a notebook) it is quiet but for a one-line summary when there were dead letters. `verbose=True`
+        prints the report anyway, `verbose=False` nothing; `progress=` forces the progress line on or off.
+        `microstream run --quiet` silences every run of the script.
 
         Under `microstream submit` the same call runs the job on the cluster instead."""
-        from .runtime.local import LocalRuntime, active_runner
+        from .runtime.local import LocalRuntime, active_runner, count_run, quiet
 
         self.build()
+        count_run()
         runner = active_runner()
         if runner is not None:
             return runner(self)
-        return LocalRuntime(self.graph, verbose=verbose).run()
+        if quiet():
+            return LocalRuntime(self.graph, verbose=False).run()
+        terminal = sys.stderr.isatty()
+        line = None
+        if progress if progress is not None else terminal:
+            from .runtime.progress import ProgressLine
+
+            line = ProgressLine(sys.stderr)
+        try:
+            result = LocalRuntime(self.graph, verbose=False, progress=line).run()
+        finally:
+            if line is not None:
+                line.close()
+        if verbose or (verbose is None and terminal):
+            print(result.report(), file=sys.stderr)
+        elif verbose is None and result.dead_letter_count:
+            print(result.summary(), file=sys.stderr)
+        return result

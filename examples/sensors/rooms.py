@@ -41,6 +41,6 @@ stuffy.sink(ms.sinks.csv(OUT / "stuffy.csv"))
 p.dead_letters().sink(ms.sinks.jsonl(OUT / "dead_letters.jsonl"))
 
 if __name__ == "__main__":
-    result = p.run(verbose=True)
+    result = p.run()
     print(f"wrote {OUT / 'rooms.jsonl'} ({result.records_out['jsonl']:,} windows) and "
           f"{OUT / 'stuffy.csv'} ({result.records_out['csv']:,} stuffy windows)")

@@ -62,7 +62,7 @@ anomalies.sink(found, name="anomalies_mem")
 p.dead_letters().sink(ms.sinks.jsonl(OUT / "water_dead_letters.jsonl"), name="dead_jsonl")
 
 if __name__ == "__main__":
-    result = p.run(verbose=True)
+    result = p.run()
     print(f"wrote {OUT / 'water_hourly.csv'} ({result.records_out['hourly_csv']:,} hours) and "
           f"{OUT / 'water_anomalies.csv'} ({result.records_out['anomalies_csv']} anomalies)")
     for r in found.records():

@@ -30,16 +30,25 @@ def cmd_run(args: argparse.Namespace) -> int:
             return code
         for p in pipelines:
             if args.describe:
-                print(p.describe())
+                print(_fit(p.describe()))
             if args.graph:
                 _write_graph(p, args.graph)
-    return run_script(args.script)
+    return run_script(args.script, quiet=args.quiet)
+
+
+def _fit(table: str) -> str:
+    """A table fitted to the terminal's width when printed to one (as it is, into a pipe or a file)."""
+    if not sys.stdout.isatty():
+        return table
+    from ..runtime.progress import fit_table, width
+
+    return fit_table(table, width())
 
 
 def cmd_describe(args: argparse.Namespace) -> int:
     code, pipelines = pipelines_of(args.script)
     for p in pipelines:
-        print(f"pipeline {p.name}\n{p.describe()}\n")
+        print(f"pipeline {p.name}\n{_fit(p.describe())}\n")
     return code
 
 
@@ -424,6 +433,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("script", type=Path)
     p.add_argument("--describe", action="store_true", help="print the operator table first")
     p.add_argument("--graph", type=Path, metavar="FILE", help="also write the DAG (.svg or .dot)")
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="print nothing but errors: no progress line, no report (they show only in a terminal)")
     p.set_defaults(fn=cmd_run)
 
     p = sub.add_parser("describe", help="print a script's operators and schemas without running it")

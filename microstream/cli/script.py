@@ -28,14 +28,18 @@ def _script_error(exc: BaseException, script: Path) -> str:
 
 
 def run_script(script: Path, runner: Callable[..., Any] | None = None,
-               capture: list[Any] | None = None) -> int:
-    """Execute a pipeline script as `__main__`; `runner` replaces `Pipeline.run` (dry runs, cluster)."""
-    from ..runtime.local import set_runner
+               capture: list[Any] | None = None, *, quiet: bool = False, must_run: bool = True) -> int:
+    """Execute a pipeline script as `__main__`; `runner` replaces `Pipeline.run` (dry runs, cluster); `quiet`
+    silences the runs' progress and reports. A script that runs no pipeline is a usage error (exit 2) when
+    `must_run`: it surely forgot `p.run()`, or guards it with a `__name__` test that is not `"__main__"`."""
+    from ..runtime.local import runs, set_quiet, set_runner
 
     if not script.exists():
         print(f"microstream: no such script: {script}", file=sys.stderr)
         return EXIT_USAGE
     token = set_runner(runner) if runner is not None else None
+    quiet_token = set_quiet(quiet)
+    runs_before = runs()
     sys.path.insert(0, str(script.resolve().parent))
     try:
         runpy.run_path(str(script), run_name="__main__")
@@ -59,6 +63,11 @@ def run_script(script: Path, runner: Callable[..., Any] | None = None,
         sys.path.remove(str(script.resolve().parent))
         if token is not None:
             token.var.reset(token)
+        quiet_token.var.reset(quiet_token)
+    if must_run and runs() == runs_before:
+        print(f"microstream: {script.name} ran no pipeline: it never called p.run() (a script builds a pipeline "
+              "and ends with p.run())", file=sys.stderr)
+        return EXIT_USAGE
     return EXIT_OK
 
 
@@ -78,7 +87,7 @@ def pipelines_of(script: Path) -> tuple[int, list[Any]]:
     """Run `script` up to its first `pipeline.run()` and return (exit code, the pipelines it built), without
     running them (`describe`, `graph`, `plan`)."""
     found: list[Any] = []
-    code = run_script(script, _capture_pipelines(found))
+    code = run_script(script, _capture_pipelines(found), must_run=False)
     if code == EXIT_OK and not found:
         print(f"microstream: {script.name} built no pipeline (it never called pipeline.run())", file=sys.stderr)
         return EXIT_USAGE, []

@@ -179,6 +179,11 @@ class Source(Operator):
     def end_watermark(self) -> int:
         return self.max_seen - self.max_delay if self.max_seen != MIN_TIME else MIN_TIME
 
+    def size_hint(self) -> tuple[int, int] | None:
+        """(read so far, total) in the source's own unit (rows, items, bytes) when the input's size is known,
+        for the progress line's share and ETA; None for live or unsized input."""
+        return None
+
     # -- state: where the source is, so a virtual node can be saved, restored or migrated ---------------
     def snapshot(self) -> dict[str, Any]:
         pending = self._pending.to_dict() if self._pending is not None else None

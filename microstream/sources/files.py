@@ -281,6 +281,13 @@ class _ChunkedFileSource(Source):
     def _preamble_lines(self) -> int:
         return 0
 
+    def size_hint(self) -> tuple[int, int] | None:
+        """Bytes read of the file's size (a gzipped file's size is not known until it is read: None)."""
+        f = self._in.file
+        if f is None or self.path.suffix == ".gz" or f.closed:
+            return None
+        return f.tell(), max(self.path.stat().st_size, 1)
+
     def read(self) -> Emit | None:
         out: Emit = []
         while not self._ready and not self._eof:

@@ -5,7 +5,7 @@ polled on a timer (`Pipeline.from_arrays`, `from_iterable`, `poll`).
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sized
 from typing import Any
 
 import numpy as np
@@ -55,6 +55,9 @@ class ArraySource(Source):
     def open(self, ctx) -> None:
         super().open(ctx)
         self._offset = 0
+
+    def size_hint(self) -> tuple[int, int] | None:
+        return self._offset, len(next(iter(self.columns.values()))) if self.columns else 0
 
     def read(self) -> Emit | None:
         n = len(next(iter(self.columns.values()))) if self.columns else 0
@@ -141,6 +144,9 @@ class IterableSource(Source):
             self._peeked = list(self.first)
         else:
             self._items, self._peeked = self._fresh(), []
+
+    def size_hint(self) -> tuple[int, int] | None:
+        return (self._read, len(self.items)) if isinstance(self.items, Sized) and not self.one_shot else None
 
     def read(self) -> Emit | None:
         items = self._peeked + list(itertools.islice(self._items, self.batch_size - len(self._peeked)))

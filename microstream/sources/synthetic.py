@@ -105,6 +105,9 @@ class SyntheticSource(Source):
         self._next += n
         return [(OUT, Batch(cols))]
 
+    def size_hint(self) -> tuple[int, int] | None:
+        return self._next, self.count
+
     def reader_state(self) -> Any:
         return self._next
 

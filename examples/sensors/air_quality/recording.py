@@ -97,7 +97,7 @@ daily.sink(ms.sinks.csv(OUT / "air_daily_max.csv"), name="daily_csv")
 p.dead_letters().sink(ms.sinks.jsonl(OUT / "air_dead_letters.jsonl"), name="dead_jsonl")
 
 if __name__ == "__main__":
-    result = p.run(verbose=True)
+    result = p.run()
     found = alert_list.batch()
     days = sorted({str(d)[:10] for d in found["window_end"].astype("datetime64[ns]")})
     peak = float(found["mean_8h"].max()) if len(found["mean_8h"]) else float("nan")

@@ -1,0 +1,154 @@
+"""What a run says in a terminal: a progress line while it runs and a closing report, both fitted to the width.
+
+`Progress` is what the local runtime hands its progress hook (records read, event-time position, how much of
+the input is read when the sources know their size); `ProgressLine` draws it on one line of stderr, rewritten
+in place; `table` and `fit_table` lay out tables to a width (`RunResult.report` uses them). Whether anything
+is shown is decided by `Pipeline.run` (a terminal, `--quiet`), not here.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from typing import TextIO
+
+from ..core.time import format_ns
+
+
+@dataclass(frozen=True)
+class Progress:
+    """A running pipeline, as its progress hook sees it."""
+
+    pipeline: str
+    elapsed: float               # seconds since the run started
+    records: int                 # records the sources have emitted
+    event_time: int | None       # the furthest event time read (ns), if the sources have event time
+    fraction: float | None       # of the input read, when every source knows its size (rows, bytes)
+    done: bool = False
+
+    @property
+    def rate(self) -> float:
+        return self.records / self.elapsed if self.elapsed > 0 else 0.0
+
+    @property
+    def eta(self) -> float | None:
+        """Seconds left, from the share of the input read so far."""
+        f = self.fraction
+        if f is None or f <= 0 or self.done or self.elapsed < 0.5:
+            return None
+        return max(0.0, self.elapsed * (1 - f) / f)
+
+
+def width(stream: TextIO | None = None) -> int:
+    """The terminal's width (100 when it is not a terminal)."""
+    return shutil.get_terminal_size((100, 24)).columns
+
+
+def _human_seconds(s: float) -> str:
+    if s < 60:
+        return f"{s:.0f} s" if s >= 10 else f"{s:.1f} s"
+    if s < 3600:
+        return f"{int(s // 60)} min {int(s % 60):02d} s"
+    return f"{int(s // 3600)} h {int(s % 3600 // 60):02d} min"
+
+
+def _event_time(ns: int) -> str:
+    text = format_ns(ns)
+    return text[:19].replace("T", " ") if len(text) >= 19 else text
+
+
+def progress_text(p: Progress, columns: int) -> str:
+    """One line: name, records, rate, event-time position, share read, ETA; cut to `columns`.
+
+    >>> progress_text(Progress("rooms", 2.0, 120_000, 1423072260 * 10**9, 0.25), 100)
+    'rooms: 120,000 records · 60,000/s · event time 2015-02-04 17:51:00 · 25% · ETA 6.0 s'
+    >>> progress_text(Progress("rooms", 2.0, 120_000, 1423072260 * 10**9, 0.25), 40)
+    'rooms: 120,000 records · 60,000/s · eve…'
+    """
+    parts = [f"{p.pipeline}: {p.records:,} records", f"{p.rate:,.0f}/s"]
+    if p.event_time is not None:
+        parts.append(f"event time {_event_time(p.event_time)}")
+    if p.fraction is not None:
+        parts.append(f"{min(p.fraction, 1.0):.0%}")
+    if p.eta is not None:
+        parts.append(f"ETA {_human_seconds(p.eta)}")
+    return fit(" · ".join(parts), columns)
+
+
+def fit(line: str, columns: int) -> str:
+    """`line` cut to `columns` characters, with an ellipsis where it was cut."""
+    return line if len(line) <= columns else line[: max(columns - 1, 0)] + "…"
+
+
+class ProgressLine:
+    """Draws `Progress` on one line of a terminal, rewritten in place at most every `every` seconds, after the run
+    has lasted `after` seconds (short runs print nothing); `close()` clears it."""
+
+    def __init__(self, stream: TextIO | None = None, every: float = 0.2, after: float = 0.5) -> None:
+        self.stream = stream or sys.stderr
+        self.every, self.after = every, after
+        self._last = 0.0
+        self._shown = False
+
+    def __call__(self, p: Progress) -> None:
+        now = time.monotonic()
+        if p.done or p.elapsed < self.after or now - self._last < self.every:
+            return
+        self._last = now
+        self.stream.write("\r\x1b[K" + progress_text(p, width(self.stream) - 1))
+        self.stream.flush()
+        self._shown = True
+
+    def close(self) -> None:
+        if self._shown:
+            self.stream.write("\r\x1b[K")
+            self.stream.flush()
+            self._shown = False
+
+
+def table(header: list[str], rows: list[list[str]], columns: int) -> list[str]:
+    """Two-space-indented columns; numbers right-aligned; the first and last column cut to fit `columns`."""
+    if not rows:
+        return []
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    over = 2 + sum(widths) + 2 * (len(widths) - 1) - columns
+    if over > 0 and len(widths) > 2:          # a long file path: cut it from the left
+        widths[-1] = max(widths[-1] - over, 8)
+        over = 2 + sum(widths) + 2 * (len(widths) - 1) - columns
+    if over > 0:                               # long operator names
+        widths[0] = max(widths[0] - over, 8)
+    out = []
+    for row in [header, *rows]:
+        cells = []
+        for i, (cell, w) in enumerate(zip(row, widths, strict=True)):
+            if len(cell) > w:
+                cell = "…" + cell[-(w - 1):] if i == len(widths) - 1 and i > 1 else cell[: w - 1] + "…"
+            cells.append(cell.rjust(w) if i == 1 else cell.ljust(w))
+        out.append(fit(("  " + "  ".join(cells)).rstrip(), columns))
+    return out
+
+
+def fit_table(text: str, columns: int) -> str:
+    """A table whose lines run past `columns` (such as `Pipeline.describe()`), its long last column wrapped at
+    ", " onto lines indented to where that column starts (or by four spaces when it starts too far right)."""
+    lines = text.splitlines()
+    if not lines or all(len(line) <= columns for line in lines):
+        return text
+    header = lines[0]
+    last = header.rfind("  ") + 2 if "  " in header else 0
+    indent = last if 0 < last <= columns // 2 else 4
+    out = []
+    for line in lines:
+        while len(line) > columns:
+            cut = line.rfind(", ", indent, columns)
+            if cut <= indent:
+                cut = columns - 1
+                out.append(line[:cut])
+                line = " " * indent + line[cut:]
+                continue
+            out.append(line[: cut + 1])
+            line = " " * indent + line[cut + 2:]
+        out.append(line)
+    return "\n".join(out)
