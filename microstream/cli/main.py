@@ -206,7 +206,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     from ..cluster.client import Client
     from ..cluster.embedded import address
 
-    addr = address(_home(args), args.coordinator, args.insecure)
+    addr = address(_home(args), args.coordinator, args.insecure, key_name=args.key)
 
     def accepted(job: str) -> None:  # the id first, on stdout: to re-attach with, whatever happens to this wait
         print(job, flush=True)
@@ -231,7 +231,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     from ..cluster.client import Client
     from ..cluster.embedded import address
 
-    with Client(address(_home(args), args.coordinator, args.insecure)) as client:
+    with Client(address(_home(args), args.coordinator, args.insecure, key_name=args.key)) as client:
         if args.wait:
             if args.job is None:
                 print("microstream: status --wait needs a JOB", file=sys.stderr)
@@ -296,7 +296,7 @@ def cmd_stop(args: argparse.Namespace) -> int:
     from ..cluster.client import Client
     from ..cluster.embedded import address
 
-    with Client(address(_home(args), args.coordinator, args.insecure)) as client:
+    with Client(address(_home(args), args.coordinator, args.insecure, key_name=args.key)) as client:
         reply = client.stop(args.job)
     print(f"{reply['job']}: {reply['state']}")
     return EXIT_OK
@@ -306,7 +306,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     from ..cluster.client import Client
     from ..cluster.embedded import address
 
-    with Client(address(_home(args), args.coordinator, args.insecure)) as client:
+    with Client(address(_home(args), args.coordinator, args.insecure, key_name=args.key)) as client:
         r = client.migrate(args.job, args.vnode, args.to, whole=args.whole_vm)
     paused = f"{r['downtime_s'] * 1000:.0f} ms" if r.get("downtime_s") is not None else "n/a (no records followed)"
     print(f"{args.job}/{args.vnode}: {r['from']} -> {r['to']} in {r['total_s']:.2f} s "
@@ -319,7 +319,7 @@ def cmd_save(args: argparse.Namespace) -> int:
     from ..cluster.client import Client
     from ..cluster.embedded import address
 
-    with Client(address(_home(args), args.coordinator, args.insecure)) as client:
+    with Client(address(_home(args), args.coordinator, args.insecure, key_name=args.key)) as client:
         _, snapshot = client.save(args.job, args.vnode)
     args.file.write_bytes(snapshot)
     print(f"saved {args.job}/{args.vnode} to {args.file} ({len(snapshot):,} bytes); its upstream holds new records "
@@ -334,7 +334,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
     if not args.file.exists():
         print(f"microstream: no such snapshot file: {args.file}", file=sys.stderr)
         return EXIT_USAGE
-    with Client(address(_home(args), args.coordinator, args.insecure)) as client:
+    with Client(address(_home(args), args.coordinator, args.insecure, key_name=args.key)) as client:
         r = client.restore(args.job, args.vnode, args.file.read_bytes(), to=args.to)
     print(f"restored {args.job}/{args.vnode} on {r['to']}")
     return EXIT_OK
@@ -419,6 +419,9 @@ def _cluster_options(p: argparse.ArgumentParser, coordinator: bool = True) -> No
     if coordinator:
         p.add_argument("--coordinator", metavar="tcp://HOST:PORT",
                        help="coordinator address (default: the embedded cluster recorded in --home)")
+        p.add_argument("--key", default="client", metavar="NAME",
+                       help="your key's name in HOME/keys (default %(default)s): NAME.key_secret, trusted on the "
+                            "coordinator with a role that may do this")
     p.add_argument("--home", metavar="DIR", help="cluster home with keys and state (default $MICROSTREAM_HOME or "
                                                 "~/.microstream)")
     p.add_argument("--insecure", action="store_true", help="plaintext ZeroMQ, no authentication (unsafe)")
