@@ -565,3 +565,23 @@ def test_cli_defaults_bind_to_loopback():
     assert coordinator.max_message == 256
     agent = build_parser().parse_args(["agent", "--name", "pi1"])
     assert agent.metrics_bind == "127.0.0.1"
+
+
+def test_sockets_that_accept_peers_have_a_message_size_limit(tmp_path):
+    from microstream.cluster.agent import Agent
+    from microstream.cluster.coordinator import Coordinator
+
+    coordinator = Coordinator("tcp://127.0.0.1:0", metrics_port=0, log=lambda _: None, max_message=64 << 20)
+    coordinator.open()
+    try:
+        assert coordinator.sock.maxmsgsize == 64 << 20
+        assert coordinator._metrics_server.host == "127.0.0.1"
+    finally:
+        coordinator.close()
+    agent = Agent("pi-1", "tcp://127.0.0.1:9", metrics_port=0, workdir=tmp_path / "agent", log=lambda _: None)
+    agent._open()
+    try:
+        assert agent.control.maxmsgsize == sec.MAX_MESSAGE_BYTES == 256 << 20
+        assert agent._metrics_server.host == "127.0.0.1"
+    finally:
+        agent.shutdown()
