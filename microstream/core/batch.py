@@ -7,11 +7,18 @@ into batches.
 
 A filter does not copy: it narrows the batch's selection mask, and columns are compacted only
 when someone reads them. Numba kernels read the uncompacted base arrays plus the mask instead.
+
+A batch is a mapping from column name to array, but `len(batch)` is its number of *rows* (as for a table or a
+DataFrame), so a batch with no rows is false; `batch.names` (or `len(batch.keys())`) counts the columns.
+
+>>> b = Batch({"room": np.array(["a", "b", "c"]), "co2": np.array([400.0, 900.0, 1250.0])})
+>>> len(b), b.names, len(b.keys()), bool(b.filter(b["co2"] > 2000))
+(3, ['room', 'co2'], 2, False)
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import ItemsView, Iterable, Iterator, KeysView, Mapping, ValuesView
 from typing import Any
 
 import numpy as np
@@ -59,8 +66,19 @@ class Batch(Mapping[str, np.ndarray]):
     def __iter__(self) -> Iterator[str]:
         return iter(self._base)
 
-    def __len__(self) -> int:  # number of columns, as a Mapping
-        return len(self._base)
+    def __len__(self) -> int:
+        """The number of rows (selected records), not of columns: see `names` for those."""
+        return self._len
+
+    # the views count columns, as views of a mapping do (their len would otherwise be the rows')
+    def keys(self) -> KeysView[str]:
+        return _Columns(self)
+
+    def items(self) -> ItemsView[str, np.ndarray]:
+        return _ColumnItems(self)
+
+    def values(self) -> ValuesView[np.ndarray]:
+        return _ColumnValues(self)
 
     def __contains__(self, name: object) -> bool:
         return name in self._base
@@ -181,6 +199,21 @@ class Batch(Mapping[str, np.ndarray]):
             dtype = (dtypes or {}).get(n)
             cols[n] = np.asarray(values, dtype=dtype) if dtype is not None else _infer_array(values)
         return Batch(cols)
+
+
+class _Columns(KeysView[str]):
+    def __len__(self) -> int:
+        return len(self._mapping._base)  # type: ignore[attr-defined]
+
+
+class _ColumnItems(ItemsView[str, np.ndarray]):
+    def __len__(self) -> int:
+        return len(self._mapping._base)  # type: ignore[attr-defined]
+
+
+class _ColumnValues(ValuesView[np.ndarray]):
+    def __len__(self) -> int:
+        return len(self._mapping._base)  # type: ignore[attr-defined]
 
 
 def _infer_array(values: list[Any]) -> np.ndarray:

@@ -117,7 +117,7 @@ class Source(Operator):
             others = [(p, b) for p, b in chunk if p != OUT]
             if main:
                 self._pending = Batch.concat(main) if len(main) > 1 else main[0]
-            if not self._pending or self._pending.num_rows == 0:
+            if self._pending is None or self._pending.num_rows == 0:
                 self._pending = None
                 return others
             return others + self._release(now)
@@ -239,7 +239,11 @@ class TickingSource(Source):
         if self.limit is not None and self._count >= self.limit:
             self.finished = True
             return []
-        self._next = max(self._next + self.interval, now)  # skip missed ticks instead of bursting
+        # keep the cadence; after a stall (a slow first read, a busy machine: this read is over a tenth of an
+        # interval late) skip the missed ticks instead of bursting: the next read is a whole interval after this one,
+        # so reads are never closer than 0.9 intervals
+        late = now - self._next > self.interval // 10
+        self._next = now + self.interval if late else self._next + self.interval
         self._count += 1
         return self.read_now(now)
 
