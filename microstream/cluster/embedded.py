@@ -135,6 +135,9 @@ def restart_coordinator(root: Path, progress=print, timeout: float = 60.0, wait_
     state = read_state(root)
     if state is None or not state.get("coordinator_args"):
         raise ClusterError(f"no cluster recorded in {state_file(root)} that could be restarted")
+    deadline = time.monotonic() + 5  # one just killed may take a moment to go
+    while _alive(state["pids"][:1]) and time.monotonic() < deadline:
+        time.sleep(0.05)
     if _alive(state["pids"][:1]):
         raise ClusterError(f"the coordinator (pid {state['pids'][0]}) is running")
     port_file = root / "coordinator.port"
