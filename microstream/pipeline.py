@@ -469,6 +469,35 @@ class Pipeline:
         return self.add_source(source, name=name, at=at)
 
     @public
+    def from_pandas(self, frame: Any, *, time: str | None = None, time_unit: str | None = None,
+                    key: str | None = None, max_delay: Any = 0, batch_size: int = 65536, speed: float | None = None,
+                    name: str | None = None, at: str | None = None) -> Stream:
+        """A pandas DataFrame replayed as a stream (pandas is an optional extra: `pip install
+        'microstream[pandas]'`). Its columns are converted once, vectorised: datetime columns, naive (UTC) or
+        timezone-aware, become int64 ns like every time in microstream; nullable numbers with missing values
+        floats with NaN; text and categories str. `time` names the event-time column, or the index when it is
+        named so (a `DatetimeIndex` named "time"); numbers since the epoch need `time_unit`. `key`, `max_delay`,
+        `batch_size`, `speed`, `name` and `at` as for `read_csv`.
+
+        >>> import microstream as ms, pandas as pd
+        >>> df = pd.DataFrame({"room": ["a", "a"], "co2": [420.0, 1250.0],
+        ...                    "t": pd.to_datetime(["2024-03-01 09:00", "2024-03-01 09:01"]).tz_localize("CET")})
+        >>> p = ms.Pipeline("pandas"); out = ms.sinks.collect()
+        >>> p.from_pandas(df, time="t").sink(out)
+        >>> _ = p.run(); out.records()[0]
+        {'room': 'a', 'co2': 420.0, 't': 1709280000000000000}
+        >>> out.to_pandas()["t"].tolist()
+        [Timestamp('2024-03-01 08:00:00+0000', tz='UTC'), Timestamp('2024-03-01 08:01:00+0000', tz='UTC')]
+        """
+        from .sources.memory import PandasSource, pandas_columns
+
+        where = name or "from_pandas"
+        source = PandasSource(pandas_columns(frame, time, where), time, _delay(max_delay, where), batch_size, speed,
+                              time_unit)
+        stream = self.add_source(source, name=name, at=at)
+        return stream.key_by(key) if key else stream
+
+    @public
     def poll(self, fn: Callable[[], Any], *, every: Any, time: str = "time", time_unit: str | None = None,
              max_delay: Any = 0, limit: int | None = None, schema: Mapping[str, Any] | None = None,
              name: str | None = None, at: str | None = None) -> Stream:

@@ -27,6 +27,7 @@ SETUP = ("p = ms.Pipeline('calls')\n"
 SOURCES = {
     "from_iterable": ("p.from_iterable([{'v': 1.0}], tme='t')", "time"),
     "from_arrays": ("p.from_arrays({'v': np.ones(2)}, batchsize=2)", "batch_size"),
+    "from_pandas": ("p.from_pandas(None, tz='UTC')", None),  # the DataFrame's own zone is used: no such option
     "poll": ("p.poll(lambda: {'v': 1.0}, evry=1.0)", "every"),
     "poll_file": (f"p.poll_file({str(CSV)!r}, every=1.0, colum='v')", "column"),
     "read_csv": (f"p.read_csv({str(CSV)!r}, timestamp='date')", "time"),

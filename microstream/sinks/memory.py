@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, TextIO
 
 from ..core.batch import Batch
@@ -72,6 +72,37 @@ class Collect(Sink):
 
     def records(self) -> list[dict[str, Any]]:
         return [r for b in self._batches for r in b.to_records()]
+
+    def to_pandas(self, *, tz: str | None = "UTC", times: Iterable[str] = ()) -> Any:
+        """The collected records as a pandas DataFrame (pandas is an optional extra: `pip install
+        'microstream[pandas]'`). Time columns become timezone-aware Timestamps in `tz` (UTC by default; e.g.
+        "Europe/Paris"; None keeps them int64 nanoseconds): the stream's event-time column, `window_start` and
+        `window_end` of window results, and the columns named in `times` (say, `left_t` of a join).
+
+        >>> import microstream as ms
+        >>> p = ms.Pipeline("w"); out = ms.sinks.collect()
+        >>> p.from_iterable([{"k": 1, "t": 1_700_000_000 * 10**9, "v": 2.0}], time="t").key_by("k").window(
+        ...     ms.tumbling("1min")).aggregate(n=ms.agg.count()).sink(out)
+        >>> _ = p.run(); out.to_pandas(tz="Europe/Paris").iloc[0].to_dict()   # doctest: +NORMALIZE_WHITESPACE
+        {'k': 1, 'window_start': Timestamp('2023-11-14 23:13:00+0100', tz='Europe/Paris'),
+         'window_end': Timestamp('2023-11-14 23:14:00+0100', tz='Europe/Paris'),
+         'window_time': Timestamp('2023-11-14 23:13:59.999999999+0100', tz='Europe/Paris'), 'n': 1}
+        """
+        from ..core.optional import require
+
+        pd = require("pandas", "to_pandas")
+        batch = self.batch()
+        frame = pd.DataFrame({name: batch[name] for name in batch.names})
+        if tz is None:
+            return frame
+        schema = self._schema
+        wanted = {*(times or ()), *([schema.time] if schema is not None and schema.time else [])}
+        if "window_time" in batch.names:
+            wanted |= {"window_start", "window_end", "window_time"}
+        for name in batch.names:
+            if name in wanted and batch[name].dtype.kind in "iu":
+                frame[name] = pd.to_datetime(frame[name], unit="ns", utc=True).dt.tz_convert(tz)
+        return frame
 
     def __len__(self) -> int:
         return sum(b.num_rows for b in self._batches)

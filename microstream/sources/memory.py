@@ -282,3 +282,58 @@ def _check_time(schema: Schema, time: str | None, name: str) -> None:
                                   "nanoseconds since the epoch",
                             "convert it, e.g. np.asarray(texts, 'datetime64[ns]'), or give numbers with "
                             "time_unit='s'|'ms'|'us'|'ns'")
+
+
+# -- pandas ------------------------------------------------------------------------------------------------
+
+class PandasSource(ArraySource):
+    """A pandas DataFrame replayed as a stream (`Pipeline.from_pandas`): its columns as numpy arrays, converted
+    once, vectorised, when the pipeline is built. Datetime columns (naive ones are UTC; timezone-aware ones are
+    converted) become int64 nanoseconds, as every time inside microstream; nullable integers and booleans with
+    missing values become floats with NaN; text, categories and mixed objects become str (a missing one "")."""
+
+    kind = "from_pandas"
+
+
+def pandas_columns(frame: Any, time: str | None, operator: str) -> dict[str, np.ndarray]:
+    """The columns of a DataFrame as numpy arrays (see `PandasSource`); `time` may name the index."""
+    from ..core.optional import require
+
+    pd = require("pandas", "from_pandas")
+    if not isinstance(frame, pd.DataFrame):
+        hint = "series.to_frame()" if isinstance(frame, pd.Series) else "pd.DataFrame(...)"
+        raise PipelineError(operator, f"from_pandas needs a pandas DataFrame, got {type(frame).__name__}",
+                            f"make one, e.g. {hint}")
+    if time is not None and time not in frame.columns and time == frame.index.name:
+        frame = frame.reset_index()  # the time is the index (a DatetimeIndex named `time`)
+    if frame.columns.duplicated().any():
+        repeated = sorted({str(c) for c in frame.columns[frame.columns.duplicated()]})
+        raise PipelineError(operator, f"the DataFrame has repeated column names {repeated}",
+                            "rename them first, e.g. df.columns = [...]")
+    return {str(name): _pandas_array(frame[name], pd, str(name), operator) for name in frame.columns}
+
+
+def _pandas_array(s: Any, pd: Any, name: str, operator: str) -> np.ndarray:
+    types = pd.api.types
+    dtype = s.dtype
+    if isinstance(dtype, pd.DatetimeTZDtype):
+        return s.dt.tz_convert("UTC").dt.tz_localize(None).dt.as_unit("ns").to_numpy().view(np.int64)
+    if types.is_datetime64_dtype(dtype):
+        return s.dt.as_unit("ns").to_numpy().view(np.int64)
+    if types.is_timedelta64_dtype(dtype):
+        return s.dt.as_unit("ns").to_numpy().view(np.int64)
+    if types.is_bool_dtype(dtype):
+        return s.to_numpy(dtype=np.float64, na_value=np.nan) if s.isna().any() else s.to_numpy(dtype=bool)
+    if types.is_numeric_dtype(dtype):
+        if isinstance(dtype, np.dtype):
+            return s.to_numpy()
+        kind = "f" if s.isna().any() else np.dtype(dtype.numpy_dtype).kind  # nullable Int64 with <NA>: floats
+        return s.to_numpy(dtype=np.float64 if kind == "f" else dtype.numpy_dtype, na_value=np.nan)
+    if types.infer_dtype(s, skipna=True) in ("datetime", "datetime64", "date"):  # objects: Timestamps, datetimes
+        try:
+            return _pandas_array(pd.to_datetime(s, utc=True), pd, name, operator)
+        except (TypeError, ValueError) as exc:
+            raise PipelineError(operator, f"column '{name}' holds datetimes pandas cannot convert: {exc}",
+                                "convert it with pd.to_datetime(..., utc=True) first") from None
+    text = s.astype(object)
+    return text.where(s.notna(), "").astype(str).to_numpy(dtype=str)  # a missing text is ""
