@@ -572,8 +572,10 @@ class Pipeline:
         [('st1', 12.5), ('st2', 30.0)]
         >>> broker.close()
         """
+        from .core.optional import require
         from .sources.mqtt import MqttSource
 
+        require("paho.mqtt.client", "read_mqtt")  # the [mqtt] extra: say so here, at the user's line
         source = MqttSource(topic, broker, format=format, schema=schema, time=time, time_unit=time_unit,
                             time_format=time_format, utc_offset=utc_offset, topic_columns=topic_columns, qos=qos,
                             client_id=client_id, max_delay=max_delay, limit=limit, idle_timeout=idle_timeout,

@@ -20,13 +20,14 @@ def parse_broker(url: str, operator: str) -> tuple[str, int, bool]:
 
 def new_client(client_id: str, clean: bool, manual_ack: bool, username: str | None, password: str | None,
                tls: bool):
-    import paho.mqtt.client as mqtt
+    from ..core.optional import require
 
+    mqtt = require("paho.mqtt.client", "MQTT (read_mqtt, ms.sinks.mqtt)")
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=clean,
                          protocol=mqtt.MQTTv311, manual_ack=manual_ack)
     if username is not None:
         client.username_pw_set(username, password)
     if tls:
         client.tls_set()
-    client.reconnect_delay_set(min_delay=0.5, max_delay=30)  # type: ignore[arg-type]
+    client.reconnect_delay_set(min_delay=0.5, max_delay=30)
     return client

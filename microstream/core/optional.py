@@ -16,7 +16,7 @@ from types import ModuleType
 from .errors import MicrostreamError
 
 EXTRAS = {"pandas": "pandas", "paho": "mqtt", "paho.mqtt": "mqtt", "paho.mqtt.client": "mqtt",
-          "paho.mqtt.publish": "mqtt", "qemu.qmp": "microvm"}
+          "paho.mqtt.publish": "mqtt", "qemu": "microvm", "qemu.qmp": "microvm", "qemu.qmp.legacy": "microvm"}
 _PACKAGES = {"pandas": "pandas", "mqtt": "paho-mqtt", "microvm": "qemu.qmp"}
 
 

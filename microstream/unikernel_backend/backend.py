@@ -23,9 +23,19 @@ class MicroVMBackend(HostBackend):
         from ..unikernel_backend.image import find_built_image, missing_host_tools
 
         arch = {"x86_64": "amd64", "aarch64": "arm64"}.get(os.uname().machine)
-        if arch is None or missing_host_tools(arch):
+        if arch is None or missing_host_tools(arch) or not _qmp_installed():
             return False
         return find_built_image(arch) is not None or os.geteuid() == 0
 
     def start(self, job: str, vnode: str, control_endpoint: str, log_path: Path) -> HostHandle:
         return spawn_host("microstream.unikernel_backend.relay", job, vnode, control_endpoint, log_path)
+
+
+def _qmp_installed() -> bool:
+    """The `[microvm]` extra (qemu.qmp) is installed: an agent without it does not offer the backend."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec("qemu.qmp") is not None
+    except ImportError:  # no `qemu` package at all
+        return False

@@ -61,7 +61,8 @@ class _Qmp:
         try:
             from qemu.qmp.legacy import QEMUMonitorProtocol
         except ImportError as exc:  # pragma: no cover - a declared dependency
-            raise VMError("the microvm backend needs the `qemu.qmp` package: pip install qemu.qmp") from exc
+            raise VMError("the microvm backend needs the `qemu.qmp` package: pip install 'microstream[microvm]' "
+                          "(or pip install qemu.qmp)") from exc
         self.lock = threading.Lock()
         deadline = time.monotonic() + timeout
         while True:
