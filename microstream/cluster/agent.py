@@ -30,6 +30,7 @@ import zmq
 from ..runtime.backends import HostBackend, HostHandle, ProcessBackend
 from ..runtime.protocol import (
     FROM_HOST,
+    CheckpointDone,
     CheckpointRequest,
     Connect,
     ControlSendError,
@@ -406,7 +407,8 @@ class Agent:
             self.trusted_data_keys = m.data_keys
             self._start_host(m.job, m.vnode, m.blob, restoring=bool(m.restoring), backend=m.backend,
                              incoming=bool(m.incoming), epoch=m.epoch)
-        elif isinstance(m, Connect | Start | SnapshotRequest | PauseTo | Redirect | CheckpointRequest):
+        elif isinstance(m, Connect | Start | SnapshotRequest | PauseTo | Redirect | CheckpointRequest
+                        | CheckpointDone):
             only = getattr(m, "only", None)  # a message for one virtual node (a migration), else for the whole job
             for host in self._hosts_of(m.job):
                 if only is None or host.vnode == only:
@@ -493,7 +495,7 @@ class Agent:
         return Spec(bind_host=self.data_host, blob=host.spec, trusted=self.trusted_data_keys,
                     public=self.keys.public.decode() if self.keys else None,
                     secret=self.keys.secret.decode() if self.keys else None,
-                    restoring=host.restoring, incoming=host.incoming)
+                    restoring=host.restoring, incoming=host.incoming, epoch=host.epoch)
 
     def _check_hosts(self) -> None:
         for key, host in list(self.hosts.items()):

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..runtime.protocol import CheckpointRequest
+from ..runtime.protocol import CheckpointDone, CheckpointRequest
 from .jobs import JobLifecycle, Send
 from .messages import VnodeCheckpointed
 from .model import Checkpoint, Job
@@ -93,6 +93,8 @@ class Checkpoints:
         job.checkpoints.append(figures)
         del job.checkpoints[:-self.keep]
         self.lifecycle.persist_checkpoint(job, checkpoint)
+        for agent in self.lifecycle.agents_of(job):  # two-phase commit: sinks publish what the checkpoint covers
+            self.send(agent.identity, CheckpointDone(job=job.id, checkpoint=checkpoint.id))
         if self.directory is not None:
             self._write(job, checkpoint)
         if self.metrics is not None:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from ..runtime.protocol import (
+    CheckpointDone,
     CheckpointRequest,
     Connect,
     Message,
@@ -343,7 +344,8 @@ TO_COORDINATOR = Vocabulary("to the coordinator", Submit, StatusRequest, StopReq
                             MigrateRequest, SaveRequest, RestoreRequest, Register, Heartbeat, VnodeReady, VnodeDone,
                             VnodeSnapshot, VnodeResumed, VnodeFailed, VnodeCheckpointed)
 TO_AGENT = Vocabulary("from the coordinator to an agent", Registered, HeartbeatAck, RegisterFirst, Deploy, Connect,
-                      Start, SnapshotRequest, PauseTo, Redirect, CheckpointRequest, StopJob, Shutdown, Error)
+                      Start, SnapshotRequest, PauseTo, Redirect, CheckpointRequest, CheckpointDone, StopJob, Shutdown,
+                      Error)
 TO_CLIENT = Vocabulary("from the coordinator to a client", Accepted, StatusReply, Stopped, Watching, ShutDown, Moved,
                        JobDone, Error, Rejected)
 # what only a registered agent sends: from a socket the coordinator does not know, it is refused (register first)

@@ -126,5 +126,11 @@ class Operator:
     def snapshot(self) -> dict[str, Any]:
         return {}
 
+    def prepare_commit(self, checkpoint: int) -> None:
+        """A checkpoint is being taken (before `snapshot`): note what would be published if it completes."""
+
+    def commit(self, checkpoint: int) -> None:
+        """The checkpoint completed everywhere: publish what it covers (a transactional sink's second phase)."""
+
     def restore(self, state: dict[str, Any]) -> None:
         pass

@@ -24,12 +24,14 @@ _IDLE_WAIT = 0.05  # seconds a host waits for a message when no source is due so
 class HostRuntime:
     def __init__(self, graph: LogicalGraph, plan: PhysicalPlan, vnode_id: str, server: Any,
                  client_factory: Callable[[Any, str], Any], clock: Callable[[], int] = time.time_ns,
-                 restoring: bool = False) -> None:
+                 restoring: bool = False, epoch: int = 0, job: str = "") -> None:
         self.vnode_id = vnode_id
         self.server = server
         self.client_factory = client_factory
         self.clock = clock
-        self.runner = TaskRunner(graph, plan, vnode_id, clock, outbox=self._out, restoring=restoring)
+        self.runner = TaskRunner(graph, plan, vnode_id, clock, outbox=self._out, restoring=restoring,
+                                 transactional=getattr(graph, "checkpoint_every", None) is not None, epoch=epoch,
+                                 job=job)
         self.paused: dict[str, list[tuple[str, str, tuple, dict]]] = {}  # vnode -> sends held for it
         self.saved: dict | None = None           # the snapshot, once taken: the run ends with it
         self.whole = False                       # the barrier is for a whole-host move, not a snapshot
@@ -134,6 +136,8 @@ class HostRuntime:
     def on_control(self, kind: str, header: dict) -> None:
         if kind == "checkpoint":
             self.runner.start_checkpoint(int(header["checkpoint"]))
+        elif kind == "checkpoint_done":
+            self.runner.commit(int(header["checkpoint"]))
         elif kind == "snapshot" and header.get("vnode") == self.vnode_id:
             self.runner.barrier = int(header["barrier"])
             self.whole = bool(header.get("whole")) and self.on_aligned is not None
@@ -184,6 +188,7 @@ class HostRuntime:
             return
         checkpoint = runner.checkpoint
         assert checkpoint is not None
+        runner.prepare_commit(checkpoint)
         state = runner.snapshot()
         for t in runner.tasks.values():
             for routes in t.routes.values():

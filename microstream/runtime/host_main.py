@@ -19,7 +19,7 @@ import zmq
 from .host_lifecycle import ParentWatch, failure_report, serve_vnode
 from .protocol import ControlMessage, ControlSendError, control_socket, msg, send
 
-_LATER = ("pause_to", "redirect", "snapshot", "checkpoint")  # others' moves, checkpoints: handled once running
+_LATER = ("pause_to", "redirect", "snapshot", "checkpoint", "checkpoint_done")  # handled once running
 
 
 class SocketControl:
@@ -100,7 +100,7 @@ def serve(control: str, job: str, vnode: str) -> int:
     link.send("hello", pid=os.getpid())
     try:
         message = link.expect("spec")
-        spec, settings = message.payload(), {**message.header, "vnode": vnode}
+        spec, settings = message.payload(), {**message.header, "vnode": vnode, "job": job}
         secret = settings.get("secret")
         keys = CurveKeys(settings["public"].encode(), secret.encode()) if secret else None
         trusted = [k.encode() for k in settings.get("trusted") or []] or None

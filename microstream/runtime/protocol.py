@@ -188,6 +188,7 @@ class Spec(Message):
     secret: str | None = field(default=None, repr=False)
     restoring: bool = False
     incoming: bool = False
+    epoch: int = 0                      # which deployment of the job: output of an older one is refused
 
 
 @dataclass(frozen=True)
@@ -249,6 +250,16 @@ class CheckpointRequest(Message):
     any other aligns on the barrier as it arrives from upstream (asking it too is harmless)."""
 
     KIND: ClassVar[str] = "checkpoint"
+    job: str
+    checkpoint: int
+
+
+@dataclass(frozen=True)
+class CheckpointDone(Message):
+    """Checkpoint `checkpoint` is complete (every virtual node's snapshot is in): what sinks hold for it may be
+    published (two-phase commit)."""
+
+    KIND: ClassVar[str] = "checkpoint_done"
     job: str
     checkpoint: int
 
@@ -340,7 +351,7 @@ class HostResumed(HostReport):
 
 
 TO_HOST = Vocabulary("from an agent to its host", Spec, Connect, Start, SnapshotRequest, PauseTo, Redirect,
-                     CheckpointRequest, StopHost)
+                     CheckpointRequest, CheckpointDone, StopHost)
 FROM_HOST = Vocabulary("from a host to its agent", HostHello, HostReady, HostStats, HostDone, HostFailed,
                        HostSnapshot, HostResumed, HostCheckpointed)
 

@@ -106,11 +106,15 @@ class RunningTask:
 class TaskRunner:
     def __init__(self, graph: LogicalGraph, plan: PhysicalPlan, vnode_id: str,
                  clock: Callable[[], int] = time.time_ns, outbox: Outbox = _no_outbox,
-                 restoring: bool = False, tick_every: float = 0.1) -> None:
+                 restoring: bool = False, tick_every: float = 0.1, transactional: bool = False,
+                 epoch: int = 0, job: str = "") -> None:
         self.graph, self.plan, self.vnode_id = graph, plan, vnode_id
         self.clock = clock
         self.outbox = outbox
         self.restoring = restoring
+        self.transactional = transactional  # checkpoints commit output: sinks publish on `commit`
+        self.epoch = epoch                  # the job's deployment: a sink of an older one must not publish
+        self.job = job
         self.tick_every = int(tick_every * 1e9)
         self.next_tick = MIN_TIME
         self.address_of = target_ids(graph, plan)
@@ -139,7 +143,8 @@ class TaskRunner:
             schemas = [graph.nodes[s].out_schemas[p] for s, p in node.inputs]
             ctx = OperatorContext(node.name, schemas, node.out_schemas, [], self.clock,
                                   {"subtask": task.index, "parallelism": task.parallelism,
-                                   "restoring": self.restoring})
+                                   "restoring": self.restoring, "transactional": self.transactional,
+                                   "epoch": self.epoch, "job": self.job})
             op = node.op.instantiate()
             try:
                 op.open(ctx)
@@ -387,6 +392,16 @@ class TaskRunner:
         if self.checkpoint is None:
             return False
         return all(self.checkpoints_seen.get(ch, -1) >= self.checkpoint for ch in self.expected_barriers())
+
+    def prepare_commit(self, checkpoint: int) -> None:
+        """Checkpoint `checkpoint` is being taken here: each operator notes what it would publish for it."""
+        for t in self.tasks.values():
+            t.op.prepare_commit(checkpoint)
+
+    def commit(self, checkpoint: int) -> None:
+        """Checkpoint `checkpoint` is complete everywhere: operators publish what it covers (two-phase commit)."""
+        for t in self.tasks.values():
+            self._call(t, t.op.commit, checkpoint)
 
     def aligned(self) -> bool:
         """The barrier being aligned on has arrived from every producer in another virtual node."""

@@ -1,4 +1,15 @@
-"""File sinks: CSV and JSON lines, continued (truncated to the saved size) after a restore.
+"""File sinks: CSV and JSON lines.
+
+In a local run a file sink writes its file directly. In a cluster job that takes checkpoints it commits in two
+phases: records go to a hidden in-progress file beside the target (``.NAME.eEPOCH.inprogress``); when a
+checkpoint is complete everywhere, what that checkpoint covers is appended to the target, and at the end the
+rest. So the target only ever holds output that no recovery will take back (exactly once), and a job that fails
+before its first checkpoint leaves an earlier run's file untouched. After a restore or a move, the in-progress
+file starts from the snapshot's size and the target is cut back to what was published by then.
+
+Fencing: each deployment of a job (epoch) stages in its own file and writes its epoch beside the target
+(``.NAME.epoch``); a sink of an older deployment that is still running somewhere (its agent froze and came
+back) finds a newer epoch there and refuses to publish.
 """
 
 from __future__ import annotations
@@ -7,6 +18,8 @@ import csv
 import io
 import json
 import math
+import os
+import shutil
 from pathlib import Path
 from typing import Any, Literal, TextIO
 
@@ -30,25 +43,100 @@ class _FileSink(Sink):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # a restored sink continues its file (restore() trims it to the saved size); a new one starts it
         self.restoring = bool(ctx.extra.get("restoring"))
+        self.transactional = bool(ctx.extra.get("transactional"))
+        self.epoch = int(ctx.extra.get("epoch") or 0)
+        self.job = str(ctx.extra.get("job") or "")
+        self.staging = self._staging(self.epoch) if self.transactional else self.path
+        self.published = 0                    # bytes of the staging file already in the target
+        self.prepared: dict[int, int] = {}    # checkpoint -> staging size it covers (not committed yet)
+        if self.transactional:
+            self._claim(opening=True)
         mode: Literal["a", "w"] = "a" if self.restoring else "w"
-        self._file: TextIO = open(self.path, mode, encoding="utf-8", newline="")  # noqa: SIM115
+        self._file: TextIO = open(self.staging, mode, encoding="utf-8", newline="")  # noqa: SIM115
 
     def close(self) -> Emit:
         self._file.close()
+        if self.transactional:
+            self._publish(self.staging.stat().st_size, final=True)
+            for old in self.path.parent.glob(f".{self.path.name}.e*.inprogress"):
+                if _epoch_of(old) <= self.epoch:
+                    old.unlink(missing_ok=True)
+            self._marker().unlink(missing_ok=True)  # the job is done with the file: only its output stays
         return []
 
     def snapshot(self) -> dict[str, Any]:
         self._file.flush()
-        return {"size": self._file.tell()}
+        return {"size": self._file.tell(), "published": self.published, "prepared": dict(self.prepared),
+                "staging": str(self.staging)}
 
     def restore(self, state: dict[str, Any]) -> None:
         """Continue the file where the saved sink left it (same path; on a shared or copied disk)."""
         self._file.close()
-        self._file = open(self.path, "r+", encoding="utf-8", newline="")  # noqa: SIM115
+        saved = Path(state.get("staging", self.staging))
+        if saved != self.staging:  # another epoch's staging file: start ours from its first `size` bytes
+            with open(saved, "rb") as src, open(self.staging, "wb") as dst:
+                shutil.copyfileobj(_Limited(src, state["size"]), dst)
+        self._file = open(self.staging, "r+", encoding="utf-8", newline="")  # noqa: SIM115
         self._file.truncate(state["size"])
         self._file.seek(state["size"])
+        if self.transactional:
+            # what was published may have gone beyond the snapshot (its checkpoint completed meanwhile), never
+            # beyond its size: the target keeps what this checkpoint covers, and nothing after it
+            done = min(self.path.stat().st_size if self.path.exists() else 0, state["size"])
+            if self.path.exists():
+                os.truncate(self.path, done)
+            self.published = done
+            self.prepared = {int(k): v for k, v in state.get("prepared", {}).items() if v > done}
         if hasattr(self, "_writer"):
             self._writer = csv.writer(self._file)
+
+    # -- two-phase commit ----------------------------------------------------------------------------------------
+    def prepare_commit(self, checkpoint: int) -> None:
+        if self.transactional:
+            self._file.flush()
+            self.prepared[checkpoint] = self._file.tell()
+
+    def commit(self, checkpoint: int) -> None:
+        if not self.transactional or checkpoint not in self.prepared:
+            return
+        size = self.prepared[checkpoint]
+        self.prepared = {k: v for k, v in self.prepared.items() if k > checkpoint}
+        self._publish(size)
+
+    def _staging(self, epoch: int) -> Path:
+        return self.path.with_name(f".{self.path.name}.e{epoch}.inprogress")
+
+    def _marker(self) -> Path:
+        return self.path.with_name(f".{self.path.name}.epoch")
+
+    def _claim(self, opening: bool = False) -> None:
+        """Write this job's deployment (epoch) beside the target, unless a newer deployment of the job is there,
+        or (once this sink has opened) another job has taken the target since."""
+        marker = self._marker()
+        job, _, epoch = marker.read_text().partition(" ") if marker.exists() else ("", "", "-1")
+        if job == self.job and int(epoch or -1) > self.epoch:
+            raise StaleEpoch(f"{self.path}: deployment {self.epoch} of job {self.job} was replaced by {epoch}")
+        if job != self.job and not opening:
+            raise StaleEpoch(f"{self.path}: job {job} writes this file now")
+        if job != self.job or int(epoch or -1) < self.epoch:
+            marker.write_text(f"{self.job} {self.epoch}")
+
+    def _publish(self, upto: int, final: bool = False) -> None:
+        """Append staging[published:upto] to the target (the first publish of a fresh run replaces the target;
+        the final one always happens, so an empty run still replaces an earlier run's file)."""
+        if upto <= self.published and not final:
+            return
+        self._claim()  # a sink of a replaced deployment stops here
+        if not self._file.closed:
+            self._file.flush()
+        mode = "ab" if self.published or self.restoring else "wb"
+        with open(self.staging, "rb") as src, open(self.path, mode) as dst:
+            src.seek(self.published)
+            shutil.copyfileobj(_Limited(src, upto - self.published), dst)
+            dst.flush()
+            os.fsync(dst.fileno())
+        self.published = upto
+        self.restoring = False
 
     def _columns(self, batch: Batch) -> dict[str, np.ndarray]:
         return self._iso(batch) if self.iso_time else batch.to_dict()
@@ -91,3 +179,32 @@ class JsonlSink(_FileSink):
 
 def _json_safe(v: Any) -> Any:
     return None if isinstance(v, float) and not math.isfinite(v) else v
+
+
+class StaleEpoch(RuntimeError):
+    """A sink of a deployment that a recovery has replaced tried to publish: its output is refused."""
+
+
+def _epoch_of(path: Path) -> int:
+    try:
+        return int(path.name.rsplit(".e", 1)[1].split(".", 1)[0])
+    except (IndexError, ValueError):
+        return -1
+
+
+class _Limited(io.RawIOBase):
+    """At most `n` bytes of a file, for `shutil.copyfileobj`."""
+
+    def __init__(self, f: Any, n: int) -> None:
+        self.f, self.left = f, n
+
+    def readinto(self, b: Any) -> int:
+        if self.left <= 0:
+            return 0
+        view = memoryview(b)[:self.left]
+        n = self.f.readinto(view)
+        self.left -= n or 0
+        return n or 0
+
+    def readable(self) -> bool:
+        return True

@@ -161,7 +161,7 @@ class Relay:
             else:
                 boot = self.vm.start(timeout=BOOT_TIMEOUT)
                 self.vm.channel.exec("import microstream.unikernel_backend.vmhost as _vmhost; _vmhost.start(agent)")
-                self.to_guest("spec", {"job": self.job, "vnode": self.vnode,
+                self.to_guest("spec", {"job": self.job, "vnode": self.vnode, "epoch": settings.get("epoch", 0),
                                        "restoring": bool(settings.get("restoring"))}, blob=_portable_spec(spec.blob))
                 ready = self.wait_guest("ready")
                 print(f"relay {self.job}/{self.vnode}: VM booted in {boot:.1f} s, numba preloaded in "

@@ -285,7 +285,8 @@ def test_checkpoints_are_taken_on_time_and_a_recovery_starts_from_the_last(h):
     assert h.take() == [] and len(job.waiting) == 1
     for vn, agent in (("vn0", "a1"), ("vn1", "a2"), ("vn2", "a2")):
         h.send(agent, cm.VnodeCheckpointed(job=job_id, vnode=vn, checkpoint=job.pending.id, blob=b"x"))
-    assert kinds(h.take()) == [("a3", "deploy")]  # the move went ahead once the checkpoint was complete
+    # sinks are told the checkpoint is complete (they publish what it covers); then the move goes ahead
+    assert kinds(h.take()) == [("a1", "checkpoint_done"), ("a2", "checkpoint_done"), ("a3", "deploy")]
     # recovery: every virtual node from its snapshot of the last checkpoint
     job.move = None
     h.send("a2", cm.VnodeFailed(job=job_id, vnode="vn1", error="host process exited with code -9"))

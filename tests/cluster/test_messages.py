@@ -20,13 +20,14 @@ ENDPOINTS = {"vn0": {"endpoint": "tcp://10.0.0.1:5001", "public_key": "k" * 40},
 EXAMPLES: list[hp.Message] = [
     # agent -> host
     hp.Spec(bind_host="10.0.0.1", blob=b"spec", trusted=["a" * 40], public="p" * 40, secret="s" * 40,
-            restoring=True, incoming=True),
+            restoring=True, incoming=True, epoch=2),
     hp.Connect(job="j", endpoints=ENDPOINTS, only="vn1"),
     hp.Start(job="j", only="vn1", blob=b"snapshot"),
     hp.SnapshotRequest(job="j", vnode="vn1", barrier=3, only="vn1", whole={"uri": "tcp:10.0.0.2:4444"}),
     hp.PauseTo(job="j", vnode="vn1", barrier=3),
     hp.Redirect(job="j", vnode="vn1", peer=ENDPOINTS["vn1"]),
     hp.CheckpointRequest(job="j", checkpoint=7),
+    hp.CheckpointDone(job="j", checkpoint=7),
     hp.StopHost(),
     # host -> agent
     hp.HostHello(job="j", vnode="vn0", pid=1234),

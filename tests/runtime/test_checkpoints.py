@@ -164,3 +164,45 @@ def test_a_channel_whose_barrier_came_first_is_held_until_the_others_have_theirs
     step_all(hosts)
     result = merge_results(p.graph, [h.result() for h in hosts.values()], 0.0)
     assert result.records_out == {"out": 4_000}
+
+
+def test_a_file_sink_publishes_only_what_a_completed_checkpoint_covers(tmp_path):
+    """Two-phase commit: the target file holds only output no recovery will take back; an earlier run's file stays
+    until this run has committed output to replace it; after a crash and a restore the file is exactly the
+    fault-free output."""
+    def file_job(path):
+        p = ms.Pipeline("files")
+        src = p.synthetic(count=6_000, sensors=6, rate=1000, seed=2, batch_size=300)
+        src.key_by("sensor").window(ms.tumbling(seconds=1)).aggregate(n=ms.agg.count()).with_parallelism(2) \
+            .sink(ms.sinks.jsonl(path))
+        p.build()
+        return p
+
+    local = tmp_path / "local.jsonl"
+    file_job(local).run(verbose=False)
+    expected = sorted(local.read_text().splitlines())
+
+    target = tmp_path / "out.jsonl"
+    target.write_text("an earlier run's output\n")
+    p = file_job(target)
+    plan = build_plan(p.graph)
+    hosts, _ = deploy(p, plan)
+    snapshots: dict[str, dict] = {}
+    for vn, host in hosts.items():
+        host.on_checkpoint = lambda cp, state, vn=vn: snapshots.__setitem__(vn, state)
+    step_all(hosts, rounds=6)
+    for host in hosts.values():
+        host.on_control("checkpoint", {"checkpoint": 1})
+    while len(snapshots) < len(hosts):
+        step_all(hosts, rounds=1)
+    step_all(hosts, rounds=3)
+    assert target.read_text() == "an earlier run's output\n"     # nothing committed yet
+    for host in hosts.values():
+        host.on_control("checkpoint_done", {"checkpoint": 1})
+    committed = target.read_text().splitlines()
+    assert committed and "an earlier run's output" not in committed  # replaced by what checkpoint 1 covers
+    step_all(hosts, rounds=4)                                          # more output, never committed: then a crash
+    hosts, _ = deploy(p, plan, snapshots)
+    step_all(hosts)
+    assert sorted(target.read_text().splitlines()) == expected and len(expected) > 20
+    assert not (tmp_path / ".out.jsonl.inprogress").exists()
