@@ -18,7 +18,7 @@ hosts need nothing from `cluster/`; the coordinator's are in `cluster/messages.p
     Traceback (most recent call last):
     ...
     microstream.runtime.protocol.ProtocolError: unknown control message 'reday' from a host to its agent; \
-known kinds: done, failed, hello, ready, resumed, snapshot, stats
+known kinds: checkpointed, done, failed, hello, ready, resumed, snapshot, stats
 """
 
 from __future__ import annotations
