@@ -273,9 +273,11 @@ class Agent:
         self.registrations += 1
         self._heard = time.monotonic()
         self._backoff = BACKOFF[0]
-        if self._lost_at is None:
-            self.log(f"agent {self.name}: registered with {self.coordinator}"
+        if self._lost_at is None or self.registrations == 1:
+            late = f" after {time.monotonic() - self._lost_at:.1f} s" if self._lost_at is not None else ""
+            self.log(f"agent {self.name}: registered with {self.coordinator}{late}"
                      f"{f', metrics on {self.metrics_bind}:{self.metrics_port}' if self.metrics_port else ''}")
+            self._lost_at = None
         else:
             self.log(f"agent {self.name}: registered again with {self.coordinator} after "
                      f"{time.monotonic() - self._lost_at:.1f} s, with {len(self.hosts)} hosts running; sending again "

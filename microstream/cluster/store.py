@@ -142,6 +142,7 @@ class Store:
         self.db.execute("PRAGMA journal_mode=WAL")
         # FULL: a commit is on disk when it returns (a Pi that loses power keeps what it acknowledged)
         self.db.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+        self.db.execute("PRAGMA cache_size=-1024")  # 1 MB of pages in memory (writes are small, reads rare)
         self.db.executescript(SCHEMA)
         self.writes = 0
         self.write_seconds = 0.0

@@ -132,3 +132,47 @@ def test_a_stopped_coordinator_leaves_its_agents_running_and_cluster_down_stops_
     finally:
         cluster.down(home, progress=lambda _: None)
     assert not [pid for pid in state["pids"] if _alive(pid)]
+
+
+def test_the_coordinator_does_not_grow_per_finished_job(tmp_path, monkeypatch, capsys):
+    """60 short jobs, each collecting 2,000 records: what stays of an ended job is its status, in a bounded history
+    (here 10); results live in the state directory. Before, the coordinator grew by ~0.56 MB per such job."""
+    import microstream as ms
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("MICROSTREAM_BACKENDS", "process")
+    state = cluster.up(2, home, progress=lambda _: None, coordinator_args=["--keep-jobs", "10"])
+    rss: dict[int, float] = {}
+    try:
+        with Client(cluster.address(home), timeout=60) as client:
+            for i in range(1, 61):
+                p = ms.Pipeline(f"short{i}")
+                p.from_iterable([{"sensor": j % 7, "value": float(j)} for j in range(2000)]).key_by("sensor").map(
+                    lambda b: {"v": b["value"] * 2.0, "w": b["value"] + 1.0}).sink(ms.sinks.collect())
+                _, result = client.submit(p)
+                assert result is not None and sum(result.records_out.values()) == 2000
+                if i in (20, 60):
+                    with open(f"/proc/{state['pids'][0]}/status") as f:
+                        rss[i] = next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
+            status = client.status()
+            assert len(status["jobs"]) == 10
+            first = next(iter(client.status(_first_id(home))["jobs"].values()))  # an old one, from the store
+            assert first["state"] == "finished"
+    finally:
+        cluster.down(home, progress=lambda _: None)
+    growth = rss[60] - rss[20]
+    with capsys.disabled():
+        print(f"\n[coordinator RSS] {rss[20]:.1f} MB after 20 jobs, {rss[60]:.1f} MB after 60: "
+              f"{growth * 1024 / 40:.0f} KB per job")
+    assert growth < 5.0, f"the coordinator grew by {growth:.1f} MB over 40 jobs"
+
+
+def _first_id(home) -> str:
+    """The first job's id, from the coordinator's state directory (it is no longer in its memory)."""
+    import sqlite3
+
+    db = sqlite3.connect(cluster.state_dir(home) / "coordinator.db")
+    try:
+        return db.execute("SELECT id FROM jobs WHERE name='short1'").fetchone()[0]
+    finally:
+        db.close()
