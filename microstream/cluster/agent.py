@@ -84,6 +84,7 @@ SEND_TIMEOUT = 2.0  # the agent's loop relays for every host: one stuck peer mus
 COORDINATOR_TIMEOUT = 10.0  # seconds without a word from the coordinator (heartbeats unacknowledged): register again
 BACKOFF = (0.5, 5.0)        # seconds between registration attempts: the first, and the cap (doubling in between)
 OUTBOX = 1000               # messages kept until the coordinator has acknowledged them
+KEEP_JOB_METRICS = 20       # jobs whose hosts have all ended that keep their metric series (a last scrape)
 
 BACKENDS: dict[str, type[HostBackend]] = {"process": ProcessBackend, "microvm": MicroVMBackend}
 
@@ -152,6 +153,7 @@ class Agent:
         os.chmod(self.workdir, 0o700)  # the IPC socket lives here: only this user may talk to hosts
         self.hosts: dict[tuple[str, str], _Host] = {}
         self.ended: dict[str, dict] = {}  # "job/vnode" -> last state and stats of hosts that have exited
+        self._ended_jobs: dict[str, None] = {}  # jobs with no host left here, oldest first (their metrics go later)
         self.trusted_data_keys: list[str] = []
         self.metrics_port = metrics_port
         self.metrics: Metrics | None = None
@@ -441,6 +443,7 @@ class Agent:
             self._to_host(old, StopHost())
             self._kill(old)
             self.log(f"agent {self.name}: ended the epoch-{old.epoch} host of {job}/{vnode} before its replacement")
+        self._ended_jobs.pop(job, None)  # back here (a recovery, a move): its series live on
         handle = chosen.start(job, vnode, self.control_endpoint, self.workdir / f"{job}-{vnode}.log")
         self.hosts[(job, vnode)] = _Host(job, vnode, handle, spec or b"", restoring=restoring, incoming=incoming,
                                          epoch=epoch)
@@ -516,6 +519,19 @@ class Agent:
             while len(self.ended) > 200:
                 self.ended.pop(next(iter(self.ended)))
             del self.hosts[key]
+            if not self._hosts_of(host.job):
+                self._job_left(host.job)
+
+    def _job_left(self, job: str) -> None:
+        """No host of `job` is left here: its metric series stay for the next `KEEP_JOB_METRICS` jobs to leave (a
+        scrape sees its final counts), then go (the agent does not grow per job)."""
+        self._ended_jobs.pop(job, None)
+        self._ended_jobs[job] = None
+        while len(self._ended_jobs) > KEEP_JOB_METRICS:
+            old = next(iter(self._ended_jobs))
+            del self._ended_jobs[old]
+            if self.metrics is not None:
+                self.metrics.forget_job(old)
 
     def _report(self) -> dict[str, dict[str, Any]]:
         """Its hosts, "job/vnode" -> state, pid, epoch, stats, endpoint (and those that have exited lately)."""

@@ -250,6 +250,11 @@ class Metrics:
         self._forget("job", job)
         for family in (self.migrations, self.checkpoints, self.checkpoint_bytes, self.recoveries, self.link_traffic):
             _remove_series(family, "job", job)
+        with self._lock:  # its hosts' series: vnode "job/vnode"
+            for name, spec in SPECS.items():
+                if "vnode" in spec.labels:
+                    i = spec.labels.index("vnode")
+                    self._store[name] = {k: v for k, v in self._store[name].items() if not k[i].startswith(f"{job}/")}
 
     def forget_node(self, node: str) -> None:
         """Drop every series of `node` (call when a node is removed from the cluster)."""

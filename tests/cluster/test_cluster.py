@@ -91,11 +91,13 @@ def test_status_shows_nodes_jobs_and_placement(home, tmp_path):
     status = json.loads(r.stdout)
     assert sorted(status["agents"]) == ["node1", "node2", "node3"]
     assert all(a["up"] for a in status["agents"].values())
-    job = next(j for j in status["jobs"].values() if j["name"] == "campus" and j["state"] == "finished")
+    job_id, job = next((i, j) for i, j in status["jobs"].items() if j["name"] == "campus" and j["state"] == "finished")
     agents = {v["agent"] for v in job["vnodes"].values()}
     assert len(job["vnodes"]) >= 4 and agents <= {"node1", "node2", "node3"}
     text = cli("status", "--home", str(home)).stdout
-    assert "node1" in text and "finished" in text and "window_aggregate[2]" in text
+    assert "node1" in text and f"{job_id}  finished" in text  # an ended job: one line in the cluster's list
+    text = cli("status", job_id, "--home", str(home)).stdout   # and all of it on its own
+    assert "NODES" not in text and "window_aggregate[2]" in text
 
 
 def test_prometheus_endpoints_can_be_scraped(home, tmp_path):
