@@ -133,7 +133,7 @@ class JobLifecycle:
         job_id = f"{graph.name}-{uuid.uuid4().hex[:6]}"
         job = Job(job_id, graph.name, graph, plan, placed.assignment, watchers={identity} if m.wait else set(),
                   submitted=self.wall(), predicted=placed.predicted, pins=placed.pins, policy=self.placer.policy(),
-                  checkpoint_every=getattr(graph, "checkpoint_every", 10.0),
+                  checkpoint_every=_checkpoint_every(graph, self.log),
                   max_restarts=getattr(graph, "max_restarts", 3))
         job.blob = cloudpickle.dumps({"graph": graph, "plan": plan, "credits": m.credits})
         self.jobs[job_id] = job
@@ -512,3 +512,16 @@ class JobLifecycle:
         for state in [job.state for job in self] + [ended.state for ended in self.history.values()]:
             states[state] = states.get(state, 0) + 1
         return states
+
+
+def _checkpoint_every(graph: LogicalGraph, log: Callable[[str], None]) -> float | None:
+    """The job's checkpoint interval, or None when a source cannot say where it is (a generator given to
+    `from_iterable`): recovery then restarts the job from its start."""
+    stuck = [n.name for n in getattr(graph, "nodes", {}).values()
+             if n.op.polled and not getattr(n.op, "checkpointable", True)]
+    if stuck and getattr(graph, "checkpoint_every", None) is not None:
+        log(f"coordinator: job {graph.name} takes no checkpoints: source(s) {stuck} cannot be read again from one "
+            "(pass a list, or a function returning an iterable)")
+        return None
+    return getattr(graph, "checkpoint_every", 10.0)
+

@@ -126,6 +126,10 @@ class Operator:
     def snapshot(self) -> dict[str, Any]:
         return {}
 
+    def checkpoint_snapshot(self) -> dict[str, Any]:
+        """The state for a checkpoint: like `snapshot`, but the instance goes on running unchanged afterwards."""
+        return self.snapshot()
+
     def prepare_commit(self, checkpoint: int) -> None:
         """A checkpoint is being taken (before `snapshot`): note what would be published if it completes."""
 

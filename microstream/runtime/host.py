@@ -189,7 +189,7 @@ class HostRuntime:
         checkpoint = runner.checkpoint
         assert checkpoint is not None
         runner.prepare_commit(checkpoint)
-        state = runner.snapshot()
+        state = runner.snapshot(checkpoint=True)
         for t in runner.tasks.values():
             for routes in t.routes.values():
                 for route in routes:

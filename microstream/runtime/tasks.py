@@ -409,11 +409,15 @@ class TaskRunner:
             return False
         return all(self.barriers_seen.get(ch, -1) >= self.barrier for ch in self.expected_barriers())
 
-    def snapshot(self) -> dict[str, Any]:
+    def snapshot(self, checkpoint: bool = False) -> dict[str, Any]:
+        """Every task's state. A move's snapshot is the instance's last act; a checkpoint's must leave it running
+        as it was (`Operator.checkpoint_snapshot`)."""
         tasks = {}
         for t in self.tasks.values():
+            op = t.op.checkpoint_snapshot() if checkpoint else t.op.snapshot()
             tasks[t.task.id] = {
-                "op": t.op.snapshot(), "out_wm": t.out_wm, "producers": t.producers, "ended": sorted(t.ended),
+                "op": op, "out_wm": t.out_wm, "producers": {i: dict(p) for i, p in t.producers.items()},
+                "ended": sorted(t.ended),
                 "input_wms": list(t.ctx.input_watermarks), "finished": t.finished,
                 "counts": (t.records_in, t.records_out, t.batches_in, t.batches_out)}
         return {"vnode": self.vnode_id, "barrier": self.barrier, "checkpoint": self.checkpoint, "tasks": tasks,

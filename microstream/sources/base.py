@@ -186,9 +186,24 @@ class Source(Operator):
 
     # -- state: where the source is, so a virtual node can be saved, restored or migrated ---------------
     def snapshot(self) -> dict[str, Any]:
+        return self._state(self.reader_state())
+
+    def checkpoint_snapshot(self) -> dict[str, Any]:
+        return self._state(self.checkpoint_reader_state())
+
+    def _state(self, reader: Any) -> dict[str, Any]:
         pending = self._pending.to_dict() if self._pending is not None else None
         return {"max_seen": self.max_seen, "position": self.position, "finished": self.finished,
-                "pending": pending, "pace_origin": self._pace_origin, "reader": self.reader_state()}
+                "pending": pending, "pace_origin": self._pace_origin, "reader": reader}
+
+    @property
+    def checkpointable(self) -> bool:
+        """Whether checkpoints can capture where this source is (so a recovery can replay from there)."""
+        return type(self).reader_state is not Source.reader_state
+
+    def checkpoint_reader_state(self) -> Any:
+        """Where the source is, for a checkpoint: the source goes on reading afterwards (default: reader_state)."""
+        return self.reader_state()
 
     def restore(self, state: dict[str, Any]) -> None:
         self.max_seen, self.position, self.finished = state["max_seen"], state["position"], state["finished"]

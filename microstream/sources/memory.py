@@ -158,6 +158,10 @@ class IterableSource(Source):
             return [(OUT, self._cast(self._to_batch([it]))) for it in items]
         return [(OUT, self._cast(self._to_batch(items)))]
 
+    @property
+    def checkpointable(self) -> bool:
+        return not self.one_shot  # a generator cannot be read again from a checkpoint
+
     def reader_state(self) -> Any:
         if not self.one_shot:
             return ("offset", self._read)  # read afresh and skip what was read: nothing to ship

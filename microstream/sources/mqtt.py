@@ -202,6 +202,10 @@ class MqttSource(Source):
         self._mids: list[int] = []       # 0: nothing to acknowledge (QoS 0, or a session the broker lost)
         self._arrivals: list[int] = []   # ns
         self._to_ack: list[int] = []       # mids handed downstream, acknowledged at the next poll
+        # in a job that takes checkpoints, a message is acknowledged only once a checkpoint that covers it is
+        # complete (the broker redelivers the rest to the session a recovery resumes)
+        self._transactional = bool(ctx.extra.get("transactional")) and self.qos == 1
+        self._prepared: dict[int, list[int]] = {}  # checkpoint -> mids it covers, acknowledged at its commit
         self._expect: set[int] = set()     # mids the broker may redeliver although they were emitted
         self._recent: deque[int] = deque(maxlen=1024)  # the last acknowledged mids (their PUBACK may be lost)
         self._gen = 0                      # connections so far
@@ -246,7 +250,8 @@ class MqttSource(Source):
                 if present:  # the broker resends what was not acknowledged: drop our copies, expect the emitted
                     dropped = len(self._mids)
                     self._clear_buffer()
-                    self._expect = set(self._to_ack) | set(self._recent)
+                    self._expect = set(self._to_ack) | set(self._recent) | {
+                        mid for mids in self._prepared.values() for mid in mids}
                 else:
                     log.warning("mqtt source %s: the broker lost the session; messages published while "
                                 "disconnected are lost", self.name)
@@ -297,18 +302,27 @@ class MqttSource(Source):
             log.warning("mqtt source %s: connection to %s:%d lost (%s); reconnecting with backoff",
                         self.name, self.host, self.port, reason_code)
 
-    def _ack_emitted(self) -> None:
-        """Acknowledge what was handed downstream (the runtime polls again only once it has been pushed on)."""
-        if not self._to_ack:
+    def _ack_emitted(self, final: bool = False) -> None:
+        """Acknowledge what was handed downstream (the runtime polls again only once it has been pushed on); in a
+        job with checkpoints, only at a commit, or at the end (`final`)."""
+        if self._transactional and not final:
+            return
+        if final:
+            self._to_ack = [mid for mids in self._prepared.values() for mid in mids] + self._to_ack
+            self._prepared = {}
+        mids, self._to_ack = self._to_ack, []
+        self._ack(mids)
+
+    def _ack(self, mids: list[int]) -> None:
+        if not mids:
             return
         with self._lock:
             if self._closed:
                 return
-            for mid in self._to_ack:
+            for mid in mids:
                 if mid:
                     self._client.ack(mid, 1)
-            self._recent.extend(self._to_ack)
-            self._to_ack = []
+            self._recent.extend(mids)
 
     def _shutdown(self) -> None:
         with self._lock:
@@ -341,7 +355,7 @@ class MqttSource(Source):
         return super().poll(now)
 
     def next_due(self, now: int) -> int | None:
-        if self._mids or self._to_ack or self._done():
+        if self._mids or (self._to_ack and not self._transactional) or self._done():
             return None
         return now + _IDLE_WAIT
 
@@ -382,7 +396,7 @@ class MqttSource(Source):
         return out
 
     def close(self) -> Emit:
-        self._ack_emitted()
+        self._ack_emitted(final=True)
         self._shutdown()
         return []
 
@@ -390,9 +404,25 @@ class MqttSource(Source):
         """Called at a snapshot barrier (save or migration), between two polls: everything read so far has been
         emitted, so it is acknowledged; then this client stops and disconnects and the broker keeps the rest
         (unacknowledged or queued) for the session that `restore_reader` resumes in the new process."""
-        self._ack_emitted()
+        self._ack_emitted(final=True)
         self._shutdown()
         return {"client_id": self._id, "seen": self._seen, "last_arrival": self._last_arrival}
+
+    def checkpoint_reader_state(self) -> Any:
+        """For a checkpoint: the session to resume and the message count; the client goes on (nothing is
+        acknowledged here: `commit` does that once the checkpoint is complete)."""
+        return {"client_id": self._id, "seen": self._seen, "last_arrival": self._last_arrival}
+
+    def prepare_commit(self, checkpoint: int) -> None:
+        if self._transactional:
+            self._prepared[checkpoint], self._to_ack = self._to_ack, []
+
+    def commit(self, checkpoint: int) -> None:
+        """The checkpoint is complete: what it covers will never be read again, so the broker may forget it."""
+        if not self._transactional:
+            return
+        covered = [mid for k in sorted(k for k in self._prepared if k <= checkpoint) for mid in self._prepared.pop(k)]
+        self._ack(covered)
 
     def restore_reader(self, state: Any) -> None:
         """In the new process: resume the saved session (same client id); the broker redelivers what the old

@@ -91,9 +91,10 @@ MODULE_DIRS = ("drivers/virtio/", "drivers/block/virtio_blk", "drivers/char/virt
 # microstream files the guest needs, relative to the directory holding the `microstream` package.
 # (all of microstream but the host-only parts: the CLI, the control plane, placement, the ZeroMQ runtime, QEMU
 # control)
+# (the runtime's ZeroMQ parts stay out too: the relay carries the guest's traffic)
 GUEST_EXCLUDE = ("microstream/cli/", "microstream/cluster/", "microstream/placement/", "microstream/connectors/",
-                 "microstream/unikernel_backend/", "microstream/runtime/channels.py", "microstream/runtime/host_main.py",
-                 "microstream/runtime/protocol.py")  # the runtime's ZeroMQ parts: the relay carries the guest's traffic
+                 "microstream/unikernel_backend/", "microstream/runtime/channels.py",
+                 "microstream/runtime/host_main.py", "microstream/runtime/protocol.py")
 GUEST_INCLUDE = ("microstream/unikernel_backend/__init__.py", "microstream/unikernel_backend/guest.py",
                  "microstream/unikernel_backend/vmhost.py")
 

@@ -11,6 +11,7 @@ import collections
 from dataclasses import dataclass
 from typing import Any
 
+import cloudpickle
 import pytest
 
 import microstream as ms
@@ -105,6 +106,11 @@ def step_all(hosts, rounds=None):
         n += 1
 
 
+def _shipped(state: dict) -> dict:
+    """A snapshot as it reaches the coordinator: pickled when it is taken, not a view of live state."""
+    return cloudpickle.loads(cloudpickle.dumps(state))
+
+
 def rows(out) -> list[tuple]:
     return sorted(tuple(r.values()) for r in out.records())
 
@@ -120,7 +126,7 @@ def test_restoring_every_vnode_from_a_checkpoint_gives_the_fault_free_output(fai
     hosts, servers = deploy(p, plan)
     snapshots: dict[str, dict] = {}
     for vn, host in hosts.items():
-        host.on_checkpoint = lambda cp, state, vn=vn: snapshots.__setitem__(vn, state)
+        host.on_checkpoint = lambda cp, state, vn=vn: snapshots.__setitem__(vn, _shipped(state))
     step_all(hosts, rounds=8)                       # the job runs a while
     for host in hosts.values():
         host.on_control("checkpoint", {"checkpoint": 1})
@@ -189,7 +195,7 @@ def test_a_file_sink_publishes_only_what_a_completed_checkpoint_covers(tmp_path)
     hosts, _ = deploy(p, plan)
     snapshots: dict[str, dict] = {}
     for vn, host in hosts.items():
-        host.on_checkpoint = lambda cp, state, vn=vn: snapshots.__setitem__(vn, state)
+        host.on_checkpoint = lambda cp, state, vn=vn: snapshots.__setitem__(vn, _shipped(state))
     step_all(hosts, rounds=6)
     for host in hosts.values():
         host.on_control("checkpoint", {"checkpoint": 1})
