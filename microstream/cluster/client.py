@@ -214,8 +214,9 @@ class Client:
             if isinstance(reply, JobDone) and reply.job == job:
                 return reply
             if isinstance(reply, Error | Rejected):
-                raise ClusterError(f"{reply.error} (the coordinator at {self.address.endpoint} may have restarted "
-                                   "without its state directory)")
+                unknown = reply.error.startswith(f"no job '{job}'")
+                raise ClusterError(reply.error + (f" (the coordinator at {self.address.endpoint} may have restarted "
+                                                  "without its state directory)" if unknown else ""))
             if isinstance(reply, Watching) and reply.state != state:
                 state = reply.state
                 if progress and reply.reason:

@@ -95,3 +95,46 @@ def test_an_explicit_shutdown_ends_the_agent(cluster):
     cluster.thread.join(5)  # type: ignore[union-attr]
     assert not cluster.thread.is_alive()  # type: ignore[union-attr]
     cluster.coord = None
+
+
+def test_a_client_waiting_for_a_job_re_attaches_to_the_next_coordinator(monkeypatch):
+    """The first coordinator says the job runs, then dies; the client hears nothing, reconnects and asks again;
+    the next coordinator (on the same address) answers with the job's end."""
+    import zmq
+
+    from microstream.cluster import client as client_module
+    from microstream.cluster import messages as cm
+    from microstream.cluster.client import Client, ClusterAddress
+
+    monkeypatch.setattr(client_module, "WATCH_EVERY", 0.3)
+    endpoint = f"tcp://127.0.0.1:{_free_port()}"
+    ctx = zmq.Context()
+    lines: list[str] = []
+    result: list = []
+
+    def serve(answer) -> None:
+        """One coordinator's life: answer the first `watch`, then go."""
+        sock = ctx.socket(zmq.ROUTER)
+        sock.linger = 0
+        sock.bind(endpoint)
+        try:
+            assert sock.poll(10_000)
+            identity, *frames = sock.recv_multipart()
+            assert cm.TO_COORDINATOR.decode(frames) == cm.Watch(job="j1")
+            sock.send_multipart([identity, *answer.encode()])
+            time.sleep(0.2)
+        finally:
+            sock.close()
+
+    with Client(ClusterAddress(endpoint), timeout=1.0) as client:
+        waiting = threading.Thread(target=lambda: result.append(client.attach("j1", timeout=20, progress=lines.append)),
+                                   daemon=True)
+        waiting.start()
+        serve(cm.Watching(job="j1", state="running"))
+        time.sleep(2.0)  # no coordinator: the client's next watch goes unanswered
+        serve(cm.JobDone(job="j1", state="finished", blob=None))
+        waiting.join(10)
+    ctx.term()
+    assert result == [cm.JobDone(job="j1", state="finished")]
+    assert any("no answer from the coordinator" in line for line in lines)
+    assert any(line.startswith("re-attached to job j1 after") for line in lines)
