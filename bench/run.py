@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).parent
-BENCHMARKS = ["canonical.py", "channels.py", "cluster.py", "migration.py", "restart.py", "placement.py", "microvm.py",
-              "mqtt.py"]
+BENCHMARKS = ["canonical.py", "channels.py", "cluster.py", "migration.py", "checkpoints.py", "restart.py",
+              "placement.py", "microvm.py", "mqtt.py"]
 
 
 def main() -> int:
