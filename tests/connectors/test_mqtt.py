@@ -295,3 +295,17 @@ def test_reconnects_after_the_broker_restarts_and_loses_nothing(broker, caplog):
     reconnected = [r.getMessage() for r in caplog.records if "reconnected" in r.getMessage()]
     assert reconnected and "session kept" in reconnected[0]
     assert any("connection to" in r.getMessage() and "lost" in r.getMessage() for r in caplog.records)
+
+
+def test_a_pipeline_reading_mqtt_runs_twice_with_identical_results(broker):
+    """The graph holds the source's spec; each run makes its own client (same session id, so the broker keeps
+    what is published between runs)."""
+    prime(broker, "twice", "tw/+")
+    p = ms.Pipeline("twice")
+    out = _collect(p.read_mqtt("tw/+", broker.url, schema={"i": "int"}, qos=1, client_id="twice", limit=50))
+    runs = []
+    for _ in range(2):
+        publish(broker, [(f"tw/{i % 2}", {"time": T0 + i, "i": i}) for i in range(50)])
+        p.run(verbose=False)
+        runs.append(out.batch()["i"].tolist())
+    assert runs[0] == runs[1] == list(range(50))

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import collections
 import json
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -32,6 +34,13 @@ def _records():
     return [{"sensor": i % 5, "time": i * 10**8, "v": float(i)} for i in range(200)]
 
 
+def _device_file() -> Path:
+    """A file like /sys/class/thermal/thermal_zone0/temp: one number in milli-degrees."""
+    path = Path(tempfile.mkdtemp()) / "temp"
+    path.write_text("42500\n")
+    return path
+
+
 SOURCES = {
     "from_arrays": _arrays,
     "from_iterable(list)": lambda p: p.from_iterable(_records(), time="time", batch_size=32),
@@ -40,6 +49,8 @@ SOURCES = {
     "poll": lambda p: p.poll(lambda: {"v": 1.5}, every=0.001, limit=20).with_columns(
         sensor=lambda b: np.zeros(len(b["v"]), dtype=np.int64)),
     "read_csv": lambda p: p.read_csv(dataset("uci-occupancy/datatest.txt"), time="date", tags={"sensor": 1}),
+    "poll_file": lambda p: p.poll_file(_device_file(), every=0.001, column="temp", scale=0.001, limit=10)
+    .with_columns(sensor=lambda b: np.zeros(len(b["temp"]), dtype=np.int64)),
 }
 
 
@@ -52,8 +63,8 @@ def test_a_pipeline_runs_twice_with_identical_results(kind):
     rows = out.records()
     second = p.run(verbose=False)
     assert first.records_in == second.records_in and sum(first.records_in.values()) > 0
-    if kind == "poll":  # readings are stamped with the clock: the same count, not the same times
-        assert len(out.records()) == len(rows) == 20
+    if kind in ("poll", "poll_file"):  # readings are stamped with the clock: the same count, not the same times
+        assert len(out.records()) == len(rows) == {"poll": 20, "poll_file": 10}[kind]
     else:
         assert out.records() == rows
     assert "collect" in p.describe()  # and it can still be described after running
