@@ -44,8 +44,10 @@ import csv
 import datetime as _dt
 import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from fractions import Fraction
+from typing import cast
 
 import numba
 import numpy as np
@@ -109,7 +111,7 @@ _inline = numba.njit(cache=True, error_model="numpy", inline="always")
 
 
 @intrinsic
-def _borrow(typingctx, arr):
+def _borrow_intrinsic(typingctx, arr):
     """A view of `arr` without a reference count (NULL meminfo).
 
     Passing a counted array to a helper costs two atomic reference-count operations per call, which dominated
@@ -126,6 +128,11 @@ def _borrow(typingctx, arr):
         return dst._getvalue()
 
     return arr(arr), codegen
+
+
+# numba's stubs type an intrinsic as if called from Python: with `typingctx`, and never returning (it raises
+# there). The kernels call it as compiled code does: the array alone, for its borrowed view.
+_borrow = cast("Callable[[np.ndarray], np.ndarray]", _borrow_intrinsic)
 
 
 _TIME_UNITS = {"s": 9, "ms": 6, "us": 3, "ns": 0}
@@ -212,11 +219,11 @@ def _scan_number(buf, s, e, dec):
         if _match_word(buf, i, e, _W_INF) or _match_word(buf, i, e, _W_INFINITY):
             return 3, neg, 0, 0, 0, 0
         return 0, neg, 0, 0, 0, 0
-    m1 = 0
+    m1: int | np.int64 = 0  # these become np.int64 with the first digit (all int64 in numba)
     n1 = 0
-    m2 = 0
+    m2: int | np.int64 = 0
     n2 = 0
-    e10 = 0
+    e10: int | np.int64 = 0
     ndig = 0
     while i < e:
         d = np.int64(buf[i]) - 48
@@ -260,7 +267,7 @@ def _scan_number(buf, s, e, dec):
         if i < e and (buf[i] == 45 or buf[i] == 43):
             eneg = buf[i] == 45
             i += 1
-        x = 0
+        x: int | np.int64 = 0
         nd = 0
         while i < e:
             d = np.int64(buf[i]) - 48
@@ -342,7 +349,7 @@ def _number_value(neg, m1, m2, n2, e10):
     if v <= 2.2250738585072014e-308:
         # subnormal: round the double-double once, in units of the smallest subnormal 2**-1074
         q = math.ldexp(rh, ex + 1074)
-        fl = math.floor(q)
+        fl: float = math.floor(q)
         r = q - fl  # exact
         ql = math.ldexp(rl, ex + 1074)
         if r > 0.5 or (r == 0.5 and (ql > 0.0 or (ql == 0.0 and fl % 2.0 == 1.0))):
@@ -383,7 +390,7 @@ def _parse_int(buf, s, e):
         i += 1
     if i == e:
         return False, 0
-    v = 0  # accumulated negatively: -2**63 fits
+    v: int | np.int64 = 0  # accumulated negatively: -2**63 fits
     while i < e:
         d = np.int64(buf[i]) - 48
         if d < 0 or d > 9:
@@ -450,7 +457,7 @@ def _compose(y, mo, d, h, mi, s, frac, off):
 @_inline
 def _digits(buf, i, e, maxn):
     """Read 1..maxn digits from i: (value, count)."""
-    v = 0
+    v: int | np.int64 = 0
     n = 0
     while i + n < e and n < maxn:
         d = np.int64(buf[i + n]) - 48
@@ -678,7 +685,7 @@ def _utf8(data, i, e):
 
 @_inline
 def _hex4(data, i):
-    v = 0
+    v: int | np.int64 = 0
     for k in range(4):
         c = np.int64(data[i + k])
         if 48 <= c <= 57:
@@ -1688,7 +1695,9 @@ def _count_lines(data: bytes | bytearray | memoryview | np.ndarray, n: int, buf:
     return count + (1 if buf[n - 1] != 10 else 0)
 
 
-def _outputs(plan: _Plan, n_lines: int) -> tuple[np.ndarray, ...]:
+def _outputs(plan: _Plan, n_lines: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray,
+                                                   np.ndarray, np.ndarray]:
+    """(out_f, out_i, out_t, str_s, str_e, str_m, line_idx): the kernels' output arrays."""
     return (np.empty((plan.n_float, n_lines), np.float64), np.empty((plan.n_int, n_lines), np.int64),
             np.empty((plan.n_time, n_lines), np.int64), np.empty((plan.n_str, n_lines), np.int64),
             np.empty((plan.n_str, n_lines), np.int64), np.empty((plan.n_str, n_lines), np.int64),

@@ -234,8 +234,8 @@ def _task_flows(plan: PhysicalPlan, graph: LogicalGraph, out_rate: dict[tuple[in
                 source_rates: dict[str, tuple[float, str]], measured: Mapping[EdgeKey, float] | None,
                 est: Estimates) -> Flows:
     by_node: dict[int, list[str]] = defaultdict(list)
-    for t in sorted(plan.tasks.values(), key=lambda t: (t.node_id, t.index)):
-        by_node[t.node_id].append(t.id)
+    for task in sorted(plan.tasks.values(), key=lambda t: (t.node_id, t.index)):
+        by_node[task.node_id].append(task.id)
     edges: dict[EdgeKey, float] = defaultdict(float)
     data: set[EdgeKey] = set()
     per_record: dict[EdgeKey, float] = {}
@@ -253,7 +253,7 @@ def _task_flows(plan: PhysicalPlan, graph: LogicalGraph, out_rate: dict[tuple[in
     if measured:
         measured = _task_pairs(measured, plan, edges)
         _apply_measured(edges, records, per_record, data, measured, plan)
-    cpu = {}
+    cpu: dict[str, float] = {}
     for t, task in plan.tasks.items():
         kind = graph.nodes[task.node_id].op.kind
         cpu[t] = est.task_overhead + records[t] * est.cpu_us.get(kind, est.default_cpu_us) * 1e-6
@@ -331,13 +331,14 @@ def find_pins(plan: PhysicalPlan, graph: LogicalGraph, topology: Topology) -> di
 
 # -- the problem as arrays ----------------------------------------------------------------------------------
 
-@dataclass
+@dataclass(init=False)
 class Problem:
     """A placement instance as arrays: V virtual nodes, N physical nodes, E directed vnode edges (a DAG).
     `inv_bw` and `latency_ms` are symmetric, as links are bidirectional. CPU demand is in Raspberry Pi 4
     cores; a node's capacity is its cores × `speed`. Optional: `mem` [V] and `memory` [N] bytes (no memory
     limit when absent), `current` [V] node per vnode (-1: none) with `move_cost` [V] charged when a vnode
-    is placed elsewhere (re-placement)."""
+    is placed elsewhere (re-placement). The optional arrays may be left out of the constructor; they are
+    always set afterwards (`__post_init__`)."""
 
     vnodes: list[str]
     nodes: list[str]
@@ -351,30 +352,53 @@ class Problem:
     on_path: np.ndarray           # [E] bool: counts for latency (not dead letters)
     inv_bw: np.ndarray            # [N, N] s/byte summed over the route
     latency_ms: np.ndarray        # [N, N]
-    weights: Weights = field(default_factory=Weights)
-    why_not: dict[int, str] = field(default_factory=dict)   # vnode -> why some nodes are not allowed
-    routes: Routes | None = None
-    links: list = field(default_factory=list)
-    speed: np.ndarray | None = None       # [N] work per core relative to a Pi 4 (default 1)
-    mem: np.ndarray | None = None         # [V] bytes
-    memory: np.ndarray | None = None      # [N] bytes
-    current: np.ndarray | None = None     # [V] node index or -1
-    move_cost: np.ndarray | None = None   # [V] cost (per second, the total's unit) of not staying on `current`
+    weights: Weights
+    why_not: dict[int, str]       # vnode -> why some nodes are not allowed
+    routes: Routes | None
+    links: list
+    speed: np.ndarray             # [N] work per core relative to a Pi 4 (default 1)
+    mem: np.ndarray               # [V] bytes (default 0)
+    memory: np.ndarray            # [N] bytes (default inf)
+    current: np.ndarray           # [V] node index or -1 (default -1)
+    move_cost: np.ndarray         # [V] cost (per second, the total's unit) of not staying on `current` (default 0)
+
+    def __init__(self, vnodes: list[str], nodes: list[str], cpu: np.ndarray, cores: np.ndarray,
+                 allowed: np.ndarray, pinned: np.ndarray, src: np.ndarray, dst: np.ndarray, traffic: np.ndarray,
+                 on_path: np.ndarray, inv_bw: np.ndarray, latency_ms: np.ndarray, weights: Weights | None = None,
+                 why_not: dict[int, str] | None = None, routes: Routes | None = None, links: list | None = None,
+                 speed: np.ndarray | None = None, mem: np.ndarray | None = None, memory: np.ndarray | None = None,
+                 current: np.ndarray | None = None, move_cost: np.ndarray | None = None) -> None:
+        self.vnodes, self.nodes, self.cpu, self.cores = vnodes, nodes, cpu, cores
+        self.allowed, self.pinned, self.src, self.dst = allowed, pinned, src, dst
+        self.traffic, self.on_path, self.inv_bw, self.latency_ms = traffic, on_path, inv_bw, latency_ms
+        self.weights = Weights() if weights is None else weights
+        self.why_not = {} if why_not is None else why_not
+        self.routes = routes
+        self.links = [] if links is None else links
+        n, v = len(nodes), len(vnodes)
+        self.speed = np.ones(n) if speed is None else speed
+        self.mem = np.zeros(v) if mem is None else mem
+        self.memory = np.full(n, np.inf) if memory is None else memory
+        self.current = np.full(v, -1, dtype=np.int64) if current is None else current
+        self.move_cost = np.zeros(v) if move_cost is None else move_cost
+        self._adjacency_cache: list[list[int]] | None = None   # solvers._adjacency: neighbours of each vnode
+        self.__post_init__()
 
     def __post_init__(self) -> None:
-        n, v, w = len(self.nodes), len(self.vnodes), self.weights
-        self.speed = np.ones(n) if self.speed is None else np.asarray(self.speed, dtype=float)
+        """The derived arrays; called again after a test changes `speed`, `mem`, ... in place."""
+        w = self.weights
+        self.speed = np.asarray(self.speed, dtype=float)
         self.eff_cores = self.cores * self.speed
         self.capacity = self.eff_cores * w.max_utilisation
         self.cores2 = np.where(self.eff_cores > 0, self.eff_cores, 1.0) ** 2
         hosts = self.eff_cores > 0
         total_cpu = float(self.cpu.sum())
         self.load_floor = total_cpu ** 2 / float(self.cores2[hosts].sum()) if hosts.any() else 0.0
-        self.mem = np.zeros(v) if self.mem is None else np.asarray(self.mem, dtype=float)
-        self.memory = np.full(n, np.inf) if self.memory is None else np.asarray(self.memory, dtype=float)
+        self.mem = np.asarray(self.mem, dtype=float)
+        self.memory = np.asarray(self.memory, dtype=float)
         self.mem_capacity = self.memory * w.max_memory
-        self.current = np.full(v, -1, dtype=np.int64) if self.current is None else np.asarray(self.current, np.int64)
-        self.move_cost = np.zeros(v) if self.move_cost is None else np.asarray(self.move_cost, dtype=float)
+        self.current = np.asarray(self.current, np.int64)
+        self.move_cost = np.asarray(self.move_cost, dtype=float)
         self._link_incidence()
         self._levels()
 

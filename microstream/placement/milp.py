@@ -201,7 +201,10 @@ def solve_milp(problem: Problem, time_limit: float = 10.0, free: np.ndarray | No
         m.row(xcol[v, dom[v]], 1.0, 1.0, 1.0)
 
     # -- edge indicators: (edge, i, j, column); constant pairs separately -------------------------------------
-    pe, pi, pj, pc = [], [], [], []
+    pe_parts: list[np.ndarray] = []   # edge, node i, node j, column: one array per edge, concatenated below
+    pi_parts: list[np.ndarray] = []
+    pj_parts: list[np.ndarray] = []
+    pc_parts: list[np.ndarray] = []
     const_pairs = []                 # (edge, i, j)
     for e, (s, d) in enumerate(zip(p.src.tolist(), p.dst.tolist(), strict=True)):
         fs, fd = fixed[s], fixed[d]
@@ -209,24 +212,24 @@ def solve_milp(problem: Problem, time_limit: float = 10.0, free: np.ndarray | No
             const_pairs.append((e, fs, fd))
         elif fs >= 0:
             js = np.flatnonzero(dom[d])
-            pe.append(np.full(len(js), e))
-            pi.append(np.full(len(js), fs))
-            pj.append(js)
-            pc.append(xcol[d, js])
+            pe_parts.append(np.full(len(js), e))
+            pi_parts.append(np.full(len(js), fs))
+            pj_parts.append(js)
+            pc_parts.append(xcol[d, js])
         elif fd >= 0:
             is_ = np.flatnonzero(dom[s])
-            pe.append(np.full(len(is_), e))
-            pi.append(is_)
-            pj.append(np.full(len(is_), fd))
-            pc.append(xcol[s, is_])
+            pe_parts.append(np.full(len(is_), e))
+            pi_parts.append(is_)
+            pj_parts.append(np.full(len(is_), fd))
+            pc_parts.append(xcol[s, is_])
         else:
             is_, js = np.flatnonzero(dom[s]), np.flatnonzero(dom[d])
             ii, jj = np.repeat(is_, len(js)), np.tile(js, len(is_))
             y = m.cols(len(ii), 0.0, 1.0)
-            pe.append(np.full(len(ii), e))
-            pi.append(ii)
-            pj.append(jj)
-            pc.append(y)
+            pe_parts.append(np.full(len(ii), e))
+            pi_parts.append(ii)
+            pj_parts.append(jj)
+            pc_parts.append(y)
             # Σ_j y[i, j] = x[s, i];  Σ_i y[i, j] = x[d, j]
             ri = np.searchsorted(is_, ii)
             m.rows(np.concatenate([ri, np.arange(len(is_))]), np.concatenate([y, xcol[s, is_]]),
@@ -235,7 +238,8 @@ def solve_milp(problem: Problem, time_limit: float = 10.0, free: np.ndarray | No
             m.rows(np.concatenate([rj, np.arange(len(js))]), np.concatenate([y, xcol[d, js]]),
                    np.concatenate([np.ones(len(y)), -np.ones(len(js))]), np.zeros(len(js)), np.zeros(len(js)))
     cat = (lambda xs, dt: np.concatenate(xs).astype(dt) if xs else np.zeros(0, dtype=dt))
-    pe, pi, pj, pc = cat(pe, np.int64), cat(pi, np.int64), cat(pj, np.int64), cat(pc, np.int64)
+    pe, pi = cat(pe_parts, np.int64), cat(pi_parts, np.int64)
+    pj, pc = cat(pj_parts, np.int64), cat(pc_parts, np.int64)
     ce = np.array([c[0] for c in const_pairs], dtype=np.int64)
     ci = np.array([c[1] for c in const_pairs], dtype=np.int64)
     cj = np.array([c[2] for c in const_pairs], dtype=np.int64)

@@ -768,15 +768,16 @@ def _neighbourhood(p: Problem, assign: np.ndarray, movable: list[int], rng: np.r
         order = np.argsort(-row + rng.random(n) * 1e-9)
         nodes = [first] + [int(j) for j in order[:_LNS_MAX_NODES - 1] if row[j] > 0]
         if len(nodes) < 2:                              # nothing exchanged: the nearest nodes
-            near = np.argsort(p.latency_ms[first] + rng.random(n) * 1e-6)
-            nodes += [int(j) for j in near if j not in nodes and p.cores[j] > 0][:_LNS_MAX_NODES - len(nodes)]
+            nearest = np.argsort(p.latency_ms[first] + rng.random(n) * 1e-6)
+            nodes += [int(j) for j in nearest if j not in nodes and p.cores[j] > 0][:_LNS_MAX_NODES - len(nodes)]
         free = np.flatnonzero(mov & np.isin(assign, nodes))
         if len(free) > size:
             free = np.sort(rng.choice(free, size=size, replace=False))
     else:
         start = int(rng.choice(movable))
         adj = _adjacency(p)
-        seen, queue, group = {start}, [start], []
+        seen, queue = {start}, [start]
+        group: list[int] = []
         while queue and len(group) < size:
             v = queue.pop(int(rng.integers(len(queue))))
             if mov[v]:
@@ -791,7 +792,7 @@ def _neighbourhood(p: Problem, assign: np.ndarray, movable: list[int], rng: np.r
         nodes = [int(j) for j in np.argsort(-counts)[:_LNS_MAX_NODES + 1] if counts[j] > 0]
     domains = np.zeros((p.n_vnodes, n), dtype=bool)
     if len(free):
-        domains[np.ix_(free, nodes)] = True
+        domains[np.ix_(free, np.asarray(nodes, dtype=np.int64))] = True
     return free, domains
 
 
@@ -813,12 +814,12 @@ def _critical_neighbourhood(p: Problem, assign: np.ndarray, mov: np.ndarray, rng
     free = np.array(sorted(group), dtype=np.int64)
     domains = np.zeros((p.n_vnodes, p.n_nodes), dtype=bool)
     if len(free):
-        domains[np.ix_(free, nodes)] = True
+        domains[np.ix_(free, np.asarray(nodes, dtype=np.int64))] = True
     return free, domains
 
 
 def _adjacency(p: Problem) -> list[list[int]]:
-    cached = getattr(p, "_adjacency_cache", None)
+    cached = p._adjacency_cache
     if cached is None:
         cached = [[] for _ in range(p.n_vnodes)]
         for s, d in zip(p.src.tolist(), p.dst.tolist(), strict=True):

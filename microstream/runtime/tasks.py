@@ -21,7 +21,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
@@ -32,6 +32,8 @@ from ..graph.logical import LogicalGraph
 from ..graph.physical import FORWARD, HASH, PhysicalPlan, Task
 from ..operators.base import DEAD, LATE, OUT, Emit, Operator, OperatorContext
 from ..operators.kernels.keys import stable_hash
+
+_R = TypeVar("_R")
 
 KEEP_DEAD_LETTERS = 1000  # dead letters kept in a run's result (all are counted)
 
@@ -260,7 +262,7 @@ class TaskRunner:
         self.close_finished_inputs()
 
     # -- moving data ------------------------------------------------------------------------------------------
-    def _call(self, t: RunningTask, fn: Callable[..., Emit], *args: Any) -> Emit:
+    def _call(self, t: RunningTask, fn: Callable[..., _R], *args: Any) -> _R:
         try:
             return fn(*args)
         except MicrostreamError:

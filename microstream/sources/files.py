@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import codecs
 import gzip
+import io
 import json
 import sys
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 
@@ -51,7 +52,7 @@ MAX_DEPTH = 64
 Dead = tuple[int, str, str]  # (line number, raw text, reason)
 
 
-def _open(path: Path) -> BinaryIO:
+def _open(path: Path) -> io.BufferedIOBase:
     return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")  # noqa: SIM115
 
 
@@ -81,7 +82,7 @@ class _Reader:
 
     def __init__(self, path: Path, encoding: str, errors: str, max_row: int) -> None:
         self.path, self.encoding, self.errors, self.max_row = path, encoding, errors, max_row
-        self.file: BinaryIO | None = None
+        self.file: io.BufferedIOBase | None = None
 
     def open(self) -> _Reader:
         self.file = _open(self.path)

@@ -104,6 +104,7 @@ class MqttSource(Source):
     `Pipeline.read_mqtt`."""
 
     kind = "read_mqtt"
+    time: str   # the column of the times: `time`, or "time" when the arrival time is stamped (time=None)
 
     def __init__(self, topics: str | Iterable[str], broker: str = "mqtt://127.0.0.1:1883", *,
                  format: str = "json", schema: Mapping[str, Any] | None = None,  # noqa: A002
@@ -481,7 +482,7 @@ class MqttSource(Source):
         import paho.mqtt.client as mqtt
 
         uniq, inv = np.unique(topics[rows], return_inverse=True)  # per distinct topic, not per message
-        values = {c: [] for c in self.topic_columns}
+        values: dict[str, list[str]] = {c: [] for c in self.topic_columns}
         for topic in uniq.tolist():
             levels = topic.split("/")
             which = next((i for i, f in enumerate(self.topics) if mqtt.topic_matches_sub(f, topic)), 0)
@@ -533,7 +534,7 @@ class MqttSource(Source):
                     packs.append(None)
                     dead.append((i, "", _raw(p), f"invalid JSON: {exc}"))
         is_pack = _of_type(packs, list)
-        for i in np.flatnonzero(~is_pack & ~_of_type(packs, type(None))):
+        for i in np.flatnonzero(~is_pack & ~_of_type(packs, type(None))).tolist():
             dead.append((int(i), "", _raw(payloads[i]), "not a SenML pack (a JSON array of records)"))
         good = np.flatnonzero(is_pack)
         good_packs = [packs[i] for i in good]
@@ -628,7 +629,7 @@ def _screen(payloads: list[Any], max_bytes: int, max_depth: int,
     from ..formats.parsing import find_invalid_utf8, json_depths
 
     dead: dict[int, tuple] = {}
-    big = np.flatnonzero(_of_type(payloads, _Oversized)) if oversized else ()
+    big = np.flatnonzero(_of_type(payloads, _Oversized)) if oversized else np.zeros(0, dtype=np.intp)
     if len(big):
         payloads = list(payloads)
         for i in big.tolist():
