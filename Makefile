@@ -39,9 +39,7 @@ bench: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check microstream tests bench examples
 	$(BIN)/lint-imports
-	@# mypy reports without failing the target until the refactors in progress (cluster/, runtime/protocol.py,
-	@# placement/, formats/parsing.py, sources/files.py and mqtt.py) are clean; then drop the leading '-'.
-	-$(BIN)/mypy microstream
+	$(BIN)/mypy microstream
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .microstream
