@@ -272,6 +272,8 @@ class Coordinator:
         job = self.lifecycle.get(m.job)
         if job is not None:
             self.moves.vnode_done(job, m.vnode)
+            if job.pending is not None and m.epoch == job.epoch:  # a finished vnode cannot take part: it would
+                self.checkpoints.abandon(job, f"{m.vnode} finished")  # hold what waits for it until the timeout
             self.lifecycle.vnode_done(job, m)
 
     def _replace(self) -> None:
@@ -289,7 +291,8 @@ class Coordinator:
     def status(self, jobs: bool = True) -> dict[str, Any]:
         store = self.store
         state = None if store is None else {"dir": str(store.directory), "writes": store.writes,
-                                            "write_ms": round(1000 * store.write_seconds / max(1, store.writes), 2)}
+                                            "write_ms": round(1000 * store.write_seconds / max(1, store.writes), 2),
+                                            "slowest_write_ms": round(1000 * store.slowest_write, 1)}
         return {"agents": self.registry.status(), "jobs": self.lifecycle.status() if jobs else {},
                 "metrics_port": self.metrics_port, "state": state}
 
