@@ -146,6 +146,7 @@ class Store:
         self.db.executescript(SCHEMA)
         self.writes = 0
         self.write_seconds = 0.0
+        self.slowest_write = 0.0   # seconds (an SD card that stalls shows here)
 
     def close(self) -> None:
         with contextlib.suppress(sqlite3.Error):
@@ -163,8 +164,10 @@ class Store:
             self.db.execute("ROLLBACK")
             raise
         self.db.execute("COMMIT")
+        took = time.perf_counter() - started
         self.writes += 1
-        self.write_seconds += time.perf_counter() - started
+        self.write_seconds += took
+        self.slowest_write = max(self.slowest_write, took)
 
     # -- writes ---------------------------------------------------------------------------------------------
     def save_job(self, job: Job, spec: bool = False) -> None:
