@@ -569,7 +569,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(fn=cmd_keys)
 
-    p = sub.add_parser("cluster", help="an embedded cluster on this machine: cluster up --nodes N | cluster down")
+    p = sub.add_parser("cluster", help="an embedded cluster on this machine: cluster up --nodes N | cluster down "
+                                       "(up again when only its coordinator died restarts that)")
     p.add_argument("action", choices=["up", "down"])
     p.add_argument("--nodes", type=int, default=3)
     p.add_argument("--port", type=int, default=0, help="coordinator port (default: any free port)")
