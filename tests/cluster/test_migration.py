@@ -127,7 +127,7 @@ def test_random_migrations_lose_and_repeat_nothing(home, tmp_path):
 
 
 def test_save_to_file_then_restore_elsewhere(home, tmp_path):
-    count, speed = 20_000, 4.0
+    count, speed = 80_000, 4.0  # 20 s of readings at 4x: 5 s of stream, time for a CLI save and restore
     local_script, local_out = write_job(tmp_path, "local", count, None)
     assert cli("run", str(local_script)).returncode == 0
     script, out = write_job(tmp_path, "remote", count, speed)
