@@ -27,7 +27,7 @@ from typing import Any
 
 from ..runtime.protocol import CheckpointDone, CheckpointRequest
 from .jobs import JobLifecycle, Send
-from .messages import VnodeCheckpointed
+from .messages import VnodeCheckpointed, VnodeDone
 from .model import Checkpoint, Job
 from .states import JobState
 
@@ -102,6 +102,12 @@ class Checkpoints:
             self.metrics.checkpoint_bytes.labels(job.id).set(checkpoint.bytes)
             self.metrics.checkpoint_seconds.observe(figures["seconds"])
         self._release(job)
+
+    def vnode_done(self, job: Job, m: VnodeDone) -> None:
+        """A virtual node finished: the checkpoint being taken can never complete (it would hold what waits for
+        it until its time-out), and no other will start."""
+        if job.pending is not None and m.epoch == job.epoch:
+            self.abandon(job, f"{m.vnode} finished")
 
     def abandon(self, job: Job, reason: str) -> None:
         """Give up the checkpoint being taken (its hosts may still pass its barrier on: harmless)."""

@@ -272,8 +272,7 @@ class Coordinator:
         job = self.lifecycle.get(m.job)
         if job is not None:
             self.moves.vnode_done(job, m.vnode)
-            if job.pending is not None and m.epoch == job.epoch:  # a finished vnode cannot take part: it would
-                self.checkpoints.abandon(job, f"{m.vnode} finished")  # hold what waits for it until the timeout
+            self.checkpoints.vnode_done(job, m)
             self.lifecycle.vnode_done(job, m)
 
     def _replace(self) -> None:

@@ -53,14 +53,10 @@ class HostRuntime:
     def connect(self, endpoints: dict[str, Any]) -> None:
         """Open a channel from each local task to each virtual node it sends to (`endpoints[vnode]` is
         passed to the client factory)."""
-        for t in self.runner.tasks.values():
-            for routes in t.routes.values():
-                for route in routes:
-                    for target in route.targets:
-                        key = (t.task.id, target.vnode)
-                        if target.local is None and key not in self.clients:
-                            self.clients[key] = self.client_factory(endpoints[target.vnode],
-                                                                    f"{t.task.id}>{target.vnode}")
+        for task_id, target in self.runner.remote_targets():
+            if (task_id, target.vnode) not in self.clients:
+                self.clients[(task_id, target.vnode)] = self.client_factory(endpoints[target.vnode],
+                                                                            f"{task_id}>{target.vnode}")
 
     # -- main loop ----------------------------------------------------------------------------------
     def run(self, report: Callable[[dict], None] | None = None, should_stop: Callable[[], bool] = lambda: False,
@@ -93,11 +89,7 @@ class HostRuntime:
         """One round: poll the sources that are due, take what has arrived (waiting up to `max_wait` seconds
         when nothing is due sooner, or until `wake` is readable), then close, checkpoint or snapshot."""
         runner = self.runner
-        now = self.clock()
-        busy, due = runner.poll_sources(now)
-        next_tick = runner.tick(now)
-        wakes = [x for x in (due, next_tick) if x is not None]
-        timeout = 0.0 if busy else min(max_wait, max(0.0, (min(wakes) - now) / 1e9)) if wakes else max_wait
+        timeout = runner.run_sources(self.clock(), int(max_wait * 1e9)) / 1e9
         msg = self.server.recv(timeout=timeout, wake=wake)  # a control message ends the wait
         while msg is not None:
             self._receive(msg)
@@ -148,13 +140,8 @@ class HostRuntime:
 
     def _channels_to(self, vnode: str) -> list[tuple[str, int]]:
         """(local task, target address) of every channel from here into `vnode`."""
-        out: set[tuple[str, int]] = set()
-        for t in self.runner.tasks.values():
-            for routes in t.routes.values():
-                for route in routes:
-                    out.update((t.task.id, target.address) for target in route.targets
-                               if target.local is None and target.vnode == vnode)
-        return sorted(out)
+        return sorted({(task_id, target.address) for task_id, target in self.runner.remote_targets()
+                       if target.vnode == vnode})
 
     def pause_to(self, vnode: str, barrier: int) -> None:
         """Upstream side: mark the cut with a barrier on every channel into `vnode`, then hold what follows."""
@@ -190,12 +177,8 @@ class HostRuntime:
         assert checkpoint is not None
         runner.prepare_commit(checkpoint)
         state = runner.snapshot(checkpoint=True)
-        for t in runner.tasks.values():
-            for routes in t.routes.values():
-                for route in routes:
-                    for target in route.targets:
-                        if target.local is None:
-                            self._out(t.task.id, target.vnode, "send_checkpoint", checkpoint, target=target.address)
+        for task_id, target in runner.remote_targets():
+            self._out(task_id, target.vnode, "send_checkpoint", checkpoint, target=target.address)
         runner.last_checkpoint, runner.checkpoint = checkpoint, None
         if self.on_checkpoint is not None:
             self.on_checkpoint(checkpoint, state)

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from contextvars import ContextVar
 from typing import Any
 
-from ..core.time import MAX_TIME, MIN_TIME
+from ..core.time import MIN_TIME
 from ..graph.logical import LogicalGraph
 from ..graph.physical import build_plan, single_vnode
 from .progress import Progress
@@ -103,14 +103,9 @@ class LocalRuntime:
             if report is not None and time.perf_counter() >= next_report:
                 report(self._progress(runner))
                 next_report = time.perf_counter() + every
-            now = clock()
-            busy, due = runner.poll_sources(now)
-            next_tick = runner.tick(now)
-            if not busy:
-                wake = min(due if due is not None else MAX_TIME, next_tick if next_tick is not None else MAX_TIME)
-                pause = min(wake - clock(), _MAX_PAUSE_NS)
-                if pause > 0:
-                    time.sleep(pause / 1e9)
+            pause = runner.run_sources(clock(), _MAX_PAUSE_NS)
+            if pause > 0:
+                time.sleep(pause / 1e9)
         runner.close_finished_inputs()
         for t in runner.tasks.values():  # a task fed by no source (nothing reaches it) still closes
             runner.finish(t)

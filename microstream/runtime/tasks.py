@@ -19,7 +19,7 @@ producer. An input is finished when each of its producers has ended.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
@@ -78,10 +78,6 @@ class Route:
     key: str | None
     targets: list[Target]
     next_rr: int = 0
-
-    @property
-    def remote(self) -> bool:
-        return any(t.local is None for t in self.targets)
 
 
 @dataclass(eq=False)
@@ -200,6 +196,24 @@ class TaskRunner:
             if src.finished:
                 self.finish(t)
         return busy, due_next
+
+    def run_sources(self, now: int, max_wait_ns: int) -> int:
+        """Poll the sources that are due and fire processing-time ticks; returns how long (ns) nothing is due,
+        at most `max_wait_ns` (0 when a source was read). Every host loop, local or not, waits that long."""
+        busy, due = self.poll_sources(now)
+        next_tick = self.tick(now)
+        if busy:
+            return 0
+        return max(0, min([max_wait_ns, *(w - now for w in (due, next_tick) if w is not None)]))
+
+    def remote_targets(self) -> Iterator[tuple[str, Target]]:
+        """(local task id, target) of every edge leaving this virtual node."""
+        for t in self.tasks.values():
+            for routes in t.routes.values():
+                for route in routes:
+                    for target in route.targets:
+                        if target.local is None:
+                            yield t.task.id, target
 
     def tick(self, now: int) -> int | None:
         """Processing-time ticks for the operators that want them; returns when the next one is due."""

@@ -19,7 +19,6 @@ import io
 import json
 import math
 import os
-import shutil
 from pathlib import Path
 from typing import Any, Literal, TextIO
 
@@ -57,6 +56,7 @@ class _FileSink(Sink):
     def close(self) -> Emit:
         self._file.close()
         if self.transactional:
+            self._claim()  # first: a replaced deployment's staging file may be gone already
             self._publish(self.staging.stat().st_size, final=True)
             for old in self.path.parent.glob(f".{self.path.name}.e*.inprogress"):
                 if _epoch_of(old) <= self.epoch:
@@ -75,7 +75,7 @@ class _FileSink(Sink):
         saved = Path(state.get("staging", self.staging))
         if saved != self.staging:  # another epoch's staging file: start ours from its first `size` bytes
             with open(saved, "rb") as src, open(self.staging, "wb") as dst:
-                shutil.copyfileobj(_Limited(src, state["size"]), dst)
+                _copy(src, dst, state["size"])
         self._file = open(self.staging, "r+", encoding="utf-8", newline="")  # noqa: SIM115
         self._file.truncate(state["size"])
         self._file.seek(state["size"])
@@ -117,7 +117,8 @@ class _FileSink(Sink):
         if job == self.job and int(epoch or -1) > self.epoch:
             raise StaleEpoch(f"{self.path}: deployment {self.epoch} of job {self.job} was replaced by {epoch}")
         if job != self.job and not opening:
-            raise StaleEpoch(f"{self.path}: job {job} writes this file now")
+            owner = f"job {job} writes this file now" if job else "a later deployment has finished this file"
+            raise StaleEpoch(f"{self.path}: {owner}")
         if job != self.job or int(epoch or -1) < self.epoch:
             marker.write_text(f"{self.job} {self.epoch}")
 
@@ -132,7 +133,7 @@ class _FileSink(Sink):
         mode = "ab" if self.published or self.restoring else "wb"
         with open(self.staging, "rb") as src, open(self.path, mode) as dst:
             src.seek(self.published)
-            shutil.copyfileobj(_Limited(src, upto - self.published), dst)
+            _copy(src, dst, upto - self.published)
             dst.flush()
             os.fsync(dst.fileno())
         self.published = upto
@@ -192,19 +193,11 @@ def _epoch_of(path: Path) -> int:
         return -1
 
 
-class _Limited(io.RawIOBase):
-    """At most `n` bytes of a file, for `shutil.copyfileobj`."""
-
-    def __init__(self, f: Any, n: int) -> None:
-        self.f, self.left = f, n
-
-    def readinto(self, b: Any) -> int:
-        if self.left <= 0:
-            return 0
-        view = memoryview(b)[:self.left]
-        n = self.f.readinto(view)
-        self.left -= n or 0
-        return n or 0
-
-    def readable(self) -> bool:
-        return True
+def _copy(src: Any, dst: Any, n: int, chunk: int = 1 << 20) -> None:
+    """Copy the next `n` bytes of `src` to `dst`."""
+    while n > 0:
+        data = src.read(min(chunk, n))
+        if not data:
+            return
+        dst.write(data)
+        n -= len(data)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import cloudpickle
+import numpy as np
 import pytest
 
 import microstream as ms
@@ -212,3 +213,35 @@ def test_a_file_sink_publishes_only_what_a_completed_checkpoint_covers(tmp_path)
     step_all(hosts)
     assert sorted(target.read_text().splitlines()) == expected and len(expected) > 20
     assert not (tmp_path / ".out.jsonl.inprogress").exists()
+
+
+def test_a_file_sink_of_a_replaced_deployment_cannot_publish(tmp_path):
+    """Fencing: a sink still running in an older epoch (its agent froze and came back after a recovery) finds
+    the newer epoch beside the target and refuses to publish; the newer epoch's output stands."""
+    from microstream.core.batch import Batch
+    from microstream.operators.base import OperatorContext
+    from microstream.sinks.files import StaleEpoch
+
+    target = tmp_path / "out.jsonl"
+    p = ms.Pipeline("fenced")
+    p.from_iterable([{"v": 1.0}]).sink(ms.sinks.jsonl(target), name="out")
+    p.build()
+    node = p.graph.by_name("out")
+    schemas = [p.graph.nodes[s].out_schemas[port] for s, port in node.inputs]
+
+    def sink(epoch: int):
+        op = node.op.instantiate()
+        op.open(OperatorContext("out", schemas, {}, extra={"transactional": True, "epoch": epoch, "job": "j"}))
+        return op
+
+    old = sink(0)
+    old.process(0, Batch({"v": np.array([1.0])}))
+    old.prepare_commit(1)
+    new = sink(1)
+    new.process(0, Batch({"v": np.array([2.0])}))
+    with pytest.raises(StaleEpoch, match="replaced by 1"):
+        old.commit(1)
+    new.close()
+    with pytest.raises(StaleEpoch, match="a later deployment has finished"):
+        old.close()
+    assert target.read_text() == '{"v": 2.0}\n'
