@@ -5,7 +5,8 @@ polled on a timer (`Pipeline.from_arrays`, `from_iterable`, `poll`).
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sized
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence, Sized
+from operator import itemgetter
 from typing import Any
 
 import numpy as np
@@ -133,6 +134,7 @@ class IterableSource(Source):
         super().open(ctx)
         self.out_schema = ctx.output_schemas[OUT]
         self._read = 0
+        self._bulk = _BulkRecords(self.out_schema.names, self._tuple_names())
         if self.one_shot:
             self.runs[0] += 1
             if self.runs[0] > 1 and not ctx.extra.get("restoring"):
@@ -156,7 +158,12 @@ class IterableSource(Source):
         self._read += len(items)
         if isinstance(items[0], (Batch, dict)) and not _is_record(items[0]):
             return [(OUT, self._cast(self._to_batch([it]))) for it in items]
-        return [(OUT, self._cast(self._to_batch(items)))]
+        cols = self._bulk.columns(items)
+        if cols is not None:
+            return [(OUT, self._cast(Batch(cols)))]
+        batch = self._to_batch(items)
+        self._bulk.learn(batch)
+        return [(OUT, self._cast(batch))]
 
     @property
     def checkpointable(self) -> bool:
@@ -184,12 +191,19 @@ class IterableSource(Source):
 
             self._items, self._peeked = cloudpickle.loads(value)
 
+    def _tuple_names(self) -> list[str] | None:
+        """The column names of plain tuples, in order: the keys of `schema=` (namedtuples name their own)."""
+        return list(Schema.of(self.schema).names) if self.schema is not None else None
+
     def _to_batch(self, items: list[Any]) -> Batch:
         first = items[0]
         if isinstance(first, Batch):
             return first
         if isinstance(first, Mapping) and not _is_record(first):
             return Batch({k: np.asarray(v) for k, v in first.items()})
+        if isinstance(first, tuple):
+            names = _tuple_fields(first, self._tuple_names())
+            return Batch.from_records(dict(zip(names, item, strict=True)) for item in items)
         return Batch.from_records(items)
 
     def _cast(self, batch: Batch) -> Batch:
@@ -204,7 +218,67 @@ class IterableSource(Source):
 
 
 def _is_record(item: Any) -> bool:
-    return isinstance(item, Mapping) and not any(isinstance(v, (np.ndarray, list)) for v in item.values())
+    return isinstance(item, tuple) or (
+        isinstance(item, Mapping) and not any(isinstance(v, (np.ndarray, list)) for v in item.values()))
+
+
+def _tuple_fields(item: tuple, names: list[str] | None) -> list[str]:
+    fields = getattr(item, "_fields", None)  # a namedtuple
+    if fields is not None:
+        return list(fields)
+    if names is None or len(names) != len(item):
+        raise PipelineError("from_iterable", f"from_iterable got a plain tuple of {len(item)} values and no "
+                                             "names for them",
+                            "pass schema={'col': 'float64', ...} with one entry per tuple value, in order, or "
+                            "yield dicts or namedtuples")
+    return names
+
+
+# Python types a numeric column's values may have for the bulk path: exactly what np.asarray would turn into
+# that dtype kind (anything else, e.g. None, a string or a numpy scalar, goes through the general path).
+_PLAIN: dict[str, set[type]] = {"f": {float, int}, "i": {int}, "u": {int}, "b": {bool}, "U": {str}}
+
+
+class _BulkRecords:
+    """Records (dicts, namedtuples or tuples) to columns without a Python loop per record: per column, one
+    C-level pass takes the values out (`map(itemgetter)`), one checks their Python types, one builds the array.
+    The column dtypes are learnt from the first batch, converted by the general path (`Batch.from_records`),
+    which every batch whose values are not plain ints, floats, bools or strings still takes."""
+
+    def __init__(self, names: Sequence[str], tuple_names: list[str] | None) -> None:
+        self.names = list(names)
+        self.tuple_names = tuple_names
+        self.dtypes: dict[str, np.dtype] | None = None
+        self._getters: tuple[Callable[[Any], Any], ...] | None = None
+        self._for_tuples = False
+
+    def learn(self, batch: Batch) -> None:
+        if self.dtypes is None:
+            self.dtypes = {n: batch[n].dtype for n in self.names if n in batch}
+
+    def columns(self, items: list[Any]) -> dict[str, np.ndarray] | None:
+        if self.dtypes is None or len(self.dtypes) != len(self.names):
+            return None
+        first = items[0]
+        is_tuple = isinstance(first, tuple)
+        if self._getters is None or is_tuple != self._for_tuples:
+            if is_tuple:
+                order = _tuple_fields(first, self.tuple_names)
+                self._getters = tuple(itemgetter(order.index(n)) for n in self.names)
+            else:
+                self._getters = tuple(itemgetter(n) for n in self.names)
+            self._for_tuples = is_tuple
+        cols = {}
+        try:
+            for name, get in zip(self.names, self._getters, strict=True):
+                dtype = self.dtypes[name]
+                values = list(map(get, items))
+                if not set(map(type, values)) <= _PLAIN.get(dtype.kind, set()):
+                    return None
+                cols[name] = np.array(values, dtype=dtype if dtype.kind != "U" else None)
+        except (KeyError, IndexError, TypeError, ValueError, OverflowError):
+            return None  # the general path reports it as it always has
+        return cols
 
 
 class PollSource(TickingSource):

@@ -168,3 +168,49 @@ def test_from_iterable_batches_and_records():
     out = _collect(p.from_iterable([{"v": np.arange(3)}, {"v": np.arange(3, 5)}]))
     p.run()
     assert out.batch()["v"].tolist() == [0, 1, 2, 3, 4]
+
+
+def _records(n: int) -> list[dict]:
+    return [{"t": 1_700_000_000 * 10**9 + i * 10**6, "k": i % 7, "v": i / 4, "on": i % 3 == 0, "s": "abc"[i % 3]}
+            for i in range(n)]
+
+
+def test_from_iterable_dicts_namedtuples_and_tuples_give_the_same_columns():
+    import collections
+
+    recs = _records(5000)  # several batches: the first is converted record by record, the rest in bulk
+    Rec = collections.namedtuple("Rec", "t k v on s")
+    runs = {}
+    for kind, items, extra in (("dicts", recs, {}), ("namedtuples", [Rec(**r) for r in recs], {}),
+                               ("tuples", [tuple(r.values()) for r in recs],
+                                {"schema": {"t": "int64", "k": "int64", "v": "float64", "on": "bool", "s": "U1"}})):
+        p = ms.Pipeline(kind)
+        out = _collect(p.from_iterable(items, time="t", batch_size=1000, **extra))
+        p.run()
+        runs[kind] = out.batch()
+    want = runs["dicts"]
+    assert want["v"].tolist() == [r["v"] for r in recs] and want["s"].tolist() == [r["s"] for r in recs]
+    assert {c: want[c].dtype.kind for c in want} == {"t": "i", "k": "i", "v": "f", "on": "b", "s": "U"}
+    for kind in ("namedtuples", "tuples"):
+        for col in want:
+            np.testing.assert_array_equal(runs[kind][col], want[col], err_msg=f"{kind}: {col}")
+
+
+def test_from_iterable_batches_with_unusual_values_take_the_general_path():
+    recs = _records(3000)
+    recs[2500]["v"] = 3  # an int among floats: still a float column
+    recs[2600]["k"] = np.int64(5)  # a numpy scalar
+    recs[2700]["s"] = "longer"  # a wider string than the first batch's
+    p = ms.Pipeline("odd")
+    out = _collect(p.from_iterable(recs, time="t", batch_size=1000))
+    p.run()
+    b = out.batch()
+    assert b["v"].dtype == np.float64 and b["v"][2500] == 3.0
+    assert b["k"].tolist() == [r["k"] for r in recs]
+    assert b["s"][2700] == "longer"
+
+
+def test_from_iterable_plain_tuples_need_their_names():
+    with pytest.raises(ms.PipelineError, match="plain tuple of 2 values") as exc:
+        ms.Pipeline("t").from_iterable([(1, 2.0)])
+    assert "schema=" in str(exc.value)

@@ -16,6 +16,13 @@ _TABLE_LIMIT = 1 << 20  # keys below this use a direct table (8 MB at most)
 
 
 @numba.njit(cache=True)
+def _int_dict():  # pragma: no cover - compiled
+    """An empty int64 -> int64 typed dict. Made in a cached kernel: `Dict.empty` called from Python compiles its
+    constructor afresh in every process (0.17-2 s, most of a short run's fixed cost); this loads from the cache."""
+    return Dict.empty(key_type=types.int64, value_type=types.int64)
+
+
+@numba.njit(cache=True)
 def _intern_ints(start, keys, mask, has_mask, table, limit, other, key_of_slot, n_slots, slots_out):
     """Assign slots to keys in first-seen order. Returns (next record, slots so far, key needing a
     bigger table or -1)."""
@@ -53,7 +60,7 @@ class KeyIndex:
         self.n_slots = 0
         if self.is_int:
             self._table = np.full(1024, -1, dtype=np.int64)
-            self._other = Dict.empty(key_type=types.int64, value_type=types.int64)
+            self._other = _int_dict()
             self._key_of_slot = np.empty(1024, dtype=np.int64)
         else:
             self._str_slots: dict[object, int] = {}
@@ -123,7 +130,7 @@ class KeyIndex:
         self.n_slots = 0
         if self.is_int:
             self._table = np.full(1024, -1, dtype=np.int64)
-            self._other = Dict.empty(key_type=types.int64, value_type=types.int64)
+            self._other = _int_dict()
             self._key_of_slot = np.empty(1024, dtype=np.int64)
             self._int_slots(np.asarray(state["keys"], dtype=np.int64), None)
         else:
