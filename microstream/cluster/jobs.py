@@ -57,6 +57,11 @@ from .store import EndedJob, Store, StoredJob
 
 Send = Callable[[bytes, Message], None]
 
+# How long the hosts of a deployment may take to report ready before the coordinator gives up on it and starts
+# again (a recovery): a process host starts in seconds; a microVM boots and loads numba, minutes under
+# software emulation on a busy machine. Hosts themselves wait for as long as their agent lives.
+DEPLOY_TIMEOUT = {"process": 120.0, "microvm": 600.0}
+
 KEEP = 100             # ended jobs kept in memory (their status); older ones are only in the store
 BARRIER_GAP = 100      # a restored job's barriers start this far above the last persisted one (ids only grow)
 
@@ -146,6 +151,7 @@ class JobLifecycle:
     def _deploy(self, job: Job) -> None:
         """Phase one: a host for every virtual node, on the agent the placement chose."""
         restoring = job.checkpoint is not None
+        job.deploying_since = self.clock()
         for vnode, agent_name in job.placement.items():
             self.send(self.registry.agents[agent_name].identity,
                       Deploy(job=job.id, vnode=vnode, blob=job.blob, data_keys=self.registry.data_keys(),
@@ -159,6 +165,7 @@ class JobLifecycle:
         job.endpoints[m.vnode] = m.peer()
         if len(job.endpoints) < len(job.plan.vnodes):
             return
+        job.deploying_since = None
         agents = self.agents_of(job)
         for agent in agents:
             self.send(agent.identity, Connect(job=job.id, endpoints=job.endpoints))
@@ -262,11 +269,29 @@ class JobLifecycle:
         for job in self:
             if job.state is JobState.RECOVERING and not job.placement:
                 self.place_again(job)
+            elif job.deploying_since is not None and job.state in (JobState.DEPLOYING, JobState.RECOVERING):
+                self._check_deployment(job, now)
             elif job.state is JobState.ADOPTING and job.adopt_until is not None and now >= job.adopt_until:
                 missing = [vn for vn in job.plan.vnodes if vn not in job.results and self._host_of(job, vn) is None]
                 why = (f"a move of {job.moving} was under way" if job.moving else
                        f"{', '.join(missing)} did not come back within {self.grace:g} s")
                 self.recover(job, f"the coordinator restarted and {why}")
+
+    def _check_deployment(self, job: Job, now: float) -> None:
+        """Hosts that have not reported ready: say which in the job's reason; past the deadline of the slowest
+        backend among them, start the deployment again (a recovery, which counts against the restarts)."""
+        assert job.deploying_since is not None
+        missing = [vn for vn in job.plan.vnodes if vn not in job.endpoints]
+        if not missing:
+            return
+        waited = now - job.deploying_since
+        limit = max(DEPLOY_TIMEOUT.get(job.plan.vnodes[vn].backend, DEPLOY_TIMEOUT["process"]) for vn in missing)
+        where = ", ".join(f"{vn} ({job.plan.vnodes[vn].backend} on {job.placement.get(vn, '?')})" for vn in missing)
+        if waited <= limit:
+            job.reason = f"waiting {waited:.0f} s for {where} to start"
+            return
+        job.deploying_since = None
+        self.recover(job, f"{where} did not start within {limit:.0f} s")
 
     def fence(self, agent: AgentInfo, vnodes: dict[str, Any]) -> None:
         """An agent reports hosts that must not run: of an epoch a recovery has replaced (the agent was frozen or

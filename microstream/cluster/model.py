@@ -53,6 +53,7 @@ class Job:
     waiting: list[Any] = field(default_factory=list)  # requests held until the checkpoint being taken is done
     adopt_until: float | None = None               # restored by a restarted coordinator: its hosts must report by
     moving: str | None = None                      # restored while this vnode was moving: it cannot be adopted
+    deploying_since: float | None = None           # hosts were asked to start (clock) and not all are ready
 
     def advance(self, to: JobState) -> None:
         """Go to state `to`; IllegalTransition if a job in this state cannot."""

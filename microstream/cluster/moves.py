@@ -19,7 +19,7 @@ from typing import Any
 
 from ..placement.policy import Proposal
 from ..runtime.protocol import Connect, PauseTo, Redirect, SnapshotRequest, Start
-from .jobs import JobLifecycle, Send
+from .jobs import DEPLOY_TIMEOUT, JobLifecycle, Send
 from .messages import (
     Deploy,
     Error,
@@ -258,7 +258,14 @@ class Moves:
         now = self.clock()
         for job in self.lifecycle:
             move = job.move
-            if move is not None and move.mode is not MoveMode.SAVE and now - move.started > self.timeout:
+            if move is None or move.mode is MoveMode.SAVE:
+                continue
+            if move.state is MoveState.PREPARING:  # the job runs on meanwhile: a new VM gets a deployment's time
+                backend = job.plan.vnodes[move.vnode].backend
+                limit = self.timeout if backend == "process" else max(self.timeout, DEPLOY_TIMEOUT[backend])
+                if now - move.started > limit:
+                    self._call_off(job, move, f"the new host did not start within {limit:.0f} s")
+            elif now - (move.paused_at or move.started) > self.timeout:
                 self._call_off(job, move, f"no progress in {self.timeout:.0f} s")
 
     def _call_off(self, job: Job, move: Move, reason: str) -> None:

@@ -39,7 +39,9 @@ from ..runtime.protocol import ControlMessage
 from .vmhost import STREAM, decode, encode
 
 MEMORY_MB = int(os.environ.get("MICROSTREAM_VM_MEMORY_MB", "384"))
-BOOT_TIMEOUT = 180.0
+# booting and loading numba: minutes under software emulation on a busy machine (the coordinator gives a
+# microVM deployment 600 s and stops the relay if it gives up first)
+BOOT_TIMEOUT = 600.0
 
 
 def _portable_spec(blob: bytes) -> bytes:

@@ -429,8 +429,49 @@ def test_a_move_without_progress_is_called_off(h):
     sent = h.take()
     assert kinds(sent) == [("a3", "stop"), ("a1", "redirect"), ("a2", "redirect"), ("client", "error")]
     assert sent[0][1] == cm.StopJob(job=job_id, only="vn1") and sent[1][1].peer is None
-    assert sent[-1][1].error == "migrate of vn1 called off: no progress in 60 s"
+    assert sent[-1][1].error == "migrate of vn1 called off: the new host did not start within 60 s"
     assert move.state is MoveState.CALLED_OFF and h.job(job_id).move is None
+
+
+def _beat(h: Harness, seconds: float) -> None:
+    h.now += seconds
+    for name in AGENTS:
+        h.send(name, cm.Heartbeat(name=name))
+    h.coord.tick()
+
+
+def test_a_microvm_move_may_take_a_deployments_time_to_start_but_not_to_align(h):
+    job_id = h.run()
+    h.send(CLIENT, cm.MigrateRequest(job=job_id, vnode="vn2", to="a3"))
+    h.take()
+    move = h.job(job_id).move
+    for _ in range(5):                 # 150 s booting a VM: the job runs on meanwhile
+        _beat(h, 30)
+    assert move.state is MoveState.PREPARING and h.job(job_id).move is move
+    h.send("a3", cm.VnodeReady(job=job_id, vnode="vn2", endpoint="tcp://a3:9", public_key="key-a3"))
+    assert move.state is MoveState.ALIGNING
+    h.take()
+    _beat(h, 30)
+    assert move.state is MoveState.ALIGNING   # paused for 30 s: within the move time-out
+    _beat(h, 31)
+    assert move.state is MoveState.CALLED_OFF
+    assert [m.error for _, m in h.take() if isinstance(m, cm.Error)] == [
+        "migrate of vn2 called off: no progress in 60 s"]
+
+
+def test_a_deployment_whose_host_never_starts_is_retried_and_says_what_it_waits_for(h):
+    job_id = h.submit()
+    job = h.job(job_id)
+    h.send("a1", cm.VnodeReady(job=job_id, vnode="vn0", endpoint="tcp://a1:1", public_key="key-a1"))
+    h.send("a2", cm.VnodeReady(job=job_id, vnode="vn1", endpoint="tcp://a2:1", public_key="key-a2"))
+    for _ in range(5):                 # vn2 is a microVM: minutes to boot under emulation are fine
+        _beat(h, 30)
+    assert job.state is JobState.DEPLOYING and job.epoch == 0
+    assert job.reason == "waiting 150 s for vn2 (microvm on a2) to start"
+    for _ in range(16):
+        _beat(h, 30)
+    assert job.state is JobState.RECOVERING and job.epoch == 1
+    assert job.recoveries[-1]["reason"] == "vn2 (microvm on a2) did not start within 600 s"
 
 
 def test_a_vnode_that_finishes_before_it_moves_calls_the_move_off(h):
