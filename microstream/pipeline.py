@@ -22,7 +22,7 @@ from .core.time import to_ns
 from .graph.logical import DeadLetterHub, LogicalGraph, Node
 from .operators.base import LATE, OUT, Operator
 from .operators.stateless import Filter, FlatMap, KeyBy, Map, MapRecords, Split, Union
-from .operators.window import WindowAggregate
+from .operators.window import EMITS, WindowAggregate
 from .sinks.base import Sink
 from .sources.memory import ArraySource, IterableSource, PollSource
 from .windows import WindowSpec
@@ -64,6 +64,14 @@ def _check_spec(spec: Any, where: str) -> None:
     if not isinstance(spec, WindowSpec):
         raise PipelineError(where, f"{spec!r} is not a window", "build one with ms.tumbling('10min'), "
                                                                 "ms.sliding('8h', '1h') or ms.session('5min')")
+
+
+def _check_emit(emit: Any) -> None:
+    if emit not in EMITS:
+        close = suggest(str(emit), list(EMITS))
+        raise PipelineError("window", f"emit must be one of {list(EMITS)}, got {emit!r}"
+                            + (f"; did you mean {close!r}?" if close else ""),
+                            "emit='all' gives every result as it changes, emit='final' one per window")
 
 
 _caller = user_line
@@ -298,13 +306,19 @@ class Stream:
         return self._then(StatefulMap(step, column, out, state_size, init), name)
 
     @public
-    def window(self, spec: WindowSpec, *, lateness: Any = 0, time: str = "event") -> WindowedStream:
+    def window(self, spec: WindowSpec, *, lateness: Any = 0, time: str = "event", emit: str = "all",
+               partial_late: bool = False) -> WindowedStream:
         """Group a keyed stream into windows (`ms.tumbling`, `ms.sliding`, `ms.session`); then `.aggregate(...)`.
 
         `lateness` (a duration: "30s", float seconds, a timedelta; default none) keeps windows open after the
         watermark passes their end: a late record inside it re-emits the window's updated result; later
         records go to the window's `.late` stream. `time="processing"` uses the arrival clock instead of
-        event time.
+        event time. Every result has a `pane` column: `on_time`, `late_update` (replaces the earlier row of
+        the same key and bounds), `retract` (withdraws the earlier row of a session that grew or merged) or
+        `final`. `emit="final"` (or `.final()`) emits each window once, when it can no longer change (its end
+        plus `lateness`). `partial_late=True` also sends to `.late` the records of sliding windows that were too
+        late for some of their windows only, with `missed_windows` and `missed_until` columns (the run counts
+        them either way: `RunResult.late_window_drops`).
 
         >>> import microstream as ms
         >>> p = ms.Pipeline("w"); out = ms.sinks.collect()
@@ -317,7 +331,9 @@ class Stream:
         if time not in ("event", "processing"):
             raise PipelineError("window", f"time must be 'event' or 'processing', got {time!r}")
         _check_spec(spec, "window")
-        return WindowedStream(self, spec, _lateness(lateness, "window"), time == "processing")
+        _check_emit(emit)
+        return WindowedStream(self, spec, _lateness(lateness, "window"), time == "processing", emit,
+                              bool(partial_late))
 
     @public
     def join(self, other: Stream, window: WindowSpec, *, lateness: Any = 0, name: str | None = None) -> Stream:
@@ -366,8 +382,26 @@ class Stream:
 class WindowedStream:
     """A keyed stream cut into windows; `.aggregate(...)` turns it back into a stream of results."""
 
-    def __init__(self, stream: Stream, spec: WindowSpec, lateness: int, processing_time: bool) -> None:
+    def __init__(self, stream: Stream, spec: WindowSpec, lateness: int, processing_time: bool, emit: str = "all",
+                 partial_late: bool = False) -> None:
         self.stream, self.spec, self.lateness, self.processing_time = stream, spec, lateness, processing_time
+        self.emit, self.partial_late = emit, partial_late
+
+    def final(self) -> WindowedStream:
+        """Emit each window once, when it can no longer change (the watermark has passed its end plus the
+        lateness): one row per key and window, `pane` = "final". Same as `window(spec, emit="final")`.
+
+        >>> import microstream as ms
+        >>> S = 10**9
+        >>> p = ms.Pipeline("final"); out = ms.sinks.collect()
+        >>> recs = [{"k": "a", "t": t * S} for t in (1, 4, 12, 3, 14, 9, 25)]
+        >>> (p.from_iterable(recs, time="t").key_by("k").window(ms.tumbling("10s"), lateness="5s").final()
+        ...  .aggregate(n=ms.agg.count()).sink(out))
+        >>> _ = p.run(); [(r["window_start"] // S, r["n"], r["pane"]) for r in out.records()]
+        [(0, 4, 'final'), (10, 2, 'final'), (20, 1, 'final')]
+        """
+        return WindowedStream(self.stream, self.spec, self.lateness, self.processing_time, "final",
+                              self.partial_late)
 
     @public
     def aggregate(self, *, name: str | None = None, **aggs: Aggregate) -> Stream:
@@ -381,7 +415,7 @@ class WindowedStream:
                     raise unknown_option("aggregate", out_name, ["name"])
                 raise PipelineError(name or "window_aggregate", f"'{out_name}' is not an aggregate",
                                     "use ms.agg.count(), ms.agg.mean('col'), ...")
-        op = WindowAggregate(self.spec, aggs, self.lateness, self.processing_time)
+        op = WindowAggregate(self.spec, aggs, self.lateness, self.processing_time, self.emit, self.partial_late)
         return self.stream._then(op, name)
 
 

@@ -85,6 +85,11 @@ class Operator:
         inst.__dict__["_frozen"] = False
         return inst
 
+    def counters(self) -> dict[str, int]:
+        """Instance: named counts of what the run did that a user should see (summed over every instance into the
+        run's result, e.g. a window's `late_window_drops`); they live in the operator's snapshot."""
+        return {}
+
     def results(self) -> list[Any] | None:
         """Instance: what this operator kept for the user during the run (see `collects`)."""
         return None

@@ -20,6 +20,9 @@ from .kernels.keys import KeyIndex
 _FLAG_OF = {"sum": (K.F_SUM,), "mean": (K.F_SUM,), "var": (K.F_WELFORD,), "std": (K.F_WELFORD,),
             "min": (K.F_MIN,), "max": (K.F_MAX,), "first": (K.F_FIRSTLAST,), "last": (K.F_FIRSTLAST,)}
 _OUT_CAP = 1 << 16
+PANES = ("on_time", "late_update", "retract", "final")  # the `pane` column, by the kernels' P_* codes
+_PANE_NAMES = np.array(PANES)
+EMITS = ("all", "final")
 _replay = numba.njit(K.replay_udf_log)
 
 
@@ -31,6 +34,12 @@ def window_columns(key: str | None) -> list[tuple[str, Any]]:
     return cols
 
 
+def missed_until(t: np.ndarray, missed: np.ndarray, spec: WindowSpec) -> np.ndarray:
+    """The end of the last window each record was too late for (its `missed` earliest windows), in ns."""
+    w_first = (t - spec.offset - spec.size) // spec.slide + 1  # the earliest window [s, s + size) holding t
+    return (w_first + missed - 1) * spec.slide + spec.offset + spec.size
+
+
 class WindowAggregate(Operator):
     """Per key and window, fold records into aggregates; emit when the watermark passes the end."""
 
@@ -40,7 +49,7 @@ class WindowAggregate(Operator):
     selectivity = 0.01
 
     def __init__(self, spec: WindowSpec, aggs: dict[str, Aggregate], lateness: int = 0,
-                 processing_time: bool = False) -> None:
+                 processing_time: bool = False, emit: str = "all", partial_late: bool = False) -> None:
         if not aggs:
             raise PipelineError(None, "aggregate() needs at least one aggregate",
                                 "e.g. .aggregate(n=ms.agg.count(), avg=ms.agg.mean('value'))")
@@ -48,6 +57,8 @@ class WindowAggregate(Operator):
         self.aggs = dict(aggs)
         self.lateness = int(lateness)
         self.processing_time = processing_time
+        self.final = emit == "final"
+        self.partial_late = partial_late
         self.value_cols = sorted({a.column for a in aggs.values() if a.column and a.kind != "reduce"})
         self.udfs = [(name, a) for name, a in aggs.items() if a.kind == "reduce"]
 
@@ -62,7 +73,8 @@ class WindowAggregate(Operator):
         aggs = ", ".join(f"{n}={a.describe()}" for n, a in self.aggs.items())
         late = f", lateness {human_duration(self.lateness)}" if self.lateness else ""
         clock = ", processing time" if self.processing_time else ""
-        return f"{self.spec.describe()}{late}{clock} · {aggs}"
+        final = ", final results only" if self.final else ""
+        return f"{self.spec.describe()}{late}{clock}{final} · {aggs}"
 
     def output_schemas(self, inputs: list[Schema], name: str) -> dict[str, Schema]:
         s = inputs[0]
@@ -81,12 +93,17 @@ class WindowAggregate(Operator):
                                               f"'{agg.column}' is {dtype}", "aggregate a numeric column")
         fields: list[tuple[str, Any]] = [(s.key, s.dtype(s.key))]
         fields += window_columns(None)
+        fields.append(("pane", np.dtype("U11")))
         for out_name, agg in self.aggs.items():
             if out_name in {f for f, _ in fields}:
                 raise PipelineError(name, f"aggregate name '{out_name}' clashes with an output column",
                                     "choose another name")
             fields.append((out_name, np.int64 if agg.kind == "count" else np.float64))
-        return {OUT: Schema.of(fields, time="window_time", key=s.key), LATE: s}
+        late = s
+        if self.partial_late:
+            late = Schema.of([*s.fields, ("missed_windows", np.int64), ("missed_until", TIME_DTYPE)],
+                             time=s.time, key=s.key)
+        return {OUT: Schema.of(fields, time="window_time", key=s.key), LATE: late}
 
     # -- run time --------------------------------------------------------------------------------
     def open(self, ctx) -> None:
@@ -104,7 +121,9 @@ class WindowAggregate(Operator):
                     self.flags[self.value_cols.index(agg.column), f] = 1
         self.session = self.spec.kind == "session"
         self.ring = 4 if self.session else _pow2(max(2, -(-self.spec.size // self.spec.slide) + 1))
-        self.sc = np.array([np.iinfo(np.int64).min, MAX_TIME, 0, 0, 0], dtype=np.int64)
+        self.sc = np.zeros(K.N_SCALARS, dtype=np.int64)
+        self.sc[K.S_WM], self.sc[K.S_NEXT] = np.iinfo(np.int64).min, MAX_TIME
+        self.sc[K.S_FINAL] = self.final
         self._alloc_state(16)
         self._alloc_out(_OUT_CAP)
         self.use_log = bool(self.udfs)
@@ -129,7 +148,7 @@ class WindowAggregate(Operator):
         self.out_end = np.empty(cap, dtype=np.int64)
         self.out_count = np.empty(cap, dtype=np.int64)
         self.out_acc = np.empty((cap, nacc), dtype=np.float64)
-        self.out_tacc = np.empty((cap, 2), dtype=np.int64)
+        self.out_tacc = np.empty((cap, 3), dtype=np.int64)  # first and last event time, pane kind
         self.out_wm = np.empty(cap, dtype=np.int64)
         self.log = np.empty((4 * cap if self.udfs_present() else 1, 3), dtype=np.int64)
 
@@ -180,7 +199,7 @@ class WindowAggregate(Operator):
         slots = self.keys.slots(batch.base(self.key_field), mask)
         self._ensure_slots()
         vals = self._values(batch)
-        late = np.zeros(len(t), dtype=np.bool_)
+        miss = np.zeros(len(t), dtype=np.int64)  # -n: too late for all its n windows, +n: for n of them
         has_mask = mask is not None
         m = mask if has_mask else np.empty(0, dtype=np.bool_)
         emitted: Emit = []
@@ -189,13 +208,13 @@ class WindowAggregate(Operator):
             if self.session:
                 i, status = K.session_kernel(has_mask, self.use_log, self.need_t)(
                     i, t, slots, vals, m, wm, self.spec.size, self.lateness, self.ring, self.win,
-                    self.wend, self.fired, self.count, self.acc, self.tacc, self.flags, self.sc, late,
+                    self.wend, self.fired, self.count, self.acc, self.tacc, self.flags, self.sc, miss,
                     *self._outs(), self.log)
             else:
                 i, status = K.ring_kernel(has_mask, self.use_log, self.need_t)(
                     i, t, slots, vals, m, wm, self.spec.size, self.spec.slide, self.spec.offset,
                     self.lateness, self.ring, self.win, self.fired, self.count, self.acc, self.tacc,
-                    self.flags, self.sc, late, *self._outs(), self.log)
+                    self.flags, self.sc, miss, *self._outs(), self.log)
             if status == K.DONE:
                 break
             if status == K.GROW_CELLS:
@@ -207,9 +226,22 @@ class WindowAggregate(Operator):
                 if self.sc[K.S_NOUT] == 0 and self.sc[K.S_OPEN] + 8 > len(self.out_slot):
                     self._alloc_out(2 * len(self.out_slot))
         self._drain(batch, emitted)
+        late = miss != 0 if self.partial_late else miss < 0
         if late.any():  # `late` is over the uncompacted records; the batch's filter is over the selected ones
-            emitted.append((LATE, batch.filter(late if mask is None else late[mask])))
+            late_batch = batch.filter(late if mask is None else late[mask])
+            if self.partial_late:
+                rows = np.flatnonzero(late)
+                cols = {c: late_batch[c] for c in late_batch.names}
+                missed = np.abs(miss[rows])
+                cols["missed_windows"] = missed
+                cols["missed_until"] = missed_until(t[rows], missed, self.spec)
+                late_batch = Batch(cols, late_batch.wm)
+            emitted.append((LATE, late_batch))
         return emitted
+
+    def counters(self) -> dict[str, int]:
+        """(record, window) pairs dropped as too late, and records too late for some windows but not all."""
+        return {"late_window_drops": int(self.sc[K.S_DROPS]), "partially_late": int(self.sc[K.S_PARTIAL])}
 
     def on_watermark(self, wm: int) -> Emit:
         return self._advance(wm)
@@ -285,6 +317,7 @@ class WindowAggregate(Operator):
             "window_start": pick(self.out_start),
             "window_end": end,
             "window_time": end - 1,
+            "pane": _PANE_NAMES[pick(self.out_tacc[:, 2])],
         }
         acc = pick(self.out_acc)
         if not in_order:
@@ -314,7 +347,10 @@ class WindowAggregate(Operator):
         self.keys.restore(state["keys"])
         self.ring = state["ring"]
         self.win, self.wend, self.fired = state["win"], state["wend"], state["fired"]
-        self.count, self.acc, self.tacc, self.sc = state["count"], state["acc"], state["tacc"], state["sc"]
+        self.count, self.acc, self.tacc = state["count"], state["acc"], state["tacc"]
+        self.sc = np.zeros(K.N_SCALARS, dtype=np.int64)
+        self.sc[: len(state["sc"])] = state["sc"]  # a snapshot from before the drop counters has five
+        self.sc[K.S_FINAL] = self.final
         self.udf_acc = state["udf_acc"]
         self.n_slot_cap = len(self.win) // self.ring
 

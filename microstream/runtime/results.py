@@ -23,7 +23,9 @@ class RunResult:
     records_out: dict[str, int] = field(default_factory=dict)    # per sink
     dead_letter_count: int = 0
     dead_letters: list[dict[str, Any]] = field(default_factory=list)  # the first 1000
-    late_count: int = 0
+    late_count: int = 0                                          # records sent to a window's `.late`
+    late_window_drops: int = 0   # (record, window) pairs dropped as too late: a sliding window's record has several
+    partially_late: int = 0      # records too late for some of their windows only (in late_count if routed to .late)
     outputs: dict[str, str] = field(default_factory=dict)        # sink -> the file it wrote, for file sinks
 
     def summary(self) -> str:
@@ -32,7 +34,7 @@ class RunResult:
         rout = sum(self.records_out.values())
         rate = f", {rin / self.seconds:,.0f} records/s" if self.seconds > 0 else ""
         text = (f"{self.pipeline}: {rin:,} records in, {rout:,} out, {self.dead_letter_count:,} dead letters, "
-                f"{self.late_count:,} late, {self.seconds:.2f} s{rate}")
+                f"{self.late_count:,} late{_partial(self)}, {self.seconds:.2f} s{rate}")
         if self.dead_letters:
             first = self.dead_letters[0]
             text += f"\n  first dead letter: {first['operator']} at {first['position']}: {first['reason']}"
@@ -63,6 +65,8 @@ def report(result: RunResult, columns: int) -> str:
     dead = f"{result.dead_letter_count:,} dead letter{'' if result.dead_letter_count == 1 else 's'}"
     late = f"{result.late_count:,} late record{'' if result.late_count == 1 else 's'}"
     lines = [fit(f"{result.pipeline}: {rin:,} records in {result.seconds:.2f} s{rate}: {dead}, {late}", columns)]
+    if result.partially_late:
+        lines.append(fit(f"  sliding windows: {_partial(result)[2:-1]}", columns))
     lines += table(["source", "records in"], [[k, f"{v:,}"] for k, v in result.records_in.items()], columns)
     sinks = [[k, f"{v:,}", result.outputs.get(k, "")] for k, v in result.records_out.items()]
     has_files = any(row[2] for row in sinks)
@@ -73,6 +77,14 @@ def report(result: RunResult, columns: int) -> str:
         lines.append(fit(f"  first dead letter: {first['operator']} at {first['position']}: {first['reason']}",
                          columns))
     return "\n".join(lines)
+
+
+def _partial(result: RunResult) -> str:
+    """The partial lateness of sliding windows, when there was any: records that lost some of their windows."""
+    if not result.partially_late:
+        return ""
+    return (f" ({result.partially_late:,} too late for only some of their windows; "
+            f"{result.late_window_drops:,} record-window drops)")
 
 
 def merge_results(graph: LogicalGraph, results: list[dict[str, Any]], seconds: float) -> RunResult:
@@ -87,6 +99,9 @@ def merge_results(graph: LogicalGraph, results: list[dict[str, Any]], seconds: f
             out.records_out[k] = out.records_out.get(k, 0) + v
         out.dead_letter_count += r["dead_letter_count"]
         out.late_count += r.get("late_count", 0)
+        counters = r.get("counters", {})
+        out.late_window_drops += counters.get("late_window_drops", 0)
+        out.partially_late += counters.get("partially_late", 0)
         out.dead_letters.extend(r["dead_letters"][:KEEP_DEAD_LETTERS - len(out.dead_letters)])
         for name, batches in r["collected"].items():
             collected.setdefault(name, []).extend(Batch(b) for b in batches)

@@ -470,7 +470,10 @@ class TaskRunner:
         collected: dict[str, list[Any]] = {}
         records_in: dict[str, int] = {}
         records_out: dict[str, int] = {}
+        counters: dict[str, int] = {}
         for t in self.tasks.values():
+            for name, n in t.op.counters().items():
+                counters[name] = counters.get(name, 0) + n
             results = t.op.results()
             if results is not None:
                 collected.setdefault(t.name, []).extend(results)
@@ -480,4 +483,4 @@ class TaskRunner:
                 records_out[t.name] = records_out.get(t.name, 0) + t.records_in
         return {"vnode": self.vnode_id, "collected": collected, "records_in": records_in,
                 "records_out": records_out, "dead_letter_count": self.dead_count, "late_count": self.late_count,
-                "dead_letters": self.dead_samples, "stats": self.stats()}
+                "counters": counters, "dead_letters": self.dead_samples, "stats": self.stats()}

@@ -5,7 +5,9 @@ The model (`RefWindows`) walks records in arrival order, each with the watermark
 - a record is too late for a window when e + lateness <= watermark; with no window left it goes to `.late`;
 - a record for an already fired window within lateness updates it and re-emits its full result at once;
 - a fired window is forgotten when e + lateness <= watermark; at the end of the stream every window fires;
-- a session record at t covers [t, t + gap); sessions that touch or overlap merge.
+- a session record at t covers [t, t + gap); sessions that touch or overlap merge;
+- every result says its pane: `on_time` (fired by the watermark), `late_update` (re-emitted at a late record),
+  `retract` (an emitted session that grows or merges is withdrawn, with its old bounds and values, first).
 `interleaved_events` reproduces the per-record watermarks the local runtime gives when several sources feed
 one operator (each source polled in turn, one batch at a time; watermark = minimum over the inputs).
 """
@@ -108,11 +110,11 @@ class RefWindows:
         self.out: list[dict] = []
         self.late: list[dict] = []
 
-    def _emit(self, k, w: _Win) -> None:
+    def _emit(self, k, w: _Win, pane: str) -> None:
         assert w.recs, "the model never emits an empty window"
         self.out.append({self.key: k, "window_start": w.start, "window_end": w.end, "window_time": w.end - 1,
-                         **self.aggregate(w.recs)})
-        w.fired = True
+                         "pane": pane, **self.aggregate(w.recs)})
+        w.fired = pane != "retract"
 
     def advance(self, wm: int) -> None:
         if wm <= self.wm:
@@ -122,7 +124,7 @@ class RefWindows:
         for k, wins in self.open.items():
             for w in list(wins if session else wins.values()):
                 if not w.fired and w.end <= wm:
-                    self._emit(k, w)
+                    self._emit(k, w, "on_time")
                 if w.fired and w.end + self.lateness <= wm:  # forgotten
                     if session:
                         wins.remove(w)
@@ -145,7 +147,7 @@ class RefWindows:
             w.recs.append(r)
             accepted = True
             if e <= self.wm:  # already past its end: emit the updated result now
-                self._emit(k, w)
+                self._emit(k, w, "late_update")
         if not accepted:
             self.late.append(r)
 
@@ -161,6 +163,8 @@ class RefWindows:
         else:
             merged = _Win(min(t, *(w.start for w in touching)), max(t + gap, *(w.end for w in touching)))
             for w in touching:
+                if w.fired and (w.start, w.end) != (merged.start, merged.end):
+                    self._emit(k, w, "retract")
                 merged.recs += w.recs
                 sessions.remove(w)
             only = touching[0]
@@ -170,7 +174,7 @@ class RefWindows:
         merged.recs.append(r)
         sessions.append(merged)
         if merged.end <= self.wm:
-            self._emit(k, merged)
+            self._emit(k, merged, "late_update")
 
     def finish(self) -> RefWindows:
         self.advance(MAX)
@@ -256,18 +260,22 @@ def _close(a, b) -> bool:
 def assert_rows(got: list[dict], want: list[dict], key: str = "k") -> None:
     """Same multiset of window results; aggregates compared with a float tolerance. `got` is in emission
     order: a window emitted again (late update) must come later with more records, so the later row
-    supersedes."""
-    seen: dict = {}
+    supersedes; a `retract` row withdraws the row in force for its key and bounds."""
+    live: dict = {}
     for r in got:
         assert r["n"] >= 1, f"empty window emitted: {r}"
         assert r["window_time"] == r["window_end"] - 1
         assert r["window_start"] < r["window_end"]
         w = (repr(r[key]), r["window_start"], r["window_end"])
-        assert r["n"] > seen.get(w, 0), f"re-emission of {w} is not an update of the earlier row"
-        seen[w] = r["n"]
+        if r["pane"] == "retract":
+            assert live.pop(w, None) == r["n"], f"retraction of {w} does not match the row in force"
+            continue
+        assert r["pane"] == ("late_update" if w in live else r["pane"])
+        assert r["n"] > live.get(w, 0), f"re-emission of {w} is not an update of the earlier row"
+        live[w] = r["n"]
 
     def sort_key(r):
-        return (repr(r[key]), r["window_start"], r["window_end"], r["n"])
+        return (repr(r[key]), r["window_start"], r["window_end"], r["n"], r["pane"])
 
     got, want = sorted(got, key=sort_key), sorted(want, key=sort_key)
     assert [sort_key(r) for r in got] == [sort_key(r) for r in want]
@@ -290,6 +298,10 @@ def check_against_reference(records, spec, lateness=0, max_delay=0, batch_size=1
 
 def rec(k, t, v, w=None):
     return {"k": k, "t": t, "v": float(v), "w": float(t % 5 - 2 if w is None else w)}
+
+
+def panes(rows):
+    return [(r["window_start"], r["window_end"], r["n"], r["pane"]) for r in rows]
 
 
 def by_window(rows):
@@ -349,8 +361,10 @@ def test_window_fires_when_the_watermark_reaches_its_end():
     assert [(r["window_start"], r["n"]) for r in got] == [(0, 1), (0, 2), (10, 2)]
     assert [r["t"] for r in late] == [8]   # 10 + 1 <= 11
     # sessions: [0, 10) fires at wm 10; within lateness the touching record 10 grows it to [0, 20), and so on
+    # each time, the result in force is withdrawn first (a retract row with its old bounds)
     got, late = check_against_reference([rec(1, t, t) for t in (0, 10, 20, 9)], ms.session(ns(10)), lateness=5)
-    assert [(r["window_start"], r["window_end"], r["n"]) for r in got] == [(0, 10, 1), (0, 20, 2), (0, 30, 4)]
+    assert panes(got) == [(0, 10, 1, "on_time"), (0, 10, 1, "retract"), (0, 20, 2, "on_time"),
+                          (0, 20, 2, "retract"), (0, 30, 4, "on_time")]
     assert late == []
     # no lateness: [0, 10) is gone at wm 10, so 10 opens [10, 20), which 9 then extends to [9, 20)
     got, late = check_against_reference([rec(1, t, t) for t in (0, 10, 9, -5)], ms.session(ns(10)))
@@ -416,19 +430,23 @@ def test_session_late_bridging_after_firing():
     # max_delay 0, lateness 50, gap 10
     recs = [rec(1, t, t) for t in (0, 30, 15, 22, 9, 100, 5)]
     got, late = check_against_reference(recs, ms.session(ns(10)), lateness=50)
-    assert [(r["window_start"], r["window_end"], r["n"]) for r in got] == [
-        (0, 10, 1),     # fired at wm 30
-        (15, 25, 1),    # late but within lateness: emitted at once
-        (0, 40, 5),     # 22 bridges [15,25) and [30,40), 9 bridges [0,10): fired at wm 100
-        (100, 110, 1)]  # at the end
+    assert panes(got) == [
+        (0, 10, 1, "on_time"),        # fired at wm 30
+        # then, at wm 30 (rows emitted at one watermark come out in window-end order): 15 is late but within
+        # lateness, emitted at once; 22 bridges [15,25) and [30,40), 9 bridges [0,10): both results withdrawn
+        (0, 10, 1, "retract"),
+        (15, 25, 1, "late_update"),
+        (15, 25, 1, "retract"),
+        (0, 40, 5, "on_time"),        # fired at wm 100
+        (100, 110, 1, "on_time")]     # at the end
     assert [r["t"] for r in late] == [5]   # [0, 40) was forgotten at wm 100 (40 + 50 <= 100)
 
 
 def test_session_record_inside_a_fired_session_re_emits():
     recs = [rec(1, t, t) for t in (0, 8, 30, 3, 70, 4)]
     got, late = check_against_reference(recs, ms.session(ns(10)), lateness=15)
-    assert [(r["window_start"], r["window_end"], r["n"]) for r in got] == [
-        (0, 18, 2), (0, 18, 3), (30, 40, 1), (70, 80, 1)]
+    assert panes(got) == [(0, 18, 2, "on_time"), (0, 18, 3, "late_update"), (30, 40, 1, "on_time"),
+                          (70, 80, 1, "on_time")]   # same bounds: the update replaces, nothing to withdraw
     assert [r["t"] for r in late] == [4]
 
 

@@ -24,7 +24,7 @@ def test_jsonl_and_csv_sinks_write_iso_times_and_values(tmp_path):
     lines = [json.loads(x) for x in (tmp_path / "out" / "w.jsonl").read_text().splitlines()]
     assert lines[0] == {"room": "a", "window_start": "1970-01-01T00:00:00.000Z",
                         "window_end": "1970-01-01T00:01:00.000Z",
-                        "window_time": "1970-01-01T00:00:59.999Z", "co2": 425.0, "n": 6}
+                        "window_time": "1970-01-01T00:00:59.999Z", "pane": "on_time", "co2": 425.0, "n": 6}
     with open(tmp_path / "w.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert [r["n"] for r in rows] == ["6", "6"] and rows[1]["co2"] == "485.0"

@@ -33,8 +33,16 @@ N_ACC = 7
 # Flag columns per value column.
 F_SUM, F_WELFORD, F_MIN, F_MAX, F_FIRSTLAST = range(5)
 N_FLAGS = 5
-# Scalars kept between calls.
-S_WM, S_NEXT, S_OPEN, S_NOUT, S_NLOG = range(5)
+# Scalars kept between calls: watermark, next firing time, open cells, rows in the output buffer, log entries,
+# (record, window) pairs dropped as too late, records too late for some of their windows but not all.
+# S_FINAL: 1 to emit each window once, when it is freed (emit="final"); a scalar, not an argument, because the
+# kernels' calls must stay within 30 arguments (CPython passes more as *args, which numba cannot inline).
+S_WM, S_NEXT, S_OPEN, S_NOUT, S_NLOG, S_DROPS, S_PARTIAL, S_FINAL = range(8)
+N_SCALARS = 8
+# Pane kinds of emitted rows: the first result when the watermark passes the end; a result re-emitted after a
+# late record (it replaces the earlier row with the same key and bounds); the withdrawal of an earlier row whose
+# session grew or merged; the one result of a window emitted once it can no longer change (emit="final").
+P_ON_TIME, P_LATE, P_RETRACT, P_FINAL = range(4)
 # Update-log opcodes (replayed for user-defined reducers).
 LOG_UPDATE, LOG_EMIT, LOG_FREE, LOG_MERGE, LOG_INIT = range(5)
 
@@ -128,7 +136,7 @@ def _merge_cells(dst, src, flags, count, acc, tacc):
 
 @numba.njit(cache=True, inline="always")
 def _emit(c, slot, start, end, count, acc, tacc, sc, out_slot, out_start, out_end, out_count, out_acc,
-          out_tacc, out_wm, emit_wm, log, use_log):
+          out_tacc, out_wm, emit_wm, kind, log, use_log):
     k = sc[S_NOUT]
     out_slot[k] = slot
     out_start[k] = start
@@ -138,6 +146,7 @@ def _emit(c, slot, start, end, count, acc, tacc, sc, out_slot, out_start, out_en
         out_acc[k, j] = acc[c, j]
     out_tacc[k, 0] = tacc[c, 0]
     out_tacc[k, 1] = tacc[c, 1]
+    out_tacc[k, 2] = kind
     out_wm[k] = emit_wm
     sc[S_NOUT] = k + 1
     if use_log:
@@ -156,8 +165,10 @@ def _log(log, sc, op, a, b):
 @numba.njit(cache=True)
 def _fire_ring(size, lateness, R, win, fired, count, acc, tacc, sc, out_slot, out_start, out_end, out_count,
                out_acc, out_tacc, out_wm, emit_wm, log, use_log):
-    """Emit every window whose end the watermark has passed; free those past their lateness."""
+    """Emit every window whose end the watermark has passed; free those past their lateness. With S_FINAL,
+    a window is emitted once, as it is freed."""
     wm = sc[S_WM]
+    final = sc[S_FINAL] != 0
     nxt = _TMAX
     for c in range(len(win)):
         s = win[c]
@@ -166,13 +177,17 @@ def _fire_ring(size, lateness, R, win, fired, count, acc, tacc, sc, out_slot, ou
         e = s + size
         if fired[c] == 0:
             if e <= wm:
-                _emit(c, c // R, s, e, count, acc, tacc, sc, out_slot, out_start, out_end, out_count,
-                      out_acc, out_tacc, out_wm, emit_wm, log, use_log)
+                if not final:
+                    _emit(c, c // R, s, e, count, acc, tacc, sc, out_slot, out_start, out_end, out_count,
+                          out_acc, out_tacc, out_wm, emit_wm, P_ON_TIME, log, use_log)
                 fired[c] = 1
             else:
                 nxt = min(nxt, e)
                 continue
         if e + lateness <= wm:
+            if final:
+                _emit(c, c // R, s, e, count, acc, tacc, sc, out_slot, out_start, out_end, out_count,
+                      out_acc, out_tacc, out_wm, emit_wm, P_FINAL, log, use_log)
             win[c] = EMPTY
             sc[S_OPEN] -= 1
             if use_log:
@@ -188,22 +203,24 @@ def ring_kernel(has_mask: bool, use_log: bool, need_t: bool):
 
     @numba.njit(cache=True)
     def kernel(start_i, t, slots, vals, mask, wm, size, slide, offset, lateness, R, win, fired, count, acc,
-               tacc, flags, sc, late, out_slot, out_start, out_end, out_count, out_acc, out_tacc, out_wm, log):
+               tacc, flags, sc, miss, out_slot, out_start, out_end, out_count, out_acc, out_tacc,
+               out_wm, log):
         return _ring_body(start_i, t, slots, vals, mask, has_mask, wm, size, slide, offset, lateness, R, win,
-                          fired, count, acc, tacc, flags, sc, late, out_slot, out_start, out_end, out_count,
-                          out_acc, out_tacc, out_wm, log, use_log, need_t)
+                          fired, count, acc, tacc, flags, sc, miss, out_slot, out_start, out_end,
+                          out_count, out_acc, out_tacc, out_wm, log, use_log, need_t)
 
     return kernel
 
 
 @numba.njit(cache=True, inline="always")
 def _ring_body(start_i, t, slots, vals, mask, has_mask, wm, size, slide, offset, lateness, R,
-               win, fired, count, acc, tacc, flags, sc, late, out_slot, out_start, out_end, out_count,
-               out_acc, out_tacc, out_wm, log, use_log, need_t):
+               win, fired, count, acc, tacc, flags, sc, miss, out_slot, out_start, out_end,
+               out_count, out_acc, out_tacc, out_wm, log, use_log, need_t):
     """Tumbling (slide == size) and sliding windows. Returns (next record, status).
 
     The hot loop keeps the watermark and the next firing time in locals (the state arrays could
-    alias them otherwise) and has a one-window fast path for tumbling windows.
+    alias them otherwise) and has a one-window fast path for tumbling windows. A record too late for
+    all its windows gets `miss[i]` = -(windows missed), one too late for some only +(windows missed).
     """
     cap = len(out_slot)
     logcap = log.shape[0]
@@ -212,6 +229,7 @@ def _ring_body(start_i, t, slots, vals, mask, has_mask, wm, size, slide, offset,
     mask_r = R - 1
     cur = sc[S_WM]
     nxt = sc[S_NEXT]
+    final = sc[S_FINAL] != 0
     for i in range(start_i, len(t)):
         w_i = wm[i]
         if w_i > cur:
@@ -240,7 +258,8 @@ def _ring_body(start_i, t, slots, vals, mask, has_mask, wm, size, slide, offset,
             s = w_last * slide + offset
             e = s + size
             if e + lateness <= cur:
-                late[i] = True
+                miss[i] = -1
+                sc[S_DROPS] += 1
                 continue
             c = slot * R + (w_last & mask_r)
             ws = win[c]
@@ -261,8 +280,9 @@ def _ring_body(start_i, t, slots, vals, mask, has_mask, wm, size, slide, offset,
             if use_log:
                 _log(log, sc, LOG_UPDATE, c, i)
             if e <= cur:  # late but within the allowed lateness: emit the updated result now
-                _emit(c, slot, s, e, count, acc, tacc, sc, out_slot, out_start, out_end, out_count,
-                      out_acc, out_tacc, out_wm, cur, log, use_log)
+                if not final:
+                    _emit(c, slot, s, e, count, acc, tacc, sc, out_slot, out_start, out_end, out_count,
+                          out_acc, out_tacc, out_wm, cur, P_LATE, log, use_log)
                 fired[c] = 1
                 if e + lateness < nxt:
                     nxt = e + lateness
@@ -282,6 +302,7 @@ def _ring_body(start_i, t, slots, vals, mask, has_mask, wm, size, slide, offset,
             w -= 1
         # pass 2: update
         accepted = False
+        missed = 0
         w = w_last
         while True:
             s = w * slide + offset
@@ -304,14 +325,22 @@ def _ring_body(start_i, t, slots, vals, mask, has_mask, wm, size, slide, offset,
                     _log(log, sc, LOG_UPDATE, c, i)
                 accepted = True
                 if e <= cur:  # late but within the allowed lateness: emit the updated result now
-                    _emit(c, slot, s, e, count, acc, tacc, sc, out_slot, out_start, out_end, out_count,
-                          out_acc, out_tacc, out_wm, cur, log, use_log)
+                    if not final:
+                        _emit(c, slot, s, e, count, acc, tacc, sc, out_slot, out_start, out_end, out_count,
+                              out_acc, out_tacc, out_wm, cur, P_LATE, log, use_log)
                     fired[c] = 1
                     if e + lateness < nxt:
                         nxt = e + lateness
+            else:
+                missed += 1
             w -= 1
-        if not accepted:
-            late[i] = True
+        if missed:
+            sc[S_DROPS] += missed
+            if accepted:
+                miss[i] = missed
+                sc[S_PARTIAL] += 1
+            else:
+                miss[i] = -missed
     sc[S_WM] = cur
     sc[S_NEXT] = nxt
     return len(t), DONE
@@ -341,6 +370,7 @@ def fire_ring_to(new_wm, size, lateness, R, win, fired, count, acc, tacc, sc, ou
 def _fire_sessions(lateness, S, sstart, send, fired, count, acc, tacc, sc, out_slot, out_start, out_end,
                    out_count, out_acc, out_tacc, out_wm, emit_wm, log, use_log):
     wm = sc[S_WM]
+    final = sc[S_FINAL] != 0
     nxt = _TMAX
     for c in range(len(sstart)):
         s = sstart[c]
@@ -349,13 +379,17 @@ def _fire_sessions(lateness, S, sstart, send, fired, count, acc, tacc, sc, out_s
         e = send[c]
         if fired[c] == 0:
             if e <= wm:
-                _emit(c, c // S, s, e, count, acc, tacc, sc, out_slot, out_start, out_end, out_count,
-                      out_acc, out_tacc, out_wm, emit_wm, log, use_log)
+                if not final:
+                    _emit(c, c // S, s, e, count, acc, tacc, sc, out_slot, out_start, out_end, out_count,
+                          out_acc, out_tacc, out_wm, emit_wm, P_ON_TIME, log, use_log)
                 fired[c] = 1
             else:
                 nxt = min(nxt, e)
                 continue
         if e + lateness <= wm:
+            if final:
+                _emit(c, c // S, s, e, count, acc, tacc, sc, out_slot, out_start, out_end, out_count,
+                      out_acc, out_tacc, out_wm, emit_wm, P_FINAL, log, use_log)
             sstart[c] = EMPTY
             sc[S_OPEN] -= 1
             if use_log:
@@ -371,22 +405,25 @@ def session_kernel(has_mask: bool, use_log: bool, need_t: bool):
 
     @numba.njit(cache=True)
     def kernel(start_i, t, slots, vals, mask, wm, gap, lateness, S, sstart, send, fired, count, acc, tacc,
-               flags, sc, late, out_slot, out_start, out_end, out_count, out_acc, out_tacc, out_wm, log):
+               flags, sc, miss, out_slot, out_start, out_end, out_count, out_acc, out_tacc, out_wm,
+               log):
         return _session_body(start_i, t, slots, vals, mask, has_mask, wm, gap, lateness, S, sstart, send,
-                             fired, count, acc, tacc, flags, sc, late, out_slot, out_start, out_end, out_count,
-                             out_acc, out_tacc, out_wm, log, use_log, need_t)
+                             fired, count, acc, tacc, flags, sc, miss, out_slot, out_start, out_end,
+                             out_count, out_acc, out_tacc, out_wm, log, use_log, need_t)
 
     return kernel
 
 
 @numba.njit(cache=True, inline="always")
 def _session_body(start_i, t, slots, vals, mask, has_mask, wm, gap, lateness, S, sstart, send, fired,
-                  count, acc, tacc, flags, sc, late, out_slot, out_start, out_end, out_count, out_acc,
+                  count, acc, tacc, flags, sc, miss, out_slot, out_start, out_end, out_count, out_acc,
                   out_tacc, out_wm, log, use_log, need_t):
-    """Session windows: a record at t opens [t, t + gap) and merges every session it touches."""
+    """Session windows: a record at t opens [t, t + gap) and merges every session it touches. A session that
+    had been emitted and now grows or merges is withdrawn first (a P_RETRACT row with its old bounds)."""
     cap = len(out_slot)
     logcap = log.shape[0]
     nvals = flags.shape[0]
+    final = sc[S_FINAL] != 0
     for i in range(start_i, len(t)):
         w_i = wm[i]
         if w_i > sc[S_WM]:
@@ -401,7 +438,7 @@ def _session_body(start_i, t, slots, vals, mask, has_mask, wm, gap, lateness, S,
                 sc[S_WM] = w_i
         if has_mask and not mask[i]:
             continue
-        if sc[S_NOUT] + 1 > cap or (use_log and sc[S_NLOG] + S + 3 > logcap):
+        if sc[S_NOUT] + S + 2 > cap or (use_log and sc[S_NLOG] + 2 * S + 4 > logcap):
             return i, FLUSH
         ti = t[i]
         slot = slots[i]
@@ -426,7 +463,8 @@ def _session_body(start_i, t, slots, vals, mask, has_mask, wm, gap, lateness, S,
                     target = c
         if n_touch == 0:
             if hi + lateness <= cur:
-                late[i] = True
+                miss[i] = -1
+                sc[S_DROPS] += 1
                 continue
             if free < 0:
                 return i, GROW_CELLS
@@ -439,19 +477,25 @@ def _session_body(start_i, t, slots, vals, mask, has_mask, wm, gap, lateness, S,
             if use_log:
                 _log(log, sc, LOG_INIT, target, 0)
         else:
+            grew = hi > send[target] or lo < sstart[target]
+            if grew and fired[target] and not final:
+                _emit(target, slot, sstart[target], send[target], count, acc, tacc, sc, out_slot, out_start,
+                      out_end, out_count, out_acc, out_tacc, out_wm, cur, P_RETRACT, log, use_log)
             was_fired = fired[target]
             for j in range(S):
                 c = base + j
                 if c == target or sstart[c] == EMPTY:
                     continue
                 if sstart[c] <= ti + gap and ti <= send[c]:
+                    if fired[c] and not final:
+                        _emit(c, slot, sstart[c], send[c], count, acc, tacc, sc, out_slot, out_start, out_end,
+                              out_count, out_acc, out_tacc, out_wm, cur, P_RETRACT, log, use_log)
                     _merge_cells(target, c, flags, count, acc, tacc)
                     if use_log:
                         _log(log, sc, LOG_MERGE, target, c)
                     was_fired = max(was_fired, fired[c])
                     sstart[c] = EMPTY
                     sc[S_OPEN] -= 1
-            grew = hi > send[target] or lo < sstart[target]
             sstart[target] = lo
             send[target] = hi
             fired[target] = was_fired if not grew else 0
@@ -460,8 +504,9 @@ def _session_body(start_i, t, slots, vals, mask, has_mask, wm, gap, lateness, S,
             _log(log, sc, LOG_UPDATE, target, i)
         e = send[target]
         if e <= cur:  # late but within the allowed lateness
-            _emit(target, slot, sstart[target], e, count, acc, tacc, sc, out_slot, out_start, out_end,
-                  out_count, out_acc, out_tacc, out_wm, cur, log, use_log)
+            if not final:
+                _emit(target, slot, sstart[target], e, count, acc, tacc, sc, out_slot, out_start, out_end,
+                      out_count, out_acc, out_tacc, out_wm, cur, P_LATE, log, use_log)
             fired[target] = 1
             if e + lateness < sc[S_NEXT]:
                 sc[S_NEXT] = e + lateness
