@@ -24,6 +24,8 @@ test: lint
 	-$(BIN)/python -c "from microstream.cluster.prometheus import ensure_prometheus; ensure_prometheus()"
 	@# mosquitto, the MQTT broker the connector tests start on loopback (apt-get, as root; a no-op once installed)
 	-$(BIN)/python -c "from microstream.connectors.broker import ensure_mosquitto; ensure_mosquitto()"
+	@# Chromium, the browser the web console's test drives headless (apt-get, as root; a no-op once installed)
+	-$(BIN)/python -c "import shutil; from microstream.core.sysdeps import apt_install; shutil.which('chromium') or apt_install(['chromium'], 'the web console test')"
 	$(BIN)/pytest
 
 # The day-to-day lane: the tests not marked `slow` (no real-process clusters, microVMs, demo, Prometheus), under

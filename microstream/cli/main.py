@@ -132,6 +132,9 @@ def cmd_coordinator(args: argparse.Namespace) -> int:
                         adopt_grace=args.adopt_grace, keep_jobs=args.keep_jobs, roles=roles,
                         metrics_bind=args.metrics_bind, max_message=int(args.max_message * (1 << 20)))
     endpoint = coord.open()
+    from ..console import start_for  # the web console, fed by the coordinator's loop (docs/console.md)
+
+    start_for(coord, _home(args), args)
     if args.port_file:
         Path(args.port_file).write_text(endpoint)
     print(f"coordinator listening on {endpoint}; metrics on {args.metrics_bind}:{coord.metrics_port}; trusts "
@@ -485,6 +488,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="after a restart, seconds a job's hosts have to be reported by their agents before the job "
                         "recovers from its last checkpoint (default: --agent-timeout)")
     _cluster_options(p, coordinator=False)
+    from ..console import add_options as console_options
+
+    console_options(p)
     p.set_defaults(fn=cmd_coordinator)
 
     p = sub.add_parser("agent", help="run an agent on this physical node")
@@ -577,7 +583,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--detach", action="store_true", help="start in the background and return")
     _cluster_options(p, coordinator=False)
     p.set_defaults(fn=cmd_cluster)
+
+    p = sub.add_parser("console", help="print the address of the web console, with its token (docs/console.md)")
+    p.add_argument("--home", metavar="DIR", help="the coordinator's home (default $MICROSTREAM_HOME or ~/.microstream)")
+    p.set_defaults(fn=cmd_console)
     return parser
+
+
+def cmd_console(args: argparse.Namespace) -> int:
+    from ..console import print_url
+
+    return print_url(_home(args))
 
 
 _DELEGATED = {"keys": ("microstream.cluster.security", "keys_main"),

@@ -89,6 +89,7 @@ class Coordinator:
         self.log = log
         self.metrics_port = metrics_port
         self.metrics: Any = None
+        self.console: Any = None                # the web console (microstream.console), fed status by the loop
         self._stop = False
         self.store = Store(state_dir) if state_dir is not None else None
         self.registry = AgentRegistry(agent_timeout, clock=clock, log=log)
@@ -152,6 +153,8 @@ class Coordinator:
             self.ctx.term()
         if getattr(self, "_metrics_server", None) is not None:
             self._metrics_server.stop()
+        if self.console is not None:
+            self.console.stop()
         if self.store is not None:
             self.store.close()
 
@@ -219,6 +222,8 @@ class Coordinator:
         self.checkpoints.tick()
         self._replace()
         self._update_metrics()
+        if self.console is not None:  # status is built here, on the loop's thread, only when someone watches
+            self.console.feed(self.status)
 
     # -- messages that concern more than one part ----------------------------------------------------------------
     def _on_register(self, identity: bytes, m: Register) -> None:
@@ -292,8 +297,13 @@ class Coordinator:
         state = None if store is None else {"dir": str(store.directory), "writes": store.writes,
                                             "write_ms": round(1000 * store.write_seconds / max(1, store.writes), 2),
                                             "slowest_write_ms": round(1000 * store.slowest_write, 1)}
+        topology = self.placer.topology
         return {"agents": self.registry.status(), "jobs": self.lifecycle.status() if jobs else {},
-                "metrics_port": self.metrics_port, "state": state}
+                "metrics_port": self.metrics_port, "state": state,
+                "topology": None if topology is None else {
+                    "nodes": [{"name": n.name, "site": n.site} for n in topology.nodes],
+                    "links": [{"a": lk.a, "b": lk.b, "bandwidth": lk.bandwidth, "latency_ms": lk.latency_ms}
+                              for lk in topology.all_links()]}}
 
     def _forget_job(self, job_id: str) -> None:
         """A job left the history: its metric series go (the coordinator does not grow per finished job)."""

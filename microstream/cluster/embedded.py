@@ -112,7 +112,7 @@ def up(nodes: int, root: Path, port: int = 0, insecure: bool = False, progress=p
     port_file = root / "coordinator.port"
     port_file.unlink(missing_ok=True)
     args = ["coordinator", "--port-file", str(port_file), "--metrics-port", "0", "--state-dir", str(state_dir(root)),
-            *sec, *(coordinator_args or [])]
+            "--home", str(root), *sec, *(coordinator_args or [])]  # --home: where its console's address goes
     coord = _spawn([*args, "--bind", f"tcp://127.0.0.1:{port}"], logs / "coordinator.log")
     endpoint = _wait_for_port(port_file, coord, timeout)
     pids = [coord.pid]

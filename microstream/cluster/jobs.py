@@ -523,13 +523,17 @@ class JobLifecycle:
             if live.get("state") == VnodeState.MIGRATED or live.get("epoch", job.epoch) != job.epoch:
                 live = {}  # moved away, or a host a recovery replaced: not what runs this vnode now
             live = job.final.get(vn, live)
+            stats = live.get("stats", {})
             vnodes[vn] = {"agent": agent_name, "tasks": job.plan.vnodes[vn].tasks, "state": live.get("state"),
-                          "pid": live.get("pid"), "operators": live.get("stats", {}).get("operators", {})}
+                          "pid": live.get("pid"), "operators": stats.get("operators", {}),
+                          "dead_letters": stats.get("dead_letters", 0), "dead_recent": stats.get("dead_recent", []),
+                          "backpressure_s": sum(c.get("blocked_seconds", 0.0)
+                                                for c in stats.get("channels", {}).values())}
         return {"name": job.name, "state": job.state, "reason": job.reason, "vnodes": vnodes,
                 "migrations": job.history, "traffic": self.link_traffic(job), "pins": job.pins,
                 "predicted_traffic": job.predicted, "epoch": job.epoch, "restarts": job.restarts,
                 "checkpoints": job.checkpoints, "recoveries": job.recoveries, "submitted": job.submitted,
-                "finished": job.finished}
+                "finished": job.finished, "dag": dag_of(job)}
 
     def counts(self) -> dict[str, int]:
         """How many jobs are in each state (the ended ones in the history)."""
@@ -553,4 +557,24 @@ def _checkpoint_every(graph: LogicalGraph, log: Callable[[str], None]) -> float 
         log(f"coordinator: job {graph.name} takes no checkpoints: {vms} run in microVMs (docs/faults.md)")
         return None
     return getattr(graph, "checkpoint_every", 10.0)
+
+
+def dag_of(job: Job) -> dict[str, Any] | None:
+    """The job's operators and edges as plain data (the web console draws them): each operator with its tasks,
+    each edge marked `side` when it carries late records or dead letters (those, into the dead-letter hub, are
+    the plan's: every operator that may refuse a record has one). None if the graph cannot be described."""
+    from ..operators.base import DEAD
+    from ..viz.pipeline import drawing
+
+    try:
+        nodes, edges = drawing(job.graph)
+        tasks = {str(n.id): [t.id for t in job.plan.tasks_of(n.id)] for n in job.graph.topo_order()}
+        dead = [{"src": str(e.src_node), "dst": str(e.dst_node), "label": "", "side": True}
+                for e in job.plan.edges if e.src_port == DEAD]
+    except Exception:  # noqa: BLE001 - a picture that cannot be drawn must never cost the job its status
+        return None
+    return {"nodes": [{"id": n.id, "name": n.label, "detail": n.detail, "kind": n.kind, "tasks": tasks[n.id]}
+                      for n in nodes],
+            "edges": [{"src": e.src, "dst": e.dst, "label": e.label, "side": e.style != "solid"} for e in edges]
+            + dead}
 

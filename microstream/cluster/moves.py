@@ -236,7 +236,7 @@ class Moves:
     def _finish(self, job: Job, move: Move, figures: dict[str, Any], blob: bytes | None = None) -> None:
         move.advance(MoveState.DONE)
         record = {"vnode": move.vnode, "mode": move.mode.value, "from": move.source, "to": move.target,
-                  "total_s": self.clock() - move.started, "reason": move.reason, **figures}
+                  "total_s": self.clock() - move.started, "reason": move.reason, "at": self.wall(), **figures}
         if move.vnode in job.pins and move.target and move.reason == "requested":
             job.pins[move.vnode] = move.target  # a pinned source moved by hand: its sensor is there now
         self.placer.moved(job, move.vnode)

@@ -19,6 +19,7 @@ producer. An input is finished when each of its producers has ended.
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
@@ -36,6 +37,7 @@ from ..operators.kernels.keys import stable_hash
 _R = TypeVar("_R")
 
 KEEP_DEAD_LETTERS = 1000  # dead letters kept in a run's result (all are counted)
+RECENT_DEAD_LETTERS = 20  # the newest dead letters in each heartbeat (the console shows them)
 
 
 class Outbox(Protocol):
@@ -120,6 +122,8 @@ class TaskRunner:
         self.dead_count = 0
         self.late_count = 0          # records windows refused as late (every .late port)
         self.dead_samples: list[dict[str, Any]] = []
+        # the newest few, in every heartbeat (the web console's dead-letter browser); rows cut short
+        self.dead_recent: deque[dict[str, Any]] = deque(maxlen=RECENT_DEAD_LETTERS)
         self.barrier: int | None = None                          # a move's barrier being aligned on, if any
         self.barriers_seen: dict[tuple[str, int, str], int] = {}  # (task, input, producer) -> last barrier
         self.checkpoint: int | None = None                       # the checkpoint being aligned on, if any
@@ -378,6 +382,8 @@ class TaskRunner:
         room = KEEP_DEAD_LETTERS - len(self.dead_samples)
         if room > 0:
             self.dead_samples.extend(batch.take(np.arange(min(room, batch.num_rows))).to_records())
+        last = batch.take(np.arange(max(0, batch.num_rows - RECENT_DEAD_LETTERS), batch.num_rows)).to_records()
+        self.dead_recent.extend({**r, "row": str(r.get("row", ""))[:200], "at": time.time()} for r in last)
 
     def _resumed(self) -> None:
         if self.on_resumed is not None:
@@ -463,7 +469,8 @@ class TaskRunner:
             ops[t.task.id] = {"operator": t.name, "records_in": t.records_in, "records_out": t.records_out,
                               "batches_in": t.batches_in, "batches_out": t.batches_out, "watermark": t.out_wm,
                               "watermark_lag_s": lag, "finished": t.finished}
-        return {"vnode": self.vnode_id, "operators": ops, "dead_letters": self.dead_count}
+        return {"vnode": self.vnode_id, "operators": ops, "dead_letters": self.dead_count,
+                "dead_recent": list(self.dead_recent)}
 
     def result(self) -> dict[str, Any]:
         """What this virtual node's part of the run produced (merged across virtual nodes by `merge_results`)."""
