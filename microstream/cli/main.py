@@ -276,6 +276,8 @@ def format_status(status: dict[str, Any], nodes: bool = True) -> str:
     for job_id, job in status["jobs"].items():
         reason = f" ({job['reason']})" if job["reason"] else ""
         lines.append(f"  {job_id}  {job['state']}{reason}")
+        if job.get("health"):  # a running job: moving, idle, backpressured or stalled (docs/faults.md)
+            lines.append(f"    health: {job['health']['line']}")
         if nodes and job["state"] in ("finished", "failed", "stopped"):
             continue  # an ended job in the cluster's list: one line (`microstream status JOB` shows the rest)
         for vn, info in job["vnodes"].items():

@@ -33,6 +33,7 @@ from ..core.errors import MicrostreamError
 from ..graph.logical import LogicalGraph
 from ..graph.physical import build_plan
 from ..runtime.protocol import Connect, Message, Start
+from .health import JobHealth
 from .messages import (
     Accepted,
     Deploy,
@@ -82,6 +83,7 @@ class JobLifecycle:
         self.jobs: dict[str, Job] = {}                            # jobs that have not ended
         self.history: OrderedDict[str, EndedJob] = OrderedDict()  # the newest `keep` ended jobs, oldest first
         self.forget: Callable[[str], None] | None = None          # a job left the history (its metric series go)
+        self.health = JobHealth(clock)                            # is each running job moving (health.py)
 
     def __iter__(self) -> Iterator[Job]:
         return iter(list(self.jobs.values()))
@@ -350,6 +352,7 @@ class JobLifecycle:
         for client in job.watchers:
             self.send(client, done)
         self.jobs.pop(job.id, None)
+        self.health.forget(job.id)
         self.history[job.id] = EndedJob(job.id, str(job.state), job.reason, job.finished, status, end,
                                         result=done.blob if self.store is None else None)
         while len(self.history) > self.keep:
@@ -471,13 +474,15 @@ class JobLifecycle:
 
     # -- traffic and status -------------------------------------------------------------------------------------
     def measure_traffic(self, vnodes: dict[str, Any], now: float) -> None:
-        """Bytes/s between virtual nodes, from the channel byte counters hosts report in heartbeats."""
+        """Bytes/s between virtual nodes, from the channel byte counters hosts report in heartbeats (and what the
+        channels say about their progress, for the job's health)."""
         for key, info in vnodes.items():
             job_id, _, vnode = key.partition("/")
             job = self.jobs.get(job_id)
             if (job is None or info.get("state") in (VnodeState.MIGRATED, VnodeState.DONE, VnodeState.FAILED)
                     or info.get("epoch", job.epoch) != job.epoch):
                 continue
+            self.health.observe(job.id, job.epoch, vnode, info.get("stats", {}), now)
             per_dst: dict[str, int] = {}
             for ch in info.get("stats", {}).get("channels", {}).values():
                 if "to" in ch:
@@ -517,11 +522,14 @@ class JobLifecycle:
 
     def _status_of(self, job: Job) -> dict[str, Any]:
         vnodes = {}
+        running: dict[str, dict[str, Any]] = {}  # vnode -> what its host, still running, reported last
         for vn, agent_name in job.placement.items():
             agent = self.registry.get(agent_name)
             live = agent.vnodes.get(f"{job.id}/{vn}", {}) if agent is not None else {}
             if live.get("state") == VnodeState.MIGRATED or live.get("epoch", job.epoch) != job.epoch:
                 live = {}  # moved away, or a host a recovery replaced: not what runs this vnode now
+            if vn not in job.final and live.get("state") == VnodeState.RUNNING:
+                running[vn] = live.get("stats", {})
             live = job.final.get(vn, live)
             stats = live.get("stats", {})
             vnodes[vn] = {"agent": agent_name, "tasks": job.plan.vnodes[vn].tasks, "state": live.get("state"),
@@ -533,7 +541,9 @@ class JobLifecycle:
                 "migrations": job.history, "traffic": self.link_traffic(job), "pins": job.pins,
                 "predicted_traffic": job.predicted, "epoch": job.epoch, "restarts": job.restarts,
                 "checkpoints": job.checkpoints, "recoveries": job.recoveries, "submitted": job.submitted,
-                "finished": job.finished, "dag": dag_of(job)}
+                "finished": job.finished, "dag": dag_of(job),
+                "health": (self.health.verdict(job.id, job.epoch, running, job.placement)
+                           if job.state == JobState.RUNNING else None)}
 
     def counts(self) -> dict[str, int]:
         """How many jobs are in each state (the ended ones in the history)."""

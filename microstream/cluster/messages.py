@@ -122,7 +122,10 @@ class Register(Message):
 @dataclass(frozen=True)
 class Heartbeat(Message):
     """Every second: the agent's hosts, "job/vnode" -> {state, pid, epoch, stats}. The coordinator acknowledges
-    `seq`: what the agent sent before it has been handled."""
+    `seq`: what the agent sent before it has been handled. A host's `stats` (`HostRuntime.stats`) carry `reports`
+    (its count of reports: an unchanged one is stale) and, per outgoing channel, its progress (`ChannelClient.stats`:
+    acked_through, unacked, unacked_bytes, stalled_seconds, waiting_seconds, blocked_seconds, peer_silent_seconds),
+    from which the coordinator says whether the job moves (`health.py`)."""
 
     KIND: ClassVar[str] = "heartbeat"
     name: str

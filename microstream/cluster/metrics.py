@@ -61,6 +61,8 @@ SPECS: dict[str, _Spec] = {s.name: s for s in [
     _Spec("microstream_channel_queue_depth", "gauge", _CH, "Batches waiting in a channel between operators."),
     _Spec("microstream_backpressure_seconds_total", "counter", _CH,
           "Seconds senders spent blocked because a channel was full."),
+    _Spec("microstream_channel_stalled_seconds", "gauge", _CH,
+          "Seconds a channel has had messages in flight and none delivered (0 while it moves or is idle).", max),
     _Spec("microstream_watermark_lag_seconds", "watermark", _OP,
           "Wall clock minus the operator's event-time watermark (worst subtask)."),
     _Spec("microstream_host_cpu_seconds_total", "counter", _HOST, "CPU seconds used by a vnode's host processes."),
@@ -191,6 +193,10 @@ class Metrics:
         self._set("microstream_channel_queue_depth", (job, channel), queue_depth, source)
         self._set("microstream_backpressure_seconds_total", (job, channel), backpressure_seconds, source)
 
+    def set_channel_stalled(self, job: str, channel: str, seconds: float, *, source: str = "") -> None:
+        """Seconds without progress on a channel that has messages in flight (0: moving, or nothing to send)."""
+        self._set("microstream_channel_stalled_seconds", (job, channel), seconds, source)
+
     def set_backpressure(self, job: str, channel: str, seconds: float, *, source: str = "") -> None:
         """Total seconds the senders of `channel` were blocked (alias of update_channel(backpressure_seconds=))."""
         self.update_channel(job, channel, backpressure_seconds=seconds, source=source)
@@ -226,6 +232,8 @@ class Metrics:
                                  watermark=op.get("watermark"), source=f"{vnode}/{task_id}")
         for name, ch in (stats.get("channels") or {}).items():
             self.update_channel(job, name, ch.get("queue_depth"), ch.get("blocked_seconds"), source=vnode)
+            if ch.get("stalled_seconds") is not None:
+                self.set_channel_stalled(job, name, ch["stalled_seconds"], source=vnode)
         dead = stats.get("dead_letters")
         if isinstance(dead, Mapping):
             for operator, total in dead.items():

@@ -228,6 +228,7 @@ class _Producer:
     asked_from: int = -1      # the seq a resend was last asked from (one request per gap)
     violations: int = 0   # messages beyond the granted credits (a misbehaving producer)
     ended: bool = False
+    heard_at: float = field(default_factory=time.monotonic)  # its last message (hellos included), for status
 
 
 class _SharedAuth:
@@ -428,13 +429,16 @@ class ChannelServer:
 
     @property
     def stats(self) -> dict[str, Any]:
-        """Counters: totals, and per channel id the outstanding credits, last seq, gaps and duplicates."""
+        """Counters: totals, and per channel id the outstanding credits, last seq, gaps, duplicates, and seconds
+        since that producer was last heard (``silent_seconds``)."""
         producers: dict[str, dict[str, Any]] = {}
+        now = time.monotonic()
         for p in self._producers.values():
             producers[p.channel_id] = {
                 "outstanding": p.outstanding, "max_outstanding": p.max_outstanding, "messages": p.messages,
                 "bytes": p.bytes, "last_seq": p.last_seq, "gaps": p.gaps, "duplicates": p.duplicates,
-                "resends": p.resends, "violations": p.violations, "ended": p.ended}
+                "resends": p.resends, "violations": p.violations, "ended": p.ended,
+                "silent_seconds": now - p.heard_at}
         return {"messages": self.messages, "bytes": self.bytes, "credits": self.credits,
                 "outstanding": sum(p.outstanding for p in self._producers.values()),
                 "max_outstanding": max((p.max_outstanding for p in self._producers.values()), default=0),
@@ -491,6 +495,7 @@ class ChannelServer:
             self._send_credit(peer, self.credits, _K_GRANT)
         elif kind == _K_HELLO:  # a producer that waited too long asks where we are (a lost credit, a reconnect)
             self._send_credit(peer, self.credits, _K_GRANT)
+        prod.heard_at = time.monotonic()
         if kind == _K_HELLO:
             return None
         kind_name = _KIND_NAMES.get(kind)
@@ -628,8 +633,14 @@ class ChannelClient:
         self._window = 0                # messages that may be unacked at once (the consumer's grant)
         self._acked_through = -1        # the consumer has processed every message up to this seq
         self._seq = 0                   # the seq of the next message
-        self._replay: collections.deque[tuple[int, list[Any]]] = collections.deque()  # sent, not acked yet
+        self._replay: collections.deque[tuple[int, list[Any], int]] = collections.deque()  # sent, not acked yet
         self._last_heard = time.monotonic()
+        # progress, for status: what a stalled channel looks like from here (never read by the protocol)
+        self.unacked_bytes = 0          # bytes of the messages in `_replay`
+        self.heard_at: float | None = None   # the last credit frame from the consumer (monotonic)
+        self.moved_at = time.monotonic()     # the consumer last acked something, or the first unacked message went
+        self.waiting_since: float | None = None  # out of credits since then (None: not waiting now)
+        self.on_wait: Callable[[], None] | None = None  # called every half second at most while a send is blocked
         self._resent_after, self._resent_at = -2, 0.0  # the position last resent from, and when
         self.resent_messages = 0
         self.blocked_seconds = 0.0
@@ -663,6 +674,10 @@ class ChannelClient:
                     return False
                 wait = max(1, int(left * 1000))
             wait = _ABORT_CHECK_MS if wait is None else min(wait, _ABORT_CHECK_MS)
+            if self.on_wait is not None:  # a blocked host still reports (status shows the stall)
+                self.on_wait()
+                if done():  # its stats drained the credit this wait was for
+                    continue
             if sock.poll(wait, zmq.POLLIN):
                 self._drain()
                 continue
@@ -686,6 +701,24 @@ class ChannelClient:
     def seq(self) -> int:
         """The sequence number the next message will carry."""
         return self._seq
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        """Where this channel is, for status: totals, what the consumer has acked (``acked_through``, the last
+        message delivered), what is in flight (``unacked``, ``unacked_bytes``), and how long it has been stuck:
+        ``stalled_seconds`` (messages in flight and none acked for that long; 0 when nothing is in flight),
+        ``waiting_seconds`` (out of credits for that long, now), ``peer_silent_seconds`` (since the consumer's
+        last credit frame; None if never heard)."""
+        self._drain()
+        now = time.monotonic()
+        waiting = 0.0 if self.waiting_since is None else now - self.waiting_since
+        return {"sent_messages": self.sent_messages, "sent_bytes": self.sent_bytes,
+                "blocked_seconds": self.blocked_seconds + waiting, "acked_through": self._acked_through,
+                "unacked": self._outstanding, "unacked_bytes": self.unacked_bytes,
+                "stalled_seconds": now - self.moved_at if self._outstanding > 0 else 0.0,
+                "waiting_seconds": waiting,
+                "peer_silent_seconds": None if self.heard_at is None else now - self.heard_at,
+                "resent_messages": self.resent_messages}
 
     def send_batch(self, batch: Batch, target: int = 0, watermark: int | None = None,
                    timeout: float | None = None) -> bool:
@@ -762,19 +795,20 @@ class ChannelClient:
 
     def _on_credit(self, kind: int, count: int, acked: int, received: int) -> None:
         """The consumer's position: forget what it has processed; after a grant, resend what it never got."""
-        self._last_heard = time.monotonic()
+        self._last_heard = self.heard_at = time.monotonic()
         if acked > self._acked_through:
             self._acked_through = acked
+            self.moved_at = self.heard_at
         replay = self._replay
         while replay and replay[0][0] <= self._acked_through:
-            replay.popleft()
+            self.unacked_bytes -= replay.popleft()[2]
         if kind != _K_GRANT:
             return
         self._window = count
         now = time.monotonic()
         if received == self._resent_after and now - self._resent_at < 2 * RESYNC_EVERY:
             return  # another answer to the same question (hellos queued while the link was down): resent already
-        missing = [(seq, frames) for seq, frames in replay if seq > received]
+        missing = [(seq, frames) for seq, frames, _ in replay if seq > received]
         if missing and self._sock is not None:
             self._resent_after, self._resent_at = received, now
             for _, frames in missing:  # in order, as first sent: the consumer takes them from `received + 1`
@@ -789,12 +823,13 @@ class ChannelClient:
             self._drain()
         if self._outstanding < self._window:
             return True
-        start = time.monotonic()
+        start = self.waiting_since = time.monotonic()
         try:
             if not self._wait_until(lambda: self._outstanding < self._window, sock, timeout):
                 return False
         finally:
             self.blocked_seconds += time.monotonic() - start
+            self.waiting_since = None
         return True
 
     def _send(self, frames: list[Any]) -> bool:
@@ -802,10 +837,14 @@ class ChannelClient:
         if sock is None:
             raise ChannelError("the channel client is closed")
         sock.send_multipart(frames, copy=False)
-        self._replay.append((self._seq, frames))
+        nbytes = sum(_frame_len(f) for f in frames)
+        if self._outstanding <= 0:  # nothing was in flight: the stall clock starts with this message
+            self.moved_at = time.monotonic()
+        self._replay.append((self._seq, frames, nbytes))
         self._seq += 1
         self.sent_messages += 1
-        self.sent_bytes += sum(_frame_len(f) for f in frames)
+        self.sent_bytes += nbytes
+        self.unacked_bytes += nbytes
         return True
 
 

@@ -41,6 +41,9 @@ class HostRuntime:
         self.refused = 0                         # messages for no task of this vnode (counted, logged once)
         self.held: list[Any] = []                # messages after a checkpoint barrier, until aligned (not acked)
         self.on_checkpoint: Callable[[int, dict], None] | None = None  # a checkpoint's snapshot of this vnode
+        self._report: Callable[[dict], None] | None = None  # while `run` runs: where stats go, and when next
+        self._report_every, self._next_report = 1.0, 0.0
+        self.reports = 0                         # stats reported so far (the coordinator sees a stale report)
 
     @property
     def on_resumed(self) -> Callable[[], None] | None:
@@ -55,8 +58,20 @@ class HostRuntime:
         passed to the client factory)."""
         for task_id, target in self.runner.remote_targets():
             if (task_id, target.vnode) not in self.clients:
-                self.clients[(task_id, target.vnode)] = self.client_factory(endpoints[target.vnode],
-                                                                            f"{task_id}>{target.vnode}")
+                self.clients[(task_id, target.vnode)] = self._client(endpoints[target.vnode],
+                                                                     f"{task_id}>{target.vnode}")
+
+    def _client(self, peer: Any, channel_id: str) -> Any:
+        client = self.client_factory(peer, channel_id)
+        if hasattr(client, "on_wait"):  # a send blocked on a cut link or a stuck consumer must not silence the host
+            client.on_wait = self._report_if_due
+        return client
+
+    def _report_if_due(self) -> None:
+        if self._report is not None and time.monotonic() >= self._next_report:
+            self._next_report = time.monotonic() + self._report_every
+            self.reports += 1
+            self._report(self.stats())
 
     # -- main loop ----------------------------------------------------------------------------------
     def run(self, report: Callable[[dict], None] | None = None, should_stop: Callable[[], bool] = lambda: False,
@@ -64,18 +79,20 @@ class HostRuntime:
             control_socket: Any = None) -> dict:
         """Run until every task has finished (returns the result) or a snapshot was taken for a save or
         a migration (returns {"snapshot": state}). `control()` yields control messages from the agent."""
-        next_report = time.monotonic() + report_every
-        while not self.done:
-            if should_stop():
-                raise InterruptedError("stopped")
-            for message in control() if control else ():
-                self.on_control(message.kind, message.header)
-            if self.saved is not None:
-                return {"snapshot": self.saved}
-            self.step(_IDLE_WAIT, control_socket)
-            if report and time.monotonic() >= next_report:
-                report(self.stats())
-                next_report = time.monotonic() + report_every
+        self._report, self._report_every = report, report_every
+        self._next_report = time.monotonic() + report_every
+        try:
+            while not self.done:
+                if should_stop():
+                    raise InterruptedError("stopped")
+                for message in control() if control else ():
+                    self.on_control(message.kind, message.header)
+                if self.saved is not None:
+                    return {"snapshot": self.saved}
+                self.step(_IDLE_WAIT, control_socket)
+                self._report_if_due()
+        finally:
+            self._report = None
         for client in self.clients.values():
             client.close()
         return self.result()
@@ -162,7 +179,7 @@ class HostRuntime:
                 if vn == vnode:
                     self.bytes_before[(task_id, vn)] = self.bytes_before.get((task_id, vn), 0) + client.sent_bytes
                     client.close()
-                    self.clients[(task_id, vn)] = self.client_factory(peer, f"{task_id}>{vn}")
+                    self.clients[(task_id, vn)] = self._client(peer, f"{task_id}>{vn}")
         for task_id, method, args, kwargs in held:
             getattr(self.clients[(task_id, vnode)], method)(*args, **kwargs)
 
@@ -205,13 +222,20 @@ class HostRuntime:
     # -- reporting --------------------------------------------------------------------------------------
     def stats(self) -> dict:
         stats = self.runner.stats()
-        stats["channels"] = {f"{k[0]}>{k[1]}": {"blocked_seconds": getattr(c, "blocked_seconds", 0.0),
-                                                "sent_messages": getattr(c, "sent_messages", 0),
-                                                "sent_bytes": getattr(c, "sent_bytes", 0) + self.bytes_before.get(k, 0),
-                                                "to": k[1]}
-                             for k, c in self.clients.items()}
+        stats["channels"] = {f"{k[0]}>{k[1]}": self._channel_stats(k, c) for k, c in self.clients.items()}
         stats["server"] = getattr(self.server, "stats", {})
         stats["refused_messages"] = self.refused
+        stats["reports"] = self.reports
+        return stats
+
+    def _channel_stats(self, key: tuple[str, str], client: Any) -> dict[str, Any]:
+        """One outgoing channel: its progress (`ChannelClient.stats`, where the client has them: a microVM's proxy
+        has only the totals), its bytes across redirects, and the virtual node it goes to."""
+        stats = dict(client.stats) if isinstance(getattr(client, "stats", None), dict) else {
+            "blocked_seconds": getattr(client, "blocked_seconds", 0.0),
+            "sent_messages": getattr(client, "sent_messages", 0), "sent_bytes": getattr(client, "sent_bytes", 0)}
+        stats["sent_bytes"] += self.bytes_before.get(key, 0)
+        stats["to"] = key[1]
         return stats
 
     def result(self) -> dict:
