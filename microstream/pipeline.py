@@ -306,6 +306,55 @@ class Stream:
         return self._then(StatefulMap(step, column, out, state_size, init), name)
 
     @public
+    def alert(self, column: str, *, above: float | None = None, below: float | None = None,
+              clear_below: float | None = None, clear_above: float | None = None, for_at_least: Any = 0,
+              clear_for: Any = None, name: str | None = None) -> Stream:
+        """Per key, threshold alerts that do not flap: a `raise` record once `column` has stayed above `above`
+        (or below `below`) for `for_at_least` (a duration, default at once), a `clear` record once it has stayed
+        below `clear_below` (above `clear_above`) for `clear_for` (default: `for_at_least`). Between the two
+        thresholds (hysteresis) nothing changes; a reading back on the other side restarts the wait (debounce).
+        The stream must be keyed and have event time; durations are in event time, records are taken in
+        arrival order, NaN values are ignored. Output: the record that completed the condition with two more
+        columns, `alert` ("raise" or "clear") and `since` (when the condition started to hold). A compiled
+        loop with two numbers of state per key, kept in checkpoints and moves.
+
+        >>> import microstream as ms
+        >>> p = ms.Pipeline("alert"); out = ms.sinks.collect()
+        >>> co2 = [900, 1010, 990, 1020, 1030, 1040, 960, 1010, 850, 840, 830]   # one reading a minute
+        >>> recs = [{"room": "a", "t": i * 60 * 10**9, "co2": float(v)} for i, v in enumerate(co2)]
+        >>> (p.from_iterable(recs, time="t").key_by("room")
+        ...  .alert("co2", above=1000, clear_below=900, for_at_least="2min").sink(out))
+        >>> _ = p.run(); [(r["alert"], r["t"] // 60e9, r["since"] // 60e9) for r in out.records()]
+        [('raise', 5.0, 3.0), ('clear', 10.0, 8.0)]
+        """
+        from .operators.alert import Alert
+
+        where = name or "alert"
+        if (above is None) == (below is None):
+            raise PipelineError(where, "alert() needs one threshold: above= or below=",
+                                "e.g. .alert('co2', above=1000, clear_below=900, for_at_least='2min')")
+        if above is not None:
+            if clear_above is not None:
+                raise PipelineError(where, "clear_above= goes with below=; an above= alert clears with clear_below=")
+            sign, threshold, clear_at = 1, float(above), float(above if clear_below is None else clear_below)
+            if clear_at > threshold:
+                raise PipelineError(where, f"clear_below ({clear_at:g}) must not be above the threshold "
+                                           f"({threshold:g})", "e.g. above=1000, clear_below=900")
+        else:
+            if clear_below is not None:
+                raise PipelineError(where, "clear_below= goes with above=; a below= alert clears with clear_above=")
+            assert below is not None
+            sign, threshold, clear_at = -1, float(below), float(below if clear_above is None else clear_above)
+            if clear_at < threshold:
+                raise PipelineError(where, f"clear_above ({clear_at:g}) must not be below the threshold "
+                                           f"({threshold:g})", "e.g. below=10, clear_above=12")
+        hold = to_ns(for_at_least, "for_at_least", operator=where) or 0
+        clear_hold = hold if clear_for is None else (to_ns(clear_for, "clear_for", operator=where) or 0)
+        if hold < 0 or clear_hold < 0:
+            raise PipelineError(where, "for_at_least and clear_for must not be negative", "e.g. for_at_least='2min'")
+        return self._then(Alert(column, sign, threshold, clear_at, hold, clear_hold), name)
+
+    @public
     def window(self, spec: WindowSpec, *, lateness: Any = 0, time: str = "event", emit: str = "all",
                partial_late: bool = False) -> WindowedStream:
         """Group a keyed stream into windows (`ms.tumbling`, `ms.sliding`, `ms.session`); then `.aggregate(...)`.

@@ -50,6 +50,7 @@ OPERATORS = {
     "union": ("s.union(s, nme='u')", "name"),
     "key_by": ("s.key_by('k', nme='kb')", "name"),
     "stateful_map": ("s.stateful_map(ms.state.delta, 'v', outt='d')", "out"),
+    "alert": ("s.alert('v', abve=1.0)", "above"),
     "window": ("s.window(ms.tumbling('1s'), latenes='1s')", "lateness"),
     "join": ("s.join(s, ms.tumbling('1s'), latness='1s')", "lateness"),
     "side": None,  # one positional argument, the port
