@@ -269,6 +269,8 @@ def format_status(status: dict[str, Any], nodes: bool = True) -> str:
     lines = ["NODES"] if nodes else []
     for name, a in sorted(status["agents"].items()) if nodes else []:
         state = "up" if a["up"] else f"DOWN ({a['reason']})"
+        if a.get("draining"):  # cordoned for maintenance: draining, drained or stuck (`microstream drain`)
+            state += f", {a.get('drain', {}).get('state', 'draining')}"
         backends = ",".join(a["backends"] or [])
         lines.append(f"  {name:<12} {state:<24} {a['cores']} cores {a['arch']}  backends={backends}"
                      f"  metrics=:{a['metrics_port']}")
@@ -552,6 +554,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="microvm virtual nodes: move the VM itself, live, with QEMU's migration stream")
     _cluster_options(p)
     p.set_defaults(fn=cmd_migrate)
+
+    from .drain import add_parsers as drain_parsers
+
+    def drain_address(args: argparse.Namespace) -> Any:
+        from ..cluster.embedded import address
+
+        return address(_home(args), args.coordinator, args.insecure, key_name=args.key)
+
+    drain_parsers(sub, _cluster_options, drain_address)
 
     p = sub.add_parser("save", help="stop a virtual node at a barrier and save its state to a file")
     p.add_argument("job")

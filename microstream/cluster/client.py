@@ -1,5 +1,5 @@
-"""A client of the coordinator: submit a pipeline, ask for status, stop a job, move a virtual node, wait for a
-job's end (attach), shut the cluster down.
+"""A client of the coordinator: submit a pipeline, ask for status, stop a job, move a virtual node, drain a node,
+wait for a job's end (attach), shut the cluster down.
 
 Every request has a deadline, its send included: a coordinator that refuses our key (the handshake fails
 and the socket has no connection to send on) makes a ClusterError, not a hang.
@@ -25,6 +25,8 @@ from ..runtime.results import merge_results
 from .messages import (
     TO_CLIENT,
     Accepted,
+    DrainRequest,
+    DrainStatus,
     Error,
     JobDone,
     MigrateRequest,
@@ -146,6 +148,11 @@ class Client:
                 timeout: float = 120.0) -> dict[str, Any]:
         """Resume a saved virtual node from its snapshot (on agent `to`, or where it ran before)."""
         return self.request(RestoreRequest(job=job, vnode=vnode, to=to, blob=snapshot), Moved, timeout=timeout).record
+
+    def drain(self, node: str, action: str = "drain") -> dict[str, Any]:
+        """Drain agent `node` (its virtual nodes move off, one at a time; nothing new is placed there), `undrain` it
+        (back in service) or ask how its drain goes (`status`): the drain's state, moved, left, stuck, waiting."""
+        return self.request(DrainRequest(node=node, action=action), DrainStatus).drain
 
     def submit(self, pipeline: Any, wait: bool = True, progress=None, timeout: float | None = None,
                accepted=None) -> tuple[str, RunResult | None]:

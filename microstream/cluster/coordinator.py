@@ -5,6 +5,7 @@ the part that owns it:
 - `jobs.JobLifecycle`: submit, the two-phase deployment, results, failure, stop, status;
 - `moves.Moves`: barrier-aligned migrate, save and restore of one virtual node;
 - `checkpoints.Checkpoints`: periodic checkpoints (barriers injected at the sources), which recovery restarts from;
+- `drain.Drains`: maintenance, a node's virtual nodes moved off it one at a time, nothing new placed there;
 - `placing.Placer`: the placement engine at submit, the re-placement policy every few seconds;
 - `store.Store` (with a state directory): what a restarted coordinator needs back, in SQLite.
 
@@ -32,10 +33,12 @@ import zmq
 from ..placement.policy import PolicyParams
 from ..runtime.protocol import ControlSendError, Message, ProtocolError, control_socket, send
 from .checkpoints import Checkpoints
+from .drain import Drains
 from .jobs import KEEP, JobLifecycle
 from .messages import (
     FROM_AGENTS,
     TO_COORDINATOR,
+    DrainRequest,
     Error,
     Heartbeat,
     HeartbeatAck,
@@ -100,6 +103,7 @@ class Coordinator:
         self.lifecycle.forget = self._forget_job
         self.moves = Moves(self.lifecycle, self.registry, self._send, self.placer, log=log, clock=clock, wall=wall)
         self.checkpoints = Checkpoints(self.lifecycle, self._send, log=log, clock=clock, directory=checkpoint_dir)
+        self.drains = Drains(self.lifecycle, self.registry, self.moves, self.placer, self._send, log=log, wall=wall)
         self._handlers: dict[type[Message], Callable[[bytes, Any], object]] = {
             Register: self._on_register,
             Heartbeat: self._on_heartbeat,
@@ -114,6 +118,7 @@ class Coordinator:
             MigrateRequest: self.moves.migrate,
             SaveRequest: self.moves.save,
             RestoreRequest: self.moves.restore,
+            DrainRequest: self.drains.request,
             VnodeSnapshot: lambda _, m: self.moves.vnode_snapshot(m),
             VnodeResumed: lambda _, m: self.moves.vnode_resumed(m),
             VnodeCheckpointed: lambda _, m: self.checkpoints.vnode_checkpointed(m),
@@ -214,12 +219,13 @@ class Coordinator:
 
     def tick(self) -> None:
         """The periodic work: lost agents (recovery), jobs to recover (not placed yet, or not adopted within the
-        grace period), stuck moves, checkpoints, re-placement, metrics."""
+        grace period), stuck moves, checkpoints, drains, re-placement, metrics."""
         for agent in self.registry.check():
             self.lifecycle.agent_lost(agent)
         self.lifecycle.retry()
         self.moves.check()
         self.checkpoints.tick()
+        self.drains.tick()
         self._replace()
         self._update_metrics()
         if self.console is not None:  # status is built here, on the loop's thread, only when someone watches
@@ -298,7 +304,9 @@ class Coordinator:
                                             "write_ms": round(1000 * store.write_seconds / max(1, store.writes), 2),
                                             "slowest_write_ms": round(1000 * store.slowest_write, 1)}
         topology = self.placer.topology
-        return {"agents": self.registry.status(), "jobs": self.lifecycle.status() if jobs else {},
+        agents = self.registry.status()
+        self.drains.status(agents)
+        return {"agents": agents, "jobs": self.lifecycle.status() if jobs else {},
                 "metrics_port": self.metrics_port, "state": state,
                 "topology": None if topology is None else {
                     "nodes": [{"name": n.name, "site": n.site} for n in topology.nodes],

@@ -7,7 +7,8 @@ for an embedded cluster, `cluster.json`: the coordinator's endpoint, how it was 
 
 `cluster up` when only the coordinator has died starts it again on the same port: the agents re-register and
 their jobs go on. `cluster down` asks the coordinator to shut the cluster down (every job stopped, every agent
-exits), then signals whatever is left.
+exits), then signals whatever is left. `restart_agent` stops one agent with SIGTERM and starts it again (a step of
+a rolling upgrade, docs/maintenance.md).
 """
 
 from __future__ import annotations
@@ -117,8 +118,7 @@ def up(nodes: int, root: Path, port: int = 0, insecure: bool = False, progress=p
     endpoint = _wait_for_port(port_file, coord, timeout)
     pids = [coord.pid]
     for i in range(1, nodes + 1):
-        agent = _spawn(["agent", "--coordinator", endpoint, "--name", f"node{i}", *sec,
-                        *([] if insecure else ["--key", f"node{i}"])], logs / f"node{i}.log")
+        agent = _spawn(_agent_args(endpoint, f"node{i}", insecure, keydir), logs / f"node{i}.log")
         pids.append(agent.pid)
     state = {"coordinator": endpoint, "pids": pids, "insecure": insecure, "nodes": nodes, "logs": str(logs),
              "coordinator_args": args}
@@ -151,6 +151,45 @@ def restart_coordinator(root: Path, progress=print, timeout: float = 60.0, wait_
         _wait_for_agents(address(root), sum(1 for pid in state["pids"][1:] if _alive([pid])), timeout)
     progress(f"coordinator restarted on {state['coordinator']} (pid {coord.pid})")
     return state
+
+
+def _agent_args(endpoint: str, name: str, insecure: bool, keydir: Path) -> list[str]:
+    sec = ["--insecure"] if insecure else ["--keys", str(keydir), "--key", name]
+    return ["agent", "--coordinator", endpoint, "--name", name, *sec]
+
+
+def restart_agent(root: Path, name: str, progress=print, timeout: float = 60.0) -> dict[str, Any]:
+    """Stop agent `name` of the embedded cluster in `root` with SIGTERM (its hosts stop with it) and start it again
+    as an upgrade would (a new process, the same name, keys and coordinator); wait until it has registered again."""
+    state = read_state(root)
+    names = [f"node{i}" for i in range(1, int((state or {}).get("nodes", 0)) + 1)]
+    if state is None or name not in names:
+        raise ClusterError(f"no agent '{name}' in the cluster recorded in {state_file(root)} (agents: {names})")
+    index = names.index(name) + 1
+    pid = state["pids"][index]
+    _signal(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while _alive([pid]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if _alive([pid]):
+        raise ClusterError(f"agent {name} (pid {pid}) did not stop within {timeout:.0f} s of SIGTERM")
+    log = Path(state["logs"]) / f"{name}.log"
+    before = _registrations(log)
+    agent = _spawn(_agent_args(state["coordinator"], name, bool(state.get("insecure")), root / "keys"), log)
+    state["pids"][index] = agent.pid
+    state_file(root).write_text(json.dumps(state, indent=2))
+    while _registrations(log) <= before:  # its own log says when the coordinator has answered its registration
+        if agent.poll() is not None:
+            raise ClusterError(f"agent {name} exited with code {agent.returncode} on restart; see {log}")
+        if time.monotonic() >= deadline:
+            raise ClusterError(f"agent {name} did not register again within {timeout:.0f} s; see {log}")
+        time.sleep(0.05)
+    progress(f"agent {name} restarted (pid {agent.pid})")
+    return state
+
+
+def _registrations(log: Path) -> int:
+    return log.read_text(errors="replace").count(": registered with ") if log.exists() else 0
 
 
 def _wait_for_port(port_file: Path, proc: subprocess.Popen, timeout: float) -> str:

@@ -94,6 +94,16 @@ class RestoreRequest(Message):
     to: str | None = None
 
 
+@dataclass(frozen=True)
+class DrainRequest(Message):
+    """Maintenance of agent `node` (`drain.py`): `drain` cordons it (nothing new is placed there) and moves its
+    virtual nodes off, one at a time; `undrain` returns it to service; `status` asks how the drain goes."""
+
+    KIND: ClassVar[str] = "drain"
+    node: str
+    action: str = "drain"
+
+
 # -- agent -> coordinator ------------------------------------------------------------------------------------
 
 
@@ -331,6 +341,15 @@ class Moved(Message):
 
 
 @dataclass(frozen=True)
+class DrainStatus(Message):
+    """Where a drain stands: node, state (draining, drained, stuck, undrained), moved, left, stuck, waiting."""
+
+    KIND: ClassVar[str] = "drain_status"
+    RECORD: ClassVar[str | None] = "drain"
+    drain: dict[str, Any]
+
+
+@dataclass(frozen=True)
 class JobDone(Message):
     """A waited-for job ended; when it finished, the blob is the pickled list of the hosts' result blobs."""
 
@@ -344,12 +363,12 @@ class JobDone(Message):
 
 
 TO_COORDINATOR = Vocabulary("to the coordinator", Submit, StatusRequest, StopRequest, Watch, ShutdownRequest,
-                            MigrateRequest, SaveRequest, RestoreRequest, Register, Heartbeat, VnodeReady, VnodeDone,
-                            VnodeSnapshot, VnodeResumed, VnodeFailed, VnodeCheckpointed)
+                            MigrateRequest, SaveRequest, RestoreRequest, DrainRequest, Register, Heartbeat, VnodeReady,
+                            VnodeDone, VnodeSnapshot, VnodeResumed, VnodeFailed, VnodeCheckpointed)
 TO_AGENT = Vocabulary("from the coordinator to an agent", Registered, HeartbeatAck, RegisterFirst, Deploy, Connect,
                       Start, SnapshotRequest, PauseTo, Redirect, CheckpointRequest, CheckpointDone, StopJob, Shutdown,
                       Error)
 TO_CLIENT = Vocabulary("from the coordinator to a client", Accepted, StatusReply, Stopped, Watching, ShutDown, Moved,
-                       JobDone, Error, Rejected)
+                       DrainStatus, JobDone, Error, Rejected)
 # what only a registered agent sends: from a socket the coordinator does not know, it is refused (register first)
 FROM_AGENTS = (Heartbeat, VnodeReady, VnodeDone, VnodeSnapshot, VnodeResumed, VnodeFailed, VnodeCheckpointed)

@@ -53,6 +53,7 @@ class Moves:
         self.clock = clock
         self.wall = wall
         self.metrics: Any = None
+        self.called_off: dict[str, str] = {}   # "job/vnode" -> why its last move was called off (drains read it)
 
     # -- requests ---------------------------------------------------------------------------------------------
     def _after_checkpoint(self, job_id: str, request: Callable[[], None]) -> bool:
@@ -103,10 +104,15 @@ class Moves:
         self.log(f"coordinator: re-placing {job.id}/{proposal.vnode} {proposal.source} -> {proposal.target}: "
                  f"{proposal.reason} (measured bytes/s crossing machines to and from it: {proposal.before:,.0f} -> "
                  f"{proposal.after:,.0f})")
+        self.start(job, proposal.vnode, proposal.source, proposal.target, proposal.reason)
+
+    def start(self, job: Job, vnode: str, source: str, target: str, reason: str) -> None:
+        """A migration the coordinator decided on itself (the re-placement policy, a drain): no client waits."""
         job.barriers += 1
-        job.move = Move(proposal.vnode, MoveMode.MIGRATE, proposal.source, proposal.target, job.barriers, None,
-                        started=self.clock(), reason=proposal.reason)
-        self.placer.moved(job, proposal.vnode)
+        job.move = Move(vnode, MoveMode.MIGRATE, source, target, job.barriers, None, started=self.clock(),
+                        reason=reason)
+        self.called_off.pop(f"{job.id}/{vnode}", None)
+        self.placer.moved(job, vnode)
         self.lifecycle.persist(job)  # a coordinator restarted mid-move cannot adopt the job: it recovers it
         self._deploy_new_host(job, job.move)
 
@@ -270,6 +276,8 @@ class Moves:
 
     def _call_off(self, job: Job, move: Move, reason: str) -> None:
         move.advance(MoveState.CALLED_OFF)
+        self.called_off[f"{job.id}/{move.vnode}"] = reason
+        self.log(f"coordinator: {move.mode} of {job.id}/{move.vnode} called off: {reason}")
         target = self.registry.get(move.target)
         if target is not None and move.mode is MoveMode.MIGRATE:
             self.send(target.identity, StopJob(job=job.id, only=move.vnode))

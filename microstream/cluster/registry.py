@@ -46,6 +46,8 @@ class AgentRegistry:
         self.clock = clock
         self.log = log
         self.agents: dict[str, AgentInfo] = {}
+        self.cordoned: set[str] = set()   # draining nodes (drain.py): nothing new is placed there; kept by name, so
+        # an agent restarted for an upgrade stays cordoned until `microstream undrain`
         self._takeovers_logged: set[tuple[str, str]] = set()
 
     def __iter__(self) -> Iterator[AgentInfo]:
@@ -135,8 +137,10 @@ class AgentRegistry:
         return "suspect" if now - agent.last_seen > min(SUSPECT_AFTER, self.timeout / 2) else "up"
 
     def placement_view(self) -> dict[str, dict[str, Any]]:
-        """Every agent's capabilities, labels and liveness, as the placement engine takes them."""
-        return {a.name: {**a.caps, "labels": a.labels, "up": a.up} for a in self.agents.values()}
+        """Every agent's capabilities, labels and liveness, as the placement engine takes them (`draining`: the
+        placer puts nothing new there)."""
+        return {a.name: {**a.caps, "labels": a.labels, "up": a.up, "draining": a.name in self.cordoned}
+                for a in self.agents.values()}
 
 
 def _add_rates(before: dict[str, Any], after: dict[str, Any], seconds: float) -> None:

@@ -303,7 +303,7 @@ ROLES = (AGENT, CLIENT, READ_ONLY)
 PERMISSIONS: dict[str, frozenset[str]] = {
     AGENT: frozenset({"register", "heartbeat", "vnode_ready", "vnode_done", "vnode_snapshot", "vnode_resumed",
                       "vnode_failed", "vnode_checkpointed"}),
-    CLIENT: frozenset({"submit", "status", "watch", "stop", "migrate", "save", "restore", "shutdown"}),
+    CLIENT: frozenset({"submit", "status", "watch", "stop", "migrate", "save", "restore", "shutdown", "drain"}),
     READ_ONLY: frozenset({"status"}),
 }
 _ROLE_DOES = {AGENT: "agents register, send heartbeats and report their hosts",
