@@ -48,6 +48,7 @@ EXAMPLES: list[hp.Message] = [
     cm.MigrateRequest(job="j", vnode="vn1", to="node2", whole=True),
     cm.SaveRequest(job="j", vnode="vn1"),
     cm.RestoreRequest(job="j", vnode="vn1", blob=b"snapshot", to="node3"),
+    cm.DrainRequest(node="node2", action="undrain"),
     # agent -> coordinator
     cm.Register(name="node1", labels={"room": "a"}, data_host="10.0.0.1", metrics_port=9100, public_key="p" * 40,
                 cores=4, memory=4 << 30, arch="aarch64", backends=["process"], python="3.11.7",
@@ -77,6 +78,8 @@ EXAMPLES: list[hp.Message] = [
     cm.Watching(job="j", state="adopting", reason="the coordinator restarted"),
     cm.ShutDown(jobs=["j"], agents=["node1"]),
     cm.Moved(record={"vnode": "vn1", "mode": "save", "from": "node2", "to": None, "saved_bytes": 5}, blob=b"s"),
+    cm.DrainStatus(drain={"node": "node2", "state": "stuck", "moved": [], "left": ["j/vn0"],
+                          "stuck": {"j/vn0": "pinned"}, "waiting": {}, "moving": None}),
     cm.JobDone(job="j", state="failed", reason="virtual node vn0 failed", operator="map", cause="ValueError: x",
                blob=b"results"),
 ]
@@ -138,7 +141,7 @@ def test_newer_peers_extra_header_keys_are_ignored():
 
 def test_unknown_kind_is_refused_with_the_known_ones():
     with pytest.raises(ProtocolError, match=r"unknown control message 'submitt' to the coordinator; known kinds: "
-                                            r"heartbeat, migrate, register"):
+                                            r"drain, heartbeat, migrate, register"):
         cm.TO_COORDINATOR.decode([b"submitt", b"{}"])
     # a kind of another link is unknown on this one
     with pytest.raises(ProtocolError, match="'deploy' from a host to its agent"):

@@ -40,7 +40,9 @@ def test_register_records_capabilities_and_identity(registry):
     assert agent.identity == b"id-1" and agent.up and agent.labels == {"room": "pi1"}
     assert agent.caps == {"cores": 4, "memory": None, "arch": "aarch64", "backends": ["process"], "python": None}
     assert registry.name_of(b"id-1") == "pi1" and registry.name_of(b"other") is None
-    assert registry.placement_view()["pi1"] == {**agent.caps, "labels": {"room": "pi1"}, "up": True}
+    assert registry.placement_view()["pi1"] == {**agent.caps, "labels": {"room": "pi1"}, "up": True, "draining": False}
+    registry.cordoned.add("pi1")  # `microstream drain pi1`: the placer puts nothing new there
+    assert registry.placement_view()["pi1"]["draining"] is True
     assert "agent pi1 registered (4 cores, aarch64)" in registry.lines[-1]
 
 
