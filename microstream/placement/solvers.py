@@ -18,7 +18,7 @@ import heapq
 import math
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -58,6 +58,13 @@ _LNS_PATIENCE = 5        # stop after this many sub-problems per node in a row w
 _EXHAUSTIVE = 100        # movable vnodes × nodes up to which local search tries every swap and group move
 _WHOLE_MILP = 100        # movable vnodes × nodes up to which the heuristic solves the whole problem by MILP
 _GROUP_MIN_GAIN = 1e-3   # large instances: group-move rounds continue while a round gains this fraction
+_ANNEAL_SHARE = 0.6      # of the time left after local search: simulated annealing (the rest: LNS)
+_ANNEAL_T = (0.3, 1e-4)  # annealing temperature, start and end, as fractions of the best cost so far
+_ANNEAL_CYCLES = 3       # annealing restarts hot from the best placement this many times (each polished)
+_ANNEAL_SURROGATE = 1.0  # weight of the mean sink latency beside the critical path's (falls to 0 as it cools)
+_ANNEAL_SWAP = 0.3       # share of annealing trials that swap two vnodes rather than move one
+
+Clock = Callable[[], float]
 
 
 @dataclass
@@ -114,6 +121,7 @@ class _State:
         self.nb_total = np.array([float(b.sum()) for b in self.nb_b])
         self.has_mem = bool(p.mem.any()) and bool(np.isfinite(p.mem_capacity).any())
         self.has_links = bool(len(p.link_cap))
+        self.has_moves = bool(((p.current >= 0) & (p.move_cost != 0)).any())
         self.link_bw = p.link_bw
         self._incidence: np.ndarray | None = None
         self.refresh()
@@ -135,8 +143,8 @@ class _State:
         the tracked state."""
         p, w = self.p, self.p.weights
         load = max(0.0, float(np.sum(self.used ** 2 / self.cores2)) - p.load_floor)
-        return (w.network * self.net + w.latency * self.L + w.load * load + p.moves(self.a)
-                + _OVERLOAD * self.overload())
+        moves = p.moves(self.a) if self.has_moves else 0.0
+        return w.network * self.net + w.latency * self.L + w.load * load + moves + _OVERLOAD * self.overload()
 
     def overload(self) -> float:
         """Cores over + memory over ÷ memory + link traffic over ÷ bandwidth, from the tracked state."""
@@ -329,10 +337,9 @@ class _State:
             self.mem_used[cur] -= p.mem[v]
             self.mem_used[n] += p.mem[v]
         if self.has_links and len(idx):
-            far = self.a[idx].tolist()
-            for u_node, b in zip(far, self.nb_b[v].tolist(), strict=True):
-                self.link_load[p.route_links(cur, u_node)] -= b
-                self.link_load[p.route_links(n, u_node)] += b
+            inc = self.incidence()
+            far = self.a[idx]
+            self.link_load += self.nb_b[v] @ (inc[n, far] - inc[cur, far])
         self.a[v] = n
         self.al[v] = n
         if self.pred_l[v] or self.succ_l[v]:
@@ -605,7 +612,8 @@ def _neighbour_nodes(st: _State, group: list[int]) -> list[int]:
     return sorted({int(st.a[u]) for v in group for u in st.nb_idx[v].tolist()})
 
 
-def _local_search(p: Problem, start: np.ndarray, deadline: float, queue: list[int] | None = None) -> np.ndarray:
+def _local_search(p: Problem, start: np.ndarray, deadline: float, queue: list[int] | None = None,
+                  clock: Clock = time.perf_counter) -> np.ndarray:
     """Single moves and swaps until none gains (certified by a full pass without a move), then a round of
     group moves, and again. After a swap or group move only the vnodes it touched and their neighbours are
     re-examined."""
@@ -617,7 +625,7 @@ def _local_search(p: Problem, start: np.ndarray, deadline: float, queue: list[in
     blocked: Blocked = {}
     queue = list(movable) if queue is None else queue
     groups = True
-    while time.perf_counter() < deadline:
+    while clock() < deadline:
         _sweep(st, queue, is_movable, blocked)
         touched = _swaps(st, movable, exhaustive, blocked)
         if not touched:
@@ -666,23 +674,26 @@ def heuristic(problem: Problem, start: np.ndarray | None = None, restarts: int |
 
 
 def improve(problem: Problem, start: np.ndarray | None = None, restarts: int | None = None,
-            time_limit: float = 1.0, rng_seed: int = 0) -> Solution:
+            time_limit: float = 1.0, rng_seed: int = 0, clock: Clock = time.perf_counter) -> Solution:
     """The heuristic, with what it proved: seeding (or `start`) then local search (single moves, pairwise
     swaps, chain moves); small instances also try `restarts` random starts (default: 2 when vnodes × nodes ≤
-    400). Then large-neighbourhood search until `time_limit`: free the vnodes of a few nodes (or a connected
-    group of vnodes), re-solve that sub-problem exactly with the MILP, keep it if it gains, and polish with
-    local search. A problem small enough is solved whole by the MILP, which also proves the bound."""
+    400). A problem small enough is solved whole by the MILP, which also proves the bound. Otherwise
+    simulated annealing (`_anneal`) for most of the time left, then large-neighbourhood search until
+    `time_limit`: free the vnodes of a few nodes (or a connected group of vnodes), re-solve that sub-problem
+    exactly with the MILP, keep it if it gains, and polish with local search. `clock` measures the budget
+    (wall time by default; `time.process_time` counts this process's CPU seconds, for benchmarks on a
+    shared machine)."""
     milp_available()                           # import scipy (once per process, ~1 s) before the clock starts
-    deadline = time.perf_counter() + time_limit
+    deadline = clock() + time_limit
     first = start.astype(np.int64) if start is not None else seed(problem)
-    best = _local_search(problem, first, deadline)
+    best = _local_search(problem, first, deadline, clock=clock)
     best_cost = problem.search_objective(best)
     if restarts is None:
         restarts = 2 if problem.n_vnodes * problem.n_nodes <= 400 and start is None else 0
     rng = np.random.default_rng(rng_seed)
     movable = _movable(problem)
     for i in range(restarts):
-        if time.perf_counter() > deadline:
+        if clock() > deadline:
             break
         if i % 2 == 0 or not movable:           # alternately a fresh random start, and a kick of the best
             start_i = _random_start(problem, rng)
@@ -690,40 +701,125 @@ def improve(problem: Problem, start: np.ndarray | None = None, restarts: int | N
             start_i = best.copy()
             for v in rng.choice(movable, size=min(3, len(movable)), replace=False).tolist():
                 start_i[v] = int(rng.choice(np.flatnonzero(problem.allowed[v])))
-        cand = _local_search(problem, start_i, deadline)
+        cand = _local_search(problem, start_i, deadline, clock=clock)
         c = problem.search_objective(cand)
         if c < best_cost - 1e-12:
             best, best_cost = cand, c
-    return _lns(problem, best, deadline, rng)
+    return _lns(problem, best, deadline, rng, clock)
 
 
-def _lns(p: Problem, best: np.ndarray, deadline: float, rng: np.random.Generator) -> Solution:
-    """Large-neighbourhood search with exact sub-problems, until `deadline` or `_LNS_PATIENCE` × nodes
-    sub-problems in a row gain nothing."""
+def _anneal(p: Problem, start: np.ndarray, deadline: float, rng: np.random.Generator,
+            clock: Clock = time.perf_counter) -> np.ndarray:
+    """Simulated annealing from `start` until `deadline`: random trial moves (a vnode to a random allowed
+    node or to a neighbour's node) and swaps, priced on the incremental state (`_State.move` then
+    `_State.objective`), kept if they gain or with probability exp(−Δ / T), T cooling geometrically from
+    `_ANNEAL_T[0]` to `_ANNEAL_T[1]` × the best cost. Trials that would push a node over its cores are not
+    tried (memory and links count as overload penalties). The latency term is a longest path (a maximum):
+    with several critical paths no single move shortens it, so while the search is hot the objective also
+    counts the mean latency of the paths into every sink (`_ANNEAL_SURROGATE`, fading to 0), which rewards
+    shortening the near-critical paths first. Returns the best placement by the true objective."""
     movable = _movable(p)
-    if not movable or time.perf_counter() >= deadline:
+    if not movable:
+        return start
+    st = _State(p, start)
+    cpu, cap, allowed = p.cpu, p.capacity + 1e-9, p.allowed
+    domains = [np.flatnonzero(allowed[v]) for v in range(p.n_vnodes)]
+    neighbours = st.nb_idx
+    sinks = np.array([v for v in range(p.n_vnodes) if not st.succ_l[v] and st.pred_l[v]], dtype=np.int64)
+    w_lat = p.weights.latency / max(1, len(sinks))
+    t_hot, t_cold = _ANNEAL_T
+    began = clock()
+    span = max(deadline - began, 1e-9)
+    best_a, best = st.a.copy(), st.objective()
+    mu = _ANNEAL_SURROGATE
+    temp = t_hot * max(abs(best), 1e-9)
+
+    def objective() -> float:
+        value = st.objective()
+        return value + mu * w_lat * float(st.dsrc[sinks].sum()) if mu and len(sinks) else value
+
+    now = objective()
+    count = len(movable)
+    trial = 0
+    while True:
+        if trial % 32 == 0:                     # the clock, temperature and surrogate weight, now and then
+            frac = (clock() - began) / span
+            if frac >= 1.0:
+                break
+            temp = t_hot * max(abs(best), 1e-9) * (t_cold / t_hot) ** frac
+            mu = _ANNEAL_SURROGATE * (1.0 - frac)
+            now = objective()
+        trial += 1
+        v = movable[int(rng.integers(count))]
+        a = int(st.a[v])
+        if rng.random() < _ANNEAL_SWAP:
+            u = movable[int(rng.integers(count))]
+            b = int(st.a[u])
+            if (b == a or not allowed[v, b] or not allowed[u, a] or st.used[b] - cpu[u] + cpu[v] > cap[b]
+                    or st.used[a] - cpu[v] + cpu[u] > cap[a]):
+                continue
+            changes, undo = [(v, b), (u, a)], [(u, b), (v, a)]
+        else:
+            near = neighbours[v]
+            if len(near) and rng.random() < 0.5:
+                n = int(st.a[near[int(rng.integers(len(near)))]])
+            else:
+                n = int(domains[v][int(rng.integers(len(domains[v])))])
+            if n == a or not allowed[v, n] or st.used[n] + cpu[v] > cap[n]:
+                continue
+            changes, undo = [(v, n)], [(v, a)]
+        for x, m in changes:
+            st.move(x, m)
+        after = objective()
+        delta = after - now
+        if delta <= 0.0 or rng.random() < math.exp(-delta / temp):
+            now = after
+            true = st.objective() if mu else after
+            if true < best - 1e-12 * max(1.0, abs(best)):
+                best, best_a = true, st.a.copy()
+        else:
+            for x, m in undo:
+                st.move(x, m)
+    return best_a
+
+
+def _lns(p: Problem, best: np.ndarray, deadline: float, rng: np.random.Generator,
+         clock: Clock = time.perf_counter) -> Solution:
+    """A small problem whole by the MILP; otherwise simulated annealing, then large-neighbourhood search with
+    exact sub-problems until `deadline` or `_LNS_PATIENCE` × nodes sub-problems in a row gain nothing."""
+    movable = _movable(p)
+    if not movable or clock() >= deadline:
         return Solution(best)
-    if not milp_available():
-        return Solution(best)
-    if len(movable) * p.n_nodes <= _WHOLE_MILP:
-        r = solve_milp(p, time_limit=deadline - time.perf_counter())
+    has_milp = milp_available()
+    if has_milp and len(movable) * p.n_nodes <= _WHOLE_MILP:
+        r = solve_milp(p, time_limit=deadline - clock())
         if r.assign is not None and p.total(r.assign) <= p.search_objective(best) + 1e-12:
             best = r.assign
         if r.status == "infeasible":
             return Solution(best, math.inf, "infeasible")
         if r.status == "optimal":
             return Solution(best, r.bound, "optimal")
+    cycle = (deadline - clock()) * (_ANNEAL_SHARE if has_milp else 1.0) / _ANNEAL_CYCLES
+    for _ in range(_ANNEAL_CYCLES):            # one long anneal depends on its luck; reheating from the best less
+        annealed = _local_search(p, _anneal(p, best, clock() + cycle, rng, clock), deadline, clock=clock)
+        if p.search_objective(annealed) < p.search_objective(best) - 1e-12:
+            best = annealed
+    if not has_milp:
+        return Solution(best)
     best_cost = p.search_objective(best)
     feasible = p.feasible(best)
     stale, patience, k = 0, max(_LNS_PATIENCE * p.n_nodes, 30), 0
     size = _LNS_FREE[1]
-    while time.perf_counter() < deadline and stale < patience:
+    tried: set[bytes] = set()                  # sub-problems already solved at this incumbent
+    while clock() < deadline and stale < patience:
         free, domains = _neighbourhood(p, best, movable, rng, k, size)
         k += 1
-        if len(free) == 0:
+        key = free.tobytes() + np.packbits(domains[free]).tobytes()
+        if len(free) == 0 or key in tried:
             stale += 1
             continue
-        step = min(_LNS_STEP, deadline - time.perf_counter())
+        tried.add(key)
+        step = min(_LNS_STEP, deadline - clock())
         r = solve_milp(p, time_limit=step, free=free, assign=best, domains=domains, soft=not feasible)
         if r.status == "optimal" and r.seconds < _LNS_FAST:
             size = min(_LNS_FREE[2], size + 2)
@@ -737,10 +833,11 @@ def _lns(p: Problem, best: np.ndarray, deadline: float, rng: np.random.Generator
         if cost < best_cost - 1e-9 * max(1.0, abs(best_cost)):
             touched = set(free.tolist())
             queue = sorted({u for v in touched for u in [v, *np.flatnonzero((p.src == v) | (p.dst == v))]})
-            cand = _local_search(p, cand, deadline, queue=[u for u in queue if u in set(movable)])
+            cand = _local_search(p, cand, deadline, queue=[u for u in queue if u in set(movable)], clock=clock)
             best, best_cost = cand, p.search_objective(cand)
             feasible = p.feasible(best)
             stale = 0
+            tried.clear()
         else:
             stale += 1
     return Solution(best)

@@ -27,7 +27,7 @@ def test_estimated_rates_follow_the_plan():
     assert e[("co2", "ok")] == pytest.approx(100 * 40)             # the sensor's rate and record size
     assert e[("ok", "key_by")] == pytest.approx(50 * 32)           # filter keeps half; t, room, co2 = 32 bytes
     assert e[("key_by", "w[0]")] == e[("key_by", "w[1]")] == pytest.approx(800)   # hash edge: split evenly
-    window_out = 0.5 * (16 + 8 + 8 + 8 + 8)                        # 1 % of 50 records/s; room, start, end, time, n
+    window_out = 0.5 * (16 + 8 + 8 + 8 + 16 + 8)   # 1 % of 50 records/s; room, start, end, time, pane, n
     assert e[("w[0]", "out")] == e[("w[1]", "out")] == pytest.approx(window_out / 2)
     assert flows.records_in["w[0]"] == pytest.approx(25)
     assert flows.source_rates["co2"] == (100.0, "sensor 'co2'")
