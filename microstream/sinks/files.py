@@ -65,6 +65,8 @@ class _FileSink(Sink):
         return []
 
     def snapshot(self) -> dict[str, Any]:
+        if self._file.closed:  # closed at the end of its stream (its vnode runs on): the file is final
+            return {"closed": True, "published": self.published}
         self._file.flush()
         return {"size": self._file.tell(), "published": self.published, "prepared": dict(self.prepared),
                 "staging": str(self.staging)}
@@ -72,6 +74,10 @@ class _FileSink(Sink):
     def restore(self, state: dict[str, Any]) -> None:
         """Continue the file where the saved sink left it (same path; on a shared or copied disk)."""
         self._file.close()
+        if state.get("closed"):  # it had finished: undo what opening this instance did, touch nothing else
+            self._undo_open()
+            self.published = state["published"]
+            return
         saved = Path(state.get("staging", self.staging))
         if saved != self.staging:  # another epoch's staging file: start ours from its first `size` bytes
             with open(saved, "rb") as src, open(self.staging, "wb") as dst:
@@ -92,7 +98,7 @@ class _FileSink(Sink):
 
     # -- two-phase commit ----------------------------------------------------------------------------------------
     def prepare_commit(self, checkpoint: int) -> None:
-        if self.transactional:
+        if self.transactional and not self._file.closed:  # closed: everything was published then
             self._file.flush()
             self.prepared[checkpoint] = self._file.tell()
 
@@ -102,6 +108,15 @@ class _FileSink(Sink):
         size = self.prepared[checkpoint]
         self.prepared = {k: v for k, v in self.prepared.items() if k > checkpoint}
         self._publish(size)
+
+    def _undo_open(self) -> None:
+        """A restored sink that had already finished: remove the empty staging file and the marker that
+        `open` made again (its close removed them the first time)."""
+        if self.staging != self.path and self.staging.exists() and self.staging.stat().st_size == 0:
+            self.staging.unlink()
+        marker = self._marker()
+        if self.transactional and marker.exists() and marker.read_text() == f"{self.job} {self.epoch}":
+            marker.unlink()
 
     def _staging(self, epoch: int) -> Path:
         return self.path.with_name(f".{self.path.name}.e{epoch}.inprogress")

@@ -245,3 +245,40 @@ def test_a_file_sink_of_a_replaced_deployment_cannot_publish(tmp_path):
     with pytest.raises(StaleEpoch, match="a later deployment has finished"):
         old.close()
     assert target.read_text() == '{"v": 2.0}\n'
+
+
+def test_a_finished_file_sink_moves_and_checkpoints_without_touching_its_file(tmp_path):
+    """A sink that has closed (its input ended) while its virtual node runs on is still in that vnode's
+    checkpoints and moves: its snapshot says it is final, and the instance restored from it leaves the published
+    file, and no staging file or marker, behind (it once raised "I/O operation on closed file")."""
+    from microstream.core.batch import Batch
+    from microstream.operators.base import OperatorContext
+
+    target = tmp_path / "out.jsonl"
+    p = ms.Pipeline("finished")
+    p.from_iterable([{"v": 1.0}]).sink(ms.sinks.jsonl(target), name="out")
+    p.build()
+    node = p.graph.by_name("out")
+    schemas = [p.graph.nodes[s].out_schemas[port] for s, port in node.inputs]
+
+    def sink(restoring: bool):
+        op = node.op.instantiate()
+        op.open(OperatorContext("out", schemas, {}, extra={"transactional": True, "epoch": 0, "job": "j",
+                                                           "restoring": restoring}))
+        return op
+
+    old = sink(False)
+    old.process(0, Batch({"v": np.array([1.0, 2.0])}))
+    old.close()
+    old.prepare_commit(1)
+    old.commit(1)
+    state = old.checkpoint_snapshot()
+    moved = old.snapshot()
+    for saved in (state, moved):
+        new = sink(True)
+        new.restore(saved)
+        new.prepare_commit(2)
+        new.commit(2)
+        assert new.snapshot() == {"closed": True, "published": target.stat().st_size}
+    assert target.read_text() == '{"v": 1.0}\n{"v": 2.0}\n'
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["out.jsonl"]
