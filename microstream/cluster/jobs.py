@@ -140,6 +140,7 @@ class JobLifecycle:
         job_id = f"{graph.name}-{uuid.uuid4().hex[:6]}"
         job = Job(job_id, graph.name, graph, plan, placed.assignment, watchers={identity} if m.wait else set(),
                   submitted=self.wall(), predicted=placed.predicted, pins=placed.pins, policy=self.placer.policy(),
+                  placement_quality=placed.quality,
                   checkpoint_every=_checkpoint_every(graph, self.log),
                   max_restarts=getattr(graph, "max_restarts", 3))
         job.blob = cloudpickle.dumps({"graph": graph, "plan": plan, "credits": m.credits})
@@ -259,6 +260,7 @@ class JobLifecycle:
             job.placement = {}
             return False
         job.placement = dict(placed.assignment)
+        job.placement_quality = placed.quality
         job.reason = job.recoveries[-1]["reason"] if job.recoveries else ""
         self.persist(job)
         self._deploy(job)
@@ -409,6 +411,7 @@ class JobLifecycle:
         job = Job(s.id, s.name, spec["graph"], spec["plan"], dict(s.placement), submitted=s.submitted,
                   reason=s.reason, endpoints=dict(s.endpoints), pins=dict(info.get("pins", {})),
                   predicted=dict(info.get("predicted", {})), policy=self.placer.policy(),
+                  placement_quality=dict(info.get("placement_quality", {})),
                   checkpoint_every=info.get("checkpoint_every"), max_restarts=int(info.get("max_restarts", 3)),
                   epoch=s.epoch, restarts=s.restarts, barriers=s.barriers + BARRIER_GAP,
                   checkpoints=list(info.get("checkpoints", [])), recoveries=list(info.get("recoveries", [])),
@@ -539,7 +542,8 @@ class JobLifecycle:
                                                 for c in stats.get("channels", {}).values())}
         return {"name": job.name, "state": job.state, "reason": job.reason, "vnodes": vnodes,
                 "migrations": job.history, "traffic": self.link_traffic(job), "pins": job.pins,
-                "predicted_traffic": job.predicted, "epoch": job.epoch, "restarts": job.restarts,
+                "predicted_traffic": job.predicted, "placement_quality": job.placement_quality,
+                "epoch": job.epoch, "restarts": job.restarts,
                 "checkpoints": job.checkpoints, "recoveries": job.recoveries, "submitted": job.submitted,
                 "finished": job.finished, "dag": dag_of(job),
                 "health": (self.health.verdict(job.id, job.epoch, running, job.placement)

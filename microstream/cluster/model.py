@@ -40,6 +40,7 @@ class Job:
     sent: dict[tuple[str, str], tuple[int, float]] = field(default_factory=dict)  # last (bytes, time) seen
     policy: Policy | None = None
     predicted: dict[str, float] = field(default_factory=dict)  # link "a–b" -> bytes/s, from the placement engine
+    placement_quality: dict[str, Any] = field(default_factory=dict)   # the engine's cost, proven bound and gap
     final: dict[str, dict[str, Any]] = field(default_factory=dict)  # vnode -> last state and stats once done
     epoch: int = 0                                 # deployments so far - 1: a recovery starts a new one (fencing)
     checkpoint_every: float | None = 10.0          # seconds between checkpoints (None: none)

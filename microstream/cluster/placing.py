@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..core.errors import MicrostreamError
@@ -26,6 +26,7 @@ class Placed:
     assignment: dict[str, str]           # vnode -> agent name
     predicted: dict[str, float]          # link "a–b" -> bytes/s, from the placement engine's cost model
     pins: dict[str, str]                 # vnode -> node its sensor is attached to (the policy leaves it there)
+    quality: dict[str, Any] = field(default_factory=dict)   # solver, cost, proven bound, gap, "optimal" / ...
 
 
 class Placer:
@@ -46,11 +47,13 @@ class Placer:
         if not placement.feasible:
             self.log(f"coordinator: no placement fits every node's capacity; using the least overloaded one "
                      f"({'; '.join(placement.cost.reasons)})")
+        quality = {"solver": placement.solver, "cost": placement.cost.total if placement.feasible else None,
+                   "bound": placement.bound, "gap": placement.gap, "quality": placement.quality}
         problem = placement.problem
         if problem is None:
-            return Placed(dict(placement.assignment), dict(placement.cost.link_traffic), {})
+            return Placed(dict(placement.assignment), dict(placement.cost.link_traffic), {}, quality)
         pins = {vn: problem.nodes[int(n)] for vn, n in zip(problem.vnodes, problem.pinned, strict=True) if n >= 0}
-        return Placed(dict(placement.assignment), dict(placement.cost.link_traffic), pins)
+        return Placed(dict(placement.assignment), dict(placement.cost.link_traffic), pins, quality)
 
     def _place_around_drains(self, plan: PhysicalPlan, graph: LogicalGraph, agents: dict[str, dict[str, Any]]) -> Any:
         """Place on the agents that are not draining; only if that cannot be done (a source pinned to a draining

@@ -291,7 +291,7 @@ def _info(job: Job) -> dict[str, Any]:
     """The small things of a job that only a restarted coordinator needs back."""
     return {"pins": job.pins, "predicted": job.predicted, "checkpoint_every": job.checkpoint_every,
             "max_restarts": job.max_restarts, "checkpoints": job.checkpoints, "recoveries": job.recoveries,
-            "history": job.history}
+            "history": job.history, "placement_quality": job.placement_quality}
 
 
 def _ended(row: tuple) -> EndedJob:
