@@ -334,6 +334,8 @@ class Agent:
     def run(self) -> int:
         """Serve until stopped (SIGTERM, or the coordinator's `shutdown`): never because the coordinator is gone."""
         self._open()
+        for backend in self.backends.values():
+            backend.prepare(self.workdir, lambda line: self.log(f"agent {self.name}: {line}"))
         try:
             if not self.register():
                 self._lost_at = time.monotonic()
@@ -371,6 +373,8 @@ class Agent:
     def shutdown(self) -> None:
         for host in list(self.hosts.values()):
             self._kill(host)
+        for backend in self.backends.values():
+            backend.close()
         self._close_watch()
         for sock in ("up", "control"):
             if hasattr(self, sock):

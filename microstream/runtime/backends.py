@@ -1,6 +1,7 @@
 """Host backends: where a virtual node's host runs. One interface, several backends.
 
-- `process` (the default): the host is a Python subprocess of the agent.
+- `process` (the default): the host is a Python process, child of the agent, forked from a warm template
+  (`forkserver.py`) or spawned.
 - `microvm`: the same host inside a single-application VM image under QEMU (`microstream.unikernel_backend`:
   `backend.MicroVMBackend`, `relay.py`, `vmhost.py`).
 
@@ -15,11 +16,18 @@ backend gets it; a backend may add its own whole-host tier (e.g. a VM's memory i
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
+import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from pathlib import Path
+
+from . import forkserver
+from .forkserver import ForkServer
 
 
 class HostHandle(ABC):
@@ -41,6 +49,12 @@ class HostBackend(ABC):
 
     def available(self) -> bool:
         return True
+
+    def prepare(self, workdir: Path, log: Callable[[str], None]) -> None:  # noqa: B027 - optional hook
+        """The agent is starting: get ready to start hosts fast (e.g. warm a template process)."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """The agent is ending (its hosts have been stopped)."""
 
     @abstractmethod
     def start(self, job: str, vnode: str, control_endpoint: str, log_path: Path) -> HostHandle:
@@ -65,20 +79,82 @@ class ProcessHandle(HostHandle):
                 self.proc.wait()
 
 
+class ForkedHandle(HostHandle):
+    """A host forked by the template (`forkserver.py`) and adopted by this process, the agent."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self._code: int | None = None
+
+    def poll(self) -> int | None:
+        if self._code is None:
+            try:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:  # not adopted yet (its intermediate parent is exiting), or reaped elsewhere
+                try:
+                    os.kill(self.pid, 0)
+                    return None
+                except ProcessLookupError:
+                    self._code = -1  # it has ended; how is unknown
+                    return self._code
+            if pid == self.pid:
+                self._code = os.waitstatus_to_exitcode(status)  # a signal as its negative number, as Popen
+        return self._code
+
+    def stop(self, grace: float = 2.0) -> None:
+        if self.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while self.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if self.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
+            while self.poll() is None:
+                time.sleep(0.005)
+
+
 class ProcessBackend(HostBackend):
-    """Each virtual node in its own Python subprocess (isolated memory, its own interpreter and GIL)."""
+    """Each virtual node in its own Python process (isolated memory, its own interpreter and GIL), forked from a
+    warm template (`forkserver.py`: milliseconds, pages shared copy-on-write) or, when there is no ready template
+    (`MICROSTREAM_FORKSERVER=0`, not Linux, still warming up, died), spawned."""
 
     name = "process"
 
+    def __init__(self) -> None:
+        self.forkserver: ForkServer | None = None
+
+    def prepare(self, workdir: Path, log: Callable[[str], None]) -> None:
+        if forkserver.enabled():
+            server = ForkServer(workdir / "forkserver.log", log)
+            if server.start():
+                self.forkserver = server
+
     def start(self, job: str, vnode: str, control_endpoint: str, log_path: Path) -> HostHandle:
-        return spawn_host("microstream.runtime.host_main", job, vnode, control_endpoint, log_path)
+        module = "microstream.runtime.host_main"
+        if self.forkserver is not None:
+            pid = self.forkserver.fork(module, host_args(job, vnode, control_endpoint), log_path)
+            if pid is not None:
+                return ForkedHandle(pid)
+        return spawn_host(module, job, vnode, control_endpoint, log_path)
+
+    def close(self) -> None:
+        if self.forkserver is not None:
+            self.forkserver.close()
+            self.forkserver = None
+
+
+def host_args(job: str, vnode: str, control_endpoint: str) -> list[str]:
+    return ["--control", control_endpoint, "--job", job, "--vnode", vnode]
 
 
 def spawn_host(module: str, job: str, vnode: str, control_endpoint: str, log_path: Path) -> ProcessHandle:
     """A Python subprocess running `module`'s host for `job`/`vnode`, wired to the agent's control endpoint."""
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", module, "--control", control_endpoint, "--job", job,
-                                 "--vnode", vnode], stdout=log, stderr=subprocess.STDOUT, cwd=os.getcwd())
+        proc = subprocess.Popen([sys.executable, "-m", module, *host_args(job, vnode, control_endpoint)],
+                                stdout=log, stderr=subprocess.STDOUT, cwd=os.getcwd())
     return ProcessHandle(proc)
 
 
