@@ -584,6 +584,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(fn=cmd_image)
 
+    p = sub.add_parser("warmup", help="compile the numba kernels of a typical job into the cache, once per machine "
+                                      "(microstream warmup --help)", add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER)  # handled by microstream.warmup.main (see _DELEGATED)
+
     p = sub.add_parser("keys", help="create, trust and list CURVE keys (microstream keys --help)", add_help=False)
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(fn=cmd_keys)
@@ -610,7 +614,7 @@ def cmd_console(args: argparse.Namespace) -> int:
 
 
 _DELEGATED = {"keys": ("microstream.cluster.security", "keys_main"),
-              "image": ("microstream.unikernel_backend.image", "main")}
+              "image": ("microstream.unikernel_backend.image", "main"), "warmup": ("microstream.warmup", "main")}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import types
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -15,14 +18,34 @@ from .base import OUT, Emit, Operator
 from .kernels.keys import KeyIndex
 
 
-def _run_steps(step, t, slots, x, mask, has_mask, state, out):
+def _run_steps(t, slots, x, mask, has_mask, state, out):  # the template: `step` is a global of each copy
     for i in range(len(x)):
         if has_mask and not mask[i]:
             continue
-        out[i] = step(state[slots[i]], t[i], x[i])
+        out[i] = step(state[slots[i]], t[i], x[i])  # type: ignore[name-defined]  # noqa: F821
 
 
-_run = numba.njit(_run_steps)
+@functools.cache
+def _runner(step: Callable) -> Callable:
+    """The per-record loop with `step` compiled in.
+
+    numba cannot cache a kernel that takes the step as an argument, nor one that closes over it (the
+    dispatcher's type and pickle name a per-process identity), so every process compiled this loop again. A
+    step its author compiled with `cache=True` and no closure (the built-in `ms.state` steps) gets a copy of
+    the template whose global `step` is that function, named after the step and a hash of its code, so it has
+    its own cache entry and loads from the cache that `microstream warmup` fills. Other steps (closures such as
+    `ewma(alpha)`, functions of `__main__`) are compiled in each process, as before."""
+    py = getattr(step, "py_func", None)
+    cacheable = (py is not None and py.__closure__ is None and py.__module__ not in (None, "__main__")
+                 and type(getattr(step, "_cache", None)).__name__ == "FunctionCache")
+    if py is None or not cacheable:
+        return numba.njit(types.FunctionType(_run_steps.__code__, {**globals(), "step": step}, "run_steps"))
+    code = py.__code__
+    digest = hashlib.sha256(code.co_code + repr(code.co_consts).encode()).hexdigest()[:12]
+    name = f"run_steps__{py.__module__.replace('.', '_')}__{py.__qualname__.replace('.', '_')}__{digest}"
+    fn = types.FunctionType(_run_steps.__code__, {**globals(), "step": step}, name)
+    fn.__qualname__ = name
+    return numba.njit(cache=True)(fn)
 
 
 class StatefulMap(Operator):
@@ -75,7 +98,7 @@ class StatefulMap(Operator):
         t = batch.base(self.time) if self.time else np.zeros(n, dtype=np.int64)
         out = np.full(n, np.nan)
         has_mask = mask is not None
-        _run(self.step, t, slots, x, mask if has_mask else np.empty(0, np.bool_), has_mask, self.state, out)
+        _runner(self.step)(t, slots, x, mask if has_mask else np.empty(0, np.bool_), has_mask, self.state, out)
         cols = {c: batch.base(c) for c in batch.names}
         cols[self.out] = out
         return [(OUT, Batch(cols, batch.base_wm, mask))]

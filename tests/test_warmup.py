@@ -1,0 +1,59 @@
+"""`microstream warmup`: one process per group fills numba's cache; a later process compiles nothing of it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+pytestmark = pytest.mark.slow  # fresh processes compiling from a cold cache
+
+SCRIPT = textwrap.dedent("""
+    import json
+    import microstream as ms
+    from microstream.warmup import compiles
+
+    with compiles() as done:
+        p = ms.Pipeline("after")
+        out = ms.sinks.collect()
+        p.synthetic(count=2000, sensors=8, batch_size=300).key_by("sensor").stateful_map(
+            ms.state.delta, "value", out="d", state_size=2).sink(out)
+        p.run()
+    print(json.dumps({"compiled": done, "records": len(out)}))
+""")
+
+
+def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "microstream.cli.main", "warmup", *args], env=env,
+                          capture_output=True, text=True, timeout=900)
+
+
+def test_warmup_fills_the_cache_and_says_what_it_did(tmp_path):
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "numba")}
+    first = _cli("--group", "files", "--json", env=env)
+    assert first.returncode == 0, first.stderr
+    (group,) = json.loads(first.stdout)
+    assert group["group"] == "files" and group["compiled"] > 0 and group["peak_rss_mb"] > 50
+    assert "[1/1] files:" in first.stderr and "kernels compiled" in first.stderr  # progress goes to stderr
+    again = json.loads(_cli("--group", "files", "--json", env=env).stdout)
+    assert again[0]["compiled"] == 0  # all loaded from the cache
+
+
+def test_after_warmup_a_built_in_state_step_compiles_nothing(tmp_path):
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "numba")}
+    cold = json.loads(subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True,
+                                     timeout=600, check=True).stdout.splitlines()[-1])
+    assert cold["compiled"]  # a cold cache compiles the step's loop
+    assert _cli("--group", "joins_state", env=env).returncode == 0
+    warm = json.loads(subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True,
+                                     timeout=600, check=True).stdout.splitlines()[-1])
+    assert warm["compiled"] == [] and warm["records"] == cold["records"] == 2000
+
+
+def test_an_unknown_group_is_a_usage_error():
+    done = _cli("--group", "nope", env=dict(os.environ))
+    assert done.returncode == 2 and "invalid choice" in done.stderr
