@@ -299,6 +299,22 @@ def format_time(ns: int) -> str:
     return format_ns(ns)
 
 
+def cmd_logs(args: argparse.Namespace) -> int:
+    """What a job's virtual nodes printed (the last lines the coordinator keeps); --follow: then each new line,
+    until the job ends (exit 0 if it finished, 1 if not)."""
+    from ..cluster.client import Client, kept_lines, print_output
+    from ..cluster.embedded import address
+
+    with Client(address(_home(args), args.coordinator, args.insecure, key_name=args.key)) as client:
+        if args.follow:
+            done = client.follow(args.job, vnode=args.vnode, timeout=args.timeout)
+            print(f"{args.job}: {done.state}{f' ({done.reason})' if done.reason else ''}", file=sys.stderr)
+            return EXIT_OK if done.state == "finished" else EXIT_FAILED
+        for stream, line in kept_lines(client.logs(args.job), args.vnode):
+            print_output(stream, line)
+    return EXIT_OK
+
+
 def cmd_stop(args: argparse.Namespace) -> int:
     from ..cluster.client import Client
     from ..cluster.embedded import address
@@ -532,6 +548,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, metavar="S", help="with --wait: stop waiting after S seconds")
     _cluster_options(p)
     p.set_defaults(fn=cmd_status)
+
+    p = sub.add_parser("logs", help="show what a job's virtual nodes printed (--follow: and what they print next)")
+    p.add_argument("job", help="a job id (as `submit` printed it); an ended one too")
+    p.add_argument("vnode", nargs="?", help="only this virtual node's lines, e.g. vn1")
+    p.add_argument("--follow", "-f", action="store_true", help="keep showing new lines until the job ends")
+    p.add_argument("--timeout", type=float, metavar="S", help="with --follow: stop after S seconds")
+    _cluster_options(p)
+    p.set_defaults(fn=cmd_logs)
 
     p = sub.add_parser("stop", help="stop a job")
     p.add_argument("job")

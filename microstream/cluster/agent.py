@@ -38,6 +38,7 @@ from ..runtime.protocol import (
     HostDone,
     HostFailed,
     HostHello,
+    HostOutput,
     HostReady,
     HostReport,
     HostResumed,
@@ -69,6 +70,7 @@ from .messages import (
     VnodeCheckpointed,
     VnodeDone,
     VnodeFailed,
+    VnodeOutput,
     VnodeReady,
     VnodeResumed,
     VnodeSnapshot,
@@ -212,7 +214,7 @@ class Agent:
         """Send to the coordinator, or log why not (it will count this agent lost if that goes on). Everything
         but heartbeats stays in the outbox until a later heartbeat is acknowledged, and is sent again after a
         re-registration: a host that finished while the coordinator was away still delivers its result."""
-        if not isinstance(message, Heartbeat):
+        if not isinstance(message, Heartbeat | VnodeOutput):  # printed lines are best effort: not kept
             self._outbox.append((self._beats, message))
             del self._outbox[:-OUTBOX]
         if not self.registered:
@@ -486,6 +488,9 @@ class Agent:
             host.stats = m.stats if m.stats is not None else host.stats  # final counts, even for short jobs
             self._record_metrics(host)
             self._send_up(VnodeDone(job=host.job, vnode=host.vnode, stats=host.stats, blob=m.blob, epoch=host.epoch))
+        elif isinstance(m, HostOutput):
+            self._send_up(VnodeOutput(job=host.job, vnode=host.vnode, lines=m.lines, dropped=m.dropped,
+                                      epoch=host.epoch))
         elif isinstance(m, HostResumed):
             self._send_up(VnodeResumed(job=host.job, vnode=host.vnode, at=m.at, epoch=host.epoch))
         elif isinstance(m, HostSnapshot):

@@ -12,8 +12,13 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import copy
+import dataclasses
+import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import cloudpickle
@@ -29,6 +34,9 @@ from .messages import (
     DrainStatus,
     Error,
     JobDone,
+    JobLogsReply,
+    JobOutput,
+    LogsRequest,
     MigrateRequest,
     Moved,
     Rejected,
@@ -54,6 +62,33 @@ if TYPE_CHECKING:
 M = TypeVar("M", bound=Message)
 
 WATCH_EVERY = 5.0   # seconds of silence while waiting for a job's end before the client asks about it again
+
+Output = Callable[[str, str], None]   # (stream, line): what a job's virtual nodes printed, prefixed [vnode@agent]
+
+
+def print_output(stream: str, line: str) -> None:
+    """Show a job's printed line here: stdout lines on stdout, stderr lines (logging, warnings) on stderr."""
+    print(line, file=sys.stderr if stream == "stderr" else sys.stdout, flush=True)
+
+
+def output_lines(vnode: str, agent: str, lines: list[list[str]], dropped: int = 0) -> list[tuple[str, str]]:
+    """(stream, text) to show for lines a virtual node printed, each prefixed with where it ran; lines its host did
+    not forward are counted in a last line.
+
+    >>> for stream, line in output_lines("vn1", "node2", [["stdout", "42 readings"]], dropped=3):
+    ...     print(stream, line)
+    stdout [vn1@node2] 42 readings
+    stderr [vn1@node2] ... 3 lines not forwarded (a host forwards at most 100 a second and keeps 1000 waiting); \
+all are in its log file on node2
+    """
+    from ..runtime.output import KEEP, RATE
+
+    out = [(stream, f"[{vnode}@{agent}] {text}") for stream, text in lines]
+    if dropped:
+        lines_ = f"{dropped} line{'s' if dropped != 1 else ''}"
+        out.append(("stderr", f"[{vnode}@{agent}] ... {lines_} not forwarded (a host forwards at most {RATE:g} a "
+                              f"second and keeps {KEEP} waiting); all are in its log file on {agent}"))
+    return out
 
 
 class ClusterError(MicrostreamError):
@@ -155,13 +190,21 @@ class Client:
         return self.request(DrainRequest(node=node, action=action), DrainStatus).drain
 
     def submit(self, pipeline: Any, wait: bool = True, progress=None, timeout: float | None = None,
-               accepted=None) -> tuple[str, RunResult | None]:
+               accepted=None, output: Output | None = print_output) -> tuple[str, RunResult | None]:
         """Submit a built pipeline. With `wait`, block until it ends (at most `timeout` s, if given) and return its
         merged result; the pipeline's `collect` sinks are filled with what the cluster collected. `accepted` is
-        called with the job's id as soon as the coordinator has it (to re-attach with, should this wait end)."""
+        called with the job's id as soon as the coordinator has it (to re-attach with, should this wait end).
+        While it waits, what the job's virtual nodes print (`print`, `ms.sinks.print()`, logging) is passed to
+        `output` as (stream, line), each line prefixed `[vnode@agent]` (default: printed here; None: ignored)."""
         pipeline.build()
+        graph, notes = resolve_paths(pipeline.graph, Path.cwd())  # the agents open the files, elsewhere
+        for note in notes:
+            if progress:
+                progress(note)
+            else:
+                print_output("stderr", note)
         started = time.perf_counter()
-        reply = self.request(Submit(blob=cloudpickle.dumps(pipeline.graph), wait=wait), Accepted)
+        reply = self.request(Submit(blob=cloudpickle.dumps(graph), wait=wait), Accepted)
         job = reply.job
         if accepted:
             accepted(job)
@@ -169,7 +212,7 @@ class Client:
             progress(f"job {job} submitted: " + ", ".join(f"{v} on {a}" for v, a in reply.placement.items()))
         if not wait:
             return job, None
-        done = self.wait(job, timeout=timeout, progress=progress, watching=True)
+        done = self.wait(job, timeout=timeout, progress=progress, watching=True, output=output)
         if done.state != JobState.FINISHED:
             raise _job_error(job, done)
         return job, merge_results(pipeline.graph, results_of(done), time.perf_counter() - started)
@@ -178,10 +221,30 @@ class Client:
         """Wait for the end of a job submitted earlier (by anyone): its `job_done` (at once if it has ended)."""
         return self.wait(job, timeout=timeout, progress=progress, watching=False)
 
-    def wait(self, job: str, timeout: float | None = None, progress=None, watching: bool = False) -> JobDone:
+    def logs(self, job: str) -> JobLogsReply:
+        """What `job`'s virtual nodes printed: the last lines the coordinator keeps ([vnode, agent, stream, text]
+        each), how many it received and how many each host dropped."""
+        return self.request(LogsRequest(job=job), JobLogsReply)
+
+    def follow(self, job: str, output: Output = print_output, vnode: str | None = None,
+               timeout: float | None = None) -> JobDone:
+        """Show what `job` printed so far, then each new line as it comes (`vnode`: only that virtual node's),
+        until the job ends; its `job_done`."""
+        for stream, line in kept_lines(self.request(LogsRequest(job=job, follow=True), JobLogsReply), vnode):
+            output(stream, line)
+
+        def only(stream: str, line: str) -> None:
+            if vnode is None or line.startswith(f"[{vnode}@"):
+                output(stream, line)
+
+        return self.wait(job, timeout=timeout, output=only)
+
+    def wait(self, job: str, timeout: float | None = None, progress=None, watching: bool = False,
+             output: Output | None = None) -> JobDone:
         """Wait for `job`'s end, asking the coordinator about it after every `WATCH_EVERY` s of silence; if it
         does not answer, reconnect and ask again (a restarted coordinator knows the job from its state
         directory). `watching`: the coordinator already knows this client waits (it submitted with `wait`).
+        `output` gets what the job prints meanwhile, as (stream, line).
         A ClusterError if `timeout` s pass first (the job goes on), or if the coordinator does not know the job."""
         now = time.monotonic()
         deadline = None if timeout is None else now + timeout
@@ -220,6 +283,10 @@ class Client:
                 lost = None
             if isinstance(reply, JobDone) and reply.job == job:
                 return reply
+            if isinstance(reply, JobOutput) and reply.job == job:
+                for stream, line in output_lines(reply.vnode, reply.agent, reply.lines, reply.dropped):
+                    if output is not None:
+                        output(stream, line)
             if isinstance(reply, Error | Rejected):
                 unknown = reply.error.startswith(f"no job '{job}'")
                 raise ClusterError(reply.error + (f" (the coordinator at {self.address.endpoint} may have restarted "
@@ -228,6 +295,56 @@ class Client:
                 state = reply.state
                 if progress and reply.reason:
                     progress(f"job {job} is {reply.state}: {reply.reason}")
+
+
+def resolve_paths(graph: Any, base: Path) -> tuple[Any, list[str]]:
+    """The graph to ship, with the relative file paths of its sources and sinks made absolute against `base` (the
+    submitter's working directory, where the pipeline was checked), and a note for each: a file is opened by the
+    agent that runs its virtual node, on its machine, whose working directory is not the submitter's. The user's
+    graph is left as it is (its specs are frozen); the shipped one has copies of the operators that changed.
+
+    >>> import microstream as ms
+    >>> p = ms.Pipeline("paths")
+    >>> p.from_iterable([{"v": 1.0}]).sink(ms.sinks.csv("out/v.csv"))
+    >>> shipped, notes = resolve_paths(p.build(), Path("/home/pi/project"))
+    >>> print(*notes)
+    note: csv writes out/v.csv as /home/pi/project/out/v.csv on the node that runs it (relative paths are taken \
+from where you submit; on other machines that path must exist there: copy the file, use a shared directory, or \
+pin the operator with at="NODE")
+    >>> [str(n.op.path) for n in shipped.nodes.values() if n.is_sink], [str(n.op.path) for n in p.graph.nodes.values()
+    ...                                                                 if n.is_sink]
+    (['/home/pi/project/out/v.csv'], ['out/v.csv'])
+    """
+    notes, changed = [], {}
+    for node_id, node in graph.nodes.items():
+        path = getattr(node.op, "path", None)
+        if isinstance(path, Path) and not path.is_absolute():
+            op = node.op.instantiate()  # an unfrozen copy of the spec, frozen again once its path is set
+            op.path = base / path
+            op.freeze()
+            changed[node_id] = dataclasses.replace(node, op=op)
+            does = "reads" if node.is_source else "writes"
+            notes.append(f"note: {node.name} {does} {path} as {op.path} on the node that runs it (relative paths "
+                         "are taken from where you submit; on other machines that path must exist there: copy the "
+                         'file, use a shared directory, or pin the operator with at="NODE")')
+    if not changed:
+        return graph, notes
+    shipped = copy.copy(graph)
+    shipped.nodes = {**graph.nodes, **changed}
+    return shipped, notes
+
+
+def kept_lines(reply: JobLogsReply, vnode: str | None = None) -> list[tuple[str, str]]:
+    """(stream, line) to show for the lines the coordinator kept of a job (`vnode`: only that virtual node's)."""
+    out = [(stream, f"[{where}@{agent}] {text}") for where, agent, stream, text in reply.lines
+           if vnode in (None, where)]
+    if reply.received > len(reply.lines) and vnode is None:
+        lost = reply.received - len(reply.lines)
+        out.insert(0, ("stderr", f"... {lost} earlier lines not kept by the coordinator (all are in the hosts' log "
+                                 "files on their agents)"))
+    out += [("stderr", f"[{where}] ... {n} line{'s' if n != 1 else ''} not forwarded by its host (all are in its "
+                       "log file on its agent)") for where, n in reply.dropped.items() if vnode in (None, where)]
+    return out
 
 
 def results_of(done: JobDone) -> list[dict[str, Any]]:

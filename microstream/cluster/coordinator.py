@@ -34,6 +34,7 @@ from ..placement.policy import PolicyParams
 from ..runtime.protocol import ControlSendError, Message, ProtocolError, control_socket, send
 from .checkpoints import Checkpoints
 from .drain import Drains
+from .joblogs import JobLogs
 from .jobs import KEEP, JobLifecycle
 from .messages import (
     FROM_AGENTS,
@@ -42,6 +43,7 @@ from .messages import (
     Error,
     Heartbeat,
     HeartbeatAck,
+    LogsRequest,
     MigrateRequest,
     Register,
     Registered,
@@ -58,6 +60,7 @@ from .messages import (
     VnodeCheckpointed,
     VnodeDone,
     VnodeFailed,
+    VnodeOutput,
     VnodeReady,
     VnodeResumed,
     VnodeSnapshot,
@@ -103,6 +106,7 @@ class Coordinator:
         self.lifecycle.forget = self._forget_job
         self.moves = Moves(self.lifecycle, self.registry, self._send, self.placer, log=log, clock=clock, wall=wall)
         self.checkpoints = Checkpoints(self.lifecycle, self._send, log=log, clock=clock, directory=checkpoint_dir)
+        self.logs = JobLogs(self._send, self.registry.name_of, self.lifecycle)
         self.drains = Drains(self.lifecycle, self.registry, self.moves, self.placer, self._send, log=log, wall=wall)
         self._handlers: dict[type[Message], Callable[[bytes, Any], object]] = {
             Register: self._on_register,
@@ -122,6 +126,8 @@ class Coordinator:
             VnodeSnapshot: lambda _, m: self.moves.vnode_snapshot(m),
             VnodeResumed: lambda _, m: self.moves.vnode_resumed(m),
             VnodeCheckpointed: lambda _, m: self.checkpoints.vnode_checkpointed(m),
+            VnodeOutput: self.logs.output,
+            LogsRequest: self.logs.request,
         }
         self.lifecycle.restore()
 

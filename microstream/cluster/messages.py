@@ -104,6 +104,16 @@ class DrainRequest(Message):
     action: str = "drain"
 
 
+@dataclass(frozen=True)
+class LogsRequest(Message):
+    """What a job's virtual nodes printed (the coordinator keeps the last lines of recent jobs); with `follow`, the
+    client is also sent each new line (`job_output`) and `job_done` at the end."""
+
+    KIND: ClassVar[str] = "logs"
+    job: str
+    follow: bool = False
+
+
 # -- agent -> coordinator ------------------------------------------------------------------------------------
 
 
@@ -209,6 +219,18 @@ class VnodeFailed(Message):
     error: str = "?"
     operator: str | None = None
     cause: str | None = None
+    epoch: int = 0
+
+
+@dataclass(frozen=True)
+class VnodeOutput(Message):
+    """Lines a host's user code printed, [stream, text] each, and how many it dropped (`runtime/output.py`)."""
+
+    KIND: ClassVar[str] = "vnode_output"
+    job: str
+    vnode: str
+    lines: list[list[str]] = field(default_factory=list)
+    dropped: int = 0
     epoch: int = 0
 
 
@@ -362,13 +384,39 @@ class JobDone(Message):
     blob: bytes | None = None
 
 
+@dataclass(frozen=True)
+class JobOutput(Message):
+    """New lines printed by `vnode` of a job this client waits for or follows (`VnodeOutput`, passed on)."""
+
+    KIND: ClassVar[str] = "job_output"
+    job: str
+    vnode: str
+    agent: str
+    lines: list[list[str]] = field(default_factory=list)
+    dropped: int = 0
+
+
+@dataclass(frozen=True)
+class JobLogsReply(Message):
+    """The last lines a job printed, [vnode, agent, stream, text] each; `received`: lines received in all,
+    `dropped`: per virtual node, lines its host did not forward."""
+
+    KIND: ClassVar[str] = "job_logs"
+    job: str
+    lines: list[list[str]] = field(default_factory=list)
+    received: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)
+
+
 TO_COORDINATOR = Vocabulary("to the coordinator", Submit, StatusRequest, StopRequest, Watch, ShutdownRequest,
                             MigrateRequest, SaveRequest, RestoreRequest, DrainRequest, Register, Heartbeat, VnodeReady,
-                            VnodeDone, VnodeSnapshot, VnodeResumed, VnodeFailed, VnodeCheckpointed)
+                            VnodeDone, VnodeSnapshot, VnodeResumed, VnodeFailed, VnodeCheckpointed, LogsRequest,
+                            VnodeOutput)
 TO_AGENT = Vocabulary("from the coordinator to an agent", Registered, HeartbeatAck, RegisterFirst, Deploy, Connect,
                       Start, SnapshotRequest, PauseTo, Redirect, CheckpointRequest, CheckpointDone, StopJob, Shutdown,
                       Error)
 TO_CLIENT = Vocabulary("from the coordinator to a client", Accepted, StatusReply, Stopped, Watching, ShutDown, Moved,
-                       DrainStatus, JobDone, Error, Rejected)
+                       DrainStatus, JobDone, Error, Rejected, JobOutput, JobLogsReply)
 # what only a registered agent sends: from a socket the coordinator does not know, it is refused (register first)
-FROM_AGENTS = (Heartbeat, VnodeReady, VnodeDone, VnodeSnapshot, VnodeResumed, VnodeFailed, VnodeCheckpointed)
+FROM_AGENTS = (Heartbeat, VnodeReady, VnodeDone, VnodeSnapshot, VnodeResumed, VnodeFailed, VnodeCheckpointed,
+               VnodeOutput)

@@ -302,8 +302,9 @@ ROLES = (AGENT, CLIENT, READ_ONLY)
 # refused to every role but UNRESTRICTED (a test checks that every kind the coordinator knows is in one)
 PERMISSIONS: dict[str, frozenset[str]] = {
     AGENT: frozenset({"register", "heartbeat", "vnode_ready", "vnode_done", "vnode_snapshot", "vnode_resumed",
-                      "vnode_failed", "vnode_checkpointed"}),
-    CLIENT: frozenset({"submit", "status", "watch", "stop", "migrate", "save", "restore", "shutdown", "drain"}),
+                      "vnode_failed", "vnode_checkpointed", "vnode_output"}),
+    CLIENT: frozenset({"submit", "status", "watch", "stop", "migrate", "save", "restore", "shutdown", "drain",
+                       "logs"}),
     READ_ONLY: frozenset({"status"}),
 }
 _ROLE_DOES = {AGENT: "agents register, send heartbeats and report their hosts",

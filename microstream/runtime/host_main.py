@@ -17,16 +17,19 @@ from typing import Any
 import zmq
 
 from .host_lifecycle import ParentWatch, failure_report, serve_vnode
+from .output import OutputCapture
 from .protocol import ControlMessage, ControlSendError, control_socket, msg, send
 
 _LATER = ("pause_to", "redirect", "snapshot", "checkpoint", "checkpoint_done")  # handled once running
+_OUTPUT_FIRST = ("stats", "done", "failed", "snapshot")  # what the user code printed goes up before these
 
 
 class SocketControl:
     """A process host's control link: a DEALER socket to its agent's IPC socket."""
 
-    def __init__(self, sock: zmq.Socket, job: str, vnode: str) -> None:
+    def __init__(self, sock: zmq.Socket, job: str, vnode: str, output: OutputCapture | None = None) -> None:
         self.sock, self.job, self.vnode = sock, job, vnode
+        self.output = output
         self.wake = sock
         self.later: list[ControlMessage] = []
         self._stopped = False
@@ -41,12 +44,23 @@ class SocketControl:
     def send(self, kind: str, payload: Any = None, **header: Any) -> None:
         """Tell the agent; a send that cannot go out within the control deadline means the agent is gone or
         stuck: the host stops rather than block forever (recovery runs its work elsewhere)."""
+        if self.output is not None and kind in _OUTPUT_FIRST:
+            self._forward_output()
         try:
             send(self.sock, msg(kind, payload, job=self.job, vnode=self.vnode, **header), to="the agent")
         except ControlSendError:
             self._stopped = True
             if kind not in ("stats", "resumed"):
                 raise
+
+    def _forward_output(self) -> None:
+        """Lines printed since the last report (once a second, and before the end), for the submitter."""
+        assert self.output is not None
+        lines, dropped = self.output.take()
+        if lines or dropped:
+            with contextlib.suppress(ControlSendError):  # best effort: the log file has every line
+                send(self.sock, msg("output", job=self.job, vnode=self.vnode, lines=lines, dropped=dropped),
+                     to="the agent")
 
     def expect(self, kind: str) -> ControlMessage:
         """The next control message of `kind`, however long it takes while the agent lives: how long a
@@ -90,13 +104,23 @@ class SocketControl:
 
 
 def serve(control: str, job: str, vnode: str) -> int:
-    from .channels import ChannelClient, ChannelServer, CurveKeys
-
     ctx = zmq.Context()
     sock = control_socket(ctx, zmq.DEALER, linger=2.0)
     sock.connect(control)
-    link = SocketControl(sock, job, vnode)
+    output = OutputCapture()
+    link = SocketControl(sock, job, vnode, output)
     link.send("hello", pid=os.getpid())
+    try:
+        with output.installed():  # user code's print and logging: to the log file and, bounded, to the submitter
+            return _serve(link, job, vnode)
+    finally:
+        sock.close(linger=2000)
+        ctx.term()
+
+
+def _serve(link: SocketControl, job: str, vnode: str) -> int:
+    from .channels import ChannelClient, ChannelServer, CurveKeys
+
     try:
         message = link.expect("spec")
         spec, settings = message.payload(), {**message.header, "vnode": vnode, "job": job}
@@ -122,9 +146,6 @@ def serve(control: str, job: str, vnode: str) -> int:
         with contextlib.suppress(ControlSendError):  # an agent that is gone hears nothing; recovery sees to it
             link.send("failed", **failure_report(exc))
         return 1
-    finally:
-        sock.close(linger=2000)
-        ctx.term()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,7 +18,7 @@ hosts need nothing from `cluster/`; the coordinator's are in `cluster/messages.p
     Traceback (most recent call last):
     ...
     microstream.runtime.protocol.ProtocolError: unknown control message 'reday' from a host to its agent; \
-known kinds: checkpointed, done, failed, hello, ready, resumed, snapshot, stats
+known kinds: checkpointed, done, failed, hello, output, ready, resumed, snapshot, stats
 """
 
 from __future__ import annotations
@@ -350,10 +350,19 @@ class HostResumed(HostReport):
     at: float
 
 
+@dataclass(frozen=True)
+class HostOutput(HostReport):
+    """Lines the host's user code printed, [stream, text] each, and how many it dropped (`output.py`)."""
+
+    KIND: ClassVar[str] = "output"
+    lines: list[list[str]] = field(default_factory=list)
+    dropped: int = 0
+
+
 TO_HOST = Vocabulary("from an agent to its host", Spec, Connect, Start, SnapshotRequest, PauseTo, Redirect,
                      CheckpointRequest, CheckpointDone, StopHost)
 FROM_HOST = Vocabulary("from a host to its agent", HostHello, HostReady, HostStats, HostDone, HostFailed,
-                       HostSnapshot, HostResumed, HostCheckpointed)
+                       HostSnapshot, HostResumed, HostCheckpointed, HostOutput)
 
 
 # -- sending with a deadline -----------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ import codecs
 import gzip
 import io
 import json
+import socket
 import sys
 import warnings
 from collections.abc import Mapping
@@ -273,6 +274,10 @@ class _ChunkedFileSource(Source):
 
     def open(self, ctx) -> None:
         super().open(ctx)
+        if not self.path.exists():  # it was there when the pipeline was built: on a cluster, on another machine
+            raise FileNotFoundError(f"{self.path} is not on {socket.gethostname()}, where '{ctx.name}' runs: a file a "
+                                    "job reads must be on the node that runs it (copy it there at that path, use a "
+                                    'shared directory, or pin the source to the node that has it with at="NODE")')
         self._in = self._reader(ctx.name).open()
         self._in.lines(self._preamble_lines())
         self._ready: list[Batch] = []

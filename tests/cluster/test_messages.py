@@ -39,6 +39,7 @@ EXAMPLES: list[hp.Message] = [
     hp.HostSnapshot(job="j", vnode="vn0", blob=b"state", whole={"ram_bytes": 10}),
     hp.HostResumed(job="j", vnode="vn0", at=1700000000.5),
     hp.HostCheckpointed(job="j", vnode="vn0", checkpoint=7, blob=b"state"),
+    hp.HostOutput(job="j", vnode="vn0", lines=[["stdout", "saw 3"], ["stderr", "WARNING x"]], dropped=2),
     # client -> coordinator
     cm.Submit(blob=b"graph", wait=False, credits=4),
     cm.StatusRequest(job="j"),
@@ -49,6 +50,7 @@ EXAMPLES: list[hp.Message] = [
     cm.SaveRequest(job="j", vnode="vn1"),
     cm.RestoreRequest(job="j", vnode="vn1", blob=b"snapshot", to="node3"),
     cm.DrainRequest(node="node2", action="undrain"),
+    cm.LogsRequest(job="j", follow=True),
     # agent -> coordinator
     cm.Register(name="node1", labels={"room": "a"}, data_host="10.0.0.1", metrics_port=9100, public_key="p" * 40,
                 cores=4, memory=4 << 30, arch="aarch64", backends=["process"], python="3.11.7",
@@ -61,6 +63,7 @@ EXAMPLES: list[hp.Message] = [
     cm.VnodeCheckpointed(job="j", vnode="vn0", checkpoint=7, blob=b"state", epoch=2),
     cm.VnodeResumed(job="j", vnode="vn0", at=1700000000.5, epoch=2),
     cm.VnodeFailed(job="j", vnode="vn0", error="ValueError: x", operator="map", cause="ValueError: x", epoch=2),
+    cm.VnodeOutput(job="j", vnode="vn0", lines=[["stdout", "saw 3"]], dropped=2, epoch=2),
     # coordinator -> agent
     cm.Registered(data_keys=["p" * 40]),
     cm.HeartbeatAck(seq=12),
@@ -82,6 +85,8 @@ EXAMPLES: list[hp.Message] = [
                           "stuck": {"j/vn0": "pinned"}, "waiting": {}, "moving": None}),
     cm.JobDone(job="j", state="failed", reason="virtual node vn0 failed", operator="map", cause="ValueError: x",
                blob=b"results"),
+    cm.JobOutput(job="j", vnode="node1" and "vn0", agent="node1", lines=[["stdout", "saw 3"]], dropped=2),
+    cm.JobLogsReply(job="j", lines=[["vn0", "node1", "stdout", "saw 3"]], received=5, dropped={"vn0": 2}),
 ]
 
 VOCABULARIES = [hp.TO_HOST, hp.FROM_HOST, cm.TO_COORDINATOR, cm.TO_AGENT, cm.TO_CLIENT]
@@ -141,7 +146,7 @@ def test_newer_peers_extra_header_keys_are_ignored():
 
 def test_unknown_kind_is_refused_with_the_known_ones():
     with pytest.raises(ProtocolError, match=r"unknown control message 'submitt' to the coordinator; known kinds: "
-                                            r"drain, heartbeat, migrate, register"):
+                                            r"drain, heartbeat, logs, migrate, register"):
         cm.TO_COORDINATOR.decode([b"submitt", b"{}"])
     # a kind of another link is unknown on this one
     with pytest.raises(ProtocolError, match="'deploy' from a host to its agent"):
