@@ -60,6 +60,35 @@ def _interval(value: Any, where: str) -> int:
     return ns
 
 
+def _idle_after(value: Any, where: str) -> int | None:
+    ns = to_ns(value, "idle_after", operator=where)
+    if ns is not None and ns <= 0:
+        raise PipelineError(where, f"idle_after must be positive, got {value!r}", "e.g. idle_after='30s', or None")
+    return ns
+
+
+_UNITS = {"": 1, "b": 1, "kb": 1 << 10, "k": 1 << 10, "mb": 1 << 20, "m": 1 << 20, "gb": 1 << 30, "g": 1 << 30}
+
+
+def _log_options(source: Operator, where: str, log_limit: Any, log_full: str) -> None:
+    """A polled sensor's local log: its size cap (bytes, or text such as "64MB") and what gives when full."""
+    from .sources.log import ON_FULL, SEGMENT_BYTES
+
+    text = str(log_limit).strip().lower().replace(" ", "")
+    number = text.rstrip("kmgb")
+    if isinstance(log_limit, bool) or not number.replace(".", "", 1).isdigit() or text[len(number):] not in _UNITS:
+        raise PipelineError(where, f"log_limit must be a size, got {log_limit!r}", "e.g. log_limit='64MB'")
+    limit = int(float(number) * _UNITS[text[len(number):]])
+    if limit < 2 * SEGMENT_BYTES:
+        raise PipelineError(where, f"log_limit must be at least {2 * SEGMENT_BYTES >> 20} MB (two segments), got "
+                                   f"{log_limit!r}", "e.g. log_limit='64MB'")
+    if log_full not in ON_FULL:
+        meant = suggest(str(log_full), list(ON_FULL))
+        raise PipelineError(where, f"log_full must be one of {ON_FULL}, got {log_full!r}",
+                            f"log_full={meant!r}" if meant else "log_full='drop_oldest' keeps the newest readings")
+    source.log_limit, source.log_full = limit, log_full
+
+
 def _check_spec(spec: Any, where: str) -> None:
     if not isinstance(spec, WindowSpec):
         raise PipelineError(where, f"{spec!r} is not a window", "build one with ms.tumbling('10min'), "
@@ -510,9 +539,15 @@ class Pipeline:
         return f"<Pipeline {self.name}: {len(self.graph.nodes)} operators>"
 
     @public
-    def add_source(self, source: Operator, *, name: str | None = None, at: str | None = None) -> Stream:
+    def add_source(self, source: Operator, *, name: str | None = None, at: str | None = None,
+                   idle_after: Any = None) -> Stream:
         """Add a source operator of your own (a `microstream.sources.base.Source`); `name` names it and `at`
-        pins it to a physical node on a cluster (where its device or file is), as for every source."""
+        pins it to a physical node on a cluster (where its device or file is), as for every source.
+        `idle_after` (a duration, every source has it; default None: never): when the source has read nothing
+        for that long it stops holding back the event time of windows downstream (watermark idleness), until
+        it reads again; its records then count as late where the others have moved past them."""
+        if idle_after is not None:
+            source.idle_after = _idle_after(idle_after, name or source.kind)
         node = self.graph.add(source, [], name, _caller(), at=at)
         return Stream(self, node)
 
@@ -520,7 +555,7 @@ class Pipeline:
     @public
     def from_iterable(self, items: Iterable[Any], *, time: str | None = None, time_unit: str | None = None,
                       max_delay: Any = 0, batch_size: int = 1024, schema: Mapping[str, Any] | None = None,
-                      name: str | None = None, at: str | None = None) -> Stream:
+                      name: str | None = None, at: str | None = None, idle_after: Any = None) -> Stream:
         """Records (dicts) or batches (dicts of arrays) from a list, a generator, or a function returning a
         fresh iterable (read afresh by every run). `schema` ({"col": "float64", ...}) gives the columns when
         the iterable may be empty; `batch_size` records are read per batch; `name` and `at` as for every
@@ -539,22 +574,23 @@ class Pipeline:
         """
         source = IterableSource(items, time, _delay(max_delay, name or "from_iterable"), batch_size, schema,
                                 time_unit)
-        return self.add_source(source, name=name, at=at)
+        return self.add_source(source, name=name, at=at, idle_after=idle_after)
 
     @public
     def from_arrays(self, columns: Mapping[str, np.ndarray], *, time: str | None = None,
                     time_unit: str | None = None, max_delay: Any = 0, batch_size: int = 65536,
-                    speed: float | None = None, name: str | None = None, at: str | None = None) -> Stream:
+                    speed: float | None = None, name: str | None = None, at: str | None = None,
+                    idle_after: Any = None) -> Stream:
         """Columns already in memory, replayed in batches of `batch_size`. `time`, `time_unit`, `max_delay`,
         `name` and `at` as for `from_iterable` (a `datetime64` column needs no unit); `speed` replays in scaled
         real time (None: as fast as possible; 1.0 real time; 60: a minute of event time per second)."""
         source = ArraySource(columns, time, _delay(max_delay, name or "from_arrays"), batch_size, speed, time_unit)
-        return self.add_source(source, name=name, at=at)
+        return self.add_source(source, name=name, at=at, idle_after=idle_after)
 
     @public
     def from_pandas(self, frame: Any, *, time: str | None = None, time_unit: str | None = None,
                     key: str | None = None, max_delay: Any = 0, batch_size: int = 65536, speed: float | None = None,
-                    name: str | None = None, at: str | None = None) -> Stream:
+                    name: str | None = None, at: str | None = None, idle_after: Any = None) -> Stream:
         """A pandas DataFrame replayed as a stream (pandas is an optional extra: `pip install
         'microstream[pandas]'`). Its columns are converted once, vectorised: datetime columns, naive (UTC) or
         timezone-aware, become int64 ns like every time in microstream; nullable numbers with missing values
@@ -577,29 +613,39 @@ class Pipeline:
         where = name or "from_pandas"
         source = PandasSource(pandas_columns(frame, time, where), time, _delay(max_delay, where), batch_size, speed,
                               time_unit)
-        stream = self.add_source(source, name=name, at=at)
+        stream = self.add_source(source, name=name, at=at, idle_after=idle_after)
         return stream.key_by(key) if key else stream
 
     @public
     def poll(self, fn: Callable[[], Any], *, every: Any, time: str = "time", time_unit: str | None = None,
              max_delay: Any = 0, limit: int | None = None, schema: Mapping[str, Any] | None = None,
-             name: str | None = None, at: str | None = None) -> Stream:
+             name: str | None = None, at: str | None = None, idle_after: Any = None, log_limit: Any = "64MB",
+             log_full: str = "drop_oldest") -> Stream:
         """Call `fn()` every `every` (a duration: "500ms", float seconds, a timedelta) and stamp each reading
         with the clock in column `time`, as a polled sensor. `fn` returns a dict (one reading), a dict of
         arrays (several) or None (nothing this time); `limit` stops after that many polls; `schema` gives the
         columns without sampling `fn` at build time. A reading that carries its own `time` keeps it (counted
-        in `time_unit`, as for `from_iterable`). `max_delay`, `name` and `at` as for every source."""
+        in `time_unit`, as for `from_iterable`). `max_delay`, `name`, `at` and `idle_after` as for every source.
+
+        A sensor cannot be read in the past, so what is read goes to a local log on the node first and is sent
+        on from there: polling keeps its pace while the stream downstream is held up (a cut link, a slow
+        consumer), and a recovery on the same node replays the readings after its checkpoint (docs/faults.md).
+        `log_limit` caps that log ("64MB"); when full, `log_full="drop_oldest"` drops the oldest readings not
+        yet sent, `"refuse"` drops new ones."""
         where = name or "poll"
         source = PollSource(fn, _interval(every, where), time, _delay(max_delay, where), limit, schema, time_unit)
-        return self.add_source(source, name=name, at=at)
+        _log_options(source, where, log_limit, log_full)
+        return self.add_source(source, name=name, at=at, idle_after=idle_after)
 
     @public
     def poll_file(self, path: str | Path, *, every: Any, column: str = "value", scale: float = 1.0,
                   time: str = "time", limit: int | None = None, name: str | None = None,
-                  at: str | None = None) -> Stream:
+                  at: str | None = None, idle_after: Any = None, log_limit: Any = "64MB",
+                  log_full: str = "drop_oldest") -> Stream:
         """Read a number from a device file every `every` (a duration; e.g. a sensor under /sys) into `column`,
         times `scale`, stamped with the clock in column `time`; `limit` stops after that many reads; see
-        `microstream.sources.device.FilePollSource`. Unparsable readings go to dead letters.
+        `microstream.sources.device.FilePollSource`. Unparsable readings go to dead letters. Readings go
+        through a local log (`log_limit`, `log_full`) as for `poll`.
 
         >>> import microstream as ms, tempfile, pathlib
         >>> f = pathlib.Path(tempfile.mkdtemp()) / "temp"; _ = f.write_text("42500\\n")  # like thermal_zone0/temp
@@ -611,7 +657,8 @@ class Pipeline:
         from .sources.device import FilePollSource
 
         source = FilePollSource(path, _interval(every, name or "poll_file"), column, scale, time, limit)
-        return self.add_source(source, name=name, at=at)
+        _log_options(source, name or "poll_file", log_limit, log_full)
+        return self.add_source(source, name=name, at=at, idle_after=idle_after)
 
     @public
     def read_mqtt(self, topic: str | Iterable[str], broker: str = "mqtt://127.0.0.1:1883", *, format: str = "json",  # noqa: A002
@@ -620,7 +667,7 @@ class Pipeline:
                   qos: int = 1, client_id: str | None = None, max_delay: Any = 0, limit: int | None = None,
                   idle_timeout: Any = None, batch_size: int = 4096, username: str | None = None,
                   password: str | None = None, max_message_bytes: int = 1 << 20, max_depth: int = 64,
-                  name: str | None = None, at: str | None = None) -> Stream:
+                  name: str | None = None, at: str | None = None, idle_after: Any = None) -> Stream:
         """Subscribe to MQTT topic filters (`+`, `#`; several allowed) and decode the messages into batches.
 
         Options (see `microstream.sources.mqtt` for the decoding, the SenML layout and the delivery
@@ -664,11 +711,12 @@ class Pipeline:
                             client_id=client_id, max_delay=max_delay, limit=limit, idle_timeout=idle_timeout,
                             batch_size=batch_size, username=username, password=password, job=self.name,
                             operator=name or "read_mqtt", max_message_bytes=max_message_bytes, max_depth=max_depth)
-        return self.add_source(source, name=name, at=at)
+        return self.add_source(source, name=name, at=at, idle_after=idle_after)
 
     @public
     def read_csv(self, path: str | Path, *, time: str | tuple[str, ...] | None = None, key: str | None = None,
-                 name: str | None = None, at: str | None = None, **options: Any) -> Stream:
+                 name: str | None = None, at: str | None = None,
+                 idle_after: Any = None, **options: Any) -> Stream:
         """Replay a CSV file (optionally gzipped). `time` names the event-time column (or a tuple of columns
         joined into one named `time`), `key` is shorthand for `.key_by(key)`, `name` and `at` as for every
         source. The other options are declared and documented by `microstream.sources.files.CsvSource`
@@ -678,35 +726,37 @@ class Pipeline:
         with the one meant. Malformed rows, and lines that do not decode, go to the dead-letter stream."""
         from .sources.files import CsvSource
 
-        check_options("read_csv", options, ["time", "key", "name", "at",
+        check_options("read_csv", options, ["time", "key", "name", "at", "idle_after",
                                             *options_of(CsvSource, skip=("path", "time"))])
-        stream = self.add_source(CsvSource(path, time=time, **options), name=name, at=at)
+        stream = self.add_source(CsvSource(path, time=time, **options), name=name, at=at, idle_after=idle_after)
         return stream.key_by(key) if key else stream
 
     @public
     def read_jsonl(self, path: str | Path, *, time: str | None = None, key: str | None = None,
-                   name: str | None = None, at: str | None = None, **options: Any) -> Stream:
+                   name: str | None = None, at: str | None = None, idle_after: Any = None,
+                   **options: Any) -> Stream:
         """Replay a JSON-lines file of flat objects. `time`, `key`, `name` and `at` as for `read_csv`; the other
         options are declared and documented by `microstream.sources.files.JsonlSource` (`time_format`,
         `time_unit`, `utc_offset`, `fields`, `encoding`, `errors`, `infer_rows`, `max_row_bytes`, `max_depth`,
         `tags`, `speed`, `max_delay`, `batch_size`)."""
         from .sources.files import JsonlSource
 
-        check_options("read_jsonl", options, ["time", "key", "name", "at",
+        check_options("read_jsonl", options, ["time", "key", "name", "at", "idle_after",
                                               *options_of(JsonlSource, skip=("path", "time"))])
-        stream = self.add_source(JsonlSource(path, time=time, **options), name=name, at=at)
+        stream = self.add_source(JsonlSource(path, time=time, **options), name=name, at=at, idle_after=idle_after)
         return stream.key_by(key) if key else stream
 
     @public
-    def synthetic(self, *, name: str | None = None, at: str | None = None, **options: Any) -> Stream:
+    def synthetic(self, *, name: str | None = None, at: str | None = None,
+                 idle_after: Any = None, **options: Any) -> Stream:
         """A deterministic synthetic sensor stream; its options are declared and documented by
         `microstream.sources.synthetic.SyntheticSource` (`count`, `sensors`, `rate`, `seed`, `jitter`,
         `glitch_rate`, `start`, `period`, `max_delay`, `batch_size`, `speed`); `name` and `at` as for every
         source."""
         from .sources.synthetic import SyntheticSource
 
-        check_options("synthetic", options, ["name", "at", *options_of(SyntheticSource)])
-        return self.add_source(SyntheticSource(**options), name=name, at=at)
+        check_options("synthetic", options, ["name", "at", "idle_after", *options_of(SyntheticSource)])
+        return self.add_source(SyntheticSource(**options), name=name, at=at, idle_after=idle_after)
 
     @public
     def union(self, *streams: Stream, name: str | None = None) -> Stream:

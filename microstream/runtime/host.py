@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Any
 
 from ..graph.logical import LogicalGraph
@@ -24,14 +25,14 @@ _IDLE_WAIT = 0.05  # seconds a host waits for a message when no source is due so
 class HostRuntime:
     def __init__(self, graph: LogicalGraph, plan: PhysicalPlan, vnode_id: str, server: Any,
                  client_factory: Callable[[Any, str], Any], clock: Callable[[], int] = time.time_ns,
-                 restoring: bool = False, epoch: int = 0, job: str = "") -> None:
+                 restoring: bool = False, epoch: int = 0, job: str = "", source_log: Path | None = None) -> None:
         self.vnode_id = vnode_id
         self.server = server
         self.client_factory = client_factory
         self.clock = clock
         self.runner = TaskRunner(graph, plan, vnode_id, clock, outbox=self._out, restoring=restoring,
                                  transactional=getattr(graph, "checkpoint_every", None) is not None, epoch=epoch,
-                                 job=job)
+                                 job=job, source_log=source_log)
         self.paused: dict[str, list[tuple[str, str, tuple, dict]]] = {}  # vnode -> sends held for it
         self.saved: dict | None = None           # the snapshot, once taken: the run ends with it
         self.whole = False                       # the barrier is for a whole-host move, not a snapshot
@@ -93,6 +94,7 @@ class HostRuntime:
                 self._report_if_due()
         finally:
             self._report = None
+            self.runner.stop_sources()
         for client in self.clients.values():
             client.close()
         return self.result()

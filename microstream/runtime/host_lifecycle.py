@@ -90,7 +90,7 @@ def serve_vnode(control: HostControl, spec: dict[str, Any], settings: dict[str, 
     caller reports them with `failure_report`, which also covers failures before the runtime exists)."""
     runtime = HostRuntime(spec["graph"], spec["plan"], settings["vnode"], server, client_factory,
                           restoring=bool(settings.get("restoring")), epoch=int(settings.get("epoch") or 0),
-                          job=str(settings.get("job") or ""))
+                          job=str(settings.get("job") or ""), source_log=settings.get("source_log"))
     runtime.on_checkpoint = lambda checkpoint, state: control.send("checkpointed", state, checkpoint=checkpoint)
     if prepare is not None:
         prepare(runtime)

@@ -12,6 +12,7 @@ import argparse
 import contextlib
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 import zmq
@@ -27,8 +28,10 @@ _OUTPUT_FIRST = ("stats", "done", "failed", "snapshot")  # what the user code pr
 class SocketControl:
     """A process host's control link: a DEALER socket to its agent's IPC socket."""
 
-    def __init__(self, sock: zmq.Socket, job: str, vnode: str, output: OutputCapture | None = None) -> None:
+    def __init__(self, sock: zmq.Socket, job: str, vnode: str, output: OutputCapture | None = None,
+                 control: str = "") -> None:
         self.sock, self.job, self.vnode = sock, job, vnode
+        self.control = control  # the agent's endpoint (its work directory, for an ipc:// one)
         self.output = output
         self.wake = sock
         self.later: list[ControlMessage] = []
@@ -108,7 +111,7 @@ def serve(control: str, job: str, vnode: str) -> int:
     sock = control_socket(ctx, zmq.DEALER, linger=2.0)
     sock.connect(control)
     output = OutputCapture()
-    link = SocketControl(sock, job, vnode, output)
+    link = SocketControl(sock, job, vnode, output, control)
     link.send("hello", pid=os.getpid())
     try:
         with output.installed():  # user code's print and logging: to the log file and, bounded, to the submitter
@@ -125,6 +128,8 @@ def _serve(link: SocketControl, job: str, vnode: str) -> int:
         message = link.expect("spec")
         spec, settings = message.payload(), {**message.header, "vnode": vnode, "job": job}
         secret = settings.get("secret")
+        if link.control.startswith("ipc://"):  # sensors' local logs: in the agent's work directory, beside its socket
+            settings.setdefault("source_log", Path(link.control[len("ipc://"):]).parent / "log")
         keys = CurveKeys(settings["public"].encode(), secret.encode()) if secret else None
         trusted = [k.encode() for k in settings.get("trusted") or []] or None
         server = ChannelServer(bind=f"tcp://{settings['bind_host']}:*", keys=keys, trusted=trusted,

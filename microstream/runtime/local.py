@@ -8,10 +8,13 @@ channels, no control messages.
 
 from __future__ import annotations
 
+import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from contextvars import ContextVar
+from pathlib import Path
 from typing import Any
 
 from ..core.time import MIN_TIME
@@ -71,9 +74,20 @@ class LocalRuntime:
     def run(self) -> RunResult:
         started = time.perf_counter()
         plan = single_vnode(build_plan(self.graph))
-        runner = TaskRunner(self.graph, plan, "local", self.clock, tick_every=self.tick_every)
-        self._started = started
-        self._loop(runner)
+        # sensors (sources that cannot rewind) read through a local log, so a slow consumer never slows their pace
+        logs = None
+        if any(getattr(node.op, "cannot_rewind", False) for node in self.graph.nodes.values()):
+            logs = Path(tempfile.mkdtemp(prefix="microstream-log-"))
+        try:
+            runner = TaskRunner(self.graph, plan, "local", self.clock, tick_every=self.tick_every, source_log=logs)
+            self._started = started
+            try:
+                self._loop(runner)
+            finally:
+                runner.stop_sources()
+        finally:
+            if logs is not None:
+                shutil.rmtree(logs, ignore_errors=True)
         if self.progress is not None:
             self.progress(self._progress(runner, done=True))
         result = merge_results(self.graph, [runner.result()], time.perf_counter() - started)

@@ -22,6 +22,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import numpy as np
@@ -33,11 +34,15 @@ from ..graph.logical import LogicalGraph
 from ..graph.physical import FORWARD, HASH, PhysicalPlan, Task
 from ..operators.base import DEAD, LATE, OUT, Emit, Operator, OperatorContext
 from ..operators.kernels.keys import stable_hash
+from .sourcelog import LogPump, log_directory, logged_source
 
 _R = TypeVar("_R")
 
 KEEP_DEAD_LETTERS = 1000  # dead letters kept in a run's result (all are counted)
 RECENT_DEAD_LETTERS = 20  # the newest dead letters in each heartbeat (the console shows them)
+# The watermark a producer sends when it has gone idle (a source that read nothing for its `idle_after`): its
+# consumers leave it out of their minimum until it sends anything else (Flink's watermark idleness).
+IDLE = MAX_TIME - 1
 
 
 class Outbox(Protocol):
@@ -96,6 +101,9 @@ class RunningTask:
     routes: dict[str, list[Route]] = field(default_factory=dict)
     producers: dict[int, dict[str, int]] = field(default_factory=dict)  # input -> {producer task: watermark}
     ended: set[tuple[int, str]] = field(default_factory=set)             # (input, producer) that ended
+    idle_in: set[tuple[int, str]] = field(default_factory=set)           # (input, producer) that went idle
+    idle: bool = False          # this task told its consumers it is idle (a quiet source, or all inputs idle)
+    active_at: int = MIN_TIME   # a source: when it last emitted a record (its idleness clock)
     finished: bool = False
     records_in: int = 0
     records_out: int = 0        # rows emitted on the main output
@@ -107,7 +115,7 @@ class TaskRunner:
     def __init__(self, graph: LogicalGraph, plan: PhysicalPlan, vnode_id: str,
                  clock: Callable[[], int] = time.time_ns, outbox: Outbox = _no_outbox,
                  restoring: bool = False, tick_every: float = 0.1, transactional: bool = False,
-                 epoch: int = 0, job: str = "") -> None:
+                 epoch: int = 0, job: str = "", source_log: Path | None = None) -> None:
         self.graph, self.plan, self.vnode_id = graph, plan, vnode_id
         self.clock = clock
         self.outbox = outbox
@@ -131,6 +139,8 @@ class TaskRunner:
         self.last_checkpoint = -1                                # the last checkpoint this runner took
         self.on_resumed: Callable[[], None] | None = None  # called once, at the first record after a restore
         self.tasks: dict[str, RunningTask] = {}
+        self.source_log = source_log      # where sources that cannot rewind log what they read (None: they do not)
+        self.pumps: list[LogPump] = []    # their reading sides, started at the first poll (after any restore)
         self._instantiate()
         self._wire()
         self.sources = [t for t in self.tasks.values() if t.polled]
@@ -155,6 +165,10 @@ class TaskRunner:
             except Exception as exc:
                 raise OperatorError(node.name, exc) from exc
             ctx.input_watermarks[:] = [MIN_TIME] * max(len(node.inputs), 1)
+            if self.source_log is not None and getattr(node.op, "cannot_rewind", False):
+                op, pump = logged_source(op, ctx, log_directory(self.source_log, self.job, task_id),  # type: ignore[arg-type]
+                                         self.transactional)
+                self.pumps.append(pump)
             self.tasks[task_id] = RunningTask(task, node.name, op, ctx, op.polled, node.is_sink)
 
     def _wire(self) -> None:
@@ -180,6 +194,8 @@ class TaskRunner:
     def poll_sources(self, now: int) -> tuple[bool, int | None]:
         """Poll every source that is due. Returns (whether any was polled, the earliest time one is due)."""
         busy, due_next = False, None
+        for pump in self.pumps:  # logged sources read at their own pace, whatever happens below
+            pump.start()
         if self.barrier is not None or self.checkpoint is not None:  # sources hold still while a snapshot aligns
             return False, None
         for t in self.sources:
@@ -189,17 +205,41 @@ class TaskRunner:
             due = src.next_due(now)
             if due is not None and due > now:
                 due_next = due if due_next is None else min(due_next, due)
+                due_next = self._idle_check(t, src, now, due_next)
                 continue
             busy = True
             emitted = self._call(t, src.poll, now)
             if emitted:
                 self._resumed()
+            if any(p == OUT and b.num_rows for p, b in emitted):
+                t.active_at = now
+                t.idle = False  # its consumers count it again as its records reach them
             self._emit(t, emitted)
+            due_next = self._idle_check(t, src, now, due_next)
             if src.time is not None or src.finished:
                 self._advance(t, MAX_TIME if src.finished else src.end_watermark())
             if src.finished:
                 self.finish(t)
         return busy, due_next
+
+    def _idle_check(self, t: RunningTask, src: Any, now: int, due_next: int | None) -> int | None:
+        """A source with `idle_after` that has emitted nothing for that long goes idle: its consumers stop
+        waiting for its watermark. Returns `due_next`, brought forward to when it would go idle."""
+        after = getattr(src, "idle_after", None)
+        if after is None or t.idle or src.finished:
+            return due_next
+        if t.active_at == MIN_TIME:
+            t.active_at = now
+        if now - t.active_at >= after:
+            self._go_idle(t)
+            return due_next
+        when = t.active_at + after
+        return when if due_next is None else min(due_next, when)
+
+    def stop_sources(self) -> None:
+        """Stop the reading sides of logged sources (a run ended, failed or was stopped)."""
+        for pump in self.pumps:
+            pump.stop()
 
     def run_sources(self, now: int, max_wait_ns: int) -> int:
         """Poll the sources that are due and fire processing-time ticks; returns how long (ns) nothing is due,
@@ -248,6 +288,7 @@ class TaskRunner:
             return
         if kind == "batch" and batch is not None:
             self._resumed()
+            self._rejoin(t, idx, producer)
             self._push(t, idx, producer, batch)
         if kind == "end":
             self._producer_ended(t, idx, producer)
@@ -326,6 +367,7 @@ class TaskRunner:
 
     def _to(self, t: RunningTask, target: Target, batch: Batch) -> None:
         if target.local is not None:
+            self._rejoin(target.local, target.input, t.task.id)
             self._push(target.local, target.input, t.task.id, batch)
         else:
             wm = t.out_wm if t.out_wm != MIN_TIME else None
@@ -339,7 +381,7 @@ class TaskRunner:
         wms = t.producers.get(idx, {})
         if batch.base_wm is None or len(wms) < 2:
             return batch
-        others = min(wm for p, wm in wms.items() if p != producer)
+        others = min((wm for p, wm in wms.items() if p != producer and (idx, p) not in t.idle_in), default=MAX_TIME)
         held = np.minimum(batch.base_wm, others)
         if np.array_equal(held, batch.base_wm):
             return batch
@@ -351,17 +393,70 @@ class TaskRunner:
 
     def _producer_wm(self, t: RunningTask, idx: int, producer: str, wm: int) -> None:
         wms = t.producers.setdefault(idx, {})
+        if wm == IDLE:  # the producer went idle: leave it out of the minimum until it sends anything else
+            if (idx, producer) not in t.idle_in and (idx, producer) not in t.ended:
+                t.idle_in.add((idx, producer))
+                self._input_changed(t, idx)
+            return
+        rejoined = (idx, producer) in t.idle_in
+        if rejoined:
+            t.idle_in.discard((idx, producer))
         if wm <= wms.get(producer, MIN_TIME):
+            if rejoined:
+                self._input_changed(t, idx)
             return
         wms[producer] = wm
-        low_in = min(wms.values())
+        self._input_changed(t, idx)
+
+    def _rejoin(self, t: RunningTask, idx: int, producer: str) -> None:
+        """A record from an idle producer: it counts again (its records may now be late downstream)."""
+        if (idx, producer) in t.idle_in:
+            t.idle_in.discard((idx, producer))
+            self._input_changed(t, idx)
+
+    def _input_changed(self, t: RunningTask, idx: int) -> None:
+        """An input's producers moved (a watermark, one going idle or coming back): recompute its watermark
+        (IDLE when all its producers are idle) and the task's, fire what it allows, and tell the consumers."""
+        wms = t.producers.get(idx, {})
+        live = [wm for p, wm in wms.items() if (idx, p) not in t.idle_in]
+        low_in = min(live) if live else IDLE
         inputs = t.ctx.input_watermarks
-        if idx < len(inputs) and low_in > inputs[idx]:
-            inputs[idx] = low_in
-        low = min(inputs)
-        if low > t.out_wm and not t.polled:
+        if idx < len(inputs) and (low_in > inputs[idx] or IDLE in (low_in, inputs[idx])):
+            inputs[idx] = low_in  # an idle input is IDLE (it holds nothing back); back from idle it may be lower
+        if t.polled:
+            return
+        if all(w == IDLE for w in inputs):
+            self._go_idle(t)
+            return
+        if t.idle:
+            self._wake(t)
+        low = min(w for w in inputs if w != IDLE)
+        if low > t.out_wm:
             self._emit(t, self._call(t, t.op.on_watermark, low))
             self._advance(t, low)
+
+    def _go_idle(self, t: RunningTask) -> None:
+        """Tell every consumer this task is idle: IDLE on each edge, local or not (dead letters have no time)."""
+        if t.idle or t.finished:
+            return
+        t.idle = True
+        self._to_consumers(t, IDLE)
+
+    def _wake(self, t: RunningTask) -> None:
+        """Back from idle: the consumers count this task again, from its current watermark."""
+        t.idle = False
+        self._to_consumers(t, t.out_wm)
+
+    def _to_consumers(self, t: RunningTask, wm: int) -> None:
+        for port, routes in t.routes.items():
+            if port == DEAD:
+                continue
+            for route in routes:
+                for target in route.targets:
+                    if target.local is not None:
+                        self._producer_wm(target.local, target.input, t.task.id, wm)
+                    else:
+                        self.outbox(t.task.id, target.vnode, "send_watermark", wm, target=target.address)
 
     def _advance(self, t: RunningTask, wm: int) -> None:
         """Raise a task's output watermark and tell its consumers."""
@@ -434,12 +529,14 @@ class TaskRunner:
     def snapshot(self, checkpoint: bool = False) -> dict[str, Any]:
         """Every task's state. A move's snapshot is the instance's last act; a checkpoint's must leave it running
         as it was (`Operator.checkpoint_snapshot`)."""
+        if not checkpoint:  # a move: logged sources stop reading, what they read travels in the snapshot
+            self.stop_sources()
         tasks = {}
         for t in self.tasks.values():
             op = t.op.checkpoint_snapshot() if checkpoint else t.op.snapshot()
             tasks[t.task.id] = {
                 "op": op, "out_wm": t.out_wm, "producers": {i: dict(p) for i, p in t.producers.items()},
-                "ended": sorted(t.ended),
+                "ended": sorted(t.ended), "idle_in": sorted(t.idle_in),
                 "input_wms": list(t.ctx.input_watermarks), "finished": t.finished,
                 "counts": (t.records_in, t.records_out, t.batches_in, t.batches_out)}
         return {"vnode": self.vnode_id, "barrier": self.barrier, "checkpoint": self.checkpoint, "tasks": tasks,
@@ -452,6 +549,7 @@ class TaskRunner:
             t.out_wm, t.finished = s["out_wm"], s["finished"]
             t.producers = {int(k): dict(v) for k, v in s["producers"].items()}
             t.ended = {(int(i), p) for i, p in s["ended"]}
+            t.idle_in = {(int(i), p) for i, p in s.get("idle_in", ())}
             t.ctx.input_watermarks[:] = s["input_wms"]
             t.records_in, t.records_out, t.batches_in, t.batches_out = s["counts"]
         self.dead_count = state.get("dead", 0)
@@ -468,7 +566,9 @@ class TaskRunner:
             lag = (now - t.out_wm) / 1e9 if t.out_wm not in (MIN_TIME, MAX_TIME) else None
             ops[t.task.id] = {"operator": t.name, "records_in": t.records_in, "records_out": t.records_out,
                               "batches_in": t.batches_in, "batches_out": t.batches_out, "watermark": t.out_wm,
-                              "watermark_lag_s": lag, "finished": t.finished}
+                              "watermark_lag_s": lag, "finished": t.finished, "idle": t.idle}
+            if hasattr(t.op, "log_stats"):  # a logged source: what its local log holds and has dropped
+                ops[t.task.id]["source_log"] = t.op.log_stats()
         return {"vnode": self.vnode_id, "operators": ops, "dead_letters": self.dead_count,
                 "dead_recent": list(self.dead_recent)}
 

@@ -77,6 +77,14 @@ class Source(Operator):
     kind = "source"
     n_inputs = 0
     polled = True
+    # Read nothing for this long (ns) and the source goes idle: it stops holding back the watermark downstream
+    # until it reads again (`idle_after=` on every source; None, the default: never, as in Flink)
+    idle_after: int | None = None
+    # A source that cannot be read again from a position (a sensor): given a log directory, the runtime reads
+    # it into a local log first (`sources/log.py`), at most `log_limit` bytes, `log_full` saying what gives
+    cannot_rewind = False
+    log_limit: int | None = None
+    log_full: str | None = None
 
     def __init__(self, time: str | None, max_delay: int = 0, speed: float | None = None,
                  batch_size: int = 65536) -> None:
@@ -224,6 +232,7 @@ class TickingSource(Source):
     `limit` times. Subclasses implement `read_now(now)`."""
 
     time: str  # a ticking source stamps its readings with the clock: it always has an event-time column
+    cannot_rewind = True  # a sensor is read now or never: readings go through a local log (sources/log.py)
 
     def __init__(self, time: str, interval: int, limit: int | None, max_delay: int = 0) -> None:
         super().__init__(time, max_delay, None, 1)
