@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).parent
-BENCHMARKS = ["canonical.py", "channels.py", "cluster.py", "migration.py", "checkpoints.py", "restart.py",
+BENCHMARKS = ["canonical.py", "channels.py", "cluster.py", "hosts.py", "migration.py", "checkpoints.py", "restart.py",
               "placement.py", "microvm.py", "mqtt.py"]
 
 
