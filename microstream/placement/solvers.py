@@ -62,6 +62,7 @@ _ANNEAL_SHARE = 0.6      # of the time left after local search: simulated anneal
 _ANNEAL_T = (0.3, 1e-4)  # annealing temperature, start and end, as fractions of the best cost so far
 _ANNEAL_CYCLES = 3       # annealing restarts hot from the best placement this many times (each polished)
 _ANNEAL_SURROGATE = 1.0  # weight of the mean sink latency beside the critical path's (falls to 0 as it cools)
+_ANNEAL_FLOOR = 0.0      # ... counting only the part of each sink's latency above this fraction of the start's
 _ANNEAL_SWAP = 0.3       # share of annealing trials that swap two vnodes rather than move one
 
 Clock = Callable[[], float]
@@ -731,55 +732,105 @@ def _anneal(p: Problem, start: np.ndarray, deadline: float, rng: np.random.Gener
     began = clock()
     span = max(deadline - began, 1e-9)
     best_a, best = st.a.copy(), st.objective()
+    scale = max(abs(best - _OVERLOAD * st.overload()), 1e-9)   # temperatures scale with the cost, not penalties
     mu = _ANNEAL_SURROGATE
-    temp = t_hot * max(abs(best), 1e-9)
+    temp = t_hot * scale
+
+    floor = _ANNEAL_FLOOR * st.L
+    w = p.weights
+    cores2 = p.cores2.tolist()
+    used = st.used                              # updated in place by st.move
+    squares = (used ** 2 / p.cores2).tolist()   # (used / capacity)² per node, kept up to date below
+    load_sq = sum(squares)
+    fin_mem = np.isfinite(p.mem_capacity)
+    link_bw = np.maximum(st.link_bw, 1e-12) if st.has_links else st.link_bw
+    overloaded = bool((used > p.capacity + 1e-9).any())
+
+    def true_objective() -> float:
+        """`_State.objective`, with the load term kept incrementally and the overload terms only where
+        they can be non-zero."""
+        over = 0.0
+        if overloaded:
+            over += float(np.maximum(0.0, used - p.capacity).sum())
+        if st.has_mem:
+            over += float((np.maximum(0.0, st.mem_used - p.mem_capacity)[fin_mem]
+                           / np.maximum(p.memory[fin_mem], 1.0)).sum())
+        if st.has_links:
+            excess = st.link_load - p.link_cap
+            if excess.max() > 0.0:
+                over += float((np.maximum(0.0, excess) / link_bw).sum())
+        moves = p.moves(st.a) if st.has_moves else 0.0
+        return (w.network * st.net + w.latency * st.L + w.load * max(0.0, load_sq - p.load_floor) + moves
+                + _OVERLOAD * over)
 
     def objective() -> float:
-        value = st.objective()
-        return value + mu * w_lat * float(st.dsrc[sinks].sum()) if mu and len(sinks) else value
+        value = true_objective()
+        if not (mu and len(sinks)):
+            return value
+        excess = st.dsrc[sinks] - floor if floor else st.dsrc[sinks]
+        return value + mu * w_lat * float(excess[excess > 0].sum())
 
     now = objective()
     count = len(movable)
     trial = 0
+    draws, k = rng.random(0), 0
     while True:
         if trial % 32 == 0:                     # the clock, temperature and surrogate weight, now and then
             frac = (clock() - began) / span
             if frac >= 1.0:
                 break
-            temp = t_hot * max(abs(best), 1e-9) * (t_cold / t_hot) ** frac
+            temp = t_hot * scale * (t_cold / t_hot) ** frac
             mu = _ANNEAL_SURROGATE * (1.0 - frac)
+            overloaded = bool((used > p.capacity + 1e-9).any())
+            load_sq = sum(squares)              # no drift from the running sum
             now = objective()
+        if k + 4 > len(draws):                  # random numbers in blocks: one call per 4,096 draws
+            draws, k = rng.random(4096).tolist(), 0
+        r1, r2, r3, r4 = draws[k], draws[k + 1], draws[k + 2], draws[k + 3]
+        k += 4
         trial += 1
-        v = movable[int(rng.integers(count))]
+        v = movable[int(r1 * count)]
         a = int(st.a[v])
-        if rng.random() < _ANNEAL_SWAP:
-            u = movable[int(rng.integers(count))]
+        if r2 < _ANNEAL_SWAP:
+            u = movable[int(r3 * count)]
             b = int(st.a[u])
-            if (b == a or not allowed[v, b] or not allowed[u, a] or st.used[b] - cpu[u] + cpu[v] > cap[b]
-                    or st.used[a] - cpu[v] + cpu[u] > cap[a]):
+            if (b == a or not allowed[v, b] or not allowed[u, a] or used[b] - cpu[u] + cpu[v] > cap[b]
+                    or used[a] - cpu[v] + cpu[u] > cap[a]):
                 continue
             changes, undo = [(v, b), (u, a)], [(u, b), (v, a)]
+            touched = (a, b)
         else:
             near = neighbours[v]
-            if len(near) and rng.random() < 0.5:
-                n = int(st.a[near[int(rng.integers(len(near)))]])
+            pick = (r2 - _ANNEAL_SWAP) / (1.0 - _ANNEAL_SWAP)     # uniform in [0, 1) again
+            if len(near) and r3 < 0.5:
+                n = int(st.a[near[min(int(pick * len(near)), len(near) - 1)]])
             else:
-                n = int(domains[v][int(rng.integers(len(domains[v])))])
-            if n == a or not allowed[v, n] or st.used[n] + cpu[v] > cap[n]:
+                dom = domains[v]
+                n = int(dom[min(int(pick * len(dom)), len(dom) - 1)])
+            if n == a or not allowed[v, n] or used[n] + cpu[v] > cap[n]:
                 continue
             changes, undo = [(v, n)], [(v, a)]
+            touched = (a, n)
         for x, m in changes:
             st.move(x, m)
+        old = [squares[j] for j in touched]
+        for j in touched:
+            squares[j] = float(used[j]) ** 2 / cores2[j]
+        change = sum(squares[j] for j in touched) - sum(old)
+        load_sq += change
         after = objective()
         delta = after - now
-        if delta <= 0.0 or rng.random() < math.exp(-delta / temp):
+        if delta <= 0.0 or r4 < math.exp(-delta / temp):
             now = after
-            true = st.objective() if mu else after
+            true = true_objective() if mu else after
             if true < best - 1e-12 * max(1.0, abs(best)):
                 best, best_a = true, st.a.copy()
         else:
             for x, m in undo:
                 st.move(x, m)
+            for j, sq in zip(touched, old, strict=True):
+                squares[j] = sq
+            load_sq -= change
     return best_a
 
 
