@@ -203,6 +203,9 @@ class Coordinator:
         """Decode one message and hand it to its part; a bad message is answered and logged, never fatal. With keys,
         the kind must be one `peer`'s role may send (checked before anything is decoded)."""
         if self.keys is not None:
+            auth = getattr(self, "auth", None)
+            if peer is not None and auth is not None:  # trust changes (keys trust/revoke) apply to open links too
+                peer = auth.current(peer)
             refusal = self.guard.refusal(peer, frames[0].decode("ascii", "replace") if frames else "")
             if refusal is not None:
                 self._send(identity, Error(error=refusal))
