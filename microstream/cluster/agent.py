@@ -39,6 +39,7 @@ from ..runtime.protocol import (
     HostFailed,
     HostHello,
     HostOutput,
+    HostPrecopied,
     HostReady,
     HostReport,
     HostResumed,
@@ -71,6 +72,7 @@ from .messages import (
     VnodeDone,
     VnodeFailed,
     VnodeOutput,
+    VnodePrecopied,
     VnodeReady,
     VnodeResumed,
     VnodeSnapshot,
@@ -485,7 +487,7 @@ class Agent:
             host.endpoint = m.endpoint
             self._send_up(VnodeReady(job=host.job, vnode=host.vnode, endpoint=m.endpoint,
                                      public_key=self.keys.public.decode() if self.keys else None,
-                                     incoming=m.incoming, epoch=host.epoch))
+                                     incoming=m.incoming, epoch=host.epoch, state_endpoint=m.state_endpoint))
         elif isinstance(m, HostStats):
             host.state = VnodeState.RUNNING
             host.stats = m.stats
@@ -502,7 +504,10 @@ class Agent:
             self._send_up(VnodeResumed(job=host.job, vnode=host.vnode, at=m.at, epoch=host.epoch))
         elif isinstance(m, HostSnapshot):
             host.state = VnodeState.MIGRATED
-            self._send_up(VnodeSnapshot(job=host.job, vnode=host.vnode, whole=m.whole, blob=m.blob, epoch=host.epoch))
+            self._send_up(VnodeSnapshot(job=host.job, vnode=host.vnode, whole=m.whole, blob=m.blob, epoch=host.epoch,
+                                        transfer=m.transfer))
+        elif isinstance(m, HostPrecopied):
+            self._send_up(VnodePrecopied(job=host.job, vnode=host.vnode, figures=m.figures, epoch=host.epoch))
         elif isinstance(m, HostCheckpointed):
             self._send_up(VnodeCheckpointed(job=host.job, vnode=host.vnode, checkpoint=m.checkpoint, blob=m.blob,
                                             epoch=host.epoch))
