@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numba
 
 from .core.calls import public
+from .core.errors import PipelineError
 
 
 @dataclass(frozen=True)
@@ -22,8 +23,12 @@ class Aggregate:
     fn: Callable | None = None
     init: float = 0.0
     merge: Callable | None = None
+    q: float = 0.5          # quantile: which
+    cap: int = 0            # quantile: values kept per window for an exact result
 
     def describe(self) -> str:
+        if self.kind == "quantile":
+            return f"quantile({self.column}, {self.q:g})"
         return f"{self.kind}({self.column or ''})"
 
 
@@ -83,6 +88,49 @@ def first(column: str) -> Aggregate:
 def last(column: str) -> Aggregate:
     """Value of `column` at the latest event time in the window."""
     return Aggregate("last", column)
+
+
+MAX_VALUES = 10_000  # values per window a quantile keeps by default (80 kB a window at most)
+
+
+@public(call="ms.agg.quantile")
+def quantile(column: str, q: float, *, max_values: int = MAX_VALUES) -> Aggregate:
+    """The `q` quantile (0 <= q <= 1) of `column` in each window, as `numpy.quantile` computes it (linear
+    interpolation between the two nearest values); NaN values are skipped, an empty window gives NaN.
+
+    Exact while a window holds at most `max_values` values: each window keeps its values (in blocks of 64, so
+    memory follows the values held: 8 bytes a value) and sorts them when it fires. Past the cap a window keeps a
+    uniform random sample of `max_values` of them (reservoir sampling, reproducible) and the result is an
+    estimate: raise `max_values` for larger windows if you need them exact. When sessions merge, their values
+    are pooled (exact while the merged session holds at most `max_values`). Several quantiles of one column
+    share one buffer.
+
+    >>> import microstream as ms
+    >>> p = ms.Pipeline("q"); out = ms.sinks.collect()
+    >>> readings = [{"t": s, "room": "a", "pm25": float(v)} for s, v in enumerate([12, 15, 11, 40, 14, 13])]
+    >>> (p.from_iterable(readings, time="t", time_unit="s").key_by("room").window(ms.tumbling("1min"))
+    ...   .aggregate(p95=ms.agg.quantile("pm25", 0.95), mid=ms.agg.median("pm25")).sink(out))
+    >>> _ = p.run(); r = out.records()[0]
+    >>> round(r["p95"], 2), r["mid"]
+    (33.75, 13.5)
+    """
+    try:
+        qf = float(q)
+    except (TypeError, ValueError):
+        qf = float("nan")
+    if not 0.0 <= qf <= 1.0:
+        raise PipelineError("quantile", f"q must be between 0 and 1, got {q!r}",
+                            "e.g. ms.agg.quantile('pm25', 0.95) for the 95th percentile")
+    if int(max_values) < 1:
+        raise PipelineError("quantile", f"max_values must be at least 1, got {max_values!r}",
+                            f"the default keeps {MAX_VALUES:,} values per window")
+    return Aggregate("quantile", column, q=qf, cap=int(max_values))
+
+
+@public(call="ms.agg.median")
+def median(column: str, *, max_values: int = MAX_VALUES) -> Aggregate:
+    """The median of `column` in each window: `quantile(column, 0.5)` (exact up to `max_values` per window)."""
+    return quantile(column, 0.5, max_values=max_values)
 
 
 @public(call="ms.agg.reduce")

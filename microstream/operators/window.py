@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import numba
@@ -17,6 +16,7 @@ from ..windows import WindowSpec
 from .base import DEAD, LATE, OUT, Emit, Operator
 from .kernels import windows as K
 from .kernels.keys import KeyIndex
+from .kernels.quantiles import QuantileStore
 
 _FLAG_OF = {"sum": (K.F_SUM,), "mean": (K.F_SUM,), "var": (K.F_WELFORD,), "std": (K.F_WELFORD,),
             "min": (K.F_MIN,), "max": (K.F_MAX,), "first": (K.F_FIRSTLAST,), "last": (K.F_FIRSTLAST,)}
@@ -24,6 +24,7 @@ _OUT_CAP = 1 << 16
 PANES = ("on_time", "late_update", "retract", "final")  # the `pane` column, by the kernels' P_* codes
 _PANE_NAMES = np.array(PANES)
 EMITS = ("all", "final")
+_FROM_LOG = ("reduce", "quantile")  # aggregates replayed from the kernels' update log, not accumulated in them
 _replay = numba.njit(K.replay_udf_log)
 
 
@@ -60,8 +61,10 @@ class WindowAggregate(Operator):
         self.processing_time = processing_time
         self.final = emit == "final"
         self.partial_late = partial_late
-        self.value_cols = sorted({a.column for a in aggs.values() if a.column and a.kind != "reduce"})
+        self.value_cols = sorted({a.column for a in aggs.values() if a.column and a.kind not in _FROM_LOG})
         self.udfs = [(name, a) for name, a in aggs.items() if a.kind == "reduce"]
+        # quantiles keep each window's values, fed from the update log (kernels/quantiles.py): one buffer a column
+        self.qcols = sorted({a.column for a in aggs.values() if a.kind == "quantile" and a.column})
 
     # -- build time -------------------------------------------------------------------------------
     def output_ports(self) -> tuple[str, ...]:
@@ -117,7 +120,7 @@ class WindowAggregate(Operator):
         self.flags = np.zeros((nv, K.N_FLAGS), dtype=np.int64)
         for agg in self.aggs.values():
             # reduce() is replayed from the update log; its column may also feed built-in aggregates
-            if agg.kind != "reduce" and agg.column in self.value_cols:
+            if agg.kind not in _FROM_LOG and agg.column in self.value_cols:
                 for f in _FLAG_OF[agg.kind]:
                     self.flags[self.value_cols.index(agg.column), f] = 1
         self.session = self.spec.kind == "session"
@@ -127,9 +130,15 @@ class WindowAggregate(Operator):
         self.sc[K.S_FINAL] = self.final
         self._alloc_state(16)
         self._alloc_out(_OUT_CAP)
-        self.use_log = bool(self.udfs)
+        self.use_log = bool(self.udfs or self.qcols)
         self.need_t = K.needs_times(self.flags)
         self.udf_acc = [np.zeros(0) for _ in self.udfs]
+        self.qstores = [QuantileStore(len(self.win), max(a.cap for a in self.aggs.values() if a.column == col
+                                                         and a.kind == "quantile"), self._qs(col))
+                        for col in self.qcols]
+
+    def _qs(self, col: str) -> list[float]:
+        return [a.q for a in self.aggs.values() if a.kind == "quantile" and a.column == col]
 
     def _alloc_state(self, n_slots: int) -> None:
         cells = n_slots * self.ring
@@ -154,7 +163,7 @@ class WindowAggregate(Operator):
         self.log = np.empty((4 * cap if self.udfs_present() else 1, 3), dtype=np.int64)
 
     def udfs_present(self) -> bool:
-        return bool(getattr(self, "udfs", None))
+        return bool(getattr(self, "udfs", None) or getattr(self, "qcols", None))
 
     def _relayout(self, n_slots: int, ring: int) -> None:
         """Grow the key capacity and/or the cells per key, moving open windows to their new cells."""
@@ -176,6 +185,8 @@ class WindowAggregate(Operator):
         for u in range(len(self.udfs)):
             if len(old_udf[u]):
                 self.udf_acc[u][new] = old_udf[u][live]
+        for store in self.qstores:
+            store.relayout(live, new, len(self.win))
 
     def _ensure_slots(self) -> None:
         if self.keys.n_slots > self.n_slot_cap:
@@ -300,12 +311,17 @@ class WindowAggregate(Operator):
                       else np.empty(0, dtype=np.float64))
             _replay(self.log, nlog, agg.fn, agg.init, agg.merge, values, self.udf_acc[u], res)
             out_udf.append(res)
+        out_q: dict[str, np.ndarray] = {}
+        for col, store in zip(self.qcols, self.qstores, strict=True):
+            values = (batch.base(col).astype(np.float64, copy=False) if batch is not None
+                      else np.empty(0, dtype=np.float64))
+            out_q[col] = store.replay(self.log, nlog, values, n)
         self.sc[K.S_NOUT] = 0
         self.sc[K.S_NLOG] = 0
         if n:
-            emitted.append((OUT, self._result_batch(n, out_udf)))
+            emitted.append((OUT, self._result_batch(n, out_udf, out_q)))
 
-    def _result_batch(self, n: int, out_udf: list[np.ndarray]) -> Batch:
+    def _result_batch(self, n: int, out_udf: list[np.ndarray], out_q: dict[str, np.ndarray]) -> Batch:
         # The kernels fire windows in state-cell order; downstream order-sensitive operators (stateful_map,
         # alerts on changes) need each key's windows in time order, as they would see them one by one.
         order = np.lexsort((self.out_end[:n], self.out_wm[:n]))
@@ -323,6 +339,8 @@ class WindowAggregate(Operator):
         acc = pick(self.out_acc)
         if not in_order:
             out_udf = [u[order] for u in out_udf]
+            out_q = {c: q[order] for c, q in out_q.items()}
+        q_index = {c: 0 for c in out_q}
         udf_i = 0
         with np.errstate(invalid="ignore", divide="ignore"):
             for name, agg in self.aggs.items():
@@ -333,6 +351,11 @@ class WindowAggregate(Operator):
                     cols[name] = out_udf[udf_i]
                     udf_i += 1
                     continue
+                if agg.kind == "quantile":
+                    assert agg.column is not None
+                    cols[name] = out_q[agg.column][:, q_index[agg.column]].copy()
+                    q_index[agg.column] += 1
+                    continue
                 assert agg.column is not None  # every aggregate but count (handled above) names one
                 b = self.value_cols.index(agg.column) * K.N_ACC
                 cols[name] = _finish(agg, acc, b, count)
@@ -340,14 +363,10 @@ class WindowAggregate(Operator):
 
     # -- state ------------------------------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:
-        """A move's snapshot, its last act: the arrays themselves (a direct transfer hashes and sends them as
-        they are; the old path pickles them at once)."""
-        return {"keys": self.keys.snapshot(), "ring": self.ring, "win": self.win, "wend": self.wend,
-                "fired": self.fired, "count": self.count, "acc": self.acc, "tacc": self.tacc, "sc": self.sc.copy(),
-                "udf_acc": list(self.udf_acc)}
-
-    def checkpoint_snapshot(self) -> dict[str, Any]:
-        return copy.deepcopy(self.snapshot())  # the window goes on: copies of its arrays
+        return {"keys": self.keys.snapshot(), "ring": self.ring, "win": self.win.copy(), "wend": self.wend.copy(),
+                "fired": self.fired.copy(), "count": self.count.copy(), "acc": self.acc.copy(),
+                "tacc": self.tacc.copy(), "sc": self.sc.copy(), "udf_acc": [a.copy() for a in self.udf_acc],
+                "quantiles": [q.state() for q in self.qstores]}
 
     def restore(self, state: dict[str, Any]) -> None:
         self.keys.restore(state["keys"])
@@ -358,6 +377,8 @@ class WindowAggregate(Operator):
         self.sc[: len(state["sc"])] = state["sc"]  # a snapshot from before the drop counters has five
         self.sc[K.S_FINAL] = self.final
         self.udf_acc = state["udf_acc"]
+        for store, q_state in zip(self.qstores, state.get("quantiles", []), strict=False):
+            store.set_state(q_state)
         self.n_slot_cap = len(self.win) // self.ring
 
 

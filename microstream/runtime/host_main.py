@@ -123,7 +123,6 @@ def serve(control: str, job: str, vnode: str) -> int:
 
 def _serve(link: SocketControl, job: str, vnode: str) -> int:
     from .channels import ChannelClient, ChannelServer, CurveKeys
-    from .statexfer import Transfers
 
     try:
         message = link.expect("spec")
@@ -142,8 +141,7 @@ def _serve(link: SocketControl, job: str, vnode: str) -> int:
                                  should_abort=link.should_abort)
 
         try:
-            serve_vnode(link, spec, settings, server, client, ready={"endpoint": server.endpoint},
-                        transfers=Transfers(settings["bind_host"], keys, trusted or ()))
+            serve_vnode(link, spec, settings, server, client, ready={"endpoint": server.endpoint})
         finally:
             server.close()
         return 0
