@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast bench lint clean
+.PHONY: demo test test-fast test-arm64 bench lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,13 @@ test-fast: $(STAMP)
 	@# mosquitto, the MQTT broker the connector tests start on loopback (apt-get, as root; a no-op once installed)
 	-$(BIN)/python -c "from microstream.connectors.broker import ensure_mosquitto; ensure_mosquitto()"
 	$(BIN)/pytest -m "not slow"
+
+# arm64 under emulation (qemu-user-static, a debootstrapped Debian arm64 root cached in ~/.cache/microstream/arm64;
+# needs root): the core tests and the examples after `microstream warmup` there, then bench/arm64.py's figures.
+# Not part of `make test`: its first run builds the root (minutes) and everything runs ~10x slower emulated.
+test-arm64: $(STAMP)
+	MICROSTREAM_ARM64_LANE=1 $(BIN)/pytest -p no:cacheprovider tests/arm64
+	$(BIN)/python bench/arm64.py
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py

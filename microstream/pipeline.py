@@ -726,8 +726,8 @@ class Pipeline:
         with the one meant. Malformed rows, and lines that do not decode, go to the dead-letter stream."""
         from .sources.files import CsvSource
 
-        check_options("read_csv", options, ["time", "key", "name", "at", "idle_after",
-                                            *options_of(CsvSource, skip=("path", "time"))])
+        check_options("read_csv", options, ["time", "key", "name", "at",
+                                            *options_of(CsvSource, skip=("path", "time")), "idle_after"])
         stream = self.add_source(CsvSource(path, time=time, **options), name=name, at=at, idle_after=idle_after)
         return stream.key_by(key) if key else stream
 
@@ -741,8 +741,8 @@ class Pipeline:
         `tags`, `speed`, `max_delay`, `batch_size`)."""
         from .sources.files import JsonlSource
 
-        check_options("read_jsonl", options, ["time", "key", "name", "at", "idle_after",
-                                              *options_of(JsonlSource, skip=("path", "time"))])
+        check_options("read_jsonl", options, ["time", "key", "name", "at",
+                                              *options_of(JsonlSource, skip=("path", "time")), "idle_after"])
         stream = self.add_source(JsonlSource(path, time=time, **options), name=name, at=at, idle_after=idle_after)
         return stream.key_by(key) if key else stream
 
@@ -755,7 +755,7 @@ class Pipeline:
         source."""
         from .sources.synthetic import SyntheticSource
 
-        check_options("synthetic", options, ["name", "at", "idle_after", *options_of(SyntheticSource)])
+        check_options("synthetic", options, ["name", "at", *options_of(SyntheticSource), "idle_after"])
         return self.add_source(SyntheticSource(**options), name=name, at=at, idle_after=idle_after)
 
     @public

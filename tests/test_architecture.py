@@ -17,7 +17,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "microstream"
 # Layers above the public API (they may use `import microstream as ms`); see [tool.importlinter] in pyproject.toml.
-ABOVE_API = ("cli", "cluster", "unikernel_backend")
+ABOVE_API = ("cli", "cluster", "unikernel_backend", "warmup")
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,7 @@ Exit codes: 0 success, 1 the job failed while running, 2 the pipeline or the com
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -81,10 +82,12 @@ def _log_to_stderr() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
 
 
-def _stop_on_signals(component: Any) -> None:
+def _stop_on_signals(component: Any, what: str) -> None:
+    """SIGTERM and SIGINT stop `component` in order (its loop ends, then it closes), saying so."""
     import signal
 
     def handler(signum: int, frame: Any) -> None:
+        print(f"{what}: {signal.Signals(signum).name} received: stopping", file=sys.stderr, flush=True)
         component.stop()
 
     signal.signal(signal.SIGTERM, handler)
@@ -92,7 +95,7 @@ def _stop_on_signals(component: Any) -> None:
 
 
 def _load_security(args: argparse.Namespace, own: str) -> tuple[Any, Any]:
-    """(our KeyPair, the KeyStore) unless --insecure."""
+    """(our KeyPair, the KeyStore) unless --insecure. `--key` is a name in the key directory or a key file."""
     if args.insecure:
         from ..cluster.security import insecure_warning
 
@@ -101,7 +104,29 @@ def _load_security(args: argparse.Namespace, own: str) -> tuple[Any, Any]:
     from ..cluster.security import KeyStore
 
     store = KeyStore(Path(args.keys) if args.keys else _home(args) / "keys")
-    return store.pair(args.key or own), store
+    return _key_pair(store, args.key or own), store
+
+
+def _key_pair(store: Any, key: str) -> Any:
+    """Our key pair: `key` is a name in `store`, or the path of a NAME.key_secret file."""
+    from ..cluster.security import SECRET_SUFFIX, load
+
+    if "/" in key or key.endswith(SECRET_SUFFIX):
+        return load(Path(key).expanduser())
+    return store.pair(key)
+
+
+def _config_option(p: argparse.ArgumentParser, role: str) -> None:
+    p.add_argument("--config", type=Path, metavar="FILE",
+                   help=f"a TOML configuration file ({role}: see docs/deploy.md); options given here override it")
+
+
+def _memory_option(p: argparse.ArgumentParser) -> None:
+    from ..cluster.config import parse_size
+
+    p.add_argument("--memory-limit", type=parse_size, metavar="SIZE",
+                   help="memory this process may use, e.g. 300M: an agent offers at most this much to placement (with "
+                        "its hosts); `service install` makes it the unit's MemoryMax")
 
 
 def cmd_coordinator(args: argparse.Namespace) -> int:
@@ -147,12 +172,26 @@ def cmd_coordinator(args: argparse.Namespace) -> int:
 
         beacon = Beacon(endpoint, keys.public if keys else None, interface=args.interface, port=args.beacon_port)
         beacon.start()
-    _stop_on_signals(coord)
+    reloader = None
+    if store is not None and coord.auth is not None:  # `keys trust/revoke/bundle` on its key store apply live
+        import signal
+
+        from ..cluster.security import TrustReloader
+
+        reloader = TrustReloader(store, coord.auth, log=lambda text: print(text, file=sys.stderr, flush=True)).start()
+        signal.signal(signal.SIGHUP, lambda signum, frame: reloader.request("SIGHUP"))
+    _stop_on_signals(coord, "coordinator")
     try:
         coord.run()
     finally:
+        if reloader:
+            reloader.stop()
         if beacon:
             beacon.stop()
+        if args.port_file:
+            Path(args.port_file).unlink(missing_ok=True)
+    print("coordinator: stopped; the agents and their hosts run on, and register again with a coordinator started "
+          "on the same address, keys and state directory", file=sys.stderr, flush=True)
     return EXIT_OK
 
 
@@ -172,12 +211,22 @@ def cmd_agent(args: argparse.Namespace) -> int:
     from ..cluster.agent import Agent
 
     _log_to_stderr()
-    keys, store = _load_security(args, args.name)
+    if not args.name:
+        print("microstream: agent: no name: pass --name NAME, or name = \"...\" in the config file", file=sys.stderr)
+        return EXIT_USAGE
     server_key = None
-    if store is not None:
-        from ..cluster.embedded import coordinator_public
+    if args.bundle:
+        from ..cluster.security import read_bundle
 
-        server_key = _public_from_file(args.coordinator_key) if args.coordinator_key else coordinator_public(store.root)
+        bundle = read_bundle(args.bundle)
+        keys, server_key = bundle.pair, bundle.coordinator_public
+    else:
+        keys, store = _load_security(args, args.name)
+        if store is not None:
+            from ..cluster.embedded import coordinator_public
+
+            server_key = (_public_from_file(args.coordinator_key) if args.coordinator_key
+                          else coordinator_public(store.root))
     coordinator = args.coordinator
     if coordinator is None:
         from ..cluster.discovery import discover
@@ -191,12 +240,50 @@ def cmd_agent(args: argparse.Namespace) -> int:
         coordinator = found.endpoint
         server_key = server_key or found.public_key
     labels = dict(item.split("=", 1) for item in args.label)
-    agent = Agent(args.name, coordinator, keys, server_key, labels, data_host=args.data_host,
+    workdir = None
+    if args.work_dir:  # a private directory per run inside it: removed at stop, a restart never finds stale sockets
+        import tempfile
+
+        Path(args.work_dir).mkdir(parents=True, exist_ok=True)
+        workdir = Path(tempfile.mkdtemp(prefix=f"{args.name}-", dir=args.work_dir))
+        if len(f"{workdir}/hosts.sock") > 100:  # a Unix socket's path has at most 107 bytes
+            workdir.rmdir()
+            workdir = None
+            print(f"agent: work_dir {args.work_dir} is too long a path for the hosts' Unix socket (at most ~90 "
+                  "characters): using a private directory in the temporary directory instead", file=sys.stderr)
+    agent = Agent(args.name, coordinator, keys, server_key, labels,
+                  data_host=args.data_host or data_host_for(coordinator),
                   metrics_port=args.metrics_port, log=lambda text: print(text, file=sys.stderr, flush=True),
-                  metrics_bind=args.metrics_bind,
+                  metrics_bind=args.metrics_bind, workdir=workdir, memory_limit=args.memory_limit,
                   **({"coordinator_timeout": args.coordinator_timeout} if args.coordinator_timeout else {}))
-    _stop_on_signals(agent)
+    _stop_on_signals(agent, f"agent {args.name}")
     return agent.run()
+
+
+def data_host_for(coordinator: str) -> str:
+    """The address this machine reaches `coordinator` (tcp://HOST:PORT) from: where other nodes can reach its
+    channels too, on a LAN; 127.0.0.1 for a coordinator on this machine or one that cannot be resolved (no packet
+    is sent: a UDP socket is only connected).
+
+    >>> data_host_for("tcp://127.0.0.1:7077")
+    '127.0.0.1'
+    """
+    import socket
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(coordinator)
+        host, port = parts.hostname or "127.0.0.1", parts.port or 7077
+    except ValueError:
+        return "127.0.0.1"
+    if host in ("localhost", "*", "0.0.0.0") or host.startswith("127."):
+        return "127.0.0.1"
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect((host, port))
+            return str(s.getsockname()[0])
+    except OSError:
+        return "127.0.0.1"
 
 
 def _public_from_file(path: str) -> bytes:
@@ -205,13 +292,58 @@ def _public_from_file(path: str) -> bytes:
     return load(Path(path)).public
 
 
+def _address(args: argparse.Namespace) -> Any:
+    """The coordinator to talk to and how: --coordinator (else the embedded cluster in --home), our key (--key: a
+    name in HOME/keys or a key file; $MICROSTREAM_KEY) and the coordinator's public key (--coordinator-key, else
+    coordinator.key beside our key file, else in HOME/keys)."""
+    from ..cluster.client import ClusterAddress, ClusterError
+    from ..cluster.embedded import address, coordinator_public, read_state, state_file
+    from ..cluster.security import SECRET_SUFFIX, KeyStore, load
+
+    root = _home(args)
+    key = args.key
+    by_path = "/" in key or key.endswith(SECRET_SUFFIX)
+    if not by_path and not args.coordinator_key:
+        return address(root, args.coordinator, args.insecure, key_name=key)
+    endpoint = args.coordinator or (read_state(root) or {}).get("coordinator")
+    if endpoint is None:
+        raise ClusterError(f"no cluster: none recorded in {state_file(root)} and no --coordinator given")
+    if args.insecure:
+        return ClusterAddress(endpoint)
+    store = KeyStore(root / "keys")
+    try:
+        pair = _key_pair(store, key)
+        if args.coordinator_key:
+            server = load(Path(args.coordinator_key).expanduser()).public
+        elif by_path and any((Path(key).expanduser().parent / f).exists()
+                             for f in ("coordinator.key", "trusted/coordinator.key")):
+            server = coordinator_public(Path(key).expanduser().parent)
+        else:
+            server = coordinator_public(store.root)
+    except Exception as exc:
+        raise ClusterError(f"cannot load keys: {exc}") from exc
+    return ClusterAddress(endpoint, pair, server)
+
+
+def _interrupt_on_sigterm() -> None:
+    """SIGTERM ends a foreground command as Ctrl-C does (its clean-up runs)."""
+    import signal
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 def cmd_submit(args: argparse.Namespace) -> int:
     from ..cluster.client import Client
-    from ..cluster.embedded import address
 
-    addr = address(_home(args), args.coordinator, args.insecure, key_name=args.key)
+    addr = _address(args)
+
+    submitted: list[str] = []
 
     def accepted(job: str) -> None:  # the id first, on stdout: to re-attach with, whatever happens to this wait
+        submitted.append(job)
         print(job, flush=True)
 
     def runner(pipeline: Any, **_: Any) -> Any:
@@ -225,16 +357,26 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
         return RunResult(pipeline.name, 0.0)
 
-    return run_script(args.script, runner)
+    _interrupt_on_sigterm()
+    try:
+        return run_script(args.script, runner)
+    except KeyboardInterrupt:
+        if not submitted:
+            print("microstream: interrupted before the job was submitted: nothing runs", file=sys.stderr)
+        for job in submitted:
+            print(f"microstream: interrupted: job {job} keeps running on the cluster; stop it with `microstream stop "
+                  f"{job}`, or wait for it again with `microstream status {job} --wait`", file=sys.stderr)
+        return 130
 
 
 def cmd_status(args: argparse.Namespace) -> int:
     import json
 
     from ..cluster.client import Client
-    from ..cluster.embedded import address
 
-    with Client(address(_home(args), args.coordinator, args.insecure, key_name=args.key)) as client:
+    if args.watch is not None:
+        return _watch_status(args)
+    with Client(_address(args)) as client:
         if args.wait:
             if args.job is None:
                 print("microstream: status --wait needs a JOB", file=sys.stderr)
@@ -246,6 +388,31 @@ def cmd_status(args: argparse.Namespace) -> int:
         return EXIT_OK
     print(format_status(status, nodes=args.job is None))
     return EXIT_OK
+
+
+def _watch_status(args: argparse.Namespace) -> int:
+    """`status --watch [SECONDS]`: the status again every SECONDS until Ctrl-C (the screen redrawn in a terminal)."""
+    import json
+    import time
+
+    from ..cluster.client import Client, ClusterError
+
+    every = max(0.2, args.watch)
+    clear = sys.stdout.isatty()
+    address = _address(args)
+    try:
+        while True:
+            try:
+                with Client(address, timeout=max(2.0, every)) as client:
+                    status = client.status(args.job)
+                text = json.dumps(status) if args.json else format_status(status, nodes=args.job is None)
+            except ClusterError as exc:  # a coordinator restarting: say so, and keep watching
+                text = f"(no status: {exc})"
+            header = "" if args.json else f"{time.strftime('%H:%M:%S')}  every {every:g} s, Ctrl-C to stop\n"
+            print(("\x1b[H\x1b[2J" if clear else "") + header + text, flush=True)
+            time.sleep(every)
+    except KeyboardInterrupt:
+        return EXIT_OK
 
 
 def _attach(client: Any, job: str, timeout: float | None) -> int:
@@ -268,7 +435,7 @@ def _attach(client: Any, job: str, timeout: float | None) -> int:
 def format_status(status: dict[str, Any], nodes: bool = True) -> str:
     lines = ["NODES"] if nodes else []
     for name, a in sorted(status["agents"].items()) if nodes else []:
-        state = "up" if a["up"] else f"DOWN ({a['reason']})"
+        state = ("up" if not a.get("reason") else f"suspect ({a['reason']})") if a["up"] else f"DOWN ({a['reason']})"
         if a.get("draining"):  # cordoned for maintenance: draining, drained or stuck (`microstream drain`)
             state += f", {a.get('drain', {}).get('state', 'draining')}"
         backends = ",".join(a["backends"] or [])
@@ -290,7 +457,55 @@ def format_status(status: dict[str, Any], nodes: bool = True) -> str:
                 rate = f"  {op['rate']:>9,.0f}/s" if op.get("rate") is not None else ""
                 lines.append(f"      {op['operator']:<24} in {op['records_in']:>10,}  out {op['records_out']:>10,}"
                              f"{rate}  watermark {wm_text}")
+        lines += _traffic_lines(job) + _move_lines(job)
     return "\n".join(lines)
+
+
+def _traffic_lines(job: dict[str, Any]) -> list[str]:
+    """Measured traffic per link between nodes (what placement tries to keep low), and how much stays on a node."""
+    links: dict[tuple[str, str], list[Any]] = {}
+    local = 0.0
+    for row in job.get("traffic") or []:
+        if not row.get("crosses_link"):
+            local += row["bytes_per_s"]
+            continue
+        entry = links.setdefault((row["from_node"] or "?", row["to_node"] or "?"), [0.0, []])
+        entry[0] += row["bytes_per_s"]
+        entry[1].append(f"{row['from']}->{row['to']}")
+    if not links and not local:
+        return []
+    lines = ["    traffic between nodes:" if links else "    traffic between nodes: none"]
+    for (a, b), (rate, pairs) in sorted(links.items(), key=lambda kv: -kv[1][0]):
+        lines.append(f"      {a + ' -> ' + b:<24} {_rate(rate):>12}  ({', '.join(pairs[:6])}"
+                     f"{' ...' if len(pairs) > 6 else ''})")
+    lines.append(f"      {'within nodes':<24} {_rate(local):>12}")
+    return lines
+
+
+def _move_lines(job: dict[str, Any]) -> list[str]:
+    """The job's moves, newest last: what moved where, why, and what it cost (the last 10)."""
+    moves = job.get("migrations") or []
+    if not moves:
+        return []
+    lines = [f"    moves ({len(moves)}{', the last 10' if len(moves) > 10 else ''}):"]
+    for m in moves[-10:]:
+        held = f"inputs held {m['downtime_s'] * 1000:.0f} ms" if m.get("downtime_s") is not None else "no records held"
+        lines.append(f"      {m['vnode']} {m.get('mode', 'migrate')} {m.get('from') or '-'} -> {m.get('to') or '-'}  "
+                     f"{m.get('reason') or ''}; {held}, state {_bytes(m.get('state_bytes') or 0)}, "
+                     f"{m.get('total_s', 0):.2f} s")
+    return lines
+
+
+def _bytes(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if abs(n) < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} GB"
+
+
+def _rate(bytes_per_s: float) -> str:
+    return _bytes(bytes_per_s) + "/s"
 
 
 def format_time(ns: int) -> str:
@@ -317,9 +532,8 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
 def cmd_stop(args: argparse.Namespace) -> int:
     from ..cluster.client import Client
-    from ..cluster.embedded import address
 
-    with Client(address(_home(args), args.coordinator, args.insecure, key_name=args.key)) as client:
+    with Client(_address(args)) as client:
         reply = client.stop(args.job)
     print(f"{reply['job']}: {reply['state']}")
     return EXIT_OK
@@ -327,9 +541,8 @@ def cmd_stop(args: argparse.Namespace) -> int:
 
 def cmd_migrate(args: argparse.Namespace) -> int:
     from ..cluster.client import Client
-    from ..cluster.embedded import address
 
-    with Client(address(_home(args), args.coordinator, args.insecure, key_name=args.key)) as client:
+    with Client(_address(args)) as client:
         r = client.migrate(args.job, args.vnode, args.to, whole=args.whole_vm)
     paused = f"{r['downtime_s'] * 1000:.0f} ms" if r.get("downtime_s") is not None else "n/a (no records followed)"
     print(f"{args.job}/{args.vnode}: {r['from']} -> {r['to']} in {r['total_s']:.2f} s "
@@ -340,9 +553,8 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 def cmd_save(args: argparse.Namespace) -> int:
     from ..cluster.client import Client
-    from ..cluster.embedded import address
 
-    with Client(address(_home(args), args.coordinator, args.insecure, key_name=args.key)) as client:
+    with Client(_address(args)) as client:
         _, snapshot = client.save(args.job, args.vnode)
     args.file.write_bytes(snapshot)
     print(f"saved {args.job}/{args.vnode} to {args.file} ({len(snapshot):,} bytes); its upstream holds new records "
@@ -352,12 +564,11 @@ def cmd_save(args: argparse.Namespace) -> int:
 
 def cmd_restore(args: argparse.Namespace) -> int:
     from ..cluster.client import Client
-    from ..cluster.embedded import address
 
     if not args.file.exists():
         print(f"microstream: no such snapshot file: {args.file}", file=sys.stderr)
         return EXIT_USAGE
-    with Client(address(_home(args), args.coordinator, args.insecure, key_name=args.key)) as client:
+    with Client(_address(args)) as client:
         r = client.restore(args.job, args.vnode, args.file.read_bytes(), to=args.to)
     print(f"restored {args.job}/{args.vnode} on {r['to']}")
     return EXIT_OK
@@ -381,6 +592,12 @@ def cmd_image(args: argparse.Namespace) -> int:
     return int(image_main(args.rest) or 0)
 
 
+def cmd_service(args: argparse.Namespace) -> int:
+    from .service import main as service_main
+
+    return service_main(args.rest)
+
+
 def cmd_keys(args: argparse.Namespace) -> int:
     from ..cluster.security import keys_main
 
@@ -393,21 +610,31 @@ def cmd_cluster(args: argparse.Namespace) -> int:
     root = _home(args)
     if args.action == "down":
         return cluster.down(root, progress=lambda t: print(t, file=sys.stderr))
-    state = cluster.up(args.nodes, root, port=args.port, insecure=args.insecure,
-                       progress=lambda t: print(t, file=sys.stderr))
     if args.detach:
+        cluster.up(args.nodes, root, port=args.port, insecure=args.insecure,
+                   progress=lambda t: print(t, file=sys.stderr))
         return EXIT_OK
-    print("press Ctrl-C to stop the cluster", file=sys.stderr)
+    import signal
     import time
 
+    _interrupt_on_sigterm()  # SIGTERM (or a closed terminal) stops it in order, as Ctrl-C does, even while starting
+    signal.signal(signal.SIGHUP, signal.getsignal(signal.SIGTERM))
+    ours = cluster.read_state(root) is None  # a cluster already running (up refuses it) is not ours to stop
     try:
+        cluster.up(args.nodes, root, port=args.port, insecure=args.insecure,
+                   progress=lambda t: print(t, file=sys.stderr))
+        ours = True
+        print("press Ctrl-C to stop the cluster", file=sys.stderr)
         while True:
             time.sleep(1)
     except KeyboardInterrupt:
         pass
     finally:
-        cluster.down(root, progress=lambda t: print(t, file=sys.stderr))
-    return EXIT_OK if state else EXIT_FAILED
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second signal must not cut the clean-up short
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        if ours and cluster.read_state(root) is not None:
+            cluster.down(root, progress=lambda t: print(t, file=sys.stderr))
+    return EXIT_OK
 
 
 def _policy_options(p: argparse.ArgumentParser) -> None:
@@ -442,9 +669,12 @@ def _cluster_options(p: argparse.ArgumentParser, coordinator: bool = True) -> No
     if coordinator:
         p.add_argument("--coordinator", metavar="tcp://HOST:PORT",
                        help="coordinator address (default: the embedded cluster recorded in --home)")
-        p.add_argument("--key", default="client", metavar="NAME",
-                       help="your key's name in HOME/keys (default %(default)s): NAME.key_secret, trusted on the "
-                            "coordinator with a role that may do this")
+        p.add_argument("--key", default=os.environ.get("MICROSTREAM_KEY") or "client", metavar="NAME|PATH",
+                       help="your key: a name in HOME/keys (NAME.key_secret) or a .key_secret file, trusted on the "
+                            "coordinator with a role that may do this (default: $MICROSTREAM_KEY, else client)")
+        p.add_argument("--coordinator-key", metavar="FILE",
+                       help="the coordinator's public key (default: coordinator.key beside your key, else in "
+                            "HOME/keys)")
     p.add_argument("--home", metavar="DIR", help="cluster home with keys and state (default $MICROSTREAM_HOME or "
                                                 "~/.microstream)")
     p.add_argument("--insecure", action="store_true", help="plaintext ZeroMQ, no authentication (unsafe)")
@@ -454,6 +684,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="microstream", description="Stream processing for sensor networks.")
     parser.add_argument("--version", action="version", version=f"microstream {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    parser.set_defaults(verbs=sub.choices)  # verb -> its parser: a config file sets the defaults of `agent`
 
     p = sub.add_parser("run", help="run a pipeline script on the local runtime")
     p.add_argument("script", type=Path)
@@ -481,6 +712,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keys", metavar="DIR", help="key directory (default HOME/keys): coordinator.key_secret and "
                                                  "trusted/ public keys of agents and clients")
     p.add_argument("--key", help=argparse.SUPPRESS)
+    _config_option(p, "coordinator")
+    _memory_option(p)
     p.add_argument("--metrics-port", type=int, default=9464, help="Prometheus metrics port (0: any free port)")
     _metrics_bind_option(p)
     p.add_argument("--max-message", type=float, default=256, metavar="MB",
@@ -516,12 +749,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("agent", help="run an agent on this physical node")
     p.add_argument("--coordinator", metavar="tcp://HOST:PORT", help="coordinator address (default: discover by "
                                                                      "multicast beacon)")
-    p.add_argument("--name", required=True, help="this node's name (used by at= placement hints)")
+    _config_option(p, "agent")
+    p.add_argument("--bundle", type=Path, metavar="FILE",
+                   help="a key bundle from `microstream keys bundle NODE`: its key pair, the coordinator's public key "
+                        "and its configuration (the config file and the options here override it)")
+    p.add_argument("--name", help="this node's name (used by at= placement hints); required, here or in the "
+                                  "config file")
     p.add_argument("--label", action="append", default=[], metavar="K=V", help="a label, e.g. site=library")
     p.add_argument("--keys", metavar="DIR", help="key directory (default HOME/keys)")
     p.add_argument("--key", help="this agent's key name in the key directory (default: --name)")
     p.add_argument("--coordinator-key", metavar="FILE", help="the coordinator's public key file")
-    p.add_argument("--data-host", default="127.0.0.1", help="address other nodes reach this node's channels on")
+    p.add_argument("--data-host", help="address other nodes reach this node's channels on (default: the address "
+                                        "this machine reaches the coordinator from; 127.0.0.1 for a local one)")
+    p.add_argument("--work-dir", type=Path, metavar="DIR",
+                   help="where the hosts' sockets and logs go: a private subdirectory per run, removed at stop "
+                        "(default: one in the temporary directory)")
+    _memory_option(p)
     p.add_argument("--metrics-port", type=int, default=0, help="Prometheus metrics port (0: any free port)")
     _metrics_bind_option(p)
     p.add_argument("--discover-timeout", type=float, default=10.0, help="seconds to wait for a beacon")
@@ -546,6 +789,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.add_argument("--wait", action="store_true", help="re-attach to JOB: wait for its end and say how it ended")
     p.add_argument("--timeout", type=float, metavar="S", help="with --wait: stop waiting after S seconds")
+    p.add_argument("--watch", type=float, nargs="?", const=2.0, metavar="SECONDS",
+                   help="show it again every SECONDS (default 2) until Ctrl-C")
     _cluster_options(p)
     p.set_defaults(fn=cmd_status)
 
@@ -603,6 +848,11 @@ def build_parser() -> argparse.ArgumentParser:
     _cluster_options(p)
     p.set_defaults(fn=cmd_restore)
 
+    p = sub.add_parser("service", help="install systemd units: service install agent|coordinator --config FILE "
+                                       "(microstream service --help)", add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(fn=cmd_service)
+
     p = sub.add_parser("image", help="build the microVM image (microstream image build [--arch amd64|arm64])",
                        add_help=False)
     p.add_argument("rest", nargs=argparse.REMAINDER)
@@ -637,7 +887,7 @@ def cmd_console(args: argparse.Namespace) -> int:
     return print_url(_home(args))
 
 
-_DELEGATED = {"keys": ("microstream.cluster.security", "keys_main"),
+_DELEGATED = {"keys": ("microstream.cluster.security", "keys_main"), "service": ("microstream.cli.service", "main"),
               "image": ("microstream.unikernel_backend.image", "main"), "warmup": ("microstream.warmup", "main")}
 
 
@@ -649,18 +899,58 @@ def main(argv: Sequence[str] | None = None) -> int:
         module, function = _DELEGATED[argv[0]]
         return int(getattr(importlib.import_module(module), function)(argv[1:]) or 0)
     parser = build_parser()
-    args = parser.parse_args(argv)
+    from ..cluster.config import ConfigError
+    from ..cluster.security import KeyFileError
+
+    try:
+        args = _parse(parser, argv)
+    except (ConfigError, KeyFileError) as exc:
+        print(f"microstream: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     if not getattr(args, "fn", None):
         parser.print_help(sys.stderr)
         return EXIT_USAGE
     try:
-        return int(args.fn(args))
+        code = int(args.fn(args))
+        sys.stdout.flush()  # a closed pipe shows here, not as a traceback at exit
+        return code
+    except BrokenPipeError:  # `microstream status --json | head`: the reader has what it wanted
+        _quiet_stdout()
+        return EXIT_OK
     except MicrostreamError as exc:
         print(f"microstream: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
         print("microstream: interrupted", file=sys.stderr)
         return 130
+
+
+def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """Parse the command line; for `agent` and `coordinator`, a --bundle's and a --config file's settings become the
+    defaults, so that options given on the command line override them."""
+    args = parser.parse_args(argv)
+    role = getattr(args, "command", None)
+    if role not in ("agent", "coordinator"):
+        return args
+    from ..cluster import config
+
+    defaults: dict[str, Any] = {}
+    if getattr(args, "bundle", None):
+        from ..cluster.security import read_bundle
+
+        defaults.update(config.as_arguments(config.check(read_bundle(args.bundle).config, role, args.bundle), role))
+    if args.config:
+        defaults.update(config.as_arguments(config.load(args.config, role), role))
+    if defaults:
+        args.verbs[role].set_defaults(**defaults)
+        args = parser.parse_args(argv)
+    return args
+
+
+def _quiet_stdout() -> None:
+    """After a broken pipe: point stdout at /dev/null, so that flushing it at exit raises nothing."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
 
 
 if __name__ == "__main__":

@@ -39,6 +39,7 @@ from ..runtime.protocol import (
     HostFailed,
     HostHello,
     HostOutput,
+    HostPrecopied,
     HostReady,
     HostReport,
     HostResumed,
@@ -71,6 +72,7 @@ from .messages import (
     VnodeDone,
     VnodeFailed,
     VnodeOutput,
+    VnodePrecopied,
     VnodeReady,
     VnodeResumed,
     VnodeSnapshot,
@@ -140,8 +142,10 @@ class Agent:
     def __init__(self, name: str, coordinator: str, keys: Any = None, coordinator_public: bytes | None = None,
                  labels: dict[str, str] | None = None, data_host: str = "127.0.0.1", metrics_port: int | None = 0,
                  workdir: Path | None = None, log=print, coordinator_timeout: float = COORDINATOR_TIMEOUT,
-                 metrics_bind: str = "127.0.0.1", max_message: int = MAX_MESSAGE_BYTES) -> None:
+                 metrics_bind: str = "127.0.0.1", max_message: int = MAX_MESSAGE_BYTES,
+                 memory_limit: int | None = None) -> None:
         self.name = name
+        self.memory_limit = memory_limit  # bytes this agent (with its hosts) offers placement at most
         self.metrics_bind = metrics_bind
         self.max_message = max_message
         self.coordinator = coordinator
@@ -161,6 +165,7 @@ class Agent:
         self.metrics: Metrics | None = None
         self.backends = available_backends()
         self._stop = False
+        self._why_stop = "asked to stop"
         self._watch: HandshakeWatch | None = None
         self._errors_seen: set[str] = set()
         self._caps: dict[str, Any] | None = None
@@ -239,6 +244,8 @@ class Agent:
     def _registration(self) -> Register:
         if self._caps is None:
             self._caps = capabilities()
+            if self.memory_limit:
+                self._caps["memory"] = min(self._caps["memory"] or self.memory_limit, self.memory_limit)
         return Register(name=self.name, labels=self.labels, data_host=self.data_host, metrics_port=self.metrics_port,
                         public_key=self.keys.public.decode() if self.keys else None, vnodes=self._report(),
                         **self._caps)
@@ -367,9 +374,11 @@ class Agent:
                     next_beat = time.monotonic() + HEARTBEAT_EVERY
             return 0
         finally:
+            self.log(f"agent {self.name}: exiting ({self._why_stop}); stopping its {len(self.hosts)} hosts")
             self.shutdown()
 
-    def stop(self) -> None:
+    def stop(self, why: str = "stopped by a signal or asked to") -> None:
+        self._why_stop = why
         self._stop = True
 
     def shutdown(self) -> None:
@@ -428,7 +437,7 @@ class Agent:
                 if m.only in (None, host.vnode) and (m.before is None or host.epoch < m.before):
                     self._stop_host(host)
         elif isinstance(m, Shutdown):
-            self._stop = True
+            self.stop("the coordinator shut the cluster down (`microstream cluster down`)")
         elif isinstance(m, Error) and m.error not in self._errors_seen:  # once each: heartbeats repeat them
             self._errors_seen.add(m.error)
             self.log(f"agent {self.name}: the coordinator says: {m.error}")
@@ -478,7 +487,7 @@ class Agent:
             host.endpoint = m.endpoint
             self._send_up(VnodeReady(job=host.job, vnode=host.vnode, endpoint=m.endpoint,
                                      public_key=self.keys.public.decode() if self.keys else None,
-                                     incoming=m.incoming, epoch=host.epoch))
+                                     incoming=m.incoming, epoch=host.epoch, state_endpoint=m.state_endpoint))
         elif isinstance(m, HostStats):
             host.state = VnodeState.RUNNING
             host.stats = m.stats
@@ -495,7 +504,10 @@ class Agent:
             self._send_up(VnodeResumed(job=host.job, vnode=host.vnode, at=m.at, epoch=host.epoch))
         elif isinstance(m, HostSnapshot):
             host.state = VnodeState.MIGRATED
-            self._send_up(VnodeSnapshot(job=host.job, vnode=host.vnode, whole=m.whole, blob=m.blob, epoch=host.epoch))
+            self._send_up(VnodeSnapshot(job=host.job, vnode=host.vnode, whole=m.whole, blob=m.blob, epoch=host.epoch,
+                                        transfer=m.transfer))
+        elif isinstance(m, HostPrecopied):
+            self._send_up(VnodePrecopied(job=host.job, vnode=host.vnode, figures=m.figures, epoch=host.epoch))
         elif isinstance(m, HostCheckpointed):
             self._send_up(VnodeCheckpointed(job=host.job, vnode=host.vnode, checkpoint=m.checkpoint, blob=m.blob,
                                             epoch=host.epoch))

@@ -61,6 +61,7 @@ from .messages import (
     VnodeDone,
     VnodeFailed,
     VnodeOutput,
+    VnodePrecopied,
     VnodeReady,
     VnodeResumed,
     VnodeSnapshot,
@@ -124,6 +125,7 @@ class Coordinator:
             RestoreRequest: self.moves.restore,
             DrainRequest: self.drains.request,
             VnodeSnapshot: lambda _, m: self.moves.vnode_snapshot(m),
+            VnodePrecopied: lambda _, m: self.moves.vnode_precopied(m),
             VnodeResumed: lambda _, m: self.moves.vnode_resumed(m),
             VnodeCheckpointed: lambda _, m: self.checkpoints.vnode_checkpointed(m),
             VnodeOutput: self.logs.output,
@@ -203,6 +205,9 @@ class Coordinator:
         """Decode one message and hand it to its part; a bad message is answered and logged, never fatal. With keys,
         the kind must be one `peer`'s role may send (checked before anything is decoded)."""
         if self.keys is not None:
+            auth = getattr(self, "auth", None)
+            if peer is not None and auth is not None:  # trust changes (keys trust/revoke) apply to open links too
+                peer = auth.current(peer)
             refusal = self.guard.refusal(peer, frames[0].decode("ascii", "replace") if frames else "")
             if refusal is not None:
                 self._send(identity, Error(error=refusal))

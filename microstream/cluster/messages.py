@@ -162,10 +162,14 @@ class VnodeReady(Message):
     public_key: str | None = None
     incoming: str | None = None          # where a host waiting for a whole microVM listens for QEMU's stream
     epoch: int = 0                       # the deployment of the job this host belongs to (fencing)
+    state_endpoint: str | None = None    # where a move's old host may send the state directly (statexfer.py)
 
     def peer(self) -> dict[str, Any]:
-        """How other hosts reach this one's channel server."""
-        return {"endpoint": self.endpoint, "public_key": self.public_key}
+        """How other hosts reach this one's channel server (and its state receiver, if it has one)."""
+        peer = {"endpoint": self.endpoint, "public_key": self.public_key}
+        if self.state_endpoint:
+            peer["state_endpoint"] = self.state_endpoint
+        return peer
 
 
 @dataclass(frozen=True)
@@ -187,6 +191,18 @@ class VnodeSnapshot(Message):
     vnode: str
     blob: bytes | None = None
     whole: dict[str, Any] | None = None   # a whole-VM move's figures (RAM moved, QEMU's downtime)
+    epoch: int = 0
+    transfer: dict[str, Any] | None = None  # the state went to the new host directly: the blob is its ticket
+
+
+@dataclass(frozen=True)
+class VnodePrecopied(Message):
+    """A moving vnode's new host has its state as of moments ago (pre-copy, `runtime/statexfer.py`): cut now."""
+
+    KIND: ClassVar[str] = "vnode_precopied"
+    job: str
+    vnode: str
+    figures: dict[str, Any] = field(default_factory=dict)
     epoch: int = 0
 
 
@@ -411,7 +427,7 @@ class JobLogsReply(Message):
 TO_COORDINATOR = Vocabulary("to the coordinator", Submit, StatusRequest, StopRequest, Watch, ShutdownRequest,
                             MigrateRequest, SaveRequest, RestoreRequest, DrainRequest, Register, Heartbeat, VnodeReady,
                             VnodeDone, VnodeSnapshot, VnodeResumed, VnodeFailed, VnodeCheckpointed, LogsRequest,
-                            VnodeOutput)
+                            VnodeOutput, VnodePrecopied)
 TO_AGENT = Vocabulary("from the coordinator to an agent", Registered, HeartbeatAck, RegisterFirst, Deploy, Connect,
                       Start, SnapshotRequest, PauseTo, Redirect, CheckpointRequest, CheckpointDone, StopJob, Shutdown,
                       Error)
@@ -419,4 +435,4 @@ TO_CLIENT = Vocabulary("from the coordinator to a client", Accepted, StatusReply
                        DrainStatus, JobDone, Error, Rejected, JobOutput, JobLogsReply)
 # what only a registered agent sends: from a socket the coordinator does not know, it is refused (register first)
 FROM_AGENTS = (Heartbeat, VnodeReady, VnodeDone, VnodeSnapshot, VnodeResumed, VnodeFailed, VnodeCheckpointed,
-               VnodeOutput)
+               VnodeOutput, VnodePrecopied)

@@ -96,6 +96,9 @@ class Move:
     whole: bool = False            # tier 2: a microVM moved whole by QEMU's migration stream
     incoming: str | None = None    # where the new host's QEMU waits for that stream
     vm_figures: dict | None = None
+    direct: bool = False           # the state goes from the old host to the new one directly (runtime/statexfer.py)
+    precopy: dict | None = None    # the old host's pre-copy figures (rounds, bytes), once the new host has them
+    transfer: dict | None = None   # the direct transfer's figures at the barrier (state bytes, final delta bytes)
 
     def __post_init__(self) -> None:
         self.state = self.mode.steps[0]

@@ -13,6 +13,7 @@ and their transitions are `states.MoveState`. A move asked for while a checkpoin
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -28,6 +29,7 @@ from .messages import (
     RestoreRequest,
     SaveRequest,
     StopJob,
+    VnodePrecopied,
     VnodeReady,
     VnodeResumed,
     VnodeSnapshot,
@@ -38,6 +40,9 @@ from .registry import AgentRegistry
 from .states import JobState, MoveMode, MoveState
 
 MOVE_TIMEOUT = 60.0
+# how a migration's state travels: "direct" (pre-copied from the old host to the new one, the default) or
+# "coordinator" (the whole snapshot through the coordinator, as before; kept for comparison: bench/migration.py)
+STATE_TRANSFER_ENV = "MICROSTREAM_STATE_TRANSFER"
 
 
 class Moves:
@@ -54,6 +59,7 @@ class Moves:
         self.wall = wall
         self.metrics: Any = None
         self.called_off: dict[str, str] = {}   # "job/vnode" -> why its last move was called off (drains read it)
+        self.direct = os.environ.get(STATE_TRANSFER_ENV, "direct") != "coordinator"
 
     # -- requests ---------------------------------------------------------------------------------------------
     def _after_checkpoint(self, job_id: str, request: Callable[[], None]) -> bool:
@@ -166,12 +172,30 @@ class Moves:
             return False
         move.endpoint = m.peer()
         move.incoming = m.incoming
-        if move.mode is MoveMode.MIGRATE:
+        if move.mode is MoveMode.MIGRATE and self.direct and not move.whole and m.state_endpoint:
+            # pre-copy: the old host sends its state to the new one while it runs on; the cut waits for it
+            move.direct = True
+            self.send(self.registry.agents[move.source or ""].identity,
+                      SnapshotRequest(job=job.id, vnode=move.vnode, only=move.vnode, barrier=move.barrier,
+                                      to=move.endpoint, precopy=True))
+        elif move.mode is MoveMode.MIGRATE:
             move.advance(MoveState.ALIGNING)
             self._cut(job, move)
         else:  # restore: the state is already here
             self._resume(job, move)
         return True
+
+    def vnode_precopied(self, m: VnodePrecopied) -> None:
+        """The new host has the vnode's state as of moments ago: cut now; only what changes since then travels
+        at the barrier."""
+        job = self.lifecycle.get(m.job)
+        move = job.move if job is not None else None
+        if (job is None or move is None or move.vnode != m.vnode or move.state is not MoveState.PREPARING
+                or not move.direct or m.epoch != job.epoch):
+            return
+        move.precopy = {**m.figures, "precopy_s": self.clock() - move.started}
+        move.advance(MoveState.ALIGNING)
+        self._cut(job, move)
 
     def _cut(self, job: Job, move: Move) -> None:
         """Aligning: upstream tasks mark the cut on their channels into the vnode and hold what follows; the
@@ -182,7 +206,8 @@ class Moves:
             self.send(agent.identity, PauseTo(job=job.id, vnode=move.vnode, barrier=move.barrier))
         whole = {"uri": move.incoming} if move.whole else None
         self.send(self.registry.agents[move.source or ""].identity,
-                  SnapshotRequest(job=job.id, vnode=move.vnode, only=move.vnode, barrier=move.barrier, whole=whole))
+                  SnapshotRequest(job=job.id, vnode=move.vnode, only=move.vnode, barrier=move.barrier, whole=whole,
+                                  to=move.endpoint if move.direct else None))
 
     def vnode_snapshot(self, m: VnodeSnapshot) -> None:
         job = self.lifecycle.get(m.job)
@@ -190,9 +215,10 @@ class Moves:
         if (job is None or move is None or move.vnode != m.vnode or move.state is not MoveState.ALIGNING
                 or m.epoch != job.epoch):
             return
-        move.snapshot = m.blob
+        move.snapshot = m.blob  # with a direct transfer, the new host's ticket (a few hundred bytes)
         move.snapshot_at = self.clock()
         move.vm_figures = m.whole
+        move.transfer = m.transfer
         if move.mode is MoveMode.SAVE:
             job.placement.pop(move.vnode, None)
             job.endpoints.pop(move.vnode, None)
@@ -223,7 +249,7 @@ class Moves:
             return
         downtime = float(m.at) - move.paused_wall if move.paused_wall else None
         align = move.snapshot_at - move.paused_at if move.paused_at and move.snapshot_at else None
-        figures: dict[str, Any] = {"downtime_s": downtime, "state_bytes": len(move.snapshot or b""),
+        figures: dict[str, Any] = {"downtime_s": downtime, **self._state_figures(move),
                                    "align_and_snapshot_s": align}
         if move.whole:  # the state moved in QEMU's stream; the snapshot was the control channel's position
             figures.update(tier=2, vm=move.vm_figures, state_bytes=(move.vm_figures or {}).get("ram_bytes"))
@@ -235,9 +261,21 @@ class Moves:
         if move is None or move.vnode != vnode:
             return
         if move.state is MoveState.RESUMING:  # it moved, and had nothing left to process
-            self._finish(job, move, {"downtime_s": None, "state_bytes": len(move.snapshot or b"")})
+            self._finish(job, move, {"downtime_s": None, **self._state_figures(move)})
         elif move.mode is not MoveMode.RESTORE:
             self._call_off(job, move, "the virtual node finished before it could move")
+
+    @staticmethod
+    def _state_figures(move: Move) -> dict[str, Any]:
+        """How big the state was and how it travelled: `relayed_bytes` is what went through the coordinator."""
+        relayed = len(move.snapshot or b"")
+        if not move.direct:
+            return {"state_bytes": relayed, "relayed_bytes": relayed, "transfer": "coordinator"}
+        transfer, precopy = move.transfer or {}, move.precopy or {}
+        return {"state_bytes": transfer.get("state_bytes", 0), "relayed_bytes": relayed, "transfer": "direct",
+                "final_bytes": transfer.get("final_bytes"), "final_s": transfer.get("final_s"),
+                "precopy_rounds": precopy.get("rounds"), "precopy_bytes": precopy.get("sent_bytes"),
+                "precopy_s": precopy.get("precopy_s")}
 
     def _finish(self, job: Job, move: Move, figures: dict[str, Any], blob: bytes | None = None) -> None:
         move.advance(MoveState.DONE)

@@ -126,9 +126,16 @@ class AgentRegistry:
         return {a.name: {"up": a.up, "cores": a.caps.get("cores"), "arch": a.caps.get("arch"),
                          "backends": a.caps.get("backends"), "labels": a.labels, "metrics_port": a.metrics_port,
                          "last_seen_s": round(now - a.last_seen, 1), "health": self.health(a, now),
-                         "reason": a.down_reason if not a.up else
-                         (f"no heartbeat for {now - a.last_seen:.1f} s" if self.health(a, now) == "suspect" else "")}
+                         "reason": self.reason(a, now)}
                 for a in self.agents.values()}
+
+    def reason(self, agent: AgentInfo, now: float) -> str:
+        """Why an agent is down or suspect, as of `now` (the silence goes on counting: not frozen at the moment it
+        was found lost); "" for one that is up."""
+        silent = f"no heartbeat for {now - agent.last_seen:.1f} s"
+        if not agent.up:
+            return silent if agent.down_reason.startswith("no heartbeat") else agent.down_reason
+        return silent if self.health(agent, now) == "suspect" else ""
 
     def health(self, agent: AgentInfo, now: float) -> str:
         """up, suspect (silent for a while: a stall or a cut link, nothing done yet) or lost."""

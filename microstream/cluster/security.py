@@ -296,20 +296,22 @@ AGENT = "agent"
 CLIENT = "client"
 READ_ONLY = "read-only"
 UNRESTRICTED = "unrestricted"   # a trusted key without a role file: everything, as before roles existed
+REVOKED = "revoked"             # a key revoked while its connection is open: refused everything from then on
 ROLES = (AGENT, CLIENT, READ_ONLY)
 
 # what each role may send to the coordinator, by message kind (cluster/messages.py); a kind in no list is
 # refused to every role but UNRESTRICTED (a test checks that every kind the coordinator knows is in one)
 PERMISSIONS: dict[str, frozenset[str]] = {
     AGENT: frozenset({"register", "heartbeat", "vnode_ready", "vnode_done", "vnode_snapshot", "vnode_resumed",
-                      "vnode_failed", "vnode_checkpointed", "vnode_output"}),
+                      "vnode_failed", "vnode_checkpointed", "vnode_output", "vnode_precopied"}),
     CLIENT: frozenset({"submit", "status", "watch", "stop", "migrate", "save", "restore", "shutdown", "drain",
                        "logs"}),
     READ_ONLY: frozenset({"status"}),
 }
 _ROLE_DOES = {AGENT: "agents register, send heartbeats and report their hosts",
               CLIENT: "clients submit, watch, stop, move, save and restore jobs, ask for status and shut down",
-              READ_ONLY: "read-only keys only ask for status"}
+              READ_ONLY: "read-only keys only ask for status",
+              REVOKED: "its key was revoked on the coordinator; `microstream keys trust` it again to let it back"}
 
 
 def check_role(role: str) -> str:
@@ -461,9 +463,21 @@ class KeyStore:
             check_role(role)
         self._ensure_root()
         self.trusted_dir.mkdir(exist_ok=True, mode=0o700)
-        save_public(pair, self.trusted_file(pair.name))
-        if role is not None:
+        if role is not None:  # the role first: a running coordinator's reloader looks at the key files
             _write_file(self.role_file(pair.name), role + "\n", 0o644)
+        save_public(pair, self.trusted_file(pair.name))
+        return pair
+
+    def trust_pair(self, pair: KeyPair, role: str | None = None) -> KeyPair:
+        """Trust a public key given as a KeyPair (`trust` with the key itself rather than its file)."""
+        pair = KeyPair(check_name(pair.name), pair.public, None)
+        if role is not None:
+            check_role(role)
+        self._ensure_root()
+        self.trusted_dir.mkdir(exist_ok=True, mode=0o700)
+        if role is not None:  # the role first: the key's file is what makes the reloader look
+            _write_file(self.role_file(pair.name), role + "\n", 0o644)
+        save_public(pair, self.trusted_file(pair.name))
         return pair
 
     def untrust(self, name: str) -> bool:
@@ -628,7 +642,7 @@ class Rejection:
     def message(self) -> str:
         where = f" at {self.address}" if self.address else ""
         return (f"rejected connection from untrusted key {self.fingerprint}{where}; "
-                "if it should be allowed, run `microstream keys trust ITS_KEY_FILE --role ROLE` and restart/reload")
+                "if it should be allowed, run `microstream keys trust ITS_KEY_FILE --role ROLE` (applied live)")
 
 
 class _ZapHandler(ThreadAuthenticator):
@@ -783,6 +797,13 @@ class Authenticator:
         with self._lock:
             return self._roles.get(_as_key(key))
 
+    def current(self, peer: Peer) -> Peer:
+        """`peer` with its key's role as it is now (a connection's tags are fixed at its handshake, trust changes
+        apply to it all the same): REVOKED if the key is no longer trusted."""
+        role = self.role_of(peer.key)
+        role = REVOKED if role is None else role
+        return peer if role == peer.role else Peer(peer.name, role, peer.key)
+
     def identify(self, key: bytes | str) -> tuple[str | None, str]:
         """(name, role) of a key, in one look-up (the ZAP thread tags a connection with both)."""
         key = _as_key(key)
@@ -883,7 +904,194 @@ class _LogWindow:
         return [f"rejected {self.suppressed:,} more handshakes from {keys} untrusted keys in the last "
                 f"{now - self.start:.0f} s (from {where}{' and others' if len(self.addresses) > 5 else ''}; the "
                 f"last: key {self.last.fingerprint}); if one should be allowed, run `microstream keys trust "
-                "ITS_KEY_FILE --role ROLE` and restart the coordinator"]
+                "ITS_KEY_FILE --role ROLE` (a running coordinator applies it within a second)"]
+
+
+# -- trust changes applied live ---------------------------------------------------------------------------------
+
+
+class TrustReloader:
+    """Keeps a running coordinator's `Authenticator` in step with its key store's `trusted/` directory: a key trusted
+    (`microstream keys trust`, `keys bundle`) or revoked (`keys revoke`) there applies within `every` seconds, or at
+    once after `request()` (what SIGHUP calls), with no restart. A trusted directory that cannot be read (a corrupt
+    file) is logged and the previous trusted set stays."""
+
+    def __init__(self, store: KeyStore, authenticator: Authenticator, log: Callable[[str], None] | None = None,
+                 every: float = 1.0, component: str = "coordinator") -> None:
+        self.store = store
+        self.authenticator = authenticator
+        self.every = every
+        self.component = component
+        self._log = log or (lambda text: log_warning(text))
+        self._signature = self._current()
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.reloads = 0
+
+    def _current(self) -> tuple:
+        directory = self.store.trusted_dir
+        try:
+            return tuple(sorted((p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in directory.iterdir()))
+        except OSError:
+            return ()
+
+    def start(self) -> TrustReloader:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="trust-reloader", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    def request(self, why: str = "SIGHUP") -> None:
+        """Reload as soon as possible (safe to call from a signal handler: it only sets an event)."""
+        self._why = why
+        self._wake.set()
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            woken = self._wake.wait(self.every)
+            self._wake.clear()
+            if self._stopping.is_set():
+                return
+            signature = self._current()
+            if woken or signature != self._signature:
+                self._signature = signature
+                self.reload(getattr(self, "_why", "SIGHUP") if woken else "the trusted keys changed")
+
+    def reload(self, why: str = "asked") -> bool:
+        """Read the trusted keys and their roles again and apply them; True if that worked."""
+        try:
+            trusted, roles = self.store.trusted(), self.store.roles()
+        except (KeyFileError, OSError) as exc:
+            self._log(f"{self.component}: the trusted keys were not reloaded ({why}), the previous ones stay: {exc}")
+            return False
+        before = self.authenticator.trusted
+        before_roles = {k: self.authenticator.role_of(k) for k in before}
+        self.authenticator.replace(trusted, roles)
+        self.reloads += 1
+        added = [f"{name} ({roles.get(k, UNRESTRICTED)})" for k, name in trusted.items() if k not in before]
+        removed = [name for k, name in before.items() if k not in trusted]
+        changed = [f"{name} ({before_roles[k]} -> {roles.get(k, UNRESTRICTED)})" for k, name in trusted.items()
+                   if k in before and before_roles[k] != roles.get(k, UNRESTRICTED)]
+        parts = ([f"trusted {', '.join(sorted(added))}"] if added else []) + \
+                ([f"revoked {', '.join(sorted(removed))}"] if removed else []) + \
+                ([f"role changed: {', '.join(sorted(changed))}"] if changed else [])
+        self._log(f"{self.component}: trusted keys reloaded ({why}): {len(trusted)} keys"
+                  + (f"; {'; '.join(parts)}" if parts else ", no change"))
+        return True
+
+
+def log_warning(text: str) -> None:
+    log.warning("%s", text)
+
+
+# -- key bundles: one file per machine ------------------------------------------------------------------------
+
+BUNDLE_SUFFIX = ".bundle"
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """What one machine needs to join: its key pair, the coordinator's public key, its role and configuration."""
+
+    node: str
+    role: str
+    pair: KeyPair
+    coordinator_public: bytes
+    config: dict[str, Any]
+
+
+def write_bundle(store: KeyStore, node: str, path: Path | str, role: str = AGENT,
+                 config: Mapping[str, Any] | None = None) -> Bundle:
+    """Make a fresh key pair for `node`, trust its public key in `store` with `role` (a running coordinator on that
+    store applies it live), and write the bundle file (mode 0600: it holds the secret key). The secret is kept
+    nowhere else. `config` (an agent's configuration, see cluster/config.py) goes into the bundle."""
+    from .config import check, to_toml
+
+    check_role(role)
+    try:
+        coordinator = store.public("coordinator")
+    except KeyFileError as exc:
+        raise KeyFileError(exc.path, exc.problem, "on the coordinator machine, run `microstream keys create "
+                           "coordinator` first (or pass --dir with the coordinator's key directory)") from None
+    pair = generate(node)
+    settings = dict(config or {})
+    if role == AGENT:
+        settings = {"name": node, **{k: v for k, v in settings.items() if k != "name"}}
+        check(settings, AGENT, "the bundle's configuration")
+    path = Path(path)
+    made = datetime.now().isoformat(timespec="seconds")
+    header = (f"# microstream key bundle for '{node}' (role {role}), made {made} by `microstream keys bundle`.\n"
+              f"# It holds {node}'s SECRET key: copy it to {node} only, then delete this copy.\n"
+              f"# On {node}: microstream keys unbundle {path.name}"
+              + (f"   (or: microstream agent --bundle {path.name})\n" if role == AGENT else "\n"))
+    body = (f"\n[bundle]\nformat = 1\nnode = \"{node}\"\nrole = \"{role}\"\n\n"
+            f"[key]\npublic = \"{pair.public.decode()}\"\nsecret = \"{(pair.secret or b'').decode()}\"\n\n"
+            f"[coordinator]\npublic = \"{coordinator.decode()}\"\n\n[config]\n{to_toml(settings)}")
+    _write_file(path, header + body, 0o600)
+    store.trust_pair(pair.public_only(), role=role)
+    return Bundle(node, role, pair, coordinator, settings)
+
+
+def read_bundle(path: Path | str) -> Bundle:
+    """Read a bundle file; KeyFileError naming the file if it is not one, or is damaged."""
+    import tomllib
+
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        node, role = data["bundle"]["node"], data["bundle"]["role"]
+        public, secret = data["key"]["public"].encode(), data["key"]["secret"].encode()
+        coordinator = data["coordinator"]["public"].encode()
+        config = dict(data.get("config", {}))
+    except FileNotFoundError:
+        raise KeyFileError(path, "does not exist", "make it on the coordinator machine with `microstream keys "
+                           "bundle NODE` and copy it here") from None
+    except OSError as exc:
+        raise KeyFileError(path, f"cannot be read ({exc.strerror or exc})", "check its owner and permissions") \
+            from None
+    except (tomllib.TOMLDecodeError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as exc:
+        raise KeyFileError(path, f"is not a microstream key bundle ({type(exc).__name__}: {exc})",
+                           "make a new one with `microstream keys bundle NODE`") from None
+    if not (_valid_z85_key(public) and _valid_z85_key(coordinator)):
+        raise KeyFileError(path, "holds a malformed public key", "make a new one with `microstream keys bundle`")
+    _check_secret(path, public, secret)
+    return Bundle(check_name(node), check_role(role), KeyPair(node, public, secret), coordinator, config)
+
+
+def unbundle(path: Path | str, keydir: Path | str | None = None, config_path: Path | str | None = None
+             ) -> tuple[Bundle, KeyStore, Path | None]:
+    """Install a bundle: the key pair and `coordinator.key` into `keydir` (default: the key directory); for an agent,
+    its configuration (with the key paths) into `config_path` (default: `agent.toml` beside the key directory).
+    Returns (bundle, store, the configuration file or None)."""
+    from .config import check, to_toml
+
+    bundle = read_bundle(path)
+    store = KeyStore(keydir)
+    store._ensure_root()
+    own = store.root / f"coordinator{SECRET_SUFFIX}"
+    if own.exists() and load(own).public != bundle.coordinator_public:
+        raise KeyFileError(own, "belongs to another coordinator than the bundle's",
+                           "unbundle into another directory (--dir)")
+    save(bundle.pair, store.root, overwrite=True)
+    if not own.exists():
+        save_public(KeyPair("coordinator", bundle.coordinator_public, None), store.root / f"coordinator{PUBLIC_SUFFIX}")
+    written = None
+    if bundle.role == AGENT:
+        settings = check(bundle.config, AGENT, path)
+        settings.update(keys=str(store.root), key=bundle.node,
+                        coordinator_key=str(store.root / f"coordinator{PUBLIC_SUFFIX}"))
+        written = Path(config_path) if config_path else store.root.parent / "agent.toml"
+        _write_file(written, f"# agent '{bundle.node}', from {Path(path).name} (`microstream keys unbundle`)\n"
+                    + to_toml(settings), 0o644)
+    return bundle, store, written
 
 
 # -- CLI: microstream keys ... ----------------------------------------------------------------------------------
@@ -903,8 +1111,30 @@ def _keys_parser() -> argparse.ArgumentParser:
     trust.add_argument("--role", choices=ROLES, default=None,
                        help="agent: register and report hosts; client: submit, stop, move, save, restore jobs and "
                             "status; read-only: status only (default: asked for on a terminal, else client)")
+    revoke = sub.add_parser("revoke", help="stop trusting keys, by name (a running coordinator applies it live: "
+                                           "their connections are refused from then on)")
+    revoke.add_argument("names", metavar="NAME", nargs="+")
+    bundle = sub.add_parser("bundle", help="on the coordinator machine: one file for machine NODE with its new key "
+                                           "pair, the coordinator's public key and its configuration; NODE's key is "
+                                           "trusted with --role at once (live on a running coordinator)")
+    bundle.add_argument("node", metavar="NODE")
+    bundle.add_argument("--role", choices=ROLES, default=AGENT, help="what NODE may do (default %(default)s; "
+                                                                     "client for an operator's laptop)")
+    bundle.add_argument("--coordinator", metavar="tcp://HOST:PORT",
+                        help="the coordinator's address, for NODE's configuration (default: find it by beacon)")
+    bundle.add_argument("--label", action="append", default=[], metavar="K=V", help="a label of NODE, e.g. "
+                                                                                     "site=library")
+    bundle.add_argument("--config", type=Path, metavar="FILE",
+                        help="an agent configuration to start from (TOML, see docs/deploy.md): shared settings such "
+                             "as metrics_bind, work_dir, memory_limit")
+    bundle.add_argument("-o", "--output", type=Path, metavar="FILE", help="the bundle file (default NODE.bundle)")
+    unbundle_p = sub.add_parser("unbundle", help="on the machine a bundle is for: install its keys (and, for an "
+                                                 "agent, its configuration file)")
+    unbundle_p.add_argument("file", metavar="FILE", type=Path)
+    unbundle_p.add_argument("--config", type=Path, metavar="FILE",
+                            help="where an agent's configuration goes (default: agent.toml beside the key directory)")
     sub.add_parser("list", help="list our keypairs and the trusted public keys")
-    for p in (create, trust, sub.choices["list"]):
+    for p in (create, trust, revoke, bundle, unbundle_p, sub.choices["list"]):
         p.add_argument("--dir", type=Path, default=None, help=f"key directory (default: {default_key_dir()})")
     return parser
 
@@ -917,8 +1147,9 @@ def keys_main(argv: list[str] | None = None) -> int:
         return int(exc.code or 0)
     store = KeyStore(args.dir)
     try:
-        return {"create": _cmd_create, "trust": _cmd_trust, "list": _cmd_list}[args.command](store, args)
-    except (KeyFileError, ValueError, OSError) as exc:
+        return {"create": _cmd_create, "trust": _cmd_trust, "list": _cmd_list, "revoke": _cmd_revoke,
+                "bundle": _cmd_bundle, "unbundle": _cmd_unbundle}[args.command](store, args)
+    except (KeyFileError, ValueError, OSError, MicrostreamError) as exc:
         print(f"microstream keys: {exc}", file=sys.stderr)
         return 2
 
@@ -928,7 +1159,9 @@ def _cmd_create(store: KeyStore, args: argparse.Namespace) -> int:
     public = store.root / f"{pair.name}{PUBLIC_SUFFIX}"
     print(f"created key '{pair.name}' (fingerprint {pair.fingerprint})\n"
           f"  public: {public}\n  secret: {store.root / (pair.name + SECRET_SUFFIX)} (keep it private)\n"
-          f"  on the coordinator machine, trust it with: microstream keys trust {public.name}", file=sys.stderr)
+          + (f"  give {public.name} to the agents and clients (`microstream keys bundle NODE` does)"
+             if pair.name == "coordinator" else
+             f"  on the coordinator machine, trust it with: microstream keys trust {public.name}"), file=sys.stderr)
     return 0
 
 
@@ -963,8 +1196,67 @@ def _cmd_trust(store: KeyStore, args: argparse.Namespace) -> int:
         if old is not None and old.public != new.public:
             note = f" (replaces the previous '{new.name}' key {old.fingerprint})"
         hint = "" if args.role else f"; for another role: --role {'|'.join(r for r in ROLES if r != role)}"
-        print(f"trusted '{new.name}' as {role} (fingerprint {new.fingerprint}){note}{hint}", file=sys.stderr)
+        print(f"trusted '{new.name}' as {role} (fingerprint {new.fingerprint}){note}{hint}; a running coordinator "
+              "using this key directory applies it within a second", file=sys.stderr)
     return status
+
+
+def _cmd_revoke(store: KeyStore, args: argparse.Namespace) -> int:
+    status = 0
+    for name in args.names:
+        if store.untrust(name):
+            print(f"revoked '{name}': a running coordinator on {store.root} refuses it within a second",
+                  file=sys.stderr)
+        else:
+            print(f"microstream keys: no trusted key '{name}' in {store.trusted_dir}", file=sys.stderr)
+            status = 2
+    return status
+
+
+def _cmd_bundle(store: KeyStore, args: argparse.Namespace) -> int:
+    from .config import load as load_config
+
+    config: dict[str, Any] = load_config(args.config, AGENT) if args.config else {}
+    if args.role == AGENT:
+        labels = dict(config.get("labels", {}))
+        for item in args.label:
+            key, sep, value = item.partition("=")
+            if not sep or not key:
+                raise ValueError(f"bad --label {item!r}: write K=V, e.g. site=library")
+            labels[key] = value
+        if labels:
+            config["labels"] = labels
+        if args.coordinator:
+            config["coordinator"] = args.coordinator
+            config.pop("beacon", None)
+        for local in ("keys", "key", "coordinator_key"):  # the bundle brings its keys; unbundle sets these
+            config.pop(local, None)
+    elif args.label or args.config:
+        raise ValueError("--label and --config are for agents (--role agent)")
+    elif args.coordinator:  # a client's bundle: where to find the coordinator, for the commands it prints
+        config = {"coordinator": args.coordinator}
+    path = args.output or Path(f"{check_name(args.node)}{BUNDLE_SUFFIX}")
+    made = write_bundle(store, args.node, path, role=args.role, config=config)
+    print(f"wrote {path} for '{made.node}' (role {made.role}, fingerprint {made.pair.fingerprint}; it holds the "
+          f"secret key, mode 0600)\n  trusted '{made.node}' as {made.role} in {store.trusted_dir} (a running "
+          f"coordinator using it applies this within a second)\n  copy {path} to {made.node} and run there: "
+          f"microstream keys unbundle {path.name}", file=sys.stderr)
+    return 0
+
+
+def _cmd_unbundle(store: KeyStore, args: argparse.Namespace) -> int:
+    bundle, store, config = unbundle(args.file, store.root, args.config)
+    print(f"installed {bundle.node}'s key pair ({bundle.role}, fingerprint {bundle.pair.fingerprint}) and the "
+          f"coordinator's public key in {store.root}", file=sys.stderr)
+    if config is not None:
+        print(f"  wrote {config}; start the agent with: microstream agent --config {config}\n"
+              f"  or as a service: microstream service install agent --config {config}", file=sys.stderr)
+    else:
+        where = bundle.config.get("coordinator", "tcp://HOST:7077")
+        print(f"  use it with: microstream status --coordinator {where} --key {bundle.node} (or set "
+              f"MICROSTREAM_KEY={bundle.node})", file=sys.stderr)
+    print(f"  you may now delete {args.file}", file=sys.stderr)
+    return 0
 
 
 def _cmd_list(store: KeyStore, args: argparse.Namespace) -> int:

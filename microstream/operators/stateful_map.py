@@ -104,9 +104,18 @@ class StatefulMap(Operator):
         return [(OUT, Batch(cols, batch.base_wm, mask))]
 
     def snapshot(self) -> dict[str, Any]:
+        """A move's snapshot, its last act: a view, not a copy (a direct transfer hashes and sends it as it is)."""
+        return {"keys": self.keys.snapshot(), "state": self.state[: self.keys.n_slots]}
+
+    def checkpoint_snapshot(self) -> dict[str, Any]:
         return {"keys": self.keys.snapshot(), "state": self.state[: self.keys.n_slots].copy()}
 
     def restore(self, state: dict[str, Any]) -> None:
         self.keys.restore(state["keys"])
-        self.state = np.tile(self.init, (max(64, len(state["state"])), 1))
-        self.state[: len(state["state"])] = state["state"]
+        saved = state["state"]
+        if (len(saved) >= 64 and saved.dtype == np.float64 and saved.ndim == 2 and saved.flags.c_contiguous
+                and saved.flags.writeable):
+            self.state = saved  # adopted: a directly transferred state is a view of what arrived, copied no more
+            return
+        self.state = np.tile(self.init, (max(64, len(saved)), 1))
+        self.state[: len(saved)] = saved

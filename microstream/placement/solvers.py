@@ -57,6 +57,8 @@ _LNS_FAST = 0.05         # a sub-problem solved this fast grows the next one
 _LNS_PATIENCE = 5        # stop after this many sub-problems per node in a row without a gain
 _EXHAUSTIVE = 100        # movable vnodes × nodes up to which local search tries every swap and group move
 _WHOLE_MILP = 100        # movable vnodes × nodes up to which the heuristic solves the whole problem by MILP
+_REPAIR_MILP = 40_000    # edges × nodes² up to which an overloaded search result is repaired by the whole MILP
+_REPAIR_SECONDS = 2.0    # ... given at least this long, even past the budget
 _GROUP_MIN_GAIN = 1e-3   # large instances: group-move rounds continue while a round gains this fraction
 _ANNEAL_SHARE = 0.6      # of the time left after local search: simulated annealing (the rest: LNS)
 _ANNEAL_T = (0.3, 1e-4)  # annealing temperature, start and end, as fractions of the best cost so far
@@ -706,7 +708,22 @@ def improve(problem: Problem, start: np.ndarray | None = None, restarts: int | N
         c = problem.search_objective(cand)
         if c < best_cost - 1e-12:
             best, best_cost = cand, c
-    return _lns(problem, best, deadline, rng, clock)
+    found = _lns(problem, best, deadline, rng, clock)
+    if not problem.feasible(found.assign) and found.status != "infeasible":
+        found = Solution(_repair(problem, found.assign, deadline, clock))
+    return found
+
+
+def _repair(p: Problem, best: np.ndarray, deadline: float, clock: Clock) -> np.ndarray:
+    """An overloaded placement the search could not fix (tight links, say): the whole problem with hard limits,
+    stopping at the MILP's first feasible placement, finds one where one exists — feasibility before the
+    budget, so it gets at least `_REPAIR_SECONDS`. Only for problems small enough to build whole."""
+    if not milp_available() or len(p.src) * p.n_nodes ** 2 > _REPAIR_MILP or not _movable(p):
+        return best
+    r = solve_milp(p, time_limit=max(0.5 * (deadline - clock()), _REPAIR_SECONDS), gap=0.99)
+    if r.assign is None or not p.feasible(r.assign):
+        return best
+    return _local_search(p, r.assign, max(deadline, clock() + 0.1), clock=clock)
 
 
 def _anneal(p: Problem, start: np.ndarray, deadline: float, rng: np.random.Generator,
@@ -746,9 +763,14 @@ def _anneal(p: Problem, start: np.ndarray, deadline: float, rng: np.random.Gener
     link_bw = np.maximum(st.link_bw, 1e-12) if st.has_links else st.link_bw
     overloaded = bool((used > p.capacity + 1e-9).any())
 
-    def true_objective() -> float:
-        """`_State.objective`, with the load term kept incrementally and the overload terms only where
-        they can be non-zero."""
+    # from an overloaded start, overload costs little at first and `_OVERLOAD` at the end (strategic
+    # oscillation): with the full penalty from the start, no trial that trades some overload for a way out is
+    # ever taken, and the walk stalls at a local minimum of the overload
+    penalty = 10.0 * scale if overloaded or st.overload() > 0 else _OVERLOAD
+
+    def true_objective(weight: float = _OVERLOAD) -> float:
+        """`_State.objective` (with `weight` per unit of overload), with the load term kept incrementally and
+        the overload terms only where they can be non-zero."""
         over = 0.0
         if overloaded:
             over += float(np.maximum(0.0, used - p.capacity).sum())
@@ -761,10 +783,10 @@ def _anneal(p: Problem, start: np.ndarray, deadline: float, rng: np.random.Gener
                 over += float((np.maximum(0.0, excess) / link_bw).sum())
         moves = p.moves(st.a) if st.has_moves else 0.0
         return (w.network * st.net + w.latency * st.L + w.load * max(0.0, load_sq - p.load_floor) + moves
-                + _OVERLOAD * over)
+                + weight * over)
 
     def objective() -> float:
-        value = true_objective()
+        value = true_objective(penalty)
         if not (mu and len(sinks)):
             return value
         excess = st.dsrc[sinks] - floor if floor else st.dsrc[sinks]
@@ -781,6 +803,8 @@ def _anneal(p: Problem, start: np.ndarray, deadline: float, rng: np.random.Gener
                 break
             temp = t_hot * scale * (t_cold / t_hot) ** frac
             mu = _ANNEAL_SURROGATE * (1.0 - frac)
+            if penalty != _OVERLOAD:
+                penalty = min(_OVERLOAD, 10.0 * scale * (_OVERLOAD / (10.0 * scale)) ** frac)
             overloaded = bool((used > p.capacity + 1e-9).any())
             load_sq = sum(squares)              # no drift from the running sum
             now = objective()
@@ -822,7 +846,7 @@ def _anneal(p: Problem, start: np.ndarray, deadline: float, rng: np.random.Gener
         delta = after - now
         if delta <= 0.0 or r4 < math.exp(-delta / temp):
             now = after
-            true = true_objective() if mu else after
+            true = true_objective() if mu or penalty != _OVERLOAD else after
             if true < best - 1e-12 * max(1.0, abs(best)):
                 best, best_a = true, st.a.copy()
         else:
@@ -857,6 +881,8 @@ def _lns(p: Problem, best: np.ndarray, deadline: float, rng: np.random.Generator
             best = annealed
     if not has_milp:
         return Solution(best)
+    if not p.feasible(best):
+        best = _repair(p, best, deadline, clock)
     best_cost = p.search_objective(best)
     feasible = p.feasible(best)
     stale, patience, k = 0, max(_LNS_PATIENCE * p.n_nodes, 30), 0

@@ -16,10 +16,16 @@ from typing import Any
 
 from ..graph.logical import LogicalGraph
 from ..graph.physical import PhysicalPlan
+from .statexfer import StateSender, pack
 from .tasks import TaskRunner
 
 log = logging.getLogger(__name__)
 _IDLE_WAIT = 0.05  # seconds a host waits for a message when no source is due sooner
+# pre-copy rounds go on while each is well smaller than the one before (state that changes everywhere faster than
+# the link carries it never converges) and larger than PRECOPY_SMALL bytes, PRECOPY_ROUNDS at most
+PRECOPY_ROUNDS = 8
+PRECOPY_SMALL = 256 << 10
+PRECOPY_SHRINK = 0.7
 
 
 class HostRuntime:
@@ -45,6 +51,14 @@ class HostRuntime:
         self._report: Callable[[dict], None] | None = None  # while `run` runs: where stats go, and when next
         self._report_every, self._next_report = 1.0, 0.0
         self.reports = 0                         # stats reported so far (the coordinator sees a stale report)
+        # direct state transfer (statexfer.py): `transfers` makes senders (set by the host's life cycle)
+        self.transfers: Any = None
+        self.sender: StateSender | None = None   # to the new host of this vnode's move, once asked to pre-copy
+        self.direct = False                      # the move's snapshot goes to `sender`, not to the coordinator
+        self.on_precopied: Callable[[dict], None] | None = None  # pre-copy done: the move may cut
+        self._precopied = False
+        self._before_last = 0                    # the size of the pre-copy round before the last one
+        self.transfer_figures: dict[str, Any] = {}
 
     @property
     def on_resumed(self) -> Callable[[], None] | None:
@@ -116,6 +130,7 @@ class HostRuntime:
         runner.close_finished_inputs()
         self._maybe_checkpoint()
         self._maybe_snapshot()
+        self._precopy_step()
 
     def _receive(self, msg: Any) -> None:
         """Process and ack a message, or hold it (unacked: its producer's credits run down) while this virtual
@@ -150,6 +165,14 @@ class HostRuntime:
         elif kind == "checkpoint_done":
             self.runner.commit(int(header["checkpoint"]))
         elif kind == "snapshot" and header.get("vnode") == self.vnode_id:
+            if header.get("to") and self.transfers is not None:
+                transfer = f"{self.runner.job}/{self.vnode_id}/{header['barrier']}"
+                if self.sender is None or self.sender.transfer != transfer:
+                    self._new_sender(header["to"], transfer)
+                if header.get("precopy"):  # copy the state while the vnode runs on; the cut comes later
+                    self._precopy_round()
+                    return
+                self.direct = True
             self.runner.barrier = int(header["barrier"])
             self.whole = bool(header.get("whole")) and self.on_aligned is not None
         elif kind == "pause_to" and header["vnode"] != self.vnode_id:
@@ -216,10 +239,64 @@ class HostRuntime:
             assert self.on_aligned is not None
             self.on_aligned()
             return
-        self.saved = runner.snapshot()
+        state = runner.snapshot()
+        if not self.direct or self.sender is None:
+            self.saved = state
+            return
+        started = time.perf_counter()
+        packed = pack(state)
+        final = self.sender.send(packed, final=True)  # what changed since the last pre-copy round, and the skeleton
+        figures = {"state_bytes": packed.nbytes, "final_bytes": final, "precopy_rounds": self.sender.rounds - 1,
+                   "sent_bytes": self.sender.sent_bytes, "final_s": time.perf_counter() - started}
+        self.transfer_figures = figures
+        self.saved = {"direct_transfer": self.sender.transfer, **figures}  # the new host's ticket
 
     def restore(self, state: dict) -> None:
         self.runner.restore(state)
+
+    # -- direct state transfer (statexfer.py): pre-copy while running, only the delta at the barrier ---------------
+    def _new_sender(self, peer: dict, transfer: str) -> None:
+        if self.sender is not None:
+            self.sender.close()
+        self.sender = self.transfers.sender(peer, transfer)
+        self._precopied = False
+
+    def _precopy_round(self) -> None:
+        """Send the state as it is now (a checkpoint's snapshot: the operators go on): everything the first
+        time, what changed since the last round afterwards."""
+        assert self.sender is not None
+        packed = pack(self.runner.snapshot(checkpoint=True))
+        self.transfer_figures["state_bytes"] = packed.nbytes
+        self.sender.send(packed)
+
+    def _precopy_step(self) -> None:
+        """Once the new host has the last round: another one, or tell the coordinator it may cut now."""
+        sender = self.sender
+        if sender is None or self._precopied or self.direct or self.runner.barrier is not None or sender.pending:
+            return
+        shrinking = sender.rounds < 2 or sender.last_bytes < PRECOPY_SHRINK * self._before_last
+        if sender.rounds < PRECOPY_ROUNDS and sender.last_bytes > PRECOPY_SMALL and shrinking:
+            self._before_last = sender.last_bytes
+            self._precopy_round()
+            return
+        self._precopied = True
+        if self.on_precopied is not None:
+            self.on_precopied({"rounds": sender.rounds, "sent_bytes": sender.sent_bytes,
+                               "last_bytes": sender.last_bytes,
+                               "state_bytes": self.transfer_figures.get("state_bytes", 0)})
+
+    def finish_transfer(self, timeout: float = 60.0) -> None:
+        """After the snapshot's ticket went out: keep the connection until the new host has the final round (a
+        socket closed at once may drop what it still queues)."""
+        if self.sender is None:
+            return
+        try:
+            if self.direct and not self.sender.wait(timeout):
+                log.warning("virtual node %s: the new host did not confirm its state within %g s", self.vnode_id,
+                            timeout)
+        finally:
+            self.sender.close()
+            self.sender = None
 
     # -- reporting --------------------------------------------------------------------------------------
     def stats(self) -> dict:

@@ -20,6 +20,8 @@ import cloudpickle
 from ..core.errors import OperatorError
 from .host import HostRuntime
 
+DIRECT_TRANSFER_TIMEOUT = 60.0  # seconds a new host waits for the final round of a state sent to it directly
+
 
 class ControlItem(Protocol):
     """One control message as a host reads it (read-only: any object with these attributes)."""
@@ -85,24 +87,40 @@ def failure_report(exc: BaseException) -> dict[str, Any]:
 
 def serve_vnode(control: HostControl, spec: dict[str, Any], settings: dict[str, Any], server: Any,
                 client_factory: Callable[[Any, str], Any], ready: dict[str, Any],
-                prepare: Callable[[HostRuntime], None] | None = None) -> None:
+                prepare: Callable[[HostRuntime], None] | None = None, transfers: Any = None) -> None:
     """Run one virtual node from its spec to its end, reporting to `control`. Exceptions propagate (the
-    caller reports them with `failure_report`, which also covers failures before the runtime exists)."""
+    caller reports them with `failure_report`, which also covers failures before the runtime exists).
+    `transfers` (`statexfer.Transfers`): this host sends and receives a move's state directly."""
     runtime = HostRuntime(spec["graph"], spec["plan"], settings["vnode"], server, client_factory,
                           restoring=bool(settings.get("restoring")), epoch=int(settings.get("epoch") or 0),
                           job=str(settings.get("job") or ""), source_log=settings.get("source_log"))
     runtime.on_checkpoint = lambda checkpoint, state: control.send("checkpointed", state, checkpoint=checkpoint)
+    runtime.transfers = transfers
+    runtime.on_precopied = lambda figures: control.send("precopied", figures=figures)
     if prepare is not None:
         prepare(runtime)
-    control.send("ready", **ready)
-    runtime.connect(control.expect("connect").header["endpoints"])
-    start = control.expect("start")
-    if start.blob is not None:  # a saved or migrated virtual node resumes from its snapshot
-        runtime.restore(cloudpickle.loads(start.blob))
-        runtime.on_resumed = lambda: control.send("resumed", at=time.time())
+    # a replacement host receives a move's state from the old host directly, from before its start
+    receiver = transfers.receiver() if transfers is not None and settings.get("restoring") else None
+    try:
+        control.send("ready", **ready, **({"state_endpoint": receiver.endpoint} if receiver else {}))
+        runtime.connect(control.expect("connect").header["endpoints"])
+        start = control.expect("start")
+        if start.blob is not None:  # a saved or migrated virtual node resumes from its snapshot
+            state = cloudpickle.loads(start.blob)
+            if "direct_transfer" in state:  # a ticket: the state itself comes from the old host
+                if receiver is None:
+                    raise RuntimeError("a move sent its state directly, but this host cannot receive it")
+                state, _ = receiver.wait(state["direct_transfer"], timeout=DIRECT_TRANSFER_TIMEOUT)
+            runtime.restore(state)
+            runtime.on_resumed = lambda: control.send("resumed", at=time.time())
+    finally:
+        if receiver is not None:
+            receiver.close()
     result = runtime.run(report=lambda stats: control.send("stats", stats=stats),
                          should_stop=lambda: control.stopped, control=control.poll, control_socket=control.wake)
     if "snapshot" in result:
-        control.send("snapshot", result["snapshot"])
+        control.send("snapshot", result["snapshot"], **({"transfer": runtime.transfer_figures}
+                                                        if runtime.direct else {}))
+        runtime.finish_transfer()
     else:
         control.send("done", result, stats=result["stats"])

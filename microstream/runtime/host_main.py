@@ -123,6 +123,7 @@ def serve(control: str, job: str, vnode: str) -> int:
 
 def _serve(link: SocketControl, job: str, vnode: str) -> int:
     from .channels import ChannelClient, ChannelServer, CurveKeys
+    from .statexfer import Transfers
 
     try:
         message = link.expect("spec")
@@ -141,7 +142,8 @@ def _serve(link: SocketControl, job: str, vnode: str) -> int:
                                  should_abort=link.should_abort)
 
         try:
-            serve_vnode(link, spec, settings, server, client, ready={"endpoint": server.endpoint})
+            serve_vnode(link, spec, settings, server, client, ready={"endpoint": server.endpoint},
+                        transfers=Transfers(settings["bind_host"], keys, trusted or ()))
         finally:
             server.close()
         return 0

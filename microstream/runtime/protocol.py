@@ -18,7 +18,7 @@ hosts need nothing from `cluster/`; the coordinator's are in `cluster/messages.p
     Traceback (most recent call last):
     ...
     microstream.runtime.protocol.ProtocolError: unknown control message 'reday' from a host to its agent; \
-known kinds: checkpointed, done, failed, hello, output, ready, resumed, snapshot, stats
+known kinds: checkpointed, done, failed, hello, output, precopied, ready, resumed, snapshot, stats
 """
 
 from __future__ import annotations
@@ -213,7 +213,9 @@ class Start(Message):
 
 @dataclass(frozen=True)
 class SnapshotRequest(Message):
-    """`vnode` aligns on `barrier`, snapshots and stops (`whole`: the microVM moves whole, to `whole['uri']`)."""
+    """`vnode` aligns on `barrier`, snapshots and stops (`whole`: the microVM moves whole, to `whole['uri']`).
+    With `to` (the new host's peer, with its `state_endpoint`) the state goes there directly (`statexfer.py`);
+    with `precopy` too, the vnode only starts copying it there while it runs on (no barrier yet)."""
 
     KIND: ClassVar[str] = "snapshot"
     job: str
@@ -221,6 +223,8 @@ class SnapshotRequest(Message):
     barrier: int
     only: str | None = None
     whole: dict[str, Any] | None = None
+    to: dict[str, Any] | None = None
+    precopy: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -296,6 +300,7 @@ class HostReady(HostReport):
     endpoint: str
     incoming: str | None = None
     boot_s: float | None = None
+    state_endpoint: str | None = field(default=None, repr=False)  # where a move's state may be sent directly
 
 
 @dataclass(frozen=True)
@@ -331,6 +336,15 @@ class HostSnapshot(HostReport):
     KIND: ClassVar[str] = "snapshot"
     blob: bytes | None = None
     whole: dict[str, Any] | None = None
+    transfer: dict[str, Any] | None = None  # sent directly to the new host: the blob is its ticket; figures
+
+
+@dataclass(frozen=True)
+class HostPrecopied(HostReport):
+    """The new host of a move has this vnode's state as of moments ago (`statexfer.py`): the move may cut."""
+
+    KIND: ClassVar[str] = "precopied"
+    figures: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -362,7 +376,7 @@ class HostOutput(HostReport):
 TO_HOST = Vocabulary("from an agent to its host", Spec, Connect, Start, SnapshotRequest, PauseTo, Redirect,
                      CheckpointRequest, CheckpointDone, StopHost)
 FROM_HOST = Vocabulary("from a host to its agent", HostHello, HostReady, HostStats, HostDone, HostFailed,
-                       HostSnapshot, HostResumed, HostCheckpointed, HostOutput)
+                       HostSnapshot, HostResumed, HostCheckpointed, HostOutput, HostPrecopied)
 
 
 # -- sending with a deadline -----------------------------------------------------------------------------------

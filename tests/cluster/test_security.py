@@ -134,7 +134,7 @@ def test_rejections_go_to_a_log_callable(ctx):
     key = sec.generate("x").public
     auth.callback("*", key)
     assert lines == [f"rejected connection from untrusted key {sec.fingerprint(key)}; if it should be allowed, "
-                     "run `microstream keys trust ITS_KEY_FILE --role ROLE` and restart/reload"]
+                     "run `microstream keys trust ITS_KEY_FILE --role ROLE` (applied live)"]
 
 
 def test_handshake_watch_explains_failures(ctx, server, server_pair, auth):
@@ -314,7 +314,7 @@ def test_keys_cli_create_trust_list(tmp_path, capsys):
     coord, agent = str(tmp_path / "coord"), str(tmp_path / "agent")
     assert sec.keys_main(["create", "coordinator", "--dir", coord]) == 0
     err = capsys.readouterr().err
-    assert "created key 'coordinator'" in err and "microstream keys trust coordinator.key" in err
+    assert "created key 'coordinator'" in err and "give coordinator.key to the agents and clients" in err
 
     assert sec.keys_main(["create", "coordinator", "--dir", coord]) == 2
     assert "already exists" in capsys.readouterr().err

@@ -1,0 +1,475 @@
+"""Moving a virtual node's state straight from its old host to its new one, mostly while it still runs.
+
+A migration's downtime (inputs held, from the barrier to the first record the new host processes) used to grow
+with the state: the snapshot was pickled whole, sent to the coordinator, relayed to the new host and copied
+into place (2.3 s at 100 MB). Here:
+
+* **Zero-copy packing.** A snapshot is pickled with protocol 5: numpy arrays (and other buffers) of
+  `INLINE_BYTES` or more travel *out of band*, as separate ZeroMQ frames sent with ``copy=False``; the pickle
+  stream (the *skeleton*) holds only the structure and small values. The receiver unpickles with its frames as
+  the buffers, so the restored arrays are views of what arrived (`pack`, `unpack`).
+* **Pre-copy, then a short stop-and-copy.** While the virtual node keeps running, its old host sends a
+  checkpoint-style snapshot (the operators go on) to the new host: round 0 in full, later rounds only what
+  changed. At the move's barrier it sends only the chunks that changed since the last round it sent (`diff`),
+  and the skeleton. Dirty tracking compares a 64-bit hash per `CHUNK_BYTES` chunk of each buffer (`chunk_hashes`,
+  a numba loop at memory speed): no kernel has to know about it, and the old host keeps 8 bytes per chunk, not a
+  second copy of the state. A buffer whose size changed (a ring that grew) goes whole. The new host applies each
+  round in place (`apply`), and restores base + delta: the same bytes as a full snapshot at the barrier, so the
+  barrier protocol, and with it exactly-once, is unchanged.
+* **Direct.** The transfer runs over its own CURVE-authenticated ZeroMQ connection from the old host to the new
+  one (`StateSender` → `StateReceiver`, the new host's endpoint reported with its channel server's); the
+  coordinator only orchestrates and relays a ticket of a few hundred bytes.
+
+Hash collisions: each lane of the chunk hash is a bijective chain (xor, multiply by an odd constant), so a change
+of a single 8-byte word always changes the hash; a change of several words goes unnoticed with probability about
+2**-64 per chunk.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import pickle
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import cloudpickle
+import numba
+import numpy as np
+import zmq
+from zmq.auth.thread import ThreadAuthenticator
+
+log = logging.getLogger(__name__)
+
+CHUNK_BYTES = 1024          # dirty-tracking granularity (a multiple of 32): about one key's state
+INLINE_BYTES = 64 << 10     # buffers smaller than this stay in the pickle stream
+MAX_FRAME_BYTES = 1 << 30   # the receiver refuses a larger frame before reading it
+_MAGIC = b"MSX1"
+_U8 = np.dtype(np.uint8)
+
+_P1 = np.uint64(0x9E3779B97F4A7C15)
+_P2 = np.uint64(0xC2B2AE3D27D4EB4F)
+_SEEDS = (np.uint64(0x243F6A8885A308D3), np.uint64(0x13198A2E03707344), np.uint64(0xA4093822299F31D0),
+          np.uint64(0x082EFA98EC4E6C89))
+_S0, _S1, _S2, _S3 = _SEEDS
+_R31, _R33, _R29 = np.uint64(31), np.uint64(33), np.uint64(29)
+
+
+@numba.njit(cache=True, nogil=True)
+def _hash_chunks(u8: np.ndarray, u64: np.ndarray, chunk: int, out: np.ndarray) -> None:  # pragma: no cover - numba
+    """out[c] = a 64-bit hash of bytes [c*chunk, (c+1)*chunk) of u8 (u64: its whole 8-byte words)."""
+    n = u8.shape[0]
+    nw = u64.shape[0]
+    wpc = chunk // 8
+    for c in range(out.shape[0]):
+        h0, h1, h2, h3 = _S0, _S1, _S2, _S3
+        w = c * wpc
+        end = min(nw, w + wpc)
+        while w + 4 <= end:  # four independent lanes: the multiplies overlap
+            h0 = (h0 ^ u64[w]) * _P1
+            h1 = (h1 ^ u64[w + 1]) * _P1
+            h2 = (h2 ^ u64[w + 2]) * _P1
+            h3 = (h3 ^ u64[w + 3]) * _P1
+            w += 4
+        while w < end:
+            h0 = (h0 ^ u64[w]) * _P1
+            w += 1
+        if c == out.shape[0] - 1:  # bytes after the last whole word
+            for i in range(nw * 8, n):
+                h1 = (h1 ^ np.uint64(u8[i])) * _P1
+        h = h0 ^ ((h1 << _R31) | (h1 >> _R33)) * _P2
+        h = h ^ ((h2 << _R29) | (h2 >> np.uint64(35))) * _P1
+        h = h ^ h3 * _P2
+        h = (h ^ (h >> _R33)) * _P2
+        out[c] = h ^ (h >> _R29)
+
+
+def chunk_hashes(buf: Any, chunk: int = CHUNK_BYTES) -> np.ndarray:
+    """One uint64 hash per `chunk` bytes of a contiguous buffer (the last chunk may be short)."""
+    u8 = as_bytes(buf)
+    n = u8.shape[0]
+    out = np.empty((n + chunk - 1) // chunk, dtype=np.uint64)
+    whole = n // 8 * 8
+    if u8.ctypes.data % 8 == 0:
+        u64 = u8[:whole].view(np.uint64)
+    else:  # an unaligned buffer (rare: a frame libzmq packed): hash an aligned copy
+        u8 = u8.copy()
+        u64 = u8[:whole].view(np.uint64)
+    _hash_chunks(u8, u64, chunk, out)
+    return out
+
+
+def as_bytes(buf: Any) -> np.ndarray:
+    """A flat uint8 view of a contiguous buffer (no copy)."""
+    if isinstance(buf, np.ndarray) and buf.dtype == _U8 and buf.ndim == 1:
+        return buf
+    mv = buf.raw() if isinstance(buf, pickle.PickleBuffer) else memoryview(buf)
+    return np.frombuffer(mv.cast("B") if mv.format != "B" or mv.ndim != 1 else mv, dtype=_U8)
+
+
+# -- packing -----------------------------------------------------------------------------------------------------
+
+@dataclass
+class Packed:
+    """A state as a pickle stream and its out-of-band buffers (flat uint8 views of the state's own memory)."""
+
+    skeleton: bytes
+    buffers: list[np.ndarray]
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.skeleton) + sum(b.nbytes for b in self.buffers)
+
+
+def pack(state: Any) -> Packed:
+    """Pickle `state` with its large contiguous buffers out of band (views: nothing is copied)."""
+    buffers: list[np.ndarray] = []
+
+    def out_of_band(pb: pickle.PickleBuffer) -> bool:
+        raw = pb.raw()
+        if raw.nbytes < INLINE_BYTES:
+            return True  # small: in the stream
+        buffers.append(np.frombuffer(raw, dtype=_U8))
+        return False
+
+    skeleton = cloudpickle.dumps(state, protocol=5, buffer_callback=out_of_band)
+    return Packed(skeleton, buffers)
+
+
+def unpack(skeleton: bytes, buffers: Iterable[Any]) -> Any:
+    """The state again; its arrays are views of `buffers` (writable if they are)."""
+    return pickle.loads(skeleton, buffers=list(buffers))
+
+
+# -- deltas --------------------------------------------------------------------------------------------------------
+
+@dataclass
+class Part:
+    """What one buffer of the new state needs: `chunks` None = the whole buffer is `data`; else `data` holds the
+    listed chunks (CHUNK_BYTES each, the last one possibly short), in order."""
+
+    index: int
+    chunks: np.ndarray | None
+    data: np.ndarray
+
+
+@dataclass
+class Delta:
+    skeleton: bytes
+    sizes: list[int]                      # every buffer's size in the new state
+    parts: list[Part] = field(default_factory=list)
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.skeleton) + sum(p.data.nbytes + (0 if p.chunks is None else p.chunks.nbytes)
+                                        for p in self.parts)
+
+
+def diff(base: list[np.ndarray] | None, packed: Packed,
+         hashes: list[np.ndarray] | None = None) -> tuple[Delta, list[np.ndarray]]:
+    """What turns a receiver's copy of an earlier state (known here only by its chunk hashes `base`; None: the
+    receiver has nothing) into `packed`. Returns the delta and `packed`'s chunk hashes (the next round's base);
+    `hashes` are those, if already computed."""
+    new_hashes = hashes if hashes is not None else [chunk_hashes(b) for b in packed.buffers]
+    delta = Delta(packed.skeleton, [int(b.nbytes) for b in packed.buffers])
+    for i, (buf, h) in enumerate(zip(packed.buffers, new_hashes, strict=True)):
+        old = base[i] if base is not None and i < len(base) else None
+        if old is None or old.shape != h.shape:
+            delta.parts.append(Part(i, None, buf))
+            continue
+        dirty = np.flatnonzero(old != h)
+        if dirty.size == 0:
+            continue
+        if dirty.size * 2 > h.size:  # mostly changed: the whole buffer, without a gather
+            delta.parts.append(Part(i, None, buf))
+            continue
+        delta.parts.append(Part(i, dirty.astype(np.int64), _gather(buf, dirty)))
+    return delta, new_hashes
+
+
+def _gather(buf: np.ndarray, chunks: np.ndarray) -> np.ndarray:
+    n = buf.nbytes
+    full = n // CHUNK_BYTES
+    grid = buf[:full * CHUNK_BYTES].reshape(full, CHUNK_BYTES)
+    inside = chunks[chunks < full]
+    data = grid[inside].reshape(-1)
+    if inside.size < chunks.size:  # the short last chunk
+        data = np.concatenate([data, buf[full * CHUNK_BYTES:]])
+    return data
+
+
+def apply(buffers: list[np.ndarray], delta: Delta) -> list[np.ndarray]:
+    """The new state's buffers: `buffers` (the receiver's copy of the base, changed in place where sizes agree)
+    with `delta` applied."""
+    out: list[np.ndarray] = []
+    parts = {p.index: p for p in delta.parts}
+    for i, size in enumerate(delta.sizes):
+        part = parts.get(i)
+        have = buffers[i] if i < len(buffers) else None
+        if part is not None and part.chunks is None:
+            if part.data.nbytes != size:
+                raise ValueError(f"state transfer: buffer {i} has {part.data.nbytes} bytes, expected {size}")
+            out.append(part.data)
+            continue
+        if have is None or have.nbytes != size:
+            raise ValueError(f"state transfer: buffer {i} of {size} bytes changed in part but the receiver has "
+                             f"{'none' if have is None else have.nbytes} bytes of it")
+        if part is not None:
+            _scatter(have, part.chunks, part.data)  # type: ignore[arg-type]
+        out.append(have)
+    return out
+
+
+def _scatter(buf: np.ndarray, chunks: np.ndarray, data: np.ndarray) -> None:
+    n = buf.nbytes
+    full = n // CHUNK_BYTES
+    inside = chunks[chunks < full]
+    if data.nbytes != inside.size * CHUNK_BYTES + (n - full * CHUNK_BYTES if inside.size < chunks.size else 0):
+        raise ValueError("state transfer: a delta's data does not match its chunk list")
+    grid = buf[:full * CHUNK_BYTES].reshape(full, CHUNK_BYTES)
+    grid[inside] = data[:inside.size * CHUNK_BYTES].reshape(-1, CHUNK_BYTES)
+    if inside.size < chunks.size:
+        buf[full * CHUNK_BYTES:] = data[inside.size * CHUNK_BYTES:]
+
+
+# -- the wire --------------------------------------------------------------------------------------------------------
+
+def encode(transfer: str, round_: int, final: bool, delta: Delta) -> list[Any]:
+    """Frames of one round: a header, the skeleton, then per part its chunk list (or nothing) and its data."""
+    meta = {"transfer": transfer, "round": round_, "final": final, "sizes": delta.sizes,
+            "parts": [[p.index, p.chunks is not None] for p in delta.parts]}
+    frames: list[Any] = [_MAGIC + cloudpickle.dumps(meta), delta.skeleton]
+    for p in delta.parts:
+        if p.chunks is not None:
+            frames.append(p.chunks)
+        frames.append(p.data)
+    return frames
+
+
+def decode(frames: list[Any]) -> tuple[dict[str, Any], Delta]:
+    head = bytes(frames[0])
+    if not head.startswith(_MAGIC):
+        raise ValueError("not a state-transfer message")
+    meta = pickle.loads(head[len(_MAGIC):])
+    delta = Delta(bytes(frames[1]), [int(s) for s in meta["sizes"]])
+    at = 2
+    for index, chunked in meta["parts"]:
+        chunks = None
+        if chunked:
+            chunks = np.frombuffer(_buffer(frames[at]), dtype=np.int64)
+            at += 1
+        delta.parts.append(Part(int(index), chunks, _owned(_buffer(frames[at]))))
+        at += 1
+    if at != len(frames):
+        raise ValueError(f"state transfer: {len(frames)} frames, expected {at}")
+    return meta, delta
+
+
+def _buffer(frame: Any) -> memoryview:
+    return frame.buffer if isinstance(frame, zmq.Frame) else memoryview(frame)
+
+
+def _owned(mv: memoryview) -> np.ndarray:
+    """A writable, 8-byte aligned uint8 array of a received frame (its own memory: a copy only when it is not)."""
+    arr = np.frombuffer(mv, dtype=_U8)
+    if mv.readonly or arr.ctypes.data % 8:
+        arr = arr.copy()
+    return arr
+
+
+# -- the two ends ----------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Keys:
+    """CURVE keys of a transfer's end (z85 bytes); None on an insecure cluster."""
+
+    public: bytes
+    secret: bytes
+
+
+class StateSender:
+    """The old host's end: rounds of one transfer to one new host, each acknowledged."""
+
+    def __init__(self, endpoint: str, transfer: str, keys: Keys | None = None, server_public: bytes | None = None,
+                 context: zmq.Context | None = None) -> None:
+        self.transfer = transfer
+        self.ctx = context or zmq.Context.instance()
+        sock = self.ctx.socket(zmq.DEALER)
+        sock.linger = 0
+        sock.sndhwm = 0
+        if keys is not None and server_public is not None:
+            sock.curve_secretkey = keys.secret
+            sock.curve_publickey = keys.public
+            sock.curve_serverkey = server_public
+        sock.connect(endpoint)
+        self.sock: zmq.Socket | None = sock
+        self.hashes: list[np.ndarray] | None = None   # what the receiver has (after the last round sent)
+        self.rounds = 0
+        self.acked = -1
+        self.sent_bytes = 0
+        self.last_bytes = 0
+
+    def send(self, packed: Packed, final: bool = False, hashes: list[np.ndarray] | None = None) -> int:
+        """Send what changed since the last round (everything, the first time); returns its bytes."""
+        if self.sock is None:
+            raise RuntimeError("the state sender is closed")
+        delta, self.hashes = diff(self.hashes, packed, hashes)
+        self.sock.send_multipart(encode(self.transfer, self.rounds, final, delta), copy=False)
+        self.rounds += 1
+        self.last_bytes = delta.nbytes
+        self.sent_bytes += delta.nbytes
+        return delta.nbytes
+
+    @property
+    def pending(self) -> bool:
+        """A round is on its way that the receiver has not acknowledged yet."""
+        self.poll()
+        return self.acked < self.rounds - 1
+
+    def poll(self, timeout_ms: int = 0) -> None:
+        sock = self.sock
+        while sock is not None and sock.poll(timeout_ms):
+            frames = sock.recv_multipart()
+            if len(frames) == 2 and frames[0] == b"ack":
+                self.acked = max(self.acked, int(frames[1]))
+            elif len(frames) == 2 and frames[0] == b"error":
+                raise RuntimeError(f"the new host refused the state: {frames[1].decode(errors='replace')}")
+            timeout_ms = 0
+
+    def wait(self, timeout: float) -> bool:
+        """Wait until every round sent is acknowledged; False after `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        while self.pending:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            self.poll(max(1, min(200, int(left * 1000))))
+        return True
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close(linger=0)
+            self.sock = None
+
+
+class StateReceiver:
+    """The new host's end: a CURVE server (accepting only `trusted` keys) that applies each round as it arrives,
+    on its own thread, so that round 0 lands while the host waits for its start."""
+
+    def __init__(self, bind: str, keys: Keys | None = None, trusted: Iterable[bytes] = ()) -> None:
+        self.ctx = zmq.Context()
+        self.auth: ThreadAuthenticator | None = None
+        sock = self.ctx.socket(zmq.ROUTER)
+        sock.linger = 0
+        sock.maxmsgsize = MAX_FRAME_BYTES
+        try:
+            if keys is not None:
+                self.auth = ThreadAuthenticator(self.ctx, log=logging.getLogger(__name__ + ".auth"))
+                self.auth.start()
+                allowed = frozenset(trusted)
+                self.auth.configure_curve_callback(domain="microstream-state",
+                                                   credentials_provider=_Allow(allowed))
+                sock.zap_domain = b"microstream-state"
+                sock.curve_server = True
+                sock.curve_secretkey = keys.secret
+                sock.curve_publickey = keys.public
+            sock.bind(bind)
+        except BaseException:
+            sock.close(linger=0)
+            self._term()
+            raise
+        self.endpoint: str = sock.last_endpoint.decode()  # type: ignore[union-attr]
+        self.sock = sock
+        self._lock = threading.Condition()
+        self._buffers: dict[str, list[np.ndarray]] = {}
+        self._final: dict[str, tuple[bytes, list[np.ndarray], dict[str, Any]]] = {}
+        self.error: str | None = None
+        self.received_bytes = 0
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, name="state-receiver", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        sock = self.sock
+        while not self._stop:
+            if not sock.poll(100):
+                continue
+            frames = sock.recv_multipart(copy=False)
+            peer, body = frames[0].bytes, frames[1:]
+            try:
+                meta, delta = decode(body)
+                transfer = str(meta["transfer"])
+                buffers = apply(self._buffers.get(transfer, []), delta)
+                nbytes = sum(len(_buffer(f)) for f in body)
+            except Exception as exc:  # noqa: BLE001 - told to the sender (its host fails the move), kept for wait()
+                with self._lock:
+                    self.error = f"{type(exc).__name__}: {exc}"
+                    self._lock.notify_all()
+                with contextlib.suppress(zmq.ZMQError):
+                    sock.send_multipart([peer, b"error", self.error.encode()])
+                continue
+            with self._lock:
+                self.received_bytes += nbytes
+                self._buffers[transfer] = buffers
+                if meta["final"]:
+                    figures = {"rounds": int(meta["round"]) + 1, "final_bytes": nbytes,
+                               "received_bytes": self.received_bytes}
+                    self._final[transfer] = (delta.skeleton, buffers, figures)
+                    self._lock.notify_all()
+            with contextlib.suppress(zmq.ZMQError):
+                sock.send_multipart([peer, b"ack", str(meta["round"]).encode()])
+
+    def wait(self, transfer: str, timeout: float) -> tuple[Any, dict[str, Any]]:
+        """The state of `transfer` once its final round has arrived (a TimeoutError after `timeout` seconds)."""
+        with self._lock:
+            if not self._lock.wait_for(lambda: transfer in self._final or self.error is not None, timeout):
+                raise TimeoutError(f"the state of {transfer} did not arrive from the old host within {timeout:g} s")
+            if transfer not in self._final:
+                raise RuntimeError(f"the state of {transfer} could not be applied: {self.error}")
+            skeleton, buffers, figures = self._final.pop(transfer)
+            self._buffers.pop(transfer, None)
+        return unpack(skeleton, buffers), figures
+
+    def close(self) -> None:
+        self._stop = True
+        self._thread.join(timeout=2)
+        self.sock.close(linger=0)
+        self._term()
+
+    def _term(self) -> None:
+        if self.auth is not None:
+            self.auth.stop()
+            self.auth = None
+        self.ctx.term()
+
+
+class _Allow:
+    """ZAP credentials provider: exactly the trusted data keys."""
+
+    def __init__(self, keys: frozenset[bytes]) -> None:
+        self.keys = keys
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        return key in self.keys
+
+
+class Transfers:
+    """How a host makes the two ends of a direct transfer: its bind address, its keys (the agent's, as for its data
+    channels; None on an insecure cluster) and the keys it trusts (every agent's)."""
+
+    def __init__(self, bind_host: str, keys: Any = None, trusted: Iterable[bytes] = ()) -> None:
+        self.bind_host = bind_host
+        self.keys = Keys(keys.public, keys.secret) if keys is not None else None
+        self.trusted = list(trusted)
+
+    def receiver(self) -> StateReceiver:
+        return StateReceiver(f"tcp://{self.bind_host}:*", self.keys, self.trusted)
+
+    def sender(self, peer: dict[str, Any], transfer: str) -> StateSender:
+        """To the new host `peer` (its `state_endpoint` and `public_key`, as it reported them)."""
+        public = peer.get("public_key")
+        server_public = public.encode() if self.keys is not None and public else None
+        return StateSender(peer["state_endpoint"], transfer, self.keys, server_public)

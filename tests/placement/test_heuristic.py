@@ -1,0 +1,101 @@
+"""The heuristic's search phases (annealing, large-neighbourhood search) on instances too large for it to solve
+whole by MILP, and the consistency of what every solver reports about its gap: the cost of the placement
+returned (an upper bound of the optimum) is never below the proven lower bound."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import pytest
+
+from microstream.placement import place
+from microstream.placement.milp import relative_gap, solve_milp
+from microstream.placement.solvers import _anneal, _movable, certify, improve, seed
+from microstream.placement.synthetic import random_problem
+
+from .helpers import CAMPUS, plan_of, room_pipeline
+from .test_milp import brute_force, small, tight
+
+
+def mids(count: int, limits: bool):
+    """`count` instances of 16-18 vnodes on 7-8 nodes whose movable vnodes × nodes exceed what the heuristic
+    hands whole to the MILP (so it anneals and runs the LNS)."""
+    found, s = 0, 0
+    while found < count:
+        rng = np.random.default_rng(1000 + s)
+        s += 1
+        problem = random_problem(rng, int(rng.integers(16, 19)), int(rng.integers(7, 9)), pin_fraction=0.3)
+        if len(_movable(problem)) * problem.n_nodes <= 100:
+            continue
+        found += 1
+        yield s, (tight(problem, rng) if limits else problem)
+
+
+def test_heuristic_is_feasible_whenever_the_milp_finds_a_feasible_placement():
+    """The MILP equals brute force on small instances (test_milp); here it is the oracle on instances where the
+    heuristic anneals and runs the LNS instead of solving the problem whole."""
+    checked = 0
+    for s, problem in mids(8, limits=True):
+        r = solve_milp(problem, time_limit=20.0)
+        found = improve(problem, time_limit=0.3).assign
+        assert problem.allowed[np.arange(problem.n_vnodes), found].all(), f"seed {s}: a pin or backend broken"
+        if r.assign is not None and problem.feasible(r.assign):
+            assert problem.feasible(found), f"seed {s}: overload {problem.overload(found)}"
+            checked += 1
+        if r.status == "optimal":
+            assert problem.total(found) >= r.cost - 1e-9 * max(1.0, r.cost)
+    assert checked >= 2                 # the tight limits leave some instances feasible
+
+
+@pytest.mark.parametrize("limits", [False, True])
+def test_annealing_returns_its_best_and_never_worse_than_its_start(limits):
+    """The annealer prices its trials incrementally; the placement it returns, priced from scratch, is no worse
+    than where it started (also from an overloaded seed), and every vnode stays where it may go."""
+    for s, problem in mids(6, limits):
+        start = seed(problem)
+        before = problem.search_objective(start)
+        out = _anneal(problem, start, time.perf_counter() + 0.2, np.random.default_rng(s))
+        assert problem.allowed[np.arange(problem.n_vnodes), out].all()
+        assert problem.search_objective(out) <= before + 1e-9 * max(1.0, before)
+
+
+def _consistent(cost: float, bound: float, gap: float | None) -> None:
+    if math.isfinite(bound):
+        assert bound <= cost + 1e-9 * max(1.0, abs(cost)), "the lower bound exceeds the placement's cost"
+    if gap is not None:
+        assert 0.0 <= gap <= 1.0 + 1e-12
+        assert gap == pytest.approx(relative_gap(cost, bound), abs=1e-12)
+
+
+def test_reported_gap_is_consistent_with_brute_force():
+    """upper bound (the cost returned) ≥ the true optimum ≥ the proven lower bound, for the heuristic and the
+    MILP alike."""
+    for s in range(12):
+        problem = small(s, limits=bool(s % 2))
+        truth, _ = brute_force(problem)
+        if not math.isfinite(truth):
+            continue
+        for found in (improve(problem, time_limit=0.5), certify(problem, time_limit=10.0)):
+            cost = problem.total(found.assign)
+            assert cost >= truth - 1e-9 * max(1.0, truth)
+            if math.isfinite(found.bound):
+                assert found.bound <= truth + 1e-9 * max(1.0, truth), f"seed {s}: the bound is above the optimum"
+            _consistent(cost, found.bound, found.gap(problem))
+
+
+def test_reported_gap_is_consistent_beyond_what_the_milp_proves():
+    for _, problem in mids(3, limits=False):
+        found = certify(problem, improve(problem, time_limit=0.3).assign, time_limit=1.0)
+        _consistent(problem.total(found.assign), found.bound, found.gap(problem))
+
+
+def test_place_reports_cost_bound_and_gap_consistently():
+    from microstream.placement import Topology
+
+    plan, graph = plan_of(room_pipeline(par=3))
+    placement = place(plan, graph, Topology.load(CAMPUS), solver="exact", time_limit=10.0)
+    assert placement.bound is not None and placement.gap is not None
+    _consistent(placement.cost.total, placement.bound, placement.gap)
+    assert placement.quality == "optimal" or placement.quality.startswith("within ")

@@ -1,0 +1,120 @@
+"""Direct state transfer (runtime/statexfer.py): a base plus the deltas of later rounds is the full snapshot, byte
+for byte, whatever changed in between (property-based); the rounds travel over a real CURVE socket pair."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import zmq
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from microstream.runtime import statexfer as sx
+
+CH = sx.CHUNK_BYTES
+
+
+def _state(arrays: list[np.ndarray], extra: object) -> dict:
+    return {"tasks": {f"t{i}": {"op": {"state": a, "n": i}} for i, a in enumerate(arrays)}, "extra": extra}
+
+
+def _equal(a: dict, b: dict) -> bool:
+    if a.keys() != b.keys() or a["extra"] != b["extra"]:
+        return False
+    return all(np.array_equal(a["tasks"][k]["op"]["state"], b["tasks"][k]["op"]["state"])
+               and a["tasks"][k]["op"]["state"].dtype == b["tasks"][k]["op"]["state"].dtype for k in a["tasks"])
+
+
+def _wire(delta: sx.Delta) -> sx.Delta:
+    """Through the frame encoding, as bytes (what a socket hands over)."""
+    frames = sx.encode("x", 0, False, delta)
+    return sx.decode([bytes(memoryview(f)) for f in frames])[1]
+
+
+# an edit: (array, start fraction, length, value) writes, a resize, or nothing
+edits = st.lists(st.tuples(st.integers(0, 2), st.floats(0, 1), st.integers(1, 3 * CH), st.integers(-5, 5)),
+                 max_size=6)
+sizes = st.lists(st.integers(0, 6 * CH // 8 + 3), min_size=1, max_size=3)  # float64 counts: chunk edges and tails
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(sizes=sizes, rounds=st.lists(st.tuples(edits, st.booleans(), st.integers(0, 300)), min_size=1, max_size=4),
+       seed=st.integers(0, 2**32 - 1))
+def test_base_plus_deltas_is_the_full_snapshot(sizes, rounds, seed):
+    rng = np.random.default_rng(seed)
+    arrays = [rng.standard_normal(n) for n in sizes]
+    extra: object = [1, "a"]
+    sent_hashes = None
+    have: list[np.ndarray] = []
+    for round_edits, resize, grow in [([], False, 0), *rounds]:
+        for which, start, length, value in round_edits:
+            a = arrays[which % len(arrays)]
+            if a.size:
+                i = int(start * (a.size - 1))
+                a[i:i + length // 8 + 1] = value
+        if resize:  # a ring that doubled: the buffer's size changes
+            arrays[0] = np.concatenate([arrays[0], rng.standard_normal(grow)])
+        extra = [extra, len(have)]
+        state = _state(arrays, extra)
+        packed = sx.pack(state)
+        delta, sent_hashes = sx.diff(sent_hashes, packed)
+        have = sx.apply(have, _wire(delta))
+        restored = sx.unpack(delta.skeleton, have)
+        assert _equal(restored, state)
+        full = sx.pack(state)  # the full snapshot's bytes, buffer by buffer
+        assert [bytes(b) for b in have] == [bytes(b) for b in full.buffers]
+
+
+def test_only_changed_chunks_travel():
+    state = {"op": {"state": np.zeros(256 * CH // 8)}}
+    first, hashes = sx.diff(None, sx.pack(state))
+    assert first.nbytes >= 256 * CH
+    state["op"]["state"][[5, 40 * CH // 8, 40 * CH // 8 + 1]] = 1.0  # two chunks
+    delta, _ = sx.diff(hashes, sx.pack(state))
+    assert [p.chunks.tolist() for p in delta.parts if p.chunks is not None] == [[0, 40]]
+    assert delta.nbytes < 3 * CH + 1024
+
+
+def test_a_single_word_change_always_changes_its_chunk_hash():
+    buf = np.random.default_rng(1).integers(0, 2**63, size=4 * CH // 8, dtype=np.uint64)
+    base = sx.chunk_hashes(buf)
+    for i in range(0, buf.size, 37):
+        changed = buf.copy()
+        changed[i] ^= np.uint64(1) << np.uint64(i % 64)
+        h = sx.chunk_hashes(changed)
+        assert (h != base).tolist() == [c == i * 8 // CH for c in range(base.size)]
+
+
+def test_a_delta_that_does_not_fit_is_refused():
+    state = {"s": np.zeros(CH * 8)}
+    first, hashes = sx.diff(None, sx.pack(state))
+    state["s"][0] = 1
+    delta, _ = sx.diff(hashes, sx.pack(state))
+    with pytest.raises(ValueError, match="has none"):
+        sx.apply([], delta)
+
+
+def test_rounds_over_curve_reach_the_receiver_and_untrusted_keys_do_not():
+    server_pub, server_sec = zmq.curve_keypair()
+    client_pub, client_sec = zmq.curve_keypair()
+    other_pub, other_sec = zmq.curve_keypair()
+    receiver = sx.StateReceiver("tcp://127.0.0.1:*", sx.Keys(server_pub, server_sec), trusted=[client_pub])
+    try:
+        state = {"op": {"state": np.arange(100_000, dtype=np.float64), "k": "v"}}
+        intruder = sx.StateSender(receiver.endpoint, "j/vn0/1", sx.Keys(other_pub, other_sec), server_pub)
+        intruder.send(sx.pack({"op": {"state": np.ones(100_000)}}), final=True)
+        assert not intruder.wait(1.0)  # the handshake fails: nothing arrives, nothing is acknowledged
+        intruder.close()
+        sender = sx.StateSender(receiver.endpoint, "j/vn0/1", sx.Keys(client_pub, client_sec), server_pub)
+        sender.send(sx.pack(state))
+        assert sender.wait(10.0)
+        state["op"]["state"][7] = -1
+        final_bytes = sender.send(sx.pack(state), final=True)
+        assert final_bytes < 2 * CH + 1024
+        got, figures = receiver.wait("j/vn0/1", timeout=10.0)
+        assert np.array_equal(got["op"]["state"], state["op"]["state"]) and got["op"]["k"] == "v"
+        assert got["op"]["state"].flags.writeable
+        assert figures["rounds"] == 2
+        sender.close()
+    finally:
+        receiver.close()
