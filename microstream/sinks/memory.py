@@ -86,7 +86,7 @@ class Collect(Sink):
         >>> _ = p.run(); out.to_pandas(tz="Europe/Paris").iloc[0].to_dict()   # doctest: +NORMALIZE_WHITESPACE
         {'k': 1, 'window_start': Timestamp('2023-11-14 23:13:00+0100', tz='Europe/Paris'),
          'window_end': Timestamp('2023-11-14 23:14:00+0100', tz='Europe/Paris'),
-         'window_time': Timestamp('2023-11-14 23:13:59.999999999+0100', tz='Europe/Paris'), 'n': 1}
+         'window_time': Timestamp('2023-11-14 23:13:59.999999999+0100', tz='Europe/Paris'), 'pane': 'on_time', 'n': 1}
         """
         from ..core.optional import require
 
