@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import numba
@@ -363,10 +364,14 @@ class WindowAggregate(Operator):
 
     # -- state ------------------------------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:
-        return {"keys": self.keys.snapshot(), "ring": self.ring, "win": self.win.copy(), "wend": self.wend.copy(),
-                "fired": self.fired.copy(), "count": self.count.copy(), "acc": self.acc.copy(),
-                "tacc": self.tacc.copy(), "sc": self.sc.copy(), "udf_acc": [a.copy() for a in self.udf_acc],
-                "quantiles": [q.state() for q in self.qstores]}
+        """A move's snapshot, its last act: the arrays themselves (a direct transfer hashes and sends them as
+        they are; the old path pickles them at once)."""
+        return {"keys": self.keys.snapshot(), "ring": self.ring, "win": self.win, "wend": self.wend,
+                "fired": self.fired, "count": self.count, "acc": self.acc, "tacc": self.tacc, "sc": self.sc.copy(),
+                "udf_acc": list(self.udf_acc), "quantiles": [q.state() for q in self.qstores]}
+
+    def checkpoint_snapshot(self) -> dict[str, Any]:
+        return copy.deepcopy(self.snapshot())  # the window goes on: copies of its arrays
 
     def restore(self, state: dict[str, Any]) -> None:
         self.keys.restore(state["keys"])
