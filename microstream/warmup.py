@@ -7,7 +7,7 @@ compiled in groups, each in its own short-lived process, one after the other, so
 largest group rather than of everything a long-running host would accumulate.
 
 The groups run small pipelines through the public API (the same code paths as a real job, so the cache keys
-match what a job looks up): file parsing (CSV, JSON lines, the usual timestamp shapes), ring windows
+match what a job looks up): file parsing (CSV, then JSON lines, the usual timestamp shapes), ring windows
 (tumbling and sliding), session windows, and joins with the built-in `ms.state` steps. Kernels that depend on
 user code (`ms.agg.reduce` functions, custom `stateful_map` steps) cannot be compiled ahead and still compile
 on first use.
@@ -92,8 +92,8 @@ def _joins_state(ms: Any) -> None:
         p.run()
 
 
-def _files(ms: Any) -> None:
-    """CSV and JSON lines with the usual column types and timestamp shapes, written out again."""
+def _files(ms: Any, fmt: str) -> None:
+    """CSV or JSON lines with the usual column types and timestamp shapes, written out again."""
     with tempfile.TemporaryDirectory(prefix="microstream-warmup-") as tmp:
         d = Path(tmp)
         shapes = {  # timestamp column -> how the rows spell it
@@ -104,29 +104,32 @@ def _files(ms: Any) -> None:
             "epoch_frac": lambda i: f"{1700000000 + i}.5",
         }
         for shape, stamp in shapes.items():
-            rows = [f"{stamp(i)},{i % 7},{20.5 + i % 13 * 0.25},{i % 2},room{i % 3},{'true' if i % 2 else 'false'}"
-                    for i in range(600)]
-            rows.append("not a time,1,2.5,0,room1,true")  # a malformed row: the dead-letter path
-            (d / f"{shape}.csv").write_text("time,id,value,flag,name,ok\n" + "\n".join(rows) + "\n")
-            jsonl = [json.dumps({"time": stamp(i), "id": i % 7, "value": 20.5 + i % 13 * 0.25, "name": f"room{i % 3}",
-                                 "ok": bool(i % 2)}) for i in range(600)]
-            jsonl.append("{not json")
-            (d / f"{shape}.jsonl").write_text("\n".join(jsonl) + "\n")
+            path = d / f"{shape}.{fmt}"
+            if fmt == "csv":
+                rows = [f"{stamp(i)},{i % 7},{20.5 + i % 13 * 0.25},{i % 2},room{i % 3},{'true' if i % 2 else 'false'}"
+                        for i in range(600)]
+                rows.append("not a time,1,2.5,0,room1,true")  # a malformed row: the dead-letter path
+                path.write_text("time,id,value,flag,name,ok\n" + "\n".join(rows) + "\n")
+            else:
+                lines = [json.dumps({"time": stamp(i), "id": i % 7, "value": 20.5 + i % 13 * 0.25,
+                                     "name": f"room{i % 3}", "ok": bool(i % 2)}) for i in range(600)]
+                lines.append("{not json")
+                path.write_text("\n".join(lines) + "\n")
             p = ms.Pipeline("warmup")
-            csv = p.read_csv(d / f"{shape}.csv", time="time", tags={"site": "a"})
-            js = p.read_jsonl(d / f"{shape}.jsonl", time="time")
-            for name, stream in (("csv", csv), ("jsonl", js)):
-                stream.filter(lambda b: b["value"] > 0).sink(ms.sinks.csv(d / f"out-{shape}-{name}.csv"))
-                stream.sink(ms.sinks.jsonl(d / f"out-{shape}-{name}.jsonl"))
-                stream.key_by("name").window(ms.tumbling(minutes=10)).aggregate(
-                    **_aggregates(ms, "value", False)).sink(ms.sinks.collect())
+            stream = p.read_csv(path, time="time", tags={"site": "a"}) if fmt == "csv" else \
+                p.read_jsonl(path, time="time")
+            stream.filter(lambda b: b["value"] > 0).sink(ms.sinks.csv(d / f"out-{shape}.csv"))
+            stream.sink(ms.sinks.jsonl(d / f"out-{shape}.jsonl"))
+            stream.key_by("name").window(ms.tumbling(minutes=10)).aggregate(
+                **_aggregates(ms, "value", False)).sink(ms.sinks.collect())
             p.dead_letters().sink(ms.sinks.jsonl(d / f"dead-{shape}.jsonl"))
             p.run()
 
 
 # name -> (what it compiles, the workload); run in this order, one process each
 GROUPS: dict[str, tuple[str, Callable[[Any], None]]] = {
-    "files": ("CSV and JSON-lines parsing, timestamps, file sinks", _files),
+    "csv": ("CSV parsing, timestamps, file sinks", lambda ms: _files(ms, "csv")),
+    "jsonl": ("JSON-lines parsing", lambda ms: _files(ms, "jsonl")),
     "windows": ("tumbling and sliding window kernels", _ring),
     "sessions": ("session window kernels", _session),
     "joins_state": ("joins and the ms.state steps", _joins_state),

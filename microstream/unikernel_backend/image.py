@@ -181,7 +181,7 @@ class _Plan:
     def key(self) -> str:
         recipe = {"recipe": RECIPE, "arch": self.arch.name, "versions": self.versions, "guest": self.guest_files,
                   "init": INIT_SCRIPT, "modules": MODULES, "cmdline": KERNEL_CMDLINE, "prune": PRUNE,
-                  "command": GUEST_COMMAND, "warm": WARM_SCRIPT, "numba": NUMBA_ENV, "host_packages": HOST_PACKAGES}
+                  "command": GUEST_COMMAND, "warm": WARM_GROUPS, "numba": NUMBA_ENV, "host_packages": HOST_PACKAGES}
         return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -625,40 +625,21 @@ def _smoke_test(root: Path, arch: Arch) -> None:
         raise RuntimeError(f"the guest root cannot run its Python: {done.stderr.strip()[-2000:]}")
 
 
-# What the build runs in the guest's root to fill numba's cache: the kernels a keyed, windowed job uses.
-WARM_SCRIPT = """
-import itertools, sys
-import microstream as ms
-# every specialisation the window kernels have without user-defined aggregates: tumbling/sliding/session
-# windows, x filtered or compacted input (a record mask or not), x with or without first/last (record times)
-specs = {"ring": (ms.tumbling(seconds=1), ms.sliding({"seconds": 2}, {"seconds": 1})),
-         "session": (ms.session(seconds=1),)}[sys.argv[1]]
-for spec, filtered, times in itertools.product(specs, (False, True), (False, True)):
-    p = ms.Pipeline("warm")
-    src = p.synthetic(count=3000, sensors=16, rate=4000, jitter=0.2, max_delay=0.1, seed=1, batch_size=400,
-                      glitch_rate=0.01)
-    if filtered:
-        src = src.filter(lambda b: (b["value"] > -50) & (b["value"] < 150))
-    aggs = dict(n=ms.agg.count(), mean=ms.agg.mean("value"), sd=ms.agg.std("value"), lo=ms.agg.min("value"),
-                hi=ms.agg.max("value"), total=ms.agg.sum("value"))
-    if times:
-        aggs.update(first=ms.agg.first("value"), last=ms.agg.last("value"))
-    src.key_by("sensor").window(spec, lateness=0.05).aggregate(**aggs).sink(ms.sinks.collect())
-    if spec.slide == spec.size and not filtered:
-        src.key_by("sensor").stateful_map(ms.state.ewma(0.2), "value", out="smooth").sink(ms.sinks.collect())
-    p.run()
-"""
+# The `microstream warmup` groups the build runs in the guest's root to fill numba's cache (the kernels of a keyed,
+# windowed job; microstream/warmup.py, a guest file, so its content is in the image key).
+WARM_GROUPS = ("windows", "sessions")
 
 
 def _warm_numba_cache(root: Path, arch: Arch) -> int:
     """Compile the operator kernels into `NUMBA_CACHE` with the guest's interpreter, for a generic CPU."""
     if arch.name != _native_arch() or os.geteuid() != 0:
         return 0
-    # two processes (ring and session kernels, the long compiles); numba writes its cache files atomically,
-    # and the few kernels both compile come out identical
-    procs = [subprocess.Popen([_chroot(), str(root), "/usr/bin/python3.11", "-s", "-c", WARM_SCRIPT, group],
+    # two processes at once (ring and session kernels, the long compiles; a build machine is not a Pi); numba
+    # writes its cache files atomically, and the few kernels both compile come out identical
+    procs = [subprocess.Popen([_chroot(), str(root), "/usr/bin/python3.11", "-s", "-m", "microstream.warmup",
+                               "--child", group],
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                              env={**_guest_env(), **NUMBA_ENV}) for group in ("ring", "session")]
+                              env={**_guest_env(), **NUMBA_ENV}) for group in WARM_GROUPS]
     errors = [proc.communicate()[1] for proc in procs]
     for proc, err in zip(procs, errors, strict=True):
         if proc.returncode != 0:
