@@ -197,10 +197,11 @@ def cache_location() -> str:
 
 
 def warmup(groups: list[str] | None = None, progress: Progress = print, python: str = sys.executable,
-           env: dict[str, str] | None = None, timeout: float = 1800) -> list[GroupResult]:
+           env: dict[str, str] | None = None, timeout: float | None = None) -> list[GroupResult]:
     """Compile `groups` (default: all, in `GROUPS` order) into numba's cache, one process per group, sequentially.
 
-    Raises RuntimeError (with the group's error output) if a group fails."""
+    `timeout` (seconds per group, default none: a slow machine, or an emulated one, may take tens of minutes)
+    ends a group that takes longer. Raises RuntimeError (with the group's error output) if a group fails."""
     names = list(GROUPS) if groups is None else groups
     unknown = [g for g in names if g not in GROUPS]
     if unknown:
@@ -218,11 +219,11 @@ def warmup(groups: list[str] | None = None, progress: Progress = print, python: 
     return results
 
 
-def _run_child(name: str, python: str, env: dict[str, str], timeout: float) -> GroupResult:
+def _run_child(name: str, python: str, env: dict[str, str], timeout: float | None) -> GroupResult:
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         proc = subprocess.Popen([python, "-m", "microstream.warmup", "--child", name], stdout=out, stderr=err,
                                 env=env)
-        peak_kb = _wait_peak_rss_kb(proc, timeout)
+        peak_kb = _wait_peak_rss_kb(proc, name, timeout)
         out.seek(0)
         err.seek(0)
         stdout, stderr = out.read().decode(errors="replace"), err.read().decode(errors="replace")
@@ -232,20 +233,20 @@ def _run_child(name: str, python: str, env: dict[str, str], timeout: float) -> G
     return GroupResult(name, report["seconds"], report["compiled"], round(peak_kb / 1024, 1))
 
 
-def _wait_peak_rss_kb(proc: subprocess.Popen, timeout: float) -> int:
+def _wait_peak_rss_kb(proc: subprocess.Popen, name: str, timeout: float | None) -> int:
     """Wait for `proc` and return its peak resident set in KiB (ru_maxrss from wait4: the process's own
     high-water mark, not inherited from its parent)."""
-    deadline = time.monotonic() + timeout
+    deadline = None if timeout is None else time.monotonic() + timeout
     while True:
         pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
         if pid:
             proc.returncode = os.waitstatus_to_exitcode(status)
             return int(usage.ru_maxrss)
-        if time.monotonic() > deadline:
+        if deadline is not None and time.monotonic() > deadline:
             proc.kill()
             _, status, usage = os.wait4(proc.pid, 0)
             proc.returncode = os.waitstatus_to_exitcode(status)
-            raise RuntimeError(f"warmup group timed out after {timeout:.0f} s")
+            raise RuntimeError(f"warmup group {name!r} timed out after {timeout:.0f} s")
         time.sleep(0.05)
 
 
@@ -256,13 +257,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--group", choices=sorted(GROUPS), action="append", dest="groups",
                     help="only this group (repeatable; default: all)")
     ap.add_argument("--json", action="store_true", help="print the per-group results as JSON")
+    ap.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
+                    help="end a group that takes longer than this (default: no limit)")
     ap.add_argument("--child", choices=sorted(GROUPS), help=argparse.SUPPRESS)  # what warmup() runs per group
     args = ap.parse_args(argv)
     if args.child:
         print(json.dumps(run_group(args.child)))
         return 0
     try:
-        results = warmup(args.groups, progress=(lambda line: print(line, file=sys.stderr)) if args.json else print)
+        results = warmup(args.groups, progress=(lambda line: print(line, file=sys.stderr)) if args.json else print,
+                         timeout=args.timeout)
     except RuntimeError as exc:
         print(f"microstream warmup: {exc}", file=sys.stderr)
         return 1
