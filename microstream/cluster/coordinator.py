@@ -238,6 +238,9 @@ class Coordinator:
         self.checkpoints.tick()
         self.drains.tick()
         self._replace()
+        for job, news in self.lifecycle.health_changes():  # submit and `logs --follow` say when a job stalls
+            self.log(f"coordinator: job {job.id}: {news}")
+            self.logs.note(job.id, news)
         self._update_metrics()
         if self.console is not None:  # status is built here, on the loop's thread, only when someone watches
             self.console.feed(self.status)

@@ -46,7 +46,9 @@ class JobLogs:
 
     def output(self, identity: bytes, m: VnodeOutput) -> None:
         """Lines from `m.vnode`'s host, through the agent at `identity`: kept, and sent to the job's watchers."""
-        agent = self.agent_name(identity) or "?"
+        self.output_as(self.agent_name(identity) or "?", m)
+
+    def output_as(self, agent: str, m: VnodeOutput) -> None:
         log = self._log(m.job)
         log.lines.extend([m.vnode, agent, stream, text] for stream, text in m.lines)
         log.received += len(m.lines)
@@ -56,6 +58,10 @@ class JobLogs:
         for watcher in (job.watchers if job is not None else ()):
             self.send(watcher, JobOutput(job=m.job, vnode=m.vnode, agent=agent, lines=m.lines, dropped=m.dropped),
                       quiet=True)
+
+    def note(self, job_id: str, text: str) -> None:
+        """A line from the coordinator about the job (it stalled, it moves again): kept and sent like output."""
+        self.output_as("coordinator", VnodeOutput(job=job_id, vnode="job", lines=[["stderr", text]]))
 
     def request(self, identity: bytes, m: LogsRequest) -> None:
         """The lines kept for `m.job`; with `follow`, the client also becomes one of its watchers."""

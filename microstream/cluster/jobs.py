@@ -84,6 +84,7 @@ class JobLifecycle:
         self.history: OrderedDict[str, EndedJob] = OrderedDict()  # the newest `keep` ended jobs, oldest first
         self.forget: Callable[[str], None] | None = None          # a job left the history (its metric series go)
         self.health = JobHealth(clock)                            # is each running job moving (health.py)
+        self._faulty: dict[str, float] = {}                       # job -> since when it is stalled (told so)
 
     def __iter__(self) -> Iterator[Job]:
         return iter(list(self.jobs.values()))
@@ -355,6 +356,7 @@ class JobLifecycle:
             self.send(client, done)
         self.jobs.pop(job.id, None)
         self.health.forget(job.id)
+        self._faulty.pop(job.id, None)
         self.history[job.id] = EndedJob(job.id, str(job.state), job.reason, job.finished, status, end,
                                         result=done.blob if self.store is None else None)
         while len(self.history) > self.keep:
@@ -523,17 +525,43 @@ class JobLifecycle:
         ended = self.ended(job_id)
         return ended.status if ended is not None else None
 
+    def _live(self, job: Job, vnode: str) -> dict[str, Any]:
+        """What the host running `vnode` of `job` now reported last (empty: none does)."""
+        agent = self.registry.get(job.placement.get(vnode))
+        live = agent.vnodes.get(f"{job.id}/{vnode}", {}) if agent is not None else {}
+        if live.get("state") == VnodeState.MIGRATED or live.get("epoch", job.epoch) != job.epoch:
+            return {}  # moved away, or a host a recovery replaced: not what runs this vnode now
+        return live
+
+    def health_of(self, job: Job) -> dict[str, Any] | None:
+        """Is the running `job` moving (`health.JobHealth.verdict`), from what its hosts still running reported."""
+        if job.state != JobState.RUNNING:
+            return None
+        running = {vn: live.get("stats", {}) for vn in job.placement if vn not in job.final
+                   and (live := self._live(job, vn)).get("state") == VnodeState.RUNNING}
+        return self.health.verdict(job.id, job.epoch, running, job.placement)
+
+    def health_changes(self) -> list[tuple[Job, str]]:
+        """Running jobs that have just stalled (or whose hosts went silent), or moved again after that: (job, what
+        to tell whoever waits for it). Backpressure alone is a slow consumer, not news."""
+        news = []
+        for job in self:
+            verdict = self.health_of(job)
+            state = verdict["state"] if verdict else None
+            since = self._faulty.get(job.id)
+            if state in ("stalled", "unknown") and since is None:
+                self._faulty[job.id] = self.clock()
+                news.append((job, f"{verdict['line']} (microstream status {job.id})" if verdict else ""))
+            elif state not in ("stalled", "unknown") and since is not None:
+                del self._faulty[job.id]
+                if state is not None:
+                    news.append((job, f"moving again after {self.clock() - since:.0f} s ({state})"))
+        return news
+
     def _status_of(self, job: Job) -> dict[str, Any]:
         vnodes = {}
-        running: dict[str, dict[str, Any]] = {}  # vnode -> what its host, still running, reported last
         for vn, agent_name in job.placement.items():
-            agent = self.registry.get(agent_name)
-            live = agent.vnodes.get(f"{job.id}/{vn}", {}) if agent is not None else {}
-            if live.get("state") == VnodeState.MIGRATED or live.get("epoch", job.epoch) != job.epoch:
-                live = {}  # moved away, or a host a recovery replaced: not what runs this vnode now
-            if vn not in job.final and live.get("state") == VnodeState.RUNNING:
-                running[vn] = live.get("stats", {})
-            live = job.final.get(vn, live)
+            live = job.final.get(vn, self._live(job, vn))
             stats = live.get("stats", {})
             vnodes[vn] = {"agent": agent_name, "tasks": job.plan.vnodes[vn].tasks, "state": live.get("state"),
                           "pid": live.get("pid"), "operators": stats.get("operators", {}),
@@ -546,8 +574,7 @@ class JobLifecycle:
                 "epoch": job.epoch, "restarts": job.restarts,
                 "checkpoints": job.checkpoints, "recoveries": job.recoveries, "submitted": job.submitted,
                 "finished": job.finished, "dag": dag_of(job),
-                "health": (self.health.verdict(job.id, job.epoch, running, job.placement)
-                           if job.state == JobState.RUNNING else None)}
+                "health": self.health_of(job)}
 
     def counts(self) -> dict[str, int]:
         """How many jobs are in each state (the ended ones in the history)."""
@@ -591,4 +618,3 @@ def dag_of(job: Job) -> dict[str, Any] | None:
                       for n in nodes],
             "edges": [{"src": e.src, "dst": e.dst, "label": e.label, "side": e.style != "solid"} for e in edges]
             + dead}
-

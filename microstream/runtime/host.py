@@ -12,12 +12,14 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..graph.logical import LogicalGraph
 from ..graph.physical import PhysicalPlan
-from .statexfer import StateSender, pack
 from .tasks import TaskRunner
+
+if TYPE_CHECKING:  # statexfer needs pyzmq, which a microVM guest's host does without (its relay has it)
+    from .statexfer import StateSender
 
 log = logging.getLogger(__name__)
 _IDLE_WAIT = 0.05  # seconds a host waits for a message when no source is due sooner
@@ -243,6 +245,8 @@ class HostRuntime:
         if not self.direct or self.sender is None:
             self.saved = state
             return
+        from .statexfer import pack
+
         started = time.perf_counter()
         packed = pack(state)
         final = self.sender.send(packed, final=True)  # what changed since the last pre-copy round, and the skeleton
@@ -264,6 +268,8 @@ class HostRuntime:
     def _precopy_round(self) -> None:
         """Send the state as it is now (a checkpoint's snapshot: the operators go on): everything the first
         time, what changed since the last round afterwards."""
+        from .statexfer import pack
+
         assert self.sender is not None
         packed = pack(self.runner.snapshot(checkpoint=True))
         self.transfer_figures["state_bytes"] = packed.nbytes

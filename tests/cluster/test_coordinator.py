@@ -513,3 +513,35 @@ def test_the_policy_proposes_and_moves_start_from_its_proposal(h):
     assert move.reason == "auto: 50,000 B/s measured stop crossing machines"
     h.coord.tick()  # a job already moving is not asked about again
     assert len(calls) == 1
+
+
+def _report(h: Harness, job_id: str, reports: int, stalled: float, records: int) -> None:
+    """a1's heartbeat: vn0's host is running, its channel to vn1 has had nothing acked for `stalled` s."""
+    channel = {"to": "vn1", "stalled_seconds": stalled, "peer_silent_seconds": stalled, "waiting_seconds": 0.0,
+               "blocked_seconds": 0.0, "unacked": 3 if stalled else 0, "unacked_bytes": 300 if stalled else 0}
+    stats = {"reports": reports, "channels": {"c0": channel}, "operators": {"op": {"records_in": records}}}
+    h.send("a1", cm.Heartbeat(name="a1", vnodes={f"{job_id}/vn0": {"state": "running", "epoch": 0,
+                                                                      "stats": stats}}))
+
+
+def test_whoever_waits_for_a_job_is_told_when_it_stalls_and_when_it_moves_again(h):
+    job_id = h.run()
+    _report(h, job_id, 1, 0.0, 10)
+    h.coord.tick()
+    assert [m for _, m in h.take() if isinstance(m, cm.JobOutput)] == []
+    _report(h, job_id, 2, 6.0, 10)
+    h.coord.tick()
+    h.coord.tick()  # told once per stall
+    [told] = [m for _, m in h.take() if isinstance(m, cm.JobOutput)]
+    assert told.vnode == "job" and told.agent == "coordinator"
+    [[stream, text]] = told.lines
+    assert stream == "stderr" and text.startswith("stalled: no progress for 6 s on channel vn0→vn1 (a1→a2")
+    for step in range(1, 8):           # 14 s more, every agent heard from
+        h.now += 2
+        for name in ("a2", "a3"):
+            h.send(name, cm.Heartbeat(name=name))
+        _report(h, job_id, 2 + step, 6.0 + 2 * step if step < 7 else 0.0, 10 if step < 7 else 20)
+        h.coord.tick()
+    [back] = [m for _, m in h.take() if isinstance(m, cm.JobOutput)]
+    assert back.lines == [["stderr", "moving again after 14 s (healthy)"]]
+    assert any("stalled: no progress" in line for line in h.lines)

@@ -210,6 +210,8 @@ def test_a_cut_link_shows_as_a_stall_naming_it_and_the_job_finishes_with_the_loc
         stdout, stderr = submit.communicate(timeout=240)
         assert submit.returncode == 0, stderr
         assert _rows(out) == expected[40_000]
+        # whoever waits for the job was told too, as it happened
+        assert "[job@coordinator] stalled: no progress for" in stderr and "moving again after" in stderr, stderr
         print(f"\nstall shown {seen:.1f} s after the cut: {line}\nhealthy again {back:.1f} s after the heal")
     finally:
         if submit.poll() is None:
