@@ -1,12 +1,12 @@
 """Placement engine: the heuristic's quality against the MILP (HiGHS), and its speed at cluster scale.
 
-1. **Quality** at 20, 40 and 80 virtual nodes (and, with `--full`, the issue's whole sweep up to 150 × 30) on
-   seeded random campus-like instances (`random_problem`: pinned sources, CPU demand at about half the
-   cores, some vnodes needing the microvm backend, link bandwidth as a limit): the heuristic (1 s budget)
-   against the MILP (`--milp-seconds` per instance). Where the MILP proves its optimum, heuristic ÷
-   optimum; elsewhere heuristic ÷ the best placement found (either solver's, priced by the same cost
-   function) and heuristic ÷ the MILP's proven lower bound (so the true ratio lies between the two).
-   Also the MILP's time to prove optimality.
+1. **Quality** at 20, 40, 80 and 150 virtual nodes (with `--full`, the issue's whole sweep) on seeded random
+   campus-like instances (`random_problem`: pinned sources, CPU demand at about half the cores, some vnodes
+   needing the microvm backend, link bandwidth as a limit): the heuristic (1 s budget, in CPU seconds of this
+   process by default as the machine is shared; `--wall` for wall seconds) against the MILP (`--milp-seconds`
+   per instance). Where the MILP proves its optimum, heuristic ÷ optimum; elsewhere heuristic ÷ the best
+   placement known (the MILP's, or a 10 s heuristic run's — `--reference-seconds` — priced by the same cost
+   function) and the MILP's reported gap. Also the MILP's time to prove optimality.
 2. **Scale**: (a) `place()` end to end on a real pipeline of ~1,000 operators (`random_pipeline`) × 100 nodes
    and (b) 1,000 virtual nodes × 100 nodes given directly to the solver: the time to a first feasible
    placement (seeding and local search), the cost after the 1 s budget (and, with `--full`, after 10 s),
@@ -40,7 +40,7 @@ from microstream.placement.milp import milp_available, solve_milp  # noqa: E402
 from microstream.placement.solvers import _local_search, improve, seed  # noqa: E402
 from microstream.placement.synthetic import random_problem, random_topology  # noqa: E402
 
-DEFAULT_SIZES = ((20, 6, 4), (40, 10, 3), (80, 16, 1))                 # vnodes, nodes, instances
+DEFAULT_SIZES = ((20, 6, 4), (40, 10, 4), (80, 16, 2), (150, 30, 2))                 # vnodes, nodes, instances
 FULL_SIZES = ((20, 6, 5), (20, 12, 5), (40, 10, 4), (40, 16, 4), (80, 16, 3), (80, 24, 2), (150, 20, 2),
               (150, 30, 3))
 
@@ -85,17 +85,22 @@ def priced(p: Problem, assign: np.ndarray) -> dict:
 
 # -- 1. quality -------------------------------------------------------------------------------------------
 
-def quality_size(v: int, n: int, count: int, budget: float, milp_s: float) -> dict:
+def quality_size(v: int, n: int, count: int, budget: float, milp_s: float, clock=time.process_time,
+                 ref_s: float = 10.0) -> dict:
     runs = []
     for s in range(count):
         p = random_problem(np.random.default_rng(s), v, n)
-        ch, _, h = timed(lambda p=p: improve(p, time_limit=budget))
+        ch, _, h = timed(lambda p=p: improve(p, time_limit=budget, clock=clock))
         cm, wm, r = timed(lambda p=p: solve_milp(p, time_limit=milp_s))
         hc = p.total(h.assign)
-        best = min(hc, r.cost)
+        long_cost = math.inf
+        if not r.optimal and ref_s > 0:        # a reference where the MILP proves nothing: a long heuristic run
+            long_cost = p.total(improve(p, time_limit=ref_s, rng_seed=1, clock=clock).assign)
+        best = min(hc, r.cost, long_cost)
         runs.append({"seed": s, "heuristic": hc, "heuristic_cpu_s": ch,
                      "heuristic_proved_optimal": h.status == "optimal", "milp": r.cost, "milp_bound": r.bound,
-                     "milp_status": r.status, "milp_cpu_s": cm, "milp_wall_s": wm, "milp_variables": r.variables,
+                     "milp_status": r.status, "milp_cpu_s": cm, "long_heuristic": long_cost, "milp_wall_s": wm,
+                     "milp_variables": r.variables,
                      "proven": r.optimal,
                      "vs_best": hc / best if best > 0 else 1.0,
                      "vs_bound": hc / r.bound if r.bound > 0 else math.inf,
@@ -108,6 +113,8 @@ def quality_size(v: int, n: int, count: int, budget: float, milp_s: float) -> di
             "worst_vs_optimum": max(x["vs_best"] for x in proven) if proven else None,
             "worst_vs_bound": max(x["vs_bound"] for x in runs),
             "milp_seconds_to_prove_median": statistics.median([x["milp_cpu_s"] for x in proven]) if proven else None,
+            "milp_gap_worst": max(((x["milp"] - x["milp_bound"]) / x["milp"] if math.isfinite(x["milp"])
+                                   and math.isfinite(x["milp_bound"]) else math.inf) for x in runs),
             "runs": runs}
 
 
@@ -127,7 +134,8 @@ def scale_pipeline(repeat: int) -> dict:
             "round_robin": priced(p, round_robin(p)), "quality": placement.quality}
 
 
-def scale_problem(budgets: tuple[float, ...], seeds: int = 3, bandwidth_limit: bool = True) -> dict:
+def scale_problem(budgets: tuple[float, ...], seeds: int = 3, bandwidth_limit: bool = True,
+                  clock=time.process_time) -> dict:
     """1,000 vnodes x 100 nodes; without `bandwidth_limit`, links are priced but not limited (the model before
     issue 16: the previous figures' conditions)."""
     weights = Weights() if bandwidth_limit else Weights(max_link_utilisation=math.inf)
@@ -143,7 +151,7 @@ def scale_problem(budgets: tuple[float, ...], seeds: int = 3, bandwidth_limit: b
                "random": priced(p, random_placement(p, np.random.default_rng(1))),
                "round_robin": priced(p, round_robin(p))}
         for b in budgets:
-            cpu, wall, found = timed(lambda p=p, b=b: improve(p, time_limit=b))
+            cpu, wall, found = timed(lambda p=p, b=b: improve(p, time_limit=b, clock=clock))
             run[f"budget_{b:g}s"] = {"cpu_s": cpu, "wall_s": wall, "overload": p.overload(found.assign),
                                      **priced(p, found.assign)}
         runs.append(run)
@@ -158,17 +166,21 @@ def _f(x, fmt="{:.3f}") -> str:
     return "-" if x is None or (isinstance(x, float) and not math.isfinite(x)) else fmt.format(x)
 
 
-def print_quality(rows: list[dict], budget: float, milp_s: float) -> None:
-    print(f"\nheuristic ({budget:g} s budget) vs the MILP ({milp_s:g} s per instance); cost ratios, 1.000 = as good")
-    out = [("vnodes x nodes", "proven", "median vs opt", "worst vs opt", "median vs best", "worst vs best",
-            "worst vs bound", "MILP s to prove (median)")]
+def print_quality(rows: list[dict], budget: float, milp_s: float, clock: str) -> None:
+    print(f"\nthe targets, side by side: heuristic ({budget:g} s budget, {clock}) vs the MILP ({milp_s:g} s per "
+          "instance); cost ratios, 1.000 = as good")
+    out = [("vnodes x nodes", "MILP proved", "heur/opt median", "heur/opt worst", "heur/best median",
+            "heur/best worst", "target", "MILP s to prove (median)", "MILP gap (worst)")]
     for r in rows:
+        big = r["vnodes"] >= 150
+        target = "best <= 1.05" if big else "opt <= 1.02 / 1.05"
         out.append((f"{r['vnodes']} x {r['nodes']}", f"{r['proven']}/{r['instances']}", _f(r["median_vs_optimum"]),
-                    _f(r["worst_vs_optimum"]), _f(r["median_vs_best"]), _f(r["worst_vs_best"]),
-                    _f(r["worst_vs_bound"]), _f(r["milp_seconds_to_prove_median"], "{:.1f}")))
+                    _f(r["worst_vs_optimum"]), _f(r["median_vs_best"]), _f(r["worst_vs_best"]), target,
+                    _f(r["milp_seconds_to_prove_median"], "{:.1f}"), _f(r["milp_gap_worst"], "{:.1%}")))
     print(table(out))
-    print("(vs opt: where the MILP proved its optimum; vs best: the better of both solvers' placements; vs bound: "
-          "the MILP's proven lower bound, so the true ratio is at most this)")
+    print("(opt: where the MILP proved its optimum; best: the better of both solvers' placements, priced by the "
+          "same cost function, and a 10 s heuristic run where the MILP proved nothing; MILP gap: (its best - its "
+          "proven bound) / its best, '-' = no placement found)")
 
 
 def _cost_row(name: str, c: dict, ref: float) -> tuple[str, ...]:
@@ -212,20 +224,27 @@ def main() -> int:
                     help="MILP time limit per instance (20; 60 with --full)")
     ap.add_argument("--budget", type=float, default=1.0, help="the heuristic's time budget (s)")
     ap.add_argument("--repeat", type=int, default=1)
+    ap.add_argument("--reference-seconds", type=float, default=10.0,
+                    help="where the MILP proves nothing, also run the heuristic this long as a reference (0: off)")
+    ap.add_argument("--wall", action="store_true",
+                    help="measure the heuristic's budget in wall seconds (default: CPU seconds of this process, "
+                         "as the machine is shared)")
     args = ap.parse_args()
+    clock = time.perf_counter if args.wall else time.process_time
+    clock_name = "wall seconds" if args.wall else "CPU seconds"
     if not milp_available():
         print("scipy is not installed: the MILP reference needs it", file=sys.stderr)
         return 1
     milp_s = args.milp_seconds or (60.0 if args.full else 20.0)
     rows = []
     for v, n, count in (FULL_SIZES if args.full else DEFAULT_SIZES):
-        rows.append(quality_size(v, n, count, args.budget, milp_s))
+        rows.append(quality_size(v, n, count, args.budget, milp_s, clock, args.reference_seconds))
         print(f"  {v} x {n}: done", file=sys.stderr, flush=True)
-    print_quality(rows, args.budget, milp_s)
+    print_quality(rows, args.budget, milp_s, clock_name)
     sp = scale_pipeline(args.repeat)
     budgets = (args.budget, 10.0) if args.full else (args.budget,)
-    pr = scale_problem(budgets)
-    pr_priced = scale_problem(budgets, bandwidth_limit=False)
+    pr = scale_problem(budgets, clock=clock)
+    pr_priced = scale_problem(budgets, bandwidth_limit=False, clock=clock)
     print_scale(sp, [pr, pr_priced])
     graded = [r for r in rows if r["vnodes"] in (20, 40, 80)]
     big = [r for r in rows if (r["vnodes"], r["nodes"]) == (150, 30)]
@@ -234,6 +253,7 @@ def main() -> int:
     unproven_40 = sum(1 for r in rows if r["vnodes"] <= 40 for x in r["runs"] if not x["proven"])
     targets = {
         "median_vs_optimum_le_1.02": all((r["median_vs_optimum"] or math.inf) <= 1.02 for r in graded),
+        "worst_vs_optimum_le_1.05": all((r["worst_vs_optimum"] or math.inf) <= 1.05 for r in graded),
         "worst_vs_best_le_1.05": all(r["worst_vs_best"] <= 1.05 for r in graded),
         "150x30_vs_best_le_1.05": bool(big) and all(r["worst_vs_best"] <= 1.05 for r in big),
         "milp_proves_le_40_vnodes_in_10s_median": bool(proven_times) and unproven_40 == 0
@@ -243,7 +263,8 @@ def main() -> int:
     }
     print("\ntargets: " + ", ".join(f"{k} {'met' if v else 'MISSED'}" for k, v in targets.items())
           + ("" if args.full else " (150 x 30: run with --full)"))
-    path = write_json("placement", {"budget_s": args.budget, "milp_seconds": milp_s, "full": args.full,
+    path = write_json("placement", {"budget_s": args.budget, "budget_clock": clock_name, "milp_seconds": milp_s,
+                                    "full": args.full,
                                     "quality": rows, "pipeline_1000_ops": sp, "vnodes_1000": pr,
                                     "vnodes_1000_bandwidth_priced": pr_priced, "targets": targets})
     print(f"wrote {path}")

@@ -1,15 +1,15 @@
 """Solvers: where each virtual node should run.
 
-* **heuristic** (the default, for live clusters): *seeding* places pinned vnodes (sources with `at=` or
-  attached to a sensor) first, then every other vnode in topological order on the node that adds least cost
-  given what is already placed — in practice next to its heaviest upstream; then *local search* applies
-  improving single moves (each vnode to its best node) and pairwise swaps until no move gains. Deltas are
-  incremental: the network term from the vnode's neighbours, the load term from two nodes, the latency term
-  from longest paths to and from the vnode. Small instances also restart from random placements and keep the
-  best. 1,000 operators × 100 nodes take well under a second.
-* **exact**: depth-first branch and bound over vnodes in topological order, each partial placement's cost
-  (every term only grows as vnodes are added) bounding its completions, seeded with the heuristic's cost.
-  For checking the heuristic on small instances (up to ~8 vnodes × 5 nodes).
+* **heuristic** (the default, for live clusters; `improve`): *seeding* places pinned vnodes (sources with `at=`
+  or attached to a sensor) first, then every other vnode in topological order on the node that adds least cost
+  given what is already placed; *local search* applies improving single moves, pairwise swaps and chain moves
+  until none gains (deltas incremental: the network term from the vnode's neighbours, the load term from two
+  nodes, the latency term from longest paths to and from the vnode). A small problem is then solved whole by
+  the MILP; otherwise *simulated annealing* (`_anneal`: trial moves and swaps on the incremental state, with a
+  mean-sink-latency surrogate while hot, because the latency term is a maximum that single moves rarely
+  lower), then *large-neighbourhood search* re-solving a few nodes' vnodes exactly with the MILP, until the
+  time budget. An overloaded result is repaired by the whole MILP with hard limits (`_repair`).
+* **exact** (`certify`): the MILP (`milp.solve_milp`, HiGHS) on the whole problem, with its proven bound.
 """
 
 from __future__ import annotations
