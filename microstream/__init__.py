@@ -15,7 +15,8 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "Batch": ".core.batch", "DataWarning": ".core.errors", "MicrostreamError": ".core.errors",
-    "OperatorError": ".core.errors",
+    "OperatorError": ".core.errors", "Operator": ".operators.base", "Source": ".sources.base", "Sink": ".sinks.base",
+    "RunResult": ".runtime.results",
     "PipelineError": ".core.errors", "Pipeline": ".pipeline", "Stream": ".pipeline", "WindowedStream": ".pipeline",
     "Schema": ".core.schema", "duration": ".core.time", "WindowSpec": ".windows", "session": ".windows",
     "sliding": ".windows", "tumbling": ".windows",
@@ -23,8 +24,9 @@ _LAZY = {
 _MODULES = {"agg", "sinks", "state"}
 
 __all__ = [
-    "Batch", "DataWarning", "MicrostreamError", "OperatorError", "Pipeline", "PipelineError", "Schema", "Stream",
-    "WindowSpec", "WindowedStream", "agg", "duration", "session", "sinks", "sliding", "state", "tumbling",
+    "Batch", "DataWarning", "MicrostreamError", "Operator", "OperatorError", "Pipeline", "PipelineError", "RunResult",
+    "Schema", "Sink", "Source", "Stream", "WindowSpec", "WindowedStream", "agg", "duration", "session", "sinks",
+    "sliding", "state", "tumbling",
 ]
 
 if TYPE_CHECKING:
@@ -33,7 +35,11 @@ if TYPE_CHECKING:
     from .core.errors import DataWarning, MicrostreamError, OperatorError, PipelineError
     from .core.schema import Schema
     from .core.time import duration
+    from .operators.base import Operator
     from .pipeline import Pipeline, Stream, WindowedStream
+    from .runtime.results import RunResult
+    from .sinks.base import Sink
+    from .sources.base import Source
     from .windows import WindowSpec, session, sliding, tumbling
 
 

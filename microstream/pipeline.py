@@ -24,6 +24,7 @@ from .operators.base import LATE, OUT, Operator
 from .operators.stateless import Filter, FlatMap, KeyBy, Map, MapRecords, Split, Union
 from .operators.window import EMITS, WindowAggregate
 from .sinks.base import Sink
+from .sources.base import Source
 from .sources.memory import ArraySource, IterableSource, PollSource
 from .windows import WindowSpec
 
@@ -138,6 +139,44 @@ class Stream:
                                     "build every stream of a job from the same Pipeline")
         node = self.pipeline.graph.add(op, inputs, name, _caller(), at=at)
         return Stream(self.pipeline, node)
+
+    @public
+    def apply(self, op: Operator, *, name: str | None = None, at: str | None = None) -> Stream:
+        """Add an operator of your own (an `ms.Operator`) and return its output stream: the extension point
+        the built-in methods use. The contract (see `microstream.operators.base`): `__init__` sets only
+        configuration; `output_schemas(inputs, name)` checks the input columns (`inputs[0]`, an `ms.Schema`)
+        and returns `{"out": schema}`; `process(port, batch)` returns the batches it emits, `[("out", batch)]`,
+        keeping each record's watermark (`batch.with_columns(...)`, `batch.filter(mask)` and `batch.take(rows)`
+        do); per-run state is set in `open(ctx)` and saved by `snapshot()`/`restore()`; `keyed = True` if it
+        keeps per-key state. `at` pins it to a node on a cluster.
+
+        >>> import microstream as ms, numpy as np
+        >>> class Clip(ms.Operator):
+        ...     '''Clips a column into [lo, hi].'''
+        ...     kind = "clip"
+        ...     def __init__(self, column, lo, hi):
+        ...         self.column, self.lo, self.hi = column, lo, hi
+        ...     def output_schemas(self, inputs, name):
+        ...         inputs[0].require(self.column, name)
+        ...         return {"out": inputs[0]}
+        ...     def process(self, port, batch):
+        ...         clipped = np.clip(batch[self.column], self.lo, self.hi)
+        ...         return [("out", batch.with_columns({self.column: clipped}))]
+        >>> p = ms.Pipeline("apply"); out = ms.sinks.collect()
+        >>> p.from_iterable([{"rh": -3.0}, {"rh": 45.0}, {"rh": 104.0}]).apply(Clip("rh", 0, 100)).sink(out)
+        >>> _ = p.run(); out.batch()["rh"].tolist()
+        [0.0, 45.0, 100.0]
+        """
+        where = name or str(getattr(op, "kind", "apply"))
+        if isinstance(op, Sink):
+            raise PipelineError(where, "apply() got a sink", "send a stream to a sink with .sink(...)")
+        if isinstance(op, Source):
+            raise PipelineError(where, "apply() got a source", "add a source with p.add_source(...)")
+        if not isinstance(op, Operator):
+            raise PipelineError(where, f"apply() needs an ms.Operator, got {type(op).__name__}",
+                                "for a function of the batch use .map(fn), .with_columns(...) or .filter(fn); "
+                                "for an operator of your own subclass ms.Operator")
+        return self._then(op, name, at=at)
 
     @public
     def with_parallelism(self, n: int) -> Stream:

@@ -57,6 +57,7 @@ OPERATORS = {
     "sink": ("s.sink(ms.sinks.collect(), nme='out')", "name"),
     "with_parallelism": None,
     "with_backend": None,
+    "apply": ("s.apply(ms.sinks.collect(), nme='x')", "name"),
     "aggregate": ("w.aggregate(nme='x', n=ms.agg.count())", "name"),
     "tumbling": ("ms.tumbling(minuts=10)", "minutes"),
     "sliding": ("ms.sliding('1h', evry='5min')", "every"),

@@ -8,6 +8,7 @@ out-of-orderness), computed vectorised per batch.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numba
@@ -15,6 +16,7 @@ import numpy as np
 
 from ..core.batch import Batch
 from ..core.errors import PipelineError
+from ..core.schema import Schema
 from ..core.time import MIN_TIME, SECOND, check_time_unit, event_times, format_ns, suspect_time_unit, time_unit_fix
 from ..operators.base import OUT, Emit, Operator
 
@@ -74,7 +76,50 @@ def time_column(values: Any, unit: str | None, *, column: str, operator: str | N
 
 
 class Source(Operator):
+    """The base of every source (`ms.Source`): subclass it to read from anything, and add it with
+    `p.add_source(MySource(...))`.
+
+    The contract: `__init__` calls `super().__init__(time=..., max_delay=0, speed=None, batch_size=65536)`
+    (`time` names the event-time column of int64 nanoseconds, or None) and sets only configuration; `schema`
+    declares the columns (a mapping of name to dtype, as a class or instance attribute; or override
+    `output_schemas`); `open(ctx)` (call `super().open(ctx)`) starts a run: whatever the reading needs
+    (files, sockets, positions) is opened here, in the instance the runtime makes for the run, never in
+    `__init__`, so that the spec can be shipped to a cluster and run twice. `read()` returns the next chunk, a
+    list of `("out", ms.Batch({...}))` (empty when nothing is ready yet), or None at the end; watermarks are
+    stamped for you. `reader_state()` and `restore_reader(state)` say where the source is (a small
+    picklable value), so checkpoints, recoveries and live migration can resume it; without them the job still
+    runs, but cannot be checkpointed or moved. `close()` releases what `open` took.
+
+    >>> import microstream as ms, numpy as np
+    >>> class Counter(ms.Source):
+    ...     '''n readings of a counter, one a second, two per batch.'''
+    ...     kind = "counter"
+    ...     schema = {"t": "int64", "left": "int64"}
+    ...     def __init__(self, n):
+    ...         super().__init__(time="t", batch_size=2)
+    ...         self.n = n
+    ...     def open(self, ctx):
+    ...         super().open(ctx)
+    ...         self.next = 0
+    ...     def read(self):
+    ...         if self.next >= self.n:
+    ...             return None                              # the end
+    ...         i = np.arange(self.next, min(self.n, self.next + self.batch_size))
+    ...         self.next = int(i[-1]) + 1
+    ...         return [("out", ms.Batch({"t": i * 10**9, "left": self.n - 1 - i}))]
+    ...     def reader_state(self):                          # where it is: checkpoints and moves
+    ...         return self.next
+    ...     def restore_reader(self, state):
+    ...         self.next = state
+    >>> p = ms.Pipeline("custom_source"); out = ms.sinks.collect()
+    >>> p.add_source(Counter(3)).key_by("left").window(ms.tumbling("2s")).aggregate(n=ms.agg.count()).sink(out)
+    >>> _ = p.run(); [(r["window_start"] // 10**9, r["left"]) for r in out.records()]
+    [(0, 2), (0, 1), (2, 0)]
+    """
+
     kind = "source"
+    # The columns of a source that does not override `output_schemas`: {"name": dtype, ...}
+    schema: Mapping[str, Any] | None = None
     n_inputs = 0
     polled = True
     # Read nothing for this long (ns) and the source goes idle: it stops holding back the watermark downstream
@@ -109,6 +154,18 @@ class Source(Operator):
 
     def output_ports(self) -> tuple[str, ...]:
         return (OUT,)
+
+    def output_schemas(self, inputs: list[Schema], name: str) -> dict[str, Schema]:
+        """The columns the source emits (build time): by default from `schema`, with `time` as event time."""
+        if self.schema is None:
+            raise PipelineError(name, f"source '{type(self).__name__}' declares no columns",
+                                "set schema = {'time': 'int64', 'value': 'float64', ...} on the class, or "
+                                "override output_schemas(inputs, name)")
+        schema = Schema.of(self.schema, time=self.time)
+        if self.time is not None and schema.require(self.time, name, "time column") != np.int64:
+            raise PipelineError(name, f"time column '{self.time}' must be int64 nanoseconds, it is "
+                                      f"{schema.dtype(self.time)}", f"declare '{self.time}': 'int64'")
+        return {OUT: schema}
 
     # -- subclasses implement ----------------------------------------------------------------------
     def read(self) -> Emit | None:

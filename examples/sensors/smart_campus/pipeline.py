@@ -33,7 +33,6 @@ import numba
 import numpy as np
 
 import microstream as ms
-from microstream.sources.memory import ArraySource
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 OUT = Path("out") / "smart_campus"
@@ -102,17 +101,17 @@ def building_replay(building: str) -> dict[str, np.ndarray]:
     return {k: v[order] for k, v in merged.items()}
 
 
-class Replay(ArraySource):
-    """A building gateway replaying its rooms; reads the files where it runs (when opened)."""
+class Replay(ms.Source):
+    """A building gateway replaying its rooms (an `ms.Source` of our own): it reads the files where it runs,
+    when opened, and says where it is so that checkpoints and moves can resume it."""
 
     kind = "replay"
+    schema = {"time": "int64", "room": "str", "recorded": "int64", "Temperature": "float64",
+              "Humidity": "float64", "Light": "float64", "CO2": "float64", "Occupancy": "int64"}
 
     def __init__(self, building: str) -> None:
+        super().__init__(time="time")
         self.building = building
-        empty = {"time": np.empty(0, np.int64), "room": np.empty(0, "U8"), "recorded": np.empty(0, np.int64),
-                 **{c: np.empty(0) for c in ("Temperature", "Humidity", "Light", "CO2")},
-                 "Occupancy": np.empty(0, np.int64)}
-        super().__init__(empty, time="time")
 
     def describe(self) -> str:
         n = sum(r.startswith(self.building + "-") for r in ROOMS)
@@ -121,6 +120,21 @@ class Replay(ArraySource):
     def open(self, ctx) -> None:
         super().open(ctx)
         self.columns = building_replay(self.building)
+        self.offset = 0
+
+    def read(self):
+        n = len(self.columns["time"])
+        if self.offset >= n:
+            return None  # the end of the replay
+        lo, hi = self.offset, min(n, self.offset + self.batch_size)
+        self.offset = hi
+        return [("out", ms.Batch({k: v[lo:hi] for k, v in self.columns.items()}))]
+
+    def reader_state(self) -> int:
+        return self.offset
+
+    def restore_reader(self, state: int) -> None:
+        self.offset = state
 
 
 # -- per-room state ------------------------------------------------------------------------------------
