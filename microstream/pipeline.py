@@ -521,6 +521,34 @@ class WindowedStream:
                               self.partial_late)
 
     @public
+    def apply(self, fn: Callable[[Batch], Any], *, schema: Mapping[str, Any] | None = None,
+              name: str | None = None) -> Stream:
+        """A window process function: `fn(batch)` gets each key's window as a Batch (the window's records in
+        arrival order, columns as numpy arrays) and returns a dict of values (one result row) or of equal-length
+        arrays, or a Batch (that many rows), output with the key, `window_start`, `window_end` and `window_time`.
+        It runs once per window, when the window can no longer change (the watermark has passed its end plus
+        the lateness); records too late for all their windows go to `.late`. Tumbling and sliding windows.
+        `schema` ({"p95": "float64"}) names fn's columns; without it they are learned from a call on a one-record
+        sample. This is the Python path, slower than `aggregate` with `ms.agg`: use it for what those cannot say.
+
+        >>> import microstream as ms, numpy as np
+        >>> p = ms.Pipeline("wapply"); out = ms.sinks.collect()
+        >>> recs = [{"k": "a", "t": t * 10**9, "v": float(t * t)} for t in (0, 3, 1, 12, 2, 15, 25)]
+        >>> def spread(w):
+        ...     return {"n": len(w["v"]), "spread": np.ptp(w["v"]), "last": w["v"][-1]}
+        >>> (p.from_iterable(recs, time="t", max_delay="2s").key_by("k").window(ms.tumbling("10s"), lateness="5s")
+        ...  .apply(spread).sink(out))
+        >>> _ = p.run(); [(r["window_start"] // 10**9, r["n"], r["spread"], r["last"]) for r in out.records()]
+        [(0, 4, 9.0, 4.0), (10, 2, 81.0, 225.0), (20, 1, 0.0, 625.0)]
+        """
+        from .operators.window_apply import WindowApply
+
+        if self.processing_time:
+            raise PipelineError(name or "window_apply", "apply() needs event-time windows",
+                                "drop time='processing' from .window(...)")
+        return self.stream._then(WindowApply(self.spec, fn, self.lateness, schema), name)
+
+    @public
     def aggregate(self, *, name: str | None = None, **aggs: Aggregate) -> Stream:
         """One record per key and window with the named aggregates (every keyword but `name` is an output
         column and its `ms.agg` aggregate), plus `window_start`, `window_end` and `window_time` (= end - 1 ns,
