@@ -66,8 +66,9 @@ def test_a_coordinator_killed_mid_job_is_replaced_and_the_job_finishes_as_withou
             adopted = time.monotonic() - listening
             assert status["state"] in ("running", "finished"), status["reason"]
             assert status["epoch"] == 0 and status["restarts"] == 0  # adopted where it ran: no recovery
-            if status["state"] == "running":
-                assert sorted(v["pid"] for v in status["vnodes"].values()) == hosts  # the same host processes
+            if status["state"] == "running":  # the same host processes (those that have not finished meanwhile)
+                running = [v["pid"] for v in status["vnodes"].values() if v["pid"] is not None]
+                assert set(running) <= set(hosts), (running, hosts)
         stdout, stderr = proc.communicate(timeout=120)  # the client that waited in `submit` gets its result
         assert proc.returncode == 0, stderr
         assert "24,000 records in" in stderr
