@@ -157,6 +157,7 @@ class Agent:
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix=f"microstream-agent-{name}-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.workdir, 0o700)  # the IPC socket lives here: only this user may talk to hosts
+        _claim_workdir(self.workdir, name, coordinator, log)
         self.hosts: dict[tuple[str, str], _Host] = {}
         self.ended: dict[str, dict] = {}  # "job/vnode" -> last state and stats of hosts that have exited
         self._ended_jobs: dict[str, None] = {}  # jobs with no host left here, oldest first (their metrics go later)
@@ -578,3 +579,33 @@ class Agent:
             self.metrics.update_host(self.name, f"{host.job}/{host.vnode}", cpu, rss)
         except Exception as exc:  # noqa: BLE001 - metrics must never take the agent down
             self.log(f"agent {self.name}: metrics update failed: {exc}")
+
+
+def _started(pid: int) -> str | None:
+    """When process `pid` started (clock ticks since boot, from /proc), None if it is gone or a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return None if fields[0] == "Z" else fields[19]
+
+
+def _claim_workdir(workdir: Path, name: str, coordinator: str, log) -> None:
+    """Record this agent in its work directory, and remove the work directories that an earlier agent of the same
+    name and coordinator left beside it when it died without stopping (kill -9, a crash): an agent cleans up what
+    it finds from before it restarted. A directory whose agent still runs, or of another agent, is left alone."""
+    import json
+
+    me = {"pid": os.getpid(), "started": _started(os.getpid()), "name": name, "coordinator": coordinator}
+    (workdir / "agent.json").write_text(json.dumps(me))
+    for other in workdir.parent.iterdir():
+        try:
+            owner = json.loads((other / "agent.json").read_text())
+        except (OSError, ValueError):
+            continue  # not an agent's work directory (or not readable)
+        if (other != workdir and owner.get("name") == name and owner.get("coordinator") == coordinator
+                and _started(int(owner.get("pid", 0))) != owner.get("started")):
+            shutil.rmtree(other, ignore_errors=True)
+            log(f"agent {name}: removed {other}, the work directory of an earlier agent {name} that is gone")
+
