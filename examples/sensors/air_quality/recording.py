@@ -7,7 +7,8 @@ then, per gas:
 
 - the rolling 8-hour mean of CO and NO2 (an 8-hour window every hour), kept when at least 6 of its
   8 hours were measured -> out/air_8h_means.csv
-- an alert when the 8-hour mean of CO reaches CO_ALERT -> out/co_alerts.csv
+- an alert when the 8-hour mean of CO reaches CO_ALERT, and its all-clear once it is back under CO_CLEAR
+  (hysteresis: a mean wavering around the limit raises one alert, not one per hour) -> out/co_alerts.csv
 - the maximum of every local day -> out/air_daily_max.csv
 
     microstream run examples/sensors/air_quality/recording.py
@@ -29,6 +30,7 @@ OUT = Path("out")
 # 23rd-24th and the 26th). Set CO_ALERT = 10.0 for the legal limit. The test is `>=`: one of those
 # windows averages exactly 7.0, which floating-point summation may round to either side of 7.
 CO_ALERT = 7.0
+CO_CLEAR = 6.0  # the all-clear: the 8-hour mean back under 6 mg/m3
 MIN_HOURS = 6  # an 8-hour mean counts only with 75 % of its hours measured (the EU data-coverage rule)
 
 # column in the file -> (gas, unit); CO(GT) etc. are the reference analyser's readings
@@ -82,7 +84,8 @@ rolling = (
 )
 rolling.sink(ms.sinks.csv(OUT / "air_8h_means.csv"), name="means_csv")
 
-alerts = rolling.filter(lambda b: (b["gas"] == "CO") & (b["mean_8h"] >= CO_ALERT), name="co_alert")
+alerts = (rolling.filter(lambda b: b["gas"] == "CO", name="co_only")
+          .alert("mean_8h", above=CO_ALERT, clear_below=CO_CLEAR, name="co_alert"))
 alerts.sink(ms.sinks.csv(OUT / "co_alerts.csv"), name="alerts_csv")
 alert_list = ms.sinks.collect()
 alerts.sink(alert_list, name="alerts_mem")
@@ -99,9 +102,9 @@ p.dead_letters().sink(ms.sinks.jsonl(OUT / "air_dead_letters.jsonl"), name="dead
 if __name__ == "__main__":
     result = p.run()
     found = alert_list.batch()
-    days = sorted({str(d)[:10] for d in found["window_end"].astype("datetime64[ns]")})
-    peak = float(found["mean_8h"].max()) if len(found["mean_8h"]) else float("nan")
+    raised = [str(end)[:16] for end, kind in zip(found["window_end"].astype("datetime64[ns]"), found["alert"],
+                                                 strict=True) if kind == "raise"]
     print(f"wrote {OUT / 'air_8h_means.csv'} ({result.records_out['means_csv']:,} 8-hour means), "
           f"{OUT / 'air_daily_max.csv'} ({result.records_out['daily_csv']:,} gas-days) and "
-          f"{OUT / 'co_alerts.csv'} ({result.records_out['alerts_csv']} windows with CO at or over {CO_ALERT:g} mg/m3, "
-          f"highest {peak:.2f}, ending on {', '.join(days) or 'no day'})")
+          f"{OUT / 'co_alerts.csv'} ({len(raised)} CO alerts at {CO_ALERT:g} mg/m3, raised at the end of the 8 hours "
+          f"to {', '.join(raised) or 'none'}; cleared under {CO_CLEAR:g})")
