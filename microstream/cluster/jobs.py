@@ -241,7 +241,13 @@ class JobLifecycle:
         for agent in self.registry:
             if agent.up:  # the old hosts that are still there, wherever they are
                 self.send(agent.identity, StopJob(job=job.id, before=job.epoch))
+        if job.move is not None and job.move.client is not None:  # its client waits for a move that will not be
+            self.send(job.move.client, Error(error=f"{job.move.mode} of {job.move.vnode} called off: job {job.id} "
+                                                   f"is recovering ({reason})"))
+        waiting = job.waiting
         job.move, job.pending, job.waiting, job.adopt_until, job.moving = None, None, [], None, None
+        for resume in waiting:  # requests held for a checkpoint that is gone: refused now, as recovering
+            resume()
         if job.results:
             self._write(lambda store: store.forget_results(job), job)
         job.results.clear()

@@ -170,20 +170,22 @@ class Delta:
 
 def diff(base: list[np.ndarray] | None, packed: Packed,
          hashes: list[np.ndarray] | None = None) -> tuple[Delta, list[np.ndarray]]:
-    """What turns a receiver's copy of an earlier state (known here only by its chunk hashes `base`; None: the
-    receiver has nothing) into `packed`. Returns the delta and `packed`'s chunk hashes (the next round's base);
-    `hashes` are those, if already computed."""
-    new_hashes = hashes if hashes is not None else [chunk_hashes(b) for b in packed.buffers]
+    """What turns a receiver's copy of an earlier state (known here only by what the last call returned, `base`;
+    None: the receiver has nothing) into `packed`. Returns the delta and the next round's base: per buffer its
+    chunk hashes and, last, its size (a buffer that grew or shrank within its last chunk has as many chunks as
+    before, and the receiver's copy has the old size: it goes whole). `hashes`: the chunk hashes, if computed."""
+    chunks = hashes if hashes is not None else [chunk_hashes(b) for b in packed.buffers]
+    new_hashes = [np.append(h, np.uint64(b.nbytes)) for h, b in zip(chunks, packed.buffers, strict=True)]
     delta = Delta(packed.skeleton, [int(b.nbytes) for b in packed.buffers])
     for i, (buf, h) in enumerate(zip(packed.buffers, new_hashes, strict=True)):
         old = base[i] if base is not None and i < len(base) else None
-        if old is None or old.shape != h.shape:
+        if old is None or old.shape != h.shape or old[-1] != h[-1]:
             delta.parts.append(Part(i, None, buf))
             continue
-        dirty = np.flatnonzero(old != h)
+        dirty = np.flatnonzero(old[:-1] != h[:-1])
         if dirty.size == 0:
             continue
-        if dirty.size * 2 > h.size:  # mostly changed: the whole buffer, without a gather
+        if dirty.size * 2 > h.size - 1:  # mostly changed: the whole buffer, without a gather
             delta.parts.append(Part(i, None, buf))
             continue
         delta.parts.append(Part(i, dirty.astype(np.int64), _gather(buf, dirty)))
@@ -282,6 +284,9 @@ def _owned(mv: memoryview) -> np.ndarray:
 
 # -- the two ends ----------------------------------------------------------------------------------------------------
 
+SEND_TIMEOUT = 30.0  # seconds a round may wait for the connection to the new host
+
+
 @dataclass(frozen=True)
 class Keys:
     """CURVE keys of a transfer's end (z85 bytes); None on an insecure cluster."""
@@ -294,12 +299,17 @@ class StateSender:
     """The old host's end: rounds of one transfer to one new host, each acknowledged."""
 
     def __init__(self, endpoint: str, transfer: str, keys: Keys | None = None, server_public: bytes | None = None,
-                 context: zmq.Context | None = None) -> None:
+                 context: zmq.Context | None = None, send_timeout: float = SEND_TIMEOUT) -> None:
         self.transfer = transfer
         self.ctx = context or zmq.Context.instance()
         sock = self.ctx.socket(zmq.DEALER)
         sock.linger = 0
         sock.sndhwm = 0
+        # queue only to a connection whose handshake has completed, and never wait for one forever: a new host that
+        # refuses this agent's key (or is gone) is an error here, not a host blocked in send
+        sock.immediate = 1
+        sock.sndtimeo = int(send_timeout * 1000)
+        self.send_timeout = send_timeout
         if keys is not None and server_public is not None:
             sock.curve_secretkey = keys.secret
             sock.curve_publickey = keys.public
@@ -316,8 +326,14 @@ class StateSender:
         """Send what changed since the last round (everything, the first time); returns its bytes."""
         if self.sock is None:
             raise RuntimeError("the state sender is closed")
-        delta, self.hashes = diff(self.hashes, packed, hashes)
-        self.sock.send_multipart(encode(self.transfer, self.rounds, final, delta), copy=False)
+        delta, hashes_after = diff(self.hashes, packed, hashes)
+        try:
+            self.sock.send_multipart(encode(self.transfer, self.rounds, final, delta), copy=False)
+        except zmq.Again:
+            raise RuntimeError(f"could not hand the state to the new host within {self.send_timeout:g} s: "
+                               "no connection to it (its agent does not trust this agent's key, or it is gone)"
+                               ) from None
+        self.hashes = hashes_after
         self.rounds += 1
         self.last_bytes = delta.nbytes
         self.sent_bytes += delta.nbytes

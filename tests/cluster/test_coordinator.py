@@ -545,3 +545,17 @@ def test_whoever_waits_for_a_job_is_told_when_it_stalls_and_when_it_moves_again(
     [back] = [m for _, m in h.take() if isinstance(m, cm.JobOutput)]
     assert back.lines == [["stderr", "moving again after 14 s (healthy)"]]
     assert any("stalled: no progress" in line for line in h.lines)
+
+
+def test_a_recovery_calls_off_a_requested_move_and_tells_its_client(h):
+    """The client of a move under way when its job starts recovering gets an answer at once (it waited for its
+    time-out before)."""
+    job_id = h.run()
+    h.send(CLIENT, cm.MigrateRequest(job=job_id, vnode="vn0", to="a3"))
+    h.take()
+    assert h.job(job_id).move is not None
+    h.send("a2", cm.VnodeFailed(job=job_id, vnode="vn1", error="host process exited with code -9"))
+    errors = [m.error for to, m in h.take() if to == "client" and isinstance(m, cm.Error)]
+    assert errors == [f"migrate of vn0 called off: job {job_id} is recovering (virtual node vn1 failed: host "
+                      "process exited with code -9)"]
+    assert h.job(job_id).move is None and h.job(job_id).state is JobState.RECOVERING
