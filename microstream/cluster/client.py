@@ -248,8 +248,8 @@ class Client:
         A ClusterError if `timeout` s pass first (the job goes on), or if the coordinator does not know the job."""
         now = time.monotonic()
         deadline = None if timeout is None else now + timeout
-        asked: float | None = None if watching else now - WATCH_EVERY   # when the last `watch` went out
-        heard = now
+        asked: float | None = None                    # when the last `watch` went out, unanswered
+        heard = now if watching else now - WATCH_EVERY  # not watching yet: ask at once
         lost: float | None = None
         state = None
         while True:

@@ -24,3 +24,33 @@ def test_an_exception_type_this_process_cannot_rebuild_keeps_its_text():
 def test_other_ends_are_cluster_errors():
     error = _job_error("j", JobDone(job="j", state="failed", reason="agent node2 lost (no heartbeat for 3.1 s)"))
     assert isinstance(error, ClusterError) and str(error) == "job j failed: agent node2 lost (no heartbeat for 3.1 s)"
+
+
+def test_attaching_to_a_job_asks_the_coordinator_at_once():
+    """`Client.wait` on a job this client did not submit (`status JOB --wait`, `follow`) asks about it at once and
+    returns its end; it once sent nothing until its time-out (60 s) had passed, then reconnected and asked."""
+    import threading
+
+    import zmq
+
+    from microstream.cluster.client import Client, ClusterAddress
+    from microstream.cluster.messages import TO_COORDINATOR, Watch
+    from microstream.cluster.states import JobState
+
+    ctx = zmq.Context()
+    coordinator = ctx.socket(zmq.ROUTER)
+    try:
+        port = coordinator.bind_to_random_port("tcp://127.0.0.1")
+        done: dict = {}
+        with Client(ClusterAddress(f"tcp://127.0.0.1:{port}"), timeout=600) as client:
+            waiter = threading.Thread(target=lambda: done.update(end=client.wait("j1", timeout=600)), daemon=True)
+            waiter.start()
+            assert coordinator.poll(30_000), "the client asked nothing"  # well within its 600 s time-out
+            identity, *frames = coordinator.recv_multipart()
+            assert TO_COORDINATOR.decode(frames) == Watch(job="j1")
+            coordinator.send_multipart([identity, *JobDone(job="j1", state=JobState.FINISHED).encode()])
+            waiter.join(30)
+        assert done["end"].state == JobState.FINISHED
+    finally:
+        coordinator.close(linger=0)
+        ctx.term()
