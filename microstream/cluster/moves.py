@@ -40,8 +40,9 @@ from .registry import AgentRegistry
 from .states import JobState, MoveMode, MoveState
 
 MOVE_TIMEOUT = 60.0
-# how a migration's state travels: "direct" (pre-copied from the old host to the new one, the default) or
-# "coordinator" (the whole snapshot through the coordinator, as before; kept for comparison: bench/migration.py)
+# how a migration's state travels: "coordinator" (the whole snapshot through the coordinator; the default) or
+# "direct" (pre-copied from the old host to the new one; opt-in: a host held back by backpressure does not
+# pre-copy, and its move waited until it finished; bench/migration.py measures both)
 STATE_TRANSFER_ENV = "MICROSTREAM_STATE_TRANSFER"
 
 
@@ -59,7 +60,7 @@ class Moves:
         self.wall = wall
         self.metrics: Any = None
         self.called_off: dict[str, str] = {}   # "job/vnode" -> why its last move was called off (drains read it)
-        self.direct = os.environ.get(STATE_TRANSFER_ENV, "direct") != "coordinator"
+        self.direct = os.environ.get(STATE_TRANSFER_ENV, "coordinator") == "direct"
 
     # -- requests ---------------------------------------------------------------------------------------------
     def _after_checkpoint(self, job_id: str, request: Callable[[], None]) -> bool:

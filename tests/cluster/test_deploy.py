@@ -323,6 +323,8 @@ def test_the_deploy_guide_runs_as_written(tmp_path):
                                     rss[name] = next(int(x.split()[1]) for x in f if x.startswith("VmRSS:")) << 10
                 if " keys revoke " in command:
                     wait_for(lambda: "revoked pi07" in m.tail(200), 10, "the revocation to apply")
+                if " keys bundle ops " in command:  # applied live within a second; the guide's next step is scp
+                    wait_for(lambda: "trusted ops (client)" in m.tail(200), 10, "the new client key to apply")
         print("\n".join(ran))
         print({k: f"{v / 2**20:.0f} MB" for k, v in rss.items()})
         assert all(v < 200 << 20 for v in rss.values()), rss   # docs/deploy.md's memory table

@@ -125,7 +125,7 @@ def _run_and_move(tmp_path: Path, home: Path, times: int) -> tuple[list[dict], d
 @pytest.fixture(scope="module")
 def direct_home(tmp_path_factory):
     root = tmp_path_factory.mktemp("xfer-home")
-    _cluster(root, None)
+    _cluster(root, "direct")
     yield root
     cluster.down(root, progress=lambda _: None)
 

@@ -217,7 +217,8 @@ def test_poll_file_readings_are_forwarded_with_their_reading_times(tmp_path):
     written_ms = b["v"]
     read_ms = (b["time"] // 1_000_000) % 9973
     lag = (read_ms - written_ms) % 9973
-    assert np.all(lag < 200), lag  # a value written long before its reading would show a forwarding time
+    # (not the first reading: it can come while the run's start-up holds the interpreter and the writer waits)
+    assert np.all(lag[1:] < 200), lag  # a value written long before its reading would show a forwarding time
 
 
 @pytest.mark.slow
