@@ -826,12 +826,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .drain import add_parsers as drain_parsers
 
-    def drain_address(args: argparse.Namespace) -> Any:
-        from ..cluster.embedded import address
-
-        return address(_home(args), args.coordinator, args.insecure, key_name=args.key)
-
-    drain_parsers(sub, _cluster_options, drain_address)
+    drain_parsers(sub, _cluster_options, _address)
 
     p = sub.add_parser("save", help="stop a virtual node at a barrier and save its state to a file")
     p.add_argument("job")

@@ -128,9 +128,9 @@ def _serve(link: SocketControl, job: str, vnode: str) -> int:
     try:
         message = link.expect("spec")
         spec, settings = message.payload(), {**message.header, "vnode": vnode, "job": job}
-        secret = settings.get("secret")
         if link.control.startswith("ipc://"):  # sensors' local logs: in the agent's work directory, beside its socket
             settings.setdefault("source_log", Path(link.control[len("ipc://"):]).parent / "log")
+        secret = settings.get("secret")
         keys = CurveKeys(settings["public"].encode(), secret.encode()) if secret else None
         trusted = [k.encode() for k in settings.get("trusted") or []] or None
         server = ChannelServer(bind=f"tcp://{settings['bind_host']}:*", keys=keys, trusted=trusted,

@@ -87,7 +87,7 @@ EXAMPLES: list[hp.Message] = [
                           "stuck": {"j/vn0": "pinned"}, "waiting": {}, "moving": None}),
     cm.JobDone(job="j", state="failed", reason="virtual node vn0 failed", operator="map", cause="ValueError: x",
                blob=b"results"),
-    cm.JobOutput(job="j", vnode="node1" and "vn0", agent="node1", lines=[["stdout", "saw 3"]], dropped=2),
+    cm.JobOutput(job="j", vnode="vn0", agent="node1", lines=[["stdout", "saw 3"]], dropped=2),
     cm.JobLogsReply(job="j", lines=[["vn0", "node1", "stdout", "saw 3"]], received=5, dropped={"vn0": 2}),
 ]
 
