@@ -107,6 +107,11 @@ def run_python(cols: dict[str, np.ndarray]) -> dict:
                 a[2] = x
             if x > a[3]:
                 a[3] = x
+    return _from_loop(acc)
+
+
+def _from_loop(acc: dict[tuple[int, int], list]) -> dict:
+    """A Python loop's (sensor, window start) -> [count, sum, min, max], as the other implementations' columns."""
     keys = list(acc)
     vals = np.array([acc[k] for k in keys])
     ks = np.array(keys)
@@ -160,10 +165,7 @@ def run_python_records(records: list[dict]) -> dict:
                 a[2] = x
             if x > a[3]:
                 a[3] = x
-    keys = list(acc)
-    vals = np.array([acc[k] for k in keys])
-    ks = np.array(keys)
-    return _canon(ks[:, 0], ks[:, 1], vals[:, 0].astype(np.int64), vals[:, 1] / vals[:, 0], vals[:, 2], vals[:, 3])
+    return _from_loop(acc)
 
 
 def run_from_iterable(records: list[dict]) -> dict:

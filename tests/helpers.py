@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -9,6 +11,7 @@ from typing import TypeVar
 
 import pytest
 
+ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 EXAMPLE_DATA = Path(__file__).resolve().parents[1] / "examples" / "sensors" / "data"
 
@@ -25,6 +28,12 @@ def dataset(relative: str) -> Path:
         if alt.exists():
             return alt
     pytest.skip(f"dataset {relative} not available")
+
+
+def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """`microstream ARGS` in a fresh interpreter (from the repository's root unless `cwd`), its output captured."""
+    return subprocess.run([sys.executable, "-m", "microstream.cli", *args], capture_output=True, text=True,
+                          cwd=cwd or ROOT, timeout=timeout)
 
 
 def sorted_records(records: list[dict]) -> list[tuple]:

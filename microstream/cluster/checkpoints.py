@@ -101,7 +101,7 @@ class Checkpoints:
             self.metrics.checkpoints.labels(job.id).inc()
             self.metrics.checkpoint_bytes.labels(job.id).set(checkpoint.bytes)
             self.metrics.checkpoint_seconds.observe(figures["seconds"])
-        self._release(job)
+        self.lifecycle.release_waiting(job)
 
     def vnode_done(self, job: Job, m: VnodeDone) -> None:
         """A virtual node finished: the checkpoint being taken can never complete (it would hold what waits for
@@ -117,13 +117,7 @@ class Checkpoints:
         job.pending = None
         job.next_checkpoint = self.clock() + (job.checkpoint_every or 0.0)
         self.lifecycle.persist(job)  # its barrier counter: ids only grow
-        self._release(job)
-
-    def _release(self, job: Job) -> None:
-        """What waited for the checkpoint (a move asked for meanwhile) goes ahead now."""
-        waiting, job.waiting = job.waiting, []
-        for resume in waiting:
-            resume()
+        self.lifecycle.release_waiting(job)
 
     def _write(self, job: Job, checkpoint: Checkpoint) -> None:
         """One file per virtual node under directory/job/checkpoint-id; older ones beyond `keep` are removed."""

@@ -244,10 +244,8 @@ class JobLifecycle:
         if job.move is not None and job.move.client is not None:  # its client waits for a move that will not be
             self.send(job.move.client, Error(error=f"{job.move.mode} of {job.move.vnode} called off: job {job.id} "
                                                    f"is recovering ({reason})"))
-        waiting = job.waiting
-        job.move, job.pending, job.waiting, job.adopt_until, job.moving = None, None, [], None, None
-        for resume in waiting:  # requests held for a checkpoint that is gone: refused now, as recovering
-            resume()
+        job.move, job.pending, job.adopt_until, job.moving = None, None, None, None
+        self.release_waiting(job)  # requests held for a checkpoint that is gone: refused now, as recovering
         if job.results:
             self._write(lambda store: store.forget_results(job), job)
         job.results.clear()
@@ -287,6 +285,13 @@ class JobLifecycle:
                 why = (f"a move of {job.moving} was under way" if job.moving else
                        f"{', '.join(missing)} did not come back within {self.grace:g} s")
                 self.recover(job, f"the coordinator restarted and {why}")
+
+    @staticmethod
+    def release_waiting(job: Job) -> None:
+        """What waited for the job's checkpoint (a move asked for meanwhile) goes ahead now."""
+        waiting, job.waiting = job.waiting, []
+        for resume in waiting:
+            resume()
 
     def _check_deployment(self, job: Job, now: float) -> None:
         """Hosts that have not reported ready: say which in the job's reason; past the deadline of the slowest

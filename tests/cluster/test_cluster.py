@@ -19,6 +19,7 @@ from microstream.cluster import embedded as cluster
 from microstream.cluster.agent import Agent
 from microstream.cluster.client import Client, ClusterAddress, ClusterError
 from microstream.cluster.security import KeyStore
+from tests.helpers import run_cli as cli
 from tests.helpers import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -43,11 +44,6 @@ p.synthetic(count=10**9, sensors=10, rate=200, speed=1.0, at="node2").key_by("se
     ms.tumbling(seconds=1)).aggregate(n=ms.agg.count()).with_parallelism(2).sink(ms.sinks.collect())
 p.run()
 """
-
-
-def cli(*args: str, cwd: Path | None = None, timeout: float = 180) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "microstream.cli", *args], capture_output=True, text=True,
-                          cwd=cwd or ROOT, timeout=timeout)
 
 
 def script(tmp: Path, name: str, body: str) -> Path:

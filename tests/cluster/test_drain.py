@@ -5,8 +5,6 @@ say why they cannot move."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -14,6 +12,7 @@ import pytest
 
 from microstream.cluster import embedded as cluster
 from microstream.cluster.client import Client
+from tests.helpers import run_cli as cli
 from tests.helpers import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -37,11 +36,6 @@ ok.key_by("sensor").stateful_map(ms.state.ewma(0.2), "value", out="smooth").with
     .select("sensor", "smooth").sink(ms.sinks.csv("{out}/smooth.csv"))
 p.run()
 """
-
-
-def cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "microstream.cli", *args], capture_output=True, text=True,
-                          cwd=ROOT, timeout=timeout)
 
 
 def script(tmp: Path, name: str, count: int, speed: float | None, at: str | None = None) -> tuple[Path, Path]:

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import re
 import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 
 from microstream.cluster import embedded as cluster
+from tests.helpers import run_cli
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -48,8 +48,7 @@ p.run()
 
 
 def cli(*args: str, home: Path, cwd: Path = ROOT, timeout: float = 180) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "microstream.cli", *args, "--home", str(home)], capture_output=True,
-                          text=True, cwd=cwd, timeout=timeout)
+    return run_cli(*args, "--home", str(home), cwd=cwd, timeout=timeout)
 
 
 @pytest.fixture(scope="module")

@@ -4,8 +4,6 @@ No record may be lost or processed twice: the output must equal an unmigrated ru
 from __future__ import annotations
 
 import random
-import subprocess
-import sys
 import textwrap
 import time
 from pathlib import Path
@@ -14,6 +12,7 @@ import pytest
 
 from microstream.cluster import embedded as cluster
 from microstream.cluster.client import Client, ClusterError
+from tests.helpers import run_cli as cli
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -34,11 +33,6 @@ ewma = ok.key_by("sensor").stateful_map(ms.state.ewma(0.2), "value", out="smooth
 ewma.select("sensor", "smooth").sink(ms.sinks.csv("{out}/smooth.csv"))
 p.run()
 """
-
-
-def cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "microstream.cli", *args], capture_output=True, text=True,
-                          cwd=ROOT, timeout=timeout)
 
 
 def write_job(tmp: Path, name: str, count: int, speed: float | None) -> tuple[Path, Path]:

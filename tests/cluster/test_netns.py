@@ -4,19 +4,21 @@ Skipped only where namespaces cannot be made (not root, no iproute2)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
 import sys
 import textwrap
-import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from microstream.cluster.client import Client, ClusterAddress
 from microstream.cluster.security import KeyStore
+from tests.helpers import run_cli, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 TAG = uuid.uuid4().hex[:4]
@@ -41,7 +43,7 @@ def _can_make_namespaces() -> str | None:
 
 
 pytestmark = [pytest.mark.skipif(_can_make_namespaces() is not None, reason=str(_can_make_namespaces())),
-              pytest.mark.slow]  # namespaces, a bridge and a cluster of real processes
+              pytest.mark.slow, pytest.mark.xdist_group("netns")]  # namespaces, a bridge and a cluster of real processes
 
 
 @pytest.fixture(scope="module")
@@ -77,6 +79,40 @@ def _spawn(args: list[str], log: Path, netns: str | None = None) -> subprocess.P
                             stdout=open(log, "wb"), stderr=subprocess.STDOUT, cwd=ROOT)  # noqa: SIM115
 
 
+@contextlib.contextmanager
+def namespace_cluster(tmp: Path, agents: dict[str, tuple[str, str]]) -> Iterator[tuple[str, ClusterAddress]]:
+    """A coordinator on the bridge (SUBNET.1) and an agent per entry of `agents` (name -> (namespace, the address
+    its channels use)), with keys under `tmp`: (its endpoint, a client's address), once every agent is registered.
+    Every process is stopped at the end."""
+    keys = KeyStore(tmp / "keys")
+    for name in ("coordinator", "client", *agents):
+        keys.create(name)
+        if name != "coordinator":
+            keys.trust(tmp / "keys" / f"{name}.key")
+    port_file = tmp / "port"
+    procs = [_spawn(["coordinator", "--bind", f"tcp://{SUBNET}.1:0", "--port-file", str(port_file),
+                     "--metrics-port", "0", "--keys", str(keys.root), "--state-dir", str(tmp / "state")],
+                    tmp / "coordinator.log")]
+    try:
+        wait_for(lambda: port_file.exists() and port_file.read_text().strip(), 30, "the coordinator's port")
+        endpoint = port_file.read_text().strip()
+        for name, (ns, address) in agents.items():
+            procs.append(_spawn(["agent", "--coordinator", endpoint, "--name", name, "--keys", str(keys.root),
+                                 "--data-host", address, "--metrics-port", "0"], tmp / f"{name}.log", ns))
+        addr = ClusterAddress(endpoint, keys.pair("client"), keys.pair("coordinator").public)
+        with Client(addr) as client:
+            wait_for(lambda: len(client.status()["agents"]) == len(agents), 30, "every agent to register")
+        yield endpoint, addr
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
 def _bytes(iface: str, direction: str) -> int:
     """Bytes through the bridge end of a veth: rx = sent by the namespace, tx = sent into it."""
     return int(Path(f"/sys/class/net/{iface}/statistics/{direction}_bytes").read_text())
@@ -93,40 +129,18 @@ p.run()
 
 
 def test_job_runs_across_namespaces_with_identical_results(network, tmp_path):
-    keys = KeyStore(tmp_path / "keys")
-    for name in ("coordinator", "client", "ns1", "ns2"):
-        keys.create(name)
-        if name != "coordinator":
-            keys.trust(tmp_path / "keys" / f"{name}.key")
-    port_file = tmp_path / "port"
-    procs = [_spawn(["coordinator", "--bind", f"tcp://{SUBNET}.1:0", "--port-file", str(port_file),
-                     "--metrics-port", "0", "--keys", str(keys.root), "--state-dir", str(tmp_path / "state")],
-                    tmp_path / "coordinator.log")]
-    try:
-        deadline = time.monotonic() + 30
-        while not (port_file.exists() and port_file.read_text()) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        endpoint = port_file.read_text().strip()
-        for name, (ns, address, _) in network.items():
-            procs.append(_spawn(["agent", "--coordinator", endpoint, "--name", name, "--keys", str(keys.root),
-                                 "--data-host", address, "--metrics-port", "0"], tmp_path / f"{name}.log", ns))
-        addr = ClusterAddress(endpoint, keys.pair("client"), keys.pair("coordinator").public)
-        with Client(addr) as client:
-            while time.monotonic() < deadline and len(client.status()["agents"]) < 2:
-                time.sleep(0.1)
-            assert len(client.status()["agents"]) == 2, (tmp_path / "ns1.log").read_text()
+    agents = {name: (ns, address) for name, (ns, address, _) in network.items()}
+    with namespace_cluster(tmp_path, agents) as (endpoint, addr):
         ns1_out, ns2_in = network["ns1"][2], network["ns2"][2]
         before = (_bytes(ns1_out, "rx"), _bytes(ns2_in, "tx"))
 
         local_out, remote_out = tmp_path / "local.jsonl", tmp_path / "remote.jsonl"
         (tmp_path / "local.py").write_text(textwrap.dedent(JOB.format(out=local_out)))
         (tmp_path / "remote.py").write_text(textwrap.dedent(JOB.format(out=remote_out)))
-        r = subprocess.run([sys.executable, "-m", "microstream.cli", "run", str(tmp_path / "local.py")],
-                           capture_output=True, text=True, cwd=ROOT, timeout=300)
+        r = run_cli("run", str(tmp_path / "local.py"))
         assert r.returncode == 0, r.stderr
-        r = subprocess.run([sys.executable, "-m", "microstream.cli", "submit", str(tmp_path / "remote.py"),
-                            "--coordinator", endpoint, "--home", str(tmp_path)],   # keys in tmp_path/keys
-                           capture_output=True, text=True, cwd=ROOT, timeout=300)
+        r = run_cli("submit", str(tmp_path / "remote.py"), "--coordinator", endpoint,
+                    "--home", str(tmp_path))  # keys in tmp_path/keys
         assert r.returncode == 0, r.stderr + (tmp_path / "coordinator.log").read_text()
         local, remote = sorted(local_out.read_text().splitlines()), sorted(remote_out.read_text().splitlines())
         assert remote == local and len(local) > 50
@@ -137,11 +151,3 @@ def test_job_runs_across_namespaces_with_identical_results(network, tmp_path):
         with Client(addr) as client:
             job = next(iter(client.status()["jobs"].values()))
         assert {v["agent"] for v in job["vnodes"].values()} == {"ns1", "ns2"}
-    finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                proc.kill()

@@ -17,23 +17,22 @@ from pathlib import Path
 
 import pytest
 
-from microstream.cluster.client import Client, ClusterAddress
-from microstream.cluster.security import KeyStore
+from microstream.cluster.client import Client
 from tests.cluster.test_netns import (  # noqa: F401 - network is the fixture
-    SUBNET,
     TAG,
     _can_make_namespaces,
     _ip,
-    _spawn,
+    namespace_cluster,
     network,
 )
+from tests.helpers import run_cli as _cli
 from tests.helpers import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA_SUBNET = "10.231.78"
 
 pytestmark = [pytest.mark.skipif(_can_make_namespaces() is not None, reason=str(_can_make_namespaces())),
-              pytest.mark.slow, pytest.mark.timeout(300)]
+              pytest.mark.slow, pytest.mark.xdist_group("netns"), pytest.mark.timeout(300)]
 
 JOB = """
 import microstream as ms
@@ -88,38 +87,9 @@ def data_link(network):  # noqa: F811
 def cluster(data_link, tmp_path_factory):
     """A coordinator on the bridge and one agent per namespace, whose channels use the data link."""
     tmp = tmp_path_factory.mktemp("stalls")
-    keys = KeyStore(tmp / "keys")
-    for name in ("coordinator", "client", "ns1", "ns2"):
-        keys.create(name)
-        if name != "coordinator":
-            keys.trust(tmp / "keys" / f"{name}.key")
-    port_file = tmp / "port"
-    procs = [_spawn(["coordinator", "--bind", f"tcp://{SUBNET}.1:0", "--port-file", str(port_file),
-                     "--metrics-port", "0", "--keys", str(keys.root), "--state-dir", str(tmp / "state")],
-                    tmp / "coordinator.log")]
-    try:
-        wait_for(lambda: port_file.exists() and port_file.read_text().strip(), 30, "the coordinator's port")
-        endpoint = port_file.read_text().strip()
-        for name, (ns, _, address) in data_link.items():
-            procs.append(_spawn(["agent", "--coordinator", endpoint, "--name", name, "--keys", str(keys.root),
-                                 "--data-host", address, "--metrics-port", "0"], tmp / f"{name}.log", ns))
-        addr = ClusterAddress(endpoint, keys.pair("client"), keys.pair("coordinator").public)
-        with Client(addr) as client:
-            wait_for(lambda: len(client.status()["agents"]) == 2, 30, "both agents")
+    agents = {name: (ns, address) for name, (ns, _, address) in data_link.items()}
+    with namespace_cluster(tmp, agents) as (endpoint, addr):
         yield {"endpoint": endpoint, "addr": addr, "home": tmp, "links": data_link}
-    finally:
-        for proc in procs:
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-
-
-def _cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "microstream.cli", *args], capture_output=True, text=True,
-                          cwd=ROOT, timeout=timeout)
 
 
 def _rows(path: Path) -> list[tuple]:

@@ -6,8 +6,6 @@ whole snapshot through the coordinator) still works and says so."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import textwrap
 import time
 from pathlib import Path
@@ -16,6 +14,7 @@ import pytest
 
 from microstream.cluster import embedded as cluster
 from microstream.cluster.client import Client
+from tests.helpers import run_cli as cli
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -43,11 +42,6 @@ src.key_by("sensor").stateful_map(ring_sum, "value", out="total", state_size=513
     .select("sensor", "total").sink(ms.sinks.csv("{out}/totals.csv"))
 p.run()
 """
-
-
-def cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "microstream.cli", *args], capture_output=True, text=True,
-                          cwd=ROOT, timeout=timeout)
 
 
 def write_job(tmp: Path, name: str, count: int, speed: float | None) -> tuple[Path, Path]:

@@ -215,25 +215,33 @@ def test_a_file_sink_publishes_only_what_a_completed_checkpoint_covers(tmp_path)
     assert not (tmp_path / ".out.jsonl.inprogress").exists()
 
 
-def test_a_file_sink_of_a_replaced_deployment_cannot_publish(tmp_path):
-    """Fencing: a sink still running in an older epoch (its agent froze and came back after a recovery) finds
-    the newer epoch beside the target and refuses to publish; the newer epoch's output stands."""
-    from microstream.core.batch import Batch
+def _transactional_jsonl(target):
+    """Instances of a JSON-lines sink of `target` as a checkpointed cluster job's host opens them:
+    `sink(epoch, restoring=False)`."""
     from microstream.operators.base import OperatorContext
-    from microstream.sinks.files import StaleEpoch
 
-    target = tmp_path / "out.jsonl"
-    p = ms.Pipeline("fenced")
+    p = ms.Pipeline("sink")
     p.from_iterable([{"v": 1.0}]).sink(ms.sinks.jsonl(target), name="out")
     p.build()
     node = p.graph.by_name("out")
     schemas = [p.graph.nodes[s].out_schemas[port] for s, port in node.inputs]
 
-    def sink(epoch: int):
+    def sink(epoch: int, restoring: bool = False):
         op = node.op.instantiate()
-        op.open(OperatorContext("out", schemas, {}, extra={"transactional": True, "epoch": epoch, "job": "j"}))
+        op.open(OperatorContext("out", schemas, {}, extra={"transactional": True, "epoch": epoch, "job": "j",
+                                                           "restoring": restoring}))
         return op
+    return sink
 
+
+def test_a_file_sink_of_a_replaced_deployment_cannot_publish(tmp_path):
+    """Fencing: a sink still running in an older epoch (its agent froze and came back after a recovery) finds
+    the newer epoch beside the target and refuses to publish; the newer epoch's output stands."""
+    from microstream.core.batch import Batch
+    from microstream.sinks.files import StaleEpoch
+
+    target = tmp_path / "out.jsonl"
+    sink = _transactional_jsonl(target)
     old = sink(0)
     old.process(0, Batch({"v": np.array([1.0])}))
     old.prepare_commit(1)
@@ -252,22 +260,10 @@ def test_a_finished_file_sink_moves_and_checkpoints_without_touching_its_file(tm
     checkpoints and moves: its snapshot says it is final, and the instance restored from it leaves the published
     file, and no staging file or marker, behind (it once raised "I/O operation on closed file")."""
     from microstream.core.batch import Batch
-    from microstream.operators.base import OperatorContext
 
     target = tmp_path / "out.jsonl"
-    p = ms.Pipeline("finished")
-    p.from_iterable([{"v": 1.0}]).sink(ms.sinks.jsonl(target), name="out")
-    p.build()
-    node = p.graph.by_name("out")
-    schemas = [p.graph.nodes[s].out_schemas[port] for s, port in node.inputs]
-
-    def sink(restoring: bool):
-        op = node.op.instantiate()
-        op.open(OperatorContext("out", schemas, {}, extra={"transactional": True, "epoch": 0, "job": "j",
-                                                           "restoring": restoring}))
-        return op
-
-    old = sink(False)
+    sink = _transactional_jsonl(target)
+    old = sink(0)
     old.process(0, Batch({"v": np.array([1.0, 2.0])}))
     old.close()
     old.prepare_commit(1)
@@ -275,7 +271,7 @@ def test_a_finished_file_sink_moves_and_checkpoints_without_touching_its_file(tm
     state = old.checkpoint_snapshot()
     moved = old.snapshot()
     for saved in (state, moved):
-        new = sink(True)
+        new = sink(0, restoring=True)
         new.restore(saved)
         new.prepare_commit(2)
         new.commit(2)

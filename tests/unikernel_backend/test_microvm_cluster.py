@@ -24,7 +24,7 @@ from tests.unikernel_backend.helpers import require_qemu
 
 # About 140 s here: a ~100 s stream under TCG emulation and two moves, whose own waits allow minutes on a loaded
 # machine (a VM's deployment may take 600 s before the coordinator gives up): 900 s, not 300.
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("microvm"), pytest.mark.timeout(900)]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -72,8 +72,8 @@ def home(tmp_path_factory):
 
 @pytest.mark.skip(reason="KNOWN BUG (2026-12-06, seen on a quiet machine): the tier-2 move passes (3 s), but the "
                          "tier-1 move's new VM does not report ready before the ~100 s stream ends, so the move is "
-                         "called off ('the virtual node finished before it could move'); a bare guest boots in 4 s "
-                         "and preloads numba in 5 s with nothing compiled, so the restoring path in the guest is "
+                         "called off ('the virtual node finished before it could move'); a fresh guest starts and "
+                         "runs (tests/unikernel_backend/test_microvm.py), so the restoring path in the guest is "
                          "suspect. Skipped so that CI runs; see the closing note of 2026-12-06.")
 def test_a_vm_vnode_moves_whole_then_by_snapshot_and_the_output_is_unchanged(home):
     local = pipeline(None)
