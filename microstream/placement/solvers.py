@@ -25,6 +25,7 @@ import numpy as np
 
 from ..graph.logical import LogicalGraph
 from ..graph.physical import DisjointSets, PhysicalPlan
+from .anneal import anneal, warm
 from .cost import (
     OVERLOAD_PENALTY,
     Cost,
@@ -60,12 +61,11 @@ _WHOLE_MILP = 100        # movable vnodes × nodes up to which the heuristic sol
 _REPAIR_MILP = 40_000    # edges × nodes² up to which an overloaded search result is repaired by the whole MILP
 _REPAIR_SECONDS = 2.0    # ... given at least this long, even past the budget
 _GROUP_MIN_GAIN = 1e-3   # large instances: group-move rounds continue while a round gains this fraction
-_ANNEAL_SHARE = 0.6      # of the time left after local search: simulated annealing (the rest: LNS)
-_ANNEAL_T = (0.3, 1e-4)  # annealing temperature, start and end, as fractions of the best cost so far
-_ANNEAL_CYCLES = 3       # annealing restarts hot from the best placement this many times (each polished) ...
-_ANNEAL_CYCLES_UP_TO = 50   # ... when there are at most this many movable vnodes; beyond, one longer anneal
+_ANNEAL_SHARE = 0.75     # of the time left after local search: simulated annealing (the rest: LNS)
+_ANNEAL_T = (0.3, 1e-4)  # annealing temperature, start and end, as fractions of the start's cost
+_ANNEAL_RATE = 2e6       # trials planned per second of the budget's annealing share (compressed if slower)
+_ANNEAL_CYCLES = ((100, 8), (400, 4))   # (movable vnodes up to, walks): each walk restarts hot from the best
 _ANNEAL_SURROGATE = 1.0  # weight of the mean sink latency beside the critical path's (falls to 0 as it cools)
-_ANNEAL_FLOOR = 0.0      # ... counting only the part of each sink's latency above this fraction of the start's
 _ANNEAL_SWAP = 0.3       # share of annealing trials that swap two vnodes rather than move one
 
 Clock = Callable[[], float]
@@ -688,6 +688,7 @@ def improve(problem: Problem, start: np.ndarray | None = None, restarts: int | N
     (wall time by default; `time.process_time` counts this process's CPU seconds, for benchmarks on a
     shared machine)."""
     milp_available()                           # import scipy (once per process, ~1 s) before the clock starts
+    warm()                                     # ... and load the compiled annealer (compiled once per machine)
     deadline = clock() + time_limit
     first = start.astype(np.int64) if start is not None else seed(problem)
     best = _local_search(problem, first, deadline, clock=clock)
@@ -709,7 +710,7 @@ def improve(problem: Problem, start: np.ndarray | None = None, restarts: int | N
         c = problem.search_objective(cand)
         if c < best_cost - 1e-12:
             best, best_cost = cand, c
-    found = _lns(problem, best, deadline, rng, clock)
+    found = _lns(problem, best, deadline, rng, clock, time_limit)
     if not problem.feasible(found.assign) and found.status != "infeasible":
         found = Solution(_repair(problem, found.assign, deadline, clock))
     return found
@@ -728,139 +729,20 @@ def _repair(p: Problem, best: np.ndarray, deadline: float, clock: Clock) -> np.n
 
 
 def _anneal(p: Problem, start: np.ndarray, deadline: float, rng: np.random.Generator,
-            clock: Clock = time.perf_counter) -> np.ndarray:
-    """Simulated annealing from `start` until `deadline`: random trial moves (a vnode to a random allowed
-    node or to a neighbour's node) and swaps, priced on the incremental state (`_State.move` then
-    `_State.objective`), kept if they gain or with probability exp(−Δ / T), T cooling geometrically from
-    `_ANNEAL_T[0]` to `_ANNEAL_T[1]` × the best cost. Trials that would push a node over its cores are not
-    tried (memory and links count as overload penalties). The latency term is a longest path (a maximum):
-    with several critical paths no single move shortens it, so while the search is hot the objective also
-    counts the mean latency of the paths into every sink (`_ANNEAL_SURROGATE`, fading to 0), which rewards
-    shortening the near-critical paths first. Returns the best placement by the true objective."""
-    movable = _movable(p)
-    if not movable:
-        return start
-    st = _State(p, start)
-    cpu, cap, allowed = p.cpu, p.capacity + 1e-9, p.allowed
-    domains = [np.flatnonzero(allowed[v]) for v in range(p.n_vnodes)]
-    neighbours = st.nb_idx
-    sinks = np.array([v for v in range(p.n_vnodes) if not st.succ_l[v] and st.pred_l[v]], dtype=np.int64)
-    w_lat = p.weights.latency / max(1, len(sinks))
-    t_hot, t_cold = _ANNEAL_T
-    began = clock()
-    span = max(deadline - began, 1e-9)
-    best_a, best = st.a.copy(), st.objective()
-    scale = max(abs(best - _OVERLOAD * st.overload()), 1e-9)   # temperatures scale with the cost, not penalties
-    mu = _ANNEAL_SURROGATE
-    temp = t_hot * scale
-
-    floor = _ANNEAL_FLOOR * st.L
-    w = p.weights
-    cores2 = p.cores2.tolist()
-    used = st.used                              # updated in place by st.move
-    squares = (used ** 2 / p.cores2).tolist()   # (used / capacity)² per node, kept up to date below
-    load_sq = sum(squares)
-    fin_mem = np.isfinite(p.mem_capacity)
-    link_bw = np.maximum(st.link_bw, 1e-12) if st.has_links else st.link_bw
-    overloaded = bool((used > p.capacity + 1e-9).any())
-
-    # from an overloaded start, overload costs little at first and `_OVERLOAD` at the end (strategic
-    # oscillation): with the full penalty from the start, no trial that trades some overload for a way out is
-    # ever taken, and the walk stalls at a local minimum of the overload
-    penalty = 10.0 * scale if overloaded or st.overload() > 0 else _OVERLOAD
-
-    def true_objective(weight: float = _OVERLOAD) -> float:
-        """`_State.objective` (with `weight` per unit of overload), with the load term kept incrementally and
-        the overload terms only where they can be non-zero."""
-        over = 0.0
-        if overloaded:
-            over += float(np.maximum(0.0, used - p.capacity).sum())
-        if st.has_mem:
-            over += float((np.maximum(0.0, st.mem_used - p.mem_capacity)[fin_mem]
-                           / np.maximum(p.memory[fin_mem], 1.0)).sum())
-        if st.has_links:
-            excess = st.link_load - p.link_cap
-            if excess.max() > 0.0:
-                over += float((np.maximum(0.0, excess) / link_bw).sum())
-        moves = p.moves(st.a) if st.has_moves else 0.0
-        return (w.network * st.net + w.latency * st.L + w.load * max(0.0, load_sq - p.load_floor) + moves
-                + weight * over)
-
-    def objective() -> float:
-        value = true_objective(penalty)
-        if not (mu and len(sinks)):
-            return value
-        excess = st.dsrc[sinks] - floor if floor else st.dsrc[sinks]
-        return value + mu * w_lat * float(excess[excess > 0].sum())
-
-    now = objective()
-    count = len(movable)
-    trial = 0
-    draws, k = rng.random(0), 0
-    while True:
-        if trial % 32 == 0:                     # the clock, temperature and surrogate weight, now and then
-            frac = (clock() - began) / span
-            if frac >= 1.0:
-                break
-            temp = t_hot * scale * (t_cold / t_hot) ** frac
-            mu = _ANNEAL_SURROGATE * (1.0 - frac)
-            if penalty != _OVERLOAD:
-                penalty = min(_OVERLOAD, 10.0 * scale * (_OVERLOAD / (10.0 * scale)) ** frac)
-            overloaded = bool((used > p.capacity + 1e-9).any())
-            load_sq = sum(squares)              # no drift from the running sum
-            now = objective()
-        if k + 4 > len(draws):                  # random numbers in blocks: one call per 4,096 draws
-            draws, k = rng.random(4096).tolist(), 0
-        r1, r2, r3, r4 = draws[k], draws[k + 1], draws[k + 2], draws[k + 3]
-        k += 4
-        trial += 1
-        v = movable[int(r1 * count)]
-        a = int(st.a[v])
-        if r2 < _ANNEAL_SWAP:
-            u = movable[int(r3 * count)]
-            b = int(st.a[u])
-            if (b == a or not allowed[v, b] or not allowed[u, a] or used[b] - cpu[u] + cpu[v] > cap[b]
-                    or used[a] - cpu[v] + cpu[u] > cap[a]):
-                continue
-            changes, undo = [(v, b), (u, a)], [(u, b), (v, a)]
-            touched = (a, b)
-        else:
-            near = neighbours[v]
-            pick = (r2 - _ANNEAL_SWAP) / (1.0 - _ANNEAL_SWAP)     # uniform in [0, 1) again
-            if len(near) and r3 < 0.5:
-                n = int(st.a[near[min(int(pick * len(near)), len(near) - 1)]])
-            else:
-                dom = domains[v]
-                n = int(dom[min(int(pick * len(dom)), len(dom) - 1)])
-            if n == a or not allowed[v, n] or used[n] + cpu[v] > cap[n]:
-                continue
-            changes, undo = [(v, n)], [(v, a)]
-            touched = (a, n)
-        for x, m in changes:
-            st.move(x, m)
-        old = [squares[j] for j in touched]
-        for j in touched:
-            squares[j] = float(used[j]) ** 2 / cores2[j]
-        change = sum(squares[j] for j in touched) - sum(old)
-        load_sq += change
-        after = objective()
-        delta = after - now
-        if delta <= 0.0 or r4 < math.exp(-delta / temp):
-            now = after
-            true = true_objective() if mu or penalty != _OVERLOAD else after
-            if true < best - 1e-12 * max(1.0, abs(best)):
-                best, best_a = true, st.a.copy()
-        else:
-            for x, m in undo:
-                st.move(x, m)
-            for j, sq in zip(touched, old, strict=True):
-                squares[j] = sq
-            load_sq -= change
-    return best_a
+            clock: Clock = time.perf_counter, trials: int | None = None) -> np.ndarray:
+    """Simulated annealing from `start` (`anneal.anneal`, compiled): trial moves (a vnode to a random allowed
+    node or to a neighbour's node) and swaps, kept if they gain or with probability exp(−Δ / T), T cooling
+    geometrically from `_ANNEAL_T[0]` to `_ANNEAL_T[1]` × the start's cost over `trials` trials (by default
+    `_ANNEAL_RATE` per second until `deadline`; compressed into the time left if the deadline comes first).
+    Returns the best placement by the search objective, never worse than `start`."""
+    if trials is None:
+        trials = int(_ANNEAL_RATE * max(0.0, deadline - clock()))
+    return anneal(p, start, _movable(p), deadline, int(rng.integers(2**31 - 1)), trials, clock, _ANNEAL_T,
+                  _ANNEAL_SURROGATE, _ANNEAL_SWAP)[0]
 
 
 def _lns(p: Problem, best: np.ndarray, deadline: float, rng: np.random.Generator,
-         clock: Clock = time.perf_counter) -> Solution:
+         clock: Clock = time.perf_counter, budget: float = 1.0) -> Solution:
     """A small problem whole by the MILP; otherwise simulated annealing, then large-neighbourhood search with
     exact sub-problems until `deadline` or `_LNS_PATIENCE` × nodes sub-problems in a row gain nothing."""
     movable = _movable(p)
@@ -875,12 +757,15 @@ def _lns(p: Problem, best: np.ndarray, deadline: float, rng: np.random.Generator
             return Solution(best, math.inf, "infeasible")
         if r.status == "optimal":
             return Solution(best, r.bound, "optimal")
-    # one anneal depends on its luck, reheating from the best less; but on larger problems a third of the time
-    # is too short for a walk to get anywhere (80 x 16: one anneal beat three on 3 of 4 runs)
-    cycles = _ANNEAL_CYCLES if len(movable) <= _ANNEAL_CYCLES_UP_TO else 1
-    cycle = (deadline - clock()) * (_ANNEAL_SHARE if has_milp else 1.0) / cycles
-    for _ in range(cycles):
-        annealed = _local_search(p, _anneal(p, best, clock() + cycle, rng, clock), deadline, clock=clock)
+    # several walks, each from the best so far: one walk depends on its luck (40 x 10: 1.00-1.21 of the optimum
+    # over two seeds with one walk of 1.2 M trials; 1.00-1.02 with 4-8 walks of the same total)
+    cycles = next((c for up, c in _ANNEAL_CYCLES if len(movable) <= up), 1)
+    share = _ANNEAL_SHARE if has_milp else 1.0
+    end = clock() + (deadline - clock()) * share
+    trials = int(_ANNEAL_RATE * budget * share / cycles)     # from the budget, not the clock: reproducible
+    for i in range(cycles):
+        walk_end = clock() + (end - clock()) / (cycles - i)
+        annealed = _local_search(p, _anneal(p, best, walk_end, rng, clock, trials), deadline, clock=clock)
         if p.search_objective(annealed) < p.search_objective(best) - 1e-12:
             best = annealed
     if not has_milp:

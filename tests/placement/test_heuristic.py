@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from microstream.placement import place
+from microstream.placement.anneal import anneal
 from microstream.placement.milp import relative_gap, solve_milp
 from microstream.placement.solvers import _anneal, _movable, certify, improve, seed
 from microstream.placement.synthetic import random_problem
@@ -59,6 +60,23 @@ def test_annealing_returns_its_best_and_never_worse_than_its_start(limits):
         out = _anneal(problem, start, time.perf_counter() + 0.2, np.random.default_rng(s))
         assert problem.allowed[np.arange(problem.n_vnodes), out].all()
         assert problem.search_objective(out) <= before + 1e-9 * max(1.0, before)
+
+
+@pytest.mark.parametrize("limits", [False, True])
+def test_compiled_annealer_tracks_the_objective_and_repeats_its_walk(limits):
+    """The compiled annealer keeps network, load, memory, link and core overload, move costs and the longest
+    path incrementally: the best placement it reports, priced from scratch, has the objective it tracked; and
+    a walk of a fixed number of trials is the same walk again for the same seed."""
+    for s, problem in mids(6, limits):
+        start = seed(problem)
+        movable = _movable(problem)
+        best, value = anneal(problem, start, movable, math.inf, s, 30_000, time.perf_counter)
+        assert problem.allowed[np.arange(problem.n_vnodes), best].all()
+        # memory sums of ~1e9 bytes drift by ulps, which the overload penalty (1e6 per unit) magnifies
+        assert value == pytest.approx(problem.search_objective(best), rel=1e-6, abs=1e-6)
+        assert value <= problem.search_objective(start) + 1e-9 * max(1.0, value)
+        again, _ = anneal(problem, start, movable, math.inf, s, 30_000, time.perf_counter)
+        assert (again == best).all()
 
 
 def _consistent(cost: float, bound: float, gap: float | None) -> None:

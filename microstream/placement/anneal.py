@@ -1,0 +1,327 @@
+"""Simulated annealing for the placement heuristic, compiled with numba.
+
+The heuristic's annealer in Python priced a trial through `_State.move` (numpy calls, a heap walk for the
+longest paths): some 20,000 trials per second, which at 80 vnodes × 16 nodes left one walk too short to get
+anywhere in its share of a second (the benchmark's worst instances were 15–40 % above the best known). Here
+one trial — move one vnode, or swap two, price it, keep it or undo it — is a few hundred nanoseconds to a
+few microseconds:
+
+* network, load (Σ (used / capacity)²), memory and link overload and move costs change incrementally (the
+  vnode's edges, two nodes, the links on the routes of its edges);
+* the latency term (a longest path, a maximum) is recomputed over the data edges in topological order,
+  O(edges), into a second buffer that becomes the current one only when the trial is kept;
+* while hot, the objective also counts the mean latency into every sink (a slope on the plateau where several
+  critical paths tie and no single move shortens the maximum), fading to nothing as it cools; from an
+  overloaded start, overload is priced low at first and at the full penalty by the end.
+
+The schedule is a number of trials (`trials`), so for a given seed the walk is the same whatever the machine's
+load, unless the deadline cuts it short (then the remaining trials are compressed into the time left). The
+kernel runs in chunks between which the caller's clock is read; each chunk rebuilds its running sums from the
+assignment (no floating-point drift).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numba
+import numpy as np
+
+from .cost import OVERLOAD_PENALTY, Problem
+
+__all__ = ["anneal", "warm"]
+
+_CHUNK = 8192             # trials per kernel call between two readings of the clock
+
+
+@numba.njit(cache=True)
+def _link_add(link: int, amount: float, load: np.ndarray, cap: np.ndarray, bw: np.ndarray) -> float:
+    """Add traffic to a link; returns the change of Σ max(0, load − cap) ÷ bandwidth."""
+    before = load[link] - cap[link]
+    load[link] += amount
+    after = load[link] - cap[link]
+    return (max(after, 0.0) - max(before, 0.0)) / bw[link]
+
+
+@numba.njit(cache=True)
+def _move(v, n, a, sc, cpu, used, capacity, cores2, mem, mem_used, mem_cap, mem_scale, nb_ptr, nb_idx, nb_b,
+          nb_out, inv_bw, n_nodes, link_ptr, link_idx, link_load, link_cap, link_bw, current, move_cost):
+    """Move vnode v to node n, updating the running sums sc = [network, Σ load², memory over, link over, core
+    over, moves]."""
+    cur = a[v]
+    if n == cur:
+        return
+    net = 0.0
+    over = 0.0
+    for k in range(nb_ptr[v], nb_ptr[v + 1]):
+        j = a[nb_idx[k]]
+        b = nb_b[k]
+        net += b * (inv_bw[n, j] - inv_bw[cur, j])
+        if len(link_cap):
+            old = cur * n_nodes + j if nb_out[k] else j * n_nodes + cur
+            new = n * n_nodes + j if nb_out[k] else j * n_nodes + n
+            for t in range(link_ptr[old], link_ptr[old + 1]):
+                over += _link_add(link_idx[t], -b, link_load, link_cap, link_bw)
+            for t in range(link_ptr[new], link_ptr[new + 1]):
+                over += _link_add(link_idx[t], b, link_load, link_cap, link_bw)
+    sc[0] += net
+    sc[3] += over
+    c = cpu[v]
+    sq_before = used[cur] ** 2 / cores2[cur] + used[n] ** 2 / cores2[n]
+    core_before = max(used[cur] - capacity[cur], 0.0) + max(used[n] - capacity[n], 0.0)
+    used[cur] -= c
+    used[n] += c
+    sc[1] += used[cur] ** 2 / cores2[cur] + used[n] ** 2 / cores2[n] - sq_before
+    sc[4] += max(used[cur] - capacity[cur], 0.0) + max(used[n] - capacity[n], 0.0) - core_before
+    m = mem[v]
+    if m != 0.0:
+        mem_before = (max(mem_used[cur] - mem_cap[cur], 0.0) / mem_scale[cur]
+                      + max(mem_used[n] - mem_cap[n], 0.0) / mem_scale[n])
+        mem_used[cur] -= m
+        mem_used[n] += m
+        sc[2] += (max(mem_used[cur] - mem_cap[cur], 0.0) / mem_scale[cur]
+                  + max(mem_used[n] - mem_cap[n], 0.0) / mem_scale[n]) - mem_before
+    home = current[v]
+    if home >= 0 and move_cost[v] != 0.0:
+        if n == home:
+            sc[5] -= move_cost[v]
+        elif cur == home:
+            sc[5] += move_cost[v]
+    a[v] = n
+
+
+@numba.njit(cache=True)
+def _longest(a, lat_s, lat_d, latency_ms, dist, sinks):
+    """Longest latency into every vnode (edges in topological order of their source) into `dist`; returns
+    (the largest, Σ over sinks)."""
+    dist[:] = 0.0
+    for e in range(len(lat_s)):
+        s = lat_s[e]
+        d = lat_d[e]
+        x = dist[s] + latency_ms[a[s], a[d]]
+        if x > dist[d]:
+            dist[d] = x
+    top = 0.0
+    for v in range(len(dist)):
+        if dist[v] > top:
+            top = dist[v]
+    total = 0.0
+    for s in sinks:
+        total += dist[s]
+    return top, total
+
+
+@numba.njit(cache=True)
+def _kernel(a, best, best_val, movable, has_lat, dom_ptr, dom_idx, cpu, capacity, cores2, load_floor, mem,
+            mem_cap, mem_scale, nb_ptr, nb_idx, nb_b, nb_out, inv_bw, link_ptr, link_idx, link_cap, link_bw,
+            lat_s, lat_d, latency_ms, sinks, current, move_cost, weights, schedule, begin, end, seed):
+    """Trials `begin` .. `end` of a walk of schedule[0] trials; `a` is the walk's current assignment (updated
+    in place), `best` / best_val[0] the best by the true objective. weights = [network, latency, load, latency
+    per sink]; schedule = [trials, T hot, T cold, surrogate weight, overload penalty at the start, at the
+    end, share of swaps]."""
+    np.random.seed(seed)
+    n_nodes = len(capacity)
+    total, t_hot, t_cold, mu0, pen0, pen1, swap_share = (schedule[0], schedule[1], schedule[2], schedule[3],
+                                                         schedule[4], schedule[5], schedule[6])
+    w_net, w_lat, w_load, w_sink = weights[0], weights[1], weights[2], weights[3]
+    used = np.zeros(n_nodes)
+    mem_used = np.zeros(n_nodes)
+    for v in range(len(a)):
+        used[a[v]] += cpu[v]
+        mem_used[a[v]] += mem[v]
+    link_load = np.zeros(len(link_cap))
+    sc = np.zeros(6)                 # network, Σ load², memory over, link over, core over, moves
+    for v in range(len(a)):
+        for k in range(nb_ptr[v], nb_ptr[v + 1]):
+            if nb_out[k]:            # each edge once, from its source
+                j = a[nb_idx[k]]
+                sc[0] += nb_b[k] * inv_bw[a[v], j]
+                pair = a[v] * n_nodes + j
+                for t in range(link_ptr[pair], link_ptr[pair + 1]):
+                    link_load[link_idx[t]] += nb_b[k]
+        if current[v] >= 0 and a[v] != current[v]:
+            sc[5] += move_cost[v]
+    for j in range(n_nodes):
+        sc[1] += used[j] ** 2 / cores2[j]
+        sc[2] += max(mem_used[j] - mem_cap[j], 0.0) / mem_scale[j]
+        sc[4] += max(used[j] - capacity[j], 0.0)
+    for t in range(len(link_cap)):
+        sc[3] += max(link_load[t] - link_cap[t], 0.0) / link_bw[t]
+    dist = np.zeros(len(a))
+    spare = np.zeros(len(a))
+    top, sink_sum = _longest(a, lat_s, lat_d, latency_ms, dist, sinks)
+    count = len(movable)
+    temp, mu, pen, now = t_hot, mu0, pen1, 0.0
+    for trial in range(begin, end):
+        if trial == begin or (trial - begin) % 64 == 0:
+            frac = min(trial / total, 1.0)
+            temp = t_hot * (t_cold / t_hot) ** frac
+            mu = mu0 * (1.0 - frac)
+            pen = pen0 * (pen1 / pen0) ** frac if pen0 < pen1 else pen1
+            now = (w_net * sc[0] + w_lat * top + w_load * max(sc[1] - load_floor, 0.0) + sc[5]
+                   + pen * (sc[2] + sc[3] + sc[4]) + mu * w_sink * sink_sum)
+        v = movable[np.random.randint(count)]
+        av = a[v]
+        u = -1
+        if np.random.random() < swap_share:
+            u = movable[np.random.randint(count)]
+            bu = a[u]
+            if (bu == av or not (dom_ok(v, bu, dom_ptr, dom_idx) and dom_ok(u, av, dom_ptr, dom_idx))
+                    or used[bu] - cpu[u] + cpu[v] > capacity[bu] + 1e-9
+                    or used[av] - cpu[v] + cpu[u] > capacity[av] + 1e-9):
+                continue
+            target = bu
+        else:
+            deg = nb_ptr[v + 1] - nb_ptr[v]
+            if deg > 0 and np.random.random() < 0.5:
+                target = a[nb_idx[nb_ptr[v] + np.random.randint(deg)]]
+                if not dom_ok(v, target, dom_ptr, dom_idx):
+                    continue
+            else:
+                target = dom_idx[dom_ptr[v] + np.random.randint(dom_ptr[v + 1] - dom_ptr[v])]
+            if target == av or used[target] + cpu[v] > capacity[target] + 1e-9:
+                continue
+        saved = sc.copy()
+        _move(v, target, a, sc, cpu, used, capacity, cores2, mem, mem_used, mem_cap, mem_scale, nb_ptr, nb_idx,
+              nb_b, nb_out, inv_bw, n_nodes, link_ptr, link_idx, link_load, link_cap, link_bw, current, move_cost)
+        if u >= 0:
+            _move(u, av, a, sc, cpu, used, capacity, cores2, mem, mem_used, mem_cap, mem_scale, nb_ptr, nb_idx,
+                  nb_b, nb_out, inv_bw, n_nodes, link_ptr, link_idx, link_load, link_cap, link_bw, current,
+                  move_cost)
+        new_top, new_sum = top, sink_sum
+        relat = has_lat[v] or (u >= 0 and has_lat[u])
+        if relat:
+            new_top, new_sum = _longest(a, lat_s, lat_d, latency_ms, spare, sinks)
+        base = w_net * sc[0] + w_lat * new_top + w_load * max(sc[1] - load_floor, 0.0) + sc[5]
+        over = sc[2] + sc[3] + sc[4]
+        after = base + pen * over + mu * w_sink * new_sum
+        delta = after - now
+        if delta <= 0.0 or np.random.random() < math.exp(-delta / temp):
+            now = after
+            top, sink_sum = new_top, new_sum
+            if relat:
+                dist, spare = spare, dist
+            true = base + pen1 * over
+            if true < best_val[0] - 1e-12 * max(1.0, abs(best_val[0])):
+                best_val[0] = true
+                best[:] = a
+        else:
+            if u >= 0:
+                _move(u, a[v], a, sc, cpu, used, capacity, cores2, mem, mem_used, mem_cap, mem_scale, nb_ptr,
+                      nb_idx, nb_b, nb_out, inv_bw, n_nodes, link_ptr, link_idx, link_load, link_cap, link_bw,
+                      current, move_cost)
+            _move(v, av, a, sc, cpu, used, capacity, cores2, mem, mem_used, mem_cap, mem_scale, nb_ptr, nb_idx,
+                  nb_b, nb_out, inv_bw, n_nodes, link_ptr, link_idx, link_load, link_cap, link_bw, current,
+                  move_cost)
+            sc[:] = saved
+
+
+@numba.njit(cache=True)
+def dom_ok(v: int, n: int, dom_ptr: np.ndarray, dom_idx: np.ndarray) -> bool:
+    """Is node n among the nodes vnode v may go to (sorted CSR)?"""
+    lo, hi = dom_ptr[v], dom_ptr[v + 1]
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if dom_idx[mid] < n:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo < dom_ptr[v + 1] and dom_idx[lo] == n
+
+
+class _Arrays:
+    """The problem's arrays in the kernel's layout and dtypes (rebuilt per walk: O(edges + vnodes × nodes),
+    and a caller may change the problem's limits between walks)."""
+
+    def __init__(self, p: Problem) -> None:
+        v_count = p.n_vnodes
+        f64 = (lambda x: np.ascontiguousarray(x, dtype=np.float64))
+        i64 = (lambda x: np.ascontiguousarray(x, dtype=np.int64))
+        allowed = p.allowed
+        self.dom_ptr = i64(np.concatenate([[0], np.cumsum(allowed.sum(axis=1))]))
+        self.dom_idx = i64(np.nonzero(allowed)[1])                  # row-major: sorted per vnode
+        ends = np.concatenate([p.src, p.dst])
+        other = np.concatenate([p.dst, p.src])
+        out = np.concatenate([np.ones(len(p.src), bool), np.zeros(len(p.src), bool)])
+        traffic = np.concatenate([p.traffic, p.traffic])
+        order = np.argsort(ends, kind="stable")
+        self.nb_ptr = i64(np.concatenate([[0], np.cumsum(np.bincount(ends, minlength=v_count))]))
+        self.nb_idx, self.nb_out, self.nb_b = i64(other[order]), np.ascontiguousarray(out[order]), f64(traffic[order])
+        fwd = np.argsort(p.level[p.lat_src], kind="stable")        # edges into a vnode before edges out of it
+        self.lat_s, self.lat_d = i64(p.lat_src[fwd]), i64(p.lat_dst[fwd])
+        self.has_lat = np.zeros(v_count, dtype=bool)
+        self.has_lat[self.lat_s] = True
+        self.has_lat[self.lat_d] = True
+        has_out = np.zeros(v_count, dtype=bool)
+        has_out[self.lat_s] = True
+        has_in = np.zeros(v_count, dtype=bool)
+        has_in[self.lat_d] = True
+        self.sinks = i64(np.flatnonzero(has_in & ~has_out))
+        self.cpu, self.capacity, self.cores2 = f64(p.cpu), f64(p.capacity), f64(p.cores2)
+        self.mem, self.mem_cap = f64(p.mem), f64(p.mem_capacity)
+        self.mem_scale = f64(np.maximum(np.asarray(p.memory, dtype=float), 1.0))
+        self.inv_bw, self.latency_ms = f64(p.inv_bw), f64(p.latency_ms)
+        self.link_ptr, self.link_idx = i64(p.link_ptr), i64(p.link_idx)
+        self.link_cap, self.link_bw = f64(p.link_cap), f64(np.maximum(p.link_bw, 1e-12))
+        self.current, self.move_cost = i64(p.current), f64(p.move_cost)
+
+
+def anneal(p: Problem, start: np.ndarray, movable: list[int], deadline: float, seed: int, trials: int,
+           clock: Callable[[], float], t_range: tuple[float, float] = (0.3, 1e-4), surrogate: float = 1.0,
+           swap_share: float = 0.3) -> tuple[np.ndarray, float]:
+    """A walk of `trials` trials from `start` (fewer if `deadline` comes first). Returns the best placement by
+    `Problem.search_objective` (never worse than `start`) and that objective as the kernel tracked it.
+    Temperatures are fractions of the start's cost (overload aside)."""
+    first = p.search_objective(start)
+    if not movable or trials <= 0:
+        return start.copy(), first
+    arr = _Arrays(p)
+    w = p.weights
+    a = start.astype(np.int64).copy()
+    best = a.copy()
+    over = p.overload(a)
+    scale = max(abs(first - OVERLOAD_PENALTY * over), 1e-9)
+    best_val = np.array([first])
+    pen0 = 10.0 * scale if over > 0 else OVERLOAD_PENALTY
+    sinks = arr.sinks
+    weights = np.array([w.network, w.latency, w.load, w.latency / max(1, len(sinks))], dtype=np.float64)
+    schedule = np.array([float(trials), t_range[0] * scale, t_range[1] * scale, surrogate if len(sinks) else 0.0,
+                         min(pen0, OVERLOAD_PENALTY), OVERLOAD_PENALTY, swap_share], dtype=np.float64)
+    mov = np.asarray(movable, dtype=np.int64)
+    done, chunk, began = 0, 0, clock()
+    while done < schedule[0]:
+        left = deadline - clock()
+        if left <= 0:
+            break
+        if done:                         # compress the rest of the schedule into the time left
+            rate = done / max(clock() - began, 1e-9)
+            schedule[0] = min(schedule[0], done + rate * left)
+        stop = int(min(schedule[0], done + _CHUNK))
+        if stop <= done:
+            break
+        _kernel(a, best, best_val, mov, arr.has_lat, arr.dom_ptr, arr.dom_idx, arr.cpu, arr.capacity, arr.cores2,
+                float(p.load_floor), arr.mem, arr.mem_cap, arr.mem_scale, arr.nb_ptr, arr.nb_idx, arr.nb_b,
+                arr.nb_out, arr.inv_bw, arr.link_ptr, arr.link_idx, arr.link_cap, arr.link_bw, arr.lat_s,
+                arr.lat_d, arr.latency_ms, sinks, arr.current, arr.move_cost, weights, schedule, done, stop,
+                (seed * 7919 + chunk) % (2**31 - 1))
+        done = stop
+        chunk += 1
+    if p.search_objective(best) > first:          # never worse than the start (float noise aside)
+        return start.copy(), first
+    return best, float(best_val[0])
+
+
+def warm() -> None:
+    """Compile (or load from numba's cache) the kernel before a timed search starts."""
+    if getattr(warm, "done", False):
+        return
+    from .cost import Problem as _P
+
+    one = np.ones(1)
+    p = _P(["a", "b"], ["x", "y"], np.array([0.1, 0.1]), np.array([1.0, 1.0]), np.ones((2, 2), dtype=bool),
+           np.array([-1, -1], dtype=np.int64), np.array([0], dtype=np.int64), np.array([1], dtype=np.int64),
+           one.copy(), np.ones(1, dtype=bool), np.array([[0.0, 1e-6], [1e-6, 0.0]]),
+           np.array([[0.0, 1.0], [1.0, 0.0]]))
+    anneal(p, np.array([0, 1], dtype=np.int64), [0, 1], math.inf, 0, 64, lambda: 0.0)
+    warm.done = True                       # type: ignore[attr-defined]
