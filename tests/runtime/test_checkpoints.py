@@ -258,6 +258,38 @@ def test_a_file_sink_of_a_replaced_deployment_cannot_publish(tmp_path):
     assert target.read_text() == '{"v": 2.0}\n'
 
 
+def test_a_moving_file_sink_publishes_what_was_committed_before_its_snapshot(tmp_path):
+    """A commit is published by the sink's own thread (the records behind the sink do not wait for the copy and
+    its fsync); a move's snapshot, the old instance's last act, waits for it: the new host cuts the target back to
+    the snapshot, and nothing of the old one's may land after that."""
+    from microstream.core.batch import Batch
+
+    target = tmp_path / "out.jsonl"
+    sink = _transactional_jsonl(target)(0)
+    for checkpoint in range(1, 4):
+        sink.process(0, Batch({"v": np.arange(20_000, dtype=np.float64) + checkpoint}))
+        sink.prepare_commit(checkpoint)
+        sink.commit(checkpoint)
+    state = sink.snapshot()
+    assert target.stat().st_size == state["size"] == state["published"]
+    assert len(target.read_text().splitlines()) == 60_000
+
+
+def test_a_file_sink_whose_publication_failed_fails_at_its_next_step(tmp_path):
+    """A publication that fails in the background (here the target cannot be opened) is not lost: the sink raises
+    it at its next checkpoint or at its close."""
+    from microstream.core.batch import Batch
+
+    target = tmp_path / "out.jsonl"
+    sink = _transactional_jsonl(target)(0)
+    sink.process(0, Batch({"v": np.array([1.0])}))
+    sink.prepare_commit(1)
+    target.mkdir()  # where the file should go
+    sink.commit(1)
+    with pytest.raises(IsADirectoryError):
+        sink.close()
+
+
 def test_a_finished_file_sink_moves_and_checkpoints_without_touching_its_file(tmp_path):
     """A sink that has closed (its input ended) while its virtual node runs on is still in that vnode's
     checkpoints and moves: its snapshot says it is final, and the instance restored from it leaves the published
