@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import zmq
 
 from ..runtime.backends import HostBackend, HostHandle, ProcessBackend
+from ..runtime.lease import EXIT_LEASE_EXPIRED, AgentLease
 from ..runtime.protocol import (
     FROM_HOST,
     CheckpointDone,
@@ -93,6 +94,13 @@ KEEP_JOB_METRICS = 20       # jobs whose hosts have all ended that keep their me
 BACKENDS: dict[str, type[HostBackend]] = {"process": ProcessBackend, "microvm": MicroVMBackend}
 
 
+def host_lease(agent_timeout: float) -> float:
+    """How long a host runs on while its agent does not renew its lease: a heartbeat interval less than the
+    coordinator's loss limit, so a frozen agent's hosts have stopped by the time their work is recovered elsewhere
+    (counted from the agent's last loop pass, at most a heartbeat interval after its last heartbeat)."""
+    return max(agent_timeout - HEARTBEAT_EVERY, agent_timeout / 2)
+
+
 def available_backends() -> dict[str, HostBackend]:
     """The backends this machine can run, by name (agents advertise them to the coordinator).
     `MICROSTREAM_BACKENDS=process,...` limits an agent to those (e.g. a node that should run no VMs)."""
@@ -134,6 +142,7 @@ class _Host:
     incoming: bool = False  # a microVM host that receives a whole VM (tier-2 migration)
     epoch: int = 0          # the job's deployment it belongs to: what it reports carries it (fencing)
     endpoint: str | None = None  # its channel server (a restarted coordinator re-learns it)
+    backend: str = "process"
 
 
 class Agent:
@@ -179,6 +188,8 @@ class Agent:
         self._backoff = BACKOFF[0]
         self._next_attempt = 0.0
         self._lost_at: float | None = None           # when this agent found the coordinator gone
+        self.agent_timeout: float | None = None      # the coordinator's loss limit (from its `registered`)
+        self.lease = AgentLease.create(self.workdir / "lease")  # renewed on every pass of the loop
 
     # -- sockets ----------------------------------------------------------------------------------
     def _open(self) -> None:
@@ -281,6 +292,7 @@ class Agent:
 
     def _registered(self, reply: Registered) -> None:
         self.trusted_data_keys = reply.data_keys
+        self.agent_timeout = reply.agent_timeout or self.agent_timeout
         self.registered = True
         self.registrations += 1
         self._heard = time.monotonic()
@@ -368,6 +380,7 @@ class Agent:
                     if self.control.poll(0):
                         frames = self.control.recv_multipart()
                         self._receive(frames[1:], host=frames[0])
+                self.lease.renew()
                 self._check_hosts()
                 self._keep_registered()
                 if self.registered and time.monotonic() >= next_beat:
@@ -417,6 +430,7 @@ class Agent:
                 self._registered(m)
             else:
                 self.trusted_data_keys = m.data_keys
+                self.agent_timeout = m.agent_timeout or self.agent_timeout
         elif isinstance(m, RegisterFirst):
             if self.registered:  # while a registration is on its way, earlier heartbeats' answers are no news
                 self._lost(f"the coordinator does not know this agent ({m.reason}; it restarted?)")
@@ -462,7 +476,7 @@ class Agent:
         self._ended_jobs.pop(job, None)  # back here (a recovery, a move): its series live on
         handle = chosen.start(job, vnode, self.control_endpoint, self.workdir / f"{job}-{vnode}.log")
         self.hosts[(job, vnode)] = _Host(job, vnode, handle, spec or b"", restoring=restoring, incoming=incoming,
-                                         epoch=epoch)
+                                         epoch=epoch, backend=backend)
         self.log(f"agent {self.name}: started {job}/{vnode} on the {backend} backend (pid {handle.pid})")
 
     def _stop_host(self, host: _Host) -> None:
@@ -518,11 +532,15 @@ class Agent:
                                       cause=m.cause, epoch=host.epoch))
 
     def _spec(self, host: _Host) -> Spec:
-        """What a host needs from its agent besides the job (which the agent never unpickles)."""
+        """What a host needs from its agent besides the job (which the agent never unpickles). A process host gets
+        a lease (a microVM's relay does not: its guest is not this machine's process)."""
+        leased = host.backend == "process" and self.agent_timeout is not None
         return Spec(bind_host=self.data_host, blob=host.spec, trusted=self.trusted_data_keys,
                     public=self.keys.public.decode() if self.keys else None,
                     secret=self.keys.secret.decode() if self.keys else None,
-                    restoring=host.restoring, incoming=host.incoming, epoch=host.epoch)
+                    restoring=host.restoring, incoming=host.incoming, epoch=host.epoch,
+                    lease=host_lease(self.agent_timeout) if leased and self.agent_timeout else None,
+                    lease_file=str(self.lease.path) if leased else None)
 
     def _check_hosts(self) -> None:
         for key, host in list(self.hosts.items()):
@@ -532,8 +550,9 @@ class Agent:
                     self._kill(host)
                 continue
             if not host.state.over and host.state is not VnodeState.STOPPING:
-                self._send_up(VnodeFailed(job=host.job, vnode=host.vnode, epoch=host.epoch,
-                                          error=f"host process exited with code {code}; see {self.workdir}"))
+                why = ("host stopped itself: this agent had not renewed its lease (it was frozen or stuck)"
+                       if code == EXIT_LEASE_EXPIRED else f"host process exited with code {code}; see {self.workdir}")
+                self._send_up(VnodeFailed(job=host.job, vnode=host.vnode, epoch=host.epoch, error=why))
                 host.state = VnodeState.FAILED
             state = VnodeState.STOPPED if host.state is VnodeState.STOPPING else host.state
             self.ended[f"{host.job}/{host.vnode}"] = {"state": state, "pid": host.handle.pid, "stats": host.stats,

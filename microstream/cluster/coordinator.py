@@ -252,7 +252,7 @@ class Coordinator:
         except NameTaken as exc:
             self._send(identity, Error(error=str(exc)))
             return
-        self._send(identity, Registered(data_keys=self.registry.data_keys()))
+        self._send(identity, Registered(data_keys=self.registry.data_keys(), agent_timeout=self.registry.timeout))
         self.lifecycle.agent_registered(agent)
 
     def _on_heartbeat(self, identity: bytes, m: Heartbeat) -> None:

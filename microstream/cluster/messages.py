@@ -255,10 +255,12 @@ class VnodeOutput(Message):
 
 @dataclass(frozen=True)
 class Registered(Message):
-    """The public keys of the live agents' data planes, which this agent's hosts are to trust."""
+    """The public keys of the live agents' data planes, which this agent's hosts are to trust, and how long the
+    coordinator waits for a heartbeat before it counts the agent lost (its hosts' leases are shorter)."""
 
     KIND: ClassVar[str] = "registered"
     data_keys: list[str] = field(default_factory=list)
+    agent_timeout: float | None = None
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from typing import Any
 import zmq
 
 from .host_lifecycle import ParentWatch, failure_report, serve_vnode
+from .lease import EXIT_LEASE_EXPIRED, HostLease
 from .output import OutputCapture
 from .protocol import ControlMessage, ControlSendError, control_socket, msg, send
 
@@ -37,11 +38,23 @@ class SocketControl:
         self.later: list[ControlMessage] = []
         self._stopped = False
         self.parent = ParentWatch()
+        self.lease: HostLease | None = None
+        self.lease_expired = False
+
+    def hold_lease(self, settings: dict[str, Any]) -> None:
+        """From the spec on, this host runs only while its agent renews its lease (runtime/lease.py)."""
+        if settings.get("lease") and settings.get("lease_file"):
+            self.lease = HostLease(settings["lease_file"], float(settings["lease"]))
 
     @property
     def stopped(self) -> bool:
         if not self._stopped and self.parent.gone():
             self._stopped = True  # the agent is gone (kill -9, crash): nobody will read what this host sends
+        if not self._stopped and self.lease is not None and self.lease.expired():
+            self._stopped = self.lease_expired = True
+            print(f"host {self.job}/{self.vnode}: stopping: its agent has not renewed its lease for "
+                  f"{self.lease.age():.1f} s (frozen or stuck), and its work is about to run elsewhere",
+                  file=sys.stderr, flush=True)
         return self._stopped
 
     def send(self, kind: str, payload: Any = None, **header: Any) -> None:
@@ -128,6 +141,7 @@ def _serve(link: SocketControl, job: str, vnode: str) -> int:
     try:
         message = link.expect("spec")
         spec, settings = message.payload(), {**message.header, "vnode": vnode, "job": job}
+        link.hold_lease(settings)
         if link.control.startswith("ipc://"):  # sensors' local logs: in the agent's work directory, beside its socket
             settings.setdefault("source_log", Path(link.control[len("ipc://"):]).parent / "log")
         secret = settings.get("secret")
@@ -148,7 +162,7 @@ def _serve(link: SocketControl, job: str, vnode: str) -> int:
             server.close()
         return 0
     except InterruptedError:
-        return 0
+        return EXIT_LEASE_EXPIRED if link.lease_expired else 0
     except Exception as exc:  # noqa: BLE001 - reported to the agent, which tells the coordinator
         with contextlib.suppress(ControlSendError):  # an agent that is gone hears nothing; recovery sees to it
             link.send("failed", **failure_report(exc))

@@ -189,6 +189,8 @@ class Spec(Message):
     restoring: bool = False
     incoming: bool = False
     epoch: int = 0                      # which deployment of the job: output of an older one is refused
+    lease: float | None = None          # seconds the host runs on while its agent's lease is not renewed
+    lease_file: str | None = None       # where the agent renews it (runtime/lease.py); None: no lease
 
 
 @dataclass(frozen=True)

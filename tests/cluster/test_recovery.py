@@ -78,12 +78,16 @@ def test_the_job_recovers_from_the_last_checkpoint_with_exactly_the_fault_free_o
                 os.kill(agent_pids[windows["agent"]], signal.SIGKILL)  # its hosts must not outlive it
             else:
                 frozen = agent_pids[windows["agent"]]
+                frozen_hosts = [v["pid"] for v in status["vnodes"].values()
+                                if v["pid"] and v["agent"] == windows["agent"]]
                 os.kill(frozen, signal.SIGSTOP)
             status = wait_for(lambda: (s := client.status()["jobs"][job])["recoveries"] and s, 30, "a recovery")
             recovery = status["recoveries"][0]
             assert recovery["checkpoint"] is not None, recovery
             if frozen is not None:
                 wait_for(lambda: client.status()["jobs"][job]["state"] == "running", 60, "the job to run again")
+                # the frozen agent's hosts stopped by themselves (their lease expired): no second copy ran on
+                wait_for(lambda: not [pid for pid in frozen_hosts if _alive(pid)], 15, "the frozen agent's hosts' end")
                 os.kill(frozen, signal.SIGCONT)  # it comes back: its hosts of the old epoch are stopped
                 frozen = None
             final = wait_for(lambda: (s := client.status()["jobs"][job])["state"] in ("finished", "failed") and s,
