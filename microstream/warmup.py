@@ -126,6 +126,12 @@ def _files(ms: Any, fmt: str) -> None:
             p.run()
 
 
+def _placement(ms: Any) -> None:
+    from .placement.anneal import warm
+
+    warm()
+
+
 # name -> (what it compiles, the workload); run in this order, one process each
 GROUPS: dict[str, tuple[str, Callable[[Any], None]]] = {
     "csv": ("CSV parsing, timestamps, file sinks", lambda ms: _files(ms, "csv")),
@@ -133,6 +139,7 @@ GROUPS: dict[str, tuple[str, Callable[[Any], None]]] = {
     "windows": ("tumbling and sliding window kernels", _ring),
     "sessions": ("session window kernels", _session),
     "joins_state": ("joins and the ms.state steps", _joins_state),
+    "placement": ("the placement heuristic's annealer (a coordinator's)", _placement),
 }
 
 

@@ -1,13 +1,15 @@
 """Simulated annealing for the placement heuristic, compiled with numba.
 
 The heuristic's annealer in Python priced a trial through `_State.move` (numpy calls, a heap walk for the
-longest paths): some 20,000 trials per second, which at 80 vnodes × 16 nodes left one walk too short to get
-anywhere in its share of a second (the benchmark's worst instances were 15–40 % above the best known). Here
-one trial — move one vnode, or swap two, price it, keep it or undo it — is a few hundred nanoseconds to a
-few microseconds:
+longest paths): some 15,000-20,000 trials per second, so at 80 vnodes × 16 nodes one walk in its share of a
+second was too short to get anywhere (the benchmark's worst instances were 15–40 % above the best known).
+Here a trial is 0.5–0.8 µs at 40–150 vnodes. A trial moves one vnode (to a random allowed node or to a
+neighbour's node), swaps two, or moves a *chain*: a vnode with its movable neighbours on the same node (moving
+one end of a heavy edge alone costs traffic, so co-located chains rarely moved one vnode at a time); it is
+kept if it gains or with probability exp(−Δ / T), else undone.
 
 * network, load (Σ (used / capacity)²), memory and link overload and move costs change incrementally (the
-  vnode's edges, two nodes, the links on the routes of its edges);
+  moved vnodes' edges, two nodes, the links on the routes of their edges);
 * the latency term (a longest path, a maximum) is recomputed over the data edges in topological order,
   O(edges), into a second buffer that becomes the current one only when the trial is kept;
 * while hot, the objective also counts the mean latency into every sink (a slope on the plateau where several
@@ -119,11 +121,11 @@ def _kernel(a, best, best_val, movable, has_lat, dom_ptr, dom_idx, cpu, capacity
     """Trials `begin` .. `end` of a walk of schedule[0] trials; `a` is the walk's current assignment (updated
     in place), `best` / best_val[0] the best by the true objective. weights = [network, latency, load, latency
     per sink]; schedule = [trials, T hot, T cold, surrogate weight, overload penalty at the start, at the
-    end, share of swaps]."""
+    end, share of swaps, share of chain moves]."""
     np.random.seed(seed)
     n_nodes = len(capacity)
-    total, t_hot, t_cold, mu0, pen0, pen1, swap_share = (schedule[0], schedule[1], schedule[2], schedule[3],
-                                                         schedule[4], schedule[5], schedule[6])
+    total, t_hot, t_cold, mu0, pen0, pen1 = schedule[0], schedule[1], schedule[2], schedule[3], schedule[4], schedule[5]
+    swap_share, chain_share = schedule[6], schedule[7]
     w_net, w_lat, w_load, w_sink = weights[0], weights[1], weights[2], weights[3]
     used = np.zeros(n_nodes)
     mem_used = np.zeros(n_nodes)
@@ -152,6 +154,15 @@ def _kernel(a, best, best_val, movable, has_lat, dom_ptr, dom_idx, cpu, capacity
     spare = np.zeros(len(a))
     top, sink_sum = _longest(a, lat_s, lat_d, latency_ms, dist, sinks)
     count = len(movable)
+    is_movable = np.zeros(len(a), dtype=np.bool_)
+    is_movable[movable] = True
+    widest = 2
+    for v in range(len(a)):
+        widest = max(widest, nb_ptr[v + 1] - nb_ptr[v] + 1)
+    group = np.zeros(widest, dtype=np.int64)
+    targets = np.zeros(widest, dtype=np.int64)
+    origins = np.zeros(widest, dtype=np.int64)
+    saved = np.zeros(6)
     temp, mu, pen, now = t_hot, mu0, pen1, 0.0
     for trial in range(begin, end):
         if trial == begin or (trial - begin) % 64 == 0:
@@ -163,15 +174,20 @@ def _kernel(a, best, best_val, movable, has_lat, dom_ptr, dom_idx, cpu, capacity
                    + pen * (sc[2] + sc[3] + sc[4]) + mu * w_sink * sink_sum)
         v = movable[np.random.randint(count)]
         av = a[v]
-        u = -1
-        if np.random.random() < swap_share:
+        k = 1                            # the trial moves group[:k], group[i] to target[i]
+        group[0] = v
+        kind = np.random.random()
+        if kind < swap_share:
             u = movable[np.random.randint(count)]
             bu = a[u]
             if (bu == av or not (dom_ok(v, bu, dom_ptr, dom_idx) and dom_ok(u, av, dom_ptr, dom_idx))
                     or used[bu] - cpu[u] + cpu[v] > capacity[bu] + 1e-9
                     or used[av] - cpu[v] + cpu[u] > capacity[av] + 1e-9):
                 continue
-            target = bu
+            targets[0] = bu
+            group[1] = u
+            targets[1] = av
+            k = 2
         else:
             deg = nb_ptr[v + 1] - nb_ptr[v]
             if deg > 0 and np.random.random() < 0.5:
@@ -180,17 +196,36 @@ def _kernel(a, best, best_val, movable, has_lat, dom_ptr, dom_idx, cpu, capacity
                     continue
             else:
                 target = dom_idx[dom_ptr[v] + np.random.randint(dom_ptr[v + 1] - dom_ptr[v])]
-            if target == av or used[target] + cpu[v] > capacity[target] + 1e-9:
+            if target == av:
                 continue
-        saved = sc.copy()
-        _move(v, target, a, sc, cpu, used, capacity, cores2, mem, mem_used, mem_cap, mem_scale, nb_ptr, nb_idx,
-              nb_b, nb_out, inv_bw, n_nodes, link_ptr, link_idx, link_load, link_cap, link_bw, current, move_cost)
-        if u >= 0:
-            _move(u, av, a, sc, cpu, used, capacity, cores2, mem, mem_used, mem_cap, mem_scale, nb_ptr, nb_idx,
-                  nb_b, nb_out, inv_bw, n_nodes, link_ptr, link_idx, link_load, link_cap, link_bw, current,
+            need = cpu[v]
+            targets[0] = target
+            if kind < swap_share + chain_share:
+                # a chain move: v with its movable neighbours on the same node (moving one end of a heavy
+                # edge alone costs traffic, so a co-located chain rarely moves one vnode at a time)
+                for t in range(nb_ptr[v], nb_ptr[v + 1]):
+                    x = nb_idx[t]
+                    if a[x] == av and is_movable[x] and dom_ok(x, target, dom_ptr, dom_idx):
+                        seen = False
+                        for i in range(k):
+                            seen = seen or group[i] == x
+                        if not seen:
+                            group[k] = x
+                            targets[k] = target
+                            need += cpu[x]
+                            k += 1
+            if used[target] + need > capacity[target] + 1e-9:
+                continue
+        saved[:] = sc
+        relat = False
+        for i in range(k):
+            x = group[i]
+            origins[i] = a[x]
+            relat = relat or has_lat[x]
+            _move(x, targets[i], a, sc, cpu, used, capacity, cores2, mem, mem_used, mem_cap, mem_scale, nb_ptr,
+                  nb_idx, nb_b, nb_out, inv_bw, n_nodes, link_ptr, link_idx, link_load, link_cap, link_bw, current,
                   move_cost)
         new_top, new_sum = top, sink_sum
-        relat = has_lat[v] or (u >= 0 and has_lat[u])
         if relat:
             new_top, new_sum = _longest(a, lat_s, lat_d, latency_ms, spare, sinks)
         base = w_net * sc[0] + w_lat * new_top + w_load * max(sc[1] - load_floor, 0.0) + sc[5]
@@ -207,13 +242,10 @@ def _kernel(a, best, best_val, movable, has_lat, dom_ptr, dom_idx, cpu, capacity
                 best_val[0] = true
                 best[:] = a
         else:
-            if u >= 0:
-                _move(u, a[v], a, sc, cpu, used, capacity, cores2, mem, mem_used, mem_cap, mem_scale, nb_ptr,
-                      nb_idx, nb_b, nb_out, inv_bw, n_nodes, link_ptr, link_idx, link_load, link_cap, link_bw,
-                      current, move_cost)
-            _move(v, av, a, sc, cpu, used, capacity, cores2, mem, mem_used, mem_cap, mem_scale, nb_ptr, nb_idx,
-                  nb_b, nb_out, inv_bw, n_nodes, link_ptr, link_idx, link_load, link_cap, link_bw, current,
-                  move_cost)
+            for i in range(k - 1, -1, -1):
+                _move(group[i], origins[i], a, sc, cpu, used, capacity, cores2, mem, mem_used, mem_cap, mem_scale,
+                      nb_ptr, nb_idx, nb_b, nb_out, inv_bw, n_nodes, link_ptr, link_idx, link_load, link_cap,
+                      link_bw, current, move_cost)
             sc[:] = saved
 
 
@@ -269,7 +301,7 @@ class _Arrays:
 
 def anneal(p: Problem, start: np.ndarray, movable: list[int], deadline: float, seed: int, trials: int,
            clock: Callable[[], float], t_range: tuple[float, float] = (0.3, 1e-4), surrogate: float = 1.0,
-           swap_share: float = 0.3) -> tuple[np.ndarray, float]:
+           swap_share: float = 0.3, chain_share: float = 0.0) -> tuple[np.ndarray, float]:
     """A walk of `trials` trials from `start` (fewer if `deadline` comes first). Returns the best placement by
     `Problem.search_objective` (never worse than `start`) and that objective as the kernel tracked it.
     Temperatures are fractions of the start's cost (overload aside)."""
@@ -287,7 +319,7 @@ def anneal(p: Problem, start: np.ndarray, movable: list[int], deadline: float, s
     sinks = arr.sinks
     weights = np.array([w.network, w.latency, w.load, w.latency / max(1, len(sinks))], dtype=np.float64)
     schedule = np.array([float(trials), t_range[0] * scale, t_range[1] * scale, surrogate if len(sinks) else 0.0,
-                         min(pen0, OVERLOAD_PENALTY), OVERLOAD_PENALTY, swap_share], dtype=np.float64)
+                         min(pen0, OVERLOAD_PENALTY), OVERLOAD_PENALTY, swap_share, chain_share], dtype=np.float64)
     mov = np.asarray(movable, dtype=np.int64)
     done, chunk, began = 0, 0, clock()
     while done < schedule[0]:
