@@ -155,7 +155,8 @@ def cmd_coordinator(args: argparse.Namespace) -> int:
                         log=lambda text: print(text, file=sys.stderr, flush=True), policy=policy, topology=topology,
                         agent_timeout=args.agent_timeout, checkpoint_dir=args.checkpoint_dir, state_dir=state_dir,
                         adopt_grace=args.adopt_grace, keep_jobs=args.keep_jobs, roles=roles,
-                        metrics_bind=args.metrics_bind, max_message=int(args.max_message * (1 << 20)))
+                        metrics_bind=args.metrics_bind, max_message=int(args.max_message * (1 << 20)),
+                        checkpoint_replicas=args.checkpoint_replicas, node=args.node)
     endpoint = coord.open()
     from ..console import start_for  # the web console, fed by the coordinator's loop (docs/console.md)
 
@@ -251,7 +252,10 @@ def cmd_agent(args: argparse.Namespace) -> int:
             workdir = None
             print(f"agent: work_dir {args.work_dir} is too long a path for the hosts' Unix socket (at most ~90 "
                   "characters): using a private directory in the temporary directory instead", file=sys.stderr)
-    agent = Agent(args.name, coordinator, keys, server_key, labels,
+    # checkpoint replicas outlive the agent's run: under --work-dir (beside the per-run directories), else in HOME
+    replica_dir = args.replica_dir or (Path(args.work_dir) / "replicas" if args.work_dir
+                                       else _home(args) / "replicas" / args.name)
+    agent = Agent(args.name, coordinator, keys, server_key, labels, replica_dir=replica_dir,
                   data_host=args.data_host or data_host_for(coordinator),
                   metrics_port=args.metrics_port, log=lambda text: print(text, file=sys.stderr, flush=True),
                   metrics_bind=args.metrics_bind, workdir=workdir, memory_limit=args.memory_limit,
@@ -730,6 +734,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default %(default)s: rides out Wi-Fi hiccups and SD-card stalls)")
     p.add_argument("--checkpoint-dir", type=Path, metavar="DIR",
                    help="also write every completed checkpoint here (e.g. an NFS mount); kept in memory anyway")
+    p.add_argument("--checkpoint-replicas", type=int, default=1, metavar="N",
+                   help="agents that keep a copy of every completed checkpoint (with the job), so that a coordinator "
+                        "that lost its state directory restores its jobs from them (default %(default)s; 0: none)")
+    p.add_argument("--node", metavar="NAME",
+                   help="the agent on this coordinator's machine, if any: replicas go to other nodes first")
     p.add_argument("--state-dir", metavar="DIR",
                    help="where jobs, placements, epochs and the last checkpoints persist (SQLite), so that a "
                         "restarted coordinator carries on with its agents (default HOME/state)")
@@ -764,6 +773,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--work-dir", type=Path, metavar="DIR",
                    help="where the hosts' sockets and logs go: a private subdirectory per run, removed at stop "
                         "(default: one in the temporary directory)")
+    p.add_argument("--replica-dir", type=Path, metavar="DIR",
+                   help="where this agent keeps the coordinator's checkpoint replicas; they outlive the agent "
+                        "(default: WORK_DIR/replicas, or HOME/replicas/NAME)")
     _memory_option(p)
     p.add_argument("--metrics-port", type=int, default=0, help="Prometheus metrics port (0: any free port)")
     _metrics_bind_option(p)

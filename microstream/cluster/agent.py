@@ -11,6 +11,10 @@ know this agent (it restarted) or has been silent for `coordinator_timeout` seco
 unacknowledged), the agent registers again, on a fresh socket, with capped exponential backoff, reporting the
 hosts it runs (job, virtual node, epoch, endpoint) so that the coordinator can adopt them. What it sent up that
 the coordinator has not acknowledged yet (a host done, failed, ready...) is kept and sent again once registered.
+
+It also keeps checkpoint replicas for the coordinator (`replicas.ReplicaShelf`, in `replica_dir`, outside the work
+directory: they outlive the agent) and reports them when it registers: a coordinator that lost its state directory
+restores its jobs from them.
 """
 
 from __future__ import annotations
@@ -67,6 +71,9 @@ from .messages import (
     Register,
     Registered,
     RegisterFirst,
+    ReplicaDrop,
+    ReplicaFetch,
+    ReplicaPart,
     Shutdown,
     StopJob,
     VnodeCheckpointed,
@@ -78,6 +85,7 @@ from .messages import (
     VnodeResumed,
     VnodeSnapshot,
 )
+from .replicas import ReplicaShelf
 from .security import MAX_MESSAGE_BYTES, HandshakeWatch, curve_client, explain_handshake
 from .states import VnodeState
 
@@ -152,7 +160,7 @@ class Agent:
                  labels: dict[str, str] | None = None, data_host: str = "127.0.0.1", metrics_port: int | None = 0,
                  workdir: Path | None = None, log=print, coordinator_timeout: float = COORDINATOR_TIMEOUT,
                  metrics_bind: str = "127.0.0.1", max_message: int = MAX_MESSAGE_BYTES,
-                 memory_limit: int | None = None) -> None:
+                 memory_limit: int | None = None, replica_dir: Path | None = None) -> None:
         self.name = name
         self.memory_limit = memory_limit  # bytes this agent (with its hosts) offers placement at most
         self.metrics_bind = metrics_bind
@@ -167,6 +175,8 @@ class Agent:
         self.workdir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.workdir, 0o700)  # the IPC socket lives here: only this user may talk to hosts
         _claim_workdir(self.workdir, name, coordinator, log)
+        # checkpoint replicas: beside the work directory (which goes when the agent stops), never inside it
+        self.replicas = ReplicaShelf(replica_dir or self.workdir.parent / f"microstream-replicas-{name}", log)
         self.hosts: dict[tuple[str, str], _Host] = {}
         self.ended: dict[str, dict] = {}  # "job/vnode" -> last state and stats of hosts that have exited
         self._ended_jobs: dict[str, None] = {}  # jobs with no host left here, oldest first (their metrics go later)
@@ -260,7 +270,7 @@ class Agent:
                 self._caps["memory"] = min(self._caps["memory"] or self.memory_limit, self.memory_limit)
         return Register(name=self.name, labels=self.labels, data_host=self.data_host, metrics_port=self.metrics_port,
                         public_key=self.keys.public.decode() if self.keys else None, vnodes=self._report(),
-                        **self._caps)
+                        replicas=self.replicas.listing(), **self._caps)
 
     def register(self, timeout: float = 10.0) -> bool:
         """Register with the coordinator; False (and a log line saying why) if that fails within `timeout` s."""
@@ -451,6 +461,15 @@ class Agent:
             for host in self._hosts_of(m.job):
                 if m.only in (None, host.vnode) and (m.before is None or host.epoch < m.before):
                     self._stop_host(host)
+        elif isinstance(m, ReplicaPart):
+            stored = self.replicas.put(m)
+            if stored is not None:
+                self._send_up(stored)
+        elif isinstance(m, ReplicaFetch):  # straight up, not kept in the outbox: the coordinator asks again
+            for part in self.replicas.parts(m.job, m.checkpoint):
+                self._send_again(part)
+        elif isinstance(m, ReplicaDrop):
+            self.replicas.drop(m.job)
         elif isinstance(m, Shutdown):
             self.stop("the coordinator shut the cluster down (`microstream cluster down`)")
         elif isinstance(m, Error) and m.error not in self._errors_seen:  # once each: heartbeats repeat them

@@ -10,7 +10,8 @@ One thing happens to a job's virtual nodes at a time: no checkpoint starts while
 move asked for while a checkpoint is being taken waits for it (`Job.waiting`). A checkpoint that does not
 complete in time (a host that died mid-way: recovery will see to it) is abandoned. Completed checkpoints are
 kept in memory (the last `keep`), the last one in the coordinator's store (so that a restarted coordinator can
-recover from it) and, with a `directory`, written there (one file per virtual node).
+recover from it), replicated to agents (`replicas.py`: so that one that lost its store can) and, with a
+`directory`, written there (one file per virtual node).
 Once a virtual node has finished, the job takes no more checkpoints: a recovery then restarts from the last one
 (finished virtual nodes included, which replay what they sent after it).
 
@@ -45,6 +46,7 @@ class Checkpoints:
         self.directory = directory
         self.keep = keep
         self.metrics: Any = None
+        self.on_complete: Callable[[Job, Checkpoint], None] | None = None  # its replicas are queued (replicas.py)
 
     # -- starting one -----------------------------------------------------------------------------------------
     def tick(self) -> None:
@@ -101,6 +103,8 @@ class Checkpoints:
             self.metrics.checkpoints.labels(job.id).inc()
             self.metrics.checkpoint_bytes.labels(job.id).set(checkpoint.bytes)
             self.metrics.checkpoint_seconds.observe(figures["seconds"])
+        if self.on_complete is not None:  # after the checkpoint is complete: never on its path
+            self.on_complete(job, checkpoint)
         self.lifecycle.release_waiting(job)
 
     def vnode_done(self, job: Job, m: VnodeDone) -> None:

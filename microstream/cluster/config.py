@@ -76,6 +76,7 @@ SCHEMAS: dict[str, dict[str, Key]] = {
         "work_dir": Key("path", "work_dir", "directory for the hosts' sockets and logs (a private subdirectory per "
                                             "run, removed at stop)"),
         "coordinator_timeout": Key("float", "coordinator_timeout", "seconds of silence before registering again"),
+        "replica_dir": Key("path", "replica_dir", "where the coordinator's checkpoint replicas are kept"),
         "discover_timeout": Key("float", "discover_timeout", "seconds to wait for a beacon"),
         **_COMMON,
     },
@@ -83,6 +84,8 @@ SCHEMAS: dict[str, dict[str, Key]] = {
         "bind": Key("str", "bind", "address to listen on, e.g. tcp://0.0.0.0:7077"),
         "state_dir": Key("path", "state_dir", "where jobs, placements and checkpoints persist (SQLite)"),
         "checkpoint_dir": Key("path", "checkpoint_dir", "also write every completed checkpoint here"),
+        "checkpoint_replicas": Key("int", "checkpoint_replicas", "agents that keep a copy of every checkpoint"),
+        "node": Key("str", "node", "the agent on this coordinator's machine (replicas go elsewhere first)"),
         "topology": Key("path", "topology", "a topology TOML file for placement"),
         "agent_timeout": Key("float", "agent_timeout", "seconds without a heartbeat before an agent is lost"),
         "adopt_grace": Key("float", "adopt_grace", "seconds a restarted coordinator waits for hosts to be reported"),

@@ -7,7 +7,9 @@ the part that owns it:
 - `checkpoints.Checkpoints`: periodic checkpoints (barriers injected at the sources), which recovery restarts from;
 - `drain.Drains`: maintenance, a node's virtual nodes moved off it one at a time, nothing new placed there;
 - `placing.Placer`: the placement engine at submit, the re-placement policy every few seconds;
-- `store.Store` (with a state directory): what a restarted coordinator needs back, in SQLite.
+- `store.Store` (with a state directory): what a restarted coordinator needs back, in SQLite;
+- `replicas.Replicas`: every completed checkpoint replicated to agents, and jobs restored from them by a
+  coordinator that lost its state directory.
 
 Stopping the coordinator (`stop`, SIGTERM, a crash) leaves the agents and their hosts running: a coordinator
 started again on the same address, keys and state directory adopts them. Only a client's `shutdown` request (what
@@ -48,6 +50,8 @@ from .messages import (
     Register,
     Registered,
     RegisterFirst,
+    ReplicaPart,
+    ReplicaStored,
     RestoreRequest,
     SaveRequest,
     ShutDown,
@@ -70,6 +74,7 @@ from .messages import (
 from .moves import Moves
 from .placing import DEFAULT_POLICY, Placer
 from .registry import AGENT_TIMEOUT, AgentRegistry, NameTaken
+from .replicas import Replicas
 from .security import MAX_MESSAGE_BYTES, Peer, RoleGuard, peer_of
 from .states import JobState
 from .store import Store
@@ -84,7 +89,8 @@ class Coordinator:
                  clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time,
                  checkpoint_dir: Path | None = None, state_dir: Path | None = None,
                  adopt_grace: float | None = None, keep_jobs: int = KEEP, roles: dict[bytes, str] | None = None,
-                 metrics_bind: str = "127.0.0.1", max_message: int = MAX_MESSAGE_BYTES) -> None:
+                 metrics_bind: str = "127.0.0.1", max_message: int = MAX_MESSAGE_BYTES, checkpoint_replicas: int = 1,
+                 node: str | None = None) -> None:
         self.bind = bind
         self.keys = keys
         self.trusted = dict(trusted or {})
@@ -107,6 +113,9 @@ class Coordinator:
         self.lifecycle.forget = self._forget_job
         self.moves = Moves(self.lifecycle, self.registry, self._send, self.placer, log=log, clock=clock, wall=wall)
         self.checkpoints = Checkpoints(self.lifecycle, self._send, log=log, clock=clock, directory=checkpoint_dir)
+        self.replicas = Replicas(self.lifecycle, self.registry, self._send, copies=checkpoint_replicas, node=node,
+                                 topology=topology, secret=getattr(keys, "secret", None), log=log, clock=clock)
+        self.checkpoints.on_complete = self.replicas.checkpoint_completed
         self.logs = JobLogs(self._send, self.registry.name_of, self.lifecycle)
         self.drains = Drains(self.lifecycle, self.registry, self.moves, self.placer, self._send, log=log, wall=wall)
         self._handlers: dict[type[Message], Callable[[bytes, Any], object]] = {
@@ -130,6 +139,8 @@ class Coordinator:
             VnodeCheckpointed: lambda _, m: self.checkpoints.vnode_checkpointed(m),
             VnodeOutput: self.logs.output,
             LogsRequest: self.logs.request,
+            ReplicaStored: lambda i, m: self._from_agent(i, m, self.replicas.stored),
+            ReplicaPart: lambda i, m: self._from_agent(i, m, self.replicas.part),
         }
         self.lifecycle.restore()
 
@@ -236,6 +247,7 @@ class Coordinator:
         self.lifecycle.retry()
         self.moves.check()
         self.checkpoints.tick()
+        self.replicas.tick()
         self.drains.tick()
         self._replace()
         for job, news in self.lifecycle.health_changes():  # submit and `logs --follow` say when a job stalls
@@ -253,7 +265,13 @@ class Coordinator:
             self._send(identity, Error(error=str(exc)))
             return
         self._send(identity, Registered(data_keys=self.registry.data_keys(), agent_timeout=self.registry.timeout))
+        self.replicas.registered(agent, m.replicas)  # first: hosts of jobs to restore from a replica are left be
         self.lifecycle.agent_registered(agent)
+
+    def _from_agent(self, identity: bytes, m: Any, handle: Callable[[Any, Any], None]) -> None:
+        agent = self.registry.get(self.registry.name_of(identity))
+        if agent is not None:
+            handle(agent, m)
 
     def _on_heartbeat(self, identity: bytes, m: Heartbeat) -> None:
         agent = self.registry.heartbeat(identity, m)
@@ -321,7 +339,7 @@ class Coordinator:
         agents = self.registry.status()
         self.drains.status(agents)
         return {"agents": agents, "jobs": self.lifecycle.status() if jobs else {},
-                "metrics_port": self.metrics_port, "state": state,
+                "metrics_port": self.metrics_port, "state": state, "replicas": self.replicas.status(),
                 "topology": None if topology is None else {
                     "nodes": [{"name": n.name, "site": n.site} for n in topology.nodes],
                     "links": [{"a": lk.a, "b": lk.b, "bandwidth": lk.bandwidth, "latency_ms": lk.latency_ms}

@@ -85,6 +85,8 @@ class JobLifecycle:
         self.forget: Callable[[str], None] | None = None          # a job left the history (its metric series go)
         self.health = JobHealth(clock)                            # is each running job moving (health.py)
         self._faulty: dict[str, float] = {}                       # job -> since when it is stalled (told so)
+        self.restoring: set[str] = set()         # unknown jobs an agent holds replicas of: their hosts are left be
+        self.on_end: Callable[[Job], None] | None = None          # a job ended (its replicas go)
 
     def __iter__(self) -> Iterator[Job]:
         return iter(list(self.jobs.values()))
@@ -319,6 +321,8 @@ class JobLifecycle:
             if epoch is None or VnodeState(state).over or state in (VnodeState.STOPPING, VnodeState.STOPPED):
                 continue
             job = self.jobs.get(job_id)
+            if job is None and job_id in self.restoring:
+                continue  # about to be restored from a replica (replicas.py): its recovery stops them
             if job is None:
                 ended = self.ended(job_id)
                 what = f"job {job_id}, which has {ended.state}" if ended else "a job this coordinator does not know"
@@ -366,6 +370,8 @@ class JobLifecycle:
         for client in job.watchers:
             self.send(client, done)
         self.jobs.pop(job.id, None)
+        if self.on_end is not None:
+            self.on_end(job)
         self.health.forget(job.id)
         self._faulty.pop(job.id, None)
         self.history[job.id] = EndedJob(job.id, str(job.state), job.reason, job.finished, status, end,
@@ -442,6 +448,26 @@ class JobLifecycle:
             job.state = JobState.ADOPTING
             job.adopt_until = self.clock() + self.grace
             job.reason = "the coordinator restarted: waiting for the agents to report the job's hosts"
+        return job
+
+    def restore_replica(self, stored: StoredJob, holder: str) -> Job:
+        """A job this coordinator did not know (it started without its state), from a checkpoint's replica on agent
+        `holder` (`replicas.py`): recovered from that checkpoint as after any fault, in an epoch above any its
+        hosts report (they are stopped, fenced)."""
+        job = self._rebuild(stored)
+        reported = [int(info.get("epoch") or 0) for agent in self.registry for key, info in agent.vnodes.items()
+                    if key.partition("/")[0] == job.id]
+        job.epoch = max([job.epoch, *reported])
+        self.jobs[job.id] = job
+        self.persist(job, spec=True)
+        checkpoint = job.checkpoint
+        if checkpoint is not None:
+            self.persist_checkpoint(job, checkpoint)
+        where = f"the replica of checkpoint {checkpoint.id if checkpoint else '?'} on agent {holder}"
+        self.log(f"coordinator: job {job.id} restored from {where}")
+        self.recover(job, f"the coordinator restarted without its state: restored from {where}")
+        if job.recoveries and job.recoveries[-1].get("epoch") == job.epoch:
+            job.recoveries[-1]["replica"] = {"agent": holder, "checkpoint": checkpoint.id if checkpoint else None}
         return job
 
     def agent_registered(self, agent: AgentInfo) -> None:

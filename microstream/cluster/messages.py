@@ -133,6 +133,9 @@ class Register(Message):
     # the hosts it runs, "job/vnode" -> {state, pid, epoch, endpoint, public_key}: a restarted coordinator
     # adopts them, and stops those of jobs it has ended or replaced
     vnodes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # the checkpoint replicas it keeps (`replicas.py`), [{job, checkpoint, bytes}]: a coordinator that lost its
+    # state directory restores the jobs from them
+    replicas: list[dict[str, Any]] = field(default_factory=list)
 
     def capabilities(self) -> dict[str, Any]:
         return {"cores": self.cores, "memory": self.memory, "arch": self.arch, "backends": self.backends,
@@ -250,6 +253,32 @@ class VnodeOutput(Message):
     epoch: int = 0
 
 
+@dataclass(frozen=True)
+class ReplicaPart(Message):
+    """Part `part` of `parts` of a checkpoint's replica (`replicas.py`): to an agent that keeps it (`keep`: how
+    many of the job's newest it keeps), or from one to a coordinator that restores the job from it."""
+
+    KIND: ClassVar[str] = "replica_part"
+    job: str
+    checkpoint: int
+    part: int
+    parts: int
+    blob: bytes
+    keep: int = 2
+
+
+@dataclass(frozen=True)
+class ReplicaStored(Message):
+    """The agent has the replica of checkpoint `checkpoint` of `job` on its disk (`bytes` long), or could not
+    write it (`error`)."""
+
+    KIND: ClassVar[str] = "replica_stored"
+    job: str
+    checkpoint: int
+    bytes: int = 0
+    error: str | None = None
+
+
 # -- coordinator -> agent ------------------------------------------------------------------------------------
 
 
@@ -292,6 +321,23 @@ class Deploy(Message):
     restoring: bool | None = None        # it will start from a snapshot (a move)
     incoming: bool | None = None         # it will receive a whole microVM
     epoch: int = 0                       # which deployment of the job (a recovery starts a new one)
+
+
+@dataclass(frozen=True)
+class ReplicaFetch(Message):
+    """Send the replica of checkpoint `checkpoint` of `job` up (a coordinator restores the job from it)."""
+
+    KIND: ClassVar[str] = "replica_fetch"
+    job: str
+    checkpoint: int
+
+
+@dataclass(frozen=True)
+class ReplicaDrop(Message):
+    """The job has ended: delete its replicas."""
+
+    KIND: ClassVar[str] = "replica_drop"
+    job: str
 
 
 @dataclass(frozen=True)
@@ -429,12 +475,12 @@ class JobLogsReply(Message):
 TO_COORDINATOR = Vocabulary("to the coordinator", Submit, StatusRequest, StopRequest, Watch, ShutdownRequest,
                             MigrateRequest, SaveRequest, RestoreRequest, DrainRequest, Register, Heartbeat, VnodeReady,
                             VnodeDone, VnodeSnapshot, VnodeResumed, VnodeFailed, VnodeCheckpointed, LogsRequest,
-                            VnodeOutput, VnodePrecopied)
+                            VnodeOutput, VnodePrecopied, ReplicaPart, ReplicaStored)
 TO_AGENT = Vocabulary("from the coordinator to an agent", Registered, HeartbeatAck, RegisterFirst, Deploy, Connect,
                       Start, SnapshotRequest, PauseTo, Redirect, CheckpointRequest, CheckpointDone, StopJob, Shutdown,
-                      Error)
+                      Error, ReplicaPart, ReplicaFetch, ReplicaDrop)
 TO_CLIENT = Vocabulary("from the coordinator to a client", Accepted, StatusReply, Stopped, Watching, ShutDown, Moved,
                        DrainStatus, JobDone, Error, Rejected, JobOutput, JobLogsReply)
 # what only a registered agent sends: from a socket the coordinator does not know, it is refused (register first)
 FROM_AGENTS = (Heartbeat, VnodeReady, VnodeDone, VnodeSnapshot, VnodeResumed, VnodeFailed, VnodeCheckpointed,
-               VnodeOutput, VnodePrecopied)
+               VnodeOutput, VnodePrecopied, ReplicaPart, ReplicaStored)

@@ -303,7 +303,8 @@ ROLES = (AGENT, CLIENT, READ_ONLY)
 # refused to every role but UNRESTRICTED (a test checks that every kind the coordinator knows is in one)
 PERMISSIONS: dict[str, frozenset[str]] = {
     AGENT: frozenset({"register", "heartbeat", "vnode_ready", "vnode_done", "vnode_snapshot", "vnode_resumed",
-                      "vnode_failed", "vnode_checkpointed", "vnode_output", "vnode_precopied"}),
+                      "vnode_failed", "vnode_checkpointed", "vnode_output", "vnode_precopied", "replica_part",
+                      "replica_stored"}),
     CLIENT: frozenset({"submit", "status", "watch", "stop", "migrate", "save", "restore", "shutdown", "drain",
                        "logs"}),
     READ_ONLY: frozenset({"status"}),

@@ -287,6 +287,11 @@ def _lock(path: Path) -> int:
     return fd
 
 
+def info_of(job: Job) -> dict[str, Any]:
+    """The small things of a job that only a restarted coordinator needs back (also in a checkpoint's replica)."""
+    return _info(job)
+
+
 def _info(job: Job) -> dict[str, Any]:
     """The small things of a job that only a restarted coordinator needs back."""
     return {"pins": job.pins, "predicted": job.predicted, "checkpoint_every": job.checkpoint_every,

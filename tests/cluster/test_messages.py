@@ -66,6 +66,8 @@ EXAMPLES: list[hp.Message] = [
     cm.VnodeResumed(job="j", vnode="vn0", at=1700000000.5, epoch=2),
     cm.VnodeFailed(job="j", vnode="vn0", error="ValueError: x", operator="map", cause="ValueError: x", epoch=2),
     cm.VnodeOutput(job="j", vnode="vn0", lines=[["stdout", "saw 3"]], dropped=2, epoch=2),
+    cm.ReplicaPart(job="j", checkpoint=7, part=1, parts=3, blob=b"part", keep=3),
+    cm.ReplicaStored(job="j", checkpoint=7, bytes=3 << 20, error=None),
     # coordinator -> agent
     cm.Registered(data_keys=["p" * 40]),
     cm.HeartbeatAck(seq=12),
@@ -73,6 +75,8 @@ EXAMPLES: list[hp.Message] = [
     cm.Deploy(job="j", vnode="vn0", blob=b"spec", data_keys=["p" * 40], backend="microvm", restoring=True,
               incoming=True, epoch=2),
     cm.StopJob(job="j", only="vn0", before=2),
+    cm.ReplicaFetch(job="j", checkpoint=7),
+    cm.ReplicaDrop(job="j"),
     cm.Shutdown(),
     # coordinator -> client
     cm.Error(error="no job 'x'"),

@@ -1,0 +1,420 @@
+"""Checkpoint replicas on the agents: a coordinator whose disk is lost does not lose its jobs.
+
+When a checkpoint of a job completes, the coordinator packs what it needs to resume the job from it (the job's
+record: name, epoch, restarts, placement, settings; its spec; the checkpoint's snapshots) into one **replica**,
+signs it (HMAC-SHA256 with a key derived from the coordinator's secret key: a restarted coordinator with the same
+keys checks it; an agent cannot forge one) and sends it to `copies` agents (default 1), chosen off the
+coordinator's own node and, where the topology or the agents' labels give sites, outside its site. It goes over the
+control channel after the checkpoint is complete, in parts of at most `CHUNK` bytes, a few per pass of the
+coordinator's loop: never on the checkpoint's path. Each agent writes it atomically (a part file, fsync, rename)
+into its **replica directory**, which its work directory's clean-up never touches, keeps the newest `keep` per job,
+acknowledges it (`replica_stored`: the coordinator records who holds which checkpoint, shown per checkpoint in
+`status --json`) and deletes a job's replicas when the job ends (`replica_drop`).
+
+A coordinator started without its state (a new Pi, an empty `--state-dir`) learns the replicas from the agents'
+registrations. A job it does not know, whose replicas an agent reports, is restored: `SETTLE` seconds after the
+first registration (so that the other agents have registered too), it fetches the newest complete replica of the
+job, checks its signature and restores the job from it, through the recovery every fault takes (a new epoch, every
+virtual node from the checkpoint's snapshots: `jobs.JobLifecycle.restore_replica`). Until then the job's hosts are
+left running (they are not "of a job this coordinator does not know").
+
+No sockets here: the coordinator hands in messages and a `send(identity, message)`; `ReplicaShelf` is the agent's
+side, on its disk.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import os
+import pickle
+import re
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .messages import ReplicaDrop, ReplicaFetch, ReplicaPart, ReplicaStored
+from .store import StoredCheckpoint, StoredJob, info_of
+
+if TYPE_CHECKING:
+    from .jobs import JobLifecycle, Send
+    from .model import Checkpoint, Job
+    from .registry import AgentInfo, AgentRegistry
+
+CHUNK = 1 << 20          # bytes per part: far below any message limit, and a pass of the loop stays short
+PARTS_PER_TICK = 8       # parts sent per pass of the coordinator's loop (all transfers together)
+KEEP = 2                 # replicas an agent keeps per job (the newest)
+SETTLE = 2.0             # seconds after the first registration before a coordinator without state picks replicas
+FETCH_TIMEOUT = 60.0     # seconds a replica's transfer up may take before another holder is asked
+MAGIC = b"MSREPL01"
+_SAFE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,200}$")
+
+
+class ReplicaError(Exception):
+    """A replica that cannot be used: damaged, or not signed by this coordinator's key."""
+
+
+# -- the replica itself ---------------------------------------------------------------------------------------------
+def seal_key(secret: bytes | None) -> bytes:
+    """The replicas' signing key: derived from the coordinator's secret key (empty without keys: then the check only
+    catches damage)."""
+    return hashlib.sha256(b"microstream checkpoint replica\0" + (secret or b"")).digest()
+
+
+def pack(job: Job, checkpoint: Checkpoint, key: bytes) -> bytes:
+    """What a coordinator needs to resume `job` from `checkpoint`, signed."""
+    record = {"id": job.id, "name": job.name, "epoch": job.epoch, "restarts": job.restarts,
+              "barriers": job.barriers, "submitted": job.submitted, "placement": dict(job.placement),
+              "endpoints": dict(job.endpoints), "info": info_of(job)}
+    body = pickle.dumps({"record": record, "spec": job.blob,
+                         "checkpoint": {"id": checkpoint.id, "epoch": job.epoch, "started": checkpoint.started,
+                                        "completed": checkpoint.completed, "snapshots": dict(checkpoint.snapshots)}},
+                        protocol=5)
+    return MAGIC + hmac.new(key, body, hashlib.sha256).digest() + body
+
+
+def unpack(blob: bytes, key: bytes) -> StoredJob:
+    """The job a replica holds (as the state directory would have it), after checking its signature."""
+    head = len(MAGIC) + 32
+    if blob[:len(MAGIC)] != MAGIC or len(blob) <= head:
+        raise ReplicaError("not a checkpoint replica")
+    body = blob[head:]
+    if not hmac.compare_digest(blob[len(MAGIC):head], hmac.new(key, body, hashlib.sha256).digest()):
+        raise ReplicaError("its signature does not match this coordinator's key (another cluster's, or damaged)")
+    data = pickle.loads(body)  # noqa: S301 - signed by this coordinator's key, checked above
+    r, c = data["record"], data["checkpoint"]
+    checkpoint = StoredCheckpoint(c["id"], c["epoch"], c["started"], c["completed"], dict(c["snapshots"]))
+    return StoredJob(r["id"], r["name"], "running", "", r["epoch"], r["restarts"], r["barriers"], r["submitted"],
+                     None, r["placement"], r["endpoints"], r["info"], data["spec"], {}, checkpoint)
+
+
+# -- the coordinator's side ----------------------------------------------------------------------------------------
+@dataclass
+class _Transfer:
+    job: str
+    checkpoint: int
+    agent: str
+    payload: bytes
+    parts: int
+    completed: float          # when the checkpoint completed (the replica's time is counted from there)
+    next: int = 0
+
+
+@dataclass
+class _Fetch:
+    job: str
+    checkpoint: int
+    agent: str
+    since: float
+    parts: dict[int, bytes] = field(default_factory=dict)
+
+
+class Replicas:
+    def __init__(self, lifecycle: JobLifecycle, registry: AgentRegistry, send: Send, copies: int = 1,
+                 node: str | None = None, topology: Any = None, secret: bytes | None = None,
+                 log: Callable[[str], None] = print, clock: Callable[[], float] = time.monotonic, keep: int = KEEP,
+                 chunk: int = CHUNK) -> None:
+        self.lifecycle = lifecycle
+        self.registry = registry
+        self.send = send
+        self.copies = copies
+        self.node = node             # the agent on the coordinator's own machine (its replicas would die with it)
+        self.topology = topology
+        self.key = seal_key(secret)
+        self.log = log
+        self.clock = clock
+        self.keep = keep
+        self.chunk = chunk
+        self.outgoing: dict[tuple[str, str], _Transfer] = {}    # (job, agent) -> what is being sent
+        self.found: dict[str, dict[str, int]] = {}              # unknown job -> agent -> newest checkpoint it holds
+        self.fetching: dict[str, _Fetch] = {}
+        self.holders: dict[str, set[str]] = {}                  # job -> agents sent a part of its replicas
+        self.first_registration: float | None = None
+        self.bytes_sent = 0
+        self._warned: set[str] = set()
+        lifecycle.on_end = self.job_ended
+
+    # -- sending replicas --------------------------------------------------------------------------------------
+    def checkpoint_completed(self, job: Job, checkpoint: Checkpoint) -> None:
+        """Queue the replica of a checkpoint that has just completed (sent in `tick`, part by part)."""
+        if self.copies <= 0:
+            return
+        targets = self.choose(job)
+        if not targets:
+            if job.id not in self._warned:
+                self._warned.add(job.id)
+                self.log(f"coordinator: no agent to keep a replica of {job.id}'s checkpoints: they live on this "
+                         "coordinator's disk only")
+            return
+        payload = pack(job, checkpoint, self.key)
+        figures = self._figures(job, checkpoint.id)
+        if figures is not None:
+            figures["replica_bytes"] = len(payload)
+            figures["replicas"] = []
+        parts = max(1, -(-len(payload) // self.chunk))
+        for agent in targets:
+            self.outgoing[(job.id, agent.name)] = _Transfer(job.id, checkpoint.id, agent.name, payload, parts,
+                                                            self.clock())
+
+    def choose(self, job: Job) -> list[AgentInfo]:
+        """Up to `copies` live agents: off the coordinator's node, outside its site (where sites are known), those
+        that hold the job's earlier replicas first (their retention applies), then by name."""
+        up = [a for a in self.registry if a.up]
+        home = self.registry.get(self.node) if self.node else None
+        home_site = self._site(home) if home is not None else self._site_of_name(self.node)
+        held = {r["agent"] for f in job.checkpoints for r in f.get("replicas", [])}
+
+        def rank(agent: AgentInfo) -> tuple[bool, bool, bool, str]:
+            site = self._site(agent)
+            return (agent.name == self.node, home_site is not None and site == home_site, agent.name not in held,
+                    agent.name)
+
+        return sorted(up, key=rank)[:self.copies]
+
+    def _site(self, agent: AgentInfo) -> str | None:
+        for label in ("site", "switch", "domain"):
+            if agent.labels.get(label):
+                return agent.labels[label]
+        return self._site_of_name(agent.name)
+
+    def _site_of_name(self, name: str | None) -> str | None:
+        if name is None or self.topology is None:
+            return None
+        node = next((n for n in getattr(self.topology, "nodes", []) if n.name == name), None)
+        return getattr(node, "site", None) or None
+
+    def tick(self) -> None:
+        """Send a few parts of the queued replicas; restore the jobs whose replicas the agents reported."""
+        budget = PARTS_PER_TICK
+        for key, t in list(self.outgoing.items()):
+            agent = self.registry.live(t.agent)
+            if agent is None:
+                del self.outgoing[key]
+                continue
+            while budget > 0 and t.next < t.parts:
+                blob = t.payload[t.next * self.chunk:(t.next + 1) * self.chunk]
+                self.send(agent.identity, ReplicaPart(job=t.job, checkpoint=t.checkpoint, part=t.next, parts=t.parts,
+                                                      blob=blob, keep=self.keep))
+                self.bytes_sent += len(blob)
+                self.holders.setdefault(t.job, set()).add(t.agent)
+                t.next += 1
+                budget -= 1
+            if t.next >= t.parts:
+                del self.outgoing[key]
+            if budget <= 0:
+                break
+        self._restore()
+
+    def stored(self, agent: AgentInfo, m: ReplicaStored) -> None:
+        """An agent has the replica on its disk: record it with the checkpoint's figures."""
+        job = self.lifecycle.get(m.job)
+        if job is None:  # ended meanwhile: it goes; unknown (sent again to a coordinator without state): it stays
+            if self.lifecycle.ended(m.job) is not None:
+                self.send(agent.identity, ReplicaDrop(job=m.job))
+            return
+        if m.error:
+            self.log(f"coordinator: agent {agent.name} could not keep the replica of checkpoint {m.checkpoint} of "
+                     f"{m.job}: {m.error}")
+            return
+        figures = self._figures(job, m.checkpoint)
+        if figures is not None:
+            holders = figures.setdefault("replicas", [])
+            if agent.name not in [h["agent"] for h in holders]:
+                holders.append({"agent": agent.name, "bytes": m.bytes,
+                                "seconds": round(time.time() - figures.get("at", time.time()), 3)})
+            self.lifecycle.persist(job)  # who holds what: a restart with the state directory shows it too
+
+    @staticmethod
+    def _figures(job: Job, checkpoint: int) -> dict[str, Any] | None:
+        return next((f for f in job.checkpoints if f.get("id") == checkpoint), None)
+
+    def job_ended(self, job: Job) -> None:
+        """The job ended: the agents that hold its replicas delete them (one that is down does when it registers
+        again)."""
+        for key in [k for k in self.outgoing if k[0] == job.id]:
+            del self.outgoing[key]
+        names = self.holders.pop(job.id, set()) | {r["agent"] for f in job.checkpoints for r in f.get("replicas", [])}
+        for name in sorted(names):
+            agent = self.registry.live(name)
+            if agent is not None:
+                self.send(agent.identity, ReplicaDrop(job=job.id))
+
+    # -- a coordinator without its state ---------------------------------------------------------------------------
+    def registered(self, agent: AgentInfo, replicas: list[dict[str, Any]]) -> None:
+        """An agent registered with the replicas it keeps: those of ended jobs go; those of jobs this coordinator
+        does not know are candidates to restore them from (their hosts are left alone meanwhile)."""
+        if self.first_registration is None:
+            self.first_registration = self.clock()
+        for entry in replicas:
+            job_id, checkpoint = str(entry.get("job", "")), int(entry.get("checkpoint", -1))
+            if self.lifecycle.get(job_id) is not None:
+                continue
+            if self.lifecycle.ended(job_id) is not None:
+                self.send(agent.identity, ReplicaDrop(job=job_id))
+                continue
+            held = self.found.setdefault(job_id, {})
+            held[agent.name] = max(held.get(agent.name, -1), checkpoint)
+            self.lifecycle.restoring.add(job_id)
+
+    def _restore(self) -> None:
+        now = self.clock()
+        if not self.found or self.first_registration is None or now - self.first_registration < SETTLE:
+            return
+        for job_id, held in list(self.found.items()):
+            fetch = self.fetching.get(job_id)
+            if fetch is not None:
+                if now - fetch.since <= FETCH_TIMEOUT and self.registry.live(fetch.agent) is not None:
+                    continue
+                self.log(f"coordinator: the replica of {job_id} from agent {fetch.agent} did not arrive; asking "
+                         "another holder")
+                held.pop(fetch.agent, None)
+                del self.fetching[job_id]
+            holders = sorted(((cp, name) for name, cp in held.items() if self.registry.live(name) is not None),
+                             key=lambda h: (-h[0], h[1]))
+            if not holders:
+                self.log(f"coordinator: no live agent holds a usable replica of {job_id}: it cannot be restored")
+                del self.found[job_id]
+                self.lifecycle.restoring.discard(job_id)
+                continue
+            checkpoint, name = holders[0]
+            agent = self.registry.live(name)
+            assert agent is not None
+            self.fetching[job_id] = _Fetch(job_id, checkpoint, name, now)
+            self.send(agent.identity, ReplicaFetch(job=job_id, checkpoint=checkpoint))
+            self.log(f"coordinator: restoring job {job_id} from the replica of checkpoint {checkpoint} on agent "
+                     f"{name}")
+
+    def part(self, agent: AgentInfo, m: ReplicaPart) -> None:
+        """A part of a replica this coordinator fetched; with the last one, the job is restored."""
+        fetch = self.fetching.get(m.job)
+        if fetch is None or fetch.agent != agent.name or fetch.checkpoint != m.checkpoint:
+            return
+        fetch.parts[m.part] = m.blob
+        fetch.since = self.clock()
+        if len(fetch.parts) < m.parts:
+            return
+        del self.fetching[m.job]
+        blob = b"".join(fetch.parts[i] for i in range(m.parts))
+        try:
+            stored = unpack(blob, self.key)
+        except (ReplicaError, Exception) as exc:  # noqa: BLE001 - a bad replica costs a log line, not the loop
+            self.log(f"coordinator: the replica of checkpoint {m.checkpoint} of {m.job} on agent {agent.name} "
+                     f"cannot be used: {exc}")
+            self.found.get(m.job, {}).pop(agent.name, None)
+            return
+        self.found.pop(m.job, None)
+        self.lifecycle.restoring.discard(m.job)
+        if self.lifecycle.get(m.job) is None:
+            self.lifecycle.restore_replica(stored, agent.name)
+
+    def status(self) -> dict[str, Any]:
+        return {"copies": self.copies, "node": self.node, "bytes_sent": self.bytes_sent,
+                "sending": len(self.outgoing), "restoring": sorted(self.found)}
+
+
+# -- the agent's side ----------------------------------------------------------------------------------------------
+class ReplicaShelf:
+    """An agent's replicas on its disk: `DIR/JOB/checkpoint-NNNNNNNNN.replica`, written as `.part` then renamed.
+
+        >>> import tempfile
+        >>> shelf = ReplicaShelf(Path(tempfile.mkdtemp()))
+        >>> shelf.put(ReplicaPart(job="j-1", checkpoint=3, part=0, parts=1, blob=b"abc", keep=2)).bytes
+        3
+        >>> shelf.listing(), shelf.read("j-1", 3)
+        ([{'job': 'j-1', 'checkpoint': 3, 'bytes': 3}], b'abc')
+    """
+
+    def __init__(self, directory: Path, log: Callable[[str], None] = print) -> None:
+        self.directory = Path(directory)
+        self.log = log
+        self.directory.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(OSError):
+            os.chmod(self.directory, 0o700)  # snapshots hold the job's state: this user's only
+        self._writing: dict[str, tuple[int, int, Any]] = {}  # job -> checkpoint, next part, open part file
+        for part in self.directory.glob("*/*.part"):  # torn by a crash mid-write
+            part.unlink(missing_ok=True)
+
+    def _root(self, job: str) -> Path:
+        if not _SAFE.match(job):
+            raise ValueError(f"not a job id: {job!r}")
+        return self.directory / job
+
+    def put(self, m: ReplicaPart) -> ReplicaStored | None:
+        """Write a part; with the last one, make the replica whole (fsync, rename), keep the newest `keep` of
+        the job and return the acknowledgement. A part out of order (a lost one) drops the replica."""
+        try:
+            root = self._root(m.job)
+            name = f"checkpoint-{m.checkpoint:09d}"
+            if m.part == 0:
+                self._abandon(m.job)
+                root.mkdir(exist_ok=True)
+                self._writing[m.job] = (m.checkpoint, 0, open(root / f"{name}.part", "wb"))  # noqa: SIM115
+            writing = self._writing.get(m.job)
+            if writing is None or writing[:2] != (m.checkpoint, m.part):
+                return None
+            f = writing[2]
+            f.write(m.blob)
+            if m.part + 1 < m.parts:
+                self._writing[m.job] = (m.checkpoint, m.part + 1, f)
+                return None
+            del self._writing[m.job]
+            f.flush()
+            os.fsync(f.fileno())
+            size = f.tell()
+            f.close()
+            os.replace(root / f"{name}.part", root / f"{name}.replica")
+            _fsync_dir(root)
+            for old in sorted(root.glob("checkpoint-*.replica"))[:-max(1, m.keep)]:
+                old.unlink(missing_ok=True)
+            return ReplicaStored(job=m.job, checkpoint=m.checkpoint, bytes=size)
+        except (OSError, ValueError) as exc:
+            self._abandon(m.job)
+            return ReplicaStored(job=m.job, checkpoint=m.checkpoint, error=str(exc))
+
+    def _abandon(self, job: str) -> None:
+        writing = self._writing.pop(job, None)
+        if writing is not None:
+            writing[2].close()
+            Path(writing[2].name).unlink(missing_ok=True)
+
+    def listing(self) -> list[dict[str, Any]]:
+        """Every complete replica: job, checkpoint, bytes."""
+        found = []
+        for path in sorted(self.directory.glob("*/checkpoint-*.replica")):
+            with contextlib.suppress(OSError, ValueError):
+                found.append({"job": path.parent.name, "checkpoint": int(path.stem.split("-")[1]),
+                              "bytes": path.stat().st_size})
+        return found
+
+    def read(self, job: str, checkpoint: int) -> bytes | None:
+        try:
+            return (self._root(job) / f"checkpoint-{checkpoint:09d}.replica").read_bytes()
+        except (OSError, ValueError):
+            return None
+
+    def drop(self, job: str) -> None:
+        with contextlib.suppress(ValueError):
+            self._abandon(job)
+            shutil.rmtree(self._root(job), ignore_errors=True)
+
+    def parts(self, job: str, checkpoint: int, chunk: int = CHUNK) -> list[ReplicaPart]:
+        """A stored replica as the parts that carry it up (none if it is gone)."""
+        blob = self.read(job, checkpoint)
+        if blob is None:
+            return []
+        count = max(1, -(-len(blob) // chunk))
+        return [ReplicaPart(job=job, checkpoint=checkpoint, part=i, parts=count, blob=blob[i * chunk:(i + 1) * chunk])
+                for i in range(count)]
+
+
+def _fsync_dir(path: Path) -> None:
+    """The rename is on disk once its directory is (a power cut keeps the replica or the older one)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,134 @@
+"""Checkpoint replicas on the agents (cluster/replicas.py): a coordinator whose disk is lost does not lose its jobs.
+
+On an embedded cluster of real processes, a job with checkpoints every second runs; its checkpoints are copied to an
+agent off the coordinator's node, which keeps the newest two. The coordinator is killed with -9, its state directory
+deleted, and a new one started on the same port and keys with an empty state directory: it learns the replicas from
+the agents' registrations, restores the job from the newest, and the job finishes with exactly the output of a run
+without a fault; its status says which agent's replica it was restored from; the replicas go when the job ends.
+The replica format and the agent's shelf are checked on their own too (signature, torn parts, retention)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from microstream.cluster import embedded as cluster
+from microstream.cluster.client import Client
+from microstream.cluster.messages import ReplicaPart
+from microstream.cluster.model import Checkpoint, Job
+from microstream.cluster.replicas import ReplicaError, ReplicaShelf, pack, seal_key, unpack
+from tests.cluster.test_cluster import ROOT
+from tests.cluster.test_recovery import JOB, _alive, _rows, expected  # noqa: F401 - `expected`: the fixture
+from tests.helpers import wait_for
+
+
+def _replica_ids(home: Path, agent: str, job: str) -> list[int]:
+    """The checkpoints whose replicas `agent` of the embedded cluster in `home` keeps for `job`, on its disk."""
+    return sorted(int(p.stem.split("-")[1]) for p in (home / "replicas" / agent / job).glob("checkpoint-*.replica"))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_coordinator_that_lost_its_state_directory_restores_the_job_from_an_agents_replica(request, tmp_path,
+                                                                                             capsys):
+    fault_free = request.getfixturevalue("expected")
+    home = tmp_path / "home"
+    # node1 shares the coordinator's machine: its replicas would die with the coordinator's disk
+    state = cluster.up(3, home, progress=lambda _: None, coordinator_args=["--node", "node1"])
+    out = tmp_path / "cluster.jsonl"
+    script = tmp_path / "job.py"
+    script.write_text(textwrap.dedent(JOB.format(speed=1.0, out=out)))  # 12 s of real-time readings
+    try:
+        submitted = subprocess.run([sys.executable, "-m", "microstream.cli", "submit", str(script), "--detach",
+                                    "--home", str(home)], capture_output=True, text=True, cwd=ROOT, timeout=120)
+        assert submitted.returncode == 0, submitted.stderr
+        job = submitted.stdout.splitlines()[0].strip()
+        with Client(cluster.address(home), timeout=30) as client:
+            # three checkpoints replicated: the first one's replica has been removed (the newest two are kept)
+            def replicated() -> dict | None:
+                s = client.status()["jobs"][job]
+                held = [f for f in s["checkpoints"] if f.get("replicas")]
+                return s if s["state"] == "running" and held and held[-1]["id"] >= 3 else None
+
+            status = wait_for(replicated, 60, "three checkpoints of the job replicated")
+            figures = [f for f in status["checkpoints"] if f.get("replicas")][-1]
+            holder = figures["replicas"][0]["agent"]
+            assert holder != "node1"  # another node exists: never the coordinator's own
+            assert figures["replicas"][0]["bytes"] == figures["replica_bytes"] > 0
+            kept = wait_for(lambda: (ids := _replica_ids(home, holder, job)) and len(ids) == 2 and min(ids) > 1
+                            and ids, 30, "the holder to keep only the newest two replicas")
+            assert figures["id"] in kept or figures["id"] < min(kept)  # newer ones may have landed since
+            assert not (home / "replicas" / "node1" / job).exists()
+        print_figures = f"replica of checkpoint {figures['id']}: {figures['replica_bytes']:,} bytes on {holder}"
+
+        os.kill(state["pids"][0], signal.SIGKILL)  # the coordinator, and its disk with it
+        wait_for(lambda: not _alive(state["pids"][0]), 10, "the coordinator to die")
+        shutil.rmtree(cluster.state_dir(home))
+        cluster.state_dir(home).mkdir()
+        cluster.restart_coordinator(home, progress=lambda _: None, wait_for_agents=False)
+        with Client(cluster.address(home), timeout=30) as client:
+            final = wait_for(lambda: (s := client.status().get("jobs", {}).get(job)) is not None
+                             and s["state"] in ("finished", "failed", "stopped") and s, 180, "the restored job to end")
+            assert final["state"] == "finished", final["reason"]
+            recovery = final["recoveries"][-1]
+            assert "restored from the replica of checkpoint" in recovery["reason"], recovery
+            assert recovery["replica"]["agent"] == holder and recovery["replica"]["checkpoint"] >= figures["id"]
+            assert final["restarts"] >= 1
+        assert _rows(out) == fault_free  # exactly once: nothing lost, nothing twice
+        # the job has ended: every agent deletes its replicas
+        wait_for(lambda: not any((home / "replicas" / f"node{i}" / job).exists() for i in (1, 2, 3)), 30,
+                 "the replicas to be removed")
+        with capsys.disabled():
+            print(f"\n[{print_figures}; restored from {recovery['replica']}]")
+    finally:
+        cluster.down(home, progress=lambda _: None)
+
+
+def _job(epoch: int = 2) -> tuple[Job, Checkpoint]:
+    job = Job("j-abc123", "j", None, None, {"vn0": "node2"}, epoch=epoch, restarts=1, barriers=7)  # type: ignore
+    job.blob = b"spec"
+    return job, Checkpoint(7, 1.0, {"vn0": b"state" * 1000}, 2.0)
+
+
+def test_a_replica_holds_what_a_coordinator_needs_and_only_its_own_key_opens_it():
+    job, checkpoint = _job()
+    blob = pack(job, checkpoint, seal_key(b"secret"))
+    stored = unpack(blob, seal_key(b"secret"))
+    assert (stored.id, stored.epoch, stored.restarts, stored.spec, stored.placement) == (
+        "j-abc123", 2, 1, b"spec", {"vn0": "node2"})
+    assert stored.checkpoint is not None and stored.checkpoint.snapshots == checkpoint.snapshots
+    with pytest.raises(ReplicaError, match="signature"):
+        unpack(blob, seal_key(b"another cluster"))
+    with pytest.raises(ReplicaError, match="signature"):
+        unpack(blob[:-1] + bytes([blob[-1] ^ 1]), seal_key(b"secret"))
+
+
+def test_an_agent_keeps_whole_replicas_only_the_newest_per_job_and_drops_them_with_the_job(tmp_path):
+    shelf = ReplicaShelf(tmp_path / "replicas")
+    blob = pack(*_job(), seal_key(None))
+    for checkpoint in (1, 2, 3):
+        parts = [blob[i:i + 1000] for i in range(0, len(blob), 1000)]
+        acks = [shelf.put(ReplicaPart(job="j-abc123", checkpoint=checkpoint, part=i, parts=len(parts), blob=b,
+                                      keep=2)) for i, b in enumerate(parts)]
+        assert acks[:-1] == [None] * (len(parts) - 1) and acks[-1] is not None and acks[-1].bytes == len(blob)
+    assert [r["checkpoint"] for r in shelf.listing()] == [2, 3]
+    assert shelf.read("j-abc123", 3) == blob
+    assert b"".join(p.blob for p in shelf.parts("j-abc123", 3, chunk=999)) == blob
+    # a part lost on the way (a reconnect): the replica is not made whole, the older ones stay
+    assert shelf.put(ReplicaPart(job="j-abc123", checkpoint=4, part=0, parts=3, blob=b"x")) is None
+    assert shelf.put(ReplicaPart(job="j-abc123", checkpoint=4, part=2, parts=3, blob=b"z")) is None
+    assert [r["checkpoint"] for r in shelf.listing()] == [2, 3]
+    # an agent that died mid-write: the torn part is gone when it starts again
+    assert list((tmp_path / "replicas" / "j-abc123").glob("*.part"))
+    shelf = ReplicaShelf(tmp_path / "replicas")
+    assert not list((tmp_path / "replicas" / "j-abc123").glob("*.part"))
+    assert shelf.put(ReplicaPart(job="../evil", checkpoint=1, part=0, parts=1, blob=b"x")).error  # type: ignore
+    shelf.drop("j-abc123")
+    assert shelf.listing() == [] and not (tmp_path / "replicas" / "j-abc123").exists()
