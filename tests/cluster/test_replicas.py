@@ -132,3 +132,39 @@ def test_an_agent_keeps_whole_replicas_only_the_newest_per_job_and_drops_them_wi
     assert shelf.put(ReplicaPart(job="../evil", checkpoint=1, part=0, parts=1, blob=b"x")).error  # type: ignore
     shelf.drop("j-abc123")
     assert shelf.listing() == [] and not (tmp_path / "replicas" / "j-abc123").exists()
+
+
+def test_replicas_go_off_the_coordinators_node_and_site_and_their_holders_drop_them_when_the_job_ends(monkeypatch):
+    """In process (the coordinator's fake socket, as tests/cluster/test_coordinator.py): a1 is the coordinator's
+    node, a2 shares its site: the replica goes to a3; its parts, its acknowledgement in the status, its deletion."""
+    from microstream.cluster import messages as cm
+    from tests.cluster.test_coordinator import CLIENT, Harness
+
+    h = Harness(monkeypatch, register=False, node="a1", checkpoint_replicas=1)
+    for name, site in (("a1", "hall"), ("a2", "hall"), ("a3", "library")):
+        h.send(name, cm.Register(name=name, public_key=f"key-{name}", cores=2, arch="x86_64", labels={"site": site}))
+    h.take()
+    job_id = h.run()
+    job = h.job(job_id)
+    job.checkpoint_every = 1.0
+    h.coord.tick()
+    h.now += 1.5
+    h.coord.tick()
+    for vn, agent in (("vn0", "a1"), ("vn1", "a2"), ("vn2", "a2")):
+        h.send(agent, cm.VnodeCheckpointed(job=job_id, vnode=vn, checkpoint=job.pending.id, blob=b"s" * 3_000_000))
+    h.take()
+    h.coord.tick()  # the replica goes out after the checkpoint, a few parts per pass of the loop
+    first = [(to, m) for to, m in h.take() if isinstance(m, cm.ReplicaPart)]
+    h.coord.tick()
+    parts = first + [(to, m) for to, m in h.take() if isinstance(m, cm.ReplicaPart)]
+    assert len(first) == 8 and len(parts) == parts[0][1].parts == 9  # 9 MB in 1 MB parts, 8 per pass
+    assert {to for to, _ in parts} == {"a3"} and [m.part for _, m in parts] == list(range(9))
+    stored = unpack(b"".join(m.blob for _, m in parts), seal_key(None))  # the harness has no keys
+    assert stored.id == job_id and stored.checkpoint is not None
+    assert {vn: len(blob) for vn, blob in stored.checkpoint.snapshots.items()} == dict.fromkeys(
+        ("vn0", "vn1", "vn2"), 3_000_000)
+    h.send("a3", cm.ReplicaStored(job=job_id, checkpoint=job.checkpoint.id, bytes=1234))
+    figures = h.coord.status()["jobs"][job_id]["checkpoints"][-1]
+    assert [r["agent"] for r in figures["replicas"]] == ["a3"] and figures["replica_bytes"] > 9_000_000
+    h.send(CLIENT, cm.StopRequest(job=job_id))
+    assert [to for to, m in h.take() if isinstance(m, cm.ReplicaDrop)] == ["a3"]  # only its holder is told
