@@ -93,8 +93,8 @@ def up(nodes: int, root: Path, port: int = 0, insecure: bool = False, progress=p
     from .security import KeyStore
 
     existing = read_state(root)
-    if existing and _alive(existing.get("pids", [])):
-        if not _alive(existing["pids"][:1]) and existing.get("coordinator_args"):
+    if existing and _alive(_processes(existing)):
+        if not _alive(_processes(existing)[:1]) and existing.get("coordinator_args"):
             return restart_coordinator(root, progress=progress, timeout=timeout)
         raise ClusterError(f"a cluster is already running (pids {existing['pids']}); "
                            "stop it with `microstream cluster down`")
@@ -120,8 +120,8 @@ def up(nodes: int, root: Path, port: int = 0, insecure: bool = False, progress=p
     for i in range(1, nodes + 1):
         agent = _spawn(_agent_args(endpoint, f"node{i}", insecure, keydir), logs / f"node{i}.log")
         pids.append(agent.pid)
-    state = {"coordinator": endpoint, "pids": pids, "insecure": insecure, "nodes": nodes, "logs": str(logs),
-             "coordinator_args": args}
+    state = {"coordinator": endpoint, "pids": pids, "started": [_start_time(pid) for pid in pids],
+             "insecure": insecure, "nodes": nodes, "logs": str(logs), "coordinator_args": args}
     state_file(root).write_text(json.dumps(state, indent=2))
     _wait_for_agents(address(root), nodes, timeout)
     progress(f"cluster up: coordinator {endpoint}, {nodes} agents (logs in {logs})")
@@ -136,28 +136,26 @@ def restart_coordinator(root: Path, progress=print, timeout: float = 60.0, wait_
     if state is None or not state.get("coordinator_args"):
         raise ClusterError(f"no cluster recorded in {state_file(root)} that could be restarted")
     deadline = time.monotonic() + 5  # one just killed may take a moment to go
-    while _alive(state["pids"][:1]) and time.monotonic() < deadline:
+    while _alive(_processes(state)[:1]) and time.monotonic() < deadline:
         time.sleep(0.05)
-    if _alive(state["pids"][:1]):
+    if _alive(_processes(state)[:1]):
         raise ClusterError(f"the coordinator (pid {state['pids'][0]}) is running")
     port_file = root / "coordinator.port"
     port_file.unlink(missing_ok=True)
     log = Path(state["logs"]) / "coordinator.log"
     coord = _spawn([*state["coordinator_args"], "--bind", state["coordinator"]], log)
     _wait_for_port(port_file, coord, timeout)
-    state["pids"][0] = coord.pid
+    _record(state, 0, coord.pid)
     state_file(root).write_text(json.dumps(state, indent=2))
     if wait_for_agents:
-        _wait_for_agents(address(root), sum(1 for pid in state["pids"][1:] if _alive([pid])), timeout)
+        _wait_for_agents(address(root), sum(1 for process in _processes(state)[1:] if _alive([process])), timeout)
     progress(f"coordinator restarted on {state['coordinator']} (pid {coord.pid})")
     return state
 
 
 def _agent_args(endpoint: str, name: str, insecure: bool, keydir: Path) -> list[str]:
     sec = ["--insecure"] if insecure else ["--keys", str(keydir), "--key", name]
-    # checkpoint replicas in the cluster's home: they outlive the agent, and two clusters never share them
-    return ["agent", "--coordinator", endpoint, "--name", name, *sec, "--replica-dir",
-            str(keydir.parent / "replicas" / name)]
+    return ["agent", "--coordinator", endpoint, "--name", name, *sec]
 
 
 def restart_agent(root: Path, name: str, progress=print, timeout: float = 60.0) -> dict[str, Any]:
@@ -168,17 +166,17 @@ def restart_agent(root: Path, name: str, progress=print, timeout: float = 60.0) 
     if state is None or name not in names:
         raise ClusterError(f"no agent '{name}' in the cluster recorded in {state_file(root)} (agents: {names})")
     index = names.index(name) + 1
-    pid = state["pids"][index]
-    _signal(pid, signal.SIGTERM)
+    process = _processes(state)[index]
+    _signal(process, signal.SIGTERM)
     deadline = time.monotonic() + timeout
-    while _alive([pid]) and time.monotonic() < deadline:
+    while _alive([process]) and time.monotonic() < deadline:
         time.sleep(0.05)
-    if _alive([pid]):
-        raise ClusterError(f"agent {name} (pid {pid}) did not stop within {timeout:.0f} s of SIGTERM")
+    if _alive([process]):
+        raise ClusterError(f"agent {name} (pid {process[0]}) did not stop within {timeout:.0f} s of SIGTERM")
     log = Path(state["logs"]) / f"{name}.log"
     before = _registrations(log)
     agent = _spawn(_agent_args(state["coordinator"], name, bool(state.get("insecure")), root / "keys"), log)
-    state["pids"][index] = agent.pid
+    _record(state, index, agent.pid)
     state_file(root).write_text(json.dumps(state, indent=2))
     while _registrations(log) <= before:  # its own log says when the coordinator has answered its registration
         if agent.poll() is not None:
@@ -223,29 +221,64 @@ def down(root: Path, progress=print) -> int:
     if state is None:
         progress(f"no cluster recorded in {state_file(root)}")
         return 0
-    pids = state.get("pids", [])
-    if _alive(pids[:1]):
+    processes = _processes(state)
+    if _alive(processes[:1]):
         try:
             with Client(address(root), timeout=5) as client:
                 client.shutdown()
             deadline = time.monotonic() + 10
-            while _alive(pids) and time.monotonic() < deadline:
+            while _alive(processes) and time.monotonic() < deadline:
                 time.sleep(0.05)
         except ClusterError as exc:
             progress(f"the coordinator did not shut the cluster down ({exc}); stopping its processes")
-    for pid in reversed(pids):
-        _signal(pid, signal.SIGTERM)
+    for process in reversed(processes):
+        _signal(process, signal.SIGTERM)
     deadline = time.monotonic() + 5
-    while _alive(pids) and time.monotonic() < deadline:
+    while _alive(processes) and time.monotonic() < deadline:
         time.sleep(0.05)
-    for pid in pids:
-        _signal(pid, signal.SIGKILL)
+    for process in processes:
+        _signal(process, signal.SIGKILL)
     state_file(root).unlink(missing_ok=True)
-    progress(f"cluster down ({len(pids)} processes stopped)")
+    progress(f"cluster down ({len(processes)} processes stopped)")
     return 0
 
 
-def _signal(pid: int, sig: int) -> None:
+# A recorded process is its pid and its start time: pids are reused (32,768 of them go round in minutes on a busy
+# machine), and a pid alone would signal whatever process has it now.
+Process = tuple[int, str | None]
+
+
+def _start_time(pid: int) -> str | None:
+    """When process `pid` started (clock ticks since boot, from /proc), None if there is no such process."""
+    stat = _stat(pid)
+    return stat[19] if stat else None
+
+
+def _stat(pid: int) -> list[str] | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
+    except (OSError, IndexError):
+        return None
+
+
+def _processes(state: dict[str, Any]) -> list[Process]:
+    pids = state.get("pids", [])
+    started = state.get("started") or [None] * len(pids)  # a state file from before start times were recorded
+    return list(zip(pids, started, strict=False))
+
+
+def _record(state: dict[str, Any], index: int, pid: int) -> None:
+    started = state.setdefault("started", [None] * len(state["pids"]))
+    state["pids"][index], started[index] = pid, _start_time(pid)
+
+
+def _signal(process: Process, sig: int) -> None:
+    """Signal the recorded process's group (its hosts too), unless its pid now belongs to another process."""
+    pid, started = process
+    now = _start_time(pid)
+    if now is not None and started is not None and now != started:
+        return  # it is gone, and its pid reused: its group is gone too (a pid in use as a group id is not reused)
     try:
         os.killpg(pid, sig)
     except (ProcessLookupError, PermissionError):
@@ -253,14 +286,10 @@ def _signal(pid: int, sig: int) -> None:
             os.kill(pid, sig)
 
 
-def _alive(pids: list[int]) -> bool:
-    alive = False
-    for pid in pids:
-        try:
-            os.kill(pid, 0)
-            with open(f"/proc/{pid}/stat") as f:
-                if f.read().split()[2] != "Z":
-                    alive = True
-        except (ProcessLookupError, PermissionError, FileNotFoundError):
-            pass
-    return alive
+def _alive(processes: list[Process]) -> bool:
+    """Is any of the recorded processes still running (not a zombie, and not a newer process with its pid)?"""
+    for pid, started in processes:
+        stat = _stat(pid)
+        if stat and stat[0] != "Z" and (started is None or stat[19] == started):
+            return True
+    return False
