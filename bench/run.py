@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).parent
-BENCHMARKS = ["canonical.py", "channels.py", "cluster.py", "hosts.py", "migration.py", "checkpoints.py", "restart.py",
-              "placement.py", "microvm.py", "mqtt.py", "peers.py"]
+BENCHMARKS = ["canonical.py", "channels.py", "cluster.py", "hosts.py", "migration.py", "checkpoints.py", "replicas.py",
+              "restart.py", "placement.py", "microvm.py", "mqtt.py", "peers.py"]
 
 
 def main() -> int:

@@ -86,6 +86,8 @@ class JobLifecycle:
         self.health = JobHealth(clock)                            # is each running job moving (health.py)
         self._faulty: dict[str, float] = {}                       # job -> since when it is stalled (told so)
         self.restoring: set[str] = set()         # unknown jobs an agent holds replicas of: their hosts are left be
+        self.restore_watchers: dict[str, set[bytes]] = {}          # ... and the clients that wait for them
+        self.may_restore: Callable[[], bool] = lambda: False       # no agent back yet to say what it holds
         self.on_end: Callable[[Job], None] | None = None          # a job ended (its replicas go)
 
     def __iter__(self) -> Iterator[Job]:
@@ -386,6 +388,12 @@ class JobLifecycle:
         """A client attaches to a job (again, after it lost its coordinator): `job_done` when it ends (at once if
         it has)."""
         job = self.get(m.job)
+        if job is None and (m.job in self.restoring or self.may_restore()):  # a replica may be on its way
+            self.restore_watchers.setdefault(m.job, set()).add(identity)
+            self.send(identity, Watching(job=m.job, state=JobState.ADOPTING,
+                                         reason="the coordinator restarted without its state: restoring the job "
+                                                "from an agent's replica"))
+            return
         if job is not None:
             job.watchers.add(identity)
             self.send(identity, Watching(job=job.id, state=job.state, reason=job.reason or None))
@@ -455,6 +463,7 @@ class JobLifecycle:
         `holder` (`replicas.py`): recovered from that checkpoint as after any fault, in an epoch above any its
         hosts report (they are stopped, fenced)."""
         job = self._rebuild(stored)
+        job.watchers |= self.restore_watchers.pop(job.id, set())
         reported = [int(info.get("epoch") or 0) for agent in self.registry for key, info in agent.vnodes.items()
                     if key.partition("/")[0] == job.id]
         job.epoch = max([job.epoch, *reported])
@@ -469,6 +478,12 @@ class JobLifecycle:
         if job.recoveries and job.recoveries[-1].get("epoch") == job.epoch:
             job.recoveries[-1]["replica"] = {"agent": holder, "checkpoint": checkpoint.id if checkpoint else None}
         return job
+
+    def not_restored(self, job_id: str, why: str) -> None:
+        """No replica of `job_id` could be used: clients that wait for it are told."""
+        self.restoring.discard(job_id)
+        for client in self.restore_watchers.pop(job_id, set()):
+            self.send(client, Error(error=f"no job '{job_id}': {why}"))
 
     def agent_registered(self, agent: AgentInfo) -> None:
         """An agent (re-)registered with the hosts it runs: stop those that must not run, adopt what it can."""

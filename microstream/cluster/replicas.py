@@ -49,6 +49,7 @@ CHUNK = 1 << 20          # bytes per part: far below any message limit, and a pa
 PARTS_PER_TICK = 8       # parts sent per pass of the coordinator's loop (all transfers together)
 KEEP = 2                 # replicas an agent keeps per job (the newest)
 SETTLE = 2.0             # seconds after the first registration before a coordinator without state picks replicas
+WAIT_FOR_AGENTS = 30.0   # seconds a client asking for an unknown job waits for the first agent (its replicas)
 FETCH_TIMEOUT = 60.0     # seconds a replica's transfer up may take before another holder is asked
 MAGIC = b"MSREPL01"
 _SAFE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,200}$")
@@ -134,9 +135,11 @@ class Replicas:
         self.fetching: dict[str, _Fetch] = {}
         self.holders: dict[str, set[str]] = {}                  # job -> agents sent a part of its replicas
         self.first_registration: float | None = None
+        self.started = clock()
         self.bytes_sent = 0
         self._warned: set[str] = set()
         lifecycle.on_end = self.job_ended
+        lifecycle.may_restore = self.may_restore
 
     # -- sending replicas --------------------------------------------------------------------------------------
     def checkpoint_completed(self, job: Job, checkpoint: Checkpoint) -> None:
@@ -260,9 +263,23 @@ class Replicas:
             held[agent.name] = max(held.get(agent.name, -1), checkpoint)
             self.lifecycle.restoring.add(job_id)
 
+    def may_restore(self) -> bool:
+        """A coordinator without jobs that no agent has registered with yet: a job it does not know may be restored
+        from a replica an agent will report (a client that asks for one is kept waiting, not told "no job")."""
+        return (self.first_registration is None and self.clock() - self.started < WAIT_FOR_AGENTS
+                and not any(True for _ in self.lifecycle) and not self.lifecycle.history)
+
     def _restore(self) -> None:
         now = self.clock()
-        if not self.found or self.first_registration is None or now - self.first_registration < SETTLE:
+        settled = (self.first_registration is not None and now - self.first_registration >= SETTLE
+                   or now - self.started >= WAIT_FOR_AGENTS)
+        if not settled:
+            return
+        for job_id in [j for j in self.lifecycle.restore_watchers if j not in self.found]:
+            if self.lifecycle.get(job_id) is None:  # no agent reported a replica of it
+                self.lifecycle.not_restored(job_id, "this coordinator does not know it, and no agent holds a "
+                                                    "replica of it (see `microstream status`)")
+        if not self.found:
             return
         for job_id, held in list(self.found.items()):
             fetch = self.fetching.get(job_id)
@@ -278,7 +295,8 @@ class Replicas:
             if not holders:
                 self.log(f"coordinator: no live agent holds a usable replica of {job_id}: it cannot be restored")
                 del self.found[job_id]
-                self.lifecycle.restoring.discard(job_id)
+                self.lifecycle.not_restored(job_id, "the coordinator restarted without its state, and no agent holds "
+                                                    "a usable replica of it")
                 continue
             checkpoint, name = holders[0]
             agent = self.registry.live(name)

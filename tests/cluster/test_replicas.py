@@ -4,7 +4,8 @@ On an embedded cluster of real processes, a job with checkpoints every second ru
 agent off the coordinator's node, which keeps the newest two. The coordinator is killed with -9, its state directory
 deleted, and a new one started on the same port and keys with an empty state directory: it learns the replicas from
 the agents' registrations, restores the job from the newest, and the job finishes with exactly the output of a run
-without a fault; its status says which agent's replica it was restored from; the replicas go when the job ends.
+without a fault; the client that waited in `submit` gets its result; its status says which agent's replica it was
+restored from; the replicas go when the job ends.
 The replica format and the agent's shelf are checked on their own too (signature, torn parts, retention)."""
 
 from __future__ import annotations
@@ -12,8 +13,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -24,8 +23,8 @@ from microstream.cluster.client import Client
 from microstream.cluster.messages import ReplicaPart
 from microstream.cluster.model import Checkpoint, Job
 from microstream.cluster.replicas import ReplicaError, ReplicaShelf, pack, seal_key, unpack
-from tests.cluster.test_cluster import ROOT
 from tests.cluster.test_recovery import JOB, _alive, _rows, expected  # noqa: F401 - `expected`: the fixture
+from tests.cluster.test_restart import _submit
 from tests.helpers import wait_for
 
 
@@ -45,11 +44,9 @@ def test_a_coordinator_that_lost_its_state_directory_restores_the_job_from_an_ag
     out = tmp_path / "cluster.jsonl"
     script = tmp_path / "job.py"
     script.write_text(textwrap.dedent(JOB.format(speed=1.0, out=out)))  # 12 s of real-time readings
+    proc = None
     try:
-        submitted = subprocess.run([sys.executable, "-m", "microstream.cli", "submit", str(script), "--detach",
-                                    "--home", str(home)], capture_output=True, text=True, cwd=ROOT, timeout=120)
-        assert submitted.returncode == 0, submitted.stderr
-        job = submitted.stdout.splitlines()[0].strip()
+        proc, job = _submit(script, home)  # waits for the job's end, across the coordinator's restart
         with Client(cluster.address(home), timeout=30) as client:
             # three checkpoints replicated: the first one's replica has been removed (the newest two are kept)
             def replicated() -> dict | None:
@@ -81,6 +78,9 @@ def test_a_coordinator_that_lost_its_state_directory_restores_the_job_from_an_ag
             assert "restored from the replica of checkpoint" in recovery["reason"], recovery
             assert recovery["replica"]["agent"] == holder and recovery["replica"]["checkpoint"] >= figures["id"]
             assert final["restarts"] >= 1
+        _, stderr = proc.communicate(timeout=120)  # the client that waited re-attached to the restored job
+        assert proc.returncode == 0, stderr
+        assert "24,000 records in" in stderr
         assert _rows(out) == fault_free  # exactly once: nothing lost, nothing twice
         # the job has ended: every agent deletes its replicas
         wait_for(lambda: not any((home / "replicas" / f"node{i}" / job).exists() for i in (1, 2, 3)), 30,
@@ -88,6 +88,8 @@ def test_a_coordinator_that_lost_its_state_directory_restores_the_job_from_an_ag
         with capsys.disabled():
             print(f"\n[{print_figures}; restored from {recovery['replica']}]")
     finally:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
         cluster.down(home, progress=lambda _: None)
 
 
