@@ -155,7 +155,9 @@ def restart_coordinator(root: Path, progress=print, timeout: float = 60.0, wait_
 
 def _agent_args(endpoint: str, name: str, insecure: bool, keydir: Path) -> list[str]:
     sec = ["--insecure"] if insecure else ["--keys", str(keydir), "--key", name]
-    return ["agent", "--coordinator", endpoint, "--name", name, *sec]
+    # checkpoint replicas in the cluster's home: they outlive the agent, and two clusters never share them
+    return ["agent", "--coordinator", endpoint, "--name", name, *sec, "--replica-dir",
+            str(keydir.parent / "replicas" / name)]
 
 
 def restart_agent(root: Path, name: str, progress=print, timeout: float = 60.0) -> dict[str, Any]:
