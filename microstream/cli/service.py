@@ -74,10 +74,10 @@ def settle(settings: dict[str, Any], role: str, layout: Layout) -> dict[str, Any
 
 
 def writable_paths(settings: dict[str, Any], role: str, layout: Layout) -> list[str]:
-    """What the unit may write: /var/lib/microstream (home, numba's cache) and the configured work, state and
-    checkpoint directories."""
+    """What the unit may write: /var/lib/microstream (home, numba's cache) and the configured work, replica, state
+    and checkpoint directories."""
     paths = [str(layout.ref("/var/lib/microstream"))]
-    for key in (("work_dir",) if role == cfg.AGENT else ("state_dir", "checkpoint_dir")):
+    for key in (("work_dir", "replica_dir") if role == cfg.AGENT else ("state_dir", "checkpoint_dir")):
         value = settings.get(key)
         if value and not any(Path(value).is_relative_to(p) for p in paths):
             paths.append(str(value))
@@ -153,7 +153,8 @@ def unit_text(role: str, config_path: Path, settings: dict[str, Any], layout: La
 def _hidden(settings: dict[str, Any]) -> list[str]:
     """Configured paths the unit would not see (ProtectHome, PrivateTmp)."""
     return [f"{key} = {value}" for key, value in settings.items()
-            if key in ("keys", "key", "coordinator_key", "work_dir", "state_dir", "checkpoint_dir", "topology")
+            if key in ("keys", "key", "coordinator_key", "work_dir", "replica_dir", "state_dir", "checkpoint_dir",
+                       "topology")
             and isinstance(value, str) and value.startswith("/")
             and any(Path(value).is_relative_to(h) for h in HIDDEN)]
 

@@ -92,3 +92,12 @@ def test_root_writes_under_it_with_the_paths_of_the_target(tmp_path):
     unit = (tmp_path / "sd/etc/systemd/system/microstream-agent.service").read_text()
     assert "--config /etc/microstream/agent.toml" in unit and "ReadWritePaths=/var/lib/microstream\n" in unit
     assert config.load(tmp_path / "sd/etc/microstream/agent.toml", "agent")["work_dir"] == "/var/lib/microstream/agent"
+
+
+def test_an_agents_replica_directory_elsewhere_is_writable_by_its_unit(tmp_path):
+    """Checkpoint replicas (docs/faults.md) on another disk than the work directory: the unit may write there."""
+    (tmp_path / "agent.toml").write_text('name = "pi07"\nreplica_dir = "/srv/replicas"\n')
+    assert main(["service", "install", "agent", "--config", str(tmp_path / "agent.toml"), "--root",
+                 str(tmp_path / "sd")]) == 0
+    unit = _unit((tmp_path / "sd/etc/systemd/system/microstream-agent.service").read_text())
+    assert "/srv/replicas" in " ".join(unit["ReadWritePaths"])
