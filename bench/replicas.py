@@ -9,8 +9,9 @@ time. Per state size:
   replica's bytes and the time from the checkpoint's completion to the replica being on its holder's disk (the
   replica's transfer runs after the checkpoint, a few 1 MB parts per pass of the coordinator's loop);
 - **restore**: kill -9 the coordinator, delete its state directory, start a new one on the same port and keys:
-  seconds from the new coordinator listening to the job running again (restored from the replica), and whether the
-  job's output equals a local run's.
+  seconds from the new coordinator listening to the job running again (restored from the replica: adopted where
+  its hosts run on, or recovered from the replica's checkpoint), and whether the job's output equals a local
+  run's.
 
     python bench/replicas.py [--sizes 1,10,50]
 
@@ -87,12 +88,13 @@ def one(tmp: Path, mb: int, seconds: float) -> dict:
         listening = time.monotonic()
         with Client(cluster.address(home), timeout=60) as client:
             status = _poll("the job to run again", lambda: (s := client.status()["jobs"].get(job)) is not None
-                           and s["state"] in ("running", "finished", "failed") and s["epoch"] > 0 and s, 240, 0.02)
+                           and s["state"] in ("running", "finished", "failed") and s["restored_from"] and s, 240,
+                           0.02)
             restored = time.monotonic() - listening
             final = _poll("the job to end", lambda: (s := client.status()["jobs"][job])["state"]
                           in ("finished", "failed") and s, 600, 0.5)
         got = sorted(out.read_text().splitlines()) if out.exists() else []
-        replica = final["recoveries"][-1].get("replica") if final["recoveries"] else None
+        replica = final["restored_from"]
     finally:
         cluster.down(home, progress=lambda _: None)
     ckpt_bytes = statistics.median(f["bytes"] for f in figures)
@@ -104,7 +106,7 @@ def one(tmp: Path, mb: int, seconds: float) -> dict:
             "replica_seconds_median": rep_s, "replica_over_checkpoint_bytes": rep_bytes / ckpt_bytes,
             "replica_over_checkpoint_seconds": rep_s / ckpt_s if ckpt_s else None,
             "holders": sorted({h["agent"] for f in figures for h in f["replicas"]}),
-            "restore_listening_to_running_s": restored, "restored_from": replica,
+            "restore_listening_to_running_s": restored, "restored_from": replica, "restarts": final["restarts"],
             "state_after_restore": status["state"], "final_state": final["state"],
             "output_equal_to_local_run": final["state"] == "finished" and got == expected}
 

@@ -179,6 +179,7 @@ class Coordinator:
             self._metrics_server.stop()
         if self.console is not None:
             self.console.stop()
+        self.replicas.close()
         if self.store is not None:
             self.store.close()
 
@@ -313,6 +314,8 @@ class Coordinator:
 
     def _on_vnode_done(self, identity: bytes, m: VnodeDone) -> None:
         job = self.lifecycle.get(m.job)
+        if job is None:
+            self.lifecycle.done_unknown(m)  # kept for a job about to be restored from a replica
         if job is not None:
             self.moves.vnode_done(job, m.vnode)
             self.checkpoints.vnode_done(job, m)

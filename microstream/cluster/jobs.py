@@ -88,6 +88,9 @@ class JobLifecycle:
         self.restoring: set[str] = set()         # unknown jobs an agent holds replicas of: their hosts are left be
         self.restore_watchers: dict[str, set[bytes]] = {}          # ... and the clients that wait for them
         self.may_restore: Callable[[], bool] = lambda: False       # no agent back yet to say what it holds
+        self.settling: Callable[[], bool] = lambda: False          # not every agent back yet to say what it holds
+        self.early_done: dict[str, list[VnodeDone]] = {}           # their hosts' results, until they are restored
+        self.from_replica: dict[str, dict[str, Any]] = {}          # restored jobs -> the replica's agent, checkpoint
         self.on_end: Callable[[Job], None] | None = None          # a job ended (its replicas go)
 
     def __iter__(self) -> Iterator[Job]:
@@ -323,8 +326,8 @@ class JobLifecycle:
             if epoch is None or VnodeState(state).over or state in (VnodeState.STOPPING, VnodeState.STOPPED):
                 continue
             job = self.jobs.get(job_id)
-            if job is None and job_id in self.restoring:
-                continue  # about to be restored from a replica (replicas.py): its recovery stops them
+            if job is None and (job_id in self.restoring or self.settling()):
+                continue  # about to be restored from a replica (replicas.py), or the agent that holds one may be
             if job is None:
                 ended = self.ended(job_id)
                 what = f"job {job_id}, which has {ended.state}" if ended else "a job this coordinator does not know"
@@ -374,6 +377,7 @@ class JobLifecycle:
         self.jobs.pop(job.id, None)
         if self.on_end is not None:
             self.on_end(job)
+        self.from_replica.pop(job.id, None)
         self.health.forget(job.id)
         self._faulty.pop(job.id, None)
         self.history[job.id] = EndedJob(job.id, str(job.state), job.reason, job.finished, status, end,
@@ -462,26 +466,36 @@ class JobLifecycle:
         """A job this coordinator did not know (it started without its state), from a checkpoint's replica on agent
         `holder` (`replicas.py`): recovered from that checkpoint as after any fault, in an epoch above any its
         hosts report (they are stopped, fenced)."""
-        job = self._rebuild(stored)
+        job = self._rebuild(stored)  # adopting, as after a restart with the state directory
         job.watchers |= self.restore_watchers.pop(job.id, set())
+        # a recovery after the replica's checkpoint started a newer epoch: its hosts are the job's now
         reported = [int(info.get("epoch") or 0) for agent in self.registry for key, info in agent.vnodes.items()
                     if key.partition("/")[0] == job.id]
         job.epoch = max([job.epoch, *reported])
+        checkpoint = job.checkpoint
+        where = f"the replica of checkpoint {checkpoint.id if checkpoint else '?'} on agent {holder}"
+        job.reason = f"the coordinator restarted without its state: restored from {where}; waiting for the agents " \
+                     "to report the job's hosts"
+        self.from_replica[job.id] = {"agent": holder, "checkpoint": checkpoint.id if checkpoint else None}
         self.jobs[job.id] = job
         self.persist(job, spec=True)
-        checkpoint = job.checkpoint
         if checkpoint is not None:
             self.persist_checkpoint(job, checkpoint)
-        where = f"the replica of checkpoint {checkpoint.id if checkpoint else '?'} on agent {holder}"
         self.log(f"coordinator: job {job.id} restored from {where}")
-        self.recover(job, f"the coordinator restarted without its state: restored from {where}")
-        if job.recoveries and job.recoveries[-1].get("epoch") == job.epoch:
-            job.recoveries[-1]["replica"] = {"agent": holder, "checkpoint": checkpoint.id if checkpoint else None}
+        for m in self.early_done.pop(job.id, []):  # hosts that finished while no coordinator knew the job
+            self.vnode_done(job, m)
+        self.adopt()  # where it runs, if all its hosts are there; else it recovers from the checkpoint after `grace`
         return job
+
+    def done_unknown(self, m: VnodeDone) -> None:
+        """A virtual node of a job this coordinator does not know finished: kept if the job is to be restored."""
+        if m.job in self.restoring:
+            self.early_done.setdefault(m.job, []).append(m)
 
     def not_restored(self, job_id: str, why: str) -> None:
         """No replica of `job_id` could be used: clients that wait for it are told."""
         self.restoring.discard(job_id)
+        self.early_done.pop(job_id, None)
         for client in self.restore_watchers.pop(job_id, set()):
             self.send(client, Error(error=f"no job '{job_id}': {why}"))
 
@@ -500,8 +514,8 @@ class JobLifecycle:
                 if vnode in job.results:
                     continue
                 host = self._host_of(job, vnode)
-                if host is None:
-                    break
+                if host is None or (job.id in self.from_replica and host[1].get("state") == VnodeState.DONE):
+                    break  # (a restored job's host that finished without its result reaching this coordinator)
                 found[vnode] = host
             else:
                 self._adopted(job, found)
@@ -625,7 +639,7 @@ class JobLifecycle:
                 "predicted_traffic": job.predicted, "placement_quality": job.placement_quality,
                 "epoch": job.epoch, "restarts": job.restarts,
                 "checkpoints": job.checkpoints, "recoveries": job.recoveries, "submitted": job.submitted,
-                "finished": job.finished, "dag": dag_of(job),
+                "finished": job.finished, "dag": dag_of(job), "restored_from": self.from_replica.get(job.id),
                 "health": self.health_of(job)}
 
     def counts(self) -> dict[str, int]:

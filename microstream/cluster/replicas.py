@@ -5,8 +5,9 @@ record: name, epoch, restarts, placement, settings; its spec; the checkpoint's s
 signs it (HMAC-SHA256 with a key derived from the coordinator's secret key: a restarted coordinator with the same
 keys checks it; an agent cannot forge one) and sends it to `copies` agents (default 1), chosen off the
 coordinator's own node and, where the topology or the agents' labels give sites, outside its site. It goes over the
-control channel after the checkpoint is complete, in parts of at most `CHUNK` bytes, a few per pass of the
-coordinator's loop: never on the checkpoint's path. Each agent writes it atomically (a part file, fsync, rename)
+control channel after the checkpoint is complete (pickled and signed on a thread of its own, then sent in parts of
+at most `CHUNK` bytes, a few per pass of the coordinator's loop): never on the checkpoint's path, nor holding the
+loop up. Each agent writes it atomically (a part file, fsync, rename)
 into its **replica directory**, which its work directory's clean-up never touches, keeps the newest `keep` per job,
 acknowledges it (`replica_stored`: the coordinator records who holds which checkpoint, shown per checkpoint in
 `status --json`) and deletes a job's replicas when the job ends (`replica_drop`).
@@ -25,6 +26,7 @@ side, on its disk.
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import hmac
 import os
@@ -33,6 +35,7 @@ import re
 import shutil
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -66,16 +69,25 @@ def seal_key(secret: bytes | None) -> bytes:
     return hashlib.sha256(b"microstream checkpoint replica\0" + (secret or b"")).digest()
 
 
-def pack(job: Job, checkpoint: Checkpoint, key: bytes) -> bytes:
-    """What a coordinator needs to resume `job` from `checkpoint`, signed."""
+def contents(job: Job, checkpoint: Checkpoint) -> dict[str, Any]:
+    """What a coordinator needs to resume `job` from `checkpoint`, as it is now (a copy: the job changes on)."""
     record = {"id": job.id, "name": job.name, "epoch": job.epoch, "restarts": job.restarts,
               "barriers": job.barriers, "submitted": job.submitted, "placement": dict(job.placement),
-              "endpoints": dict(job.endpoints), "info": info_of(job)}
-    body = pickle.dumps({"record": record, "spec": job.blob,
-                         "checkpoint": {"id": checkpoint.id, "epoch": job.epoch, "started": checkpoint.started,
-                                        "completed": checkpoint.completed, "snapshots": dict(checkpoint.snapshots)}},
-                        protocol=5)
+              "endpoints": copy.deepcopy(job.endpoints), "info": copy.deepcopy(info_of(job))}
+    return {"record": record, "spec": job.blob,
+            "checkpoint": {"id": checkpoint.id, "epoch": job.epoch, "started": checkpoint.started,
+                           "completed": checkpoint.completed, "snapshots": dict(checkpoint.snapshots)}}
+
+
+def seal(data: dict[str, Any], key: bytes) -> bytes:
+    """The replica: `contents` pickled and signed (the slow part with large snapshots: done off the loop)."""
+    body = pickle.dumps(data, protocol=5)
     return MAGIC + hmac.new(key, body, hashlib.sha256).digest() + body
+
+
+def pack(job: Job, checkpoint: Checkpoint, key: bytes) -> bytes:
+    """The signed replica of `checkpoint` of `job`."""
+    return seal(contents(job, checkpoint), key)
 
 
 def unpack(blob: bytes, key: bytes) -> StoredJob:
@@ -138,8 +150,11 @@ class Replicas:
         self.started = clock()
         self.bytes_sent = 0
         self._warned: set[str] = set()
+        self._packer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="replica-pack")
+        self._packing: list[tuple[str, int, list[str], Future[bytes]]] = []   # (job, checkpoint, agents, sealing)
         lifecycle.on_end = self.job_ended
         lifecycle.may_restore = self.may_restore
+        lifecycle.settling = self.settling
 
     # -- sending replicas --------------------------------------------------------------------------------------
     def checkpoint_completed(self, job: Job, checkpoint: Checkpoint) -> None:
@@ -153,15 +168,33 @@ class Replicas:
                 self.log(f"coordinator: no agent to keep a replica of {job.id}'s checkpoints: they live on this "
                          "coordinator's disk only")
             return
-        payload = pack(job, checkpoint, self.key)
-        figures = self._figures(job, checkpoint.id)
-        if figures is not None:
-            figures["replica_bytes"] = len(payload)
-            figures["replicas"] = []
-        parts = max(1, -(-len(payload) // self.chunk))
-        for agent in targets:
-            self.outgoing[(job.id, agent.name)] = _Transfer(job.id, checkpoint.id, agent.name, payload, parts,
-                                                            self.clock())
+        # pickling and signing 50 MB takes ~0.5 s (more on a Pi): on a thread, so the loop serves on meanwhile
+        future = self._packer.submit(seal, contents(job, checkpoint), self.key)
+        self._packing.append((job.id, checkpoint.id, [a.name for a in targets], future))
+
+    def _packed(self) -> None:
+        """Replicas sealed since: their transfers start."""
+        for item in [p for p in self._packing if p[3].done()]:
+            self._packing.remove(item)
+            job_id, checkpoint, targets, future = item
+            job = self.lifecycle.get(job_id)
+            try:
+                payload = future.result()
+            except Exception as exc:  # noqa: BLE001 - e.g. out of memory: this checkpoint has no replica
+                self.log(f"coordinator: cannot pack the replica of checkpoint {checkpoint} of {job_id}: {exc}")
+                continue
+            if job is None:
+                continue
+            figures = self._figures(job, checkpoint)
+            if figures is not None:
+                figures["replica_bytes"] = len(payload)
+                figures["replicas"] = []
+            parts = max(1, -(-len(payload) // self.chunk))
+            for name in targets:
+                self.outgoing[(job_id, name)] = _Transfer(job_id, checkpoint, name, payload, parts, self.clock())
+
+    def close(self) -> None:
+        self._packer.shutdown(wait=False, cancel_futures=True)
 
     def choose(self, job: Job) -> list[AgentInfo]:
         """Up to `copies` live agents: off the coordinator's node, outside its site (where sites are known), those
@@ -192,6 +225,7 @@ class Replicas:
 
     def tick(self) -> None:
         """Send a few parts of the queued replicas; restore the jobs whose replicas the agents reported."""
+        self._packed()
         budget = PARTS_PER_TICK
         for key, t in list(self.outgoing.items()):
             agent = self.registry.live(t.agent)
@@ -240,6 +274,7 @@ class Replicas:
         again)."""
         for key in [k for k in self.outgoing if k[0] == job.id]:
             del self.outgoing[key]
+        self._packing = [p for p in self._packing if p[0] != job.id]
         names = self.holders.pop(job.id, set()) | {r["agent"] for f in job.checkpoints for r in f.get("replicas", [])}
         for name in sorted(names):
             agent = self.registry.live(name)
@@ -267,14 +302,25 @@ class Replicas:
         """A coordinator without jobs that no agent has registered with yet: a job it does not know may be restored
         from a replica an agent will report (a client that asks for one is kept waiting, not told "no job")."""
         return (self.first_registration is None and self.clock() - self.started < WAIT_FOR_AGENTS
-                and not any(True for _ in self.lifecycle) and not self.lifecycle.history)
+                and self._fresh())
+
+    def _fresh(self) -> bool:
+        return not any(True for _ in self.lifecycle) and not self.lifecycle.history
+
+    def _settled(self) -> bool:
+        now = self.clock()
+        return (self.first_registration is not None and now - self.first_registration >= SETTLE
+                or now - self.started >= WAIT_FOR_AGENTS)
+
+    def settling(self) -> bool:
+        """A coordinator without jobs whose agents may not all have registered yet: the hosts of a job it does not
+        know are left running meanwhile (the agent with the job's replica may register a moment later)."""
+        return not self._settled() and (bool(self.found) or self._fresh())
 
     def _restore(self) -> None:
-        now = self.clock()
-        settled = (self.first_registration is not None and now - self.first_registration >= SETTLE
-                   or now - self.started >= WAIT_FOR_AGENTS)
-        if not settled:
+        if not self._settled():
             return
+        now = self.clock()
         for job_id in [j for j in self.lifecycle.restore_watchers if j not in self.found]:
             if self.lifecycle.get(job_id) is None:  # no agent reported a replica of it
                 self.lifecycle.not_restored(job_id, "this coordinator does not know it, and no agent holds a "

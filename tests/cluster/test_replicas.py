@@ -74,10 +74,8 @@ def test_a_coordinator_that_lost_its_state_directory_restores_the_job_from_an_ag
             final = wait_for(lambda: (s := client.status().get("jobs", {}).get(job)) is not None
                              and s["state"] in ("finished", "failed", "stopped") and s, 180, "the restored job to end")
             assert final["state"] == "finished", final["reason"]
-            recovery = final["recoveries"][-1]
-            assert "restored from the replica of checkpoint" in recovery["reason"], recovery
-            assert recovery["replica"]["agent"] == holder and recovery["replica"]["checkpoint"] >= figures["id"]
-            assert final["restarts"] >= 1
+            restored = final["restored_from"]  # adopted where it ran, or recovered from that checkpoint
+            assert restored["agent"] == holder and restored["checkpoint"] >= figures["id"], restored
         _, stderr = proc.communicate(timeout=120)  # the client that waited re-attached to the restored job
         assert proc.returncode == 0, stderr
         assert "24,000 records in" in stderr
@@ -86,7 +84,49 @@ def test_a_coordinator_that_lost_its_state_directory_restores_the_job_from_an_ag
         wait_for(lambda: not any((home / "replicas" / f"node{i}" / job).exists() for i in (1, 2, 3)), 30,
                  "the replicas to be removed")
         with capsys.disabled():
-            print(f"\n[{print_figures}; restored from {recovery['replica']}]")
+            print(f"\n[{print_figures}; restored from {restored}, restarts {final['restarts']}]")
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+        cluster.down(home, progress=lambda _: None)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_job_whose_hosts_died_with_the_coordinator_and_its_disk_recovers_from_a_replica(request, tmp_path):
+    """Two replicas per checkpoint; the coordinator (state directory deleted) and the agent running the job's hosts
+    die: a replica on a surviving agent restores the job, which recovers from its checkpoint on the agents left."""
+    fault_free = request.getfixturevalue("expected")
+    home = tmp_path / "home"
+    state = cluster.up(3, home, progress=lambda _: None,
+                       coordinator_args=["--agent-timeout", "3", "--checkpoint-replicas", "2"])
+    agent_pids = {f"node{i}": pid for i, pid in enumerate(state["pids"][1:], start=1)}
+    out = tmp_path / "cluster.jsonl"
+    script = tmp_path / "job.py"
+    script.write_text(textwrap.dedent(JOB.format(speed=1.0, out=out)))
+    proc = None
+    try:
+        proc, job = _submit(script, home)
+        with Client(cluster.address(home), timeout=30) as client:
+            status = wait_for(lambda: (s := client.status()["jobs"][job])["state"] == "running"
+                              and [f for f in s["checkpoints"] if len(f.get("replicas", [])) == 2] and s, 60,
+                              "a checkpoint replicated to two agents")
+        windows = next(v for v in status["vnodes"].values() if any(t.startswith("window") for t in v["tasks"]))
+        os.kill(state["pids"][0], signal.SIGKILL)
+        os.kill(agent_pids[windows["agent"]], signal.SIGKILL)  # its hosts end with it, and its replicas are lost
+        wait_for(lambda: not _alive(state["pids"][0]), 10, "the coordinator to die")
+        shutil.rmtree(cluster.state_dir(home))
+        cluster.restart_coordinator(home, progress=lambda _: None, wait_for_agents=False)
+        with Client(cluster.address(home), timeout=30) as client:
+            final = wait_for(lambda: (s := client.status().get("jobs", {}).get(job)) is not None
+                             and s["state"] in ("finished", "failed", "stopped") and s, 180, "the restored job to end")
+        assert final["state"] == "finished", final["reason"]
+        assert final["restored_from"]["agent"] != windows["agent"]
+        assert final["restarts"] == 1 and final["recoveries"][-1]["checkpoint"] == final["restored_from"]["checkpoint"]
+        assert windows["agent"] not in {v["agent"] for v in final["vnodes"].values()}
+        _, stderr = proc.communicate(timeout=120)
+        assert proc.returncode == 0, stderr
+        assert _rows(out) == fault_free
     finally:
         if proc is not None and proc.poll() is None:
             proc.kill()
@@ -155,8 +195,11 @@ def test_replicas_go_off_the_coordinators_node_and_site_and_their_holders_drop_t
     for vn, agent in (("vn0", "a1"), ("vn1", "a2"), ("vn2", "a2")):
         h.send(agent, cm.VnodeCheckpointed(job=job_id, vnode=vn, checkpoint=job.pending.id, blob=b"s" * 3_000_000))
     h.take()
-    h.coord.tick()  # the replica goes out after the checkpoint, a few parts per pass of the loop
-    first = [(to, m) for to, m in h.take() if isinstance(m, cm.ReplicaPart)]
+    def sent_parts() -> list:  # sealed on a thread, then a few parts per pass of the loop
+        h.coord.tick()
+        return [(to, m) for to, m in h.take() if isinstance(m, cm.ReplicaPart)]
+
+    first = wait_for(sent_parts, 30, "the replica's first parts")
     h.coord.tick()
     parts = first + [(to, m) for to, m in h.take() if isinstance(m, cm.ReplicaPart)]
     assert len(first) == 8 and len(parts) == parts[0][1].parts == 9  # 9 MB in 1 MB parts, 8 per pass
