@@ -33,17 +33,24 @@ def _replica_ids(home: Path, agent: str, job: str) -> list[int]:
     return sorted(int(p.stem.split("-")[1]) for p in (home / "replicas" / agent / job).glob("checkpoint-*.replica"))
 
 
+def _cluster_and_job(tmp_path: Path, *coordinator_args: str) -> tuple[Path, dict, Path, Path]:
+    """An embedded 3-agent cluster (home, its state) and the job's script with its output file (12 s of real-time
+    readings, checkpoints every second)."""
+    home = tmp_path / "home"
+    state = cluster.up(3, home, progress=lambda _: None, coordinator_args=list(coordinator_args))
+    out = tmp_path / "cluster.jsonl"
+    script = tmp_path / "job.py"
+    script.write_text(textwrap.dedent(JOB.format(speed=1.0, out=out)))
+    return home, state, out, script
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_a_coordinator_that_lost_its_state_directory_restores_the_job_from_an_agents_replica(request, tmp_path,
                                                                                              capsys):
     fault_free = request.getfixturevalue("expected")
-    home = tmp_path / "home"
     # node1 shares the coordinator's machine: its replicas would die with the coordinator's disk
-    state = cluster.up(3, home, progress=lambda _: None, coordinator_args=["--node", "node1"])
-    out = tmp_path / "cluster.jsonl"
-    script = tmp_path / "job.py"
-    script.write_text(textwrap.dedent(JOB.format(speed=1.0, out=out)))  # 12 s of real-time readings
+    home, state, out, script = _cluster_and_job(tmp_path, "--node", "node1")
     proc = None
     try:
         proc, job = _submit(script, home)  # waits for the job's end, across the coordinator's restart
@@ -97,13 +104,8 @@ def test_a_job_whose_hosts_died_with_the_coordinator_and_its_disk_recovers_from_
     """Two replicas per checkpoint; the coordinator (state directory deleted) and the agent running the job's hosts
     die: a replica on a surviving agent restores the job, which recovers from its checkpoint on the agents left."""
     fault_free = request.getfixturevalue("expected")
-    home = tmp_path / "home"
-    state = cluster.up(3, home, progress=lambda _: None,
-                       coordinator_args=["--agent-timeout", "3", "--checkpoint-replicas", "2"])
-    agent_pids = {f"node{i}": pid for i, pid in enumerate(state["pids"][1:], start=1)}
-    out = tmp_path / "cluster.jsonl"
-    script = tmp_path / "job.py"
-    script.write_text(textwrap.dedent(JOB.format(speed=1.0, out=out)))
+    home, state, out, script = _cluster_and_job(tmp_path, "--agent-timeout", "3", "--checkpoint-replicas", "2")
+    agent_pids = dict(zip([f"node{i}" for i in (1, 2, 3)], state["pids"][1:], strict=True))
     proc = None
     try:
         proc, job = _submit(script, home)
