@@ -464,8 +464,9 @@ class JobLifecycle:
 
     def restore_replica(self, stored: StoredJob, holder: str) -> Job:
         """A job this coordinator did not know (it started without its state), from a checkpoint's replica on agent
-        `holder` (`replicas.py`): recovered from that checkpoint as after any fault, in an epoch above any its
-        hosts report (they are stopped, fenced)."""
+        `holder` (`replicas.py`): adopting, as after a restart with the state directory, in the newest epoch its
+        hosts report; adopted where it runs if they all report, else recovered from the replica's checkpoint after
+        the grace period (`retry`)."""
         job = self._rebuild(stored)  # adopting, as after a restart with the state directory
         job.watchers |= self.restore_watchers.pop(job.id, set())
         # a recovery after the replica's checkpoint started a newer epoch: its hosts are the job's now

@@ -15,9 +15,10 @@ acknowledges it (`replica_stored`: the coordinator records who holds which check
 A coordinator started without its state (a new Pi, an empty `--state-dir`) learns the replicas from the agents'
 registrations. A job it does not know, whose replicas an agent reports, is restored: `SETTLE` seconds after the
 first registration (so that the other agents have registered too), it fetches the newest complete replica of the
-job, checks its signature and restores the job from it, through the recovery every fault takes (a new epoch, every
-virtual node from the checkpoint's snapshots: `jobs.JobLifecycle.restore_replica`). Until then the job's hosts are
-left running (they are not "of a job this coordinator does not know").
+job, checks its signature and restores the job from it as a restart with the state directory does
+(`jobs.JobLifecycle.restore_replica`): adopting, in the newest epoch its hosts report; it runs on where it ran if
+they all do, else recovers from the replica's checkpoint (a new epoch, every virtual node from its snapshots).
+Until then the hosts of jobs it does not know are left running (the holder may register after their agent).
 
 No sockets here: the coordinator hands in messages and a `send(identity, message)`; `ReplicaShelf` is the agent's
 side, on its disk.
