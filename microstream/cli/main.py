@@ -738,7 +738,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="agents that keep a copy of every completed checkpoint (with the job), so that a coordinator "
                         "that lost its state directory restores its jobs from them (default %(default)s; 0: none)")
     p.add_argument("--node", metavar="NAME",
-                   help="the agent on this coordinator's machine, if any: replicas go to other nodes first")
+                   help="the agent on this coordinator's machine, if any: replicas go to other nodes first "
+                        "(default: an agent named as this machine's hostname)")
     p.add_argument("--state-dir", metavar="DIR",
                    help="where jobs, placements, epochs and the last checkpoints persist (SQLite), so that a "
                         "restarted coordinator carries on with its agents (default HOME/state)")

@@ -34,6 +34,7 @@ import os
 import pickle
 import re
 import shutil
+import socket
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -136,7 +137,9 @@ class Replicas:
         self.registry = registry
         self.send = send
         self.copies = copies
-        self.node = node             # the agent on the coordinator's own machine (its replicas would die with it)
+        # the agent on the coordinator's own machine (its replicas would die with it): by default one named as the
+        # machine is (a Pi's agent is usually named after its hostname)
+        self.node = node or socket.gethostname().split(".")[0]
         self.topology = topology
         self.key = seal_key(secret)
         self.log = log

@@ -15,6 +15,7 @@ import shutil
 import signal
 import textwrap
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -215,3 +216,22 @@ def test_replicas_go_off_the_coordinators_node_and_site_and_their_holders_drop_t
     assert [r["agent"] for r in figures["replicas"]] == ["a3"] and figures["replica_bytes"] > 9_000_000
     h.send(CLIENT, cm.StopRequest(job=job_id))
     assert [to for to, m in h.take() if isinstance(m, cm.ReplicaDrop)] == ["a3"]  # only its holder is told
+
+
+def test_without_node_the_agent_named_as_the_coordinators_machine_holds_no_replica(monkeypatch):
+    import socket
+
+    from microstream.cluster import messages as cm
+    from tests.cluster.test_coordinator import Harness
+
+    here = socket.gethostname().split(".")[0]
+    h = Harness(monkeypatch, register=False, checkpoint_replicas=1)
+    for name in ("a0", here, "zz"):  # the hostname's agent would come first or last by name alone
+        h.send(name, cm.Register(name=name, public_key=f"key-{name}", cores=2, arch="x86_64"))
+    registry = h.coord.registry
+    job = SimpleNamespace(checkpoints=[{"id": 1, "replicas": [{"agent": "zz"}]}])  # zz holds the earlier ones
+    assert [a.name for a in h.coord.replicas.choose(job)] == ["zz"]  # type: ignore[arg-type]
+    registry.agents["zz"].up = False
+    assert [a.name for a in h.coord.replicas.choose(job)] == ["a0"]  # type: ignore[arg-type]
+    registry.agents["a0"].up = False
+    assert [a.name for a in h.coord.replicas.choose(job)] == [here]  # none other: better than none
