@@ -235,3 +235,28 @@ def test_without_node_the_agent_named_as_the_coordinators_machine_holds_no_repli
     assert [a.name for a in h.coord.replicas.choose(job)] == ["a0"]  # type: ignore[arg-type]
     registry.agents["a0"].up = False
     assert [a.name for a in h.coord.replicas.choose(job)] == [here]  # none other: better than none
+
+
+def test_an_agents_replicas_outlive_its_work_directory_and_its_restart(tmp_path):
+    """An agent removes its work directory when it stops, and a restarted one those its dead predecessors left:
+    replicas are kept beside them (`--work-dir DIR`: DIR/replicas, as `microstream agent` sets it)."""
+    from microstream.cluster.agent import Agent
+
+    work = tmp_path / "work"
+    first = Agent("pi3", "tcp://127.0.0.1:1", workdir=work / "pi3-run1", replica_dir=work / "replicas", log=print,
+                  metrics_port=None)
+    blob = pack(*_job(), seal_key(None))
+    assert first.replicas.put(ReplicaPart(job="j-abc123", checkpoint=5, part=0, parts=1, blob=blob)) is not None
+    assert first.replicas.listing() == [{"job": "j-abc123", "checkpoint": 5, "bytes": len(blob)}]
+    first.shutdown()  # what SIGTERM ends with
+    assert not (work / "pi3-run1").exists()
+    (work / "pi3-run0").mkdir()  # a predecessor killed with -9: its work directory is cleaned up at the next start
+    (work / "pi3-run0" / "agent.json").write_text('{"pid": 999999999, "started": "1", "name": "pi3", "coordinator": '
+                                                   '"tcp://127.0.0.1:1"}')
+    second = Agent("pi3", "tcp://127.0.0.1:1", workdir=work / "pi3-run2", replica_dir=work / "replicas", log=print,
+                   metrics_port=None)
+    try:
+        assert not (work / "pi3-run0").exists()
+        assert second.replicas.read("j-abc123", 5) == blob
+    finally:
+        second.shutdown()
