@@ -124,6 +124,7 @@ class HostRuntime:
         """One round: poll the sources that are due, take what has arrived (waiting up to `max_wait` seconds
         when nothing is due sooner, or until `wake` is readable), then close, checkpoint or snapshot."""
         runner = self.runner
+        self._maybe_checkpoint()  # a vnode with sources only: at once, not after a wait for input it never gets
         timeout = runner.run_sources(self.clock(), int(max_wait * 1e9)) / 1e9
         msg = self.server.recv(timeout=timeout, wake=wake)  # a control message ends the wait
         while msg is not None:
@@ -142,6 +143,8 @@ class HostRuntime:
             return
         self._on_message(msg)
         self.server.ack(msg)
+        if msg.kind == "checkpoint":  # the last barrier in: snapshot now, not once the inputs run dry (a busy
+            self._maybe_checkpoint()  # vnode's receive loop may not, until held channels have no credit left)
 
     def _on_message(self, msg: Any) -> None:
         producer = msg.channel_id.split(">")[0]
