@@ -2,9 +2,13 @@
 
 1. Throughput with checkpoints every 10 s (the default) vs none: the canonical job (synthetic sensors at full
    speed, drop values outside [-50, 150], key by sensor, 10 s tumbling windows with count/mean/min/max,
-   parallelism 2, a JSON-lines file sink) submitted with `checkpoint_every="10s"` and with `None`, interleaved,
-   with enough records that a run takes well over 30 s (at least 3 checkpoints, checked); the ratio of the median
-   wall times from submit to result.
+   parallelism 2, a JSON-lines file sink) submitted with `checkpoint_every="10s"` and with `None`, in pairs run
+   back to back (each configuration first in turn), with enough records that a run takes well over 30 s (at least
+   3 checkpoints, checked); the ratio of the median job times (submitted -> finished, as the coordinator records
+   them), and each pair's own ratio (its median, min and max: the spread the shared machine's load gives), with
+   the load average before each run. The other engineers' work on the same 2 cores moves a run's time by up to 2x,
+   so the CPU seconds the cluster's processes used per run (coordinator, agents, hosts: /proc, children included)
+   are recorded too: the work checkpoints add, which that load does not change.
 2. Recovery time at ~1, 10 and 100 MB of state: a real-time job whose keyed `stateful_map` keeps 128 float64 per
    key (1,024 keys: 1 MB; 102,400 keys: 100 MB), checkpoints every 5 s, then a keyed window on a few keys to a
    file. Once two checkpoints are complete, SIGKILL the stateful host ("host") or its agent ("agent", lost after
@@ -17,7 +21,7 @@
 The load average of the (shared) machine at the start and end of each part is recorded with its figures;
 --skip-throughput / --skip-recovery keep that part's figures from the last run.
 
-    python bench/checkpoints.py [--records 40000000] [--repeat 2] [--faults 3] [--sizes 1,10,100] [--kinds host,agent]
+    python bench/checkpoints.py [--records 40000000] [--repeat 5] [--faults 3] [--sizes 1,10,100] [--kinds host,agent]
                                 [--skip-throughput] [--skip-recovery]
 """
 
@@ -99,7 +103,10 @@ def _poll(what: str, condition, timeout: float = 120.0, interval: float = 0.05):
 
 def throughput(home: Path, tmp: Path, records: int, repeat: int) -> dict:
     labels = {"checkpoints every 10 s": '"10s"', "no checkpoints": "None"}
-    times: dict[str, list[float]] = {label: [] for label in labels}
+    times: dict[str, list[float]] = {label: [] for label in labels}   # submitted -> finished (the coordinator's)
+    walls: dict[str, list[float]] = {label: [] for label in labels}   # submit -> result (the client's)
+    cpu: dict[str, list[float]] = {label: [] for label in labels}     # CPU seconds of the cluster's processes
+    loads: dict[str, list[float]] = {label: [] for label in labels}   # 1-minute load average before each run
     taken: list[int] = []
     figures: list[dict] = []
     for every in labels.values():  # warm up (host templates, numba caches): not counted
@@ -112,23 +119,38 @@ def throughput(home: Path, tmp: Path, records: int, repeat: int) -> dict:
             script = tmp / f"t{i}-{every.strip(chr(34))}.py"
             out = script.with_suffix(".jsonl")
             script.write_text(textwrap.dedent(CANONICAL.format(every=every, count=records, out=out)))
+            idle = set(_cluster_processes(home))
+            cpu_before = _cpu_seconds(home, idle)
+            loads[label].append(_load()[0])
             started = time.perf_counter()
             r = _cli("submit", str(script), "--home", str(home))
             if r.returncode != 0:
                 raise RuntimeError(r.stderr)
-            times[label].append(time.perf_counter() - started)
+            walls[label].append(time.perf_counter() - started)
+            cpu[label].append(_cpu_seconds(home, idle) - cpu_before)
+            out.unlink(missing_ok=True)  # ~1 GB of JSON lines a run: the next runs need the disk
             job = r.stdout.strip().splitlines()[0]
+            with Client(cluster.address(home)) as client:
+                status = _job(client, job)
+            times[label].append(status["finished"] - status["submitted"])
             if every != "None":
-                with Client(cluster.address(home)) as client:
-                    last = _job(client, job)["checkpoints"]  # the last two: id, bytes, seconds
+                last = status["checkpoints"]  # the last two: id, bytes, seconds
                 taken.append(max([c["id"] for c in last] or [0]))
                 figures += last
-            print(f"  {label}: {times[label][-1]:.1f} s", file=sys.stderr)
+            print(f"  {label}: job {times[label][-1]:.1f} s, CPU {cpu[label][-1]:.1f} s, load {loads[label][-1]:.1f}",
+                  file=sys.stderr)
     med = {k: statistics.median(v) for k, v in times.items()}
+    with_, without = times["checkpoints every 10 s"], times["no checkpoints"]
+    pairs = [b / a for a, b in zip(with_, without, strict=True)]
+    cpu_med = {k: statistics.median(v) for k, v in cpu.items()}
     return {"records": records, "seconds": times, "median_s": med,
             "records_per_s": {k: records / v for k, v in med.items()},
             "ratio_with_vs_without": med["no checkpoints"] / med["checkpoints every 10 s"],
-            "checkpoints_taken": taken, "checkpoints": figures}
+            "pair_ratios": pairs, "pair_ratio_median": statistics.median(pairs),
+            "pair_ratio_min": min(pairs), "pair_ratio_max": max(pairs),
+            "submit_to_result_s": walls, "cpu_s": cpu, "cpu_median_s": cpu_med,
+            "cpu_ratio_with_vs_without": cpu_med["no checkpoints"] / cpu_med["checkpoints every 10 s"],
+            "load_before_run": loads, "checkpoints_taken": taken, "checkpoints": figures}
 
 
 def _stateful(tmp: Path, name: str, mb: int, every: str, speed: str, seconds: float) -> tuple[Path, Path]:
@@ -214,6 +236,33 @@ def _p99(values: list[float]) -> float:
     return ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
 
 
+def _cluster_processes(home: Path) -> dict[int, list[str]]:
+    """The /proc/PID/stat fields (after the command) of the coordinator, the agents and every descendant."""
+    stats: dict[int, list[str]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stats[int(entry.name)] = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:  # gone meanwhile
+                continue
+    tree, grew = set((cluster.read_state(home) or {}).get("pids", [])), True
+    while grew:
+        more = {pid for pid, fields in stats.items() if int(fields[1]) in tree} - tree
+        tree |= more
+        grew = bool(more)
+    return {pid: stats[pid] for pid in tree if pid in stats}
+
+
+def _cpu_seconds(home: Path, before: set[int], timeout: float = 30.0) -> float:
+    """CPU seconds (user + system) the cluster's processes have used so far, children they reaped included, once
+    the processes a run added (its hosts) are gone (reaped: their CPU is in their parents' figures)."""
+    deadline = time.monotonic() + timeout
+    while set(processes := _cluster_processes(home)) - before and time.monotonic() < deadline:
+        time.sleep(0.1)
+    ticks = sum(int(x) for fields in processes.values() for x in fields[11:15])  # utime stime cutime cstime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def _load() -> list[float]:
     return list(os.getloadavg())
 
@@ -230,7 +279,7 @@ def _previous() -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--records", type=int, default=40_000_000)
-    ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--repeat", type=int, default=5, help="pairs of throughput runs (one of each configuration)")
     ap.add_argument("--faults", type=int, default=3)
     ap.add_argument("--sizes", default="1,10,100", help="state sizes in MB (comma-separated)")
     ap.add_argument("--kinds", default="host,agent", help="what to kill: host, agent (comma-separated)")
@@ -266,13 +315,20 @@ def main() -> int:
         finally:
             cluster.down(home, progress=lambda _: None)
     if thr is not None:
+        cpu_med = thr.get("cpu_median_s", {})
         print(table([
-            ("canonical job", "median s (submit to result)", "records/s", "vs no checkpoints"),
+            ("canonical job", "median job s", "records/s", "vs no checkpoints", "median CPU s"),
             ("no checkpoints", f"{thr['median_s']['no checkpoints']:.2f}",
-             f"{thr['records_per_s']['no checkpoints']:,.0f}", "1.00x"),
+             f"{thr['records_per_s']['no checkpoints']:,.0f}", "1.00x", f"{cpu_med.get('no checkpoints', 0):.1f}"),
             ("checkpoints every 10 s", f"{thr['median_s']['checkpoints every 10 s']:.2f}",
-             f"{thr['records_per_s']['checkpoints every 10 s']:,.0f}", f"{thr['ratio_with_vs_without']:.2f}x"),
+             f"{thr['records_per_s']['checkpoints every 10 s']:,.0f}", f"{thr['ratio_with_vs_without']:.2f}x",
+             f"{cpu_med.get('checkpoints every 10 s', 0):.1f}"),
         ]))
+        if "pair_ratios" in thr:
+            print(f"pairs run back to back: ratio median {thr['pair_ratio_median']:.2f}x, min "
+                  f"{thr['pair_ratio_min']:.2f}x, max {thr['pair_ratio_max']:.2f}x "
+                  f"({', '.join(f'{r:.2f}' for r in thr['pair_ratios'])}); CPU ratio "
+                  f"{thr['cpu_ratio_with_vs_without']:.2f}x")
         print(f"checkpoints taken per run: {thr['checkpoints_taken']}; load average (1, 5, 15 min) "
               f"{thr.get('load_average')}\n")
     print(table([("state", "fault", "n", "running again p50/p99 s", "records flowing p50/p99 s",
