@@ -369,7 +369,7 @@ class Replicas:
         blob = b"".join(fetch.parts[i] for i in range(m.parts))
         try:
             stored = unpack(blob, self.key)
-        except (ReplicaError, Exception) as exc:  # noqa: BLE001 - a bad replica costs a log line, not the loop
+        except Exception as exc:  # noqa: BLE001 - a bad replica (ReplicaError, or damaged) costs a log line
             self.log(f"coordinator: the replica of checkpoint {m.checkpoint} of {m.job} on agent {agent.name} "
                      f"cannot be used: {exc}")
             self.found.get(m.job, {}).pop(agent.name, None)
