@@ -392,6 +392,8 @@ class Agent:
                         self._receive(frames[1:], host=frames[0])
                 self.lease.renew()
                 self._check_hosts()
+                for stored in self.replicas.finished():  # made whole on the shelf's thread
+                    self._send_up(stored)
                 self._keep_registered()
                 if self.registered and time.monotonic() >= next_beat:
                     self._heartbeat()
@@ -419,6 +421,7 @@ class Agent:
         if getattr(self, "_metrics_server", None) is not None:
             with contextlib.suppress(Exception):
                 self._metrics_server.stop()
+        self.replicas.close()
         shutil.rmtree(self.workdir, ignore_errors=True)
 
     def _receive(self, frames: list[bytes], host: bytes | None = None) -> None:

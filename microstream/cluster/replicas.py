@@ -390,8 +390,10 @@ class ReplicaShelf:
 
         >>> import tempfile
         >>> shelf = ReplicaShelf(Path(tempfile.mkdtemp()))
-        >>> shelf.put(ReplicaPart(job="j-1", checkpoint=3, part=0, parts=1, blob=b"abc", keep=2)).bytes
-        3
+        >>> shelf.put(ReplicaPart(job="j-1", checkpoint=3, part=0, parts=1, blob=b"abc", keep=2)) is None
+        True
+        >>> [stored.bytes for stored in shelf.finished(wait=True)]
+        [3]
         >>> shelf.listing(), shelf.read("j-1", 3)
         ([{'job': 'j-1', 'checkpoint': 3, 'bytes': 3}], b'abc')
     """
@@ -403,6 +405,10 @@ class ReplicaShelf:
         with contextlib.suppress(OSError):
             os.chmod(self.directory, 0o700)  # snapshots hold the job's state: this user's only
         self._writing: dict[str, tuple[int, int, Any]] = {}  # job -> checkpoint, next part, open part file
+        # the fsync that makes a replica whole takes seconds for 50 MB on an SD card: on a thread, so the agent's
+        # loop (its heartbeats, its hosts' lease) goes on meanwhile
+        self._finisher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="replica-sync")
+        self._pending: list[Future[ReplicaStored]] = []
         for part in self.directory.glob("*/*.part"):  # torn by a crash mid-write
             part.unlink(missing_ok=True)
 
@@ -412,8 +418,9 @@ class ReplicaShelf:
         return self.directory / job
 
     def put(self, m: ReplicaPart) -> ReplicaStored | None:
-        """Write a part; with the last one, make the replica whole (fsync, rename), keep the newest `keep` of
-        the job and return the acknowledgement. A part out of order (a lost one) drops the replica."""
+        """Write a part; with the last one, have the replica made whole (fsync, rename) and the job's newest `keep`
+        kept, on a thread: its acknowledgement comes from `finished`. A part out of order (a lost one) drops the
+        replica. Returns an acknowledgement at once only for a replica that cannot be written (its `error`)."""
         try:
             root = self._root(m.job)
             name = f"checkpoint-{m.checkpoint:09d}"
@@ -430,6 +437,15 @@ class ReplicaShelf:
                 self._writing[m.job] = (m.checkpoint, m.part + 1, f)
                 return None
             del self._writing[m.job]
+            self._pending.append(self._finisher.submit(self._finish, m, f, root, name))
+            return None
+        except (OSError, ValueError) as exc:
+            self._abandon(m.job)
+            return ReplicaStored(job=m.job, checkpoint=m.checkpoint, error=str(exc))
+
+    @staticmethod
+    def _finish(m: ReplicaPart, f: Any, root: Path, name: str) -> ReplicaStored:
+        try:
             f.flush()
             os.fsync(f.fileno())
             size = f.tell()
@@ -439,9 +455,22 @@ class ReplicaShelf:
             for old in sorted(root.glob("checkpoint-*.replica"))[:-max(1, m.keep)]:
                 old.unlink(missing_ok=True)
             return ReplicaStored(job=m.job, checkpoint=m.checkpoint, bytes=size)
-        except (OSError, ValueError) as exc:
-            self._abandon(m.job)
+        except OSError as exc:  # a full disk; or the job ended and its directory went meanwhile
+            with contextlib.suppress(OSError):
+                f.close()
+            (root / f"{name}.part").unlink(missing_ok=True)
             return ReplicaStored(job=m.job, checkpoint=m.checkpoint, error=str(exc))
+
+    def finished(self, wait: bool = False) -> list[ReplicaStored]:
+        """The acknowledgements of the replicas made whole since the last call (with `wait`: of all pending)."""
+        done = [p for p in self._pending if wait or p.done()]
+        if done:
+            self._pending = [p for p in self._pending if p not in done]
+        return [p.result() for p in done]
+
+    def close(self) -> None:
+        """Let the replica being made whole finish (the agent stops)."""
+        self._finisher.shutdown(wait=True)
 
     def _abandon(self, job: str) -> None:
         writing = self._writing.pop(job, None)

@@ -162,14 +162,16 @@ def test_an_agent_keeps_whole_replicas_only_the_newest_per_job_and_drops_them_wi
         parts = [blob[i:i + 1000] for i in range(0, len(blob), 1000)]
         acks = [shelf.put(ReplicaPart(job="j-abc123", checkpoint=checkpoint, part=i, parts=len(parts), blob=b,
                                       keep=2)) for i, b in enumerate(parts)]
-        assert acks[:-1] == [None] * (len(parts) - 1) and acks[-1] is not None and acks[-1].bytes == len(blob)
+        assert acks == [None] * len(parts)  # made whole on the shelf's thread
+        [stored] = shelf.finished(wait=True)
+        assert (stored.checkpoint, stored.bytes, stored.error) == (checkpoint, len(blob), None)
     assert [r["checkpoint"] for r in shelf.listing()] == [2, 3]
     assert shelf.read("j-abc123", 3) == blob
     assert b"".join(p.blob for p in shelf.parts("j-abc123", 3, chunk=999)) == blob
     # a part lost on the way (a reconnect): the replica is not made whole, the older ones stay
     assert shelf.put(ReplicaPart(job="j-abc123", checkpoint=4, part=0, parts=3, blob=b"x")) is None
     assert shelf.put(ReplicaPart(job="j-abc123", checkpoint=4, part=2, parts=3, blob=b"z")) is None
-    assert [r["checkpoint"] for r in shelf.listing()] == [2, 3]
+    assert shelf.finished(wait=True) == [] and [r["checkpoint"] for r in shelf.listing()] == [2, 3]
     # an agent that died mid-write: the torn part is gone when it starts again
     assert list((tmp_path / "replicas" / "j-abc123").glob("*.part"))
     shelf = ReplicaShelf(tmp_path / "replicas")
@@ -246,7 +248,8 @@ def test_an_agents_replicas_outlive_its_work_directory_and_its_restart(tmp_path)
     first = Agent("pi3", "tcp://127.0.0.1:1", workdir=work / "pi3-run1", replica_dir=work / "replicas", log=print,
                   metrics_port=None)
     blob = pack(*_job(), seal_key(None))
-    assert first.replicas.put(ReplicaPart(job="j-abc123", checkpoint=5, part=0, parts=1, blob=blob)) is not None
+    assert first.replicas.put(ReplicaPart(job="j-abc123", checkpoint=5, part=0, parts=1, blob=blob)) is None
+    assert [stored.bytes for stored in first.replicas.finished(wait=True)] == [len(blob)]
     assert first.replicas.listing() == [{"job": "j-abc123", "checkpoint": 5, "bytes": len(blob)}]
     first.shutdown()  # what SIGTERM ends with
     assert not (work / "pi3-run1").exists()
