@@ -102,11 +102,15 @@ KEEP_JOB_METRICS = 20       # jobs whose hosts have all ended that keep their me
 BACKENDS: dict[str, type[HostBackend]] = {"process": ProcessBackend, "microvm": MicroVMBackend}
 
 
+LEASE_MARGIN = 0.5  # seconds by which a host's lease is shorter than the coordinator's loss limit
+
+
 def host_lease(agent_timeout: float) -> float:
-    """How long a host runs on while its agent does not renew its lease: a heartbeat interval less than the
-    coordinator's loss limit, so a frozen agent's hosts have stopped by the time their work is recovered elsewhere
-    (counted from the agent's last loop pass, at most a heartbeat interval after its last heartbeat)."""
-    return max(agent_timeout - HEARTBEAT_EVERY, agent_timeout / 2)
+    """How long a host runs on while its agent does not renew its lease. The agent renews it as it sends each
+    heartbeat, so both count from one moment: the host stops `LEASE_MARGIN` before the coordinator counts the agent
+    lost, and well before the replacements it then starts are running. (That is for a stopped agent; one that runs
+    but is slow gets a grace period more: runtime/lease.py.)"""
+    return max(agent_timeout - LEASE_MARGIN, agent_timeout / 2)
 
 
 def available_backends() -> dict[str, HostBackend]:
@@ -199,7 +203,7 @@ class Agent:
         self._next_attempt = 0.0
         self._lost_at: float | None = None           # when this agent found the coordinator gone
         self.agent_timeout: float | None = None      # the coordinator's loss limit (from its `registered`)
-        self.lease = AgentLease.create(self.workdir / "lease")  # renewed on every pass of the loop
+        self.lease = AgentLease.create(self.workdir / "lease")  # renewed with each heartbeat
 
     # -- sockets ----------------------------------------------------------------------------------
     def _open(self) -> None:
@@ -390,12 +394,14 @@ class Agent:
                     if self.control.poll(0):
                         frames = self.control.recv_multipart()
                         self._receive(frames[1:], host=frames[0])
-                self.lease.renew()
                 self._check_hosts()
                 for stored in self.replicas.finished():  # made whole on the shelf's thread
                     self._send_up(stored)
                 self._keep_registered()
-                if self.registered and time.monotonic() >= next_beat:
+                if not self.registered:
+                    self.lease.renew()  # nobody counts this agent lost now: its hosts run on
+                elif time.monotonic() >= next_beat:
+                    self.lease.renew()  # with each heartbeat: the lease and the loss limit count from one moment
                     self._heartbeat()
                     next_beat = time.monotonic() + HEARTBEAT_EVERY
             return 0

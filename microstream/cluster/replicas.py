@@ -469,8 +469,10 @@ class ReplicaShelf:
         return [p.result() for p in done]
 
     def close(self) -> None:
-        """Let the replica being made whole finish (the agent stops)."""
+        """Let the replica being made whole finish (the agent stops); an agent that holds none leaves no directory."""
         self._finisher.shutdown(wait=True)
+        with contextlib.suppress(OSError):  # not empty: replicas of jobs still running, kept for a coordinator
+            self.directory.rmdir()
 
     def _abandon(self, job: str) -> None:
         writing = self._writing.pop(job, None)

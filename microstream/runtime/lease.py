@@ -1,10 +1,16 @@
 """An agent's lease on its hosts: a host whose agent is frozen or stuck stops by itself.
 
-The agent renews the lease on every pass of its loop (the loop that also sends its heartbeats) by writing the time
-into a small shared file; each of its process hosts maps that file and reads it. When the lease has not been renewed
-for the host's `lease` seconds (a heartbeat interval less than the coordinator's loss limit), the host stops: by then
-the coordinator is about to count the agent lost and run the host's work elsewhere, and two copies of a virtual node
-must not run at once (an MQTT source's two copies would take one broker session from each other).
+The agent renews the lease as it sends each heartbeat (and all the time while no coordinator is there to count it
+lost) by writing the time into a small shared file; each of its process hosts maps that file and reads it. When
+the lease has not been renewed for the host's `lease` seconds (half a second less than the coordinator's loss
+limit), the host stops: by then the coordinator is about to count the agent lost and run the host's work
+elsewhere, and two copies of a virtual node must not run at once (an MQTT source's two copies would take one
+broker session from each other).
+
+An agent that is only slow (starved of CPU on a loaded Pi, but running) must not cost its jobs a recovery: when the
+lease runs out, the host looks at the agent's process. Stopped (SIGSTOP), in uninterruptible sleep (an SD card that
+stalls) or gone: the host stops at once. Running or waiting as usual: it gives the agent `grace` seconds more (by
+then the coordinator has counted it lost, if it was ever going to) and stops only if the lease is still not renewed.
 
 A file rather than a message: a host that is busy or frozen itself never has leases pile up in its control queue,
 and reading the lease costs a few hundred nanoseconds. One clock for both ends: `time.monotonic()` is the system's
@@ -29,8 +35,11 @@ import struct
 import time
 from pathlib import Path
 
-_STAMP = struct.Struct("=d")   # one float64: the agent's time.monotonic() at its last renewal
+# the agent's time.monotonic() at its last renewal (rewritten), and its pid (written once)
+_LEASE = struct.Struct("=dq")
+_STAMP = struct.Struct("=d")   # what a renewal rewrites: one aligned 8-byte store
 EXIT_LEASE_EXPIRED = 75        # a host's exit status when it stopped because its lease expired (EX_TEMPFAIL)
+_NOT_RUNNING = frozenset("TtDZX")  # stopped, traced, uninterruptible sleep, zombie, dead (/proc/PID/stat)
 
 
 class AgentLease:
@@ -42,24 +51,39 @@ class AgentLease:
 
     @classmethod
     def create(cls, path: Path) -> AgentLease:
-        path.write_bytes(_STAMP.pack(time.monotonic()))
+        path.write_bytes(_LEASE.pack(time.monotonic(), os.getpid()))
         with open(path, "r+b") as f:
-            return cls(path, mmap.mmap(f.fileno(), _STAMP.size))
+            return cls(path, mmap.mmap(f.fileno(), _LEASE.size))
 
     def renew(self) -> None:
         _STAMP.pack_into(self._map, 0, time.monotonic())
 
 
 class HostLease:
-    """A host's end: how long ago its agent last renewed the lease, and whether that is longer than `lease`."""
+    """A host's end: how long ago its agent last renewed the lease, and whether the host should stop."""
 
-    def __init__(self, path: str | os.PathLike[str], lease: float) -> None:
-        self.lease = lease
+    def __init__(self, path: str | os.PathLike[str], lease: float, grace: float = 1.0) -> None:
+        self.lease, self.grace = lease, grace
         with open(path, "rb") as f:
-            self._map = mmap.mmap(f.fileno(), _STAMP.size, access=mmap.ACCESS_READ)
+            self._map = mmap.mmap(f.fileno(), _LEASE.size, access=mmap.ACCESS_READ)
+        self.agent = _LEASE.unpack_from(self._map, 0)[1]
 
     def age(self) -> float:
-        return time.monotonic() - _STAMP.unpack_from(self._map, 0)[0]
+        return time.monotonic() - _LEASE.unpack_from(self._map, 0)[0]
 
     def expired(self) -> bool:
-        return self.age() > self.lease
+        """Not renewed for `lease` seconds and the agent is not running (or for `lease + grace` in any case)."""
+        age = self.age()
+        if age <= self.lease:
+            return False
+        return age > self.lease + self.grace or process_state(self.agent) in _NOT_RUNNING
+
+
+def process_state(pid: int) -> str:
+    """The state letter of process `pid` in /proc (R running, S sleeping, T stopped, D uninterruptible, ...);
+    "X" if there is no such process."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return "X"

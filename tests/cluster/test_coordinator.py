@@ -109,7 +109,8 @@ def test_every_kind_to_the_coordinator_has_a_handler(h):
 def test_registration_is_answered_with_the_live_data_keys(h):
     h.send("a4", cm.Register(name="a4", public_key="key-a4"))
     [(to, reply)] = h.take()
-    assert to == "a4" and reply == cm.Registered(data_keys=["key-a1", "key-a2", "key-a3", "key-a4"])
+    assert to == "a4" and reply == cm.Registered(data_keys=["key-a1", "key-a2", "key-a3", "key-a4"],
+                                                   agent_timeout=3.0)  # its hosts' leases are shorter
 
 
 def test_unknown_and_malformed_messages_are_answered_and_logged(h):
