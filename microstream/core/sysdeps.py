@@ -20,11 +20,12 @@ def apt_install(packages: Sequence[str], what: str, progress: Callable[[str], No
         raise RuntimeError(f"{names} ({what}) is not installed: install it with "
                            f"`apt-get install -y --no-install-recommends {names}` (as root)")
     progress(f"installing {names} ({what}) with apt-get")
-    cmd = ["apt-get", "install", "-y", "--no-install-recommends", *packages]
+    # wait for dpkg's lock rather than fail: parallel test workers may install at the same time
+    cmd = ["apt-get", "-o", "DPkg::Lock::Timeout=600", "install", "-y", "--no-install-recommends", *packages]
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     if subprocess.run(cmd, env=env, capture_output=True).returncode != 0:
         progress("apt-get install failed; running apt-get update and trying again")
-        subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True)
+        subprocess.run(["apt-get", "-o", "DPkg::Lock::Timeout=600", "update", "-q"], env=env, capture_output=True)
         done = subprocess.run(cmd, env=env, capture_output=True, text=True)
         if done.returncode != 0:
             raise RuntimeError(f"apt-get install {names} failed:\n{done.stderr[-2000:]}")

@@ -22,7 +22,10 @@ from tests.helpers import run_cli, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 TAG = uuid.uuid4().hex[:4]
-BRIDGE, SUBNET = f"msbr{TAG}", "10.231.77"
+# one pair of subnets per pytest-xdist worker (`make test` runs two, each a module at a time): two bridges with one
+# address would take each other's routes
+WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+BRIDGE, SUBNET = f"msbr{TAG}", f"10.231.{77 + 2 * WORKER}"
 
 
 def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -43,7 +46,7 @@ def _can_make_namespaces() -> str | None:
 
 
 pytestmark = [pytest.mark.skipif(_can_make_namespaces() is not None, reason=str(_can_make_namespaces())),
-              pytest.mark.slow, pytest.mark.xdist_group("netns")]  # namespaces, a bridge and a cluster of real processes
+              pytest.mark.slow]  # namespaces, a bridge and a cluster of real processes
 
 
 @pytest.fixture(scope="module")

@@ -20,6 +20,7 @@ import pytest
 from microstream.cluster.client import Client
 from tests.cluster.test_netns import (  # noqa: F401 - network is the fixture
     TAG,
+    WORKER,
     _can_make_namespaces,
     _ip,
     namespace_cluster,
@@ -29,10 +30,10 @@ from tests.helpers import run_cli as _cli
 from tests.helpers import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
-DATA_SUBNET = "10.231.78"
+DATA_SUBNET = f"10.231.{78 + 2 * WORKER}"  # beside test_netns's SUBNET
 
 pytestmark = [pytest.mark.skipif(_can_make_namespaces() is not None, reason=str(_can_make_namespaces())),
-              pytest.mark.slow, pytest.mark.xdist_group("netns"), pytest.mark.timeout(300)]
+              pytest.mark.slow, pytest.mark.timeout(300)]
 
 JOB = """
 import microstream as ms

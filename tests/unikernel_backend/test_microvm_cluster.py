@@ -24,7 +24,7 @@ from tests.unikernel_backend.helpers import require_qemu
 
 # About 140 s here: a ~100 s stream under TCG emulation and two moves, whose own waits allow minutes on a loaded
 # machine (a VM's deployment may take 600 s before the coordinator gives up): 900 s, not 300.
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("microvm"), pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 
 @pytest.fixture(scope="module", autouse=True)
