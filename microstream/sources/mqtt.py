@@ -251,7 +251,7 @@ class MqttSource(Source):
                 if present:  # the broker resends what was not acknowledged: drop our copies, expect the emitted
                     dropped = len(self._mids)
                     self._clear_buffer()
-                    self._expect = set(self._to_ack) | set(self._recent) | {
+                    self._expect |= set(self._to_ack) | set(self._recent) | {
                         mid for mids in self._prepared.values() for mid in mids}
                 else:
                     log.warning("mqtt source %s: the broker lost the session; messages published while "
@@ -410,9 +410,14 @@ class MqttSource(Source):
         return {"client_id": self._id, "seen": self._seen, "last_arrival": self._last_arrival}
 
     def checkpoint_reader_state(self) -> Any:
-        """For a checkpoint: the session to resume and the message count; the client goes on (nothing is
-        acknowledged here: `commit` does that once the checkpoint is complete)."""
-        return {"client_id": self._id, "seen": self._seen, "last_arrival": self._last_arrival}
+        """For a checkpoint: the session to resume, the message count, and the messages emitted but not yet
+        acknowledged; the client goes on (nothing is acknowledged here: `commit` does that once the checkpoint is
+        complete). A recovery from this checkpoint may find some of them unacknowledged still (the commit never
+        reached this host: its agent froze, or it died right after): the broker redelivers them, and the restored
+        source must acknowledge and skip them, since the checkpoint's output holds them already."""
+        emitted = [mid for mids in self._prepared.values() for mid in mids] + self._to_ack
+        return {"client_id": self._id, "seen": self._seen, "last_arrival": self._last_arrival,
+                "emitted": [mid for mid in emitted if mid]}
 
     def prepare_commit(self, checkpoint: int) -> None:
         if self._transactional:
@@ -429,6 +434,7 @@ class MqttSource(Source):
         """In the new process: resume the saved session (same client id); the broker redelivers what the old
         client had not acknowledged, then what was published meanwhile."""
         self._seen, self._last_arrival = state["seen"], state["last_arrival"]
+        self._expect = set(state.get("emitted") or ())  # covered by the checkpoint: skipped if they come again
         if self._last_arrival is not None:
             self._last_arrival = max(self._last_arrival, time.time_ns())  # the idle clock restarts here
         if self._client is not None:

@@ -289,10 +289,11 @@ def _reading(i: int) -> dict:
     return {"time": T0 * 1000 + i * 50, "v": (i % 50) * 0.5, "i": i}  # milliseconds: exact in both runs
 
 
-# Seed 13 freezes the agent of the job's one virtual node past the loss limit. Before hosts held a lease on their
-# agent (runtime/lease.py) it failed one run in three (394 readings twice and 394 never): the frozen agent's host ran
-# on with the recovered source's client id and the two took the broker's session from each other. Now that host
-# stops itself before the recovery starts its replacement.
+# Seed 13 freezes the agent of the job's one virtual node past the loss limit. It used to fail one run in three
+# (394 readings twice and 394 never): the checkpoint's commit never reached the frozen host, so the messages that
+# checkpoint covered stayed unacknowledged, and the broker redelivered them to the recovered source, which emitted
+# them again. A checkpoint now records them (sources/mqtt.py) and the restored source skips them; and the frozen
+# agent's host stops itself (runtime/lease.py) rather than run on with the same client id.
 MQTT_SEEDS = SEEDS if os.environ.get("MICROSTREAM_CHAOS_SEED") else [7, 13]
 
 
