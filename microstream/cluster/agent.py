@@ -108,8 +108,8 @@ LEASE_MARGIN = 0.5  # seconds by which a host's lease is shorter than the coordi
 def host_lease(agent_timeout: float) -> float:
     """How long a host runs on while its agent does not renew its lease. The agent renews it as it sends each
     heartbeat, so both count from one moment: the host stops `LEASE_MARGIN` before the coordinator counts the agent
-    lost, and well before the replacements it then starts are running. (That is for a stopped agent; one that runs
-    but is slow gets a grace period more: runtime/lease.py.)"""
+    lost, and well before the replacements it then starts are running. (Only if the agent is stopped, stalled in
+    the kernel or gone: a slow agent's hosts run on. runtime/lease.py.)"""
     return max(agent_timeout - LEASE_MARGIN, agent_timeout / 2)
 
 

@@ -7,10 +7,11 @@ limit), the host stops: by then the coordinator is about to count the agent lost
 elsewhere, and two copies of a virtual node must not run at once (an MQTT source's two copies would take one
 broker session from each other).
 
-An agent that is only slow (starved of CPU on a loaded Pi, but running) must not cost its jobs a recovery: when the
-lease runs out, the host looks at the agent's process. Stopped (SIGSTOP), in uninterruptible sleep (an SD card that
-stalls) or gone: the host stops at once. Running or waiting as usual: it gives the agent `grace` seconds more (by
-then the coordinator has counted it lost, if it was ever going to) and stops only if the lease is still not renewed.
+Only an agent that is not running counts: when the lease runs out, the host looks at the agent's process, and stops
+if it is stopped (SIGSTOP), in uninterruptible sleep (an SD card that stalls) or gone. An agent that runs but is
+slow (starved of CPU on a loaded Pi) is never taken for frozen: the coordinator decides about it, and epoch
+fencing stops whatever it replaced (a host that stopped needlessly would cost its job a recovery, or fail a job
+without checkpoints).
 
 A file rather than a message: a host that is busy or frozen itself never has leases pile up in its control queue,
 and reading the lease costs a few hundred nanoseconds. One clock for both ends: `time.monotonic()` is the system's
@@ -62,8 +63,8 @@ class AgentLease:
 class HostLease:
     """A host's end: how long ago its agent last renewed the lease, and whether the host should stop."""
 
-    def __init__(self, path: str | os.PathLike[str], lease: float, grace: float = 1.0) -> None:
-        self.lease, self.grace = lease, grace
+    def __init__(self, path: str | os.PathLike[str], lease: float) -> None:
+        self.lease = lease
         with open(path, "rb") as f:
             self._map = mmap.mmap(f.fileno(), _LEASE.size, access=mmap.ACCESS_READ)
         self.agent = _LEASE.unpack_from(self._map, 0)[1]
@@ -72,11 +73,8 @@ class HostLease:
         return time.monotonic() - _LEASE.unpack_from(self._map, 0)[0]
 
     def expired(self) -> bool:
-        """Not renewed for `lease` seconds and the agent is not running (or for `lease + grace` in any case)."""
-        age = self.age()
-        if age <= self.lease:
-            return False
-        return age > self.lease + self.grace or process_state(self.agent) in _NOT_RUNNING
+        """Not renewed for `lease` seconds, and the agent is not running (stopped, stalled in the kernel, gone)."""
+        return self.age() > self.lease and process_state(self.agent) in _NOT_RUNNING
 
 
 def process_state(pid: int) -> str:
