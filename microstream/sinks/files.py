@@ -52,12 +52,29 @@ class _FileSink(Sink):
         self.published = 0                    # bytes of the staging file already in the target
         self.prepared: dict[int, int] = {}    # checkpoint -> staging size it covers (not committed yet)
         self._publisher: _Publisher | None = None  # publishing what completed checkpoints cover, if it runs
+        # a restoring instance (a move's new host, a recovery) creates nothing before its state comes: a move that
+        # is called off stops it, and it must leave no staging file or marker behind
+        self._deferred = self.restoring
+        if self._deferred:
+            self._file: TextIO = io.StringIO()  # stands in until restore() (or a first write if no state comes)
+        else:
+            self._open_staging("w")
+
+    def _open_staging(self, mode: Literal["a", "w"]) -> None:
         if self.transactional:
             self._claim(opening=True)
-        mode: Literal["a", "w"] = "a" if self.restoring else "w"
-        self._file: TextIO = open(self.staging, mode, encoding="utf-8", newline="")  # noqa: SIM115
+        self._file = open(self.staging, mode, encoding="utf-8", newline="")  # noqa: SIM115
+        if hasattr(self, "_writer"):
+            self._writer = csv.writer(self._file)
+
+    def _ensure_open(self) -> None:
+        """A restoring instance whose state never came (it starts afresh): open what `open` deferred."""
+        if self._deferred:
+            self._deferred = False
+            self._open_staging("a")
 
     def close(self) -> Emit:
+        self._ensure_open()
         self._file.close()
         if self.transactional:
             self._published_so_far()
@@ -79,6 +96,7 @@ class _FileSink(Sink):
     def checkpoint_snapshot(self) -> dict[str, Any]:
         """A checkpoint's (the sink goes on): what it is publishing goes on too; a restore takes what was published
         from the target itself."""
+        self._ensure_open()
         if self._file.closed:  # closed at the end of its stream (its vnode runs on): the file is final
             return {"closed": True, "published": self.published}
         self._file.flush()
@@ -88,15 +106,20 @@ class _FileSink(Sink):
     def restore(self, state: dict[str, Any]) -> None:
         """Continue the file where the saved sink left it (same path; on a shared or copied disk)."""
         self._published_so_far()
+        deferred, self._deferred = self._deferred, False
         self._file.close()
         if state.get("closed"):  # it had finished: undo what opening this instance did, touch nothing else
-            self._undo_open()
+            if not deferred:
+                self._undo_open()
             self.published = state["published"]
             return
+        if deferred and self.transactional:
+            self._claim(opening=True)
         saved = Path(state.get("staging", self.staging))
         if saved != self.staging:  # another epoch's staging file: start ours from its first `size` bytes
             with open(saved, "rb") as src, open(self.staging, "wb") as dst:
                 _copy(src, dst, state["size"])
+        self.staging.touch()  # (a deferred instance created nothing: the saved one's file is normally there)
         self._file = open(self.staging, "r+", encoding="utf-8", newline="")  # noqa: SIM115
         self._file.truncate(state["size"])
         self._file.seek(state["size"])
@@ -113,6 +136,7 @@ class _FileSink(Sink):
 
     # -- two-phase commit ----------------------------------------------------------------------------------------
     def prepare_commit(self, checkpoint: int) -> None:
+        self._ensure_open()
         if self.transactional and not self._file.closed:  # closed: everything was published then
             self._failed()
             self._file.flush()  # what the checkpoint covers is in the staging file for the publisher to read
@@ -205,6 +229,7 @@ class CsvSink(_FileSink):
             self._writer.writerow(ctx.input_schemas[0].names)
 
     def write(self, batch: Batch) -> None:
+        self._ensure_open()
         cols = self._columns(batch)
         self._writer.writerows(zip(*(c.tolist() for c in cols.values()), strict=True))
         self._file.flush()
@@ -217,6 +242,7 @@ class JsonlSink(_FileSink):
     cpu_us = 3.0
 
     def write(self, batch: Batch) -> None:
+        self._ensure_open()
         cols = self._columns(batch)
         names = list(cols)
         buf = io.StringIO()

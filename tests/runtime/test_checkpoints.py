@@ -237,6 +237,17 @@ def _transactional_jsonl(target):
     return sink
 
 
+def test_a_restoring_file_sink_stopped_before_its_state_came_leaves_nothing(tmp_path):
+    """A move's new host opens its sinks before the old host's snapshot comes; a move called off then (the virtual
+    node finished first) stops it. It must leave no staging file or epoch marker beside the target."""
+    sink = _transactional_jsonl(tmp_path / "out.jsonl")
+    first = sink(0)
+    first.close()  # the old host's sink finished: the target holds its output, nothing else is there
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.jsonl"]
+    sink(0, restoring=True)  # the new host, stopped before restore(): no close, no snapshot
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.jsonl"]
+
+
 def test_a_file_sink_of_a_replaced_deployment_cannot_publish(tmp_path):
     """Fencing: a sink still running in an older epoch (its agent froze and came back after a recovery) finds
     the newer epoch beside the target and refuses to publish; the newer epoch's output stands."""
