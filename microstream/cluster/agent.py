@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import zmq
 
+from ..core import procs
 from ..runtime.backends import HostBackend, HostHandle, ProcessBackend
 from ..runtime.lease import EXIT_LEASE_EXPIRED, AgentLease
 from ..runtime.protocol import (
@@ -562,13 +563,12 @@ class Agent:
     def _spec(self, host: _Host) -> Spec:
         """What a host needs from its agent besides the job (which the agent never unpickles). A process host gets
         a lease (a microVM's relay does not: its guest is not this machine's process)."""
-        leased = host.backend == "process" and self.agent_timeout is not None
+        lease = host_lease(self.agent_timeout) if host.backend == "process" and self.agent_timeout else None
         return Spec(bind_host=self.data_host, blob=host.spec, trusted=self.trusted_data_keys,
                     public=self.keys.public.decode() if self.keys else None,
                     secret=self.keys.secret.decode() if self.keys else None,
                     restoring=host.restoring, incoming=host.incoming, epoch=host.epoch,
-                    lease=host_lease(self.agent_timeout) if leased and self.agent_timeout else None,
-                    lease_file=str(self.lease.path) if leased else None)
+                    lease=lease, lease_file=str(self.lease.path) if lease else None)
 
     def _check_hosts(self) -> None:
         for key, host in list(self.hosts.items()):
@@ -629,13 +629,8 @@ class Agent:
 
 
 def _started(pid: int) -> str | None:
-    """When process `pid` started (clock ticks since boot, from /proc), None if it is gone or a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return None if fields[0] == "Z" else fields[19]
+    """When process `pid` started, None if it is gone or a zombie."""
+    return None if procs.state(pid) in ("Z", procs.GONE) else procs.start_time(pid)
 
 
 def _claim_workdir(workdir: Path, name: str, coordinator: str, log) -> None:

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..core import procs
 from .client import Client, ClusterAddress, ClusterError
 
 
@@ -120,7 +121,7 @@ def up(nodes: int, root: Path, port: int = 0, insecure: bool = False, progress=p
     for i in range(1, nodes + 1):
         agent = _spawn(_agent_args(endpoint, f"node{i}", insecure, keydir), logs / f"node{i}.log")
         pids.append(agent.pid)
-    state = {"coordinator": endpoint, "pids": pids, "started": [_start_time(pid) for pid in pids],
+    state = {"coordinator": endpoint, "pids": pids, "started": [procs.start_time(pid) for pid in pids],
              "insecure": insecure, "nodes": nodes, "logs": str(logs), "coordinator_args": args}
     state_file(root).write_text(json.dumps(state, indent=2))
     _wait_for_agents(address(root), nodes, timeout)
@@ -250,20 +251,6 @@ def down(root: Path, progress=print) -> int:
 Process = tuple[int, str | None]
 
 
-def _start_time(pid: int) -> str | None:
-    """When process `pid` started (clock ticks since boot, from /proc), None if there is no such process."""
-    stat = _stat(pid)
-    return stat[19] if stat else None
-
-
-def _stat(pid: int) -> list[str] | None:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
-    except (OSError, IndexError):
-        return None
-
-
 def _processes(state: dict[str, Any]) -> list[Process]:
     pids = state.get("pids", [])
     started = state.get("started") or [None] * len(pids)  # a state file from before start times were recorded
@@ -272,13 +259,13 @@ def _processes(state: dict[str, Any]) -> list[Process]:
 
 def _record(state: dict[str, Any], index: int, pid: int) -> None:
     started = state.setdefault("started", [None] * len(state["pids"]))
-    state["pids"][index], started[index] = pid, _start_time(pid)
+    state["pids"][index], started[index] = pid, procs.start_time(pid)
 
 
 def _signal(process: Process, sig: int) -> None:
     """Signal the recorded process's group (its hosts too), unless its pid now belongs to another process."""
     pid, started = process
-    now = _start_time(pid)
+    now = procs.start_time(pid)
     if now is not None and started is not None and now != started:
         return  # it is gone, and its pid reused: its group is gone too (a pid in use as a group id is not reused)
     try:
@@ -291,7 +278,7 @@ def _signal(process: Process, sig: int) -> None:
 def _alive(processes: list[Process]) -> bool:
     """Is any of the recorded processes still running (not a zombie, and not a newer process with its pid)?"""
     for pid, started in processes:
-        stat = _stat(pid)
-        if stat and stat[0] != "Z" and (started is None or stat[19] == started):
+        fields = procs.stat(pid)
+        if fields and fields[0] != "Z" and (started is None or fields[19] == started):
             return True
     return False

@@ -36,6 +36,8 @@ import struct
 import time
 from pathlib import Path
 
+from ..core import procs
+
 # the agent's time.monotonic() at its last renewal (rewritten), and its pid (written once)
 _LEASE = struct.Struct("=dq")
 _STAMP = struct.Struct("=d")   # what a renewal rewrites: one aligned 8-byte store
@@ -74,14 +76,5 @@ class HostLease:
 
     def expired(self) -> bool:
         """Not renewed for `lease` seconds, and the agent is not running (stopped, stalled in the kernel, gone)."""
-        return self.age() > self.lease and process_state(self.agent) in _NOT_RUNNING
+        return self.age() > self.lease and procs.state(self.agent) in _NOT_RUNNING
 
-
-def process_state(pid: int) -> str:
-    """The state letter of process `pid` in /proc (R running, S sleeping, T stopped, D uninterruptible, ...);
-    "X" if there is no such process."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return "X"
