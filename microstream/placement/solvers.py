@@ -28,6 +28,7 @@ import numpy as np
 from ..graph.logical import LogicalGraph
 from ..graph.physical import DisjointSets, PhysicalPlan
 from .anneal import anneal, warm
+from .bounds import infeasibility
 from .cost import (
     OVERLOAD_PENALTY,
     Cost,
@@ -972,7 +973,8 @@ def place(plan: PhysicalPlan, graph: LogicalGraph, topology: Topology,
     measured snapshots) replace the estimated state in the memory limit. `time_limit`: seconds for the solver
     (heuristic 1 s, exact 10 s by default). Raises `PlacementError` if the topology has errors or a
     pin/backend cannot be met; an overloaded result is returned with `placement.feasible == False` and the
-    reasons in `placement.cost.reasons`."""
+    reasons in `placement.cost.reasons` — first, where one is found, a proof that no placement fits
+    (`bounds.infeasibility`: the traffic that must leave a group of nodes exceeds its links)."""
     errors = topology.check()
     if errors:
         raise PlacementError(f"the topology {topology.source or topology.name} has errors:\n  " + "\n  ".join(errors))
@@ -989,6 +991,9 @@ def place(plan: PhysicalPlan, graph: LogicalGraph, topology: Topology,
                         time.perf_counter() - started, current)
     placement.gap = found.gap(problem)
     placement.bound = found.bound if math.isfinite(found.bound) else None
+    if not placement.feasible and milp_available():
+        # say whether any placement could fit: a proof names the nodes whose links cannot carry what must leave
+        placement.cost.reasons[:0] = [proof.describe() for proof in infeasibility(problem)]
     return placement
 
 
