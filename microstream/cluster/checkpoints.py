@@ -26,6 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ..runtime.checkpoint_chunks import ChunkError, Manifest, base_of, is_chunked, manifest_of, resolve
 from ..runtime.protocol import CheckpointDone, CheckpointRequest
 from .jobs import JobLifecycle, Send
 from .messages import VnodeCheckpointed, VnodeDone
@@ -72,8 +73,9 @@ class Checkpoints:
     def start(self, job: Job) -> Checkpoint:
         job.barriers += 1
         job.pending = Checkpoint(job.barriers, self.clock())
+        base = job.checkpoint.id if job.checkpoint is not None else None  # what hosts may send only changes against
         for agent in self.lifecycle.agents_of(job):
-            self.send(agent.identity, CheckpointRequest(job=job.id, checkpoint=job.pending.id))
+            self.send(agent.identity, CheckpointRequest(job=job.id, checkpoint=job.pending.id, base=base))
         return job.pending
 
     # -- completing it ------------------------------------------------------------------------------------------
@@ -81,20 +83,48 @@ class Checkpoints:
         job = self.lifecycle.get(m.job)
         if job is None or m.epoch != job.epoch or job.pending is None or job.pending.id != m.checkpoint:
             return  # a stale host, or a checkpoint abandoned meanwhile
-        job.pending.snapshots[m.vnode] = m.blob
+        blob = m.blob
+        if is_chunked(blob):  # only the chunks that changed since the base: joined with it here
+            try:
+                blob, job.pending.manifests[m.vnode] = self._resolve(job, m.vnode, blob)
+            except ChunkError as exc:
+                self.abandon(job, f"the snapshot of {m.vnode} cannot be put together: {exc}")
+                return
+        job.pending.sent += len(m.blob)
+        job.pending.snapshots[m.vnode] = blob
         if len(job.pending.snapshots) == len(job.plan.vnodes):
             self._complete(job, job.pending)
+
+    @staticmethod
+    def _resolve(job: Job, vnode: str, blob: bytes) -> tuple[bytes, Manifest]:
+        """A chunked snapshot whole: a delta joined with the same virtual node's snapshot in the base checkpoint
+        (the last completed one, which the request named)."""
+        base = base_of(blob)
+        if base is None:
+            return blob, manifest_of(blob)
+        have = job.checkpoint
+        if have is None or have.id != base or vnode not in have.snapshots:
+            raise ChunkError(f"it holds the changes since checkpoint {base}, but the last complete one is "
+                             f"{have.id if have is not None else 'none'}")
+        if vnode not in have.manifests:  # restored (a restart, a replica): hashed once
+            have.manifests[vnode] = manifest_of(have.snapshots[vnode])
+        return resolve(blob, have.snapshots[vnode], have.manifests[vnode])
 
     def _complete(self, job: Job, checkpoint: Checkpoint) -> None:
         now = self.clock()
         checkpoint.completed = now
         job.checkpoint, job.pending = checkpoint, None
         job.next_checkpoint = now + (job.checkpoint_every or 0.0)
-        figures = {"id": checkpoint.id, "bytes": checkpoint.bytes, "seconds": now - checkpoint.started,
-                   "at": time.time(), "epoch": job.epoch}
+        figures = {"id": checkpoint.id, "bytes": checkpoint.bytes, "sent_bytes": checkpoint.sent,
+                   "seconds": now - checkpoint.started, "at": time.time(), "epoch": job.epoch}
         job.checkpoints.append(figures)
         del job.checkpoints[:-self.keep]
+        store = self.lifecycle.store
+        written, started = (store.chunk_bytes_written if store is not None else 0), time.perf_counter()
         self.lifecycle.persist_checkpoint(job, checkpoint)
+        if store is not None:  # chunks already stored are not written again
+            figures["stored_bytes"] = store.chunk_bytes_written - written
+            figures["store_s"] = time.perf_counter() - started
         for agent in self.lifecycle.agents_of(job):  # two-phase commit: sinks publish what the checkpoint covers
             self.send(agent.identity, CheckpointDone(job=job.id, checkpoint=checkpoint.id))
         if self.directory is not None:

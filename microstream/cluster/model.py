@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from ..graph.logical import LogicalGraph
     from ..graph.physical import PhysicalPlan
     from ..placement.policy import Policy
+    from ..runtime.checkpoint_chunks import Manifest
 
 
 @dataclass
@@ -67,8 +68,10 @@ class Checkpoint:
 
     id: int
     started: float
-    snapshots: dict[str, bytes] = field(default_factory=dict)   # vnode -> its snapshot (pickled)
+    snapshots: dict[str, bytes] = field(default_factory=dict)   # vnode -> its snapshot (full: pickled or chunked)
     completed: float | None = None
+    manifests: dict[str, Manifest] = field(default_factory=dict)  # vnode -> its chunks' keys (chunked snapshots)
+    sent: int = 0                                               # bytes the hosts sent for it (changes only)
 
     @property
     def bytes(self) -> int:

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..core.errors import MicrostreamError
+from ..runtime.checkpoint_chunks import ChunkError, Manifest, assemble, is_chunked, is_manifest, manifest_of, pieces
 
 if TYPE_CHECKING:
     from .model import Checkpoint, Job
@@ -75,6 +76,12 @@ CREATE TABLE IF NOT EXISTS snapshots (
     vnode TEXT NOT NULL,
     blob BLOB NOT NULL,
     PRIMARY KEY (job, vnode)
+);
+CREATE TABLE IF NOT EXISTS chunks (
+    job TEXT NOT NULL,
+    key TEXT NOT NULL,
+    data BLOB NOT NULL,
+    PRIMARY KEY (job, key)
 );
 """
 
@@ -145,6 +152,8 @@ class Store:
         self.db.execute("PRAGMA cache_size=-1024")  # 1 MB of pages in memory (writes are small, reads rare)
         self.db.executescript(SCHEMA)
         self.writes = 0
+        self.chunks_written = 0      # checkpoint chunks written (those already stored are not written again)
+        self.chunk_bytes_written = 0
         self.write_seconds = 0.0
         self.slowest_write = 0.0   # seconds (an SD card that stalls shows here)
 
@@ -197,14 +206,39 @@ class Store:
             db.execute("DELETE FROM vnode_results WHERE job=?", (job.id,))
 
     def save_checkpoint(self, job: Job, checkpoint: Checkpoint) -> None:
-        """A completed checkpoint replaces the job's previous one (and the job's row: its barrier counter)."""
+        """A completed checkpoint replaces the job's previous one (and the job's row: its barrier counter).
+
+        A chunked snapshot (`runtime/checkpoint_chunks.py`) is written as its manifest, and each of its chunks the
+        store does not hold yet (content-addressed: unchanged state is not written again); chunks the new
+        checkpoint does not refer to are deleted in the same transaction."""
         with self._transaction() as db:
             db.execute("DELETE FROM snapshots WHERE job=?", (job.id,))
             db.execute("INSERT OR REPLACE INTO checkpoints (job, id, epoch, started, completed) VALUES (?,?,?,?,?)",
                        (job.id, checkpoint.id, job.epoch, checkpoint.started, checkpoint.completed))
-            db.executemany("INSERT INTO snapshots (job, vnode, blob) VALUES (?,?,?)",
-                           [(job.id, vnode, blob) for vnode, blob in checkpoint.snapshots.items()])
+            have = {key for (key,) in db.execute("SELECT key FROM chunks WHERE job=?", (job.id,))}
+            referenced: set[str] = set()
+            rows = []
+            for vnode, blob in checkpoint.snapshots.items():
+                manifest = checkpoint.manifests.get(vnode)
+                if manifest is None and is_chunked(blob):
+                    manifest = checkpoint.manifests[vnode] = manifest_of(blob)
+                if manifest is None:  # a pickled snapshot: whole
+                    rows.append((job.id, vnode, blob))
+                    continue
+                for key, data in pieces(blob, manifest):
+                    if key not in have and key not in referenced:
+                        db.execute("INSERT INTO chunks (job, key, data) VALUES (?,?,?)", (job.id, key, data))
+                        self.chunks_written += 1
+                        self.chunk_bytes_written += len(data)
+                    referenced.add(key)
+                rows.append((job.id, vnode, manifest.to_bytes()))
+            db.executemany("INSERT INTO snapshots (job, vnode, blob) VALUES (?,?,?)", rows)
+            db.executemany("DELETE FROM chunks WHERE job=? AND key=?", [(job.id, key) for key in have - referenced])
             db.execute("UPDATE jobs SET barriers=?, info=? WHERE id=?", (job.barriers, _json(_info(job)), job.id))
+
+    def chunk_keys(self, job_id: str) -> set[str]:
+        """The keys of the chunks stored for a job's checkpoint."""
+        return {key for (key,) in self.db.execute("SELECT key FROM chunks WHERE job=?", (job_id,))}
 
     def end_job(self, job: Job, status: dict[str, Any], end: dict[str, Any], result: bytes | None) -> None:
         """The job ended: keep its status and result, drop what only a running job needs (its spec, virtual
@@ -218,6 +252,7 @@ class Store:
             db.execute("DELETE FROM vnode_results WHERE job=?", (job.id,))
             db.execute("DELETE FROM checkpoints WHERE job=?", (job.id,))
             db.execute("DELETE FROM snapshots WHERE job=?", (job.id,))
+            db.execute("DELETE FROM chunks WHERE job=?", (job.id,))
             db.execute("""DELETE FROM jobs WHERE status IS NOT NULL AND id NOT IN
                           (SELECT id FROM jobs WHERE status IS NOT NULL ORDER BY finished DESC LIMIT ?)""",
                        (self.keep_ended,))
@@ -235,9 +270,9 @@ class Store:
         for job_id, cid, epoch, started, completed in self.db.execute(
                 "SELECT job, id, epoch, started, completed FROM checkpoints"):
             checkpoints[job_id] = StoredCheckpoint(cid, epoch, started, completed)
-        for job_id, vnode, blob in self.db.execute("SELECT job, vnode, blob FROM snapshots"):
+        for job_id, vnode, blob in self.db.execute("SELECT job, vnode, blob FROM snapshots").fetchall():
             if job_id in checkpoints:
-                checkpoints[job_id].snapshots[vnode] = blob
+                checkpoints[job_id].snapshots[vnode] = self._snapshot(job_id, vnode, checkpoints[job_id].id, blob)
         active = []
         for row in self.db.execute("""SELECT id, name, state, reason, epoch, restarts, barriers, submitted, moving,
                                              placement, endpoints, info, spec FROM jobs
@@ -248,6 +283,21 @@ class Store:
                                     json.loads(placement), json.loads(endpoints), json.loads(info), spec or b"",
                                     results.get(job_id, {}), checkpoints.get(job_id)))
         return active
+
+    def _snapshot(self, job_id: str, vnode: str, checkpoint: int, blob: bytes) -> bytes:
+        """A stored snapshot whole: a chunked one put together from its chunks, each checked against its key."""
+        if not is_manifest(blob):
+            return blob
+
+        def chunk(key: str) -> bytes | None:
+            row = self.db.execute("SELECT data FROM chunks WHERE job=? AND key=?", (job_id, key)).fetchone()
+            return None if row is None else bytes(row[0])
+
+        try:
+            return assemble(Manifest.from_bytes(blob), chunk, f"checkpoint {checkpoint} of {job_id} ({vnode})")
+        except ChunkError as exc:
+            raise StateDirError(f"{exc} in {self.path}: the state directory is damaged; start the coordinator with "
+                                "an empty --state-dir to restore its jobs from the agents' replicas") from None
 
     def history(self, limit: int) -> list[EndedJob]:
         """The newest `limit` ended jobs, oldest first (results left out)."""

@@ -60,6 +60,7 @@ class LogicalGraph:
         self.backend = backend  # the host backend operators get unless they ask for another
         self.checkpoint_every: float | None = 10.0  # seconds between a cluster job's checkpoints (None: none)
         self.max_restarts = 3                        # recoveries from a checkpoint before a fault fails the job
+        self.incremental_checkpoints = True          # hosts send only changed chunks (False: all, as a baseline)
         self.nodes: dict[int, Node] = {}
         self._names: set[str] = set()
         self._counter: dict[str, int] = {}

@@ -50,6 +50,8 @@ class HostRuntime:
         self.refused = 0                         # messages for no task of this vnode (counted, logged once)
         self.held: list[Any] = []                # messages after a checkpoint barrier, until aligned (not acked)
         self.on_checkpoint: Callable[[int, dict], None] | None = None  # a checkpoint's snapshot of this vnode
+        self.checkpoint_bases: dict[int, int | None] = {}  # checkpoint -> the base its request named
+        self.last_done: int | None = None        # the last checkpoint this host heard was complete
         self._report: Callable[[dict], None] | None = None  # while `run` runs: where stats go, and when next
         self._report_every, self._next_report = 1.0, 0.0
         self.reports = 0                         # stats reported so far (the coordinator sees a stale report)
@@ -166,8 +168,10 @@ class HostRuntime:
     # -- barriers: save, restore and migrate a virtual node ----------------------------------------------
     def on_control(self, kind: str, header: dict) -> None:
         if kind == "checkpoint":
+            self.checkpoint_bases[int(header["checkpoint"])] = header.get("base")
             self.runner.start_checkpoint(int(header["checkpoint"]))
         elif kind == "checkpoint_done":
+            self.last_done = int(header["checkpoint"])
             self.runner.commit(int(header["checkpoint"]))
         elif kind == "snapshot" and header.get("vnode") == self.vnode_id:
             if header.get("to") and self.transfers is not None:
@@ -232,6 +236,15 @@ class HostRuntime:
         held, self.held = self.held, []
         for msg in held:
             self._receive(msg)
+
+    def checkpoint_base(self, checkpoint: int) -> int | None:
+        """What a chunked snapshot of `checkpoint` may send only the changes against (`checkpoint_chunks.py`): the
+        coordinator's last completed checkpoint, as its request named it, or, when the barrier came before the
+        request, the last checkpoint this host heard was complete."""
+        base = self.checkpoint_bases.pop(checkpoint, self.last_done)
+        for old in [c for c in self.checkpoint_bases if c < checkpoint]:
+            del self.checkpoint_bases[old]
+        return base
 
     def _maybe_snapshot(self) -> None:
         runner = self.runner

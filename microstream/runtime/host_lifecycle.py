@@ -13,11 +13,13 @@ import os
 import time
 import traceback
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import cloudpickle
 
 from ..core.errors import OperatorError
+from .checkpoint_chunks import Encoder, decode, is_chunked
 from .host import HostRuntime
 
 DIRECT_TRANSFER_TIMEOUT = 60.0  # seconds a new host waits for the final round of a state sent to it directly
@@ -34,13 +36,20 @@ class ControlItem(Protocol):
     def blob(self) -> bytes | None: ...
 
 
+@dataclass(frozen=True)
+class Raw:
+    """A payload that is bytes already (a chunked checkpoint): a `HostControl` sends it as the blob, not pickled."""
+
+    data: bytes
+
+
 class HostControl(Protocol):
     """The host's end of its control link."""
 
     wake: Any   # something the channel server's recv can also wait on (a socket), or None
 
     def send(self, kind: str, payload: Any = None, **header: Any) -> None:
-        """Tell the agent something; `payload` is cloudpickled."""
+        """Tell the agent something; `payload` is cloudpickled (a `Raw` one is sent as it is)."""
 
     def expect(self, kind: str) -> ControlItem:
         """Block until a message of `kind` arrives (raise InterruptedError on a stop); messages about other
@@ -85,6 +94,23 @@ def failure_report(exc: BaseException) -> dict[str, Any]:
     return report
 
 
+def checkpoint_sender(control: HostControl, runtime: HostRuntime, graph: Any) -> Callable[[int, dict], None]:
+    """How a host hands a checkpoint's snapshot to its agent: chunked, only what changed since the base
+    (`checkpoint_chunks.py`), or every chunk each time if the job asked for full checkpoints
+    (`graph.incremental_checkpoints` False: the baseline of bench/checkpoints.py)."""
+    encoder = Encoder()
+    incremental = bool(getattr(graph, "incremental_checkpoints", True))  # a graph pickled before it existed
+
+    def send(checkpoint: int, state: dict) -> None:
+        base = runtime.checkpoint_base(checkpoint)
+        blob = encoder.encode(state, checkpoint, base if incremental else None)
+        if runtime.last_done is not None:
+            encoder.done(runtime.last_done)
+        control.send("checkpointed", Raw(blob), checkpoint=checkpoint)
+
+    return send
+
+
 def serve_vnode(control: HostControl, spec: dict[str, Any], settings: dict[str, Any], server: Any,
                 client_factory: Callable[[Any, str], Any], ready: dict[str, Any],
                 prepare: Callable[[HostRuntime], None] | None = None, transfers: Any = None) -> None:
@@ -94,7 +120,7 @@ def serve_vnode(control: HostControl, spec: dict[str, Any], settings: dict[str, 
     runtime = HostRuntime(spec["graph"], spec["plan"], settings["vnode"], server, client_factory,
                           restoring=bool(settings.get("restoring")), epoch=int(settings.get("epoch") or 0),
                           job=str(settings.get("job") or ""), source_log=settings.get("source_log"))
-    runtime.on_checkpoint = lambda checkpoint, state: control.send("checkpointed", state, checkpoint=checkpoint)
+    runtime.on_checkpoint = checkpoint_sender(control, runtime, spec["graph"])
     runtime.transfers = transfers
     runtime.on_precopied = lambda figures: control.send("precopied", figures=figures)
     if prepare is not None:
@@ -106,7 +132,7 @@ def serve_vnode(control: HostControl, spec: dict[str, Any], settings: dict[str, 
         runtime.connect(control.expect("connect").header["endpoints"])
         start = control.expect("start")
         if start.blob is not None:  # a saved or migrated virtual node resumes from its snapshot
-            state = cloudpickle.loads(start.blob)
+            state = decode(start.blob) if is_chunked(start.blob) else cloudpickle.loads(start.blob)
             if "direct_transfer" in state:  # a ticket: the state itself comes from the old host
                 if receiver is None:
                     raise RuntimeError("a move sent its state directly, but this host cannot receive it")

@@ -17,7 +17,7 @@ from typing import Any
 
 import zmq
 
-from .host_lifecycle import ParentWatch, failure_report, serve_vnode
+from .host_lifecycle import ParentWatch, Raw, failure_report, serve_vnode
 from .lease import EXIT_LEASE_EXPIRED, HostLease
 from .output import OutputCapture
 from .protocol import ControlMessage, ControlSendError, control_socket, msg, send
@@ -63,7 +63,10 @@ class SocketControl:
         if self.output is not None and kind in _OUTPUT_FIRST:
             self._forward_output()
         try:
-            send(self.sock, msg(kind, payload, job=self.job, vnode=self.vnode, **header), to="the agent")
+            header = {"job": self.job, "vnode": self.vnode, **header}
+            message = (ControlMessage(kind, header, payload.data) if isinstance(payload, Raw)
+                       else msg(kind, payload, **header))
+            send(self.sock, message, to="the agent")
         except ControlSendError:
             self._stopped = True
             if kind not in ("stats", "resumed"):

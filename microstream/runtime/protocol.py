@@ -258,6 +258,7 @@ class CheckpointRequest(Message):
     KIND: ClassVar[str] = "checkpoint"
     job: str
     checkpoint: int
+    base: int | None = None     # the last completed checkpoint: a chunked snapshot may send only changes against it
 
 
 @dataclass(frozen=True)

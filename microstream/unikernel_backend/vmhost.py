@@ -374,7 +374,9 @@ class WireControl:
     def send(self, kind: str, payload: Any = None, **header: Any) -> None:
         import cloudpickle
 
-        blob = cloudpickle.dumps(payload) if payload is not None else None
+        from ..runtime.host_lifecycle import Raw
+
+        blob = payload.data if isinstance(payload, Raw) else cloudpickle.dumps(payload) if payload is not None else None
         self.wire.send(kind, header, blob=blob)
 
     def expect(self, kind: str) -> _Control:

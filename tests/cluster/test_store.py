@@ -9,11 +9,13 @@ import sqlite3
 from types import SimpleNamespace
 
 import cloudpickle
+import numpy as np
 import pytest
 
 from microstream.cluster.model import Checkpoint, Job, Move
 from microstream.cluster.states import JobState, MoveMode
 from microstream.cluster.store import StateDirError, Store
+from microstream.runtime.checkpoint_chunks import Encoder, manifest_of, resolve
 
 
 def _job(job_id: str = "campus-1", submitted: float = 1.0) -> Job:
@@ -123,4 +125,52 @@ def test_what_is_written_survives_a_process_that_never_closed(tmp_path):
     other = sqlite3.connect(tmp_path / "state" / "coordinator.db")  # another reader, while the writer is open
     assert other.execute("SELECT id, state FROM jobs").fetchall() == [("campus-1", "deploying")]
     other.close()
+    store.close()
+
+
+def _chunked(rows: int = 20_000) -> tuple[Encoder, dict]:
+    return Encoder(), {"state": np.arange(rows * 8, dtype=np.float64)}
+
+
+def test_a_chunked_checkpoint_is_stored_once_per_chunk_and_read_back_whole(store):
+    job = _job()
+    store.save_job(job, spec=True)
+    host, state = _chunked()  # 1.25 MB: 80 chunks
+    first = Checkpoint(1, 1.0, {"vn0": host.encode(state, 1, None), "vn1": b"pickled"}, completed=2.0)
+    store.save_checkpoint(job, first)
+    assert store.chunks_written == 1 + len(manifest_of(first.snapshots["vn0"]).chunks[0])
+    old_keys = store.chunk_keys(job.id)
+    state["state"][[5, 90_000]] = -1.0  # two chunks change
+    full, manifest = resolve(host.encode(state, 2, base=1), first.snapshots["vn0"])
+    second = Checkpoint(2, 3.0, {"vn0": full, "vn1": b"pickled-2"}, completed=4.0, manifests={"vn0": manifest})
+    written = store.chunks_written
+    store.save_checkpoint(job, second)
+    assert store.chunks_written - written == 2  # the skeleton is the same: only the two changed chunks
+    keys = store.chunk_keys(job.id)
+    assert keys == set(manifest.all_keys()) and len(old_keys - keys) == 2  # the replaced chunks are deleted
+    [stored] = store.load()
+    assert stored.checkpoint is not None and stored.checkpoint.snapshots == {"vn0": full, "vn1": b"pickled-2"}
+    store.end_job(job, {}, {}, None)
+    assert store.chunk_keys(job.id) == set()
+
+
+def test_a_damaged_or_missing_chunk_is_a_clear_error_not_wrong_state(tmp_path):
+    store = Store(tmp_path / "state")
+    job = _job()
+    store.save_job(job, spec=True)
+    host, state = _chunked()
+    blob = host.encode(state, 1, None)
+    store.save_checkpoint(job, Checkpoint(1, 1.0, {"vn0": blob, "vn1": b"p"}, completed=2.0))
+    victim = manifest_of(blob).chunks[0][7]
+    store.close()
+    db = sqlite3.connect(tmp_path / "state" / "coordinator.db")
+    db.execute("UPDATE chunks SET data=? WHERE key=?", (b"\0" * 100, victim))
+    db.commit()
+    db.close()
+    store = Store(tmp_path / "state")
+    with pytest.raises(StateDirError, match=f"checkpoint 1 of campus-1 \\(vn0\\): chunk {victim} is damaged"):
+        store.load()
+    store.db.execute("DELETE FROM chunks WHERE key=?", (victim,))
+    with pytest.raises(StateDirError, match=f"chunk {victim} is missing .*empty --state-dir"):
+        store.load()
     store.close()
