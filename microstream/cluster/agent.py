@@ -94,6 +94,7 @@ if TYPE_CHECKING:
     from .metrics import Metrics
 
 HEARTBEAT_EVERY = 1.0
+DRAIN_FOR = 0.2  # s of relaying messages before the loop's periodic work has its turn
 SEND_TIMEOUT = 2.0  # the agent's loop relays for every host: one stuck peer must not hold it long
 COORDINATOR_TIMEOUT = 10.0  # seconds without a word from the coordinator (heartbeats unacknowledged): register again
 BACKOFF = (0.5, 5.0)        # seconds between registration attempts: the first, and the cap (doubling in between)
@@ -388,27 +389,37 @@ class Agent:
                     poller.register(self.up, zmq.POLLIN)
                     polled = self.up
                 poller.poll(200)
-                # relay everything waiting on both sides before the periodic work: moves are latency-bound
-                while self.up.poll(0) or self.control.poll(0):
+                # relay what is waiting on both sides before the periodic work (moves are latency-bound), for at
+                # most DRAIN_FOR s: a steady stream of messages must not hold back host checks and heartbeats
+                drain_until = time.monotonic() + DRAIN_FOR
+                while (self.up.poll(0) or self.control.poll(0)) and time.monotonic() < drain_until:
                     if self.up.poll(0):
                         self._receive(self.up.recv_multipart())
                     if self.control.poll(0):
                         frames = self.control.recv_multipart()
                         self._receive(frames[1:], host=frames[0])
+                    # a message can take seconds to handle (a fork on a loaded node, an old host's grace to stop):
+                    # the lease and the heartbeat go on meanwhile, or a busy agent looks like a frozen one
+                    next_beat = self._beat(next_beat)
                 self._check_hosts()
                 for stored in self.replicas.finished():  # made whole on the shelf's thread
                     self._send_up(stored)
                 self._keep_registered()
-                if not self.registered:
-                    self.lease.renew()  # nobody counts this agent lost now: its hosts run on
-                elif time.monotonic() >= next_beat:
-                    self.lease.renew()  # with each heartbeat: the lease and the loss limit count from one moment
-                    self._heartbeat()
-                    next_beat = time.monotonic() + HEARTBEAT_EVERY
+                next_beat = self._beat(next_beat)
             return 0
         finally:
             self.log(f"agent {self.name}: exiting ({self._why_stop}); stopping its {len(self.hosts)} hosts")
             self.shutdown()
+
+    def _beat(self, next_beat: float) -> float:
+        """Renew the lease, and send a heartbeat when one is due; returns when the next one is."""
+        if not self.registered:
+            self.lease.renew()  # nobody counts this agent lost now: its hosts run on
+        elif time.monotonic() >= next_beat:
+            self.lease.renew()  # with each heartbeat: the lease and the loss limit count from one moment
+            self._heartbeat()
+            return time.monotonic() + HEARTBEAT_EVERY
+        return next_beat
 
     def stop(self, why: str = "stopped by a signal or asked to") -> None:
         self._why_stop = why

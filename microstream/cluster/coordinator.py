@@ -25,6 +25,7 @@ reading costs a log line, never a stuck coordinator.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -32,6 +33,8 @@ from typing import Any
 
 import zmq
 
+from ..placement.anneal import warm_in_background
+from ..placement.milp import milp_available
 from ..placement.policy import PolicyParams
 from ..runtime.protocol import ControlSendError, Message, ProtocolError, control_socket, send
 from .checkpoints import Checkpoints
@@ -199,6 +202,10 @@ class Coordinator:
     def run(self) -> None:
         if not hasattr(self, "sock"):
             self.open()
+        # the placement engine's first use costs seconds (scipy's import; on a fresh install, compiling the
+        # annealer): on threads now, never while a client waits for its submit
+        threading.Thread(target=milp_available, name="scipy-import", daemon=True).start()
+        warm_in_background()
         try:
             while not self._stop:
                 self.sock.poll(200)

@@ -25,6 +25,7 @@ assignment (no floating-point drift).
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Callable
 
 import numba
@@ -32,7 +33,7 @@ import numpy as np
 
 from .cost import OVERLOAD_PENALTY, Problem
 
-__all__ = ["anneal", "warm"]
+__all__ = ["anneal", "ready", "warm", "warm_in_background"]
 
 _CHUNK = 8192             # trials per kernel call between two readings of the clock
 
@@ -304,7 +305,16 @@ def anneal(p: Problem, start: np.ndarray, movable: list[int], deadline: float, s
            swap_share: float = 0.3, chain_share: float = 0.0) -> tuple[np.ndarray, float]:
     """A walk of `trials` trials from `start` (fewer if `deadline` comes first). Returns the best placement by
     `Problem.search_objective` (never worse than `start`) and that objective as the kernel tracked it.
-    Temperatures are fractions of the start's cost (overload aside)."""
+    Temperatures are fractions of the start's cost (overload aside). While the kernel is still being compiled
+    in the background (`warm_in_background`), returns `start`: the search goes on without annealing."""
+    if not ready():
+        return start.copy(), p.search_objective(start)
+    return _walk(p, start, movable, deadline, seed, trials, clock, t_range, surrogate, swap_share, chain_share)
+
+
+def _walk(p: Problem, start: np.ndarray, movable: list[int], deadline: float, seed: int, trials: int,
+          clock: Callable[[], float], t_range: tuple[float, float], surrogate: float, swap_share: float,
+          chain_share: float) -> tuple[np.ndarray, float]:
     first = p.search_objective(start)
     if not movable or trials <= 0:
         return start.copy(), first
@@ -344,10 +354,35 @@ def anneal(p: Problem, start: np.ndarray, movable: list[int], deadline: float, s
     return best, float(best_val[0])
 
 
+_warming: threading.Thread | None = None  # compiling on a thread (a coordinator's): searches do not wait for it
+
+
+def ready() -> bool:
+    """May a search anneal now? Yes once compiled, and always unless the kernel is being compiled in the
+    background (then a search goes without annealing rather than wait)."""
+    return _warming is None or bool(getattr(warm, "done", False))
+
+
+def warm_in_background() -> None:
+    """Compile (or load) the kernel on a thread, and let searches go without annealing until it is ready.
+
+    For a coordinator: on a fresh install the first compilation takes 20-30 s on a loaded 2-core machine (far
+    longer on a Pi), and a coordinator placing a job must answer the client long before that."""
+    global _warming
+    if _warming is None and not getattr(warm, "done", False):
+        _warming = threading.Thread(target=_warm_now, name="placement-warmup", daemon=True)
+        _warming.start()
+
+
 def warm() -> None:
-    """Compile (or load from numba's cache) the kernel before a timed search starts."""
-    if getattr(warm, "done", False):
+    """Compile (or load from numba's cache) the kernel before a timed search starts; returns at once while it is
+    being compiled in the background (`warm_in_background`)."""
+    if getattr(warm, "done", False) or _warming is not None:
         return
+    _warm_now()
+
+
+def _warm_now() -> None:
     from .cost import Problem as _P
 
     one = np.ones(1)
@@ -355,5 +390,5 @@ def warm() -> None:
            np.array([-1, -1], dtype=np.int64), np.array([0], dtype=np.int64), np.array([1], dtype=np.int64),
            one.copy(), np.ones(1, dtype=bool), np.array([[0.0, 1e-6], [1e-6, 0.0]]),
            np.array([[0.0, 1.0], [1.0, 0.0]]))
-    anneal(p, np.array([0, 1], dtype=np.int64), [0, 1], math.inf, 0, 64, lambda: 0.0)
+    _walk(p, np.array([0, 1], dtype=np.int64), [0, 1], math.inf, 0, 64, lambda: 0.0, (0.3, 1e-4), 1.0, 0.3, 0.0)
     warm.done = True                       # type: ignore[attr-defined]
