@@ -3,9 +3,12 @@ two agents — from the barrier until the new host has processed its first recor
 1 MB, 10 MB and 100 MB, p50/p99 over repeated moves. Real processes on an embedded cluster; the state is per-key
 `stateful_map` state (keys × 128 float64, every key updated about once a second).
 
-Both ways a state can travel are measured in the same run, each on its own cluster: the old path (the whole
-snapshot through the coordinator, MICROSTREAM_STATE_TRANSFER=coordinator) and the direct one (pre-copied from the
-old host to the new one while the vnode runs, then only what changed at the barrier; runtime/statexfer.py).
+Both ways a state can travel are measured in the same run, each on its own cluster (both up at once, each size
+measured on one then the other, so that both see the same load): the old path (the whole snapshot through the
+coordinator, MICROSTREAM_STATE_TRANSFER=coordinator), the baseline, and the direct one, the default (pre-copied
+from the old host to the new one by a thread of the old host while the vnode runs, then only what changed at the
+barrier; runtime/statexfer.py). The load average before and after each measurement goes into the JSON (the machine
+is shared).
 
     python bench/migration.py [--moves N] [--paths coordinator,direct]
 """
@@ -51,16 +54,27 @@ def job(keys: int, seconds: float) -> ms.Pipeline:
     return p
 
 
+def _seen(status: dict, vnode: str) -> int:
+    ops = status["vnodes"][vnode].get("operators", {})
+    return sum(o.get("records_in", 0) for o in ops.values() if o.get("operator") == "stateful_map")
+
+
 def measure(client: Client, keys: int, moves: int) -> dict:
+    load_before = [round(x, 2) for x in os.getloadavg()]
     pipeline = job(keys, seconds=10.0 + moves * 5.0)  # a pre-copy of 100 MB on a loaded machine takes seconds
     job_id, _ = client.submit(pipeline, wait=False)
-    deadline = time.monotonic() + 60
-    while client.status()["jobs"][job_id]["state"] != "running" and time.monotonic() < deadline:
+    deadline = time.monotonic() + 120
+    vnode = None
+    while time.monotonic() < deadline:  # every key has state (its half of the keys, twice over): sizes stay put
+        status = client.status()["jobs"][job_id]
+        vnode = vnode or next((v for v, info in status.get("vnodes", {}).items()
+                               if "stateful_map[0]" in info["tasks"]), None)
+        if status["state"] == "running" and vnode and _seen(status, vnode) >= keys:
+            break
         time.sleep(0.1)
-    time.sleep(2.0)  # let every key arrive
-    status = client.status()["jobs"][job_id]
-    vnode = next(v for v, info in status["vnodes"].items() if "stateful_map[0]" in info["tasks"])
-    records = []
+    assert vnode is not None, "the job never started"
+    records: list[dict] = []
+    called_off: list[str] = []
     for _ in range(moves):
         here = client.status()["jobs"][job_id]["vnodes"][vnode]["agent"]
         there = "node2" if here == "node1" else "node1"
@@ -68,12 +82,20 @@ def measure(client: Client, keys: int, moves: int) -> dict:
             records.append(client.migrate(job_id, vnode, there))
         except ClusterError as exc:  # called off (the job ended first): counted, not measured
             print(f"  a move was called off: {exc}", file=sys.stderr)
+            called_off.append(str(exc))
             break
         time.sleep(0.3)
     client.stop(job_id)
+    if not records:
+        raise RuntimeError(f"no move of {keys} keys' state completed: {called_off}")
     down = [r["downtime_s"] * 1000 for r in records if r.get("downtime_s") is not None]
+    precopy = [r["precopy_s"] for r in records if r.get("precopy_s") is not None]
     return {"keys": keys, "state_bytes": int(statistics.median(r["state_bytes"] for r in records)),
-            "moves": len(records), "downtime_ms": down,
+            "load_average": {"before": load_before, "after": [round(x, 2) for x in os.getloadavg()]},
+            "precopy_s_median": statistics.median(precopy) if precopy else None,
+            "precopy_fallbacks": sum(1 for r in records if r.get("precopy_fallback")),
+            "coordinator_fallbacks": sum(1 for r in records if r.get("direct_fallback")),
+            "moves": len(records), "called_off": called_off, "downtime_ms": down,
             "p50_ms": float(np.percentile(down, 50)), "p99_ms": float(np.percentile(down, 99)),
             "align_and_snapshot_ms_p50": 1000 * statistics.median(r.get("align_and_snapshot_s") or 0 for r in records),
             "total_s_median": statistics.median(r["total_s"] for r in records),
@@ -82,51 +104,74 @@ def measure(client: Client, keys: int, moves: int) -> dict:
             "transfer": records[0].get("transfer", "coordinator"), "records": records}
 
 
-def run_path(path: str, sizes: list[tuple[int, int]]) -> list[dict]:
-    """Every size on a fresh two-agent cluster whose coordinator moves state by `path`."""
-    results = []
-    before = os.environ.get("MICROSTREAM_STATE_TRANSFER")
-    os.environ["MICROSTREAM_STATE_TRANSFER"] = path  # the coordinator's process inherits it
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            home = Path(tmp)
+class PathCluster:
+    """A two-agent cluster whose coordinator moves state by `path` (MICROSTREAM_STATE_TRANSFER, inherited)."""
+
+    def __init__(self, path: str, home: Path) -> None:
+        self.path, self.home = path, home
+        before = os.environ.get("MICROSTREAM_STATE_TRANSFER")
+        os.environ["MICROSTREAM_STATE_TRANSFER"] = path
+        try:
             cluster.up(2, home, progress=lambda t: print(t, file=sys.stderr), coordinator_args=["--no-auto-place"])
-            try:
-                with Client(cluster.address(home), timeout=300) as client:
-                    for keys, moves in sizes:
-                        results.append(measure(client, keys, moves))
-                        r = results[-1]
-                        print(f"  {path}: {r['state_bytes'] / 1e6:.1f} MB: p50 {r['p50_ms']:.0f} ms, "
-                              f"p99 {r['p99_ms']:.0f} ms", file=sys.stderr)
-            finally:
-                cluster.down(home, progress=lambda t: print(t, file=sys.stderr))
-    finally:
-        if before is None:
-            os.environ.pop("MICROSTREAM_STATE_TRANSFER", None)
-        else:
-            os.environ["MICROSTREAM_STATE_TRANSFER"] = before
+        finally:
+            if before is None:
+                os.environ.pop("MICROSTREAM_STATE_TRANSFER", None)
+            else:
+                os.environ["MICROSTREAM_STATE_TRANSFER"] = before
+        self.client = Client(cluster.address(home), timeout=300)
+
+    def measure(self, keys: int, moves: int) -> dict:
+        r = measure(self.client, keys, moves)
+        print(f"  {self.path}: {r['state_bytes'] / 1e6:.1f} MB: p50 {r['p50_ms']:.0f} ms, p99 {r['p99_ms']:.0f} ms "
+              f"(load {r['load_average']['before'][0]:.1f})", file=sys.stderr)
+        return r
+
+    def down(self) -> None:
+        self.client.close()
+        cluster.down(self.home, progress=lambda t: print(t, file=sys.stderr))
+
+
+def run_paths(paths: list[str], sizes: list[tuple[int, int]]) -> dict[str, list[dict]]:
+    """Every size on each path's cluster, one path after the other per size."""
+    results: dict[str, list[dict]] = {path: [] for path in paths}
+    with tempfile.TemporaryDirectory() as tmp:
+        clusters: list[PathCluster] = []
+        try:
+            for path in paths:
+                (Path(tmp) / path).mkdir()
+                clusters.append(PathCluster(path, Path(tmp) / path))
+            for keys, moves in sizes:
+                for c in clusters:
+                    results[c.path].append(c.measure(keys, moves))
+        finally:
+            for c in clusters:
+                c.down()
     return results
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--moves", type=int, default=6)
+    ap.add_argument("--moves", type=int, default=8)
     ap.add_argument("--paths", default="coordinator,direct", help="which state transfers to measure")
     args = ap.parse_args()
     # two parallel tasks share the keys: per virtual node about 1, 10 and 100 MB
-    sizes = [(2_000, args.moves), (20_000, args.moves), (200_000, max(3, args.moves // 2))]
-    by_path = {path: run_path(path, sizes) for path in args.paths.split(",")}
+    sizes = [(2_000, args.moves), (20_000, args.moves), (200_000, args.moves)]
+    load_start = [round(x, 2) for x in os.getloadavg()]
+    by_path = run_paths(args.paths.split(","), sizes)
     old, new = by_path.get("coordinator"), by_path.get("direct")
     print("\nmigration downtime between two agents (inputs held from the barrier to the first record processed "
           "on the new host):")
     for path, results in by_path.items():
         rows = [("state", "moves", "downtime p50", "p99", "align+snapshot p50", "final delta", "via coordinator",
-                 "whole move")]
+                 "pre-copy", "whole move", "fallbacks", "load")]
         for r in results:
+            pre = r["precopy_s_median"]
             rows.append((f"{r['state_bytes'] / 1e6:.1f} MB", str(r["moves"]), f"{r['p50_ms']:.0f} ms",
                          f"{r['p99_ms']:.0f} ms", f"{r['align_and_snapshot_ms_p50']:.0f} ms",
                          f"{r['final_bytes_median'] / 1e6:.2f} MB", f"{r['relayed_bytes_median'] / 1e6:.2f} MB",
-                         f"{r['total_s_median']:.2f} s"))
+                         "-" if pre is None else f"{pre:.2f} s", f"{r['total_s_median']:.2f} s",
+                         str(r["precopy_fallbacks"] + r["coordinator_fallbacks"]),
+                         f"{r['load_average']['before'][0]:.1f}"))
         print(f"\n{path}:")
         print(table(rows))
     if old and new:
@@ -141,7 +186,9 @@ def main() -> int:
         print("targets: p50 < 50 ms at every size:", "met" if all(r["p50_ms"] < 50 for r in new) else "NOT met",
               "| p99 < 100 ms at 100 MB:", "met" if new[-1]["p99_ms"] < 100 else "NOT met")
     path = write_json("migration", {"paths": by_path, "sizes": new or old, "target_p50_ms": 50,
-                                    "target_p99_ms_at_100mb": 100})
+                                    "target_p99_ms_at_100mb": 100,
+                                    "load_average": {"start": load_start,
+                                                     "end": [round(x, 2) for x in os.getloadavg()]}})
     print(f"wrote {path}")
     return 0
 

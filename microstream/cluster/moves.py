@@ -20,6 +20,7 @@ from typing import Any
 
 from ..placement.policy import Proposal
 from ..runtime.protocol import Connect, PauseTo, Redirect, SnapshotRequest, Start
+from .config import ConfigError
 from .jobs import DEPLOY_TIMEOUT, JobLifecycle, Send
 from .messages import (
     Deploy,
@@ -40,10 +41,37 @@ from .registry import AgentRegistry
 from .states import JobState, MoveMode, MoveState
 
 MOVE_TIMEOUT = 60.0
-# how a migration's state travels: "coordinator" (the whole snapshot through the coordinator; the default) or
-# "direct" (pre-copied from the old host to the new one; opt-in: a host held back by backpressure does not
-# pre-copy, and its move waited until it finished; bench/migration.py measures both)
+# how a migration's state travels: "direct" (pre-copied from the old host to the new one while the vnode runs, then
+# only what changed at the barrier; the default) or "coordinator" (the whole snapshot through the coordinator at
+# the barrier; bench/migration.py measures both). MicroVM virtual nodes always take the coordinator's path (their
+# hosts report no state endpoint).
 STATE_TRANSFER_ENV = "MICROSTREAM_STATE_TRANSFER"
+STATE_TRANSFERS = ("direct", "coordinator")
+# seconds a move waits for its old host's pre-copy before it cuts anyway (a host stuck in an operator, a link too slow
+# for the state): the barrier then carries what the new host does not have yet, and the move's record says so
+PRECOPY_TIMEOUT_ENV = "MICROSTREAM_PRECOPY_TIMEOUT"
+PRECOPY_TIMEOUT = 10.0
+
+
+def state_transfer() -> str:
+    """How migrations move state, from MICROSTREAM_STATE_TRANSFER (a ConfigError naming the choices otherwise)."""
+    path = os.environ.get(STATE_TRANSFER_ENV, "direct") or "direct"
+    if path not in STATE_TRANSFERS:
+        raise ConfigError(f"{STATE_TRANSFER_ENV}={path!r}: expected one of {', '.join(STATE_TRANSFERS)} "
+                          "(direct, the default, unless it is unset)")
+    return path
+
+
+def precopy_timeout() -> float:
+    raw = os.environ.get(PRECOPY_TIMEOUT_ENV)
+    try:
+        value = float(raw) if raw else PRECOPY_TIMEOUT
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise ConfigError(f"{PRECOPY_TIMEOUT_ENV}={raw!r}: expected a number of seconds above 0 (default "
+                          f"{PRECOPY_TIMEOUT:g})")
+    return value
 
 
 class Moves:
@@ -60,7 +88,8 @@ class Moves:
         self.wall = wall
         self.metrics: Any = None
         self.called_off: dict[str, str] = {}   # "job/vnode" -> why its last move was called off (drains read it)
-        self.direct = os.environ.get(STATE_TRANSFER_ENV, "coordinator") == "direct"
+        self.direct = state_transfer() == "direct"
+        self.precopy_timeout = precopy_timeout()
 
     # -- requests ---------------------------------------------------------------------------------------------
     def _after_checkpoint(self, job_id: str, request: Callable[[], None]) -> bool:
@@ -176,6 +205,7 @@ class Moves:
         if move.mode is MoveMode.MIGRATE and self.direct and not move.whole and m.state_endpoint:
             # pre-copy: the old host sends its state to the new one while it runs on; the cut waits for it
             move.direct = True
+            move.precopy = {"asked_at": self.clock()}
             self.send(self.registry.agents[move.source or ""].identity,
                       SnapshotRequest(job=job.id, vnode=move.vnode, only=move.vnode, barrier=move.barrier,
                                       to=move.endpoint, precopy=True))
@@ -195,6 +225,9 @@ class Moves:
                 or not move.direct or m.epoch != job.epoch):
             return
         move.precopy = {**m.figures, "precopy_s": self.clock() - move.started}
+        if m.figures.get("failed"):
+            self.log(f"coordinator: the pre-copy of {job.id}/{move.vnode} failed ({m.figures['failed']}): "
+                     "its state goes at the barrier")
         move.advance(MoveState.ALIGNING)
         self._cut(job, move)
 
@@ -273,10 +306,17 @@ class Moves:
         if not move.direct:
             return {"state_bytes": relayed, "relayed_bytes": relayed, "transfer": "coordinator"}
         transfer, precopy = move.transfer or {}, move.precopy or {}
+        # a pre-copy that did not finish (timed out, failed) is said in `precopy_fallback`; a final round that
+        # could not go direct (its connection, no transfer on that host) sent the snapshot through the coordinator
+        fallback = precopy.get("fallback") or precopy.get("failed")
+        if transfer.get("path") == "coordinator":
+            return {"state_bytes": relayed, "relayed_bytes": relayed, "transfer": "coordinator",
+                    "precopy_fallback": fallback, "direct_fallback": transfer.get("fallback")}
         return {"state_bytes": transfer.get("state_bytes", 0), "relayed_bytes": relayed, "transfer": "direct",
                 "final_bytes": transfer.get("final_bytes"), "final_s": transfer.get("final_s"),
                 "precopy_rounds": precopy.get("rounds"), "precopy_bytes": precopy.get("sent_bytes"),
-                "precopy_s": precopy.get("precopy_s")}
+                "precopy_s": precopy.get("precopy_s"), "precopy_fallback": fallback,
+                "stop_and_copy": bool(transfer.get("stop_and_copy"))}
 
     def _finish(self, job: Job, move: Move, figures: dict[str, Any], blob: bytes | None = None) -> None:
         move.advance(MoveState.DONE)
@@ -304,6 +344,16 @@ class Moves:
         for job in self.lifecycle:
             move = job.move
             if move is None or move.mode is MoveMode.SAVE:
+                continue
+            asked = (move.precopy or {}).get("asked_at")
+            if move.state is MoveState.PREPARING and asked is not None and now - asked > self.precopy_timeout:
+                # the old host has not pre-copied in time (stuck in an operator, a slow link): cut now, and the
+                # barrier carries what the new host lacks (a move never waits for its vnode to finish)
+                move.precopy = {"fallback": f"no pre-copy within {self.precopy_timeout:g} s: stop-and-copy at the "
+                                            "barrier"}
+                self.log(f"coordinator: {move.mode} of {job.id}/{move.vnode}: {move.precopy['fallback']}")
+                move.advance(MoveState.ALIGNING)
+                self._cut(job, move)
                 continue
             if move.state is MoveState.PREPARING:  # the job runs on meanwhile: a new VM gets a deployment's time
                 backend = job.plan.vnodes[move.vnode].backend

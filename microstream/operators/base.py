@@ -135,6 +135,12 @@ class Operator:
         """The state for a checkpoint: like `snapshot`, but the instance goes on running unchanged afterwards."""
         return self.snapshot()
 
+    def live_snapshot(self) -> dict[str, Any]:
+        """The state for a move's pre-copy (runtime/statexfer.py): the instance goes on running, and its arrays may
+        be its own, read on another thread while it changes them (the move's own snapshot fixes what changed);
+        by default a checkpoint's snapshot."""
+        return self.checkpoint_snapshot()
+
     def prepare_commit(self, checkpoint: int) -> None:
         """A checkpoint is being taken (before `snapshot`): note what would be published if it completes."""
 

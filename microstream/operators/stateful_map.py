@@ -110,6 +110,9 @@ class StatefulMap(Operator):
     def checkpoint_snapshot(self) -> dict[str, Any]:
         return {"keys": self.keys.snapshot(), "state": self.state[: self.keys.n_slots].copy()}
 
+    def live_snapshot(self) -> dict[str, Any]:
+        return self.snapshot()  # a view, read while it changes (a pre-copy copies what it sends)
+
     def restore(self, state: dict[str, Any]) -> None:
         self.keys.restore(state["keys"])
         saved = state["state"]

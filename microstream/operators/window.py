@@ -373,6 +373,9 @@ class WindowAggregate(Operator):
     def checkpoint_snapshot(self) -> dict[str, Any]:
         return copy.deepcopy(self.snapshot())  # the window goes on: copies of its arrays
 
+    def live_snapshot(self) -> dict[str, Any]:
+        return self.snapshot()  # its arrays, read while they change (a pre-copy copies what it sends)
+
     def restore(self, state: dict[str, Any]) -> None:
         self.keys.restore(state["keys"])
         self.ring = state["ring"]

@@ -19,15 +19,14 @@ from ..graph.physical import PhysicalPlan
 from .tasks import TaskRunner
 
 if TYPE_CHECKING:  # statexfer needs pyzmq, which a microVM guest's host does without (its relay has it)
-    from .statexfer import StateSender
+    from .statexfer import Precopy, StateSender
 
 log = logging.getLogger(__name__)
 _IDLE_WAIT = 0.05  # seconds a host waits for a message when no source is due sooner
-# pre-copy rounds go on while each is well smaller than the one before (state that changes everywhere faster than
-# the link carries it never converges) and larger than PRECOPY_SMALL bytes, PRECOPY_ROUNDS at most
-PRECOPY_ROUNDS = 8
-PRECOPY_SMALL = 256 << 10
-PRECOPY_SHRINK = 0.7
+# seconds a step takes messages in before it looks at its control link again: a busy vnode whose producers always
+# have the next batch ready would otherwise never leave the loop (a move's pre-copy request waited for its end)
+_DRAIN_BUDGET = 0.05
+FINAL_CONNECT_TIMEOUT = 5.0  # seconds the final round may wait for a connection no pre-copy round has proven
 
 
 class HostRuntime:
@@ -59,9 +58,9 @@ class HostRuntime:
         self.transfers: Any = None
         self.sender: StateSender | None = None   # to the new host of this vnode's move, once asked to pre-copy
         self.direct = False                      # the move's snapshot goes to `sender`, not to the coordinator
+        self.precopy: Precopy | None = None      # the thread sending the state while the vnode runs
         self.on_precopied: Callable[[dict], None] | None = None  # pre-copy done: the move may cut
         self._precopied = False
-        self._before_last = 0                    # the size of the pre-copy round before the last one
         self.transfer_figures: dict[str, Any] = {}
 
     @property
@@ -83,8 +82,12 @@ class HostRuntime:
     def _client(self, peer: Any, channel_id: str) -> Any:
         client = self.client_factory(peer, channel_id)
         if hasattr(client, "on_wait"):  # a send blocked on a cut link or a stuck consumer must not silence the host
-            client.on_wait = self._report_if_due
+            client.on_wait = self._on_wait
         return client
+
+    def _on_wait(self) -> None:
+        self._report_if_due()
+        self._precopy_report()  # a pre-copy done while this host waits on a full channel: the move may cut now
 
     def _report_if_due(self) -> None:
         if self._report is not None and time.monotonic() >= self._next_report:
@@ -113,6 +116,8 @@ class HostRuntime:
         finally:
             self._report = None
             self.runner.stop_sources()
+            if self.saved is None:  # ended, stopped or failed during a move's pre-copy: no transfer follows
+                self._close_transfer()
         for client in self.clients.values():
             client.close()
         return self.result()
@@ -129,9 +134,10 @@ class HostRuntime:
         self._maybe_checkpoint()  # a vnode with sources only: at once, not after a wait for input it never gets
         timeout = runner.run_sources(self.clock(), int(max_wait * 1e9)) / 1e9
         msg = self.server.recv(timeout=timeout, wake=wake)  # a control message ends the wait
+        until = time.monotonic() + _DRAIN_BUDGET
         while msg is not None:
             self._receive(msg)
-            msg = self.server.recv(timeout=0)
+            msg = self.server.recv(timeout=0) if time.monotonic() < until else None
         runner.close_finished_inputs()
         self._maybe_checkpoint()
         self._maybe_snapshot()
@@ -179,15 +185,24 @@ class HostRuntime:
                 if self.sender is None or self.sender.transfer != transfer:
                     self._new_sender(header["to"], transfer)
                 if header.get("precopy"):  # copy the state while the vnode runs on; the cut comes later
-                    self._precopy_round()
+                    self._start_precopy()
                     return
+            elif header.get("precopy"):  # this host cannot send it directly: the cut may come at once
+                if self.on_precopied is not None:
+                    self.on_precopied({"failed": "this host cannot send its state directly"})
+                return
+            if header.get("to"):  # the final round goes to the new host (or, failing that, the coordinator)
                 self.direct = True
+                if self.precopy is not None:
+                    self.precopy.stop(wait=False)  # the barrier is coming: let go of the sender
             self.runner.barrier = int(header["barrier"])
             self.whole = bool(header.get("whole")) and self.on_aligned is not None
         elif kind == "pause_to" and header["vnode"] != self.vnode_id:
             self.pause_to(header["vnode"], int(header["barrier"]))
         elif kind == "redirect" and header["vnode"] != self.vnode_id:
             self.redirect(header["vnode"], header.get("peer"))
+        elif kind == "redirect" and header.get("peer") is None and self.runner.barrier is None:
+            self._close_transfer()  # this vnode's move was called off before its cut: its pre-copy ends
 
     def _channels_to(self, vnode: str) -> list[tuple[str, int]]:
         """(local task, target address) of every channel from here into `vnode`."""
@@ -258,54 +273,93 @@ class HostRuntime:
             self.on_aligned()
             return
         state = runner.snapshot()
-        if not self.direct or self.sender is None:
-            self.saved = state
-            return
-        from .statexfer import pack
-
-        started = time.perf_counter()
-        packed = pack(state)
-        final = self.sender.send(packed, final=True)  # what changed since the last pre-copy round, and the skeleton
-        figures = {"state_bytes": packed.nbytes, "final_bytes": final, "precopy_rounds": self.sender.rounds - 1,
-                   "sent_bytes": self.sender.sent_bytes, "final_s": time.perf_counter() - started}
-        self.transfer_figures = figures
-        self.saved = {"direct_transfer": self.sender.transfer, **figures}  # the new host's ticket
+        self.saved = self._final_round(state) if self.direct else state
 
     def restore(self, state: dict) -> None:
         self.runner.restore(state)
 
     # -- direct state transfer (statexfer.py): pre-copy while running, only the delta at the barrier ---------------
     def _new_sender(self, peer: dict, transfer: str) -> None:
-        if self.sender is not None:
-            self.sender.close()
+        self._close_transfer()
         self.sender = self.transfers.sender(peer, transfer)
-        self._precopied = False
 
-    def _precopy_round(self) -> None:
-        """Send the state as it is now (a checkpoint's snapshot: the operators go on): everything the first
-        time, what changed since the last round afterwards."""
-        from .statexfer import pack
+    def _start_precopy(self) -> None:
+        """Copy the state to the new host on a thread of its own while the vnode runs on (statexfer.Precopy): it
+        progresses while this loop is busy or blocked on a full channel."""
+        from .statexfer import Precopy
 
         assert self.sender is not None
-        packed = pack(self.runner.snapshot(checkpoint=True))
-        self.transfer_figures["state_bytes"] = packed.nbytes
-        self.sender.send(packed)
+        if self.precopy is None:
+            self.precopy = Precopy(self.sender)
+            self._offer_view()
+
+    def _offer_view(self) -> None:
+        """Between batches: a view of the live state for the pre-copy's next round (the operators' own arrays, no
+        copies: `TaskRunner.snapshot(live=True)`)."""
+        from .statexfer import pack
+
+        assert self.precopy is not None
+        self.precopy.offer(pack(self.runner.snapshot(live=True)))
 
     def _precopy_step(self) -> None:
-        """Once the new host has the last round: another one, or tell the coordinator it may cut now."""
-        sender = self.sender
-        if sender is None or self._precopied or self.direct or self.runner.barrier is not None or sender.pending:
+        """At the end of a step (the operators are between batches): a fresh view if the pre-copy wants one."""
+        precopy = self.precopy
+        if precopy is None or self.direct:
             return
-        shrinking = sender.rounds < 2 or sender.last_bytes < PRECOPY_SHRINK * self._before_last
-        if sender.rounds < PRECOPY_ROUNDS and sender.last_bytes > PRECOPY_SMALL and shrinking:
-            self._before_last = sender.last_bytes
-            self._precopy_round()
+        if precopy.wants and precopy.error is None:
+            self._offer_view()
+        self._precopy_report()
+
+    def _precopy_report(self) -> None:
+        """Tell the coordinator once the pre-copy has converged (or failed: the move then cuts at once and its state
+        goes through the coordinator)."""
+        precopy = self.precopy
+        if precopy is None or self._precopied or self.direct or (precopy.converged is None and precopy.error is None):
             return
         self._precopied = True
         if self.on_precopied is not None:
-            self.on_precopied({"rounds": sender.rounds, "sent_bytes": sender.sent_bytes,
-                               "last_bytes": sender.last_bytes,
-                               "state_bytes": self.transfer_figures.get("state_bytes", 0)})
+            self.on_precopied({"failed": precopy.error} if precopy.error is not None else precopy.converged or {})
+
+    def _final_round(self, state: dict) -> dict:
+        """At the barrier: send what changed since the last pre-copy round, and the skeleton, to the new host, and
+        return its ticket; if that cannot be done, the snapshot itself (it goes through the coordinator) and why."""
+        from .statexfer import pack
+
+        started = time.perf_counter()
+        precopy, sender = self.precopy, self.sender
+        if precopy is not None:
+            precopy.stop()  # the thread lets go of the sender
+        why = (precopy.error if precopy is not None else None) or (
+            None if sender is not None else "this host cannot send its state directly")
+        packed = final = None
+        if why is None:
+            assert sender is not None
+            packed = pack(state)
+            try:
+                # what changed since the last round; a connection no round has proven gets a short wait
+                final = sender.send(packed, final=True, timeout=None if sender.acked >= 0 else FINAL_CONNECT_TIMEOUT)
+            except RuntimeError as exc:
+                why = str(exc)
+        if why is not None or packed is None or sender is None:
+            log.warning("virtual node %s: its state goes through the coordinator: %s", self.vnode_id, why)
+            self.transfer_figures = {"path": "coordinator", "fallback": why}
+            self._close_transfer()
+            return state
+        figures = {"state_bytes": packed.nbytes, "final_bytes": final, "precopy_rounds": sender.rounds - 1,
+                   "sent_bytes": sender.sent_bytes, "final_s": time.perf_counter() - started}
+        if precopy is None or precopy.converged is None:  # cut before the pre-copy was done (or without one)
+            figures["stop_and_copy"] = True
+        self.transfer_figures = figures
+        return {"direct_transfer": sender.transfer, **figures}  # the new host's ticket
+
+    def _close_transfer(self) -> None:
+        if self.precopy is not None:
+            self.precopy.stop()
+            self.precopy = None
+        if self.sender is not None:
+            self.sender.close()
+            self.sender = None
+        self._precopied = False
 
     def finish_transfer(self, timeout: float = 60.0) -> None:
         """After the snapshot's ticket went out: keep the connection until the new host has the final round (a
@@ -317,8 +371,7 @@ class HostRuntime:
                 log.warning("virtual node %s: the new host did not confirm its state within %g s", self.vnode_id,
                             timeout)
         finally:
-            self.sender.close()
-            self.sender = None
+            self._close_transfer()
 
     # -- reporting --------------------------------------------------------------------------------------
     def stats(self) -> dict:

@@ -32,7 +32,7 @@ import logging
 import pickle
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -322,15 +322,24 @@ class StateSender:
         self.sent_bytes = 0
         self.last_bytes = 0
 
-    def send(self, packed: Packed, final: bool = False, hashes: list[np.ndarray] | None = None) -> int:
+    def send(self, packed: Packed, final: bool = False, hashes: list[np.ndarray] | None = None,
+             timeout: float | None = None) -> int:
         """Send what changed since the last round (everything, the first time); returns its bytes."""
+        delta, hashes_after = diff(self.hashes, packed, hashes)
+        return self.send_delta(delta, hashes_after, final, timeout)
+
+    def send_delta(self, delta: Delta, hashes_after: list[np.ndarray], final: bool = False,
+                   timeout: float | None = None) -> int:
+        """Send a round made by `diff` or `live_delta` against `self.hashes`; `timeout`: seconds it may wait for the
+        connection (default `send_timeout`)."""
         if self.sock is None:
             raise RuntimeError("the state sender is closed")
-        delta, hashes_after = diff(self.hashes, packed, hashes)
+        wait = self.send_timeout if timeout is None else timeout
+        self.sock.sndtimeo = int(wait * 1000)
         try:
             self.sock.send_multipart(encode(self.transfer, self.rounds, final, delta), copy=False)
         except zmq.Again:
-            raise RuntimeError(f"could not hand the state to the new host within {self.send_timeout:g} s: "
+            raise RuntimeError(f"could not hand the state to the new host within {wait:g} s: "
                                "no connection to it (its agent does not trust this agent's key, or it is gone)"
                                ) from None
         self.hashes = hashes_after
@@ -489,3 +498,149 @@ class Transfers:
         public = peer.get("public_key")
         server_public = public.encode() if self.keys is not None and public else None
         return StateSender(peer["state_endpoint"], transfer, self.keys, server_public)
+
+
+# -- pre-copy while the virtual node runs --------------------------------------------------------------------------
+
+PIECE_BYTES = 8 << 20  # a pre-copy hashes this much at a time, then looks whether it was told to stop
+# pre-copy rounds go on while each is well smaller than the one before (state that changes everywhere faster than
+# the link carries it never converges) and larger than PRECOPY_SMALL bytes, PRECOPY_ROUNDS at most; then the host
+# reports that the move may cut, and rounds go on (each only what changed) until the cut stops them
+PRECOPY_ROUNDS = 8
+PRECOPY_SMALL = 256 << 10
+PRECOPY_SHRINK = 0.7
+_IDLE_ROUND = 0.02  # seconds between rounds that found nothing changed
+
+
+def _hashes(buf: np.ndarray, stop: Callable[[], bool] | None) -> np.ndarray | None:
+    """`chunk_hashes(buf)`, a piece at a time (pieces are whole chunks, so the hashes are the same); None if `stop()`
+    turned true meanwhile."""
+    if stop is None or buf.nbytes <= PIECE_BYTES:
+        return chunk_hashes(buf)
+    step = PIECE_BYTES // CHUNK_BYTES * CHUNK_BYTES
+    out = []
+    for start in range(0, buf.nbytes, step):
+        if stop():
+            return None
+        out.append(chunk_hashes(buf[start:start + step]))
+    return np.concatenate(out)
+
+
+def live_delta(base: list[np.ndarray] | None, packed: Packed,
+               stop: Callable[[], bool] | None = None) -> tuple[Delta, list[np.ndarray]] | None:
+    """`diff` for buffers that change while it reads them (a running vnode's own arrays, read on another thread).
+    It finds the changed chunks by hashing the live buffer (a torn read may miss a change, which a later round or
+    the final one sends), then copies them and keeps the hashes *of the copy*: what the receiver holds is always
+    what the returned hashes say, so `diff` at the barrier, on the stopped vnode's state, sends every chunk that
+    differs. None if `stop()` turned true first (nothing counts as sent)."""
+    delta = Delta(packed.skeleton, [int(b.nbytes) for b in packed.buffers])
+    hashes: list[np.ndarray] = []
+    for i, buf in enumerate(packed.buffers):
+        size = int(buf.nbytes)
+        old = base[i] if base is not None and i < len(base) else None
+        dirty = None
+        if old is not None and old.shape[0] == (size + CHUNK_BYTES - 1) // CHUNK_BYTES + 1 and old[-1] == size:
+            live = _hashes(buf, stop)
+            if live is None:
+                return None
+            dirty = np.flatnonzero(old[:-1] != live)
+            if dirty.size * 2 > old.shape[0] - 1:
+                dirty = None  # mostly changed: the whole buffer, without a gather
+        if dirty is None:
+            copy = buf.copy()
+            whole = _hashes(copy, stop)
+            if whole is None:
+                return None
+            delta.parts.append(Part(i, None, copy))
+            hashes.append(np.append(whole, np.uint64(size)))
+            continue
+        assert old is not None
+        if dirty.size == 0:
+            hashes.append(old)
+            continue
+        data = _gather(buf, dirty)  # a copy: its chunks hash as they would in place
+        after = old.copy()
+        after[dirty] = chunk_hashes(data)
+        delta.parts.append(Part(i, dirty.astype(np.int64), data))
+        hashes.append(after)
+    return delta, hashes
+
+
+class Precopy:
+    """A move's pre-copy on a thread of its own, so that it progresses while the host's loop is busy or blocked on a
+    full channel (backpressure): the thread owns `sender` until `stop`. The host offers a view of its live state
+    (`offer`: a `pack` of `TaskRunner.snapshot(live=True)`, taken between batches) whenever `wants` one; the thread
+    sends rounds of it (`live_delta`), each once the last is acknowledged, reusing the last view when no fresh one
+    comes. `converged` (figures) once rounds stop shrinking; `error` if the transfer failed (the move then goes
+    through the coordinator)."""
+
+    def __init__(self, sender: StateSender, rounds: int = PRECOPY_ROUNDS, small: int = PRECOPY_SMALL,
+                 shrink: float = PRECOPY_SHRINK, fresh_wait: float = 0.1) -> None:
+        self.sender = sender
+        self.rounds, self.small, self.shrink, self.fresh_wait = rounds, small, shrink, fresh_wait
+        self.wants = True                     # the next round would like a fresh view
+        self.converged: dict[str, Any] | None = None
+        self.error: str | None = None
+        self.state_bytes = 0
+        self.started = time.monotonic()
+        self._offered: Packed | None = None
+        self._stop = False
+        self._cv = threading.Condition()
+        self._thread = threading.Thread(target=self._run, name="state-precopy", daemon=True)
+        self._thread.start()
+
+    def offer(self, packed: Packed) -> None:
+        with self._cv:
+            self._offered, self.wants = packed, False
+            self._cv.notify_all()
+
+    def stop(self, wait: bool = True) -> None:
+        """No more rounds (the move cuts, or is called off); with `wait`, return once the thread has let go of the
+        sender (a round being computed is dropped, one being sent is sent)."""
+        with self._cv:
+            self._stop = True
+            self._cv.notify_all()
+        if wait:
+            self._thread.join()
+
+    def _stopped(self) -> bool:
+        return self._stop
+
+    def _next_view(self, view: Packed | None, idle: bool) -> Packed | None:
+        """A fresh view if one comes soon (the first: wait for it), else the last one."""
+        with self._cv:
+            self._cv.wait_for(lambda: self._stop or self._offered is not None,
+                              None if view is None else (_IDLE_ROUND if idle else self.fresh_wait))
+            if self._offered is not None:
+                view, self._offered = self._offered, None
+        return view
+
+    def _run(self) -> None:
+        sender, view, before, idle = self.sender, None, 0, False
+        try:
+            while not self._stop:
+                view = self._next_view(view, idle)
+                if self._stop or view is None:
+                    return
+                self.state_bytes = view.nbytes
+                made = live_delta(sender.hashes, view, self._stopped)
+                if made is None:
+                    return
+                delta, hashes = made
+                self.wants = True
+                idle = not delta.parts and sender.rounds > 0
+                if idle:
+                    continue
+                sender.send_delta(delta, hashes)
+                while sender.pending and not self._stop:
+                    sender.poll(10)
+                if self.converged is None:
+                    shrinking = sender.rounds < 2 or sender.last_bytes < self.shrink * before
+                    if not (sender.rounds < self.rounds and sender.last_bytes > self.small and shrinking):
+                        self.converged = {"rounds": sender.rounds, "sent_bytes": sender.sent_bytes,
+                                          "last_bytes": sender.last_bytes, "state_bytes": self.state_bytes,
+                                          "seconds": time.monotonic() - self.started}
+                    before = sender.last_bytes
+        except Exception as exc:  # noqa: BLE001 - the host reports it and moves the state through the coordinator
+            self.error = f"{type(exc).__name__}: {exc}"
+            log.warning("pre-copy of %s failed: %s", sender.transfer, self.error)

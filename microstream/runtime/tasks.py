@@ -526,14 +526,15 @@ class TaskRunner:
             return False
         return all(self.barriers_seen.get(ch, -1) >= self.barrier for ch in self.expected_barriers())
 
-    def snapshot(self, checkpoint: bool = False) -> dict[str, Any]:
+    def snapshot(self, checkpoint: bool = False, live: bool = False) -> dict[str, Any]:
         """Every task's state. A move's snapshot is the instance's last act; a checkpoint's must leave it running
-        as it was (`Operator.checkpoint_snapshot`)."""
-        if not checkpoint:  # a move: logged sources stop reading, what they read travels in the snapshot
+        as it was (`Operator.checkpoint_snapshot`); a `live` one too, but may hold the operators' own arrays, read
+        later while they change (a move's pre-copy: `Operator.live_snapshot`)."""
+        if not checkpoint and not live:  # a move: logged sources stop reading, what they read travels in the snapshot
             self.stop_sources()
         tasks = {}
         for t in self.tasks.values():
-            op = t.op.checkpoint_snapshot() if checkpoint else t.op.snapshot()
+            op = t.op.live_snapshot() if live else t.op.checkpoint_snapshot() if checkpoint else t.op.snapshot()
             tasks[t.task.id] = {
                 "op": op, "out_wm": t.out_wm, "producers": {i: dict(p) for i, p in t.producers.items()},
                 "ended": sorted(t.ended), "idle_in": sorted(t.idle_in),

@@ -1,11 +1,16 @@
 """A virtual node with tens of MB of state moves mid-stream with its state sent directly from the old host to the
-new one (pre-copy, then only the delta at the barrier: runtime/statexfer.py): the output equals a local run's, and
-the coordinator relayed a ticket, not the state. With MICROSTREAM_STATE_TRANSFER=coordinator the old path (the
-whole snapshot through the coordinator) still works and says so."""
+new one (pre-copy on a thread of the old host, then only the delta at the barrier: runtime/statexfer.py), the
+default: the output equals a local run's, and the coordinator relayed a ticket, not the state. Moves under
+backpressure (a slow stage downstream holds every host back) pre-copy and complete while the job runs; a host that
+cannot pre-copy (stuck in an operator) is cut anyway after MICROSTREAM_PRECOPY_TIMEOUT and its record says so. With
+MICROSTREAM_STATE_TRANSFER=coordinator the old path (the whole snapshot through the coordinator) still works and
+says so."""
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import textwrap
 import time
 from pathlib import Path
@@ -15,13 +20,15 @@ import pytest
 from microstream.cluster import embedded as cluster
 from microstream.cluster.client import Client
 from tests.helpers import run_cli as cli
+from tests.helpers import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.slow  # a cluster of real processes
 
 KEYS = 16_000  # x 513 float64 of state per key, over two parallel tasks: 33 MB in each virtual node
-JOB = """
+RING_SUM = """
+import time
 import numba
 import numpy as np
 import microstream as ms
@@ -29,13 +36,14 @@ import microstream as ms
 
 @numba.njit
 def ring_sum(state, t, x):
-    # a ring of the key's last 512 values; the output is their sum, so any byte of state lost or stale shows
+    # a ring of the key's last values; the output is their sum, so any byte of state lost or stale shows
     i = int(state[0]) % (len(state) - 1) + 1
     state[i] = x
     state[0] += 1
     return np.sum(state[1:])
 
-
+"""
+JOB = RING_SUM + """
 p = ms.Pipeline("big-state")
 src = p.synthetic(count={count}, sensors={keys}, rate={rate}, speed={speed}, batch_size=2000, seed=3)
 src.key_by("sensor").stateful_map(ring_sum, "value", out="total", state_size=513).with_parallelism(2) \\
@@ -56,17 +64,23 @@ def lines(out: Path) -> list[str]:
     return sorted((out / "totals.csv").read_text().splitlines()[1:])
 
 
-def _cluster(root: Path, transfer: str | None):
-    before = os.environ.get("MICROSTREAM_STATE_TRANSFER")
-    if transfer is not None:
-        os.environ["MICROSTREAM_STATE_TRANSFER"] = transfer  # the coordinator's process inherits it
+def _cluster(root: Path, transfer: str | None, **env: str):
+    """Two agents; the coordinator's process inherits `transfer` (None: the default) and `env`."""
+    settings = {"MICROSTREAM_STATE_TRANSFER": transfer, **env}
+    before = {k: os.environ.get(k) for k in settings}
+    for k, v in settings.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
     try:
         cluster.up(2, root, progress=lambda _: None, coordinator_args=["--no-auto-place"])
     finally:
-        if before is None:
-            os.environ.pop("MICROSTREAM_STATE_TRANSFER", None)
-        else:
-            os.environ["MICROSTREAM_STATE_TRANSFER"] = before
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def _moves(client: Client, job: str, times: int) -> list[dict]:
@@ -119,7 +133,7 @@ def _run_and_move(tmp_path: Path, home: Path, times: int) -> tuple[list[dict], d
 @pytest.fixture(scope="module")
 def direct_home(tmp_path_factory):
     root = tmp_path_factory.mktemp("xfer-home")
-    _cluster(root, "direct")
+    _cluster(root, None)  # the default path: direct
     yield root
     cluster.down(root, progress=lambda _: None)
 
@@ -133,6 +147,7 @@ def test_large_state_moves_directly_mid_stream(direct_home, tmp_path):
         assert record["precopy_bytes"] >= record["state_bytes"], repr(record)  # pre-copied in full while it ran
         assert record["final_bytes"] is not None and record["final_bytes"] <= record["state_bytes"], record
         assert record["downtime_s"] is not None
+        assert record["precopy_fallback"] is None and not record["stop_and_copy"], record
     assert len(final["migrations"]) == 2
 
 
@@ -146,3 +161,125 @@ def test_the_old_path_through_the_coordinator_stays_selectable(tmp_path):
         cluster.down(home, progress=lambda _: None)
     assert records[0]["transfer"] == "coordinator"
     assert records[0]["relayed_bytes"] == records[0]["state_bytes"] > 30e6
+
+
+PRESSED = RING_SUM + """
+def slow(b):
+    time.sleep({delay})  # downstream of the state, slower than the source: every host upstream waits on credits
+    return b["total"] * 2
+
+
+p = ms.Pipeline("pressed-state")
+src = p.synthetic(count={count}, sensors={keys}, rate=1e9, batch_size=1000, seed=4)
+totals = src.key_by("sensor").stateful_map(ring_sum, "value", out="total", state_size=257).with_parallelism(2)
+twice = totals.with_columns(twice=slow).with_parallelism(1)
+twice.select("sensor", "total", "twice").sink(ms.sinks.csv("{out}/totals.csv"))
+p.run()
+"""
+
+
+def _write_pressed(tmp: Path, name: str, delay: float) -> tuple[Path, Path]:
+    out = tmp / name
+    out.mkdir()
+    script = tmp / f"{name}.py"
+    script.write_text(textwrap.dedent(PRESSED.format(count=200_000, keys=4000, delay=delay, out=out)))
+    return script, out
+
+
+def _vnode_of(client: Client, job: str, task: str) -> str:
+    def find():
+        status = client.status()["jobs"][job]
+        assert status["state"] in ("deploying", "running"), status
+        return status["state"] == "running" and next(
+            (v for v, info in status.get("vnodes", {}).items() if any(task in t for t in info["tasks"])), None)
+    return wait_for(find, 120, f"a running vnode with {task}")
+
+
+def test_moves_under_backpressure_precopy_and_finish_before_the_job(direct_home, tmp_path):
+    """Every host upstream of a slow stage spends its time blocked on a full channel (the source runs as fast as
+    credits let it): moves of the stateful vnode (4 MB, blocked sending) and of the slow one (never idle) pre-copy,
+    complete while the job runs, and the output is exactly once."""
+    local_script, local_out = _write_pressed(tmp_path, "local", 0.0)
+    assert cli("run", str(local_script)).returncode == 0
+    script, out = _write_pressed(tmp_path, "remote", 0.06)  # ~400 batches into the slow stage: ~25 s
+    r = cli("submit", "--detach", str(script), "--home", str(direct_home))
+    assert r.returncode == 0, r.stderr
+    job = r.stdout.strip().splitlines()[-1]
+    records = []
+    with Client(cluster.address(direct_home), timeout=120) as client:
+        stateful = _vnode_of(client, job, "stateful_map[0]")
+        busy = _vnode_of(client, job, "with_columns")
+        for vnode in (stateful, busy, stateful):
+            here = client.status()["jobs"][job]["vnodes"][vnode]["agent"]
+            records.append(client.migrate(job, vnode, "node2" if here == "node1" else "node1"))  # never called off
+        ended_after = client.status()["jobs"][job]["state"]
+        final = _wait_end(client, job)
+    assert ended_after == "running", "the job ended before the moves were done: make it slower"
+    assert final["state"] == "finished", final
+    for record in records:
+        assert record["transfer"] == "direct", record
+        assert record["precopy_rounds"] >= 1 and record["precopy_fallback"] is None, record
+        assert record["downtime_s"] is not None, record
+    assert records[0]["state_bytes"] > 4e6, records[0]
+    assert lines(out) == lines(local_out)
+    assert len(lines(local_out)) == 200_000
+
+
+STUCK = """
+import os
+import time
+import microstream as ms
+
+
+def stuck_once(b):
+    if os.path.exists("{flag}"):  # the test asks for a move meanwhile: this host can neither pre-copy nor align
+        os.remove("{flag}")
+        time.sleep(15)
+    return b["s"] * 2
+
+
+p = ms.Pipeline("stuck")
+src = p.synthetic(count=40_000, sensors=50, rate=1000, speed={speed}, batch_size=100, seed=8)
+counts = src.key_by("sensor").window(ms.tumbling(seconds=1)).aggregate(n=ms.agg.count(), s=ms.agg.sum("value"))
+counts.with_columns(twice=stuck_once).sink(ms.sinks.jsonl("{out}/windows.jsonl"))
+p.run()
+"""
+
+
+def test_a_host_that_cannot_precopy_is_cut_after_the_timeout_and_the_record_says_so(tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    _cluster(home, None, MICROSTREAM_PRECOPY_TIMEOUT="2")
+    try:
+        scripts = {}
+        for name, speed in (("local", None), ("remote", 1.0)):
+            (tmp_path / name).mkdir()
+            scripts[name] = tmp_path / f"{name}.py"
+            scripts[name].write_text(textwrap.dedent(STUCK.format(flag=tmp_path / "stick", speed=speed,
+                                                                  out=tmp_path / name)))
+        assert cli("run", str(scripts["local"])).returncode == 0
+        r = cli("submit", "--detach", str(scripts["remote"]), "--home", str(home))
+        assert r.returncode == 0, r.stderr
+        job = r.stdout.strip().splitlines()[-1]
+        with Client(cluster.address(home), timeout=120) as client:
+            vnode = _vnode_of(client, job, "with_columns")
+            here = client.status()["jobs"][job]["vnodes"][vnode]["agent"]
+            (tmp_path / "stick").touch()
+            wait_for(lambda: not (tmp_path / "stick").exists(), 60, "the operator to take the flag")
+            record = client.migrate(job, vnode, "node2" if here == "node1" else "node1")
+            final = _wait_end(client, job)
+    finally:
+        cluster.down(home, progress=lambda _: None)
+    assert final["state"] == "finished", final
+    assert record["transfer"] == "direct" and record["stop_and_copy"], record
+    assert "no pre-copy within 2 s" in record["precopy_fallback"], record
+    got = sorted((tmp_path / "remote" / "windows.jsonl").read_text().splitlines())
+    assert got == sorted((tmp_path / "local" / "windows.jsonl").read_text().splitlines()) and got
+
+
+def test_an_unknown_state_transfer_is_refused_naming_the_choices(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "microstream.cli", "coordinator", "--no-state", "--insecure",
+                        "--bind", "tcp://127.0.0.1:0", "--no-console"], capture_output=True, text=True, timeout=60,
+                       cwd=tmp_path, env={**os.environ, "MICROSTREAM_STATE_TRANSFER": "relay"})
+    assert r.returncode == 1
+    assert "MICROSTREAM_STATE_TRANSFER='relay': expected one of direct, coordinator" in r.stderr

@@ -3,6 +3,8 @@ for byte, whatever changed in between (property-based); the rounds travel over a
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 import zmq
@@ -136,3 +138,70 @@ def test_a_buffer_that_grows_or_shrinks_within_its_last_chunk_goes_whole():
         have = sx.apply(have, _wire(delta))
         assert bytes(sx.unpack(delta.skeleton, have)["b"]) == bytes(state["b"])
     assert delta.parts == []  # the same size and bytes as the round before: nothing to send
+
+
+def test_precopy_of_a_state_that_changes_while_it_is_read_ends_exact_after_the_final_round():
+    """Rounds on the pre-copy thread read the arrays while another thread writes them (torn reads), including
+    chunks that change and change back; after the writer stops, the final round (`diff` of the stopped state) leaves
+    the receiver with exactly the state, byte for byte."""
+    import threading
+
+    rng = np.random.default_rng(5)
+    big = rng.standard_normal(3_000_000 // 8)      # ~3 MB: several pieces when hashed in pieces
+    small = rng.standard_normal(300 * CH // 8 + 5)  # a short last chunk
+    original = big.copy()
+    state = {"tasks": {"a": {"op": {"state": big}}, "b": {"op": {"state": small, "n": 3}}}}
+    stop = threading.Event()
+
+    def writer() -> None:
+        r = np.random.default_rng(6)
+        while not stop.is_set():
+            i = int(r.integers(0, big.size - 200))
+            big[i:i + 200] = r.standard_normal(200)
+            if r.random() < 0.3:  # back to what an earlier round may have hashed
+                big[i:i + 200] = original[i:i + 200]
+            small[int(r.integers(0, small.size))] += 1.0
+
+    receiver = sx.StateReceiver("tcp://127.0.0.1:*")
+    sender = sx.StateSender(receiver.endpoint, "j/vn1/4")
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        precopy = sx.Precopy(sender, small=1)  # converge only when rounds stop shrinking
+        deadline = time.monotonic() + 60
+        while sender.rounds < 4:
+            assert time.monotonic() < deadline and precopy.error is None, (sender.rounds, precopy.error)
+            if precopy.wants:
+                precopy.offer(sx.pack(state))
+            time.sleep(0.005)
+    finally:
+        stop.set()
+        thread.join()
+    precopy.stop()
+    assert precopy.error is None
+    final = sender.send(sx.pack(state), final=True)
+    got, figures = receiver.wait("j/vn1/4", timeout=30)
+    try:
+        assert np.array_equal(got["tasks"]["a"]["op"]["state"], big)
+        assert np.array_equal(got["tasks"]["b"]["op"]["state"], small) and got["tasks"]["b"]["op"]["n"] == 3
+        assert figures["rounds"] == sender.rounds and final < big.nbytes  # only what changed since the last round
+    finally:
+        sender.close()
+        receiver.close()
+
+
+def test_live_delta_sends_copies_and_their_hashes():
+    buf = np.arange(100 * CH // 8, dtype=np.float64)
+    packed = sx.pack({"s": buf})
+    made = sx.live_delta(None, packed)
+    assert made is not None
+    delta, hashes = made
+    assert delta.parts[0].chunks is None and not np.shares_memory(delta.parts[0].data, buf)
+    buf[3 * CH // 8] = -1.0
+    made = sx.live_delta(hashes, packed)
+    assert made is not None
+    delta, after = made
+    assert delta.parts[0].chunks.tolist() == [3]
+    buf[3 * CH // 8] = 7.0  # changed after the copy: the hashes are the copy's, so the next diff sends it again
+    redo, _ = sx.diff(after, sx.pack({"s": buf}))
+    assert [p.chunks.tolist() for p in redo.parts] == [[3]]
