@@ -15,14 +15,20 @@
    `--agent-timeout` 4 s); measured: kill -> the job running again in a new epoch, and kill -> records flowing
    again (the restored stateful operator's input counter moving; hosts report every second). p50 and p99 (with a
    handful of faults p99 is the worst), and every output checked against the same job without a fault.
-3. Checkpoint size and time vs state size: the bytes and seconds of the checkpoints the recovery runs took
-   before their fault (full snapshots: incremental ones are not built).
+3. Checkpoint size and time vs state size, incremental vs full: a real-time job whose keyed `stateful_map` holds
+   ~1, 10 or 100 MB (1 KB per key), checkpoints every 2 s. The source first sends every key once, then only a
+   hot 5% of the keys (each several times per interval): "clustered" (a contiguous run of keys, e.g. one
+   building's sensors) or "scattered" (every 20th key: many 16 KB chunks hold one hot key). The same job with
+   `incremental_checkpoints = False` (every chunk sent every time) is the baseline, run on the same cluster in the
+   same run. Per checkpoint taken once the hot phase runs: the state's bytes, the bytes the hosts sent, the chunk
+   bytes the coordinator's store wrote, the seconds from the barrier to the checkpoint complete and the seconds
+   the store took; medians per run and the ratios incremental / full.
 
 The load average of the (shared) machine at the start and end of each part is recorded with its figures;
 --skip-throughput / --skip-recovery keep that part's figures from the last run.
 
     python bench/checkpoints.py [--records 40000000] [--repeat 5] [--faults 3] [--sizes 1,10,100] [--kinds host,agent]
-                                [--skip-throughput] [--skip-recovery]
+                                [--skip-throughput] [--skip-recovery] [--skip-incremental]
 """
 
 from __future__ import annotations
@@ -80,6 +86,98 @@ src = p.synthetic(count={count}, sensors={keys}, rate={rate}, jitter=0.0, max_de
  .sink(ms.sinks.jsonl("{out}")))
 p.run()
 """
+
+
+SIZE_JOB = """
+import numba
+import numpy as np
+import microstream as ms
+
+FILL = 1_700_000_000 * 10**9 + int({fill_s} * 10**9)   # event time by which every key has been seen once
+
+@numba.njit(cache=True)
+def spread(state, t, x):
+    state[int(t) % {slots}] += x
+    return state[0] + state[{slots} - 1]
+
+p = ms.Pipeline("ckpt-size", checkpoint_every="{every}s", restarts=0)
+p.graph.incremental_checkpoints = {incremental}
+src = p.synthetic(count={count}, sensors={keys}, rate={rate}, seed=5, speed=1.0, batch_size=2000)
+(src.with_columns(k=lambda b: np.where(b["time"] < FILL, b["sensor"], {hot}))
+ .key_by("k").stateful_map(spread, "value", out="s", state_size={slots}, init=np.arange({slots}, dtype=np.float64))
+ .filter(lambda b: b["k"] < 20)
+ .key_by("k").window(ms.tumbling(seconds=1)).aggregate(n=ms.agg.count(), s=ms.agg.max("s"))
+ .sink(ms.sinks.jsonl("{out}")))
+p.run()
+"""
+HOT_SHARE = 20          # 1 in 20 keys (5%) changes per interval once every key has been seen
+SIZE_EVERY = 2.0        # seconds between checkpoints in part 3
+SIZE_HOT_SECONDS = 16   # seconds of the hot phase
+
+
+def incremental(home: Path, tmp: Path, mb: int) -> list[dict]:
+    """Part 3 at one state size: full, then incremental with clustered and with scattered hot keys."""
+    keys, rate = 1024 * mb, 20_000
+    fill_s = keys / rate
+    n_hot = keys // HOT_SHARE
+    hot = {"clustered": f'b["sensor"] % {n_hot}', "scattered": f'(b["sensor"] % {n_hot}) * {HOT_SHARE}'}
+    runs = []
+    for mode, pattern in (("full", "clustered"), ("incremental", "clustered"), ("incremental", "scattered")):
+        out = tmp / f"size-{mb}-{mode}-{pattern}.jsonl"
+        script = out.with_suffix(".py")
+        script.write_text(textwrap.dedent(SIZE_JOB.format(
+            fill_s=fill_s, slots=SLOTS, every=SIZE_EVERY, incremental=mode == "incremental",
+            count=int(rate * (fill_s + SIZE_HOT_SECONDS)), keys=keys, rate=float(rate), hot=hot[pattern], out=out)))
+        load = _load()[0]
+        failures = []
+        while True:  # a run that fails (the shared machine's load) is run again once, and the failure recorded
+            seen, running, s = _sized_run(home, script)
+            if s["state"] == "finished":
+                break
+            failures.append(s["reason"])
+            print(f"  {script.name} failed: {s['reason']}", file=sys.stderr)
+            if len(failures) > 1:
+                raise RuntimeError(f"{script.name}: {failures}")
+        # the hot phase's: after the fill and one more interval (the one the fill ended in changed more)
+        steady = [c for _, c in sorted(seen.items()) if c["at"] > running + fill_s + SIZE_EVERY + 1.0]
+        if len(steady) < 3:
+            raise RuntimeError(f"{script.name}: only {len(steady)} checkpoints in the hot phase: {sorted(seen)}")
+
+        def median(key: str, of: list[dict] = steady) -> float:
+            return statistics.median(c.get(key, 0) for c in of)
+
+        runs.append({"state_mb": mb, "mode": mode, "hot_keys": pattern if mode == "incremental" else "any",
+                     "keys": keys, "hot_share": 1 / HOT_SHARE, "checkpoints": steady,
+                     "state_bytes": median("bytes"), "sent_bytes": median("sent_bytes"),
+                     "stored_bytes": median("stored_bytes"), "seconds": median("seconds"),
+                     "store_s": median("store_s"), "load_before": load, "failed_runs": failures})
+        print(f"  {mb} MB {mode} ({runs[-1]['hot_keys']}): sent {runs[-1]['sent_bytes'] / 1e6:.2f} of "
+              f"{runs[-1]['state_bytes'] / 1e6:.1f} MB, {runs[-1]['seconds']:.2f} s + store "
+              f"{runs[-1]['store_s']:.2f} s", file=sys.stderr)
+    full = runs[0]
+    for run in runs:
+        run["sent_vs_full"] = run["sent_bytes"] / full["sent_bytes"]
+        run["stored_vs_full"] = run["stored_bytes"] / max(1, full["stored_bytes"])
+        run["seconds_vs_full"] = run["seconds"] / full["seconds"]
+        run["store_s_vs_full"] = run["store_s"] / full["store_s"] if full["store_s"] else None
+    return runs
+
+
+def _sized_run(home: Path, script: Path) -> tuple[dict[int, dict], float, dict]:
+    """Submit a part-3 job and follow it to its end: its checkpoints' figures by id (status shows the last two:
+    collected as they come), when it was running, its final status."""
+    r = _cli("submit", "--detach", str(script), "--home", str(home))
+    if r.returncode != 0:
+        raise RuntimeError(r.stderr)
+    job = r.stdout.strip().splitlines()[-1]
+    seen: dict[int, dict] = {}
+    with Client(cluster.address(home), timeout=60) as client:
+        running = _poll("the job to run", lambda: _job(client, job)["state"] in ("running", "finished")
+                        and time.time(), 120, 0.05)
+        while (s := _job(client, job))["state"] not in ("finished", "failed"):
+            seen.update({c["id"]: c for c in s["checkpoints"]})
+            time.sleep(0.25)
+    return seen, running, s
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
@@ -285,9 +383,12 @@ def main() -> int:
     ap.add_argument("--kinds", default="host,agent", help="what to kill: host, agent (comma-separated)")
     ap.add_argument("--skip-throughput", action="store_true", help="keep the last run's throughput figures")
     ap.add_argument("--skip-recovery", action="store_true", help="keep the last run's recovery figures")
+    ap.add_argument("--skip-incremental", action="store_true",
+                    help="keep the last run's checkpoint size and time figures (part 3)")
     args, _ = ap.parse_known_args()
     previous = _previous()
     thr, recs = previous.get("throughput"), previous.get("recovery", [])
+    sizes = previous.get("size_and_time")
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
         home = tmp / "home"
@@ -312,6 +413,12 @@ def main() -> int:
                         recs.append(recovery(home, tmp, mb, kind, args.faults, expected))
                         recs[-1]["load_average"] = {"start": load, "end": _load()}
                         recs[-1]["when"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            if not args.skip_incremental:
+                load = _load()
+                sizes = {"runs": [run for mb in (int(s) for s in args.sizes.split(",")) for run in
+                                  incremental(home, tmp, mb)],
+                         "every_s": SIZE_EVERY, "load_average": {"start": load, "end": _load()},
+                         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         finally:
             cluster.down(home, progress=lambda _: None)
     if thr is not None:
@@ -338,7 +445,14 @@ def main() -> int:
          f"{r['checkpoint_seconds_median']:.2f}", f"{r['outputs_equal_to_fault_free']}/{r['faults']}",
          f"{r.get('load_average', {}).get('start', [0])[0]:.1f}")
         for r in recs]))
-    path = write_json("checkpoints", {"agent_timeout_s": AGENT_TIMEOUT, "throughput": thr, "recovery": recs})
+    if sizes is not None:
+        print(table([("state", "checkpoints", "hot keys", "sent MB", "vs full", "stored MB", "seconds", "vs full",
+                      "store s")] + [
+            (f"{r['state_mb']} MB", r["mode"], r["hot_keys"], f"{r['sent_bytes'] / 1e6:.2f}",
+             f"{r['sent_vs_full']:.3f}x", f"{r['stored_bytes'] / 1e6:.2f}", f"{r['seconds']:.2f}",
+             f"{r['seconds_vs_full']:.2f}x", f"{r['store_s']:.2f}") for r in sizes["runs"]]))
+    path = write_json("checkpoints", {"agent_timeout_s": AGENT_TIMEOUT, "throughput": thr, "recovery": recs,
+                                      "size_and_time": sizes})
     print(f"wrote {path}")
     return 0 if all(r["outputs_equal_to_fault_free"] == r["faults"] for r in recs) else 1
 
