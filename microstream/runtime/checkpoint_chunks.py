@@ -6,7 +6,8 @@ loop a move's dirty tracking uses). The host (`Encoder`) keeps the hashes of the
 chunk; for checkpoint *n* it sends, against a *base* (a checkpoint the coordinator completed and still has), the
 skeleton and only the chunks whose hash differs from the base's at the same place. A buffer that grew keeps its
 earlier chunks (keys are appended); one that moved or changed everywhere goes whole. The first checkpoint of a host
-process (after a deployment, a restore or a move) has no base: it is full.
+process has no base and is full, except after a recovery: a host restored from a checkpoint's blob hashes it
+(`Encoder.adopt`), and its first checkpoint sends only what changed since the one it was restored from.
 
 The blob is not a pickle: a magic, a JSON header and raw bytes, so that the coordinator joins a delta with its base
 (`resolve`) without unpickling what a host sent. What the coordinator keeps, stores and replicates is the joined,
@@ -111,8 +112,9 @@ class Encoder:
         packed = pack(state)
         hashes = [chunk_hashes(b, CHUNK) for b in packed.buffers]
         before = self.sent.get(base) if base is not None else None
-        header: dict[str, Any] = {"base": None, "chunk": CHUNK, "skeleton": len(packed.skeleton),
-                                  "sizes": [int(b.nbytes) for b in packed.buffers], "new": None}
+        header: dict[str, Any] = {"checkpoint": checkpoint, "base": None, "chunk": CHUNK,
+                                  "skeleton": len(packed.skeleton), "sizes": [int(b.nbytes) for b in packed.buffers],
+                                  "new": None}
         pieces: list[Any] = [packed.skeleton]
         if before is None:
             pieces.extend(b.data for b in packed.buffers)
@@ -128,6 +130,19 @@ class Encoder:
         blob = _blob(header, pieces)
         self.last_bytes, self.full_bytes = len(blob), packed.nbytes
         return blob
+
+    def adopt(self, blob: bytes) -> None:
+        """A host restored from `blob` (a recovery): its hashes, so that the next checkpoint, whose base is the one
+        restored from, sends only what changed since (a blob without its checkpoint's id is ignored)."""
+        from .statexfer import chunk_hashes
+
+        header, payload = _header(blob)
+        if header.get("checkpoint") is None or header.get("base") is not None:
+            return
+        view = memoryview(blob)
+        _, spans = _spans(header, payload)
+        self.sent[int(header["checkpoint"])] = [(b - a, chunk_hashes(np.frombuffer(view[a:b], dtype=np.uint8), CHUNK))
+                                                for a, b in spans]
 
     def done(self, checkpoint: int) -> None:
         """Checkpoint `checkpoint` is complete: older ones will never be a base again."""

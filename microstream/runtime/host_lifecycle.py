@@ -94,11 +94,11 @@ def failure_report(exc: BaseException) -> dict[str, Any]:
     return report
 
 
-def checkpoint_sender(control: HostControl, runtime: HostRuntime, graph: Any) -> Callable[[int, dict], None]:
+def checkpoint_sender(control: HostControl, runtime: HostRuntime, graph: Any,
+                      encoder: Encoder) -> Callable[[int, dict], None]:
     """How a host hands a checkpoint's snapshot to its agent: chunked, only what changed since the base
     (`checkpoint_chunks.py`), or every chunk each time if the job asked for full checkpoints
     (`graph.incremental_checkpoints` False: the baseline of bench/checkpoints.py)."""
-    encoder = Encoder()
     incremental = bool(getattr(graph, "incremental_checkpoints", True))  # a graph pickled before it existed
 
     def send(checkpoint: int, state: dict) -> None:
@@ -120,7 +120,8 @@ def serve_vnode(control: HostControl, spec: dict[str, Any], settings: dict[str, 
     runtime = HostRuntime(spec["graph"], spec["plan"], settings["vnode"], server, client_factory,
                           restoring=bool(settings.get("restoring")), epoch=int(settings.get("epoch") or 0),
                           job=str(settings.get("job") or ""), source_log=settings.get("source_log"))
-    runtime.on_checkpoint = checkpoint_sender(control, runtime, spec["graph"])
+    encoder = Encoder()
+    runtime.on_checkpoint = checkpoint_sender(control, runtime, spec["graph"], encoder)
     runtime.transfers = transfers
     runtime.on_precopied = lambda figures: control.send("precopied", figures=figures)
     if prepare is not None:
@@ -132,7 +133,11 @@ def serve_vnode(control: HostControl, spec: dict[str, Any], settings: dict[str, 
         runtime.connect(control.expect("connect").header["endpoints"])
         start = control.expect("start")
         if start.blob is not None:  # a saved or migrated virtual node resumes from its snapshot
-            state = decode(start.blob) if is_chunked(start.blob) else cloudpickle.loads(start.blob)
+            if is_chunked(start.blob):  # a recovery: the checkpoint's snapshot, the base of the next one
+                state = decode(start.blob)
+                encoder.adopt(start.blob)
+            else:
+                state = cloudpickle.loads(start.blob)
             if "direct_transfer" in state:  # a ticket: the state itself comes from the old host
                 if receiver is None:
                     raise RuntimeError("a move sent its state directly, but this host cannot receive it")
@@ -141,7 +146,7 @@ def serve_vnode(control: HostControl, spec: dict[str, Any], settings: dict[str, 
             runtime.on_resumed = lambda: control.send("resumed", at=time.time())
     finally:
         if receiver is not None:
-            receiver.close()
+            receiver.close(wait=False)  # its thread lets go within 0.1 s: not in the move's downtime
     result = runtime.run(report=lambda stats: control.send("stats", stats=stats),
                          should_stop=lambda: control.stopped, control=control.poll, control_socket=control.wake)
     if "snapshot" in result:

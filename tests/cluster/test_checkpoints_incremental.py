@@ -2,7 +2,8 @@
 key has been seen, only a few keys change. After the first checkpoint, the hosts send only the chunks that changed
 (a small fraction of the state's bytes); the coordinator's store keeps each chunk once and deletes those no
 checkpoint refers to any more. A host killed with SIGKILL after several incremental checkpoints, or a coordinator
-killed and restarted in between, changes nothing in the output: it equals the local run's."""
+killed and restarted in between, changes nothing in the output: it equals the local run's; the recovered hosts'
+first checkpoint is incremental as well (against the one they were restored from)."""
 
 from __future__ import annotations
 
@@ -113,6 +114,12 @@ def test_only_changed_chunks_travel_and_a_killed_host_recovers_exactly(restart_c
             stateful = next(v for v in status["vnodes"].values()
                             if any(t.startswith("stateful_map") for t in v["tasks"]))
             os.kill(stateful["pid"], signal.SIGKILL)
+            # the restored hosts hash the checkpoint they started from: their first checkpoint is incremental too
+            status = wait_for(lambda: ((s := client.status()["jobs"][job])["state"] == "finished"
+                                       or any(c["epoch"] > 0 for c in s["checkpoints"])) and s, 60,
+                              "a checkpoint after the recovery")
+            recovered = [c for c in status["checkpoints"] if c["epoch"] > 0]
+            assert recovered and recovered[0]["sent_bytes"] < 0.05 * recovered[0]["bytes"], status["checkpoints"]
             final = wait_for(lambda: (s := client.status()["jobs"][job])["state"] in ("finished", "failed") and s,
                              120, "the job to end")
         assert final["state"] == "finished", final["reason"]

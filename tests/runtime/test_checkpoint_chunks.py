@@ -103,3 +103,15 @@ def test_reassembly_from_stored_chunks_checks_every_chunk():
     del damaged[victim]
     with pytest.raises(ChunkError, match=f"chunk {victim} is missing"):
         assemble(manifest, damaged.get)
+
+
+def test_a_host_restored_from_a_checkpoint_sends_only_what_changed_since_it():
+    state = _state(20_000)
+    base, _ = resolve(Encoder().encode(state, 7, None), b"")  # what the coordinator holds and restores from
+    restored = Encoder()
+    restored.adopt(base)  # a new host process, after a recovery
+    again = decode(base)
+    again["tasks"]["t0"]["op"]["state"][100] = 0.0
+    delta = restored.encode(again, 8, base=7)
+    assert base_of(delta) == 7 and len(delta) < len(base) // 30
+    assert _equal(decode(resolve(delta, base)[0]), again)
