@@ -202,6 +202,9 @@ class Moves:
             return False
         move.endpoint = m.peer()
         move.incoming = m.incoming
+        if move.mode is MoveMode.MIGRATE and not move.whole:  # upstream connects to it now, not in the downtime
+            for agent in self.lifecycle.agents_of(job):
+                self.send(agent.identity, Redirect(job=job.id, vnode=move.vnode, peer=move.endpoint, prepare=True))
         if move.mode is MoveMode.MIGRATE and self.direct and not move.whole and m.state_endpoint:
             # pre-copy: the old host sends its state to the new one while it runs on; the cut waits for it
             move.direct = True

@@ -41,6 +41,7 @@ class HostRuntime:
                                  transactional=getattr(graph, "checkpoint_every", None) is not None, epoch=epoch,
                                  job=job, source_log=source_log)
         self.paused: dict[str, list[tuple[str, str, tuple, dict]]] = {}  # vnode -> sends held for it
+        self.prepared: dict[str, tuple[Any, dict[str, Any]]] = {}  # vnode -> (its new host, task -> channel to it)
         self.saved: dict | None = None           # the snapshot, once taken: the run ends with it
         self.whole = False                       # the barrier is for a whole-host move, not a snapshot
         self.on_aligned: Callable[[], None] | None = None  # whole-host moves (a microVM): called at the cut
@@ -120,6 +121,8 @@ class HostRuntime:
                 self._close_transfer()
         for client in self.clients.values():
             client.close()
+        for vnode in list(self.prepared):
+            self._drop_prepared(vnode)
         return self.result()
 
     @property
@@ -200,7 +203,10 @@ class HostRuntime:
         elif kind == "pause_to" and header["vnode"] != self.vnode_id:
             self.pause_to(header["vnode"], int(header["barrier"]))
         elif kind == "redirect" and header["vnode"] != self.vnode_id:
-            self.redirect(header["vnode"], header.get("peer"))
+            if header.get("prepare"):
+                self.prepare_redirect(header["vnode"], header["peer"])
+            else:
+                self.redirect(header["vnode"], header.get("peer"))
         elif kind == "redirect" and header.get("peer") is None and self.runner.barrier is None:
             self._close_transfer()  # this vnode's move was called off before its cut: its pre-copy ends
 
@@ -217,18 +223,38 @@ class HostRuntime:
             self.clients[(task_id, vnode)].send_barrier(barrier, target=address)
         self.paused[vnode] = []
 
+    def prepare_redirect(self, vnode: str, peer: Any) -> None:
+        """Upstream side, before a move's cut: open the channels to `vnode`'s new host now (connection and CURVE
+        handshake done, hello queued), so that at the redirect the held sends wait only for its credit grant."""
+        self._drop_prepared(vnode)
+        tasks = sorted({task_id for task_id, vn in self.clients if vn == vnode})
+        self.prepared[vnode] = (peer, {t: self._client(peer, f"{t}>{vnode}") for t in tasks})
+
+    def _drop_prepared(self, vnode: str) -> None:
+        _, clients = self.prepared.pop(vnode, (None, {}))
+        for client in clients.values():
+            client.close(linger=0)  # nothing was sent on it
+
     def redirect(self, vnode: str, peer: Any | None) -> None:
         """Upstream side: point the channels into `vnode` at its new host (or keep the old one if `peer` is
         None: the move was called off) and send what was held, in order."""
+        to, ready = self.prepared.pop(vnode, (None, {}))
+        if to != peer:
+            ready, self.prepared[vnode] = {}, (to, ready)
+            self._drop_prepared(vnode)
         held = self.paused.pop(vnode, None)
         if held is None:
+            for client in ready.values():
+                client.close(linger=0)
             return
         if peer is not None:
             for (task_id, vn), client in list(self.clients.items()):
                 if vn == vnode:
                     self.bytes_before[(task_id, vn)] = self.bytes_before.get((task_id, vn), 0) + client.sent_bytes
                     client.close()
-                    self.clients[(task_id, vn)] = self._client(peer, f"{task_id}>{vn}")
+                    self.clients[(task_id, vn)] = ready.pop(task_id, None) or self._client(peer, f"{task_id}>{vn}")
+        for client in ready.values():
+            client.close(linger=0)
         for task_id, method, args, kwargs in held:
             getattr(self.clients[(task_id, vnode)], method)(*args, **kwargs)
 

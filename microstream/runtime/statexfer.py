@@ -418,6 +418,13 @@ class StateReceiver:
         self._thread.start()
 
     def _run(self) -> None:
+        try:
+            self._serve()
+        finally:  # here, so that `close` need not wait for this thread
+            self.sock.close(linger=0)
+            self._term()
+
+    def _serve(self) -> None:
         sock = self.sock
         while not self._stop:
             if not sock.poll(100):
@@ -458,11 +465,12 @@ class StateReceiver:
             self._buffers.pop(transfer, None)
         return unpack(skeleton, buffers), figures
 
-    def close(self) -> None:
+    def close(self, wait: bool = True) -> None:
+        """Stop receiving; the thread closes the socket within 0.1 s (`wait`: return once it has; a new host about
+        to start does not wait, its move's downtime would include it)."""
         self._stop = True
-        self._thread.join(timeout=2)
-        self.sock.close(linger=0)
-        self._term()
+        if wait:
+            self._thread.join(timeout=2)
 
     def _term(self) -> None:
         if self.auth is not None:
