@@ -549,9 +549,16 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     with Client(_address(args)) as client:
         r = client.migrate(args.job, args.vnode, args.to, whole=args.whole_vm)
     paused = f"{r['downtime_s'] * 1000:.0f} ms" if r.get("downtime_s") is not None else "n/a (no records followed)"
+    how = ""  # how the state travelled (cluster/moves.py `_state_figures`)
+    if r.get("transfer") == "direct":
+        how = f", sent directly: {r.get('final_bytes') or 0:,} at the barrier"
+    elif r.get("transfer") == "coordinator":
+        how = ", through the coordinator"
+    if r.get("precopy_fallback") or r.get("direct_fallback"):
+        how += f"; {r.get('precopy_fallback') or r.get('direct_fallback')}"
     print(f"{args.job}/{args.vnode}: {r['from']} -> {r['to']} in {r['total_s']:.2f} s "
           f"(inputs held {paused}, state {r.get('state_bytes') or 0:,} bytes"
-          f"{', whole VM' if r.get('tier') == 2 else ''})")
+          f"{', whole VM' if r.get('tier') == 2 else how})")
     return EXIT_OK
 
 

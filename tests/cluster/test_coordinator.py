@@ -340,7 +340,10 @@ def test_migrate_step_by_step(h):
     assert h.take() == [] and move.state is MoveState.PREPARING
     h.send("a3", cm.VnodeReady(job=job_id, vnode="vn1", endpoint="tcp://a3:9", public_key="key-a3"))
     sent = h.take()
-    assert kinds(sent) == [("a1", "pause_to"), ("a2", "pause_to"), ("a2", "snapshot")]
+    # upstream connects to the new host before the cut; the new host reported no state endpoint: no pre-copy
+    assert kinds(sent) == [("a1", "redirect"), ("a2", "redirect"), ("a1", "pause_to"), ("a2", "pause_to"),
+                           ("a2", "snapshot")]
+    assert all(m.prepare and m.peer == {"endpoint": "tcp://a3:9", "public_key": "key-a3"} for _, m in sent[:2])
     assert sent[-1][1] == hp.SnapshotRequest(job=job_id, vnode="vn1", barrier=1, only="vn1")
     assert move.state is MoveState.ALIGNING
 
@@ -358,6 +361,36 @@ def test_migrate_step_by_step(h):
     assert to == "client" and moved.record["from"] == "a2" and moved.record["to"] == "a3"
     assert moved.record["downtime_s"] == pytest.approx(0.75) and moved.record["state_bytes"] == 5
     assert job.move is None and move.state is MoveState.DONE and job.history == [moved.record]
+
+
+def test_a_direct_move_precopies_while_the_vnode_runs_and_cuts_anyway_after_the_precopy_timeout(h):
+    job_id = h.run()
+    job = h.job(job_id)
+    h.send(CLIENT, cm.MigrateRequest(job=job_id, vnode="vn1", to="a3"))
+    h.take()
+    move = job.move
+    h.send("a3", cm.VnodeReady(job=job_id, vnode="vn1", endpoint="tcp://a3:9", public_key="key-a3",
+                               state_endpoint="tcp://a3:10"))
+    sent = h.take()
+    assert kinds(sent) == [("a1", "redirect"), ("a2", "redirect"), ("a2", "snapshot")]
+    assert sent[-1][1].precopy and sent[-1][1].to["state_endpoint"] == "tcp://a3:10"
+    _beat(h, h.coord.moves.precopy_timeout - 1)
+    h.coord.tick()
+    assert h.take() == [] and move.state is MoveState.PREPARING  # the vnode runs on while its state is copied
+    _beat(h, 2)
+    h.coord.tick()
+    sent = h.take()  # no precopied in time: cut anyway, the final round carries the rest
+    assert kinds(sent) == [("a1", "pause_to"), ("a2", "pause_to"), ("a2", "snapshot")]
+    assert sent[-1][1].to["state_endpoint"] == "tcp://a3:10" and not sent[-1][1].precopy
+    h.send("a2", cm.VnodeSnapshot(job=job_id, vnode="vn1", blob=b"ticket",
+                                  transfer={"state_bytes": 900, "final_bytes": 900, "stop_and_copy": True}))
+    h.take()
+    h.send("a3", cm.VnodeResumed(job=job_id, vnode="vn1", at=h.now + 1e9 + 0.05))
+    [(_, moved)] = h.take()
+    record = moved.record
+    assert record["transfer"] == "direct" and record["stop_and_copy"] and record["final_bytes"] == 900
+    assert record["precopy_fallback"] == "no pre-copy within 10 s: stop-and-copy at the barrier"
+    assert record["relayed_bytes"] == len(b"ticket")
 
 
 def test_save_suspends_and_restore_resumes(h):

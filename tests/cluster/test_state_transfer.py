@@ -266,7 +266,10 @@ def test_a_host_that_cannot_precopy_is_cut_after_the_timeout_and_the_record_says
             here = client.status()["jobs"][job]["vnodes"][vnode]["agent"]
             (tmp_path / "stick").touch()
             wait_for(lambda: not (tmp_path / "stick").exists(), 60, "the operator to take the flag")
-            record = client.migrate(job, vnode, "node2" if here == "node1" else "node1")
+            r = cli("migrate", job, vnode, "--to", "node2" if here == "node1" else "node1", "--home", str(home))
+            assert r.returncode == 0, r.stderr
+            assert "sent directly" in r.stdout and "no pre-copy within 2 s" in r.stdout, r.stdout  # says how it went
+            record = client.status()["jobs"][job]["migrations"][-1]
             final = _wait_end(client, job)
     finally:
         cluster.down(home, progress=lambda _: None)
