@@ -42,6 +42,7 @@ class HostRuntime:
                                  job=job, source_log=source_log)
         self.paused: dict[str, list[tuple[str, str, tuple, dict]]] = {}  # vnode -> sends held for it
         self.prepared: dict[str, tuple[Any, dict[str, Any]]] = {}  # vnode -> (its new host, task -> channel to it)
+        self.connect_ahead = True                # open channels to a move's new host before its cut (prepare_redirect)
         self.saved: dict | None = None           # the snapshot, once taken: the run ends with it
         self.whole = False                       # the barrier is for a whole-host move, not a snapshot
         self.on_aligned: Callable[[], None] | None = None  # whole-host moves (a microVM): called at the cut
@@ -227,6 +228,8 @@ class HostRuntime:
         """Upstream side, before a move's cut: open the channels to `vnode`'s new host now (connection and CURVE
         handshake done, hello queued), so that at the redirect the held sends wait only for its credit grant."""
         self._drop_prepared(vnode)
+        if not self.connect_ahead:
+            return
         tasks = sorted({task_id for task_id, vn in self.clients if vn == vnode})
         self.prepared[vnode] = (peer, {t: self._client(peer, f"{t}>{vnode}") for t in tasks})
 

@@ -433,6 +433,8 @@ def _run(wire: Wire, settings: dict[str, Any], blob: bytes | None) -> None:
             runtime.on_resumed = lambda: wire.send("resumed", {"at": time.time()})
 
         runtime.on_aligned = on_aligned
+        runtime.connect_ahead = False  # the relay holds one channel per id: a second one to a move's new host
+        # would replace the channel to its old host before the cut
 
     serve_vnode(control, spec, settings, ProxyServer(wire), factory, prepare=whole_vm_moves,
                 ready={"seconds": time.monotonic() - t0, "preload_s": settings.get("preload_s")})
