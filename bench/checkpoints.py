@@ -21,8 +21,8 @@
    building's sensors) or "scattered" (every 20th key: many 16 KB chunks hold one hot key). The same job with
    `incremental_checkpoints = False` (every chunk sent every time) is the baseline, run on the same cluster in the
    same run. Per checkpoint taken once the hot phase runs: the state's bytes, the bytes the hosts sent, the chunk
-   bytes the coordinator's store wrote, the seconds from the barrier to the checkpoint complete and the seconds
-   the store took; medians per run and the ratios incremental / full.
+   bytes the coordinator's store wrote, the bytes of its replica to an agent, the seconds from the barrier to the
+   checkpoint complete and the seconds the store took; medians per run and the ratios incremental / full.
 
 The load average of the (shared) machine at the start and end of each part is recorded with its figures;
 --skip-throughput / --skip-recovery keep that part's figures from the last run.
@@ -149,7 +149,8 @@ def incremental(home: Path, tmp: Path, mb: int) -> list[dict]:
         runs.append({"state_mb": mb, "mode": mode, "hot_keys": pattern if mode == "incremental" else "any",
                      "keys": keys, "hot_share": 1 / HOT_SHARE, "checkpoints": steady,
                      "state_bytes": median("bytes"), "sent_bytes": median("sent_bytes"),
-                     "stored_bytes": median("stored_bytes"), "seconds": median("seconds"),
+                     "stored_bytes": median("stored_bytes"), "replica_bytes": median("replica_bytes"),
+                     "seconds": median("seconds"),
                      "store_s": median("store_s"), "load_before": load, "failed_runs": failures})
         print(f"  {mb} MB {mode} ({runs[-1]['hot_keys']}): sent {runs[-1]['sent_bytes'] / 1e6:.2f} of "
               f"{runs[-1]['state_bytes'] / 1e6:.1f} MB, {runs[-1]['seconds']:.2f} s + store "
@@ -446,11 +447,11 @@ def main() -> int:
          f"{r.get('load_average', {}).get('start', [0])[0]:.1f}")
         for r in recs]))
     if sizes is not None:
-        print(table([("state", "checkpoints", "hot keys", "sent MB", "vs full", "stored MB", "seconds", "vs full",
-                      "store s")] + [
+        print(table([("state", "checkpoints", "hot keys", "sent MB", "vs full", "stored MB", "replica MB", "seconds",
+                      "vs full", "store s")] + [
             (f"{r['state_mb']} MB", r["mode"], r["hot_keys"], f"{r['sent_bytes'] / 1e6:.2f}",
-             f"{r['sent_vs_full']:.3f}x", f"{r['stored_bytes'] / 1e6:.2f}", f"{r['seconds']:.2f}",
-             f"{r['seconds_vs_full']:.2f}x", f"{r['store_s']:.2f}") for r in sizes["runs"]]))
+             f"{r['sent_vs_full']:.3f}x", f"{r['stored_bytes'] / 1e6:.2f}", f"{r.get('replica_bytes', 0) / 1e6:.2f}",
+             f"{r['seconds']:.2f}", f"{r['seconds_vs_full']:.2f}x", f"{r['store_s']:.2f}") for r in sizes["runs"]]))
     path = write_json("checkpoints", {"agent_timeout_s": AGENT_TIMEOUT, "throughput": thr, "recovery": recs,
                                       "size_and_time": sizes})
     print(f"wrote {path}")

@@ -20,6 +20,14 @@ job, checks its signature and restores the job from it as a restart with the sta
 they all do, else recovers from the replica's checkpoint (a new epoch, every virtual node from its snapshots).
 Until then the hosts of jobs it does not know are left running (the holder may register after their agent).
 
+Incremental copies: a checkpoint whose snapshots are chunked (`runtime/checkpoint_chunks.py`) travels as its signed
+record with a manifest per snapshot (the content key of each chunk) and, after it, only the chunks the holder does
+not have yet (those of the last replica it acknowledged: it keeps them while it keeps that replica). The holder
+keeps each job's chunks once, in a SQLite file beside its replicas (`chunks.db`: one transaction, one fsync per
+replica), with each replica's list of keys; retention deletes the chunks no kept replica refers to. A replica
+fetched back carries all of its chunks, each checked against its key when the coordinator puts the snapshots
+together: a chunk an agent damaged or lacks makes the replica unusable (`ReplicaError`), never wrong state.
+
 No sockets here: the coordinator hands in messages and a `send(identity, message)`; `ReplicaShelf` is the agent's
 side, on its disk.
 """
@@ -30,11 +38,14 @@ import contextlib
 import copy
 import hashlib
 import hmac
+import json
 import os
 import pickle
 import re
 import shutil
 import socket
+import sqlite3
+import struct
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -42,6 +53,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..runtime.checkpoint_chunks import ChunkError, Manifest, assemble, is_chunked, is_manifest, manifest_of, pieces
 from .messages import ReplicaDrop, ReplicaFetch, ReplicaPart, ReplicaStored
 from .store import StoredCheckpoint, StoredJob, info_of
 
@@ -57,6 +69,8 @@ SETTLE = 2.0             # seconds after the first registration before a coordin
 WAIT_FOR_AGENTS = 30.0   # seconds a client asking for an unknown job waits for the first agent (its replicas)
 FETCH_TIMEOUT = 60.0     # seconds a replica's transfer up may take before another holder is asked
 MAGIC = b"MSREPL01"
+CHUNKED = b"MSREPL02"    # a replica whose snapshots are manifests, followed by (some of) their chunks
+_LEN = struct.Struct("<I")
 _SAFE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,200}$")
 
 
@@ -72,13 +86,74 @@ def seal_key(secret: bytes | None) -> bytes:
 
 
 def contents(job: Job, checkpoint: Checkpoint) -> dict[str, Any]:
-    """What a coordinator needs to resume `job` from `checkpoint`, as it is now (a copy: the job changes on)."""
+    """What a coordinator needs to resume `job` from `checkpoint`, as it is now (a copy: the job changes on); a
+    chunked snapshot is there as its manifest (`chunk_sources` has its chunks)."""
     record = {"id": job.id, "name": job.name, "epoch": job.epoch, "restarts": job.restarts,
               "barriers": job.barriers, "submitted": job.submitted, "placement": dict(job.placement),
               "endpoints": copy.deepcopy(job.endpoints), "info": copy.deepcopy(info_of(job))}
+    snapshots = {vnode: _manifest(checkpoint, vnode).to_bytes() if is_chunked(blob) else blob
+                 for vnode, blob in checkpoint.snapshots.items()}
     return {"record": record, "spec": job.blob,
             "checkpoint": {"id": checkpoint.id, "epoch": job.epoch, "started": checkpoint.started,
-                           "completed": checkpoint.completed, "snapshots": dict(checkpoint.snapshots)}}
+                           "completed": checkpoint.completed, "snapshots": snapshots}}
+
+
+def _manifest(checkpoint: Checkpoint, vnode: str) -> Manifest:
+    if vnode not in checkpoint.manifests:
+        checkpoint.manifests[vnode] = manifest_of(checkpoint.snapshots[vnode])
+    return checkpoint.manifests[vnode]
+
+
+def chunk_sources(checkpoint: Checkpoint) -> list[tuple[bytes, Manifest]]:
+    """The chunked snapshots of `checkpoint` with their manifests (where a replica's chunks come from)."""
+    return [(blob, _manifest(checkpoint, vnode)) for vnode, blob in checkpoint.snapshots.items() if is_chunked(blob)]
+
+
+def build(data: dict[str, Any], sources: list[tuple[bytes, Manifest]], key: bytes,
+          have: frozenset[str] = frozenset()) -> tuple[bytes, list[str]]:
+    """The replica of `data` (`contents`) as it travels to a holder that has the chunks `have`: signed, with the
+    chunks it lacks after it; and every chunk key it refers to. Without chunked snapshots: `seal` alone."""
+    sealed = seal(data, key)
+    if not sources:
+        return sealed, []
+    keys: list[str] = []
+    seen: set[str] = set()
+    sent: list[tuple[str, memoryview]] = []
+    for blob, manifest in sources:
+        for k, piece in pieces(blob, manifest):
+            if k not in seen:
+                seen.add(k)
+                keys.append(k)
+                if k not in have:
+                    sent.append((k, piece))
+    return chunked(sealed, keys, sent), keys
+
+
+def chunked(sealed: bytes, keys: list[str], chunks: list[tuple[str, Any]]) -> bytes:
+    """A chunked replica as it travels: an index (the keys it refers to, the chunks it carries), the signed record,
+    the chunks."""
+    head = json.dumps({"sealed": len(sealed), "keys": keys, "chunks": [[k, len(c)] for k, c in chunks]},
+                      separators=(",", ":")).encode()
+    return b"".join([CHUNKED, _LEN.pack(len(head)), head, sealed, *(c for _, c in chunks)])
+
+
+def split(payload: bytes) -> tuple[list[str], bytes, dict[str, bytes]]:
+    """A chunked replica's parts: the keys it refers to, the signed record, the chunks it carries."""
+    try:
+        (n,) = _LEN.unpack_from(payload, len(CHUNKED))
+        start = len(CHUNKED) + _LEN.size
+        head = json.loads(payload[start:start + n])
+        at = start + n + int(head["sealed"])
+        sealed = payload[start + n:at]
+        chunks = {}
+        for k, length in head["chunks"]:
+            chunks[str(k)] = payload[at:at + int(length)]
+            at += int(length)
+    except (struct.error, ValueError, KeyError, TypeError) as exc:
+        raise ReplicaError(f"a damaged replica: {exc}") from None
+    if at != len(payload):
+        raise ReplicaError(f"a damaged replica: {len(payload)} bytes, its index accounts for {at}")
+    return [str(k) for k in head["keys"]], sealed, chunks
 
 
 def seal(data: dict[str, Any], key: bytes) -> bytes:
@@ -87,13 +162,27 @@ def seal(data: dict[str, Any], key: bytes) -> bytes:
     return MAGIC + hmac.new(key, body, hashlib.sha256).digest() + body
 
 
-def pack(job: Job, checkpoint: Checkpoint, key: bytes) -> bytes:
-    """The signed replica of `checkpoint` of `job`."""
-    return seal(contents(job, checkpoint), key)
+def pack(job: Job, checkpoint: Checkpoint, key: bytes, have: frozenset[str] = frozenset()) -> bytes:
+    """The signed replica of `checkpoint` of `job` (without the chunks in `have`)."""
+    return build(contents(job, checkpoint), chunk_sources(checkpoint), key, have)[0]
 
 
 def unpack(blob: bytes, key: bytes) -> StoredJob:
-    """The job a replica holds (as the state directory would have it), after checking its signature."""
+    """The job a replica holds (as the state directory would have it), after checking its signature (and, for a
+    chunked one, every chunk against its key)."""
+    if blob[:len(CHUNKED)] == CHUNKED:
+        _, sealed, chunks = split(blob)
+        stored = unpack(sealed, key)
+        assert stored.checkpoint is not None
+        c = stored.checkpoint
+        try:
+            for vnode, snapshot in c.snapshots.items():
+                if is_manifest(snapshot):
+                    c.snapshots[vnode] = assemble(Manifest.from_bytes(snapshot), chunks.get,
+                                                  f"the replica of checkpoint {c.id} of {stored.id} ({vnode})")
+        except ChunkError as exc:
+            raise ReplicaError(str(exc)) from None
+        return stored
     head = len(MAGIC) + 32
     if blob[:len(MAGIC)] != MAGIC or len(blob) <= head:
         raise ReplicaError("not a checkpoint replica")
@@ -155,7 +244,9 @@ class Replicas:
         self.bytes_sent = 0
         self._warned: set[str] = set()
         self._packer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="replica-pack")
-        self._packing: list[tuple[str, int, list[str], Future[bytes]]] = []   # (job, checkpoint, agents, sealing)
+        self._packing: list[tuple[str, int, list[str], Future[tuple[bytes, list[str]]]]] = []  # job, cp, agents
+        self.held: dict[tuple[str, str], frozenset[str]] = {}     # (job, agent) -> chunk keys it has
+        self._keys: dict[tuple[str, str, int], frozenset[str]] = {}  # (job, agent, checkpoint) -> keys, until acked
         lifecycle.on_end = self.job_ended
         lifecycle.may_restore = self.may_restore
         lifecycle.settling = self.settling
@@ -172,9 +263,13 @@ class Replicas:
                 self.log(f"coordinator: no agent to keep a replica of {job.id}'s checkpoints: they live on this "
                          "coordinator's disk only")
             return
-        # pickling and signing 50 MB takes ~0.5 s (more on a Pi): on a thread, so the loop serves on meanwhile
-        future = self._packer.submit(seal, contents(job, checkpoint), self.key)
-        self._packing.append((job.id, checkpoint.id, [a.name for a in targets], future))
+        # pickling and signing 50 MB takes ~0.5 s (more on a Pi): on a thread, so the loop serves on meanwhile; a
+        # holder gets only the chunks it lacks (those of the last replica it acknowledged it has)
+        data, sources = contents(job, checkpoint), chunk_sources(checkpoint)
+        for agent in targets:
+            have = self.held.get((job.id, agent.name), frozenset())
+            future = self._packer.submit(build, data, sources, self.key, have)
+            self._packing.append((job.id, checkpoint.id, [agent.name], future))
 
     def _packed(self) -> None:
         """Replicas sealed since: their transfers start."""
@@ -183,7 +278,7 @@ class Replicas:
             job_id, checkpoint, targets, future = item
             job = self.lifecycle.get(job_id)
             try:
-                payload = future.result()
+                payload, keys = future.result()
             except Exception as exc:  # noqa: BLE001 - e.g. out of memory: this checkpoint has no replica
                 self.log(f"coordinator: cannot pack the replica of checkpoint {checkpoint} of {job_id}: {exc}")
                 continue
@@ -192,10 +287,11 @@ class Replicas:
             figures = self._figures(job, checkpoint)
             if figures is not None:
                 figures["replica_bytes"] = len(payload)
-                figures["replicas"] = []
+                figures.setdefault("replicas", [])
             parts = max(1, -(-len(payload) // self.chunk))
             for name in targets:
                 self.outgoing[(job_id, name)] = _Transfer(job_id, checkpoint, name, payload, parts, self.clock())
+                self._keys[(job_id, name, checkpoint)] = frozenset(keys)
 
     def close(self) -> None:
         self._packer.shutdown(wait=False, cancel_futures=True)
@@ -257,10 +353,16 @@ class Replicas:
             if self.lifecycle.ended(m.job) is not None:
                 self.send(agent.identity, ReplicaDrop(job=m.job))
             return
+        keys = self._keys.pop((m.job, agent.name, m.checkpoint), None)
+        for older in [k for k in self._keys if k[:2] == (m.job, agent.name) and k[2] < m.checkpoint]:
+            del self._keys[older]
         if m.error:
+            self.held.pop((m.job, agent.name), None)  # the next replica goes whole
             self.log(f"coordinator: agent {agent.name} could not keep the replica of checkpoint {m.checkpoint} of "
                      f"{m.job}: {m.error}")
             return
+        if keys is not None:
+            self.held[(m.job, agent.name)] = keys
         figures = self._figures(job, m.checkpoint)
         if figures is not None:
             holders = figures.setdefault("replicas", [])
@@ -279,6 +381,10 @@ class Replicas:
         for key in [k for k in self.outgoing if k[0] == job.id]:
             del self.outgoing[key]
         self._packing = [p for p in self._packing if p[0] != job.id]
+        for held in [k for k in self.held if k[0] == job.id]:
+            del self.held[held]
+        for sent in [k for k in self._keys if k[0] == job.id]:
+            del self._keys[sent]
         names = self.holders.pop(job.id, set()) | {r["agent"] for f in job.checkpoints for r in f.get("replicas", [])}
         for name in sorted(names):
             agent = self.registry.live(name)
@@ -427,7 +533,7 @@ class ReplicaShelf:
             if m.part == 0:
                 self._abandon(m.job)
                 root.mkdir(exist_ok=True)
-                self._writing[m.job] = (m.checkpoint, 0, open(root / f"{name}.part", "wb"))  # noqa: SIM115
+                self._writing[m.job] = (m.checkpoint, 0, open(root / f"{name}.part", "w+b"))  # noqa: SIM115
             writing = self._writing.get(m.job)
             if writing is None or writing[:2] != (m.checkpoint, m.part):
                 return None
@@ -447,19 +553,78 @@ class ReplicaShelf:
     def _finish(m: ReplicaPart, f: Any, root: Path, name: str) -> ReplicaStored:
         try:
             f.flush()
-            os.fsync(f.fileno())
             size = f.tell()
-            f.close()
-            os.replace(root / f"{name}.part", root / f"{name}.replica")
+            f.seek(0)
+            if f.read(len(CHUNKED)) == CHUNKED:  # its chunks go to the job's chunk store, the record to the file
+                f.seek(0)
+                payload = f.read()
+                f.close()
+                ReplicaShelf._store_chunks(root, name, payload)
+            else:
+                os.fsync(f.fileno())
+                f.close()
+                os.replace(root / f"{name}.part", root / f"{name}.replica")
             _fsync_dir(root)
             for old in sorted(root.glob("checkpoint-*.replica"))[:-max(1, m.keep)]:
                 old.unlink(missing_ok=True)
+                old.with_suffix(".keys").unlink(missing_ok=True)
+            ReplicaShelf._forget_chunks(root)
             return ReplicaStored(job=m.job, checkpoint=m.checkpoint, bytes=size)
-        except OSError as exc:  # a full disk; or the job ended and its directory went meanwhile
+        except (OSError, ReplicaError, sqlite3.Error) as exc:  # a full disk; the job ended and its directory went
             with contextlib.suppress(OSError):
                 f.close()
             (root / f"{name}.part").unlink(missing_ok=True)
             return ReplicaStored(job=m.job, checkpoint=m.checkpoint, error=str(exc))
+
+    @staticmethod
+    def _chunk_db(root: Path) -> sqlite3.Connection:
+        db = sqlite3.connect(root / "chunks.db", isolation_level=None)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        db.execute("CREATE TABLE IF NOT EXISTS chunks (key TEXT PRIMARY KEY, data BLOB NOT NULL)")
+        return db
+
+    @staticmethod
+    def _store_chunks(root: Path, name: str, payload: bytes) -> None:
+        """A chunked replica: its new chunks into the job's chunk store (committed, on disk), then its key list and
+        its signed record (each written, fsynced, renamed). A chunk it refers to that is neither here nor in the
+        store (the coordinator counted on a replica this agent no longer keeps) is an error: it is sent whole."""
+        keys, sealed, chunks = split(payload)
+        db = ReplicaShelf._chunk_db(root)
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            db.executemany("INSERT OR IGNORE INTO chunks (key, data) VALUES (?,?)", chunks.items())
+            have = {k for (k,) in db.execute("SELECT key FROM chunks")}
+            missing = [k for k in keys if k not in have]
+            if missing:
+                db.execute("ROLLBACK")
+                raise ReplicaError(f"{len(missing)} chunks it refers to are not kept here (e.g. {missing[0]})")
+            db.execute("COMMIT")
+        finally:
+            db.close()
+        for suffix, data in ((".keys", json.dumps(keys).encode()), (".replica", sealed)):
+            part = root / f"{name}{suffix}.part"
+            with open(part, "wb") as out:
+                out.write(data)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(part, root / f"{name}{suffix}")
+        (root / f"{name}.part").unlink(missing_ok=True)
+
+    @staticmethod
+    def _forget_chunks(root: Path) -> None:
+        """Delete the chunks no kept replica refers to."""
+        if not (root / "chunks.db").exists():
+            return
+        kept: set[str] = set()
+        for keys in root.glob("checkpoint-*.keys"):
+            kept.update(json.loads(keys.read_bytes()))
+        db = ReplicaShelf._chunk_db(root)
+        try:
+            gone = [(k,) for (k,) in db.execute("SELECT key FROM chunks") if k not in kept]
+            db.executemany("DELETE FROM chunks WHERE key=?", gone)
+        finally:
+            db.close()
 
     def finished(self, wait: bool = False) -> list[ReplicaStored]:
         """The acknowledgements of the replicas made whole since the last call (with `wait`: of all pending)."""
@@ -490,9 +655,24 @@ class ReplicaShelf:
         return found
 
     def read(self, job: str, checkpoint: int) -> bytes | None:
+        """A stored replica as it travels (a chunked one with every chunk it refers to that is here)."""
         try:
-            return (self._root(job) / f"checkpoint-{checkpoint:09d}.replica").read_bytes()
-        except (OSError, ValueError):
+            path = self._root(job) / f"checkpoint-{checkpoint:09d}.replica"
+            sealed = path.read_bytes()
+            if not path.with_suffix(".keys").exists():
+                return sealed
+            keys = [str(k) for k in json.loads(path.with_suffix(".keys").read_bytes())]
+            db = self._chunk_db(path.parent)
+            try:
+                found = []
+                for k in keys:  # one lacking is left out: the coordinator's check names it
+                    row = db.execute("SELECT data FROM chunks WHERE key=?", (k,)).fetchone()
+                    if row is not None:
+                        found.append((k, bytes(row[0])))
+            finally:
+                db.close()
+            return chunked(sealed, keys, found)
+        except (OSError, ValueError, sqlite3.Error):
             return None
 
     def drop(self, job: str) -> None:

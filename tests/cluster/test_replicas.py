@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import sqlite3
 import textwrap
 from pathlib import Path
 from types import SimpleNamespace
@@ -117,12 +118,7 @@ def test_a_job_whose_hosts_died_with_the_coordinator_and_its_disk_recovers_from_
         windows = next(v for v in status["vnodes"].values() if any(t.startswith("window") for t in v["tasks"]))
         os.kill(state["pids"][0], signal.SIGKILL)
         os.kill(agent_pids[windows["agent"]], signal.SIGKILL)  # its hosts end with it, and its replicas are lost
-        wait_for(lambda: not _alive(state["pids"][0]), 10, "the coordinator to die")
-        shutil.rmtree(cluster.state_dir(home))
-        cluster.restart_coordinator(home, progress=lambda _: None, wait_for_agents=False)
-        with Client(cluster.address(home), timeout=30) as client:
-            final = wait_for(lambda: (s := client.status().get("jobs", {}).get(job)) is not None
-                             and s["state"] in ("finished", "failed", "stopped") and s, 180, "the restored job to end")
+        final = _restored_without_state(home, state, job)
         assert final["state"] == "finished", final["reason"]
         assert final["restored_from"]["agent"] != windows["agent"]
         assert final["restarts"] == 1 and final["recoveries"][-1]["checkpoint"] == final["restored_from"]["checkpoint"]
@@ -134,6 +130,17 @@ def test_a_job_whose_hosts_died_with_the_coordinator_and_its_disk_recovers_from_
         if proc is not None and proc.poll() is None:
             proc.kill()
         cluster.down(home, progress=lambda _: None)
+
+
+def _restored_without_state(home: Path, state: dict, job: str) -> dict:
+    """After a kill -9 of the embedded cluster's coordinator: its state directory deleted and a new one started; the
+    job's status once it has ended (restored from an agent's replica)."""
+    wait_for(lambda: not _alive(state["pids"][0]), 10, "the coordinator to die")
+    shutil.rmtree(cluster.state_dir(home))
+    cluster.restart_coordinator(home, progress=lambda _: None, wait_for_agents=False)
+    with Client(cluster.address(home), timeout=30) as client:
+        return wait_for(lambda: (s := client.status().get("jobs", {}).get(job)) is not None
+                        and s["state"] in ("finished", "failed", "stopped") and s, 180, "the restored job to end")
 
 
 def _job(epoch: int = 2) -> tuple[Job, Checkpoint]:
@@ -263,3 +270,81 @@ def test_an_agents_replicas_outlive_its_work_directory_and_its_restart(tmp_path)
         assert second.replicas.read("j-abc123", 5) == blob
     finally:
         second.shutdown()
+
+
+def _chunked_job(checkpoint_id: int, state) -> tuple[Job, Checkpoint]:
+    from microstream.runtime.checkpoint_chunks import Encoder
+
+    job, _ = _job()
+    return job, Checkpoint(checkpoint_id, 1.0, {"vn0": Encoder().encode(state, checkpoint_id, None),
+                                                "vn1": b"pickled"}, 2.0)
+
+
+def _store(shelf: ReplicaShelf, payload: bytes, checkpoint: int, keep: int = 2):
+    parts = [payload[i:i + 100_000] for i in range(0, len(payload), 100_000)]
+    for i, b in enumerate(parts):
+        assert shelf.put(ReplicaPart(job="j-abc123", checkpoint=checkpoint, part=i, parts=len(parts), blob=b,
+                                     keep=keep)) is None
+    [stored] = shelf.finished(wait=True)
+    return stored
+
+
+def test_a_holder_gets_only_the_chunks_it_lacks_and_gives_back_whole_checkpoints(tmp_path):
+    import numpy as np
+
+    from microstream.cluster.replicas import build, chunk_sources, contents
+
+    key = seal_key(b"secret")
+    shelf = ReplicaShelf(tmp_path / "replicas")
+    state = {"rows": np.arange(400_000, dtype=np.float64)}  # 3.2 MB: 196 chunks
+    job, first = _chunked_job(1, state)
+    payload, keys = build(contents(job, first), chunk_sources(first), key)
+    assert len(payload) > 3_000_000 and _store(shelf, payload, 1).error is None
+    state["rows"][[10, 300_000]] = -1.0  # two chunks change
+    job, second = _chunked_job(2, state)
+    delta, _ = build(contents(job, second), chunk_sources(second), key, frozenset(keys))
+    assert len(delta) < 2 * (16 << 10) + 30_000  # the record, the manifests and two chunks
+    assert _store(shelf, delta, 2).error is None
+    for cp, checkpoint in ((1, first), (2, second)):  # each fetched back whole, as the coordinator had it
+        stored = unpack(shelf.read("j-abc123", cp), key)
+        assert stored.checkpoint is not None and stored.checkpoint.snapshots == checkpoint.snapshots
+    # the next replica is counted on the chunks of the second: the first's own chunks go with the first
+    state["rows"][[20]] = -2.0
+    job, third = _chunked_job(3, state)
+    before = {k for (k,) in sqlite3.connect(tmp_path / "replicas" / "j-abc123" / "chunks.db").execute(
+        "SELECT key FROM chunks")}
+    _store(shelf, build(contents(job, third), chunk_sources(third), key, frozenset(before))[0], 3)
+    assert [r["checkpoint"] for r in shelf.listing()] == [2, 3]
+    after = {k for (k,) in sqlite3.connect(tmp_path / "replicas" / "j-abc123" / "chunks.db").execute(
+        "SELECT key FROM chunks")}
+    referenced = set(build(contents(job, third), chunk_sources(third), key)[1]) | set(
+        build(contents(job, second), chunk_sources(second), key)[1])
+    assert after == referenced and len(before - after) == 2  # the first's two changed chunks are gone
+
+
+def test_a_replica_with_a_chunk_missing_or_damaged_is_refused_not_restored_wrong(tmp_path):
+    import numpy as np
+
+    from microstream.cluster.replicas import build, chunk_sources, contents, split
+
+    key = seal_key(None)
+    job, checkpoint = _chunked_job(1, {"rows": np.arange(100_000, dtype=np.float64)})
+    payload, keys = build(contents(job, checkpoint), chunk_sources(checkpoint), key)
+    shelf = ReplicaShelf(tmp_path / "replicas")
+    # a delta counted on chunks this agent does not keep: refused (the coordinator sends the next one whole)
+    stored = _store(shelf, build(contents(job, checkpoint), chunk_sources(checkpoint), key, frozenset(keys))[0], 1)
+    assert stored.error is not None and "not kept here" in stored.error and shelf.listing() == []
+    _, sealed, chunks = split(payload)
+    victim = keys[3]
+    damaged = dict(chunks, **{victim: b"\0" * len(chunks[victim])})
+    with pytest.raises(ReplicaError, match=f"chunk {victim} is damaged"):
+        unpack(_chunked_for_test(sealed, keys, damaged), key)
+    del damaged[victim]
+    with pytest.raises(ReplicaError, match=f"chunk {victim} is missing"):
+        unpack(_chunked_for_test(sealed, keys, damaged), key)
+
+
+def _chunked_for_test(sealed: bytes, keys: list[str], chunks: dict[str, bytes]) -> bytes:
+    from microstream.cluster.replicas import chunked
+
+    return chunked(sealed, keys, list(chunks.items()))
