@@ -184,6 +184,7 @@ class Agent:
         # checkpoint replicas: beside the work directory (which goes when the agent stops), never inside it
         self.replicas = ReplicaShelf(replica_dir or self.workdir.parent / f"microstream-replicas-{name}", log)
         self.hosts: dict[tuple[str, str], _Host] = {}
+        self._deploys: list[Deploy] = []  # received in this pass of the loop, started together at its end
         self.ended: dict[str, dict] = {}  # "job/vnode" -> last state and stats of hosts that have exited
         self._ended_jobs: dict[str, None] = {}  # jobs with no host left here, oldest first (their metrics go later)
         self.trusted_data_keys: list[str] = []
@@ -398,9 +399,12 @@ class Agent:
                     if self.control.poll(0):
                         frames = self.control.recv_multipart()
                         self._receive(frames[1:], host=frames[0])
-                    # a message can take seconds to handle (a fork on a loaded node, an old host's grace to stop):
-                    # the lease and the heartbeat go on meanwhile, or a busy agent looks like a frozen one
-                    next_beat = self._beat(next_beat)
+                    # a message can take seconds to handle (an old host's grace to stop, a burst of forks on a
+                    # loaded node): the lease and the heartbeat go on meanwhile, or a busy agent looks like a frozen
+                    # one (a heartbeat waits for deployments received to have started: it lists the hosts)
+                    if not self._deploys:
+                        next_beat = self._beat(next_beat)
+                self._start_deployed()
                 self._check_hosts()
                 for stored in self.replicas.finished():  # made whole on the shelf's thread
                     self._send_up(stored)
@@ -456,6 +460,8 @@ class Agent:
     # -- coordinator -> agent -------------------------------------------------------------------------
     def _on_coordinator(self, m: Message) -> None:
         self._heard = time.monotonic()
+        if self._deploys and not isinstance(m, Deploy):
+            self._start_deployed()  # whatever comes next (a stop, a move) finds the hosts deployed before it
         if isinstance(m, Registered):
             if not self.registered:
                 self._registered(m)
@@ -468,10 +474,9 @@ class Agent:
         elif isinstance(m, HeartbeatAck):
             if m.seq is not None:  # what was sent before that heartbeat has been handled
                 self._outbox = [(before, message) for before, message in self._outbox if before >= m.seq]
-        elif isinstance(m, Deploy):
+        elif isinstance(m, Deploy):  # started with the rest of its burst (`_start_deployed`)
             self.trusted_data_keys = m.data_keys
-            self._start_host(m.job, m.vnode, m.blob, restoring=bool(m.restoring), backend=m.backend,
-                             incoming=bool(m.incoming), epoch=m.epoch)
+            self._deploys.append(m)
         elif isinstance(m, Connect | Start | SnapshotRequest | PauseTo | Redirect | CheckpointRequest
                         | CheckpointDone):
             only = getattr(m, "only", None)  # a message for one virtual node (a migration), else for the whole job
@@ -500,24 +505,40 @@ class Agent:
     def _hosts_of(self, job: str) -> list[_Host]:
         return [host for (j, _), host in self.hosts.items() if j == job]
 
-    def _start_host(self, job: str, vnode: str, spec: bytes | None, restoring: bool = False,
-                    backend: str = "process", incoming: bool = False, epoch: int = 0) -> None:
-        chosen = self.backends.get(backend)
-        if chosen is None:
+    def _start_deployed(self) -> None:
+        """Start the hosts of the deployments received so far, each backend's together (a process backend asks
+        its template for all of them at once)."""
+        latest = {(m.job, m.vnode): m for m in self._deploys}  # deployed twice in one burst: the last one counts
+        self._deploys = []
+        starting: dict[str, list[Deploy]] = {}
+        for m in latest.values():
+            if self._ready_to_start(m):
+                starting.setdefault(m.backend, []).append(m)
+        for backend, deploys in starting.items():
+            handles = self.backends[backend].start_many(
+                [(m.job, m.vnode, self.control_endpoint, self.workdir / f"{m.job}-{m.vnode}.log") for m in deploys])
+            for m, handle in zip(deploys, handles, strict=True):
+                self.hosts[(m.job, m.vnode)] = _Host(m.job, m.vnode, handle, m.blob or b"",
+                                                     restoring=bool(m.restoring), incoming=bool(m.incoming),
+                                                     epoch=m.epoch, backend=backend)
+                self.log(f"agent {self.name}: started {m.job}/{m.vnode} on the {backend} backend (pid {handle.pid})")
+
+    def _ready_to_start(self, m: Deploy) -> bool:
+        """This agent has the backend `m` asks for (else the coordinator hears why not), and an earlier host of
+        the same virtual node has ended."""
+        if m.backend not in self.backends:
             have = sorted(self.backends)
-            self._send_up(VnodeFailed(job=job, vnode=vnode, epoch=epoch,
-                                      error=f"agent {self.name} has no '{backend}' host backend (it has {have})"))
-            return
-        old = self.hosts.get((job, vnode))
+            self._send_up(VnodeFailed(job=m.job, vnode=m.vnode, epoch=m.epoch,
+                                      error=f"agent {self.name} has no '{m.backend}' host backend (it has {have})"))
+            return False
+        old = self.hosts.get((m.job, m.vnode))
         if old is not None:  # an earlier deployment's host (a recovery replaced it; a move came back): end it first
             self._to_host(old, StopHost())
             self._kill(old)
-            self.log(f"agent {self.name}: ended the epoch-{old.epoch} host of {job}/{vnode} before its replacement")
-        self._ended_jobs.pop(job, None)  # back here (a recovery, a move): its series live on
-        handle = chosen.start(job, vnode, self.control_endpoint, self.workdir / f"{job}-{vnode}.log")
-        self.hosts[(job, vnode)] = _Host(job, vnode, handle, spec or b"", restoring=restoring, incoming=incoming,
-                                         epoch=epoch, backend=backend)
-        self.log(f"agent {self.name}: started {job}/{vnode} on the {backend} backend (pid {handle.pid})")
+            self.log(f"agent {self.name}: ended the epoch-{old.epoch} host of {m.job}/{m.vnode} before its "
+                     "replacement")
+        self._ended_jobs.pop(m.job, None)  # back here (a recovery, a move): its series live on
+        return True
 
     def _stop_host(self, host: _Host) -> None:
         if host.state is VnodeState.STOPPING:
