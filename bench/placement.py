@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import statistics
 import sys
 import time
@@ -166,6 +167,11 @@ def scale_problem(budgets: tuple[float, ...], seeds: int = 3, bandwidth_limit: b
 
 # -- output -------------------------------------------------------------------------------------------------------
 
+def _load() -> list[float]:
+    """The machine's load average (1, 5, 15 min): the machine is shared, and the MILP's limit is wall-clock."""
+    return [round(x, 2) for x in os.getloadavg()]
+
+
 def _f(x, fmt="{:.3f}") -> str:
     return "-" if x is None or (isinstance(x, float) and not math.isfinite(x)) else fmt.format(x)
 
@@ -245,15 +251,19 @@ def main() -> int:
         return 1
     milp_s = args.milp_seconds or (60.0 if args.full else 20.0)
     rows = []
+    load: dict[str, list[float]] = {"start": _load()}
     for v, n, count in (FULL_SIZES if args.full else DEFAULT_SIZES):
         rows.append(quality_size(v, n, count, args.budget, milp_s, clock, args.reference_seconds))
-        print(f"  {v} x {n}: done", file=sys.stderr, flush=True)
+        load[f"{v}x{n}"] = _load()
+        print(f"  {v} x {n}: done (load average {load[f'{v}x{n}']})", file=sys.stderr, flush=True)
     print_quality(rows, args.budget, milp_s, clock_name)
     sp = scale_pipeline(args.repeat)
     budgets = (args.budget, 10.0)       # the issue: feasible within 1 s, improved within 10 s
     pr = scale_problem(budgets, clock=clock)
     pr_priced = scale_problem(budgets, bandwidth_limit=False, clock=clock)
+    load["scale"] = _load()
     print_scale(sp, [pr, pr_priced])
+    print(f"load average (1, 5, 15 min) after each part: {load}")
     graded = [r for r in rows if r["vnodes"] in (20, 40, 80)]
     big = [r for r in rows if (r["vnodes"], r["nodes"]) == (150, 30)]
     proven_times = [t for r in rows if r["vnodes"] <= 40 for t in
@@ -276,7 +286,8 @@ def main() -> int:
     path = write_json("placement", {"budget_s": args.budget, "budget_clock": clock_name, "milp_seconds": milp_s,
                                     "full": args.full,
                                     "quality": rows, "pipeline_1000_ops": sp, "vnodes_1000": pr,
-                                    "vnodes_1000_bandwidth_priced": pr_priced, "targets": targets})
+                                    "vnodes_1000_bandwidth_priced": pr_priced, "targets": targets,
+                                    "load_average": load})
     print(f"wrote {path}")
     return 0
 
