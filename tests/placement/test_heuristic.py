@@ -117,3 +117,17 @@ def test_place_reports_cost_bound_and_gap_consistently():
     assert placement.bound is not None and placement.gap is not None
     _consistent(placement.cost.total, placement.bound, placement.gap)
     assert placement.quality == "optimal" or placement.quality.startswith("within ")
+
+
+def test_a_campus_of_1000_vnodes_with_tight_links_is_placed_within_them():
+    """1,000 vnodes × 100 nodes with bandwidth a limit, on uplinks three times the benchmark's (whose own
+    instances have no feasible placement: test_bounds): seeding alone overloads links by almost three
+    bandwidths; the search (a few CPU seconds, far from its limit) ends within every link and core."""
+    from microstream.placement.bounds import infeasibility
+
+    problem = random_problem(np.random.default_rng(2), 1000, 100)
+    problem.link_cap = problem.link_cap * 3.0
+    assert problem.overload(seed(problem)) > 2.0            # the limits bind
+    found = improve(problem, time_limit=3.0, clock=time.process_time)
+    assert problem.feasible(found.assign), problem.overload(found.assign)
+    assert infeasibility(problem) == []
