@@ -30,10 +30,21 @@ while not server.check_ready(0.5):
 hosts = [("microstream.runtime.host_main", ["--control", "ipc://x", "--job", "j", "--vnode", f"v{i}", f"--extra{i}"],
           work / f"host{i}.log") for i in range(4)]
 pids = server.fork_many(hosts)
-codes = {}
-for pid in pids:
-    _, status = os.waitpid(pid, 0)  # our children: the template's intermediates exited and we adopted them
-    codes[pid] = os.waitstatus_to_exitcode(status)
+
+
+def reap(pid):
+    # the host's exit status: it is our child once the template's intermediate process has exited (a moment after
+    # the template answered), and it exits only then (it waits to be adopted)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            return os.waitpid(pid, 0)[1]
+        except ChildProcessError:
+            assert time.monotonic() < deadline, f"host {pid} never became our child"
+            time.sleep(0.01)
+
+
+codes = {pid: os.waitstatus_to_exitcode(reap(pid)) for pid in pids}
 server.close()
 print(json.dumps({"pids": pids, "codes": codes, "forked": server.forked,
                   "logs": [(work / f"host{i}.log").read_text() for i in range(4)]}))
