@@ -592,6 +592,15 @@ class Agent:
             self._send_up(VnodeFailed(job=host.job, vnode=host.vnode, error=m.error, operator=m.operator,
                                       cause=m.cause, epoch=host.epoch))
 
+    def _drain_hosts(self, most: int = 10_000) -> None:
+        """Handle the hosts' messages waiting now (a host that has exited sent its last ones before it did; the loop
+        relays for a bounded time, so they can still be queued when its exit is seen)."""
+        for _ in range(most):
+            if not self.control.poll(0):
+                return
+            frames = self.control.recv_multipart()
+            self._receive(frames[1:], host=frames[0])
+
     def _spec(self, host: _Host) -> Spec:
         """What a host needs from its agent besides the job (which the agent never unpickles). A process host gets
         a lease (a microVM's relay does not: its guest is not this machine's process)."""
@@ -609,6 +618,8 @@ class Agent:
                 if host.state is VnodeState.STOPPING and time.monotonic() - host.started > 3:
                     self._kill(host)
                 continue
+            if not host.state.over and host.state is not VnodeState.STOPPING:
+                self._drain_hosts()  # its last words (done, a result) may still wait behind other hosts' messages
             if not host.state.over and host.state is not VnodeState.STOPPING:
                 why = ("host stopped itself: this agent had not renewed its lease (it was frozen or stuck)"
                        if code == EXIT_LEASE_EXPIRED else f"host process exited with code {code}; see {self.workdir}")

@@ -25,7 +25,6 @@ reading costs a log line, never a stuck coordinator.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -33,8 +32,7 @@ from typing import Any
 
 import zmq
 
-from ..placement.anneal import warm_in_background
-from ..placement.milp import milp_available
+from ..placement.anneal import compile_in_background
 from ..placement.policy import PolicyParams
 from ..runtime.protocol import ControlSendError, Message, ProtocolError, control_socket, send
 from .checkpoints import Checkpoints
@@ -202,10 +200,7 @@ class Coordinator:
     def run(self) -> None:
         if not hasattr(self, "sock"):
             self.open()
-        # the placement engine's first use costs seconds (scipy's import; on a fresh install, compiling the
-        # annealer): on threads now, never while a client waits for its submit
-        threading.Thread(target=milp_available, name="scipy-import", daemon=True).start()
-        warm_in_background()
+        compile_in_background()  # the placement annealer: compiling it (a fresh install) must not hold up a submit
         try:
             while not self._stop:
                 self.sock.poll(200)

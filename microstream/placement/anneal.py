@@ -33,7 +33,7 @@ import numpy as np
 
 from .cost import OVERLOAD_PENALTY, Problem
 
-__all__ = ["anneal", "ready", "warm", "warm_in_background"]
+__all__ = ["anneal", "compile_in_background", "ready", "warm"]
 
 _CHUNK = 8192             # trials per kernel call between two readings of the clock
 
@@ -386,8 +386,9 @@ def anneal(p: Problem, start: np.ndarray, movable: list[int], deadline: float, s
     """A walk of `trials` trials from `start` (fewer if `deadline` comes first). Returns the best placement by
     `Problem.search_objective` (never worse than `start`) and that objective as the kernel tracked it.
     Temperatures are fractions of the start's cost (overload aside). While the kernel is still being compiled
-    in the background (`warm_in_background`), returns `start`: the search goes on without annealing."""
+    in the background (`compile_in_background`), returns `start`: the search goes on without annealing."""
     if not ready():
+        warm()  # starts compiling it on a thread
         return start.copy(), p.search_objective(start)
     return _walk(p, start, movable, deadline, seed, trials, clock, t_range, surrogate, swap_share, chain_share)
 
@@ -435,32 +436,38 @@ def _walk(p: Problem, start: np.ndarray, movable: list[int], deadline: float, se
     return best, float(best_val[0])
 
 
-_warming: threading.Thread | None = None  # compiling on a thread (a coordinator's): searches do not wait for it
+_background = False                       # never wait for the kernel to compile (a coordinator's searches)
+_warming: threading.Thread | None = None  # compiling it on a thread
+
+
+def compile_in_background() -> None:
+    """From now on no search waits for the kernel: the first that wants it starts compiling it (or loading it from
+    numba's cache) on a thread, and searches go without annealing until it is ready.
+
+    For a coordinator: on a fresh install compiling takes 20-30 s on a loaded 2-core machine (far longer on a Pi),
+    and a coordinator placing a job must answer the client long before that. Lazily, because most coordinators'
+    jobs are small enough for the MILP alone, and the compiled kernel costs a process tens of MB."""
+    global _background
+    _background = True
 
 
 def ready() -> bool:
-    """May a search anneal now? Yes once compiled, and always unless the kernel is being compiled in the
-    background (then a search goes without annealing rather than wait)."""
-    return _warming is None or bool(getattr(warm, "done", False))
-
-
-def warm_in_background() -> None:
-    """Compile (or load) the kernel on a thread, and let searches go without annealing until it is ready.
-
-    For a coordinator: on a fresh install the first compilation takes 20-30 s on a loaded 2-core machine (far
-    longer on a Pi), and a coordinator placing a job must answer the client long before that."""
-    global _warming
-    if _warming is None and not getattr(warm, "done", False):
-        _warming = threading.Thread(target=_warm_now, name="placement-warmup", daemon=True)
-        _warming.start()
+    """May a search anneal now? Yes once compiled, and always unless compiling in the background (`warm` then
+    compiles it first)."""
+    return not _background or bool(getattr(warm, "done", False))
 
 
 def warm() -> None:
-    """Compile (or load from numba's cache) the kernel before a timed search starts; returns at once while it is
-    being compiled in the background (`warm_in_background`)."""
-    if getattr(warm, "done", False) or _warming is not None:
+    """Compile (or load from numba's cache) the kernel before a timed search starts; in the background (a thread,
+    started once) after `compile_in_background`."""
+    global _warming
+    if getattr(warm, "done", False):
         return
-    _warm_now()
+    if not _background:
+        _warm_now()
+    elif _warming is None:
+        _warming = threading.Thread(target=_warm_now, name="placement-warmup", daemon=True)
+        _warming.start()
 
 
 def _warm_now() -> None:

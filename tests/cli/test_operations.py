@@ -129,9 +129,15 @@ def test_ctrl_c_on_submit_says_the_job_runs_on_and_status_json_into_head_is_quie
         assert json.loads(full.stdout)["jobs"][job]["state"] == "running"   # Ctrl-C left it running, as it said
 
         watch = _cli("status", "--watch", "0.5", home=home)
-        time.sleep(3)
+        assert watch.stdout is not None
+        seen = ""
+        while seen.count("every 0.5 s") < 2:  # two frames (the CLI's start-up takes seconds on a loaded machine)
+            line = watch.stdout.readline()
+            assert line, (seen, watch.stderr.read() if watch.stderr else "")
+            seen += line
         watch.send_signal(signal.SIGINT)
         out, err = watch.communicate(timeout=30)
-        assert watch.returncode == 0 and out.count("every 0.5 s") >= 2 and job in out, (out, err)
+        out = seen + out
+        assert watch.returncode == 0 and job in out, (out, err)
     finally:
         cluster.down(home, progress=lambda _: None)

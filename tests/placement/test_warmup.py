@@ -1,6 +1,7 @@
-"""A coordinator compiles the placement annealer in the background: on a fresh install (an empty numba cache) a
-placement does not wait the 20-30 s that compiling takes, it searches without annealing until the kernel is
-ready. Run in a fresh process with its own, empty numba cache, as a new coordinator on a new machine would be."""
+"""A coordinator compiles the placement annealer in the background, when a placement first wants it: on a fresh
+install (an empty numba cache) a placement does not wait the 20-30 s that compiling takes, it searches without
+annealing until the kernel is ready. Run in a fresh process with its own, empty numba cache, as a new coordinator
+on a new machine would be."""
 
 from __future__ import annotations
 
@@ -23,7 +24,8 @@ from microstream.placement import anneal
 from microstream.placement.solvers import improve
 from microstream.placement.synthetic import random_problem
 
-anneal.warm_in_background()
+anneal.compile_in_background()
+assert not anneal.ready()
 problem = random_problem(np.random.default_rng(7), 40, 10, pin_fraction=0.2)
 found = improve(problem, time_limit=0.3).assign
 ready_after_search = anneal.ready()
