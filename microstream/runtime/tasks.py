@@ -109,6 +109,7 @@ class RunningTask:
     records_out: int = 0        # rows emitted on the main output
     batches_in: int = 0
     batches_out: int = 0
+    first_input_at: float | None = None  # wall time of the first batch in, in this process (after a restore: flowing)
 
 
 class TaskRunner:
@@ -331,6 +332,8 @@ class TaskRunner:
 
     def _push(self, t: RunningTask, idx: int, producer: str, batch: Batch) -> None:
         held = self._held_back(t, idx, producer, batch)
+        if t.first_input_at is None:
+            t.first_input_at = time.time()
         t.records_in += batch.num_rows
         t.batches_in += 1
         self._emit(t, self._call(t, t.op.process, idx, held))
@@ -567,7 +570,8 @@ class TaskRunner:
             lag = (now - t.out_wm) / 1e9 if t.out_wm not in (MIN_TIME, MAX_TIME) else None
             ops[t.task.id] = {"operator": t.name, "records_in": t.records_in, "records_out": t.records_out,
                               "batches_in": t.batches_in, "batches_out": t.batches_out, "watermark": t.out_wm,
-                              "watermark_lag_s": lag, "finished": t.finished, "idle": t.idle}
+                              "watermark_lag_s": lag, "finished": t.finished, "idle": t.idle,
+                              "first_input_at": t.first_input_at}
             if hasattr(t.op, "log_stats"):  # a logged source: what its local log holds and has dropped
                 ops[t.task.id]["source_log"] = t.op.log_stats()
         return {"vnode": self.vnode_id, "operators": ops, "dead_letters": self.dead_count,

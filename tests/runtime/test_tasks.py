@@ -205,3 +205,40 @@ def test_a_message_for_no_task_of_the_vnode_is_refused_not_fatal():
     with pytest.raises(LookupError, match="no task input 60000"):
         runner.deliver(60000, "elsewhere", "batch", None)
 
+
+
+def test_stats_say_when_each_task_took_its_first_batch_and_a_restored_runner_starts_afresh():
+    """How a recovery is timed (bench/checkpoints.py): each task's stats carry the wall time of its first batch in,
+    in this process; a runner restored from a snapshot carries the counts on, not that time."""
+    import time
+
+    p = ms.Pipeline("first-input")
+    p.synthetic(count=2_000, sensors=4, rate=1000, seed=2).key_by("sensor").window(ms.tumbling(seconds=1)).aggregate(
+        n=ms.agg.count()).with_parallelism(2).sink(ms.sinks.collect())
+    p.build()
+    plan = build_plan(p.graph)
+    net = InMemory()
+    for vn in plan.vnodes:
+        net.runners[vn] = TaskRunner(p.graph, plan, vn, outbox=net.outbox)
+    before = time.time()
+    while not all(r.finished for r in net.runners.values()):
+        for runner in net.runners.values():
+            runner.poll_sources(0)
+        net.pump()
+    after = time.time()
+    fed = 0
+    for runner in net.runners.values():
+        for op in runner.stats()["operators"].values():
+            if op["records_in"]:
+                assert before <= op["first_input_at"] <= after
+                fed += 1
+            else:
+                assert op["first_input_at"] is None
+    assert fed >= 2
+    vnode, runner = next((v, r) for v, r in net.runners.items()
+                         if any(op["records_in"] for op in r.stats()["operators"].values()))
+    restored = TaskRunner(p.graph, plan, vnode, outbox=net.outbox)
+    restored.restore(runner.snapshot())
+    ops = restored.stats()["operators"].values()
+    assert sum(op["records_in"] for op in ops) == sum(op["records_in"] for op in runner.stats()["operators"].values())
+    assert all(op["first_input_at"] is None for op in ops)
