@@ -141,6 +141,7 @@ class ForkServer:
             return [None] * len(hosts)
         assert self.proc is not None and self.proc.stdin is not None
         pids: list[int | None] = []
+        failed = False  # the template refused one: it is started afresh
         try:
             for module, args, log_path in hosts:
                 request = {"module": module, "args": args, "log": str(log_path), "cwd": os.getcwd(),
@@ -148,18 +149,23 @@ class ForkServer:
                 self.proc.stdin.write(json.dumps(request).encode() + b"\n")
             self.proc.stdin.flush()
             for _ in hosts:
+                # every answer is read, also after a refusal: the template forks the requests after it, and a
+                # host forked but not known here would run beside the one spawned in its place
                 answer = self._line(FORK_TIMEOUT)
-                if answer is None or "pid" not in answer:
-                    why = answer.get("error") if answer else f"no answer within {FORK_TIMEOUT:g} s"
-                    self.log(f"fork server: could not fork a host ({why}); spawning it and the rest, and starting "
-                             "a new template")
+                if answer is None:
+                    self.log(f"fork server: no answer within {FORK_TIMEOUT:g} s; spawning the hosts not forked, "
+                             "and starting a new template")
                     break
-                pids.append(int(answer["pid"]))
+                if "pid" not in answer:
+                    self.log(f"fork server: could not fork a host ({answer.get('error')}); spawning it, and "
+                             "starting a new template")
+                    failed = True
+                pids.append(int(answer["pid"]) if "pid" in answer else None)
         except (OSError, ValueError) as exc:
             self.log(f"fork server: could not ask the template for hosts ({exc}); spawning them")
-        if len(pids) < len(hosts):
+        if failed or len(pids) < len(hosts):
             self.close()  # answers still to come would be taken for the next requests' answers
-        self.forked += len(pids)
+        self.forked += sum(pid is not None for pid in pids)
         return pids + [None] * (len(hosts) - len(pids))
 
     def close(self) -> None:
