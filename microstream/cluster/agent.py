@@ -397,8 +397,7 @@ class Agent:
                     if self.up.poll(0):
                         self._receive(self.up.recv_multipart())
                     if self.control.poll(0):
-                        frames = self.control.recv_multipart()
-                        self._receive(frames[1:], host=frames[0])
+                        self._receive_from_host()
                     # a message can take seconds to handle (an old host's grace to stop, a burst of forks on a
                     # loaded node): the lease and the heartbeat go on meanwhile, or a busy agent looks like a frozen
                     # one (a heartbeat waits for deployments received to have started: it lists the hosts)
@@ -598,8 +597,11 @@ class Agent:
         for _ in range(most):
             if not self.control.poll(0):
                 return
-            frames = self.control.recv_multipart()
-            self._receive(frames[1:], host=frames[0])
+            self._receive_from_host()
+
+    def _receive_from_host(self) -> None:
+        frames = self.control.recv_multipart()
+        self._receive(frames[1:], host=frames[0])
 
     def _spec(self, host: _Host) -> Spec:
         """What a host needs from its agent besides the job (which the agent never unpickles). A process host gets

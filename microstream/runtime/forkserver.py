@@ -135,8 +135,8 @@ class ForkServer:
 
     def fork_many(self, hosts: list[tuple[str, list[str], Path]]) -> list[int | None]:
         """`fork` for several hosts at once: every request goes out before the first answer is read, so the
-        template forks them back to back while the agent waits once (a job's deployment on a loaded node: one
-        round trip per host cost 30-170 ms each). None for each host it could not fork."""
+        template forks them back to back while the agent waits once, not once per host. None for each host it
+        could not fork."""
         if not hosts or not self.check_ready():
             return [None] * len(hosts)
         assert self.proc is not None and self.proc.stdin is not None
