@@ -576,7 +576,8 @@ class Agent:
             self._send_up(VnodeOutput(job=host.job, vnode=host.vnode, lines=m.lines, dropped=m.dropped,
                                       epoch=host.epoch))
         elif isinstance(m, HostResumed):
-            self._send_up(VnodeResumed(job=host.job, vnode=host.vnode, at=m.at, epoch=host.epoch))
+            self._send_up(VnodeResumed(job=host.job, vnode=host.vnode, at=m.at, epoch=host.epoch,
+                                       transfer=m.transfer))
         elif isinstance(m, HostSnapshot):
             host.state = VnodeState.MIGRATED
             self._send_up(VnodeSnapshot(job=host.job, vnode=host.vnode, whole=m.whole, blob=m.blob, epoch=host.epoch,

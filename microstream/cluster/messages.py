@@ -228,6 +228,7 @@ class VnodeResumed(Message):
     vnode: str
     at: float
     epoch: int = 0
+    transfer: dict[str, Any] | None = None  # a state sent directly: its final round as the new host received it
 
 
 @dataclass(frozen=True)

@@ -285,6 +285,10 @@ class Moves:
                 or m.epoch != job.epoch):
             return
         downtime = float(m.at) - move.paused_wall if move.paused_wall else None
+        if m.transfer and move.transfer is not None:  # the new host's view of the final round (it may have
+            # followed the ticket: only the new host knows its size then)
+            move.transfer = {**move.transfer, "final_wait_s": m.transfer.get("waited_s"),
+                             "final_bytes": move.transfer.get("final_bytes", m.transfer.get("final_bytes"))}
         align = move.snapshot_at - move.paused_at if move.paused_at and move.snapshot_at else None
         figures: dict[str, Any] = {"downtime_s": downtime, **self._state_figures(move),
                                    "align_and_snapshot_s": align}
@@ -319,7 +323,8 @@ class Moves:
                 "final_bytes": transfer.get("final_bytes"), "final_s": transfer.get("final_s"),
                 "precopy_rounds": precopy.get("rounds"), "precopy_bytes": precopy.get("sent_bytes"),
                 "precopy_s": precopy.get("precopy_s"), "precopy_fallback": fallback,
-                "stop_and_copy": bool(transfer.get("stop_and_copy"))}
+                "stop_and_copy": bool(transfer.get("stop_and_copy")), "final_wait_s": transfer.get("final_wait_s"),
+                "ticket_first": bool(transfer.get("ticket_first"))}
 
     def _finish(self, job: Job, move: Move, figures: dict[str, Any], blob: bytes | None = None) -> None:
         move.advance(MoveState.DONE)

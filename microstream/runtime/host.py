@@ -19,7 +19,7 @@ from ..graph.physical import PhysicalPlan
 from .tasks import TaskRunner
 
 if TYPE_CHECKING:  # statexfer needs pyzmq, which a microVM guest's host does without (its relay has it)
-    from .statexfer import Precopy, StateSender
+    from .statexfer import Packed, Precopy, StateSender
 
 log = logging.getLogger(__name__)
 _IDLE_WAIT = 0.05  # seconds a host waits for a message when no source is due sooner
@@ -64,6 +64,7 @@ class HostRuntime:
         self.on_precopied: Callable[[dict], None] | None = None  # pre-copy done: the move may cut
         self._precopied = False
         self.transfer_figures: dict[str, Any] = {}
+        self._final: Packed | None = None       # a final round still to send, after its ticket (`_ticket_first`)
 
     @property
     def on_resumed(self) -> Callable[[], None] | None:
@@ -302,7 +303,12 @@ class HostRuntime:
             self.on_aligned()
             return
         state = runner.snapshot()
-        self.saved = self._final_round(state) if self.direct else state
+        if not self.direct:
+            self.saved = state
+        elif self._proven():
+            self.saved = self._ticket_first(state)
+        else:
+            self.saved = self._final_round(state)
 
     def restore(self, state: dict) -> None:
         self.runner.restore(state)
@@ -348,6 +354,30 @@ class HostRuntime:
         self._precopied = True
         if self.on_precopied is not None:
             self.on_precopied({"failed": precopy.error} if precopy.error is not None else precopy.converged or {})
+
+    def _proven(self) -> bool:
+        """The pre-copy converged over a connection the new host has acknowledged rounds on."""
+        precopy, sender = self.precopy, self.sender
+        return (precopy is not None and precopy.error is None and precopy.converged is not None
+                and sender is not None and sender.acked >= 0)
+
+    def _ticket_first(self, state: dict) -> dict:
+        """At the barrier, after a proven pre-copy: the ticket goes out at once and the final round follows it
+        (`finish_transfer`), so that hashing the stopped state and sending what changed overlap the ticket's way
+        through agent and coordinator to the new host, which waits for the final round anyway. (A final round
+        that cannot even be queued on a proven connection means the new host is gone: its move fails as it would
+        have had the host died a moment later.)"""
+        from .statexfer import pack
+
+        precopy, sender = self.precopy, self.sender
+        assert precopy is not None and sender is not None
+        precopy.stop()
+        if precopy.error is not None:  # it failed as it stopped: the state goes the careful way
+            return self._final_round(state)
+        self._final = pack(state)
+        self.transfer_figures = {"state_bytes": self._final.nbytes, "precopy_rounds": sender.rounds,
+                                 "sent_bytes": sender.sent_bytes, "ticket_first": True}
+        return {"direct_transfer": sender.transfer, **self.transfer_figures}
 
     def _final_round(self, state: dict) -> dict:
         """At the barrier: send what changed since the last pre-copy round, and the skeleton, to the new host, and
@@ -396,6 +426,14 @@ class HostRuntime:
         if self.sender is None:
             return
         try:
+            if self._final is not None:  # the ticket went first (`_ticket_first`): now what changed
+                packed, self._final = self._final, None
+                try:
+                    self.sender.send(packed, final=True)
+                except RuntimeError as exc:
+                    log.warning("virtual node %s: the final round of its state could not be sent: %s",
+                                self.vnode_id, exc)
+                    return
             if self.direct and not self.sender.wait(timeout):
                 log.warning("virtual node %s: the new host did not confirm its state within %g s", self.vnode_id,
                             timeout)

@@ -133,6 +133,7 @@ def serve_vnode(control: HostControl, spec: dict[str, Any], settings: dict[str, 
         runtime.connect(control.expect("connect").header["endpoints"])
         start = control.expect("start")
         if start.blob is not None:  # a saved or migrated virtual node resumes from its snapshot
+            received: dict[str, Any] | None = None
             if is_chunked(start.blob):  # a recovery: the checkpoint's snapshot, the base of the next one
                 state = decode(start.blob)
                 encoder.adopt(start.blob)
@@ -141,9 +142,11 @@ def serve_vnode(control: HostControl, spec: dict[str, Any], settings: dict[str, 
             if "direct_transfer" in state:  # a ticket: the state itself comes from the old host
                 if receiver is None:
                     raise RuntimeError("a move sent its state directly, but this host cannot receive it")
-                state, _ = receiver.wait(state["direct_transfer"], timeout=DIRECT_TRANSFER_TIMEOUT)
+                waiting = time.monotonic()
+                state, received = receiver.wait(state["direct_transfer"], timeout=DIRECT_TRANSFER_TIMEOUT)
+                received["waited_s"] = time.monotonic() - waiting  # the final round's part of the downtime
             runtime.restore(state)
-            runtime.on_resumed = lambda: control.send("resumed", at=time.time())
+            runtime.on_resumed = lambda: control.send("resumed", at=time.time(), transfer=received)
     finally:
         if receiver is not None:
             receiver.close(wait=False)  # its thread lets go within 0.1 s: not in the move's downtime

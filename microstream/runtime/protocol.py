@@ -367,6 +367,7 @@ class HostResumed(HostReport):
 
     KIND: ClassVar[str] = "resumed"
     at: float
+    transfer: dict[str, Any] | None = None  # a state sent directly: how its final round arrived (new host's view)
 
 
 @dataclass(frozen=True)

@@ -148,6 +148,8 @@ def test_large_state_moves_directly_mid_stream(direct_home, tmp_path):
         assert record["final_bytes"] is not None and record["final_bytes"] <= record["state_bytes"], record
         assert record["downtime_s"] is not None
         assert record["precopy_fallback"] is None and not record["stop_and_copy"], record
+        # a converged pre-copy sends the ticket first; the new host says how long it then waited for the rest
+        assert record["ticket_first"] and record["final_wait_s"] is not None, record
     assert len(final["migrations"]) == 2
 
 
