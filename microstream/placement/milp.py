@@ -17,7 +17,10 @@ brute force and the project's own cost function). Variables and how each term is
 * **load**: U[n] = Σ_v cpu[v] · x[v, n] (≤ capacity: the core limit); U[n]² = U[n] · Σ_v cpu[v] x[v, n]
   = Σ_v cpu[v] · g[v, n] with g[v, n] = x[v, n] · U[n], linearised exactly for binary x by
   g ≥ U − M (1 − x), g ≥ (cpu[v] + fixed load) · x, g ≥ 0 (the objective pushes g down). s[n] ≥ U[n]² / C²
-  is also bounded below by tangents of u² (valid, and they tighten the relaxation).
+  is also bounded below by tangents of u² (valid, and they tighten the relaxation). Reformulation-linearisation
+  (RLT) ties g to the edges: x[v, n] · U[n] ≥ x[v, n] (cpu[v] + fixed load) + Σ_w cpu[w] x[v, n] x[w, n] over v's
+  free neighbours w, and x[v, n] x[w, n] is the edge's y[e, n, n], so a chain co-located in the relaxation
+  pays for its load there too.
 * **memory**: Σ_v mem[v] · x[v, n] ≤ memory × `Weights.max_memory`.
 * **moves**: move_cost[v] · (1 − x[v, current[v]]).
 
@@ -26,7 +29,11 @@ brute force and the project's own cost function). Variables and how each term is
 
 No warm start is handed to HiGHS: with HiGHS 1.16 a feasible start once produced an "optimal" objective
 below the true optimum (confirmed by brute force). The solver starts from scratch; the caller compares the
-result with its own incumbent.
+result with its own incumbent. What the caller may hand over is the incumbent's *cost*, `upper`: a row
+"objective ≤ upper" (a cutoff; tests check it against brute force), so HiGHS prunes every branch whose bound
+reaches it and an infeasible answer proves the incumbent optimal. The relaxation stays weak where load and
+latency pull apart (fractional x balances every node's load while keeping each edge's ends together), so the
+branching still does most of the work.
 """
 
 from __future__ import annotations
@@ -43,6 +50,7 @@ __all__ = ["MilpResult", "gap_text", "milp_available", "relative_gap", "solve_mi
 
 _TANGENTS = 9            # tangent cuts of u² per node, at utilisations 0 .. the capacity
 OPTIMAL_GAP = 1e-6       # a relative gap this small is reported as "optimal"
+_CUTOFF_TOL = 1e-7       # relative slack of the cutoff row (`upper`): HiGHS's feasibility tolerance is 1e-6 absolute
 
 
 @dataclass
@@ -143,13 +151,13 @@ class _Model:
         np.add.at(c, np.asarray(cols, dtype=np.int64), vals)
         self.c = [c]
 
-    def solve(self, time_limit: float, gap: float):
+    def solve(self, time_limit: float, gap: float, integral: bool = True):
         from scipy.optimize import Bounds, LinearConstraint, milp
         from scipy.sparse import csr_array
 
         c = np.concatenate(self.c)
         bounds = Bounds(np.concatenate(self.lb), np.concatenate(self.ub))
-        integrality = np.concatenate(self.integer)
+        integrality = np.concatenate(self.integer) if integral else np.zeros(self.n, dtype=np.int8)
         constraints = []
         if self.lo:
             a = csr_array((np.concatenate(self.v), (np.concatenate(self.r), np.concatenate(self.k))),
@@ -161,8 +169,13 @@ class _Model:
 
 def solve_milp(problem: Problem, time_limit: float = 10.0, free: np.ndarray | None = None,
                assign: np.ndarray | None = None, domains: np.ndarray | None = None, soft: bool = False,
-               gap: float = OPTIMAL_GAP) -> MilpResult:
+               gap: float = OPTIMAL_GAP, upper: float | None = None) -> MilpResult:
     """Solve the placement exactly (to a relative `gap`) within `time_limit` seconds.
+
+    `upper`: the cost of a placement the caller already has (e.g. the heuristic's; `search_objective` with
+    soft=True). Only cheaper placements are searched for — a cutoff row, not a warm start — and when none
+    exists the result is status "optimal" with `assign` None and cost = bound = `upper`: the caller's
+    placement is the optimum. The bound is then min(HiGHS's bound, `upper`).
 
     With `free` (vnode indices) and `assign`, only the free vnodes move (each within `domains[v]` if given,
     a [V, N] bool mask, plus its node in `assign`); the others stay as in `assign` — the sub-problems of
@@ -206,6 +219,7 @@ def solve_milp(problem: Problem, time_limit: float = 10.0, free: np.ndarray | No
     pj_parts: list[np.ndarray] = []
     pc_parts: list[np.ndarray] = []
     const_pairs = []                 # (edge, i, j)
+    diag: list[tuple[int, int, int, int]] = []   # (vnode, its free neighbour, node, y column of both there)
     for e, (s, d) in enumerate(zip(p.src.tolist(), p.dst.tolist(), strict=True)):
         fs, fd = fixed[s], fixed[d]
         if fs >= 0 and fd >= 0:
@@ -230,6 +244,9 @@ def solve_milp(problem: Problem, time_limit: float = 10.0, free: np.ndarray | No
             pi_parts.append(ii)
             pj_parts.append(jj)
             pc_parts.append(y)
+            for t in np.flatnonzero(ii == jj).tolist():
+                diag.append((s, d, int(ii[t]), int(y[t])))
+                diag.append((d, s, int(ii[t]), int(y[t])))
             # Σ_j y[i, j] = x[s, i];  Σ_i y[i, j] = x[d, j]
             ri = np.searchsorted(is_, ii)
             m.rows(np.concatenate([ri, np.arange(len(is_))]), np.concatenate([y, xcol[s, is_]]),
@@ -257,7 +274,7 @@ def solve_milp(problem: Problem, time_limit: float = 10.0, free: np.ndarray | No
     const += _latency(m, p, fixed, dom, pe, pi, pj, pc)
 
     # -- load and memory -----------------------------------------------------------------------------------
-    const += _load(m, p, fixed, dom, xcol, soft)
+    const += _load(m, p, fixed, dom, xcol, soft, diag)
     _memory(m, p, fixed, dom, xcol, soft)
 
     # -- moves ----------------------------------------------------------------------------------------------------
@@ -273,14 +290,30 @@ def solve_milp(problem: Problem, time_limit: float = 10.0, free: np.ndarray | No
     m.cols(1, 1.0, 1.0, const)       # the constant, so HiGHS's relative gap is the gap of the true cost
     if m.infeasible:
         return MilpResult(None, math.inf, math.inf, "infeasible", time.perf_counter() - started, m.n, len(m.lo))
+    up = float(upper) if upper is not None else math.inf
+    cutoff = math.isfinite(up)
+    if cutoff:
+        # only placements cheaper than `upper` (a cost the caller has achieved): HiGHS prunes every branch whose
+        # bound reaches it from the start, instead of waiting to find as good a placement itself
+        c = np.concatenate(m.c)
+        nz = np.flatnonzero(c)
+        m.row(nz, c[nz], -np.inf, up + _CUTOFF_TOL * max(1.0, abs(up)))
     res = m.solve(time_limit - (time.perf_counter() - started), gap)
     out = np.where(fixed >= 0, fixed, 0).astype(np.int64)
     bound = getattr(res, "mip_dual_bound", None)
     bound = float(bound) if bound is not None and np.isfinite(bound) else -math.inf
     if res.x is None:
+        seconds = time.perf_counter() - started
+        if cutoff and res.status == 2:          # nothing cheaper than `upper` exists: it is optimal
+            return MilpResult(None, up, up, "optimal", seconds, m.n, len(m.lo))
+        if cutoff:                              # the bound, if HiGHS gave none: the root LP's (a few 0.1 s)
+            if not math.isfinite(bound):
+                lp = m.solve(max(2.0, time_limit - seconds), gap, integral=False)
+                bound = float(lp.fun) if lp.status == 0 else (up if lp.status == 2 else -math.inf)
+            bound = min(bound, up)
+            return MilpResult(None, math.inf, bound, "no solution", time.perf_counter() - started, m.n, len(m.lo))
         status = "infeasible" if res.status == 2 else "no solution"
-        return MilpResult(None, math.inf, math.inf if res.status == 2 else bound, status,
-                          time.perf_counter() - started, m.n, len(m.lo))
+        return MilpResult(None, math.inf, math.inf if res.status == 2 else bound, status, seconds, m.n, len(m.lo))
     x = res.x
     for v in movable.tolist():
         nodes = np.flatnonzero(dom[v])
@@ -289,6 +322,8 @@ def solve_milp(problem: Problem, time_limit: float = 10.0, free: np.ndarray | No
     status = "optimal" if res.status == 0 else "time limit"
     if res.status == 0 and not math.isfinite(bound):
         bound = float(res.fun)
+    if cutoff:
+        bound = min(bound, up)                  # a placement costing more than `upper` was never looked for
     return MilpResult(out, cost, min(bound, cost) if math.isfinite(cost) else bound, status,
                       time.perf_counter() - started, m.n, len(m.lo))
 
@@ -387,7 +422,8 @@ def _latency(m: _Model, p: Problem, fixed: np.ndarray, dom: np.ndarray, pe, pi, 
     return 0.0
 
 
-def _load(m: _Model, p: Problem, fixed: np.ndarray, dom: np.ndarray, xcol: np.ndarray, soft: bool) -> float:
+def _load(m: _Model, p: Problem, fixed: np.ndarray, dom: np.ndarray, xcol: np.ndarray, soft: bool,
+          diag: list[tuple[int, int, int, int]]) -> float:
     """U[n], g[v, n] = x[v, n] U[n], s[n] ≥ U[n]² / C²; returns the constant part of the load term."""
     w = p.weights
     base = np.bincount(fixed[fixed >= 0], weights=p.cpu[fixed >= 0], minlength=p.n_nodes)
@@ -416,10 +452,17 @@ def _load(m: _Model, p: Problem, fixed: np.ndarray, dom: np.ndarray, xcol: np.nd
         cols = np.stack([g, np.full(len(vs), u), xcol[vs, n]], axis=1).ravel()
         vals = np.stack([np.ones(len(vs)), -np.ones(len(vs)), -np.full(len(vs), big)], axis=1).ravel()
         m.rows(rows, cols, vals, np.full(len(vs), -big), np.full(len(vs), np.inf))
-        # g ≥ (cpu[v] + k) x
+        # g ≥ (cpu[v] + k) x + Σ cpu[w] y[v on n, w on n] over v's free neighbours w (x[v, n] U[n] with
+        # U[n] ≥ cpu[v] + k + Σ those: RLT, so co-locating a chain costs load in the relaxation too)
         rows = np.repeat(np.arange(len(vs)), 2)
         cols = np.stack([g, xcol[vs, n]], axis=1).ravel()
         vals = np.stack([np.ones(len(vs)), -(cpu + k)], axis=1).ravel()
+        pos = {int(v): i for i, v in enumerate(vs.tolist())}
+        extra = [(pos[v], col, -p.cpu[w]) for v, w, node, col in diag if node == n and v in pos]
+        if extra:
+            rows = np.concatenate([rows, [e[0] for e in extra]])
+            cols = np.concatenate([cols, [e[1] for e in extra]])
+            vals = np.concatenate([vals, [e[2] for e in extra]])
         m.rows(rows, cols, vals, np.zeros(len(vs)), np.full(len(vs), np.inf))
         s = m.cols(1, 0.0, np.inf, w.load)[0]
         # s ≥ (k U + Σ cpu g) / C²

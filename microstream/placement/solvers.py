@@ -768,7 +768,8 @@ def _lns(p: Problem, best: np.ndarray, deadline: float, rng: np.random.Generator
         return Solution(best)
     has_milp = milp_available()
     if has_milp and len(movable) * p.n_nodes <= _WHOLE_MILP:
-        r = solve_milp(p, time_limit=deadline - clock())
+        upper = p.total(best)
+        r = solve_milp(p, time_limit=deadline - clock(), upper=upper if math.isfinite(upper) else None)
         if r.assign is not None and p.total(r.assign) <= p.search_objective(best) + 1e-12:
             best = r.assign
         if r.status == "infeasible":
@@ -804,7 +805,8 @@ def _lns(p: Problem, best: np.ndarray, deadline: float, rng: np.random.Generator
             continue
         tried.add(key)
         step = min(_LNS_STEP, deadline - clock())
-        r = solve_milp(p, time_limit=step, free=free, assign=best, domains=domains, soft=not feasible)
+        r = solve_milp(p, time_limit=step, free=free, assign=best, domains=domains, soft=not feasible,
+                       upper=best_cost)
         if r.status == "optimal" and r.seconds < _LNS_FAST:
             size = min(_LNS_FREE[2], size + 2)
         elif r.status != "optimal":
@@ -922,8 +924,11 @@ def exact(problem: Problem, upper: np.ndarray | None = None, time_limit: float =
 def certify(problem: Problem, upper: np.ndarray | None = None, time_limit: float = 10.0) -> Solution:
     """The MILP on the whole problem for `time_limit` seconds: the better of its placement and `upper` (e.g.
     the heuristic's, priced by the project's own cost function), with the proven lower bound. No warm start
-    is handed to HiGHS (see `milp`)."""
-    r = solve_milp(problem, time_limit=time_limit)
+    is handed to HiGHS (see `milp`): `upper`'s cost is a cutoff, so HiGHS searches only for cheaper
+    placements and proves `upper` optimal when there are none (40 x 10: 3 of 4 proven in 20-25 s CPU with the
+    cutoff, none in 30 s without)."""
+    cutoff = problem.total(upper) if upper is not None else math.inf
+    r = solve_milp(problem, time_limit=time_limit, upper=cutoff if math.isfinite(cutoff) else None)
     if r.status == "infeasible":
         raise PlacementError("no feasible placement: the vnodes' CPU, memory or traffic exceed what the nodes "
                              "and links allowed to carry them have")
