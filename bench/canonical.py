@@ -212,6 +212,47 @@ def fresh(records: int, cache_dir: str, pyc_dir: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+# a user's script in a fresh process, as it is run: nothing warmed before the timer; with scipy installed or not
+# (the `placement` extra: numba imports scipy.linalg wherever it is installed, when it first loads a kernel)
+SCRIPT = """
+import importlib.abc, json, sys, time
+if {block}:
+    class Block(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] == "scipy":
+                raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
+    sys.meta_path.insert(0, Block())
+start = time.perf_counter()
+import microstream as ms
+from microstream.sources.synthetic import generate
+imported = time.perf_counter() - start
+cols = generate(0, {records}, seed=42, sensors=1000, rate=1000.0, glitch_rate=0.01)
+
+def job():
+    p = ms.Pipeline("canonical")
+    out = ms.sinks.collect()
+    (p.from_arrays(cols, time="time").filter(lambda b: (b["value"] >= {lo}) & (b["value"] <= {hi}))
+     .key_by("sensor").window(ms.tumbling(seconds=10))
+     .aggregate(n=ms.agg.count(), mean=ms.agg.mean("value"), min=ms.agg.min("value"), max=ms.agg.max("value"))
+     .sink(out))
+    p.run(verbose=False)
+    return len(out.batch()["n"])
+
+start = time.perf_counter(); windows = job(); first = time.perf_counter() - start
+start = time.perf_counter(); job(); second = time.perf_counter() - start
+print(json.dumps({{"import_s": imported, "first_job_s": first, "second_job_s": second, "windows": windows,
+                  "scipy_imported": any(m.split(".")[0] == "scipy" for m in sys.modules)}}))
+"""
+
+
+def fresh_script(records: int, cache_dir: str, pyc_dir: str, block_scipy: bool) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env.update(NUMBA_CACHE_DIR=cache_dir, PYTHONPYCACHEPREFIX=pyc_dir)
+    code = SCRIPT.format(block=block_scipy, records=records, lo=LO, hi=HI)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def in_child(records: int, cache_dir: str) -> dict:
     env = {**os.environ, "NUMBA_CACHE_DIR": cache_dir}
     out = subprocess.run([sys.executable, __file__, "--child", "--records", str(records)], env=env,
@@ -251,6 +292,11 @@ def main() -> int:
         with tempfile.TemporaryDirectory() as pyc:
             fresh(args.fresh_records, cache, pyc)  # writes the .pyc files and fills the cache
             runs = [fresh(args.fresh_records, cache, pyc) for _ in range(3)]
+            fresh_script(args.fresh_records, cache, pyc, False)  # the script's own .pyc
+            scripts: dict[str, list[dict]] = {"with_scipy": [], "without_scipy": []}
+            for _ in range(3):  # interleaved: both see the same load
+                scripts["with_scipy"].append(fresh_script(args.fresh_records, cache, pyc, False))
+                scripts["without_scipy"].append(fresh_script(args.fresh_records, cache, pyc, True))
     med = {k: statistics.median(r[k] for r in runs) for k in ("first_run_s", "hand_s", "from_iterable_s",
                                                                "python_records_s")}
     fresh_same = all(r["identical"] for r in runs)
@@ -283,6 +329,16 @@ def main() -> int:
                   f"{m / med['python_records_s']:,.0f}", "1.00x")]))
     print(f"targets: first job >= 0.5x hand kernel {'met' if fresh_ratio >= 0.5 else 'NOT met'}; from_iterable "
           f">= 1.0x dict loop {'met' if it_ratio >= 1.0 else 'NOT met'}")
+    script_med = {name: {k: statistics.median(r[k] for r in rs) for k in ("import_s", "first_job_s", "second_job_s")}
+                  for name, rs in scripts.items()}
+    with_s, without_s = script_med["with_scipy"], script_med["without_scipy"]
+    print(f"\na fresh script (import microstream, then the {m:,}-record job twice; nothing warmed; median of 3):")
+    print(table([("", "import", "first job", "second job", "first job's fixed cost"),
+                 *[(name.replace("_", " "), f"{s['import_s']:.3f}", f"{s['first_job_s']:.3f}",
+                    f"{s['second_job_s']:.3f}", f"{s['first_job_s'] - s['second_job_s']:.3f}")
+                   for name, s in script_med.items()]]))
+    script_ratio = without_s["first_job_s"] / with_s["first_job_s"]
+    print(f"first job without scipy installed: {script_ratio:.2f}x the time with it")
     path = write_json("canonical", {
         "records": n, "windows": int(len(r_ms["n"])), "identical": bool(same),
         "records_per_s": {"microstream": n / t_ms, "hand_kernel": n / t_hand, "python_loop": n / t_py},
@@ -295,7 +351,10 @@ def main() -> int:
         "target_ratio_vs_hand_kernel": 0.5,
         "fresh_process": {"records": m, "identical": fresh_same, "seconds_median": med, "runs": runs,
                           "first_job_vs_hand_kernel": fresh_ratio, "from_iterable_vs_dict_loop": it_ratio,
-                          "targets": {"first_job_vs_hand_kernel": 0.5, "from_iterable_vs_dict_loop": 1.0}}})
+                          "targets": {"first_job_vs_hand_kernel": 0.5, "from_iterable_vs_dict_loop": 1.0}},
+        "fresh_script": {"records": m, "seconds_median": script_med, "runs": scripts,
+                         "first_job_without_vs_with_scipy": script_ratio,
+                         "scipy_imported": {k: [r["scipy_imported"] for r in rs] for k, rs in scripts.items()}}})
     print(f"wrote {path}")
     return 0 if same and fresh_same else 1
 

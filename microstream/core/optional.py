@@ -6,6 +6,7 @@ that says which extra installs it (`pip install 'microstream[pandas]'`).
 | `pandas` | pandas | `Pipeline.from_pandas`, `Collect.to_pandas`, pandas Timestamps in time columns |
 | `mqtt` | paho-mqtt | `read_mqtt`, `ms.sinks.mqtt`, the MQTT broker helpers |
 | `microvm` | qemu.qmp | the microVM host backend (`backend="microvm"`) |
+| `placement` | scipy | HiGHS for the placement engine: the exact solver, large-neighbourhood search, infeasibility proofs |
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ from types import ModuleType
 from .errors import MicrostreamError
 
 EXTRAS = {"pandas": "pandas", "paho": "mqtt", "paho.mqtt": "mqtt", "paho.mqtt.client": "mqtt",
-          "paho.mqtt.publish": "mqtt", "qemu": "microvm", "qemu.qmp": "microvm", "qemu.qmp.legacy": "microvm"}
-_PACKAGES = {"pandas": "pandas", "mqtt": "paho-mqtt", "microvm": "qemu.qmp"}
+          "paho.mqtt.publish": "mqtt", "qemu": "microvm", "qemu.qmp": "microvm", "qemu.qmp.legacy": "microvm",
+          "scipy": "placement", "scipy.optimize": "placement", "scipy.sparse": "placement"}
+_PACKAGES = {"pandas": "pandas", "mqtt": "paho-mqtt", "microvm": "qemu.qmp", "placement": "scipy"}
 
 
 class MissingDependency(MicrostreamError, ImportError):

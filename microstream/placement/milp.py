@@ -152,6 +152,9 @@ class _Model:
         self.c = [c]
 
     def solve(self, time_limit: float, gap: float, integral: bool = True):
+        from ..core.optional import require
+
+        require("scipy.optimize", "the exact placement solver (HiGHS)")  # missing: says which extra installs it
         from scipy.optimize import Bounds, LinearConstraint, milp
         from scipy.sparse import csr_array
 
