@@ -47,7 +47,7 @@ import socket
 import sqlite3
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -297,19 +297,29 @@ class Replicas:
         self._packer.shutdown(wait=False, cancel_futures=True)
 
     def choose(self, job: Job) -> list[AgentInfo]:
-        """Up to `copies` live agents: off the coordinator's node, outside its site (where sites are known), those
-        that hold the job's earlier replicas first (their retention applies), then by name."""
+        """Up to `copies` live agents: off the coordinator's node, outside its failure domain (the placement's
+        notion, `placement.failure_domain`: a node's `domain` in the topology, a domain/switch/rack label, else its
+        site) and outside its site (where these are known), those that hold the job's earlier replicas first
+        (their retention applies), then by name."""
         up = [a for a in self.registry if a.up]
         home = self.registry.get(self.node) if self.node else None
+        home_domain = self._domain(self.node, home.labels if home is not None else {})
         home_site = self._site(home) if home is not None else self._site_of_name(self.node)
         held = {r["agent"] for f in job.checkpoints for r in f.get("replicas", [])}
 
-        def rank(agent: AgentInfo) -> tuple[bool, bool, bool, str]:
-            site = self._site(agent)
-            return (agent.name == self.node, home_site is not None and site == home_site, agent.name not in held,
-                    agent.name)
+        def rank(agent: AgentInfo) -> tuple[bool, bool, bool, bool, str]:
+            domain, site = self._domain(agent.name, agent.labels), self._site(agent)
+            return (agent.name == self.node, home_domain is not None and domain == home_domain,
+                    home_site is not None and site == home_site, agent.name not in held, agent.name)
 
         return sorted(up, key=rank)[:self.copies]
+
+    def _domain(self, name: str | None, labels: Mapping[str, str]) -> str | None:
+        from ..placement.topology import failure_domain  # here: an agent imports this module without numpy
+
+        node = self._node_of_name(name)
+        known = {**(getattr(node, "labels", None) or {}), **labels}
+        return failure_domain(known, getattr(node, "site", "") or "", getattr(node, "domain", "") or "") or None
 
     def _site(self, agent: AgentInfo) -> str | None:
         for label in ("site", "switch", "domain"):
@@ -317,11 +327,13 @@ class Replicas:
                 return agent.labels[label]
         return self._site_of_name(agent.name)
 
-    def _site_of_name(self, name: str | None) -> str | None:
+    def _node_of_name(self, name: str | None) -> Any:
         if name is None or self.topology is None:
             return None
-        node = next((n for n in getattr(self.topology, "nodes", []) if n.name == name), None)
-        return getattr(node, "site", None) or None
+        return next((n for n in getattr(self.topology, "nodes", []) if n.name == name), None)
+
+    def _site_of_name(self, name: str | None) -> str | None:
+        return getattr(self._node_of_name(name), "site", None) or None
 
     def tick(self) -> None:
         """Send a few parts of the queued replicas; restore the jobs whose replicas the agents reported."""

@@ -25,7 +25,8 @@ _WHERE = {
                      "cost_of", "estimate_flows", "evaluate", "find_pins"), ".cost"),
     **dict.fromkeys(("MigrationGain", "Placement", "exact", "heuristic", "migration_gain", "place",
                      "place_on_agents", "solve"), ".solvers"),
-    **dict.fromkeys(("Link", "LinkSpec", "PhysicalNode", "Sensor", "Topology", "TopologyError"), ".topology"),
+    **dict.fromkeys(("Link", "LinkSpec", "PhysicalNode", "Sensor", "Topology", "TopologyError", "failure_domain"),
+                    ".topology"),
 }
 
 if TYPE_CHECKING:
@@ -43,7 +44,7 @@ if TYPE_CHECKING:
         find_pins,
     )
     from .solvers import MigrationGain, Placement, exact, heuristic, migration_gain, place, place_on_agents, solve
-    from .topology import Link, LinkSpec, PhysicalNode, Sensor, Topology, TopologyError
+    from .topology import Link, LinkSpec, PhysicalNode, Sensor, Topology, TopologyError, failure_domain
 
 
 def __getattr__(name: str) -> Any:
@@ -57,5 +58,6 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "Cost", "Estimates", "Flows", "Link", "LinkSpec", "MigrationGain", "PhysicalNode", "Placement", "PlacementError",
     "Problem", "Sensor", "Topology", "TopologyError", "Weights", "build_problem", "cost_of", "estimate_flows",
-    "evaluate", "exact", "find_pins", "heuristic", "migration_gain", "place", "place_on_agents", "solve",
+    "evaluate", "exact", "failure_domain", "find_pins", "heuristic", "migration_gain", "place", "place_on_agents",
+    "solve",
 ]

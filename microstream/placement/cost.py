@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict, deque
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -44,7 +44,7 @@ from ..operators.base import DEAD
 from .topology import Routes, Topology, format_bytes
 
 __all__ = ["Cost", "Estimates", "Flows", "Pin", "PlacementError", "Problem", "Weights", "build_problem",
-           "cost_of", "estimate_flows", "evaluate", "find_pins", "node_speed", "record_bytes"]
+           "cost_of", "estimate_flows", "evaluate", "failure_domains", "find_pins", "node_speed", "record_bytes"]
 
 EdgeKey = tuple[str, str]
 OVERLOAD_PENALTY = 1e6   # search objective per unit of overload (cores over, memory or link use over ÷ capacity)
@@ -337,8 +337,10 @@ class Problem:
     `inv_bw` and `latency_ms` are symmetric, as links are bidirectional. CPU demand is in Raspberry Pi 4
     cores; a node's capacity is its cores × `speed`. Optional: `mem` [V] and `memory` [N] bytes (no memory
     limit when absent), `current` [V] node per vnode (-1: none) with `move_cost` [V] charged when a vnode
-    is placed elsewhere (re-placement). The optional arrays may be left out of the constructor; they are
-    always set afterwards (`__post_init__`)."""
+    is placed elsewhere (re-placement), `domain` [N] failure domain per node with `apart` [P, 2] pairs of
+    vnodes that protect each other (a standby and what it stands in for) and may never share one — a hard
+    limit: each pair together counts one unit of overload. The optional arrays may be left out of the
+    constructor; they are always set afterwards (`__post_init__`)."""
 
     vnodes: list[str]
     nodes: list[str]
@@ -361,13 +363,18 @@ class Problem:
     memory: np.ndarray            # [N] bytes (default inf)
     current: np.ndarray           # [V] node index or -1 (default -1)
     move_cost: np.ndarray         # [V] cost (per second, the total's unit) of not staying on `current` (default 0)
+    domain: np.ndarray            # [N] failure domain number per node (default: each node its own)
+    apart: np.ndarray             # [P, 2] vnode pairs that protect each other: never in one failure domain
+    domain_names: list[str]       # [D] the failure domains' names (a node's name where it has no domain)
 
     def __init__(self, vnodes: list[str], nodes: list[str], cpu: np.ndarray, cores: np.ndarray,
                  allowed: np.ndarray, pinned: np.ndarray, src: np.ndarray, dst: np.ndarray, traffic: np.ndarray,
                  on_path: np.ndarray, inv_bw: np.ndarray, latency_ms: np.ndarray, weights: Weights | None = None,
                  why_not: dict[int, str] | None = None, routes: Routes | None = None, links: list | None = None,
                  speed: np.ndarray | None = None, mem: np.ndarray | None = None, memory: np.ndarray | None = None,
-                 current: np.ndarray | None = None, move_cost: np.ndarray | None = None) -> None:
+                 current: np.ndarray | None = None, move_cost: np.ndarray | None = None,
+                 domain: np.ndarray | None = None, apart: np.ndarray | None = None,
+                 domain_names: list[str] | None = None) -> None:
         self.vnodes, self.nodes, self.cpu, self.cores = vnodes, nodes, cpu, cores
         self.allowed, self.pinned, self.src, self.dst = allowed, pinned, src, dst
         self.traffic, self.on_path, self.inv_bw, self.latency_ms = traffic, on_path, inv_bw, latency_ms
@@ -381,6 +388,9 @@ class Problem:
         self.memory = np.full(n, np.inf) if memory is None else memory
         self.current = np.full(v, -1, dtype=np.int64) if current is None else current
         self.move_cost = np.zeros(v) if move_cost is None else move_cost
+        self.domain = np.arange(n, dtype=np.int64) if domain is None else domain
+        self.apart = np.zeros((0, 2), dtype=np.int64) if apart is None else apart
+        self.domain_names = list(nodes) if domain_names is None else domain_names
         self._adjacency_cache: list[list[int]] | None = None   # solvers._adjacency: neighbours of each vnode
         self.__post_init__()
 
@@ -399,6 +409,8 @@ class Problem:
         self.mem_capacity = self.memory * w.max_memory
         self.current = np.asarray(self.current, np.int64)
         self.move_cost = np.asarray(self.move_cost, dtype=float)
+        self.domain = np.asarray(self.domain, dtype=np.int64)
+        self.apart = np.asarray(self.apart, dtype=np.int64).reshape(-1, 2)
         self._link_incidence()
         self._levels()
 
@@ -556,7 +568,14 @@ class Problem:
         if len(self.link_cap):
             bw = np.maximum(self.link_bw, 1e-12)
             over += float((np.maximum(0.0, self.link_loads(assign) - self.link_cap) / bw).sum())
-        return over
+        return over + self.together(assign)
+
+    def together(self, assign: np.ndarray) -> int:
+        """How many of the `apart` pairs (vnodes that protect each other) share a failure domain."""
+        if not len(self.apart):
+            return 0
+        dom = self.domain[assign]
+        return int((dom[self.apart[:, 0]] == dom[self.apart[:, 1]]).sum())
 
     def search_objective(self, assign: np.ndarray) -> float:
         """The cost with capacity limits as penalties (`OVERLOAD_PENALTY` per unit of overload): what the
@@ -581,10 +600,13 @@ def _groups(keys: np.ndarray) -> list[slice]:
 
 def build_problem(plan: PhysicalPlan, graph: LogicalGraph, topology: Topology, flows: Flows,
                   weights: Weights | None = None, estimates: Estimates | None = None,
-                  state_bytes: Mapping[str, float] | None = None) -> Problem:
+                  state_bytes: Mapping[str, float] | None = None,
+                  apart: Iterable[tuple[str, str]] | None = None) -> Problem:
     """Arrays for the solvers; raises `PlacementError` when a vnode has no node it may go to. A vnode's
     memory is `Estimates.vnode_memory` plus its tasks' state (`Estimates.state_bytes` by operator kind, or
-    the measured `state_bytes[vnode]`)."""
+    the measured `state_bytes[vnode]`). `apart`: pairs of vnodes that protect each other, kept in different
+    failure domains (`Topology.failure_domain`; a node without one is a domain of its own); `PlacementError`
+    when a pair can only be placed together."""
     weights = weights or Weights()
     est = estimates or Estimates()
     routes = topology.routes()
@@ -609,13 +631,57 @@ def build_problem(plan: PhysicalPlan, graph: LogicalGraph, topology: Topology, f
             traffic[(a, c)] += b
             on_path[(a, c)] |= (s, d) in flows.data_edges
     keys = list(traffic)
+    domain, names = failure_domains([p.failure_domain for p in phys], nodes)
+    pairs = _apart_pairs(apart, vindex, allowed, domain, names, nodes)
     return Problem(
         vnodes, nodes, cpu, cores, allowed, pinned,
         np.array([k[0] for k in keys], dtype=np.int64), np.array([k[1] for k in keys], dtype=np.int64),
         np.array([traffic[k] for k in keys], dtype=float), np.array([on_path[k] for k in keys], dtype=bool),
         routes.inv_bandwidth, routes.latency_ms, weights, why, routes, topology.all_links(),
-        speed=speed, mem=mem, memory=memory,
+        speed=speed, mem=mem, memory=memory, domain=domain, apart=pairs, domain_names=names,
     )
+
+
+def failure_domains(labels: list[str], nodes: list[str]) -> tuple[np.ndarray, list[str]]:
+    """([N] domain number per node, the domains' names) from each node's failure domain ("" = the node alone)."""
+    names: list[str] = []
+    index: dict[str, int] = {}
+    out = np.empty(len(nodes), dtype=np.int64)
+    for j, (label, node) in enumerate(zip(labels, nodes, strict=True)):
+        key = label or f"\0{node}"
+        if key not in index:
+            index[key] = len(names)
+            names.append(label or node)
+        out[j] = index[key]
+    return out, names
+
+
+def _apart_pairs(apart: Iterable[tuple[str, str]] | None, vindex: Mapping[str, int], allowed: np.ndarray,
+                 domain: np.ndarray, names: list[str], nodes: list[str]) -> np.ndarray:
+    """[P, 2] vnode indices; `PlacementError` naming the fix when a pair is unknown or can only be together."""
+    pairs, problems = [], []
+    for a, b in apart or ():
+        missing = [v for v in (a, b) if v not in vindex]
+        if missing:
+            problems.append(f"apart ({a}, {b}): no virtual node {', '.join(map(repr, missing))} in this job "
+                            f"(it has {', '.join(list(vindex)[:8])}{'...' if len(vindex) > 8 else ''})")
+            continue
+        i, j = vindex[a], vindex[b]
+        if i == j:
+            problems.append(f"apart ({a}, {b}): a virtual node cannot be kept apart from itself")
+            continue
+        da, db = set(domain[allowed[i]].tolist()), set(domain[allowed[j]].tolist())
+        if len(da | db) == 1:
+            where = names[next(iter(da))]
+            hosts = [nodes[k] for k in np.flatnonzero(allowed[i] | allowed[j]).tolist()]
+            problems.append(f"{a} and {b} protect each other, so they must run in different failure domains, but "
+                            f"both may only run in '{where}' ({', '.join(hosts)}): unpin one of them, give another "
+                            f"node its backend, or set the nodes' domain = \"...\" in the topology")
+            continue
+        pairs.append((i, j))
+    if problems:
+        raise PlacementError("cannot place the job:\n  " + "\n  ".join(problems))
+    return np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
 
 
 def _allowed(plan: PhysicalPlan, graph: LogicalGraph, topology: Topology, vnodes: list[str], nodes: list[str],
@@ -728,6 +794,13 @@ def _infeasibility(problem: Problem, assign: np.ndarray, used: np.ndarray) -> li
         reasons.append(f"{problem.nodes[j]} is overloaded: {used[j] / speed[j]:.2f} cores needed, "
                        f"{problem.capacity[j] / speed[j]:.2f} available")
     mem = np.bincount(assign, weights=problem.mem, minlength=problem.n_nodes)
+    dom = problem.domain[assign]
+    for a, b in problem.apart.tolist():
+        if dom[a] == dom[b]:
+            where = problem.nodes[assign[a]] if assign[a] == assign[b] else \
+                f"{problem.nodes[assign[a]]} and {problem.nodes[assign[b]]}"
+            reasons.append(f"{problem.vnodes[a]} and {problem.vnodes[b]} protect each other but share failure "
+                           f"domain '{problem.domain_names[dom[a]]}' ({where})")
     for j in np.flatnonzero(mem > problem.mem_capacity * (1 + 1e-9)):
         reasons.append(f"{problem.nodes[j]} is out of memory: {format_bytes(mem[j], per_s=False)} needed, "
                        f"{format_bytes(problem.mem_capacity[j], per_s=False)} available "

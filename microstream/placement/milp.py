@@ -23,6 +23,8 @@ brute force and the project's own cost function). Variables and how each term is
   pays for its load there too.
 * **memory**: Σ_v mem[v] · x[v, n] ≤ memory × `Weights.max_memory`.
 * **moves**: move_cost[v] · (1 − x[v, current[v]]).
+* **failure domains**: for each pair of vnodes that protect each other (`Problem.apart`) and each domain d,
+  Σ_{n ∈ d} x[a, n] + Σ_{n ∈ d} x[b, n] ≤ 1.
 
 `soft=True` turns the capacity limits into penalties (`OVERLOAD_PENALTY` per unit of overload, as
 `Problem.search_objective` counts it) so that a sub-problem of an overloaded placement still has a solution.
@@ -279,6 +281,7 @@ def solve_milp(problem: Problem, time_limit: float = 10.0, free: np.ndarray | No
     # -- load and memory -----------------------------------------------------------------------------------
     const += _load(m, p, fixed, dom, xcol, soft, diag)
     _memory(m, p, fixed, dom, xcol, soft)
+    const += _apart(m, p, fixed, dom, xcol, soft)
 
     # -- moves ----------------------------------------------------------------------------------------------------
     for v in np.flatnonzero((p.current >= 0) & (p.move_cost > 0)).tolist():
@@ -496,3 +499,33 @@ def _memory(m: _Model, p: Problem, fixed: np.ndarray, dom: np.ndarray, xcol: np.
                   -np.inf, room / scale)
         else:
             m.row(xcol[vs, n], p.mem[vs] / scale, -np.inf, room / scale)
+
+
+def _apart(m: _Model, p: Problem, fixed: np.ndarray, dom: np.ndarray, xcol: np.ndarray, soft: bool) -> float:
+    """Pairs that protect each other: at most one of the two in each failure domain. Returns the constant part
+    of the objective (soft: a penalty per pair that fixed vnodes alone put together)."""
+    const = 0.0
+    for a, b in p.apart.tolist():
+        if fixed[a] >= 0 and fixed[b] >= 0:
+            if p.domain[fixed[a]] == p.domain[fixed[b]]:
+                m.infeasible |= not soft
+                const += OVERLOAD_PENALTY
+            continue
+        for d in np.unique(p.domain[dom[a] | dom[b]]).tolist():
+            cols: list[int] = []
+            room, there = 1.0, 0
+            for v in (a, b):
+                if fixed[v] >= 0:
+                    room -= float(p.domain[fixed[v]] == d)
+                else:
+                    here = xcol[v, np.flatnonzero(dom[v] & (p.domain == d))].tolist()
+                    cols.extend(here)
+                    there += bool(here)
+            if not cols or (there == 1 and room >= 1.0):
+                continue                                # cannot bind
+            vals = [1.0] * len(cols)
+            if soft:
+                cols.append(int(m.cols(1, 0.0, np.inf, OVERLOAD_PENALTY)[0]))
+                vals.append(-1.0)
+            m.row(cols, vals, -np.inf, room)
+    return const

@@ -20,7 +20,7 @@ import heapq
 import math
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -135,6 +135,11 @@ class _State:
         self.has_links = bool(len(p.link_cap))
         self.has_moves = bool(((p.current >= 0) & (p.move_cost != 0)).any())
         self.link_bw = p.link_bw
+        partners: list[list[int]] = [[] for _ in range(v)]
+        for x, y in p.apart.tolist():
+            partners[x].append(y)
+            partners[y].append(x)
+        self.partners = [np.asarray(x, dtype=np.int64) for x in partners]
         self._incidence: np.ndarray | None = None
         self.refresh()
 
@@ -168,7 +173,7 @@ class _State:
                            / np.maximum(p.memory[fin], 1.0)).sum())
         if self.has_links:
             over += float((np.maximum(0.0, self.link_load - p.link_cap) / np.maximum(self.link_bw, 1e-12)).sum())
-        return over
+        return over + p.together(self.a)
 
     def objective_full(self) -> float:
         """The same, recomputed from scratch (for checking the incremental bookkeeping)."""
@@ -202,6 +207,11 @@ class _State:
             links = self._link_deltas(v)
             if links is not None:
                 total += _OVERLOAD * links
+        if len(self.partners[v]):
+            # a pair that protects each other in one failure domain: a unit of overload per pair
+            theirs = p.domain[self.a[self.partners[v]]]
+            clash = (p.domain[:, None] == theirs[None, :]).sum(axis=1).astype(float)
+            total += _OVERLOAD * (clash - clash[cur])
         cur0 = p.current[v]
         if cur0 >= 0 and p.move_cost[v]:
             total += p.move_cost[v] * ((np.arange(p.n_nodes) != cur0).astype(float) - float(cur != cur0))
@@ -421,6 +431,10 @@ def seed(problem: Problem) -> np.ndarray:
     for s, d in zip(p.lat_src.tolist(), p.lat_dst.tolist(), strict=True):
         preds[d].append(s)
     latency = 0.0
+    partners: list[list[int]] = [[] for _ in range(p.n_vnodes)]
+    for a, b in p.apart.tolist():
+        partners[a].append(b)
+        partners[b].append(a)
     for v in p.order.tolist():
         din = np.zeros(p.n_nodes)
         for u in preds[v]:
@@ -432,6 +446,9 @@ def seed(problem: Problem) -> np.ndarray:
                 if assign[u] >= 0:
                     cost += w.network * b * p.inv_bw[assign[u]]
             cost[~p.allowed[v]] = np.inf
+            placed = [u for u in partners[v] if assign[u] >= 0]
+            if placed:                              # off the failure domains of what it protects
+                cost[np.isin(p.domain, p.domain[assign[placed]])] += _OVERLOAD
             room = used + p.cpu[v] <= p.capacity + 1e-9
             if (room & p.allowed[v]).any():
                 cost[~room] = np.inf
@@ -967,7 +984,8 @@ def place(plan: PhysicalPlan, graph: LogicalGraph, topology: Topology,
           current: Mapping[str, str] | None = None, weights: Weights | None = None,
           estimates: Estimates | None = None, time_limit: float | None = None,
           move_cost: Mapping[str, float] | float | None = None,
-          state_bytes: Mapping[str, float] | None = None) -> Placement:
+          state_bytes: Mapping[str, float] | None = None,
+          apart: Iterable[tuple[str, str]] | None = None) -> Placement:
     """Place a physical plan on a topology.
 
     `rates` are measured bytes/s per (src_task, dst_task) (estimates otherwise); `current` (vnode → node)
@@ -975,7 +993,11 @@ def place(plan: PhysicalPlan, graph: LogicalGraph, topology: Topology,
     (per vnode, or one figure for all, in the cost's units per second: e.g. a move's one-off price ÷ the
     horizon it must pay back in) the objective charges each vnode placed off its current node, so the solver
     answers "is there an assignment whose saving repays the moves?". `state_bytes` (vnode → bytes, e.g.
-    measured snapshots) replace the estimated state in the memory limit. `time_limit`: seconds for the solver
+    measured snapshots) replace the estimated state in the memory limit. `apart` (pairs of vnodes that
+    protect each other: a standby and what it stands in for) are kept on different nodes and in different
+    failure domains (`Topology.failure_domain`: a node's `domain`, its domain/switch/rack label, or its site);
+    a pair that can only be placed together raises `PlacementError`, one the solver cannot separate leaves the
+    placement infeasible with the reason. `time_limit`: seconds for the solver
     (heuristic 1 s, exact 10 s by default). Raises `PlacementError` if the topology has errors or a
     pin/backend cannot be met; an overloaded result is returned with `placement.feasible == False` and the
     reasons in `placement.cost.reasons` — first, where one is found, a proof that no placement fits
@@ -985,7 +1007,7 @@ def place(plan: PhysicalPlan, graph: LogicalGraph, topology: Topology,
         raise PlacementError(f"the topology {topology.source or topology.name} has errors:\n  " + "\n  ".join(errors))
     started = time.perf_counter()
     flows = estimate_flows(plan, graph, topology, rates, estimates)
-    problem = build_problem(plan, graph, topology, flows, weights, estimates, state_bytes)
+    problem = build_problem(plan, graph, topology, flows, weights, estimates, state_bytes, apart)
     start = None
     if current is not None:
         start = _start_from(problem, current)

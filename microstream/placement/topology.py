@@ -25,6 +25,7 @@ File format (see docs/placement.md)::
     backends = ["process"]
     site = "library"
     labels = { room = "basement" }
+    domain = "lib-switch"                   # failure domain (optional; else a domain/switch/rack label, else site)
 
     [[link]]                                # bidirectional
     a = "lib-pi1"
@@ -53,8 +54,8 @@ import numpy as np
 
 from ..core.errors import MicrostreamError, suggest
 
-__all__ = ["DEFAULT_LAN", "Link", "LinkSpec", "PhysicalNode", "Routes", "Sensor", "Topology", "TopologyError",
-           "format_bandwidth", "format_bytes", "parse_bandwidth", "parse_memory"]
+__all__ = ["DEFAULT_LAN", "DOMAIN_LABELS", "Link", "LinkSpec", "PhysicalNode", "Routes", "Sensor", "Topology",
+           "TopologyError", "failure_domain", "format_bandwidth", "format_bytes", "parse_bandwidth", "parse_memory"]
 
 
 class TopologyError(MicrostreamError):
@@ -142,6 +143,26 @@ def format_bandwidth(bytes_per_s: float) -> str:
 
 # -- items ----------------------------------------------------------------------------------------------
 
+DOMAIN_LABELS = ("domain", "switch", "rack")    # labels naming a failure domain, the first present wins
+
+
+def failure_domain(labels: Mapping[str, str] | None = None, site: str = "", domain: str = "") -> str:
+    """The failure domain of a machine — what can fail with it (a switch, a rack, a power circuit): `domain`
+    (a node's `domain = ...` key), else its `domain`, `switch` or `rack` label, else its site (a site's nodes
+    share a LAN), else "" (the machine alone).
+
+    >>> failure_domain({"switch": "sw2"}, site="labs"), failure_domain({}, site="labs"), failure_domain()
+    ('sw2', 'labs', '')
+    """
+    if domain:
+        return domain
+    labels = labels or {}
+    for key in DOMAIN_LABELS:
+        if labels.get(key):
+            return str(labels[key])
+    return site or str(labels.get("site", "") or "")
+
+
 @dataclass
 class PhysicalNode:
     """A machine that can run virtual nodes (`available=False`: a router, or a machine with no live agent)."""
@@ -154,9 +175,15 @@ class PhysicalNode:
     site: str = ""
     labels: dict[str, str] = field(default_factory=dict)
     available: bool = True
+    domain: str = ""                    # failure domain; "" = from labels or site (`failure_domain`)
 
     def describe(self) -> str:
         return f"{self.name} ({self.site})" if self.site else self.name
+
+    @property
+    def failure_domain(self) -> str:
+        """What can fail with this machine (see `failure_domain`); "" = the machine alone."""
+        return failure_domain(self.labels, self.site, self.domain)
 
 
 @dataclass(frozen=True)
@@ -288,7 +315,7 @@ def _walk(nxt: np.ndarray, i: int, j: int, best: dict[tuple[int, int], int]) -> 
 
 # -- the topology ---------------------------------------------------------------------------------------
 
-_NODE_KEYS = {"name", "cores", "memory", "arch", "backends", "site", "labels", "available"}
+_NODE_KEYS = {"name", "cores", "memory", "arch", "backends", "site", "labels", "available", "domain"}
 _LINK_KEYS = {"a", "b", "latency_ms", "bandwidth"}
 _SENSOR_KEYS = {"name", "node", "rate", "record_bytes"}
 _SITE_KEYS = {"name", "lan"}
@@ -392,6 +419,13 @@ class Topology:
 
     def sensors_at(self, node: str) -> list[Sensor]:
         return [s for s in self.sensors if s.node == node]
+
+    def failure_domain(self, node: str) -> str:
+        """The failure domain of a node (`PhysicalNode.failure_domain`); "" for an unknown node."""
+        try:
+            return self.node(node).failure_domain
+        except KeyError:
+            return ""
 
     def site_of(self, node: str) -> str:
         try:
@@ -651,6 +685,7 @@ def _node(d: Mapping[str, Any], i: int, errors: list[str]) -> PhysicalNode:
         site=str(d.get("site", "")),
         labels={str(k): str(v) for k, v in labels.items()},
         available=bool(d.get("available", True)),
+        domain=str(d.get("domain", "")),
     )
 
 

@@ -246,6 +246,23 @@ def test_without_node_the_agent_named_as_the_coordinators_machine_holds_no_repli
     assert [a.name for a in h.coord.replicas.choose(job)] == [here]  # none other: better than none
 
 
+def test_replicas_go_outside_the_coordinators_failure_domain_first(monkeypatch):
+    """The placement's failure domain (a switch label here): a2 shares the coordinator's switch under another
+    site label, a3 its site behind another switch, a4 neither: a4, then a3 (what kills a switch kills a2 too)."""
+    from microstream.cluster import messages as cm
+    from tests.cluster.test_coordinator import Harness
+
+    h = Harness(monkeypatch, register=False, node="a1", checkpoint_replicas=1)
+    for name, site, switch in (("a1", "hall", "sw1"), ("a2", "annex", "sw1"), ("a3", "hall", "sw2"),
+                               ("a4", "library", "sw3")):
+        h.send(name, cm.Register(name=name, public_key=f"key-{name}", cores=2, arch="x86_64",
+                                 labels={"site": site, "switch": switch}))
+    job = SimpleNamespace(checkpoints=[])
+    assert [a.name for a in h.coord.replicas.choose(job)] == ["a4"]  # type: ignore[arg-type]
+    h.coord.registry.agents["a4"].up = False
+    assert [a.name for a in h.coord.replicas.choose(job)] == ["a3"]  # type: ignore[arg-type]
+
+
 def test_an_agents_replicas_outlive_its_work_directory_and_its_restart(tmp_path):
     """An agent removes its work directory when it stops, and a restarted one those its dead predecessors left:
     replicas are kept beside them (`--work-dir DIR`: DIR/replicas, as `microstream agent` sets it)."""
