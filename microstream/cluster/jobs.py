@@ -635,6 +635,8 @@ class JobLifecycle:
                           "dead_letters": stats.get("dead_letters", 0), "dead_recent": stats.get("dead_recent", []),
                           "backpressure_s": sum(c.get("blocked_seconds", 0.0)
                                                 for c in stats.get("channels", {}).values())}
+            if "vm" in stats:  # a microvm host: how its VM started (from the template or cold, and why), its memory
+                vnodes[vn]["vm"] = stats["vm"]
         return {"name": job.name, "state": job.state, "reason": job.reason, "vnodes": vnodes,
                 "migrations": job.history, "traffic": self.link_traffic(job), "pins": job.pins,
                 "predicted_traffic": job.predicted, "placement_quality": job.placement_quality,
