@@ -52,6 +52,7 @@ __all__ = ["MilpResult", "gap_text", "milp_available", "relative_gap", "solve_mi
 
 _TANGENTS = 9            # tangent cuts of u² per node, at utilisations 0 .. the capacity
 OPTIMAL_GAP = 1e-6       # a relative gap this small is reported as "optimal"
+_ABS_GAP = 1e-6          # HiGHS's default absolute MIP gap: where it stops on a cost near 0
 _CUTOFF_TOL = 1e-7       # relative slack of the cutoff row (`upper`): HiGHS's feasibility tolerance is 1e-6 absolute
 
 
@@ -74,7 +75,8 @@ class MilpResult:
 
     @property
     def optimal(self) -> bool:
-        return self.gap <= OPTIMAL_GAP
+        """Proven optimal: within `OPTIMAL_GAP`, or within HiGHS's own absolute gap (1e-6) on a small cost."""
+        return self.gap <= OPTIMAL_GAP or (math.isfinite(self.cost) and self.cost - self.bound <= _ABS_GAP)
 
 
 def milp_available() -> bool:
