@@ -4,6 +4,8 @@ the interface of `microstream.runtime.backends`."""
 from __future__ import annotations
 
 import os
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from ..runtime.backends import HostBackend, HostHandle, spawn_host
@@ -27,8 +29,28 @@ class MicroVMBackend(HostBackend):
             return False
         return find_built_image(arch) is not None or os.geteuid() == 0
 
+    def prepare(self, workdir: Path, log: Callable[[str], None]) -> None:
+        """With `MICROSTREAM_VM_TEMPLATE=eager`, build this machine's VM template (`template.py`) on a thread as
+        the agent starts, so even its first VM vnode starts from it; by default the first VM vnode builds it."""
+        from . import template
+
+        if template.mode() == "eager":
+            threading.Thread(target=_build_template, args=(log,), name="microvm-template", daemon=True).start()
+
     def start(self, job: str, vnode: str, control_endpoint: str, log_path: Path) -> HostHandle:
         return spawn_host("microstream.unikernel_backend.relay", job, vnode, control_endpoint, log_path)
+
+
+def _build_template(log: Callable[[str], None]) -> None:
+    from .image import build_image
+    from .relay import MEMORY_MB
+    from .template import template_for
+
+    try:
+        template = template_for(build_image(progress=log), MEMORY_MB, log=log)
+        log(f"microvm template {template.key}: ready ({template.directory})")
+    except Exception as exc:  # noqa: BLE001 - an agent runs on without it: its VM vnodes boot cold
+        log(f"microvm template: not built, VM vnodes will boot cold: {exc}")
 
 
 def _qmp_installed() -> bool:

@@ -228,7 +228,8 @@ def _paths(directory: Path, key: str, arch: str, cached: bool, seconds: float) -
 
 
 @contextlib.contextmanager
-def _locked(path: Path):
+def file_lock(path: Path):
+    """Hold an exclusive lock on `path` (created, with its directory, if missing) for the block."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
@@ -252,7 +253,7 @@ def build_image(arch: str = "amd64", cache_dir: Path | str | None = None, progre
     plan = _plan(ARCHES[arch])
     key = plan.key()
     final = cache / f"{arch}-{key}"
-    with _locked(cache / ".lock"):
+    with file_lock(cache / ".lock"):
         if final.joinpath("manifest.json").exists() and not force:
             progress(f"microvm image {arch}-{key}: cache hit ({final})")
             return _paths(final, key, arch, True, time.perf_counter() - start)

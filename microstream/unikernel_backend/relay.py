@@ -98,6 +98,7 @@ class Relay:
         for fd in (self.wake_r, self.wake_w):
             fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_NONBLOCK)
         self.workdir = Path(tempfile.mkdtemp(prefix=f"microvm-{job}-{vnode}-"))
+        self.start_info: dict[str, Any] = {}  # how the VM started (template or cold, and why), for the stats
 
     # -- agent side -----------------------------------------------------------------------------------
     def to_agent(self, kind: str, blob: bytes | None = None, **header: Any) -> None:
@@ -152,21 +153,21 @@ class Relay:
             self.server = ChannelServer(bind=f"tcp://{settings['bind_host']}:*", keys=self.keys, trusted=trusted,
                                         credits=spec_obj.get("credits", 8))
             image = build_image(progress=lambda line: print(line, flush=True))
-            self.vm = MicroVM(image, memory_mb=MEMORY_MB, accel="auto", workdir=self.workdir / "vm",
-                              name=f"{self.job}-{self.vnode}", log=lambda line: print(line, flush=True))
-            self.vm.channel.on_data = self._wake
             if settings.get("incoming"):
+                self.vm = self._new_vm(MicroVM(image, memory_mb=MEMORY_MB, accel="auto", **self._vm_args()))
                 port = _free_port(settings["bind_host"])
                 self.vm.launch(incoming=f"tcp:{settings['bind_host']}:{port}", connect_channel=False)
                 self.incoming = f"tcp:{settings['bind_host']}:{port}"
+                self.start_info = {"start": "incoming"}
                 self.to_agent("ready", endpoint=self.server.endpoint, incoming=self.incoming)
             else:
-                boot = self.vm.start(timeout=BOOT_TIMEOUT)
+                boot = self.start_vm(image)
                 self.vm.channel.exec("import microstream.unikernel_backend.vmhost as _vmhost; _vmhost.start(agent)")
                 self.to_guest("spec", {"job": self.job, "vnode": self.vnode, "epoch": settings.get("epoch", 0),
                                        "restoring": bool(settings.get("restoring"))}, blob=_portable_spec(spec.blob))
                 ready = self.wait_guest("ready")
-                print(f"relay {self.job}/{self.vnode}: VM booted in {boot:.1f} s, numba preloaded in "
+                print(f"relay {self.job}/{self.vnode}: VM up ({self.start_info['start']}) in {boot:.1f} s, numba "
+                      f"preloaded in "
                       f"{ready.header.get('preload_s') or 0:.1f} s, runtime ready in "
                       f"{ready.header.get('seconds', 0):.1f} s more (accel {self.vm.accel})", flush=True)
                 self.to_agent("ready", endpoint=self.server.endpoint, boot_s=boot)
@@ -184,6 +185,44 @@ class Relay:
             return 1
         finally:
             self.close()
+
+    def _vm_args(self) -> dict[str, Any]:
+        return {"workdir": self.workdir / "vm", "name": f"{self.job}-{self.vnode}",
+                "log": lambda line: print(line, flush=True)}
+
+    def _new_vm(self, vm: Any) -> Any:
+        vm.channel.on_data = self._wake
+        return vm
+
+    def start_vm(self, image: Any) -> float:
+        """Start this vnode's VM from the agent's template (restored: ~1 s, numba loaded), else boot it cold
+        (the reason goes to the log and the vnode's stats; the job goes on either way). Returns seconds."""
+        from . import template as templates
+        from .vm import MicroVM
+
+        log = lambda line: print(line, flush=True)  # noqa: E731
+        note = "templates are off (MICROSTREAM_VM_TEMPLATE=off)"
+        if templates.mode() != "off":
+            vm = None
+            try:
+                tmpl = templates.template_for(image, MEMORY_MB, log=log)
+                vm = self.vm = self._new_vm(templates.template_vm(image, tmpl, **self._vm_args()))
+                seconds = templates.restore_template(vm, tmpl)
+                self.start_info = {"start": "template", "template": tmpl.key, "start_s": round(seconds, 2)}
+                return seconds
+            except Exception as exc:  # noqa: BLE001 - any failure: boot cold instead, and say why
+                note = str(exc).strip().splitlines()[0][:400] if str(exc).strip() else type(exc).__name__
+                if vm is not None:
+                    with contextlib.suppress(Exception):
+                        log(vm.diagnostics(10))
+                    vm.cleanup()
+                    with contextlib.suppress(Exception):  # it failed to restore: the next vnode builds a new one
+                        templates.discard(tmpl.directory, log)
+        print(f"relay {self.job}/{self.vnode}: booting the VM cold: {note}", flush=True)
+        self.vm = self._new_vm(MicroVM(image, memory_mb=MEMORY_MB, accel="auto", **self._vm_args()))
+        seconds = self.vm.start(timeout=BOOT_TIMEOUT)
+        self.start_info = {"start": "cold", "start_note": note, "start_s": round(seconds, 2)}
+        return seconds
 
     def held_messages(self) -> list[ControlMessage]:
         held, self.held = self.held, []
@@ -287,7 +326,8 @@ class Relay:
             self.to_guest("flushed", {"id": h["id"]})
         elif kind == "stats":
             stats = h["stats"]
-            stats["vm"] = {"pid": self.vm.pid, "accel": self.vm.accel, "rss_mb": self.vm.rss_mb()}
+            stats["vm"] = {"pid": self.vm.pid, "accel": self.vm.accel, "rss_mb": self.vm.rss_mb(),
+                           "pss_mb": self.vm.pss_mb(), **self.start_info}
             self.to_agent("stats", stats=stats)
         elif kind == "resumed":  # stamped here: the guest's clock is its own (and TCG lets it drift)
             self.to_agent("resumed", at=time.time())
@@ -299,7 +339,8 @@ class Relay:
         elif kind == "checkpointed":  # the guest goes on; the snapshot is for the coordinator
             self.to_agent("checkpointed", item.blob, checkpoint=h["checkpoint"])
         elif kind == "done":
-            self.to_agent("done", item.blob, stats=h.get("stats", {}))
+            self.to_agent("done", item.blob, stats={**h.get("stats", {}), "vm": {"accel": self.vm.accel,
+                                                                              **self.start_info}})
             self.finished = True
         elif kind == "failed":
             self.to_agent("failed", error=h.get("error", "?"), traceback=h.get("traceback", ""),

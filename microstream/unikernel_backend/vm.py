@@ -94,11 +94,15 @@ class MicroVM:
     """One QEMU virtual machine running the image's guest agent.
 
     `accel`: "tcg" (software emulation), "kvm", or "auto" (KVM only where `probe_accel` saw a KVM boot
-    succeed). `workdir` holds the sockets and logs (a private temporary directory by default)."""
+    succeed). `workdir` holds the sockets and logs (a private temporary directory by default).
+
+    `ram_file`: guest RAM is that file, mapped shared (`ram_shared`: the guest writes into the file) or
+    private (copy-on-write over the file: VMs started from one file share the pages they have not written).
+    `save` and `restore` then skip the RAM (QEMU's `x-ignore-shared`): the file is the RAM part of the state."""
 
     def __init__(self, image: ImagePaths, memory_mb: int = 256, cpus: int = 1, accel: str = "auto",
                  workdir: str | Path | None = None, name: str = "microvm", extra_args: tuple[str, ...] = (),
-                 log: Any = None) -> None:
+                 log: Any = None, ram_file: str | Path | None = None, ram_shared: bool = False) -> None:
         if accel not in ACCELS:
             raise ValueError(f"accel must be one of {ACCELS}")
         self.image = image
@@ -119,6 +123,8 @@ class MicroVM:
         self.launched_at: float | None = None
         self.boot_seconds: float | None = None
         self.generation = 0  # QEMU processes started by this object (a restore starts a new one)
+        self.ram_file = Path(ram_file).resolve() if ram_file else None
+        self.ram_shared = ram_shared
 
     # -- QEMU command line --------------------------------------------------------------------------
     @property
@@ -138,7 +144,7 @@ class MicroVM:
         if self.image.arch == "arm64" and accel == "kvm":
             machine += ",gic-version=host"  # the Pi's own interrupt controller (GIC-400 on Pi 4 and 5)
         cmd = [shutil.which(arch.qemu) or arch.qemu, "-name", self.name, "-M", machine,
-               "-accel", accel, "-m", str(self.memory_mb), "-smp", str(self.cpus),
+               "-accel", accel, "-m", str(self.memory_mb), "-smp", str(self.cpus), *self._ram_args(),
                "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
                "-kernel", str(self.image.kernel), "-initrd", str(self.image.initramfs), "-append", info["cmdline"],
                "-drive", f"file={self.image.rootfs},if=none,id=root,format=raw,readonly=on",
@@ -157,6 +163,24 @@ class MicroVM:
         if incoming:
             cmd += ["-incoming", incoming]
         return [*cmd, *self.extra_args]
+
+    def _ram_args(self) -> list[str]:
+        """Guest RAM is always the backend `ram0` (anonymous, or a file): the RAM block has the same name in
+        every VM, so a VM restored from a template and one booted cold can migrate into each other."""
+        size = f"size={self.memory_mb}M"
+        if self.ram_file is None:
+            backend = f"memory-backend-ram,id=ram0,{size}"
+        else:
+            share = "on" if self.ram_shared else "off"
+            backend = f"memory-backend-file,id=ram0,mem-path={self.ram_file},{size},share={share}"
+        return ["-object", backend, "-machine", "memory-backend=ram0"]
+
+    def _ignore_shared(self, on: bool = True) -> None:
+        """Leave file-backed RAM out of the migration stream (the file itself carries it). Both ends of a
+        stream need the same setting (it changes the stream's header), so a restored VM turns it off again."""
+        if self.ram_file is not None:
+            self.qmp("migrate-set-capabilities",  # type: ignore[misc]
+                     capabilities=[{"capability": "x-ignore-shared", "state": on}])
 
     # -- life cycle -----------------------------------------------------------------------------------
     @property
@@ -285,6 +309,7 @@ class MicroVM:
         start = time.monotonic()
         self.qmp("stop")
         self.qmp("migrate-set-parameters", **{"max-bandwidth": 1 << 40})
+        self._ignore_shared()
         self.qmp("migrate", uri=f"exec:{sink}")
         status = self._wait_migration(timeout)
         seconds = time.monotonic() - start
@@ -293,7 +318,8 @@ class MicroVM:
         self.channel.detach()
         sidecar = {"image_key": self.image.key, "arch": self.image.arch, "memory_mb": self.memory_mb,
                    "cpus": self.cpus, "accel": self.accel, "compressed": compress, "saved": time.time(),
-                   "channel": self.channel.export_state()}
+                   "channel": self.channel.export_state(),
+                   "ram_file": str(self.ram_file) if self.ram_file else None}
         Path(f"{path}.json").write_text(json.dumps(sidecar))
         with contextlib.suppress(Exception):
             self.qmp("quit")
@@ -310,15 +336,25 @@ class MicroVM:
         if sidecar["image_key"] != self.image.key:
             raise VMError(f"{path} was saved from image {sidecar['image_key']}, not {self.image.key}")
         self.memory_mb, self.cpus, self.accel = sidecar["memory_mb"], sidecar["cpus"], sidecar["accel"]
+        if bool(sidecar.get("ram_file")) != (self.ram_file is not None):
+            where = f"in {sidecar['ram_file']}" if sidecar.get("ram_file") else "in the stream"
+            raise VMError(f"{path} was saved with the guest's RAM {where}: restore it "
+                          f"{'with' if sidecar.get('ram_file') else 'without'} a ram_file")
         if self.channel.session.next_seq == 1 and self.channel.session.delivered == 0:
             self.channel.load_state(sidecar["channel"])
         source = f"zstd -dc {shlex.quote(str(path))}" if sidecar["compressed"] else f"cat {shlex.quote(str(path))}"
         start = time.monotonic()
-        self.launch(incoming=f"exec:{source}")
+        if self.ram_file is None:
+            self.launch(incoming=f"exec:{source}")
+        else:  # the capability must be set before the stream is read
+            self.launch(incoming="defer")
+            self._ignore_shared()
+            self.qmp("migrate-incoming", uri=f"exec:{source}")  # type: ignore[misc]
         state = self._wait_state(lambda s: s != "inmigrate", timeout)
         if state not in ("paused", "postmigrate", "running"):
             self.kill()
             raise VMError(f"{self.name}: restoring from {path} ended in state {state!r}\n{self.diagnostics()}")
+        self._ignore_shared(False)
         if state != "running":
             self.qmp("cont")  # type: ignore[misc]
         return {"seconds": time.monotonic() - start, "state_before_cont": state}
@@ -387,6 +423,16 @@ class MicroVM:
                     return int(line.split()[1]) / 1024
         return None
 
+    def memory(self) -> dict[str, float]:
+        """QEMU's memory (MB) from /proc/PID/smaps_rollup: `rss`, `pss` (shared pages split among the processes
+        mapping them: a template's RAM file among its VMs) and `uss` (pages this VM alone holds)."""
+        if self.pid is None:
+            return {}
+        return smaps_rollup(self.pid)
+
+    def pss_mb(self) -> float | None:
+        return self.memory().get("pss")
+
     def diagnostics(self, lines: int = 25) -> str:
         """The tails of the guest console and of QEMU's own output."""
         parts = []
@@ -395,6 +441,20 @@ class MicroVM:
                 text = (self.workdir / name).read_text(errors="replace").splitlines()[-lines:]
                 parts.append(f"--- {name} ---\n" + "\n".join(text))
         return "\n".join(parts)
+
+
+def smaps_rollup(pid: int) -> dict[str, float]:
+    """RSS, PSS and USS (private clean + dirty) of a process, in MB; empty if it is gone."""
+    fields: dict[str, float] = {}
+    with contextlib.suppress(OSError), open(f"/proc/{pid}/smaps_rollup") as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) == 3 and parts[2] == "kB":
+                fields[parts[0].rstrip(":")] = int(parts[1]) / 1024
+    if not fields:
+        return {}
+    return {"rss": fields.get("Rss", 0.0), "pss": fields.get("Pss", 0.0),
+            "uss": fields.get("Private_Clean", 0.0) + fields.get("Private_Dirty", 0.0)}
 
 
 def _wait(proc: subprocess.Popen, timeout: float) -> bool:
@@ -406,7 +466,8 @@ def _wait(proc: subprocess.Popen, timeout: float) -> bool:
 
 
 # -- accelerator probe ----------------------------------------------------------------------------------
-def _qemu_version(binary: str) -> str:
+def qemu_version(binary: str) -> str:
+    """The first line of `binary --version` ("missing" if it cannot run)."""
     with contextlib.suppress(OSError):
         out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=10).stdout
         return out.splitlines()[0] if out else "unknown"
@@ -416,7 +477,7 @@ def _qemu_version(binary: str) -> str:
 def _probe_key(image: ImagePaths) -> str:
     arch = ARCHES[image.arch]
     kernel = image.info().get("kernel", {}).get("release", "")
-    return "|".join((platform.node(), os.uname().release, _qemu_version(shutil.which(arch.qemu) or arch.qemu),
+    return "|".join((platform.node(), os.uname().release, qemu_version(shutil.which(arch.qemu) or arch.qemu),
                      image.arch, kernel))
 
 

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import warnings
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from microstream.cluster import embedded as cluster
 from microstream.unikernel_backend.image import ensure_host_tools
 
 
@@ -18,3 +22,20 @@ def require_qemu(what: str) -> None:
         warnings.warn(reason, stacklevel=2)
         print(f"\n{'!' * 100}\n{reason}\n{'!' * 100}")
         pytest.skip(reason, allow_module_level=True)
+
+
+def vm_cluster(tmp_path_factory: pytest.TempPathFactory, name: str) -> Iterator[Path]:
+    """An embedded 2-agent cluster (auto-placement off) whose agents work in a private TMPDIR; yields its home."""
+    root = tmp_path_factory.mktemp(name)
+    private_tmp = tmp_path_factory.mktemp("vmtmp")  # the agents' work directories, away from other jobs
+    old = os.environ.get("TMPDIR")
+    os.environ["TMPDIR"] = str(private_tmp)
+    try:
+        cluster.up(2, root, progress=lambda _: None, coordinator_args=["--no-auto-place"])
+    finally:
+        if old is None:
+            os.environ.pop("TMPDIR")
+        else:
+            os.environ["TMPDIR"] = old
+    yield root
+    cluster.down(root, progress=lambda _: None)

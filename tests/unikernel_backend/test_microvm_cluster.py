@@ -10,7 +10,6 @@ and the image tools cannot be installed.
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
 
@@ -20,7 +19,7 @@ import microstream as ms
 from microstream.cluster import embedded as cluster
 from microstream.cluster.client import Client
 from microstream.unikernel_backend.image import build_image
-from tests.unikernel_backend.helpers import require_qemu
+from tests.unikernel_backend.helpers import require_qemu, vm_cluster
 
 # About 140 s here: a ~100 s stream under TCG emulation and two moves, whose own waits allow minutes on a loaded
 # machine (a VM's deployment may take 600 s before the coordinator gives up): 900 s, not 300.
@@ -55,19 +54,7 @@ def rows(p: ms.Pipeline) -> list[str]:
 @pytest.fixture(scope="module")
 def home(tmp_path_factory):
     build_image(progress=lambda _: None)  # the agents' image (cached by content hash)
-    root = tmp_path_factory.mktemp("vm-cluster")
-    private_tmp = tmp_path_factory.mktemp("vmtmp")  # the agents' work directories, away from other jobs
-    old = os.environ.get("TMPDIR")
-    os.environ["TMPDIR"] = str(private_tmp)
-    try:
-        cluster.up(2, root, progress=lambda _: None, coordinator_args=["--no-auto-place"])
-    finally:
-        if old is None:
-            os.environ.pop("TMPDIR")
-        else:
-            os.environ["TMPDIR"] = old
-    yield root
-    cluster.down(root, progress=lambda _: None)
+    yield from vm_cluster(tmp_path_factory, "vm-cluster")
 
 
 @pytest.mark.skip(reason="KNOWN BUG (2026-12-06, seen on a quiet machine): the tier-2 move passes (3 s), but the "
