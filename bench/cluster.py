@@ -4,14 +4,23 @@
    pipeline whose records cross a channel between processes;
 2. idle agent RSS, against a bare Python process with pyzmq, and what importing numba would add;
 3. the canonical workload (2 M synthetic records, filter, key_by, 10 s tumbling, count/mean/min/max)
-   on a 3-agent embedded cluster against the local runtime.
+   on a 3-agent embedded cluster against the local runtime;
+4. the data path's steady state (issue 15, item 3): bench/peers.py's canonical job (windows with parallelism 2, the
+   records generated in the source's host) on the cluster and in the local runtime, alternately, `--repeat` times
+   each. Steady state is records / the time records flowed: from the moment the source began reading its first
+   batch to the moment the sink took in its last (`RunResult.flow_seconds`, stamped by the task runner the same way
+   in both runtimes), so it leaves out what a cluster job adds before and after: deployment (submit -> the first
+   batch read) and the results' trip back to the client (the last batch in the sink -> `submit` returns), which
+   are reported beside it. Writes bench/results/cluster_steady.json (with the load average: the machine is shared).
 
-    python bench/cluster.py [--records N]
+    python bench/cluster.py [--records N] [--part all|steady] [--steady-records N] [--repeat R]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -22,6 +31,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import table, write_json  # noqa: E402
+from peers import checksum, cluster_pipeline  # noqa: E402
 
 import microstream as ms  # noqa: E402
 from microstream.cluster import embedded as cluster  # noqa: E402
@@ -106,10 +116,91 @@ def canonical(records: int) -> tuple[ms.Pipeline, ms.sinks.Collect]:
     return p, out
 
 
+STEADY_START = 1_700_000_000 * 10**9  # the first event time of bench/peers.py's input
+
+
+def _aggregates(out: ms.sinks.Collect) -> str:
+    b = out.batch()
+    cols = {"sensor": b["sensor"], "start": b["window_start"], "n": b["n"], "mean": b["mean"], "min": b["min"],
+            "max": b["max"]}
+    order = np.lexsort((cols["start"], cols["sensor"]))
+    return checksum({k: v[order] for k, v in cols.items()})
+
+
+def steady_state(client: Client, records: int, repeat: int) -> dict:
+    """The canonical job's steady state on the cluster and locally, alternately (see the module's docstring)."""
+    local_p, local_out = cluster_pipeline(records, STEADY_START)
+    local_p.run()  # numba's cache for this job, in this process
+    tiny, _ = cluster_pipeline(1000, STEADY_START)
+    client.submit(tiny, output=None)  # the cluster's hosts for this job, forked once (their template warm)
+    runs: dict[str, list[dict]] = {"local": [], "cluster": [], "deploy_1000_records": []}
+    sums: set[str] = set()
+    for r in range(repeat):
+        load = os.getloadavg()[0]
+        start = time.perf_counter()
+        result = local_p.run()
+        wall = time.perf_counter() - start
+        assert result.flow_seconds
+        runs["local"].append({"seconds": wall, "flow_seconds": result.flow_seconds, "load_1min": load})
+        sums.add(_aggregates(local_out))
+        p, out = cluster_pipeline(records, STEADY_START)
+        load = os.getloadavg()[0]
+        submitted = time.time()
+        start = time.perf_counter()
+        _, result = client.submit(p, output=None)
+        wall = time.perf_counter() - start
+        returned = time.time()
+        assert result is not None and result.flow_start is not None and result.flow_end is not None
+        runs["cluster"].append({"seconds": wall, "flow_seconds": result.flow_seconds, "load_1min": load,
+                                "deploy_s": result.flow_start - submitted, "results_s": returned - result.flow_end})
+        sums.add(_aggregates(out))
+        start = time.perf_counter()
+        client.submit(tiny, output=None)
+        runs["deploy_1000_records"].append({"seconds": time.perf_counter() - start})
+        print(f"  steady state run {r + 1}/{repeat}: local {records / runs['local'][-1]['flow_seconds'] / 1e6:.2f} M, "
+              f"cluster {records / runs['cluster'][-1]['flow_seconds'] / 1e6:.2f} M records/s (load {load:.1f})",
+              file=sys.stderr, flush=True)
+    med = {k: statistics.median(x["flow_seconds"] for x in v) for k, v in runs.items() if k != "deploy_1000_records"}
+    rate = {k: records / v for k, v in med.items()}
+    pairs = [lo["flow_seconds"] / cl["flow_seconds"] for lo, cl in zip(runs["local"], runs["cluster"], strict=True)]
+    return {"records": records, "repeat": repeat, "job": "bench/peers.py cluster_pipeline (windows x2)",
+            "identical": len(sums) == 1, "checksum": sorted(sums),
+            "steady_records_per_s": rate, "cluster_vs_local": rate["cluster"] / rate["local"],
+            "cluster_vs_local_each_pair": pairs, "target_cluster_vs_local": 0.5,
+            "submit_to_results_records_per_s": records / statistics.median(x["seconds"] for x in runs["cluster"]),
+            "local_run_records_per_s": records / statistics.median(x["seconds"] for x in runs["local"]),
+            "cluster_deploy_s": statistics.median(x["deploy_s"] for x in runs["cluster"]),
+            "cluster_results_s": statistics.median(x["results_s"] for x in runs["cluster"]),
+            "deploy_same_job_1000_records_s": statistics.median(x["seconds"] for x in runs["deploy_1000_records"]),
+            "runs": runs}
+
+
+def print_steady(s: dict) -> None:
+    records = s["records"]
+    print(f"\ndata path steady state, canonical job (windows x2), {records:,} records, {s['repeat']} runs each, "
+          "alternating (records / time from the source's first batch to the sink's last):")
+    print(table([("runtime", "steady records/s", "vs local", "submit -> results records/s"),
+                 ("local runtime (1 process)", f"{s['steady_records_per_s']['local']:,.0f}", "1.00x",
+                  f"{s['local_run_records_per_s']:,.0f}"),
+                 ("embedded cluster, 3 agents", f"{s['steady_records_per_s']['cluster']:,.0f}",
+                  f"{s['cluster_vs_local']:.2f}x", f"{s['submit_to_results_records_per_s']:,.0f}")]))
+    print(f"each pair: {', '.join(f'{x:.2f}x' for x in s['cluster_vs_local_each_pair'])} (target >= "
+          f"{s['target_cluster_vs_local']}x); identical aggregates: {s['identical']}")
+    print(f"cluster, outside the steady state (medians): submit -> first batch read {s['cluster_deploy_s']:.2f} s, "
+          f"last batch in the sink -> results at the client {s['cluster_results_s']:.2f} s; the same job on 1,000 "
+          f"records submit -> results {s['deploy_same_job_1000_records_s']:.2f} s")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--records", type=int, default=2_000_000)
-    args = ap.parse_args()
+    ap.add_argument("--part", choices=("all", "steady"), default="all",
+                    help="steady: only the data path's steady state")
+    ap.add_argument("--steady-records", type=int, default=4_000_000)
+    ap.add_argument("--repeat", type=int, default=5)
+    args, _ = ap.parse_known_args()  # bench/run.py passes every benchmark the same arguments
+    if args.part == "steady":
+        return run_steady(args.steady_records, args.repeat)
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp)
         state = cluster.up(3, home, progress=lambda t: print(t, file=sys.stderr))
@@ -134,6 +225,7 @@ def main() -> int:
                 t_deploy = time.perf_counter() - start
                 cluster_rows = sorted(map(tuple, zip(*[out.batch()[c].tolist() for c in ("sensor", "window_start",
                                                                                          "n", "mean")], strict=True)))
+                steady = steady_state(client, args.steady_records, args.repeat)
         finally:
             cluster.down(home, progress=lambda t: print(t, file=sys.stderr))
     bare = baseline_rss("import zmq")
@@ -163,7 +255,29 @@ def main() -> int:
                       "cluster_vs_local": t_local / t_cluster, "identical": same,
                       "deploy_s_same_job_1000_records": t_deploy}})
     print(f"wrote {path}")
-    return 0 if same else 1
+    print_steady(steady)
+    print(f"wrote {write_steady(steady)}")
+    return 0 if same and steady["identical"] else 1
+
+
+def write_steady(steady: dict) -> Path:
+    return write_json("cluster_steady", {"load_average_end": list(os.getloadavg()), **steady})
+
+
+def run_steady(records: int, repeat: int) -> int:
+    load = list(os.getloadavg())
+    with tempfile.TemporaryDirectory() as tmp:
+        home = Path(tmp)
+        cluster.up(3, home, progress=lambda t: print(t, file=sys.stderr))
+        try:
+            with Client(cluster.address(home), timeout=120) as client:
+                steady = steady_state(client, records, repeat)
+        finally:
+            cluster.down(home, progress=lambda t: print(t, file=sys.stderr))
+    steady["load_average_start"] = load
+    print_steady(steady)
+    print(f"wrote {write_steady(steady)}")
+    return 0 if steady["identical"] else 1
 
 
 if __name__ == "__main__":

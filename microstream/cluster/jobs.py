@@ -205,7 +205,10 @@ class JobLifecycle:
             return  # sent again after a re-registration
         job.results[m.vnode] = m.blob
         job.final[m.vnode] = {"state": VnodeState.DONE, "stats": m.stats or {}}
-        self._write(lambda store: store.save_result(job, m.vnode), job)
+        if len(job.results) < len(job.plan.vnodes) or job.state is not JobState.RUNNING:
+            self._write(lambda store: store.save_result(job, m.vnode), job)
+        # else the job ends now, and its end writes this result with the others (not twice: a sink's result can be
+        # tens of MB, and each write of it took ~0.4 s here)
         self._maybe_finished(job)
 
     def _maybe_finished(self, job: Job) -> None:

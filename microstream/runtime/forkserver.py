@@ -200,7 +200,7 @@ def warm() -> None:
     from ..operators.window import WindowAggregate
     from ..sinks.memory import Collect
     from ..sources.memory import ArraySource
-    from . import host, host_main  # noqa: F401 - the host's own modules
+    from . import channels, host, host_main, statexfer  # noqa: F401 - the host's own (channels: 0.3-0.8 s in a host)
     from .local import LocalRuntime
 
     n = 2000

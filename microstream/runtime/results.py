@@ -27,6 +27,17 @@ class RunResult:
     late_window_drops: int = 0   # (record, window) pairs dropped as too late: a sliding window's record has several
     partially_late: int = 0      # records too late for some of their windows only (in late_count if routed to .late)
     outputs: dict[str, str] = field(default_factory=dict)        # sink -> the file it wrote, for file sinks
+    # wall times (time.time()) of the data path: a source began reading its first batch, a sink took in its last
+    # (None if nothing flowed). A cluster job's deployment and the trip of its results to the client lie outside.
+    flow_start: float | None = None
+    flow_end: float | None = None
+
+    @property
+    def flow_seconds(self) -> float | None:
+        """How long records flowed: from the first batch a source read to the last batch a sink took in."""
+        if self.flow_start is None or self.flow_end is None:
+            return None
+        return max(0.0, self.flow_end - self.flow_start)
 
     def summary(self) -> str:
         """The run on one line (records in and out, dead letters, late records, time); `report()` for a table."""
@@ -105,6 +116,11 @@ def merge_results(graph: LogicalGraph, results: list[dict[str, Any]], seconds: f
         out.dead_letters.extend(r["dead_letters"][:KEEP_DEAD_LETTERS - len(out.dead_letters)])
         for name, batches in r["collected"].items():
             collected.setdefault(name, []).extend(Batch(b) for b in batches)
+        start, end = r.get("flow") or (None, None)  # a host of an older version reports none
+        if start is not None:
+            out.flow_start = start if out.flow_start is None else min(out.flow_start, start)
+        if end is not None:
+            out.flow_end = end if out.flow_end is None else max(out.flow_end, end)
     for node in graph.nodes.values():
         if node.op.collects:
             node.op.deliver(collected.get(node.name, []))

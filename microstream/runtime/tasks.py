@@ -86,6 +86,11 @@ class Route:
     targets: list[Target]
     next_rr: int = 0
 
+    @property
+    def remote(self) -> bool:
+        """Every consumer subtask is in another virtual node (what goes to it is compacted and sent)."""
+        return all(target.local is None for target in self.targets)
+
 
 @dataclass(eq=False)
 class RunningTask:
@@ -110,6 +115,8 @@ class RunningTask:
     batches_in: int = 0
     batches_out: int = 0
     first_input_at: float | None = None  # wall time of the first batch in, in this process (after a restore: flowing)
+    first_output_at: float | None = None  # a source: wall time it started reading the first batch it emitted
+    last_input_at: float | None = None   # wall time of the last batch in (a sink: the data path's end)
 
 
 class TaskRunner:
@@ -209,10 +216,13 @@ class TaskRunner:
                 due_next = self._idle_check(t, src, now, due_next)
                 continue
             busy = True
+            reading = time.time()
             emitted = self._call(t, src.poll, now)
             if emitted:
                 self._resumed()
             if any(p == OUT and b.num_rows for p, b in emitted):
+                if t.first_output_at is None:
+                    t.first_output_at = reading
                 t.active_at = now
                 t.idle = False  # its consumers count it again as its records reach them
             self._emit(t, emitted)
@@ -332,8 +342,9 @@ class TaskRunner:
 
     def _push(self, t: RunningTask, idx: int, producer: str, batch: Batch) -> None:
         held = self._held_back(t, idx, producer, batch)
+        t.last_input_at = time.time()
         if t.first_input_at is None:
-            t.first_input_at = time.time()
+            t.first_input_at = t.last_input_at
         t.records_in += batch.num_rows
         t.batches_in += 1
         self._emit(t, self._call(t, t.op.process, idx, held))
@@ -359,6 +370,11 @@ class TaskRunner:
         elif route.partition == HASH:
             assert route.key is not None  # a hash-partitioned edge is partitioned by the stream's key
             which = (stable_hash(batch[route.key]) % np.uint64(len(targets))).astype(np.int64)
+            if route.remote:  # every part leaves this process: gather each column once, not once per part
+                for target, part in zip(targets, batch.split(which, len(targets)), strict=True):
+                    if part.num_rows:
+                        self._to(t, target, part)
+                return
             for i, target in enumerate(targets):
                 part = batch.filter(which == i)
                 if part.num_rows:
@@ -593,6 +609,9 @@ class TaskRunner:
                 records_in[t.name] = records_in.get(t.name, 0) + t.records_out
             if t.is_sink:
                 records_out[t.name] = records_out.get(t.name, 0) + t.records_in
+        starts = [t.first_output_at for t in self.tasks.values() if t.polled and t.first_output_at is not None]
+        ends = [t.last_input_at for t in self.tasks.values() if t.is_sink and t.last_input_at is not None]
         return {"vnode": self.vnode_id, "collected": collected, "records_in": records_in,
                 "records_out": records_out, "dead_letter_count": self.dead_count, "late_count": self.late_count,
-                "counters": counters, "dead_letters": self.dead_samples, "stats": self.stats()}
+                "counters": counters, "dead_letters": self.dead_samples, "stats": self.stats(),
+                "flow": [min(starts, default=None), max(ends, default=None)]}

@@ -199,3 +199,27 @@ def test_a_job_leaving_the_history_takes_its_metric_series_along(monkeypatch, tm
     text = h.coord.metrics.exposition().decode()
     assert f'job="{ids[2]}"' in text  # still in the history: its series stay (a last scrape sees its figures)
     assert f'job="{ids[0]}"' not in text and f'job="{ids[1]}"' not in text
+
+
+def test_the_result_that_ends_a_job_is_written_once_with_the_job_and_the_others_as_they_come(monkeypatch, tmp_path):
+    """A sink's result can be tens of MB: the virtual node whose result ends the job is not written on its own first
+    (its end writes every result in one transaction); the earlier ones are, so a restarted coordinator has them."""
+    h = Harness(monkeypatch, state_dir=tmp_path / "state")
+    job_id = h.run()
+    store = h.coord.store
+    writes = store.writes
+    (first_vn, first_agent), *others = PLACED.items()
+    h.send(first_agent, cm.VnodeDone(job=job_id, vnode=first_vn, blob=b"early"))
+    assert store.writes == writes + 1 and store.counts()["vnode_results"] == 1
+    for vn, agent in others[:-1]:
+        h.send(agent, cm.VnodeDone(job=job_id, vnode=vn, blob=f"r-{vn}".encode()))
+    writes = store.writes
+    last_vn, last_agent = others[-1]
+    h.send(last_agent, cm.VnodeDone(job=job_id, vnode=last_vn, blob=b"last"))
+    assert store.writes == writes + 1 and store.counts()["vnode_results"] == 0
+    h.take()
+    h2 = _restart(h, monkeypatch, tmp_path)
+    h2.send(CLIENT, cm.Watch(job=job_id))
+    [(_, done)] = h2.take()
+    assert done.state == "finished" and sorted(cloudpickle.loads(done.blob)) == sorted(
+        [b"early", *(f"r-{vn}".encode() for vn, _ in others[:-1]), b"last"])
