@@ -4,7 +4,6 @@ force), the heuristic, and `place`, which says plainly when a pair can only be p
 
 from __future__ import annotations
 
-import itertools
 import math
 import textwrap
 
@@ -18,6 +17,7 @@ from microstream.placement.synthetic import random_problem
 from microstream.placement.topology import Link, PhysicalNode, Sensor
 
 from .helpers import plan_of, room_pipeline
+from .test_milp import brute_force
 
 
 def test_a_nodes_failure_domain_comes_from_its_domain_key_its_labels_or_its_site(tmp_path):
@@ -51,13 +51,6 @@ def test_a_nodes_failure_domain_comes_from_its_domain_key_its_labels_or_its_site
     assert failure_domain({"rack": "r3", "site": "x"}) == "r3" and failure_domain({"site": "x"}) == "x"
 
 
-def _brute_force(problem) -> float:
-    best = math.inf
-    for combo in itertools.product(*[np.flatnonzero(problem.allowed[v]).tolist() for v in range(problem.n_vnodes)]):
-        best = min(best, problem.total(np.array(combo, dtype=np.int64)))
-    return best
-
-
 def _with_pairs(seed: int):
     """A small random instance whose nodes fall into 2-3 failure domains, with 1-3 pairs kept apart."""
     rng = np.random.default_rng(seed)
@@ -75,7 +68,7 @@ def test_the_milp_keeps_pairs_apart_and_equals_brute_force():
     checked = infeasible = 0
     for seed in range(40):
         problem = _with_pairs(seed)
-        truth = _brute_force(problem)
+        truth, _ = brute_force(problem)
         r = solve_milp(problem, time_limit=30.0)
         if math.isinf(truth):
             assert r.status == "infeasible", f"seed {seed}: brute force finds nothing feasible, the MILP {r.status}"
@@ -93,7 +86,7 @@ def test_the_heuristic_keeps_pairs_apart_whenever_brute_force_can():
     apart_somewhere = 0
     for seed in range(40):
         problem = _with_pairs(seed)
-        truth = _brute_force(problem)
+        truth, _ = brute_force(problem)
         found = improve(problem, time_limit=0.3).assign
         if math.isinf(truth):
             assert not problem.feasible(found)
