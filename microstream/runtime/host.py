@@ -371,13 +371,25 @@ class HostRuntime:
 
         precopy, sender = self.precopy, self.sender
         assert precopy is not None and sender is not None
-        precopy.stop()
-        if precopy.error is not None:  # it failed as it stopped: the state goes the careful way
-            return self._final_round(state)
+        precopy.stop(wait=False)  # a round it is still copying or sending: finished while the ticket travels
         self._final = pack(state)
         self.transfer_figures = {"state_bytes": self._final.nbytes, "precopy_rounds": sender.rounds,
                                  "sent_bytes": sender.sent_bytes, "ticket_first": True}
         return {"direct_transfer": sender.transfer, **self.transfer_figures}
+
+    def _send_final(self, packed: Packed) -> str | None:
+        """After the ticket: once the pre-copy thread has let go of the sender (its last round sent), what
+        changed since; why not, if it cannot be sent."""
+        assert self.sender is not None
+        if self.precopy is not None:
+            self.precopy.stop()
+            if self.precopy.error is not None:
+                return self.precopy.error
+        try:
+            self.sender.send(packed, final=True)
+        except RuntimeError as exc:
+            return str(exc)
+        return None
 
     def _final_round(self, state: dict) -> dict:
         """At the barrier: send what changed since the last pre-copy round, and the skeleton, to the new host, and
@@ -428,11 +440,10 @@ class HostRuntime:
         try:
             if self._final is not None:  # the ticket went first (`_ticket_first`): now what changed
                 packed, self._final = self._final, None
-                try:
-                    self.sender.send(packed, final=True)
-                except RuntimeError as exc:
+                why = self._send_final(packed)
+                if why is not None:
                     log.warning("virtual node %s: the final round of its state could not be sent: %s",
-                                self.vnode_id, exc)
+                                self.vnode_id, why)
                     return
             if self.direct and not self.sender.wait(timeout):
                 log.warning("virtual node %s: the new host did not confirm its state within %g s", self.vnode_id,
