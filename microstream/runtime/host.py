@@ -24,8 +24,9 @@ if TYPE_CHECKING:  # statexfer needs pyzmq, which a microVM guest's host does wi
 log = logging.getLogger(__name__)
 _IDLE_WAIT = 0.05  # seconds a host waits for a message when no source is due sooner
 # seconds a step takes messages in before it looks at its control link again: a busy vnode whose producers always
-# have the next batch ready would otherwise never leave the loop (a move's pre-copy request waited for its end)
-_DRAIN_BUDGET = 0.05
+# have the next batch ready would otherwise never leave the loop (a move's pre-copy request waited for its end);
+# a move's cut reaches a busy old host within this, so it is part of the downtime's worst case
+_DRAIN_BUDGET = 0.02
 FINAL_CONNECT_TIMEOUT = 5.0  # seconds the final round may wait for a connection no pre-copy round has proven
 
 
@@ -47,6 +48,9 @@ class HostRuntime:
         self.whole = False                       # the barrier is for a whole-host move, not a snapshot
         self.on_aligned: Callable[[], None] | None = None  # whole-host moves (a microVM): called at the cut
         self.clients: dict[tuple[str, str], Any] = {}
+        # the last batch sent, held until the next send: a watermark that follows it at once for the same target
+        # travels in its header (one channel message and one credit, not two); any other send goes after it
+        self._pending: tuple[tuple[str, str], tuple, dict] | None = None
         self.bytes_before: dict[tuple[str, str], int] = {}  # bytes sent on channels since replaced (redirects)
         self.refused = 0                         # messages for no task of this vnode (counted, logged once)
         self.held: list[Any] = []                # messages after a checkpoint barrier, until aligned (not acked)
@@ -121,6 +125,7 @@ class HostRuntime:
             self.runner.stop_sources()
             if self.saved is None:  # ended, stopped or failed during a move's pre-copy: no transfer follows
                 self._close_transfer()
+        self._flush_out()
         for client in self.clients.values():
             client.close()
         for vnode in list(self.prepared):
@@ -138,6 +143,7 @@ class HostRuntime:
         runner = self.runner
         self._maybe_checkpoint()  # a vnode with sources only: at once, not after a wait for input it never gets
         timeout = runner.run_sources(self.clock(), int(max_wait * 1e9)) / 1e9
+        self._flush_out()
         msg = self.server.recv(timeout=timeout, wake=wake)  # a control message ends the wait
         until = time.monotonic() + _DRAIN_BUDGET
         while msg is not None:
@@ -145,6 +151,7 @@ class HostRuntime:
             msg = self.server.recv(timeout=0) if time.monotonic() < until else None
         runner.close_finished_inputs()
         self._maybe_checkpoint()
+        self._flush_out()
         self._maybe_snapshot()
         self._precopy_step()
 
@@ -155,6 +162,7 @@ class HostRuntime:
             self.held.append(msg)
             return
         self._on_message(msg)
+        self._flush_out()
         self.server.ack(msg)
         if msg.kind == "checkpoint":  # the last barrier in: snapshot now, not once the inputs run dry (a busy
             self._maybe_checkpoint()  # vnode's receive loop may not, until held channels have no credit left)
@@ -169,15 +177,37 @@ class HostRuntime:
                 log.warning("virtual node %s refused a message from %s: %s", self.vnode_id, msg.channel_id, exc)
 
     def _out(self, task_id: str, vnode: str, method: str, *args: Any, **kwargs: Any) -> None:
-        """Send on the channel from `task_id` to `vnode`, or hold the send while that vnode moves."""
+        """Send on the channel from `task_id` to `vnode`, or hold the send while that vnode moves. A batch waits
+        for the next send (`_pending`), or the end of the runner's call: a watermark right after it, for the same
+        consumer task, goes in the batch's header, as the consumer applies a batch's watermark after its records."""
+        pending = self._pending
+        if pending is not None:
+            key, p_args, p_kwargs = pending
+            if (method == "send_watermark" and key == (task_id, vnode) and kwargs.keys() == {"target"}
+                    and p_kwargs.get("target") == kwargs["target"]):
+                self._pending = None
+                self.clients[key].send_batch(*p_args, **{**p_kwargs, "watermark": args[0]})
+                return
+            self._flush_out()
         held = self.paused.get(vnode)
         if held is not None:
             held.append((task_id, method, args, kwargs))
             return
+        if method == "send_batch":
+            self._pending = ((task_id, vnode), args, kwargs)
+            return
         getattr(self.clients[(task_id, vnode)], method)(*args, **kwargs)
+
+    def _flush_out(self) -> None:
+        """Send the batch `_out` holds, if any."""
+        if self._pending is not None:
+            (task_id, vnode), args, kwargs = self._pending
+            self._pending = None
+            self.clients[(task_id, vnode)].send_batch(*args, **kwargs)
 
     # -- barriers: save, restore and migrate a virtual node ----------------------------------------------
     def on_control(self, kind: str, header: dict) -> None:
+        self._flush_out()  # what the runner sent goes before a barrier, a redirect or anything held for a move
         if kind == "checkpoint":
             self.checkpoint_bases[int(header["checkpoint"])] = header.get("base")
             self.runner.start_checkpoint(int(header["checkpoint"]))
