@@ -316,7 +316,7 @@ def solve_milp(problem: Problem, time_limit: float = 10.0, free: np.ndarray | No
             return MilpResult(None, up, up, "optimal", seconds, m.n, len(m.lo))
         if cutoff:                              # the bound, if HiGHS gave none: the root LP's (a few 0.1 s)
             if not math.isfinite(bound):
-                lp = m.solve(max(2.0, time_limit - seconds), gap, integral=False)
+                lp = m.solve(max(5.0, time_limit - seconds), gap, integral=False)
                 bound = float(lp.fun) if lp.status == 0 else (up if lp.status == 2 else -math.inf)
             bound = min(bound, up)
             return MilpResult(None, math.inf, bound, "no solution", time.perf_counter() - started, m.n, len(m.lo))
