@@ -143,19 +143,26 @@ class Client:
         return self.receive(expect, timeout if timeout is not None else self.timeout)
 
     def receive(self, expect: type[M], timeout: float | None) -> M:
-        if not self.sock.poll(None if timeout is None else int(timeout * 1000)):
-            raise ClusterError(
-                f"no answer from the coordinator at {self.address.endpoint} within {timeout:.0f} s: is it running, "
-                "do you have its public key, and is your key trusted there (`microstream keys trust`)?")
-        try:
-            reply = TO_CLIENT.decode(self.sock.recv_multipart())
-        except ProtocolError as exc:
-            raise ClusterError(f"the coordinator at {self.address.endpoint} answered something else: {exc}") from exc
-        if isinstance(reply, Error | Rejected):
-            raise ClusterError(reply.error)
-        if not isinstance(reply, expect):
-            raise ClusterError(f"expected '{expect.KIND}' from the coordinator, got '{reply.KIND}'")
-        return reply
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = None if deadline is None else max(0, int((deadline - time.monotonic()) * 1000))
+            if not self.sock.poll(left):
+                raise ClusterError(
+                    f"no answer from the coordinator at {self.address.endpoint} within {timeout:.0f} s: is it "
+                    "running, do you have its public key, and is your key trusted there (`microstream keys trust`)?")
+            try:
+                reply = TO_CLIENT.decode(self.sock.recv_multipart())
+            except ProtocolError as exc:
+                raise ClusterError(
+                    f"the coordinator at {self.address.endpoint} answered something else: {exc}") from exc
+            if isinstance(reply, Error | Rejected):
+                raise ClusterError(reply.error)
+            if isinstance(reply, expect):
+                return reply
+            # what answers an earlier wait, late: a `watch` that crossed its job's end is answered with the job's
+            # end a second time (and its output may trail it): it belongs to no request
+            if not isinstance(reply, JobDone | Watching | JobOutput):
+                raise ClusterError(f"expected '{expect.KIND}' from the coordinator, got '{reply.KIND}'")
 
     # -- requests ---------------------------------------------------------------------------------------
     def status(self, job: str | None = None) -> dict[str, Any]:

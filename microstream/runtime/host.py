@@ -48,9 +48,10 @@ class HostRuntime:
         self.whole = False                       # the barrier is for a whole-host move, not a snapshot
         self.on_aligned: Callable[[], None] | None = None  # whole-host moves (a microVM): called at the cut
         self.clients: dict[tuple[str, str], Any] = {}
-        # the last batch sent, held until the next send: a watermark that follows it at once for the same target
-        # travels in its header (one channel message and one credit, not two); any other send goes after it
-        self._pending: tuple[tuple[str, str], tuple, dict] | None = None
+        # batches sent in the runner's current call, per channel, held until it returns: a watermark that follows one
+        # for the same target travels in its header (one channel message and one credit, not two); any other send
+        # first sends them all, in order
+        self._pending: dict[tuple[str, str], tuple[tuple, dict]] = {}
         self.bytes_before: dict[tuple[str, str], int] = {}  # bytes sent on channels since replaced (redirects)
         self.refused = 0                         # messages for no task of this vnode (counted, logged once)
         self.held: list[Any] = []                # messages after a checkpoint barrier, until aligned (not acked)
@@ -178,32 +179,34 @@ class HostRuntime:
 
     def _out(self, task_id: str, vnode: str, method: str, *args: Any, **kwargs: Any) -> None:
         """Send on the channel from `task_id` to `vnode`, or hold the send while that vnode moves. A batch waits
-        for the next send (`_pending`), or the end of the runner's call: a watermark right after it, for the same
-        consumer task, goes in the batch's header, as the consumer applies a batch's watermark after its records."""
-        pending = self._pending
-        if pending is not None:
-            key, p_args, p_kwargs = pending
-            if (method == "send_watermark" and key == (task_id, vnode) and kwargs.keys() == {"target"}
-                    and p_kwargs.get("target") == kwargs["target"]):
-                self._pending = None
-                self.clients[key].send_batch(*p_args, **{**p_kwargs, "watermark": args[0]})
-                return
-            self._flush_out()
+        in `_pending` until the runner's call returns (`_flush_out`), so that the watermark its producer raises next
+        for the same consumer task goes in its header: the consumer applies a batch's watermark after its records,
+        as it would a watermark message right after it."""
+        channel = (task_id, vnode)
+        pending = self._pending.get(channel)
+        if (pending is not None and method == "send_watermark" and kwargs.keys() == {"target"}
+                and pending[1].get("target") == kwargs["target"]):
+            self._pending[channel] = (pending[0], {**pending[1], "watermark": args[0]})
+            return
+        if method == "send_batch" and pending is None and vnode not in self.paused:
+            self._pending[channel] = (args, kwargs)
+            return
+        self._flush_out()  # anything else goes after what was sent before it
         held = self.paused.get(vnode)
         if held is not None:
             held.append((task_id, method, args, kwargs))
             return
         if method == "send_batch":
-            self._pending = ((task_id, vnode), args, kwargs)
+            self._pending[channel] = (args, kwargs)
             return
-        getattr(self.clients[(task_id, vnode)], method)(*args, **kwargs)
+        getattr(self.clients[channel], method)(*args, **kwargs)
 
     def _flush_out(self) -> None:
-        """Send the batch `_out` holds, if any."""
-        if self._pending is not None:
-            (task_id, vnode), args, kwargs = self._pending
-            self._pending = None
-            self.clients[(task_id, vnode)].send_batch(*args, **kwargs)
+        """Send the batches `_out` holds, in the order they were sent."""
+        while self._pending:
+            channel = next(iter(self._pending))
+            args, kwargs = self._pending.pop(channel)
+            self.clients[channel].send_batch(*args, **kwargs)
 
     # -- barriers: save, restore and migrate a virtual node ----------------------------------------------
     def on_control(self, kind: str, header: dict) -> None:
