@@ -138,7 +138,7 @@ class Relay:
     # -- set up ---------------------------------------------------------------------------------------------
     def run(self) -> int:
         from ..runtime.channels import ChannelServer, CurveKeys
-        from .image import build_image
+        from .image import build_image, cached_image
         from .vm import MicroVM
 
         self.to_agent("hello", pid=os.getpid())
@@ -152,7 +152,8 @@ class Relay:
             assert spec.blob is not None  # payload() has just read it
             self.server = ChannelServer(bind=f"tcp://{settings['bind_host']}:*", keys=self.keys, trusted=trusted,
                                         credits=spec_obj.get("credits", 8))
-            image = build_image(progress=lambda line: print(line, flush=True))
+            # the image this agent advertised (files only); apt is asked only when there is none (a build)
+            image = cached_image() or build_image(progress=lambda line: print(line, flush=True))
             if settings.get("incoming"):
                 self.vm = self._new_vm(MicroVM(image, memory_mb=MEMORY_MB, accel="auto", **self._vm_args()))
                 port = _free_port(settings["bind_host"])

@@ -1,8 +1,9 @@
 """VM virtual nodes started from a saved, warmed template (`unikernel_backend/template.py`) under real QEMU (TCG
 here): the template is built once for the module (or found in the cache) and reused by every VM below; two VMs
 restored from it share its RAM file's pages; VM vnodes on an embedded cluster start from it and give a local run's
-output, also across a tier-1 move; a template whose saved state is bad makes the vnode boot cold, says why in its
-status, and the job's output is unchanged.
+output, also across a whole-VM move (tier 2) and a move by snapshot (tier 1) into a new VM from the template; a
+template whose saved state is bad makes the vnode boot cold, says why in its status, and the output is unchanged.
+At most two VMs at once.
 
 Skipped, loudly, only where QEMU and the image tools cannot be installed.
 """
@@ -127,27 +128,35 @@ def test_vm_vnodes_start_from_one_template_and_give_a_local_runs_output(home, te
     assert json.loads((template.directory / "manifest.json").read_text())["built"] == built  # reused, not rebuilt
 
 
-def test_a_tier1_move_starts_the_new_vm_from_the_template_and_keeps_exactly_once_output(home, template):
-    expected = local_rows("tmpl-move", 100_000)
-    p = pipeline("tmpl-move", 100_000, 1.0)  # ~25 s of stream: the move lands in the middle of it
+def test_a_vm_vnode_moves_whole_then_by_snapshot_into_a_vm_from_the_template_and_keeps_exactly_once_output(
+        home, template):
+    """Tier 2 (QEMU's live migration of a VM restored from the template into a QEMU waiting with plain RAM), then
+    tier 1 (a barrier snapshot into a new VM restored from the template); the output equals a local run's."""
+    expected = local_rows("tmpl-move", 160_000)
+    p = pipeline("tmpl-move", 160_000, 1.0)  # ~40 s of stream: both moves land in the middle of it
     done: dict = {}
     with Client(cluster.address(home), timeout=600) as submitter, Client(cluster.address(home), timeout=300) as c:
         thread = threading.Thread(target=lambda: done.update(result=submitter.submit(p)))
         thread.start()
         job, status = wait_running(c, "tmpl-move")
         assert status["state"] == "running", status
-        vn, info = next(iter(vm_vnodes(status).items()))
+        vn = next(iter(vm_vnodes(status)))
         time.sleep(2)
-        there = "node1" if info["agent"] == "node2" else "node2"
-        move = c.migrate(job, vn, there, timeout=240)
+        moves = []
+        for whole in (True, False):
+            here = c.status()["jobs"][job]["vnodes"][vn]["agent"]
+            there = "node1" if here == "node2" else "node2"
+            moves.append(c.migrate(job, vn, there, timeout=240, whole=whole))
+            assert c.status()["jobs"][job]["vnodes"][vn]["agent"] == there
         thread.join(600)
         assert "result" in done, "the job did not finish"
         final = c.status()["jobs"][job]
     assert final["state"] == "finished", final
-    assert move.get("tier") is None and move["state_bytes"] > 0, move
-    assert final["vnodes"][vn]["agent"] == there
-    assert final["vnodes"][vn]["vm"]["start"] == "template", final["vnodes"][vn]
-    assert len(final["migrations"]) == 1
+    tier2, tier1 = moves
+    assert tier2["tier"] == 2 and tier2["vm"]["ram_bytes"] > 1e6, tier2
+    assert tier1.get("tier") is None and tier1["state_bytes"] > 0, tier1
+    assert final["vnodes"][vn]["vm"]["start"] == "template", final["vnodes"][vn]  # the tier-1 move's new VM
+    assert len(final["migrations"]) == 2
     assert rows(p) == expected
 
 
