@@ -249,6 +249,7 @@ def main() -> int:
     print(f"of the cluster's {t_cluster:.2f} s, {t_deploy:.2f} s is the fixed cost of a job (the same job on 1,000 "
           f"records: planning, starting host processes that import numba, connecting channels)")
     path = write_json("cluster", {
+        "load_average_end": list(os.getloadavg()),
         "latency": lat, "idle_agent_rss_mb": agent_rss, "bare_python_zmq_rss_mb": bare,
         "numba_import_adds_mb": with_numba - bare, "target_idle_agent_rss_mb": 80,
         "canonical": {"records": args.records, "local_s": t_local, "cluster_s": t_cluster,

@@ -10,8 +10,10 @@ One `ChannelServer` per consumer host binds a ROUTER socket; every upstream task
   below ``zmq.COPY_THRESHOLD`` on send; a received frame whose address is not aligned for its dtype,
   which only happens to small frames that libzmq packs into its shared receive buffer, is copied
   once and counted in ``stats["copied_frames"]``.) Numeric, bool, datetime, fixed-width bytes (``S``)
-  and unicode (``U``) columns travel as raw buffers; ``object`` columns (and anything else) are
-  pickled into one frame, which leaves the fast path. Received columns are aligned, C-contiguous and
+  and unicode (``U``) columns travel as raw buffers (a text column whose rows all hold one value as
+  that value, and a watermark array that is an int64 column plus a constant, as an in-order
+  source's is, as no frame at all: bytes CURVE need not encrypt); ``object`` columns (and anything
+  else) are pickled into one frame, which leaves the fast path. Received columns are aligned, C-contiguous and
   writable (views of frames the consumer owns), i.e. the same numba array types as local batches, so
   kernels compiled for the local runtime are reused rather than specialised for read-only or
   unaligned arrays.
@@ -52,10 +54,13 @@ Wire format (all little-endian). Producer -> consumer, one multipart message::
 
     frame 0   fixed header  _HEADER (magic b"MC", version, kind, flags, ncols, target, seq,
                             watermark, barrier, rows, meta length) + meta: compact JSON
-                            {"c": channel id, "s": [[name, dtype str, encoding], ...]}
-                            (encoding "r" = raw buffer of rows x itemsize bytes, "p" = pickle)
+                            {"c": channel id, "s": [[name, dtype str, encoding], ...], "w": [column, offset]}
+                            (encoding "r" = raw buffer of rows x itemsize bytes, "p" = pickle, "c" = one
+                            item, every row's value: a text column whose rows are all the same, as a window's
+                            `pane` mostly is; "w", when present: the wm array is that int64 column + offset, as
+                            an in-order source's is, and travels as no frame)
     frame 1.. one per column, in schema order
-    last      the int64 wm array, when flags has _F_WM
+    last      the int64 wm array, when flags has _F_WM and the meta has no "w"
 
 Consumer -> producer: one frame, _CREDIT (magic, version, kind, count, acked through, received through):
 kind _K_GRANT for the window (the reply to a hello, and a request to resume after a gap), _K_CREDIT for
@@ -89,7 +94,7 @@ __all__ = ["ChannelClient", "ChannelError", "ChannelServer", "CurveKeys", "Messa
 log = logging.getLogger(__name__)
 
 _MAGIC = b"MC"
-_VERSION = 2
+_VERSION = 3  # 3: constant text columns ("c") and a wm derived from a column ("w")
 # magic, version, kind, flags, ncols, target, seq, watermark, barrier, rows, meta length
 _HEADER = struct.Struct("<2sBBHHIqqqQI")
 _CREDIT = struct.Struct("<2sBBIqq")
@@ -186,25 +191,51 @@ class _Encoder:
         for name in names:
             col = batch[name]
             if col.dtype.kind in _RAW_KINDS:
-                schema.append((name, col.dtype.str, "r"))
-                frames.append(np.ascontiguousarray(col).view(np.uint8))
+                raw = np.ascontiguousarray(col)
+                if col.dtype.kind in "US" and len(col) > 1 and (raw == raw[0]).all():  # bytes the crypto skips
+                    schema.append((name, col.dtype.str, "c"))
+                    raw = raw[:1]
+                else:
+                    schema.append((name, col.dtype.str, "r"))
+                frames.append(raw.view(np.uint8))
             else:
                 schema.append((name, col.dtype.str, "p"))
                 frames.append(pickle.dumps(col, protocol=pickle.HIGHEST_PROTOCOL))
         flags = 0
         wm = batch.wm
+        derived: tuple[int, int] | None = None
         if wm is not None:
             flags |= _F_WM
-            frames.append(np.ascontiguousarray(wm, dtype=np.int64).view(np.uint8))
-        key = tuple(schema)
+            derived = _wm_from_column(batch, names, wm)
+            if derived is None:
+                frames.append(np.ascontiguousarray(wm, dtype=np.int64).view(np.uint8))
+        key = (tuple(schema), derived)
         meta = self._meta.get(key)
         if meta is None:
-            meta = json.dumps({"c": self.channel_id, "s": schema}, separators=(",", ":")).encode()
+            spec: dict[str, Any] = {"c": self.channel_id, "s": schema}
+            if derived is not None:
+                spec["w"] = list(derived)
+            meta = json.dumps(spec, separators=(",", ":")).encode()
             if len(self._meta) >= _META_CACHE_MAX:
                 self._meta.clear()
             self._meta[key] = meta
         frames[0] = self.header(_K_BATCH, flags, len(names), target, seq, watermark, None, batch.num_rows, meta)
         return frames
+
+
+def _wm_from_column(batch: Batch, names: list[str], wm: np.ndarray) -> tuple[int, int] | None:
+    """(column index, offset) when the per-record watermarks are an int64 column plus a constant, as those of a
+    source whose records come in time order are (its time column less the bounded delay); else None."""
+    if len(wm) < 2:
+        return None
+    for i, name in enumerate(names):
+        col = batch[name]
+        if col.dtype != _INT64:
+            continue
+        offset = int(wm[0]) - int(col[0])
+        if int(wm[-1]) - int(col[-1]) == offset and np.array_equal(wm - col, np.full(len(wm), offset)):
+            return i, offset
+    return None
 
 
 def _frame_len(frame: Any) -> int:
@@ -334,7 +365,7 @@ class ChannelServer:
             raise
         self.public_key: bytes | None = keys.public if keys is not None else None
         self._producers: dict[bytes, _Producer] = {}
-        self._schemas: dict[bytes, tuple[str, list[tuple[str, np.dtype, str]]]] = {}
+        self._schemas: dict[bytes, tuple[str, list[tuple[str, np.dtype, str]], tuple[int, int] | None]] = {}
         self.messages = 0
         self.bytes = 0
         self.malformed = 0
@@ -488,7 +519,7 @@ class ChannelServer:
             raise ChannelError("short header") from None
         if magic != _MAGIC or version != _VERSION:
             raise ChannelError(f"bad magic/version {magic!r}/{version}")
-        channel_id, schema = self._schema(head[_HEADER.size:_HEADER.size + meta_len])
+        channel_id, schema, derived = self._schema(head[_HEADER.size:_HEADER.size + meta_len])
         prod = self._producers.get(peer)
         if prod is None:
             prod = self._producers[peer] = _Producer(channel_id)
@@ -515,7 +546,7 @@ class ChannelServer:
         batch = None
         if kind == _K_BATCH:
             try:
-                batch, payload = self._batch(frames, ncols, flags, rows, schema)
+                batch, payload = self._batch(frames, ncols, flags, rows, schema, derived)
             except Exception:
                 # the producer spent a credit on it: count it received and acked, and keep the sequence in step
                 prod.last_seq = prod.last_acked = seq
@@ -537,13 +568,21 @@ class ChannelServer:
         return Message(kind_name, channel_id, target, seq, watermark if flags & _F_WATERMARK else None, batch,
                        barrier if flags & _F_BARRIER else None, nbytes, peer)
 
-    def _schema(self, meta_bytes: bytes) -> tuple[str, list[tuple[str, np.dtype, str]]]:
+    def _schema(self, meta_bytes: bytes) -> tuple[str, list[tuple[str, np.dtype, str]], tuple[int, int] | None]:
         cached = self._schemas.get(meta_bytes)
         if cached is None:
             meta = json.loads(meta_bytes)
-            cached = (str(meta["c"]), [(str(n), np.dtype(d), str(e)) for n, d, e in meta.get("s", ())])
-            for name, dtype, enc in cached[1]:
-                if enc not in ("r", "p") or (enc == "r" and (dtype.kind not in _RAW_KINDS or dtype.itemsize == 0)):
+            schema = [(str(n), np.dtype(d), str(e)) for n, d, e in meta.get("s", ())]
+            derived = None
+            if meta.get("w") is not None:
+                column, offset = (int(x) for x in meta["w"])
+                if not 0 <= column < len(schema) or schema[column][1] != _INT64 or schema[column][2] != "r":
+                    raise ChannelError(f"the wm is derived from column {column}, which is not an int64 column")
+                derived = (column, offset)
+            cached = (str(meta["c"]), schema, derived)
+            for name, dtype, enc in schema:
+                raw = enc in ("r", "c")
+                if not raw and enc != "p" or raw and (dtype.kind not in _RAW_KINDS or dtype.itemsize == 0):
                     raise ChannelError(f"column '{name}': cannot decode {dtype.str} as {enc!r}")
             if len(self._schemas) >= _META_CACHE_MAX:
                 self._schemas.clear()
@@ -551,9 +590,10 @@ class ChannelServer:
         return cached
 
     def _batch(self, frames: list[zmq.Frame], ncols: int, flags: int, rows: int,
-               schema: list[tuple[str, np.dtype, str]]) -> tuple[Batch, int]:
+               schema: list[tuple[str, np.dtype, str]], derived: tuple[int, int] | None = None) -> tuple[Batch, int]:
         has_wm = flags & _F_WM
-        if ncols != len(schema) or len(frames) != 2 + ncols + (1 if has_wm else 0):
+        wm_frame = has_wm and derived is None
+        if ncols != len(schema) or len(frames) != 2 + ncols + (1 if wm_frame else 0):
             raise ChannelError(f"batch with {len(frames)} frames for {len(schema)} columns")
         cols = {}
         nbytes = 0
@@ -563,6 +603,9 @@ class ChannelServer:
             if enc == "r":
                 cols[name] = self._view(buf, dtype, rows)
                 continue
+            if enc == "c":
+                cols[name] = np.full(rows, self._view(buf, dtype, 1)[0] if rows else dtype.type(), dtype=dtype)
+                continue
             if not self.allow_pickle:
                 raise ChannelError(f"column '{name}' is pickled, and this server does not accept pickles")
             col = pickle.loads(buf)
@@ -570,10 +613,13 @@ class ChannelServer:
                 raise ChannelError(f"pickled column '{name}' is not a 1-D array of {rows} rows")
             cols[name] = col
         wm = None
-        if has_wm:
+        if wm_frame:
             buf = frames[-1].buffer
             nbytes += buf.nbytes
             wm = self._view(buf, _INT64, rows)
+        elif has_wm and derived is not None:
+            column, offset = derived
+            wm = cols[schema[column][0]] + np.int64(offset)
         elif not cols and rows:
             raise ChannelError("a batch without columns must have 0 rows")
         # every column was checked to be 1-D with `rows` entries: skip Batch.__init__'s re-validation

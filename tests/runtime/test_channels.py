@@ -190,6 +190,35 @@ def test_dtypes_masks_and_edge_cases(server: ChannelServer) -> None:
         client.close(0)
 
 
+def test_a_constant_text_column_and_a_wm_that_is_a_column_plus_a_constant_travel_as_almost_nothing(
+        server: ChannelServer) -> None:
+    """A window's `pane` column (U11, 44 bytes a row) is mostly one value, and an in-order source's per-record
+    watermarks are its time column less the delay: both arrive as they were sent, from a frame of one item and
+    from no frame at all."""
+    client = ChannelClient(server.endpoint, "enc[0]")
+    try:
+        assert server.recv(timeout=0.2) is None
+        n = 1000
+        t = np.arange(n, dtype=np.int64) * 1_000_000
+        same = Batch({"time": t, "pane": np.full(n, "late_update"), "b": np.full(n, b"xy"), "v": np.ones(n)},
+                     wm=t - 5_000)
+        mixed = Batch({"time": t, "pane": np.array(["on_time", "final"])[np.arange(n) % 2]}, wm=t[::-1].copy())
+        assert client.send_batch(same, timeout=5) and client.send_batch(mixed, timeout=5)
+        first, second = server.recv(timeout=5), server.recv(timeout=5)
+        assert_batches_equal(first.batch, same)
+        assert_batches_equal(second.batch, mixed)
+        for b in (first.batch, second.batch):
+            for name in b.names:
+                assert b[name].flags.aligned and b[name].flags.c_contiguous and b[name].flags.writeable
+        # time + v + one pane + one b, and no wm frame; the other: time + every pane + the wm
+        assert first.nbytes < 2 * n * 8 + 200 < n * (8 + 8 + 44 + 2 + 8)
+        assert second.nbytes > n * (8 + 28 + 8)
+        server.ack(first)
+        server.ack(second)
+    finally:
+        client.close(0)
+
+
 def test_object_columns_are_pickled_only_where_allowed() -> None:
     obj = np.empty(3, dtype=object)
     obj[:] = [{"a": 1}, None, (2, 3)]
@@ -215,7 +244,8 @@ def test_receive_is_zero_copy(server: ChannelServer) -> None:
     try:
         assert server.recv(timeout=0.2) is None
         big = np.arange(1 << 17, dtype=np.float64)  # 1 MB
-        assert client.send_batch(Batch({"x": big, "y": big.astype(np.int64)}, wm=big.astype(np.int64)), timeout=5)
+        wm = big.astype(np.int64)[::-1].copy()  # no column plus a constant: it travels as a frame of its own
+        assert client.send_batch(Batch({"x": big, "y": big.astype(np.int64)}, wm=wm), timeout=5)
         msg = server.recv(timeout=5)
         for arr in (msg.batch["x"], msg.batch["y"], msg.batch.wm):
             # a view of the received zmq frame's buffer: nothing was copied
