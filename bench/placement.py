@@ -236,6 +236,27 @@ def print_scale(sp: dict, problems: list[dict]) -> None:
     print("(costs with capacity ignored, so infeasible placements still compare; 'over': overload units left)")
 
 
+def judge(rows: list[dict], pr: dict, pr_priced: dict) -> dict[str, bool]:
+    """The issue's targets, met or not. The MILP's is judged per size up to 40 vnodes: every instance proven,
+    and that size's median CPU seconds to prove within 10 s (pooled over sizes, 20 x 6's quick proofs would
+    hide 40 x 10's slow ones)."""
+    graded = [r for r in rows if r["vnodes"] in (20, 40, 80)]
+    big = [r for r in rows if (r["vnodes"], r["nodes"]) == (150, 30)]
+    small = [r for r in rows if r["vnodes"] <= 40]
+    return {
+        "median_vs_optimum_le_1.02": all((r["median_vs_optimum"] or math.inf) <= 1.02 for r in graded),
+        "worst_vs_optimum_le_1.05": all((r["worst_vs_optimum"] or math.inf) <= 1.05 for r in graded),
+        "worst_vs_best_le_1.05": all(r["worst_vs_best"] <= 1.05 for r in graded),
+        "150x30_vs_best_le_1.05": bool(big) and all(r["worst_vs_best"] <= 1.05 for r in big),
+        "milp_proves_le_40_vnodes_in_10s_median": bool(small) and all(
+            r["proven"] == r["instances"] and (r["milp_seconds_to_prove_median"] or math.inf) <= 10.0 for r in small),
+        # judged on the instances not proven infeasible (none, if every one is: then it cannot be met)
+        "vnodes_1000_feasible_under_1s": (pr["first_feasible_cpu_s_worst"] or math.inf) < 1.0,
+        "vnodes_1000_bandwidth_limit_instances_feasible": pr["proven_infeasible"] < len(pr["runs"]),
+        "vnodes_1000_feasible_under_1s_bandwidth_priced": (pr_priced["first_feasible_cpu_s_worst"] or math.inf) < 1.0,
+    }
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--full", action="store_true", help="the issue's whole sweep (up to 150 x 30; ~30 min)")
@@ -269,23 +290,7 @@ def main() -> int:
     load["scale"] = _load()
     print_scale(sp, [pr, pr_priced])
     print(f"load average (1, 5, 15 min) after each part: {load}")
-    graded = [r for r in rows if r["vnodes"] in (20, 40, 80)]
-    big = [r for r in rows if (r["vnodes"], r["nodes"]) == (150, 30)]
-    proven_times = [t for r in rows if r["vnodes"] <= 40 for t in
-                    [x["milp_cpu_s"] for x in r["runs"] if x["proven"]]]
-    unproven_40 = sum(1 for r in rows if r["vnodes"] <= 40 for x in r["runs"] if not x["proven"])
-    targets = {
-        "median_vs_optimum_le_1.02": all((r["median_vs_optimum"] or math.inf) <= 1.02 for r in graded),
-        "worst_vs_optimum_le_1.05": all((r["worst_vs_optimum"] or math.inf) <= 1.05 for r in graded),
-        "worst_vs_best_le_1.05": all(r["worst_vs_best"] <= 1.05 for r in graded),
-        "150x30_vs_best_le_1.05": bool(big) and all(r["worst_vs_best"] <= 1.05 for r in big),
-        "milp_proves_le_40_vnodes_in_10s_median": bool(proven_times) and unproven_40 == 0
-        and statistics.median(proven_times) <= 10.0,
-        # judged on the instances not proven infeasible (none, if every one is: then it cannot be met)
-        "vnodes_1000_feasible_under_1s": (pr["first_feasible_cpu_s_worst"] or math.inf) < 1.0,
-        "vnodes_1000_bandwidth_limit_instances_feasible": pr["proven_infeasible"] < len(pr["runs"]),
-        "vnodes_1000_feasible_under_1s_bandwidth_priced": (pr_priced["first_feasible_cpu_s_worst"] or math.inf) < 1.0,
-    }
+    targets = judge(rows, pr, pr_priced)
     print("\ntargets: " + ", ".join(f"{k} {'met' if v else 'MISSED'}" for k, v in targets.items())
           + " (the *_vs_optimum targets need the MILP's proof at every graded size)")
     path = write_json("placement", {"budget_s": args.budget, "budget_clock": clock_name, "milp_seconds": milp_s,
