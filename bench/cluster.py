@@ -141,7 +141,8 @@ def steady_state(client: Client, records: int, repeat: int) -> dict:
         result = local_p.run()
         wall = time.perf_counter() - start
         assert result.flow_seconds
-        runs["local"].append({"seconds": wall, "flow_seconds": result.flow_seconds, "load_1min": load})
+        runs["local"].append({"seconds": wall, "flow_seconds": result.flow_seconds, "load_1min": load,
+                              "cpu_seconds": result.cpu_seconds})
         sums.add(_aggregates(local_out))
         p, out = cluster_pipeline(records, STEADY_START)
         load = os.getloadavg()[0]
@@ -152,7 +153,8 @@ def steady_state(client: Client, records: int, repeat: int) -> dict:
         returned = time.time()
         assert result is not None and result.flow_start is not None and result.flow_end is not None
         runs["cluster"].append({"seconds": wall, "flow_seconds": result.flow_seconds, "load_1min": load,
-                                "deploy_s": result.flow_start - submitted, "results_s": returned - result.flow_end})
+                                "deploy_s": result.flow_start - submitted, "results_s": returned - result.flow_end,
+                                "cpu_seconds": result.cpu_seconds})
         sums.add(_aggregates(out))
         start = time.perf_counter()
         client.submit(tiny, output=None)
@@ -163,10 +165,15 @@ def steady_state(client: Client, records: int, repeat: int) -> dict:
     med = {k: statistics.median(x["flow_seconds"] for x in v) for k, v in runs.items() if k != "deploy_1000_records"}
     rate = {k: records / v for k, v in med.items()}
     pairs = [lo["flow_seconds"] / cl["flow_seconds"] for lo, cl in zip(runs["local"], runs["cluster"], strict=True)]
+    # CPU per record moves far less with the machine's load than wall-clock rates: what the cluster's data path
+    # costs beyond the work (the hosts' CPU from their start, deployment included; local: the run's process)
+    cpu = {k: statistics.median(x["cpu_seconds"] for x in runs[k]) for k in ("local", "cluster")}
     return {"records": records, "repeat": repeat, "job": "bench/peers.py cluster_pipeline (windows x2)",
             "identical": len(sums) == 1, "checksum": sorted(sums),
             "steady_records_per_s": rate, "cluster_vs_local": rate["cluster"] / rate["local"],
             "cluster_vs_local_each_pair": pairs, "target_cluster_vs_local": 0.5,
+            "cpu_seconds": cpu, "records_per_cpu_second": {k: records / v for k, v in cpu.items()},
+            "cpu_cluster_vs_local": cpu["cluster"] / cpu["local"],
             "submit_to_results_records_per_s": records / statistics.median(x["seconds"] for x in runs["cluster"]),
             "local_run_records_per_s": records / statistics.median(x["seconds"] for x in runs["local"]),
             "cluster_deploy_s": statistics.median(x["deploy_s"] for x in runs["cluster"]),
@@ -186,6 +193,8 @@ def print_steady(s: dict) -> None:
                   f"{s['cluster_vs_local']:.2f}x", f"{s['submit_to_results_records_per_s']:,.0f}")]))
     print(f"each pair: {', '.join(f'{x:.2f}x' for x in s['cluster_vs_local_each_pair'])} (target >= "
           f"{s['target_cluster_vs_local']}x); identical aggregates: {s['identical']}")
+    print(f"CPU for the job (medians): cluster hosts {s['cpu_seconds']['cluster']:.2f} s, local "
+          f"{s['cpu_seconds']['local']:.2f} s: {s['cpu_cluster_vs_local']:.2f}x")
     print(f"cluster, outside the steady state (medians): submit -> first batch read {s['cluster_deploy_s']:.2f} s, "
           f"last batch in the sink -> results at the client {s['cluster_results_s']:.2f} s; the same job on 1,000 "
           f"records submit -> results {s['deploy_same_job_1000_records_s']:.2f} s")

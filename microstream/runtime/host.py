@@ -506,5 +506,6 @@ class HostRuntime:
     def result(self) -> dict:
         result = self.runner.result()
         result["stats"] = self.stats()
+        result["cpu_seconds"] = time.process_time()  # this host's process, all threads, since it started
         return result
 

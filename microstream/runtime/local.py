@@ -72,7 +72,7 @@ class LocalRuntime:
         self.progress_every = progress_every
 
     def run(self) -> RunResult:
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         plan = single_vnode(build_plan(self.graph))
         # sensors (sources that cannot rewind) read through a local log, so a slow consumer never slows their pace
         logs = None
@@ -91,6 +91,7 @@ class LocalRuntime:
         if self.progress is not None:
             self.progress(self._progress(runner, done=True))
         result = merge_results(self.graph, [runner.result()], time.perf_counter() - started)
+        result.cpu_seconds = time.process_time() - cpu
         verbose = self.verbose if self.verbose is not None else result.dead_letter_count > 0
         if verbose:
             print(result.summary(), file=sys.stderr)

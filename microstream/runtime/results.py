@@ -31,6 +31,9 @@ class RunResult:
     # (None if nothing flowed). A cluster job's deployment and the trip of its results to the client lie outside.
     flow_start: float | None = None
     flow_end: float | None = None
+    # CPU seconds the run's processes spent, all threads: a local run's process during the run; a cluster job's
+    # hosts from their start (deployment included; not the agents' and the coordinator's)
+    cpu_seconds: float | None = None
 
     @property
     def flow_seconds(self) -> float | None:
@@ -116,6 +119,8 @@ def merge_results(graph: LogicalGraph, results: list[dict[str, Any]], seconds: f
         out.dead_letters.extend(r["dead_letters"][:KEEP_DEAD_LETTERS - len(out.dead_letters)])
         for name, batches in r["collected"].items():
             collected.setdefault(name, []).extend(Batch(b) for b in batches)
+        if r.get("cpu_seconds") is not None:
+            out.cpu_seconds = (out.cpu_seconds or 0.0) + r["cpu_seconds"]
         start, end = r.get("flow") or (None, None)  # a host of an older version reports none
         if start is not None:
             out.flow_start = start if out.flow_start is None else min(out.flow_start, start)

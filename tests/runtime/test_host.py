@@ -37,8 +37,9 @@ def test_a_watermark_right_after_a_batch_travels_in_the_batch_s_header_with_the_
             return msg
         server.recv = recv  # type: ignore[method-assign]
     step_all(hosts)
-    merge_results(p.graph, [h.result() for h in hosts.values()], 0.0)
+    result = merge_results(p.graph, [h.result() for h in hosts.values()], 0.0)
     assert rows(out) == expected and len(expected) > 50
+    assert result.cpu_seconds is not None and result.cpu_seconds > 0  # each host's CPU, summed
     source_vn = next(vn for vn, v in plan.vnodes.items() if "synthetic" in v.tasks)
     windows = [vn for vn, v in plan.vnodes.items() if any(t.startswith("window_aggregate") for t in v.tasks)]
     assert source_vn not in windows and len(windows) == 3

@@ -261,6 +261,7 @@ def test_a_filtered_keyed_stream_split_across_vnodes_agrees_with_the_local_run_a
     before = time.time()
     local_result = p.run(verbose=False)
     assert before <= local_result.flow_start <= local_result.flow_end <= time.time()
+    assert local_result.cpu_seconds is not None and local_result.cpu_seconds > 0
     local = _rows(out)
 
     p, out = job()
