@@ -206,7 +206,7 @@ def main() -> int:
     ap.add_argument("--part", choices=("all", "steady"), default="all",
                     help="steady: only the data path's steady state")
     ap.add_argument("--steady-records", type=int, default=4_000_000)
-    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--repeat", type=int, default=7, help="steady state: runs of each runtime")
     args, _ = ap.parse_known_args()  # bench/run.py passes every benchmark the same arguments
     if args.part == "steady":
         return run_steady(args.steady_records, args.repeat)
