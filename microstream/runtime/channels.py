@@ -107,6 +107,7 @@ _F_WATERMARK, _F_BARRIER, _F_WM = 1, 2, 4
 _RAW_KINDS = frozenset("biufcmMSU")  # dtypes whose buffer is self-describing given dtype.str
 _META_CACHE_MAX = 256
 _INT64 = np.dtype(np.int64)
+_I64_MIN, _I64_MAX = int(np.iinfo(np.int64).min), int(np.iinfo(np.int64).max)
 _ABORT_CHECK_MS = 500  # how often a blocked producer asks whether it should stop waiting
 RESYNC_EVERY = 1.0     # seconds a blocked producer waits before asking the consumer where it is
 MAX_MESSAGE_BYTES = 256 << 20  # a frame larger than this is refused before it is read (pre-authentication too)
@@ -233,6 +234,8 @@ def _wm_from_column(batch: Batch, names: list[str], wm: np.ndarray) -> tuple[int
         if col.dtype != _INT64:
             continue
         offset = int(wm[0]) - int(col[0])
+        if not _I64_MIN <= offset <= _I64_MAX:  # a wm of MIN_TIME beside event times: no int64 offset
+            continue
         if int(wm[-1]) - int(col[-1]) == offset and np.array_equal(wm - col, np.full(len(wm), offset)):
             return i, offset
     return None

@@ -203,10 +203,15 @@ def test_a_constant_text_column_and_a_wm_that_is_a_column_plus_a_constant_travel
         same = Batch({"time": t, "pane": np.full(n, "late_update"), "b": np.full(n, b"xy"), "v": np.ones(n)},
                      wm=t - 5_000)
         mixed = Batch({"time": t, "pane": np.array(["on_time", "final"])[np.arange(n) % 2]}, wm=t[::-1].copy())
+        lowest = np.full(n, np.iinfo(np.int64).min)  # no watermark yet: its difference to the times is no int64
+        early = Batch({"time": np.full(n, 10**18)}, wm=lowest)
         assert client.send_batch(same, timeout=5) and client.send_batch(mixed, timeout=5)
-        first, second = server.recv(timeout=5), server.recv(timeout=5)
+        assert client.send_batch(early, timeout=5)
+        first, second, third = server.recv(timeout=5), server.recv(timeout=5), server.recv(timeout=5)
         assert_batches_equal(first.batch, same)
         assert_batches_equal(second.batch, mixed)
+        assert_batches_equal(third.batch, early)
+        server.ack(third)
         for b in (first.batch, second.batch):
             for name in b.names:
                 assert b[name].flags.aligned and b[name].flags.c_contiguous and b[name].flags.writeable
