@@ -6,7 +6,7 @@ that says which extra installs it (`pip install 'microstream[pandas]'`).
 | `pandas` | pandas | `Pipeline.from_pandas`, `Collect.to_pandas`, pandas Timestamps in time columns |
 | `mqtt` | paho-mqtt | `read_mqtt`, `ms.sinks.mqtt`, the MQTT broker helpers |
 | `microvm` | qemu.qmp | the microVM host backend (`backend="microvm"`) |
-| `placement` | scipy | HiGHS for the placement engine: the exact solver, large-neighbourhood search, infeasibility proofs |
+| `placement` | scipy | HiGHS for placement: the exact solver, large-neighbourhood search, infeasibility proofs |
 """
 
 from __future__ import annotations

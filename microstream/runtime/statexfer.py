@@ -15,9 +15,9 @@ into place (2.3 s at 100 MB). Here:
   a numba loop near memory speed): no kernel has to know about it, and the old host keeps 8 bytes per chunk, not a
   second copy of the state. Chunks are a cache line (64 bytes), not a key's whole state: an update dirties one or
   two, so the rounds shrink even when every key changes every second (with 1 KB chunks, 100 MB of such state
-  never converged and the final round carried all of it). A buffer whose size changed (a ring that grew) goes whole. The new host applies each
-  round in place (`apply`), and restores base + delta: the same bytes as a full snapshot at the barrier, so the
-  barrier protocol, and with it exactly-once, is unchanged.
+  never converged and the final round carried all of it). A buffer whose size changed (a ring that grew) goes
+  whole. The new host applies each round in place (`apply`), and restores base + delta: the same bytes as a full
+  snapshot at the barrier, so the barrier protocol, and with it exactly-once, is unchanged.
 * **Direct.** The transfer runs over its own CURVE-authenticated ZeroMQ connection from the old host to the new
   one (`StateSender` → `StateReceiver`, the new host's endpoint reported with its channel server's); the
   coordinator only orchestrates and relays a ticket of a few hundred bytes.
