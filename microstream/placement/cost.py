@@ -22,7 +22,8 @@
    placement is infeasible (total = inf, with the reasons) when a node would use more than
    `Weights.max_utilisation` of its cores or `Weights.max_memory` of its memory, a link would carry more than
    `Weights.max_link_utilisation` of its bandwidth (both directions together), a vnode is on a node without
-   its backend or with no live agent, or a pin is ignored.
+   its backend or with no live agent, a pin is ignored, or two vnodes that protect each other (`apart`) share
+   a failure domain.
 
 Everything here is a pure function of its arguments.
 """

@@ -11,7 +11,8 @@
   re-solving a few nodes' vnodes exactly with the MILP, until the time budget. Beyond `_LARGE` movable vnodes ×
   nodes a cool walk comes first, as local search from the seed alone would take the whole budget. An
   overloaded result is repaired by the whole MILP with hard limits (`_repair`).
-* **exact** (`certify`): the MILP (`milp.solve_milp`, HiGHS) on the whole problem, with its proven bound.
+* **exact** (`certify`): the MILP (`milp.solve_milp`, HiGHS) on the whole problem, with its proven bound, given the
+  heuristic's cost as a cutoff (HiGHS looks only for cheaper placements; none found = the heuristic's is optimal).
 """
 
 from __future__ import annotations
