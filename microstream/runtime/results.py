@@ -10,7 +10,10 @@ from ..core.batch import Batch
 from ..graph.logical import LogicalGraph
 from .progress import fit, table
 from .progress import width as terminal_width
-from .tasks import KEEP_DEAD_LETTERS
+
+# dead letters kept in a run's result (all are counted); here, not in tasks, so that reading a result (a client,
+# an agent) does not import the kernels and numba
+KEEP_DEAD_LETTERS = 1000
 
 
 @dataclass

@@ -34,11 +34,11 @@ from ..graph.logical import LogicalGraph
 from ..graph.physical import FORWARD, HASH, PhysicalPlan, Task
 from ..operators.base import DEAD, LATE, OUT, Emit, Operator, OperatorContext
 from ..operators.kernels.keys import stable_hash
+from .results import KEEP_DEAD_LETTERS
 from .sourcelog import LogPump, log_directory, logged_source
 
 _R = TypeVar("_R")
 
-KEEP_DEAD_LETTERS = 1000  # dead letters kept in a run's result (all are counted)
 RECENT_DEAD_LETTERS = 20  # the newest dead letters in each heartbeat (the console shows them)
 # The watermark a producer sends when it has gone idle (a source that read nothing for its `idle_after`): its
 # consumers leave it out of their minimum until it sends anything else (Flink's watermark idleness).

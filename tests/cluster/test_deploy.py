@@ -245,6 +245,7 @@ def test_the_deploy_guide_runs_as_written(tmp_path):
     m = Machines(short)
     pending: list[tuple[str, list[str]]] = []     # file blocks, written to the machine of the next shell block
     rss: dict[str, int] = {}
+    agent_maps = ""
     units: dict[str, object] = {}
     ran: list[str] = []
 
@@ -321,6 +322,8 @@ def test_the_deploy_guide_runs_as_written(tmp_path):
                             for name, key in (("agent", "pi05"), ("coordinator", "pi01")):
                                 with open(f"/proc/{units[key].pid}/status") as f:  # type: ignore[attr-defined]
                                     rss[name] = next(int(x.split()[1]) for x in f if x.startswith("VmRSS:")) << 10
+                            with open(f"/proc/{units['pi05'].pid}/maps") as f:  # type: ignore[attr-defined]
+                                agent_maps = f.read()
                 if " keys revoke " in command:
                     wait_for(lambda: "revoked pi07" in m.tail(200), 10, "the revocation to apply")
                 if " keys bundle ops " in command:  # applied live within a second; the guide's next step is scp
@@ -328,6 +331,8 @@ def test_the_deploy_guide_runs_as_written(tmp_path):
         print("\n".join(ran))
         print({k: f"{v / 2**20:.0f} MB" for k, v in rss.items()})
         assert all(v < 200 << 20 for v in rss.values()), rss   # docs/deploy.md's memory table
+        assert rss["agent"] < 80 << 20, rss                    # an idle agent: no numba (its hosts have it)
+        assert "/numba/" not in agent_maps and "/llvmlite/" not in agent_maps
         assert endpoint_up("pi05") and endpoint_up("pi21")
         assert units["pi01"].poll() is None                      # type: ignore[attr-defined]  # never restarted
         rows = m.home("pi05") / "var/lib/microstream/campus.jsonl"
