@@ -19,7 +19,8 @@ hashes the image key, the QEMU version, the machine type, the accelerator, guest
 `RECIPE`: a new image, QEMU or memory size gives a new template, built at first need under a file lock
 (several relays wanting one wait for the one build). A template is never changed in place (a running
 VM maps its RAM file): it is built in a temporary directory and renamed into place, and a bad one is
-renamed away before it is deleted (an unlinked file stays mapped where it is in use).
+renamed away before it is deleted (an unlinked file stays mapped where it is in use). Building one deletes all but
+the newest `KEEP` + 1 templates.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ WARM = "import microstream.unikernel_backend.vmhost as _vmhost; _vmhost.warm()"
 BUILD_TIMEOUT = 600.0     # boot + warm-up under TCG on a busy machine
 RESTORE_TIMEOUT = 60.0    # new QEMU -> the restored guest answering (0.1-1 s here; a hung guest means a bad template)
 MODES = ("on", "eager", "off")
+KEEP = 2  # older templates kept beside the newest (another image or VM shape still in use); the rest are deleted
 
 
 class TemplateError(RuntimeError):
@@ -201,9 +203,25 @@ def _build(image: ImagePaths, want: dict[str, Any], key: str, root: Path, log: C
     final = root / key
     os.rename(out, final)
     shutil.rmtree(work, ignore_errors=True)
+    prune(root, log)
     log(f"microvm template {key}: built in {info['build_s']} s (boot {info['boot_s']} s, warm-up {info['warm_s']} s, "
         f"save {info['save_s']} s; {saved['bytes'] / 1e6:.1f} MB of device state, {info['ram_bytes'] >> 20} MB RAM)")
     return Template(final, key, info)
+
+
+def prune(root: Path, log: Callable[[str], None] = print, keep: int = KEEP) -> list[str]:
+    """Delete all but the newest `keep` + 1 templates under `root` (each is a RAM file of the guest's size: an
+    image rebuilt for every code change would otherwise leave one behind each time). Returns the keys deleted."""
+    built = []
+    for manifest in root.glob("*/manifest.json"):
+        with contextlib.suppress(OSError, ValueError):
+            built.append((float(json.loads(manifest.read_text()).get("built", 0)), manifest.parent))
+    built.sort(reverse=True)
+    gone = []
+    for _, directory in built[keep + 1:]:
+        discard(directory, log)
+        gone.append(directory.name)
+    return gone
 
 
 def template_vm(image: ImagePaths, template: Template, **kwargs: Any) -> Any:

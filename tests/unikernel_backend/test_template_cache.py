@@ -15,8 +15,8 @@ WANT = {"recipe": templates.RECIPE, "image_key": "abc", "arch": "amd64", "qemu":
         "machine": "pc-i440fx-7.2", "accel": "tcg", "memory_mb": 384, "cpus": 1}
 
 
-def make(tmp_path: Path, **changes: object) -> Path:
-    directory = tmp_path / templates.template_key(WANT)
+def make(tmp_path: Path, name: str | None = None, **changes: object) -> Path:
+    directory = tmp_path / (name or templates.template_key(WANT))
     directory.mkdir()
     (directory / "ram").write_bytes(b"\0" * 4096)
     (directory / "state.zst").write_bytes(b"device state")
@@ -55,3 +55,11 @@ def test_a_discarded_template_is_gone_and_the_mode_is_checked(tmp_path, monkeypa
     monkeypatch.setenv("MICROSTREAM_VM_TEMPLATE", "sometimes")
     with pytest.raises(ValueError, match="use one of on, eager, off"):
         templates.mode()
+
+
+def test_only_the_newest_templates_are_kept(tmp_path):
+    for age, name in enumerate(["newest", "second", "third", "oldest"]):
+        make(tmp_path, name, built=1000.0 - age)
+    (tmp_path / ".build-x").mkdir()  # a build in progress is not a template
+    assert templates.prune(tmp_path, log=lambda _: None, keep=2) == ["oldest"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".build-x", "newest", "second", "third"]
