@@ -73,7 +73,7 @@ def _mix(h0: np.uint64, h1: np.uint64, h2: np.uint64, h3: np.uint64) -> np.uint6
 @numba.njit(cache=True, nogil=True)
 def _hash_chunks(u8: np.ndarray, u64: np.ndarray, chunk: int, out: np.ndarray) -> None:  # pragma: no cover - numba
     """out[c] = a 64-bit hash of bytes [c*chunk, (c+1)*chunk) of u8 (u64: its whole 8-byte words). Whole chunks
-    take a loop without bounds checks (a 64-byte chunk hashes near memory speed); the short last one, the rest."""
+    take a loop without bounds checks; the short last one, the rest."""
     n = u8.shape[0]
     nw = u64.shape[0]
     wpc = chunk // 8  # a multiple of 4

@@ -11,13 +11,12 @@ import numpy as np
 import pytest
 
 from microstream.placement import PlacementError, Topology, failure_domain, place
-from microstream.placement.milp import solve_milp
 from microstream.placement.solvers import improve
 from microstream.placement.synthetic import random_problem
 from microstream.placement.topology import Link, PhysicalNode, Sensor
 
 from .helpers import plan_of, room_pipeline
-from .test_milp import brute_force
+from .test_milp import against_brute_force, brute_force
 
 
 def test_a_nodes_failure_domain_comes_from_its_domain_key_its_labels_or_its_site(tmp_path):
@@ -65,19 +64,10 @@ def _with_pairs(seed: int):
 
 
 def test_the_milp_keeps_pairs_apart_and_equals_brute_force():
-    checked = infeasible = 0
-    for seed in range(40):
-        problem = _with_pairs(seed)
-        truth, _ = brute_force(problem)
-        r = solve_milp(problem, time_limit=30.0)
-        if math.isinf(truth):
-            assert r.status == "infeasible", f"seed {seed}: brute force finds nothing feasible, the MILP {r.status}"
-            infeasible += 1
-            continue
-        assert r.status == "optimal", f"seed {seed}: {r.status}"
+    def apart(problem, r, truth):
         assert problem.together(r.assign) == 0
-        assert problem.total(r.assign) == pytest.approx(truth, rel=1e-6, abs=1e-12), f"seed {seed}"
-        checked += 1
+
+    checked, infeasible = against_brute_force(((seed, _with_pairs(seed)) for seed in range(40)), apart)
     assert checked >= 20
     assert infeasible >= 1              # some instances' pins leave no way to keep a pair apart
 

@@ -37,6 +37,24 @@ def brute_force(problem, free=None, assign=None, domains=None) -> tuple[float, n
     return best, best_assign
 
 
+def against_brute_force(problems, check) -> tuple[int, int]:
+    """The MILP on each (seed, problem): infeasible where enumeration finds nothing feasible, else optimal at the
+    enumerated cost, then `check(problem, result, truth)`. Returns (instances checked, instances infeasible)."""
+    checked = infeasible = 0
+    for seed, problem in problems:
+        truth, _ = brute_force(problem)
+        r = solve_milp(problem, time_limit=30.0)
+        if math.isinf(truth):
+            assert r.status == "infeasible", f"seed {seed}: brute force finds nothing feasible, the MILP {r.status}"
+            infeasible += 1
+            continue
+        assert r.status == "optimal", f"seed {seed}: {r.status}"
+        assert problem.total(r.assign) == pytest.approx(truth, rel=1e-6, abs=1e-12), f"seed {seed}"
+        check(problem, r, truth)
+        checked += 1
+    return checked, infeasible
+
+
 def tight(problem, rng):
     """The same instance with limits that bind: slower links, less memory, mixed node speeds, and moves that
     cost something."""
@@ -60,20 +78,11 @@ def small(seed: int, limits: bool):
 
 @pytest.mark.parametrize("limits", [False, True])
 def test_milp_optimum_equals_brute_force(limits):
-    checked = infeasible = 0
-    for seed in range(40):
-        problem = small(seed, limits)
-        truth, _ = brute_force(problem)
-        r = solve_milp(problem, time_limit=30.0)
-        if math.isinf(truth):
-            assert r.status == "infeasible", f"seed {seed}: brute force finds nothing feasible, the MILP {r.status}"
-            infeasible += 1
-            continue
-        assert r.status == "optimal", f"seed {seed}: {r.status}"
-        assert problem.total(r.assign) == pytest.approx(truth, rel=1e-6, abs=1e-12), f"seed {seed}"
+    def proven(problem, r, truth):
         assert r.bound <= truth + 1e-9 * max(1.0, truth)
         assert r.optimal and gap_text(r.gap) == "optimal"
-        checked += 1
+
+    checked, infeasible = against_brute_force(((seed, small(seed, limits)) for seed in range(40)), proven)
     assert checked >= 20
     if limits:
         assert infeasible >= 1          # the tight limits do bind somewhere
