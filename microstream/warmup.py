@@ -86,6 +86,9 @@ def _joins_state(ms: Any) -> None:
         for step in (ms.state.delta, ms.state.rate, ms.state.cumsum):
             keyed.stateful_map(step, "value", out="y", state_size=step.state_size).sink(ms.sinks.collect())
         keyed.stateful_map(ms.state.ewma(0.2), "value", out="smooth", state_size=2).sink(ms.sinks.collect())
+        # integer keys outside [0, 2**20) (negative here) are interned through a typed dict: its own kernel
+        _synthetic(p, filtered).with_columns(device=lambda b: b["sensor"] - 8).key_by("device").stateful_map(
+            ms.state.delta, "value", out="y", state_size=ms.state.delta.state_size).sink(ms.sinks.collect())
         hourly = keyed.window(ms.tumbling(seconds=1)).aggregate(m=ms.agg.mean("value")).with_parallelism(2)
         stats = keyed.window(ms.sliding({"seconds": 2}, {"seconds": 1})).aggregate(sd=ms.agg.std("value"))
         hourly.join(stats, ms.tumbling(seconds=1)).sink(ms.sinks.collect())

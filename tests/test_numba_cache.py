@@ -16,14 +16,13 @@ SCRIPT = textwrap.dedent("""
     import json
     import microstream as ms
     from microstream.operators.kernels import windows as K, keys
-    from microstream.sources import base as sources
 
     p = ms.Pipeline("cache")
     out = ms.sinks.collect()
     p.synthetic(count=5000, sensors=10).filter(lambda b: b["value"] > 0).key_by("sensor").window(
         ms.tumbling(seconds=1)).aggregate(n=ms.agg.count(), m=ms.agg.mean("value")).sink(out)
     p.run()
-    kernels = [K.ring_kernel(True, False, False), keys._intern_ints, sources._bounded_watermarks]
+    kernels = [K.ring_kernel(True, False, False), keys._intern_ints, K.fire_ring_to]
     misses = sum(sum(k.stats.cache_misses.values()) for k in kernels)
     hits = sum(sum(k.stats.cache_hits.values()) for k in kernels)
     print(json.dumps({"misses": misses, "hits": hits, "windows": len(out)}))

@@ -20,8 +20,11 @@ SCRIPT = textwrap.dedent("""
     with compiles() as done:
         p = ms.Pipeline("after")
         out = ms.sinks.collect()
-        p.synthetic(count=2000, sensors=8, batch_size=300).key_by("sensor").stateful_map(
-            ms.state.delta, "value", out="d", state_size=2).sink(out)
+        src = p.synthetic(count=2000, sensors=8, batch_size=300)
+        src.key_by("sensor").stateful_map(ms.state.delta, "value", out="d", state_size=2).sink(out)
+        negative = src.with_columns(device=lambda b: b["sensor"] - 4)  # keys interned through the typed dict
+        negative.key_by("device").stateful_map(ms.state.delta, "value", out="d", state_size=2).sink(
+            ms.sinks.collect())
         p.run()
     print(json.dumps({"compiled": done, "records": len(out)}))
 """)

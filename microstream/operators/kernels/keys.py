@@ -3,9 +3,14 @@
 Per-key state lives in arrays indexed by slot. Small non-negative integer keys (sensor ids) go
 through a direct lookup table; other integers through a numba typed dict; strings are interned
 per *distinct* value in a batch (np.unique), never per record.
+
+The typed dict (and the kernel that uses it) is loaded only once a key outside the table's range turns up:
+sensor ids never need it, and each kernel loaded from numba's cache is a few ms of a fresh process's first job.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import numba
 import numpy as np
@@ -22,17 +27,20 @@ def _int_dict():  # pragma: no cover - compiled
     return Dict.empty(key_type=types.int64, value_type=types.int64)
 
 
+NEEDS_DICT = -2  # _intern_ints' answer, with no dict, at a key outside the table's range: make one and resume
+
+
 @numba.njit(cache=True)
 def _intern_ints(start, keys, mask, has_mask, table, limit, other, key_of_slot, n_slots, slots_out):
     """Assign slots to keys in first-seen order. Returns (next record, slots so far, key needing a
-    bigger table or -1)."""
+    bigger table or NEEDS_DICT or -1). `other` is the typed dict for keys outside [0, limit), or None until one
+    is needed: numba prunes the dict's branch from that specialisation, and a process with small keys only
+    loads that one from the cache."""
     for i in range(start, len(keys)):
         if has_mask and not mask[i]:
             slots_out[i] = -1
             continue
         k = keys[i]
-        if len(table) <= k < limit:
-            return i, n_slots, k
         if 0 <= k < len(table):
             s = table[k]
             if s < 0:
@@ -40,6 +48,10 @@ def _intern_ints(start, keys, mask, has_mask, table, limit, other, key_of_slot, 
                 table[k] = s
                 key_of_slot[s] = k
                 n_slots += 1
+        elif 0 <= k < limit:
+            return i, n_slots, k
+        elif other is None:
+            return i, n_slots, NEEDS_DICT
         else:
             s = other.get(k, -1)
             if s < 0:
@@ -60,7 +72,7 @@ class KeyIndex:
         self.n_slots = 0
         if self.is_int:
             self._table = np.full(1024, -1, dtype=np.int64)
-            self._other = _int_dict()
+            self._other: Any = None  # the typed dict for keys outside [0, _TABLE_LIMIT), made when one turns up
             self._key_of_slot = np.empty(1024, dtype=np.int64)
         else:
             self._str_slots: dict[object, int] = {}
@@ -87,7 +99,9 @@ class KeyIndex:
         while i < len(keys):
             i, self.n_slots, big = _intern_ints(i, keys, m, has_mask, self._table, _TABLE_LIMIT, self._other,
                                                 self._key_of_slot, self.n_slots, out)
-            if big >= 0:
+            if big == NEEDS_DICT:
+                self._other = _int_dict()
+            elif big >= 0:
                 grown = np.full(max(big + 1, 2 * len(self._table)), -1, dtype=np.int64)
                 grown[: len(self._table)] = self._table
                 self._table = grown
@@ -130,7 +144,7 @@ class KeyIndex:
         self.n_slots = 0
         if self.is_int:
             self._table = np.full(1024, -1, dtype=np.int64)
-            self._other = _int_dict()
+            self._other = None
             self._key_of_slot = np.empty(1024, dtype=np.int64)
             self._int_slots(np.asarray(state["keys"], dtype=np.int64), None)
         else:
