@@ -22,7 +22,7 @@ SCRIPT = textwrap.dedent("""
     p.synthetic(count=5000, sensors=10).filter(lambda b: b["value"] > 0).key_by("sensor").window(
         ms.tumbling(seconds=1)).aggregate(n=ms.agg.count(), m=ms.agg.mean("value")).sink(out)
     p.run()
-    kernels = [K.ring_kernel(True, False, False), keys._intern_ints, K.fire_ring_to]
+    kernels = [K.ring_kernel(True, False, False), keys._intern_ints]
     misses = sum(sum(k.stats.cache_misses.values()) for k in kernels)
     hits = sum(sum(k.stats.cache_hits.values()) for k in kernels)
     print(json.dumps({"misses": misses, "hits": hits, "windows": len(out)}))
@@ -40,5 +40,5 @@ def test_second_run_does_not_recompile(tmp_path):
     first = _run(tmp_path)
     second = _run(tmp_path)
     assert first["misses"] > 0  # a cold cache compiles
-    assert second["misses"] == 0 and second["hits"] >= 3
+    assert second["misses"] == 0 and second["hits"] >= 2
     assert first["windows"] == second["windows"] > 0

@@ -346,24 +346,6 @@ def _ring_body(start_i, t, slots, vals, mask, has_mask, wm, size, slide, offset,
     return len(t), DONE
 
 
-@numba.njit(cache=True)
-def fire_ring_to(new_wm, size, lateness, R, win, fired, count, acc, tacc, sc, out_slot, out_start, out_end,
-                 out_count, out_acc, out_tacc, out_wm, log, use_log):
-    """Advance the watermark with no records (idle input, end of stream). Returns status."""
-    if new_wm <= sc[S_WM]:
-        return DONE
-    if new_wm >= sc[S_NEXT]:
-        if sc[S_NOUT] + sc[S_OPEN] > len(out_slot) or (use_log and sc[S_NLOG] + 2 * sc[S_OPEN] > log.shape[0]):
-            return FLUSH
-        prev = sc[S_WM]
-        sc[S_WM] = new_wm
-        _fire_ring(size, lateness, R, win, fired, count, acc, tacc, sc, out_slot, out_start, out_end, out_count,
-                   out_acc, out_tacc, out_wm, prev, log, use_log)
-    else:
-        sc[S_WM] = new_wm
-    return DONE
-
-
 # -- session windows ---------------------------------------------------------------------------
 
 @numba.njit(cache=True)
