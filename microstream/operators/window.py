@@ -17,7 +17,6 @@ from ..windows import WindowSpec
 from .base import DEAD, LATE, OUT, Emit, Operator
 from .kernels import windows as K
 from .kernels.keys import KeyIndex
-from .kernels.quantiles import QuantileStore
 
 _FLAG_OF = {"sum": (K.F_SUM,), "mean": (K.F_SUM,), "var": (K.F_WELFORD,), "std": (K.F_WELFORD,),
             "min": (K.F_MIN,), "max": (K.F_MAX,), "first": (K.F_FIRSTLAST,), "last": (K.F_FIRSTLAST,)}
@@ -134,6 +133,9 @@ class WindowAggregate(Operator):
         self.use_log = bool(self.udfs or self.qcols)
         self.need_t = K.needs_times(self.flags)
         self.udf_acc = [np.zeros(0) for _ in self.udfs]
+        if self.qcols:
+            from .kernels.quantiles import QuantileStore  # its kernels load only for windows with quantiles
+
         self.qstores = [QuantileStore(len(self.win), max(a.cap for a in self.aggs.values() if a.column == col
                                                          and a.kind == "quantile"), self._qs(col))
                         for col in self.qcols]

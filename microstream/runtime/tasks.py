@@ -23,7 +23,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import numpy as np
 
@@ -35,7 +35,9 @@ from ..graph.physical import FORWARD, HASH, PhysicalPlan, Task
 from ..operators.base import DEAD, LATE, OUT, Emit, Operator, OperatorContext
 from ..operators.kernels.keys import stable_hash
 from .results import KEEP_DEAD_LETTERS
-from .sourcelog import LogPump, log_directory, logged_source
+
+if TYPE_CHECKING:
+    from .sourcelog import LogPump
 
 _R = TypeVar("_R")
 
@@ -174,6 +176,8 @@ class TaskRunner:
                 raise OperatorError(node.name, exc) from exc
             ctx.input_watermarks[:] = [MIN_TIME] * max(len(node.inputs), 1)
             if self.source_log is not None and getattr(node.op, "cannot_rewind", False):
+                from .sourcelog import log_directory, logged_source  # sensors only: a local log
+
                 op, pump = logged_source(op, ctx, log_directory(self.source_log, self.job, task_id),  # type: ignore[arg-type]
                                          self.transactional)
                 self.pumps.append(pump)
