@@ -588,9 +588,10 @@ class Agent:
             self._send_up(VnodeCheckpointed(job=host.job, vnode=host.vnode, checkpoint=m.checkpoint, blob=m.blob,
                                             epoch=host.epoch))
         elif isinstance(m, HostFailed):
+            moved = host.state is VnodeState.MIGRATED or None  # after its snapshot: its move's state may be lost
             host.state = VnodeState.FAILED
             self._send_up(VnodeFailed(job=host.job, vnode=host.vnode, error=m.error, operator=m.operator,
-                                      cause=m.cause, epoch=host.epoch))
+                                      cause=m.cause, epoch=host.epoch, moved=moved))
 
     def _drain_hosts(self, most: int = 10_000) -> None:
         """Handle the hosts' messages waiting now (a host that has exited sent its last ones before it did; the loop
@@ -628,6 +629,10 @@ class Agent:
                        if code == EXIT_LEASE_EXPIRED else f"host process exited with code {code}; see {self.workdir}")
                 self._send_up(VnodeFailed(job=host.job, vnode=host.vnode, epoch=host.epoch, error=why))
                 host.state = VnodeState.FAILED
+            elif host.state is VnodeState.MIGRATED and code != 0:  # killed after its snapshot: if that went ahead
+                # of its state (a ticket; the state directly to the new host), the state may not have arrived
+                self._send_up(VnodeFailed(job=host.job, vnode=host.vnode, epoch=host.epoch, moved=True,
+                                          error=f"host process exited with code {code} after its snapshot"))
             state = VnodeState.STOPPED if host.state is VnodeState.STOPPING else host.state
             self.ended[f"{host.job}/{host.vnode}"] = {"state": state, "pid": host.handle.pid, "stats": host.stats,
                                                      "epoch": host.epoch}

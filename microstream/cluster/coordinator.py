@@ -127,7 +127,7 @@ class Coordinator:
             ShutdownRequest: self._on_shutdown,
             VnodeReady: self._on_vnode_ready,
             VnodeDone: self._on_vnode_done,
-            VnodeFailed: lambda _, m: self.lifecycle.vnode_failed(m),
+            VnodeFailed: self._on_vnode_failed,
             StopRequest: self.lifecycle.stop,
             StatusRequest: self._on_status,
             MigrateRequest: self.moves.migrate,
@@ -246,6 +246,7 @@ class Coordinator:
         """The periodic work: lost agents (recovery), jobs to recover (not placed yet, or not adopted within the
         grace period), stuck moves, checkpoints, drains, re-placement, metrics."""
         for agent in self.registry.check():
+            self.moves.agent_lost(agent)  # first: a move whose old host was there may have lost its state with it
             self.lifecycle.agent_lost(agent)
         self.lifecycle.retry()
         self.moves.check()
@@ -322,6 +323,12 @@ class Coordinator:
             self.moves.vnode_done(job, m.vnode)
             self.checkpoints.vnode_done(job, m)
             self.lifecycle.vnode_done(job, m)
+
+    def _on_vnode_failed(self, identity: bytes, m: VnodeFailed) -> None:
+        """A host failed: a move's old or new host, in the middle of it, is the move's business first (it recovers
+        the job saying so); any other recovers the job, or fails it if a user function failed."""
+        if not self.moves.host_failed(self.registry.name_of(identity), m) and not m.moved:
+            self.lifecycle.vnode_failed(m)
 
     def _replace(self) -> None:
         """Every few seconds: ask the policy about each running job that is not moving already."""

@@ -234,9 +234,10 @@ class JobLifecycle:
                 self.recover(job, f"agent {agent.name} lost ({agent.down_reason})")
 
     # -- recovery -------------------------------------------------------------------------------------------------
-    def recover(self, job: Job, reason: str) -> None:
+    def recover(self, job: Job, reason: str, move: dict[str, Any] | None = None) -> None:
         """Restart every virtual node of `job` from its last completed checkpoint (or from the start), placed
-        afresh on the live agents, in a new epoch; fail the job once its restarts are spent."""
+        afresh on the live agents, in a new epoch; fail the job once its restarts are spent. `move`: the move the
+        fault struck in the middle of (kept with the recovery, for status)."""
         if job.restarts >= job.max_restarts:
             self.fail(job, f"{reason} (after {job.restarts} restarts)" if job.restarts else reason)
             return
@@ -245,7 +246,8 @@ class JobLifecycle:
         job.advance(JobState.RECOVERING)
         job.reason = reason
         job.recoveries.append({"at": self.wall(), "reason": reason, "epoch": job.epoch,
-                               "checkpoint": job.checkpoint.id if job.checkpoint else None})
+                               "checkpoint": job.checkpoint.id if job.checkpoint else None,
+                               **({"move": move} if move is not None else {})})
         self.log(f"coordinator: job {job.id} recovering (restart {job.restarts} of {job.max_restarts}, epoch "
                  f"{job.epoch}): {reason}")
         for agent in self.registry:

@@ -240,6 +240,9 @@ class VnodeFailed(Message):
     operator: str | None = None
     cause: str | None = None
     epoch: int = 0
+    # the host had handed its snapshot over for a move already (it failed, or exited killed, after that): the job
+    # lost nothing unless that move's state was still on its way to the new host (`moves.Moves.old_host_failed`)
+    moved: bool | None = None
 
 
 @dataclass(frozen=True)

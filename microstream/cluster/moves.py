@@ -6,9 +6,12 @@
     save:    aligning -> done (the job is suspended; the client gets the snapshot)
     restore: preparing -> resuming -> done
 
-Any step may be called off (no progress within `timeout`, or the virtual node finished first). The states
-and their transitions are `states.MoveState`. A move asked for while a checkpoint is being taken waits for it
-(`checkpoints.py`, beside this module). No sockets here: the coordinator hands in decoded messages and a `send`.
+Any step may be called off (no progress within `timeout`, or the virtual node finished first). Once resuming,
+the old host has handed its state over and stopped: a migration that cannot finish then (its old host lost before
+its state's final round reached the new host, the new host failed, no progress) is called off *and* the job recovers
+from its last checkpoint (`lost`). The states and their transitions are `states.MoveState`. A move asked for while
+a checkpoint is being taken waits for it (`checkpoints.py`, beside this module). No sockets here: the coordinator
+hands in decoded messages and a `send`.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from .messages import (
     RestoreRequest,
     SaveRequest,
     StopJob,
+    VnodeFailed,
     VnodePrecopied,
     VnodeReady,
     VnodeResumed,
@@ -369,7 +373,62 @@ class Moves:
                 if now - move.started > limit:
                     self._call_off(job, move, f"the new host did not start within {limit:.0f} s")
             elif now - (move.paused_at or move.started) > self.timeout:
-                self._call_off(job, move, f"no progress in {self.timeout:.0f} s")
+                if move.state is MoveState.RESUMING and move.mode is MoveMode.MIGRATE:
+                    # the old host has handed its state over and stopped: there is no host to call the move back to
+                    self.lost(job, move, f"the new host did not resume within {self.timeout:.0f} s")
+                else:
+                    self._call_off(job, move, f"no progress in {self.timeout:.0f} s")
+
+    # -- faults in the middle of a move -------------------------------------------------------------------------
+    def host_failed(self, agent: str | None, m: VnodeFailed) -> bool:
+        """A host of a move in flight failed (True: handled here, the job recovers saying so). Its old host after it
+        handed the snapshot over (`m.moved`: killed -9, or its state's final round could not be sent): if the state
+        went directly and the new host has not resumed, that state may never arrive. Its new host before it resumed
+        (its state did not arrive in time, it crashed): the old one has stopped. Either way the virtual node runs
+        nowhere, and the job recovers from its last checkpoint (the new host, if it still waits, is stopped with
+        the old epoch). A user function that failed is not handled here: the job fails, as it would anyway."""
+        job = self.lifecycle.get(m.job)
+        move = job.move if job is not None else None
+        if (job is None or move is None or move.vnode != m.vnode or m.epoch != job.epoch
+                or move.mode is not MoveMode.MIGRATE or move.state is not MoveState.RESUMING):
+            return False  # an old host of a move that is done had nothing left to give: nothing was lost
+        if m.moved and agent == move.source and self._state_in_flight(move):
+            self.lost(job, move, f"its old host on {agent} ended before the final round of its state reached the new "
+                                 f"host ({m.error})")
+            return True
+        if not m.moved and agent == move.target and m.operator is None:
+            self.lost(job, move, f"its new host on {agent} failed before it resumed ({m.error})")
+            return True
+        return False
+
+    def agent_lost(self, agent: Any) -> None:
+        """An agent lost (frozen, cut off, gone) that was the old host's of a move whose state was still on its way
+        to the new host: the job recovers (the placement already names the new host, so the job's own agent-lost
+        check would not see it)."""
+        for job in self.lifecycle:
+            move = job.move
+            if (job.state.active and move is not None and move.source == agent.name and move.mode is MoveMode.MIGRATE
+                    and move.state is MoveState.RESUMING and self._state_in_flight(move)):
+                self.lost(job, move, f"the agent of its old host, {agent.name}, was lost ({agent.down_reason}) before "
+                                     "the new host had its state")
+
+    @staticmethod
+    def _state_in_flight(move: Move) -> bool:
+        """The state went from the old host to the new one directly (not whole, in the snapshot, through here)."""
+        return move.direct and (move.transfer or {}).get("path") != "coordinator"
+
+    def lost(self, job: Job, move: Move, why: str) -> None:
+        """A move that cannot go on nor be called off (its old host has stopped): it is called off and the job
+        recovers from its last checkpoint, through the same recovery as any lost host (`jobs.JobLifecycle.recover`:
+        a new epoch, every virtual node from its snapshot, the sources replaying from there)."""
+        self.called_off[f"{job.id}/{move.vnode}"] = why
+        self.log(f"coordinator: {move.mode} of {job.id}/{move.vnode} ({move.source} -> {move.target}) called off: "
+                 f"{why}; the job recovers from its last checkpoint")
+        record = {"vnode": move.vnode, "mode": move.mode.value, "from": move.source, "to": move.target,
+                  "state": move.state.value, "transfer": "direct" if self._state_in_flight(move) else "coordinator",
+                  "called_off": why}
+        move.advance(MoveState.CALLED_OFF)
+        self.lifecycle.recover(job, f"{move.vnode} was lost moving {move.source} -> {move.target}: {why}", move=record)
 
     def _call_off(self, job: Job, move: Move, reason: str) -> None:
         move.advance(MoveState.CALLED_OFF)

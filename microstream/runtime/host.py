@@ -9,6 +9,7 @@ a microVM, where the server and clients are proxies over the VM's virtio link.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -28,6 +29,9 @@ _IDLE_WAIT = 0.05  # seconds a host waits for a message when no source is due so
 # a move's cut reaches a busy old host within this, so it is part of the downtime's worst case
 _DRAIN_BUDGET = 0.02
 FINAL_CONNECT_TIMEOUT = 5.0  # seconds the final round may wait for a connection no pre-copy round has proven
+# tests only (tests/cluster/test_state_transfer.py): an old host whose ticket went first holds its final round this
+# many seconds, so that a test can kill it in the window between the two (the fault the new host must not sit out)
+HOLD_FINAL_ROUND_ENV = "MICROSTREAM_TEST_HOLD_FINAL_ROUND"
 
 
 class HostRuntime:
@@ -465,22 +469,23 @@ class HostRuntime:
             self.sender = None
         self._precopied = False
 
-    def finish_transfer(self, timeout: float = 60.0) -> None:
+    def finish_transfer(self, timeout: float = 60.0) -> str | None:
         """After the snapshot's ticket went out: keep the connection until the new host has the final round (a
-        socket closed at once may drop what it still queues)."""
+        socket closed at once may drop what it still queues). Why the new host may not have its state, if so (the
+        host's life cycle reports it: the move's coordinator then recovers the job rather than let the new host
+        wait for it)."""
         if self.sender is None:
-            return
+            return None
         try:
             if self._final is not None:  # the ticket went first (`_ticket_first`): now what changed
                 packed, self._final = self._final, None
+                _hold_for_tests()
                 why = self._send_final(packed)
                 if why is not None:
-                    log.warning("virtual node %s: the final round of its state could not be sent: %s",
-                                self.vnode_id, why)
-                    return
+                    return f"the final round of its state could not be sent: {why}"
             if self.direct and not self.sender.wait(timeout):
-                log.warning("virtual node %s: the new host did not confirm its state within %g s", self.vnode_id,
-                            timeout)
+                return f"the new host did not confirm the final round of its state within {timeout:g} s"
+            return None
         finally:
             self._close_transfer()
 
@@ -509,3 +514,12 @@ class HostRuntime:
         result["cpu_seconds"] = time.process_time()  # this host's process, all threads, since it started
         return result
 
+
+def _hold_for_tests() -> None:
+    """With MICROSTREAM_TEST_HOLD_FINAL_ROUND=seconds (tests only): wait that long between a move's ticket and its
+    final round, the window in which a test kills this host."""
+    hold = os.environ.get(HOLD_FINAL_ROUND_ENV)
+    if hold:
+        log.warning("virtual node: holding the final round of its state for %s s (%s is set: tests only)", hold,
+                    HOLD_FINAL_ROUND_ENV)
+        time.sleep(float(hold))

@@ -128,6 +128,12 @@ def serve_vnode(control: HostControl, spec: dict[str, Any], settings: dict[str, 
         prepare(runtime)
     # a replacement host receives a move's state from the old host directly, from before its start
     receiver = transfers.receiver() if transfers is not None and settings.get("restoring") else None
+    early: list[ControlItem] = []  # control messages taken while waiting for a move's state: the run gets them first
+
+    def stop_asked() -> bool:
+        early.extend(control.poll())
+        return control.stopped
+
     try:
         control.send("ready", **ready, **({"state_endpoint": receiver.endpoint} if receiver else {}))
         runtime.connect(control.expect("connect").header["endpoints"])
@@ -143,18 +149,27 @@ def serve_vnode(control: HostControl, spec: dict[str, Any], settings: dict[str, 
                 if receiver is None:
                     raise RuntimeError("a move sent its state directly, but this host cannot receive it")
                 waiting = time.monotonic()
-                state, received = receiver.wait(state["direct_transfer"], timeout=DIRECT_TRANSFER_TIMEOUT)
+                # a stop ends the wait: the move was called off (its old host lost), the job recovers elsewhere
+                state, received = receiver.wait(state["direct_transfer"], timeout=DIRECT_TRANSFER_TIMEOUT,
+                                                should_stop=stop_asked)
                 received["waited_s"] = time.monotonic() - waiting  # the final round's part of the downtime
             runtime.restore(state)
             runtime.on_resumed = lambda: control.send("resumed", at=time.time(), transfer=received)
     finally:
         if receiver is not None:
             receiver.close(wait=False)  # its thread lets go within 0.1 s: not in the move's downtime
+
+    def polled() -> list[ControlItem]:
+        taken, early[:] = [*early, *control.poll()], []
+        return taken
+
     result = runtime.run(report=lambda stats: control.send("stats", stats=stats),
-                         should_stop=lambda: control.stopped, control=control.poll, control_socket=control.wake)
+                         should_stop=lambda: control.stopped, control=polled, control_socket=control.wake)
     if "snapshot" in result:
         control.send("snapshot", result["snapshot"], **({"transfer": runtime.transfer_figures}
                                                         if runtime.direct else {}))
-        runtime.finish_transfer()
+        why = runtime.finish_transfer()
+        if why is not None:  # reported (the agent knows this host's snapshot went): its move recovers the job
+            raise RuntimeError(why)
     else:
         control.send("done", result, stats=result["stats"])

@@ -294,6 +294,7 @@ def _owned(mv: memoryview) -> np.ndarray:
 # -- the two ends ----------------------------------------------------------------------------------------------------
 
 SEND_TIMEOUT = 30.0  # seconds a round may wait for the connection to the new host
+STOP_POLL = 0.2      # seconds between a waiting new host's looks at its control link (a stop ends the wait)
 
 
 @dataclass(frozen=True)
@@ -463,11 +464,30 @@ class StateReceiver:
             with contextlib.suppress(zmq.ZMQError):
                 sock.send_multipart([peer, b"ack", str(meta["round"]).encode()])
 
-    def wait(self, transfer: str, timeout: float) -> tuple[Any, dict[str, Any]]:
-        """The state of `transfer` once its final round has arrived (a TimeoutError after `timeout` seconds)."""
+    def wait(self, transfer: str, timeout: float,
+             should_stop: Callable[[], bool] | None = None) -> tuple[Any, dict[str, Any]]:
+        """The state of `transfer` once its final round has arrived (a TimeoutError after `timeout` seconds; an
+        InterruptedError as soon as `should_stop`, asked every `STOP_POLL` seconds, says so)."""
+        deadline = time.monotonic() + timeout
+
+        def arrived() -> bool:
+            return transfer in self._final or self.error is not None
+
         with self._lock:
-            if not self._lock.wait_for(lambda: transfer in self._final or self.error is not None, timeout):
-                raise TimeoutError(f"the state of {transfer} did not arrive from the old host within {timeout:g} s")
+            while not arrived():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"the state of {transfer} did not arrive from the old host within {timeout:g} s")
+                if self._lock.wait_for(arrived, min(left, STOP_POLL)):
+                    break
+                if should_stop is not None:
+                    self._lock.release()  # asked without the lock: the receiving thread goes on meanwhile
+                    try:
+                        stop = should_stop()
+                    finally:
+                        self._lock.acquire()
+                    if stop:
+                        raise InterruptedError(f"stopped while waiting for the state of {transfer}")
             if transfer not in self._final:
                 raise RuntimeError(f"the state of {transfer} could not be applied: {self.error}")
             skeleton, buffers, figures = self._final.pop(transfer)

@@ -593,3 +593,105 @@ def test_a_recovery_calls_off_a_requested_move_and_tells_its_client(h):
     assert errors == [f"migrate of vn0 called off: job {job_id} is recovering (virtual node vn1 failed: host "
                       "process exited with code -9)"]
     assert h.job(job_id).move is None and h.job(job_id).state is JobState.RECOVERING
+
+
+# -- faults in the middle of a move -----------------------------------------------------------------------------
+
+
+def _ticket_sent(h: Harness, transfer: dict | None = None) -> tuple[str, object]:
+    """A direct move of vn1 from a2 to a3 whose ticket has gone to the new host (resuming)."""
+    job_id = h.run()
+    h.send(CLIENT, cm.MigrateRequest(job=job_id, vnode="vn1", to="a3"))
+    h.send("a3", cm.VnodeReady(job=job_id, vnode="vn1", endpoint="tcp://a3:9", public_key="key-a3",
+                               state_endpoint="tcp://a3:10"))
+    h.send("a2", cm.VnodePrecopied(job=job_id, vnode="vn1", figures={"rounds": 2}))
+    h.send("a2", cm.VnodeSnapshot(job=job_id, vnode="vn1", blob=b"ticket",
+                                  transfer=transfer or {"state_bytes": 900, "ticket_first": True}))
+    h.take()
+    move = h.job(job_id).move
+    assert move.state is MoveState.RESUMING and move.direct and h.job(job_id).placement["vn1"] == "a3"
+    return job_id, move
+
+
+def test_the_old_host_lost_between_ticket_and_final_round_recovers_the_job_and_says_why(h):
+    """The old host exits (kill -9) after its ticket went and before its final round reached the new host: the move
+    is called off and the job recovers from its last checkpoint at once (the new host waited 60 s, then the move was
+    'called off' with its vnode on neither host)."""
+    job_id, move = _ticket_sent(h)
+    h.send("a2", cm.VnodeFailed(job=job_id, vnode="vn1", error="host process exited with code -9 after its snapshot",
+                                moved=True))
+    job = h.job(job_id)
+    assert job.state is JobState.RECOVERING and job.epoch == 1 and move.state is MoveState.CALLED_OFF
+    recovery = job.recoveries[-1]
+    assert recovery["reason"] == ("vn1 was lost moving a2 -> a3: its old host on a2 ended before the final round of "
+                                  "its state reached the new host (host process exited with code -9 after its "
+                                  "snapshot)")
+    assert recovery["move"] == {"vnode": "vn1", "mode": "migrate", "from": "a2", "to": "a3", "state": "resuming",
+                                "transfer": "direct", "called_off": recovery["reason"].split(": ", 1)[1]}
+    sent = h.take()
+    assert all(("a" + n, cm.StopJob(job=job_id, before=1)) in sent for n in "123")  # the waiting new host too
+    errors = [m.error for to, m in sent if to == "client" and isinstance(m, cm.Error)]
+    assert errors == [f"migrate of vn1 called off: job {job_id} is recovering ({recovery['reason']})"]
+    assert h.coord.moves.called_off[f"{job_id}/vn1"].startswith("its old host on a2 ended")
+    assert h.coord.status()["jobs"][job_id]["recoveries"][-1]["move"]["vnode"] == "vn1"
+
+
+def test_an_old_host_that_ends_after_its_move_is_done_is_no_fault(h):
+    job_id, move = _ticket_sent(h)
+    h.send("a3", cm.VnodeResumed(job=job_id, vnode="vn1", at=h.now + 1e9 + 0.1))
+    h.take()
+    h.send("a2", cm.VnodeFailed(job=job_id, vnode="vn1", error="host process exited with code -9 after its snapshot",
+                                moved=True))
+    assert h.job(job_id).state is JobState.RUNNING and h.take() == []
+
+
+def test_an_old_host_that_ends_after_sending_its_whole_state_through_the_coordinator_is_no_fault(h):
+    job_id, move = _ticket_sent(h, {"path": "coordinator", "fallback": "no connection"})
+    h.send("a2", cm.VnodeFailed(job=job_id, vnode="vn1", error="host process exited with code -9 after its snapshot",
+                                moved=True))
+    assert h.job(job_id).state is JobState.RUNNING and move.state is MoveState.RESUMING and h.take() == []
+
+
+def test_the_old_hosts_agent_lost_mid_move_recovers_the_job(h):
+    """The old host's node freezes or its link is cut after the ticket: the placement names the new host already,
+    but the state may still be on the old node: the job recovers, saying so."""
+    job_id, move = _ticket_sent(h)
+    h.coord.placer.place = lambda plan, graph, agents: Placed(  # type: ignore[method-assign]
+        {"vn0": "a1", "vn1": "a3", "vn2": "a3"}, {}, {})
+    h.now += 2.0
+    h.send("a1", cm.Heartbeat(name="a1"))
+    h.send("a3", cm.Heartbeat(name="a3"))
+    h.now += 1.5
+    h.coord.tick()
+    job = h.job(job_id)
+    assert job.state is JobState.RECOVERING and job.restarts == 1 and move.state is MoveState.CALLED_OFF
+    assert job.recoveries[-1]["reason"].startswith("vn1 was lost moving a2 -> a3: the agent of its old host, a2, was "
+                                                   "lost"), job.recoveries
+
+
+def test_a_new_host_that_never_resumes_recovers_the_job_rather_than_call_the_move_off(h):
+    """Resuming, the old host has stopped: calling the move off would leave the vnode on neither host."""
+    job_id, move = _ticket_sent(h)
+    _beat(h, 61)
+    job = h.job(job_id)
+    assert job.state is JobState.RECOVERING and move.state is MoveState.CALLED_OFF
+    assert job.recoveries[-1]["reason"] == "vn1 was lost moving a2 -> a3: the new host did not resume within 60 s"
+
+
+def test_a_new_host_whose_state_did_not_arrive_recovers_the_job_and_a_failing_user_function_still_fails_it(h):
+    job_id, move = _ticket_sent(h)
+    h.send("a3", cm.VnodeFailed(job=job_id, vnode="vn1", error="TimeoutError: the state of x did not arrive"))
+    job = h.job(job_id)
+    assert job.state is JobState.RECOVERING
+    assert job.recoveries[-1]["reason"] == ("vn1 was lost moving a2 -> a3: its new host on a3 failed before it "
+                                            "resumed (TimeoutError: the state of x did not arrive)")
+    h.take()
+    for vn, agent in (("vn0", "a1"), ("vn1", "a2"), ("vn2", "a2")):
+        h.send(agent, cm.VnodeReady(job=job_id, vnode=vn, endpoint=f"tcp://{agent}:{vn}", epoch=1))
+    assert job.state is JobState.RUNNING
+    h.send(CLIENT, cm.MigrateRequest(job=job_id, vnode="vn1", to="a3"))
+    h.send("a3", cm.VnodeReady(job=job_id, vnode="vn1", endpoint="tcp://a3:9", epoch=1))
+    h.send("a2", cm.VnodeSnapshot(job=job_id, vnode="vn1", blob=b"state", epoch=1))
+    h.send("a3", cm.VnodeFailed(job=job_id, vnode="vn1", error="ValueError: bad", operator="map", cause="bad",
+                                epoch=1))
+    assert h.coord.lifecycle.ended(job_id).state == "failed"

@@ -54,22 +54,32 @@ def expected(tmp_path_factory) -> list[tuple]:
     return _rows(tmp / "local.jsonl")
 
 
+def start_job(home: Path, tmp_path: Path) -> tuple[str, Path]:
+    """Submit JOB with 12 s of real-time readings to the cluster at `home`: the job's id and its output file."""
+    out = tmp_path / "cluster.jsonl"
+    script = tmp_path / "job.py"
+    script.write_text(textwrap.dedent(JOB.format(speed=1.0, out=out)))
+    r = cli("submit", "--detach", str(script), "--home", str(home))
+    assert r.returncode == 0, r.stderr
+    return r.stdout.strip().splitlines()[-1], out
+
+
+def checkpointed(client: Client, job: str) -> dict:
+    """The job's status once it runs and has taken two checkpoints (a recovery has one to restart from)."""
+    return wait_for(lambda: (s := client.status()["jobs"][job])["state"] == "running"
+                    and len(s["checkpoints"]) >= 2 and s, 60, "two checkpoints")
+
+
 @pytest.mark.parametrize("fault", ["kill the window host", "kill the window agent", "freeze the window agent"])
 def test_the_job_recovers_from_the_last_checkpoint_with_exactly_the_fault_free_output(fault, expected, tmp_path):
     home = tmp_path / "home"
     state = cluster.up(3, home, progress=lambda _: None, coordinator_args=["--agent-timeout", "4"])
     agent_pids = {f"node{i}": pid for i, pid in enumerate(state["pids"][1:], start=1)}
-    out = tmp_path / "cluster.jsonl"
-    script = tmp_path / "job.py"
-    script.write_text(textwrap.dedent(JOB.format(speed=1.0, out=out)))  # 12 s of real-time readings
     frozen = None
     try:
-        r = cli("submit", "--detach", str(script), "--home", str(home))
-        assert r.returncode == 0, r.stderr
-        job = r.stdout.strip().splitlines()[-1]
+        job, out = start_job(home, tmp_path)
         with Client(cluster.address(home), timeout=30) as client:
-            status = wait_for(lambda: (s := client.status()["jobs"][job])["state"] == "running"
-                              and len(s["checkpoints"]) >= 2 and s, 60, "two checkpoints")
+            status = checkpointed(client, job)
             windows = next(v for v in status["vnodes"].values() if any(t.startswith("window") for t in v["tasks"]))
             old_hosts = [v["pid"] for v in status["vnodes"].values() if v["pid"]]
             if fault == "kill the window host":

@@ -9,9 +9,11 @@ says so."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -19,6 +21,8 @@ import pytest
 
 from microstream.cluster import embedded as cluster
 from microstream.cluster.client import Client
+from tests.cluster.test_recovery import JOB as WINDOWS  # keyed windows, checkpoints every second
+from tests.cluster.test_recovery import _alive, _rows, checkpointed, start_job
 from tests.helpers import run_cli as cli
 from tests.helpers import wait_for
 
@@ -288,3 +292,61 @@ def test_an_unknown_state_transfer_is_refused_naming_the_choices(tmp_path):
                        cwd=tmp_path, env={**os.environ, "MICROSTREAM_STATE_TRANSFER": "relay"})
     assert r.returncode == 1
     assert "MICROSTREAM_STATE_TRANSFER='relay': expected one of direct, coordinator" in r.stderr
+
+
+def test_the_old_host_killed_between_its_ticket_and_its_final_round_ends_in_a_recovery(tmp_path):
+    """The window of a ticket-first move: the new host has its ticket, the final round of the state has not left the
+    old host (held there by MICROSTREAM_TEST_HOLD_FINAL_ROUND, tests only) when the old host is killed -9. Its agent
+    reports the exit, the coordinator calls the move off and recovers the job from its last checkpoint (the new host,
+    waiting for a state that will not come, is stopped): the job finishes with exactly the fault-free output, and its
+    status says why it recovered. Before, the new host waited 60 s, the coordinator then called off a move whose old
+    host was gone, and the virtual node ran nowhere."""
+    local = tmp_path / "local.py"
+    local.write_text(textwrap.dedent(WINDOWS.format(speed=None, out=tmp_path / "local.jsonl")))
+    assert cli("run", str(local)).returncode == 0
+    expected = _rows(tmp_path / "local.jsonl")
+    home = tmp_path / "home"
+    home.mkdir()
+    _cluster(home, None, MICROSTREAM_TEST_HOLD_FINAL_ROUND="120")
+    moved: dict = {}
+    try:
+        job, out = start_job(home, tmp_path)
+        with Client(cluster.address(home), timeout=30) as client:
+            status = checkpointed(client, job)
+            vnode, info = next((v, i) for v, i in status["vnodes"].items() if any(t.startswith("window")
+                                                                                    for t in i["tasks"]))
+            old_pid, target = info["pid"], "node2" if info["agent"] == "node1" else "node1"
+
+            def migrate() -> None:
+                with Client(cluster.address(home), timeout=120) as mover:
+                    try:
+                        moved["record"] = mover.migrate(job, vnode, target)
+                    except Exception as exc:  # noqa: BLE001 - what the client is told is the test's to check
+                        moved["error"] = str(exc)
+
+            mover = threading.Thread(target=migrate)
+            mover.start()
+            # the ticket went: the coordinator pointed the vnode at its new host as it sent that host the ticket
+            wait_for(lambda: client.status()["jobs"][job]["vnodes"][vnode]["agent"] == target, 60, "the ticket")
+            assert _alive(old_pid), "the old host should hold its final round (MICROSTREAM_TEST_HOLD_FINAL_ROUND)"
+            killed = time.time()
+            os.kill(old_pid, signal.SIGKILL)
+            status = wait_for(lambda: (s := client.status()["jobs"][job])["recoveries"] and s, 50, "a recovery")
+            recovery = status["recoveries"][0]
+            running = wait_for(lambda: (s := client.status()["jobs"][job])["recoveries"][0].get("restarted_s")
+                               is not None and s, 60, "the job to run again")
+            final = _wait_end(client, job)
+            mover.join(timeout=120)
+    finally:
+        cluster.down(home, progress=lambda _: None)
+    restarted = running["recoveries"][0]["restarted_s"]
+    print(f"old host killed -9 between ticket and final round: recovery began {recovery['at'] - killed:.2f} s after "
+          f"the kill, the job ran again {restarted:.2f} s after that (epoch {final['epoch']}, from checkpoint "
+          f"{recovery['checkpoint']}); the mover was told: {moved}")
+    assert final["state"] == "finished", final["reason"]
+    assert recovery["checkpoint"] is not None, recovery
+    assert f"{vnode}" in recovery["reason"] and "final round" in recovery["reason"], recovery
+    assert recovery["move"]["vnode"] == vnode and recovery["move"]["to"] == target, recovery
+    assert "record" not in moved and "called off" in moved.get("error", ""), moved
+    assert final["migrations"] == [], final["migrations"]  # no move is recorded as done
+    assert _rows(out) == expected and len(expected) > 200  # exactly once: nothing lost, nothing twice

@@ -206,3 +206,36 @@ def test_live_delta_sends_copies_and_their_hashes():
     buf[3 * CH // 8] = 7.0  # changed after the copy: the hashes are the copy's, so the next diff sends it again
     redo, _ = sx.diff(after, sx.pack({"s": buf}))
     assert [p.chunks.tolist() for p in redo.parts] == [[3]]
+
+
+def test_a_new_host_waiting_for_a_state_that_will_not_come_stops_when_told_and_still_receives_after_asking():
+    """The old host of a move was lost after its ticket went: the new host's wait ends when it is told to stop (its
+    move was called off, the job recovers elsewhere), not after DIRECT_TRANSFER_TIMEOUT; while it is asked, the
+    receiving thread goes on (a final round that arrives in time is taken), and the wait itself still times out."""
+    receiver = sx.StateReceiver("tcp://127.0.0.1:*")
+    try:
+        asked = []
+
+        def stop_after_three() -> bool:
+            asked.append(time.monotonic())
+            return len(asked) >= 3
+
+        with pytest.raises(InterruptedError, match="stopped while waiting for the state of j/vn0/9"):
+            receiver.wait("j/vn0/9", timeout=600, should_stop=stop_after_three)
+        assert len(asked) == 3
+        with pytest.raises(TimeoutError, match="did not arrive from the old host within 0.3 s"):
+            receiver.wait("j/vn0/9", timeout=0.3, should_stop=lambda: False)
+        sender = sx.StateSender(receiver.endpoint, "j/vn0/9")
+        state = {"op": {"state": np.arange(1000, dtype=np.float64)}}
+        sent = []
+
+        def send_once_asked() -> bool:  # the final round arrives while the waiting host looks at its control link
+            if not sent:
+                sent.append(sender.send(sx.pack(state), final=True))
+            return False
+
+        got, _ = receiver.wait("j/vn0/9", timeout=60, should_stop=send_once_asked)
+        assert np.array_equal(got["op"]["state"], state["op"]["state"])
+        sender.close()
+    finally:
+        receiver.close()
