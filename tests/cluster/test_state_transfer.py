@@ -68,7 +68,7 @@ def lines(out: Path) -> list[str]:
     return sorted((out / "totals.csv").read_text().splitlines()[1:])
 
 
-def _cluster(root: Path, transfer: str | None, **env: str):
+def _cluster(root: Path, transfer: str | None, coordinator_args: tuple[str, ...] = (), **env: str):
     """Two agents; the coordinator's process inherits `transfer` (None: the default) and `env`."""
     settings = {"MICROSTREAM_STATE_TRANSFER": transfer, **env}
     before = {k: os.environ.get(k) for k in settings}
@@ -78,7 +78,7 @@ def _cluster(root: Path, transfer: str | None, **env: str):
         else:
             os.environ[k] = v
     try:
-        cluster.up(2, root, progress=lambda _: None, coordinator_args=["--no-auto-place"])
+        cluster.up(2, root, progress=lambda _: None, coordinator_args=["--no-auto-place", *coordinator_args])
     finally:
         for k, v in before.items():
             if v is None:
@@ -294,28 +294,33 @@ def test_an_unknown_state_transfer_is_refused_naming_the_choices(tmp_path):
     assert "MICROSTREAM_STATE_TRANSFER='relay': expected one of direct, coordinator" in r.stderr
 
 
-def test_the_old_host_killed_between_its_ticket_and_its_final_round_ends_in_a_recovery(tmp_path):
+@pytest.mark.parametrize("fault", ["kill the old host", "freeze the old agent"])
+def test_the_old_host_lost_between_its_ticket_and_its_final_round_ends_in_a_recovery(fault, tmp_path):
     """The window of a ticket-first move: the new host has its ticket, the final round of the state has not left the
-    old host (held there by MICROSTREAM_TEST_HOLD_FINAL_ROUND, tests only) when the old host is killed -9. Its agent
-    reports the exit, the coordinator calls the move off and recovers the job from its last checkpoint (the new host,
-    waiting for a state that will not come, is stopped): the job finishes with exactly the fault-free output, and its
-    status says why it recovered. Before, the new host waited 60 s, the coordinator then called off a move whose old
-    host was gone, and the virtual node ran nowhere."""
+    old host (held there by MICROSTREAM_TEST_HOLD_FINAL_ROUND, tests only) when the old host is killed -9, or its
+    agent freezes past the loss limit (SIGSTOP: a node frozen, a link cut). The coordinator hears of it (the agent
+    reports the exit; the agent is lost), calls the move off and recovers the job from its last checkpoint (the new
+    host, waiting for a state that will not come, is stopped): the job finishes with exactly the fault-free output,
+    and its status says why it recovered. Before, nothing was reported: the new host waited 60 s, and the coordinator
+    then called off a move whose old host was gone (stopping the new host: the virtual node could run nowhere)."""
     local = tmp_path / "local.py"
     local.write_text(textwrap.dedent(WINDOWS.format(speed=None, out=tmp_path / "local.jsonl")))
     assert cli("run", str(local)).returncode == 0
     expected = _rows(tmp_path / "local.jsonl")
     home = tmp_path / "home"
     home.mkdir()
-    _cluster(home, None, MICROSTREAM_TEST_HOLD_FINAL_ROUND="120")
+    _cluster(home, None, ("--agent-timeout", "4"), MICROSTREAM_TEST_HOLD_FINAL_ROUND="120")
+    agents = {f"node{i}": pid for i, pid in enumerate(cluster.read_state(home)["pids"][1:], start=1)}
     moved: dict = {}
+    frozen = None
     try:
         job, out = start_job(home, tmp_path)
         with Client(cluster.address(home), timeout=30) as client:
             status = checkpointed(client, job)
             vnode, info = next((v, i) for v, i in status["vnodes"].items() if any(t.startswith("window")
                                                                                     for t in i["tasks"]))
-            old_pid, target = info["pid"], "node2" if info["agent"] == "node1" else "node1"
+            old_pid, source = info["pid"], info["agent"]
+            target = "node2" if source == "node1" else "node1"
 
             def migrate() -> None:
                 with Client(cluster.address(home), timeout=120) as mover:
@@ -329,23 +334,35 @@ def test_the_old_host_killed_between_its_ticket_and_its_final_round_ends_in_a_re
             # the ticket went: the coordinator pointed the vnode at its new host as it sent that host the ticket
             wait_for(lambda: client.status()["jobs"][job]["vnodes"][vnode]["agent"] == target, 60, "the ticket")
             assert _alive(old_pid), "the old host should hold its final round (MICROSTREAM_TEST_HOLD_FINAL_ROUND)"
-            killed = time.time()
-            os.kill(old_pid, signal.SIGKILL)
+            struck = time.time()
+            if fault == "kill the old host":
+                os.kill(old_pid, signal.SIGKILL)
+            else:
+                frozen = agents[source]
+                os.kill(frozen, signal.SIGSTOP)
             status = wait_for(lambda: (s := client.status()["jobs"][job])["recoveries"] and s, 50, "a recovery")
             recovery = status["recoveries"][0]
             running = wait_for(lambda: (s := client.status()["jobs"][job])["recoveries"][0].get("restarted_s")
                                is not None and s, 60, "the job to run again")
+            if frozen is not None:
+                os.kill(frozen, signal.SIGCONT)  # it comes back: its hosts of the old epoch are stopped
+                frozen = None
             final = _wait_end(client, job)
             mover.join(timeout=120)
     finally:
+        if frozen is not None:
+            os.kill(frozen, signal.SIGCONT)
         cluster.down(home, progress=lambda _: None)
     restarted = running["recoveries"][0]["restarted_s"]
-    print(f"old host killed -9 between ticket and final round: recovery began {recovery['at'] - killed:.2f} s after "
-          f"the kill, the job ran again {restarted:.2f} s after that (epoch {final['epoch']}, from checkpoint "
+    print(f"{fault} between ticket and final round: recovery began {recovery['at'] - struck:.2f} s after it, the "
+          f"job ran again {restarted:.2f} s after that (epoch {final['epoch']}, from checkpoint "
           f"{recovery['checkpoint']}); the mover was told: {moved}")
     assert final["state"] == "finished", final["reason"]
     assert recovery["checkpoint"] is not None, recovery
-    assert f"{vnode}" in recovery["reason"] and "final round" in recovery["reason"], recovery
+    why = ("final round of its state reached the new host" if fault == "kill the old host"
+           else f"the agent of its old host, {source}, was lost")
+    assert recovery["reason"].startswith(f"{vnode} was lost moving {source} -> {target}: ") and why in \
+        recovery["reason"], recovery
     assert recovery["move"]["vnode"] == vnode and recovery["move"]["to"] == target, recovery
     assert "record" not in moved and "called off" in moved.get("error", ""), moved
     assert final["migrations"] == [], final["migrations"]  # no move is recorded as done
