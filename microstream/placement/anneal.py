@@ -10,6 +10,9 @@ kept if it gains or with probability exp(−Δ / T), else undone.
 
 * network, load (Σ (used / capacity)²), memory and link overload and move costs change incrementally (the
   moved vnodes' edges, two nodes, the links on the routes of their edges);
+* pairs of vnodes that protect each other (`Problem.apart`) never end up in one failure domain by a trial: a
+  trial that puts more pairs together than there were is undone whatever it gains; one that separates a pair
+  counts a unit of overload less (as `Problem.search_objective` does), so a start with pairs together is repaired;
 * the latency term (a longest path, a maximum) is recomputed over the data edges in topological order,
   O(edges), into a second buffer that becomes the current one only when the trial is kept;
 * while hot, the objective also counts the mean latency into every sink (a slope on the plateau where several
@@ -180,14 +183,34 @@ def _relax(group, k, has_lat, a, latency_ms, dist, top, sink_sum, pos, order, in
 
 
 @numba.njit(cache=True)
+def _together(group, k, a, domain, ap_ptr, ap_idx):
+    """How many `apart` pairs with a vnode of group[:k] share a failure domain (each pair once)."""
+    count = 0
+    for i in range(k):
+        x = group[i]
+        dx = domain[a[x]]
+        for t in range(ap_ptr[x], ap_ptr[x + 1]):
+            y = ap_idx[t]
+            if domain[a[y]] != dx:
+                continue
+            inside = False
+            for q in range(k):
+                inside = inside or group[q] == y
+            if not inside or x < y:
+                count += 1
+    return count
+
+
+@numba.njit(cache=True)
 def _kernel(a, best, best_val, movable, has_lat, dom_ptr, dom_idx, cpu, capacity, cores2, load_floor, mem,
             mem_cap, mem_scale, nb_ptr, nb_idx, nb_b, nb_out, inv_bw, link_ptr, link_idx, link_cap, link_bw,
             lat_s, lat_d, latency_ms, sinks, current, move_cost, weights, schedule, begin, end, seed, pos, order,
-            in_ptr, in_src, out_ptr, out_dst, is_sink):
+            in_ptr, in_src, out_ptr, out_dst, is_sink, domain, ap_ptr, ap_idx):
     """Trials `begin` .. `end` of a walk of schedule[0] trials; `a` is the walk's current assignment (updated
     in place), `best` / best_val[0] the best by the true objective. weights = [network, latency, load, latency
     per sink]; schedule = [trials, T hot, T cold, surrogate weight, overload penalty at the start, at the
-    end, share of swaps, share of chain moves]."""
+    end, share of swaps, share of chain moves]. `domain` [N] is each node's failure domain and ap_ptr / ap_idx
+    (CSR) each vnode's `apart` partners: sc[6] counts the pairs in one domain, as overload; no trial raises it."""
     np.random.seed(seed)
     n_nodes = len(capacity)
     total, t_hot, t_cold, mu0, pen0, pen1 = schedule[0], schedule[1], schedule[2], schedule[3], schedule[4], schedule[5]
@@ -199,7 +222,7 @@ def _kernel(a, best, best_val, movable, has_lat, dom_ptr, dom_idx, cpu, capacity
         used[a[v]] += cpu[v]
         mem_used[a[v]] += mem[v]
     link_load = np.zeros(len(link_cap))
-    sc = np.zeros(6)                 # network, Σ load², memory over, link over, core over, moves
+    sc = np.zeros(7)                 # network, Σ load², memory over, link over, core over, moves, pairs together
     for v in range(len(a)):
         for k in range(nb_ptr[v], nb_ptr[v + 1]):
             if nb_out[k]:            # each edge once, from its source
@@ -216,6 +239,11 @@ def _kernel(a, best, best_val, movable, has_lat, dom_ptr, dom_idx, cpu, capacity
         sc[4] += max(used[j] - capacity[j], 0.0)
     for t in range(len(link_cap)):
         sc[3] += max(link_load[t] - link_cap[t], 0.0) / link_bw[t]
+    for v in range(len(a)):
+        for t in range(ap_ptr[v], ap_ptr[v + 1]):
+            if v < ap_idx[t] and domain[a[v]] == domain[a[ap_idx[t]]]:
+                sc[6] += 1.0
+    guard = len(ap_idx) > 0
     dist = np.zeros(len(a))
     top, sink_sum = _longest(a, lat_s, lat_d, latency_ms, dist, sinks)
     dirty = np.zeros(len(a), dtype=np.bool_)
@@ -231,7 +259,7 @@ def _kernel(a, best, best_val, movable, has_lat, dom_ptr, dom_idx, cpu, capacity
     group = np.zeros(widest, dtype=np.int64)
     targets = np.zeros(widest, dtype=np.int64)
     origins = np.zeros(widest, dtype=np.int64)
-    saved = np.zeros(6)
+    saved = np.zeros(7)
     temp, mu, pen, now = t_hot, mu0, pen1, 0.0
     for trial in range(begin, end):
         if trial == begin or (trial - begin) % 64 == 0:
@@ -240,7 +268,7 @@ def _kernel(a, best, best_val, movable, has_lat, dom_ptr, dom_idx, cpu, capacity
             mu = mu0 * (1.0 - frac)
             pen = pen0 * (pen1 / pen0) ** frac if pen0 < pen1 else pen1
             now = (w_net * sc[0] + w_lat * top + w_load * max(sc[1] - load_floor, 0.0) + sc[5]
-                   + pen * (sc[2] + sc[3] + sc[4]) + mu * w_sink * sink_sum)
+                   + pen * (sc[2] + sc[3] + sc[4]) + pen1 * sc[6] + mu * w_sink * sink_sum)
         v = movable[np.random.randint(count)]
         av = a[v]
         k = 1                            # the trial moves group[:k], group[i] to target[i]
@@ -286,6 +314,7 @@ def _kernel(a, best, best_val, movable, has_lat, dom_ptr, dom_idx, cpu, capacity
             if used[target] + need > capacity[target] + 1e-9:
                 continue
         saved[:] = sc
+        pairs_before = _together(group, k, a, domain, ap_ptr, ap_idx) if guard else 0
         relat = False
         for i in range(k):
             x = group[i]
@@ -296,17 +325,21 @@ def _kernel(a, best, best_val, movable, has_lat, dom_ptr, dom_idx, cpu, capacity
                   move_cost)
         new_top, new_sum = top, sink_sum
         logged = 0
-        if relat:
+        pairs_after = pairs_before
+        if guard:
+            pairs_after = _together(group, k, a, domain, ap_ptr, ap_idx)
+            sc[6] += pairs_after - pairs_before
+        if relat and pairs_after <= pairs_before:
             new_top, new_sum, logged = _relax(group, k, has_lat, a, latency_ms, dist, top, sink_sum, pos, order,
                                               in_ptr, in_src, out_ptr, out_dst, is_sink, dirty, log_v, log_d)
         base = w_net * sc[0] + w_lat * new_top + w_load * max(sc[1] - load_floor, 0.0) + sc[5]
         over = sc[2] + sc[3] + sc[4]
-        after = base + pen * over + mu * w_sink * new_sum
+        after = base + pen * over + pen1 * sc[6] + mu * w_sink * new_sum
         delta = after - now
-        if delta <= 0.0 or np.random.random() < math.exp(-delta / temp):
+        if pairs_after <= pairs_before and (delta <= 0.0 or np.random.random() < math.exp(-delta / temp)):
             now = after
             top, sink_sum = new_top, new_sum
-            true = base + pen1 * over
+            true = base + pen1 * (over + sc[6])
             if true < best_val[0] - 1e-12 * max(1.0, abs(best_val[0])):
                 best_val[0] = true
                 best[:] = a
@@ -378,6 +411,12 @@ class _Arrays:
         self.link_ptr, self.link_idx = i64(p.link_ptr), i64(p.link_idx)
         self.link_cap, self.link_bw = f64(p.link_cap), f64(np.maximum(p.link_bw, 1e-12))
         self.current, self.move_cost = i64(p.current), f64(p.move_cost)
+        self.domain = i64(p.domain)
+        pairs = np.asarray(p.apart, dtype=np.int64).reshape(-1, 2)
+        ends, others = np.concatenate([pairs[:, 0], pairs[:, 1]]), np.concatenate([pairs[:, 1], pairs[:, 0]])
+        by_end = np.argsort(ends, kind="stable")
+        self.ap_ptr = i64(np.concatenate([[0], np.cumsum(np.bincount(ends, minlength=v_count))]))
+        self.ap_idx = i64(others[by_end])                            # each vnode's partners in `apart`
 
 
 def anneal(p: Problem, start: np.ndarray, movable: list[int], deadline: float, seed: int, trials: int,
@@ -428,7 +467,7 @@ def _walk(p: Problem, start: np.ndarray, movable: list[int], deadline: float, se
                 arr.nb_out, arr.inv_bw, arr.link_ptr, arr.link_idx, arr.link_cap, arr.link_bw, arr.lat_s,
                 arr.lat_d, arr.latency_ms, sinks, arr.current, arr.move_cost, weights, schedule, done, stop,
                 (seed * 7919 + chunk) % (2**31 - 1), arr.pos, arr.order, arr.in_ptr, arr.in_src, arr.out_ptr,
-                arr.out_dst, arr.is_sink)
+                arr.out_dst, arr.is_sink, arr.domain, arr.ap_ptr, arr.ap_idx)
         done = stop
         chunk += 1
     if p.search_objective(best) > first:          # never worse than the start (float noise aside)

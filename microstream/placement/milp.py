@@ -1,4 +1,5 @@
-"""The cost model as a mixed-integer linear program, solved by HiGHS (through `scipy.optimize.milp`).
+"""The cost model as a mixed-integer linear program, solved by HiGHS (through highspy where it is installed, else
+through `scipy.optimize.milp`: the same solver).
 
 The model is exact: at every integer point its objective equals `Problem.total` (tests check this against
 brute force and the project's own cost function). Variables and how each term is linearised:
@@ -13,7 +14,9 @@ brute force and the project's own cost function). Variables and how each term is
   whose route crosses it, ≤ its bandwidth × `Weights.max_link_utilisation`.
 * **latency**: D[v] ≥ D[u] + Σ_ij latency(i, j) · indicator for every data edge u → v, D ≥ 0, L ≥ D[v];
   minimising L makes it the longest path. Only vnodes downstream of a free vnode get a D; the others'
-  longest paths are constants.
+  longest paths are constants. D[v] ≥ Σ_j f[v, j] x[v, j], with f[v, j] a lower bound of the longest path to v
+  when v is on node j (each in-edge's least way there, recursively from the pinned sources): valid at every
+  integer point, it stops the relaxation from spreading a vnode over nodes far from its sources for free.
 * **load**: U[n] = Σ_v cpu[v] · x[v, n] (≤ capacity: the core limit); U[n]² = U[n] · Σ_v cpu[v] x[v, n]
   = Σ_v cpu[v] · g[v, n] with g[v, n] = x[v, n] · U[n], linearised exactly for binary x by
   g ≥ U − M (1 − x), g ≥ (cpu[v] + fixed load) · x, g ≥ 0 (the objective pushes g down). s[n] ≥ U[n]² / C²
@@ -31,11 +34,14 @@ brute force and the project's own cost function). Variables and how each term is
 
 No warm start is handed to HiGHS: with HiGHS 1.16 a feasible start once produced an "optimal" objective
 below the true optimum (confirmed by brute force). The solver starts from scratch; the caller compares the
-result with its own incumbent. What the caller may hand over is the incumbent's *cost*, `upper`: a row
-"objective ≤ upper" (a cutoff; tests check it against brute force), so HiGHS prunes every branch whose bound
-reaches it and an infeasible answer proves the incumbent optimal. The relaxation stays weak where load and
-latency pull apart (fractional x balances every node's load while keeping each edge's ends together), so the
-branching still does most of the work.
+result with its own incumbent. What the caller may hand over is the incumbent's *cost*, `upper`: a cutoff
+(tests check it against brute force, through both interfaces), so HiGHS prunes every branch whose bound reaches it
+and an infeasible answer proves the incumbent optimal. Through highspy it is HiGHS's `objective_bound` option,
+its own upper limit, which it also uses to fix variables by reduced cost and which leaves its proven bound
+readable when it finds nothing under the cutoff; `scipy.optimize.milp` has no such option, so there it is a row
+"objective ≤ upper" (and the bound of a run that found nothing is the root LP's). The relaxation stays weak
+where load and latency pull apart (fractional x balances every node's load while keeping each edge's ends
+together), so the branching still does most of the work.
 """
 
 from __future__ import annotations
@@ -121,6 +127,7 @@ class _Model:
         self.lo: list[float] = []
         self.hi: list[float] = []
         self.infeasible = False          # a constraint among fixed vnodes alone is violated
+        self.cutoff_row = False          # the row "objective ≤ cutoff" is in (scipy)
 
     def cols(self, count: int, lb: float | np.ndarray = 0.0, ub: float | np.ndarray = np.inf,
              cost: float | np.ndarray = 0.0, integer: bool = False) -> np.ndarray:
@@ -155,23 +162,110 @@ class _Model:
         np.add.at(c, np.asarray(cols, dtype=np.int64), vals)
         self.c = [c]
 
-    def solve(self, time_limit: float, gap: float, integral: bool = True):
+    def solve(self, time_limit: float, gap: float, integral: bool = True, cutoff: float = math.inf,
+              backend: str | None = None) -> _Answer:
+        """HiGHS on the model: through highspy where it is installed (`_highspy`), else through
+        `scipy.optimize.milp`. `cutoff`: only solutions of objective ≤ it are looked for — highspy's
+        `objective_bound` option, else a row "objective ≤ cutoff"."""
         from ..core.optional import require
 
         require("scipy.optimize", "the exact placement solver (HiGHS)")  # missing: says which extra installs it
+        if (backend or BACKEND) == "highspy" and _highspy_module() is not None:
+            return self._highspy(time_limit, gap, integral, cutoff)
+        if math.isfinite(cutoff) and not self.cutoff_row:
+            c = np.concatenate(self.c)
+            nz = np.flatnonzero(c)
+            self.row(nz, c[nz], -np.inf, cutoff)
+            self.cutoff_row = True
+        return self._scipy(time_limit, gap, integral)
+
+    def _matrix(self, fmt: str):
+        from scipy.sparse import csc_array, csr_array
+
+        kind = csr_array if fmt == "csr" else csc_array
+        a = kind((np.concatenate(self.v), (np.concatenate(self.r), np.concatenate(self.k))),
+                 shape=(len(self.lo), self.n))
+        a.sum_duplicates()
+        return a
+
+    def _scipy(self, time_limit: float, gap: float, integral: bool) -> _Answer:
         from scipy.optimize import Bounds, LinearConstraint, milp
-        from scipy.sparse import csr_array
 
         c = np.concatenate(self.c)
         bounds = Bounds(np.concatenate(self.lb), np.concatenate(self.ub))
         integrality = np.concatenate(self.integer) if integral else np.zeros(self.n, dtype=np.int8)
         constraints = []
         if self.lo:
-            a = csr_array((np.concatenate(self.v), (np.concatenate(self.r), np.concatenate(self.k))),
-                          shape=(len(self.lo), self.n))
-            constraints = [LinearConstraint(a, np.array(self.lo), np.array(self.hi))]
-        return milp(c, integrality=integrality, bounds=bounds, constraints=constraints,
-                    options={"time_limit": max(0.01, time_limit), "mip_rel_gap": gap, "disp": False})
+            constraints = [LinearConstraint(self._matrix("csr"), np.array(self.lo), np.array(self.hi))]
+        res = milp(c, integrality=integrality, bounds=bounds, constraints=constraints,
+                   options={"time_limit": max(0.01, time_limit), "mip_rel_gap": gap, "disp": False})
+        bound = getattr(res, "mip_dual_bound", None)
+        return _Answer(res.x, int(res.status) if res.status in (0, 1, 2) else 1,
+                       float(res.fun) if res.fun is not None else math.nan,
+                       float(bound) if bound is not None and np.isfinite(bound) else -math.inf)
+
+    def _highspy(self, time_limit: float, gap: float, integral: bool, cutoff: float) -> _Answer:
+        hs = _highspy_module()
+        inf = hs.kHighsInf
+        h = getattr(hs._core, "_Highs", hs.Highs)()     # the bare solver: highspy.Highs prints a banner on stdout
+        h.setOptionValue("output_flag", False)
+        h.setOptionValue("time_limit", float(max(0.01, time_limit)))
+        # HiGHS measures its gap without the objective's constant (presolve makes it an offset), so on this
+        # model its relative gap reads smaller than ours: ask for a tenth, and no absolute gap
+        h.setOptionValue("mip_rel_gap", float(gap) * 0.1)
+        h.setOptionValue("mip_abs_gap", _ABS_GAP * 1e-3)
+        # its default (1e-6) also prunes nodes within 1e-6 of the incumbent, leaving a proven bound that far below
+        # an optimum it has found (the scipy path's HiGHS closes it): 1e-9, so "optimal" means a gap of 0
+        h.setOptionValue("mip_feasibility_tolerance", 1e-9)
+        if math.isfinite(cutoff) and integral:
+            # the incumbent's cost as HiGHS's own upper limit: it prunes by it and fixes variables by reduced
+            # cost against it from the root on (a row "objective ≤ cutoff" does the pruning only)
+            h.setOptionValue("objective_bound", float(cutoff))
+        lp = hs.HighsLp()
+        lp.num_col_, lp.num_row_ = self.n, len(self.lo)
+        clip = (lambda x: np.clip(np.asarray(x, dtype=float), -inf, inf))
+        lp.col_cost_ = np.concatenate(self.c)
+        lp.col_lower_, lp.col_upper_ = clip(np.concatenate(self.lb)), clip(np.concatenate(self.ub))
+        lp.row_lower_, lp.row_upper_ = clip(self.lo), clip(self.hi)
+        if self.lo:
+            a = self._matrix("csc")
+            lp.a_matrix_.format_ = hs.MatrixFormat.kColwise
+            lp.a_matrix_.start_, lp.a_matrix_.index_, lp.a_matrix_.value_ = a.indptr, a.indices, a.data
+        lp.a_matrix_.num_col_, lp.a_matrix_.num_row_ = self.n, len(self.lo)
+        if integral:
+            kinds = (hs.HighsVarType.kContinuous, hs.HighsVarType.kInteger)
+            lp.integrality_ = [kinds[t] for t in np.concatenate(self.integer).tolist()]
+        h.passModel(lp)
+        h.run()
+        st, info = h.getModelStatus(), h.getInfo()
+        status = 0 if st == hs.HighsModelStatus.kOptimal else 2 if st == hs.HighsModelStatus.kInfeasible else 1
+        has = info.primal_solution_status == 2                     # kSolutionStatusFeasible
+        x = np.asarray(h.getSolution().col_value, dtype=float) if has else None
+        bound = float(info.mip_dual_bound) if integral else (float(info.objective_function_value)
+                                                               if status == 0 else -math.inf)
+        return _Answer(x, status, float(info.objective_function_value) if has else math.nan,
+                       bound if math.isfinite(bound) else -math.inf)
+
+
+@dataclass
+class _Answer:
+    """What HiGHS answered, whichever way it was called: status 0 optimal, 1 a limit, 2 infeasible."""
+
+    x: np.ndarray | None
+    status: int
+    fun: float
+    bound: float                # HiGHS's proven lower bound (-inf when it gave none)
+
+
+BACKEND = "highspy"              # "scipy": through scipy.optimize.milp even where highspy is installed (tests)
+
+
+def _highspy_module():
+    try:
+        import highspy
+    except ImportError:
+        return None
+    return highspy
 
 
 def solve_milp(problem: Problem, time_limit: float = 10.0, free: np.ndarray | None = None,
@@ -278,7 +372,7 @@ def solve_milp(problem: Problem, time_limit: float = 10.0, free: np.ndarray | No
         _links(m, p, pe, pi, pj, pc, ce, ci, cj, soft)
 
     # -- latency --------------------------------------------------------------------------------------------------
-    const += _latency(m, p, fixed, dom, pe, pi, pj, pc)
+    const += _latency(m, p, fixed, dom, xcol, pe, pi, pj, pc)
 
     # -- load and memory -----------------------------------------------------------------------------------
     const += _load(m, p, fixed, dom, xcol, soft, diag)
@@ -300,16 +394,15 @@ def solve_milp(problem: Problem, time_limit: float = 10.0, free: np.ndarray | No
         return MilpResult(None, math.inf, math.inf, "infeasible", time.perf_counter() - started, m.n, len(m.lo))
     up = float(upper) if upper is not None else math.inf
     cutoff = math.isfinite(up)
-    if cutoff:
-        # only placements cheaper than `upper` (a cost the caller has achieved): HiGHS prunes every branch whose
-        # bound reaches it from the start, instead of waiting to find as good a placement itself
-        c = np.concatenate(m.c)
-        nz = np.flatnonzero(c)
-        m.row(nz, c[nz], -np.inf, up + _CUTOFF_TOL * max(1.0, abs(up)))
-    res = m.solve(time_limit - (time.perf_counter() - started), gap)
+    limit = up + _CUTOFF_TOL * max(1.0, abs(up)) if cutoff else math.inf
+    # only placements cheaper than `upper` (a cost the caller has achieved): HiGHS prunes every branch whose
+    # bound reaches it from the start, instead of waiting to find as good a placement itself
+    res = m.solve(time_limit - (time.perf_counter() - started), gap, cutoff=limit)
     out = np.where(fixed >= 0, fixed, 0).astype(np.int64)
-    bound = getattr(res, "mip_dual_bound", None)
-    bound = float(bound) if bound is not None and np.isfinite(bound) else -math.inf
+    bound = res.bound
+    if res.x is not None and cutoff and not res.fun <= limit:
+        # a placement above the cutoff is not what was asked for ("optimal" there: nothing is below it)
+        res = _Answer(None, 2 if res.status == 0 else res.status, math.nan, bound)
     if res.x is None:
         seconds = time.perf_counter() - started
         if cutoff and res.status == 2:          # nothing cheaper than `upper` exists: it is optimal
@@ -318,7 +411,7 @@ def solve_milp(problem: Problem, time_limit: float = 10.0, free: np.ndarray | No
             # the bound, if HiGHS gave none (scipy passes none on without a solution): the root LP's, for the whole
             # problem only (0.1 s at 40 x 10, 3 s at 80 x 16); an LNS sub-problem has no use for it
             if not math.isfinite(bound) and free is None:
-                lp = m.solve(max(5.0, time_limit - seconds), gap, integral=False)
+                lp = m.solve(max(5.0, time_limit - seconds), gap, integral=False, cutoff=limit, backend="scipy")
                 bound = float(lp.fun) if lp.status == 0 else (up if lp.status == 2 else -math.inf)
             bound = min(bound, up)
             return MilpResult(None, math.inf, bound, "no solution", time.perf_counter() - started, m.n, len(m.lo))
@@ -372,7 +465,7 @@ def _links(m: _Model, p: Problem, pe, pi, pj, pc, ce, ci, cj, soft: bool) -> Non
         m.rows(row_of, pc[entry], vals, lo, cap)
 
 
-def _latency(m: _Model, p: Problem, fixed: np.ndarray, dom: np.ndarray, pe, pi, pj, pc) -> float:
+def _latency(m: _Model, p: Problem, fixed: np.ndarray, dom: np.ndarray, xcol: np.ndarray, pe, pi, pj, pc) -> float:
     """Longest-path rows; returns the constant part of the objective (the whole latency term when no free
     vnode is on a data path)."""
     w = p.weights
@@ -429,7 +522,42 @@ def _latency(m: _Model, p: Problem, fixed: np.ndarray, dom: np.ndarray, pe, pi, 
     for v in cone_v.tolist():
         if not has_succ[v]:
             m.row([lcol, dcol[v]], [1.0, -1.0], 0.0, np.inf)
+    # D[v] ≥ Σ_j f[v, j] x[v, j]: the longest path to v if v is on node j is at least f[v, j], the longest over
+    # v's in-edges of the least way there (`_latency_floor`). Valid at every integer point, so the optimum is
+    # unchanged; the relaxation can no longer spread a vnode over nodes far from its pinned sources for free.
+    floor = _latency_floor(p, fixed, dom, dist, cone)
+    for v in cone_v.tolist():
+        if fixed[v] >= 0:
+            f = float(floor[v, fixed[v]])
+            if f > 0:
+                m.row([dcol[v]], [1.0], f, np.inf)
+            continue
+        nodes = np.flatnonzero(dom[v] & (floor[v] > 0))
+        if len(nodes):
+            m.row(np.concatenate([[dcol[v]], xcol[v, nodes]]), np.concatenate([[1.0], -floor[v, nodes]]), 0.0, np.inf)
     return 0.0
+
+
+def _latency_floor(p: Problem, fixed: np.ndarray, dom: np.ndarray, dist: np.ndarray, cone: np.ndarray) -> np.ndarray:
+    """[V, N] a lower bound of the longest path to v when v is on node j: the largest, over v's in-edges u → v,
+    of the least f[u, i] + latency(i, j) over u's nodes i (exact for vnodes outside `cone`, whose placement is
+    fixed). No triangle inequality needed: every path into v passes through an in-edge."""
+    v_count, n_count = p.n_vnodes, p.n_nodes
+    floor = np.zeros((v_count, n_count))
+    lat = p.latency_ms
+    into: list[list[int]] = [[] for _ in range(v_count)]
+    for s, d in zip(p.lat_src.tolist(), p.lat_dst.tolist(), strict=True):
+        into[d].append(s)
+    for v in p.order.tolist():
+        if not cone[v]:
+            floor[v] = dist[v]
+            continue
+        for u in into[v]:
+            nodes = np.flatnonzero(dom[u])
+            best = (floor[u, nodes][:, None] + lat[nodes]).min(axis=0)
+            np.maximum(floor[v], best, out=floor[v])
+    floor[~dom] = 0.0
+    return floor
 
 
 def _load(m: _Model, p: Problem, fixed: np.ndarray, dom: np.ndarray, xcol: np.ndarray, soft: bool,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import textwrap
+import time
 
 import numpy as np
 import pytest
@@ -104,6 +105,56 @@ def test_larger_instances_keep_pairs_apart_through_annealing_and_lns():
     assert problem.together(free) > 0          # unconstrained, some pairs share a rack: the limit binds
     found = improve(problem, time_limit=1.0).assign
     assert problem.feasible(found) and problem.together(found) == 0
+
+
+def _heavy_pairs(seed: int, count: int = 8):
+    """40 vnodes × 10 nodes in racks of three, the ends of the heaviest free edges kept apart (they would rather
+    share a node, so the limit binds)."""
+    problem = random_problem(np.random.default_rng(seed), 40, 10)
+    problem.domain = np.array([0] + [1 + j // 3 for j in range(problem.n_nodes - 1)])
+    problem.domain_names = [f"rack{k}" for k in range(int(problem.domain.max()) + 1)]
+    pairs, used = [], set()
+    for e in np.argsort(-problem.traffic).tolist():
+        s, d = int(problem.src[e]), int(problem.dst[e])
+        if problem.pinned[s] < 0 and problem.pinned[d] < 0 and not {s, d} & used and len(pairs) < count:
+            pairs.append((s, d))
+            used |= {s, d}
+    problem.apart = np.array(pairs, dtype=np.int64)
+    problem.__post_init__()
+    return problem
+
+
+def test_the_annealer_never_puts_a_pair_together_and_prices_pairs_as_the_search_objective():
+    """The compiled annealer on its own: from a placement with every pair apart, no walk ends with a pair in one
+    domain (though the pairs' heavy edges pull them together: without the limit it joins some), and the objective
+    it tracked is `search_objective`'s, pairs counted. From a start with pairs together it separates them and
+    never joins one more."""
+    from microstream.placement.anneal import anneal
+    from microstream.placement.solvers import _movable
+
+    joined = 0
+    for s in range(3):
+        problem = _heavy_pairs(s)
+        start = improve(problem, time_limit=0.5).assign
+        assert problem.together(start) == 0 and problem.feasible(start)
+        movable = _movable(problem)
+        free = problem.__class__(**_fields(problem, apart=None))
+        loose, _ = anneal(free, start, movable, math.inf, s, 50_000, time.perf_counter, t_range=(1.0, 1e-3))
+        joined += problem.together(loose)
+        best, value = anneal(problem, start, movable, math.inf, s, 50_000, time.perf_counter, t_range=(1.0, 1e-3))
+        assert problem.together(best) == 0, f"seed {s}"
+        assert value == pytest.approx(problem.search_objective(best), rel=1e-9)
+        # a start with pairs together: the walk separates them and never adds one
+        bad = start.copy()
+        for a, b in problem.apart.tolist():
+            if problem.allowed[b, bad[a]]:
+                bad[b] = bad[a]
+        before = problem.together(bad)
+        assert before > 0
+        fixed, value = anneal(problem, bad, movable, math.inf, s, 50_000, time.perf_counter)
+        assert problem.together(fixed) < before
+        assert value == pytest.approx(problem.search_objective(fixed), rel=1e-9)
+    assert joined > 0                   # the limit binds: a walk that ignores it joins pairs
 
 
 def _fields(problem, **changes):

@@ -10,6 +10,7 @@ import math
 import numpy as np
 import pytest
 
+from microstream.placement import milp
 from microstream.placement.cost import Weights
 from microstream.placement.milp import gap_text, relative_gap, solve_milp
 from microstream.placement.solvers import certify, improve
@@ -76,8 +77,18 @@ def small(seed: int, limits: bool):
     return tight(problem, rng) if limits else problem
 
 
+BACKENDS = ["highspy", "scipy"] if milp._highspy_module() is not None else ["scipy"]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request, monkeypatch):
+    """HiGHS through highspy (its `objective_bound` as the cutoff) and through scipy (a cutoff row): both exact."""
+    monkeypatch.setattr(milp, "BACKEND", request.param)
+    return request.param
+
+
 @pytest.mark.parametrize("limits", [False, True])
-def test_milp_optimum_equals_brute_force(limits):
+def test_milp_optimum_equals_brute_force(limits, backend):
     def proven(problem, r, truth):
         assert r.bound <= truth + 1e-9 * max(1.0, truth)
         assert r.optimal and gap_text(r.gap) == "optimal"
@@ -88,7 +99,7 @@ def test_milp_optimum_equals_brute_force(limits):
         assert infeasible >= 1          # the tight limits do bind somewhere
 
 
-def test_milp_sub_problems_equal_brute_force():
+def test_milp_sub_problems_equal_brute_force(backend):
     """Large-neighbourhood search's sub-problems: only `free` vnodes move, each within `domains`."""
     for seed in range(25):
         rng = np.random.default_rng(500 + seed)
@@ -107,7 +118,7 @@ def test_milp_sub_problems_equal_brute_force():
 
 
 @pytest.mark.parametrize("limits", [False, True])
-def test_cutoff_finds_the_optimum_or_proves_the_incumbent_optimal(limits):
+def test_cutoff_finds_the_optimum_or_proves_the_incumbent_optimal(limits, backend):
     """`upper` (the cost of a placement the caller has) is a cutoff, not a warm start: against brute force, a
     cutoff at the optimum proves it, one above it still finds it, and one taken from a random feasible
     placement never yields a bound above the truth."""
@@ -138,7 +149,7 @@ def test_cutoff_finds_the_optimum_or_proves_the_incumbent_optimal(limits):
     assert checked >= 20
 
 
-def test_soft_limits_price_overload_like_the_search_objective():
+def test_soft_limits_price_overload_like_the_search_objective(backend):
     rng = np.random.default_rng(3)
     problem = tight(random_problem(rng, 6, 3), rng)
     problem.link_cap *= 0.01
@@ -180,3 +191,22 @@ def test_heuristic_is_feasible_whenever_a_feasible_placement_exists():
         if math.isfinite(truth):
             assert problem.feasible(found), f"seed {seed}: {problem.overload(found)}"
             assert problem.total(found) >= truth - 1e-9
+
+
+def test_latency_floor_is_below_every_placements_longest_path_and_binds():
+    """The MILP's rows D[v] ≥ Σ_j f[v, j] x[v, j] are valid: for every assignment of small instances, the longest
+    path into each vnode is at least f[v, its node]; and on some it is exact (the rows do cut something)."""
+    tight_somewhere = 0
+    for seed in range(15):
+        problem = small(seed, limits=False)
+        dom = problem.allowed
+        fixed = np.where(dom.sum(axis=1) == 1, np.argmax(dom, axis=1), -1)
+        cone = fixed < 0                 # every vnode's floor by the recursion (outside-cone vnodes are exact)
+        floor = milp._latency_floor(problem, fixed, dom, np.zeros(problem.n_vnodes), np.ones_like(cone))
+        for combo in itertools.product(*[np.flatnonzero(dom[v]).tolist() for v in range(problem.n_vnodes)]):
+            a = np.array(combo, dtype=np.int64)
+            dist = problem.longest_to(a)
+            below = floor[np.arange(problem.n_vnodes), a]
+            assert (dist >= below - 1e-9).all(), f"seed {seed}"
+            tight_somewhere += int(((below > 0) & np.isclose(dist, below)).any())
+    assert tight_somewhere > 0
