@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numba
 import numpy as np
@@ -205,10 +206,66 @@ def fresh_child(records: int) -> None:
                       "identical": same}))
 
 
-def fresh(records: int, cache_dir: str, pyc_dir: str) -> dict:
+def breakdown_child(records: int) -> None:
+    """Where a fresh process's first job goes, against its second: as `fresh_child`, with the job in phases
+    (importing microstream's runtime, building, running, collecting the result), the time numba spends loading
+    kernels from the cache (its dispatcher's compile path) and the time in garbage collections. Instrumented, so
+    not the timed runs: only the split is read from it."""
+    import gc
+    import resource
+
+    from numba.core.dispatcher import Dispatcher
+
+    cols = make_data(records)
+    run_hand(make_data(1000))
+    loads: list[float] = []
+    compile_for_args = getattr(Dispatcher, "_compile_for_args")  # noqa: B009 - numba's private compile/load path
+
+    def timed(self: Any, *args: Any, **kwargs: Any) -> Any:
+        start = time.perf_counter()
+        try:
+            return compile_for_args(self, *args, **kwargs)
+        finally:
+            loads.append(time.perf_counter() - start)
+
+    setattr(Dispatcher, "_compile_for_args", timed)  # noqa: B010
+    collections: list[float] = []
+    gc.callbacks.append(lambda phase, info: collections.append(time.perf_counter() * (1 if phase == "stop" else -1)))
+
+    def job(first: bool) -> dict[str, float]:
+        phases, faults = {}, resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        loads.clear()
+        collections.clear()
+        start = time.perf_counter()
+        if first:
+            ms.Pipeline, ms.sinks, ms.agg, ms.tumbling  # noqa: B018 - the lazy imports, as build_pipeline does
+            import microstream.runtime.local  # noqa: F401 - what the first run() imports
+        phases["import_s"] = time.perf_counter() - start
+        mark = time.perf_counter()
+        p, out = build_pipeline(cols)
+        phases["build_s"] = time.perf_counter() - mark
+        mark = time.perf_counter()
+        p.run(verbose=False)
+        phases["run_s"] = time.perf_counter() - mark
+        mark = time.perf_counter()
+        b = out.batch()
+        _canon(b["sensor"], b["window_start"], b["n"], b["mean"], b["min"], b["max"])
+        phases["result_s"] = time.perf_counter() - mark
+        phases["total_s"] = time.perf_counter() - start
+        phases["kernel_loads_s"], phases["kernels_loaded"] = sum(loads), len(loads)
+        phases["gc_s"] = sum(collections)  # -start + stop of each collection
+        phases["page_faults"] = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
+        return phases
+
+    first = job(True)
+    second = job(False)
+    print(json.dumps({"first_job": first, "second_job": second}))
+
+
+def fresh(records: int, cache_dir: str, pyc_dir: str, mode: str = "--fresh") -> dict:
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
     env.update(NUMBA_CACHE_DIR=cache_dir, PYTHONPYCACHEPREFIX=pyc_dir)  # compiled .py as installed, numba warm
-    out = subprocess.run([sys.executable, __file__, "--fresh", "--records", str(records)], env=env,
+    out = subprocess.run([sys.executable, __file__, mode, "--records", str(records)], env=env,
                          capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -263,10 +320,33 @@ def in_child(records: int, cache_dir: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def breakdown(records: int, cache: str, pyc: str, repeat: int) -> dict:
+    """The median split of `repeat` instrumented fresh processes (`breakdown_child`), and each run's."""
+    runs = [fresh(records, cache, pyc, "--breakdown") for _ in range(repeat)]
+    med = {job: {k: statistics.median(r[job][k] for r in runs) for k in runs[0][job]}
+           for job in ("first_job", "second_job")}
+    return {**med, "runs": runs}
+
+
+def print_breakdown(split: dict) -> None:
+    first, second = split["first_job"], split["second_job"]
+    rows: list[tuple[str, ...]] = [("ms (median)", "import", "build", "run", "of it: kernel loads", "result",
+                                     "total", "in GC", "page faults")]
+    for name, j in (("first job", first), ("second job", second)):
+        rows.append((name, *(f"{j[k] * 1000:.1f}" for k in ("import_s", "build_s", "run_s", "kernel_loads_s",
+                                                             "result_s", "total_s", "gc_s")),
+                     f"{j['page_faults']:,.0f}"))
+    print(f"where the first job's time goes (instrumented fresh processes; {first['kernels_loaded']:.0f} kernels "
+          f"loaded from the cache):")
+    print(table(rows))
+
+
 def fresh_only(records: int, repeat: int) -> int:
     with tempfile.TemporaryDirectory() as cache, tempfile.TemporaryDirectory() as pyc:
         fresh(records, cache, pyc)  # writes the .pyc files and fills the cache
         runs = [fresh(records, cache, pyc) for _ in range(repeat)]
+        split = breakdown(records, cache, pyc, repeat)
+    print_breakdown(split)
     first, hand = (statistics.median(r[k] for r in runs) for k in ("first_run_s", "hand_s"))
     for r in runs:
         print(f"first job {r['first_run_s']:.3f} s, hand kernel {r['hand_s']:.3f} s, identical {r['identical']}")
@@ -281,6 +361,7 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--fresh", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--breakdown", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--fresh-records", type=int, default=1_000_000)
     ap.add_argument("--fresh-only", action="store_true",
                     help="only the fresh-process first job against the hand kernel (median of --repeat processes on "
@@ -291,6 +372,9 @@ def main() -> int:
         return 0
     if args.fresh:
         fresh_child(args.records)
+        return 0
+    if args.breakdown:
+        breakdown_child(args.records)
         return 0
     if args.fresh_only:
         return fresh_only(args.fresh_records, args.repeat)
@@ -312,6 +396,7 @@ def main() -> int:
         with tempfile.TemporaryDirectory() as pyc:
             fresh(args.fresh_records, cache, pyc)  # writes the .pyc files and fills the cache
             runs = [fresh(args.fresh_records, cache, pyc) for _ in range(3)]
+            split = breakdown(args.fresh_records, cache, pyc, 3)
             fresh_script(args.fresh_records, cache, pyc, False)  # the script's own .pyc
             scripts: dict[str, list[dict]] = {"with_scipy": [], "without_scipy": []}
             for _ in range(3):  # interleaved: both see the same load
@@ -349,6 +434,7 @@ def main() -> int:
                   f"{m / med['python_records_s']:,.0f}", "1.00x")]))
     print(f"targets: first job >= 0.5x hand kernel {'met' if fresh_ratio >= 0.5 else 'NOT met'}; from_iterable "
           f">= 1.0x dict loop {'met' if it_ratio >= 1.0 else 'NOT met'}")
+    print_breakdown(split)
     script_med = {name: {k: statistics.median(r[k] for r in rs)
                          for k in ("import_s", "first_job_s", "first_job_cpu_s", "second_job_s")}
                   for name, rs in scripts.items()}
@@ -373,7 +459,8 @@ def main() -> int:
         "target_ratio_vs_hand_kernel": 0.5,
         "fresh_process": {"records": m, "identical": fresh_same, "seconds_median": med, "runs": runs,
                           "first_job_vs_hand_kernel": fresh_ratio, "from_iterable_vs_dict_loop": it_ratio,
-                          "targets": {"first_job_vs_hand_kernel": 0.5, "from_iterable_vs_dict_loop": 1.0}},
+                          "targets": {"first_job_vs_hand_kernel": 0.5, "from_iterable_vs_dict_loop": 1.0},
+                          "breakdown": split},
         "fresh_script": {"records": m, "seconds_median": script_med, "runs": scripts,
                          "first_job_without_vs_with_scipy": script_ratio,
                          "first_job_cpu_without_vs_with_scipy": cpu_ratio,
