@@ -6,9 +6,9 @@
 Names are imported on first use, so the agent and the CLI start without loading numba.
 
 Loading them freezes the garbage collector's view of the process (`gc.freeze()`, before and after the import):
-what is alive then (numba, llvmlite and microstream's modules, some 100,000 objects) is never scanned again by a
-full collection, which would otherwise take 40-90 ms on a small machine, in the first job and again whenever
-one runs in a long-lived process. The price: a reference cycle among objects alive at that moment is not freed.
+what is alive then (numba, llvmlite and microstream's modules) is never scanned again by a full collection, which
+would otherwise land in the first job and again whenever one runs in a long-lived process. The price: a reference
+cycle among objects alive at that moment is not freed.
 """
 
 from __future__ import annotations
