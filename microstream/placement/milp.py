@@ -86,11 +86,13 @@ class MilpResult:
 
 
 def milp_available() -> bool:
-    """Is scipy (with HiGHS) installed? Without it the heuristic skips its large-neighbourhood search."""
+    """Is scipy (with HiGHS) installed? Without it the heuristic skips its large-neighbourhood search. Imports
+    highspy too where it is installed (0.1 s), so that a timed search does not pay for it."""
     try:
         import scipy.optimize  # noqa: F401
     except ImportError:
         return False
+    _highspy_module()
     return True
 
 
@@ -378,6 +380,8 @@ def solve_milp(problem: Problem, time_limit: float = 10.0, free: np.ndarray | No
     const += _load(m, p, fixed, dom, xcol, soft, diag)
     _memory(m, p, fixed, dom, xcol, soft)
     const += _apart(m, p, fixed, dom, xcol, soft)
+    if free is None:
+        _symmetry(m, p, fixed, dom, xcol)
 
     # -- moves ----------------------------------------------------------------------------------------------------
     for v in np.flatnonzero((p.current >= 0) & (p.move_cost > 0)).tolist():
@@ -631,6 +635,75 @@ def _memory(m: _Model, p: Problem, fixed: np.ndarray, dom: np.ndarray, xcol: np.
                   -np.inf, room / scale)
         else:
             m.row(xcol[vs, n], p.mem[vs] / scale, -np.inf, room / scale)
+
+
+def interchangeable(p: Problem, dom: np.ndarray) -> list[tuple[int, int]]:
+    """Pairs of nodes (i < j) that swapping maps the problem onto itself: the same capacity, speed, memory and
+    vnodes allowed; the same bandwidth and latency to every other node, with each route's links mapped onto links
+    of the same bandwidth; failure domains and move costs that do not tell them apart."""
+    n = p.n_nodes
+    out: list[tuple[int, int]] = []
+    moving = (p.current >= 0) & (p.move_cost > 0)
+    homes = set(p.current[moving].tolist())
+    dom_count = np.bincount(p.domain, minlength=int(p.domain.max()) + 1 if n else 0)
+    for i in range(n):
+        for j in range(i + 1, n):
+            if (p.capacity[i] != p.capacity[j] or p.cores2[i] != p.cores2[j] or p.speed[i] != p.speed[j]
+                    or p.mem_capacity[i] != p.mem_capacity[j] or p.memory[i] != p.memory[j]
+                    or not (dom[:, i] == dom[:, j]).all()
+                    or i in homes or j in homes):
+                continue
+            if p.domain[i] != p.domain[j] and (len(p.apart) and (dom_count[p.domain[i]] > 1
+                                                                 or dom_count[p.domain[j]] > 1)):
+                continue
+            if _swap_maps_routes(p, i, j):
+                out.append((i, j))
+    return out
+
+
+def _swap_maps_routes(p: Problem, i: int, j: int) -> bool:
+    n = p.n_nodes
+    sigma = np.arange(n)
+    sigma[i], sigma[j] = j, i
+    for mat in (p.inv_bw, p.latency_ms):
+        if not np.array_equal(mat[np.ix_(sigma, sigma)], mat):
+            return False
+    if not len(p.link_cap):
+        return True
+    image: dict[int, int] = {}
+    for a in range(n):
+        for b in range(n):
+            here, there = p.route_links(a, b), p.route_links(int(sigma[a]), int(sigma[b]))
+            if len(here) != len(there):
+                return False
+            for x, y in zip(here.tolist(), there.tolist(), strict=True):
+                if image.setdefault(x, y) != y or p.link_cap[x] != p.link_cap[y] or p.link_bw[x] != p.link_bw[y]:
+                    return False
+    return len(set(image.values())) == len(image)
+
+
+def _symmetry(m: _Model, p: Problem, fixed: np.ndarray, dom: np.ndarray, xcol: np.ndarray) -> None:
+    """For nodes that swapping leaves the problem unchanged (`interchangeable`), only the placements where, of
+    two such nodes in a row, the first holds the lowest-numbered vnode of the two: x[v, j] ≤ Σ_{u < v} x[u, i]
+    (any placement becomes one of those by swapping the nodes, at the same cost; empty nodes come last)."""
+    pairs = interchangeable(p, dom)
+    root = list(range(p.n_nodes))            # classes of interchangeable nodes (union-find)
+
+    def find(a: int) -> int:
+        while root[a] != a:
+            a = root[a]
+        return a
+
+    for i, j in pairs:
+        root[find(j)] = find(i)
+    linked = set(pairs)
+    for i, j in sorted(linked):
+        # consecutive members of a class only (swaps compose: every permutation of a class is a symmetry)
+        if find(i) != find(j) or any(find(k) == find(i) for k in range(i + 1, j)) or (i, j) not in linked:
+            continue
+        vs = np.flatnonzero(dom[:, i] & (fixed < 0))
+        for k, v in enumerate(vs.tolist()):
+            m.row(np.concatenate([[xcol[v, j]], xcol[vs[:k], i]]), np.concatenate([[1.0], -np.ones(k)]), -np.inf, 0.0)
 
 
 def _apart(m: _Model, p: Problem, fixed: np.ndarray, dom: np.ndarray, xcol: np.ndarray, soft: bool) -> float:

@@ -210,3 +210,54 @@ def test_latency_floor_is_below_every_placements_longest_path_and_binds():
             assert (dist >= below - 1e-9).all(), f"seed {seed}"
             tight_somewhere += int(((below > 0) & np.isclose(dist, below)).any())
     assert tight_somewhere > 0
+
+
+def symmetric(seed: int):
+    """A small instance whose nodes all have 2 cores and every backend, so that nodes of one site other than its
+    gateway are interchangeable."""
+    rng = np.random.default_rng(3000 + seed)
+    problem = random_problem(rng, int(rng.integers(4, 7)), int(rng.integers(5, 7)), pin_fraction=0.5)
+    problem.cores = np.full(problem.n_nodes, 2.0)
+    problem.cpu = problem.cpu * (0.5 * problem.cores.sum() / problem.cpu.sum())   # half the cores, as before
+    problem.allowed[problem.pinned < 0] = True
+    problem.__post_init__()
+    return problem
+
+
+def test_symmetry_rows_keep_the_optimum_against_brute_force(backend):
+    """Interchangeable nodes: the MILP keeps only placements where the first of two holds the lower-numbered
+    vnode; brute force over every placement finds no cheaper one, with and without a cutoff."""
+    problems = [(seed, symmetric(seed)) for seed in range(60)]
+    with_pairs = [(seed, p) for seed, p in problems if milp.interchangeable(p, p.allowed)]
+    assert len(with_pairs) >= 8
+
+    def cutoff_too(problem, r, truth):
+        at = solve_milp(problem, time_limit=30.0, upper=truth)
+        assert at.status == "optimal" and at.bound <= truth + 1e-9 * max(1.0, truth)
+        above = solve_milp(problem, time_limit=30.0, upper=truth * 1.5 + 0.01)
+        assert problem.total(above.assign) == pytest.approx(truth, rel=1e-6, abs=1e-12)
+
+    checked, _ = against_brute_force(with_pairs, cutoff_too)
+    assert checked >= 8
+
+
+def test_interchangeable_nodes_are_told_apart_by_what_differs():
+    problem = symmetric(next(s for s in range(40) if milp.interchangeable(symmetric(s), symmetric(s).allowed)))
+    i, j = milp.interchangeable(problem, problem.allowed)[0]
+    for change in ("cores", "allowed", "link", "current"):
+        p = problem.__class__(
+            problem.vnodes, problem.nodes, problem.cpu, problem.cores.copy(), problem.allowed.copy(), problem.pinned,
+            problem.src, problem.dst, problem.traffic, problem.on_path, problem.inv_bw.copy(),
+            problem.latency_ms.copy(), problem.weights, routes=problem.routes, links=problem.links)
+        if change == "cores":
+            p.cores[j] = 4.0
+        elif change == "allowed":
+            p.allowed[0, j] = not p.allowed[0, i]
+        elif change == "link":
+            k = next(k for k in range(p.n_nodes) if k not in (i, j))
+            p.inv_bw[j, k] = p.inv_bw[k, j] = p.inv_bw[j, k] * 2 + 1e-9
+        else:
+            p.current = np.full(p.n_vnodes, -1)
+            p.current[0], p.move_cost = j, np.full(p.n_vnodes, 0.01)
+        p.__post_init__()
+        assert (i, j) not in milp.interchangeable(p, p.allowed), change
