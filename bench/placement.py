@@ -19,12 +19,17 @@ vnodes, ≤ 1.05× the best known at 150 × 30; the MILP proves ≤ 40 vnodes wi
 feasible in < 1 s. Times are CPU seconds of this process (the machine is shared; wall time also recorded).
 Writes bench/results/placement.json.
 
-    python bench/placement.py [--full] [--milp-seconds 20] [--budget 1.0] [--repeat 1]
+    python bench/placement.py [--full] [--milp-seconds 20] [--budget 1.0] [--repeat 1] [--sizes 20x6,40x10]
+
+`--sizes` reruns only those quality sizes (on a shared machine, what there is time for): the other sizes' rows
+and the scale part are kept from the previous bench/results/placement.json, each row with the time it was
+measured (`measured_at`) and the load average then.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import statistics
@@ -35,12 +40,12 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import random_pipeline, table, write_json  # noqa: E402
+from common import RESULTS, random_pipeline, table, write_json  # noqa: E402
 
 from microstream.graph.physical import build_plan  # noqa: E402
 from microstream.placement import Problem, Weights, place  # noqa: E402
 from microstream.placement.bounds import infeasibility  # noqa: E402
-from microstream.placement.milp import milp_available, solve_milp  # noqa: E402
+from microstream.placement.milp import milp_available, milp_interface, solve_milp  # noqa: E402
 from microstream.placement.solvers import _local_search, improve, seed  # noqa: E402
 from microstream.placement.synthetic import random_problem, random_topology  # noqa: E402
 
@@ -266,6 +271,9 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--reference-seconds", type=float, default=10.0,
                     help="where the MILP proves nothing, also run the heuristic this long as a reference (0: off)")
+    ap.add_argument("--sizes", default=None,
+                    help="only these quality sizes, e.g. 20x6,40x10 (the rest, and the scale part, are kept from the "
+                         "previous JSON)")
     ap.add_argument("--wall", action="store_true",
                     help="measure the heuristic's budget in wall seconds (default: CPU seconds of this process, "
                          "as the machine is shared)")
@@ -276,25 +284,43 @@ def main() -> int:
         print("scipy is not installed: the MILP reference needs it", file=sys.stderr)
         return 1
     milp_s = args.milp_seconds or (60.0 if args.full else 20.0)
+    sizes = FULL_SIZES if args.full else DEFAULT_SIZES
+    previous = json.loads((RESULTS / "placement.json").read_text()) if args.sizes else None
+    if args.sizes:
+        wanted = {tuple(int(x) for x in item.split("x")) for item in args.sizes.split(",")}
+        known = {sz[:2]: sz for sz in (*FULL_SIZES, *DEFAULT_SIZES)}   # the default's instance counts first
+        sizes = tuple(known[w] for w in sorted(wanted))
     rows = []
     load: dict[str, list[float]] = {"start": _load()}
-    for v, n, count in (FULL_SIZES if args.full else DEFAULT_SIZES):
+    now = (lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    for v, n, count in sizes:
         rows.append(quality_size(v, n, count, args.budget, milp_s, clock, args.reference_seconds))
         load[f"{v}x{n}"] = _load()
+        rows[-1]["measured_at"] = now()
         print(f"  {v} x {n}: done (load average {load[f'{v}x{n}']})", file=sys.stderr, flush=True)
+    if previous is not None:                 # the sizes not rerun, as they were
+        done = {(r["vnodes"], r["nodes"]) for r in rows}
+        kept = [{"measured_at": previous["when"], **r} for r in previous["quality"]
+                if (r["vnodes"], r["nodes"]) not in done]
+        rows = sorted(rows + kept, key=lambda r: (r["vnodes"], r["nodes"]))
+        load = {**{k: v for k, v in previous["load_average"].items() if k not in load}, **load}
     print_quality(rows, args.budget, milp_s, clock_name)
-    sp = scale_pipeline(args.repeat)
-    budgets = (args.budget, 10.0)       # the issue: feasible within 1 s, improved within 10 s
-    pr = scale_problem(budgets, clock=clock)
-    pr_priced = scale_problem(budgets, bandwidth_limit=False, clock=clock)
-    load["scale"] = _load()
-    print_scale(sp, [pr, pr_priced])
+    if previous is not None:
+        sp, pr = previous["pipeline_1000_ops"], previous["vnodes_1000"]
+        pr_priced = previous["vnodes_1000_bandwidth_priced"]
+    else:
+        sp = scale_pipeline(args.repeat)
+        budgets = (args.budget, 10.0)       # the issue: feasible within 1 s, improved within 10 s
+        pr = scale_problem(budgets, clock=clock)
+        pr_priced = scale_problem(budgets, bandwidth_limit=False, clock=clock)
+        load["scale"] = _load()
+        print_scale(sp, [pr, pr_priced])
     print(f"load average (1, 5, 15 min) after each part: {load}")
     targets = judge(rows, pr, pr_priced)
     print("\ntargets: " + ", ".join(f"{k} {'met' if v else 'MISSED'}" for k, v in targets.items())
           + " (the *_vs_optimum targets need the MILP's proof at every graded size)")
     path = write_json("placement", {"budget_s": args.budget, "budget_clock": clock_name, "milp_seconds": milp_s,
-                                    "full": args.full,
+                                    "full": args.full, "milp_interface": milp_interface(),
                                     "quality": rows, "pipeline_1000_ops": sp, "vnodes_1000": pr,
                                     "vnodes_1000_bandwidth_priced": pr_priced, "targets": targets,
                                     "load_average": load})

@@ -96,6 +96,11 @@ def milp_available() -> bool:
     return True
 
 
+def milp_interface() -> str:
+    """How HiGHS is called: "highspy" or "scipy" (`scipy.optimize.milp`)."""
+    return "highspy" if BACKEND == "highspy" and _highspy_module() is not None else "scipy"
+
+
 def relative_gap(cost: float, bound: float) -> float:
     if not (math.isfinite(cost) and math.isfinite(bound)):
         return math.inf
