@@ -577,7 +577,7 @@ class Agent:
                                       epoch=host.epoch))
         elif isinstance(m, HostResumed):
             self._send_up(VnodeResumed(job=host.job, vnode=host.vnode, at=m.at, epoch=host.epoch,
-                                       transfer=m.transfer))
+                                       transfer=m.transfer, quiet=m.quiet))
         elif isinstance(m, HostSnapshot):
             host.state = VnodeState.MIGRATED
             self._send_up(VnodeSnapshot(job=host.job, vnode=host.vnode, whole=m.whole, blob=m.blob, epoch=host.epoch,

@@ -229,6 +229,7 @@ class VnodeResumed(Message):
     at: float
     epoch: int = 0
     transfer: dict[str, Any] | None = None  # a state sent directly: its final round as the new host received it
+    quiet: bool = False  # nothing came in after the restore: `at` is when the new host started
 
 
 @dataclass(frozen=True)

@@ -270,7 +270,8 @@ class Moves:
 
     def _resume(self, job: Job, move: Move) -> None:
         """Resuming: the new host restores the snapshot and starts; upstream channels are re-pointed at it and
-        release what they held. Done when the new host has processed its first record (vnode_resumed)."""
+        release what they held. Done when the new host has taken in its first input: a record or, on a quiet
+        stream, a watermark (vnode_resumed)."""
         move.advance(MoveState.RESUMING)
         target = self.registry.agents[move.target or ""]
         job.endpoints[move.vnode] = move.endpoint or {}
@@ -296,6 +297,8 @@ class Moves:
         align = move.snapshot_at - move.paused_at if move.paused_at and move.snapshot_at else None
         figures: dict[str, Any] = {"downtime_s": downtime, **self._state_figures(move),
                                    "align_and_snapshot_s": align}
+        if m.quiet:  # nothing came in after the restore: the downtime ended as the new host started
+            figures["quiet"] = True
         if move.whole:  # the state moved in QEMU's stream; the snapshot was the control channel's position
             figures.update(tier=2, vm=move.vm_figures, state_bytes=(move.vm_figures or {}).get("ram_bytes"))
         self._finish(job, move, figures)

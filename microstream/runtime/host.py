@@ -24,6 +24,9 @@ if TYPE_CHECKING:  # statexfer needs pyzmq, which a microVM guest's host does wi
 
 log = logging.getLogger(__name__)
 _IDLE_WAIT = 0.05  # seconds a host waits for a message when no source is due sooner
+# A restored vnode that has taken in nothing this long after it started: its move is done all the same (a quiet
+# stream, e.g. a sensor that reports on change, sends nothing to wait for; the move's downtime ends at the start).
+QUIET_RESUME_S = 3.0
 # seconds a step takes messages in before it looks at its control link again: a busy vnode whose producers always
 # have the next batch ready would otherwise never leave the loop (a move's pre-copy request waited for its end);
 # a move's cut reaches a busy old host within this, so it is part of the downtime's worst case
@@ -76,11 +79,13 @@ class HostRuntime:
         self._final: Packed | None = None       # a final round still to send, after its ticket (`_ticket_first`)
 
     @property
-    def on_resumed(self) -> Callable[[], None] | None:
+    def on_resumed(self) -> Callable[..., None] | None:
+        """Called once after a restore: with no argument at the first input; with the wall-clock time the host
+        started when nothing came in for `QUIET_RESUME_S`."""
         return self.runner.on_resumed
 
     @on_resumed.setter
-    def on_resumed(self, callback: Callable[[], None] | None) -> None:
+    def on_resumed(self, callback: Callable[..., None] | None) -> None:
         self.runner.on_resumed = callback
 
     def connect(self, endpoints: dict[str, Any]) -> None:
@@ -115,6 +120,7 @@ class HostRuntime:
         a migration (returns {"snapshot": state}). `control()` yields control messages from the agent."""
         self._report, self._report_every = report, report_every
         self._next_report = time.monotonic() + report_every
+        started, started_wall = time.monotonic(), time.time()
         try:
             while not self.done:
                 if should_stop():
@@ -125,6 +131,8 @@ class HostRuntime:
                     return {"snapshot": self.saved}
                 self.step(_IDLE_WAIT, control_socket)
                 self._report_if_due()
+                if self.on_resumed is not None and time.monotonic() - started >= QUIET_RESUME_S:
+                    self._resumed_quietly(started_wall)
         finally:
             self._report = None
             self.runner.stop_sources()
@@ -349,6 +357,12 @@ class HostRuntime:
 
     def restore(self, state: dict) -> None:
         self.runner.restore(state)
+
+    def _resumed_quietly(self, since: float) -> None:
+        """Nothing came in since the start (wall-clock `since`): tell the move it is done, as of then."""
+        callback, self.on_resumed = self.on_resumed, None
+        if callback is not None:
+            callback(since)
 
     # -- direct state transfer (statexfer.py): pre-copy while running, only the delta at the barrier ---------------
     def _new_sender(self, peer: dict, transfer: str) -> None:

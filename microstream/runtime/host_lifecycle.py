@@ -154,7 +154,8 @@ def serve_vnode(control: HostControl, spec: dict[str, Any], settings: dict[str, 
                                                 should_stop=stop_asked)
                 received["waited_s"] = time.monotonic() - waiting  # the final round's part of the downtime
             runtime.restore(state)
-            runtime.on_resumed = lambda: control.send("resumed", at=time.time(), transfer=received)
+            runtime.on_resumed = lambda quiet_since=None: control.send(
+                "resumed", at=quiet_since or time.time(), transfer=received, quiet=quiet_since is not None)
     finally:
         if receiver is not None:
             receiver.close(wait=False)  # its thread lets go within 0.1 s: not in the move's downtime

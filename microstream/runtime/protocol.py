@@ -363,11 +363,13 @@ class HostCheckpointed(HostReport):
 
 @dataclass(frozen=True)
 class HostResumed(HostReport):
-    """A restored virtual node processed its first record, at wall-clock time `at`."""
+    """A restored virtual node took in its first input at wall-clock time `at`; `quiet`: none came in for
+    `host.QUIET_RESUME_S`, and `at` is when it started."""
 
     KIND: ClassVar[str] = "resumed"
     at: float
     transfer: dict[str, Any] | None = None  # a state sent directly: how its final round arrived (new host's view)
+    quiet: bool = False
 
 
 @dataclass(frozen=True)

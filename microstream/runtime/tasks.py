@@ -147,7 +147,7 @@ class TaskRunner:
         self.checkpoint: int | None = None                       # the checkpoint being aligned on, if any
         self.checkpoints_seen: dict[tuple[str, int, str], int] = {}  # (task, input, producer) -> last one
         self.last_checkpoint = -1                                # the last checkpoint this runner took
-        self.on_resumed: Callable[[], None] | None = None  # called once, at the first record after a restore
+        self.on_resumed: Callable[..., None] | None = None  # once: the first input after a restore
         self.tasks: dict[str, RunningTask] = {}
         self.source_log = source_log      # where sources that cannot rewind log what they read (None: they do not)
         self.pumps: list[LogPump] = []    # their reading sides, started at the first poll (after any restore)
@@ -301,8 +301,11 @@ class TaskRunner:
             self.checkpoints_seen[(task_id, idx, producer)] = int(barrier if barrier is not None else -1)
             self.start_checkpoint(int(barrier if barrier is not None else -1))
             return
-        if kind == "batch" and batch is not None:
+        if kind == "watermark" or (kind == "batch" and batch is not None):
+            # input flows through this host: a move to it is done (a quiet stream's watermark ticks count too,
+            # or the coordinator would take an idle vnode's finished move for a stalled one and recover the job)
             self._resumed()
+        if kind == "batch" and batch is not None:
             self._rejoin(t, idx, producer)
             self._push(t, idx, producer, batch)
         if kind == "end":

@@ -331,7 +331,8 @@ class Relay:
                            "pss_mb": self.vm.pss_mb(), **self.start_info}
             self.to_agent("stats", stats=stats)
         elif kind == "resumed":  # stamped here: the guest's clock is its own (and TCG lets it drift)
-            self.to_agent("resumed", at=time.time())
+            quiet_for = item.header.get("quiet_for")
+            self.to_agent("resumed", at=time.time() - (quiet_for or 0.0), quiet=quiet_for is not None)
         elif kind == "aligned":
             self.leave()
         elif kind == "snapshot":

@@ -444,7 +444,8 @@ def _run(wire: Wire, settings: dict[str, Any], blob: bytes | None) -> None:
             wire.wait_for("continue")
             for client in clients:
                 client.reopen()
-            runtime.on_resumed = lambda: wire.send("resumed", {"at": time.time()})
+            runtime.on_resumed = lambda quiet_since=None: wire.send(  # how long ago, on the guest's own clock
+                "resumed", {"quiet_for": None if quiet_since is None else time.time() - quiet_since})
 
         runtime.on_aligned = on_aligned
         runtime.connect_ahead = False  # the relay holds one channel per id: a second one to a move's new host

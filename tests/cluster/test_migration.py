@@ -192,3 +192,33 @@ def test_migrations_under_backpressure(home, tmp_path):
     assert final["state"] == "finished", final
     assert moved >= 2
     assert outputs(outs["remote"]) == outputs(outs["local"])
+
+
+QUIET_JOB = """
+import microstream as ms
+p = ms.Pipeline("quiet-move")
+src = p.poll(lambda: None, every="100ms", schema={{"value": "float64"}}, name="nothing", at="node1")
+src.map(lambda b: {{"v": b["value"] * 2}}, name="double").sink(ms.sinks.jsonl("{out}/v.jsonl"), at="node1")
+p.run()
+"""
+
+
+def test_a_vnode_with_nothing_to_read_moves_and_stays_moved(home, tmp_path):
+    """A stream with nothing to read sends nothing, not even watermarks: the new host says it resumed quietly
+    (`host.QUIET_RESUME_S` after its start), so the move is done, not taken for a stalled one (called off, or the
+    job recovered) once the coordinator's move timeout passes without a first record."""
+    (tmp_path / "quiet.py").write_text(textwrap.dedent(QUIET_JOB.format(out=tmp_path)))
+    r = cli("submit", "--detach", str(tmp_path / "quiet.py"), "--home", str(home))
+    assert r.returncode == 0, r.stderr
+    job = r.stdout.strip().splitlines()[-1]
+    with Client(cluster.address(home), timeout=60) as client:
+        status = _running(client, job, time.monotonic() + 60)
+        (vnode,) = (v for v, info in status["vnodes"].items() if any("double" in t for t in info["tasks"]))
+        here = status["vnodes"][vnode]["agent"]
+        to = next(a for a in ("node2", "node3") if a != here)
+        record = client.migrate(job, vnode, to, timeout=50)  # under the coordinator's 60 s move timeout
+        assert record["to"] == to and record["downtime_s"] is not None and record["quiet"] is True, record
+        status = client.status()["jobs"][job]
+        assert status["state"] == "running" and status["vnodes"][vnode]["agent"] == to, status
+        assert not status.get("recoveries"), status["recoveries"]
+        client.stop(job)
