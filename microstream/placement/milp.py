@@ -56,7 +56,7 @@ from .cost import OVERLOAD_PENALTY, Problem
 
 __all__ = ["MilpResult", "gap_text", "milp_available", "relative_gap", "solve_milp"]
 
-_TANGENTS = 9            # tangent cuts of u² per node, at utilisations 0 .. the capacity
+_TANGENTS = 33           # tangent cuts of u² per node, at utilisations 0 .. the capacity
 OPTIMAL_GAP = 1e-6       # a relative gap this small is reported as "optimal"
 _ABS_GAP = 1e-6          # HiGHS's default absolute MIP gap: where it stops on a cost near 0
 _CUTOFF_TOL = 1e-7       # relative slack of the cutoff row (`upper`): HiGHS's feasibility tolerance is 1e-6 absolute
