@@ -91,7 +91,11 @@ def backend(request, monkeypatch):
 def test_milp_optimum_equals_brute_force(limits, backend):
     def proven(problem, r, truth):
         assert r.bound <= truth + 1e-9 * max(1.0, truth)
-        assert r.optimal and gap_text(r.gap) == "optimal"
+        assert r.optimal
+        if backend == "highspy":        # its feasibility tolerance set to 1e-9: the bound closes on the optimum
+            assert gap_text(r.gap) == "optimal"
+        else:                           # scipy cannot set it: HiGHS stops within its default 1e-6
+            assert r.cost - r.bound <= 1e-6
 
     checked, infeasible = against_brute_force(((seed, small(seed, limits)) for seed in range(40)), proven)
     assert checked >= 20
