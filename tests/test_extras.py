@@ -1,5 +1,5 @@
-"""Optional extras: the core install is numpy/numba/pyzmq/cloudpickle/prometheus-client; paho-mqtt, qemu.qmp, pandas
-and scipy are extras, never imported unless used, and a feature whose extra is missing says which to install."""
+"""Optional extras: the core install is numpy/numba/pyzmq/cloudpickle/prometheus-client; paho-mqtt, qemu.qmp, pandas,
+scipy and highspy are extras, never imported unless used, and a feature whose extra is missing says which to install."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ BLOCK = """
 import importlib.abc, sys
 class Block(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in ("paho", "qemu", "pandas", "scipy"):
+        if name.split(".")[0] in ("paho", "qemu", "pandas", "scipy", "highspy"):
             raise ModuleNotFoundError(f"No module named {name!r}", name=name)
 sys.meta_path.insert(0, Block())
 """
@@ -30,8 +30,9 @@ def test_the_core_install_and_the_extras():
     assert _names(project["dependencies"]) == {"numpy", "numba", "pyzmq", "cloudpickle", "prometheus-client"}
     extras = {k: _names(v) for k, v in project["optional-dependencies"].items()}
     assert extras["mqtt"] == {"paho-mqtt"} and extras["microvm"] == {"qemu.qmp"} and extras["pandas"] == {"pandas"}
-    assert extras["placement"] == {"scipy"}
-    assert {"paho-mqtt", "qemu.qmp", "pandas", "scipy", "pytest"} <= extras["test"]  # what make test/demo install
+    assert extras["placement"] == {"scipy", "highspy"}
+    # what make test and make demo install
+    assert {"paho-mqtt", "qemu.qmp", "pandas", "scipy", "highspy", "pytest"} <= extras["test"]
     assert "'.[test]'" in (ROOT / "Makefile").read_text()
 
 
@@ -58,12 +59,12 @@ for what, call in [("mqtt", lambda: ms.Pipeline("m").read_mqtt("a/+", schema={{"
 from microstream.unikernel_backend.backend import MicroVMBackend
 assert not MicroVMBackend().available()
 assert main(["run", {str(ROOT / "examples" / "sensors" / "rooms.py")!r}, "--quiet"]) == 0
-# without scipy (the placement extra) the heuristic places; the exact solver names the extra
+# without scipy and highspy (the placement extra) the heuristic places; the exact solver names the extra
 plan = ["plan", {str(ROOT / "examples" / "sensors" / "rooms.py")!r}, "--topology",
         {str(ROOT / "examples" / "topologies" / "demo3.toml")!r}]
 assert main(plan) == 0
 assert main(plan + ["--solver", "exact"]) == 2
-assert not any(m.split(".")[0] in ("paho", "qemu", "pandas", "scipy") for m in sys.modules)
+assert not any(m.split(".")[0] in ("paho", "qemu", "pandas", "scipy", "highspy") for m in sys.modules)
 print("ok")
 """
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=300)
