@@ -23,6 +23,8 @@ from ..operators.base import OUT, Emit, Operator
 def _bounded_watermarks(t: np.ndarray, max_seen: int, delay: int, out: np.ndarray) -> int:
     """out[i] = max(max_seen, t[0..i]) - delay; returns the new max. numpy rather than a numba kernel: as fast
     (two passes over a batch), and a fresh process's first job has one kernel fewer to load."""
+    if len(t) == 0:
+        return max_seen
     np.maximum.accumulate(t, out=out)
     out[: int(np.searchsorted(out, max_seen))] = max_seen  # the running max is sorted: the prefix below max_seen
     m = int(out[-1])
