@@ -108,10 +108,14 @@ class Client:
     def __init__(self, address: ClusterAddress, timeout: float = 10.0) -> None:
         self.address = address
         self.timeout = timeout
-        self.ctx = zmq.Context()
         if address.keys is not None and address.coordinator_public is None:
             raise ClusterError("with a client key, the coordinator's public key is needed too")
-        self._connect()
+        self.ctx = zmq.Context()
+        try:
+            self._connect()
+        except BaseException:  # Ctrl-C mid-connect too: a context left with an open socket hangs the exit
+            self.ctx.destroy(linger=0)
+            raise
 
     def _connect(self) -> None:
         """A (fresh) socket to the coordinator: answers meant for the old one are not read by mistake."""
@@ -123,8 +127,10 @@ class Client:
         self.sock.connect(self.address.endpoint)
 
     def close(self) -> None:
+        """Close the socket and the context at once: never waits on anything unsent (a Ctrl-C ends a command
+        promptly whatever it was doing)."""
         self.sock.close(linger=0)
-        self.ctx.term()
+        self.ctx.destroy(linger=0)
 
     def __enter__(self) -> Client:
         return self
