@@ -58,3 +58,12 @@ def ns(n: int) -> int:
     from microstream.core.time import duration
 
     return duration(nanoseconds=n)
+
+
+def sigint_as_in_a_shell() -> None:
+    """`preexec_fn` for a command a test stops with Ctrl-C (SIGINT): a shell starts a foreground command with SIGINT
+    at its default, but a child inherits an *ignored* SIGINT, and Python then never raises KeyboardInterrupt. The
+    test process may have inherited or set that (a library run in-process by an earlier test in the same worker)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

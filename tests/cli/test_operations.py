@@ -19,7 +19,7 @@ from microstream.cluster import embedded as cluster
 from microstream.cluster.messages import Register
 from microstream.cluster.registry import AgentRegistry
 from tests.cluster.deploy_helpers import alive, descendants
-from tests.helpers import wait_for
+from tests.helpers import sigint_as_in_a_shell, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -68,7 +68,8 @@ def test_a_down_agents_reason_keeps_counting():
 def _cli(*args: str, home: Path, **kw) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "microstream.cli", *args], cwd=ROOT,
                             env={**os.environ, "MICROSTREAM_HOME": str(home), "MICROSTREAM_BACKENDS": "process"},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=sigint_as_in_a_shell, **kw)
 
 
 @pytest.mark.slow

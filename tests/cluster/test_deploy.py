@@ -21,7 +21,7 @@ from microstream.cluster.client import Client, ClusterAddress, ClusterError
 from microstream.cluster.embedded import coordinator_public
 from microstream.cluster.security import Bundle, KeyStore, write_bundle
 from tests.cluster.deploy_helpers import Machines, alive, code_block, descendants, free_port
-from tests.helpers import wait_for
+from tests.helpers import sigint_as_in_a_shell, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow  # real processes
@@ -301,6 +301,7 @@ def test_the_deploy_guide_runs_as_written(tmp_path):
                     command += f" --prefix {m.home(machine)} --no-enable"
                 if " status --watch" in command:
                     watch = subprocess.Popen(["bash", "-c", command], cwd=m.home(machine), env=m.env(machine),
+                                             preexec_fn=sigint_as_in_a_shell,
                                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                     time.sleep(4)
                     watch.send_signal(signal.SIGINT)
