@@ -229,7 +229,7 @@ class VnodeResumed(Message):
     at: float
     epoch: int = 0
     transfer: dict[str, Any] | None = None  # a state sent directly: its final round as the new host received it
-    quiet: bool = False  # nothing came in after the restore: `at` is when the new host started
+    quiet: bool = False  # nothing came in after the restore: `at` is the restore's time
 
 
 @dataclass(frozen=True)
@@ -242,7 +242,7 @@ class VnodeFailed(Message):
     cause: str | None = None
     epoch: int = 0
     # the host had handed its snapshot over for a move already (it failed, or exited killed, after that): the job
-    # lost nothing unless that move's state was still on its way to the new host (`moves.Moves.old_host_failed`)
+    # lost nothing unless that move's state was still on its way to the new host (`moves.Moves.host_failed`)
     moved: bool | None = None
 
 

@@ -24,8 +24,8 @@ if TYPE_CHECKING:  # statexfer needs pyzmq, which a microVM guest's host does wi
 
 log = logging.getLogger(__name__)
 _IDLE_WAIT = 0.05  # seconds a host waits for a message when no source is due sooner
-# A restored vnode that has taken in nothing this long after it started: its move is done all the same (a quiet
-# stream, e.g. a sensor that reports on change, sends nothing to wait for; the move's downtime ends at the start).
+# A restored vnode that has taken in nothing this long after its restore: its move is done all the same (a quiet
+# stream, e.g. a sensor that reports on change, sends nothing to wait for; the move's downtime ends at the restore).
 QUIET_RESUME_S = 3.0
 # seconds a step takes messages in before it looks at its control link again: a busy vnode whose producers always
 # have the next batch ready would otherwise never leave the loop (a move's pre-copy request waited for its end);
@@ -77,6 +77,7 @@ class HostRuntime:
         self._precopied = False
         self.transfer_figures: dict[str, Any] = {}
         self._final: Packed | None = None       # a final round still to send, after its ticket (`_ticket_first`)
+        self._resume_armed = (0.0, 0.0)          # when `on_resumed` was set (monotonic, wall): see QUIET_RESUME_S
 
     @property
     def on_resumed(self) -> Callable[..., None] | None:
@@ -87,6 +88,8 @@ class HostRuntime:
     @on_resumed.setter
     def on_resumed(self, callback: Callable[..., None] | None) -> None:
         self.runner.on_resumed = callback
+        # the quiet clock starts now, not when `run` did: a VM host that arrives whole is restored mid-run
+        self._resume_armed = (time.monotonic(), time.time())
 
     def connect(self, endpoints: dict[str, Any]) -> None:
         """Open a channel from each local task to each virtual node it sends to (`endpoints[vnode]` is
@@ -120,7 +123,6 @@ class HostRuntime:
         a migration (returns {"snapshot": state}). `control()` yields control messages from the agent."""
         self._report, self._report_every = report, report_every
         self._next_report = time.monotonic() + report_every
-        started, started_wall = time.monotonic(), time.time()
         try:
             while not self.done:
                 if should_stop():
@@ -131,8 +133,8 @@ class HostRuntime:
                     return {"snapshot": self.saved}
                 self.step(_IDLE_WAIT, control_socket)
                 self._report_if_due()
-                if self.on_resumed is not None and time.monotonic() - started >= QUIET_RESUME_S:
-                    self._resumed_quietly(started_wall)
+                if self.on_resumed is not None and time.monotonic() - self._resume_armed[0] >= QUIET_RESUME_S:
+                    self._resumed_quietly(self._resume_armed[1])
         finally:
             self._report = None
             self.runner.stop_sources()
@@ -359,7 +361,7 @@ class HostRuntime:
         self.runner.restore(state)
 
     def _resumed_quietly(self, since: float) -> None:
-        """Nothing came in since the start (wall-clock `since`): tell the move it is done, as of then."""
+        """Nothing came in since the restore (wall-clock `since`): tell the move it is done, as of then."""
         callback, self.on_resumed = self.on_resumed, None
         if callback is not None:
             callback(since)

@@ -364,7 +364,7 @@ class HostCheckpointed(HostReport):
 @dataclass(frozen=True)
 class HostResumed(HostReport):
     """A restored virtual node took in its first input at wall-clock time `at`; `quiet`: none came in for
-    `host.QUIET_RESUME_S`, and `at` is when it started."""
+    `host.QUIET_RESUME_S`, and `at` is when it was restored."""
 
     KIND: ClassVar[str] = "resumed"
     at: float
