@@ -150,7 +150,9 @@ class Chaos:
     def fault(self, kind: str, rng: random.Random) -> None:
         status = self.running()
         time.sleep(rng.uniform(0.0, 1.5))  # at a random time in the job, not right on a checkpoint
-        status = self.status()
+        # status is as new as the agents' last heartbeats (1 s): a host just started may not be in it yet
+        status = self.wait("every host of this epoch in status",
+                           lambda s: s["state"] != "running" or all(v.get("pid") for v in s["vnodes"].values()))
         if status["state"] != "running":
             self.log.append(f"{kind}: skipped, the job is {status['state']}")
             return
