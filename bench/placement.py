@@ -20,6 +20,12 @@ feasible in < 1 s. Times are CPU seconds of this process (the machine is shared;
 Writes bench/results/placement.json.
 
     python bench/placement.py [--full] [--milp-seconds 20] [--budget 1.0] [--repeat 1] [--sizes 20x6,40x10]
+                              [--spread 3]
+
+`--spread N` (3 by default) also runs the heuristic N times on each instance with its seed and with N seeds, and
+records worst / best cost per instance (`spread` in each run; per size the worst instance's, `spread_same_seed`
+and `spread_seeds`): the search's work is planned, not read off the clock, so the same seed differs only where
+the clock cut it short; other seeds show how much its result depends on its luck.
 
 `--sizes` reruns only those quality sizes (on a shared machine, what there is time for): the other sizes' rows
 and the scale part are kept from the previous bench/results/placement.json, each row with the time it was
@@ -94,20 +100,33 @@ def priced(p: Problem, assign: np.ndarray) -> dict:
 
 # -- 1. quality -------------------------------------------------------------------------------------------
 
+def spread(p: Problem, budget: float, clock, runs: int, first: float) -> dict:
+    """The heuristic's run-to-run spread on one instance: `runs` runs with the same seed (the first is the
+    quality run, `first`: they differ only where the clock cut the planned work short), and `runs` seeds."""
+    same = [first] + [p.total(improve(p, time_limit=budget, clock=clock).assign) for _ in range(runs - 1)]
+    seeds = [first] + [p.total(improve(p, time_limit=budget, clock=clock, rng_seed=k).assign)
+                       for k in range(1, runs)]
+    ratio = (lambda xs: max(xs) / min(xs) if min(xs) > 0 and math.isfinite(max(xs)) else math.inf)
+    return {"same_seed": same, "seeds": seeds, "same_seed_worst_over_best": ratio(same),
+            "seeds_worst_over_best": ratio(seeds)}
+
+
 def quality_size(v: int, n: int, count: int, budget: float, milp_s: float, clock=time.process_time,
-                 ref_s: float = 10.0) -> dict:
+                 ref_s: float = 10.0, spread_runs: int = 3) -> dict:
     runs = []
     for s in range(count):
         p = random_problem(np.random.default_rng(s), v, n)
         ch, _, h = timed(lambda p=p: improve(p, time_limit=budget, clock=clock))
         hc = p.total(h.assign)
+        sp = spread(p, budget, clock, spread_runs, hc) if spread_runs > 1 else None
         # the exact solver as `certify` runs it: the heuristic's cost as a cutoff (not a warm start)
         cm, wm, r = timed(lambda p=p, hc=hc: solve_milp(p, time_limit=milp_s, upper=hc if math.isfinite(hc) else None))
         long_cost = math.inf
         if not r.optimal and ref_s > 0:        # a reference where the MILP proves nothing: a long heuristic run
             long_cost = p.total(improve(p, time_limit=ref_s, rng_seed=1, clock=clock).assign)
-        best = min(hc, r.cost, long_cost)
-        runs.append({"seed": s, "heuristic": hc, "heuristic_cpu_s": ch,
+        # the spread runs' placements are known placements too (so a lucky seed can only make the ratio stricter)
+        best = min(hc, r.cost, long_cost, *(sp["same_seed"] + sp["seeds"] if sp else []))
+        runs.append({"seed": s, "heuristic": hc, "heuristic_cpu_s": ch, "spread": sp,
                      "heuristic_proved_optimal": h.status == "optimal", "milp": r.cost, "milp_bound": r.bound,
                      "milp_status": r.status, "milp_cpu_s": cm, "long_heuristic": long_cost, "milp_wall_s": wm,
                      "milp_variables": r.variables, "incumbent": min(hc, r.cost),
@@ -122,6 +141,11 @@ def quality_size(v: int, n: int, count: int, budget: float, milp_s: float, clock
             "median_vs_optimum": statistics.median([x["vs_best"] for x in proven]) if proven else None,
             "worst_vs_optimum": max(x["vs_best"] for x in proven) if proven else None,
             "worst_vs_bound": max(x["vs_bound"] for x in runs),
+            # the heuristic's run-to-run spread (worst / best cost on one instance), the worst instance's
+            "spread_same_seed": max((x["spread"]["same_seed_worst_over_best"] for x in runs if x["spread"]),
+                                    default=None),
+            "spread_seeds": max((x["spread"]["seeds_worst_over_best"] for x in runs if x["spread"]), default=None),
+            "spread_runs": spread_runs,
             "milp_seconds_to_prove_median": statistics.median([x["milp_cpu_s"] for x in proven]) if proven else None,
             # against the incumbent: with the heuristic's cost as a cutoff the MILP may find nothing cheaper
             "milp_gap_worst": max(((x["incumbent"] - x["milp_bound"]) / x["incumbent"]
@@ -190,17 +214,21 @@ def print_quality(rows: list[dict], budget: float, milp_s: float, clock: str) ->
     print(f"\nthe targets, side by side: heuristic ({budget:g} s budget, {clock}) vs the MILP ({milp_s:g} s per "
           "instance); cost ratios, 1.000 = as good")
     out = [("vnodes x nodes", "MILP proved", "heur/opt median", "heur/opt worst", "heur/best median",
-            "heur/best worst", "target", "MILP s to prove (median)", "MILP gap (worst)")]
+            "heur/best worst", "target", "MILP s to prove (median)", "MILP gap (worst)",
+            "spread: same seed / seeds")]
     for r in rows:
         big = r["vnodes"] >= 150
         target = "best <= 1.05" if big else "opt <= 1.02 / 1.05"
         out.append((f"{r['vnodes']} x {r['nodes']}", f"{r['proven']}/{r['instances']}", _f(r["median_vs_optimum"]),
                     _f(r["worst_vs_optimum"]), _f(r["median_vs_best"]), _f(r["worst_vs_best"]), target,
-                    _f(r["milp_seconds_to_prove_median"], "{:.1f}"), _f(r["milp_gap_worst"], "{:.1%}")))
+                    _f(r["milp_seconds_to_prove_median"], "{:.1f}"), _f(r["milp_gap_worst"], "{:.1%}"),
+                    f"{_f(r.get('spread_same_seed'))} / {_f(r.get('spread_seeds'))}"))
     print(table(out))
     print("(opt: where the MILP proved its optimum; best: the better of both solvers' placements, priced by the "
           "same cost function, and a 10 s heuristic run where the MILP proved nothing; MILP gap: (the better of its "
-          "placement and the heuristic's, its cutoff - its proven bound) / that, '-' = no bound)")
+          "placement and the heuristic's, its cutoff - its proven bound) / that, '-' = no bound; spread: the "
+          "heuristic's worst / best cost over --spread runs of one instance, the worst instance: the same seed again "
+          "(differs only where the clock cut its planned work), and other seeds)")
 
 
 def _cost_row(name: str, c: dict, ref: float) -> tuple[str, ...]:
@@ -271,6 +299,9 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--reference-seconds", type=float, default=10.0,
                     help="where the MILP proves nothing, also run the heuristic this long as a reference (0: off)")
+    ap.add_argument("--spread", type=int, default=3,
+                    help="runs per instance for the heuristic's run-to-run spread: the same seed, and as many seeds "
+                         "(1: off)")
     ap.add_argument("--sizes", default=None,
                     help="only these quality sizes, e.g. 20x6,40x10 (the rest, and the scale part, are kept from the "
                          "previous JSON)")
@@ -294,7 +325,7 @@ def main() -> int:
     load: dict[str, list[float]] = {"start": _load()}
     now = (lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     for v, n, count in sizes:
-        rows.append(quality_size(v, n, count, args.budget, milp_s, clock, args.reference_seconds))
+        rows.append(quality_size(v, n, count, args.budget, milp_s, clock, args.reference_seconds, args.spread))
         load[f"{v}x{n}"] = _load()
         rows[-1]["measured_at"] = now()
         print(f"  {v} x {n}: done (load average {load[f'{v}x{n}']})", file=sys.stderr, flush=True)

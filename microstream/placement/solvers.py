@@ -7,10 +7,13 @@
   nodes, the latency term from longest paths to and from the vnode). A small problem is then solved whole by
   the MILP; otherwise *simulated annealing* (`_anneal`, compiled in `anneal.py`: moves, swaps and chain moves
   on incremental sums, with a mean-sink-latency surrogate while hot, because the latency term is a maximum that
-  single moves rarely lower; several walks, each from the best so far), then *large-neighbourhood search*
-  re-solving a few nodes' vnodes exactly with the MILP, until the time budget. Beyond `_LARGE` movable vnodes ×
-  nodes a cool walk comes first, as local search from the seed alone would take the whole budget. An
-  overloaded result is repaired by the whole MILP with hard limits (`_repair`).
+  single moves rarely lower; several walks, each from the best so far; from 60 to 400 movable vnodes
+  successive halving, `_halving`: many walks through the hot band, the best half continued cooler, and so on),
+  then *large-neighbourhood search* re-solving a few nodes' vnodes exactly with the MILP. The work (trials,
+  walks, sub-problems) is planned from the budget, so a seed gives the same placement at any load; the clock
+  only cuts it short. Beyond `_LARGE` movable vnodes × nodes a cool walk comes first, as local search from the
+  seed alone would take the whole budget. An overloaded result is repaired by the whole MILP with hard limits
+  (`_repair`).
 * **exact** (`certify`): the MILP (`milp.solve_milp`, HiGHS) on the whole problem, with its proven bound, given the
   heuristic's cost as a cutoff (HiGHS looks only for cheaper placements; none found = the heuristic's is optimal).
 """
@@ -29,6 +32,7 @@ import numpy as np
 from ..graph.logical import LogicalGraph
 from ..graph.physical import DisjointSets, PhysicalPlan
 from .anneal import anneal, warm
+from .anneal import ready as anneal_ready
 from .bounds import infeasibility
 from .cost import (
     OVERLOAD_PENALTY,
@@ -55,11 +59,12 @@ _TOL = 1e-12
 _OVERLOAD = OVERLOAD_PENALTY   # per unit of overload while searching from an infeasible start
 _MAX_BLOCKED = 64        # large instances: swaps tried per round for the vnodes most held back by capacity
 _MAX_PARTNERS = 12       # ... each with at most this many vnodes of the node it wants
-_LNS_FREE = (4, 10, 40)  # vnodes freed per large-neighbourhood sub-problem: least, first, most (adapts)
+_LNS_FREE = (4, 10, 20)  # vnodes freed per large-neighbourhood sub-problem: least, first, most (adapts: +1 after a
+                         # sub-problem solved to optimality, -3 after one cut by its time limit)
 _LNS_MAX_NODES = 4       # ... over at most this many nodes
-_LNS_STEP = 0.25         # seconds for one sub-problem at most
-_LNS_FAST = 0.05         # a sub-problem solved this fast grows the next one
+_LNS_STEP = 0.25         # seconds for one sub-problem at most (a safety limit: the sizes below solve far faster)
 _LNS_PATIENCE = 5        # stop after this many sub-problems per node in a row without a gain
+_LNS_PER_SECOND = 40     # sub-problems planned per second of the budget (a count, not the clock: reproducible)
 _EXHAUSTIVE = 100        # movable vnodes × nodes up to which local search tries every swap and group move
 _WHOLE_MILP = 100        # movable vnodes × nodes up to which the heuristic solves the whole problem by MILP
 _REPAIR_MILP = 40_000    # edges × nodes² up to which an overloaded search result is repaired by the whole MILP
@@ -73,6 +78,15 @@ _ANNEAL_SURROGATE = 1.0  # weight of the mean sink latency beside the critical p
 _ANNEAL_SWAP = 0.2       # share of annealing trials that swap two vnodes rather than move one ...
 _ANNEAL_CHAIN = 0.3      # ... or move one with its co-located movable neighbours (80 x 16 and 150 x 30, three
                          # runs each of four instances: median 1.06 -> 1.00 of the best known, worst 1.14 -> 1.07)
+_HALVING = (60, 400)     # movable vnodes from .. to: annealing by successive halving (`_halving`), not walks
+_HALVING_RATE = 1.2e6    # trials planned per second of the budget for it (~0.8 s CPU at 80-150 vnodes here)
+# (walks, share of the trials, T from, T to): 16 walks from the seed through the hot band, the best half of them
+# continued cooler, and so on. One walk's result depends on its luck in that band (150 x 30 seed 0, five walks
+# of 1.2 M trials each: 1.01-1.28 of the best known); keeping the best of many there, 1.005-1.12 for the same work
+_HALVING_STAGES = ((16, 0.33, 0.05, 0.01), (8, 0.26, 0.01, 0.004), (4, 0.20, 0.004, 1e-3), (2, 0.16, 1e-3, 1e-4),
+                   (1, 0.05, 1e-4, 1e-5))
+_HALVING_SHARE = 0.9     # of the time left: the halving's walks may take this much before they are cut
+_SLACK = 1.5             # a walk may take this many times its planned share of the time left before it is cut
 _LARGE = 20_000          # movable vnodes × nodes beyond which a cool walk comes before local search ...
 _LARGE_WALK = 0.35       # ... for this share of the budget
 _LARGE_T = (0.03, 1e-4)  # ... and walks start cooler (a hot walk over 1,000 vnodes undoes the seeding for nothing)
@@ -704,7 +718,8 @@ def heuristic(problem: Problem, start: np.ndarray | None = None, restarts: int |
 
 
 def improve(problem: Problem, start: np.ndarray | None = None, restarts: int | None = None,
-            time_limit: float = 1.0, rng_seed: int = 0, clock: Clock = time.perf_counter) -> Solution:
+            time_limit: float = 1.0, rng_seed: int = 0, clock: Clock = time.perf_counter,
+            work: float | None = None) -> Solution:
     """The heuristic, with what it proved: seeding (or `start`) then local search (single moves, pairwise
     swaps, chain moves); small instances also try `restarts` random starts (default: 2 when vnodes × nodes ≤
     400); beyond `_LARGE` movable vnodes × nodes a cool annealing walk comes before local search. A problem
@@ -713,19 +728,28 @@ def improve(problem: Problem, start: np.ndarray | None = None, restarts: int | N
     `time_limit`: free the vnodes of a few nodes (or a connected group of vnodes), re-solve that sub-problem
     exactly with the MILP, keep it if it gains, and polish with local search. `clock` measures the budget
     (wall time by default; `time.process_time` counts this process's CPU seconds, for benchmarks on a
-    shared machine)."""
+    shared machine).
+
+    The search's work (annealing trials, walks, LNS sub-problems) is planned from `work` — seconds of the
+    nominal rates, `time_limit` by default — not from the clock, so for a seed the same problem gets the same
+    placement whatever the machine's load; the clock only cuts the search short (then the rest of a walk's
+    cooling is compressed into the time left) when the work does not fit into `time_limit`."""
     milp_available()                           # import scipy (once per process, ~1 s) before the clock starts
     warm()                                     # ... and load the compiled annealer (compiled once per machine)
     deadline = clock() + time_limit
+    work = time_limit if work is None else work
     first = start.astype(np.int64) if start is not None else seed(problem)
     rng = np.random.default_rng(rng_seed)
     movable = _movable(problem)
     if len(movable) * problem.n_nodes > _LARGE:
         # local search from the seed alone took the whole budget here (1,000 x 100: 0.8-1.1 s CPU); a cool walk
         # gets further in half of it (the search objective: never worse than the seed)
-        trials = int(_ANNEAL_RATE * _LARGE_WALK * time_limit)
+        trials = int(_ANNEAL_RATE * _LARGE_WALK * work)
         first = _anneal(problem, first, clock() + _LARGE_WALK * time_limit, rng, clock, trials)
-    best = _local_search(problem, first, deadline, clock=clock)
+    if _halves(problem, movable) and anneal_ready():
+        best = first                           # the halving starts hot: local search first would be undone
+    else:
+        best = _local_search(problem, first, deadline, clock=clock)
     best_cost = problem.search_objective(best)
     if restarts is None:
         restarts = 2 if problem.n_vnodes * problem.n_nodes <= 400 and start is None else 0
@@ -742,7 +766,7 @@ def improve(problem: Problem, start: np.ndarray | None = None, restarts: int | N
         c = problem.search_objective(cand)
         if c < best_cost - 1e-12:
             best, best_cost = cand, c
-    found = _lns(problem, best, deadline, rng, clock, time_limit)
+    found = _lns(problem, best, deadline, rng, clock, work, time_limit / max(work, 1e-9))
     if not problem.feasible(found.assign) and found.status != "infeasible":
         found = Solution(_repair(problem, found.assign, deadline, clock))
     return found
@@ -777,10 +801,47 @@ def _anneal(p: Problem, start: np.ndarray, deadline: float, rng: np.random.Gener
                   _ANNEAL_SURROGATE, _ANNEAL_SWAP, _ANNEAL_CHAIN)[0]
 
 
+def _halves(p: Problem, movable: list[int]) -> bool:
+    """Is the annealing of this problem done by successive halving (`_halving`)?"""
+    return _HALVING[0] <= len(movable) <= _HALVING[1] and len(movable) * p.n_nodes > _WHOLE_MILP
+
+
+def _walk_deadline(now: float, end: float, share: float, left: float) -> float:
+    """When a walk of `share` of the `left` work still planned before `end` is cut: its proportional part of
+    the time left, with `_SLACK` (so a walk is cut only when the machine is that much slower than planned)."""
+    return min(end, now + max(0.0, end - now) * _SLACK * share / max(left, 1e-12))
+
+
+def _halving(p: Problem, start: np.ndarray, end: float, deadline: float, rng: np.random.Generator, clock: Clock,
+             trials: int) -> np.ndarray:
+    """Annealing by successive halving (`_HALVING_STAGES`): many walks from `start` through the hot band of
+    temperatures, then the best half of them continued cooler, and so on to one; `trials` in all, planned,
+    so for a seed the result is the same on any machine unless `end` cuts the walks short. Ends with local
+    search; never worse than `start`."""
+    movable = _movable(p)
+    pop = [start]
+    left = float(sum(share for _, share, _, _ in _HALVING_STAGES))
+    for width, share, hot, cold in _HALVING_STAGES:
+        pop = sorted(pop, key=p.search_objective)
+        pop = [pop[i % len(pop)] for i in range(width)]      # the best first; from one start: copies of it
+        each = max(1, int(trials * share / width))
+        out = []
+        for a in pop:
+            walk_end = _walk_deadline(clock(), end, share / width, left)
+            left -= share / width
+            out.append(anneal(p, a, movable, walk_end, int(rng.integers(2**31 - 1)), each, clock, (hot, cold),
+                              _ANNEAL_SURROGATE, _ANNEAL_SWAP, _ANNEAL_CHAIN)[0])
+        pop = out
+    best = _local_search(p, min(pop, key=p.search_objective), deadline, clock=clock)
+    return best if p.search_objective(best) < p.search_objective(start) else start
+
+
 def _lns(p: Problem, best: np.ndarray, deadline: float, rng: np.random.Generator,
-         clock: Clock = time.perf_counter, budget: float = 1.0) -> Solution:
-    """A small problem whole by the MILP; otherwise simulated annealing, then large-neighbourhood search with
-    exact sub-problems until `deadline` or `_LNS_PATIENCE` × nodes sub-problems in a row gain nothing."""
+         clock: Clock = time.perf_counter, budget: float = 1.0, slack: float = 1.0) -> Solution:
+    """A small problem whole by the MILP; otherwise simulated annealing (`budget` seconds of planned work),
+    then large-neighbourhood search with exact sub-problems: `_LNS_PER_SECOND` × `budget` of them, fewer if
+    `deadline` comes first or `_LNS_PATIENCE` × nodes sub-problems in a row gain nothing. A sub-problem's time
+    limit is `_LNS_STEP` × `slack` (the caller's time ÷ its planned work)."""
     movable = _movable(p)
     if not movable or clock() >= deadline:
         return Solution(best)
@@ -794,17 +855,22 @@ def _lns(p: Problem, best: np.ndarray, deadline: float, rng: np.random.Generator
             return Solution(best, math.inf, "infeasible")
         if r.status == "optimal":
             return Solution(best, r.bound, "optimal")
-    # several walks, each from the best so far: one walk depends on its luck (40 x 10: 1.00-1.21 of the optimum
-    # over two seeds with one walk of 1.2 M trials; 1.00-1.02 with 4-8 walks of the same total)
-    cycles = next((c for up, c in _ANNEAL_CYCLES if len(movable) <= up), 1)
     share = _ANNEAL_SHARE if has_milp else 1.0
-    end = clock() + (deadline - clock()) * share
-    trials = int(_ANNEAL_RATE * budget * share / cycles)     # from the budget, not the clock: reproducible
-    for i in range(cycles):
-        walk_end = clock() + (end - clock()) / (cycles - i)
-        annealed = _local_search(p, _anneal(p, best, walk_end, rng, clock, trials), deadline, clock=clock)
-        if p.search_objective(annealed) < p.search_objective(best) - 1e-12:
-            best = annealed
+    if _halves(p, movable):
+        share = _HALVING_SHARE if has_milp else 1.0
+        best = _halving(p, best, clock() + (deadline - clock()) * share, deadline, rng, clock,
+                        int(_HALVING_RATE * budget))
+    else:
+        # several walks, each from the best so far: one walk depends on its luck (40 x 10: 1.00-1.21 of the
+        # optimum over two seeds with one walk of 1.2 M trials; 1.00-1.02 with 4-8 walks of the same total)
+        cycles = next((c for up, c in _ANNEAL_CYCLES if len(movable) <= up), 1)
+        trials = int(_ANNEAL_RATE * budget * share / cycles)     # from the budget, not the clock: reproducible
+        end = clock() + (deadline - clock()) * share
+        for i in range(cycles):
+            walk_end = _walk_deadline(clock(), end, 1, cycles - i)
+            annealed = _local_search(p, _anneal(p, best, walk_end, rng, clock, trials), deadline, clock=clock)
+            if p.search_objective(annealed) < p.search_objective(best) - 1e-12:
+                best = annealed
     if not has_milp:
         return Solution(best)
     if not p.feasible(best):
@@ -814,7 +880,8 @@ def _lns(p: Problem, best: np.ndarray, deadline: float, rng: np.random.Generator
     stale, patience, k = 0, max(_LNS_PATIENCE * p.n_nodes, 30), 0
     size = _LNS_FREE[1]
     tried: set[bytes] = set()                  # sub-problems already solved at this incumbent
-    while clock() < deadline and stale < patience:
+    planned = max(1, int(_LNS_PER_SECOND * budget))
+    while clock() < deadline and stale < patience and k < planned:
         free, domains = _neighbourhood(p, best, movable, rng, k, size)
         k += 1
         key = free.tobytes() + np.packbits(domains[free]).tobytes()
@@ -822,13 +889,12 @@ def _lns(p: Problem, best: np.ndarray, deadline: float, rng: np.random.Generator
             stale += 1
             continue
         tried.add(key)
-        step = min(_LNS_STEP, deadline - clock())
+        step = min(_LNS_STEP * max(slack, 1.0), deadline - clock())
         r = solve_milp(p, time_limit=step, free=free, assign=best, domains=domains, soft=not feasible,
                        upper=best_cost)
-        if r.status == "optimal" and r.seconds < _LNS_FAST:
-            size = min(_LNS_FREE[2], size + 2)
-        elif r.status != "optimal":
-            size = max(_LNS_FREE[0], size - 3)
+        # grown on its answer, not its speed (which depends on the machine's load): the same sub-problems
+        # for a seed on any machine, as long as none reaches its time limit
+        size = min(_LNS_FREE[2], size + 1) if r.status == "optimal" else max(_LNS_FREE[0], size - 3)
         if r.assign is None:
             stale += 1
             continue

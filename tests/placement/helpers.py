@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 import microstream as ms
 from microstream.graph.physical import build_plan
 from microstream.placement.topology import Link, PhysicalNode, Sensor, Topology
@@ -29,3 +31,19 @@ def two_nodes(cores_a: float = 2, cores_b: float = 4, backends_a: tuple[str, ...
 
 def plan_of(pipeline: ms.Pipeline):
     return build_plan(pipeline.graph), pipeline.graph
+
+
+def racks(problem, pairs: int):
+    """`problem` with its nodes in racks of three (the first node alone) and the ends of its heaviest free edges
+    kept apart, at most `pairs` of them (they would rather share a node, so the limit binds)."""
+    problem.domain = np.array([0] + [1 + j // 3 for j in range(problem.n_nodes - 1)])
+    problem.domain_names = [f"rack{k}" for k in range(int(problem.domain.max()) + 1)]
+    chosen, used = [], set()
+    for e in np.argsort(-problem.traffic).tolist():
+        s, d = int(problem.src[e]), int(problem.dst[e])
+        if problem.pinned[s] < 0 and problem.pinned[d] < 0 and not {s, d} & used and len(chosen) < pairs:
+            chosen.append((s, d))
+            used |= {s, d}
+    problem.apart = np.array(chosen, dtype=np.int64)
+    problem.__post_init__()
+    return problem

@@ -16,7 +16,7 @@ from microstream.placement.solvers import improve
 from microstream.placement.synthetic import random_problem
 from microstream.placement.topology import Link, PhysicalNode, Sensor
 
-from .helpers import plan_of, room_pipeline
+from .helpers import plan_of, racks, room_pipeline
 from .test_milp import against_brute_force, brute_force
 
 
@@ -110,18 +110,7 @@ def test_larger_instances_keep_pairs_apart_through_annealing_and_lns():
 def _heavy_pairs(seed: int, count: int = 8):
     """40 vnodes × 10 nodes in racks of three, the ends of the heaviest free edges kept apart (they would rather
     share a node, so the limit binds)."""
-    problem = random_problem(np.random.default_rng(seed), 40, 10)
-    problem.domain = np.array([0] + [1 + j // 3 for j in range(problem.n_nodes - 1)])
-    problem.domain_names = [f"rack{k}" for k in range(int(problem.domain.max()) + 1)]
-    pairs, used = [], set()
-    for e in np.argsort(-problem.traffic).tolist():
-        s, d = int(problem.src[e]), int(problem.dst[e])
-        if problem.pinned[s] < 0 and problem.pinned[d] < 0 and not {s, d} & used and len(pairs) < count:
-            pairs.append((s, d))
-            used |= {s, d}
-    problem.apart = np.array(pairs, dtype=np.int64)
-    problem.__post_init__()
-    return problem
+    return racks(random_problem(np.random.default_rng(seed), 40, 10), count)
 
 
 def test_the_annealer_never_puts_a_pair_together_and_prices_pairs_as_the_search_objective():

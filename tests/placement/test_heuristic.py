@@ -13,10 +13,11 @@ import pytest
 from microstream.placement import place
 from microstream.placement.anneal import anneal
 from microstream.placement.milp import relative_gap, solve_milp
-from microstream.placement.solvers import _anneal, _movable, certify, improve, seed
+from microstream.placement.solvers import _anneal, _halves, _movable, certify, improve, seed
 from microstream.placement.synthetic import random_problem
 
-from .helpers import CAMPUS, plan_of, room_pipeline
+from .helpers import CAMPUS, plan_of, racks, room_pipeline
+from .test_failure_domains import _fields
 from .test_milp import brute_force, small, tight
 
 
@@ -131,3 +132,43 @@ def test_a_campus_of_1000_vnodes_with_tight_links_is_placed_within_them():
     found = improve(problem, time_limit=3.0, clock=time.process_time)
     assert problem.feasible(found.assign), problem.overload(found.assign)
     assert infeasibility(problem) == []
+
+
+@pytest.mark.slow
+def test_the_heuristic_repeats_its_placement_for_a_seed_and_a_work_budget():
+    """The search's work (annealing trials, walks, LNS sub-problems) is planned from `work`, not read off the
+    clock: given the time to do it, the same seed gives the same placement, whatever else the machine is doing
+    — through the walks (18 vnodes), and through successive halving (80 and 150 vnodes)."""
+    _, walks = next(mids(1, limits=False))
+    cases = [walks, random_problem(np.random.default_rng(0), 80, 16), random_problem(np.random.default_rng(1), 150, 30)]
+    assert not _halves(walks, _movable(walks)) and all(_halves(p, _movable(p)) for p in cases[1:])
+    for problem in cases:
+        runs = [improve(problem, time_limit=120.0, work=0.1, rng_seed=3, clock=time.process_time).assign
+                for _ in range(2)]
+        assert (runs[0] == runs[1]).all()
+        assert problem.search_objective(runs[0]) <= problem.search_objective(seed(problem)) + 1e-9
+
+
+@pytest.mark.slow
+def test_successive_halving_keeps_pairs_apart_and_works_its_way_out_of_overload():
+    """At 80 vnodes (annealing by successive halving, then LNS): pairs that protect each other end in different
+    racks although they would rather share a node; and with links at half the bandwidth and memory that binds,
+    where seeding overloads links, the search ends within every limit (the MILP, given 30 s, also finds
+    feasible placements of these two instances)."""
+    problem = racks(random_problem(np.random.default_rng(4), 80, 16), pairs=10)
+    assert _halves(problem, _movable(problem))
+    free = problem.__class__(**_fields(problem, apart=None))
+    assert problem.together(improve(free, time_limit=0.5).assign) > 0    # unconstrained, some pairs share a rack
+    found = improve(problem, time_limit=1.0).assign
+    assert problem.feasible(found) and problem.together(found) == 0
+    for s in (50, 51):
+        rng = np.random.default_rng(s)
+        limited = random_problem(rng, 80, 16)
+        limited.link_cap = limited.link_cap * 0.5
+        limited.mem = rng.uniform(50e6, 150e6, limited.n_vnodes)
+        limited.memory = np.full(limited.n_nodes, 1.0e9)
+        limited.mem_capacity = limited.memory * limited.weights.max_memory
+        assert limited.overload(seed(limited)) > 1.0                      # the limits bind
+        found = improve(limited, time_limit=1.0).assign
+        assert limited.allowed[np.arange(limited.n_vnodes), found].all()
+        assert limited.feasible(found), f"seed {s}: overload {limited.overload(found)}"
