@@ -297,6 +297,10 @@ class Moves:
         align = move.snapshot_at - move.paused_at if move.paused_at and move.snapshot_at else None
         figures: dict[str, Any] = {"downtime_s": downtime, **self._state_figures(move),
                                    "align_and_snapshot_s": align}
+        if m.transfer and m.transfer.get("restored_at") is not None:  # the new host's part, after the state came:
+            # its restore, then the wait for the first record (redirected upstream channels), on its own clock
+            figures["restore_s"] = m.transfer.get("restore_s")
+            figures["first_record_s"] = max(0.0, float(m.at) - float(m.transfer["restored_at"]))
         if m.quiet:  # nothing came in after the restore: the downtime ended as the new host started
             figures["quiet"] = True
         if move.whole:  # the state moved in QEMU's stream; the snapshot was the control channel's position

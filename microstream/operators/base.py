@@ -141,6 +141,12 @@ class Operator:
         by default a checkpoint's snapshot."""
         return self.checkpoint_snapshot()
 
+    def dirty_trackers(self) -> list[Any]:
+        """The `kernels.dirty.DirtyRows` of the arrays `live_snapshot` and `snapshot` hold, which record the rows
+        each batch wrote: a move's state transfer then reads only those (runtime/statexfer.py). Arrays no tracker
+        covers are compared whole."""
+        return []
+
     def prepare_commit(self, checkpoint: int) -> None:
         """A checkpoint is being taken (before `snapshot`): note what would be published if it completes."""
 

@@ -15,6 +15,7 @@ from ..core.batch import Batch
 from ..core.errors import PipelineError
 from ..core.schema import Schema
 from .base import OUT, Emit, Operator
+from .kernels.dirty import DirtyRows
 from .kernels.keys import KeyIndex
 
 
@@ -82,7 +83,15 @@ class StatefulMap(Operator):
         s = ctx.input_schemas[0]
         self.key, self.time = s.key, s.time
         self.keys = KeyIndex(s.dtype(s.key))
-        self.state = np.tile(self.init, (64, 1))
+        self.dirty = DirtyRows()  # the key slots each batch wrote: a move's transfer reads only those (statexfer)
+        self._adopt(np.tile(self.init, (64, 1)))
+
+    def _adopt(self, state: np.ndarray) -> None:
+        self.state = state
+        self.dirty.track(len(state), state)
+
+    def dirty_trackers(self) -> list[DirtyRows]:
+        return [self.dirty]
 
     def process(self, port: int, batch: Batch) -> Emit:
         n = batch.base_rows
@@ -93,12 +102,13 @@ class StatefulMap(Operator):
         if self.keys.n_slots > len(self.state):
             grown = np.tile(self.init, (max(self.keys.n_slots, 2 * len(self.state)), 1))
             grown[: len(self.state)] = self.state
-            self.state = grown
+            self._adopt(grown)
         x = batch.base(self.column).astype(np.float64, copy=False)
         t = batch.base(self.time) if self.time else np.zeros(n, dtype=np.int64)
         out = np.full(n, np.nan)
         has_mask = mask is not None
         _runner(self.step)(t, slots, x, mask if has_mask else np.empty(0, np.bool_), has_mask, self.state, out)
+        self.dirty.mark(slots)  # after the writes (kernels/dirty.py says why)
         cols = {c: batch.base(c) for c in batch.names}
         cols[self.out] = out
         return [(OUT, Batch(cols, batch.base_wm, mask))]
@@ -118,7 +128,8 @@ class StatefulMap(Operator):
         saved = state["state"]
         if (len(saved) >= 64 and saved.dtype == np.float64 and saved.ndim == 2 and saved.flags.c_contiguous
                 and saved.flags.writeable):
-            self.state = saved  # adopted: a directly transferred state is a view of what arrived, copied no more
+            self._adopt(saved)  # a directly transferred state is a view of what arrived, copied no more
             return
-        self.state = np.tile(self.init, (max(64, len(saved)), 1))
-        self.state[: len(saved)] = saved
+        fresh = np.tile(self.init, (max(64, len(saved)), 1))
+        fresh[: len(saved)] = saved
+        self._adopt(fresh)

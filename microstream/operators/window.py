@@ -16,6 +16,7 @@ from ..core.time import MAX_TIME, MIN_TIME, human_duration
 from ..windows import WindowSpec
 from .base import DEAD, LATE, OUT, Emit, Operator
 from .kernels import windows as K
+from .kernels.dirty import DirtyRows
 from .kernels.keys import KeyIndex
 
 _FLAG_OF = {"sum": (K.F_SUM,), "mean": (K.F_SUM,), "var": (K.F_WELFORD,), "std": (K.F_WELFORD,),
@@ -116,6 +117,7 @@ class WindowAggregate(Operator):
         self.key_field, self.time_field = s.key, s.time
         self.out_schema = ctx.output_schemas[OUT]
         self.keys = KeyIndex(s.dtype(s.key))
+        self.dirty = DirtyRows()  # the key slots each batch wrote: a move's transfer reads only those (statexfer)
         nv = len(self.value_cols)
         self.flags = np.zeros((nv, K.N_FLAGS), dtype=np.int64)
         for agg in self.aggs.values():
@@ -158,6 +160,22 @@ class WindowAggregate(Operator):
         self.count = np.zeros(cells, dtype=np.int64)
         self.acc = np.zeros((cells, nacc), dtype=np.float64)
         self.tacc = np.zeros((cells, 2), dtype=np.int64)
+        self._track()
+
+    def _track(self) -> None:
+        """Row r of every cell array is key slot r's ring (or session list) of cells."""
+        self.dirty.track(len(self.win) // self.ring, self.win, self.wend, self.fired, self.count, self.acc,
+                         self.tacc)
+
+    def dirty_trackers(self) -> list[DirtyRows]:
+        return [self.dirty]
+
+    def _mark(self, slots: np.ndarray | None, fires: int) -> None:
+        """After a kernel's writes: the slots of its records, and every slot if it fired or freed a window."""
+        if slots is not None:
+            self.dirty.mark(slots)
+        if self.sc[K.S_FIRES] != fires:
+            self.dirty.mark_all()
 
     def _alloc_out(self, cap: int) -> None:
         nacc = len(self.value_cols) * K.N_ACC
@@ -219,6 +237,7 @@ class WindowAggregate(Operator):
         slots = self.keys.slots(batch.base(self.key_field), mask)
         self._ensure_slots()
         vals = self._values(batch)
+        fires = int(self.sc[K.S_FIRES])
         miss = np.zeros(len(t), dtype=np.int64)  # -n: too late for all its n windows, +n: for n of them
         has_mask = mask is not None
         m = mask if has_mask else np.empty(0, dtype=np.bool_)
@@ -246,6 +265,7 @@ class WindowAggregate(Operator):
                 if self.sc[K.S_NOUT] == 0 and self.sc[K.S_OPEN] + 8 > len(self.out_slot):
                     self._alloc_out(2 * len(self.out_slot))
         self._drain(batch, emitted)
+        self._mark(slots, fires)
         late = miss != 0 if self.partial_late else miss < 0
         if late.any():  # `late` is over the uncompacted records; the batch's filter is over the selected ones
             late_batch = batch.filter(late if mask is None else late[mask])
@@ -278,6 +298,7 @@ class WindowAggregate(Operator):
 
     def _advance(self, wm: int) -> Emit:
         emitted: Emit = []
+        fires = int(self.sc[K.S_FIRES])
         while True:
             status = self._advance_kernel(wm)
             if status == K.DONE:
@@ -286,6 +307,7 @@ class WindowAggregate(Operator):
             if self.sc[K.S_OPEN] + 8 > len(self.out_slot):
                 self._alloc_out(2 * (self.sc[K.S_OPEN] + 8))
         self._drain(None, emitted)
+        self._mark(None, fires)
         return emitted
 
     def _advance_kernel(self, wm: int) -> int:
@@ -403,6 +425,7 @@ class WindowAggregate(Operator):
         for store, q_state in zip(self.qstores, state.get("quantiles", []), strict=False):
             store.set_state(q_state)
         self.n_slot_cap = len(self.win) // self.ring
+        self._track()
 
 
 def _finish(agg: Aggregate, acc: np.ndarray, b: int, count: np.ndarray) -> np.ndarray:

@@ -387,7 +387,7 @@ class HostRuntime:
         from .statexfer import pack
 
         assert self.precopy is not None
-        self.precopy.offer(pack(self.runner.snapshot(live=True)))
+        self.precopy.offer(pack(self.runner.snapshot(live=True), self.runner.dirty_trackers()))
 
     def _precopy_step(self) -> None:
         """At the end of a step (the operators are between batches): a fresh view if the pre-copy wants one."""
@@ -425,7 +425,7 @@ class HostRuntime:
         precopy, sender = self.precopy, self.sender
         assert precopy is not None and sender is not None
         precopy.stop(wait=False)  # a round it is still copying or sending: finished while the ticket travels
-        self._final = pack(state)
+        self._final = pack(state, self.runner.dirty_trackers())
         self.transfer_figures = {"state_bytes": self._final.nbytes, "precopy_rounds": sender.rounds,
                                  "sent_bytes": sender.sent_bytes, "ticket_first": True}
         return {"direct_transfer": sender.transfer, **self.transfer_figures}
@@ -458,7 +458,7 @@ class HostRuntime:
         packed = final = None
         if why is None:
             assert sender is not None
-            packed = pack(state)
+            packed = pack(state, self.runner.dirty_trackers())
             try:
                 # what changed since the last round; a connection no round has proven gets a short wait
                 final = sender.send(packed, final=True, timeout=None if sender.acked >= 0 else FINAL_CONNECT_TIMEOUT)

@@ -140,6 +140,7 @@ def serve_vnode(control: HostControl, spec: dict[str, Any], settings: dict[str, 
         start = control.expect("start")
         if start.blob is not None:  # a saved or migrated virtual node resumes from its snapshot
             received: dict[str, Any] | None = None
+            began = time.monotonic()  # the restore's part of the downtime starts (after the state arrived, if sent)
             if is_chunked(start.blob):  # a recovery: the checkpoint's snapshot, the base of the next one
                 state = decode(start.blob)
                 encoder.adopt(start.blob)
@@ -153,9 +154,12 @@ def serve_vnode(control: HostControl, spec: dict[str, Any], settings: dict[str, 
                 state, received = receiver.wait(state["direct_transfer"], timeout=DIRECT_TRANSFER_TIMEOUT,
                                                 should_stop=stop_asked)
                 received["waited_s"] = time.monotonic() - waiting  # the final round's part of the downtime
+                began = time.monotonic()
             runtime.restore(state)
+            # the downtime after the state is here: the restore, then the wait for the first record (from `at`)
+            resume = {**(received or {}), "restore_s": time.monotonic() - began, "restored_at": time.time()}
             runtime.on_resumed = lambda quiet_since=None: control.send(
-                "resumed", at=quiet_since or time.time(), transfer=received, quiet=quiet_since is not None)
+                "resumed", at=quiet_since or time.time(), transfer=resume, quiet=quiet_since is not None)
     finally:
         if receiver is not None:
             receiver.close(wait=False)  # its thread lets go within 0.1 s: not in the move's downtime

@@ -22,9 +22,22 @@ into place (2.3 s at 100 MB). Here:
   one (`StateSender` → `StateReceiver`, the new host's endpoint reported with its channel server's); the
   coordinator only orchestrates and relays a ticket of a few hundred bytes.
 
-Hash collisions: each lane of the chunk hash is a bijective chain (xor, multiply by an odd constant), so a change
-of a single 8-byte word always changes the hash; a change of several words goes unnoticed with probability about
-2**-64 per chunk.
+* **Operator-level dirty tracking.** Hashing the whole state is memory-bound (100 MB: 17-20 ms), and at the
+  barrier the new host waited for it. A keyed operator stamps the rows (key slots) each batch wrote
+  (`operators/kernels/dirty.py`, `DirtyRows`) and the host packs its state with those trackers (`pack(state,
+  trackers)`): a buffer that is a tracked array (same address, whole rows) has a `Track`. A round of such a buffer
+  retires the tracker's epoch first, then reads and hashes only the chunks of the rows stamped since its last round
+  (`TrackedBase.since`), and sends those whose hash changed. Anything not tracked is hashed whole, as before; a
+  tracked buffer whose layout changed (grown, reallocated, restored: a new `generation`) is compared whole; one
+  whose size changed goes whole. The chunk hashes stay the truth about what the receiver holds, so a lost track
+  only ever costs a full comparison. (A tracked round updates its base's hashes in place: a round made and not
+  sent leaves its sender with no base, and the next round goes whole.)
+
+Hash collisions: each lane of the chunk hash is a chain of xxHash64 rounds (add times an odd constant, rotate,
+multiply by an odd constant), each a bijection of the word it takes in and of the lane, so a change of a single
+8-byte word always changes the hash; a change of several words goes unnoticed with probability about 2**-64 per
+chunk. (The rounds were xor-and-multiply until a window's cells going from EMPTY, -2**63, to 0 two at a time in one
+lane were found to leave the hash unchanged: a multiply carries a top-bit difference nowhere, and two cancel.)
 """
 
 from __future__ import annotations
@@ -60,13 +73,22 @@ _S0, _S1, _S2, _S3 = _SEEDS
 _R31, _R33, _R29 = np.uint64(31), np.uint64(33), np.uint64(29)
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(inline="always")
+def _round(acc: np.uint64, w: np.uint64) -> np.uint64:  # pragma: no cover - numba
+    """One word into a lane (xxHash64's round): add the word times an odd constant, rotate, multiply by an odd
+    constant. For a fixed lane each step is a bijection of the word, and for a fixed word one of the lane; the
+    rotation carries a difference in the high bits down (a multiply alone only carries bits upwards, so two
+    words that differ only in their top bit, as a window cell going from EMPTY to 0 does, cancelled out)."""
+    acc = acc + w * _P2
+    acc = (acc << _R31) | (acc >> _R33)
+    return acc * _P1
+
+
+@numba.njit(inline="always")
 def _mix(h0: np.uint64, h1: np.uint64, h2: np.uint64, h3: np.uint64) -> np.uint64:  # pragma: no cover - numba
-    """The four lanes into one hash; each step is a bijection of the lane it takes in (xor, multiply by an odd
-    constant, xor-shift), so a change to one lane always changes the result."""
-    h = (h0 ^ ((h1 << _R31) | (h1 >> _R33))) * _P2
-    h = (h ^ ((h2 << _R29) | (h2 >> np.uint64(35)))) * _P1
-    h = (h ^ h3) * _P2
+    """The four lanes into one hash, each by a round (a bijection of the lane it takes in), then an xor-shift:
+    a change to one lane always changes the result."""
+    h = _round(_round(_round(_round(_S0, h0), h1), h2), h3)
     return h ^ (h >> _R29)
 
 
@@ -82,18 +104,43 @@ def _hash_chunks(u8: np.ndarray, u64: np.ndarray, chunk: int, out: np.ndarray) -
         w = c * wpc
         h0, h1, h2, h3 = _S0, _S1, _S2, _S3
         for k in range(w, w + wpc, 4):  # four independent lanes: the multiplies overlap
-            h0 = (h0 ^ u64[k]) * _P1
-            h1 = (h1 ^ u64[k + 1]) * _P1
-            h2 = (h2 ^ u64[k + 2]) * _P1
-            h3 = (h3 ^ u64[k + 3]) * _P1
+            h0 = _round(h0, u64[k])
+            h1 = _round(h1, u64[k + 1])
+            h2 = _round(h2, u64[k + 2])
+            h3 = _round(h3, u64[k + 3])
         out[c] = _mix(h0, h1, h2, h3)
     for c in range(whole, out.shape[0]):  # the last chunk, when it is short
         h0, h1, h2, h3 = _S0, _S1, _S2, _S3
         for k in range(c * wpc, nw):
-            h0 = (h0 ^ u64[k]) * _P1
+            h0 = _round(h0, u64[k])
         for i in range(nw * 8, n):  # bytes after the last whole word
-            h1 = (h1 ^ np.uint64(u8[i])) * _P1
+            h1 = _round(h1, np.uint64(u8[i]))
         out[c] = _mix(h0, h1, h2, h3)
+
+
+@numba.njit(cache=True, nogil=True)
+def _row_chunks(rows: np.ndarray, row_bytes: int, chunk: int, nchunks: int,
+                out: np.ndarray) -> int:  # pragma: no cover - numba
+    """The chunks (ascending, each once) that rows `rows` (ascending) of `row_bytes` bytes each cover, into `out`;
+    returns how many."""
+    n = 0
+    nxt = 0  # the first chunk not listed yet
+    for j in range(rows.shape[0]):
+        r = rows[j]
+        a = max(r * row_bytes // chunk, nxt)
+        b = min(((r + 1) * row_bytes - 1) // chunk, nchunks - 1)
+        for c in range(a, b + 1):
+            out[n] = c
+            n += 1
+        nxt = max(nxt, b + 1)
+    return n
+
+
+def row_chunks(rows: np.ndarray, row_bytes: int, nchunks: int, chunk: int = CHUNK_BYTES) -> np.ndarray:
+    """The chunks of a buffer of `nchunks` chunks that its rows `rows` (ascending) cover."""
+    rows = np.ascontiguousarray(rows, dtype=np.int64)
+    out = np.empty(min(nchunks, rows.shape[0] * (row_bytes // chunk + 2)), dtype=np.int64)
+    return out[:_row_chunks(rows, row_bytes, chunk, nchunks, out)]
 
 
 def chunk_hashes(buf: Any, chunk: int = CHUNK_BYTES) -> np.ndarray:
@@ -127,25 +174,64 @@ class Packed:
 
     skeleton: bytes
     buffers: list[np.ndarray]
+    tracks: list[Track | None] = field(default_factory=list)  # per buffer (none: no buffer is tracked)
 
     @property
     def nbytes(self) -> int:
         return len(self.skeleton) + sum(b.nbytes for b in self.buffers)
 
+    def track(self, index: int) -> Track | None:
+        return self.tracks[index] if index < len(self.tracks) else None
 
-def pack(state: Any) -> Packed:
-    """Pickle `state` with its large contiguous buffers out of band (views: nothing is copied)."""
+
+@dataclass(frozen=True)
+class Track:
+    """A packed buffer that is (a prefix of whole rows of) an array a `DirtyRows` tracker covers, as of `pack`."""
+
+    rows: Any            # the operator's DirtyRows
+    generation: int      # its layout when packed
+    row_bytes: int
+
+
+@dataclass(frozen=True)
+class TrackedBase:
+    """What the receiver has of a tracked buffer: its chunk hashes (then its size), as for any buffer, and since
+    which epoch of `rows` written rows have not been read (under layout `generation`)."""
+
+    hashes: np.ndarray
+    rows: Any
+    generation: int
+    since: int
+
+
+Entry = np.ndarray | TrackedBase  # per buffer of a base: its hashes, or those and where its tracking stands
+
+
+def _hashes_of(entry: Entry | None) -> np.ndarray | None:
+    return entry.hashes if isinstance(entry, TrackedBase) else entry
+
+
+def pack(state: Any, trackers: Iterable[Any] = ()) -> Packed:
+    """Pickle `state` with its large contiguous buffers out of band (views: nothing is copied). `trackers`: the
+    operators' `DirtyRows`; a buffer that is whole rows of an array one of them tracks gets its `Track`."""
     buffers: list[np.ndarray] = []
+    tracks: list[Track | None] = []
+    where = {arr.ctypes.data: (rows, rows.generation, row_bytes, arr.nbytes)
+             for rows in trackers for arr, row_bytes in rows.arrays}
 
     def out_of_band(pb: pickle.PickleBuffer) -> bool:
         raw = pb.raw()
         if raw.nbytes < INLINE_BYTES:
             return True  # small: in the stream
-        buffers.append(np.frombuffer(raw, dtype=_U8))
+        buf = np.frombuffer(raw, dtype=_U8)
+        buffers.append(buf)
+        hit = where.get(buf.ctypes.data) if where else None
+        tracks.append(Track(hit[0], hit[1], hit[2]) if hit is not None and buf.nbytes <= hit[3]
+                      and buf.nbytes % hit[2] == 0 else None)
         return False
 
     skeleton = cloudpickle.dumps(state, protocol=5, buffer_callback=out_of_band)
-    return Packed(skeleton, buffers)
+    return Packed(skeleton, buffers, tracks if any(t is not None for t in tracks) else [])
 
 
 def unpack(skeleton: bytes, buffers: Iterable[Any]) -> Any:
@@ -177,28 +263,157 @@ class Delta:
                                         for p in self.parts)
 
 
-def diff(base: list[np.ndarray] | None, packed: Packed,
-         hashes: list[np.ndarray] | None = None) -> tuple[Delta, list[np.ndarray]]:
+def diff(base: list[Entry] | None, packed: Packed,
+         hashes: list[np.ndarray] | None = None) -> tuple[Delta, list[Entry]]:
     """What turns a receiver's copy of an earlier state (known here only by what the last call returned, `base`;
     None: the receiver has nothing) into `packed`. Returns the delta and the next round's base: per buffer its
     chunk hashes and, last, its size (a buffer that grew or shrank within its last chunk has as many chunks as
-    before, and the receiver's copy has the old size: it goes whole). `hashes`: the chunk hashes, if computed."""
-    chunks = hashes if hashes is not None else [chunk_hashes(b) for b in packed.buffers]
-    new_hashes = [np.append(h, np.uint64(b.nbytes)) for h, b in zip(chunks, packed.buffers, strict=True)]
+    before, and the receiver's copy has the old size: it goes whole), with where its tracking stands if it is
+    tracked (then only the chunks of rows written since are read). `hashes`: the chunk hashes, if computed."""
+    made = _rounds(base, packed, lambda i, buf, old: _hashed_part(i, buf, old, None if hashes is None else hashes[i]))
+    assert made is not None  # a stopped state's comparison is never given up
+    return made
+
+
+Compare = Callable[[int, np.ndarray, np.ndarray | None], tuple[Part | None, np.ndarray] | None]
+
+
+def _rounds(base: list[Entry] | None, packed: Packed, compare: Compare) -> tuple[Delta, list[Entry]] | None:
+    """One round of every buffer: a tracked buffer's written rows, else `compare(index, buffer, the receiver's
+    hashes or None)` (None: given up, and so is the round, leaving `base` as it was)."""
     delta = Delta(packed.skeleton, [int(b.nbytes) for b in packed.buffers])
-    for i, (buf, h) in enumerate(zip(packed.buffers, new_hashes, strict=True)):
-        old = base[i] if base is not None and i < len(base) else None
-        if old is None or old.shape != h.shape or old[-1] != h[-1]:
-            delta.parts.append(Part(i, None, buf))
-            continue
-        dirty = np.flatnonzero(old[:-1] != h[:-1])
-        if dirty.size == 0:
-            continue
-        if dirty.size * 2 > h.size - 1:  # mostly changed: the whole buffer, without a gather
-            delta.parts.append(Part(i, None, buf))
-            continue
-        delta.parts.append(Part(i, dirty.astype(np.int64), _gather(buf, dirty)))
-    return delta, new_hashes
+    out: list[Entry] = []
+    updates: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    for i, buf in enumerate(packed.buffers):
+        entry = base[i] if base is not None and i < len(base) else None
+        track, taken, old, rows = _start(entry, packed.track(i), int(buf.nbytes))
+        if rows is not None:
+            assert old is not None and track is not None
+            part, h, update = _tracked_part(i, buf, old, rows, track.row_bytes)
+            if update is not None:
+                updates.append((old, *update))
+        else:
+            made = compare(i, buf, old)
+            if made is None:
+                return None
+            part, h = made
+        if part is not None:
+            delta.parts.append(part)
+        out.append(_entry(h, track, taken))
+    for old, chunks, values in updates:  # only now: a round given up above leaves the base as it was
+        old[chunks] = values
+    return delta, out
+
+
+def _nchunks(size: int) -> int:
+    return (size + CHUNK_BYTES - 1) // CHUNK_BYTES
+
+
+def _start(entry: Entry | None, track: Track | None,
+           size: int) -> tuple[Track | None, tuple[int, np.ndarray] | None, np.ndarray | None, np.ndarray | None]:
+    """A buffer's round begins: its tracker's epoch is retired (before anything is read). Returns the track, what
+    `take` gave (None: untracked, or its layout changed since `pack`), the receiver's hashes if its copy has this
+    size (else None: the buffer goes whole), and the rows written since the last round if only those need reading
+    (None: compare the whole buffer)."""
+    taken = track.rows.take(track.generation) if track is not None else None
+    if taken is None:
+        track = None
+    old = _hashes_of(entry)
+    if old is not None and (old.shape[0] != _nchunks(size) + 1 or old[-1] != size):
+        old = None
+    if (taken is None or old is None or not isinstance(entry, TrackedBase) or track is None
+            or entry.rows is not track.rows or entry.generation != track.generation):
+        return track, taken, old, None
+    stamps = taken[1]
+    n = size // track.row_bytes
+    if n > stamps.shape[0]:
+        return track, taken, old, None
+    return track, taken, old, np.flatnonzero(stamps[:n] >= entry.since)
+
+
+def _entry(hashes: np.ndarray, track: Track | None, taken: tuple[int, np.ndarray] | None) -> Entry:
+    if track is None or taken is None:
+        return hashes
+    return TrackedBase(hashes, track.rows, track.generation, taken[0] + 1)
+
+
+def _hashed_part(i: int, buf: np.ndarray, old: np.ndarray | None,
+                 hashes: np.ndarray | None) -> tuple[Part | None, np.ndarray]:
+    """A stopped buffer compared whole: the changed chunks, or the whole buffer (no receiver copy of this size, or
+    mostly changed)."""
+    h = np.append(hashes if hashes is not None else chunk_hashes(buf), np.uint64(buf.nbytes))
+    if old is None:
+        return Part(i, None, buf), h
+    dirty = np.flatnonzero(old[:-1] != h[:-1])
+    if dirty.size == 0:
+        return None, h
+    if dirty.size * 2 > h.size - 1:  # mostly changed: the whole buffer, without a gather
+        return Part(i, None, buf), h
+    return Part(i, dirty.astype(np.int64), _gather(buf, dirty)), h
+
+
+def _tracked_part(i: int, buf: np.ndarray, old: np.ndarray, rows: np.ndarray, row_bytes: int
+                  ) -> tuple[Part | None, np.ndarray, tuple[np.ndarray, np.ndarray] | None]:
+    """Only the chunks of `rows` are read: each copied, hashed (the copy's hash: what the receiver will hold), and
+    kept if its hash changed, in one pass. Returns the part, the hashes (`old`, to be updated in place with the
+    returned (chunks, hashes) once the whole round is made)."""
+    candidates = row_chunks(rows, row_bytes, old.shape[0] - 1)
+    if candidates.size == 0:
+        return None, old, None
+    if buf.ctypes.data % 8:  # not a numpy array's own memory (never so for a tracked one): as an aligned copy
+        buf = buf.copy()
+    out = np.empty(candidates.size * CHUNK_BYTES, dtype=_U8)  # pages of chunks not kept are never touched
+    chunks = np.empty(candidates.size, dtype=np.int64)
+    hashes = np.empty(candidates.size, dtype=np.uint64)
+    kept, nbytes = _changed_chunks(buf, buf[:buf.nbytes // 8 * 8].view(np.uint64), candidates, old,
+                                   CHUNK_BYTES // 8, out, out.view(np.uint64), chunks, hashes)
+    if kept == 0:
+        return None, old, None
+    return Part(i, chunks[:kept], out[:nbytes]), old, (chunks[:kept], hashes[:kept])
+
+
+@numba.njit(cache=True, nogil=True)
+def _changed_chunks(u8: np.ndarray, u64: np.ndarray, candidates: np.ndarray, old: np.ndarray, wpc: int,
+                    out8: np.ndarray, out64: np.ndarray, chunks: np.ndarray,
+                    hashes: np.ndarray) -> tuple[int, int]:  # pragma: no cover - numba
+    """Copy each candidate chunk of `u8` (`u64`: its whole words) to the end of `out8` (`out64`: the same memory),
+    hash the copy as `chunk_hashes` would, and keep it (the next goes after it) only if its hash differs from
+    `old`'s; the kept chunks and their hashes into `chunks` and `hashes`. Returns (chunks kept, bytes kept)."""
+    n = u8.shape[0]
+    chunk = wpc * 8
+    kept = 0
+    at = 0
+    for j in range(candidates.shape[0]):
+        c = candidates[j]
+        aw = at // 8
+        if (c + 1) * chunk <= n:  # a whole chunk
+            w = c * wpc
+            for q in range(wpc):
+                out64[aw + q] = u64[w + q]
+            h0, h1, h2, h3 = _S0, _S1, _S2, _S3
+            for q in range(aw, aw + wpc, 4):
+                h0 = _round(h0, out64[q])
+                h1 = _round(h1, out64[q + 1])
+                h2 = _round(h2, out64[q + 2])
+                h3 = _round(h3, out64[q + 3])
+            length = chunk
+        else:  # the short last chunk
+            length = n - c * chunk
+            for b in range(length):
+                out8[at + b] = u8[c * chunk + b]
+            h0, h1, h2, h3 = _S0, _S1, _S2, _S3
+            words = length // 8
+            for q in range(aw, aw + words):
+                h0 = _round(h0, out64[q])
+            for b in range(at + words * 8, at + length):
+                h1 = _round(h1, np.uint64(out8[b]))
+        h = _mix(h0, h1, h2, h3)
+        if h != old[c]:
+            chunks[kept] = c
+            hashes[kept] = h
+            kept += 1
+            at += length
+    return kept, at
 
 
 def _gather(buf: np.ndarray, chunks: np.ndarray) -> np.ndarray:
@@ -326,7 +541,7 @@ class StateSender:
             sock.curve_serverkey = server_public
         sock.connect(endpoint)
         self.sock: zmq.Socket | None = sock
-        self.hashes: list[np.ndarray] | None = None   # what the receiver has (after the last round sent)
+        self.hashes: list[Entry] | None = None   # what the receiver has (after the last round sent)
         self.rounds = 0
         self.acked = -1
         self.sent_bytes = 0
@@ -338,7 +553,7 @@ class StateSender:
         delta, hashes_after = diff(self.hashes, packed, hashes)
         return self.send_delta(delta, hashes_after, final, timeout)
 
-    def send_delta(self, delta: Delta, hashes_after: list[np.ndarray], final: bool = False,
+    def send_delta(self, delta: Delta, hashes_after: list[Entry], final: bool = False,
                    timeout: float | None = None) -> int:
         """Send a round made by `diff` or `live_delta` against `self.hashes`; `timeout`: seconds it may wait for the
         connection (default `send_timeout`)."""
@@ -349,9 +564,13 @@ class StateSender:
         try:
             self.sock.send_multipart(encode(self.transfer, self.rounds, final, delta), copy=False)
         except zmq.Again:
+            self.hashes = None  # a tracked round updated the base in place: it no longer says what the receiver has
             raise RuntimeError(f"could not hand the state to the new host within {wait:g} s: "
                                "no connection to it (its agent does not trust this agent's key, or it is gone)"
                                ) from None
+        except BaseException:
+            self.hashes = None
+            raise
         self.hashes = hashes_after
         self.rounds += 1
         self.last_bytes = delta.nbytes
@@ -563,44 +782,41 @@ def _hashes(buf: np.ndarray, stop: Callable[[], bool] | None) -> np.ndarray | No
     return np.concatenate(out)
 
 
-def live_delta(base: list[np.ndarray] | None, packed: Packed,
-               stop: Callable[[], bool] | None = None) -> tuple[Delta, list[np.ndarray]] | None:
+def live_delta(base: list[Entry] | None, packed: Packed,
+               stop: Callable[[], bool] | None = None) -> tuple[Delta, list[Entry]] | None:
     """`diff` for buffers that change while it reads them (a running vnode's own arrays, read on another thread).
     It finds the changed chunks by hashing the live buffer (a torn read may miss a change, which a later round or
     the final one sends), then copies them and keeps the hashes *of the copy*: what the receiver holds is always
     what the returned hashes say, so `diff` at the barrier, on the stopped vnode's state, sends every chunk that
-    differs. None if `stop()` turned true first (nothing counts as sent)."""
-    delta = Delta(packed.skeleton, [int(b.nbytes) for b in packed.buffers])
-    hashes: list[np.ndarray] = []
-    for i, buf in enumerate(packed.buffers):
-        size = int(buf.nbytes)
-        old = base[i] if base is not None and i < len(base) else None
-        dirty = None
-        if old is not None and old.shape[0] == (size + CHUNK_BYTES - 1) // CHUNK_BYTES + 1 and old[-1] == size:
-            live = _hashes(buf, stop)
-            if live is None:
-                return None
-            dirty = np.flatnonzero(old[:-1] != live)
-            if dirty.size * 2 > old.shape[0] - 1:
-                dirty = None  # mostly changed: the whole buffer, without a gather
-        if dirty is None:
-            copy = buf.copy()
-            whole = _hashes(copy, stop)
-            if whole is None:
-                return None
-            delta.parts.append(Part(i, None, copy))
-            hashes.append(np.append(whole, np.uint64(size)))
-            continue
-        assert old is not None
-        if dirty.size == 0:
-            hashes.append(old)
-            continue
-        data = _gather(buf, dirty)  # a copy: its chunks hash as they would in place
-        after = old.copy()
-        after[dirty] = chunk_hashes(data)
-        delta.parts.append(Part(i, dirty.astype(np.int64), data))
-        hashes.append(after)
-    return delta, hashes
+    differs. A tracked buffer's rows written since its last round are read the same way, and only those. None if
+    `stop()` turned true first (nothing counts as sent)."""
+    return _rounds(base, packed, lambda i, buf, old: _live_hashed_part(i, buf, old, stop))
+
+
+def _live_hashed_part(i: int, buf: np.ndarray, old: np.ndarray | None,
+                      stop: Callable[[], bool] | None) -> tuple[Part | None, np.ndarray] | None:
+    size = int(buf.nbytes)
+    dirty = None
+    if old is not None:
+        live = _hashes(buf, stop)
+        if live is None:
+            return None
+        dirty = np.flatnonzero(old[:-1] != live)
+        if dirty.size * 2 > old.shape[0] - 1:
+            dirty = None  # mostly changed: the whole buffer, without a gather
+    if dirty is None:
+        copy = buf.copy()
+        whole = _hashes(copy, stop)
+        if whole is None:
+            return None
+        return Part(i, None, copy), np.append(whole, np.uint64(size))
+    assert old is not None
+    if dirty.size == 0:
+        return None, old
+    data = _gather(buf, dirty)  # a copy: its chunks hash as they would in place
+    after = old.copy()
+    after[dirty] = chunk_hashes(data)
+    return Part(i, dirty.astype(np.int64), data), after
 
 
 class Precopy:

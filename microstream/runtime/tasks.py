@@ -569,6 +569,10 @@ class TaskRunner:
         return {"vnode": self.vnode_id, "barrier": self.barrier, "checkpoint": self.checkpoint, "tasks": tasks,
                 "dead": self.dead_count, "late": self.late_count, "dead_samples": self.dead_samples}
 
+    def dirty_trackers(self) -> list[Any]:
+        """Every operator's record of the rows it wrote (`Operator.dirty_trackers`), for `statexfer.pack`."""
+        return [rows for t in self.tasks.values() for rows in t.op.dirty_trackers()]
+
     def restore(self, state: dict[str, Any]) -> None:
         for task_id, s in state["tasks"].items():
             t = self.tasks[task_id]

@@ -154,6 +154,8 @@ def test_large_state_moves_directly_mid_stream(direct_home, tmp_path):
         assert record["precopy_fallback"] is None and not record["stop_and_copy"], record
         # a converged pre-copy sends the ticket first; the new host says how long it then waited for the rest
         assert record["ticket_first"] and record["final_wait_s"] is not None, record
+        # and the rest of the downtime in its two parts: the restore, then the wait for the first record
+        assert record["restore_s"] is not None and record["first_record_s"] is not None, record
     assert len(final["migrations"]) == 2
 
 

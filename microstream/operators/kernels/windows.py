@@ -37,8 +37,10 @@ N_FLAGS = 5
 # (record, window) pairs dropped as too late, records too late for some of their windows but not all.
 # S_FINAL: 1 to emit each window once, when it is freed (emit="final"); a scalar, not an argument, because the
 # kernels' calls must stay within 30 arguments (CPython passes more as *args, which numba cannot inline).
-S_WM, S_NEXT, S_OPEN, S_NOUT, S_NLOG, S_DROPS, S_PARTIAL, S_FINAL = range(8)
-N_SCALARS = 8
+# S_FIRES counts the cells a firing changed (fired or freed): the only writes to cells of keys other than a
+# record's own, which the window then reports to its dirty-row tracker as "every key" (kernels/dirty.py).
+S_WM, S_NEXT, S_OPEN, S_NOUT, S_NLOG, S_DROPS, S_PARTIAL, S_FINAL, S_FIRES = range(9)
+N_SCALARS = 9
 # Pane kinds of emitted rows: the first result when the watermark passes the end; a result re-emitted after a
 # late record (it replaces the earlier row with the same key and bounds); the withdrawal of an earlier row whose
 # session grew or merged; the one result of a window emitted once it can no longer change (emit="final").
@@ -183,6 +185,7 @@ def _fire_ring(size, lateness, R, win, fired, count, acc, tacc, sc, out_slot, ou
                     _emit(c, c // R, s, e, count, acc, tacc, sc, out_slot, out_start, out_end, out_count,
                           out_acc, out_tacc, out_wm, emit_wm, P_ON_TIME, log, use_log)
                 fired[c] = 1
+                sc[S_FIRES] += 1
             else:
                 nxt = min(nxt, e)
                 continue
@@ -192,6 +195,7 @@ def _fire_ring(size, lateness, R, win, fired, count, acc, tacc, sc, out_slot, ou
                       out_acc, out_tacc, out_wm, emit_wm, P_FINAL, log, use_log)
             win[c] = EMPTY
             sc[S_OPEN] -= 1
+            sc[S_FIRES] += 1
             if use_log:
                 _log(log, sc, LOG_FREE, c, 0)
         else:
@@ -367,6 +371,7 @@ def _fire_sessions(lateness, S, sstart, send, fired, count, acc, tacc, sc, out_s
                     _emit(c, c // S, s, e, count, acc, tacc, sc, out_slot, out_start, out_end, out_count,
                           out_acc, out_tacc, out_wm, emit_wm, P_ON_TIME, log, use_log)
                 fired[c] = 1
+                sc[S_FIRES] += 1
             else:
                 nxt = min(nxt, e)
                 continue
@@ -376,6 +381,7 @@ def _fire_sessions(lateness, S, sstart, send, fired, count, acc, tacc, sc, out_s
                       out_acc, out_tacc, out_wm, emit_wm, P_FINAL, log, use_log)
             sstart[c] = EMPTY
             sc[S_OPEN] -= 1
+            sc[S_FIRES] += 1
             if use_log:
                 _log(log, sc, LOG_FREE, c, 0)
         else:
