@@ -7,7 +7,7 @@
   nodes, the latency term from longest paths to and from the vnode). A small problem is then solved whole by
   the MILP; otherwise *simulated annealing* (`_anneal`, compiled in `anneal.py`: moves, swaps and chain moves
   on incremental sums, with a mean-sink-latency surrogate while hot, because the latency term is a maximum that
-  single moves rarely lower; several walks, each from the best so far; from 60 to 400 movable vnodes
+  single moves rarely lower; several walks, each from the best so far; from 30 to 400 movable vnodes
   successive halving, `_halving`: many walks through the hot band, the best half continued cooler, and so on),
   then *large-neighbourhood search* re-solving a few nodes' vnodes exactly with the MILP. The work (trials,
   walks, sub-problems) is planned from the budget, so a seed gives the same placement at any load; the clock
@@ -80,12 +80,13 @@ _ANNEAL_SURROGATE = 1.0  # weight of the mean sink latency beside the critical p
 _ANNEAL_SWAP = 0.2       # share of annealing trials that swap two vnodes rather than move one ...
 _ANNEAL_CHAIN = 0.3      # ... or move one with its co-located movable neighbours (80 x 16 and 150 x 30, three
                          # runs each of four instances: median 1.06 -> 1.00 of the best known, worst 1.14 -> 1.07)
-_HALVING = (60, 400)     # movable vnodes from .. to: annealing by successive halving (`_halving`), not walks
+_HALVING = (30, 400)     # movable vnodes from .. to: annealing by successive halving (`_halving`), not walks
 _HALVING_RATE = 1.2e6    # trials planned per second of the budget for it (~0.8 s CPU at 80-150 vnodes here)
 # (walks, share of the trials, T from, T to): 16 walks from the seed through the hot band, the best half of them
 # continued cooler, and so on. One walk's result depends on its luck in that band (150 x 30 seed 0, five walks
-# of 1.2 M trials each: 1.01-1.28 of the best known); keeping the best of many there, 1.005-1.12 for the same work
-_HALVING_STAGES = ((16, 0.33, 0.05, 0.01), (8, 0.26, 0.01, 0.004), (4, 0.20, 0.004, 1e-3), (2, 0.16, 1e-3, 1e-4),
+# of 1.2 M trials each: 1.01-1.28 of the best known); keeping the best of many there, 1.015-1.056 over six seeds
+# for the same work. From 10 % of the cost: from 5 %, one seed of 40 x 10 seed 2 ended at 1.94x the optimum
+_HALVING_STAGES = ((16, 0.33, 0.1, 0.01), (8, 0.26, 0.01, 0.004), (4, 0.20, 0.004, 1e-3), (2, 0.16, 1e-3, 1e-4),
                    (1, 0.05, 1e-4, 1e-5))
 _HALVING_SHARE = 0.9     # of the time left: the halving's walks may take this much before they are cut
 _SLACK = 1.5             # a walk may take this many times its planned share of the time left before it is cut
