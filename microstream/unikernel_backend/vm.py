@@ -121,6 +121,7 @@ class MicroVM:
         self.proc: subprocess.Popen | None = None
         self.qmp: _Qmp | None = None
         self.launched_at: float | None = None
+        self._log_at = 0  # where the last launch's output starts in qemu.log
         self.boot_seconds: float | None = None
         self.generation = 0  # QEMU processes started by this object (a restore starts a new one)
         self.ram_file = Path(ram_file).resolve() if ram_file else None
@@ -198,6 +199,7 @@ class MicroVM:
             sock.unlink(missing_ok=True)
         self.generation += 1
         qemu_log = open(self.workdir / "qemu.log", "ab")  # noqa: SIM115 - handed to the child
+        self._log_at = qemu_log.tell()  # what this launch prints starts here
         self.launched_at = time.monotonic()
         self.proc = subprocess.Popen(self.command(incoming), stdin=subprocess.DEVNULL, stdout=qemu_log,
                                      stderr=subprocess.STDOUT, preexec_fn=_death_signal())
@@ -343,6 +345,9 @@ class MicroVM:
         if self.channel.session.next_seq == 1 and self.channel.session.delivered == 0:
             self.channel.load_state(sidecar["channel"])
         source = f"zstd -dc {shlex.quote(str(path))}" if sidecar["compressed"] else f"cat {shlex.quote(str(path))}"
+        # QEMU runs it under /bin/sh -c: when it fails (a corrupt or truncated file), QEMU would wait in
+        # 'inmigrate' for ever (seen with zstd); stop QEMU instead, so the failure shows at once
+        source += " || kill $PPID"
         start = time.monotonic()
         if self.ram_file is None:
             self.launch(incoming=f"exec:{source}")
@@ -353,7 +358,9 @@ class MicroVM:
         state = self._wait_state(lambda s: s != "inmigrate", timeout)
         if state not in ("paused", "postmigrate", "running"):
             self.kill()
-            raise VMError(f"{self.name}: restoring from {path} ended in state {state!r}\n{self.diagnostics()}")
+            why = self._qemu_said()
+            raise VMError(f"{self.name}: restoring from {path} ended in state {state!r}{f': {why}' if why else ''}"
+                          f"\n{self.diagnostics()}")
         self._ignore_shared(False)
         if state != "running":
             self.qmp("cont")  # type: ignore[misc]
@@ -407,7 +414,12 @@ class MicroVM:
         while True:
             if self.proc is None or self.proc.poll() is not None:
                 return "exited"
-            status = self.qmp("query-status")["status"]  # type: ignore[misc]
+            try:
+                status = self.qmp("query-status")["status"]  # type: ignore[misc]
+            except Exception:
+                if not _wait(self.proc, 2.0):
+                    raise
+                return "exited"  # it ended while answering
             if done(status) or time.monotonic() > deadline:
                 return status
             time.sleep(0.02)
@@ -432,6 +444,17 @@ class MicroVM:
 
     def pss_mb(self) -> float | None:
         return self.memory().get("pss")
+
+    def _qemu_said(self) -> str:
+        """What QEMU (or its migration command, e.g. zstd) printed since the last launch, but warnings and its
+        being stopped: why a restore failed."""
+        with contextlib.suppress(OSError), open(self.workdir / "qemu.log", "rb") as log:
+            log.seek(self._log_at)
+            # a progress line ends in \r before the error that ends it: keep each line's last part
+            lines = [line.rsplit("\r", 1)[-1] for line in log.read().decode(errors="replace").split("\n")]
+            return "; ".join(line.strip() for line in lines if line.strip() and "warning:" not in line
+                             and "terminating on signal" not in line)[:300]
+        return ""
 
     def diagnostics(self, lines: int = 25) -> str:
         """The tails of the guest console and of QEMU's own output."""

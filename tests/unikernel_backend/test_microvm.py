@@ -17,7 +17,7 @@ from microstream.unikernel_backend import image as image_mod
 from microstream.unikernel_backend import vm as vm_mod
 from microstream.unikernel_backend.channel import GuestError
 from microstream.unikernel_backend.image import build_image, default_cache_dir, ensure_host_tools, find_built_image
-from microstream.unikernel_backend.vm import MicroVM, probe_accel
+from microstream.unikernel_backend.vm import MicroVM, VMError, probe_accel
 from tests.unikernel_backend.helpers import require_qemu
 
 # The first test pays a cold image build (debs downloaded on a fresh machine) and a TCG boot: 600 s, not 300.
@@ -124,6 +124,17 @@ def test_save_and_restore_keep_guest_memory(vm: MicroVM, tmp_path: Path) -> None
         pid = restored.pid
         restored.stop()
     assert restored.pid is None and not _alive(pid)
+    # a damaged file (here cut short) fails the restore at once, saying why, rather than leaving QEMU waiting
+    # for the rest of the stream: its decompressor's failure stops QEMU
+    whole = (tmp_path / "vm.zst").read_bytes()
+    (tmp_path / "cut.zst").write_bytes(whole[:len(whole) // 2])
+    (tmp_path / "cut.zst.json").write_text((tmp_path / "vm.zst.json").read_text())
+    broken = MicroVM(vm.image, accel="tcg", workdir=tmp_path / "broken")
+    with pytest.raises(VMError) as failed:
+        broken.restore(tmp_path / "cut.zst", timeout=600)
+    first = str(failed.value).splitlines()[0]
+    assert "ended in state 'exited': " in first and "premature end" in first, first  # zstd's words
+    assert broken.pid is None
     vm.restore(tmp_path / "vm.zst")  # the module's VM continues too (its channel keeps its own session)
     assert vm.channel.exec("bump()") == 4
 
