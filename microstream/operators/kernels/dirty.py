@@ -15,6 +15,9 @@ Why this is exact, with the operator writing on one thread while the pre-copy re
 * A new layout (`track`: the arrays grew or were reallocated, or were restored) changes `generation`; a transfer
   that finds a generation other than the one of its last round compares the whole buffer (chunk hashes), as it does
   for an untracked buffer. A generation change can therefore never lose a write, only cost a full comparison.
+* Marking starts with a generation's first `take`: a job that never moves pays nothing (not even loading the
+  kernel). A transfer's first round of a generation compares the whole buffer anyway, and it reads after its
+  `take`, so a write before that `take` is in what it reads; a write after it is marked.
 """
 
 from __future__ import annotations
@@ -62,6 +65,7 @@ class DirtyRows:
         self.epoch = np.ones(1, dtype=np.int64)    # the epoch marks stamp now; a `take` moves it on
         self.generation = 0
         self.arrays: list[tuple[np.ndarray, int]] = []  # (array, bytes per row) of every tracked array
+        self.active = False  # marking: from this generation's first `take` on
 
     def track(self, rows: int, *arrays: np.ndarray) -> None:
         """From now on the state lives in `arrays` (C-contiguous), each of `rows` rows. A new generation: what a
@@ -70,15 +74,17 @@ class DirtyRows:
                        if rows > 0 and a.nbytes > 0 and a.nbytes % rows == 0 and a.flags.c_contiguous]
         self.stamps = np.zeros(rows, dtype=np.int64)
         self.generation += 1
+        self.active = False
 
     def mark(self, slots: np.ndarray) -> None:
         """The rows `slots` (int64; negatives skipped) were written: call after the writes."""
-        if slots.shape[0]:
+        if self.active and slots.shape[0]:
             _mark(self.stamps, self.epoch, slots)
 
     def mark_all(self) -> None:
         """Every row may have been written (a watermark that fired windows of many keys)."""
-        _mark_all(self.stamps, self.epoch)
+        if self.active:
+            _mark_all(self.stamps, self.epoch)
 
     def take(self, generation: int) -> tuple[int, np.ndarray] | None:
         """A transfer round starts reading: retire the current epoch and return it with the stamps, or None if the
@@ -89,4 +95,5 @@ class DirtyRows:
         stamps = self.stamps
         e = int(self.epoch[0])
         self.epoch[0] = e + 1
+        self.active = True
         return e, stamps
