@@ -80,7 +80,8 @@ _ANNEAL_SURROGATE = 1.0  # weight of the mean sink latency beside the critical p
 _ANNEAL_SWAP = 0.2       # share of annealing trials that swap two vnodes rather than move one ...
 _ANNEAL_CHAIN = 0.3      # ... or move one with its co-located movable neighbours (80 x 16 and 150 x 30, three
                          # runs each of four instances: median 1.06 -> 1.00 of the best known, worst 1.14 -> 1.07)
-_HALVING = (30, 400)     # movable vnodes from .. to: annealing by successive halving (`_halving`), not walks
+_HALVING = (30, 400)     # movable vnodes from .. to (and movable x nodes up to `_LARGE`): annealing by successive
+                         # halving (`_halving`), not walks
 _HALVING_RATE = 1.2e6    # trials planned per second of the budget for it (~0.8 s CPU at 80-150 vnodes here)
 # (walks, share of the trials, T from, T to): 16 walks from the seed through the hot band, the best half of them
 # continued cooler, and so on. One walk's result depends on its luck in that band (150 x 30 seed 0, five walks
@@ -808,7 +809,9 @@ def _anneal(p: Problem, start: np.ndarray, deadline: float, rng: np.random.Gener
 
 def _halves(p: Problem, movable: list[int]) -> bool:
     """Is the annealing of this problem done by successive halving (`_halving`)?"""
-    return _HALVING[0] <= len(movable) <= _HALVING[1] and len(movable) * p.n_nodes > _WHOLE_MILP
+    # not beyond `_LARGE` (a cool walk comes first there, and the walks are cut by the clock: `place()` on 408
+    # vnodes x 100 nodes took its whole second by halving, 0.5 s by walks)
+    return _HALVING[0] <= len(movable) <= _HALVING[1] and _WHOLE_MILP < len(movable) * p.n_nodes <= _LARGE
 
 
 def _walk_deadline(now: float, end: float, share: float, left: float) -> float:
