@@ -809,8 +809,8 @@ def _anneal(p: Problem, start: np.ndarray, deadline: float, rng: np.random.Gener
 
 def _halves(p: Problem, movable: list[int]) -> bool:
     """Is the annealing of this problem done by successive halving (`_halving`)?"""
-    # not beyond `_LARGE` (a cool walk comes first there, and the walks are cut by the clock: `place()` on 408
-    # vnodes x 100 nodes took its whole second by halving, 0.5 s by walks)
+    # not beyond `_LARGE`: a cool walk comes first there, and its walks are cut by the clock anyway (not measured
+    # to gain there; the scale figures were measured with walks)
     return _HALVING[0] <= len(movable) <= _HALVING[1] and _WHOLE_MILP < len(movable) * p.n_nodes <= _LARGE
 
 
