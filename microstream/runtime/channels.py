@@ -168,6 +168,7 @@ class _Encoder:
         self.channel_id = channel_id
         self._control_meta = json.dumps({"c": channel_id}, separators=(",", ":")).encode()
         self._meta: dict[tuple, bytes] = {}
+        self._last: tuple[list[str], list[np.dtype], list[str], tuple[int, int] | None, bytes] | None = None
 
     def header(self, kind: int, flags: int, ncols: int, target: int, seq: int, watermark: int | None,
                barrier: int | None, rows: int, meta: bytes) -> bytes:
@@ -184,24 +185,39 @@ class _Encoder:
         return self.header(kind, 0, 0, target, seq, watermark, barrier, 0, self._control_meta)
 
     def batch(self, batch: Batch, target: int, seq: int, watermark: int | None) -> list[Any]:
+        return self.encode(batch, target, seq, watermark)[0]
+
+    def encode(self, batch: Batch, target: int, seq: int, watermark: int | None) -> tuple[list[Any], int]:
+        """The frames of a batch message and their total size in bytes."""
         if batch.mask is not None:
             batch = batch.compact()
         names = batch.names
         frames: list[Any] = [b""]
-        schema = []
+        dtypes: list[np.dtype] = []
+        encodings: list[str] = []
+        nbytes = 0
         for name in names:
             col = batch[name]
-            if col.dtype.kind in _RAW_KINDS:
-                raw = np.ascontiguousarray(col)
-                if col.dtype.kind in "US" and len(col) > 1 and (raw == raw[0]).all():  # bytes the crypto skips
-                    schema.append((name, col.dtype.str, "c"))
-                    raw = raw[:1]
+            dtype = col.dtype
+            dtypes.append(dtype)
+            kind = dtype.kind
+            if kind in _RAW_KINDS:
+                if not col.flags.c_contiguous:
+                    col = np.ascontiguousarray(col)
+                if kind in "US" and len(col) > 1 and (col == col[0]).all():  # bytes the crypto skips
+                    encodings.append("c")
+                    col = col[:1]
                 else:
-                    schema.append((name, col.dtype.str, "r"))
-                frames.append(raw.view(np.uint8))
+                    encodings.append("r")
+                if kind in "mM":  # datetimes have no buffer interface; every other raw kind goes as it is
+                    col = col.view(np.uint8)
+                frames.append(col)
+                nbytes += col.nbytes
             else:
-                schema.append((name, col.dtype.str, "p"))
-                frames.append(pickle.dumps(col, protocol=pickle.HIGHEST_PROTOCOL))
+                encodings.append("p")
+                data = pickle.dumps(col, protocol=pickle.HIGHEST_PROTOCOL)
+                frames.append(data)
+                nbytes += len(data)
         flags = 0
         wm = batch.wm
         derived: tuple[int, int] | None = None
@@ -209,8 +225,24 @@ class _Encoder:
             flags |= _F_WM
             derived = _wm_from_column(batch, names, wm)
             if derived is None:
-                frames.append(np.ascontiguousarray(wm, dtype=np.int64).view(np.uint8))
-        key = (tuple(schema), derived)
+                wm = np.ascontiguousarray(wm, dtype=np.int64)
+                frames.append(wm)
+                nbytes += wm.nbytes
+        meta = self._meta_for(names, dtypes, encodings, derived)
+        header = self.header(_K_BATCH, flags, len(names), target, seq, watermark, None, batch.num_rows, meta)
+        frames[0] = header
+        return frames, nbytes + len(header)
+
+    def _meta_for(self, names: list[str], dtypes: list[np.dtype], encodings: list[str],
+                  derived: tuple[int, int] | None) -> bytes:
+        # a channel mostly carries one schema: compare with the last one (dtypes are mostly the same objects)
+        # before building the cache key
+        last = self._last
+        if (last is not None and last[0] == names and last[1] == dtypes and last[2] == encodings
+                and last[3] == derived):
+            return last[4]
+        schema = tuple((name, dtype.str, enc) for name, dtype, enc in zip(names, dtypes, encodings, strict=True))
+        key = (schema, derived)
         meta = self._meta.get(key)
         if meta is None:
             spec: dict[str, Any] = {"c": self.channel_id, "s": schema}
@@ -220,8 +252,8 @@ class _Encoder:
             if len(self._meta) >= _META_CACHE_MAX:
                 self._meta.clear()
             self._meta[key] = meta
-        frames[0] = self.header(_K_BATCH, flags, len(names), target, seq, watermark, None, batch.num_rows, meta)
-        return frames
+        self._last = (names, dtypes, encodings, derived, meta)
+        return meta
 
 
 def _wm_from_column(batch: Batch, names: list[str], wm: np.ndarray) -> tuple[int, int] | None:
@@ -600,11 +632,18 @@ class ChannelServer:
             raise ChannelError(f"batch with {len(frames)} frames for {len(schema)} columns")
         cols = {}
         nbytes = 0
-        for i, (name, dtype, enc) in enumerate(schema):
-            buf = frames[2 + i].buffer
-            nbytes += buf.nbytes
-            if enc == "r":
-                cols[name] = self._view(buf, dtype, rows)
+        for frame, (name, dtype, enc) in zip(frames[2:2 + ncols], schema, strict=True):
+            buf = frame.buffer
+            size = buf.nbytes
+            nbytes += size
+            if enc == "r":  # the common case, inline: a view of the frame's buffer (which keeps the frame alive)
+                if size != rows * dtype.itemsize:
+                    raise ChannelError(f"column frame of {size} bytes, expected {rows} x {dtype.itemsize}")
+                arr = np.frombuffer(buf, dtype=dtype)
+                if not arr.flags.aligned:
+                    self.copied_frames += 1
+                    arr = arr.copy()
+                cols[name] = arr
                 continue
             if enc == "c":
                 cols[name] = np.full(rows, self._view(buf, dtype, 1)[0] if rows else dtype.type(), dtype=dtype)
@@ -777,7 +816,7 @@ class ChannelClient:
             watermark = batch.end_watermark()
         if not self._acquire(timeout):
             return False
-        return self._send(self._enc.batch(batch, target, self._seq, watermark))
+        return self._send(*self._enc.encode(batch, target, self._seq, watermark))
 
     def send_watermark(self, watermark: int, target: int = 0, timeout: float | None = None) -> bool:
         """A watermark advance (takes a credit, so it stays ordered with batches)."""
@@ -881,12 +920,13 @@ class ChannelClient:
             self.waiting_since = None
         return True
 
-    def _send(self, frames: list[Any]) -> bool:
+    def _send(self, frames: list[Any], nbytes: int | None = None) -> bool:
         sock = self._sock
         if sock is None:
             raise ChannelError("the channel client is closed")
         sock.send_multipart(frames, copy=False)
-        nbytes = sum(_frame_len(f) for f in frames)
+        if nbytes is None:
+            nbytes = sum(_frame_len(f) for f in frames)
         if self._outstanding <= 0:  # nothing was in flight: the stall clock starts with this message
             self.moved_at = time.monotonic()
         self._replay.append((self._seq, frames, nbytes))
