@@ -92,30 +92,35 @@ def _mix(h0: np.uint64, h1: np.uint64, h2: np.uint64, h3: np.uint64) -> np.uint6
     return h ^ (h >> _R29)
 
 
-@numba.njit(cache=True, nogil=True)
-def _hash_chunks(u8: np.ndarray, u64: np.ndarray, chunk: int, out: np.ndarray) -> None:  # pragma: no cover - numba
-    """out[c] = a 64-bit hash of bytes [c*chunk, (c+1)*chunk) of u8 (u64: its whole 8-byte words). Whole chunks
-    take a loop without bounds checks; the short last one, the rest."""
-    n = u8.shape[0]
-    nw = u64.shape[0]
-    wpc = chunk // 8  # a multiple of 4
-    whole = min(out.shape[0], nw // wpc)
-    for c in range(whole):
-        w = c * wpc
-        h0, h1, h2, h3 = _S0, _S1, _S2, _S3
-        for k in range(w, w + wpc, 4):  # four independent lanes: the multiplies overlap
+@numba.njit(inline="always")
+def _chunk_hash(u8: np.ndarray, u64: np.ndarray, at: int, length: int, wpc: int) -> np.uint64:  # pragma: no cover
+    """The hash of bytes [at, at + length) of u8 (u64: its whole 8-byte words; `at` a multiple of 8): a whole chunk
+    (`wpc` words, a multiple of 4) in four independent lanes (the multiplies overlap), a short one word by word
+    and then byte by byte."""
+    h0, h1, h2, h3 = _S0, _S1, _S2, _S3
+    w = at // 8
+    if length == wpc * 8:
+        for k in range(w, w + wpc, 4):
             h0 = _round(h0, u64[k])
             h1 = _round(h1, u64[k + 1])
             h2 = _round(h2, u64[k + 2])
             h3 = _round(h3, u64[k + 3])
-        out[c] = _mix(h0, h1, h2, h3)
-    for c in range(whole, out.shape[0]):  # the last chunk, when it is short
-        h0, h1, h2, h3 = _S0, _S1, _S2, _S3
-        for k in range(c * wpc, nw):
+    else:
+        words = length // 8
+        for k in range(w, w + words):
             h0 = _round(h0, u64[k])
-        for i in range(nw * 8, n):  # bytes after the last whole word
+        for i in range(at + words * 8, at + length):  # bytes after the last whole word
             h1 = _round(h1, np.uint64(u8[i]))
-        out[c] = _mix(h0, h1, h2, h3)
+    return _mix(h0, h1, h2, h3)
+
+
+@numba.njit(cache=True, nogil=True)
+def _hash_chunks(u8: np.ndarray, u64: np.ndarray, chunk: int, out: np.ndarray) -> None:  # pragma: no cover - numba
+    """out[c] = a 64-bit hash of bytes [c*chunk, (c+1)*chunk) of u8 (u64: its whole 8-byte words; the last chunk
+    may be short)."""
+    n = u8.shape[0]
+    for c in range(out.shape[0]):
+        out[c] = _chunk_hash(u8, u64, c * chunk, min(chunk, n - c * chunk), chunk // 8)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -385,29 +390,15 @@ def _changed_chunks(u8: np.ndarray, u64: np.ndarray, candidates: np.ndarray, old
     at = 0
     for j in range(candidates.shape[0]):
         c = candidates[j]
-        aw = at // 8
-        if (c + 1) * chunk <= n:  # a whole chunk
-            w = c * wpc
+        length = min(chunk, n - c * chunk)  # the last chunk may be short
+        if length == chunk:
+            w, aw = c * wpc, at // 8
             for q in range(wpc):
                 out64[aw + q] = u64[w + q]
-            h0, h1, h2, h3 = _S0, _S1, _S2, _S3
-            for q in range(aw, aw + wpc, 4):
-                h0 = _round(h0, out64[q])
-                h1 = _round(h1, out64[q + 1])
-                h2 = _round(h2, out64[q + 2])
-                h3 = _round(h3, out64[q + 3])
-            length = chunk
-        else:  # the short last chunk
-            length = n - c * chunk
+        else:
             for b in range(length):
                 out8[at + b] = u8[c * chunk + b]
-            h0, h1, h2, h3 = _S0, _S1, _S2, _S3
-            words = length // 8
-            for q in range(aw, aw + words):
-                h0 = _round(h0, out64[q])
-            for b in range(at + words * 8, at + length):
-                h1 = _round(h1, np.uint64(out8[b]))
-        h = _mix(h0, h1, h2, h3)
+        h = _chunk_hash(out8, out64, at, length, wpc)
         if h != old[c]:
             chunks[kept] = c
             hashes[kept] = h
