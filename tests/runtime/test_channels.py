@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import threading
 import time
@@ -509,9 +510,11 @@ def _raw_curve_dealer(endpoint: str, keys: CurveKeys | None, server_public: byte
     sock.linger = 0
     sock.connect(endpoint)
     enc = _Encoder("intruder[0]")
-    sock.send(enc.control(0, 0, 0))
-    for seq in range(3):
-        sock.send_multipart(enc.batch(make_batch(seq), 0, seq, None), copy=False)
+    # never blocking: once the server has refused its handshake the socket has no peer, and a send would wait for one
+    with contextlib.suppress(zmq.Again):
+        sock.send(enc.control(0, 0, 0), flags=zmq.NOBLOCK)
+        for seq in range(3):
+            sock.send_multipart(enc.batch(make_batch(seq), 0, seq, None), flags=zmq.NOBLOCK, copy=False)
     return sock
 
 
