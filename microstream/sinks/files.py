@@ -6,7 +6,10 @@ checkpoint is complete everywhere, what that checkpoint covers is appended to th
 sink's, `_Publisher`: the copy and its fsync never hold records up), and at the end the rest. So the target only
 ever holds output that no recovery will take back (exactly once), and a job that fails before its first
 checkpoint leaves an earlier run's file untouched. After a restore or a move, the in-progress file starts from
-the snapshot's size and the target is cut back to what was published by then.
+the snapshot's size and the target is cut back to what was published by then. If the saved staging file is gone
+(a sink of the job reached its end and removed it, then a fault recovered the job from a checkpoint taken before),
+the in-progress file starts from the target's first bytes instead: the target is what was staged, up to what was
+published.
 
 Fencing: each deployment of a job (epoch) stages in its own file and writes its epoch beside the target
 (``.NAME.epoch``); a sink of an older deployment that is still running somewhere (its agent froze and came
@@ -16,6 +19,7 @@ back) finds a newer epoch there and refuses to publish.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import math
@@ -83,7 +87,7 @@ class _FileSink(Sink):
             for old in self.path.parent.glob(f".{self.path.name}.e*.inprogress"):
                 if _epoch_of(old) <= self.epoch:
                     old.unlink(missing_ok=True)
-            self._marker().unlink(missing_ok=True)  # the job is done with the file: only its output stays
+            self._drop_marker()  # the job is done with the file: only its output stays
         return []
 
     def snapshot(self) -> dict[str, Any]:
@@ -100,8 +104,12 @@ class _FileSink(Sink):
         if self._file.closed:  # closed at the end of its stream (its vnode runs on): the file is final
             return {"closed": True, "published": self.published}
         self._file.flush()
-        return {"size": self._file.tell(), "published": self.published, "prepared": dict(self.prepared),
-                "staging": str(self.staging)}
+        size = self._file.tell()
+        state = {"size": size, "published": self.published, "prepared": dict(self.prepared),
+                 "staging": str(self.staging)}
+        if self.transactional:  # what a restore that finds the staging file gone checks the target against
+            state["tail"] = _tail_digest(self.staging, size)
+        return state
 
     def restore(self, state: dict[str, Any]) -> None:
         """Continue the file where the saved sink left it (same path; on a shared or copied disk)."""
@@ -116,9 +124,8 @@ class _FileSink(Sink):
         if deferred and self.transactional:
             self._claim(opening=True)
         saved = Path(state.get("staging", self.staging))
-        if saved != self.staging:  # another epoch's staging file: start ours from its first `size` bytes
-            with open(saved, "rb") as src, open(self.staging, "wb") as dst:
-                _copy(src, dst, state["size"])
+        if self.transactional and (saved != self.staging or _size(self.staging) < state["size"]):
+            self._stage_from(saved, state["size"], state.get("tail"))  # another epoch's (or ours is gone)
         self.staging.touch()  # (a deferred instance created nothing: the saved one's file is normally there)
         self._file = open(self.staging, "r+", encoding="utf-8", newline="")  # noqa: SIM115
         self._file.truncate(state["size"])
@@ -172,9 +179,39 @@ class _FileSink(Sink):
         `open` made again (its close removed them the first time)."""
         if self.staging != self.path and self.staging.exists() and self.staging.stat().st_size == 0:
             self.staging.unlink()
-        marker = self._marker()
-        if self.transactional and marker.exists() and marker.read_text() == f"{self.job} {self.epoch}":
-            marker.unlink()
+        if self.transactional:
+            self._drop_marker()
+
+    def _drop_marker(self) -> None:
+        """Remove the epoch marker if it is still this deployment's (a newer epoch's sink may have claimed the
+        file since: its marker stays)."""
+        try:
+            if self._marker().read_text() == f"{self.job} {self.epoch}":
+                self._marker().unlink(missing_ok=True)
+        except FileNotFoundError:
+            pass
+
+    def _stage_from(self, saved: Path, size: int, tail: str | None) -> None:
+        """Start this instance's staging file with the first `size` bytes the saved instance had staged: from its
+        staging file or, when that is gone, from the target. A sink of the job that reached its end published
+        everything it had staged and removed its staging files; a recovery from a checkpoint taken before that (a
+        fault after the sink finished, or that sink running on in a replaced epoch on an agent counted lost while
+        the new epoch started) found no file to continue from, and failed at every restart. The target is what
+        was staged, up to what was published, so its first `size` bytes are the ones the checkpoint covers (the
+        restore then cuts the target back to them, and the replay writes the rest again: nothing twice). Only if
+        the target's bytes before `size` are the ones the checkpoint saw staged (`tail`): a file of another run
+        found there (the sink placed on a node whose disk is not the one it wrote) is not this job's output."""
+        if saved != self.staging and _size(saved) >= size:
+            source = saved
+        elif _size(self.path) >= size and tail in (None, _tail_digest(self.path, size)):
+            source = self.path
+        else:
+            held = _size(self.path)
+            what = f"the target holds {max(held, 0)} bytes" if held < size else "the target holds other bytes"
+            raise StagingLost(f"{self.path}: cannot continue the saved sink's output ({size} bytes): its staging "
+                              f"file {saved} is gone and {what}")
+        with open(source, "rb") as src, open(self.staging, "wb") as dst:
+            _copy(src, dst, size)
 
     def _staging(self, epoch: int) -> Path:
         return self.path.with_name(f".{self.path.name}.e{epoch}.inprogress")
@@ -301,6 +338,32 @@ class _Publisher:
 
 class StaleEpoch(RuntimeError):
     """A sink of a deployment that a recovery has replaced tried to publish: its output is refused."""
+
+
+class StagingLost(RuntimeError):
+    """A restored sink found neither the staging file it is to continue nor the target holding what it covers
+    (the file lived on a disk that is gone, or on another node's): its output cannot go on exactly once."""
+
+
+def _size(path: Path) -> int:
+    """The file's size, or -1 if there is none."""
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return -1
+
+
+def _tail_digest(path: Path, size: int, span: int = 4096) -> str | None:
+    """A digest of the last `span` bytes before `size` in `path` (one read of 4 KB per checkpoint): enough to tell
+    this job's staged output from another file at the target's path."""
+    start = max(0, size - span)
+    try:
+        with open(path, "rb") as f:
+            f.seek(start)
+            data = f.read(size - start)
+    except FileNotFoundError:
+        return None
+    return hashlib.blake2b(data, digest_size=16).hexdigest() if len(data) == size - start else None
 
 
 def _epoch_of(path: Path) -> int:

@@ -87,12 +87,12 @@ def job():
     return p, out
 
 
-def deploy(p, plan, snapshots=None):
+def deploy(p, plan, snapshots=None, epoch=0):
     servers = {vn: Server() for vn in plan.vnodes}
     hosts = {}
     for vn in plan.vnodes:
         host = HostRuntime(p.graph, plan, vn, servers[vn], lambda peer, cid: Client(servers[peer], cid),
-                           restoring=snapshots is not None)
+                           restoring=snapshots is not None, epoch=epoch, job="j")
         host.connect({v: v for v in plan.vnodes})
         if snapshots is not None:
             host.restore(snapshots[vn])
@@ -174,27 +174,20 @@ def test_a_channel_whose_barrier_came_first_is_held_until_the_others_have_theirs
     assert result.records_out == {"out": 4_000}
 
 
-def test_a_file_sink_publishes_only_what_a_completed_checkpoint_covers(tmp_path):
-    """Two-phase commit: the target file holds only output no recovery will take back; an earlier run's file stays
-    until this run has committed output to replace it; after a crash and a restore the file is exactly the
-    fault-free output."""
-    def file_job(path):
-        p = ms.Pipeline("files")
-        src = p.synthetic(count=6_000, sensors=6, rate=1000, seed=2, batch_size=300)
-        src.key_by("sensor").window(ms.tumbling(seconds=1)).aggregate(n=ms.agg.count()).with_parallelism(2) \
-            .sink(ms.sinks.jsonl(path))
-        p.build()
-        return p
+def _file_job(path):
+    """Keyed windows over 6,000 readings into a JSON-lines file: a job that takes checkpoints (its file sink commits
+    in two phases)."""
+    p = ms.Pipeline("files", checkpoint_every="1s")
+    src = p.synthetic(count=6_000, sensors=6, rate=1000, seed=2, batch_size=300)
+    src.key_by("sensor").window(ms.tumbling(seconds=1)).aggregate(n=ms.agg.count()).with_parallelism(2) \
+        .sink(ms.sinks.jsonl(path))
+    p.build()
+    return p
 
-    local = tmp_path / "local.jsonl"
-    file_job(local).run(verbose=False)
-    expected = sorted(local.read_text().splitlines())
 
-    target = tmp_path / "out.jsonl"
-    target.write_text("an earlier run's output\n")
-    p = file_job(target)
-    plan = build_plan(p.graph)
-    hosts, _ = deploy(p, plan)
+def _checkpoint_after_six_rounds(hosts) -> dict[str, dict]:
+    """Step every host six rounds, then take checkpoint 1 of each: the snapshots, as they reach the coordinator
+    (the checkpoint is not complete yet: no `checkpoint_done`)."""
     snapshots: dict[str, dict] = {}
     for vn, host in hosts.items():
         host.on_checkpoint = lambda cp, state, vn=vn: snapshots.__setitem__(vn, _shipped(state))
@@ -203,6 +196,23 @@ def test_a_file_sink_publishes_only_what_a_completed_checkpoint_covers(tmp_path)
         host.on_control("checkpoint", {"checkpoint": 1})
     while len(snapshots) < len(hosts):
         step_all(hosts, rounds=1)
+    return snapshots
+
+
+def test_a_file_sink_publishes_only_what_a_completed_checkpoint_covers(tmp_path):
+    """Two-phase commit: the target file holds only output no recovery will take back; an earlier run's file stays
+    until this run has committed output to replace it; after a crash and a restore the file is exactly the
+    fault-free output."""
+    local = tmp_path / "local.jsonl"
+    _file_job(local).run(verbose=False)
+    expected = sorted(local.read_text().splitlines())
+
+    target = tmp_path / "out.jsonl"
+    target.write_text("an earlier run's output\n")
+    p = _file_job(target)
+    plan = build_plan(p.graph)
+    hosts, _ = deploy(p, plan)
+    snapshots = _checkpoint_after_six_rounds(hosts)
     step_all(hosts, rounds=3)
     assert target.read_text() == "an earlier run's output\n"     # nothing committed yet
     for host in hosts.values():
@@ -215,7 +225,70 @@ def test_a_file_sink_publishes_only_what_a_completed_checkpoint_covers(tmp_path)
     hosts, _ = deploy(p, plan, snapshots)
     step_all(hosts)
     assert sorted(target.read_text().splitlines()) == expected and len(expected) > 20
-    assert not (tmp_path / ".out.jsonl.inprogress").exists()
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["local.jsonl", "out.jsonl"]  # no staging file, no marker
+
+
+def test_a_recovery_from_a_checkpoint_taken_before_the_file_sink_finished_continues_the_file(tmp_path):
+    """A fault after the file sink has finished (it published all it had staged and removed its staging file), and
+    the job recovers in a new epoch from a checkpoint taken before that: the restored sink continues from the
+    first bytes the checkpoint covers, which the target holds, and the file ends exactly as without the fault.
+    (It looked for the finished epoch's staging file and failed with FileNotFoundError at every restart, until the
+    job failed: seen in test_replicas under load, after a recovery from a replica.)"""
+    local = tmp_path / "local" / "out.jsonl"
+    _file_job(local).run(verbose=False)
+    expected = sorted(local.read_text().splitlines())
+
+    target = tmp_path / "out.jsonl"
+    p = _file_job(target)
+    plan = build_plan(p.graph)
+    hosts, _ = deploy(p, plan, epoch=1)
+    snapshots = _checkpoint_after_six_rounds(hosts)
+    for host in hosts.values():
+        host.on_control("checkpoint_done", {"checkpoint": 1})
+    step_all(hosts)  # to the end: the sink publishes the rest and removes its staging file
+    assert sorted(target.read_text().splitlines()) == expected
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["local", "out.jsonl"]
+    # then a fault (an agent counted lost before the job's end was reported): epoch 2 from checkpoint 1
+    hosts, _ = deploy(p, plan, snapshots, epoch=2)
+    step_all(hosts)
+    assert sorted(target.read_text().splitlines()) == expected  # nothing lost, nothing twice
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["local", "out.jsonl"]
+
+
+def test_a_file_sink_of_a_replaced_epoch_that_finishes_before_the_new_one_restores_takes_nothing_away(tmp_path):
+    """The old epoch's sink runs on (its agent, starved of CPU, was counted lost) and reaches its end while the new
+    epoch's sink waits for its state: it publishes, removes its staging file and the marker. The new sink continues
+    from the target (cut back to what its checkpoint covers) and the file ends as the new epoch writes it. Where
+    neither the staging file nor the target holds what the checkpoint covers (a disk lost, another run's file
+    there), the restore says so and leaves the target as it is."""
+    from microstream.core.batch import Batch
+    from microstream.sinks.files import StagingLost
+
+    target = tmp_path / "out.jsonl"
+    sink = _transactional_jsonl(target)
+    old = sink(1)
+    old.process(0, Batch({"v": np.array([1.0, 2.0])}))
+    old.prepare_commit(1)
+    old.commit(1)
+    state = old.checkpoint_snapshot()
+    old.process(0, Batch({"v": np.array([3.0])}))
+    new = sink(2, restoring=True)   # deferred: nothing on disk until its state comes
+    old.close()                     # the old epoch's end: all published, .out.jsonl.e1.inprogress and marker gone
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["out.jsonl"]
+    new.restore(state)
+    assert target.read_text() == '{"v": 1.0}\n{"v": 2.0}\n'  # cut back to the checkpoint
+    new.process(0, Batch({"v": np.array([3.0, 4.0])}))
+    new.close()
+    assert target.read_text() == '{"v": 1.0}\n{"v": 2.0}\n{"v": 3.0}\n{"v": 4.0}\n'
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["out.jsonl"]
+
+    target.unlink()  # the disk the files were on is gone
+    with pytest.raises(StagingLost, match="e1.inprogress is gone and the target holds 0 bytes"):
+        sink(3, restoring=True).restore(state)
+    target.write_text('{"v": 1.0}\n{"v": 5.0}\n')  # another run's file where the sink is placed now
+    with pytest.raises(StagingLost, match="the target holds other bytes"):
+        sink(4, restoring=True).restore(state)
+    assert target.read_text() == '{"v": 1.0}\n{"v": 5.0}\n'
 
 
 def _transactional_jsonl(target):
