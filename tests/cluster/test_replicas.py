@@ -121,7 +121,12 @@ def test_a_job_whose_hosts_died_with_the_coordinator_and_its_disk_recovers_from_
         final = _restored_without_state(home, state, job)
         assert final["state"] == "finished", final["reason"]
         assert final["restored_from"]["agent"] != windows["agent"]
-        assert final["restarts"] == 1 and final["recoveries"][-1]["checkpoint"] == final["restored_from"]["checkpoint"]
+        # one recovery, from the replica's checkpoint; on a loaded 2-core machine a heartbeat may come late once more
+        # (the agents' loss limit is 3 s here): then a second one, of an agent counted lost, as in test_recovery
+        recoveries = final["recoveries"]
+        assert recoveries[0]["checkpoint"] == final["restored_from"]["checkpoint"], recoveries
+        assert final["restarts"] == len(recoveries) <= 2 and all(" lost (" in r["reason"] for r in recoveries[1:]), \
+            recoveries
         assert windows["agent"] not in {v["agent"] for v in final["vnodes"].values()}
         _, stderr = proc.communicate(timeout=120)
         assert proc.returncode == 0, stderr
