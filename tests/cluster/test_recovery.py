@@ -118,7 +118,7 @@ def test_the_job_recovers_from_the_last_checkpoint_with_exactly_the_fault_free_o
 EARLY_SINK_JOB = """
 import microstream as ms
 p = ms.Pipeline("early", checkpoint_every="1s", restarts=3)
-short = p.synthetic(count=10_000, sensors=5, rate=2000, seed=3, speed={speed}, batch_size=200)
+short = p.synthetic(count=12_000, sensors=5, rate=2000, seed=3, speed={speed}, batch_size=200)
 short.sink(ms.sinks.jsonl("{out}"))
 long = p.synthetic(count=30_000, sensors=5, rate=2000, seed=4, speed={speed}, batch_size=200)
 long.key_by("sensor").window(ms.tumbling(seconds=1)).aggregate(n=ms.agg.count()).sink(ms.sinks.jsonl("{late}"))
@@ -129,7 +129,7 @@ p.run()
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_a_fault_after_a_file_sinks_virtual_node_finished_recovers_its_file_exactly(tmp_path):
-    """One virtual node (a 5 s source and its file sink) finishes while the other runs on: its sink has published
+    """One virtual node (a 6 s source and its file sink) finishes while the other runs on: its sink has published
     everything and removed its staging file, and the job takes no more checkpoints. Then the other's host is killed:
     the recovery restarts every virtual node from the last checkpoint, the finished one too, whose sink continues
     from what the target holds. Both files end exactly as without the fault (the finished sink's restore looked for
@@ -166,7 +166,7 @@ def test_a_fault_after_a_file_sinks_virtual_node_finished_recovers_its_file_exac
         assert final["state"] == "finished", final["reason"]
         assert final["restarts"] >= 1 and final["recoveries"][0]["checkpoint"] is not None, final["recoveries"]
         # exactly once: nothing lost, nothing twice
-        assert _rows(out) == _rows(local / "out.jsonl") and len(_rows(out)) == 10_000
+        assert _rows(out) == _rows(local / "out.jsonl") and len(_rows(out)) == 12_000
         assert _rows(late) == _rows(local / "late.jsonl")
         assert sorted(f.name for f in tmp_path.iterdir() if f.name.startswith(".")) == []
     finally:
