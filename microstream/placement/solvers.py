@@ -1049,11 +1049,12 @@ def solve(problem: Problem, solver: str = "heuristic", start: np.ndarray | None 
 
 
 def solve_with_bound(problem: Problem, solver: str = "heuristic", start: np.ndarray | None = None,
-                     time_limit: float | None = None) -> Solution:
+                     time_limit: float | None = None, work: float | None = None) -> Solution:
     """`solve`, with the proven lower bound when there is one. Time limits: the heuristic 1 s by default,
-    exact 10 s (plus the heuristic's second, whose placement it must beat)."""
+    exact 10 s (plus the heuristic's second, whose placement it must beat). `work`: the heuristic's planned
+    work (`improve`)."""
     if solver == "heuristic":
-        return improve(problem, start, time_limit=1.0 if time_limit is None else time_limit)
+        return improve(problem, start, time_limit=1.0 if time_limit is None else time_limit, work=work)
     if solver == "exact":
         first = improve(problem, start, time_limit=1.0)
         if first.status == "optimal":
@@ -1063,6 +1064,10 @@ def solve_with_bound(problem: Problem, solver: str = "heuristic", start: np.ndar
 
 
 # -- the public entry point -------------------------------------------------------------------------------------
+
+_SEARCH_SHARE = 0.8      # of place()'s budget planned for the heuristic's search
+_PRICING_PER_SETUP = 2.5  # pricing and explaining a placement ÷ building its problem (1,000 operators: 0.08 / 0.04 s)
+
 
 def place(plan: PhysicalPlan, graph: LogicalGraph, topology: Topology,
           rates: Mapping[EdgeKey, float] | None = None, solver: str = "heuristic",
@@ -1082,15 +1087,16 @@ def place(plan: PhysicalPlan, graph: LogicalGraph, topology: Topology,
     protect each other: a standby and what it stands in for) are kept on different nodes and in different
     failure domains (`Topology.failure_domain`: a node's `domain`, its domain/switch/rack label, or its site);
     a pair that can only be placed together raises `PlacementError`, one the solver cannot separate leaves the
-    placement infeasible with the reason. `time_limit`: seconds for the solver
-    (heuristic 1 s, exact 10 s by default). Raises `PlacementError` if the topology has errors or a
+    placement infeasible with the reason. `time_limit`: seconds for the whole call (heuristic 1 s by default:
+    building the problem and explaining the result included; exact: 10 s for the MILP after the heuristic's
+    second). Raises `PlacementError` if the topology has errors or a
     pin/backend cannot be met; an overloaded result is returned with `placement.feasible == False` and the
     reasons in `placement.cost.reasons` — first, where one is found, a proof that no placement fits
     (`bounds.infeasibility`: the traffic that must leave a group of nodes exceeds its links)."""
+    started = time.perf_counter()
     errors = topology.check()
     if errors:
         raise PlacementError(f"the topology {topology.source or topology.name} has errors:\n  " + "\n  ".join(errors))
-    started = time.perf_counter()
     flows = estimate_flows(plan, graph, topology, rates, estimates)
     problem = build_problem(plan, graph, topology, flows, weights, estimates, state_bytes, apart)
     start = None
@@ -1098,7 +1104,16 @@ def place(plan: PhysicalPlan, graph: LogicalGraph, topology: Topology,
         start = _start_from(problem, current)
         if move_cost is not None:
             _charge_moves(problem, current, move_cost)
-    found = solve_with_bound(problem, solver, start, time_limit)
+    if solver == "heuristic":
+        # the budget is the whole call's: the search plans a fixed share of it (so a seed gives the same
+        # placement at any load); the clock stops it early when building the problem, or a loaded machine,
+        # leaves less than that before the time kept for pricing
+        budget = 1.0 if time_limit is None else time_limit
+        setup = time.perf_counter() - started
+        left = budget - max(setup * (1.0 + _PRICING_PER_SETUP), 0.1 * budget)
+        found = solve_with_bound(problem, solver, start, max(left, 0.05 * budget), work=budget * _SEARCH_SHARE)
+    else:
+        found = solve_with_bound(problem, solver, start, time_limit)
     placement = _priced(plan, graph, topology, flows, problem, found.assign, solver,
                         time.perf_counter() - started, current)
     placement.gap = found.gap(problem)

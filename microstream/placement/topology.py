@@ -439,13 +439,14 @@ class Topology:
         joined = {frozenset((lk.a, lk.b)) for lk in links}
         lans = {s.name: s.lan for s in self.sites if s.lan is not None}
         names = self.node_names()
+        site_of = {n.name: n.site for n in reversed(self.nodes)}     # as `site_of`: the first node of a name
         for i, a in enumerate(names):
             for b in names[i + 1:]:
                 pair = frozenset((a, b))
                 if pair in joined:
                     continue
-                site = self.site_of(a)
-                if site and site == self.site_of(b) and site in lans:
+                site = site_of[a]
+                if site and site == site_of[b] and site in lans:
                     spec = lans[site]
                     links.append(Link(a, b, spec.latency_ms, spec.bandwidth, "lan"))
                 elif self.mesh:
