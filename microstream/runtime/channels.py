@@ -3,28 +3,33 @@
 One `ChannelServer` per consumer host binds a ROUTER socket; every upstream task instance opens a
 `ChannelClient` (a DEALER) to it. The channel provides
 
-* **zero-copy columns.** A batch travels as one multipart message: a small header frame, then one
-  frame per column buffer (and one for the per-record watermark array). Frames are sent with
-  ``copy=False`` and received with ``copy=False``; the consumer's columns are ``np.frombuffer`` views
-  of the ZeroMQ frames, so no byte is copied on either side for large columns. (pyzmq copies frames
-  below ``zmq.COPY_THRESHOLD`` on send; a received frame whose address is not aligned for its dtype,
-  which only happens to small frames that libzmq packs into its shared receive buffer, is copied
-  once and counted in ``stats["copied_frames"]``.) Numeric, bool, datetime, fixed-width bytes (``S``)
-  and unicode (``U``) columns travel as raw buffers (a text column whose rows all hold one value as
-  that value, and a watermark array that is an int64 column plus a constant, as an in-order
-  source's is, as no frame at all: bytes CURVE need not encrypt); ``object`` columns (and anything
-  else) are pickled into one frame, which leaves the fast path. Received columns are aligned, C-contiguous and
-  writable (views of frames the consumer owns), i.e. the same numba array types as local batches, so
-  kernels compiled for the local runtime are reused rather than specialised for read-only or
-  unaligned arrays.
+* **zero-copy columns.** A batch travels as one multipart message: a small header frame, then one frame
+  per column buffer (and one for the per-record watermark array). Frames are sent with ``copy=False``
+  and received with ``copy=False``; the consumer's columns are ``np.frombuffer`` views of the ZeroMQ
+  frames, so no byte is copied on either side for large columns. (pyzmq copies frames below
+  ``zmq.COPY_THRESHOLD`` on send; a received frame whose address is not aligned for its dtype, which
+  only happens to small frames that libzmq packs into its shared receive buffer, is copied once and
+  counted in ``stats["copied_frames"]``; received frames are malloc'd by libzmq, and a server keeps
+  freed ones mapped for the next messages: see `_keep_receive_buffers`.) Numeric, bool, datetime,
+  fixed-width bytes (``S``) and unicode (``U``) columns travel as raw buffers (a text column whose rows
+  all hold one value as that value, and a watermark array that is an int64 column plus a constant, as an
+  in-order source's is, as no frame at all: bytes CURVE need not encrypt); ``object`` columns (and
+  anything else) are pickled into one frame, which leaves the fast path. Received columns are aligned,
+  C-contiguous and writable (views of frames the consumer owns), i.e. the same numba array types as
+  local batches, so kernels compiled for the local runtime are reused rather than specialised for
+  read-only or unaligned arrays.
 * **credit-based backpressure.** The server grants each producer ``credits`` messages up front (in
   reply to the producer's hello) and returns one credit per `ChannelServer.ack`. A producer out of
   credits blocks in `send_batch` until credit arrives (that wait is `ChannelClient.blocked_seconds`).
   *Every* data-plane message (batch, watermark, end, barrier) consumes one credit and must be acked:
   this keeps the consumer's memory bounded by ``credits`` messages per producer (about
   ``credits x batch size``) whatever the mix, and keeps a single ordered sequence per channel.
-  Acked credits go back in groups of ``max(1, credits // 4)`` (and always before `recv` waits, and
-  at once when a control message is acked), which saves wake-ups on both sides.
+  Acked credits go back in groups of ``max(1, credits // 4)`` (and at once when a control message is
+  acked), which saves wake-ups on both sides. A `recv` about to wait hands back what is pending first:
+  at once if it was asked not to wait (``timeout=0``) or a producer may be out of credits, else after
+  at most ``CREDIT_GRACE_MS`` (1 ms) without a message, so that a consumer keeping up with a faster
+  producer still returns credits in groups rather than one per message (each credit frame wakes the
+  producer and both processes' I/O threads, CPU that raw PUSH/PULL never spends).
 * **sequence numbers, and links that heal.** Each channel numbers its messages 0, 1, 2, ... (control
   messages included). The consumer delivers them in order, exactly once: a duplicate is dropped, and a
   message after a gap (what was in flight on a TCP connection that died) is dropped and the producer is
@@ -107,11 +112,50 @@ _F_WATERMARK, _F_BARRIER, _F_WM = 1, 2, 4
 _RAW_KINDS = frozenset("biufcmMSU")  # dtypes whose buffer is self-describing given dtype.str
 _META_CACHE_MAX = 256
 _INT64 = np.dtype(np.int64)
+_SNDMORE = int(zmq.SNDMORE)
 _I64_MIN, _I64_MAX = int(np.iinfo(np.int64).min), int(np.iinfo(np.int64).max)
 _ABORT_CHECK_MS = 500  # how often a blocked producer asks whether it should stop waiting
 RESYNC_EVERY = 1.0     # seconds a blocked producer waits before asking the consumer where it is
+ACK_SHARE = 4  # acked credits go back in groups of credits // ACK_SHARE
+CREDIT_GRACE_MS = 1  # ms a consumer about to wait holds pending credits, for the next message to join them
+MALLOC_MMAP_THRESHOLD, MALLOC_TRIM_THRESHOLD = 16 << 20, 32 << 20  # see _keep_receive_buffers
 MAX_MESSAGE_BYTES = 256 << 20  # a frame larger than this is refused before it is read (pre-authentication too)
 HEARTBEAT_MS, HEARTBEAT_TIMEOUT_MS = 1000, 5000  # ZMTP PING every second; no answer in 5 s: the connection is dead
+
+
+_malloc_tuned = False
+
+
+def _keep_receive_buffers() -> None:
+    """Keep freed receive buffers mapped for the next messages (glibc only; once per process).
+
+    libzmq mallocs every large frame it receives, in its I/O thread's arena, and the consumer frees it once the
+    batch is processed. glibc's dynamic thresholds then trim the arena's top as soon as 2x the largest freed
+    chunk (about two column frames) lies free there, so with a credit window the next message is received into
+    pages the kernel must fault in and clear again, 4 KB at a time (measured: 100-160 faults per 2 MB batch;
+    raw PUSH/PULL, whose consumer lags further behind, frees below live buffers and faulted less). Fixed
+    thresholds above a window's size keep those pages: frames up to ``MALLOC_MMAP_THRESHOLD`` come from the
+    arena, and up to ``MALLOC_TRIM_THRESHOLD`` of free memory stays mapped at its top.
+    ``MICROSTREAM_MALLOC_TUNE=0`` leaves malloc alone.
+    """
+    global _malloc_tuned
+    if _malloc_tuned:
+        return
+    _malloc_tuned = True
+    if os.environ.get("MICROSTREAM_MALLOC_TUNE", "1") == "0":
+        return
+    import ctypes
+    import platform
+
+    if platform.libc_ver()[0] != "glibc":
+        return
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
+    mallopt(m_mmap_threshold, MALLOC_MMAP_THRESHOLD)
+    mallopt(m_trim_threshold, MALLOC_TRIM_THRESHOLD)
 
 
 class ChannelError(MicrostreamError):
@@ -366,6 +410,7 @@ class ChannelServer:
         if credits < 1:
             raise ChannelError(f"credits must be at least 1, got {credits}")
         self.credits = credits
+        _keep_receive_buffers()
         self.curve = keys is not None
         self.allow_pickle = self.curve if allow_pickle is None else allow_pickle
         self._own_context = context is None
@@ -406,7 +451,7 @@ class ChannelServer:
         self.malformed = 0
         self.copied_frames = 0
         self._pending: dict[bytes, int] = {}   # acked credits not yet sent back, per producer
-        self._ack_every = max(1, credits // 4)
+        self._ack_every = max(1, credits // ACK_SHARE)
 
     # -- public API ----------------------------------------------------------------------------
     def recv(self, timeout: float | None = None, wake: zmq.Socket | None = None) -> Message | None:
@@ -414,34 +459,41 @@ class ChannelServer:
         the optional ``wake`` socket (e.g. a control socket) has something to read."""
         sock = self._require_open()
         deadline = None if timeout is None else time.monotonic() + timeout
-        poller = None
-        if wake is not None:
-            poller = zmq.Poller()
-            poller.register(sock, zmq.POLLIN)
-            poller.register(wake, zmq.POLLIN)
+        items = [(sock, zmq.POLLIN)] if wake is None else [(sock, zmq.POLLIN), (wake, zmq.POLLIN)]
         while True:
             if not cast(int, sock.get(zmq.EVENTS)) & zmq.POLLIN:
-                # about to wait: first hand back every credit acked so far
-                if self._pending:
-                    self.flush_credits()
                 if deadline is None:
-                    wait = None
+                    wait = -1
                 else:
                     left = deadline - time.monotonic()
                     wait = 0 if left <= 0 else max(1, int(left * 1000 + 0.999))
-                if poller is not None:
-                    ready = dict(poller.poll(wait))
-                    if wake in ready:
-                        return None
-                    if sock not in ready:
-                        if deadline is not None and time.monotonic() >= deadline:
-                            return None
-                        continue
-                elif not sock.poll(wait, zmq.POLLIN):
+                if self._pending:
+                    # about to wait: hand back the credits acked so far. When the caller is willing to wait
+                    # and no producer may be out of credits, first give the next message a moment to arrive,
+                    # so that its credit goes back in the same frame: a producer faster than the link then
+                    # wakes once per group of credits, not once per message
+                    if wait != 0 and not self._starving():
+                        grace = CREDIT_GRACE_MS if wait < 0 else min(wait, CREDIT_GRACE_MS)
+                        ready = zmq.zmq_poll(items, grace)
+                        if len(ready) == 1 and ready[0][0] is sock:
+                            continue
+                    self.flush_credits()
+                    if wait > 0:
+                        left = cast(float, deadline) - time.monotonic()
+                        wait = 0 if left <= 0 else max(1, int(left * 1000 + 0.999))
+                ready = zmq.zmq_poll(items, wait)
+                if len(ready) > 1 or ready and ready[0][0] is not sock:  # the wake socket has something
+                    return None
+                if not ready:
                     if deadline is not None and time.monotonic() >= deadline:
                         return None
                     continue
-            frames = sock.recv_multipart(copy=False)
+            # recv_multipart, without its per-frame option lookup
+            frame = sock.recv(copy=False)
+            frames = [frame]
+            while frame.more:
+                frame = sock.recv(copy=False)
+                frames.append(frame)
             try:
                 msg = self._decode(frames)
             except Exception as e:  # a malformed message from an authenticated peer: drop it, keep serving
@@ -455,8 +507,9 @@ class ChannelServer:
         """The message has been processed: return its credit to the producer (idempotent).
 
         Credits for batches go back in groups of ``max(1, credits // 4)``, and in any case before
-        `recv` waits for input (or on `flush_credits`); acking a control message (watermark, end,
-        barrier) sends every pending credit of that producer at once.
+        `recv` waits for input (after at most ``CREDIT_GRACE_MS`` unless ``timeout=0``) or on
+        `flush_credits`; acking a control message (watermark, end, barrier) sends every pending credit
+        of that producer at once.
         """
         if msg._acked:
             return
@@ -475,6 +528,16 @@ class ChannelServer:
             self._send_credit(peer, pending)
         else:
             self._pending[peer] = pending
+
+    def _starving(self) -> bool:
+        """Some producer with credits pending here may have none left (everything it may send has arrived)."""
+        producers = self._producers
+        credits = self.credits
+        for peer, count in self._pending.items():
+            prod = producers.get(peer)
+            if prod is not None and prod.outstanding + count >= credits:
+                return True
+        return False
 
     def flush_credits(self) -> None:
         """Send every credit acked so far back to its producer now."""
@@ -924,7 +987,10 @@ class ChannelClient:
         sock = self._sock
         if sock is None:
             raise ChannelError("the channel client is closed")
-        sock.send_multipart(frames, copy=False)
+        send = sock.send  # send_multipart's loop, with int flags (its enum arithmetic costs microseconds a frame)
+        for frame in frames[:-1]:
+            send(frame, _SNDMORE, copy=False)
+        send(frames[-1], 0, copy=False)
         if nbytes is None:
             nbytes = sum(_frame_len(f) for f in frames)
         if self._outstanding <= 0:  # nothing was in flight: the stall clock starts with this message

@@ -381,6 +381,31 @@ def test_credits_return_in_groups_and_close_waits_for_acks() -> None:
             client.close(0)
 
 
+def test_a_waiting_consumer_hands_back_a_lone_credit() -> None:
+    """Credits are held back for the next message's, but never stranded by a consumer that waits."""
+    with ChannelServer(credits=8) as server:
+        client = ChannelClient(server.endpoint, "lone[0]")
+        try:
+            assert server.recv(timeout=0.2) is None
+            assert client.send_batch(make_batch(0), timeout=2)
+            server.ack(server.recv(timeout=2))  # half a group: held back for now
+            assert server.recv(timeout=0.2) is None  # ... and handed back once this wait begins
+            assert wait_for(lambda: client.credits == 8 and client.unacked == 0)
+
+            got: list[Message] = []
+            waiter = threading.Thread(target=lambda: got.append(server.recv(timeout=None)))
+            assert client.send_batch(make_batch(1), timeout=2)
+            server.ack(server.recv(timeout=2))
+            waiter.start()  # waits with no deadline: the held credit still goes back
+            assert client.flush(timeout=5) and client.credits == 8
+            assert client.send_end(timeout=2)
+            waiter.join(5)
+            assert not waiter.is_alive() and got[0].kind == "end"
+            server.ack(got[0])
+        finally:
+            client.close(0)
+
+
 # -- several producers, sequence numbers --------------------------------------------------------------
 
 def test_several_producers_contiguous_seq(server: ChannelServer) -> None:
