@@ -68,6 +68,10 @@ def run_one(client: Client, agent: int) -> dict:
             raise RuntimeError(f"{job_id} not running after 120 s: {status['state']}")
         time.sleep(0.005)
     deploy = time.perf_counter() - start
+    # a host's pid reaches status with its agent's next heartbeat (1 s), possibly after `running`
+    while not all(v.get("pid") for v in status["vnodes"].values()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+        status = client.status(job_id)["jobs"][job_id]
     pids = [v["pid"] for v in status["vnodes"].values() if v.get("pid")]
     time.sleep(1.0)  # let the hosts reach their steady state (channels open, state allocated)
     hosts = []
