@@ -13,19 +13,23 @@ published.
 
 Fencing: each deployment of a job (epoch) stages in its own file and writes its epoch beside the target
 (``.NAME.epoch``); a sink of an older deployment that is still running somewhere (its agent froze and came
-back) finds a newer epoch there and refuses to publish.
+back) finds a newer epoch there and refuses to publish. The check and the write it allows happen under a lock
+of the target's directory (`flock`), so a replaced deployment's append that passed its check lands before a new
+deployment's restore cuts the target back, never after it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import fcntl
 import hashlib
 import io
 import json
 import math
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal, TextIO
 
@@ -56,6 +60,8 @@ class _FileSink(Sink):
         self.published = 0                    # bytes of the staging file already in the target
         self.prepared: dict[int, int] = {}    # checkpoint -> staging size it covers (not committed yet)
         self._publisher: _Publisher | None = None  # publishing what completed checkpoints cover, if it runs
+        self._lock = threading.RLock()        # this instance's threads (the publisher's and its own) take turns
+        self._locked_dir: int | None = None   # the target directory's descriptor while this instance holds it
         # a restoring instance (a move's new host, a recovery) creates nothing before its state comes: a move that
         # is called off stops it, and it must leave no staging file or marker behind
         self._deferred = self.restoring
@@ -66,7 +72,8 @@ class _FileSink(Sink):
 
     def _open_staging(self, mode: Literal["a", "w"]) -> None:
         if self.transactional:
-            self._claim(opening=True)
+            with self._exclusive():
+                self._claim(opening=True)
         self._file = open(self.staging, mode, encoding="utf-8", newline="")  # noqa: SIM115
         if hasattr(self, "_writer"):
             self._writer = csv.writer(self._file)
@@ -82,12 +89,13 @@ class _FileSink(Sink):
         self._file.close()
         if self.transactional:
             self._published_so_far()
-            self._claim()  # first: a replaced deployment's staging file may be gone already
-            self._publish(self.staging.stat().st_size, final=True)
-            for old in self.path.parent.glob(f".{self.path.name}.e*.inprogress"):
-                if _epoch_of(old) <= self.epoch:
-                    old.unlink(missing_ok=True)
-            self._drop_marker()  # the job is done with the file: only its output stays
+            with self._exclusive():
+                self._claim()  # first: a replaced deployment's staging file may be gone already
+                self._publish(self.staging.stat().st_size, final=True)
+                for old in self.path.parent.glob(f".{self.path.name}.e*.inprogress"):
+                    if _epoch_of(old) <= self.epoch:
+                        old.unlink(missing_ok=True)
+                self._drop_marker()  # the job is done with the file: only its output stays
         return []
 
     def snapshot(self) -> dict[str, Any]:
@@ -121,6 +129,12 @@ class _FileSink(Sink):
                 self._undo_open()
             self.published = state["published"]
             return
+        with self._exclusive():
+            self._restore_file(state, deferred)
+        if hasattr(self, "_writer"):
+            self._writer = csv.writer(self._file)
+
+    def _restore_file(self, state: dict[str, Any], deferred: bool) -> None:
         if deferred and self.transactional:
             self._claim(opening=True)
         saved = Path(state.get("staging", self.staging))
@@ -138,8 +152,28 @@ class _FileSink(Sink):
                 os.truncate(self.path, done)
             self.published = done
             self.prepared = {int(k): v for k, v in state.get("prepared", {}).items() if v > done}
-        if hasattr(self, "_writer"):
-            self._writer = csv.writer(self._file)
+
+    @contextlib.contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """The target's directory locked (`flock`, released when its descriptor closes, also by a process that
+        dies) across a check of the epoch marker and the writes it allows: without it a sink of a replaced
+        deployment could pass its check, and append to the target after a new deployment's restore had cut the
+        target back. Re-entrant within the instance; a no-op for a sink that does not commit in two phases."""
+        if not self.transactional:
+            yield
+            return
+        with self._lock:
+            if self._locked_dir is not None:
+                yield
+                return
+            fd = os.open(self.path.parent, os.O_RDONLY)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                self._locked_dir = fd
+                yield
+            finally:
+                self._locked_dir = None
+                os.close(fd)
 
     # -- two-phase commit ----------------------------------------------------------------------------------------
     def prepare_commit(self, checkpoint: int) -> None:
@@ -237,17 +271,18 @@ class _FileSink(Sink):
         the final one always happens, so an empty run still replaces an earlier run's file)."""
         if upto <= self.published and not final:
             return
-        self._claim()  # a sink of a replaced deployment stops here
-        fresh = not (self.published or self.restoring)  # the first publish replaces an earlier run's file
-        target = os.open(self.path, os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if fresh else 0), 0o666)
-        with open(self.staging, "rb") as src, os.fdopen(target, "wb") as dst:
-            dst.seek(0, os.SEEK_END)  # appending, without O_APPEND (which copy_file_range refuses)
-            src.seek(self.published)
-            _copy(src, dst, upto - self.published)
-            dst.flush()
-            os.fsync(dst.fileno())
-        self.published = upto
-        self.restoring = False
+        with self._exclusive():
+            self._claim()  # a sink of a replaced deployment stops here
+            fresh = not (self.published or self.restoring)  # the first publish replaces an earlier run's file
+            target = os.open(self.path, os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if fresh else 0), 0o666)
+            with open(self.staging, "rb") as src, os.fdopen(target, "wb") as dst:
+                dst.seek(0, os.SEEK_END)  # appending, without O_APPEND (which copy_file_range refuses)
+                src.seek(self.published)
+                _copy(src, dst, upto - self.published)
+                dst.flush()
+                os.fsync(dst.fileno())
+            self.published = upto
+            self.restoring = False
 
     def _columns(self, batch: Batch) -> dict[str, np.ndarray]:
         return self._iso(batch) if self.iso_time else batch.to_dict()

@@ -8,6 +8,10 @@ channels and processes are exercised by the cluster tests)."""
 from __future__ import annotations
 
 import collections
+import subprocess
+import sys
+import textwrap
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -289,6 +293,56 @@ def test_a_file_sink_of_a_replaced_epoch_that_finishes_before_the_new_one_restor
     with pytest.raises(StagingLost, match="the target holds other bytes"):
         sink(4, restoring=True).restore(state)
     assert target.read_text() == '{"v": 1.0}\n{"v": 5.0}\n'
+
+
+def test_a_replaced_epochs_append_that_passed_its_check_lands_before_the_new_epochs_restore_cuts_the_target(
+        tmp_path):
+    """A sink of the old epoch (on an agent counted lost) has checked the epoch marker and is appending a checkpoint
+    to the target when the new epoch's sink restores. The restore waits for that append, then cuts the target back
+    to what its own checkpoint covers: the old append cannot land after the cut (the file would hold its records
+    twice once the replay writes them again). Here another process stands in for the old sink mid-append: it holds
+    the target's directory lock, as a publishing sink does, and appends when told."""
+    from microstream.core.batch import Batch
+    from microstream.sinks.files import StaleEpoch
+
+    target = tmp_path / "out.jsonl"
+    sink = _transactional_jsonl(target)
+    old = sink(1)
+    old.process(0, Batch({"v": np.array([1.0])}))
+    old.prepare_commit(1)
+    old.commit(1)
+    state = old.snapshot()                      # covers {"v": 1.0}, published
+    assert target.read_text() == '{"v": 1.0}\n'
+    appender = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(f"""
+            import fcntl, os, sys
+            fd = os.open({str(tmp_path)!r}, os.O_RDONLY)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            print("locked", flush=True)
+            sys.stdin.readline()
+            with open({str(target)!r}, "a") as f:
+                f.write('{{"v": 2.0}}\\n')
+            """)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert appender.stdout.readline() == "locked\n"
+        new = sink(2, restoring=True)
+        restoring = threading.Thread(target=new.restore, args=(state,))
+        restoring.start()
+        restoring.join(1.0)
+        assert restoring.is_alive()             # waiting for the old sink's append
+        appender.stdin.write("go\n")
+        appender.stdin.flush()
+        assert appender.wait(timeout=60) == 0
+        restoring.join(timeout=60)
+        assert not restoring.is_alive()
+    finally:
+        appender.kill()
+    assert target.read_text() == '{"v": 1.0}\n'  # the old append came first, and the cut took it back
+    new.process(0, Batch({"v": np.array([2.0])}))
+    new.close()
+    assert target.read_text() == '{"v": 1.0}\n{"v": 2.0}\n'
+    with pytest.raises(StaleEpoch):
+        old.close()                             # the old sink, when it gets that far, publishes nothing more
 
 
 def _transactional_jsonl(target):
