@@ -29,6 +29,7 @@ import json
 import math
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal, TextIO
@@ -168,7 +169,7 @@ class _FileSink(Sink):
                 return
             fd = os.open(self.path.parent, os.O_RDONLY)
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
+                _lock_within(fd, self.path.parent, LOCK_TIMEOUT)
                 self._locked_dir = fd
                 yield
             finally:
@@ -373,6 +374,28 @@ class _Publisher:
 
 class StaleEpoch(RuntimeError):
     """A sink of a deployment that a recovery has replaced tried to publish: its output is refused."""
+
+
+class TargetLocked(RuntimeError):
+    """Another process held the target's directory for `LOCK_TIMEOUT` seconds: a sink of a replaced deployment
+    frozen in the middle of an append (SIGSTOP, a stalled disk). The sink fails (its job recovers, and tries again)
+    rather than wait for ever."""
+
+
+LOCK_TIMEOUT = 30.0   # seconds a sink waits for the target's directory; an append holds it for milliseconds
+
+
+def _lock_within(fd: int, where: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise TargetLocked(f"{where}: another process has held this directory's lock for {timeout:.0f} s "
+                                   f"(a file sink of a replaced deployment, frozen while appending?)") from None
+            time.sleep(0.01)
 
 
 class StagingLost(RuntimeError):

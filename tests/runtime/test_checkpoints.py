@@ -345,6 +345,35 @@ def test_a_replaced_epochs_append_that_passed_its_check_lands_before_the_new_epo
         old.close()                             # the old sink, when it gets that far, publishes nothing more
 
 
+def test_a_restore_that_finds_the_target_locked_too_long_fails_saying_so(tmp_path, monkeypatch):
+    """A sink of the old epoch frozen (SIGSTOP) in the middle of an append keeps the target's directory locked: the
+    new epoch's restore fails after `LOCK_TIMEOUT` naming why (its job recovers and tries again), rather than wait
+    for ever, and leaves the target as it is."""
+    from microstream.core.batch import Batch
+    from microstream.sinks import files
+
+    monkeypatch.setattr(files, "LOCK_TIMEOUT", 0.5)
+    target = tmp_path / "out.jsonl"
+    sink = _transactional_jsonl(target)
+    old = sink(1)
+    old.process(0, Batch({"v": np.array([1.0])}))
+    old.prepare_commit(1)
+    old.commit(1)
+    state = old.snapshot()
+    frozen = subprocess.Popen(
+        [sys.executable, "-c", f"import fcntl, os, sys; fd = os.open({str(tmp_path)!r}, os.O_RDONLY); "
+                               "fcntl.flock(fd, fcntl.LOCK_EX); print('locked', flush=True); sys.stdin.readline()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert frozen.stdout.readline() == "locked\n"
+        with pytest.raises(files.TargetLocked, match="frozen while appending"):
+            sink(2, restoring=True).restore(state)
+    finally:
+        frozen.kill()
+        frozen.wait()
+    assert target.read_text() == '{"v": 1.0}\n'
+
+
 def _transactional_jsonl(target):
     """Instances of a JSON-lines sink of `target` as a checkpointed cluster job's host opens them:
     `sink(epoch, restoring=False)`."""
