@@ -306,13 +306,7 @@ def test_a_replaced_epochs_append_that_passed_its_check_lands_before_the_new_epo
     from microstream.sinks.files import StaleEpoch
 
     target = tmp_path / "out.jsonl"
-    sink = _transactional_jsonl(target)
-    old = sink(1)
-    old.process(0, Batch({"v": np.array([1.0])}))
-    old.prepare_commit(1)
-    old.commit(1)
-    state = old.snapshot()                      # covers {"v": 1.0}, published
-    assert target.read_text() == '{"v": 1.0}\n'
+    sink, old, state = _one_record_published(target)
     appender = subprocess.Popen(
         [sys.executable, "-c", textwrap.dedent(f"""
             import fcntl, os, sys
@@ -349,17 +343,11 @@ def test_a_restore_that_finds_the_target_locked_too_long_fails_saying_so(tmp_pat
     """A sink of the old epoch frozen (SIGSTOP) in the middle of an append keeps the target's directory locked: the
     new epoch's restore fails after `LOCK_TIMEOUT` naming why (its job recovers and tries again), rather than wait
     for ever, and leaves the target as it is."""
-    from microstream.core.batch import Batch
     from microstream.sinks import files
 
     monkeypatch.setattr(files, "LOCK_TIMEOUT", 0.5)
     target = tmp_path / "out.jsonl"
-    sink = _transactional_jsonl(target)
-    old = sink(1)
-    old.process(0, Batch({"v": np.array([1.0])}))
-    old.prepare_commit(1)
-    old.commit(1)
-    state = old.snapshot()
+    sink, _, state = _one_record_published(target)
     frozen = subprocess.Popen(
         [sys.executable, "-c", f"import fcntl, os, sys; fd = os.open({str(tmp_path)!r}, os.O_RDONLY); "
                                "fcntl.flock(fd, fcntl.LOCK_EX); print('locked', flush=True); sys.stdin.readline()"],
@@ -372,6 +360,20 @@ def test_a_restore_that_finds_the_target_locked_too_long_fails_saying_so(tmp_pat
         frozen.kill()
         frozen.wait()
     assert target.read_text() == '{"v": 1.0}\n'
+
+
+def _one_record_published(target):
+    """(the sink factory, its epoch-1 instance, that instance's snapshot): one record, committed and published."""
+    from microstream.core.batch import Batch
+
+    sink = _transactional_jsonl(target)
+    old = sink(1)
+    old.process(0, Batch({"v": np.array([1.0])}))
+    old.prepare_commit(1)
+    old.commit(1)
+    state = old.snapshot()
+    assert target.read_text() == '{"v": 1.0}\n'
+    return sink, old, state
 
 
 def _transactional_jsonl(target):
