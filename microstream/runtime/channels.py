@@ -76,6 +76,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -123,25 +124,19 @@ MAX_MESSAGE_BYTES = 256 << 20  # a frame larger than this is refused before it i
 HEARTBEAT_MS, HEARTBEAT_TIMEOUT_MS = 1000, 5000  # ZMTP PING every second; no answer in 5 s: the connection is dead
 
 
-_malloc_tuned = False
-
-
+@functools.cache
 def _keep_receive_buffers() -> None:
     """Keep freed receive buffers mapped for the next messages (glibc only; once per process).
 
     libzmq mallocs every large frame it receives, in its I/O thread's arena, and the consumer frees it once the
     batch is processed. glibc's dynamic thresholds then trim the arena's top as soon as 2x the largest freed
     chunk (about two column frames) lies free there, so with a credit window the next message is received into
-    pages the kernel must fault in and clear again, 4 KB at a time (measured: 100-160 faults per 2 MB batch;
-    raw PUSH/PULL, whose consumer lags further behind, frees below live buffers and faulted less). Fixed
+    pages the kernel must fault in and clear again, 4 KB at a time (raw PUSH/PULL, whose consumer lags further
+    behind, frees below live buffers and faults less). Fixed
     thresholds above a window's size keep those pages: frames up to ``MALLOC_MMAP_THRESHOLD`` come from the
     arena, and up to ``MALLOC_TRIM_THRESHOLD`` of free memory stays mapped at its top.
     ``MICROSTREAM_MALLOC_TUNE=0`` leaves malloc alone.
     """
-    global _malloc_tuned
-    if _malloc_tuned:
-        return
-    _malloc_tuned = True
     if os.environ.get("MICROSTREAM_MALLOC_TUNE", "1") == "0":
         return
     import ctypes
@@ -156,6 +151,14 @@ def _keep_receive_buffers() -> None:
     m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
     mallopt(m_mmap_threshold, MALLOC_MMAP_THRESHOLD)
     mallopt(m_trim_threshold, MALLOC_TRIM_THRESHOLD)
+
+
+def _ms_left(deadline: float | None) -> int:
+    """Milliseconds until `deadline` for zmq_poll, rounded up (-1: no deadline, wait for ever; 0: it has passed)."""
+    if deadline is None:
+        return -1
+    left = deadline - time.monotonic()
+    return 0 if left <= 0 else max(1, int(left * 1000 + 0.999))
 
 
 class ChannelError(MicrostreamError):
@@ -462,11 +465,7 @@ class ChannelServer:
         items = [(sock, zmq.POLLIN)] if wake is None else [(sock, zmq.POLLIN), (wake, zmq.POLLIN)]
         while True:
             if not cast(int, sock.get(zmq.EVENTS)) & zmq.POLLIN:
-                if deadline is None:
-                    wait = -1
-                else:
-                    left = deadline - time.monotonic()
-                    wait = 0 if left <= 0 else max(1, int(left * 1000 + 0.999))
+                wait = _ms_left(deadline)
                 if self._pending:
                     # about to wait: hand back the credits acked so far. When the caller is willing to wait
                     # and no producer may be out of credits, first give the next message a moment to arrive,
@@ -479,8 +478,7 @@ class ChannelServer:
                             continue
                     self.flush_credits()
                     if wait > 0:
-                        left = cast(float, deadline) - time.monotonic()
-                        wait = 0 if left <= 0 else max(1, int(left * 1000 + 0.999))
+                        wait = _ms_left(deadline)
                 ready = zmq.zmq_poll(items, wait)
                 if len(ready) > 1 or ready and ready[0][0] is not sock:  # the wake socket has something
                     return None

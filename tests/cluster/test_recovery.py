@@ -154,7 +154,9 @@ def test_a_fault_after_a_file_sinks_virtual_node_finished_recovers_its_file_exac
             def sink_finished() -> dict | None:
                 s = client.status()["jobs"][job]
                 states = {next(t for t in v["tasks"] if t.startswith("jsonl")): v for v in s["vnodes"].values()}
-                return s if s["state"] == "running" and states["jsonl"]["state"] == "done" and s else None
+                # the other host's pid too (it reaches status with its agent's next heartbeat)
+                other = next(v for v in s["vnodes"].values() if "jsonl#2" in v["tasks"])
+                return s if s["state"] == "running" and states["jsonl"]["state"] == "done" and other["pid"] else None
 
             status = wait_for(sink_finished, 60, "the short branch's virtual node to finish")
             assert status["checkpoints"], "no checkpoint before the short branch finished: nothing to restore it from"
