@@ -27,7 +27,7 @@ feasible in < 1 s. Times are CPU seconds of this process (the machine is shared;
 Writes bench/results/placement.json.
 
     python bench/placement.py [--full] [--milp-seconds 20] [--budget 1.0] [--repeat 1] [--sizes 20x6,40x10]
-                              [--spread 3]
+                              [--spread 3] [--scale-only]
 
 `--spread N` (3 by default) also runs the heuristic N times on each instance with its seed and with N seeds, and
 records worst / best cost per instance (`spread` in each run; per size the worst instance's, `spread_same_seed`
@@ -36,7 +36,8 @@ the clock cut it short; other seeds show how much its result depends on its luck
 
 `--sizes` reruns only those quality sizes (on a shared machine, what there is time for): the other sizes' rows
 and the scale part are kept from the previous bench/results/placement.json, each row with the time it was
-measured (`measured_at`) and the load average then.
+measured (`measured_at`) and the load average then. `--scale-only` reruns the scale part alone and keeps every
+quality row.
 """
 
 from __future__ import annotations
@@ -340,6 +341,8 @@ def main() -> int:
     ap.add_argument("--sizes", default=None,
                     help="only these quality sizes, e.g. 20x6,40x10 (the rest, and the scale part, are kept from the "
                          "previous JSON)")
+    ap.add_argument("--scale-only", action="store_true",
+                    help="only the scale part (the quality rows are kept from the previous JSON)")
     ap.add_argument("--wall", action="store_true",
                     help="measure the heuristic's budget in wall seconds (default: CPU seconds of this process, "
                          "as the machine is shared)")
@@ -351,8 +354,10 @@ def main() -> int:
         return 1
     milp_s = args.milp_seconds or (60.0 if args.full else 20.0)
     sizes = FULL_SIZES if args.full else DEFAULT_SIZES
-    previous = json.loads((RESULTS / "placement.json").read_text()) if args.sizes else None
-    if args.sizes:
+    previous = json.loads((RESULTS / "placement.json").read_text()) if args.sizes or args.scale_only else None
+    if args.scale_only:
+        sizes = ()
+    elif args.sizes:
         wanted = {tuple(int(x) for x in item.split("x")) for item in args.sizes.split(",")}
         known = {sz[:2]: sz for sz in (*FULL_SIZES, *DEFAULT_SIZES)}   # the default's instance counts first
         sizes = tuple(known[w] for w in sorted(wanted))
@@ -371,7 +376,7 @@ def main() -> int:
         rows = sorted(rows + kept, key=lambda r: (r["vnodes"], r["nodes"]))
         load = {**{k: v for k, v in previous["load_average"].items() if k not in load}, **load}
     print_quality(rows, args.budget, milp_s, clock_name)
-    if previous is not None:
+    if previous is not None and not args.scale_only:
         sp, pr = previous["pipeline_1000_ops"], previous["vnodes_1000"]
         pr_priced = previous["vnodes_1000_bandwidth_priced"]
     else:
