@@ -18,18 +18,26 @@ One `ChannelServer` per consumer host binds a ROUTER socket; every upstream task
   C-contiguous and writable (views of frames the consumer owns), i.e. the same numba array types as
   local batches, so kernels compiled for the local runtime are reused rather than specialised for
   read-only or unaligned arrays.
-* **credit-based backpressure.** The server grants each producer ``credits`` messages up front (in
-  reply to the producer's hello) and returns one credit per `ChannelServer.ack`. A producer out of
-  credits blocks in `send_batch` until credit arrives (that wait is `ChannelClient.blocked_seconds`).
-  *Every* data-plane message (batch, watermark, end, barrier) consumes one credit and must be acked:
-  this keeps the consumer's memory bounded by ``credits`` messages per producer (about
-  ``credits x batch size``) whatever the mix, and keeps a single ordered sequence per channel.
-  Acked credits go back in groups of ``max(1, credits // 4)`` (and at once when a control message is
-  acked), which saves wake-ups on both sides. A `recv` about to wait hands back what is pending first:
-  at once if it was asked not to wait (``timeout=0``) or a producer may be out of credits, else after
-  at most ``CREDIT_GRACE_MS`` (1 ms) without a message, so that a consumer keeping up with a faster
-  producer still returns credits in groups rather than one per message (each credit frame wakes the
-  producer and both processes' I/O threads, CPU that raw PUSH/PULL never spends).
+* **credit-based backpressure.** The server grants each producer a window up front (in reply to the
+  producer's hello) and returns one credit per `ChannelServer.ack`. A producer out of credits blocks
+  in `send_batch` until credit arrives (that wait is `ChannelClient.blocked_seconds`). *Every*
+  data-plane message (batch, watermark, end, barrier) consumes one credit and must be acked, which
+  keeps a single ordered sequence per channel. The window counts messages and bytes: a producer may
+  always have ``credits`` messages unacked, and more (up to ``max(credits, MAX_WINDOW_MESSAGES)``)
+  while the bytes it has unacked stay under its byte window: what the consumer processes in
+  ``window_seconds`` (0.1 s), measured from its acks, at most ``window_bytes`` (4 MB), and sent with
+  every credit frame (the idea of Flink's buffer debloating). Large batches are held to ``credits``
+  (about ``credits x batch size`` of the consumer's memory), small ones still fill the credit round
+  trip (with messages alone, 32 KB batches and 8 credits ran at about half raw PUSH/PULL's rate:
+  bench/channels.py), and a slow consumer's queue, which a checkpoint's or a move's barrier waits
+  behind, stays at about 0.1 s of its work or ``credits`` messages. The consumer's memory per producer
+  stays bounded by the larger of ``credits`` messages and ``window_bytes`` plus one message. Acked
+  credits go back in groups (a quarter of the window, in messages or in bytes, whichever comes first;
+  and at once when a control message is acked), which saves wake-ups on both sides. A `recv` about to wait hands
+  back what is pending first: at once if it was asked not to wait (``timeout=0``) or a producer may be out of
+  credits, else after at most ``CREDIT_GRACE_MS`` (1 ms) without a message, so that a consumer keeping up with a
+  faster producer still returns credits in groups rather than one per message (each credit frame wakes the producer
+  and both processes' I/O threads, CPU that raw PUSH/PULL never spends).
 * **sequence numbers, and links that heal.** Each channel numbers its messages 0, 1, 2, ... (control
   messages included). The consumer delivers them in order, exactly once: a duplicate is dropped, and a
   message after a gap (what was in flight on a TCP connection that died) is dropped and the producer is
@@ -67,9 +75,9 @@ Wire format (all little-endian). Producer -> consumer, one multipart message::
     frame 1.. one per column, in schema order
     last      the int64 wm array, when flags has _F_WM and the meta has no "w"
 
-Consumer -> producer: one frame, _CREDIT (magic, version, kind, count, acked through, received through):
-kind _K_GRANT for the window (the reply to a hello, and a request to resume after a gap), _K_CREDIT for
-credits returned by acks.
+Consumer -> producer: one frame, _CREDIT (magic, version, kind, count, acked through, received through,
+credits, window bytes): kind _K_GRANT for the window (the reply to a hello, and a request to resume after a
+gap; count = the most messages unacked at once), _K_CREDIT for credits returned by acks (count = how many).
 """
 
 from __future__ import annotations
@@ -100,10 +108,10 @@ __all__ = ["ChannelClient", "ChannelError", "ChannelServer", "CurveKeys", "Messa
 log = logging.getLogger(__name__)
 
 _MAGIC = b"MC"
-_VERSION = 3  # 3: constant text columns ("c") and a wm derived from a column ("w")
+_VERSION = 4  # 3: constant text columns ("c") and a wm derived from a column ("w"); 4: windows in bytes
 # magic, version, kind, flags, ncols, target, seq, watermark, barrier, rows, meta length
 _HEADER = struct.Struct("<2sBBHHIqqqQI")
-_CREDIT = struct.Struct("<2sBBIqq")
+_CREDIT = struct.Struct("<2sBBIqqIQ")
 
 _K_HELLO, _K_BATCH, _K_WATERMARK, _K_END, _K_BARRIER, _K_CHECKPOINT = 0, 1, 2, 3, 4, 5
 _K_GRANT, _K_CREDIT = 16, 17  # consumer -> producer: the initial window; credits returned by acks
@@ -117,7 +125,17 @@ _SNDMORE = int(zmq.SNDMORE)
 _I64_MIN, _I64_MAX = int(np.iinfo(np.int64).min), int(np.iinfo(np.int64).max)
 _ABORT_CHECK_MS = 500  # how often a blocked producer asks whether it should stop waiting
 RESYNC_EVERY = 1.0     # seconds a blocked producer waits before asking the consumer where it is
-ACK_SHARE = 4  # acked credits go back in groups of credits // ACK_SHARE
+ACK_SHARE = 4  # acked credits go back in groups of a quarter of the window (messages or bytes)
+WINDOW_BYTES = 4 << 20  # a producer may have this many bytes unacked (beyond `credits` messages, which it always may)
+# ... or what its consumer processes in this many seconds, if less (measured from its acks every `RATE_EVERY`
+# seconds): in-flight data is what a barrier (a checkpoint, a move) waits behind, so a slow consumer keeps only
+# `credits` messages queued, and a fast one gets the whole window to cover the credit round trip
+WINDOW_SECONDS = 0.1
+RATE_EVERY = 0.05
+# ... in at most this many messages (or `credits`, if more): enough to cover the credit round trip with 32 KB
+# batches, and few enough that backpressure still reaches a source of small batches within seconds (a sensor's
+# store-and-forward log fills while its link is cut, instead of a thousand readings queueing in memory)
+MAX_WINDOW_MESSAGES = 64
 CREDIT_GRACE_MS = 1  # ms a consumer about to wait holds pending credits, for the next message to join them
 MALLOC_MMAP_THRESHOLD, MALLOC_TRIM_THRESHOLD = 16 << 20, 32 << 20  # see _keep_receive_buffers
 MAX_MESSAGE_BYTES = 256 << 20  # a frame larger than this is refused before it is read (pre-authentication too)
@@ -330,6 +348,10 @@ def _frame_len(frame: Any) -> int:
 class _Producer:
     channel_id: str
     outstanding: int = 0
+    outstanding_bytes: int = 0   # of the messages received and not acked yet
+    window: int = 0              # the byte window it has been told (what this consumer drains in WINDOW_SECONDS)
+    acked_bytes: int = 0         # acked since `rate_since`, for the drain rate
+    rate_since: float = field(default_factory=time.monotonic)
     max_outstanding: int = 0
     messages: int = 0
     bytes: int = 0
@@ -395,12 +417,15 @@ class _TrustedKeys:
 class ChannelServer:
     """Consumer side: binds one ROUTER socket; any number of producers connect.
 
-    ``credits`` is the per-producer window: how many messages a producer may have sent and not yet
-    had acked. The window should cover the credit round trip: 8 messages suffice for batches of
-    ~100 KB and more; for small batches give ``credits x batch bytes`` of a MB or two (see
-    bench/channels.py). ``keys`` makes the server a CURVE server that admits only ``trusted`` client
-    public keys. ``allow_pickle`` controls whether pickled (object) columns are accepted; by default
-    only on CURVE-authenticated channels, since unpickling runs code chosen by the sender.
+    The per-producer window: a producer may always have ``credits`` messages sent and not yet acked, and more while
+    their bytes stay under its byte window (in at most ``max(credits, MAX_WINDOW_MESSAGES)`` messages): what this
+    consumer processed of its messages in the last ``window_seconds``, measured from its acks, up to
+    ``window_bytes``; ``window_bytes=0`` counts messages only. The window should cover the credit round trip: 8
+    messages do for batches of ~100 KB and more, the byte window for smaller ones (see bench/channels.py); sizing it
+    by the consumer's pace keeps a slow consumer's queue (what a barrier waits behind) at about ``window_seconds``
+    of its work, or ``credits`` messages. ``keys`` makes the server a CURVE server that admits only ``trusted``
+    client public keys. ``allow_pickle`` controls whether pickled (object) columns are accepted; by default only on
+    CURVE-authenticated channels, since unpickling runs code chosen by the sender.
 
     The server does its work inside `recv`: a producer's hello is answered with its credits there,
     so producers block until the consumer starts receiving (which is the point). ``endpoint`` is
@@ -409,10 +434,17 @@ class ChannelServer:
 
     def __init__(self, bind: str = "tcp://127.0.0.1:*", keys: CurveKeys | None = None,
                  trusted: Iterable[bytes] | None = None, credits: int = 8, context: zmq.Context | None = None,
-                 allow_pickle: bool | None = None, max_message_bytes: int = MAX_MESSAGE_BYTES) -> None:
+                 allow_pickle: bool | None = None, max_message_bytes: int = MAX_MESSAGE_BYTES,
+                 window_bytes: int = WINDOW_BYTES, window_seconds: float = WINDOW_SECONDS) -> None:
         if credits < 1:
             raise ChannelError(f"credits must be at least 1, got {credits}")
+        if window_bytes < 0:
+            raise ChannelError(f"window_bytes must be at least 0, got {window_bytes}")
         self.credits = credits
+        self.window_bytes = window_bytes
+        self.window_seconds = window_seconds
+        # the most messages a producer may have unacked: `credits`, or more while under the byte window
+        self.max_window = max(credits, MAX_WINDOW_MESSAGES) if window_bytes else credits
         _keep_receive_buffers()
         self.curve = keys is not None
         self.allow_pickle = self.curve if allow_pickle is None else allow_pickle
@@ -428,8 +460,8 @@ class ChannelServer:
             self._sock = sock
             sock.linger = 0
             sock.router_handover = 1
-            sock.rcvhwm = max(1000, 4 * credits)
-            sock.sndhwm = max(1000, 4 * credits)
+            sock.rcvhwm = max(1000, 4 * self.max_window)
+            sock.sndhwm = max(1000, 4 * self.max_window)
             sock.maxmsgsize = max_message_bytes  # a peer (authenticated or not) cannot make us buffer more
             _keep_alive(sock)
             if keys is not None:
@@ -454,7 +486,11 @@ class ChannelServer:
         self.malformed = 0
         self.copied_frames = 0
         self._pending: dict[bytes, int] = {}   # acked credits not yet sent back, per producer
+        self._pending_bytes: dict[bytes, int] = {}  # ... and the bytes of their messages
+        # credits go back in groups: at least a quarter of `credits`, and a quarter of the window in messages or
+        # in bytes, whichever comes first (with messages alone, the two are the same)
         self._ack_every = max(1, credits // ACK_SHARE)
+        self._ack_messages = max(1, self.max_window // ACK_SHARE)
 
     # -- public API ----------------------------------------------------------------------------
     def recv(self, timeout: float | None = None, wake: zmq.Socket | None = None) -> Message | None:
@@ -518,22 +554,44 @@ class ChannelServer:
         if prod is None:
             return
         prod.outstanding -= 1
+        prod.outstanding_bytes -= msg.nbytes
         if msg.seq > prod.last_acked:
             prod.last_acked = msg.seq
+        if self.window_bytes:
+            self._measure(prod, msg.nbytes)
         pending = self._pending.get(peer, 0) + 1
-        if pending >= self._ack_every or msg.kind != "batch":
+        pending_bytes = self._pending_bytes.get(peer, 0) + msg.nbytes
+        if (pending >= self._ack_every and (pending >= self._ack_messages or pending_bytes >= prod.window >> 2)
+                or msg.kind != "batch"):
             self._pending.pop(peer, None)
+            self._pending_bytes.pop(peer, None)
             self._send_credit(peer, pending)
         else:
             self._pending[peer] = pending
+            self._pending_bytes[peer] = pending_bytes
+
+    def _measure(self, prod: _Producer, nbytes: int) -> None:
+        """Size a producer's byte window to what this consumer drains in `WINDOW_SECONDS` (its acked bytes per
+        second over the last `RATE_EVERY` seconds or more; the producer hears it with the next credit frame)."""
+        prod.acked_bytes += nbytes
+        now = time.monotonic()
+        elapsed = now - prod.rate_since
+        if elapsed >= RATE_EVERY:
+            prod.window = min(self.window_bytes, int(prod.acked_bytes / elapsed * self.window_seconds))
+            prod.acked_bytes, prod.rate_since = 0, now
 
     def _starving(self) -> bool:
         """Some producer with credits pending here may have none left (everything it may send has arrived)."""
         producers = self._producers
-        credits = self.credits
+        credits, most = self.credits, self.max_window
         for peer, count in self._pending.items():
             prod = producers.get(peer)
-            if prod is not None and prod.outstanding + count >= credits:
+            if prod is None:
+                continue
+            unacked = prod.outstanding + count
+            if unacked >= most or (unacked >= credits and (
+                    # 0.9: the producer counts its messages' frames, a little more than the bytes counted here
+                    prod.outstanding_bytes + self._pending_bytes.get(peer, 0) >= 0.9 * prod.window)):
                 return True
         return False
 
@@ -541,6 +599,7 @@ class ChannelServer:
         """Send every credit acked so far back to its producer now."""
         self._require_open()
         pending, self._pending = self._pending, {}
+        self._pending_bytes = {}
         for peer, count in pending.items():
             self._send_credit(peer, count)
 
@@ -562,11 +621,13 @@ class ChannelServer:
         now = time.monotonic()
         for p in self._producers.values():
             producers[p.channel_id] = {
-                "outstanding": p.outstanding, "max_outstanding": p.max_outstanding, "messages": p.messages,
+                "outstanding": p.outstanding, "outstanding_bytes": p.outstanding_bytes,
+                "max_outstanding": p.max_outstanding, "messages": p.messages,
                 "bytes": p.bytes, "last_seq": p.last_seq, "gaps": p.gaps, "duplicates": p.duplicates,
                 "resends": p.resends, "violations": p.violations, "ended": p.ended,
                 "silent_seconds": now - p.heard_at}
         return {"messages": self.messages, "bytes": self.bytes, "credits": self.credits,
+                "window_bytes": self.window_bytes, "max_window": self.max_window,
                 "outstanding": sum(p.outstanding for p in self._producers.values()),
                 "max_outstanding": max((p.max_outstanding for p in self._producers.values()), default=0),
                 "malformed": self.malformed, "copied_frames": self.copied_frames, "producers": producers}
@@ -594,7 +655,8 @@ class ChannelServer:
         gives the whole window (the reply to a hello, or a request to resume after a gap)."""
         prod = self._producers.get(peer)
         acked, received = (prod.last_acked, prod.last_seq) if prod is not None else (-1, -1)
-        frame = _CREDIT.pack(_MAGIC, _VERSION, kind, count, acked, received)
+        window = prod.window if prod is not None else 0
+        frame = _CREDIT.pack(_MAGIC, _VERSION, kind, count, acked, received, self.credits, window)
         with contextlib.suppress(zmq.Again):  # the producer is gone or full: it asks again (hello) when it must
             self._require_open().send_multipart([peer, frame], flags=zmq.NOBLOCK)
 
@@ -619,9 +681,9 @@ class ChannelServer:
         prod = self._producers.get(peer)
         if prod is None:
             prod = self._producers[peer] = _Producer(channel_id)
-            self._send_credit(peer, self.credits, _K_GRANT)
+            self._send_credit(peer, self.max_window, _K_GRANT)
         elif kind == _K_HELLO:  # a producer that waited too long asks where we are (a lost credit, a reconnect)
-            self._send_credit(peer, self.credits, _K_GRANT)
+            self._send_credit(peer, self.max_window, _K_GRANT)
         prod.heard_at = time.monotonic()
         if kind == _K_HELLO:
             return None
@@ -636,7 +698,7 @@ class ChannelServer:
             if prod.asked_from != prod.last_seq + 1:
                 prod.asked_from = prod.last_seq + 1
                 prod.resends += 1
-                self._send_credit(peer, self.credits, _K_GRANT)
+                self._send_credit(peer, self.max_window, _K_GRANT)
             return None
         nbytes = len(head)
         batch = None
@@ -651,9 +713,10 @@ class ChannelServer:
             nbytes += payload
         prod.last_seq = seq
         out = prod.outstanding = prod.outstanding + 1
+        prod.outstanding_bytes += nbytes
         if out > prod.max_outstanding:
             prod.max_outstanding = out
-        if out > self.credits:
+        if out > self.max_window:
             prod.violations += 1
         prod.messages += 1
         prod.bytes += nbytes
@@ -779,7 +842,11 @@ class ChannelClient:
             sock.close(linger=0)
             raise
         self._sock: zmq.Socket | None = sock
-        self._window = 0                # messages that may be unacked at once (the consumer's grant)
+        # the consumer's grant: `_floor` messages may always be unacked, up to `_window` while their bytes are
+        # under `_window_bytes` (0 before the grant: nothing may be sent)
+        self._window = 0
+        self._floor = 0
+        self._window_bytes = 0
         self._acked_through = -1        # the consumer has processed every message up to this seq
         self._seq = 0                   # the seq of the next message
         self._replay: collections.deque[tuple[int, list[Any], int]] = collections.deque()  # sent, not acked yet
@@ -798,9 +865,15 @@ class ChannelClient:
 
     @property
     def credits(self) -> int:
-        """Credits currently held (messages that may be sent without waiting)."""
+        """Credits currently held: how many more messages may be sent without waiting, if they are small (beyond
+        the consumer's ``credits``, only while the bytes unacked stay under its window)."""
         self._drain()
-        return max(0, self._window - self._outstanding)
+        room = self._window if self.unacked_bytes < self._window_bytes else self._floor
+        return max(0, room - self._outstanding)
+
+    def _may_send(self) -> bool:
+        out = self._outstanding
+        return out < self._floor or (out < self._window and self.unacked_bytes < self._window_bytes)
 
     @property
     def unacked(self) -> int:
@@ -936,13 +1009,13 @@ class ChannelClient:
         while cast(int, sock.get(zmq.EVENTS)) & zmq.POLLIN:
             frame = sock.recv(zmq.NOBLOCK)
             if len(frame) == _CREDIT.size:
-                magic, version, kind, count, acked, received = _CREDIT.unpack(frame)
+                magic, version, kind, count, acked, received, floor, window_bytes = _CREDIT.unpack(frame)
                 if magic == _MAGIC and version == _VERSION and kind in (_K_GRANT, _K_CREDIT):
-                    self._on_credit(kind, count, acked, received)
+                    self._on_credit(kind, count, acked, received, floor, window_bytes)
                     continue
             log.warning("channel %s: ignoring unexpected frame of %d bytes", self.channel_id, len(frame))
 
-    def _on_credit(self, kind: int, count: int, acked: int, received: int) -> None:
+    def _on_credit(self, kind: int, count: int, acked: int, received: int, floor: int, window_bytes: int) -> None:
         """The consumer's position: forget what it has processed; after a grant, resend what it never got."""
         self._last_heard = self.heard_at = time.monotonic()
         if acked > self._acked_through:
@@ -951,9 +1024,10 @@ class ChannelClient:
         replay = self._replay
         while replay and replay[0][0] <= self._acked_through:
             self.unacked_bytes -= replay.popleft()[2]
+        self._window_bytes = window_bytes  # the consumer resizes it as its drain rate changes
         if kind != _K_GRANT:
             return
-        self._window = count
+        self._window, self._floor = count, floor
         now = time.monotonic()
         if received == self._resent_after and now - self._resent_at < 2 * RESYNC_EVERY:
             return  # another answer to the same question (hellos queued while the link was down): resent already
@@ -968,13 +1042,14 @@ class ChannelClient:
         sock = self._sock
         if sock is None:
             raise ChannelError("the channel client is closed")
-        if self._outstanding >= self._window:
-            self._drain()
-        if self._outstanding < self._window:
+        if self._may_send():
+            return True
+        self._drain()
+        if self._may_send():
             return True
         start = self.waiting_since = time.monotonic()
         try:
-            if not self._wait_until(lambda: self._outstanding < self._window, sock, timeout):
+            if not self._wait_until(self._may_send, sock, timeout):
                 return False
         finally:
             self.blocked_seconds += time.monotonic() - start

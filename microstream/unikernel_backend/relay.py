@@ -150,8 +150,10 @@ class Relay:
             trusted = [k.encode() for k in settings.get("trusted") or []] or None
             spec_obj = spec.payload()
             assert spec.blob is not None  # payload() has just read it
+            # credits in messages alone: every message received goes on into the guest at once, so the window is
+            # what bounds the guest's queue (a byte window would let up to 64 small batches a producer pile up there)
             self.server = ChannelServer(bind=f"tcp://{settings['bind_host']}:*", keys=self.keys, trusted=trusted,
-                                        credits=spec_obj.get("credits", 8))
+                                        credits=spec_obj.get("credits", 8), window_bytes=0)
             # the image this agent advertised (files only); apt is asked only when there is none (a build)
             image = cached_image() or build_image(progress=lambda line: print(line, flush=True))
             if settings.get("incoming"):

@@ -16,7 +16,7 @@ def _batch(i: int) -> Batch:
 
 
 def test_a_consumer_that_stops_acking_shows_as_a_stall_and_clears_when_it_acks():
-    with ChannelServer(credits=2) as server, ChannelClient(server.endpoint, "src[0]>vn2") as client:
+    with ChannelServer(credits=2, window_bytes=0) as server, ChannelClient(server.endpoint, "src[0]>vn2") as client:
         fresh = client.stats
         assert fresh["unacked"] == 0 and fresh["stalled_seconds"] == 0.0 and fresh["peer_silent_seconds"] is None
         wait_for(lambda: server.recv(timeout=0.05) is None and client.credits == 2, 10, "the consumer's grant")

@@ -113,7 +113,7 @@ def serve_in_thread(server: ChannelServer, stop: threading.Event) -> threading.T
 
 @pytest.fixture
 def server():
-    s = ChannelServer(credits=4)
+    s = ChannelServer(credits=4, window_bytes=0)  # a window of 4 messages, whatever their size
     yield s
     s.close()
 
@@ -268,7 +268,7 @@ def test_receive_is_zero_copy(server: ChannelServer) -> None:
 
 def test_backpressure_bounds_unacked_messages() -> None:
     credits, n, mb = 4, 200, 1
-    server = ChannelServer(credits=credits)
+    server = ChannelServer(credits=credits, window_bytes=0)
     out = SPAWN.Queue()
     proc = SPAWN.Process(target=produce_big, args=(server.endpoint, n, mb, out))
     rss0 = rss_mb()
@@ -345,7 +345,7 @@ def wait_for(predicate, timeout: float = 2.0) -> bool:
 
 
 def test_credits_return_in_groups_and_close_waits_for_acks() -> None:
-    with ChannelServer(credits=8) as server:  # credits go back in groups of 8 // 4 = 2
+    with ChannelServer(credits=8, window_bytes=0) as server:  # credits go back in groups of 8 // 4 = 2
         client = ChannelClient(server.endpoint, "grp[0]")
         try:
             assert server.recv(timeout=0.2) is None
@@ -383,7 +383,7 @@ def test_credits_return_in_groups_and_close_waits_for_acks() -> None:
 
 def test_a_waiting_consumer_hands_back_a_lone_credit() -> None:
     """Credits are held back for the next message's, but never stranded by a consumer that waits."""
-    with ChannelServer(credits=8) as server:
+    with ChannelServer(credits=8, window_bytes=0) as server:
         client = ChannelClient(server.endpoint, "lone[0]")
         try:
             assert server.recv(timeout=0.2) is None
@@ -402,6 +402,111 @@ def test_a_waiting_consumer_hands_back_a_lone_credit() -> None:
             waiter.join(5)
             assert not waiter.is_alive() and got[0].kind == "end"
             server.ack(got[0])
+        finally:
+            client.close(0)
+
+
+def _sends_until_blocked(client: ChannelClient, batch: Batch, most: int = 2000) -> int:
+    """How many batches go out before the producer is out of credits (nothing acked meanwhile)."""
+    for sent in range(most):
+        if not client.send_batch(batch, timeout=0.2):
+            return sent
+    raise AssertionError(f"{most} batches went out unacked: the window does not bound them")
+
+
+def _keep_pace(server: ChannelServer, client: ChannelClient, batch: Batch, seconds: float,
+               ack_every: float = 0.0) -> None:
+    """Send and take batches for `seconds`, the consumer acking each as it arrives (after `ack_every` seconds of
+    "work"), so that it has measured its pace when this returns; everything sent is acked."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        assert client.send_batch(batch, timeout=5)
+        msg = server.recv(timeout=5)
+        assert msg is not None
+        if ack_every:
+            time.sleep(ack_every)  # a slow consumer's work
+        server.ack(msg)
+        server.flush_credits()  # as a consumer's recv does before it waits (this one sends first)
+    assert client.flush(timeout=5)
+
+
+def test_small_batches_fill_a_byte_window_and_no_more() -> None:
+    """Beyond `credits` messages, a producer may send while its unacked bytes are under the window: small
+    batches fill it (so they cover the credit round trip), and the consumer never holds more than the window
+    and one message. A consumer that keeps up gets the whole window (here one that drains it in far less than
+    `window_seconds`)."""
+    window = 64 << 10
+    batch = make_batch(0)
+    with ChannelServer(credits=2, window_bytes=window, window_seconds=10.0) as server:
+        client = ChannelClient(server.endpoint, "small[0]")
+        try:
+            assert server.recv(timeout=0.2) is None  # the grant
+            _keep_pace(server, client, batch, 0.3)
+            before = client.sent_messages
+            sent = _sends_until_blocked(client, batch)
+            size = (client.sent_bytes // client.sent_messages)
+            assert sent > 2 and client.unacked_bytes >= window and client.unacked_bytes < window + size
+            msgs = [server.recv(timeout=2) for _ in range(sent)]
+            assert server.recv(timeout=0.1) is None and all(m is not None for m in msgs)
+            producer = server.stats["producers"]["small[0]"]
+            assert producer["max_outstanding"] == sent and producer["violations"] == 0
+            assert producer["outstanding_bytes"] < window + size
+            for m in msgs[: sent // 2]:
+                server.ack(m)
+            server.flush_credits()
+            assert wait_for(lambda: client.credits > 0)
+            assert client.send_batch(batch, timeout=2)  # acks made room again
+            got = server.recv(timeout=2)
+            assert got is not None and got.seq == before + sent
+        finally:
+            client.close(0)
+
+
+def test_a_slow_consumer_keeps_only_credits_queued() -> None:
+    """The byte window is what the consumer drains in `window_seconds`: one that takes 50 ms a batch leaves its
+    producer no more than `credits` batches queued, whatever `window_bytes` allows (a barrier behind them waits
+    for a fraction of a second, not for a whole window of work)."""
+    batch = make_batch(0)
+    with ChannelServer(credits=3, window_bytes=4 << 20, window_seconds=0.1) as server:
+        client = ChannelClient(server.endpoint, "paced[0]")
+        try:
+            assert server.recv(timeout=0.2) is None
+            _keep_pace(server, client, batch, 0.3, ack_every=0.05)
+            assert _sends_until_blocked(client, batch) == 3
+        finally:
+            client.close(0)
+
+
+def test_large_batches_are_held_to_credits() -> None:
+    """A byte window smaller than `credits` of a producer's batches: it may still have `credits` of them
+    unacked, and not one more."""
+    big = make_batch(1, n=20_000)  # ~0.5 MB
+    with ChannelServer(credits=3, window_bytes=64 << 10) as server:
+        client = ChannelClient(server.endpoint, "big[0]")
+        try:
+            assert server.recv(timeout=0.2) is None
+            assert _sends_until_blocked(client, big) == 3
+            assert [server.recv(timeout=2).seq for _ in range(3)] == [0, 1, 2]
+            assert server.stats["producers"]["big[0]"]["violations"] == 0
+        finally:
+            client.close(0)
+
+
+def test_a_message_window_caps_even_tiny_messages() -> None:
+    """However small the messages, a producer has at most `max(credits, MAX_WINDOW_MESSAGES)` unacked (the
+    consumer's socket buffers and sequence bookkeeping stay bounded)."""
+    from microstream.runtime.channels import MAX_WINDOW_MESSAGES
+
+    with ChannelServer(credits=2, window_bytes=1 << 30, window_seconds=10.0) as server:
+        client = ChannelClient(server.endpoint, "tiny[0]")
+        try:
+            assert server.recv(timeout=0.2) is None
+            _keep_pace(server, client, make_batch(0), 0.3)
+            sent = 0
+            while client.send_watermark(sent, timeout=0.2):
+                sent += 1
+                assert sent <= MAX_WINDOW_MESSAGES
+            assert sent == MAX_WINDOW_MESSAGES
         finally:
             client.close(0)
 
@@ -457,7 +562,7 @@ def test_a_gap_is_refused_and_resent_and_a_duplicate_dropped_exactly_once(server
         assert [m.seq for m in got] == [0, 1] and server.recv(timeout=0.3) is None
         grants = []
         while sock.poll(500):
-            _, _, kind, count, acked, received = _CREDIT.unpack(sock.recv())
+            _, _, kind, count, acked, received, _, _ = _CREDIT.unpack(sock.recv())
             if kind == _K_GRANT:
                 grants.append(received)
         assert grants == [-1, 1]          # the window at hello; then "I have everything up to 1"
