@@ -81,7 +81,7 @@ def test_the_five_minute_tutorial_runs_as_written(tmp_path):
         vnodes = json.loads(ms("microstream status --json").stdout)["jobs"][job]["vnodes"]
         vnode = next(v for v, info in vnodes.items() if "window_aggregate" in info["tasks"])
         there = "node2" if vnodes[vnode]["agent"] != "node2" else "node3"
-        moved = ms(migrate.replace("JOB", job).replace("vn1", vnode).replace("node2", there))
+        moved = ms(migrate.replace("JOB", job).replace("vn0", vnode).replace("node2", there))
         assert f"{vnode}: " in moved.stdout and f"-> {there} in" in moved.stdout, moved.stdout
         ms(wait.replace("JOB", job))
         final = json.loads(ms("microstream status --json").stdout)["jobs"][job]
