@@ -25,6 +25,8 @@ from .script import EXIT_FAILED, EXIT_OK, EXIT_USAGE, pipelines_of, run_script
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    if args.graph and not _graph_format_ok(args.graph):
+        return EXIT_USAGE
     if args.describe or args.graph:
         code, pipelines = pipelines_of(args.script)
         if code:
@@ -54,14 +56,24 @@ def cmd_describe(args: argparse.Namespace) -> int:
 
 
 def cmd_graph(args: argparse.Namespace) -> int:
+    if not _graph_format_ok(args.output):
+        return EXIT_USAGE
     code, pipelines = pipelines_of(args.script)
     for p in pipelines:
         _write_graph(p, args.output)
     return code
 
 
+def _graph_format_ok(path: Path) -> bool:
+    """A DAG is written as SVG or DOT only: refuse another suffix (out.png would hold SVG text) before running."""
+    if path.suffix.lower() in (".svg", ".dot"):
+        return True
+    print(f"microstream: cannot write the DAG as {path.name}: name a .svg or a .dot file", file=sys.stderr)
+    return False
+
+
 def _write_graph(pipeline: Any, path: Path) -> None:
-    text = pipeline.to_dot() if path.suffix == ".dot" else pipeline.to_svg()
+    text = pipeline.to_dot() if path.suffix.lower() == ".dot" else pipeline.to_svg()
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text, encoding="utf-8")
     print(f"wrote {path}", file=sys.stderr)
@@ -432,6 +444,7 @@ def _attach(client: Any, job: str, timeout: float | None) -> int:
         return EXIT_FAILED
     no_sinks: Any = SimpleNamespace(name=job, nodes={})  # the counts only: the pipeline's sinks are not here
     total = merge_results(no_sinks, results_of(done), 0.0)
+    total.seconds = total.flow_seconds or 0.0  # this wait did not see the job start: how long its records flowed
     print(total.summary(), file=sys.stderr)
     return EXIT_OK
 
@@ -698,7 +711,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.set_defaults(verbs=sub.choices)  # verb -> its parser: a config file sets the defaults of `agent`
 
     p = sub.add_parser("run", help="run a pipeline script on the local runtime")
-    p.add_argument("script", type=Path)
+    p.add_argument("script", type=Path, help="a pipeline script (Python; it ends with p.run())")
     p.add_argument("--describe", action="store_true", help="print the operator table first")
     p.add_argument("--graph", type=Path, metavar="FILE", help="also write the DAG (.svg or .dot)")
     p.add_argument("-q", "--quiet", action="store_true",
@@ -706,12 +719,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_run)
 
     p = sub.add_parser("describe", help="print a script's operators and schemas without running it")
-    p.add_argument("script", type=Path)
+    p.add_argument("script", type=Path, help="a pipeline script (built, not run)")
     p.set_defaults(fn=cmd_describe)
 
     p = sub.add_parser("graph", help="write a script's DAG as SVG or DOT without running it")
-    p.add_argument("script", type=Path)
-    p.add_argument("-o", "--output", type=Path, default=Path("pipeline.svg"), help="output file (.svg or .dot)")
+    p.add_argument("script", type=Path, help="a pipeline script (built, not run)")
+    p.add_argument("-o", "--output", type=Path, default=Path("pipeline.svg"),
+                   help="output file (.svg or .dot; default %(default)s)")
     p.set_defaults(fn=cmd_graph)
 
     from ..cluster.registry import AGENT_TIMEOUT
@@ -796,7 +810,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_agent)
 
     p = sub.add_parser("submit", help="run a pipeline script on the cluster (prints the job id first)")
-    p.add_argument("script", type=Path)
+    p.add_argument("script", type=Path, help="a pipeline script (Python; it ends with p.run())")
     p.add_argument("--detach", action="store_true", help="return once the job is deployed")
     p.add_argument("--timeout", type=float, metavar="S", help="stop waiting after S seconds (the job goes on; "
                                                                 "`microstream status JOB --wait` waits again)")
@@ -806,7 +820,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="show nodes, jobs and where their virtual nodes run (JOB: that job; "
                                       "--wait: wait for its end)")
     p.add_argument("job", nargs="?", help="a job id (as `submit` printed it); an ended one too")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="the whole status as JSON (with --watch: one line each time)")
     p.add_argument("--wait", action="store_true", help="re-attach to JOB: wait for its end and say how it ended")
     p.add_argument("--timeout", type=float, metavar="S", help="with --wait: stop waiting after S seconds")
     p.add_argument("--watch", type=float, nargs="?", const=2.0, metavar="SECONDS",
@@ -823,7 +837,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_logs)
 
     p = sub.add_parser("stop", help="stop a job")
-    p.add_argument("job")
+    p.add_argument("job", help="a job id (as `submit` printed it)")
     _cluster_options(p)
     p.set_defaults(fn=cmd_stop)
 
@@ -836,7 +850,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_topology)
 
     p = sub.add_parser("migrate", help="move a running virtual node to another node (no record lost or repeated)")
-    p.add_argument("job")
+    p.add_argument("job", help="a job id (as `submit` printed it)")
     p.add_argument("vnode", help="virtual node id, e.g. vn3 (see `microstream status`)")
     p.add_argument("--to", required=True, metavar="NODE", help="the agent to move it to")
     p.add_argument("--whole-vm", action="store_true",
@@ -849,16 +863,16 @@ def build_parser() -> argparse.ArgumentParser:
     drain_parsers(sub, _cluster_options, _address)
 
     p = sub.add_parser("save", help="stop a virtual node at a barrier and save its state to a file")
-    p.add_argument("job")
-    p.add_argument("vnode")
-    p.add_argument("file", type=Path)
+    p.add_argument("job", help="a job id (as `submit` printed it)")
+    p.add_argument("vnode", help="virtual node id, e.g. vn3 (see `microstream status`)")
+    p.add_argument("file", type=Path, help="where to write its state")
     _cluster_options(p)
     p.set_defaults(fn=cmd_save)
 
     p = sub.add_parser("restore", help="resume a saved virtual node from its file")
-    p.add_argument("job")
-    p.add_argument("vnode")
-    p.add_argument("file", type=Path)
+    p.add_argument("job", help="a job id (as `submit` printed it)")
+    p.add_argument("vnode", help="the virtual node id it was saved from")
+    p.add_argument("file", type=Path, help="the file `microstream save` wrote")
     p.add_argument("--to", metavar="NODE", help="the agent to resume it on (default: where it ran)")
     _cluster_options(p)
     p.set_defaults(fn=cmd_restore)
@@ -883,8 +897,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("cluster", help="an embedded cluster on this machine: cluster up --nodes N | cluster down "
                                        "(up again when only its coordinator died restarts that)")
-    p.add_argument("action", choices=["up", "down"])
-    p.add_argument("--nodes", type=int, default=3)
+    p.add_argument("action", choices=["up", "down"], help="up: start it (or restart its coordinator); down: stop "
+                                                          "every job, agent and the coordinator")
+    p.add_argument("--nodes", type=int, default=3, metavar="N",
+                   help="agents to start, named node1 .. nodeN (default %(default)s)")
     p.add_argument("--port", type=int, default=0, help="coordinator port (default: any free port)")
     p.add_argument("--detach", action="store_true", help="start in the background and return")
     _cluster_options(p, coordinator=False)
@@ -943,7 +959,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
     """Parse the command line; for `agent` and `coordinator`, a --bundle's and a --config file's settings become the
     defaults, so that options given on the command line override them."""
-    args = parser.parse_args(argv)
+    args = _parse_strictly(parser, argv)
     role = getattr(args, "command", None)
     if role not in ("agent", "coordinator"):
         return args
@@ -958,7 +974,17 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespa
         defaults.update(config.as_arguments(config.load(args.config, role), role))
     if defaults:
         args.verbs[role].set_defaults(**defaults)
-        args = parser.parse_args(argv)
+        args = _parse_strictly(parser, argv)
+    return args
+
+
+def _parse_strictly(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """`parser.parse_args`, but an unknown option after a verb is refused with that verb's usage (`microstream run
+    --nope x.py`), where argparse would show the top-level usage, which lists no option of the verb."""
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        verb = args.verbs.get(getattr(args, "command", None), parser)
+        verb.error(f"unrecognized arguments: {' '.join(extra)}")  # exits 2
     return args
 
 

@@ -96,3 +96,19 @@ def test_verbs_with_their_own_parser_are_found(tmp_path):
     assert "own keypairs: none" in r.stdout
     r = cli("image", "--help")
     assert r.returncode == 0 and "usage: microstream image" in r.stdout, r.stderr
+
+
+def test_an_unknown_option_is_refused_with_the_verbs_usage(tmp_path):
+    r = cli("run", "--nope", str(tmp_path / "job.py"))
+    assert r.returncode == 2
+    assert "usage: microstream run" in r.stderr and "unrecognized arguments: --nope" in r.stderr
+
+
+def test_a_graph_is_written_as_svg_or_dot_only(tmp_path):
+    out = tmp_path / "o.jsonl"
+    script = write(tmp_path, GOOD.format(out=out))
+    png = tmp_path / "g.png"
+    r = cli("graph", str(script), "-o", str(png))
+    assert r.returncode == 2 and ".svg or a .dot" in r.stderr and not png.exists()
+    r = cli("run", str(script), "--graph", str(png))
+    assert r.returncode == 2 and not png.exists() and not out.exists()  # refused before anything ran
