@@ -125,7 +125,7 @@ def up(nodes: int, root: Path, port: int = 0, insecure: bool = False, progress=p
              "insecure": insecure, "nodes": nodes, "logs": str(logs), "coordinator_args": args}
     state_file(root).write_text(json.dumps(state, indent=2))
     _wait_for_agents(address(root), nodes, timeout)
-    progress(f"cluster up: coordinator {endpoint}, {nodes} agents (logs in {logs})")
+    progress(f"cluster up: coordinator {endpoint}, {nodes} agent{'s' if nodes != 1 else ''} (logs in {logs})")
     return state
 
 

@@ -1105,20 +1105,20 @@ def _keys_parser() -> argparse.ArgumentParser:
                     f"public keys. Default directory: {default_key_dir()} (set MICROSTREAM_HOME to move it).")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     create = sub.add_parser("create", help="create a keypair NAME.key (public) + NAME.key_secret (0600)")
-    create.add_argument("name", metavar="NAME")
+    create.add_argument("name", metavar="NAME", help="the key's name, e.g. pi1, laptop or coordinator")
     trust = sub.add_parser("trust", help="trust public key files (on the coordinator: clients and agents) with a "
                                           "role: what the key may do")
-    trust.add_argument("files", metavar="FILE", nargs="+", type=Path)
+    trust.add_argument("files", metavar="FILE", nargs="+", type=Path, help="public key files (NAME.key)")
     trust.add_argument("--role", choices=ROLES, default=None,
                        help="agent: register and report hosts; client: submit, stop, move, save, restore jobs and "
                             "status; read-only: status only (default: asked for on a terminal, else client)")
     revoke = sub.add_parser("revoke", help="stop trusting keys, by name (a running coordinator applies it live: "
                                            "their connections are refused from then on)")
-    revoke.add_argument("names", metavar="NAME", nargs="+")
+    revoke.add_argument("names", metavar="NAME", nargs="+", help="trusted keys' names (see `keys list`)")
     bundle = sub.add_parser("bundle", help="on the coordinator machine: one file for machine NODE with its new key "
                                            "pair, the coordinator's public key and its configuration; NODE's key is "
                                            "trusted with --role at once (live on a running coordinator)")
-    bundle.add_argument("node", metavar="NODE")
+    bundle.add_argument("node", metavar="NODE", help="the machine's name: its agent's --name, or a client's key name")
     bundle.add_argument("--role", choices=ROLES, default=AGENT, help="what NODE may do (default %(default)s; "
                                                                      "client for an operator's laptop)")
     bundle.add_argument("--coordinator", metavar="tcp://HOST:PORT",
@@ -1131,7 +1131,7 @@ def _keys_parser() -> argparse.ArgumentParser:
     bundle.add_argument("-o", "--output", type=Path, metavar="FILE", help="the bundle file (default NODE.bundle)")
     unbundle_p = sub.add_parser("unbundle", help="on the machine a bundle is for: install its keys (and, for an "
                                                  "agent, its configuration file)")
-    unbundle_p.add_argument("file", metavar="FILE", type=Path)
+    unbundle_p.add_argument("file", metavar="FILE", type=Path, help="the NODE.bundle file `keys bundle` wrote")
     unbundle_p.add_argument("--config", type=Path, metavar="FILE",
                             help="where an agent's configuration goes (default: agent.toml beside the key directory)")
     sub.add_parser("list", help="list our keypairs and the trusted public keys")

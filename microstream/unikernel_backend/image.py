@@ -737,10 +737,12 @@ def _write_initramfs(out: Path, busybox: Path, kdir: Path, modules: list[str]) -
 # -- command line -----------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="microstream image", description="build the microVM image")
-    sub = ap.add_subparsers(dest="command", required=True)
+    sub = ap.add_subparsers(dest="command", metavar="COMMAND", required=True)
     build = sub.add_parser("build", help="build (or find in the cache) the image")
-    build.add_argument("--arch", choices=sorted(ARCHES), default=_default_arch())
-    build.add_argument("--cache-dir", type=Path, default=None)
+    build.add_argument("--arch", choices=sorted(ARCHES), default=_default_arch(),
+                       help="the guest's architecture (default: this machine's, %(default)s)")
+    build.add_argument("--cache-dir", type=Path, default=None, metavar="DIR",
+                       help="where images are built and kept (default: ~/.cache/microstream/images)")
     build.add_argument("--force", action="store_true", help="rebuild even when cached")
     args = ap.parse_args(argv)
     ensure_host_tools(args.arch)
