@@ -129,6 +129,12 @@ def _files(ms: Any, fmt: str) -> None:
             p.run()
 
 
+def _moves(ms: Any) -> None:
+    from .runtime.statexfer import warm
+
+    warm()
+
+
 def _placement(ms: Any) -> None:
     from .placement.anneal import warm
 
@@ -142,6 +148,7 @@ GROUPS: dict[str, tuple[str, Callable[[Any], None]]] = {
     "windows": ("tumbling and sliding window kernels", _ring),
     "sessions": ("session window kernels", _session),
     "joins_state": ("joins and the ms.state steps", _joins_state),
+    "moves": ("a live move's state transfer (chunk hashes, dirty rows)", _moves),
     "placement": ("the placement heuristic's annealer (a coordinator's)", _placement),
 }
 

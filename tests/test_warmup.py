@@ -49,13 +49,57 @@ def test_warmup_fills_the_cache_and_says_what_it_did(tmp_path):
 
 def test_after_warmup_a_built_in_state_step_compiles_nothing(tmp_path):
     env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "numba")}
-    cold = json.loads(subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True,
+    cold_env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "cold")}  # its own: it fills the cache it uses
+    cold = json.loads(subprocess.run([sys.executable, "-c", SCRIPT], env=cold_env, capture_output=True, text=True,
                                      timeout=600, check=True).stdout.splitlines()[-1])
     assert cold["compiled"]  # a cold cache compiles the step's loop
     assert _cli("--group", "joins_state", env=env).returncode == 0
     warm = json.loads(subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True,
                                      timeout=600, check=True).stdout.splitlines()[-1])
     assert warm["compiled"] == [] and warm["records"] == cold["records"] == 2000
+
+
+MOVE = textwrap.dedent("""
+    import json
+    import numpy as np
+    from microstream.operators.kernels.dirty import DirtyRows
+    from microstream.runtime import statexfer as sx
+    from microstream.warmup import compiles
+
+    with compiles() as done:  # a move's rounds on a state of other shapes and types than the warm-up's
+        counts, sums = np.zeros((5000, 3), dtype=np.int64), np.zeros((5000, 3))
+        rows = DirtyRows()
+        rows.track(5000, counts, sums)
+        delta, base = sx.diff(None, sx.pack({"w": {"n": counts, "s": sums}}, [rows]))
+        have = sx.apply([], delta)
+        for k in (11, 4000):
+            counts[k] += 1
+            sums[k] += 2.5
+            rows.mark(np.array([k], dtype=np.int64))
+            made = sx.live_delta(base, sx.pack({"w": {"n": counts, "s": sums}}, [rows]))
+            delta, base = made
+            have = sx.apply(have, delta)
+        delta, _ = sx.diff(base, sx.pack({"w": {"n": counts, "s": sums}}, [rows]))
+        got = sx.unpack(delta.skeleton, sx.apply(have, delta))["w"]
+    print(json.dumps({"compiled": done, "same": bool((got["n"] == counts).all() and (got["s"] == sums).all())}))
+""")
+
+
+def test_after_warmup_a_move_compiles_nothing(tmp_path):
+    """The fork server's template runs the same warm-up (`statexfer.warm`), so a first move does not compile
+    inside its barrier."""
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "numba")}
+
+    def move(cache: str) -> dict:
+        run_env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / cache)}
+        return json.loads(subprocess.run([sys.executable, "-c", MOVE], env=run_env, capture_output=True, text=True,
+                                         timeout=600, check=True).stdout.splitlines()[-1])
+
+    cold = move("cold")  # its own cache: it fills the cache it uses
+    assert cold["compiled"] and cold["same"]
+    assert _cli("--group", "moves", env=env).returncode == 0
+    warm = move("numba")
+    assert warm["compiled"] == [] and warm["same"]
 
 
 def test_an_unknown_group_is_a_usage_error():

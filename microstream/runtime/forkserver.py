@@ -188,7 +188,7 @@ class ForkServer:
 def warm() -> None:
     """What every host needs, loaded once: the modules, and the common kernels from numba's cache (by running
     a small keyed-window job through the local runtime: a filter, then tumbling, sliding and session windows with
-    the usual aggregates, on int and string keys)."""
+    the usual aggregates, on int and string keys; and a small state's transfer rounds)."""
     import cloudpickle  # noqa: F401 - the spec and snapshots travel pickled
     import numpy as np
     import zmq  # noqa: F401 - imported only: a context must be created after the fork
@@ -220,6 +220,7 @@ def warm() -> None:
                 node = g.add(WindowAggregate(spec, aggs), [(node.id, OUT)], "window")
                 g.add(Collect(), [(node.id, OUT)], "collect")
                 LocalRuntime(g, verbose=False).run()
+    statexfer.warm()  # a move's kernels: compiled here on a fresh install, not inside the first move's barrier
 
 
 def _threads() -> int:
