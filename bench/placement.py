@@ -170,7 +170,7 @@ def scale_pipeline(repeat: int) -> dict:
     pipeline = random_pipeline(rng, 1000, topo)
     plan = build_plan(pipeline.graph)
     # a coordinator has placed before: the search's kernels loaded (from numba's cache) before the timer, as the
-    # quality part used to do when it ran first (a process's first place() spends ~0.3 s loading them)
+    # quality part used to do when it ran first (a process's first place() spent ~0.45 s more, by hand: loading them)
     small = random_pipeline(np.random.default_rng(1), 40, topo)
     place(build_plan(small.graph), small.graph, topo)
     cpu, wall, placement = timed(lambda: place(plan, pipeline.graph, topo), repeat)

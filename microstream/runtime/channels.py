@@ -349,7 +349,7 @@ class _Producer:
     channel_id: str
     outstanding: int = 0
     outstanding_bytes: int = 0   # of the messages received and not acked yet
-    window: int = 0              # the byte window it has been told (what this consumer drains in WINDOW_SECONDS)
+    window: int = 0              # its byte window: what this consumer drained of it in `window_seconds`
     acked_bytes: int = 0         # acked since `rate_since`, for the drain rate
     rate_since: float = field(default_factory=time.monotonic)
     max_outstanding: int = 0
@@ -571,7 +571,7 @@ class ChannelServer:
             self._pending_bytes[peer] = pending_bytes
 
     def _measure(self, prod: _Producer, nbytes: int) -> None:
-        """Size a producer's byte window to what this consumer drains in `WINDOW_SECONDS` (its acked bytes per
+        """Size a producer's byte window to what this consumer drains in `window_seconds` (its acked bytes per
         second over the last `RATE_EVERY` seconds or more; the producer hears it with the next credit frame)."""
         prod.acked_bytes += nbytes
         now = time.monotonic()
