@@ -1,11 +1,14 @@
-"""The `microstream` command line.
+"""The `microstream` command line (`microstream --help` lists every verb, `microstream VERB --help` its options).
 
     microstream run script.py [--describe] [--graph out.svg]
     microstream describe script.py
     microstream graph script.py -o pipeline.svg   (or .dot)
     microstream cluster up --nodes 3 [--detach] | cluster down
     microstream coordinator | agent --coordinator tcp://HOST:PORT --name NAME
-    microstream submit script.py | status [JOB [--wait]] | stop JOB | keys create|trust|list
+    microstream submit script.py | status [JOB [--wait]] | logs JOB | stop JOB | console
+    microstream plan script.py --topology campus.toml [--explain] [--svg out.svg] | topology check|show FILE
+    microstream migrate JOB VNODE --to NODE | drain NODE | undrain NODE | save JOB VNODE FILE | restore FILE
+    microstream keys create|trust|revoke|list|bundle|unbundle | service install | image build | warmup
 
 Exit codes: 0 success, 1 the job failed while running, 2 the pipeline or the command line is wrong.
 """

@@ -53,6 +53,9 @@ def run_plan(script: Path, topology_file: Path, explain: bool = False, svg: Path
     from ..viz.placement import placement_svg, report
     from .script import pipelines_of
 
+    if svg is not None and svg.suffix.lower() != ".svg":  # before placing: out.png would hold SVG text
+        print(f"microstream plan: --svg writes SVG: name a .svg file, not {svg.name}", file=sys.stderr)
+        return EXIT_USAGE
     topology, code = _load_checked(topology_file)
     if topology is None:
         return code

@@ -49,6 +49,12 @@ def test_plan_main_prints_the_report_and_writes_an_svg(tmp_path, capsys):
     assert any(label and "B/s" in label for label in labels)
 
 
+def test_plan_main_refuses_a_picture_file_that_is_not_svg(tmp_path, capsys):
+    png = tmp_path / "plan.png"
+    assert plan_main([str(write_script(tmp_path)), "--topology", str(CAMPUS), "--svg", str(png)]) == 2
+    assert "name a .svg file, not plan.png" in capsys.readouterr().err and not png.exists()
+
+
 def test_plan_main_exact_solver(tmp_path, capsys):
     assert plan_main([str(write_script(tmp_path)), "--topology", str(CAMPUS), "--solver", "exact"]) == 0
     assert "(exact solver" in capsys.readouterr().out
