@@ -7,7 +7,7 @@
     microstream coordinator | agent --coordinator tcp://HOST:PORT --name NAME
     microstream submit script.py | status [JOB [--wait]] | logs JOB | stop JOB | console
     microstream plan script.py --topology campus.toml [--explain] [--svg out.svg] | topology check|show FILE
-    microstream migrate JOB VNODE --to NODE | drain NODE | undrain NODE | save JOB VNODE FILE | restore FILE
+    microstream migrate JOB VNODE --to NODE | drain NODE | undrain NODE | save JOB VNODE FILE | restore JOB VNODE FILE
     microstream keys create|trust|revoke|list|bundle|unbundle | service install | image build | warmup
 
 Exit codes: 0 success, 1 the job failed while running, 2 the pipeline or the command line is wrong.
