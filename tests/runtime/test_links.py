@@ -30,17 +30,23 @@ from microstream.core.batch import Batch
 from microstream.runtime.channels import ChannelClient
 
 client = ChannelClient(sys.argv[1], "sensor[0]")
+most = 0
 for i in range({n}):
     assert client.send_batch(Batch({{"id": np.full(100, i), "v": np.arange(100.0)}}), timeout=120)
-    time.sleep(0.02)
+    most = max(most, client.unacked)
+    time.sleep({pause})
 assert client.send_end(timeout=120)
 assert client.flush(timeout=120)
-print("resent", client.resent_messages, flush=True)
+print("resent", client.resent_messages, "most unacked", most, flush=True)
 client.close()
 """
 
 
-def test_a_cut_longer_than_tcp_retries_loses_and_duplicates_nothing(network, tmp_path):  # noqa: F811
+@pytest.mark.parametrize(("n", "pause", "work"), [
+    (N, 0.02, 0.0),       # a sensor's pace: a batch every 20 ms, the window at its `credits`
+    (10 * N, 0.0, 0.001),  # as fast as the consumer takes them: its byte window grows to 64 batches in flight
+], ids=["paced", "window-full"])
+def test_a_cut_longer_than_tcp_retries_loses_and_duplicates_nothing(network, tmp_path, n, pause, work):  # noqa: F811
     ns, _, host_end = network["ns1"]
     subprocess.run(["ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv4.tcp_retries2=3"], check=True)
     bridge_ip = network["ns2"][1].rsplit(".", 1)[0] + ".1"
@@ -54,6 +60,7 @@ def test_a_cut_longer_than_tcp_retries_loses_and_duplicates_nothing(network, tmp
                     continue
                 if m.kind == "batch":
                     received.append(int(m.batch["id"][0]))
+                    time.sleep(work)  # the consumer's work on it
                 elif m.kind == "end":
                     ended.set()
                 server.ack(m)
@@ -61,14 +68,14 @@ def test_a_cut_longer_than_tcp_retries_loses_and_duplicates_nothing(network, tmp
         consumer = threading.Thread(target=consume, daemon=True)
         consumer.start()
         script = tmp_path / "producer.py"
-        script.write_text(textwrap.dedent(PRODUCER.format(n=N)))
+        script.write_text(textwrap.dedent(PRODUCER.format(n=n, pause=pause)))
         producer = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, str(script), server.endpoint],
                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
         try:
             deadline = time.monotonic() + 30
-            while len(received) < N // 4 and time.monotonic() < deadline:
+            while len(received) < n // 4 and time.monotonic() < deadline:
                 time.sleep(0.05)
-            assert len(received) >= N // 4, "the producer never got going"
+            assert len(received) >= n // 4, "the producer never got going"
             _ip("link", "set", host_end, "down")       # the cut: longer than TCP's (lowered) retries and
             time.sleep(12)                              # longer than the channel's heartbeat timeout
             during = len(received)
@@ -81,8 +88,10 @@ def test_a_cut_longer_than_tcp_retries_loses_and_duplicates_nothing(network, tmp
         assert producer.returncode == 0, out
         assert ended.wait(30)
         stats = server.stats["producers"]["sensor[0]"]
-    assert received == list(range(N)), f"{len(received)} batches, first wrong at " \
+    assert received == list(range(n)), f"{len(received)} batches, first wrong at " \
         f"{next((i for i, x in enumerate(received) if x != i), None)}"
-    assert during < N  # the cut really held the stream up
-    print(f"\ncut held the stream at {during}/{N} batches; after the heal: gaps {stats['gaps']}, "
+    assert during < n  # the cut really held the stream up
+    if work:  # the byte window was in use: more in flight than the 8 messages always allowed
+        assert int(out.split("most unacked")[1]) > 8, out
+    print(f"\ncut held the stream at {during}/{n} batches; after the heal: gaps {stats['gaps']}, "
           f"resend requests {stats['resends']}, duplicates dropped {stats['duplicates']}, producer {out.strip()}")
