@@ -12,9 +12,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-# numba's kernels compiled into its cache once per clone (`microstream warmup`, about a minute here), as a
-# deployment does at install: on a cold cache the demo's hosts compiled them mid-run, and its migration's barrier
-# waited 11-22 s behind them (0.5 s warm)
+# numba's kernels compiled into its cache once per clone (`microstream warmup`), as a deployment does at install:
+# on a cold cache the demo's hosts compile them mid-run, and its migration's barrier waits behind the compilation
 WARM := $(VENV)/.warmed
 $(WARM): $(STAMP)
 	$(BIN)/microstream warmup

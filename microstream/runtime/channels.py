@@ -351,6 +351,8 @@ class _Producer:
     outstanding_bytes: int = 0   # of the messages received and not acked yet
     window: int = 0              # its byte window: what this consumer drained of it in `window_seconds`
     acked_bytes: int = 0         # acked since `rate_since`, for the drain rate
+    pending: int = 0             # acked credits not sent back yet
+    pending_bytes: int = 0       # ... and the bytes of their messages
     rate_since: float = field(default_factory=time.monotonic)
     max_outstanding: int = 0
     messages: int = 0
@@ -485,8 +487,7 @@ class ChannelServer:
         self.bytes = 0
         self.malformed = 0
         self.copied_frames = 0
-        self._pending: dict[bytes, int] = {}   # acked credits not yet sent back, per producer
-        self._pending_bytes: dict[bytes, int] = {}  # ... and the bytes of their messages
+        self._pending: dict[bytes, _Producer] = {}   # the producers with acked credits not sent back yet
         # credits go back in groups: at least a quarter of `credits`, and a quarter of the window in messages or
         # in bytes, whichever comes first (with messages alone, the two are the same)
         self._ack_every = max(1, credits // ACK_SHARE)
@@ -540,10 +541,10 @@ class ChannelServer:
     def ack(self, msg: Message) -> None:
         """The message has been processed: return its credit to the producer (idempotent).
 
-        Credits for batches go back in groups of ``max(1, credits // 4)``, and in any case before
-        `recv` waits for input (after at most ``CREDIT_GRACE_MS`` unless ``timeout=0``) or on
-        `flush_credits`; acking a control message (watermark, end, barrier) sends every pending credit
-        of that producer at once.
+        Credits for batches go back in groups (at least a quarter of ``credits``, and a quarter of the window in
+        messages or in bytes, whichever comes first), and in any case before `recv` waits for input (after at most
+        ``CREDIT_GRACE_MS`` unless ``timeout=0``) or on `flush_credits`; acking a control message (watermark, end,
+        barrier) sends every pending credit of that producer at once.
         """
         if msg._acked:
             return
@@ -559,16 +560,15 @@ class ChannelServer:
             prod.last_acked = msg.seq
         if self.window_bytes:
             self._measure(prod, msg.nbytes)
-        pending = self._pending.get(peer, 0) + 1
-        pending_bytes = self._pending_bytes.get(peer, 0) + msg.nbytes
-        if (pending >= self._ack_every and (pending >= self._ack_messages or pending_bytes >= prod.window >> 2)
+        prod.pending += 1
+        prod.pending_bytes += msg.nbytes
+        if (prod.pending >= self._ack_every
+                and (prod.pending >= self._ack_messages or prod.pending_bytes >= prod.window >> 2)
                 or msg.kind != "batch"):
             self._pending.pop(peer, None)
-            self._pending_bytes.pop(peer, None)
-            self._send_credit(peer, pending)
+            self._return_credits(peer, prod)
         else:
-            self._pending[peer] = pending
-            self._pending_bytes[peer] = pending_bytes
+            self._pending[peer] = prod
 
     def _measure(self, prod: _Producer, nbytes: int) -> None:
         """Size a producer's byte window to what this consumer drains in `window_seconds` (its acked bytes per
@@ -582,16 +582,12 @@ class ChannelServer:
 
     def _starving(self) -> bool:
         """Some producer with credits pending here may have none left (everything it may send has arrived)."""
-        producers = self._producers
         credits, most = self.credits, self.max_window
-        for peer, count in self._pending.items():
-            prod = producers.get(peer)
-            if prod is None:
-                continue
-            unacked = prod.outstanding + count
+        for prod in self._pending.values():
+            unacked = prod.outstanding + prod.pending
             if unacked >= most or (unacked >= credits and (
                     # 0.9: the producer counts its messages' frames, a little more than the bytes counted here
-                    prod.outstanding_bytes + self._pending_bytes.get(peer, 0) >= 0.9 * prod.window)):
+                    prod.outstanding_bytes + prod.pending_bytes >= 0.9 * prod.window)):
                 return True
         return False
 
@@ -599,9 +595,12 @@ class ChannelServer:
         """Send every credit acked so far back to its producer now."""
         self._require_open()
         pending, self._pending = self._pending, {}
-        self._pending_bytes = {}
-        for peer, count in pending.items():
-            self._send_credit(peer, count)
+        for peer, prod in pending.items():
+            self._return_credits(peer, prod)
+
+    def _return_credits(self, peer: bytes, prod: _Producer) -> None:
+        count, prod.pending, prod.pending_bytes = prod.pending, 0, 0
+        self._send_credit(peer, count)
 
     def set_trusted(self, keys: Iterable[bytes]) -> None:
         """Replace the producer public keys allowed to connect (applies to new connections)."""

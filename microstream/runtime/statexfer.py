@@ -455,8 +455,8 @@ def _scatter(buf: np.ndarray, chunks: np.ndarray, data: np.ndarray) -> None:
 def warm() -> None:
     """Compile (or load from numba's cache) the kernels a move runs: chunk hashes, a tracked buffer's rows, the
     changed chunks of a live round, and the operators' dirty-row stamps. The fork server's template calls it, so
-    that a fresh install's first move does not compile them on the old host inside its barrier (the first `make
-    demo` of a fresh clone measured 22 s of downtime there, under load; a second run 1.8 s)."""
+    that a fresh install's first move does not compile them on the old host inside its barrier, where the move's
+    downtime would include the compilation (`microstream warmup --group moves` runs it too)."""
     from ..operators.kernels.dirty import DirtyRows
 
     rows, width = 2048, 8                        # 128 KB: above INLINE_BYTES, so it travels as a buffer
