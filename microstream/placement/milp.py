@@ -12,6 +12,14 @@ brute force and the project's own cost function). Variables and how each term is
   relaxation than y ≥ x + x − 1). With one end fixed, the indicator is the other end's x.
   network = Σ traffic × Σ 1/bandwidth over the pair's route; a link's load = Σ traffic over the pairs
   whose route crosses it, ≤ its bandwidth × `Weights.max_link_utilisation`.
+* **traffic by link crossings** (whole problems whose routes decompose, as a campus's do: LAN sites joined by a
+  tree of links; `_crossings`): instead of ~N² y per edge, an edge with both ends free gets one z ≥ |X_u(S) −
+  X_v(S)| per cut link (S: the nodes on one side; X_v(S) = Σ_{n ∈ S} x[v, n]) and one t per node of each LAN it
+  may cross (½ Σ t = 1 iff its ends' nodes, seen from that LAN, differ). Network, latency and link rows read
+  those; co-location on a node (for the load rows) is bounded by the crossings of the links at that node. Exact
+  at every integer point, with columns per edge growing with the links instead of the pairs of nodes; its
+  relaxation is the transport cost over each cut and LAN (no stronger than the pairs'). A LAN's single links
+  get capacity rows only when a solution overloads one (then solved again).
 * **latency**: D[v] ≥ D[u] + Σ_ij latency(i, j) · indicator for every data edge u → v, D ≥ 0, L ≥ D[v];
   minimising L makes it the longest path. Only vnodes downstream of a free vnode get a D; the others'
   longest paths are constants. D[v] ≥ Σ_j f[v, j] x[v, j], with f[v, j] a lower bound of the longest path to v
@@ -48,7 +56,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -265,6 +273,7 @@ class _Answer:
 
 
 BACKEND = "highspy"              # "scipy": through scipy.optimize.milp even where highspy is installed (tests)
+COMPACT = True                   # False: every free-free edge through y[e, i, j] (tests compare the two)
 
 
 def _highspy_module():
@@ -289,7 +298,34 @@ def solve_milp(problem: Problem, time_limit: float = 10.0, free: np.ndarray | No
     a [V, N] bool mask, plus its node in `assign`); the others stay as in `assign` — the sub-problems of
     large-neighbourhood search. `soft`: capacity limits become penalties (for repairing an overloaded
     placement). Returns the best placement found, its cost by the project's own cost function, and the
-    proven lower bound."""
+    proven lower bound.
+
+    A whole problem whose routes decompose (`_crossings`: sites of LANs joined by a tree of links) prices its
+    edges by crossings, a model a third the size; the single links of a LAN get capacity rows only once a
+    solution overloads one (each solve is then a relaxation of the next, so its bound holds throughout)."""
+    started = time.perf_counter()
+    crossings = _crossings(problem) if COMPACT and free is None and not soft else None
+    rows_for: set[int] = set()                  # LAN links whose capacity rows are in
+    while True:
+        left = time_limit - (time.perf_counter() - started)
+        r = _solve(problem, left, free, assign, domains, soft, gap, upper, crossings, frozenset(rows_for))
+        r.seconds = time.perf_counter() - started
+        if crossings is None or r.assign is None or problem.feasible(r.assign):
+            return r
+        over = set(np.flatnonzero(problem.link_loads(r.assign) > problem.link_cap).tolist()) - rows_for
+        if not over:
+            return r                                    # over a limit by HiGHS's tolerance: as without crossings
+        if time.perf_counter() - started >= time_limit:
+            # the bound stands (a relaxation's); the placement breaks a LAN link's limit: none found
+            return MilpResult(None, math.inf, r.bound, "no solution", r.seconds, r.variables, r.constraints)
+        rows_for |= over
+
+
+def _solve(problem: Problem, time_limit: float, free: np.ndarray | None, assign: np.ndarray | None,
+           domains: np.ndarray | None, soft: bool, gap: float, upper: float | None, crossings: _Crossings | None,
+           rows_for: frozenset[int]) -> MilpResult:
+    """`solve_milp` once: with `crossings`, free-free edges priced by them and LAN capacity rows only for the
+    links in `rows_for`."""
     started = time.perf_counter()
     p, w = problem, problem.weights
     v_count, n_count = p.n_vnodes, p.n_nodes
@@ -328,10 +364,13 @@ def solve_milp(problem: Problem, time_limit: float = 10.0, free: np.ndarray | No
     pc_parts: list[np.ndarray] = []
     const_pairs = []                 # (edge, i, j)
     diag: list[tuple[int, int, int, int]] = []   # (vnode, its free neighbour, node, y column of both there)
+    compact: list[int] = []          # free-free edges priced through `crossings`
     for e, (s, d) in enumerate(zip(p.src.tolist(), p.dst.tolist(), strict=True)):
         fs, fd = fixed[s], fixed[d]
         if fs >= 0 and fd >= 0:
             const_pairs.append((e, fs, fd))
+        elif fs < 0 and fd < 0 and crossings is not None:
+            compact.append(e)
         elif fs >= 0:
             js = np.flatnonzero(dom[d])
             pe_parts.append(np.full(len(js), e))
@@ -373,13 +412,17 @@ def solve_milp(problem: Problem, time_limit: float = 10.0, free: np.ndarray | No
     if len(pc):
         m.add_cost(pc, w.network * p.traffic[pe] * p.inv_bw[pi, pj])
     const += w.network * float(np.dot(p.traffic[ce], p.inv_bw[ci, cj])) if len(ce) else 0.0
+    terms = _Terms()
+    if compact and crossings is not None:
+        terms = _compact_edges(m, p, crossings, dom, xcol, compact, rows_for)
+        diag.extend(terms.diag)
 
     # -- links --------------------------------------------------------------------------------------------------
     if len(p.link_cap):
-        _links(m, p, pe, pi, pj, pc, ce, ci, cj, soft)
+        _links(m, p, pe, pi, pj, pc, ce, ci, cj, soft, terms)
 
     # -- latency --------------------------------------------------------------------------------------------------
-    const += _latency(m, p, fixed, dom, xcol, pe, pi, pj, pc)
+    const += _latency(m, p, fixed, dom, xcol, pe, pi, pj, pc, terms.latency)
 
     # -- load and memory -----------------------------------------------------------------------------------
     const += _load(m, p, fixed, dom, xcol, soft, diag)
@@ -453,7 +496,7 @@ def _expand_links(p: Problem, pe: np.ndarray, pi: np.ndarray, pj: np.ndarray) ->
     return entry, p.link_idx[np.repeat(start, counts) + offsets]
 
 
-def _links(m: _Model, p: Problem, pe, pi, pj, pc, ce, ci, cj, soft: bool) -> None:
+def _links(m: _Model, p: Problem, pe, pi, pj, pc, ce, ci, cj, soft: bool, terms: _Terms) -> None:
     """Σ traffic over the pairs whose route crosses a link ≤ its capacity (rows only for links a free vnode
     can load)."""
     fixed_load = np.zeros(len(p.link_cap))
@@ -461,23 +504,27 @@ def _links(m: _Model, p: Problem, pe, pi, pj, pc, ce, ci, cj, soft: bool) -> Non
         entry, link = _expand_links(p, ce, ci, cj)
         np.add.at(fixed_load, link, p.traffic[ce[entry]])
     entry, link = _expand_links(p, pe, pi, pj)
-    if not len(entry):
+    link = np.concatenate([link, np.asarray(terms.link, dtype=np.int64)])
+    cols = np.concatenate([pc[entry], np.asarray(terms.link_col, dtype=np.int64)])
+    traffic = np.concatenate([p.traffic[pe[entry]], np.asarray(terms.link_traffic, dtype=float)])
+    if not len(link):
         return
     used = np.unique(link)
     row_of = np.searchsorted(used, link)
     bw = np.maximum(p.link_bw[used], 1e-12)                    # rows in units of bandwidth
     cap = (p.link_cap[used] - fixed_load[used]) / bw
-    vals = p.traffic[pe[entry]] / bw[row_of]
+    vals = traffic / bw[row_of]
     lo = np.full(len(used), -np.inf)
     if soft:
         slack = m.cols(len(used), 0.0, np.inf, OVERLOAD_PENALTY)
-        m.rows(np.concatenate([row_of, np.arange(len(used))]), np.concatenate([pc[entry], slack]),
+        m.rows(np.concatenate([row_of, np.arange(len(used))]), np.concatenate([cols, slack]),
                np.concatenate([vals, -np.ones(len(used))]), lo, cap)
     else:
-        m.rows(row_of, pc[entry], vals, lo, cap)
+        m.rows(row_of, cols, vals, lo, cap)
 
 
-def _latency(m: _Model, p: Problem, fixed: np.ndarray, dom: np.ndarray, xcol: np.ndarray, pe, pi, pj, pc) -> float:
+def _latency(m: _Model, p: Problem, fixed: np.ndarray, dom: np.ndarray, xcol: np.ndarray, pe, pi, pj, pc,
+             extra: dict[int, tuple[list[int], list[float]]]) -> float:
     """Longest-path rows; returns the constant part of the objective (the whole latency term when no free
     vnode is on a data path)."""
     w = p.weights
@@ -528,7 +575,10 @@ def _latency(m: _Model, p: Problem, fixed: np.ndarray, dom: np.ndarray, xcol: np
             ts_a = np.asarray(ts)
             cols.extend(pc[ts_a].tolist())
             vals.extend((-p.latency_ms[pi[ts_a], pj[ts_a]]).tolist())
-        else:                                        # both ends fixed
+        elif e in extra:                             # both ends free, priced by crossings
+            cols.extend(extra[e][0])
+            vals.extend(-v for v in extra[e][1])
+        elif fixed[s] >= 0 and fixed[d] >= 0:        # both ends fixed
             lo += p.latency_ms[fixed[s], fixed[d]]
         m.row(cols, vals, lo, np.inf)
     for v in cone_v.tolist():
@@ -742,3 +792,182 @@ def _apart(m: _Model, p: Problem, fixed: np.ndarray, dom: np.ndarray, xcol: np.n
                 vals.append(-1.0)
             m.row(cols, vals, -np.inf, room)
     return const
+
+
+# -- the compact network model ----------------------------------------------------------------------------------
+
+@dataclass
+class _Crossings:
+    """Which links a route crosses, as functions of the two ends' nodes (`_crossings`).
+
+    A *cut* link splits the nodes in two (`side`): a route crosses it iff its ends are on different sides (every
+    link of a tree of sites: an uplink, a one-node site's LAN link). The other links come in *groups* of equal
+    bandwidth and latency (a site's LAN): with `label` mapping each node to a node of the group (the node
+    itself inside it, the node through which its routes enter the group outside it), a route crosses exactly one
+    of the group's links iff its ends' labels differ, and none otherwise."""
+
+    cut: list[tuple[int, np.ndarray]]                        # (link, side [N] bool)
+    groups: list[tuple[np.ndarray, np.ndarray, float, float]]  # (links, label [N], 1 / bandwidth, latency)
+    ends: list[tuple[int, int]]                              # each link's two nodes
+    label_of: dict[int, np.ndarray]                          # a group's link -> its group's label
+
+
+def _crossings(p: Problem) -> _Crossings | None:
+    """The decomposition of every route into cut links and groups, or None when the routes do not decompose
+    so (links between sites that close a cycle, LAN links of unequal speed, a problem without links)."""
+    n, count = p.n_nodes, len(p.link_bw)
+    if not count or len(p.links) != count or not (p.link_bw > 0).all():
+        return None
+    index = {name: i for i, name in enumerate(p.nodes)}
+    ends = []
+    for lk in p.links:
+        if lk.a not in index or lk.b not in index:
+            return None
+        ends.append((index[lk.a], index[lk.b]))
+    pairs = np.repeat(np.arange(n * n), np.diff(p.link_ptr))
+    cross = np.zeros((count, n, n), dtype=bool)
+    cross[p.link_idx, pairs // n, pairs % n] = True
+    latency = np.array([lk.latency_ms for lk in p.links], dtype=float)
+    off = ~np.eye(n, dtype=bool)
+    inv = np.tensordot(1.0 / p.link_bw, cross, axes=1)
+    lat = np.tensordot(latency, cross, axes=1)
+    if not (np.isfinite(p.inv_bw[off]).all() and np.allclose(inv, p.inv_bw, rtol=1e-9, atol=0.0)
+            and np.allclose(lat, p.latency_ms, rtol=1e-9, atol=1e-12)):
+        return None                                   # matrices not made from these links' routes
+    cut: list[tuple[int, np.ndarray]] = []
+    rest: list[int] = []
+    for link in range(count):
+        pattern = cross[link]
+        if not pattern.any():
+            continue                                  # on no route
+        side = ~pattern[ends[link][0]]
+        if np.array_equal(pattern, side[:, None] != side[None, :]):
+            cut.append((link, side))
+        else:
+            rest.append(link)
+    root = list(range(n))
+
+    def find(a: int) -> int:
+        while root[a] != a:
+            root[a] = root[root[a]]
+            a = root[a]
+        return a
+
+    for link in rest:
+        a, b = ends[link]
+        root[find(a)] = find(b)
+    members: dict[int, list[int]] = {}
+    for link in rest:
+        members.setdefault(find(ends[link][0]), []).append(link)
+    groups = []
+    for links in members.values():
+        ls = np.array(links, dtype=np.int64)
+        if np.ptp(p.link_bw[ls]) > 0 or np.ptp(latency[ls]) > 0:
+            return None
+        inside = np.unique(np.array([ends[k] for k in links]).ravel())
+        count_in = cross[ls].sum(axis=0)
+        label = np.arange(n)
+        for j in np.setdiff1d(np.arange(n), inside).tolist():
+            entry = inside[count_in[j, inside] == 0]
+            if not len(entry):
+                return None
+            label[j] = entry[0]
+        if not np.array_equal(count_in, (label[:, None] != label[None, :]).astype(count_in.dtype)):
+            return None
+        groups.append((ls, label, 1.0 / float(p.link_bw[ls[0]]), float(latency[ls[0]])))
+    return _Crossings(cut, groups, ends, {int(k): g[1] for g in groups for k in g[0].tolist()})
+
+
+@dataclass
+class _Terms:
+    """What the compact edges add to the other parts of the model."""
+
+    link: list[int] = field(default_factory=list)            # capacity rows: link, column, traffic
+    link_col: list[int] = field(default_factory=list)
+    link_traffic: list[float] = field(default_factory=list)
+    latency: dict[int, tuple[list[int], list[float]]] = field(default_factory=dict)   # edge -> columns, ms
+    diag: list[tuple[int, int, int, int]] = field(default_factory=list)   # as solve_milp's `diag`
+
+
+def _compact_edges(m: _Model, p: Problem, cr: _Crossings, dom: np.ndarray, xcol: np.ndarray,
+                   edges: list[int], rows_for: frozenset[int]) -> _Terms:
+    """Edges with both ends free, priced by which side of each cut link their ends are on and whether their
+    labels differ in each group (`_Crossings`), instead of a y[e, i, j] per pair of nodes:
+
+    * cut link with side S: z ≥ |X_u(S) − X_v(S)|, X_v(S) = Σ_{n ∈ S} x[v, n] — the link's crossing indicator;
+    * group: t_k ≥ |X_u(label⁻¹ k) − X_v(label⁻¹ k)| for each label k; ½ Σ_k t_k is 1 iff the labels differ;
+    * co-location on node n (for the load rows): c ≥ x[u, n] − Σ (the z and t of the links at n), likewise for
+      v: when one end is on n and the other is not, the route leaves n through one of those links.
+
+    Exact at every integer point (each is 0 or 1 there, and the objective pushes it down to that); the
+    relaxation is the transport cost between the two ends' distributions over each cut and group. Link capacity
+    rows get the cut links' z, and the links of a group in `rows_for` a crossing indicator
+    c ≥ X_u(label⁻¹ a) + X_v(label⁻¹ b) − 1 (and with u, v swapped) for their nodes a, b."""
+    w = p.weights
+    out = _Terms()
+    for e in edges:
+        s, d = int(p.src[e]), int(p.dst[e])
+        ds, dd = dom[s], dom[d]
+        both = np.flatnonzero(ds & dd)
+        at: dict[int, list[int]] = {int(n): [] for n in both.tolist()}
+        lat_cols: list[int] = []
+        lat_vals: list[float] = []
+        price: list[tuple[int, float]] = []
+        traffic = float(p.traffic[e])
+        for link, side in cr.cut:
+            if not ((ds | dd) & side).any() or not ((ds | dd) & ~side).any():
+                continue                                  # never crossed
+            z = int(m.cols(1, 0.0, 1.0)[0])
+            _abs_rows(m, z, xcol[s, ds & side], xcol[d, dd & side])
+            price.append((z, traffic * float(1.0 / p.link_bw[link])))
+            out.link.append(link)
+            out.link_col.append(z)
+            out.link_traffic.append(traffic)
+            lat_cols.append(z)
+            lat_vals.append(float(p.links[link].latency_ms))
+            for n in cr.ends[link]:
+                if n in at:
+                    at[n].append(z)
+        for _links_of, label, inv, lat in cr.groups:
+            classes = np.unique(label[ds | dd])
+            if len(classes) <= 1:
+                continue                                  # never crossed
+            ts = m.cols(len(classes), 0.0, 1.0)
+            for k, t in zip(classes.tolist(), ts.tolist(), strict=True):
+                _abs_rows(m, t, xcol[s, ds & (label == k)], xcol[d, dd & (label == k)])
+                price.append((t, traffic * inv / 2))
+                lat_cols.append(t)
+                lat_vals.append(lat / 2)
+                if k in at:
+                    at[k].append(t)
+        for link in sorted(rows_for):
+            label, (a, b) = cr.label_of[link], cr.ends[link]
+            ends = [(xcol[s, ds & (label == a)], xcol[d, dd & (label == b)]),
+                    (xcol[s, ds & (label == b)], xcol[d, dd & (label == a)])]
+            if not any(len(one) and len(other) for one, other in ends):
+                continue                                  # never crossed
+            c = int(m.cols(1, 0.0, 1.0)[0])
+            for one, other in ends:
+                if len(one) and len(other):
+                    m.row(np.concatenate([[c], one, other]), np.concatenate([[1.0], -np.ones(len(one) + len(other))]),
+                          -1.0, np.inf)
+            out.link.append(link)
+            out.link_col.append(c)
+            out.link_traffic.append(traffic)
+        if price:
+            m.add_cost(np.array([c for c, _ in price]), w.network * np.array([v for _, v in price]))
+        out.latency[e] = (lat_cols, lat_vals)
+        for n, seps in at.items():
+            c = int(m.cols(1, 0.0, 1.0)[0])
+            for v in (s, d):
+                m.row([c, int(xcol[v, n]), *seps], [1.0, -1.0, *([1.0] * len(seps))], 0.0, np.inf)
+            out.diag.append((s, d, n, c))
+            out.diag.append((d, s, n, c))
+    return out
+
+
+def _abs_rows(m: _Model, z: int, a: np.ndarray, b: np.ndarray) -> None:
+    """z ≥ |Σ a − Σ b| (columns)."""
+    cols = np.concatenate([[z], a, b])
+    for sign in (1.0, -1.0):
+        m.row(cols, np.concatenate([[1.0], -sign * np.ones(len(a)), sign * np.ones(len(b))]), 0.0, np.inf)

@@ -87,8 +87,16 @@ def backend(request, monkeypatch):
     return request.param
 
 
+@pytest.fixture(params=["crossings", "pairs"])
+def model(request, monkeypatch):
+    """Whole problems priced by link crossings where the routes decompose (the default), or by a y[e, i, j] per
+    pair of nodes (what sub-problems and other topologies get)."""
+    monkeypatch.setattr(milp, "COMPACT", request.param == "crossings")
+    return request.param
+
+
 @pytest.mark.parametrize("limits", [False, True])
-def test_milp_optimum_equals_brute_force(limits, backend):
+def test_milp_optimum_equals_brute_force(limits, backend, model):
     def proven(problem, r, truth):
         assert r.bound <= truth + 1e-9 * max(1.0, truth)
         assert r.optimal
@@ -97,8 +105,10 @@ def test_milp_optimum_equals_brute_force(limits, backend):
         else:                           # scipy cannot set it: HiGHS stops within its default 1e-6
             assert r.cost - r.bound <= 1e-6
 
-    checked, infeasible = against_brute_force(((seed, small(seed, limits)) for seed in range(40)), proven)
+    problems = [(seed, small(seed, limits)) for seed in range(40)]
+    checked, infeasible = against_brute_force(problems, proven)
     assert checked >= 20
+    assert all(milp._crossings(p) is not None for _, p in problems)     # every one priced the chosen way
     if limits:
         assert infeasible >= 1          # the tight limits do bind somewhere
 
@@ -265,3 +275,75 @@ def test_interchangeable_nodes_are_told_apart_by_what_differs():
             p.current[0], p.move_cost = j, np.full(p.n_vnodes, 0.01)
         p.__post_init__()
         assert (i, j) not in milp.interchangeable(p, p.allowed), change
+
+
+def lan_limited(seed: int):
+    """A small instance with a site of several nodes whose LAN links each carry less than any edge's traffic:
+    a placement that puts an edge across one breaks its limit."""
+    rng = np.random.default_rng(900 + seed)
+    problem = random_problem(rng, 7, 5)
+    crossings = milp._crossings(problem)
+    if crossings is None or not crossings.groups:
+        return None
+    problem.link_cap[sorted(crossings.label_of)] = problem.traffic.min() * 0.5
+    return problem
+
+
+def test_lan_link_limits_join_the_model_when_a_solution_breaks_one(backend, monkeypatch):
+    """A LAN's single links get capacity rows only once a solution overloads one; the next solve has them. Against
+    brute force, on instances where that happens."""
+    solves: list[int] = []
+    real = milp._solve
+
+    def counted(*args):
+        solves.append(len(args[-1]))
+        return real(*args)
+
+    monkeypatch.setattr(milp, "_solve", counted)
+    problems = [(seed, p) for seed in range(30) if (p := lan_limited(seed)) is not None]
+    again = 0
+    for seed, problem in problems:
+        solves.clear()
+        against_brute_force([(seed, problem)], lambda *_: None)
+        again += len(solves) > 1
+        assert solves[0] == 0 and solves == sorted(solves)      # rows only added, first none
+    assert again >= 2
+
+
+def test_pricing_by_crossings_equals_pricing_by_pairs_on_larger_instances(monkeypatch):
+    """Beyond brute force's reach (16 vnodes, 6 nodes): both models prove the same optimum, the crossings model
+    with fewer variables."""
+    for seed in range(3):
+        problem = random_problem(np.random.default_rng(40 + seed), 16, 6)
+        assert milp._crossings(problem) is not None
+        found = {}
+        for compact in (True, False):
+            monkeypatch.setattr(milp, "COMPACT", compact)
+            found[compact] = solve_milp(problem, time_limit=120.0)
+            assert found[compact].optimal, f"seed {seed}"
+        assert found[True].cost == pytest.approx(found[False].cost, rel=1e-6), f"seed {seed}"
+        assert found[True].variables < found[False].variables
+
+
+def test_routes_that_do_not_decompose_are_priced_by_pairs():
+    """Three nodes in a triangle of links of different speeds: no link is a cut and they are not one LAN, so the
+    MILP prices by pairs — and still equals brute force."""
+    from microstream.placement.cost import Problem
+    from microstream.placement.topology import Link, compute_routes
+
+    names = ["a", "b", "c"]
+    links = [Link("a", "b", 1.0, 1e6), Link("b", "c", 1.0, 2e6), Link("a", "c", 1.0, 4e6)]
+    routes = compute_routes(names, links)
+    problem = Problem(["s", "m", "t"], names, np.array([0.5, 0.8, 0.5]), np.array([1.0, 1.0, 2.0]),
+                      np.array([[True, False, False], [True, True, True], [False, False, True]]),
+                      np.array([0, -1, 2]), np.array([0, 1]), np.array([1, 2]), np.array([3e5, 2e5]),
+                      np.ones(2, dtype=bool), routes.inv_bandwidth, routes.latency_ms, routes=routes, links=links)
+    assert milp._crossings(problem) is None
+    links = [Link("a", "b", 1.0, 1e6), Link("b", "c", 1.0, 1e6), Link("a", "c", 1.0, 1e6)]   # one LAN: it does
+    assert milp._crossings(Problem(problem.vnodes, names, problem.cpu, problem.cores, problem.allowed,
+                                   problem.pinned, problem.src, problem.dst, problem.traffic, problem.on_path,
+                                   compute_routes(names, links).inv_bandwidth, compute_routes(names, links).latency_ms,
+                                   routes=compute_routes(names, links), links=links)) is not None
+    truth, _ = brute_force(problem)
+    r = solve_milp(problem, time_limit=30.0)
+    assert r.status == "optimal" and problem.total(r.assign) == pytest.approx(truth, rel=1e-9)
