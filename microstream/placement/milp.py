@@ -824,22 +824,28 @@ def _crossings(p: Problem) -> _Crossings | None:
         if lk.a not in index or lk.b not in index:
             return None
         ends.append((index[lk.a], index[lk.b]))
-    pairs = np.repeat(np.arange(n * n), np.diff(p.link_ptr))
-    cross = np.zeros((count, n, n), dtype=bool)
-    cross[p.link_idx, pairs // n, pairs % n] = True
+    pairs = np.repeat(np.arange(n * n), np.diff(p.link_ptr))      # the (i, j) of each route entry
     latency = np.array([lk.latency_ms for lk in p.links], dtype=float)
     off = ~np.eye(n, dtype=bool)
-    inv = np.tensordot(1.0 / p.link_bw, cross, axes=1)
-    lat = np.tensordot(latency, cross, axes=1)
+    inv = np.bincount(pairs, weights=1.0 / p.link_bw[p.link_idx], minlength=n * n).reshape(n, n)
+    lat = np.bincount(pairs, weights=latency[p.link_idx], minlength=n * n).reshape(n, n)
     if not (np.isfinite(p.inv_bw[off]).all() and np.allclose(inv, p.inv_bw, rtol=1e-9, atol=0.0)
             and np.allclose(lat, p.latency_ms, rtol=1e-9, atol=1e-12)):
         return None                                   # matrices not made from these links' routes
+    by_link = np.argsort(p.link_idx, kind="stable")
+    start = np.searchsorted(p.link_idx[by_link], np.arange(count + 1))
+
+    def crossed(links: list[int]) -> np.ndarray:
+        """[N, N] how many of `links` the route from i to j crosses (one link at a time: no [links, N, N])."""
+        entries = np.concatenate([by_link[start[k]:start[k + 1]] for k in links])
+        return np.bincount(pairs[entries], minlength=n * n).reshape(n, n)
+
     cut: list[tuple[int, np.ndarray]] = []
     rest: list[int] = []
     for link in range(count):
-        pattern = cross[link]
-        if not pattern.any():
+        if start[link] == start[link + 1]:
             continue                                  # on no route
+        pattern = crossed([link]) > 0
         side = ~pattern[ends[link][0]]
         if np.array_equal(pattern, side[:, None] != side[None, :]):
             cut.append((link, side))
@@ -865,7 +871,7 @@ def _crossings(p: Problem) -> _Crossings | None:
         if np.ptp(p.link_bw[ls]) > 0 or np.ptp(latency[ls]) > 0:
             return None
         inside = np.unique(np.array([ends[k] for k in links]).ravel())
-        count_in = cross[ls].sum(axis=0)
+        count_in = crossed(links)
         label = np.arange(n)
         for j in np.setdiff1d(np.arange(n), inside).tolist():
             entry = inside[count_in[j, inside] == 0]

@@ -327,7 +327,7 @@ def test_pricing_by_crossings_equals_pricing_by_pairs_on_larger_instances(monkey
 
 def test_routes_that_do_not_decompose_are_priced_by_pairs():
     """Three nodes in a triangle of links of different speeds: no link is a cut and they are not one LAN, so the
-    MILP prices by pairs — and still equals brute force."""
+    MILP prices by pairs; with equal links they are one LAN, priced by crossings. Both equal brute force."""
     from microstream.placement.cost import Problem
     from microstream.placement.topology import Link, compute_routes
 
@@ -340,10 +340,12 @@ def test_routes_that_do_not_decompose_are_priced_by_pairs():
                       np.ones(2, dtype=bool), routes.inv_bandwidth, routes.latency_ms, routes=routes, links=links)
     assert milp._crossings(problem) is None
     links = [Link("a", "b", 1.0, 1e6), Link("b", "c", 1.0, 1e6), Link("a", "c", 1.0, 1e6)]   # one LAN: it does
-    assert milp._crossings(Problem(problem.vnodes, names, problem.cpu, problem.cores, problem.allowed,
-                                   problem.pinned, problem.src, problem.dst, problem.traffic, problem.on_path,
-                                   compute_routes(names, links).inv_bandwidth, compute_routes(names, links).latency_ms,
-                                   routes=compute_routes(names, links), links=links)) is not None
-    truth, _ = brute_force(problem)
-    r = solve_milp(problem, time_limit=30.0)
-    assert r.status == "optimal" and problem.total(r.assign) == pytest.approx(truth, rel=1e-9)
+    lan = compute_routes(names, links)
+    one_lan = Problem(problem.vnodes, names, problem.cpu, problem.cores, problem.allowed, problem.pinned,
+                      problem.src, problem.dst, problem.traffic, problem.on_path, lan.inv_bandwidth, lan.latency_ms,
+                      routes=lan, links=links)
+    assert milp._crossings(one_lan) is not None
+    for p in (problem, one_lan):
+        truth, _ = brute_force(p)
+        r = solve_milp(p, time_limit=30.0)
+        assert r.status == "optimal" and p.total(r.assign) == pytest.approx(truth, rel=1e-9)
