@@ -301,7 +301,7 @@ def solve_milp(problem: Problem, time_limit: float = 10.0, free: np.ndarray | No
     proven lower bound.
 
     A whole problem whose routes decompose (`_crossings`: sites of LANs joined by a tree of links) prices its
-    edges by crossings, a model a third the size; the single links of a LAN get capacity rows only once a
+    edges by crossings, a much smaller model; the single links of a LAN get capacity rows only once a
     solution overloads one (each solve is then a relaxation of the next, so its bound holds throughout)."""
     started = time.perf_counter()
     crossings = _crossings(problem) if COMPACT and free is None and not soft else None
@@ -312,7 +312,8 @@ def solve_milp(problem: Problem, time_limit: float = 10.0, free: np.ndarray | No
         r.seconds = time.perf_counter() - started
         if crossings is None or r.assign is None or problem.feasible(r.assign):
             return r
-        over = set(np.flatnonzero(problem.link_loads(r.assign) > problem.link_cap).tolist()) - rows_for
+        loaded = np.flatnonzero(problem.link_loads(r.assign) > problem.link_cap).tolist()
+        over = {k for k in loaded if k in crossings.label_of} - rows_for     # a LAN's links only: the rest have rows
         if not over:
             return r                                    # over a limit by HiGHS's tolerance: as without crossings
         if time.perf_counter() - started >= time_limit:
