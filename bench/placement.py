@@ -8,7 +8,9 @@
    placement known (the MILP's, or a 10 s heuristic run's — `--reference-seconds` — priced by the same cost
    function) and the MILP's reported gap. Also the MILP's time to prove optimality. The MILP runs as
    `certify` runs it: given the heuristic's cost as a cutoff (HiGHS looks only for cheaper placements; when
-   there is none, the heuristic's is proven optimal).
+   there is none, the heuristic's is proven optimal). Up to 40 vnodes, on instances whose routes decompose, the
+   MILP runs again with a y per pair of nodes instead of link crossings (`milp_pairs`): the proof time's baseline,
+   same instances, same run (it adds that MILP time again).
 2. **Scale**: (a) `place()` end to end on a real pipeline of ~1,000 operators (`random_pipeline`) × 100 nodes
    and (b) 1,000 virtual nodes × 100 nodes given directly to the solver: the time to a first feasible
    placement (the quickest of seeding, seeding + local search, each budget's run and a 0.25 s run that ends
@@ -57,7 +59,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from common import RESULTS, random_pipeline, table, write_json  # noqa: E402
 
 from microstream.graph.physical import build_plan  # noqa: E402
-from microstream.placement import Problem, Weights, place  # noqa: E402
+from microstream.placement import Problem, Weights, milp, place  # noqa: E402
 from microstream.placement.bounds import infeasibility  # noqa: E402
 from microstream.placement.milp import milp_available, milp_interface, solve_milp  # noqa: E402
 from microstream.placement.solvers import _local_search, improve, seed  # noqa: E402
@@ -119,6 +121,22 @@ def spread(p: Problem, budget: float, clock, runs: int, first: float) -> dict:
             "seeds_worst_over_best": ratio(seeds)}
 
 
+PAIRS_UP_TO = 40         # vnodes: the sizes whose proofs the pairs baseline reruns (beyond, neither proves anything)
+
+
+def pairs_baseline(p: Problem, milp_s: float, upper: float) -> dict | None:
+    """The same MILP with every edge priced by a y per pair of nodes (what the model was before it priced traffic
+    by link crossings), on an instance whose routes decompose: the baseline of the proof time, in the same run."""
+    if milp._crossings(p) is None:
+        return None
+    milp.COMPACT = False
+    try:
+        cpu, wall, r = timed(lambda: solve_milp(p, time_limit=milp_s, upper=upper if math.isfinite(upper) else None))
+    finally:
+        milp.COMPACT = True
+    return {"cpu_s": cpu, "wall_s": wall, "status": r.status, "proven": r.optimal, "variables": r.variables}
+
+
 def quality_size(v: int, n: int, count: int, budget: float, milp_s: float, clock=time.process_time,
                  ref_s: float = 10.0, spread_runs: int = 3) -> dict:
     runs = []
@@ -129,6 +147,7 @@ def quality_size(v: int, n: int, count: int, budget: float, milp_s: float, clock
         sp = spread(p, budget, clock, spread_runs, hc) if spread_runs > 1 else None
         # the exact solver as `certify` runs it: the heuristic's cost as a cutoff (not a warm start)
         cm, wm, r = timed(lambda p=p, hc=hc: solve_milp(p, time_limit=milp_s, upper=hc if math.isfinite(hc) else None))
+        pairs = pairs_baseline(p, milp_s, hc) if v <= PAIRS_UP_TO else None
         long_cost = math.inf
         if not r.optimal and ref_s > 0:        # a reference where the MILP proves nothing: a long heuristic run
             long_cost = p.total(improve(p, time_limit=ref_s, rng_seed=1, clock=clock).assign)
@@ -137,13 +156,14 @@ def quality_size(v: int, n: int, count: int, budget: float, milp_s: float, clock
         runs.append({"seed": s, "heuristic": hc, "heuristic_cpu_s": ch, "spread": sp,
                      "heuristic_proved_optimal": h.status == "optimal", "milp": r.cost, "milp_bound": r.bound,
                      "milp_status": r.status, "milp_cpu_s": cm, "long_heuristic": long_cost, "milp_wall_s": wm,
-                     "milp_variables": r.variables, "incumbent": min(hc, r.cost),
+                     "milp_variables": r.variables, "milp_pairs": pairs, "incumbent": min(hc, r.cost),
                      "proven": r.optimal,
                      "vs_best": hc / best if best > 0 else 1.0,
                      "vs_bound": hc / r.bound if r.bound > 0 else math.inf,
                      "heuristic_feasible": bool(p.feasible(h.assign))})
     proven = [x for x in runs if x["proven"]]
     ratios = [x["vs_best"] for x in runs]
+    both = [x for x in proven if x["milp_pairs"] and x["milp_pairs"]["proven"]]
     return {"vnodes": v, "nodes": n, "instances": count, "proven": len(proven),
             "median_vs_best": statistics.median(ratios), "worst_vs_best": max(ratios),
             "median_vs_optimum": statistics.median([x["vs_best"] for x in proven]) if proven else None,
@@ -155,6 +175,11 @@ def quality_size(v: int, n: int, count: int, budget: float, milp_s: float, clock
             "spread_seeds": max((x["spread"]["seeds_worst_over_best"] for x in runs if x["spread"]), default=None),
             "spread_runs": spread_runs,
             "milp_seconds_to_prove_median": statistics.median([x["milp_cpu_s"] for x in proven]) if proven else None,
+            # the baseline, same instances, same run: the model with a y per pair of nodes, where both proved
+            "milp_pairs_seconds_to_prove_median": statistics.median([x["milp_pairs"]["cpu_s"] for x in both])
+            if len(both) == len(proven) and both else None,
+            "milp_pairs_over_crossings_median": statistics.median([x["milp_pairs"]["cpu_s"] / x["milp_cpu_s"]
+                                                                  for x in both]) if both else None,
             # against the incumbent: with the heuristic's cost as a cutoff the MILP may find nothing cheaper
             "milp_gap_worst": max(((x["incumbent"] - x["milp_bound"]) / x["incumbent"]
                                    if math.isfinite(x["incumbent"]) and math.isfinite(x["milp_bound"]) else math.inf)
@@ -259,6 +284,12 @@ def print_quality(rows: list[dict], budget: float, milp_s: float, clock: str) ->
                     _f(r["milp_seconds_to_prove_median"], "{:.1f}"), _f(r["milp_gap_worst"], "{:.1%}"),
                     f"{_f(r.get('spread_same_seed'))} / {_f(r.get('spread_seeds'))}"))
     print(table(out))
+    for r in rows:
+        if r.get("milp_pairs_over_crossings_median") is not None:
+            print(f"MILP CPU s to prove at {r['vnodes']} x {r['nodes']}, same instances: "
+                  f"{_f(r['milp_seconds_to_prove_median'], '{:.1f}')} with link crossings, "
+                  f"{_f(r.get('milp_pairs_seconds_to_prove_median'), '{:.1f}')} with a y per pair of nodes "
+                  f"(pairs / crossings per instance, median: {r['milp_pairs_over_crossings_median']:.2f}x)")
     print("(opt: where the MILP proved its optimum; best: the better of both solvers' placements, priced by the "
           "same cost function, and a 10 s heuristic run where the MILP proved nothing; MILP gap: (the better of its "
           "placement and the heuristic's, its cutoff - its proven bound) / that, '-' = no bound; spread: the "
