@@ -108,7 +108,7 @@ def test_milp_optimum_equals_brute_force(limits, backend, model):
     problems = [(seed, small(seed, limits)) for seed in range(40)]
     checked, infeasible = against_brute_force(problems, proven)
     assert checked >= 20
-    assert all(milp._crossings(p) is not None for _, p in problems)     # every one priced the chosen way
+    assert all(milp._crossings(p) is not None for _, p in problems)     # so "crossings" does price by them
     if limits:
         assert infeasible >= 1          # the tight limits do bind somewhere
 
