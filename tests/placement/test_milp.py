@@ -289,9 +289,9 @@ def lan_limited(seed: int):
     return problem
 
 
-def test_lan_link_limits_join_the_model_when_a_solution_breaks_one(backend, monkeypatch):
+def test_lan_link_limits_join_the_model_when_a_solution_breaks_one(monkeypatch):
     """A LAN's single links get capacity rows only once a solution overloads one; the next solve has them. Against
-    brute force, on instances where that happens."""
+    brute force, on instances where that happens (through the default interface: the loop is the same for both)."""
     solves: list[int] = []
     real = milp._solve
 
