@@ -60,6 +60,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..graph.physical import DisjointSets
 from .cost import OVERLOAD_PENALTY, Problem
 
 __all__ = ["MilpResult", "gap_text", "milp_available", "relative_gap", "solve_milp"]
@@ -505,9 +506,10 @@ def _links(m: _Model, p: Problem, pe, pi, pj, pc, ce, ci, cj, soft: bool, terms:
         entry, link = _expand_links(p, ce, ci, cj)
         np.add.at(fixed_load, link, p.traffic[ce[entry]])
     entry, link = _expand_links(p, pe, pi, pj)
-    link = np.concatenate([link, np.asarray(terms.link, dtype=np.int64)])
-    cols = np.concatenate([pc[entry], np.asarray(terms.link_col, dtype=np.int64)])
-    traffic = np.concatenate([p.traffic[pe[entry]], np.asarray(terms.link_traffic, dtype=float)])
+    extra_link, extra_col, extra_traffic = zip(*terms.link_rows, strict=True) if terms.link_rows else ((), (), ())
+    link = np.concatenate([link, np.asarray(extra_link, dtype=np.int64)])
+    cols = np.concatenate([pc[entry], np.asarray(extra_col, dtype=np.int64)])
+    traffic = np.concatenate([p.traffic[pe[entry]], np.asarray(extra_traffic, dtype=float)])
     if not len(link):
         return
     used = np.unique(link)
@@ -746,15 +748,10 @@ def _symmetry(m: _Model, p: Problem, fixed: np.ndarray, dom: np.ndarray, xcol: n
     two such nodes in a row, the first holds the lowest-numbered vnode of the two: x[v, j] ≤ Σ_{u < v} x[u, i]
     (any placement becomes one of those by swapping the nodes, at the same cost; empty nodes come last)."""
     pairs = interchangeable(p, dom)
-    root = list(range(p.n_nodes))            # classes of interchangeable nodes (union-find)
-
-    def find(a: int) -> int:
-        while root[a] != a:
-            a = root[a]
-        return a
-
+    classes = DisjointSets(range(p.n_nodes))            # of interchangeable nodes
     for i, j in pairs:
-        root[find(j)] = find(i)
+        classes.union(j, i)
+    find = classes.find
     linked = set(pairs)
     for i, j in sorted(linked):
         # consecutive members of a class only (swaps compose: every permutation of a class is a symmetry)
@@ -852,20 +849,12 @@ def _crossings(p: Problem) -> _Crossings | None:
             cut.append((link, side))
         else:
             rest.append(link)
-    root = list(range(n))
-
-    def find(a: int) -> int:
-        while root[a] != a:
-            root[a] = root[root[a]]
-            a = root[a]
-        return a
-
+    joined = DisjointSets(range(n))                     # nodes joined by the links that are no cut
     for link in rest:
-        a, b = ends[link]
-        root[find(a)] = find(b)
+        joined.union(*ends[link])
     members: dict[int, list[int]] = {}
     for link in rest:
-        members.setdefault(find(ends[link][0]), []).append(link)
+        members.setdefault(joined.find(ends[link][0]), []).append(link)
     groups = []
     for links in members.values():
         ls = np.array(links, dtype=np.int64)
@@ -889,9 +878,7 @@ def _crossings(p: Problem) -> _Crossings | None:
 class _Terms:
     """What the compact edges add to the other parts of the model."""
 
-    link: list[int] = field(default_factory=list)            # capacity rows: link, column, traffic
-    link_col: list[int] = field(default_factory=list)
-    link_traffic: list[float] = field(default_factory=list)
+    link_rows: list[tuple[int, int, float]] = field(default_factory=list)   # capacity rows: link, column, traffic
     latency: dict[int, tuple[list[int], list[float]]] = field(default_factory=dict)   # edge -> columns, ms
     diag: list[tuple[int, int, int, int]] = field(default_factory=list)   # as solve_milp's `diag`
 
@@ -927,9 +914,7 @@ def _compact_edges(m: _Model, p: Problem, cr: _Crossings, dom: np.ndarray, xcol:
             z = int(m.cols(1, 0.0, 1.0)[0])
             _abs_rows(m, z, xcol[s, ds & side], xcol[d, dd & side])
             price.append((z, traffic * float(1.0 / p.link_bw[link])))
-            out.link.append(link)
-            out.link_col.append(z)
-            out.link_traffic.append(traffic)
+            out.link_rows.append((link, z, traffic))
             lat_cols.append(z)
             lat_vals.append(float(p.links[link].latency_ms))
             for n in cr.ends[link]:
@@ -958,9 +943,7 @@ def _compact_edges(m: _Model, p: Problem, cr: _Crossings, dom: np.ndarray, xcol:
                 if len(one) and len(other):
                     m.row(np.concatenate([[c], one, other]), np.concatenate([[1.0], -np.ones(len(one) + len(other))]),
                           -1.0, np.inf)
-            out.link.append(link)
-            out.link_col.append(c)
-            out.link_traffic.append(traffic)
+            out.link_rows.append((link, c, traffic))
         if price:
             m.add_cost(np.array([c for c, _ in price]), w.network * np.array([v for _, v in price]))
         out.latency[e] = (lat_cols, lat_vals)
