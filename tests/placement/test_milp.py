@@ -242,8 +242,9 @@ def test_symmetry_rows_keep_the_optimum_against_brute_force(backend):
     """Interchangeable nodes: the MILP keeps only placements where the first of two holds the lower-numbered
     vnode; brute force over every placement finds no cheaper one, with and without a cutoff."""
     problems = [(seed, symmetric(seed)) for seed in range(60)]
-    with_pairs = [(seed, p) for seed, p in problems if milp.interchangeable(p, p.allowed)][:16]  # of 25: time
-    assert len(with_pairs) == 16
+    with_pairs = [(seed, p) for seed, p in problems if milp.interchangeable(p, p.allowed)]
+    assert len(with_pairs) >= 16
+    with_pairs = with_pairs[:16]     # of 25: half the time, and still >= 8 feasible ones (checked below)
 
     def cutoff_too(problem, r, truth):
         at = solve_milp(problem, time_limit=30.0, upper=truth)
