@@ -40,12 +40,13 @@ test: lint
 	@# read what an earlier test of its module ran)
 	$(BIN)/pytest -n 3 --dist loadfile --durations=25
 
-# The day-to-day lane: the tests not marked `slow` (no real-process clusters, microVMs, demo, Prometheus), under
-# 3 minutes on 2 cores; no lint. Only mosquitto to install. `make test` (CI) runs everything.
+# The day-to-day lane: the tests not marked `slow` (no real-process clusters, microVMs, demo, Prometheus), about
+# 2 minutes on 2 cores (two workers: these tests compute, so one each); no lint. Only mosquitto to install.
+# `make test` (CI) runs everything.
 test-fast: $(STAMP)
 	@# mosquitto, the MQTT broker the connector tests start on loopback (apt-get, as root; a no-op once installed)
 	-$(BIN)/python -c "from microstream.connectors.broker import ensure_mosquitto; ensure_mosquitto()"
-	$(BIN)/pytest -m "not slow"
+	$(BIN)/pytest -n 2 --dist loadfile -m "not slow"
 
 # arm64 under emulation (qemu-user-static, a debootstrapped Debian arm64 root cached in ~/.cache/microstream/arm64;
 # needs root): the core tests and the examples after `microstream warmup` there, then bench/arm64.py's figures.
