@@ -35,9 +35,9 @@ test: lint
 	-$(BIN)/python -c "import shutil; from microstream.core.sysdeps import apt_install; shutil.which('chromium') or apt_install(['chromium'], 'the web console test')"
 	@# systemd-analyze, which checks the units `microstream service install` writes (apt-get; a no-op once installed)
 	-$(BIN)/python -c "import shutil; from microstream.core.sysdeps import apt_install; shutil.which('systemd-analyze') or apt_install(['systemd'], 'the service units test')"
-	@# three workers (pytest-xdist) on 2 cores: most cluster tests wait on real time (the suite used 1.5 of the 2 cores
-	@# on two workers). --dist loadfile: a module runs on one worker, in order (module-scoped clusters; a test may
-	@# read what an earlier test of its module ran)
+	@# three workers (pytest-xdist) on 2 cores: most cluster tests wait on real time, so two left CPU idle.
+	@# --dist loadfile: a module runs on one worker, in order (module-scoped clusters; a test may read what an
+	@# earlier test of its module ran)
 	$(BIN)/pytest -n 3 --dist loadfile --durations=25
 
 # The day-to-day lane: the tests not marked `slow` (no real-process clusters, microVMs, demo, Prometheus), about
