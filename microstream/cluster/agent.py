@@ -100,6 +100,7 @@ COORDINATOR_TIMEOUT = 10.0  # seconds without a word from the coordinator (heart
 BACKOFF = (0.5, 5.0)        # seconds between registration attempts: the first, and the cap (doubling in between)
 OUTBOX = 1000               # messages kept until the coordinator has acknowledged them
 KEEP_JOB_METRICS = 20       # jobs whose hosts have all ended that keep their metric series (a last scrape)
+LAST_WORDS = 3.0            # s an exited host's last messages (done, its snapshot, its error) may trail its exit
 
 BACKENDS: dict[str, type[HostBackend]] = {"process": ProcessBackend, "microvm": MicroVMBackend}
 
@@ -157,6 +158,7 @@ class _Host:
     epoch: int = 0          # the job's deployment it belongs to: what it reports carries it (fencing)
     endpoint: str | None = None  # its channel server (a restarted coordinator re-learns it)
     backend: str = "process"
+    exited: float | None = None  # when its exit was first seen while its last words had not arrived
 
 
 class Agent:
@@ -624,6 +626,8 @@ class Agent:
                 continue
             if not host.state.over and host.state is not VnodeState.STOPPING:
                 self._drain_hosts()  # its last words (done, a result) may still wait behind other hosts' messages
+            if self._awaiting_last_words(host, code):
+                continue
             if not host.state.over and host.state is not VnodeState.STOPPING:
                 why = ("host stopped itself: this agent had not renewed its lease (it was frozen or stuck)"
                        if code == EXIT_LEASE_EXPIRED else f"host process exited with code {code}; see {self.workdir}")
@@ -641,6 +645,18 @@ class Agent:
             del self.hosts[key]
             if not self._hosts_of(host.job):
                 self._job_left(host.job)
+
+    def _awaiting_last_words(self, host: _Host, code: int) -> bool:
+        """Has `host` exited before what it sent last reached this agent? It sends `done` (or its snapshot, or its
+        error) and exits; on a loaded node the exit can be seen before this agent's socket has the message, which
+        would turn a host that finished into a failed one. Such a host is given `LAST_WORDS` s to be heard. One
+        killed by a signal (a negative code) or stopped by its lease said nothing more: it fails at once."""
+        if host.state.over or host.state is VnodeState.STOPPING or code < 0 or code == EXIT_LEASE_EXPIRED:
+            return False
+        now = time.monotonic()
+        if host.exited is None:
+            host.exited = now
+        return now - host.exited < LAST_WORDS
 
     def _job_left(self, job: str) -> None:
         """No host of `job` is left here: its metric series stay for the next `KEEP_JOB_METRICS` jobs to leave (a

@@ -958,7 +958,8 @@ class TrustReloader:
     def _run(self) -> None:
         while not self._stopping.is_set():
             woken = self._wake.wait(self.every)
-            self._wake.clear()
+            if woken:  # cleared only when seen: a request() landing just after a timed-out wait is not lost
+                self._wake.clear()
             if self._stopping.is_set():
                 return
             signature = self._current()

@@ -297,3 +297,21 @@ def test_a_failing_user_function_names_its_operator_on_the_cluster_too(home):
             pytest.raises(OperatorError, match="calibrated.*ValueError: sensor 7") as remote:
         client.submit(job())
     assert remote.value.operator == local.value.operator == "calibrated"
+
+
+def _quit_quietly(batch):
+    if (batch["v"] < 0).any():  # a library that calls exit(0) on bad input: the host ends cleanly, having said nothing
+        os._exit(0)
+    return batch["v"] > 0
+
+
+def test_a_host_that_exits_cleanly_without_finishing_fails_its_job_and_says_so(home):
+    """Exit code 0 is not "done": a host that exits before it has reported its end fails its virtual node (once
+    its last words have had time to arrive), and the job ends failed rather than waiting for it forever."""
+    import microstream as ms
+
+    p = ms.Pipeline("quits")
+    p.from_iterable([{"v": 1.0}, {"v": -1.0}]).filter(_quit_quietly, name="strict").sink(ms.sinks.collect())
+    with Client(cluster.address(home), timeout=120) as client, pytest.raises(ClusterError) as failed:
+        client.submit(p)
+    assert "exited with code 0" in str(failed.value), failed.value
