@@ -39,7 +39,9 @@ the clock cut it short; other seeds show how much its result depends on its luck
 `--sizes` reruns only those quality sizes (on a shared machine, what there is time for): the other sizes' rows
 and the scale part are kept from the previous bench/results/placement.json, each row with the time it was
 measured (`measured_at`) and the load average then. `--scale-only` reruns the scale part alone and keeps every
-quality row.
+quality row. Each row records the MILP's limit it was measured with (`milp_seconds`), so a size can be rerun with
+a longer one (`--sizes 80x16 --milp-seconds 900`: what proving 80 vnodes takes) and the table says which. The
+`*_vs_optimum` targets are judged only where the MILP proved every instance of every graded size.
 """
 
 from __future__ import annotations
@@ -270,16 +272,17 @@ def _f(x, fmt="{:.3f}") -> str:
     return "-" if x is None or (isinstance(x, float) and not math.isfinite(x)) else fmt.format(x)
 
 
-def print_quality(rows: list[dict], budget: float, milp_s: float, clock: str) -> None:
-    print(f"\nthe targets, side by side: heuristic ({budget:g} s budget, {clock}) vs the MILP ({milp_s:g} s per "
-          "instance); cost ratios, 1.000 = as good")
-    out = [("vnodes x nodes", "MILP proved", "heur/opt median", "heur/opt worst", "heur/best median",
+def print_quality(rows: list[dict], budget: float, clock: str) -> None:
+    print(f"\nthe targets, side by side: heuristic ({budget:g} s budget, {clock}) vs the MILP (its limit per "
+          "instance in each row); cost ratios, 1.000 = as good")
+    out = [("vnodes x nodes", "MILP limit s", "MILP proved", "heur/opt median", "heur/opt worst", "heur/best median",
             "heur/best worst", "target", "MILP s to prove (median)", "MILP gap (worst)",
             "spread: same seed / seeds")]
     for r in rows:
         big = r["vnodes"] >= 150
         target = "best <= 1.05" if big else "opt <= 1.02 / 1.05"
-        out.append((f"{r['vnodes']} x {r['nodes']}", f"{r['proven']}/{r['instances']}", _f(r["median_vs_optimum"]),
+        out.append((f"{r['vnodes']} x {r['nodes']}", _f(r["milp_seconds"], "{:g}"), f"{r['proven']}/{r['instances']}",
+                    _f(r["median_vs_optimum"]),
                     _f(r["worst_vs_optimum"]), _f(r["median_vs_best"]), _f(r["worst_vs_best"]), target,
                     _f(r["milp_seconds_to_prove_median"], "{:.1f}"), _f(r["milp_gap_worst"], "{:.1%}"),
                     f"{_f(r.get('spread_same_seed'))} / {_f(r.get('spread_seeds'))}"))
@@ -345,11 +348,12 @@ def judge(rows: list[dict], pr: dict, pr_priced: dict) -> dict[str, bool]:
     and that size's median CPU seconds to prove within 10 s (pooled over sizes, 20 x 6's quick proofs would
     hide 40 x 10's slow ones)."""
     graded = [r for r in rows if r["vnodes"] in (20, 40, 80)]
+    certified = all(r["proven"] == r["instances"] for r in graded)  # a median of the proven ones alone is not one
     big = [r for r in rows if (r["vnodes"], r["nodes"]) == (150, 30)]
     small = [r for r in rows if r["vnodes"] <= 40]
     return {
-        "median_vs_optimum_le_1.02": all((r["median_vs_optimum"] or math.inf) <= 1.02 for r in graded),
-        "worst_vs_optimum_le_1.05": all((r["worst_vs_optimum"] or math.inf) <= 1.05 for r in graded),
+        "median_vs_optimum_le_1.02": certified and all((r["median_vs_optimum"] or math.inf) <= 1.02 for r in graded),
+        "worst_vs_optimum_le_1.05": certified and all((r["worst_vs_optimum"] or math.inf) <= 1.05 for r in graded),
         "worst_vs_best_le_1.05": all(r["worst_vs_best"] <= 1.05 for r in graded),
         "150x30_vs_best_le_1.05": bool(big) and all(r["worst_vs_best"] <= 1.05 for r in big),
         "milp_proves_le_40_vnodes_in_10s_median": bool(small) and all(
@@ -405,14 +409,15 @@ def main() -> int:
         rows.append(quality_size(v, n, count, args.budget, milp_s, clock, args.reference_seconds, args.spread))
         load[f"{v}x{n}"] = _load()
         rows[-1]["measured_at"] = now()
+        rows[-1]["milp_seconds"] = milp_s
         print(f"  {v} x {n}: done (load average {load[f'{v}x{n}']})", file=sys.stderr, flush=True)
     if previous is not None:                 # the sizes not rerun, as they were
         done = {(r["vnodes"], r["nodes"]) for r in rows}
-        kept = [{"measured_at": previous["when"], **r} for r in previous["quality"]
-                if (r["vnodes"], r["nodes"]) not in done]
+        kept = [{"measured_at": previous["when"], "milp_seconds": previous["milp_seconds"], **r}
+                for r in previous["quality"] if (r["vnodes"], r["nodes"]) not in done]
         rows = sorted(rows + kept, key=lambda r: (r["vnodes"], r["nodes"]))
         load = {**{k: v for k, v in previous["load_average"].items() if k not in load}, **load}
-    print_quality(rows, args.budget, milp_s, clock_name)
+    print_quality(rows, args.budget, clock_name)
     if previous is not None and not args.scale_only:
         sp, pr = previous["pipeline_1000_ops"], previous["vnodes_1000"]
         pr_priced = previous["vnodes_1000_bandwidth_priced"]
