@@ -322,8 +322,8 @@ def _numba_cache() -> None:
 def start(agent: Any) -> str:
     """Run a virtual-node host in this guest (called once, through the guest agent's exec)."""
     # before anything imports numba: it reads its cache directory and CPU name once, at import. The host thread's
-    # first imports pull numba in; imported before this, a cold VM compiled every kernel under TCG (~1 min)
-    # instead of loading the image's
+    # first imports pull numba in; imported before this, a cold VM compiled every kernel under TCG instead of
+    # loading the image's
     _numba_cache()
     wire = Wire(agent)
     threading.Thread(target=_serve, args=(wire,), name="vnode-host", daemon=True).start()

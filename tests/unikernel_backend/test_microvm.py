@@ -142,8 +142,8 @@ def test_save_and_restore_keep_guest_memory(vm: MicroVM, tmp_path: Path) -> None
 def test_a_vnode_host_started_cold_loads_the_images_kernels(vm: MicroVM) -> None:
     """A VM that boots cold (no template) starts its vnode host through `vmhost.start`: numba must be configured
     for the image's kernel cache before the host's first import pulls it in (it reads the settings once), or
-    every kernel compiles under TCG (a minute where loading them takes seconds). Last on the module's VM: the
-    host it starts waits there for a spec."""
+    every kernel compiles under TCG instead of loading from the image. Last on the module's VM: the host it
+    starts waits there for a spec."""
     vm.channel.exec("import microstream.unikernel_backend.vmhost as _vmhost; _vmhost.start(agent)")
     config = vm.channel.exec("import numba.core.config as c; [c.CACHE_DIR, c.CPU_NAME]", timeout=120)
     assert config == ["/tmp/numba-cache", "generic"], config
