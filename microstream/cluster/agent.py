@@ -160,6 +160,11 @@ class _Host:
     backend: str = "process"
     exited: float | None = None  # when its exit was first seen while its last words had not arrived
 
+    @property
+    def unfinished(self) -> bool:
+        """It has neither reported an end (done, its snapshot, its failure) nor been told to stop."""
+        return not self.state.over and self.state is not VnodeState.STOPPING
+
 
 class Agent:
     up: zmq.Socket          # to the coordinator (replaced by a fresh one to register again)
@@ -624,11 +629,11 @@ class Agent:
                 if host.state is VnodeState.STOPPING and time.monotonic() - host.started > 3:
                     self._kill(host)
                 continue
-            if not host.state.over and host.state is not VnodeState.STOPPING:
+            if host.unfinished:
                 self._drain_hosts()  # its last words (done, a result) may still wait behind other hosts' messages
             if self._awaiting_last_words(host, code):
                 continue
-            if not host.state.over and host.state is not VnodeState.STOPPING:
+            if host.unfinished:
                 why = ("host stopped itself: this agent had not renewed its lease (it was frozen or stuck)"
                        if code == EXIT_LEASE_EXPIRED else f"host process exited with code {code}; see {self.workdir}")
                 self._send_up(VnodeFailed(job=host.job, vnode=host.vnode, epoch=host.epoch, error=why))
@@ -651,7 +656,7 @@ class Agent:
         error) and exits; on a loaded node the exit can be seen before this agent's socket has the message, which
         would turn a host that finished into a failed one. Such a host is given `LAST_WORDS` s to be heard. One
         killed by a signal (a negative code) or stopped by its lease said nothing more: it fails at once."""
-        if host.state.over or host.state is VnodeState.STOPPING or code < 0 or code == EXIT_LEASE_EXPIRED:
+        if not host.unfinished or code < 0 or code == EXIT_LEASE_EXPIRED:
             return False
         now = time.monotonic()
         if host.exited is None:
