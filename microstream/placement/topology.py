@@ -118,13 +118,15 @@ def parse_memory(value: Any) -> float:
 def format_bytes(n: float, per_s: bool = True) -> str:
     """ "1.2 MB/s" style (decimal units, as network rates are usually quoted).
 
-    >>> format_bytes(1_234_000), format_bytes(512), format_bytes(0)
-    ('1.23 MB/s', '512 B/s', '0 B/s')
+    >>> format_bytes(1_234_000), format_bytes(512), format_bytes(0.04), format_bytes(0)
+    ('1.23 MB/s', '512 B/s', '0.04 B/s', '0 B/s')
     """
     suffix = "/s" if per_s else ""
     for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
         if abs(n) >= size:
             return f"{n / size:.3g} {unit}{suffix}"
+    if 0 < abs(n) < 1:                     # a trickle (dead letters, hourly alerts) is not "0 B/s"
+        return f"{n:.1g} B{suffix}"
     return f"{n:.0f} B{suffix}"
 
 
