@@ -132,23 +132,46 @@ def table(header: list[str], rows: list[list[str]], columns: int) -> list[str]:
 
 def fit_table(text: str, columns: int) -> str:
     """A table whose lines run past `columns` (such as `Pipeline.describe()`), its long last column wrapped at
-    ", " onto lines indented to where that column starts (or by four spaces when it starts too far right)."""
+    ", " onto lines indented to where that column starts; when that column starts too far right (past half the
+    width), it moves whole onto the next lines, indented by four spaces. A piece with no ", " to break at breaks
+    at a space, never inside a word unless a word is wider than the line."""
     lines = text.splitlines()
     if not lines or all(len(line) <= columns for line in lines):
         return text
     header = lines[0]
     last = header.rfind("  ") + 2 if "  " in header else 0
-    indent = last if 0 < last <= columns // 2 else 4
-    out = []
+    out: list[str] = []
+    if 0 < last <= columns // 2:
+        for line in lines:
+            out += _wrap(line, last, columns)
+        return "\n".join(out)
     for line in lines:
-        while len(line) > columns:
-            cut = line.rfind(", ", indent, columns)
-            if cut <= indent:
-                cut = columns - 1
-                out.append(line[:cut])
-                line = " " * indent + line[cut:]
-                continue
+        if len(line) <= columns:
+            out.append(line)
+            continue
+        head, tail = (line[:last].rstrip(), line[last:]) if last and line[last - 2:last] == "  " else (line, "")
+        out += _wrap(head, 4, columns)
+        if tail.strip():
+            out += _wrap(" " * 4 + tail, 4, columns)
+    return "\n".join(out)
+
+
+def _wrap(line: str, indent: int, columns: int) -> list[str]:
+    """`line` cut to `columns`: at ", " (the comma kept), else at a space, else (a word too wide) anywhere; the
+    lines after the first indented by `indent` spaces."""
+    out = []
+    while len(line) > columns:
+        cut = line.rfind(", ", indent, columns - 1)
+        if cut > indent:
             out.append(line[: cut + 1])
             line = " " * indent + line[cut + 2:]
-        out.append(line)
-    return "\n".join(out)
+            continue
+        cut = line.rfind(" ", indent + 1, columns + 1)
+        if cut > indent and line[indent:cut].strip():
+            out.append(line[:cut].rstrip())
+            line = " " * indent + line[cut:].lstrip()
+            continue
+        out.append(line[:columns])
+        line = " " * indent + line[columns:]
+    out.append(line)
+    return out

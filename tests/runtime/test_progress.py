@@ -83,9 +83,15 @@ def test_describe_tables_are_wrapped_to_the_width():
     s = p.read_csv("examples/sensors/data/datatraining.txt", time="date", tags={"room": "A"}, key="room")
     s.window(ms.tumbling("10min")).aggregate(co2=ms.agg.mean("CO2"), n=ms.agg.count()).sink(ms.sinks.collect())
     table = p.describe()
-    fitted = fit_table(table, 80)
-    assert all(len(line) <= 80 for line in fitted.splitlines())
-    assert re.sub(r"\s+", "", fitted) == re.sub(r"\s+", "", table)
+    for columns in (80, 100, 120):  # the last column starts past half of each width
+        fitted = fit_table(table, columns)
+        assert all(len(line) <= columns for line in fitted.splitlines()), columns
+        assert re.sub(r"\s+", "", fitted) == re.sub(r"\s+", "", table)
+        # no word is cut in two (a 100-column terminal once showed 'o' / 'utput columns' and 'd' / 'ate:time')
+        assert set(fitted.split()) <= set(table.split()), columns
+        # each operator's row still starts with its name, its output columns on the lines after it
+        assert [line.split()[0] for line in fitted.splitlines() if not line.startswith(" ")][2:] == \
+            [line.split()[0] for line in table.splitlines()][2:]
     assert fit_table(table, 1000) == table
 
 
