@@ -267,7 +267,12 @@ class _ChunkedFileSource(Source):
 
     def _check_path(self, name: str) -> None:
         if not self.path.exists():
-            raise PipelineError(name, f"file not found: {self.path}", "check the path (relative to where you run)")
+            if self.path.is_absolute():
+                raise PipelineError(name, f"file not found: {self.path}", "check the path")
+            raise PipelineError(name, f"file not found: {self.path} (looked for {Path.cwd() / self.path})",
+                                "a relative path is taken from the directory you run in: run from the directory it "
+                                "is relative to, or make it relative to your script: "
+                                f"Path(__file__).parent / {str(self.path)!r}")
 
     def _reader(self, name: str) -> _Reader:
         return _Reader(self.path, _encoding(self.encoding, self.errors, name), self.errors, self.max_row_bytes)

@@ -214,3 +214,11 @@ def test_from_iterable_plain_tuples_need_their_names():
     with pytest.raises(ms.PipelineError, match="plain tuple of 2 values") as exc:
         ms.Pipeline("t").from_iterable([(1, 2.0)])
     assert "schema=" in str(exc.value)
+
+
+def test_a_missing_relative_path_says_where_it_was_looked_for_and_how_to_anchor_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a script run from another directory than the one its paths are relative to
+    with pytest.raises(ms.PipelineError) as e:
+        ms.Pipeline("x").read_jsonl("data/readings.jsonl", time="t")
+    assert f"looked for {tmp_path / 'data' / 'readings.jsonl'}" in str(e.value)
+    assert "Path(__file__).parent / 'data/readings.jsonl'" in str(e.value)
