@@ -1,8 +1,10 @@
-"""The user guide's examples are doctests, and the example scripts on real data run end to end."""
+"""The user guide's examples are doctests, the example scripts on real data run end to end, and the relative links
+of the docs resolve."""
 
 from __future__ import annotations
 
 import doctest
+import re
 import subprocess
 import sys
 import tempfile
@@ -42,3 +44,38 @@ def test_example_script_runs_from_any_directory(tmp_path, name, outputs):
     for out in outputs:
         lines = data_lines(tmp_path / "out" / out)
         assert len(lines) > 1, f"{out} has no records"
+
+
+def _anchors(doc: Path) -> set[str]:
+    """The #fragments GitHub gives a Markdown file's headings (lower case, punctuation dropped, spaces as '-',
+    '-1', '-2' for repeats), outside code blocks."""
+    anchors: set[str] = set()
+    seen: dict[str, int] = {}
+    in_code = False
+    for line in doc.read_text().splitlines():
+        if line.startswith("```"):
+            in_code = not in_code
+        heading = re.match(r"#{1,6}\s+(.*)", line)
+        if heading and not in_code:
+            slug = re.sub(r"[^\w\- ]", "", heading.group(1).strip().lower()).replace(" ", "-")
+            anchors.add(f"{slug}-{seen[slug]}" if slug in seen else slug)
+            seen[slug] = seen.get(slug, 0) + 1
+    return anchors
+
+
+def test_relative_links_in_the_docs_point_at_files_and_headings_that_exist():
+    docs = [ROOT / "README.md", ROOT / "bench" / "README.md", *sorted((ROOT / "docs").glob("*.md")),
+            *sorted((ROOT / "examples").rglob("*.md"))]
+    broken = []
+    for doc in docs:
+        text = re.sub(r"```.*?```", "", doc.read_text(), flags=re.S)
+        for link in re.findall(r"\]\(([^)\s]+)\)", text):
+            if re.match(r"[a-z]+:", link):  # https:, mailto:
+                continue
+            path, _, fragment = link.partition("#")
+            target = (doc.parent / path).resolve() if path else doc
+            if not target.exists():
+                broken.append(f"{doc.relative_to(ROOT)}: {link} (no such file)")
+            elif fragment and target.suffix == ".md" and fragment not in _anchors(target):
+                broken.append(f"{doc.relative_to(ROOT)}: {link} (no such heading in {target.name})")
+    assert not broken, "\n".join(broken)
