@@ -43,3 +43,14 @@ def test_demo_migrates_a_station_and_matches_the_unmigrated_run(mosquitto, tmp_p
     # stations' virtual nodes are pinned to their gateways by the topology's sensors: the coordinator's own
     # re-placement may move the central operators, never a station's feed
     assert not re.search(r"move of vn[0-3]: .*\(auto", out), out
+
+
+def test_without_the_mqtt_extra_the_demo_says_what_to_install_before_starting_anything(tmp_path):
+    # the core install (pip install -e .) has no paho: hide it, as there, and run the demo's command line
+    hide_paho = ("import runpy, sys; sys.modules.update(dict.fromkeys(['paho', 'paho.mqtt', 'paho.mqtt.client']));"
+                 f"sys.argv = ['demo.py', '--out', {str(tmp_path / 'out')!r}];"
+                 f"runpy.run_path({str(DEMO)!r}, run_name='__main__')")
+    r = subprocess.run([sys.executable, "-c", hide_paho], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "needs the Python package 'paho.mqtt.client'" in r.stderr and "pip install -e '.[mqtt]'" in r.stderr
+    assert "Traceback" not in r.stderr and "MQTT broker" not in r.stdout  # nothing was started

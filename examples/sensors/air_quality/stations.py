@@ -125,7 +125,8 @@ class Replayer:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Publish the UCI air-quality recording as several stations.")
-    parser.add_argument("--broker", default="mqtt://127.0.0.1:1883")
+    parser.add_argument("--broker", default="mqtt://127.0.0.1:1883",
+                        help="the MQTT broker to publish to (default mqtt://127.0.0.1:1883)")
     parser.add_argument("--rate", type=float, default=200.0, help="readings per second per station")
     parser.add_argument("--hours", type=int, default=None, help="replay only the first N hours of each station")
     args = parser.parse_args(argv)
