@@ -79,3 +79,11 @@ def test_relative_links_in_the_docs_point_at_files_and_headings_that_exist():
             elif fragment and target.suffix == ".md" and fragment not in _anchors(target):
                 broken.append(f"{doc.relative_to(ROOT)}: {link} (no such heading in {target.name})")
     assert not broken, "\n".join(broken)
+
+
+def test_the_examples_read_only_data_bundled_in_the_repository():
+    # a fresh clone has no ../shared (the datasets' source while they were chosen): the examples must not need it
+    uses = [f"{path.relative_to(ROOT)}: {line.strip()}"
+            for path in sorted((ROOT / "examples").rglob("*")) if path.suffix in {".py", ".ipynb", ".toml"}
+            for line in path.read_text().splitlines() if re.search(r"\.\./shared|/tmp/shared|/work/shared", line)]
+    assert not uses, "\n".join(uses)
