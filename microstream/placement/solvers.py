@@ -1089,10 +1089,14 @@ def place(plan: PhysicalPlan, graph: LogicalGraph, topology: Topology,
     a pair that can only be placed together raises `PlacementError`, one the solver cannot separate leaves the
     placement infeasible with the reason. `time_limit`: seconds for the whole call (heuristic 1 s by default:
     building the problem and explaining the result included; exact: 10 s for the MILP after the heuristic's
-    second). Raises `PlacementError` if the topology has errors or a
+    second; loading the search's compiled kernels, once per process, is not counted: on a machine whose numba
+    cache is cold that compiles them, which `microstream warmup` does ahead). Raises `PlacementError` if the
+    topology has errors or a
     pin/backend cannot be met; an overloaded result is returned with `placement.feasible == False` and the
     reasons in `placement.cost.reasons` — first, where one is found, a proof that no placement fits
     (`bounds.infeasibility`: the traffic that must leave a group of nodes exceeds its links)."""
+    milp_available()     # scipy imported and the annealer loaded before the clock starts (`improve` does the
+    warm()               # same): `Placement.seconds` is then the placement's, not a cold cache's compile time
     started = time.perf_counter()
     errors = topology.check()
     if errors:

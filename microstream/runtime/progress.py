@@ -11,8 +11,9 @@ from __future__ import annotations
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TextIO
+from typing import Any, TextIO
 
 from ..core.time import format_ns
 
@@ -82,15 +83,24 @@ def fit(line: str, columns: int) -> str:
     return line if len(line) <= columns else line[: max(columns - 1, 0)] + "…"
 
 
+COMPILE_NOTICE = ("compiling numba kernels: the first run of this kind on this machine, cached for the next "
+                  "(`microstream warmup` compiles the common ones ahead)")
+
+
 class ProgressLine:
     """Draws `Progress` on one line of a terminal, rewritten in place at most every `every` seconds, after the run
-    has lasted `after` seconds (short runs print nothing); `close()` clears it."""
+    has lasted `after` seconds (short runs print nothing); `close()` clears it.
+
+    Until `close()` it also says once, on a line of its own, when numba starts compiling a kernel (a cache miss:
+    a cold machine, or a user-defined aggregate): that can take tens of seconds on a Pi during which the run
+    shows nothing else."""
 
     def __init__(self, stream: TextIO | None = None, every: float = 0.2, after: float = 0.5) -> None:
         self.stream = stream or sys.stderr
         self.every, self.after = every, after
         self._last = 0.0
         self._shown = False
+        self._listener = _on_first_compile(self._compiling)
 
     def __call__(self, p: Progress) -> None:
         now = time.monotonic()
@@ -102,10 +112,44 @@ class ProgressLine:
         self._shown = True
 
     def close(self) -> None:
+        self._clear()
+        if self._listener is not None:
+            from numba.core import event
+
+            event.unregister("numba:compile", self._listener)
+            self._listener = None
+
+    def _clear(self) -> None:
         if self._shown:
             self.stream.write("\r\x1b[K")
             self.stream.flush()
             self._shown = False
+
+    def _compiling(self) -> None:
+        self._clear()
+        self.stream.write(COMPILE_NOTICE + "\n")
+        self.stream.flush()
+
+
+def _on_first_compile(callback: Callable[[], None]) -> Any:
+    """A numba compile-event listener, registered, that calls `callback` at the first compilation it sees (numba
+    sends no event for a kernel loaded from its cache)."""
+    from numba.core import event
+
+    class _First(event.Listener):
+        fired = False
+
+        def on_start(self, ev: event.Event) -> None:
+            if not self.fired:
+                self.fired = True
+                callback()
+
+        def on_end(self, ev: event.Event) -> None:
+            pass
+
+    listener = _First()
+    event.register("numba:compile", listener)
+    return listener
 
 
 def table(header: list[str], rows: list[list[str]], columns: int) -> list[str]:

@@ -12,7 +12,7 @@ import numpy as np
 import microstream as ms
 from microstream.cli.main import main
 from microstream.runtime.local import LocalRuntime
-from microstream.runtime.progress import Progress, ProgressLine, fit_table, progress_text
+from microstream.runtime.progress import COMPILE_NOTICE, Progress, ProgressLine, fit_table, progress_text
 from microstream.runtime.results import RunResult, report
 
 T0 = 1_700_000_000 * 10**9
@@ -111,6 +111,24 @@ def test_runs_are_quiet_outside_a_terminal(capsys):
 class _Terminal(io.StringIO):
     def isatty(self) -> bool:
         return True
+
+
+def test_the_progress_line_says_once_when_numba_compiles_and_stops_listening_when_closed():
+    import numba
+
+    def twice(x):
+        return 2 * x
+
+    out = io.StringIO()
+    line = ProgressLine(out, every=0.0, after=0.0)
+    line(Progress("rooms", 3.0, 9_000, T0, 0.4))
+    numba.njit(twice)(1)                       # a real compilation (no cache: a fresh dispatcher)
+    numba.njit(twice)(2.5)
+    line.close()
+    numba.njit(twice)(3)                       # after the run: not its business
+    assert out.getvalue().count(COMPILE_NOTICE) == 1
+    assert "\r\x1b[K" + COMPILE_NOTICE in out.getvalue()       # the progress line is cleared first
+    assert "microstream warmup" in COMPILE_NOTICE
 
 
 def test_in_a_terminal_a_run_reports_records_per_sink_and_files(monkeypatch, tmp_path):
