@@ -30,7 +30,7 @@ def add_parsers(sub: Any, cluster_options: Callable[[argparse.ArgumentParser], N
     p.add_argument("node", help="the agent's name (see `microstream status`)")
     p.add_argument("--timeout", type=float, default=600.0, metavar="S",
                    help="stop waiting after S seconds (default %(default)g; the drain goes on)")
-    p.add_argument("--quiet", action="store_true", help="print only the outcome")
+    p.add_argument("-q", "--quiet", action="store_true", help="print only the outcome")
     cluster_options(p)
     p.set_defaults(fn=lambda args: cmd_drain(args, address))
 

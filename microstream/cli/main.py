@@ -157,14 +157,12 @@ def cmd_coordinator(args: argparse.Namespace) -> int:
     policy = None if args.no_auto_place else PolicyParams(every=args.replace_every, min_gain=args.min_gain,
                                                             confirm=args.confirm, cooldown=args.cooldown)
     topology = None
-    if args.topology:
-        from ..placement import Topology
+    if args.topology:  # a missing, invalid or inconsistent file: exit 2, as for `plan`
+        from .placement import load_checked
 
-        topology = Topology.load(args.topology)
-        problems = topology.check()
-        if problems:
-            print("microstream: the topology has problems:\n  " + "\n  ".join(problems), file=sys.stderr)
-            return EXIT_USAGE
+        topology, code = load_checked(args.topology)
+        if topology is None:
+            return code
     state_dir = None if args.no_state else Path(args.state_dir) if args.state_dir else _home(args) / "state"
     coord = Coordinator(args.bind, keys, trusted, metrics_port=args.metrics_port,
                         log=lambda text: print(text, file=sys.stderr, flush=True), policy=policy, topology=topology,
@@ -355,7 +353,7 @@ def _interrupt_on_sigterm() -> None:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from ..cluster.client import Client
+    from ..cluster.client import Client, ClusterError
 
     addr = _address(args)
 
@@ -366,9 +364,13 @@ def cmd_submit(args: argparse.Namespace) -> int:
         print(job, flush=True)
 
     def runner(pipeline: Any, **_: Any) -> Any:
-        with Client(addr) as client:
-            job, result = client.submit(pipeline, wait=not args.detach, timeout=args.timeout, accepted=accepted,
-                                        progress=lambda text: print(text, file=sys.stderr, flush=True))
+        try:
+            with Client(addr) as client:
+                job, result = client.submit(pipeline, wait=not args.detach, timeout=args.timeout, accepted=accepted,
+                                            progress=lambda text: print(text, file=sys.stderr, flush=True))
+        except ClusterError as exc:  # the cluster's answer (or its silence), not an error in the script
+            print(f"microstream: {exc}", file=sys.stderr)
+            raise SystemExit(EXIT_FAILED) from None
         if result is not None:
             print(result.summary(), file=sys.stderr)
             return result
@@ -393,13 +395,13 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     from ..cluster.client import Client
 
+    if args.wait and args.job is None:
+        print("microstream: status --wait needs a JOB: `microstream status JOB --wait`", file=sys.stderr)
+        return EXIT_USAGE
     if args.watch is not None:
         return _watch_status(args)
     with Client(_address(args)) as client:
         if args.wait:
-            if args.job is None:
-                print("microstream: status --wait needs a JOB", file=sys.stderr)
-                return EXIT_USAGE
             return _attach(client, args.job, args.timeout)
         status = client.status(args.job)
     if args.json:
@@ -426,6 +428,10 @@ def _watch_status(args: argparse.Namespace) -> int:
                     status = client.status(args.job)
                 text = json.dumps(status) if args.json else format_status(status, nodes=args.job is None)
             except ClusterError as exc:  # a coordinator restarting: say so, and keep watching
+                if args.json:  # stdout stays one JSON document a line
+                    print(f"microstream: no status: {exc}", file=sys.stderr, flush=True)
+                    time.sleep(every)
+                    continue
                 text = f"(no status: {exc})"
             header = "" if args.json else f"{time.strftime('%H:%M:%S')}  every {every:g} s, Ctrl-C to stop\n"
             print(("\x1b[H\x1b[2J" if clear else "") + header + text, flush=True)
@@ -538,9 +544,8 @@ def cmd_logs(args: argparse.Namespace) -> int:
     """What a job's virtual nodes printed (the last lines the coordinator keeps); --follow: then each new line,
     until the job ends (exit 0 if it finished, 1 if not)."""
     from ..cluster.client import Client, kept_lines, print_output
-    from ..cluster.embedded import address
 
-    with Client(address(_home(args), args.coordinator, args.insecure, key_name=args.key)) as client:
+    with Client(_address(args)) as client:
         if args.follow:
             done = client.follow(args.job, vnode=args.vnode, timeout=args.timeout)
             print(f"{args.job}: {done.state}{f' ({done.reason})' if done.reason else ''}", file=sys.stderr)
@@ -559,10 +564,17 @@ def cmd_stop(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _known_job(client: Any, job: str) -> None:
+    """Ask the coordinator about `job` (its usual 10 s for an answer) before a request that may wait 120 s for its
+    move to be done: an unreachable coordinator, keys it does not trust and a job it does not know are said at once."""
+    client.status(job)
+
+
 def cmd_migrate(args: argparse.Namespace) -> int:
     from ..cluster.client import Client
 
     with Client(_address(args)) as client:
+        _known_job(client, args.job)
         r = client.migrate(args.job, args.vnode, args.to, whole=args.whole_vm)
     paused = f"{r['downtime_s'] * 1000:.0f} ms" if r.get("downtime_s") is not None else "n/a (no records followed)"
     how = ""  # how the state travelled (cluster/moves.py `_state_figures`)
@@ -582,6 +594,7 @@ def cmd_save(args: argparse.Namespace) -> int:
     from ..cluster.client import Client
 
     with Client(_address(args)) as client:
+        _known_job(client, args.job)
         _, snapshot = client.save(args.job, args.vnode)
     args.file.write_bytes(snapshot)
     print(f"saved {args.job}/{args.vnode} to {args.file} ({len(snapshot):,} bytes); its upstream holds new records "
@@ -596,6 +609,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
         print(f"microstream: no such snapshot file: {args.file}", file=sys.stderr)
         return EXIT_USAGE
     with Client(_address(args)) as client:
+        _known_job(client, args.job)
         r = client.restore(args.job, args.vnode, args.file.read_bytes(), to=args.to)
     print(f"restored {args.job}/{args.vnode} on {r['to']}")
     return EXIT_OK
@@ -707,11 +721,69 @@ def _cluster_options(p: argparse.ArgumentParser, coordinator: bool = True) -> No
     p.add_argument("--insecure", action="store_true", help="plaintext ZeroMQ, no authentication (unsafe)")
 
 
+EXAMPLES = {  # shown under each verb's --help
+    "run": ["microstream run examples/sensors/rooms.py", "microstream run job.py --describe --graph job.svg -q"],
+    "describe": ["microstream describe job.py"],
+    "graph": ["microstream graph job.py -o pipeline.svg", "microstream graph job.py -o pipeline.dot"],
+    "coordinator": ["microstream coordinator --bind tcp://0.0.0.0:7077 --topology campus.toml",
+                    "microstream coordinator --config /etc/microstream/coordinator.toml"],
+    "agent": ["microstream agent --coordinator tcp://pi01:7077 --name pi07 --label site=library",
+              "microstream agent --bundle pi07.bundle"],
+    "submit": ["microstream submit job.py", "microstream submit job.py --detach --coordinator tcp://pi01:7077"],
+    "status": ["microstream status", "microstream status rooms-1 --wait", "microstream status --json",
+               "microstream status --watch 5"],
+    "logs": ["microstream logs rooms-1", "microstream logs rooms-1 vn1 --follow"],
+    "stop": ["microstream stop rooms-1"],
+    "plan": ["microstream plan job.py --topology campus.toml --explain --svg placement.svg"],
+    "topology": ["microstream topology check campus.toml", "microstream topology show campus.toml"],
+    "migrate": ["microstream migrate rooms-1 vn3 --to pi07"],
+    "drain": ["microstream drain pi07", "microstream undrain pi07"],
+    "undrain": ["microstream undrain pi07"],
+    "save": ["microstream save rooms-1 vn3 vn3.snapshot"],
+    "restore": ["microstream restore rooms-1 vn3 vn3.snapshot --to pi08"],
+    "cluster": ["microstream cluster up --nodes 3 --detach", "microstream cluster down"],
+    "console": ["microstream console"],
+}
+
+EXIT_CODES = ("exit codes: 0 success; 1 a failure while running (a job failed, the coordinator cannot be reached, a "
+              "check failed); 2 the command line, the pipeline script or a file it names is wrong; 130 interrupted "
+              "(Ctrl-C).")
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """argparse's, but an epilog of examples keeps its lines (one command each)."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if text.startswith("examples:"):
+            return "\n".join(indent + line for line in text.splitlines())
+        return super()._fill_text(text, width, indent)
+
+
+class _Verbs:
+    """`add_parser` of the subcommands, giving each verb a description (its one-line help, so that `microstream VERB
+    --help` says what it does) and its EXAMPLES. Verbs with their own parser (add_help=False) are left as they are."""
+
+    def __init__(self, sub: Any) -> None:
+        self.sub = sub
+
+    def add_parser(self, name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        if kwargs.get("add_help", True):
+            text = kwargs.get("help") or ""
+            kwargs.setdefault("description", text[:1].upper() + text[1:] + ("." if text else ""))
+            if name in EXAMPLES:
+                kwargs.setdefault("epilog", "examples:\n" + "\n".join(f"  {e}" for e in EXAMPLES[name]))
+            kwargs.setdefault("formatter_class", _HelpFormatter)
+        parser: argparse.ArgumentParser = self.sub.add_parser(name, **kwargs)
+        return parser
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="microstream", description="Stream processing for sensor networks.")
+    parser = argparse.ArgumentParser(prog="microstream", description="Stream processing for sensor networks.",
+                                     epilog=EXIT_CODES)
     parser.add_argument("--version", action="version", version=f"microstream {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    parser.set_defaults(verbs=sub.choices)  # verb -> its parser: a config file sets the defaults of `agent`
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    parser.set_defaults(verbs=subparsers.choices)  # verb -> its parser: a config file sets the defaults of `agent`
+    sub = _Verbs(subparsers)
 
     p = sub.add_parser("run", help="run a pipeline script on the local runtime")
     p.add_argument("script", type=Path, help="a pipeline script (Python; it ends with p.run())")
@@ -926,7 +998,26 @@ _DELEGATED = {"keys": ("microstream.cluster.security", "keys_main"), "service": 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The `microstream` command: what its verb returns, 2 for a usage error, 1 for an expected error at run time
+    (one line on stderr, no traceback), 130 after Ctrl-C; verbs with their own parser (`keys`, `image`, `service`,
+    `warmup`) end the same way."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        code = _dispatch(argv)
+        sys.stdout.flush()  # a closed pipe shows here, not as a traceback at exit
+        return code
+    except BrokenPipeError:  # `microstream status --json | head`: the reader has what it wanted
+        _quiet_stdout()
+        return EXIT_OK
+    except MicrostreamError as exc:
+        print(f"microstream: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("microstream: interrupted", file=sys.stderr)
+        return 130
+
+
+def _dispatch(argv: list[str]) -> int:
     if argv and argv[0] in _DELEGATED:  # verbs with their own parser (and --help)
         import importlib
 
@@ -944,19 +1035,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "fn", None):
         parser.print_help(sys.stderr)
         return EXIT_USAGE
-    try:
-        code = int(args.fn(args))
-        sys.stdout.flush()  # a closed pipe shows here, not as a traceback at exit
-        return code
-    except BrokenPipeError:  # `microstream status --json | head`: the reader has what it wanted
-        _quiet_stdout()
-        return EXIT_OK
-    except MicrostreamError as exc:
-        print(f"microstream: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    except KeyboardInterrupt:
-        print("microstream: interrupted", file=sys.stderr)
-        return 130
+    return int(args.fn(args))
 
 
 def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:

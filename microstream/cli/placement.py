@@ -20,7 +20,7 @@ if TYPE_CHECKING:  # the CLI builds its parser without loading numpy; the functi
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
-__all__ = ["plan_main", "plan_parser", "topology_main", "topology_parser"]
+__all__ = ["load_checked", "plan_main", "plan_parser", "topology_main", "topology_parser"]
 
 
 def plan_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
@@ -29,9 +29,9 @@ def plan_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argum
                                           description="Place a pipeline's virtual nodes on a topology and "
                                                       "report where each goes, the traffic and the cost.")
     p.add_argument("script", type=Path, help="pipeline script (built, not run)")
-    p.add_argument("--topology", "-t", type=Path, required=True, help="topology TOML file")
+    p.add_argument("--topology", "-t", type=Path, required=True, metavar="FILE", help="topology TOML file")
     p.add_argument("--explain", action="store_true", help="say why each virtual node went where it did")
-    p.add_argument("--svg", type=Path, help="write a picture of the placement here")
+    p.add_argument("--svg", type=Path, metavar="FILE", help="write a picture of the placement here (.svg)")
     p.add_argument("--solver", choices=("heuristic", "exact"), default="heuristic",
                    help="heuristic (default: local and large-neighbourhood search) or exact (the MILP; proves "
                         "its gap)")
@@ -56,7 +56,7 @@ def run_plan(script: Path, topology_file: Path, explain: bool = False, svg: Path
     if svg is not None and svg.suffix.lower() != ".svg":  # before placing: out.png would hold SVG text
         print(f"microstream plan: --svg writes SVG: name a .svg file, not {svg.name}", file=sys.stderr)
         return EXIT_USAGE
-    topology, code = _load_checked(topology_file)
+    topology, code = load_checked(topology_file)
     if topology is None:
         return code
     code, pipelines = pipelines_of(script)
@@ -85,7 +85,9 @@ def run_plan(script: Path, topology_file: Path, explain: bool = False, svg: Path
     return status
 
 
-def _load_checked(path: Path) -> tuple[Topology | None, int]:
+def load_checked(path: Path) -> tuple[Topology | None, int]:
+    """The topology in `path`, checked; (None, 2) with the reasons on stderr when it is missing, invalid or
+    inconsistent (`plan`, `coordinator --topology`)."""
     from ..placement.topology import Topology, TopologyError
 
     try:

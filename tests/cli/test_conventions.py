@@ -1,0 +1,154 @@
+"""The `microstream` command against common command-line conventions, run as a user runs it (a subprocess): every
+verb's --help says what it does, with examples; an expected error is one line on stderr with exit 1 or 2, never a
+traceback, and comes at once; Ctrl-C ends a command with 130 (verbs with their own parser too); machine-readable
+output stays machine-readable."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import run_cli as cli
+from tests.helpers import sigint_as_in_a_shell
+
+ROOT = Path(__file__).resolve().parents[2]
+NOWHERE = "tcp://127.0.0.1:1"   # nothing listens there: a coordinator that cannot be reached
+
+SCRIPT = """
+import microstream as ms
+p = ms.Pipeline("job")
+p.from_iterable([{"v": 1.0}]).sink(ms.sinks.collect())
+p.run()
+"""
+
+
+def _popen(*args: str, home: Path, **kw) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "microstream.cli", *args], cwd=ROOT,
+                            env={**os.environ, "MICROSTREAM_HOME": str(home), **kw.pop("env", {})},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+def _verbs() -> list[str]:
+    """The verbs `microstream --help` lists (and the aliases it shows)."""
+    r = cli("--help")
+    listing = r.stdout.split("  COMMAND\n", 1)[1].split("\noptions:")[0]
+    found = re.findall(r"^    (\w+)(?: \((\w+)\))?", listing, flags=re.M)
+    return [name for pair in found for name in pair if name]
+
+
+def _help_says_what_it_does(verb: list[str], r: subprocess.CompletedProcess) -> None:
+    assert r.returncode == 0 and not r.stderr, (verb, r.stderr)
+    assert r.stdout.startswith("usage: microstream "), (verb, r.stdout)
+    after_usage = r.stdout.split("\n\n")[1]
+    assert not after_usage.startswith(("positional arguments", "options")), (verb, r.stdout)  # a description
+
+
+def test_a_verbs_help_says_what_it_does_and_shows_examples():
+    for verb in (["run", "--help"], ["drain", "-h"], ["plan", "--help"]):
+        r = cli(*verb)
+        _help_says_what_it_does(verb, r)
+        assert "\nexamples:\n  microstream " in r.stdout, r.stdout
+        if verb[0] == "plan":
+            assert "--topology FILE" in r.stdout and "--svg FILE" in r.stdout  # FILE, as every other verb says
+        if verb[0] == "drain":
+            assert "-q, --quiet" in r.stdout  # as `run -q`
+    top = cli("--help").stdout
+    assert "exit codes: 0 success" in top and "130" in top
+
+
+@pytest.mark.slow  # a start-up per verb
+def test_every_verb_and_sub_verb_says_what_it_does_under_help_and_h():
+    verbs = _verbs()
+    assert {"run", "submit", "status", "drain", "undrain", "uncordon", "keys", "service", "cluster"} <= set(verbs)
+    nested = {"keys": ["create", "trust", "revoke", "bundle", "unbundle", "list"], "image": ["build"],
+              "service": ["install", "show"]}
+    for verb in verbs:
+        for flag in ("--help", "-h"):
+            _help_says_what_it_does([verb, flag], cli(verb, flag))
+        for action in nested.get(verb, []):
+            assert cli(verb, action, "--help").returncode == 0, (verb, action)
+
+
+def test_status_wait_without_a_job_is_a_usage_error_before_any_lookup(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "microstream.cli", "status", "--wait", "--home", str(tmp_path)],
+                       cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 2 and "needs a JOB" in r.stderr and not r.stdout, r.stderr   # not 'no cluster' (1)
+
+
+def test_logs_takes_a_key_file_as_every_other_client_verb(tmp_path):
+    missing = str(tmp_path / "me.key_secret")
+    for verb in (["logs", "job-1"], ["stop", "job-1"]):
+        r = cli(*verb, "--key", missing, "--coordinator", NOWHERE, "--home", str(tmp_path))
+        assert r.returncode == 1 and f"key file {missing}: does not exist" in r.stderr, (verb, r.stderr)
+        assert "bad key name" not in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_coordinators_missing_or_invalid_topology_is_a_usage_error_as_for_plan(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[[nodes]\nname=")
+    for topology, says in ((tmp_path / "missing.toml", "no such topology file"), (bad, "not valid TOML")):
+        r = cli("coordinator", "--insecure", "--no-state", "--bind", "tcp://127.0.0.1:0", "--metrics-port", "0",
+                "--topology", str(topology), "--home", str(tmp_path))
+        assert r.returncode == 2 and says in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_status_watch_json_keeps_stdout_json_and_ctrl_c_ends_it(tmp_path):
+    watch = _popen("status", "--watch", "0.2", "--json", "--insecure", "--coordinator", NOWHERE, home=tmp_path,
+                   preexec_fn=sigint_as_in_a_shell)
+    try:
+        assert watch.stderr is not None
+        line = watch.stderr.readline()   # the first look fails (after the client's 2 s): said on stderr
+        assert line.startswith("microstream: no status: no answer from the coordinator"), line
+        watch.send_signal(signal.SIGINT)
+        out, err = watch.communicate(timeout=30)
+    finally:
+        if watch.poll() is None:
+            watch.kill()
+    assert watch.returncode == 0 and "Traceback" not in err, err   # Ctrl-C is how --watch ends
+    assert out == ""   # nothing that is not JSON on stdout
+
+
+def test_ctrl_c_on_a_verb_with_its_own_parser_exits_130_without_a_traceback(tmp_path):
+    # `warmup` is handed to microstream.warmup.main: Ctrl-C (to the terminal's process group) while it compiles
+    warmup = _popen("warmup", home=tmp_path, env={"NUMBA_CACHE_DIR": str(tmp_path / "numba")},
+                    start_new_session=True)
+    try:
+        assert warmup.stdout is not None
+        assert warmup.stdout.readline().startswith("warming numba's cache")
+        assert warmup.stdout.readline().startswith("[1/")   # a group is compiling in its own process
+        os.killpg(warmup.pid, signal.SIGINT)
+        out, err = warmup.communicate(timeout=60)
+    finally:
+        if warmup.poll() is None:
+            os.killpg(warmup.pid, signal.SIGKILL)
+    assert warmup.returncode == 130, err
+    assert err.strip().splitlines()[-1] == "microstream: interrupted" and "Traceback" not in err, err
+
+
+@pytest.mark.slow  # each waits the client's 10 s for an answer that never comes
+def test_an_unreachable_coordinator_is_one_line_after_the_usual_wait_for_every_verb(tmp_path):
+    script = tmp_path / "job.py"
+    script.write_text(SCRIPT)
+    snapshot = tmp_path / "vn1.snapshot"
+    snapshot.write_bytes(b"x")
+    verbs = [["submit", str(script)], ["migrate", "job-1", "vn1", "--to", "pi2"],
+             ["save", "job-1", "vn1", str(tmp_path / "out.snapshot")], ["restore", "job-1", "vn1", str(snapshot)]]
+    running = [_popen(*verb, "--insecure", "--coordinator", NOWHERE, home=tmp_path) for verb in verbs]
+    for verb, proc in zip(verbs, running, strict=True):
+        try:
+            out, err = proc.communicate(timeout=100)   # a hang guard: migrate, save and restore used to wait 120 s
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        assert proc.returncode == 1 and not out, (verb, err)
+        # the coordinator's usual wait (not the 120 s a move may take), and not as an error at the script's line
+        assert err.splitlines() == [f"microstream: no answer from the coordinator at {NOWHERE} within 10 s: is it "
+                                    "running, do you have its public key, and is your key trusted there "
+                                    "(`microstream keys trust`)?"], (verb, err)
+    assert not (tmp_path / "out.snapshot").exists()
