@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -145,6 +146,8 @@ def _memory_option(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_coordinator(args: argparse.Namespace) -> int:
+    import zmq
+
     from ..cluster.coordinator import Coordinator
 
     _log_to_stderr()
@@ -170,7 +173,13 @@ def cmd_coordinator(args: argparse.Namespace) -> int:
                         adopt_grace=args.adopt_grace, keep_jobs=args.keep_jobs, roles=roles,
                         metrics_bind=args.metrics_bind, max_message=int(args.max_message * (1 << 20)),
                         checkpoint_replicas=args.checkpoint_replicas, node=args.node)
-    endpoint = coord.open()
+    try:
+        endpoint = coord.open()
+    except zmq.ZMQError as exc:  # an address in use, or not one of this machine's
+        coord.close()
+        print(f"microstream: coordinator: cannot listen on {args.bind}: {exc}; pass --bind tcp://HOST:PORT with an "
+              "address of this machine and a free port", file=sys.stderr)
+        return EXIT_FAILED
     from ..console import start_for  # the web console, fed by the coordinator's loop (docs/console.md)
 
     start_for(coord, _home(args), args)
@@ -593,6 +602,11 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 def cmd_save(args: argparse.Namespace) -> int:
     from ..cluster.client import Client
 
+    folder = args.file.parent
+    if args.file.is_dir() or not folder.is_dir() or not os.access(folder, os.W_OK):
+        print(f"microstream: cannot write the snapshot to {args.file}: name a file in an existing directory you may "
+              "write to (nothing was stopped)", file=sys.stderr)
+        return EXIT_USAGE
     with Client(_address(args)) as client:
         _known_job(client, args.job)
         _, snapshot = client.save(args.job, args.vnode)
@@ -605,8 +619,8 @@ def cmd_save(args: argparse.Namespace) -> int:
 def cmd_restore(args: argparse.Namespace) -> int:
     from ..cluster.client import Client
 
-    if not args.file.exists():
-        print(f"microstream: no such snapshot file: {args.file}", file=sys.stderr)
+    if not args.file.is_file():
+        print(f"microstream: no such snapshot file: {args.file} (the file `microstream save` wrote)", file=sys.stderr)
         return EXIT_USAGE
     with Client(_address(args)) as client:
         _known_job(client, args.job)
@@ -687,7 +701,7 @@ def _policy_options(p: argparse.ArgumentParser) -> None:
                    help="seconds between re-placement checks (default %(default)s)")
     p.add_argument("--min-gain", type=float, default=d.min_gain, metavar="B/S",
                    help="cross-node bytes/s a move must save (default %(default)s)")
-    p.add_argument("--confirm", type=int, default=d.confirm,
+    p.add_argument("--confirm", type=int, default=d.confirm, metavar="N",
                    help="checks in a row that must agree (default %(default)s)")
     p.add_argument("--cooldown", type=float, default=d.cooldown, metavar="S",
                    help="seconds before a virtual node may move again (default %(default)s)")
@@ -697,7 +711,8 @@ def _discovery_options(p: argparse.ArgumentParser) -> None:
     from ..cluster.discovery import DEFAULT_PORT
 
     p.add_argument("--interface", metavar="IP", help="network interface (its address) for the multicast beacon")
-    p.add_argument("--beacon-port", type=int, default=DEFAULT_PORT, help="UDP port of the beacon (default %(default)s)")
+    p.add_argument("--beacon-port", type=int, default=DEFAULT_PORT, metavar="PORT",
+                   help="UDP port of the beacon (default %(default)s)")
 
 
 def _metrics_bind_option(p: argparse.ArgumentParser) -> None:
@@ -706,9 +721,24 @@ def _metrics_bind_option(p: argparse.ArgumentParser) -> None:
                         "LAN address for a Prometheus server on another machine)")
 
 
+_ENDPOINT = re.compile(r"tcp://(\[[0-9A-Fa-f:.]+\]|[^\s:/\[\]]+):(\d{1,5}|\*)|ipc://\S+")
+
+
+def endpoint(text: str) -> str:
+    """A ZeroMQ address as --coordinator and --bind take it (tcp://HOST:PORT), checked as the command line is read:
+    ZeroMQ would refuse another one with a traceback.
+
+    >>> endpoint("tcp://pi01:7077")
+    'tcp://pi01:7077'
+    """
+    if not _ENDPOINT.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not an address: write tcp://HOST:PORT, e.g. tcp://pi01:7077")
+    return text
+
+
 def _cluster_options(p: argparse.ArgumentParser, coordinator: bool = True) -> None:
     if coordinator:
-        p.add_argument("--coordinator", metavar="tcp://HOST:PORT",
+        p.add_argument("--coordinator", metavar="tcp://HOST:PORT", type=endpoint,
                        help="coordinator address (default: the embedded cluster recorded in --home)")
         p.add_argument("--key", default=os.environ.get("MICROSTREAM_KEY") or "client", metavar="NAME|PATH",
                        help="your key: a name in HOME/keys (NAME.key_secret) or a .key_secret file, trusted on the "
@@ -806,7 +836,7 @@ def build_parser() -> argparse.ArgumentParser:
     from ..cluster.registry import AGENT_TIMEOUT
 
     p = sub.add_parser("coordinator", help="run a coordinator")
-    p.add_argument("--bind", default="tcp://127.0.0.1:7077",
+    p.add_argument("--bind", default="tcp://127.0.0.1:7077", type=endpoint, metavar="tcp://HOST:PORT",
                    help="address to listen on (default %(default)s: this machine only; for agents and clients on other "
                         "machines: --bind tcp://0.0.0.0:7077 or the LAN address)")
     p.add_argument("--keys", metavar="DIR", help="key directory (default HOME/keys): coordinator.key_secret and "
@@ -814,7 +844,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--key", help=argparse.SUPPRESS)
     _config_option(p, "coordinator")
     _memory_option(p)
-    p.add_argument("--metrics-port", type=int, default=9464, help="Prometheus metrics port (0: any free port)")
+    p.add_argument("--metrics-port", type=int, default=9464, metavar="PORT",
+                   help="Prometheus metrics port (0: any free port)")
     _metrics_bind_option(p)
     p.add_argument("--max-message", type=float, default=256, metavar="MB",
                    help="largest message accepted (a submitted job, a checkpoint); larger frames are refused before "
@@ -853,7 +884,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_coordinator)
 
     p = sub.add_parser("agent", help="run an agent on this physical node")
-    p.add_argument("--coordinator", metavar="tcp://HOST:PORT", help="coordinator address (default: discover by "
+    p.add_argument("--coordinator", metavar="tcp://HOST:PORT", type=endpoint,
+                   help="coordinator address (default: discover by "
                                                                      "multicast beacon)")
     _config_option(p, "agent")
     p.add_argument("--bundle", type=Path, metavar="FILE",
@@ -863,10 +895,12 @@ def build_parser() -> argparse.ArgumentParser:
                                   "config file")
     p.add_argument("--label", action="append", default=[], metavar="K=V", help="a label, e.g. site=library")
     p.add_argument("--keys", metavar="DIR", help="key directory (default HOME/keys)")
-    p.add_argument("--key", help="this agent's key name in the key directory (default: --name)")
+    p.add_argument("--key", metavar="NAME|PATH",
+                   help="this agent's key: a name in the key directory or a .key_secret file (default: --name)")
     p.add_argument("--coordinator-key", metavar="FILE", help="the coordinator's public key file")
-    p.add_argument("--data-host", help="address other nodes reach this node's channels on (default: the address "
-                                        "this machine reaches the coordinator from; 127.0.0.1 for a local one)")
+    p.add_argument("--data-host", metavar="HOST",
+                   help="address other nodes reach this node's channels on (default: the address this machine reaches "
+                        "the coordinator from; 127.0.0.1 for a local one)")
     p.add_argument("--work-dir", type=Path, metavar="DIR",
                    help="where the hosts' sockets and logs go: a private subdirectory per run, removed at stop "
                         "(default: one in the temporary directory)")
@@ -874,9 +908,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where this agent keeps the coordinator's checkpoint replicas; they outlive the agent "
                         "(default: WORK_DIR/replicas, or HOME/replicas/NAME)")
     _memory_option(p)
-    p.add_argument("--metrics-port", type=int, default=0, help="Prometheus metrics port (0: any free port)")
+    p.add_argument("--metrics-port", type=int, default=0, metavar="PORT",
+                   help="Prometheus metrics port (0: any free port)")
     _metrics_bind_option(p)
-    p.add_argument("--discover-timeout", type=float, default=10.0, help="seconds to wait for a beacon")
+    p.add_argument("--discover-timeout", type=float, default=10.0, metavar="S",
+                   help="seconds to wait for a beacon (default %(default)g)")
     p.add_argument("--coordinator-timeout", type=float, metavar="S",
                    help="seconds without a word from the coordinator before registering again (default 10); the "
                         "agent and its hosts never stop because the coordinator is gone")
@@ -976,7 +1012,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                           "every job, agent and the coordinator")
     p.add_argument("--nodes", type=int, default=3, metavar="N",
                    help="agents to start, named node1 .. nodeN (default %(default)s)")
-    p.add_argument("--port", type=int, default=0, help="coordinator port (default: any free port)")
+    p.add_argument("--port", type=int, default=0, metavar="PORT", help="coordinator port (default: any free port)")
     p.add_argument("--detach", action="store_true", help="start in the background and return")
     _cluster_options(p, coordinator=False)
     p.set_defaults(fn=cmd_cluster)
@@ -1009,12 +1045,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # `microstream status --json | head`: the reader has what it wanted
         _quiet_stdout()
         return EXIT_OK
+    except OSError as exc:  # a file or directory that cannot be read or written (`graph -o /read-only/g.svg`)
+        print(f"microstream: {_os_error(exc)}", file=sys.stderr)
+        return EXIT_FAILED
     except MicrostreamError as exc:
         print(f"microstream: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
         print("microstream: interrupted", file=sys.stderr)
         return 130
+
+
+def _os_error(exc: OSError) -> str:
+    """'PATH: No such file or directory' rather than "[Errno 2] No such file or directory: 'PATH'"."""
+    if exc.filename is not None and exc.strerror:
+        return f"{exc.filename}: {exc.strerror}"
+    return str(exc)
 
 
 def _dispatch(argv: list[str]) -> int:

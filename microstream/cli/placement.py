@@ -95,6 +95,9 @@ def load_checked(path: Path) -> tuple[Topology | None, int]:
     except TopologyError as exc:
         print(f"microstream: {exc}", file=sys.stderr)
         return None, EXIT_USAGE
+    except OSError as exc:  # a directory, a file it may not read
+        print(f"microstream: cannot read the topology file {path}: {exc.strerror or exc}", file=sys.stderr)
+        return None, EXIT_USAGE
     errors = topology.check()
     if errors:
         print(f"microstream: {path} has {len(errors)} problem(s):", file=sys.stderr)
@@ -125,6 +128,9 @@ def run_topology(action: str, file: Path) -> int:
         topology = Topology.load(file)
     except TopologyError as exc:
         print(f"microstream: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except OSError as exc:  # a directory, a file it may not read
+        print(f"microstream: cannot read the topology file {file}: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_FAILED
     errors = topology.check()
     if errors:

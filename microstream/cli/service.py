@@ -19,6 +19,7 @@ import os
 import shutil
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -235,14 +236,20 @@ def _systemctl(role: str, enable: bool, progress) -> None:
         progress(f"not enabled (--no-enable): `systemctl enable --now {unit_name(role)}` starts it")
 
 
+EXAMPLES = {"install": "examples:\n  sudo microstream service install agent --config agent.toml\n"
+                       "  microstream service install agent --config agent.toml --root /mnt/sdcard",
+            "show": "examples:\n  microstream service show coordinator --config coordinator.toml"}
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="microstream service", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     for action, text in (("install", "install the configuration and the systemd unit, create the user, enable and "
                                      "start it"),
                          ("show", "print the unit that `install` would write")):
-        p = sub.add_parser(action, help=text)
-        p.add_argument("role", choices=ROLES)
+        p = sub.add_parser(action, help=text, description=textwrap.fill(text[:1].upper() + text[1:] + "."),
+                           epilog=EXAMPLES[action], formatter_class=argparse.RawDescriptionHelpFormatter)
+        p.add_argument("role", choices=ROLES, help="the machine's role: agent or coordinator")
         p.add_argument("--config", type=Path, metavar="FILE",
                        help="the ROLE's configuration (TOML; default: the installed /etc/microstream/ROLE.toml)")
         p.add_argument("--user", default="microstream", help="the dedicated user it runs as (default %(default)s)")
