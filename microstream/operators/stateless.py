@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -54,6 +54,28 @@ def trial_call(fn: Callable[[Batch], Any], schema: Schema, name: str, what: str)
     raise PipelineError(name, f"{what} failed on a test batch ({type(last).__name__}: {last}){where}", fix) from None
 
 
+def sample_call(fn: Callable[[Batch], Any], schema: Schema, rows: int = 2) -> Any:
+    """`fn` on a batch of `rows` zero rows, or None if it fails there: the build-time check of an output's shape,
+    which a function that works on an empty batch but not on zeros (a division, a lookup) must not fail."""
+    try:
+        return fn(empty_batch(schema, rows))
+    except Exception:  # noqa: BLE001 - trial_call has checked the function; this only looks at shapes
+        return None
+
+
+def check_column_shapes(out: Any, rows: int, name: str, what: str) -> None:
+    """A function's columns for a batch of `rows` records: one value per record (or one for all of them)."""
+    if not isinstance(out, Mapping):
+        return
+    for col, value in out.items():
+        shape = np.shape(value)
+        if shape not in ((), (rows,)):
+            raise PipelineError(name, f"{what} returned column '{col}' of shape {shape} for a batch of {rows} "
+                                      f"records; a column needs one value per record",
+                                "return a 1-D array as long as the batch, e.g. b['co2'] * 2 (or one value for "
+                                "all records); to aggregate over records use .window(...).aggregate(...)")
+
+
 def _user_frame(exc: BaseException | None) -> str:
     if exc is None:
         return ""
@@ -86,6 +108,7 @@ class Map(Operator):
         s = inputs[0]
         out = trial_call(self.fn, s, name, "the map function")
         schema = _columns_schema(out, s, name, "the map function")
+        check_column_shapes(sample_call(self.fn, s), 2, name, "the map function")
         fields = dict(schema.fields)
         if self.keep:
             merged = dict(s.fields)
@@ -128,6 +151,14 @@ class Filter(Operator):
         if out.dtype != np.bool_:
             raise PipelineError(name, f"the filter predicate returned {out.dtype}, not a boolean mask",
                                 "return a comparison such as b['CO2'] < 5000, combined with & and |")
+        sample = sample_call(self.fn, inputs[0])
+        shapes = [np.shape(out)] + ([] if sample is None else [np.shape(sample)])
+        expected = [(0,), (2,)][: len(shapes)]
+        if shapes != expected:
+            got = "a single value" if shapes[-1] == () else f"shape {shapes[-1]}"
+            raise PipelineError(name, f"the filter predicate returned {got} for a batch of "
+                                      f"{2 if len(shapes) == 2 else 0} records, not one boolean per record",
+                                "return a comparison on a column, such as b['CO2'] < 5000, combined with & and |")
         return {OUT: inputs[0]}
 
     def process(self, port: int, batch: Batch) -> Emit:
@@ -157,6 +188,7 @@ class FlatMap(Operator):
             raise PipelineError(name, "the flat_map function must return (parent_index, columns)",
                                 "e.g. return np.repeat(np.arange(n), 2), {'value': ...}")
         schema = _columns_schema(out[1], s, name, "the flat_map function")
+        _check_parents(sample_call(self.fn, s), 2, name)
         fields = dict(schema.fields)
         if s.time and s.time not in fields:
             fields = {s.time: s.dtype(s.time), **fields}
@@ -183,6 +215,28 @@ class FlatMap(Operator):
             cols = {self.time: batch[self.time][parent], **cols}
         wm = batch.wm
         return [(OUT, Batch(cols, None if wm is None else wm[parent]))]
+
+
+def _check_parents(out: Any, rows: int, name: str) -> None:
+    """A flat_map's (parent, columns) for a batch of `rows` records: parents index the batch, one per output row."""
+    if not (isinstance(out, tuple) and len(out) == 2):
+        return
+    parent = np.asarray(out[0])
+    if parent.ndim != 1 or parent.dtype.kind not in "iub":
+        raise PipelineError(name, f"the flat_map function returned parent indexes of shape {parent.shape} and "
+                                  f"dtype {parent.dtype}", "return a 1-D integer array: the input row of each output "
+                                                           "row, e.g. np.repeat(np.arange(n), 2)")
+    if len(parent) and (parent.min() < 0 or parent.max() >= rows):
+        raise PipelineError(name, f"the flat_map function returned parent indexes {parent.tolist()[:8]} for a batch "
+                                  f"of {rows} records; each must be an input row, 0..{rows - 1}",
+                            "build them from the batch's length, e.g. n = len(b['co']); np.repeat(np.arange(n), 2)")
+    if isinstance(out[1], Mapping):
+        for col, value in out[1].items():
+            shape = np.shape(value)
+            if shape not in ((), (len(parent),)):
+                raise PipelineError(name, f"the flat_map function returned column '{col}' of shape {shape} with "
+                                          f"{len(parent)} parent indexes; a column needs one value per output row",
+                                    "return columns as long as the parent index array")
 
 
 class MapRecords(Operator):
@@ -224,13 +278,21 @@ class MapRecords(Operator):
 
     def process(self, port: int, batch: Batch) -> Emit:
         rows, parents, bad_pos, bad_rows, bad_why = [], [], [], [], []
-        for i, record in enumerate(batch.to_records()):
+        records = batch.to_records()
+
+        def refuse(i: int, exc: BaseException) -> None:
+            bad_pos.append(f"record {i} of batch")
+            bad_rows.append(repr(records[i]))
+            bad_why.append(f"{type(exc).__name__}: {exc}")
+
+        for i, record in enumerate(records):
             try:
                 out = self.fn(record)
+                if out is not None and not isinstance(out, Mapping):
+                    raise TypeError(f"the function returned {type(out).__name__}, not a dict (or None to drop "
+                                    "the record)")
             except Exception as exc:  # noqa: BLE001 - the record is refused, the pipeline goes on
-                bad_pos.append(f"record {i} of batch")
-                bad_rows.append(repr(record))
-                bad_why.append(f"{type(exc).__name__}: {exc}")
+                refuse(i, exc)
                 continue
             if out is not None:
                 if self.time and self.time not in out:
@@ -238,16 +300,42 @@ class MapRecords(Operator):
                 rows.append(out)
                 parents.append(i)
         emitted: Emit = []
+        try:
+            cols = self._columns(rows)
+        except (TypeError, ValueError, OverflowError):
+            # some record's value is not of its column's type: find which, refuse those, keep the others
+            kept, kept_parents = [], []
+            for out, i in zip(rows, parents, strict=True):
+                try:
+                    self._columns([out])
+                except (TypeError, ValueError, OverflowError) as exc:
+                    refuse(i, exc)
+                    continue
+                kept.append(out)
+                kept_parents.append(i)
+            rows, parents = kept, kept_parents
+            cols = self._columns(rows)
         if rows:
-            cols = {}
-            for name, dtype in self.out_schema.fields:
-                values = [r.get(name) for r in rows]
-                cols[name] = np.asarray(values, dtype=dtype if dtype.kind != "U" else str)
             wm = batch.wm
             emitted.append((OUT, Batch(cols, None if wm is None else wm[np.asarray(parents)])))
         if bad_rows:
             emitted.append((DEAD, dead_letters(self.name, bad_pos, bad_rows, bad_why)))
         return emitted
+
+    def _columns(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]:
+        """The output columns of `rows`; raises naming the column when a value is not of its type (a missing value
+        is None: NaN in a float column)."""
+        cols = {}
+        for name, dtype in self.out_schema.fields:
+            values = [r.get(name) for r in rows]
+            try:
+                cols[name] = np.asarray(values, dtype=dtype if dtype.kind != "U" else str)
+            except (TypeError, ValueError, OverflowError) as exc:
+                if len(rows) == 1:
+                    what = "missing" if name not in rows[0] else f"{values[0]!r} is not {dtype}"
+                    raise ValueError(f"column '{name}': {what} ({exc})") from None
+                raise
+        return cols
 
 
 def _dtype_of_value(v: Any) -> Any:
@@ -345,6 +433,10 @@ class KeyBy(Operator):
         return f"hash({self.key})"
 
     def output_schemas(self, inputs: list[Schema], name: str) -> dict[str, Schema]:
+        if not isinstance(self.key, str):
+            raise PipelineError(name, f"key_by() takes one column name, got {self.key!r}",
+                                "key by one column; for a key of several, make one column first, e.g. "
+                                ".with_columns(room_floor=lambda b: np.char.add(b['room'], b['floor']))")
         dtype = inputs[0].require(self.key, name, "key")
         if dtype.kind not in "biuUS":
             raise PipelineError(name, f"key '{self.key}' has dtype {dtype}; keys must be integers or strings",

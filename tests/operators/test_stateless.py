@@ -62,3 +62,103 @@ def test_select_keeps_time_column_and_union_holds_watermark():
     p.from_iterable([{"t": 1, "a": 1.0, "b": 2.0}], time="t").select("b").sink(out)
     p.run()
     assert out.records() == [{"t": 1, "b": 2.0}]
+
+
+# -- shapes a function returns, checked at build time on a two-record test batch ---------------------------------
+
+def _src():
+    return ms.Pipeline("shapes").from_iterable([{"t": i, "co2": 400.0 + i} for i in range(5)], time="t")
+
+
+@pytest.mark.parametrize(("predicate", "got"), [(lambda b: True, "a single value"),
+                                                (lambda b: np.ones(3, bool), "shape (3,)")])
+def test_a_filter_that_returns_no_mask_per_record_fails_at_build_time(predicate, got):
+    with pytest.raises(ms.PipelineError) as err:
+        _src().filter(predicate, name="keep")
+    assert err.value.operator == "keep" and got in err.value.problem and "not one boolean per record" in str(err.value)
+    assert "b['CO2'] < 5000" in err.value.fix
+
+
+@pytest.mark.parametrize(("fn", "shape"), [(lambda b: {"v": b["co2"][:1]}, "(1,)"),
+                                           (lambda b: {"v": np.stack([b["co2"], b["co2"]], axis=1)}, "(2, 2)")])
+def test_a_map_column_not_one_value_per_record_fails_at_build_time(fn, shape):
+    with pytest.raises(ms.PipelineError) as err:
+        _src().map(fn, name="scaled")
+    assert err.value.operator == "scaled" and f"column 'v' of shape {shape}" in err.value.problem
+    assert "1-D array as long as the batch" in err.value.fix
+
+
+def test_a_map_that_returns_one_value_for_all_records_still_broadcasts():
+    p = ms.Pipeline("broadcast")
+    out = ms.sinks.collect()
+    p.from_iterable([{"co2": 400.0}, {"co2": 500.0}]).map(lambda b: {"co2": b["co2"], "site": "lab"}).sink(out)
+    p.run(verbose=False)
+    assert [r["site"] for r in out.records()] == ["lab", "lab"]
+
+
+def test_a_map_that_fails_only_on_zeros_is_not_refused_by_the_shape_check():
+    p = ms.Pipeline("zeros")
+    out = ms.sinks.collect()
+
+    def ratio(b):
+        if len(b["co2"]) and (b["co2"] == 0).any():
+            raise ZeroDivisionError("a zero reading")
+        return {"r": 1000.0 / b["co2"]}
+
+    p.from_iterable([{"co2": 500.0}]).map(ratio).sink(out)
+    p.run(verbose=False)
+    assert out.records() == [{"r": 2.0}]
+
+
+def test_flat_map_parent_indexes_outside_the_batch_fail_at_build_time():
+    with pytest.raises(ms.PipelineError) as err:
+        _src().flat_map(lambda b: (np.arange(len(b["co2"])) + 1, {"v": b["co2"]}), name="shifted")
+    assert err.value.operator == "shifted" and "parent indexes [1, 2]" in err.value.problem
+    assert "0..1" in err.value.problem
+
+
+def test_flat_map_columns_not_as_long_as_the_parents_fail_at_build_time():
+    def melt(b):
+        n = len(b["co2"])
+        return np.repeat(np.arange(n), 2), {"v": b["co2"]}  # two parents a record, one value
+
+    with pytest.raises(ms.PipelineError, match="column 'v' of shape \\(2,\\) with 4 parent indexes") as err:
+        _src().flat_map(melt, name="melt")
+    assert err.value.operator == "melt"
+
+
+def test_key_by_several_columns_says_to_make_one():
+    with pytest.raises(ms.PipelineError) as err:
+        _src().key_by(["t", "co2"], name="by_two")  # type: ignore[arg-type]
+    assert err.value.operator == "by_two" and "takes one column name" in err.value.problem
+
+
+# -- map_records: a record whose result does not fit goes to the dead letters, the job goes on ------------------
+
+def _map_records(records, fn, schema):
+    p = ms.Pipeline("mr")
+    out, dead = ms.sinks.collect(), ms.sinks.collect()
+    p.from_iterable(records).map_records(fn, schema=schema, name="parse").sink(out)
+    p.dead_letters().sink(dead)
+    result = p.run(verbose=False)
+    return out.records(), dead.records(), result
+
+
+def test_map_records_value_not_of_the_declared_type_is_a_dead_letter():
+    good, dead, result = _map_records([{"raw": "21.5"}, {"raw": "oops"}, {"raw": "22"}],
+                                      lambda r: {"temp": r["raw"]}, {"temp": "float64"})
+    assert good == [{"temp": 21.5}, {"temp": 22.0}] and result.dead_letter_count == 1
+    assert dead[0]["operator"] == "parse" and "{'raw': 'oops'}" in dead[0]["row"]
+    assert "column 'temp': 'oops' is not float64" in dead[0]["reason"]
+
+
+def test_map_records_missing_int_column_and_non_dict_results_are_dead_letters():
+    def fn(r):
+        if r["v"] == 1:
+            return {"n": 1}
+        return {"other": 2} if r["v"] == 2 else [r["v"]]
+
+    good, dead, result = _map_records([{"v": 1}, {"v": 2}, {"v": 3}], fn, {"n": "int64"})
+    assert good == [{"n": 1}] and result.dead_letter_count == 2
+    reasons = {d["row"]: d["reason"] for d in dead}
+    assert "column 'n': missing" in reasons["{'v': 2}"] and "returned list, not a dict" in reasons["{'v': 3}"]
