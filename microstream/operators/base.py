@@ -13,6 +13,8 @@ touch sockets, threads or processes, and declare what the layers above need to k
 
 from __future__ import annotations
 
+import inspect
+import numbers
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..core.batch import Batch
+from ..core.errors import PipelineError
 from ..core.schema import Schema
 from ..core.time import MIN_TIME, now_ns
 
@@ -41,6 +44,28 @@ def dead_letters(operator: str, positions: list[str], rows: list[str], reasons: 
         "row": np.asarray(rows, dtype=str) if n else np.empty(0, "U1"),
         "reason": np.asarray(reasons, dtype=str) if n else np.empty(0, "U1"),
     })
+
+
+def check_scalar_function(fn: Callable | None, args: tuple[Any, ...], name: str, what: str, example: str) -> None:
+    """Build time: a function numba will compile into a loop over records (a state step, a reducer) takes `args`
+    and returns one number. Called once in Python on `args` (a sample), so a wrong signature or a result that is
+    not a number is reported here, naming the operator, and not by numba's type inference inside the run. A call
+    that raises for another reason is left to the compiled run (numba code may behave differently)."""
+    py = getattr(fn, "py_func", fn)
+    if not callable(py):
+        raise PipelineError(name, f"{what} is {type(fn).__name__}, not a function", example)
+    try:
+        inspect.signature(py).bind(*args)
+    except TypeError as exc:
+        raise PipelineError(name, f"{what} must take {len(args)} arguments: {exc}", example) from None
+    except ValueError:
+        return  # no signature to inspect (a builtin): numba will say
+    try:
+        out = py(*args)
+    except Exception:  # noqa: BLE001 - see the docstring
+        return
+    if not isinstance(out, (numbers.Real, np.integer, np.floating, np.bool_)):  # a bool counts as 0 or 1
+        raise PipelineError(name, f"{what} returned {type(out).__name__} ({out!r:.60}), not a number", example)
 
 
 @dataclass

@@ -14,7 +14,7 @@ import numpy as np
 from ..core.batch import Batch
 from ..core.errors import PipelineError
 from ..core.schema import Schema
-from .base import OUT, Emit, Operator
+from .base import OUT, Emit, Operator, check_scalar_function
 from .kernels.dirty import DirtyRows
 from .kernels.keys import KeyIndex
 
@@ -58,14 +58,22 @@ class StatefulMap(Operator):
                  init: float | Iterable[float] = 0.0) -> None:
         self.step = step if hasattr(step, "py_func") else numba.njit(step)
         self.column, self.out = column, out
+        if isinstance(state_size, bool) or not isinstance(state_size, (int, np.integer)) or state_size < 1:
+            raise PipelineError(None, f"state_size must be a whole number of at least 1, got {state_size!r}",
+                                "state_size=2 gives each key a float64 array of two slots")
         self.state_size = max(int(getattr(step, "state_size", state_size)), int(state_size))
         init_arr = np.atleast_1d(np.asarray(init, dtype=np.float64))
         self.init = np.resize(init_arr, self.state_size) if init_arr.size == 1 else init_arr
         if len(self.init) != self.state_size:
-            raise PipelineError(None, f"init has {len(self.init)} values but state_size is {self.state_size}")
+            raise PipelineError(None, f"init has {len(self.init)} values but state_size is {self.state_size}",
+                                "give one number for every slot, or one per slot: as many as state_size")
 
     def describe(self) -> str:
         return f"{self.out} = {getattr(self.step, '__name__', 'step')}({self.column})"
+
+    def _step_name(self) -> str:
+        step = str(getattr(self.step, "__name__", "step"))
+        return step if step.isidentifier() else "state"
 
     def output_schemas(self, inputs: list[Schema], name: str) -> dict[str, Schema]:
         s = inputs[0]
@@ -74,6 +82,16 @@ class StatefulMap(Operator):
         dtype = s.require(self.column, name, "column")
         if dtype.kind not in "biuf":
             raise PipelineError(name, f"column '{self.column}' is {dtype}, not numeric", "use a numeric column")
+        if not isinstance(self.out, str) or not self.out:
+            raise PipelineError(name, f"out= must name the result column, got {self.out!r}", "e.g. out='co2_delta'")
+        for role, col in (("event-time", s.time), ("key", s.key)):
+            if self.out == col:
+                raise PipelineError(name, f"out='{self.out}' would overwrite the stream's {role} column with the "
+                                          "step's float results", f"name the result another column, e.g. "
+                                                                  f"out='{self.column}_{self._step_name()}'")
+        check_scalar_function(self.step, (self.init.copy(), np.int64(0), 0.0), name, "the step function",
+                              "a step is step(state, t, x) -> float: e.g. def step(state, t, x): state[0] += x; "
+                              "return state[0]")
         fields: dict[str, object] = dict(s.fields)
         fields[self.out] = np.float64
         return {OUT: Schema.of(fields, time=s.time, key=s.key)}

@@ -14,7 +14,7 @@ from ..core.errors import PipelineError
 from ..core.schema import TIME_DTYPE, Schema
 from ..core.time import MAX_TIME, MIN_TIME, human_duration
 from ..windows import WindowSpec
-from .base import DEAD, LATE, OUT, Emit, Operator
+from .base import DEAD, LATE, OUT, Emit, Operator, check_scalar_function
 from .kernels import windows as K
 from .kernels.dirty import DirtyRows
 from .kernels.keys import KeyIndex
@@ -96,6 +96,11 @@ class WindowAggregate(Operator):
                 if dtype.kind not in "biuf":
                     raise PipelineError(name, f"{agg.kind}('{agg.column}') needs a numeric column, "
                                               f"'{agg.column}' is {dtype}", "aggregate a numeric column")
+            if agg.kind == "reduce":
+                example = "a reducer is fn(acc, x) -> float, e.g. ms.agg.reduce('v', lambda acc, x: max(acc, abs(x)))"
+                check_scalar_function(agg.fn, (agg.init, 1.0), name, f"the reduce('{agg.column}') function", example)
+                check_scalar_function(agg.merge, (agg.init, agg.init), name, f"the reduce('{agg.column}') merge",
+                                      "merge(acc_a, acc_b) -> float combines two partial results")
         fields: list[tuple[str, Any]] = [(s.key, s.dtype(s.key))]
         fields += window_columns(None)
         fields.append(("pane", np.dtype("U11")))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -147,3 +148,52 @@ def test_user_step_with_state_size_and_init():
 def test_random_streams(data, batch_size):
     recs = [{"k": k, "t": i * 10 + dt, "v": float(v)} for i, (k, v, dt) in enumerate(data)]
     assert_matches(run_state(recs, batch_size), recs)
+
+
+# -- build-time errors: the operator's name and the fix ----------------------------------------------------------
+
+def _keyed():
+    recs = [{"room": "a", "t": i * 10**9, "co2": 400.0 + i} for i in range(3)]
+    return ms.Pipeline("sm").from_iterable(recs, time="t").key_by("room")
+
+
+@pytest.mark.parametrize(("out", "role"), [("t", "event-time"), ("room", "key")])
+def test_out_naming_the_time_or_key_column_is_refused(out, role):
+    with pytest.raises(ms.PipelineError) as err:
+        _keyed().stateful_map(ms.state.delta, "co2", out=out, name="change")
+    assert err.value.operator == "change" and f"overwrite the stream's {role} column" in err.value.problem
+    assert "out='co2_delta'" in err.value.fix
+
+
+def test_out_may_replace_a_value_column():
+    p = ms.Pipeline("replace")
+    out = ms.sinks.collect()
+    p.from_iterable([{"k": 1, "v": 1.0}, {"k": 1, "v": 2.0}]).key_by("k").stateful_map(
+        ms.state.cumsum, "v", out="v").sink(out)
+    p.run(verbose=False)
+    assert [r["v"] for r in out.records()] == [1.0, 3.0]
+
+
+@pytest.mark.parametrize("state_size", [0, -1, 1.5])
+def test_state_size_below_one_is_refused_naming_the_operator(state_size):
+    with pytest.raises(ms.PipelineError) as err:
+        _keyed().stateful_map(ms.state.cumsum, "co2", out="total", state_size=state_size, name="total")
+    assert err.value.operator == "total" and "state_size must be a whole number of at least 1" in err.value.problem
+
+
+def test_init_of_the_wrong_length_names_the_operator():
+    with pytest.raises(ms.PipelineError) as err:
+        _keyed().stateful_map(ms.state.cumsum, "co2", out="total", state_size=2, init=[0.0, 1.0, 2.0], name="total")
+    assert err.value.operator == "total" and "init has 3 values" in err.value.problem and err.value.fix
+
+
+@pytest.mark.parametrize(("step", "problem"), [
+    (lambda state, t, x: {"x": x}, "returned dict"),
+    (lambda state, t, x: None, "returned NoneType"),
+    (lambda state, x: x, "must take 3 arguments"),
+])
+def test_a_step_that_numba_could_not_run_fails_at_build_time(step, problem):
+    with pytest.raises(ms.PipelineError) as err:
+        _keyed().stateful_map(step, "co2", out="y", name="mine")
+    assert err.value.operator == "mine" and problem in err.value.problem
+    assert "step(state, t, x) -> float" in err.value.fix

@@ -689,3 +689,32 @@ def test_windows_that_fire_together_come_out_in_time_order(spec):
         assert len(ends) == 40 + (2 if spec.size > S else 0) and np.all(np.diff(ends) > 0)
         steps = got["step"][mine]
         assert np.isnan(steps[0]) and np.all(steps[1:] >= 0)  # `last` only grows when windows arrive in order
+
+
+# -- your own reducer, and an aggregate() with nothing to aggregate: build-time errors naming the operator --------
+
+def _keyed_windows():
+    recs = [{"room": "a", "t": i * 10**9, "co2": 400.0 + i} for i in range(3)]
+    return ms.Pipeline("reduce").from_iterable(recs, time="t").key_by("room").window(ms.tumbling("10s"))
+
+
+@pytest.mark.parametrize(("fn", "problem"), [
+    (lambda acc, x: {"acc": acc}, "reduce('co2') function returned dict"),
+    (lambda acc: acc, "reduce('co2') function must take 2 arguments"),
+])
+def test_a_reducer_numba_could_not_compile_into_the_window_fails_at_build_time(fn, problem):
+    with pytest.raises(ms.PipelineError) as err:
+        _keyed_windows().aggregate(peak=ms.agg.reduce("co2", fn), name="peak")
+    assert err.value.operator == "peak" and problem in err.value.problem and "fn(acc, x) -> float" in err.value.fix
+
+
+def test_a_reducer_with_a_bad_merge_fails_at_build_time():
+    with pytest.raises(ms.PipelineError, match="reduce\\('co2'\\) merge must take 2 arguments") as err:
+        _keyed_windows().aggregate(total=ms.agg.reduce("co2", lambda a, x: a + x, merge=lambda a: a), name="total")
+    assert err.value.operator == "total"
+
+
+def test_aggregate_with_no_aggregates_names_the_operator():
+    with pytest.raises(ms.PipelineError, match="needs at least one aggregate") as err:
+        _keyed_windows().aggregate(name="nothing")
+    assert err.value.operator == "nothing"
