@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numba
 
 from .core.calls import public
-from .core.errors import PipelineError
+from .core.errors import PipelineError, suggest
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,14 @@ class Aggregate:
     merge: Callable | None = None
     q: float = 0.5          # quantile: which
     cap: int = 0            # quantile: values kept per window for an exact result
+
+    def __post_init__(self) -> None:
+        if self.column is not None and (not isinstance(self.column, str) or not self.column):
+            raise PipelineError(None, f"ms.agg.{self.kind}() takes the name of a column, got {self.column!r}",
+                                f"e.g. ms.agg.{self.kind}('co2')")
+        if isinstance(self.ddof, bool) or not isinstance(self.ddof, int) or self.ddof < 0:
+            raise PipelineError(None, f"ms.agg.{self.kind}(): ddof must be a whole number >= 0, got {self.ddof!r}",
+                                "ddof=1 (the default) for the sample variance, ddof=0 for the population's")
 
     def describe(self) -> str:
         if self.kind == "quantile":
@@ -152,3 +161,18 @@ def reduce(column: str, fn: Callable[[float, float], float], *, init: float = 0.
 def _jit2(fn: Callable) -> Callable:
     py = getattr(fn, "py_func", fn)
     return numba.njit(py)
+
+
+_ALIASES = {"avg": "mean", "average": "mean", "total": "sum", "minimum": "min", "maximum": "max", "stddev": "std",
+            "stdev": "std", "variance": "var", "len": "count", "size": "count", "percentile": "quantile",
+            "p50": "median", "agg": "reduce", "fold": "reduce"}
+AGGREGATES = ("count", "sum", "mean", "min", "max", "var", "std", "first", "last", "quantile", "median", "reduce")
+
+
+def __getattr__(name: str) -> Any:
+    """`ms.agg.avg`: an aggregate that does not exist is an AttributeError that names the one meant."""
+    if name.startswith("__"):
+        raise AttributeError(f"module 'microstream.agg' has no attribute '{name}'")
+    meant = _ALIASES.get(name.lower()) or suggest(name, list(AGGREGATES))
+    hint = f"; did you mean ms.agg.{meant}?" if meant else ""
+    raise AttributeError(f"ms.agg has no aggregate '{name}'{hint} (its aggregates: {', '.join(AGGREGATES)})")

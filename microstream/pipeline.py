@@ -6,8 +6,10 @@ schemas of both sides of a union) and fails at the line that made the mistake.
 
 from __future__ import annotations
 
+import pickle
 import sys
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -107,6 +109,33 @@ def _check_emit(emit: Any) -> None:
 _caller = user_line
 
 
+@contextmanager
+def _naming(where: str) -> Iterator[None]:
+    """An operator's constructor checks its arguments before it has a name: its errors get the name it will have."""
+    try:
+        yield
+    except PipelineError as exc:
+        if exc.operator is not None:
+            raise
+        raise PipelineError(where, exc.problem, exc.fix) from None
+
+
+def _batch_size(value: Any, where: str) -> Any:
+    """A source's `batch_size`: records read per batch, at least 1 (0 read nothing, a negative one never ended)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise PipelineError(where, f"batch_size must be a whole number of records, at least 1, got {value!r}",
+                            "e.g. batch_size=4096, or leave it out for the default")
+    return value
+
+
+def _streams(others: Iterable[Any], where: str, method: str) -> None:
+    for o in others:
+        if not isinstance(o, Stream):
+            raise PipelineError(where, f"{method}() needs streams, got {type(o).__name__}",
+                                f"pass the streams themselves, e.g. a.{method}(b{', c' if method == 'union' else ''})"
+                                + (" (unpack a list with *)" if isinstance(o, (list, tuple)) else ""))
+
+
 class Stream:
     """One output of an operator. Every method adds an operator and returns the new stream.
 
@@ -190,8 +219,9 @@ class Stream:
         >>> w.node.parallelism
         4
         """
-        if n < 1:
-            raise PipelineError(self.node.name, f"parallelism must be >= 1, got {n}")
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+            raise PipelineError(self.node.name, f"parallelism must be a whole number of at least 1, got {n!r}",
+                                "e.g. .with_parallelism(4): four tasks, each with a share of the keys")
         self.node.parallelism = int(n)
         return self
 
@@ -303,7 +333,9 @@ class Stream:
         >>> a.sink(hi); b.sink(lo); _ = p.run(); (hi.records(), lo.records())
         ([{'v': 50}], [{'v': 5}])
         """
-        base = self._then(Split(selector, n), name)
+        with _naming(name or "split"):
+            op = Split(selector, n)
+        base = self._then(op, name)
         return [Stream(self.pipeline, base.node, str(i)) for i in range(n)]
 
     @public
@@ -340,6 +372,16 @@ class Stream:
         >>> a.union(b).sink(out); _ = p.run(); sorted(r["v"] for r in out.records())
         [1, 2]
         """
+        where = name or "union"
+        _streams(others, where, "union")
+        seen = [(self.node.id, self.port)]
+        for o in others:
+            if (o.node.id, o.port) in seen:
+                raise PipelineError(where, f"the stream of '{o.node.name}' is given to union twice, so each of its "
+                                           "records would come out twice",
+                                    "give each stream once; to send one stream to two places, use it twice "
+                                    "downstream instead")
+            seen.append((o.node.id, o.port))
         return self._then(Union(1 + len(others)), name, others)
 
     @public
@@ -371,7 +413,9 @@ class Stream:
         """
         from .operators.stateful_map import StatefulMap
 
-        return self._then(StatefulMap(step, column, out, state_size, init), name)
+        with _naming(name or "stateful_map"):
+            op = StatefulMap(step, column, out, state_size, init)
+        return self._then(op, name)
 
     @public
     def alert(self, column: str, *, above: float | None = None, below: float | None = None,
@@ -468,6 +512,7 @@ class Stream:
         """
         from .operators.join import WindowJoin
 
+        _streams([other], name or "join", "join")
         _check_spec(window, name or "join")
         return self._then(WindowJoin(window, _lateness(lateness, name or "join")), name, [other])
 
@@ -560,7 +605,8 @@ class WindowedStream:
                     raise unknown_option("aggregate", out_name, ["name"])
                 raise PipelineError(name or "window_aggregate", f"'{out_name}' is not an aggregate",
                                     "use ms.agg.count(), ms.agg.mean('col'), ...")
-        op = WindowAggregate(self.spec, aggs, self.lateness, self.processing_time, self.emit, self.partial_late)
+        with _naming(name or "window_aggregate"):
+            op = WindowAggregate(self.spec, aggs, self.lateness, self.processing_time, self.emit, self.partial_late)
         return self.stream._then(op, name)
 
 
@@ -639,7 +685,8 @@ class Pipeline:
         >>> _ = p.run(); out.records()
         [{'t': 1700000000250000000, 'v': 1.0}]
         """
-        source = IterableSource(items, time, _delay(max_delay, name or "from_iterable"), batch_size, schema,
+        where = name or "from_iterable"
+        source = IterableSource(items, time, _delay(max_delay, where), _batch_size(batch_size, where), schema,
                                 time_unit)
         return self.add_source(source, name=name, at=at, idle_after=idle_after)
 
@@ -651,7 +698,9 @@ class Pipeline:
         """Columns already in memory, replayed in batches of `batch_size`. `time`, `time_unit`, `max_delay`,
         `name` and `at` as for `from_iterable` (a `datetime64` column needs no unit); `speed` replays in scaled
         real time (None: as fast as possible; 1.0 real time; 60: a minute of event time per second)."""
-        source = ArraySource(columns, time, _delay(max_delay, name or "from_arrays"), batch_size, speed, time_unit)
+        where = name or "from_arrays"
+        source = ArraySource(columns, time, _delay(max_delay, where), _batch_size(batch_size, where), speed,
+                             time_unit)
         return self.add_source(source, name=name, at=at, idle_after=idle_after)
 
     @public
@@ -678,8 +727,8 @@ class Pipeline:
         from .sources.memory import PandasSource, pandas_columns
 
         where = name or "from_pandas"
-        source = PandasSource(pandas_columns(frame, time, where), time, _delay(max_delay, where), batch_size, speed,
-                              time_unit)
+        source = PandasSource(pandas_columns(frame, time, where), time, _delay(max_delay, where),
+                              _batch_size(batch_size, where), speed, time_unit)
         stream = self.add_source(source, name=name, at=at, idle_after=idle_after)
         return stream.key_by(key) if key else stream
 
@@ -773,6 +822,7 @@ class Pipeline:
         from .sources.mqtt import MqttSource
 
         require("paho.mqtt.client", "read_mqtt")  # the [mqtt] extra: say so here, at the user's line
+        _batch_size(batch_size, name or "read_mqtt")
         source = MqttSource(topic, broker, format=format, schema=schema, time=time, time_unit=time_unit,
                             time_format=time_format, utc_offset=utc_offset, topic_columns=topic_columns, qos=qos,
                             client_id=client_id, max_delay=max_delay, limit=limit, idle_timeout=idle_timeout,
@@ -795,6 +845,8 @@ class Pipeline:
 
         check_options("read_csv", options, ["time", "key", "name", "at",
                                             *options_of(CsvSource, skip=("path", "time")), "idle_after"])
+        if "batch_size" in options:
+            _batch_size(options["batch_size"], name or "read_csv")
         stream = self.add_source(CsvSource(path, time=time, **options), name=name, at=at, idle_after=idle_after)
         return stream.key_by(key) if key else stream
 
@@ -810,6 +862,8 @@ class Pipeline:
 
         check_options("read_jsonl", options, ["time", "key", "name", "at",
                                               *options_of(JsonlSource, skip=("path", "time")), "idle_after"])
+        if "batch_size" in options:
+            _batch_size(options["batch_size"], name or "read_jsonl")
         stream = self.add_source(JsonlSource(path, time=time, **options), name=name, at=at, idle_after=idle_after)
         return stream.key_by(key) if key else stream
 
@@ -823,6 +877,8 @@ class Pipeline:
         from .sources.synthetic import SyntheticSource
 
         check_options("synthetic", options, ["name", "at", *options_of(SyntheticSource), "idle_after"])
+        if "batch_size" in options:
+            _batch_size(options["batch_size"], name or "synthetic")
         return self.add_source(SyntheticSource(**options), name=name, at=at, idle_after=idle_after)
 
     @public
@@ -879,7 +935,13 @@ class Pipeline:
         count_run()
         runner = active_runner()
         if runner is not None:
-            return runner(self)
+            try:
+                return runner(self)
+            except (TypeError, AttributeError, pickle.PicklingError) as exc:  # what pickling a job raises
+                problem = self.graph.shipping_problem()
+                if problem is None:
+                    raise
+                raise problem from exc
         if quiet():
             return LocalRuntime(self.graph, verbose=False).run()
         terminal = sys.stderr.isatty()

@@ -173,3 +173,110 @@ def test_run_twice_gives_same_results():
     first = out.records()
     p.run()
     assert out.records() == first and sum(r["n"] for r in first) == 100
+
+
+# -- mistakes found in an audit of build-time errors: each names the operator and the fix -------------------------
+
+@pytest.mark.parametrize("n", [0, "4", 2.5, True])
+def test_parallelism_that_is_not_a_whole_number_of_at_least_one_is_refused(n):
+    s = ms.Pipeline("par").from_iterable(RECORDS, time="t").map(lambda b: {"v": b["co2"]}, name="scale")
+    with pytest.raises(ms.PipelineError, match="parallelism must be a whole number of at least 1") as err:
+        s.with_parallelism(n)
+    assert err.value.operator == "scale" and err.value.fix
+
+
+@pytest.mark.parametrize("batch_size", [0, -1, 2.5])
+def test_a_batch_size_below_one_is_refused_rather_than_reading_nothing_or_never_ending(batch_size, tmp_path):
+    path = tmp_path / "r.csv"
+    path.write_text("t,v\n2024-01-01 00:00:00,1\n")
+    p = ms.Pipeline("bs")
+    for add in (lambda: p.from_iterable(RECORDS, batch_size=batch_size, name="it"),
+                lambda: p.from_arrays({"v": np.arange(3.0)}, batch_size=batch_size, name="it"),
+                lambda: p.read_csv(path, time="t", batch_size=batch_size, name="it")):
+        with pytest.raises(ms.PipelineError, match="batch_size must be a whole number of records") as err:
+            add()
+        assert err.value.operator == "it" and "batch_size=4096" in err.value.fix
+
+
+def test_union_of_a_stream_with_itself_is_refused():
+    p = ms.Pipeline("twice")
+    a = p.from_iterable(RECORDS, time="t", name="rooms")
+    with pytest.raises(ms.PipelineError, match="the stream of 'rooms' is given to union twice") as err:
+        a.union(a, name="all")
+    assert err.value.operator == "all" and err.value.fix
+
+
+def test_union_of_two_outputs_of_one_split_is_allowed():
+    p = ms.Pipeline("split_union")
+    out = ms.sinks.collect()
+    hi, lo = p.from_iterable(RECORDS, time="t").split(lambda b: b["co2"] > 402)
+    hi.union(lo).sink(out)
+    p.run(verbose=False)
+    assert len(out.records()) == len(RECORDS)
+
+
+def test_union_and_join_with_something_that_is_not_a_stream_say_so():
+    p = ms.Pipeline("not_streams")
+    a = p.from_iterable(RECORDS, time="t").key_by("room")
+    b = p.from_iterable(RECORDS, time="t").key_by("room")
+    with pytest.raises(ms.PipelineError, match="union\\(\\) needs streams, got list") as err:
+        a.union([b], name="u")
+    assert err.value.operator == "u" and "unpack a list with *" in err.value.fix
+    with pytest.raises(ms.PipelineError, match="join\\(\\) needs streams, got str") as err:
+        a.join("b", ms.tumbling("10s"), name="j")  # type: ignore[arg-type]
+    assert err.value.operator == "j"
+
+
+@pytest.mark.parametrize("name", ["", "  ", 5])
+def test_an_operator_name_that_is_not_text_is_refused(name):
+    s = ms.Pipeline("names").from_iterable(RECORDS, time="t")
+    with pytest.raises(ms.PipelineError, match="is not a name") as err:
+        s.map(lambda b: {"v": b["co2"]}, name=name)
+    assert err.value.operator == "map" and "name=" in err.value.fix
+
+
+def test_split_into_one_stream_names_the_operator():
+    with pytest.raises(ms.PipelineError, match="split into 1 streams") as err:
+        ms.Pipeline("one").from_iterable(RECORDS).split(lambda b: b["co2"] > 0, n=1, name="halves")
+    assert err.value.operator == "halves"
+
+
+def test_a_function_that_captured_a_lock_is_named_when_the_job_is_sent_to_a_cluster():
+    """`microstream submit` runs the script with `Pipeline.run` sending the job to the coordinator, cloudpickled.
+    A function that captured a lock cannot be sent: the error names the operator and says what to do, where it
+    was a bare "TypeError: cannot pickle '_thread.lock' object". Here a real client and a socket in the
+    coordinator's place; nothing reaches it."""
+    import threading
+
+    import zmq
+
+    from microstream.cluster.client import Client, ClusterAddress
+    from microstream.runtime.local import set_runner
+
+    lock = threading.Lock()
+
+    def guarded(b):
+        with lock:
+            return {"v": b["co2"] * 2}
+
+    p = ms.Pipeline("locked")
+    p.from_iterable(RECORDS, time="t").map(guarded, name="guarded").sink(ms.sinks.collect())
+    ctx = zmq.Context()
+    coordinator = ctx.socket(zmq.ROUTER)
+    try:
+        port = coordinator.bind_to_random_port("tcp://127.0.0.1")
+        with Client(ClusterAddress(f"tcp://127.0.0.1:{port}"), timeout=60) as client:
+            token = set_runner(lambda pipeline, **_: client.submit(pipeline, output=None))
+            try:
+                with pytest.raises(ms.PipelineError) as err:
+                    p.run()
+            finally:
+                token.var.reset(token)
+        assert not coordinator.poll(0), "a job that cannot be pickled was sent"
+    finally:
+        coordinator.close(linger=0)
+        ctx.term()
+    assert err.value.operator == "guarded" and "cannot pickle '_thread.lock' object" in err.value.problem
+    assert "test_pipeline.py" in err.value.problem and "create it inside the function" in err.value.fix
+    assert "cannot pickle" in str(err.value.__cause__)
+    p.run(verbose=False)  # locally nothing is pickled: the same pipeline runs

@@ -97,6 +97,9 @@ class LogicalGraph:
 
     def _unique_name(self, name: str | None, kind: str) -> str:
         if name is not None:
+            if not isinstance(name, str) or not name.strip():
+                raise PipelineError(kind, f"name={name!r} is not a name", f"name the operator with text, e.g. "
+                                                                          f"name='{kind}_1', or leave name= out")
             if name in self._names:
                 raise PipelineError(name, "this name is already used by another operator",
                                     "give each operator a unique name=")
@@ -165,6 +168,23 @@ class LogicalGraph:
                                         "add a sink, e.g. .sink(ms.sinks.print()), or remove the operator")
         if not any(n.is_sink for n in order):
             raise PipelineError(None, f"pipeline '{self.name}' has no sink", "add .sink(...) to a stream")
+
+    def shipping_problem(self) -> PipelineError | None:
+        """The first operator that cannot be sent to a cluster's agents (cloudpickled, as a job is): e.g. a function
+        that captured a lock, an open socket or file, or a database connection from the script. None if every one
+        can be. Costly for operators holding large data (it pickles each), so it is asked when shipping failed."""
+        import cloudpickle
+
+        for node in self.nodes.values():
+            try:
+                cloudpickle.dumps(node.op)
+            except Exception as exc:  # noqa: BLE001 - whatever pickling refuses, the operator is named
+                return PipelineError(node.name, f"cannot be sent to the cluster's agents (defined at {node.where}): "
+                                                f"{type(exc).__name__}: {exc}",
+                                     "a function that runs on the cluster must not capture a lock, an open socket or "
+                                     "file, or a connection from the script: create it inside the function (or in "
+                                     "a source's or sink's open()), and capture only plain values")
+        return None
 
     # -- pictures ---------------------------------------------------------------------------------
     def describe(self) -> str:
