@@ -280,3 +280,32 @@ def test_a_function_that_captured_a_lock_is_named_when_the_job_is_sent_to_a_clus
     assert "test_pipeline.py" in err.value.problem and "create it inside the function" in err.value.fix
     assert "cannot pickle" in str(err.value.__cause__)
     p.run(verbose=False)  # locally nothing is pickled: the same pipeline runs
+
+
+def test_an_operator_whose_schema_check_fails_unexpectedly_is_named():
+    """An operator of the user's own (or a source option no check covers, such as a misspelt column type) whose
+    output_schemas raises a plain exception: the PipelineError names the operator; the original is its cause."""
+
+    class Rename(ms.Operator):
+        kind = "rename"
+
+        def __init__(self, mapping):
+            self.mapping = mapping
+
+        def output_schemas(self, inputs, name):
+            fields = {self.mapping[n]: d for n, d in inputs[0].fields}  # KeyError for a column not mapped
+            return {"out": ms.Schema.of(fields)}
+
+    s = ms.Pipeline("own").from_iterable(RECORDS, time="t")
+    with pytest.raises(ms.PipelineError) as err:
+        s.apply(Rename({"co2": "CO2"}), name="rename_co2")
+    assert err.value.operator == "rename_co2" and "KeyError: 'room'" in err.value.problem
+    assert isinstance(err.value.__cause__, KeyError) and "this rename" in err.value.fix
+
+
+def test_a_misspelt_csv_column_type_names_the_source(tmp_path):
+    path = tmp_path / "r.csv"
+    path.write_text("t,co2\n2024-01-01 00:00:00,400\n")
+    with pytest.raises(ms.PipelineError, match="KeyError: 'flot'") as err:
+        ms.Pipeline("types").read_csv(path, time="t", columns={"co2": "flot"}, name="rooms")
+    assert err.value.operator == "rooms"

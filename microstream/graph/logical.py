@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from ..core.batch import Batch
-from ..core.errors import PipelineError
+from ..core.errors import MicrostreamError, PipelineError
 from ..core.schema import Schema
 from ..operators.base import DEAD, DEAD_LETTER_SCHEMA, OUT, Emit, Operator
 
@@ -86,6 +86,13 @@ class LogicalGraph:
             if exc.operator is None:
                 raise PipelineError(name, exc.problem, exc.fix) from None
             raise
+        except MicrostreamError:
+            raise
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
+            # a check the operator lacks (a source's option, an operator of the user's own): name it at least
+            raise PipelineError(name, f"could not work out its output columns ({type(exc).__name__}: {exc})",
+                                f"check the arguments given to this {op.kind} (column names, types and options) "
+                                "against its documentation") from exc
         if DEAD in op.side_ports():
             out = {**out, DEAD: DEAD_LETTER_SCHEMA}
         node = Node(len(self.nodes), name, op, list(inputs), where, out, at, parallelism)
