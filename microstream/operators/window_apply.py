@@ -140,6 +140,12 @@ class WindowApply(Operator):
             values = _rows(self.fn(window), self.name)
             n = len(next(iter(values.values()))) if values else 1
             end = start + self.spec.size
+            missing = [c for c, _ in self.out_schema.fields[4:] if c not in values]
+            if missing:
+                raise OperatorError(self.name, ValueError(
+                    f"the window function returned the columns {sorted(values)} for key {key!r}, window starting "
+                    f"at {start}, without {missing}; it must return the same columns for every window (those of "
+                    f"schema= or of its call on a sample window)"))
             row = {self.key_col: np.full(n, key), "window_start": np.full(n, start, np.int64),
                    "window_end": np.full(n, end, np.int64), "window_time": np.full(n, end - 1, np.int64)}
             parts.append({**row, **values})

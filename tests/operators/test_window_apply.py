@@ -89,3 +89,19 @@ def test_rows_per_window_a_declared_schema_and_the_refusals():
         s.window(ms.session("5s")).apply(stats)
     with pytest.raises(ms.PipelineError, match="clashes"):
         s.window(ms.tumbling("3s")).apply(lambda w: {"window_end": 1})
+
+
+def test_a_window_function_that_drops_a_column_for_some_window_says_which():
+    """A column missing from one window's result failed with a bare KeyError naming only the column."""
+    p = ms.Pipeline("drops")
+    recs = [{"k": "a", "t": t * 10**9, "v": float(t)} for t in (0, 1, 2, 5)]
+
+    def stats(w):
+        return {"n": len(w["v"])} if len(w["v"]) < 3 else {"m": 1}
+
+    p.from_iterable(recs, time="t").key_by("k").window(ms.tumbling("4s")).apply(stats, name="stats").sink(
+        ms.sinks.collect())
+    with pytest.raises(ms.OperatorError) as err:
+        p.run(verbose=False)
+    assert err.value.operator == "stats"
+    assert "returned the columns ['m'] for key 'a', window starting at 0, without ['n']" in str(err.value)
