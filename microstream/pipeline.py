@@ -222,6 +222,10 @@ class Stream:
         if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
             raise PipelineError(self.node.name, f"parallelism must be a whole number of at least 1, got {n!r}",
                                 "e.g. .with_parallelism(4): four tasks, each with a share of the keys")
+        if n > 1 and (self.node.is_source or isinstance(self.node.op, DeadLetterHub)):
+            raise PipelineError(self.node.name, "sources, sinks and the dead-letter stream run as one task",
+                                "set parallelism on the operators after it, e.g. "
+                                "p.read_csv(...).key_by('room').window(...).aggregate(...).with_parallelism(4)")
         self.node.parallelism = int(n)
         return self
 

@@ -309,3 +309,15 @@ def test_a_misspelt_csv_column_type_names_the_source(tmp_path):
     with pytest.raises(ms.PipelineError, match="KeyError: 'flot'") as err:
         ms.Pipeline("types").read_csv(path, time="t", columns={"co2": "flot"}, name="rooms")
     assert err.value.operator == "rooms"
+
+
+def test_parallelism_on_a_source_is_refused_where_it_is_asked_for():
+    """It was refused only when the run planned its tasks, after the whole script had been built."""
+    p = ms.Pipeline("par_source")
+    src = p.from_iterable(RECORDS, time="t", name="rooms")
+    with pytest.raises(ms.PipelineError, match="sources, sinks and the dead-letter stream run as one task") as err:
+        src.with_parallelism(2)
+    assert err.value.operator == "rooms" and "operators after it" in err.value.fix
+    with pytest.raises(ms.PipelineError, match="run as one task"):
+        p.dead_letters().with_parallelism(2)
+    assert src.with_parallelism(1) is src
