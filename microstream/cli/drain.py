@@ -14,6 +14,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from .script import seconds
+
 EXIT_OK, EXIT_FAILED = 0, 1
 POLL = 0.25   # seconds between two looks at the drain
 
@@ -28,7 +30,7 @@ def add_parsers(sub: Any, cluster_options: Callable[[argparse.ArgumentParser], N
                                    "time, to where the placement engine puts them. Exit 0 when drained, 1 when "
                                    "something cannot move (a pinned source says why) or --timeout passes.")
     p.add_argument("node", help="the agent's name (see `microstream status`)")
-    p.add_argument("--timeout", type=float, default=600.0, metavar="S",
+    p.add_argument("--timeout", type=seconds, default=600.0, metavar="S",
                    help="stop waiting after S seconds (default %(default)g; the drain goes on)")
     p.add_argument("-q", "--quiet", action="store_true", help="print only the outcome")
     cluster_options(p)

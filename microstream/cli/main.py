@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,7 +24,7 @@ from typing import Any
 
 from .. import __version__
 from ..core.errors import MicrostreamError
-from .script import EXIT_FAILED, EXIT_OK, EXIT_USAGE, pipelines_of, run_script
+from .script import EXIT_FAILED, EXIT_OK, EXIT_USAGE, count, pipelines_of, port, run_script, seconds, zmq_address
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -711,7 +710,7 @@ def _discovery_options(p: argparse.ArgumentParser) -> None:
     from ..cluster.discovery import DEFAULT_PORT
 
     p.add_argument("--interface", metavar="IP", help="network interface (its address) for the multicast beacon")
-    p.add_argument("--beacon-port", type=int, default=DEFAULT_PORT, metavar="PORT",
+    p.add_argument("--beacon-port", type=port, default=DEFAULT_PORT, metavar="PORT",
                    help="UDP port of the beacon (default %(default)s)")
 
 
@@ -721,24 +720,9 @@ def _metrics_bind_option(p: argparse.ArgumentParser) -> None:
                         "LAN address for a Prometheus server on another machine)")
 
 
-_ENDPOINT = re.compile(r"tcp://(\[[0-9A-Fa-f:.]+\]|[^\s:/\[\]]+):(\d{1,5}|\*)|ipc://\S+")
-
-
-def endpoint(text: str) -> str:
-    """A ZeroMQ address as --coordinator and --bind take it (tcp://HOST:PORT), checked as the command line is read:
-    ZeroMQ would refuse another one with a traceback.
-
-    >>> endpoint("tcp://pi01:7077")
-    'tcp://pi01:7077'
-    """
-    if not _ENDPOINT.fullmatch(text):
-        raise argparse.ArgumentTypeError(f"{text!r} is not an address: write tcp://HOST:PORT, e.g. tcp://pi01:7077")
-    return text
-
-
 def _cluster_options(p: argparse.ArgumentParser, coordinator: bool = True) -> None:
     if coordinator:
-        p.add_argument("--coordinator", metavar="tcp://HOST:PORT", type=endpoint,
+        p.add_argument("--coordinator", metavar="tcp://HOST:PORT", type=zmq_address,
                        help="coordinator address (default: the embedded cluster recorded in --home)")
         p.add_argument("--key", default=os.environ.get("MICROSTREAM_KEY") or "client", metavar="NAME|PATH",
                        help="your key: a name in HOME/keys (NAME.key_secret) or a .key_secret file, trusted on the "
@@ -836,7 +820,7 @@ def build_parser() -> argparse.ArgumentParser:
     from ..cluster.registry import AGENT_TIMEOUT
 
     p = sub.add_parser("coordinator", help="run a coordinator")
-    p.add_argument("--bind", default="tcp://127.0.0.1:7077", type=endpoint, metavar="tcp://HOST:PORT",
+    p.add_argument("--bind", default="tcp://127.0.0.1:7077", type=zmq_address, metavar="tcp://HOST:PORT",
                    help="address to listen on (default %(default)s: this machine only; for agents and clients on other "
                         "machines: --bind tcp://0.0.0.0:7077 or the LAN address)")
     p.add_argument("--keys", metavar="DIR", help="key directory (default HOME/keys): coordinator.key_secret and "
@@ -844,7 +828,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--key", help=argparse.SUPPRESS)
     _config_option(p, "coordinator")
     _memory_option(p)
-    p.add_argument("--metrics-port", type=int, default=9464, metavar="PORT",
+    p.add_argument("--metrics-port", type=port, default=9464, metavar="PORT",
                    help="Prometheus metrics port (0: any free port)")
     _metrics_bind_option(p)
     p.add_argument("--max-message", type=float, default=256, metavar="MB",
@@ -884,7 +868,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_coordinator)
 
     p = sub.add_parser("agent", help="run an agent on this physical node")
-    p.add_argument("--coordinator", metavar="tcp://HOST:PORT", type=endpoint,
+    p.add_argument("--coordinator", metavar="tcp://HOST:PORT", type=zmq_address,
                    help="coordinator address (default: discover by "
                                                                      "multicast beacon)")
     _config_option(p, "agent")
@@ -908,7 +892,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where this agent keeps the coordinator's checkpoint replicas; they outlive the agent "
                         "(default: WORK_DIR/replicas, or HOME/replicas/NAME)")
     _memory_option(p)
-    p.add_argument("--metrics-port", type=int, default=0, metavar="PORT",
+    p.add_argument("--metrics-port", type=port, default=0, metavar="PORT",
                    help="Prometheus metrics port (0: any free port)")
     _metrics_bind_option(p)
     p.add_argument("--discover-timeout", type=float, default=10.0, metavar="S",
@@ -923,8 +907,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("submit", help="run a pipeline script on the cluster (prints the job id first)")
     p.add_argument("script", type=Path, help="a pipeline script (Python; it ends with p.run())")
     p.add_argument("--detach", action="store_true", help="return once the job is deployed")
-    p.add_argument("--timeout", type=float, metavar="S", help="stop waiting after S seconds (the job goes on; "
-                                                                "`microstream status JOB --wait` waits again)")
+    p.add_argument("--timeout", type=seconds, metavar="S",
+                   help="stop waiting after S seconds (the job goes on; `microstream status JOB --wait` waits again)")
     _cluster_options(p)
     p.set_defaults(fn=cmd_submit)
 
@@ -933,8 +917,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("job", nargs="?", help="a job id (as `submit` printed it); an ended one too")
     p.add_argument("--json", action="store_true", help="the whole status as JSON (with --watch: one line each time)")
     p.add_argument("--wait", action="store_true", help="re-attach to JOB: wait for its end and say how it ended")
-    p.add_argument("--timeout", type=float, metavar="S", help="with --wait: stop waiting after S seconds")
-    p.add_argument("--watch", type=float, nargs="?", const=2.0, metavar="SECONDS",
+    p.add_argument("--timeout", type=seconds, metavar="S", help="with --wait: stop waiting after S seconds")
+    p.add_argument("--watch", type=seconds, nargs="?", const=2.0, metavar="SECONDS",
                    help="show it again every SECONDS (default 2) until Ctrl-C")
     _cluster_options(p)
     p.set_defaults(fn=cmd_status)
@@ -943,7 +927,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("job", help="a job id (as `submit` printed it); an ended one too")
     p.add_argument("vnode", nargs="?", help="only this virtual node's lines, e.g. vn1")
     p.add_argument("--follow", "-f", action="store_true", help="keep showing new lines until the job ends")
-    p.add_argument("--timeout", type=float, metavar="S", help="with --follow: stop after S seconds")
+    p.add_argument("--timeout", type=seconds, metavar="S", help="with --follow: stop after S seconds")
     _cluster_options(p)
     p.set_defaults(fn=cmd_logs)
 
@@ -1010,9 +994,10 @@ def build_parser() -> argparse.ArgumentParser:
                                        "(up again when only its coordinator died restarts that)")
     p.add_argument("action", choices=["up", "down"], help="up: start it (or restart its coordinator); down: stop "
                                                           "every job, agent and the coordinator")
-    p.add_argument("--nodes", type=int, default=3, metavar="N",
+    p.add_argument("--nodes", type=count, default=3, metavar="N",
                    help="agents to start, named node1 .. nodeN (default %(default)s)")
-    p.add_argument("--port", type=int, default=0, metavar="PORT", help="coordinator port (default: any free port)")
+    p.add_argument("--port", type=port, default=0, metavar="PORT",
+                   help="coordinator port (default: any free port)")
     p.add_argument("--detach", action="store_true", help="start in the background and return")
     _cluster_options(p, coordinator=False)
     p.set_defaults(fn=cmd_cluster)

@@ -1,10 +1,16 @@
 """Loading a user's pipeline script: run it as `__main__` with `Pipeline.run` replaced (dry runs, cluster
-submission), report its errors at the user's line, and the exit codes every command shares.
+submission), report its errors at the user's line, and the exit codes every command shares. Also the types of
+command-line values (`zmq_address`, `seconds`, `count`, `port`), checked as the command line is read: a bad one is a
+usage error (exit 2, with the verb's usage), not a traceback or a surprise later (`--nodes -1`, `--timeout -5`,
+`--coordinator pi01:7077`).
 """
 
 from __future__ import annotations
 
+import argparse
+import math
 import os
+import re
 import runpy
 import sys
 import traceback
@@ -92,3 +98,63 @@ def pipelines_of(script: Path) -> tuple[int, list[Any]]:
         print(f"microstream: {script.name} built no pipeline (it never called pipeline.run())", file=sys.stderr)
         return EXIT_USAGE, []
     return code, found
+
+
+# -- types of command-line values --------------------------------------------------------------------------
+
+_ENDPOINT = re.compile(r"tcp://(\[[0-9A-Fa-f:.]+\]|[^\s:/\[\]]+):(\d{1,5}|\*)|ipc://\S+")
+
+
+def zmq_address(text: str) -> str:
+    """A ZeroMQ address as --coordinator and --bind take it (tcp://HOST:PORT); ZeroMQ refuses another one with a
+    traceback.
+
+    >>> zmq_address("tcp://pi01:7077")
+    'tcp://pi01:7077'
+    """
+    if not _ENDPOINT.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not an address: write tcp://HOST:PORT, e.g. tcp://pi01:7077")
+    return text
+
+
+def seconds(text: str) -> float:
+    """A duration in seconds, more than 0 (a timeout, an interval).
+
+    >>> seconds("2.5")
+    2.5
+    """
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value > 0 or math.isinf(value):
+        raise argparse.ArgumentTypeError(f"{text!r}: give a number of seconds above 0")
+    return value
+
+
+def count(text: str) -> int:
+    """A whole number, 0 or more (agents to start).
+
+    >>> count("3")
+    3
+    """
+    return _whole(text, 0, None, "give a number 0 or more")
+
+
+def port(text: str) -> int:
+    """A TCP or UDP port, 0 (any free port) to 65535.
+
+    >>> port("7077")
+    7077
+    """
+    return _whole(text, 0, 65535, "a port is 0 (any free one) to 65535")
+
+
+def _whole(text: str, low: int, high: int | None, rule: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < low or (high is not None and value > high):
+        raise argparse.ArgumentTypeError(f"{text!r}: {rule}")
+    return value

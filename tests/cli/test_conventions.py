@@ -191,3 +191,13 @@ def test_a_coordinator_address_is_checked_as_the_command_line_is_read(tmp_path):
             "--home", str(tmp_path))
     assert r.returncode == 1 and "cannot listen on tcp://256.1.1.1:7077" in r.stderr, r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_a_bad_value_is_a_usage_error_with_the_verbs_usage_before_anything_starts(tmp_path):
+    for verb, says in ((["cluster", "up", "--nodes", "-1"], "argument --nodes: '-1': give a number 0 or more"),
+                       (["status", "--watch", "0"], "argument --watch: '0': give a number of seconds above 0"),
+                       (["coordinator", "--metrics-port", "70000"], "'70000': a port is 0 (any free one) to 65535")):
+        r = cli(*verb, "--home", str(tmp_path))
+        assert r.returncode == 2 and f"usage: microstream {verb[0]}" in r.stderr and says in r.stderr, r.stderr
+        assert "Traceback" not in r.stderr and not r.stdout
+    assert not list(tmp_path.iterdir())   # no cluster started, no state written
