@@ -276,6 +276,9 @@ class Stream:
     @public
     def select(self, *columns: str, name: str | None = None) -> Stream:
         """Keep only the named columns (and the event-time column)."""
+        if not columns:
+            raise PipelineError(name or "select", "select() needs the columns to keep",
+                                f"e.g. .select({', '.join(repr(c) for c in self.schema.names[:2])})")
         for c in columns:
             self.schema.require(c, name or "select", "column")
         cols = list(columns)
@@ -494,7 +497,9 @@ class Stream:
         [(10, 4.5), (10, 14.5), (5, 22.0)]
         """
         if time not in ("event", "processing"):
-            raise PipelineError("window", f"time must be 'event' or 'processing', got {time!r}")
+            raise PipelineError("window", f"time must be 'event' or 'processing', got {time!r}",
+                                "time='event' (the default) windows by the records' event time, time='processing' "
+                                "by the clock when they arrive")
         _check_spec(spec, "window")
         _check_emit(emit)
         return WindowedStream(self, spec, _lateness(lateness, "window"), time == "processing", emit,
@@ -531,7 +536,9 @@ class Stream:
         """A side output of this stream's operator by name, e.g. `join.side("late_right")`."""
         if port not in self.node.out_schemas or port == OUT:
             ports = [p for p in self.node.out_schemas if p != OUT]
+            meant = suggest(str(port), ports)
             raise PipelineError(self.node.name, f"has no side output '{port}'; it has {ports}",
+                                f"did you mean .side({meant!r})?" if meant else
                                 "late records exist only for windows and joins")
         return Stream(self.pipeline, self.node, port)
 

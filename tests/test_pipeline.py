@@ -321,3 +321,29 @@ def test_parallelism_on_a_source_is_refused_where_it_is_asked_for():
     with pytest.raises(ms.PipelineError, match="run as one task"):
         p.dead_letters().with_parallelism(2)
     assert src.with_parallelism(1) is src
+
+
+def test_an_operator_object_used_twice_is_told_to_make_a_new_one_of_its_own_class():
+    class Passthrough(ms.Operator):
+        kind = "passthrough"
+
+        def process(self, port, batch):
+            return [("out", batch)]
+
+    op = Passthrough()
+    s = ms.Pipeline("twice_op").from_iterable(RECORDS, time="t")
+    s.apply(op)
+    with pytest.raises(ms.PipelineError, match="already part of a pipeline") as err:
+        s.apply(op, name="again")
+    assert err.value.fix == "create a new Passthrough(...) for each use"
+
+
+def test_a_misspelt_side_output_and_window_clock_say_what_was_meant():
+    s = ms.Pipeline("sides").from_iterable(RECORDS, time="t").key_by("room")
+    w = s.window(ms.tumbling("10s")).aggregate(n=ms.agg.count(), name="per_10s")
+    with pytest.raises(ms.PipelineError, match="has no side output 'lates'") as err:
+        w.side("lates")
+    assert err.value.operator == "per_10s" and err.value.fix == "did you mean .side('late')?"
+    with pytest.raises(ms.PipelineError, match="time must be 'event' or 'processing'") as err:
+        s.window(ms.tumbling("10s"), time="proc")
+    assert "time='processing'" in err.value.fix

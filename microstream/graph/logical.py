@@ -77,7 +77,8 @@ class LogicalGraph:
                 raise PipelineError(name, f"'{self.nodes[src].name}' has no output '{port}'")
         if op.__dict__.get("_frozen"):
             raise PipelineError(name, f"this {op.kind} object is already part of a pipeline",
-                                f"create a new one for each use, e.g. a second ms.sinks.{op.kind}(...)")
+                                f"create a new one for each use, e.g. a second ms.sinks.{op.kind}(...)"
+                                if not op.output_ports() else f"create a new {type(op).__name__}(...) for each use")
         op.n_inputs = op.n_inputs if op.n_inputs == 0 else len(inputs)
         schemas = [self.nodes[s].out_schemas[p] for s, p in inputs]
         try:

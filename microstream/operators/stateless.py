@@ -84,6 +84,19 @@ def _user_frame(exc: BaseException | None) -> str:
     return f" at {frames[-1].filename}:{frames[-1].lineno}" if frames else ""
 
 
+def check_roles(before: Schema, fields: Mapping[str, Any], name: str, what: str) -> None:
+    """A function may return the event-time or key column anew, but not as a type that cannot be one: a float
+    time column would still be called the event time, a float key still the key."""
+    if before.time and before.time in fields and np.dtype(fields[before.time]) != np.int64:
+        raise PipelineError(name, f"{what} returns the event-time column '{before.time}' as "
+                                  f"{np.dtype(fields[before.time])}; event time is int64 nanoseconds",
+                            f"give the new values another name, or return int64 nanoseconds in '{before.time}'")
+    if before.key and before.key in fields and np.dtype(fields[before.key]).kind not in "biuUS":
+        raise PipelineError(name, f"{what} returns the key column '{before.key}' as "
+                                  f"{np.dtype(fields[before.key])}; keys are integers or strings",
+                            f"give the new values another name, or return an int or str column '{before.key}'")
+
+
 def _columns_schema(out: Any, schema: Schema, name: str, what: str) -> Schema:
     if not isinstance(out, Mapping):
         raise PipelineError(name, f"{what} must return a mapping of column name to array, got "
@@ -110,6 +123,7 @@ class Map(Operator):
         schema = _columns_schema(out, s, name, "the map function")
         check_column_shapes(sample_call(self.fn, s), 2, name, "the map function")
         fields = dict(schema.fields)
+        check_roles(s, fields, name, "the map function")
         if self.keep:
             merged = dict(s.fields)
             merged.update(fields)
@@ -190,6 +204,7 @@ class FlatMap(Operator):
         schema = _columns_schema(out[1], s, name, "the flat_map function")
         _check_parents(sample_call(self.fn, s), 2, name)
         fields = dict(schema.fields)
+        check_roles(s, fields, name, "the flat_map function")
         if s.time and s.time not in fields:
             fields = {s.time: s.dtype(s.time), **fields}
         return {OUT: Schema.of(fields, time=s.time, key=s.key if s.key in fields else None)}

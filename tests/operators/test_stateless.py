@@ -162,3 +162,21 @@ def test_map_records_missing_int_column_and_non_dict_results_are_dead_letters():
     assert good == [{"n": 1}] and result.dead_letter_count == 2
     reasons = {d["row"]: d["reason"] for d in dead}
     assert "column 'n': missing" in reasons["{'v': 2}"] and "returned list, not a dict" in reasons["{'v': 3}"]
+
+
+def test_a_map_returning_the_time_or_key_column_as_floats_is_refused():
+    keyed = ms.Pipeline("roles").from_iterable([{"room": "a", "t": 0, "co2": 400.0}], time="t").key_by("room")
+    with pytest.raises(ms.PipelineError, match="returns the event-time column 't' as float64") as err:
+        keyed.with_columns(t=lambda b: b["t"] / 1e9, name="seconds")
+    assert err.value.operator == "seconds" and "another name" in err.value.fix
+    with pytest.raises(ms.PipelineError, match="returns the key column 'room' as float64") as err:
+        keyed.map(lambda b: {"room": b["co2"], "t": b["t"]}, name="by_co2")
+    assert err.value.operator == "by_co2"
+    shifted = keyed.with_columns(t=lambda b: b["t"] + 10**9, name="shift")  # int64 ns stays the event time
+    assert shifted.schema.time == "t" and shifted.schema.key == "room"
+
+
+def test_select_with_no_columns_is_refused():
+    with pytest.raises(ms.PipelineError, match="select\\(\\) needs the columns to keep") as err:
+        _src().select(name="keep")
+    assert err.value.operator == "keep" and err.value.fix == "e.g. .select('t', 'co2')"
