@@ -10,7 +10,10 @@
     microstream migrate JOB VNODE --to NODE | drain NODE | undrain NODE | save JOB VNODE FILE | restore JOB VNODE FILE
     microstream keys create|trust|revoke|list|bundle|unbundle | service install | image build | warmup
 
-Exit codes: 0 success, 1 the job failed while running, 2 the pipeline or the command line is wrong.
+Exit codes: 0 success, 1 a failure while running (the job failed, the coordinator cannot be reached, a file cannot be
+written), 2 the pipeline, the command line or a file it names is wrong, 130 interrupted (Ctrl-C). The commands meant
+to run until stopped (`coordinator`, `agent`, a foreground `cluster up`, `status --watch`) exit 0 on Ctrl-C. An
+expected error is one line on stderr, never a traceback.
 """
 
 from __future__ import annotations
