@@ -282,6 +282,7 @@ class MapRecords(Operator):
                 raise PipelineError(name, "map_records function must return a dict (or None to drop)",
                                     "return {'col': value, ...}, or declare schema=")
             fields = {k: _dtype_of_value(v) for k, v in out.items()}
+        check_roles(s, fields, name, "the map_records function")
         if s.time and s.time not in fields:
             fields = {s.time: np.int64, **fields}
         return {OUT: Schema.of(fields, time=s.time, key=s.key if s.key in fields else None)}

@@ -180,3 +180,12 @@ def test_select_with_no_columns_is_refused():
     with pytest.raises(ms.PipelineError, match="select\\(\\) needs the columns to keep") as err:
         _src().select(name="keep")
     assert err.value.operator == "keep" and err.value.fix == "e.g. .select('t', 'co2')"
+
+
+def test_map_records_returning_the_time_column_as_text_is_refused():
+    src = ms.Pipeline("mr_time").from_iterable([{"t": 0, "v": 1.0}], time="t")
+    with pytest.raises(ms.PipelineError, match="returns the event-time column 't' as <U") as err:
+        src.map_records(lambda r: {"t": str(r["t"]), "v": r["v"]}, name="as_text")
+    assert err.value.operator == "as_text"
+    with pytest.raises(ms.PipelineError, match="returns the event-time column 't' as float64"):
+        src.map_records(lambda r: {"v": r["v"]}, schema={"t": "float64", "v": "float64"}, name="declared")
