@@ -454,14 +454,16 @@ class Stream:
                                 "e.g. .alert('co2', above=1000, clear_below=900, for_at_least='2min')")
         if above is not None:
             if clear_above is not None:
-                raise PipelineError(where, "clear_above= goes with below=; an above= alert clears with clear_below=")
+                raise PipelineError(where, "clear_above= goes with below=; an above= alert clears with clear_below=",
+                                    "e.g. above=1000, clear_below=900")
             sign, threshold, clear_at = 1, float(above), float(above if clear_below is None else clear_below)
             if clear_at > threshold:
                 raise PipelineError(where, f"clear_below ({clear_at:g}) must not be above the threshold "
                                            f"({threshold:g})", "e.g. above=1000, clear_below=900")
         else:
             if clear_below is not None:
-                raise PipelineError(where, "clear_below= goes with above=; a below= alert clears with clear_above=")
+                raise PipelineError(where, "clear_below= goes with above=; a below= alert clears with clear_above=",
+                                    "e.g. below=10, clear_above=12")
             assert below is not None
             sign, threshold, clear_at = -1, float(below), float(below if clear_above is None else clear_above)
             if clear_at < threshold:
@@ -655,7 +657,9 @@ class Pipeline:
             raise PipelineError(None, f"checkpoint_every must be positive, got {checkpoint_every!r}",
                                 'write it as a duration, e.g. checkpoint_every="10s", or None for no checkpoints')
         if restarts < 0:
-            raise PipelineError(None, f"restarts must be >= 0, got {restarts}")
+            raise PipelineError(None, f"restarts must be >= 0, got {restarts}",
+                                "restarts=3 (the default) recovers a job from its last checkpoint up to three times; "
+                                "0 fails it at the first fault")
         self.graph.checkpoint_every = every / 1e9 if every is not None else None
         self.graph.max_restarts = int(restarts)
 
@@ -895,7 +899,8 @@ class Pipeline:
     @public
     def union(self, *streams: Stream, name: str | None = None) -> Stream:
         if len(streams) < 2:
-            raise PipelineError(name or "union", "union needs at least two streams")
+            raise PipelineError(name or "union", "union needs at least two streams",
+                                "e.g. p.union(a, b), or a.union(b)")
         return streams[0].union(*streams[1:], name=name)
 
     def dead_letters(self) -> Stream:

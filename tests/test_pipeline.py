@@ -347,3 +347,13 @@ def test_a_misspelt_side_output_and_window_clock_say_what_was_meant():
     with pytest.raises(ms.PipelineError, match="time must be 'event' or 'processing'") as err:
         s.window(ms.tumbling("10s"), time="proc")
     assert "time='processing'" in err.value.fix
+
+
+def test_union_of_one_stream_and_negative_restarts_say_how_to_write_them():
+    p = ms.Pipeline("fixes")
+    with pytest.raises(ms.PipelineError, match="union needs at least two streams") as err:
+        p.union(p.from_iterable(RECORDS))
+    assert err.value.fix == "e.g. p.union(a, b), or a.union(b)"
+    with pytest.raises(ms.PipelineError, match="restarts must be >= 0") as err:
+        ms.Pipeline("r", restarts=-1)
+    assert "restarts=3" in err.value.fix

@@ -144,3 +144,13 @@ def test_uci_occupancy_co2_alerts_do_not_flap():
     assert quick_re_raises(alerts) == 0
     for r in alerts:   # each alert waited for its condition to hold two minutes
         assert r["date"] - r["since"] >= 2 * MIN
+
+
+def test_a_clear_threshold_on_the_wrong_side_says_which_goes_with_which():
+    keyed = ms.Pipeline("alert_fix").from_iterable([{"room": "a", "t": 0, "co2": 1.0}], time="t").key_by("room")
+    with pytest.raises(ms.PipelineError, match="clear_above= goes with below=") as err:
+        keyed.alert("co2", above=1000, clear_above=900, name="stuffy")
+    assert err.value.operator == "stuffy" and err.value.fix == "e.g. above=1000, clear_below=900"
+    with pytest.raises(ms.PipelineError, match="clear_below= goes with above=") as err:
+        keyed.alert("co2", below=10, clear_below=12, name="cold")
+    assert err.value.fix == "e.g. below=10, clear_above=12"
