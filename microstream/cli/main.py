@@ -409,6 +409,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.wait and args.job is None:
         print("microstream: status --wait needs a JOB: `microstream status JOB --wait`", file=sys.stderr)
         return EXIT_USAGE
+    if args.timeout is not None and not args.wait:  # it would be ignored
+        print("microstream: status --timeout goes with --wait: `microstream status JOB --wait --timeout S`",
+              file=sys.stderr)
+        return EXIT_USAGE
     if args.watch is not None:
         return _watch_status(args)
     with Client(_address(args)) as client:
@@ -556,6 +560,10 @@ def cmd_logs(args: argparse.Namespace) -> int:
     until the job ends (exit 0 if it finished, 1 if not)."""
     from ..cluster.client import Client, kept_lines, print_output
 
+    if args.timeout is not None and not args.follow:  # it would be ignored
+        print("microstream: logs --timeout goes with --follow: `microstream logs JOB --follow --timeout S`",
+              file=sys.stderr)
+        return EXIT_USAGE
     with Client(_address(args)) as client:
         if args.follow:
             done = client.follow(args.job, vnode=args.vnode, timeout=args.timeout)

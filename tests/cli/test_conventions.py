@@ -201,3 +201,9 @@ def test_a_bad_value_is_a_usage_error_with_the_verbs_usage_before_anything_start
         assert r.returncode == 2 and f"usage: microstream {verb[0]}" in r.stderr and says in r.stderr, r.stderr
         assert "Traceback" not in r.stderr and not r.stdout
     assert not list(tmp_path.iterdir())   # no cluster started, no state written
+
+
+def test_a_timeout_without_the_wait_it_bounds_is_a_usage_error_not_ignored(tmp_path):
+    for verb, says in ((["status", "job-1", "--timeout", "5"], "status --timeout goes with --wait"),
+                       (["logs", "job-1", "--timeout", "5"], "logs --timeout goes with --follow")):
+        _one_line(cli(*verb, "--home", str(tmp_path)), 2, says)   # before any lookup: no cluster in this home
