@@ -40,7 +40,6 @@ import microstream as ms  # noqa: E402
 from microstream.cluster import embedded as cluster  # noqa: E402
 from microstream.cluster.client import Client, ClusterError  # noqa: E402
 from microstream.connectors.broker import Mosquitto, ensure_mosquitto  # noqa: E402
-from microstream.core.optional import MissingDependency, require  # noqa: E402
 from microstream.graph.physical import build_plan  # noqa: E402
 from microstream.placement import Topology  # noqa: E402
 from microstream.placement.solvers import placement_of  # noqa: E402
@@ -117,9 +116,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--home", type=Path, default=None, help="the embedded cluster's directory (default: temporary)")
     args = parser.parse_args(argv)
     try:  # before a broker and a cluster are started for nothing (the core install has no MQTT client)
-        require("paho.mqtt.client", "the demo (MQTT stations and sources)")
-    except MissingDependency as e:
-        parser.exit(2, f"{parser.prog}: {e}; in a clone: pip install -e '.[mqtt]' (make demo installs it)\n")
+        import paho.mqtt.client  # noqa: F401
+    except ImportError:
+        parser.exit(2, f"{parser.prog}: the demo (MQTT stations and sources) needs the Python package "
+                       "'paho.mqtt.client'; in a clone: pip install -e '.[mqtt]' (make demo installs it)\n")
     args.out.mkdir(parents=True, exist_ok=True)
     cloudpickle.register_pickle_by_value(aq)  # the cluster's hosts cannot import this folder's modules
     ensure_mosquitto()
