@@ -70,3 +70,4 @@ print("ok")
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr
     assert "pip install 'microstream[placement]'" in r.stderr, r.stderr  # the exact solver's error
+    assert "pipeline error" not in r.stderr, r.stderr                     # ... which is not the script's fault

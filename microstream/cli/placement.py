@@ -46,10 +46,14 @@ def plan_main(argv: Sequence[str] | None = None) -> int:
 
 def run_plan(script: Path, topology_file: Path, explain: bool = False, svg: Path | None = None,
              solver: str = "heuristic") -> int:
+    from contextlib import nullcontext
+
     from ..core.errors import MicrostreamError
+    from ..core.optional import MissingDependency
     from ..graph.physical import build_plan
     from ..placement.cost import PlacementError
     from ..placement.solvers import place
+    from ..runtime.progress import compile_notice
     from ..viz.placement import placement_svg, report
     from .script import pipelines_of
 
@@ -66,10 +70,15 @@ def run_plan(script: Path, topology_file: Path, explain: bool = False, svg: Path
     for i, pipeline in enumerate(pipelines):
         try:
             plan = build_plan(pipeline.graph)
-            placement = place(plan, pipeline.graph, topology, solver=solver)
+            # a cold numba cache compiles the search's kernels first: say so in a terminal rather than go quiet
+            with compile_notice() if sys.stderr.isatty() else nullcontext():
+                placement = place(plan, pipeline.graph, topology, solver=solver)
         except PlacementError as exc:
             print(f"microstream: {exc}", file=sys.stderr)
             return EXIT_FAILED
+        except MissingDependency as exc:          # --solver exact without the [placement] extra: no pipeline error
+            print(f"microstream: {exc}", file=sys.stderr)
+            return EXIT_USAGE
         except MicrostreamError as exc:
             print(f"microstream: pipeline error: {exc}", file=sys.stderr)
             return EXIT_USAGE

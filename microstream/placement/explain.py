@@ -16,7 +16,7 @@ import numpy as np
 from ..graph.logical import LogicalGraph
 from ..graph.physical import PhysicalPlan
 from .cost import Problem
-from .topology import format_bandwidth, format_bytes
+from .topology import format_bandwidth, format_bytes, format_share
 
 __all__ = ["explain", "vnode_labels"]
 
@@ -117,19 +117,10 @@ def _versus(st, v: int, here: int) -> str:
     if term == "latency" and st._latency(v)[alt] > 0:
         return f"; on {p.nodes[alt]} the critical path would be {st._latency(v)[alt]:.3g} ms longer"
     if term == "network" and st._net(v)[alt] > 0:
-        return f"; on {p.nodes[alt]} link use would grow by {_share(st._net(v)[alt])} of a link"
+        return f"; on {p.nodes[alt]} link use would grow by {format_share(st._net(v)[alt])} of a link"
     if term == "load":
         return f"; {p.nodes[alt]} is busier"
     return f" (as cheap as {p.nodes[alt]})"
-
-
-def _share(x: float) -> str:
-    """A fraction as a percentage that does not read "0.00%" when it is not 0.
-
-    >>> _share(0.0312), _share(0.0000123)
-    ('3.12%', '0.001%')
-    """
-    return f"{x:.2%}" if x >= 1e-4 else f"{100 * x:.1g}%"
 
 
 def _over(st, v: int, here: int) -> str:

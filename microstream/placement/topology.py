@@ -55,7 +55,8 @@ import numpy as np
 from ..core.errors import MicrostreamError, suggest
 
 __all__ = ["DEFAULT_LAN", "DOMAIN_LABELS", "Link", "LinkSpec", "PhysicalNode", "Routes", "Sensor", "Topology",
-           "TopologyError", "failure_domain", "format_bandwidth", "format_bytes", "parse_bandwidth", "parse_memory"]
+           "TopologyError", "failure_domain", "format_bandwidth", "format_bytes", "format_share", "parse_bandwidth",
+           "parse_memory"]
 
 
 class TopologyError(MicrostreamError):
@@ -113,6 +114,15 @@ def parse_memory(value: Any) -> float:
     if unit.lower() not in _MEM_UNITS:
         raise ValueError(f"unknown memory unit {unit!r} in {value!r}; use e.g. \"4GiB\" or \"512MiB\"")
     return number * _MEM_UNITS[unit.lower()]
+
+
+def format_share(x: float) -> str:
+    """A fraction as a percentage that does not read "0.00%" when it is not 0.
+
+    >>> format_share(0.0312), format_share(0.0000123), format_share(0.0)
+    ('3.12%', '0.001%', '0.00%')
+    """
+    return f"{x:.2%}" if x >= 1e-4 or x <= 0 else f"{100 * x:.1g}%"
 
 
 def format_bytes(n: float, per_s: bool = True) -> str:

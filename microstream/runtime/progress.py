@@ -8,10 +8,11 @@ is shown is decided by `Pipeline.run` (a terminal, `--quiet`), not here.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TextIO
 
@@ -129,6 +130,32 @@ class ProgressLine:
         self._clear()
         self.stream.write(COMPILE_NOTICE + "\n")
         self.stream.flush()
+
+
+@contextlib.contextmanager
+def compile_notice(stream: TextIO | None = None) -> Iterator[None]:
+    """Inside the block, say `COMPILE_NOTICE` once on `stream` (stderr) if numba compiles a kernel: for a command
+    that places or builds without a progress line (`microstream plan`), silent for tens of seconds otherwise.
+
+    >>> import io
+    >>> out = io.StringIO()
+    >>> with compile_notice(out): pass
+    >>> out.getvalue()
+    ''
+    """
+    stream = stream or sys.stderr
+
+    def say() -> None:
+        stream.write(COMPILE_NOTICE + "\n")
+        stream.flush()
+
+    listener = _on_first_compile(say)
+    try:
+        yield
+    finally:
+        from numba.core import event
+
+        event.unregister("numba:compile", listener)
 
 
 def _on_first_compile(callback: Callable[[], None]) -> Any:

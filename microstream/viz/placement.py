@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from ..graph.logical import DeadLetterHub, LogicalGraph
 from ..graph.physical import PhysicalPlan
 from ..placement.solvers import Placement
-from ..placement.topology import Topology, format_bandwidth, format_bytes
+from ..placement.topology import Topology, format_bandwidth, format_bytes, format_share
 from .dag import DrawEdge, DrawNode, to_svg
 
 __all__ = ["placement_svg", "report"]
@@ -99,7 +99,7 @@ def _links_table(topology: Topology, placement: Placement) -> list[str]:
     for label, rate in cost.link_traffic.items():
         lk = speed[label]
         rows.append((label, format_bandwidth(lk.bandwidth), f"{lk.latency_ms:g} ms", format_bytes(rate),
-                     f"{cost.link_utilisation[label]:.2%}"))
+                     format_share(cost.link_utilisation[label])))
     return _table(rows)
 
 

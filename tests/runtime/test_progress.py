@@ -12,7 +12,14 @@ import numpy as np
 import microstream as ms
 from microstream.cli.main import main
 from microstream.runtime.local import LocalRuntime
-from microstream.runtime.progress import COMPILE_NOTICE, Progress, ProgressLine, fit_table, progress_text
+from microstream.runtime.progress import (
+    COMPILE_NOTICE,
+    Progress,
+    ProgressLine,
+    compile_notice,
+    fit_table,
+    progress_text,
+)
 from microstream.runtime.results import RunResult, report
 
 T0 = 1_700_000_000 * 10**9
@@ -129,6 +136,20 @@ def test_the_progress_line_says_once_when_numba_compiles_and_stops_listening_whe
     assert out.getvalue().count(COMPILE_NOTICE) == 1
     assert "\r\x1b[K" + COMPILE_NOTICE in out.getvalue()       # the progress line is cleared first
     assert "microstream warmup" in COMPILE_NOTICE
+
+
+def test_compile_notice_says_once_inside_its_block():
+    import numba
+
+    def thrice(x):
+        return 3 * x
+
+    out = io.StringIO()
+    with compile_notice(out):
+        numba.njit(thrice)(1)
+        numba.njit(thrice)(1.5)
+    numba.njit(thrice)(2)
+    assert out.getvalue() == COMPILE_NOTICE + "\n"
 
 
 def test_in_a_terminal_a_run_reports_records_per_sink_and_files(monkeypatch, tmp_path):
