@@ -95,7 +95,8 @@ def pipelines_of(script: Path) -> tuple[int, list[Any]]:
     found: list[Any] = []
     code = run_script(script, _capture_pipelines(found), must_run=False)
     if code == EXIT_OK and not found:
-        print(f"microstream: {script.name} built no pipeline (it never called pipeline.run())", file=sys.stderr)
+        print(f"microstream: {script.name} built no pipeline: it never called p.run() (a script builds a pipeline "
+              "and ends with p.run())", file=sys.stderr)
         return EXIT_USAGE, []
     return code, found
 

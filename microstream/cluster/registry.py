@@ -151,7 +151,8 @@ class AgentRegistry:
 
 
 def _add_rates(before: dict[str, Any], after: dict[str, Any], seconds: float) -> None:
-    """Records per second into each operator since the previous heartbeat."""
+    """Records per second into each operator since the previous heartbeat (out of a source, which takes none
+    in: `status` showed every source at 0/s)."""
     if seconds <= 0:
         return
     for key, vn in after.items():
@@ -159,4 +160,5 @@ def _add_rates(before: dict[str, Any], after: dict[str, Any], seconds: float) ->
         for task, op in vn.get("stats", {}).get("operators", {}).items():
             old = old_ops.get(task)
             if old is not None and not op.get("finished"):
-                op["rate"] = max(0.0, (op["records_in"] - old["records_in"]) / seconds)
+                count = "records_in" if op["records_in"] or old["records_in"] else "records_out"
+                op["rate"] = max(0.0, (op.get(count, 0) - old.get(count, 0)) / seconds)

@@ -141,6 +141,7 @@ def _group(graph: LogicalGraph, order: list[Node], tasks: dict[str, Task],
            edges: list[PhysicalEdge]) -> dict[str, VirtualNode]:
     sets = DisjointSets(tasks)
     find = sets.find
+    pin_of = {t: graph.nodes[task.node_id].at for t, task in tasks.items()}   # per set (its root): its node, if any
 
     n_inputs: dict[int, int] = defaultdict(int)
     for e in edges:
@@ -155,21 +156,20 @@ def _group(graph: LogicalGraph, order: list[Node], tasks: dict[str, Task],
         if src.backend != dst.backend:  # a VM holds only the operators that asked for one (and vice versa)
             continue
         for s, d in zip(graph_tasks(tasks, src.id), graph_tasks(tasks, dst.id), strict=True):
-            sets.union(d, s)
+            a, b = find(s), find(d)
+            if pin_of[a] and pin_of[b] and pin_of[a] != pin_of[b]:
+                continue        # a source pinned here, a sink pinned there: a channel between them, not a chain
+            sets.union(b, a)
+            pin_of[a] = pin_of[a] or pin_of[b]
     groups: dict[str, list[str]] = defaultdict(list)
     for node in order:
         for t in graph_tasks(tasks, node.id):
             groups[find(t)].append(t)
     vnodes: dict[str, VirtualNode] = {}
     for i, members in enumerate(groups.values()):
-        pins = {at for t in members if (at := graph.nodes[tasks[t].node_id].at) is not None}
-        if len(pins) > 1:
-            names = sorted(graph.nodes[tasks[t].node_id].name for t in members)
-            raise PipelineError(names[0], f"operators {names} are chained together but pinned to different "
-                                          f"nodes {sorted(pins)}", "pin only sources, or separate them")
         backends = {graph.nodes[tasks[t].node_id].backend for t in members}
         backend = "microvm" if "microvm" in backends else "process"  # the strictest requirement wins
-        vnodes[f"vn{i}"] = VirtualNode(f"vn{i}", members, next(iter(pins), None), backend)
+        vnodes[f"vn{i}"] = VirtualNode(f"vn{i}", members, pin_of[find(members[0])], backend)
     return vnodes
 
 

@@ -98,6 +98,21 @@ def test_heartbeats_give_operator_rates(registry, clock):
     assert "rate" not in beat(800, finished=True)
 
 
+def test_a_sources_rate_is_what_it_emits(registry, clock):
+    _register(registry, "pi1", b"id-1")
+
+    def beat(records_out: int) -> dict:
+        op = {"records_in": 0, "records_out": records_out, "finished": False}
+        vnodes = {"j/vn0": {"state": "running", "stats": {"operators": {"source": op}}}}
+        registry.heartbeat(b"id-1", Heartbeat(name="pi1", vnodes=vnodes))
+        return op
+
+    clock.now += 1
+    beat(1_000)
+    clock.now += 2
+    assert beat(5_000)["rate"] == 2_000.0
+
+
 def test_reregistering_replaces_the_identity(registry):
     _register(registry, "pi1", b"old")
     _register(registry, "pi1", b"new")

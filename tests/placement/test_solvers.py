@@ -93,6 +93,20 @@ def test_pins_from_at_and_from_sensors_are_honoured():
         assert placement.explain[plan.vnode_of("manual")] == "pinned: source 'manual' has at='dorm-pi2'"
 
 
+def test_a_sink_pinned_away_from_its_source_gets_its_own_vnode_there():
+    # source on one node, its map, a sink on another: the map chains with the source, the sink is fed over a
+    # channel (this was refused as "chained together but pinned to different nodes")
+    campus = Topology.load(CAMPUS)
+    p = ms.Pipeline("pins")
+    src = p.from_iterable([{"t": 0, "v": 1.0}], time="t", name="manual", at="dorm-pi2")
+    src.map(lambda b: {"v": b["v"] * 2}, name="double").sink(ms.sinks.collect(), name="out", at="lib-pi2")
+    plan = build_plan(p.graph)
+    assert plan.vnode_of("double") == plan.vnode_of("manual") != plan.vnode_of("out")
+    placement = place(plan, p.graph, campus)
+    assert placement.assignment[plan.vnode_of("manual")] == "dorm-pi2"
+    assert placement.assignment[plan.vnode_of("out")] == "lib-pi2"
+
+
 def test_backend_requirements_are_honoured():
     campus = Topology.load(CAMPUS)
     plan, graph = plan_of(room_pipeline())

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import re
 import textwrap
+from pathlib import Path
 
 import numpy as np
 
@@ -23,6 +24,7 @@ from microstream.runtime.progress import (
 from microstream.runtime.results import RunResult, report
 
 T0 = 1_700_000_000 * 10**9
+TOPOLOGY = Path(__file__).resolve().parents[2] / "examples" / "topologies" / "demo3.toml"
 
 
 def test_the_progress_hook_sees_records_event_time_and_the_share_read():
@@ -186,3 +188,6 @@ def test_a_script_that_runs_no_pipeline_is_exit_2(tmp_path, capsys):
         """)
     assert main(["run", str(script)]) == 2
     assert "job.py ran no pipeline: it never called p.run()" in capsys.readouterr().err
+    for verb in (["describe"], ["plan", "--topology", str(TOPOLOGY)]):
+        assert main([*verb, str(script)]) == 2
+        assert "job.py built no pipeline: it never called p.run()" in capsys.readouterr().err
