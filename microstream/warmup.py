@@ -30,6 +30,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -269,13 +270,17 @@ def _wait_peak_rss_kb(proc: subprocess.Popen, name: str, timeout: float | None) 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="microstream warmup",
-                                 description="compile the numba kernels a typical job needs into numba's cache "
-                                             "(once per machine, at install time), one process per group")
+                                 description=textwrap.fill("Compile the numba kernels a typical job needs into "
+                                                           "numba's cache (once per machine, at install time), "
+                                                           "one process per group."),
+                                 epilog="examples:\n  microstream warmup\n  microstream warmup --group windows "
+                                        "--group csv --timeout 600\n  microstream warmup --json",
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--group", choices=sorted(GROUPS), action="append", dest="groups",
                     help="only this group (repeatable; default: all)")
     ap.add_argument("--json", action="store_true", help="print the per-group results as JSON")
-    ap.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
-                    help="end a group that takes longer than this (default: no limit)")
+    ap.add_argument("--timeout", type=float, default=None, metavar="S",
+                    help="end a group that takes longer than S seconds (default: no limit)")
     ap.add_argument("--child", choices=sorted(GROUPS), help=argparse.SUPPRESS)  # what warmup() runs per group
     args = ap.parse_args(argv)
     if args.child:

@@ -1099,26 +1099,55 @@ def unbundle(path: Path | str, keydir: Path | str | None = None, config_path: Pa
 # -- CLI: microstream keys ... ----------------------------------------------------------------------------------
 
 
+KEYS_EXAMPLES = {  # shown under each sub-verb's --help, as `microstream VERB --help` shows the verb's
+    "create": ["microstream keys create laptop", "microstream keys create coordinator --dir /etc/microstream/keys"],
+    "trust": ["microstream keys trust laptop.key --role client", "microstream keys trust pi07.key --role agent"],
+    "revoke": ["microstream keys revoke laptop", "microstream keys list"],
+    "bundle": ["microstream keys bundle pi07 --label site=library",
+               "microstream keys bundle laptop --role client -o laptop.bundle"],
+    "unbundle": ["microstream keys unbundle pi07.bundle", "microstream agent --config ~/.microstream/agent.toml"],
+    "list": ["microstream keys list", "microstream keys list --dir /etc/microstream/keys"],
+}
+
+
+def _examples(lines: list[str]) -> str:
+    return "examples:\n" + "\n".join(f"  {line}" for line in lines)
+
+
 def _keys_parser() -> argparse.ArgumentParser:
+    import textwrap
+
     parser = argparse.ArgumentParser(
         prog="microstream keys",
         description="Manage CURVE keys. Every machine/user has a keypair; the coordinator accepts only trusted "
-                    f"public keys. Default directory: {default_key_dir()} (set MICROSTREAM_HOME to move it).")
+                    f"public keys. Default directory: {default_key_dir()} (set MICROSTREAM_HOME to move it).",
+        epilog=_examples(["microstream keys create laptop", "microstream keys bundle pi07",
+                          "microstream keys list"]),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.description = textwrap.fill(parser.description or "")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    create = sub.add_parser("create", help="create a keypair NAME.key (public) + NAME.key_secret (0600)")
+
+    def verb(name: str, text: str) -> argparse.ArgumentParser:
+        """A sub-verb whose --help says what it does (its one-line help) and shows examples."""
+        p: argparse.ArgumentParser = sub.add_parser(
+            name, help=text, description=textwrap.fill(text[:1].upper() + text[1:] + "."),
+            epilog=_examples(KEYS_EXAMPLES[name]), formatter_class=argparse.RawDescriptionHelpFormatter)
+        return p
+
+    create = verb("create", "create a keypair NAME.key (public) + NAME.key_secret (0600)")
     create.add_argument("name", metavar="NAME", help="the key's name, e.g. pi1, laptop or coordinator")
-    trust = sub.add_parser("trust", help="trust public key files (on the coordinator: clients and agents) with a "
-                                          "role: what the key may do")
+    trust = verb("trust", "trust public key files (on the coordinator: clients and agents) with a role: what the key "
+                          "may do")
     trust.add_argument("files", metavar="FILE", nargs="+", type=Path, help="public key files (NAME.key)")
     trust.add_argument("--role", choices=ROLES, default=None,
                        help="agent: register and report hosts; client: submit, stop, move, save, restore jobs and "
                             "status; read-only: status only (default: asked for on a terminal, else client)")
-    revoke = sub.add_parser("revoke", help="stop trusting keys, by name (a running coordinator applies it live: "
-                                           "their connections are refused from then on)")
+    revoke = verb("revoke", "stop trusting keys, by name (a running coordinator applies it live: their connections "
+                            "are refused from then on)")
     revoke.add_argument("names", metavar="NAME", nargs="+", help="trusted keys' names (see `keys list`)")
-    bundle = sub.add_parser("bundle", help="on the coordinator machine: one file for machine NODE with its new key "
-                                           "pair, the coordinator's public key and its configuration; NODE's key is "
-                                           "trusted with --role at once (live on a running coordinator)")
+    bundle = verb("bundle", "on the coordinator machine: one file for machine NODE with its new key pair, the "
+                            "coordinator's public key and its configuration; NODE's key is trusted with --role at "
+                            "once (live on a running coordinator)")
     bundle.add_argument("node", metavar="NODE", help="the machine's name: its agent's --name, or a client's key name")
     bundle.add_argument("--role", choices=ROLES, default=AGENT, help="what NODE may do (default %(default)s; "
                                                                      "client for an operator's laptop)")
@@ -1130,27 +1159,35 @@ def _keys_parser() -> argparse.ArgumentParser:
                         help="an agent configuration to start from (TOML, see docs/deploy.md): shared settings such "
                              "as metrics_bind, work_dir, memory_limit")
     bundle.add_argument("-o", "--output", type=Path, metavar="FILE", help="the bundle file (default NODE.bundle)")
-    unbundle_p = sub.add_parser("unbundle", help="on the machine a bundle is for: install its keys (and, for an "
-                                                 "agent, its configuration file)")
+    unbundle_p = verb("unbundle", "on the machine a bundle is for: install its keys (and, for an agent, its "
+                                  "configuration file)")
     unbundle_p.add_argument("file", metavar="FILE", type=Path, help="the NODE.bundle file `keys bundle` wrote")
     unbundle_p.add_argument("--config", type=Path, metavar="FILE",
                             help="where an agent's configuration goes (default: agent.toml beside the key directory)")
-    sub.add_parser("list", help="list our keypairs and the trusted public keys")
-    for p in (create, trust, revoke, bundle, unbundle_p, sub.choices["list"]):
-        p.add_argument("--dir", type=Path, default=None, help=f"key directory (default: {default_key_dir()})")
+    list_p = verb("list", "list our keypairs and the trusted public keys")
+    for p in (create, trust, revoke, bundle, unbundle_p, list_p):
+        p.add_argument("--dir", type=Path, default=None, metavar="DIR",
+                       help=f"key directory (default: {default_key_dir()})")
     return parser
 
 
 def keys_main(argv: list[str] | None = None) -> int:
-    """`microstream keys create|trust|list`; returns 0 on success, 2 on error (messages on stderr)."""
+    """`microstream keys create|trust|list|...`; returns 0 on success, 2 on error (messages on stderr). A closed
+    stdout (`keys list | head -1`) raises BrokenPipeError, for the caller (`microstream`'s main ends quietly)."""
+    parser = _keys_parser()
     try:
-        args = _keys_parser().parse_args(argv)
+        args, extra = parser.parse_known_args(argv)
+        if extra:  # refused with the sub-verb's usage, which lists its options (argparse would show `keys`')
+            sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+            sub.choices[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
     except SystemExit as exc:  # --help (0) or usage error (2)
         return int(exc.code or 0)
     store = KeyStore(args.dir)
     try:
         return {"create": _cmd_create, "trust": _cmd_trust, "list": _cmd_list, "revoke": _cmd_revoke,
                 "bundle": _cmd_bundle, "unbundle": _cmd_unbundle}[args.command](store, args)
+    except BrokenPipeError:
+        raise
     except (KeyFileError, ValueError, OSError, MicrostreamError) as exc:
         print(f"microstream keys: {exc}", file=sys.stderr)
         return 2

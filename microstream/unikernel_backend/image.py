@@ -38,6 +38,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import textwrap
 import time
 import zlib
 from collections.abc import Callable, Iterable
@@ -736,15 +737,24 @@ def _write_initramfs(out: Path, busybox: Path, kdir: Path, modules: list[str]) -
 
 # -- command line -----------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="microstream image", description="build the microVM image")
+    examples = ("examples:\n  microstream image build\n  microstream image build --arch arm64 --cache-dir "
+                "/var/cache/microstream/images\n  microstream image build --force")
+    ap = argparse.ArgumentParser(prog="microstream image", description="Build the microVM image.", epilog=examples,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    build = sub.add_parser("build", help="build (or find in the cache) the image")
+    text = ("build (or find in the cache) the microVM image for --arch: a kernel, an initramfs and a read-only root "
+            "with Python, numpy and microstream's guest side, from Debian packages; prints their paths as JSON")
+    build = sub.add_parser("build", help="build (or find in the cache) the image", epilog=examples,
+                           description=textwrap.fill(text[:1].upper() + text[1:] + "."),
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     build.add_argument("--arch", choices=sorted(ARCHES), default=_default_arch(),
                        help="the guest's architecture (default: this machine's, %(default)s)")
     build.add_argument("--cache-dir", type=Path, default=None, metavar="DIR",
                        help="where images are built and kept (default: ~/.cache/microstream/images)")
     build.add_argument("--force", action="store_true", help="rebuild even when cached")
-    args = ap.parse_args(argv)
+    args, extra = ap.parse_known_args(argv)
+    if extra:  # refused with `image build`'s usage, which lists its options (argparse would show `image`'s)
+        build.error(f"unrecognized arguments: {' '.join(extra)}")
     ensure_host_tools(args.arch)
     image = build_image(args.arch, args.cache_dir, force=args.force)
     print(json.dumps({**{k: str(v) for k, v in asdict(image).items()}, "sizes": image.sizes}, indent=2))

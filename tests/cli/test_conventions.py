@@ -73,10 +73,8 @@ def test_every_verb_and_sub_verb_says_what_it_does_under_help_and_h():
             _help_says_what_it_does([verb, flag], cli(verb, flag))
         for action in nested.get(verb, []):
             r = cli(verb, action, "--help")
-            if verb == "service":  # keys' and image's own verbs have no description yet (their modules' parsers)
-                _help_says_what_it_does([verb, action], r)
-                assert "\nexamples:\n  " in r.stdout
-            assert r.returncode == 0, (verb, action)
+            _help_says_what_it_does([verb, action], r)
+            assert f"microstream {verb} {action}" in r.stdout.split("\nexamples:\n  ")[1], (verb, action, r.stdout)
 
 
 def test_status_wait_without_a_job_is_a_usage_error_before_any_lookup(tmp_path):
@@ -207,3 +205,29 @@ def test_a_timeout_without_the_wait_it_bounds_is_a_usage_error_not_ignored(tmp_p
     for verb, says in ((["status", "job-1", "--timeout", "5"], "status --timeout goes with --wait"),
                        (["logs", "job-1", "--timeout", "5"], "logs --timeout goes with --follow")):
         _one_line(cli(*verb, "--home", str(tmp_path)), 2, says)   # before any lookup: no cluster in this home
+
+
+def test_verbs_with_their_own_parser_follow_the_conventions_too(tmp_path):
+    # a usage error shows the sub-verb's usage (its options), not the verb's
+    for verb in (["keys", "list"], ["image", "build"]):
+        r = cli(*verb, "--nope")
+        assert r.returncode == 2 and not r.stdout, (verb, r.stderr)
+        assert r.stderr.startswith(f"usage: microstream {' '.join(verb)} [-h]"), (verb, r.stderr)
+        assert r.stderr.endswith(f"microstream {' '.join(verb)}: error: unrecognized arguments: --nope\n")
+    for verb in (["keys", "create"], ["image", "build"], ["warmup"]):   # described, with examples
+        r = cli(*verb, "--help")
+        _help_says_what_it_does(verb, r)
+        assert " ".join(["microstream", *verb]) in r.stdout.split("\nexamples:\n  ")[1], (verb, r.stdout)
+    assert "--timeout S " in cli("warmup", "--help").stdout   # seconds are S, as for every other verb
+
+
+def test_keys_list_into_a_closed_pipe_ends_quietly_as_the_other_verbs_do(tmp_path):
+    # `microstream keys list | head -0`: the reader is gone before anything is written
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        r = subprocess.run([sys.executable, "-m", "microstream.cli", "keys", "list"], cwd=ROOT, stdout=write,
+                           stderr=subprocess.PIPE, text=True, env={**os.environ, "MICROSTREAM_HOME": str(tmp_path)})
+    finally:
+        os.close(write)
+    assert r.returncode == 0 and r.stderr == "", (r.returncode, r.stderr)   # was "[Errno 32] Broken pipe", exit 2
