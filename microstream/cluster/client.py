@@ -14,6 +14,7 @@ import builtins
 import contextlib
 import copy
 import dataclasses
+import pickle
 import sys
 import time
 from collections.abc import Callable
@@ -208,7 +209,9 @@ class Client:
         merged result; the pipeline's `collect` sinks are filled with what the cluster collected. `accepted` is
         called with the job's id as soon as the coordinator has it (to re-attach with, should this wait end).
         While it waits, what the job's virtual nodes print (`print`, `ms.sinks.print()`, logging) is passed to
-        `output` as (stream, line), each line prefixed `[vnode@agent]` (default: printed here; None: ignored)."""
+        `output` as (stream, line), each line prefixed `[vnode@agent]` (default: printed here; None: ignored).
+        A job that cannot be sent (a function that captured a lock, a socket, ...) is a PipelineError naming its
+        operator, before anything is sent."""
         pipeline.build()
         graph, notes = resolve_paths(pipeline.graph, Path.cwd())  # the agents open the files, elsewhere
         for note in notes:
@@ -216,8 +219,15 @@ class Client:
                 progress(note)
             else:
                 print_output("stderr", note)
+        try:
+            blob = cloudpickle.dumps(graph)
+        except (TypeError, AttributeError, pickle.PicklingError) as exc:  # what pickling a job raises
+            problem = graph.shipping_problem()  # names the operator, what it captured, and the fix
+            if problem is None:
+                raise
+            raise problem from exc
         started = time.perf_counter()
-        reply = self.request(Submit(blob=cloudpickle.dumps(graph), wait=wait), Accepted)
+        reply = self.request(Submit(blob=blob, wait=wait), Accepted)
         job = reply.job
         if accepted:
             accepted(job)
