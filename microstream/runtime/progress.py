@@ -84,8 +84,8 @@ def fit(line: str, columns: int) -> str:
     return line if len(line) <= columns else line[: max(columns - 1, 0)] + "…"
 
 
-COMPILE_NOTICE = ("compiling numba kernels: the first run of this kind on this machine, cached for the next "
-                  "(`microstream warmup` compiles the common ones ahead)")
+COMPILE_NOTICE = ("compiling numba kernels: cached for later runs on this machine, but for those of your own "
+                  "steps and reducers (`microstream warmup` compiles the common ones ahead)")
 
 
 class ProgressLine:
