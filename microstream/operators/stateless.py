@@ -340,10 +340,12 @@ class MapRecords(Operator):
 
     def _columns(self, rows: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]:
         """The output columns of `rows`; raises naming the column when a value is not of its type (a missing value
-        is None: NaN in a float column)."""
+        is None: NaN in a float column, "" in a text column — not the text 'None' — and refused in an int one)."""
         cols = {}
         for name, dtype in self.out_schema.fields:
             values = [r.get(name) for r in rows]
+            if dtype.kind == "U":
+                values = ["" if v is None else v for v in values]
             try:
                 cols[name] = np.asarray(values, dtype=dtype if dtype.kind != "U" else str)
             except (TypeError, ValueError, OverflowError) as exc:

@@ -164,6 +164,16 @@ def test_map_records_missing_int_column_and_non_dict_results_are_dead_letters():
     assert "column 'n': missing" in reasons["{'v': 2}"] and "returned list, not a dict" in reasons["{'v': 3}"]
 
 
+def test_map_records_missing_values_are_nan_and_empty_text_not_the_text_none():
+    def fn(r):
+        return {"label": f"room {r['room']}", "ppm": r["co2"]} if r["co2"] > 0 else {"ppm": None}
+
+    good, dead, _ = _map_records([{"room": "a", "co2": 400.0}, {"room": "b", "co2": -1.0}], fn,
+                                 {"label": "str", "ppm": "float64"})
+    assert not dead and good[0]["label"] == "room a" and good[0]["ppm"] == 400.0
+    assert good[1]["label"] == "" and np.isnan(good[1]["ppm"])
+
+
 def test_a_map_returning_the_time_or_key_column_as_floats_is_refused():
     keyed = ms.Pipeline("roles").from_iterable([{"room": "a", "t": 0, "co2": 400.0}], time="t").key_by("room")
     with pytest.raises(ms.PipelineError, match="returns the event-time column 't' as float64") as err:
