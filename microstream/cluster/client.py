@@ -2,7 +2,8 @@
 wait for a job's end (attach), shut the cluster down.
 
 Every request has a deadline, its send included: a coordinator that refuses our key (the handshake fails
-and the socket has no connection to send on) makes a ClusterError, not a hang.
+and the socket has no connection to send on) makes a ClusterError, not a hang; and as the refusal is seen on the
+socket's monitor (ZeroMQ's handshake events), at once, saying so, rather than after the deadline as no answer.
 
 Waiting for a job's end survives a coordinator restart: while it waits, the client asks the coordinator about the
 job every few seconds (`watch`); when no answer comes, it reconnects and asks again until the coordinator is
@@ -53,7 +54,7 @@ from .messages import (
     Watch,
     Watching,
 )
-from .security import curve_client
+from .security import HANDSHAKE_NOT_TRUSTED, HANDSHAKE_OK, HandshakeWatch, curve_client
 from .states import JobState
 
 if TYPE_CHECKING:
@@ -105,6 +106,8 @@ class ClusterAddress:
 
 class Client:
     sock: zmq.Socket
+    _watch: HandshakeWatch | None = None   # with a key: how the socket's CURVE handshakes end
+    _refused = False                       # the last handshake that ended: the coordinator refused our key
 
     def __init__(self, address: ClusterAddress, timeout: float = 10.0) -> None:
         self.address = address
@@ -121,16 +124,24 @@ class Client:
     def _connect(self) -> None:
         """A (fresh) socket to the coordinator: answers meant for the old one are not read by mistake."""
         if hasattr(self, "sock"):
-            self.sock.close(linger=0)
+            self._close_socket()
         self.sock = control_socket(self.ctx, zmq.DEALER, send_timeout=self.timeout, linger=0)
+        self._refused = False
         if self.address.keys is not None and self.address.coordinator_public is not None:
             curve_client(self.sock, self.address.keys, self.address.coordinator_public)
+            self._watch = HandshakeWatch(self.sock)  # before connect(): its first handshake is seen too
         self.sock.connect(self.address.endpoint)
+
+    def _close_socket(self) -> None:
+        if self._watch is not None:
+            self._watch.close()
+            self._watch = None
+        self.sock.close(linger=0)
 
     def close(self) -> None:
         """Close the socket and the context at once: never waits on anything unsent (a Ctrl-C ends a command
         promptly whatever it was doing)."""
-        self.sock.close(linger=0)
+        self._close_socket()
         self.ctx.destroy(linger=0)
 
     def __enter__(self) -> Client:
@@ -141,10 +152,13 @@ class Client:
 
     def request(self, message: Message, expect: type[M], timeout: float | None = None) -> M:
         """Send `message` and wait for its answer, which must be an `expect` (an `error` or `rejected` answer,
-        a send that cannot go out and a missing answer all raise ClusterError)."""
+        a send that cannot go out and a missing answer all raise ClusterError; a coordinator that refuses our
+        key, as soon as that is seen)."""
+        self._check_handshake()  # refused before: the send would wait for a connection that never comes
         try:
             send(self.sock, message, to=f"the coordinator at {self.address.endpoint}")
         except ControlSendError as exc:
+            self._check_handshake()
             raise ClusterError(f"{exc} (do you have its public key, and is your key trusted there? "
                                "`microstream keys trust`)") from exc
         return self.receive(expect, timeout if timeout is not None else self.timeout)
@@ -153,7 +167,7 @@ class Client:
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             left = None if deadline is None else max(0, int((deadline - time.monotonic()) * 1000))
-            if not self.sock.poll(left):
+            if not self._poll(left):
                 raise ClusterError(
                     f"no answer from the coordinator at {self.address.endpoint} within {timeout:.0f} s: is it "
                     "running, do you have its public key, and is your key trusted there (`microstream keys trust`)?")
@@ -170,6 +184,40 @@ class Client:
             # end a second time (and its output may trail it): it belongs to no request
             if not isinstance(reply, JobDone | Watching | JobOutput):
                 raise ClusterError(f"expected '{expect.KIND}' from the coordinator, got '{reply.KIND}'")
+
+    def _poll(self, timeout_ms: int | None) -> bool:
+        """Whether a message from the coordinator comes within `timeout_ms` (None: no limit); a ClusterError as
+        soon as the coordinator is seen refusing our key."""
+        monitor = self._watch.monitor if self._watch is not None else None
+        if monitor is None:
+            return bool(self.sock.poll(timeout_ms))
+        self._check_handshake()
+        deadline = None if timeout_ms is None else time.monotonic() + timeout_ms / 1000
+        poller = zmq.Poller()
+        poller.register(self.sock, zmq.POLLIN)
+        poller.register(monitor, zmq.POLLIN)
+        while True:
+            left = None if deadline is None else max(0, int((deadline - time.monotonic()) * 1000))
+            ready = dict(poller.poll(left))
+            if self.sock in ready:
+                return True
+            if monitor not in ready:
+                return False
+            self._check_handshake()  # a handshake ended: go on waiting, unless it was refused
+
+    def _check_handshake(self) -> None:
+        """Raise the ClusterError that says so if the last CURVE handshake that ended was refused by the
+        coordinator's authenticator (our key is not trusted there, or was revoked)."""
+        seen = self._watch.seen() if self._watch is not None else None
+        if seen in (HANDSHAKE_OK, HANDSHAKE_NOT_TRUSTED):
+            self._refused = seen == HANDSHAKE_NOT_TRUSTED
+        if self._refused:
+            keys = self.address.keys
+            raise ClusterError(
+                f"the coordinator refused this key (not trusted): '{keys.name}' (fingerprint {keys.fingerprint}) "
+                f"is not trusted by the coordinator at {self.address.endpoint}; on its machine, trust it with "
+                f"`microstream keys trust {keys.name}.key --role client` (a running coordinator applies it at "
+                "once), or use a trusted key (--key)")
 
     # -- requests ---------------------------------------------------------------------------------------
     def status(self, job: str | None = None) -> dict[str, Any]:
@@ -293,7 +341,7 @@ class Client:
                     send(self.sock, Watch(job=job), to=f"the coordinator at {self.address.endpoint}")
                 asked = now
             wait_ms = 200 if deadline is None else max(0, min(200, int((deadline - now) * 1000)))
-            if not self.sock.poll(wait_ms):
+            if not self._poll(wait_ms):
                 continue
             try:
                 reply = TO_CLIENT.decode(self.sock.recv_multipart())

@@ -29,9 +29,10 @@ Important: a CURVE server socket on a context *without* a running ZAP handler ac
 client that knows the server's public key. Start an `Authenticator` on the context before the
 server socket accepts connections (`curve_server(..., authenticator=auth)` checks this).
 
-The client side of a rejected handshake sees no reply. Clients should connect with a timeout and,
-when it expires, report `no_answer_message(address)`; `HandshakeWatch` tells the two usual causes
-apart (our key not trusted / wrong server key) from the socket's monitor events.
+The client side of a rejected handshake gets no reply to what it sends. `HandshakeWatch` tells the two
+usual causes apart (our key not trusted / wrong server key) from the socket's monitor events: `Client` says
+that the coordinator refused its key as soon as it sees it (`seen()`), the agent when it cannot register
+(`wait()`). Otherwise, when a request's deadline expires, clients report `no_answer_message(address)`.
 """
 
 from __future__ import annotations
@@ -589,17 +590,26 @@ class HandshakeWatch:
         self._monitor: zmq.Socket | None = socket.get_monitor_socket(_WATCHED)
 
     def wait(self, timeout: float) -> str:
-        from zmq.utils.monitor import recv_monitor_message
-
         deadline = time.monotonic() + timeout
         while self._monitor is not None and (left := deadline - time.monotonic()) > 0:
             if not self._monitor.poll(int(left * 1000) + 1):
                 break
-            event = recv_monitor_message(self._monitor)["event"]
-            if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
-                return HANDSHAKE_OK
-            return HANDSHAKE_NOT_TRUSTED if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH else HANDSHAKE_SERVER_KEY
+            return _handshake_outcome(self._monitor)
         return HANDSHAKE_NO_ANSWER
+
+    @property
+    def monitor(self) -> zmq.Socket | None:
+        """The monitor socket, to poll alongside the watched one: readable when a handshake has ended."""
+        return self._monitor
+
+    def seen(self) -> str | None:
+        """Without waiting: how the last handshake that ended since the previous look ended (HANDSHAKE_OK,
+        HANDSHAKE_NOT_TRUSTED or HANDSHAKE_SERVER_KEY), None if none did. libzmq retries a refused connection, so
+        a refusal is seen again after every retry."""
+        outcome = None
+        while self._monitor is not None and self._monitor.poll(0):
+            outcome = _handshake_outcome(self._monitor)
+        return outcome
 
     def close(self) -> None:
         if self._monitor is not None:
@@ -612,6 +622,16 @@ class HandshakeWatch:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _handshake_outcome(monitor: zmq.Socket) -> str:
+    """The next monitor event read as a handshake's outcome (HANDSHAKE_OK, _NOT_TRUSTED or _SERVER_KEY)."""
+    from zmq.utils.monitor import recv_monitor_message
+
+    event = recv_monitor_message(monitor)["event"]
+    if event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+        return HANDSHAKE_OK
+    return HANDSHAKE_NOT_TRUSTED if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH else HANDSHAKE_SERVER_KEY
 
 
 def explain_handshake(result: str, address: str, pair: KeyPair | None = None) -> str | None:

@@ -109,7 +109,7 @@ def test_untrusted_client_cannot_submit_or_query(home, tmp_path):
     stranger = KeyStore(tmp_path / "keys").create("stranger")
     server = KeyStore(home / "keys").pair("coordinator").public
     addr = ClusterAddress(cluster.read_state(home)["coordinator"], stranger, server)
-    with Client(addr, timeout=2) as client, pytest.raises(ClusterError, match="no answer"):
+    with Client(addr, timeout=30) as client, pytest.raises(ClusterError, match=r"refused this key \(not trusted\)"):
         client.status()
     # the coordinator says why, with the key's fingerprint
     log = (home / "logs" / "coordinator.log").read_text()
