@@ -207,7 +207,8 @@ class Client:
 
     def _check_handshake(self) -> None:
         """Raise the ClusterError that says so if the last CURVE handshake that ended was refused by the
-        coordinator's authenticator (our key is not trusted there, or was revoked)."""
+        coordinator's authenticator (our key is not trusted there, or was revoked). libzmq does not retry such a
+        connection: this client stays refused; a new one (a new socket) may be accepted once the key is trusted."""
         seen = self._watch.seen() if self._watch is not None else None
         if seen in (HANDSHAKE_OK, HANDSHAKE_NOT_TRUSTED):
             self._refused = seen == HANDSHAKE_NOT_TRUSTED

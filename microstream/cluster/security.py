@@ -604,8 +604,9 @@ class HandshakeWatch:
 
     def seen(self) -> str | None:
         """Without waiting: how the last handshake that ended since the previous look ended (HANDSHAKE_OK,
-        HANDSHAKE_NOT_TRUSTED or HANDSHAKE_SERVER_KEY), None if none did. libzmq retries a refused connection, so
-        a refusal is seen again after every retry."""
+        HANDSHAKE_NOT_TRUSTED or HANDSHAKE_SERVER_KEY), None if none did. libzmq (4.3) does not retry a connection
+        the server's authenticator refused (a key trusted since needs a new socket), but retries one whose
+        handshake failed otherwise (a wrong server key: seen again after every retry)."""
         outcome = None
         while self._monitor is not None and self._monitor.poll(0):
             outcome = _handshake_outcome(self._monitor)
