@@ -750,7 +750,8 @@ def main(argv: list[str] | None = None) -> int:
     build.add_argument("--arch", choices=sorted(ARCHES), default=_default_arch(),
                        help="the guest's architecture (default: this machine's, %(default)s)")
     build.add_argument("--cache-dir", type=Path, default=None, metavar="DIR",
-                       help="where images are built and kept (default: ~/.cache/microstream/images)")
+                       help="where images are built and kept (default: $MICROSTREAM_HOME/images, else "
+                            "~/.cache/microstream/images)")
     build.add_argument("--force", action="store_true", help="rebuild even when cached")
     args, extra = ap.parse_known_args(argv)
     if extra:  # refused with `image build`'s usage, which lists its options (argparse would show `image`'s)
