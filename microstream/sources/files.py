@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from ..core.batch import Batch
-from ..core.errors import DataWarning, PipelineError
+from ..core.errors import DataWarning, PipelineError, suggest
 from ..core.schema import Schema
 from ..formats.parsing import (
     CsvSpec,
@@ -374,6 +374,7 @@ class _ChunkedFileSource(Source):
         self._ready = [Batch(d) for d in state["ready"]]
 
     def _schema(self, kinds: Mapping[str, str], name: str) -> Schema:
+        _check_kinds(kinds, name, "fields" if self.kind == "read_jsonl" else "columns")
         fields: dict[str, Any] = {c: _DTYPES[k] for c, k in kinds.items()}
         for tag, value in self.tags.items():
             fields[tag] = np.asarray(value).dtype
@@ -381,6 +382,20 @@ class _ChunkedFileSource(Source):
             raise PipelineError(name, f"time column '{self.time}' is not in {self.path.name}; its columns are "
                                       f"{list(kinds)}", "pass time= one of the file's columns")
         return Schema.of(fields, time=self.time)
+
+
+_TYPES = ("float", "int", "str")  # what columns= and fields= may say
+
+
+def _check_kinds(kinds: Mapping[str, str], name: str, option: str) -> None:
+    """A column type that is not one of `_TYPES` is refused, naming the valid ones and the closest."""
+    for column, kind in kinds.items():
+        if kind in _DTYPES:
+            continue
+        close = suggest(str(kind), list(_TYPES))
+        hint = f"; did you mean '{close}'?" if close else ""
+        raise PipelineError(name, f"column '{column}' has the unknown type {kind!r}{hint}",
+                            f"give {option}={{{column!r}: ...}} one of {', '.join(map(repr, _TYPES))}")
 
 
 def _dedupe(names: list[str]) -> list[str]:
@@ -648,6 +663,13 @@ class JsonlSource(_ChunkedFileSource):
     dead-letter stream. `NaN` and `Infinity` (as Python writes them) are read as float NaN and infinity; a
     BOM starting a line is skipped.
 
+    Without `fields=`, the keys are those of the objects among the first 200 lines (a key first seen later is
+    not read). A key every sampled object has is required: a line without it is a dead letter (`missing
+    field 'x'`), and so is a line without the time field, always. A key only some sampled objects have is
+    optional: a line without it is read with NaN for a float, "" for a text; an optional key whose values are
+    integers becomes a float column (NaN is its missing value: an int column has none), so no line is refused
+    for lacking it. A key given in `fields=` is always required.
+
     >>> import microstream as ms, pathlib, tempfile
     >>> f = pathlib.Path(tempfile.mkdtemp()) / "r.jsonl"
     >>> deep = b"[" * 5000 + b"]" * 5000
@@ -679,10 +701,12 @@ class JsonlSource(_ChunkedFileSource):
         self._check_path(name)
         kinds: dict[str, str] = dict(self.fields)
         seen = None
+        self.optional: dict[str, str] = {}
+        sometimes: list[str] = []
         if not kinds:
             reader = self._reader(name).open()
             try:
-                keys = self._keys(reader)
+                keys, sometimes = self._keys(reader)
                 reader.close()
                 reader.open()
                 seen = _sniff(reader, self.infer_rows, lambda d, s, f: sniff_jsonl(
@@ -698,12 +722,19 @@ class JsonlSource(_ChunkedFileSource):
                 raise PipelineError(name, f"time field '{self.time}' not found; fields are {list(kinds)}",
                                     "pass time= one of the objects' keys")
             kinds = {self.time: "time", **{k: v for k, v in kinds.items() if k != self.time}}
+        for key in sometimes:  # in some sampled objects only: optional (never the time)
+            if key in kinds and key != self.time:
+                if kinds[key] == "int":
+                    kinds[key] = "float"  # NaN for the lines without it
+                self.optional[key] = kinds[key]
         self.kinds = kinds
         return {OUT: self._schema(kinds, name)}
 
-    def _keys(self, reader: _Reader) -> list[str]:
-        """The keys of the flat objects among the first lines, in order of appearance (bad lines skipped)."""
-        keys: dict[str, None] = {}
+    def _keys(self, reader: _Reader) -> tuple[list[str], list[str]]:
+        """The keys of the flat objects among the first lines, in order of appearance (bad lines skipped), and
+        those of them that some of the objects lack."""
+        keys: dict[str, int] = {}
+        objects = 0
         lines = 0
         while lines < _KEY_LINES and (got := reader.read()) is not None:
             data, _, _, _ = got
@@ -717,11 +748,61 @@ class JsonlSource(_ChunkedFileSource):
                 except (ValueError, RecursionError):  # json recurses into nesting: 5,000 deep raises
                     continue
                 if isinstance(obj, dict):
-                    keys.update(dict.fromkeys(obj))
-        return list(keys)
+                    objects += 1
+                    for key in obj:
+                        keys[key] = keys.get(key, 0) + 1
+        return list(keys), [k for k, n in keys.items() if n < objects]
 
     def _parse(self, chunk: bytes, start_line: int, final: bool):
         formats = {self.time: self.time_format} if self.time else {}
-        result = parse_jsonl(chunk, self.kinds, formats, self.utc_offset, start_line=start_line,
+        optional = getattr(self, "optional", None)
+        kinds = {k: v for k, v in self.kinds.items() if k not in optional} if optional else self.kinds
+        result = parse_jsonl(chunk, kinds, formats, self.utc_offset, start_line=start_line,
                              time_unit=self.time_unit, max_row_bytes=self.max_row_bytes, max_depth=self.max_depth)
-        return dict(result.columns), result.dead, result.n_bytes, result.n_lines
+        cols, dead = dict(result.columns), result.dead
+        if optional:
+            cols, dead = self._with_optional(chunk, start_line, cols, result.line_numbers, dead)
+        return cols, dead, result.n_bytes, result.n_lines
+
+    def _with_optional(self, chunk: bytes, start_line: int, cols: dict[str, np.ndarray], numbers: np.ndarray,
+                       dead: list[Dead]) -> tuple[dict[str, np.ndarray], list[Dead]]:
+        """The optional keys of the lines read (`numbers`, parsed for the required keys): each one parsed from
+        only the lines whose text holds it (found by a byte search, not line by line), NaN or "" elsewhere.
+        A value that does not fit its column makes its line a dead letter."""
+        chunk = bytes(chunk)
+        ends = np.flatnonzero(np.frombuffer(chunk, np.uint8) == 10)  # where each line of the chunk ends
+        starts = np.concatenate([[0], ends + 1])
+        n = len(numbers)
+        refused = np.zeros(n, dtype=bool)
+        out = dict(cols)
+        for key, kind in self.optional.items():
+            col = np.full(n, np.nan) if kind == "float" else np.full(n, "", dtype="U1")
+            needle = json.dumps(key).encode()
+            hits, at = [], chunk.find(needle)
+            while at >= 0:
+                hits.append(at)
+                at = chunk.find(needle, at + len(needle))
+            if hits:
+                lines = np.unique(np.searchsorted(ends, np.asarray(hits)))  # the chunk's lines holding the text
+                rows = np.searchsorted(numbers, start_line + lines + 1)
+                found = rows < n
+                found[found] = numbers[rows[found]] == start_line + lines[found] + 1  # only lines read
+                lines, rows = lines[found], rows[found]
+                text = b"\n".join(chunk[starts[i]:ends[i] if i < len(ends) else len(chunk)]
+                                  for i in lines.tolist()) + b"\n"
+                got = parse_jsonl(text, {key: kind}, None, self.utc_offset, time_unit=self.time_unit,
+                                  max_row_bytes=self.max_row_bytes, max_depth=self.max_depth)
+                values = got.columns[key]
+                if kind != "float":
+                    col = col.astype(values.dtype if values.dtype.itemsize > col.dtype.itemsize else col.dtype)
+                col[rows[got.line_numbers - 1]] = values
+                for ln, raw, why in got.dead:
+                    if why != f"missing field {key!r}":  # the text was there, but not as this key: NaN / ""
+                        refused[rows[ln - 1]] = True
+                        dead.append((int(numbers[rows[ln - 1]]), raw, why))
+            out[key] = col
+        out = {k: out[k] for k in self.kinds}  # in the schema's order
+        if refused.any():
+            out = {k: v[~refused] for k, v in out.items()}
+            dead = sorted(dead)
+        return out, dead
