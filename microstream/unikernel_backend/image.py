@@ -756,9 +756,14 @@ def main(argv: list[str] | None = None) -> int:
     args, extra = ap.parse_known_args(argv)
     if extra:  # refused with `image build`'s usage, which lists its options (argparse would show `image`'s)
         build.error(f"unrecognized arguments: {' '.join(extra)}")
-    ensure_host_tools(args.arch)
-    image = build_image(args.arch, args.cache_dir, force=args.force)
-    print(json.dumps({**{k: str(v) for k, v in asdict(image).items()}, "sizes": image.sizes}, indent=2))
+    # progress on stderr: stdout is the JSON, for scripts to read
+    def progress(line: str) -> None:
+        print(line, file=sys.stderr, flush=True)
+
+    ensure_host_tools(args.arch, progress=progress)
+    image = build_image(args.arch, args.cache_dir, force=args.force, progress=progress)
+    fields = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(image).items()}  # cached stays a bool
+    print(json.dumps({**fields, "sizes": image.sizes}, indent=2, default=str))
     return 0
 
 

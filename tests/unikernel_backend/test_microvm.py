@@ -7,7 +7,10 @@ installed (`ensure_host_tools` installs them with apt-get as root).
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -64,6 +67,16 @@ def test_image_is_built_then_found_in_the_cache(built: dict) -> None:
     info = warm.info()
     assert info["kernel"]["format"].startswith("vmlinux") and info["pyc"] > 500
     assert {"python:numpy", "python:numba", "python:cloudpickle"} <= set(info["guest_files"])
+
+
+def test_image_build_command_prints_only_json_on_stdout(built: dict) -> None:
+    # a cache hit: the command line finds what the fixture built; its progress goes to stderr
+    r = subprocess.run([sys.executable, "-m", "microstream.cli", "image", "build", "--cache-dir", str(built["cache"])],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    image = json.loads(r.stdout)
+    assert image["key"] == built["warm"].key and image["cached"] is True
+    assert "cache hit" in r.stderr
 
 
 def test_boot_ping_and_numpy_inside(vm: MicroVM) -> None:
