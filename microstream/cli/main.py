@@ -31,6 +31,7 @@ from .script import EXIT_FAILED, EXIT_OK, EXIT_USAGE, count, pipelines_of, port,
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    _interrupt_on_sigterm()  # SIGTERM stops the run as Ctrl-C does: its clean-up runs, one line, exit 130
     if args.graph and not _graph_format_ok(args.graph):
         return EXIT_USAGE
     if args.describe or args.graph:
@@ -642,13 +643,14 @@ def cmd_restore(args: argparse.Namespace) -> int:
 def cmd_plan(args: argparse.Namespace) -> int:
     from .placement import run_plan
 
-    return run_plan(args.script, args.topology, explain=args.explain, svg=args.svg, solver=args.solver)
+    return run_plan(args.script, args.topology, explain=args.explain, svg=args.svg, solver=args.solver,
+                    as_json=args.json)
 
 
 def cmd_topology(args: argparse.Namespace) -> int:
     from .placement import run_topology
 
-    return run_topology(args.action, args.file)
+    return run_topology(args.action, args.file, as_json=args.json)
 
 
 def cmd_image(args: argparse.Namespace) -> int:
@@ -759,8 +761,10 @@ EXAMPLES = {  # shown under each verb's --help
                "microstream status --watch 5"],
     "logs": ["microstream logs rooms-1", "microstream logs rooms-1 vn1 --follow"],
     "stop": ["microstream stop rooms-1"],
-    "plan": ["microstream plan job.py --topology campus.toml --explain --svg placement.svg"],
-    "topology": ["microstream topology check campus.toml", "microstream topology show campus.toml"],
+    "plan": ["microstream plan job.py --topology campus.toml --explain --svg placement.svg",
+             "microstream plan job.py --topology campus.toml --json"],
+    "topology": ["microstream topology check campus.toml", "microstream topology show campus.toml",
+                 "microstream topology show campus.toml --json"],
     "migrate": ["microstream migrate rooms-1 vn3 --to pi07"],
     "drain": ["microstream drain pi07", "microstream undrain pi07"],
     "undrain": ["microstream undrain pi07"],
