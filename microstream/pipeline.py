@@ -98,12 +98,6 @@ def _check_spec(spec: Any, where: str) -> None:
                                                                 "ms.sliding('8h', '1h') or ms.session('5min')")
 
 
-def _check_emit(emit: Any) -> None:
-    if emit not in EMITS:
-        close = suggest(str(emit), list(EMITS))
-        raise PipelineError("window", f"emit must be one of {list(EMITS)}, got {emit!r}"
-                            + (f"; did you mean {close!r}?" if close else ""),
-                            "emit='all' gives every result as it changes, emit='final' one per window")
 
 
 _caller = user_line
@@ -483,12 +477,14 @@ class Stream:
         `lateness` (a duration: "30s", float seconds, a timedelta; default none) keeps windows open after the
         watermark passes their end: a late record inside it re-emits the window's updated result; later
         records go to the window's `.late` stream. `time="processing"` uses the arrival clock instead of
-        event time. Every result has a `pane` column: `on_time`, `late_update` (replaces the earlier row of
-        the same key and bounds), `retract` (withdraws the earlier row of a session that grew or merged) or
-        `final`. `emit="final"` (or `.final()`) emits each window once, when it can no longer change (its end
-        plus `lateness`). `partial_late=True` also sends to `.late` the records of sliding windows that were too
-        late for some of their windows only, with `missed_windows` and `missed_until` columns (the run counts
-        them either way: `RunResult.late_window_drops`).
+        event time (no record is then late: `lateness` is refused). Every result has a `pane` column:
+        `on_time`, `late_update` (replaces the earlier row of the same key and bounds), `retract` (withdraws the
+        earlier row of a session that grew or merged) or `final`. `emit="final"` (or `.final()`) emits each
+        window once, when it can no longer change (its end plus `lateness`). `partial_late=True` also sends to
+        `.late` the records of sliding windows that were too late for some of their windows only, with
+        `missed_windows` and `missed_until` columns (the run counts them either way:
+        `RunResult.late_window_drops`). These options are checked by the `.aggregate(...)` or
+        `.apply(...)` that follows: an error names the operator you name there, and this call's line.
 
         >>> import microstream as ms
         >>> p = ms.Pipeline("w"); out = ms.sinks.collect()
@@ -498,14 +494,8 @@ class Stream:
         >>> _ = p.run(); [(r["n"], r["avg"]) for r in out.records()]
         [(10, 4.5), (10, 14.5), (5, 22.0)]
         """
-        if time not in ("event", "processing"):
-            raise PipelineError("window", f"time must be 'event' or 'processing', got {time!r}",
-                                "time='event' (the default) windows by the records' event time, time='processing' "
-                                "by the clock when they arrive")
-        _check_spec(spec, "window")
-        _check_emit(emit)
-        return WindowedStream(self, spec, _lateness(lateness, "window"), time == "processing", emit,
-                              bool(partial_late))
+        return WindowedStream(self, spec, lateness=lateness, time=time, emit=emit, partial_late=partial_late,
+                              line=_caller())
 
     @public
     def join(self, other: Stream, window: WindowSpec, *, lateness: Any = 0, name: str | None = None) -> Stream:
@@ -557,10 +547,42 @@ class Stream:
 class WindowedStream:
     """A keyed stream cut into windows; `.aggregate(...)` turns it back into a stream of results."""
 
-    def __init__(self, stream: Stream, spec: WindowSpec, lateness: int, processing_time: bool, emit: str = "all",
-                 partial_late: bool = False) -> None:
-        self.stream, self.spec, self.lateness, self.processing_time = stream, spec, lateness, processing_time
-        self.emit, self.partial_late = emit, partial_late
+    def __init__(self, stream: Stream, spec: WindowSpec, *, lateness: Any = 0, time: str = "event",
+                 emit: str = "all", partial_late: bool = False, line: str = "") -> None:
+        # window(...)'s options as given: checked by `_checked` when aggregate() or apply() makes the operator, so
+        # that an error names the operator the user named there (`name=`), with the line of the window() call
+        self.stream, self.spec, self.lateness, self.time = stream, spec, lateness, time
+        self.emit, self.partial_late, self.line = emit, bool(partial_late), line
+
+    @property
+    def processing_time(self) -> bool:
+        return self.time == "processing"
+
+    def _checked(self, where: str) -> int:
+        """The window's options checked, an error naming the operator `where` and the window() line; the lateness
+        in ns."""
+        try:
+            if self.time not in ("event", "processing"):
+                raise PipelineError(where, f"time must be 'event' or 'processing', got {self.time!r}",
+                                    "time='event' (the default) windows by the records' event time, "
+                                    "time='processing' by the clock when they arrive")
+            _check_spec(self.spec, where)
+            if self.emit not in EMITS:
+                close = suggest(str(self.emit), list(EMITS))
+                raise PipelineError(where, f"emit must be one of {list(EMITS)}, got {self.emit!r}"
+                                    + (f"; did you mean {close!r}?" if close else ""),
+                                    "emit='all' gives every result as it changes, emit='final' one per window")
+            lateness = _lateness(self.lateness, where)
+            if lateness and self.processing_time:
+                raise PipelineError(where, f"lateness={self.lateness!r} on a processing-time window: records are "
+                                           "stamped with the clock as they arrive, so none is ever late",
+                                    "drop lateness=, or window by event time: give the source a time column "
+                                    "(time='...') and leave out time='processing'")
+        except PipelineError as exc:
+            if not self.line:
+                raise
+            raise PipelineError(exc.operator, f"{exc.problem} (window() at {self.line})", exc.fix) from None
+        return lateness
 
     def final(self) -> WindowedStream:
         """Emit each window once, when it can no longer change (the watermark has passed its end plus the
@@ -575,8 +597,8 @@ class WindowedStream:
         >>> _ = p.run(); [(r["window_start"] // S, r["n"], r["pane"]) for r in out.records()]
         [(0, 4, 'final'), (10, 2, 'final'), (20, 1, 'final')]
         """
-        return WindowedStream(self.stream, self.spec, self.lateness, self.processing_time, "final",
-                              self.partial_late)
+        return WindowedStream(self.stream, self.spec, lateness=self.lateness, time=self.time, emit="final",
+                              partial_late=self.partial_late, line=self.line)
 
     @public
     def apply(self, fn: Callable[[Batch], Any], *, schema: Mapping[str, Any] | None = None,
@@ -601,10 +623,11 @@ class WindowedStream:
         """
         from .operators.window_apply import WindowApply
 
+        lateness = self._checked(name or "window_apply")
         if self.processing_time:
             raise PipelineError(name or "window_apply", "apply() needs event-time windows",
                                 "drop time='processing' from .window(...)")
-        return self.stream._then(WindowApply(self.spec, fn, self.lateness, schema), name)
+        return self.stream._then(WindowApply(self.spec, fn, lateness, schema), name)
 
     @public
     def aggregate(self, *, name: str | None = None, **aggs: Aggregate) -> Stream:
@@ -618,8 +641,9 @@ class WindowedStream:
                     raise unknown_option("aggregate", out_name, ["name"])
                 raise PipelineError(name or "window_aggregate", f"'{out_name}' is not an aggregate",
                                     "use ms.agg.count(), ms.agg.mean('col'), ...")
+        lateness = self._checked(name or "window_aggregate")
         with _naming(name or "window_aggregate"):
-            op = WindowAggregate(self.spec, aggs, self.lateness, self.processing_time, self.emit, self.partial_late)
+            op = WindowAggregate(self.spec, aggs, lateness, self.processing_time, self.emit, self.partial_late)
         return self.stream._then(op, name)
 
 
@@ -682,12 +706,14 @@ class Pipeline:
     # -- sources ------------------------------------------------------------------------------------
     @public
     def from_iterable(self, items: Iterable[Any], *, time: str | None = None, time_unit: str | None = None,
-                      max_delay: Any = 0, batch_size: int = 1024, schema: Mapping[str, Any] | None = None,
-                      name: str | None = None, at: str | None = None, idle_after: Any = None) -> Stream:
+                      key: str | None = None, max_delay: Any = 0, batch_size: int = 1024,
+                      schema: Mapping[str, Any] | None = None, name: str | None = None, at: str | None = None,
+                      idle_after: Any = None) -> Stream:
         """Records (dicts) or batches (dicts of arrays) from a list, a generator, or a function returning a
         fresh iterable (read afresh by every run). `schema` ({"col": "float64", ...}) gives the columns when
-        the iterable may be empty; `batch_size` records are read per batch; `name` and `at` as for every
-        source (the operator's name; the physical node it must run on, on a cluster).
+        the iterable may be empty; `batch_size` records are read per batch; `key` is shorthand for
+        `.key_by(key)`; `name` and `at` as for every source (the operator's name; the physical node it must
+        run on, on a cluster).
 
         `time` names the event-time column: int64 nanoseconds since the epoch, numbers counted in `time_unit`
         ("s", "ms", "us" or "ns"), `datetime64` values, or datetime / `pandas.Timestamp` objects (naive ones
@@ -699,11 +725,14 @@ class Pipeline:
         >>> p.from_iterable([{"t": 1_700_000_000_250, "v": 1.0}], time="t", time_unit="ms").sink(out)
         >>> _ = p.run(); out.records()
         [{'t': 1700000000250000000, 'v': 1.0}]
+        >>> p.from_iterable([{"room": "a", "t": 0, "v": 1.0}], time="t", key="room")
+        <Stream key_by: room:str*, t:time, v:float64>
         """
         where = name or "from_iterable"
         source = IterableSource(items, time, _delay(max_delay, where), _batch_size(batch_size, where), schema,
                                 time_unit)
-        return self.add_source(source, name=name, at=at, idle_after=idle_after)
+        stream = self.add_source(source, name=name, at=at, idle_after=idle_after)
+        return stream.key_by(key) if key else stream
 
     @public
     def from_arrays(self, columns: Mapping[str, np.ndarray], *, time: str | None = None,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import xml.etree.ElementTree as ET
 
 import numpy as np
@@ -346,8 +347,41 @@ def test_a_misspelt_side_output_and_window_clock_say_what_was_meant():
         w.side("lates")
     assert err.value.operator == "per_10s" and err.value.fix == "did you mean .side('late')?"
     with pytest.raises(ms.PipelineError, match="time must be 'event' or 'processing'") as err:
-        s.window(ms.tumbling("10s"), time="proc")
-    assert "time='processing'" in err.value.fix
+        s.window(ms.tumbling("10s"), time="proc").aggregate(n=ms.agg.count(), name="co2_stats")
+    assert err.value.operator == "co2_stats" and "time='processing'" in err.value.fix
+
+
+def test_a_wrong_window_option_names_the_operator_the_user_named_and_the_window_line():
+    s = ms.Pipeline("named").from_iterable(RECORDS, time="t").key_by("room")
+    cases = [(dict(lateness=-1.0), "lateness must not be negative"),
+             (dict(emit="fianl"), "emit must be one of ['all', 'final'], got 'fianl'; did you mean 'final'?"),
+             (dict(time="wall"), "time must be 'event' or 'processing'")]
+    for options, text in cases:
+        w, line = s.window(ms.tumbling("10s"), **options), sys._getframe().f_lineno   # the window() call's line
+        with pytest.raises(ms.PipelineError) as err:
+            w.aggregate(n=ms.agg.count(), name="co2_stats")
+        assert err.value.operator == "co2_stats" and f"operator 'co2_stats': {text}" in str(err.value)
+        assert f"(window() at test_pipeline.py:{line})" in str(err.value)
+        with pytest.raises(ms.PipelineError) as err:
+            w.apply(lambda b: {"n": len(b["co2"])}, name="co2_spread")
+        assert err.value.operator == "co2_spread" and f"operator 'co2_spread': {text}" in str(err.value)
+    with pytest.raises(ms.PipelineError, match="is not a window") as err:   # final() keeps the options it was given
+        s.window("10s").final().aggregate(n=ms.agg.count(), name="per_10s")
+    assert err.value.operator == "per_10s" and "ms.tumbling('10min')" in err.value.fix
+
+
+def test_from_iterable_key_is_key_by_as_for_the_file_sources():
+    p = ms.Pipeline("keyed")
+    out = ms.sinks.collect()
+    src = p.from_iterable(RECORDS + [{"room": "b", "t": 0, "co2": 900.0}], time="t", key="room", name="rooms")
+    assert src.schema.key == "room" and src.columns == ["room", "t", "co2"]
+    src.window(ms.tumbling("10s")).aggregate(n=ms.agg.count(), name="per_room").sink(out)
+    p.run()
+    assert sorted((r["room"], r["n"]) for r in out.records()) == [("a", 5), ("b", 1)]
+    assert "key" not in repr(ms.Pipeline("unkeyed").from_iterable(RECORDS, time="t"))   # without key=, no key_by
+    with pytest.raises(ms.PipelineError, match="key 'rom' is not in the stream") as err:   # as read_csv(key=...)
+        ms.Pipeline("typo").from_iterable(RECORDS, time="t", key="rom")
+    assert "did you mean 'room'?" in err.value.fix
 
 
 def test_union_of_one_stream_and_negative_restarts_say_how_to_write_them():

@@ -124,5 +124,6 @@ def test_a_late_record_missing_some_sliding_windows_is_counted_and_reported():
 def test_emit_must_be_all_or_final():
     p = ms.Pipeline("emit")
     keyed = p.from_iterable([{"k": 1, "t": 0}], time="t").key_by("k")
-    with pytest.raises(PipelineError, match="did you mean 'final'"):
-        keyed.window(ms.tumbling("1s"), emit="finale")
+    with pytest.raises(PipelineError, match="did you mean 'final'") as err:
+        keyed.window(ms.tumbling("1s"), emit="finale").aggregate(n=ms.agg.count(), name="per_second")
+    assert err.value.operator == "per_second"
