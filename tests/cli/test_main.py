@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 import textwrap
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -112,3 +116,43 @@ def test_a_graph_is_written_as_svg_or_dot_only(tmp_path):
     assert r.returncode == 2 and ".svg or a .dot" in r.stderr and not png.exists()
     r = cli("run", str(script), "--graph", str(png))
     assert r.returncode == 2 and not png.exists() and not out.exists()  # refused before anything ran
+
+
+ENDLESS = """
+    import itertools
+    import microstream as ms
+
+    count = itertools.count()
+
+    def read():  # a sensor that never stops: says once that it is being read
+        n = next(count)
+        if n == 1:
+            print("reading", flush=True)
+        return {"room": "a", "v": float(n)}
+
+    p = ms.Pipeline("endless")
+    p.poll(read, every="10ms").sink(ms.sinks.collect())
+    p.run()
+"""
+
+
+def test_sigterm_stops_run_as_ctrl_c_does_one_line_exit_130_and_its_clean_up_runs(tmp_path):
+    script = write(tmp_path, ENDLESS)
+    temp = tmp_path / "tmp"   # where the run keeps the sensor's local log while it lasts
+    temp.mkdir()
+    run = subprocess.Popen([sys.executable, "-m", "microstream.cli", "run", str(script)], cwd=ROOT,
+                           env={**os.environ, "TMPDIR": str(temp)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True)
+    try:
+        assert run.stdout is not None and run.stderr is not None
+        line = run.stdout.readline()                 # the sensor has been read twice: the run is under way
+        assert line == "reading\n", run.stderr.read()
+        assert list(temp.glob("microstream-log-*"))
+        run.send_signal(signal.SIGTERM)
+        _, err = run.communicate(timeout=60)
+    finally:
+        if run.poll() is None:
+            run.kill()
+    assert run.returncode == 130, err
+    assert err == "microstream: interrupted\n"       # one line, as after Ctrl-C: no traceback
+    assert not list(temp.glob("microstream-log-*"))  # the run's clean-up ran (a kill leaves the log behind)
