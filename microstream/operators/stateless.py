@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import traceback
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -58,7 +59,10 @@ def sample_call(fn: Callable[[Batch], Any], schema: Schema, rows: int = 2) -> An
     """`fn` on a batch of `rows` zero rows, or None if it fails there: the build-time check of an output's shape,
     which a function that works on an empty batch but not on zeros (a division, a lookup) must not fail."""
     try:
-        return fn(empty_batch(schema, rows))
+        # zeros divide by zero: numpy's warnings about the test batch are noise to the user who builds the pipeline
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return fn(empty_batch(schema, rows))
     except Exception:  # noqa: BLE001 - trial_call has checked the function; this only looks at shapes
         return None
 

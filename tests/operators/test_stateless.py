@@ -110,6 +110,13 @@ def test_a_map_that_fails_only_on_zeros_is_not_refused_by_the_shape_check():
     assert out.records() == [{"r": 2.0}]
 
 
+def test_the_shape_check_on_zeros_says_nothing_of_their_divisions(recwarn):
+    p = ms.Pipeline("quiet")
+    p.from_iterable([{"a": 1.0, "b": 2.0}]).map(lambda b: {"r": b["a"] / b["b"]}).sink(ms.sinks.collect())
+    p.build()
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
+
+
 def test_flat_map_parent_indexes_outside_the_batch_fail_at_build_time():
     with pytest.raises(ms.PipelineError) as err:
         _src().flat_map(lambda b: (np.arange(len(b["co2"])) + 1, {"v": b["co2"]}), name="shifted")
