@@ -499,6 +499,10 @@ def format_status(status: dict[str, Any], nodes: bool = True) -> str:
                 rate = f"  {op['rate']:>9,.0f}/s" if op.get("rate") is not None else ""
                 lines.append(f"      {op['operator']:<24} in {op['records_in']:>10,}  out {op['records_out']:>10,}"
                              f"{rate}  watermark {wm_text}")
+            if info.get("dead_letters"):  # bad input is kept aside, not lost: say how much, and the newest reason
+                newest = (info.get("dead_recent") or [{}])[-1]
+                why = f" (newest: {newest.get('operator', '?')}: {newest.get('reason', '')})" if newest else ""
+                lines.append(f"      dead letters {info['dead_letters']:,}{why}")
         lines += _traffic_lines(job) + _move_lines(job)
     return "\n".join(lines)
 

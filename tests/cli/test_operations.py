@@ -54,6 +54,16 @@ def test_human_status_shows_reasons_traffic_per_link_and_moves():
     assert "vn0 migrate pi2 -> pi1  auto: saves 2.1 kB/s; no records held" in text
 
 
+def test_human_status_shows_dead_letters_and_the_newest_reason():
+    job = STATUS["jobs"]["rooms-1"]
+    failing = {**job["vnodes"]["vn0"], "dead_letters": 1203,
+               "dead_recent": [{"operator": "co2", "reason": "the polled function raised OSError: sensor gone"}]}
+    status = {**STATUS, "jobs": {"rooms-1": {**job, "vnodes": {**job["vnodes"], "vn0": failing}}}}
+    text = format_status(status)
+    assert "      dead letters 1,203 (newest: co2: the polled function raised OSError: sensor gone)" in text
+    assert text.count("dead letters") == 1               # vn1 has none: no line
+
+
 def test_a_down_agents_reason_keeps_counting():
     now = [100.0]
     registry = AgentRegistry(timeout=3.0, clock=lambda: now[0], log=lambda _: None)
