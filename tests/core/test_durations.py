@@ -91,7 +91,8 @@ def _options(p: ms.Pipeline, tmp_path):
         "read_mqtt idle_timeout": lambda v: p.read_mqtt("a/b", schema={"v": "float"}, idle_timeout=v),
         "synthetic jitter": lambda v: p.synthetic(count=1, jitter=v),
         "synthetic max_delay": lambda v: p.synthetic(count=1, max_delay=v),
-        "window lateness": lambda v: keyed.window(ms.tumbling("1s"), lateness=v),
+        # window()'s options are checked by the step that names the operator (aggregate, apply)
+        "window lateness": lambda v: keyed.window(ms.tumbling("1s"), lateness=v).aggregate(n=ms.agg.count()),
         "join lateness": lambda v: keyed.join(keyed, ms.tumbling("1s"), lateness=v),
         "checkpoint_every": lambda v: ms.Pipeline("c", checkpoint_every=v),
     }
