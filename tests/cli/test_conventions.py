@@ -62,17 +62,29 @@ def test_a_verbs_help_says_what_it_does_and_shows_examples():
     assert "exit codes: 0 success" in top and "130" in top
 
 
-@pytest.mark.slow  # a start-up per verb
-def test_every_verb_and_sub_verb_says_what_it_does_under_help_and_h():
+def _in_process(capsys: pytest.CaptureFixture[str], *args: str) -> subprocess.CompletedProcess:
+    """`microstream ARGS` through the CLI's own entry point in this process (a start-up per verb and flag took
+    most of a minute in CI; test_a_verbs_help_says_what_it_does_and_shows_examples runs real processes)."""
+    from microstream.cli.main import main
+
+    try:
+        code = main(list(args))
+    except SystemExit as exc:               # argparse ends --help with exit 0
+        code = exc.code if isinstance(exc.code, int) else 1
+    out = capsys.readouterr()
+    return subprocess.CompletedProcess(list(args), code, out.out, out.err)
+
+
+def test_every_verb_and_sub_verb_says_what_it_does_under_help_and_h(capsys):
     verbs = _verbs()
     assert {"run", "submit", "status", "drain", "undrain", "uncordon", "keys", "service", "cluster"} <= set(verbs)
     nested = {"keys": ["create", "trust", "revoke", "bundle", "unbundle", "list"], "image": ["build"],
               "service": ["install", "show"]}
     for verb in verbs:
         for flag in ("--help", "-h"):
-            _help_says_what_it_does([verb, flag], cli(verb, flag))
+            _help_says_what_it_does([verb, flag], _in_process(capsys, verb, flag))
         for action in nested.get(verb, []):
-            r = cli(verb, action, "--help")
+            r = _in_process(capsys, verb, action, "--help")
             _help_says_what_it_does([verb, action], r)
             assert f"microstream {verb} {action}" in r.stdout.split("\nexamples:\n  ")[1], (verb, action, r.stdout)
 
