@@ -6,7 +6,6 @@ schemas of both sides of a union) and fails at the line that made the mistake.
 
 from __future__ import annotations
 
-import pickle
 import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
@@ -980,13 +979,7 @@ class Pipeline:
         count_run()
         runner = active_runner()
         if runner is not None:
-            try:
-                return runner(self)
-            except (TypeError, AttributeError, pickle.PicklingError) as exc:  # what pickling a job raises
-                problem = self.graph.shipping_problem()
-                if problem is None:
-                    raise
-                raise problem from exc
+            return runner(self)   # `Client.submit` names an operator that cannot be sent (shipping_problem)
         if quiet():
             return LocalRuntime(self.graph, verbose=False).run()
         terminal = sys.stderr.isatty()

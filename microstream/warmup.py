@@ -163,26 +163,20 @@ def compiles() -> Iterator[list[str]]:
     >>> done
     []
     """
-    from numba.core import event
+    from .runtime.progress import listen_to_compiles, stop_listening
 
     done: list[str] = []
 
-    class _Listener(event.Listener):
-        def on_start(self, ev: event.Event) -> None:
-            data = ev.data or {}
-            dispatcher = data.get("dispatcher")
-            name = getattr(getattr(dispatcher, "py_func", None), "__qualname__", "?")
-            done.append(f"{name}{tuple(data.get('args', ()))}")
+    def seen(ev: Any) -> None:
+        data = ev.data or {}
+        name = getattr(getattr(data.get("dispatcher"), "py_func", None), "__qualname__", "?")
+        done.append(f"{name}{tuple(data.get('args', ()))}")
 
-        def on_end(self, ev: event.Event) -> None:
-            pass
-
-    listener = _Listener()
-    event.register("numba:compile", listener)
+    listener = listen_to_compiles(seen)
     try:
         yield done
     finally:
-        event.unregister("numba:compile", listener)
+        stop_listening(listener)
 
 
 def run_group(name: str) -> dict[str, Any]:

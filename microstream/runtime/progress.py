@@ -115,9 +115,7 @@ class ProgressLine:
     def close(self) -> None:
         self._clear()
         if self._listener is not None:
-            from numba.core import event
-
-            event.unregister("numba:compile", self._listener)
+            stop_listening(self._listener)
             self._listener = None
 
     def _clear(self) -> None:
@@ -153,30 +151,42 @@ def compile_notice(stream: TextIO | None = None) -> Iterator[None]:
     try:
         yield
     finally:
-        from numba.core import event
-
-        event.unregister("numba:compile", listener)
+        stop_listening(listener)
 
 
-def _on_first_compile(callback: Callable[[], None]) -> Any:
-    """A numba compile-event listener, registered, that calls `callback` at the first compilation it sees (numba
-    sends no event for a kernel loaded from its cache)."""
+def listen_to_compiles(callback: Callable[[Any], None]) -> Any:
+    """Register a listener that calls `callback(event)` each time numba starts compiling (numba sends no event
+    for a kernel loaded from its cache); `stop_listening(it)` unregisters it."""
     from numba.core import event
 
-    class _First(event.Listener):
-        fired = False
-
+    class _Listener(event.Listener):
         def on_start(self, ev: event.Event) -> None:
-            if not self.fired:
-                self.fired = True
-                callback()
+            callback(ev)
 
         def on_end(self, ev: event.Event) -> None:
             pass
 
-    listener = _First()
+    listener = _Listener()
     event.register("numba:compile", listener)
     return listener
+
+
+def stop_listening(listener: Any) -> None:
+    from numba.core import event
+
+    event.unregister("numba:compile", listener)
+
+
+def _on_first_compile(callback: Callable[[], None]) -> Any:
+    """`listen_to_compiles` calling `callback` at the first compilation only."""
+    fired: list[bool] = []
+
+    def first(_: Any) -> None:
+        if not fired:
+            fired.append(True)
+            callback()
+
+    return listen_to_compiles(first)
 
 
 def table(header: list[str], rows: list[list[str]], columns: int) -> list[str]:
